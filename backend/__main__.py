@@ -1,0 +1,178 @@
+"""Command line: the same backend functions the pages call.
+
+    python -m backend submit <kind> spec.yaml [--owner NAME] [--priority N]
+    python -m backend list [--state S] [--kind K] [--owner O]
+    python -m backend show <id>
+    python -m backend logs <id> [-f]
+    python -m backend cancel <id>
+    python -m backend retry <id>
+    python -m backend worker [--burst]
+    python -m backend init
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from backend import defaults, logs, queue
+from backend.states import JobState
+from backend.store import open_store
+
+
+def _fmt_time(t):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def cmd_submit(a) -> int:
+    path = Path(a.spec)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) if a.spec != "-" else yaml.safe_load(sys.stdin)
+    except FileNotFoundError:
+        return _err(f"no such spec file: {a.spec}")
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        return _err(f"{a.spec} is not valid YAML/JSON: {e}")
+    try:
+        job_id = queue.submit(a.kind, spec or {}, owner=a.owner, priority=a.priority, label=a.label or "")
+    except queue.SubmitError as e:
+        return _err(str(e))
+    print(job_id)
+    return 0
+
+
+def cmd_list(a) -> int:
+    rows = queue.list_jobs(states=[a.state] if a.state else None, kind=a.kind, owner=a.owner, limit=a.limit)
+    print(f"{'id':>5}  {'kind':<15} {'state':<10} {'owner':<10} {'queued':<19}  label")
+    for j in rows:
+        print(f"{j['id']:>5}  {j['kind']:<15} {j['state']:<10} {j['owner']:<10} {_fmt_time(j['created_at']):<19}  {j['label']}")
+    return 0
+
+
+def cmd_show(a) -> int:
+    job = _job(a.id)
+    if job is None:
+        return _err(f"no job {a.id}")
+    for key in ("id", "kind", "state", "owner", "label", "priority", "asked", "given", "exit_code",
+                "error_class", "error_message"):
+        value = job[key]
+        print(f"{key:>14}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    for key in ("created_at", "started_at", "finished_at"):
+        print(f"{key:>14}: {_fmt_time(job[key])}")
+    print(f"{'spec':>14}: {json.dumps(job['spec'], ensure_ascii=False)}")
+    ev = logs.EventState().update(a.id)
+    if ev.progress:
+        p = ev.progress
+        print(f"{'progress':>14}: {p['done']}/{p.get('total')} {p.get('unit', '')} {p.get('message', '')}")
+    if job["state"] in ("failed", "lost"):
+        print("--- last log lines ---")
+        print(logs.tail(a.id, 20))
+    return 0
+
+
+def cmd_logs(a) -> int:
+    if _job(a.id) is None:
+        return _err(f"no job {a.id}")
+    offset = 0
+    while True:
+        text, offset = logs.read_log(a.id, offset, max_bytes=1 << 30 if not a.follow else 1 << 20)
+        if text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        if not a.follow:
+            return 0
+        if JobState(_job(a.id)["state"]).finished:
+            text, offset = logs.read_log(a.id, offset)
+            sys.stdout.write(text)
+            return 0
+        time.sleep(0.3)
+
+
+def cmd_cancel(a) -> int:
+    try:
+        job = queue.cancel(a.id)
+    except KeyError:
+        return _err(f"no job {a.id}")
+    print(f"job {a.id}: {job['state']}" + (" (stopping)" if job["cancel_requested"] and not JobState(job['state']).finished else ""))
+    return 0
+
+
+def cmd_retry(a) -> int:
+    try:
+        print(queue.retry(a.id))
+    except (KeyError, queue.SubmitError) as e:
+        return _err(str(e).strip("'\""))
+    return 0
+
+
+def cmd_worker(a) -> int:
+    from backend.worker import Worker
+    Worker(burst=a.burst, cpu_slots=a.cpu_slots).run()
+    return 0
+
+
+def cmd_init(a) -> int:
+    home = defaults.home()
+    for sub in ("jobs", "models", "datasets", "adapters", "evals", "envs", "uploads"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    store = open_store(home)
+    print(f"workspace {home} (schema v{store.version})")
+    return 0
+
+
+def _job(job_id):
+    return open_store().job(job_id)
+
+
+def _err(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m backend", description="Lab Workbench job queue")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("submit", help="validate and queue a job")
+    s.add_argument("kind")
+    s.add_argument("spec", help="YAML or JSON file with the job's spec, or - for stdin")
+    s.add_argument("--owner")
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--label")
+    s.set_defaults(fn=cmd_submit)
+    s = sub.add_parser("list", help="list jobs")
+    s.add_argument("--state", choices=[x.value for x in JobState])
+    s.add_argument("--kind")
+    s.add_argument("--owner")
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(fn=cmd_list)
+    for name, fn, helptext in (("show", cmd_show, "one job in detail"), ("cancel", cmd_cancel, "cancel a job"),
+                               ("retry", cmd_retry, "queue a finished job's spec again")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("id", type=int)
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("logs", help="print a job's log")
+    s.add_argument("id", type=int)
+    s.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    s.set_defaults(fn=cmd_logs)
+    s = sub.add_parser("worker", help="run the worker daemon")
+    s.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    s.add_argument("--cpu-slots", type=int)
+    s.set_defaults(fn=cmd_worker)
+    s = sub.add_parser("init", help="create the workspace")
+    s.set_defaults(fn=cmd_init)
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Engine environments: one virtual environment per engine, because engines pin conflicting versions.
+
+``core`` is the environment the workbench itself runs in. The others are created on demand by an
+``engine_install`` job under ``<WORKBENCH_HOME>/envs/<engine>``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from backend import defaults
+
+# pip requirement lines for each engine. Every engine needs pydantic (jobs/common.py).
+ENGINES: dict[str, dict] = {
+    "opencompass": {
+        "requirements": ["torch==2.13.0", "opencompass", "transformers>=4.45,<5", "numpy<2", "pyarrow<21",
+                         "datasets<4", "peft", "pydantic>=2"],
+        "doc": "OpenCompass evaluation (transformers 4.x, numpy<2, datasets<4)",
+    },
+    "openxlab": {
+        "requirements": ["oss2~=2.17.0", "pydantic>=2"],
+        "no_deps": ["openxlab"],
+        "doc": "OpenXLab downloads (old pins: installed with --no-deps)",
+    },
+    "lmdeploy": {
+        "requirements": ["lmdeploy", "pydantic>=2"],
+        "gpu_only": True,
+        "doc": "LMDeploy TurboMind serving (CUDA only; pins torch<=2.12.1)",
+    },
+    "xcomposer": {
+        "requirements": ["torch==2.13.0", "transformers==4.40.2", "accelerate", "einops", "pillow",
+                         "sentencepiece", "pydantic>=2"],
+        "doc": "InternLM-XComposer remote code (old transformers)",
+    },
+}
+
+
+def env_dir(engine: str, home: Path | None = None) -> Path:
+    return (home or defaults.home()) / "envs" / engine
+
+
+def python(engine: str, home: Path | None = None) -> Path:
+    """The interpreter that runs jobs of ``engine``."""
+    if engine == "core":
+        return Path(os.environ.get("WORKBENCH_CORE_PYTHON", sys.executable))
+    return env_dir(engine, home) / "bin" / "python"
+
+
+def installed(engine: str, home: Path | None = None) -> bool:
+    return engine == "core" or (env_dir(engine, home) / ".installed").exists()

@@ -1,0 +1,97 @@
+"""Reading a job's run.log and events.jsonl by byte offset: the cost does not grow with the file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from backend import defaults
+from backend.queue import job_dir
+
+
+def read_log(job_id: int, offset: int = 0, max_bytes: int = defaults.LOG_TAIL_BYTES,
+             home: Path | None = None) -> tuple[str, int]:
+    """Text of run.log from ``offset`` (at most ``max_bytes``, the newest if there is more), and the
+    offset to pass next time. Undecodable bytes are shown as replacement characters."""
+    path = job_dir(job_id, home) / "run.log"
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size < offset:      # truncated or replaced: start again
+                offset = 0
+            start = max(offset, size - max_bytes)
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return "", offset
+    if start > offset and b"\n" in data:   # skipped ahead: begin at a line boundary
+        data = data[data.index(b"\n") + 1:]
+    return data.decode("utf-8", errors="replace"), size
+
+
+def tail(job_id: int, lines: int = 20, home: Path | None = None) -> str:
+    text, _ = read_log(job_id, 0, max_bytes=16 * 1024, home=home)
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def read_events(job_id: int, offset: int = 0, home: Path | None = None,
+                max_bytes: int = 4 * 1024 * 1024) -> tuple[list[dict], int]:
+    """Complete event lines from ``offset``; a partly written last line waits for the next call."""
+    path = job_dir(job_id, home) / "events.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(max_bytes)
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events, offset + end
+
+
+def result(job_id: int, home: Path | None = None) -> dict | None:
+    try:
+        return json.loads((job_dir(job_id, home) / "result.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class EventState:
+    """What a viewer keeps between refreshes: the offset, the latest progress, the metric points."""
+
+    def __init__(self):
+        self.offset = 0
+        self.progress: dict | None = None
+        self.first_progress: dict | None = None
+        self.metrics: list[dict] = []
+        self.messages: list[dict] = []
+        self.other: list[dict] = []
+
+    def update(self, job_id: int, home: Path | None = None) -> "EventState":
+        events, self.offset = read_events(job_id, self.offset, home=home)
+        for e in events:
+            t = e.get("type")
+            if t == "progress":
+                self.progress = e
+                if self.first_progress is None:
+                    self.first_progress = e
+            elif t == "metric":
+                self.metrics.append(e)
+            elif t == "message":
+                self.messages.append(e)
+            else:
+                self.other.append(e)
+        del self.messages[:-200], self.other[:-200]
+        return self
+
+    def eta_s(self) -> float | None:
+        """Seconds left, from the rate between the first and the latest progress event."""
+        p, p0 = self.progress, self.first_progress
+        if not p or not p0 or not p.get("total") or p["t"] <= p0["t"] or p["done"] <= p0["done"]:
+            return None
+        rate = (p["done"] - p0["done"]) / (p["t"] - p0["t"])
+        return max(0.0, (p["total"] - p["done"]) / rate)

@@ -1,0 +1,105 @@
+"""Submitting, cancelling, retrying and cloning jobs: what pages and the CLI call."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from backend import defaults, kinds
+from backend.states import JobState
+from backend.store import open_store
+
+
+class SubmitError(ValueError):
+    """A spec that can't be queued; the message is meant for the user."""
+
+
+def job_dir(job_id: int, home: Path | None = None) -> Path:
+    return (home or defaults.home()) / "jobs" / str(job_id)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def validate(kind: str, spec: dict):
+    """Return (Kind, validated spec model), or raise SubmitError with a readable reason."""
+    try:
+        k = kinds.get(kind)
+    except kinds.UnknownKind as e:
+        raise SubmitError(str(e)) from None
+    if not isinstance(spec, dict):
+        raise SubmitError("the spec must be a mapping of fields to values")
+    try:
+        model = kinds.module(k).Spec.model_validate(spec)
+    except ValidationError as e:
+        raise SubmitError(f"invalid {kind} spec: {format_validation_error(e)}") from None
+    except ValueError as e:
+        raise SubmitError(f"invalid {kind} spec: {e}") from None
+    return k, model
+
+
+def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, label: str = "",
+           parent_id: int | None = None, secrets: dict[str, str] | None = None,
+           home: Path | None = None) -> int:
+    """Validate and queue a job. ``secrets`` (tokens, API keys) reach the job as environment
+    variables through a private file the worker deletes at launch: never the spec, DB or log."""
+    k, model = validate(kind, spec)
+    try:
+        asked = kinds.asked(k, model)
+    except ValueError as e:
+        raise SubmitError(str(e)) from None
+    store = open_store(home)
+    job_id = store.insert_job(kind, owner or defaults.setting("USER"), model.model_dump(mode="json"), asked,
+                              priority=priority, label=label, parent_id=parent_id)
+    if secrets:
+        d = job_dir(job_id, home)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "secrets.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(secrets, f)
+    return job_id
+
+
+def get(job_id: int, home: Path | None = None) -> dict:
+    job = open_store(home).job(job_id)
+    if job is None:
+        raise KeyError(f"no job {job_id}")
+    return job
+
+
+def list_jobs(states=None, kind: str | None = None, owner: str | None = None, limit: int = 500,
+              home: Path | None = None) -> list[dict]:
+    return open_store(home).jobs(states=states, kind=kind, owner=owner, limit=limit)
+
+
+def cancel(job_id: int, home: Path | None = None) -> dict:
+    """Queued jobs end at once; running ones get SIGTERM, then SIGKILL after a grace period."""
+    get(job_id, home)
+    return open_store(home).request_cancel(job_id)
+
+
+def retry(job_id: int, owner: str | None = None, home: Path | None = None) -> int:
+    """Queue the same spec again as a new job (the old one's record stays)."""
+    job = get(job_id, home)
+    if not JobState(job["state"]).finished:
+        raise SubmitError(f"job {job_id} is still {job['state']}")
+    return submit(job["kind"], job["spec"], owner=owner or job["owner"], priority=job["priority"],
+                  label=job["label"], parent_id=job_id, home=home)
+
+
+def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:
+    """The kind and spec of a job, to edit and submit as a new one."""
+    job = get(job_id, home)
+    return job["kind"], dict(job["spec"])
+
+
+def set_priority(job_id: int, priority: int, home: Path | None = None) -> None:
+    open_store(home).update_job(job_id, priority=int(priority))

@@ -1,0 +1,258 @@
+"""The worker daemon: claims queued jobs, places them, runs them as subprocesses, watches them.
+
+    python -m backend worker [--burst]
+
+Each job runs as ``<engine python> -m <kind module> <job_dir>/spec.json`` in its own process
+group, with stdout and stderr appended to ``run.log``. The store is the source of truth: a
+restarted worker marks jobs whose worker died as ``lost`` and kills what is left of them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend import defaults, engines, errors, kinds, logs, resources
+from backend.queue import job_dir
+from backend.states import JobState
+from backend.store import Store, open_store
+from jobs.common import CANCELLED, EXIT_OK, MISSING_ENGINE, TIMEOUT
+
+
+@dataclass
+class Running:
+    job_id: int
+    proc: subprocess.Popen
+    started: float
+    timeout_s: float
+    term_sent: float | None = None
+    reason: str | None = None            # why the worker is stopping it: cancelled, timeout, shutdown
+    log: object = field(default=None, repr=False)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Worker:
+    def __init__(self, home: Path | None = None, cpu_slots: int | None = None, burst: bool = False,
+                 gpu_source=resources.gpus):
+        self.home = home or defaults.home()
+        self.store: Store = open_store(self.home)
+        self.cpu_slots = defaults.setting("CPU_SLOTS") if cpu_slots is None else cpu_slots
+        self.burst = burst
+        self.gpu_source = gpu_source
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.running: dict[int, Running] = {}
+        self.stopping = False
+        self._beat = 0.0
+        self._gpus: list[resources.GPU] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def run(self) -> None:
+        self.start()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            while not self.stopping:
+                self.tick()
+                if self.burst and not self.running and not self.store.queued():
+                    break
+                time.sleep(defaults.setting("POLL_S"))
+        finally:
+            self.shutdown()
+
+    def _on_signal(self, signum, frame):
+        self.stopping = True
+
+    def start(self) -> None:
+        self._gpus = self.gpu_source()
+        self.store.register_worker(self.id, os.getpid(), socket.gethostname(), self._resources())
+        self.sweep_lost(startup=True)
+        print(f"worker {self.id}: {len(self._gpus)} GPU(s), {self.cpu_slots} CPU slot(s), home {self.home}",
+              flush=True)
+
+    def shutdown(self) -> None:
+        """Stop the jobs this worker runs (SIGTERM, then SIGKILL) and record them as lost."""
+        for r in self.running.values():
+            r.reason = "shutdown"
+            kill_group(r.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + defaults.setting("CANCEL_GRACE_S")
+        while any(r.proc.poll() is None for r in self.running.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for r in list(self.running.values()):
+            kill_group(r.proc.pid, signal.SIGKILL)
+            r.proc.wait()
+            self.finish(r)
+        self.store.remove_worker(self.id)
+
+    def _resources(self) -> dict:
+        return {"gpus": [g.__dict__ for g in self._gpus], "cpu_slots": self.cpu_slots}
+
+    # -- one pass of the loop ---------------------------------------------------------------
+    def tick(self) -> None:
+        for r in list(self.running.values()):
+            if r.proc.poll() is not None:
+                self.finish(r)
+        self.enforce()
+        now = time.monotonic()
+        if now - self._beat >= defaults.HEARTBEAT_S:
+            self._beat = now
+            self._gpus = self.gpu_source()
+            self.store.worker_heartbeat(self.id, self._resources())
+            self.store.heartbeat_jobs(list(self.running))
+            self.sweep_lost()
+        if not self.stopping:
+            self.schedule()
+
+    def enforce(self) -> None:
+        """Cancel requests and timeouts: SIGTERM to the group, SIGKILL after the grace period."""
+        grace = defaults.setting("CANCEL_GRACE_S")
+        flagged = {j["id"] for j in self.store.active() if j["cancel_requested"]}
+        for r in self.running.values():
+            now = time.monotonic()
+            if r.term_sent is None:
+                if r.job_id in flagged:
+                    r.reason = CANCELLED
+                elif r.timeout_s and now - r.started > r.timeout_s:
+                    r.reason = TIMEOUT
+                if r.reason:
+                    r.term_sent = now
+                    kill_group(r.proc.pid, signal.SIGTERM)
+            elif now - r.term_sent > grace:
+                kill_group(r.proc.pid, signal.SIGKILL)
+
+    def sweep_lost(self, startup: bool = False) -> None:
+        """Jobs active in the store that no live worker runs: kill what is left of them, mark lost."""
+        live = {w["id"] for w in self.store.workers()
+                if w["id"] == self.id or (pid_alive(w["pid"]) and w["host"] == socket.gethostname()
+                                          and time.time() - w["heartbeat_at"] < defaults.setting("LOST_AFTER_S"))}
+        for job in self.store.active():
+            if job["id"] in self.running:
+                continue
+            stale = time.time() - (job["heartbeat_at"] or job["started_at"] or 0) > defaults.setting("LOST_AFTER_S")
+            if job["worker_id"] in live and not stale:
+                continue
+            if job["pid"] and pid_alive(job["pid"]):
+                kill_group(job["pid"], signal.SIGKILL)
+            self.store.transition(job["id"], JobState.LOST, error_class="lost",
+                                  error_message="the worker running this job stopped or died")
+            print(f"job {job['id']}: lost (its worker is gone)", flush=True)
+
+    def schedule(self) -> None:
+        cap = defaults.setting("USER_MAX_RUNNING")
+        active = self.store.active()
+        per_owner: dict[str, int] = {}
+        for j in active:
+            per_owner[j["owner"]] = per_owner.get(j["owner"], 0) + 1
+        # fair share: among equal priorities, owners with fewer running jobs go first
+        queued = sorted(self.store.queued(), key=lambda j: (-j["priority"], per_owner.get(j["owner"], 0), j["id"]))
+        for job in queued:
+            if cap and per_owner.get(job["owner"], 0) >= cap:
+                continue
+            engine = job["asked"].get("engine", "core")
+            if not engines.installed(engine, self.home):
+                if self._engine_install_pending(engine):
+                    continue      # wait for the install job to finish
+                self._fail_unplaced(job, MISSING_ENGINE,
+                                    f"the {engine} engine is not installed: run an engine_install job for it first")
+                continue
+            try:
+                given = resources.place(job["asked"], self._gpus, active, self.cpu_slots)
+            except resources.NeverFits as e:
+                self._fail_unplaced(job, "bad_input", str(e))
+                continue
+            if given is None or not self.store.claim(job["id"], self.id, given):
+                continue
+            job = self.store.job(job["id"])
+            self.launch(job)
+            active.append(job)
+            per_owner[job["owner"]] = per_owner.get(job["owner"], 0) + 1
+
+    def _engine_install_pending(self, engine: str) -> bool:
+        return any(j["spec"].get("engine") == engine
+                   for j in self.store.jobs(states=["queued", "starting", "running"], kind="engine_install"))
+
+    def _fail_unplaced(self, job: dict, error_class: str, message: str) -> None:
+        if self.store.claim(job["id"], self.id, {}):
+            self.store.transition(job["id"], JobState.FAILED, error_class=error_class, error_message=message)
+            print(f"job {job['id']}: failed before start: {message}", flush=True)
+
+    # -- running one job --------------------------------------------------------------------
+    def launch(self, job: dict) -> None:
+        d = job_dir(job["id"], self.home)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "artifacts").mkdir(exist_ok=True)
+        spec_path = d / "spec.json"
+        spec_path.write_text(json.dumps(job["spec"], ensure_ascii=False, indent=2), encoding="utf-8")
+        kind = kinds.get(job["kind"])
+        env = dict(os.environ)
+        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), env.get("PYTHONPATH")])),
+                   PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job["id"]),
+                   CUDA_VISIBLE_DEVICES=",".join(map(str, job["given"].get("gpus", []))))
+        secrets = d / "secrets.json"
+        if secrets.exists():
+            env.update(json.loads(secrets.read_text()))
+            secrets.unlink()
+        log = open(d / "run.log", "ab")
+        cmd = [str(engines.python(job["asked"].get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]
+        try:
+            proc = subprocess.Popen(cmd, cwd=defaults.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            log.close()
+            self.store.transition(job["id"], JobState.FAILED, error_class=MISSING_ENGINE,
+                                  error_message=f"could not start {cmd[0]}: {e}")
+            return
+        timeout = job["asked"].get("timeout_s")
+        if timeout is None:
+            timeout = defaults.setting("JOB_TIMEOUT_S")
+        self.running[job["id"]] = Running(job["id"], proc, time.monotonic(), float(timeout or 0), log=log)
+        self.store.transition(job["id"], JobState.RUNNING, pid=proc.pid)
+        print(f"job {job['id']} ({job['kind']}): running as pid {proc.pid} on {job['given']}", flush=True)
+
+    def finish(self, r: Running) -> None:
+        code = r.proc.wait()
+        r.log.close()
+        kill_group(r.proc.pid, signal.SIGKILL)     # children the job left behind
+        del self.running[r.job_id]
+        result = logs.result(r.job_id, self.home)
+        if r.reason == CANCELLED:
+            state, fields = JobState.CANCELLED, {"error_class": CANCELLED, "error_message": "cancelled by user"}
+        elif r.reason == TIMEOUT:
+            state, fields = JobState.FAILED, {"error_class": TIMEOUT,
+                                              "error_message": f"timed out after {r.timeout_s:.0f} s"}
+        elif r.reason == "shutdown":
+            state, fields = JobState.LOST, {"error_class": "lost", "error_message": "the worker was stopped"}
+        elif code == EXIT_OK and (result is None or result.get("ok", True)):
+            state, fields = JobState.SUCCEEDED, {}
+        else:
+            cls, msg = errors.classify(code, result, logs.tail(r.job_id, 40, self.home))
+            state, fields = JobState.FAILED, {"error_class": cls, "error_message": msg}
+        self.store.transition(r.job_id, state, exit_code=code, **fields)
+        print(f"job {r.job_id}: {state.value} (exit {code})", flush=True)
+
+
+def main(burst: bool = False) -> None:
+    Worker(burst=burst).run()

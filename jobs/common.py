@@ -1,0 +1,131 @@
+"""The job protocol: what a job process reads and writes in its folder.
+
+A job runs as ``<engine python> -m jobs.<kind> <job_dir>/spec.json``. It must import only the
+standard library, pydantic and this module at top level (heavy imports go inside ``main``) so
+that the backend can validate specs cheaply and engine environments need nothing else.
+
+Files in the job folder:
+  spec.json     the validated spec (written by the backend)
+  run.log       stdout + stderr of the process (the worker redirects them)
+  events.jsonl  one JSON object a line: {"t": time, "type": "progress"|"metric"|"message"|..., ...}
+  result.json   written once at the end: {"ok": bool, ...} or {"ok": false, "error": {...}}
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+# Error classes a job (or the worker) may report. The UI maps each to a suggestion.
+BAD_INPUT = "bad_input"
+OUT_OF_MEMORY = "out_of_memory"
+MISSING_ENGINE = "missing_engine"
+DOWNLOAD = "download_error"
+CRASH = "crash"
+TIMEOUT = "timeout"
+CANCELLED = "cancelled"
+
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 143
+
+
+class JobError(Exception):
+    """A failure the job understands: reported with its class and a human message."""
+
+    def __init__(self, message: str, error_class: str = CRASH, suggestion: str = ""):
+        super().__init__(message)
+        self.error_class = error_class
+        self.suggestion = suggestion
+
+
+class Cancelled(BaseException):
+    """Raised in the job's main thread on SIGTERM so it can save and exit."""
+
+
+class Job:
+    """Handle given to a job's ``main``: its folder and the event stream."""
+
+    def __init__(self, job_dir: str | Path):
+        self.dir = Path(job_dir)
+        self.home = Path(os.environ.get("WORKBENCH_HOME", self.dir.parent.parent))
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self._progress_t = 0.0
+
+    def event(self, type: str, **data) -> None:
+        data = {"t": round(time.time(), 3), "type": type, **data}
+        self._events.write(json.dumps(data, ensure_ascii=False) + "\n")
+        self._events.flush()
+
+    def progress(self, done: float, total: float | None = None, unit: str = "", message: str = "",
+                 force: bool = False) -> None:
+        """Progress of the whole job; rate-limited to 5 events/s unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._progress_t < 0.2 and (total is None or done < total):
+            return
+        self._progress_t = now
+        self.event("progress", done=done, total=total, unit=unit, message=message)
+
+    def metric(self, step: int, **values: float) -> None:
+        """A point on the job's charts (loss, lr, tokens/s ...), keyed by step."""
+        self.event("metric", step=step, **values)
+
+    def message(self, text: str, level: str = "info") -> None:
+        print(text, flush=True)
+        self.event("message", level=level, text=text)
+
+    def write_result(self, data: dict) -> None:
+        tmp = self.dir / "result.json.tmp"
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+        tmp.replace(self.dir / "result.json")
+
+
+def _on_sigterm(signum, frame):
+    raise Cancelled()
+
+
+def run(main: Callable, spec_model) -> None:
+    """Entry point of every job module: ``if __name__ == "__main__": run(main, Spec)``.
+
+    Validates the spec, calls ``main(spec, job)`` (which returns a dict for result.json), and
+    turns the outcome into result.json and an exit code.
+    """
+    spec_path = Path(sys.argv[1])
+    job = Job(spec_path.parent)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        spec = spec_model.model_validate_json(spec_path.read_text(encoding="utf-8"))
+        result = main(spec, job) or {}
+        job.write_result({"ok": True, **result})
+        job.event("done")
+        code = EXIT_OK
+    except Cancelled:
+        job.write_result({"ok": False, "error": {"class": CANCELLED, "message": "cancelled"}})
+        print("job cancelled", flush=True)
+        code = EXIT_CANCELLED
+    except JobError as e:
+        job.write_result({"ok": False, "error": {"class": e.error_class, "message": str(e),
+                                                 "suggestion": e.suggestion}})
+        print(f"error [{e.error_class}]: {e}", file=sys.stderr, flush=True)
+        code = EXIT_ERROR
+    except BaseException as e:  # noqa: BLE001 - everything else is a crash, with its traceback
+        traceback.print_exc()
+        job.write_result({"ok": False, "error": {"class": classify_exception(e), "message": f"{type(e).__name__}: {e}"}})
+        code = EXIT_ERROR
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def classify_exception(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if "out of memory" in text.lower() or type(e).__name__ in ("OutOfMemoryError", "MemoryError"):
+        return OUT_OF_MEMORY
+    if isinstance(e, (ValueError, FileNotFoundError)) and not isinstance(e, UnicodeError):
+        return BAD_INPUT
+    if isinstance(e, ModuleNotFoundError):
+        return MISSING_ENGINE
+    return CRASH
