@@ -1,0 +1,157 @@
+"""Shared fixtures: a real workspace per test, a real worker subprocess, the real Streamlit app in
+headless Chromium, and a tiny random chat model built offline."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TEST_KINDS = "sleepy=tests.fixtures.jobs_sleepy"
+ARTIFACTS = ROOT / "test-artifacts"          # screenshots the browser tests save
+CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium")
+
+
+def wait_for(fn, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty workspace; WORKBENCH_HOME points at it for this test and its subprocesses."""
+    h = tmp_path / "workspace"
+    h.mkdir()
+    monkeypatch.setenv("WORKBENCH_HOME", str(h))
+    monkeypatch.setenv("WORKBENCH_EXTRA_KINDS", TEST_KINDS)
+    monkeypatch.setenv("WORKBENCH_POLL_S", "0.1")
+    monkeypatch.setenv("WORKBENCH_CANCEL_GRACE_S", "3")
+    return h
+
+
+def env_for(home: Path, **extra) -> dict:
+    env = dict(os.environ, WORKBENCH_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_worker(home: Path, *args: str, **env) -> subprocess.Popen:
+    log = open(home / "worker.log", "ab")
+    return subprocess.Popen([PY, "-m", "backend", "worker", *args], cwd=ROOT, env=env_for(home, **env),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def worker(home):
+    """A real worker daemon on the test's workspace."""
+    proc = start_worker(home)
+    yield proc
+    stop(proc)
+
+
+def run_burst(home: Path, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+    """Run a worker in --burst mode until the queue is empty."""
+    return subprocess.run([PY, "-m", "backend", "worker", "--burst"], cwd=ROOT, env=env_for(home, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def cli(home: Path, *args: str, timeout: float = 60, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "backend", *args], cwd=ROOT, env=env_for(home, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_app(home: Path, port: int, **env) -> subprocess.Popen:
+    log = open(home / "streamlit.log", "ab")
+    return subprocess.Popen(
+        [PY, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env_for(home, **env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def app_healthy(url: str) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def app(home, worker):
+    """The real Streamlit app and worker on free ports; yields the base URL."""
+    port = free_port()
+    proc = start_app(home, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: app_healthy(url) or proc.poll() is not None, 60, 0.2, "streamlit to start")
+        assert proc.poll() is None, (home / "streamlit.log").read_text()
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (./workbench test installs it)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    pg.base_url = app
+    yield pg
+    ctx.close()
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama chat model folder (tokenizer, config, safetensors, chat template)."""
+    from tests.fixtures.tiny_model import make_tiny_llama
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
