@@ -1,0 +1,479 @@
+"""Datasets: read records from jsonl/json/csv/parquet/txt, detect and validate their format, turn
+training records into chat messages, convert, split, upload, and list what the workspace holds.
+
+Formats (``detect_format``):
+  alpaca    {"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}
+  sharegpt  {"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}
+  messages  {"messages": [{"role": "system"|"user"|"assistant", "content", "loss"?: bool}]}
+  xtuner    {"conversation": [{"system"?, "input", "output"}]}
+  mcq       {"question", "A", "B", ..., "answer": "A"}        (OpenCompass custom MCQ)
+  qa        {"question", "answer"}                           (OpenCompass custom QA)
+  text      {"text"} or a .txt file, one document a line      (continued pre-training)
+
+Every record comes with its position: the line number for jsonl/txt/csv (1-based, as an editor shows
+it), the record number for a JSON array and the row number for parquet. Bad input never raises out
+of ``validate``; ``iter_records`` raises ``DatasetError`` naming the line unless told to skip.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from backend import defaults
+
+TRAIN_FORMATS = ("messages", "sharegpt", "alpaca", "xtuner")
+EVAL_FORMATS = ("mcq", "qa")
+FORMATS = TRAIN_FORMATS + EVAL_FORMATS + ("text",)
+EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+SAMPLES_DIR = defaults.ROOT / "assets" / "datasets"
+DETECT_SAMPLE = 200                      # records looked at by detect_format
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "model": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
+                  "system": "system"}
+MCQ_LETTERS = "ABCDEFGHIJ"
+
+
+class DatasetError(ValueError):
+    """A dataset problem the user can fix; the message says where and how."""
+
+
+# -- reading ---------------------------------------------------------------------------------
+def max_line_bytes() -> int:
+    return int(defaults.setting("DATASET_MAX_LINE_MB") * 1024 * 1024)
+
+
+def _sniff(path: Path) -> str | None:
+    """A reason the file can't be read as text at all (empty, binary, UTF-16), else None."""
+    if not path.is_file():
+        return f"{path.name}: no such file"
+    if path.stat().st_size == 0:
+        return f"{path.name} is empty"
+    if path.suffix.lower() == ".parquet":
+        return None
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return f"{path.name} is UTF-16 encoded; save it as UTF-8"
+    if b"\x00" in head:
+        return (f"{path.name} is a binary file, not text (a NUL byte at offset {head.index(b'\x00')}); "
+                f"a {path.suffix} file must be UTF-8 text")
+    return None
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                           "save the file as UTF-8") from None
+
+
+def _json_cell(value):
+    """CSV cells holding a JSON list/object (messages, conversations) become that list/object."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def scan(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Every record as (position, record, None) or (position, None, reason); never raises for bad
+    content. A file-level problem (empty, binary, unreadable) is one item at position 0."""
+    path = Path(path)
+    problem = _sniff(path)
+    if problem:
+        yield 0, None, problem
+        return
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            yield from _scan_parquet(path)
+        elif suffix == ".csv":
+            yield from _scan_csv(path)
+        elif suffix == ".json" and _first_char(path) == "[":
+            yield from _scan_json_array(path)
+        else:
+            yield from _scan_lines(path, text=suffix == ".txt")
+    except (OSError, ValueError) as e:       # unreadable file, broken parquet footer ...
+        yield 0, None, f"{path.name}: {e}"
+
+
+def _first_char(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1].decode("latin-1")
+
+
+def _scan_lines(path: Path, text: bool = False):
+    limit = max_line_bytes()
+    with open(path, "rb") as f:
+        for n, raw in enumerate(_lines(f, limit), start=1):
+            if isinstance(raw, int):
+                yield n, None, f"line {n} is {raw / 2**20:.1f} MB long (limit {limit / 2**20:.0f} MB)"
+                continue
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                line = _decode(raw, f"line {n}")
+            except DatasetError as e:
+                yield n, None, str(e)
+                continue
+            if text:
+                yield n, {"text": line.rstrip("\r\n")}, None
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                yield n, None, f"line {n}: invalid JSON: {getattr(e, 'msg', e)} at column {getattr(e, 'colno', '?')}"
+                continue
+            if not isinstance(rec, dict):
+                yield n, None, f"line {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+                continue
+            yield n, rec, None
+
+
+def _lines(f, limit: int):
+    """Lines of a binary file; a line longer than ``limit`` is skipped and given as its length."""
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            size = len(raw)
+            while True:                      # skip the rest of the long line without keeping it
+                chunk = f.readline(1 << 20)
+                size += len(chunk)
+                if not chunk or chunk.endswith(b"\n"):
+                    break
+            yield size
+        else:
+            yield raw
+
+
+def _scan_json_array(path: Path):
+    try:
+        data = json.loads(_decode(path.read_bytes(), path.name).lstrip("\ufeff"))
+    except DatasetError as e:
+        yield 0, None, str(e)
+        return
+    except ValueError as e:
+        yield getattr(e, "lineno", 0), None, (f"{path.name}: invalid JSON: {getattr(e, 'msg', e)} at line "
+                                              f"{getattr(e, 'lineno', '?')} column {getattr(e, 'colno', '?')}")
+        return
+    for n, rec in enumerate(data, start=1):
+        if isinstance(rec, dict):
+            yield n, rec, None
+        else:
+            yield n, None, f"record {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+
+
+def _scan_csv(path: Path):
+    with open(path, "rb") as fb:
+        raw = fb.read()
+    try:
+        text = _decode(raw, path.name).lstrip("\ufeff")
+    except DatasetError as e:
+        yield 0, None, str(e)
+        return
+    del raw
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        yield 1, None, f"line 1: {e}"
+        return
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield reader.line_num, None, f"line {reader.line_num}: {e}"
+            return
+        n, start = start, reader.line_num + 1
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            yield n, None, f"line {n}: {len(row)} fields, the header has {len(header)}"
+            continue
+        yield n, {k: _json_cell(v) for k, v in zip(header, row)}, None
+
+
+def _scan_parquet(path: Path):
+    import pyarrow.parquet as pq
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for rec in batch.to_pylist():
+            n += 1
+            yield n, rec, None
+
+
+def iter_records(path: str | Path, skip_bad: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every record of a jsonl/json/csv/parquet/txt file.
+    A bad line raises DatasetError naming it, or is skipped with ``skip_bad``."""
+    for n, rec, err in scan(path):
+        if err is not None:
+            if skip_bad and n:
+                continue
+            raise DatasetError(err)
+        yield n, rec
+
+
+# -- formats ---------------------------------------------------------------------------------
+def record_format(rec: dict) -> str:
+    """The format one record looks like (see the module docstring), or "unknown"."""
+    if not isinstance(rec, dict):
+        return "unknown"
+    if isinstance(rec.get("messages"), list):
+        return "messages"
+    if isinstance(rec.get("conversations"), list):
+        return "sharegpt"
+    if isinstance(rec.get("conversation"), list):
+        return "xtuner"
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if "question" in rec and "answer" in rec:
+        return "mcq" if "A" in rec and "B" in rec else "qa"
+    if isinstance(rec.get("text"), str):
+        return "text"
+    return "unknown"
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of most of the first records: alpaca, sharegpt, messages, xtuner, mcq, qa, text or
+    unknown (also for an empty or unreadable file)."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        return "text" if _sniff(path) is None else "unknown"
+    counts = Counter()
+    for i, (_, rec, err) in enumerate(scan(path)):
+        if i >= DETECT_SAMPLE:
+            break
+        if err is None:
+            counts[record_format(rec)] += 1
+    return counts.most_common(1)[0][0] if counts else "unknown"
+
+
+def _text(value, where: str, allow_empty: bool = False) -> str:
+    if isinstance(value, list):          # OpenAI content parts: keep the text ones
+        parts = [p.get("text", "") for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if len(parts) == len(value):
+            value = "".join(parts)
+    if value is None and allow_empty:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, not {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"{where} is empty")
+    return value
+
+
+def to_messages(record: dict, fmt: str) -> list[dict]:
+    """OpenAI-style messages ``[{"role", "content", "loss"?}]`` of one training record
+    (alpaca, sharegpt, messages, xtuner). Raises ValueError saying what is wrong with it."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a record must be a JSON object, not {type(record).__name__}")
+    if fmt == "messages":
+        msgs = record.get("messages")
+        if not isinstance(msgs, list):
+            raise ValueError('no "messages" list')
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise ValueError(f"messages[{i}] is not an object")
+            role = m.get("role")
+            if role not in ROLES:
+                raise ValueError(f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
+            msg = {"role": role, "content": _text(m.get("content"), f"messages[{i}].content",
+                                                   allow_empty=role != "assistant")}
+            if "loss" in m:
+                if not isinstance(m["loss"], bool):
+                    raise ValueError(f"messages[{i}].loss must be true or false")
+                msg["loss"] = m["loss"]
+            out.append(msg)
+    elif fmt == "sharegpt":
+        conv = record.get("conversations")
+        if not isinstance(conv, list):
+            raise ValueError('no "conversations" list')
+        out = []
+        if record.get("system"):
+            out.append({"role": "system", "content": _text(record["system"], "system")})
+        for i, m in enumerate(conv):
+            if not isinstance(m, dict):
+                raise ValueError(f"conversations[{i}] is not an object")
+            who = m.get("from", m.get("role"))
+            role = SHAREGPT_ROLES.get(str(who).lower())
+            if role is None:
+                raise ValueError(f"conversations[{i}].from is {who!r}; expected human, gpt or system")
+            out.append({"role": role, "content": _text(m.get("value", m.get("content")), f"conversations[{i}].value",
+                                                       allow_empty=role != "assistant")})
+    elif fmt == "alpaca":
+        out = []
+        if record.get("system"):
+            out.append({"role": "system", "content": _text(record["system"], "system")})
+        for i, pair in enumerate(record.get("history") or []):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise ValueError(f"history[{i}] must be a [question, answer] pair")
+            out += [{"role": "user", "content": _text(pair[0], f"history[{i}][0]")},
+                    {"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")}]
+        instruction = _text(record.get("instruction"), "instruction")
+        extra = _text(record.get("input"), "input", allow_empty=True)
+        out += [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction},
+                {"role": "assistant", "content": _text(record.get("output"), "output")}]
+    elif fmt == "xtuner":
+        conv = record.get("conversation")
+        if not isinstance(conv, list):
+            raise ValueError('no "conversation" list')
+        out = []
+        for i, turn in enumerate(conv):
+            if not isinstance(turn, dict):
+                raise ValueError(f"conversation[{i}] is not an object")
+            if turn.get("system"):
+                out.append({"role": "system", "content": _text(turn["system"], f"conversation[{i}].system")})
+            out += [{"role": "user", "content": _text(turn.get("input"), f"conversation[{i}].input", allow_empty=True)},
+                    {"role": "assistant", "content": _text(turn.get("output"), f"conversation[{i}].output")}]
+    else:
+        raise ValueError(f"{fmt!r} is not a training format; expected one of {', '.join(TRAIN_FORMATS)}")
+    _check_roles(out)
+    return out
+
+
+def _check_roles(msgs: list[dict]) -> None:
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise ValueError("no assistant message to learn from")
+    if any(m["role"] == "system" for m in msgs[1:]):
+        raise ValueError("a system message may only come first")
+    if msgs[-1]["role"] != "assistant":
+        raise ValueError("the conversation must end with an assistant message")
+
+
+def from_messages(msgs: list[dict], fmt: str) -> dict:
+    """A record in ``fmt`` (a training format) holding these messages."""
+    system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
+    body = msgs[1:] if system else msgs
+    if fmt == "messages":
+        return {"messages": [dict(m) for m in msgs]}
+    if fmt == "sharegpt":
+        conv = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in body]
+        return {"conversations": conv, **({"system": system} if system else {})}
+    pairs, pending = [], None
+    for m in body:
+        if m["role"] == "user":
+            pending = m["content"] if pending is None else pending + "\n\n" + m["content"]
+        else:
+            pairs.append((pending or "", m["content"]))
+            pending = None
+    if fmt == "alpaca":
+        rec = {"instruction": pairs[-1][0], "input": "", "output": pairs[-1][1]}
+        if system:
+            rec["system"] = system
+        if len(pairs) > 1:
+            rec["history"] = [list(p) for p in pairs[:-1]]
+        return rec
+    if fmt == "xtuner":
+        conv = [{"input": q, "output": a} for q, a in pairs]
+        if system:
+            conv[0] = {"system": system, **conv[0]}
+        return {"conversation": conv}
+    raise ValueError(f"can't convert to {fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
+
+
+def check_record(rec: dict, fmt: str) -> None:
+    """Raise ValueError if ``rec`` is not a good record of ``fmt``."""
+    if fmt in TRAIN_FORMATS:
+        to_messages(rec, fmt)
+    elif fmt == "mcq":
+        _text(rec.get("question"), "question")
+        options = [k for k in MCQ_LETTERS if k in rec]
+        for k in options:
+            _text(str(rec[k]) if rec[k] is not None else None, f"option {k}")
+        answer = str(rec.get("answer", "")).strip()
+        if answer not in options:
+            raise ValueError(f"answer is {answer!r}; expected one of the options {', '.join(options)}")
+    elif fmt == "qa":
+        _text(rec.get("question"), "question")
+        _text(str(rec["answer"]) if rec.get("answer") is not None else None, "answer")
+    elif fmt == "text":
+        _text(rec.get("text"), "text")
+
+
+def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[list[dict]]:
+    """Every record of a training file as messages (for the fine-tune job). Raises DatasetError
+    naming the first bad line."""
+    fmt = fmt or detect_format(path)
+    if fmt not in TRAIN_FORMATS:
+        raise DatasetError(f"{Path(path).name} is in {fmt!r} format, not a training format "
+                           f"({', '.join(TRAIN_FORMATS)}); convert it first")
+    out = []
+    for n, rec in iter_records(path):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            out.append(to_messages(rec, fmt))
+        except ValueError as e:
+            raise DatasetError(f"{Path(path).name} line {n}: {e}") from None
+    if not out:
+        raise DatasetError(f"{Path(path).name} has no records")
+    return out
+
+
+# -- validation ------------------------------------------------------------------------------
+def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000) -> dict:
+    """Check every record: {"ok", "format", "rows", "bad", "errors": [{"line", "reason"}], "formats",
+    "summary"}. Never raises for bad content."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    rows = bad = 0
+    errors, formats, reasons = [], Counter(), Counter()
+
+    def fail(n, reason, kind):
+        nonlocal bad
+        bad += 1
+        reasons[kind] += 1
+        if len(errors) < max_errors:
+            errors.append({"line": n, "reason": reason})
+
+    for n, rec, err in scan(path):
+        if err is not None:
+            if n == 0:
+                fail(0, err, "file")
+                break
+            fail(n, err, "MB long" in err and "too long" or "not UTF-8" in err and "encoding"
+                 or "invalid JSON" in err and "invalid JSON" or "fields" in err and "ragged CSV row" or "unreadable")
+            continue
+        rows += 1
+        got = record_format(rec)
+        formats[got] += 1
+        if fmt != "unknown" and got != fmt and not (fmt == "text" and path.suffix.lower() == ".txt"):
+            fail(n, f"line {n}: looks like {got}, but the file is {fmt}", "mixed formats")
+            continue
+        try:
+            check_record(rec, fmt)
+        except ValueError as e:
+            fail(n, f"line {n}: {e}", f"bad {fmt} record")
+    if fmt == "unknown" and rows:
+        fail(0, f"{path.name}: no known format; expected one of {', '.join(FORMATS)}", "unknown format")
+    summary = (f"{rows + sum(1 for e in errors if e['line'] and 'looks like' not in e['reason'] and 'line ' in e['reason'] and e['reason'].startswith('line') and False)}"
+               if False else "")
+    good = rows - sum(v for k, v in reasons.items() if k in ("mixed formats", f"bad {fmt} record"))
+    summary = f"{good} good rows, {bad} problems" + (
+        ": " + ", ".join(f"{v} {k}" for k, v in reasons.most_common()) if reasons else "")
+    return {"ok": bad == 0 and rows > 0, "format": fmt, "rows": rows, "good": good, "bad": bad,
+            "errors": errors, "truncated": bad > len(errors), "formats": dict(formats),
+            "reasons": dict(reasons), "summary": summary}

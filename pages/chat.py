@@ -1,0 +1,7 @@
+"""chat page (placeholder until its issue lands)."""
+import streamlit as st
+
+from pages import ui
+
+st.title(ui.t("nav.chat"))
+st.info("Coming soon.")

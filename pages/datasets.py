@@ -1,0 +1,7 @@
+"""datasets page (placeholder until its issue lands)."""
+import streamlit as st
+
+from pages import ui
+
+st.title(ui.t("nav.datasets"))
+st.info("Coming soon.")

@@ -1,0 +1,7 @@
+"""evaluate page (placeholder until its issue lands)."""
+import streamlit as st
+
+from pages import ui
+
+st.title(ui.t("nav.evaluate"))
+st.info("Coming soon.")

@@ -1,0 +1,7 @@
+"""finetune page (placeholder until its issue lands)."""
+import streamlit as st
+
+from pages import ui
+
+st.title(ui.t("nav.finetune"))
+st.info("Coming soon.")

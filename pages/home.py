@@ -1,0 +1,55 @@
+"""Home: the pipeline, the machine's hardware, the queue at a glance."""
+import time
+
+import streamlit as st
+
+from backend import defaults, queue, resources
+from backend.store import open_store
+from pages import ui
+
+st.title(ui.t("app.title"))
+st.write(ui.t("home.intro"))
+
+st.subheader(ui.t("home.pipeline"))
+steps = [("datasets", "🗂️"), ("models", "📦"), ("finetune", "🛠️"), ("evaluate", "📊"), ("chat", "💬"),
+         ("xcomposer", "🖼️")]
+cols = st.columns(len(steps))
+for col, (name, icon) in zip(cols, steps):
+    with col.container(border=True, key=f"step-{name}"):
+        st.page_link(f"pages/{name}.py", label=ui.t(f"nav.{name}"), icon=icon)
+        st.caption(ui.t(f"home.step.{name}"))
+
+
+@st.fragment(run_every=3)
+def status() -> None:
+    store = open_store()
+    left, right = st.columns(2)
+    with left.container(key="hardware"):
+        st.subheader(ui.t("home.hardware"))
+        gpus = resources.gpus()
+        if gpus:
+            for g in gpus:
+                st.progress(min(1.0, g.used_gb / g.total_gb),
+                            text=ui.t("home.gpu_line", index=g.index, name=g.name, used=g.used_gb, total=g.total_gb))
+        else:
+            st.info(ui.t("home.cpu_only", slots=defaults.setting("CPU_SLOTS")))
+        live = [w for w in store.workers() if time.time() - w["heartbeat_at"] < defaults.setting("LOST_AFTER_S")]
+        if live:
+            st.success(ui.t("home.worker_ok", pid=live[0]["pid"]))
+        else:
+            st.warning(ui.t("home.no_worker"))
+    with right.container(key="queue"):
+        st.subheader(ui.t("home.queue"))
+        counts = store.counts()
+        mcols = st.columns(4)
+        for c, state in zip(mcols, ("queued", "running", "succeeded", "failed")):
+            c.metric(ui.state_label(state), counts.get(state, 0))
+        recent = queue.list_jobs(limit=8)
+        if recent:
+            st.caption(ui.t("home.recent"))
+            st.dataframe(ui.jobs_frame(recent), hide_index=True, use_container_width=True)
+        else:
+            st.caption(ui.t("jobs.none"))
+
+
+status()

@@ -1,0 +1,44 @@
+"""Jobs: every job with filters; one job's live view (``?job=<id>`` survives reloads and links)."""
+import streamlit as st
+
+from backend import kinds, queue
+from backend.states import JobState
+from pages import ui
+
+st.title(ui.t("nav.jobs"))
+
+
+@st.fragment(run_every=2)
+def job_table() -> None:
+    c1, c2, c3 = st.columns(3)
+    states = c1.multiselect(ui.t("jobs.filter.state"), [s.value for s in JobState], format_func=ui.state_label,
+                            key="f_state")
+    kind = c2.selectbox(ui.t("jobs.filter.kind"), [""] + sorted(kinds.KINDS), key="f_kind")
+    owner = c3.text_input(ui.t("jobs.filter.owner"), key="f_owner")
+    jobs = queue.list_jobs(states=states or None, kind=kind or None, owner=owner.strip() or None, limit=300)
+    if not jobs:
+        st.info(ui.t("jobs.none"))
+        return
+    event = st.dataframe(ui.jobs_frame(jobs), hide_index=True, use_container_width=True, key="jobs_table",
+                         on_select="rerun", selection_mode="single-row")
+    rows = event.selection.rows if event and event.selection else []
+    if rows:
+        picked = str(jobs[rows[0]]["id"])
+        if st.query_params.get("job") != picked:
+            st.query_params["job"] = picked
+            st.rerun(scope="app")
+
+
+job_table()
+
+selected = st.query_params.get("job")
+with st.form("open_job", border=False):
+    c1, c2 = st.columns([1, 5])
+    typed = c1.text_input(ui.t("jobs.open"), value=selected or "", key="open_job_id")
+    if c2.form_submit_button(ui.t("jobs.open")) and typed.strip().isdigit():
+        st.query_params["job"] = typed.strip()
+        st.rerun()
+
+if selected and selected.isdigit():
+    st.divider()
+    ui.job_view(int(selected))

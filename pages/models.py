@@ -1,0 +1,7 @@
+"""models page (placeholder until its issue lands)."""
+import streamlit as st
+
+from pages import ui
+
+st.title(ui.t("nav.models"))
+st.info("Coming soon.")

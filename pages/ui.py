@@ -1,0 +1,212 @@
+"""Widgets every page shares: language, strings, the live job view, submitting from a form.
+
+Session keys live here (KEYS) so pages never invent their own spelling of the same state.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+import streamlit as st
+import yaml
+
+from backend import defaults, errors, i18n, logs, queue
+from backend.states import JobState
+
+KEYS = {"lang": "lang", "owner": "owner"}
+LOG_KEEP_CHARS = 64 * 1024        # what a log view keeps on screen: the refresh cost stays constant
+REFRESH_S = 1.0
+
+STATE_ICON = {"queued": "⏳", "starting": "🚀", "running": "▶️", "succeeded": "✅", "failed": "❌",
+              "cancelled": "⏹️", "lost": "❓"}
+
+
+def lang() -> str:
+    if KEYS["lang"] not in st.session_state:
+        st.session_state[KEYS["lang"]] = st.query_params.get("lang") or defaults.env("WORKBENCH_LANG", "en")
+    return st.session_state[KEYS["lang"]]
+
+
+def t(key: str, **fmt) -> str:
+    return i18n.t(key, lang(), **fmt)
+
+
+def owner() -> str:
+    return st.session_state.get(KEYS["owner"]) or defaults.setting("USER")
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        current = lang()
+        choice = st.radio(i18n.t("app.language", current), list(i18n.LANGS), format_func=i18n.LANGS.get,
+                          index=list(i18n.LANGS).index(current) if current in i18n.LANGS else 0,
+                          horizontal=True, key="lang_switch")
+        if choice != current:
+            st.session_state[KEYS["lang"]] = choice
+            st.rerun()
+        st.caption(f"{t('app.user')}: {owner()}")
+
+
+def when(ts) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S") if ts else ""
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def state_label(state: str) -> str:
+    return f"{STATE_ICON.get(state, '')} {t('state.' + state)}"
+
+
+def resources_text(r: dict | None) -> str:
+    if not r:
+        return ""
+    if r.get("gpus"):
+        gpus = r["gpus"] if isinstance(r["gpus"], list) else f"×{r['gpus']}"
+        return f"GPU {gpus} · {float(r.get('gpu_mem_gb') or 0):.1f} GB"
+    return f"CPU ×{r.get('cpu_slots', 0)}"
+
+
+def jobs_frame(jobs: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        t("jobs.col.id"): j["id"], t("jobs.col.kind"): j["kind"], t("jobs.col.state"): state_label(j["state"]),
+        t("jobs.col.owner"): j["owner"], t("jobs.col.label"): j["label"],
+        t("jobs.col.asked"): resources_text(j["asked"]), t("jobs.col.given"): resources_text(j["given"]),
+        t("jobs.col.queued"): when(j["created_at"]), t("jobs.col.started"): when(j["started_at"]),
+        t("jobs.col.finished"): when(j["finished_at"]),
+    } for j in jobs])
+
+
+def submit(kind: str, spec: dict, **kw) -> int | None:
+    """Queue a job from a form; shows the error in the page instead of raising."""
+    try:
+        job_id = queue.submit(kind, spec, owner=owner(), **kw)
+    except queue.SubmitError as e:
+        st.error(str(e))
+        return None
+    st.success(t("job.queued_as", id=job_id))
+    return job_id
+
+
+def job_view(job_id: int, show_spec: bool = True) -> None:
+    """A job's live view: header, progress with ETA, log, metrics, error, actions. Re-attaches after
+    any reload because everything is read from the store and the job's files."""
+    try:
+        job = queue.get(job_id)
+    except KeyError:
+        st.warning(t("job.not_found", id=job_id))
+        return
+    st.subheader(t("job.title", id=job_id, kind=job["kind"]))
+    _actions(job)
+    _live(job_id)
+    if show_spec:
+        with st.expander(t("job.spec")):
+            st.code(yaml.safe_dump(job["spec"], allow_unicode=True, sort_keys=False), language="yaml")
+
+
+def _actions(job: dict) -> None:
+    state = JobState(job["state"])
+    cols = st.columns(6)
+    if not state.finished:
+        if cols[0].button(t("job.cancel"), key=f"cancel-{job['id']}", type="primary"):
+            queue.cancel(job["id"])
+            st.rerun()
+    else:
+        if cols[0].button(t("job.retry"), key=f"retry-{job['id']}"):
+            try:
+                new_id = queue.retry(job["id"], owner=owner())
+            except queue.SubmitError as e:
+                st.error(str(e))
+            else:
+                st.query_params["job"] = str(new_id)
+                st.rerun()
+    if cols[1].button(t("job.clone"), key=f"clone-{job['id']}"):
+        kind, spec = queue.clone(job["id"])
+        st.info(t("job.cloned", id=job["id"]))
+        st.code(f"# python -m backend submit {kind} spec.yaml\n" + yaml.safe_dump(spec, allow_unicode=True,
+                                                                                 sort_keys=False), language="yaml")
+
+
+@st.fragment(run_every=REFRESH_S)
+def _live(job_id: int) -> None:
+    key = f"jobview-{job_id}"
+    view = st.session_state.get(key)
+    if view is None:
+        view = st.session_state[key] = {"offset": 0, "text": "", "events": logs.EventState()}
+    job = queue.get(job_id)
+    text, view["offset"] = logs.read_log(job_id, view["offset"])
+    if text:
+        view["text"] = (view["text"] + text)[-LOG_KEEP_CHARS:]
+    ev: logs.EventState = view["events"].update(job_id)
+
+    with st.container(key=f"jobstate-{job_id}"):
+        c1, c2, c3 = st.columns(3)
+        c1.metric(t("job.state"), state_label(job["state"]))
+        c2.metric(t("jobs.col.given") if job["given"] else t("jobs.col.asked"),
+                  resources_text(job["given"] or job["asked"]) or "-")
+        c3.metric(t("job.exit_code"), "-" if job["exit_code"] is None else job["exit_code"])
+        st.markdown(f"<span data-testid='job-state' data-state='{job['state']}'></span>", unsafe_allow_html=True)
+    if job["cancel_requested"] and not JobState(job["state"]).finished:
+        st.warning(t("job.cancelling"))
+    p = ev.progress
+    if p and p.get("total"):
+        frac = min(1.0, max(0.0, float(p["done"]) / float(p["total"])))
+        if job["state"] == "succeeded":
+            frac = 1.0
+        eta = ev.eta_s()
+        label = (t("job.eta", done=_num(p["done"]), total=_num(p["total"]), unit=p.get("unit", ""), eta=duration(eta))
+                 if eta is not None and job["state"] == "running"
+                 else t("job.progress", done=_num(p["done"]), total=_num(p["total"]), unit=p.get("unit", "")))
+        st.progress(frac, text=label + (f" · {p['message']}" if p.get("message") else ""))
+    if job["state"] in ("failed", "lost"):
+        cls = job["error_class"] or "crash"
+        st.error(t("job.error", cls=cls, message=job["error_message"] or ""))
+        st.info(t(errors.SUGGESTIONS.get(cls, "err.crash")))
+    if ev.metrics:
+        with st.expander(t("job.metrics"), expanded=True):
+            metrics_chart(ev.metrics)
+    with st.container(key=f"joblog-{job_id}"):
+        st.caption(t("job.log"))
+        st.code(view["text"][-LOG_KEEP_CHARS:] or " ", language=None, height=360)
+    if ev.messages:
+        with st.expander(t("job.events")):
+            for m in ev.messages[-20:]:
+                st.text(f"{when(m['t'])} {m.get('level', '')} {m.get('text', '')}")
+    if job["state"] == "succeeded":
+        result = logs.result(job_id)
+        if result:
+            with st.expander(t("job.result")):
+                st.json(result)
+
+
+def _num(x) -> str:
+    return f"{x:,.0f}" if isinstance(x, (int, float)) and float(x).is_integer() else f"{x:,.2f}"
+
+
+def metrics_chart(points: list[dict]) -> None:
+    """One line chart per metric, x = step."""
+    df = pd.DataFrame(points).drop(columns=["t", "type"], errors="ignore")
+    if "step" not in df:
+        return
+    df = df.groupby("step").last()
+    names = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+    cols = st.columns(min(3, max(1, len(names))))
+    for i, name in enumerate(names):
+        with cols[i % len(cols)]:
+            st.caption(name)
+            st.line_chart(df[[name]].dropna(), height=180)
+
+
+def spec_yaml(spec: dict) -> str:
+    return yaml.safe_dump(spec, allow_unicode=True, sort_keys=False)
+
+
+def json_text(data) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=2)

@@ -1,0 +1,7 @@
+"""xcomposer page (placeholder until its issue lands)."""
+import streamlit as st
+
+from pages import ui
+
+st.title(ui.t("nav.xcomposer"))
+st.info("Coming soon.")

@@ -1,0 +1,94 @@
+"""The store: schema, checked transitions, atomic claim, concurrent writers."""
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from backend.states import InvalidTransition, JobState
+from backend.store import MIGRATIONS, Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "wb.db")
+
+
+def test_schema_is_versioned_and_wal(store, tmp_path):
+    assert store.version == len(MIGRATIONS)
+    con = sqlite3.connect(tmp_path / "wb.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    Store(tmp_path / "wb.db")            # opening again migrates nothing and loses nothing
+    assert store.version == len(MIGRATIONS)
+
+
+def test_transitions_are_checked(store):
+    job = store.insert_job("sleepy", "ann", {"steps": 1}, {"cpu_slots": 1})
+    with pytest.raises(InvalidTransition):
+        store.transition(job, JobState.SUCCEEDED)            # queued cannot jump to succeeded
+    assert store.claim(job, "w1", {"cpu_slots": 1})
+    store.transition(job, JobState.RUNNING, pid=123)
+    done = store.transition(job, JobState.SUCCEEDED, exit_code=0)
+    assert done["state"] == "succeeded" and done["finished_at"] and done["exit_code"] == 0
+    with pytest.raises(InvalidTransition):
+        store.transition(job, JobState.RUNNING)              # finished is final
+
+
+def test_lost_job_can_be_requeued_clean(store):
+    job = store.insert_job("sleepy", "ann", {}, {})
+    store.claim(job, "w1", {"cpu_slots": 1})
+    store.transition(job, JobState.RUNNING, pid=1)
+    store.transition(job, JobState.LOST, error_class="lost")
+    again = store.transition(job, JobState.QUEUED)
+    assert again["state"] == "queued" and again["pid"] is None and again["error_class"] is None
+
+
+def test_claim_is_atomic(store):
+    job = store.insert_job("sleepy", "ann", {}, {})
+    assert store.claim(job, "w1", {}) is True
+    assert store.claim(job, "w2", {}) is False
+    assert store.job(job)["worker_id"] == "w1"
+
+
+def test_cancel_queued_ends_at_once_running_is_flagged(store):
+    a = store.insert_job("sleepy", "ann", {}, {})
+    b = store.insert_job("sleepy", "ann", {}, {})
+    assert store.request_cancel(a)["state"] == "cancelled"
+    store.claim(b, "w1", {})
+    store.transition(b, JobState.RUNNING, pid=1)
+    flagged = store.request_cancel(b)
+    assert flagged["state"] == "running" and flagged["cancel_requested"] == 1
+
+
+def test_queued_order_priority_then_age(store):
+    a = store.insert_job("k", "ann", {}, {})
+    b = store.insert_job("k", "bob", {}, {}, priority=5)
+    c = store.insert_job("k", "cid", {}, {})
+    assert [j["id"] for j in store.queued()] == [b, a, c]
+
+
+def test_registry_put_get_update_delete(store):
+    store.put("model", "m1", "/x", {"params": 1})
+    store.put("model", "m1", "/y", {"params": 2})
+    assert store.get("model", "m1")["meta"] == {"params": 2}
+    assert [m["name"] for m in store.items("model")] == ["m1"]
+    assert store.delete("model", "m1") and store.get("model", "m1") is None
+
+
+def _hammer(path, n):
+    s = Store(path)
+    for i in range(n):
+        j = s.insert_job("k", "p", {"i": i}, {})
+        s.claim(j, "w", {})
+        s.update_job(j, heartbeat_at=1.0)
+
+
+def test_concurrent_writers_never_see_locked(tmp_path):
+    path = tmp_path / "wb.db"
+    Store(path)
+    procs = [multiprocessing.Process(target=_hammer, args=(path, 60)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert len(Store(path).jobs(limit=1000)) == 240
