@@ -8,16 +8,16 @@ ui.sidebar()
 
 PAGES = {
     ui.t("nav.section.pipeline"): [
-        st.Page("pages/home.py", title=ui.t("nav.home"), icon="🏠", url_path="home", default=True),
-        st.Page("pages/datasets.py", title=ui.t("nav.datasets"), icon="🗂️", url_path="datasets"),
-        st.Page("pages/models.py", title=ui.t("nav.models"), icon="📦", url_path="models"),
-        st.Page("pages/finetune.py", title=ui.t("nav.finetune"), icon="🛠️", url_path="finetune"),
-        st.Page("pages/evaluate.py", title=ui.t("nav.evaluate"), icon="📊", url_path="evaluate"),
-        st.Page("pages/chat.py", title=ui.t("nav.chat"), icon="💬", url_path="chat"),
-        st.Page("pages/xcomposer.py", title=ui.t("nav.xcomposer"), icon="🖼️", url_path="xcomposer"),
+        st.Page("pages/home.py", title=ui.t("nav.home"), icon=":material/home:", url_path="home", default=True),
+        st.Page("pages/datasets.py", title=ui.t("nav.datasets"), icon=":material/dataset:", url_path="datasets"),
+        st.Page("pages/models.py", title=ui.t("nav.models"), icon=":material/deployed_code:", url_path="models"),
+        st.Page("pages/finetune.py", title=ui.t("nav.finetune"), icon=":material/tune:", url_path="finetune"),
+        st.Page("pages/evaluate.py", title=ui.t("nav.evaluate"), icon=":material/leaderboard:", url_path="evaluate"),
+        st.Page("pages/chat.py", title=ui.t("nav.chat"), icon=":material/chat:", url_path="chat"),
+        st.Page("pages/xcomposer.py", title=ui.t("nav.xcomposer"), icon=":material/image:", url_path="xcomposer"),
     ],
     ui.t("nav.section.system"): [
-        st.Page("pages/jobs.py", title=ui.t("nav.jobs"), icon="⚙️", url_path="jobs"),
+        st.Page("pages/jobs.py", title=ui.t("nav.jobs"), icon=":material/list_alt:", url_path="jobs"),
     ],
 }
 

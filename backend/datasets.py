@@ -19,10 +19,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
+import os
 import re
-import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -64,7 +62,7 @@ def _sniff(path: Path) -> str | None:
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return f"{path.name} is UTF-16 encoded; save it as UTF-8"
     if b"\x00" in head:
-        return (f"{path.name} is a binary file, not text (a NUL byte at offset {head.index(b'\x00')}); "
+        return (f"{path.name} is a binary file, not text (a NUL byte at offset {head.index(0)}); "
                 f"a {path.suffix} file must be UTF-8 text")
     return None
 
@@ -422,18 +420,26 @@ def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = 
                            f"({', '.join(TRAIN_FORMATS)}); convert it first")
     out = []
     for n, rec in iter_records(path):
-        if limit is not None and len(out) >= limit:
-            break
         try:
             out.append(to_messages(rec, fmt))
         except ValueError as e:
             raise DatasetError(f"{Path(path).name} line {n}: {e}") from None
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise DatasetError(f"{Path(path).name} has no records")
     return out
 
 
 # -- validation ------------------------------------------------------------------------------
+PROBLEM_KINDS = [("MB long", "line too long"), ("not UTF-8", "wrong encoding"), ("invalid JSON", "invalid JSON"),
+                 ("fields, the header", "ragged CSV row"), ("expected an object", "not an object")]
+
+
+def _problem_kind(reason: str) -> str:
+    return next((kind for needle, kind in PROBLEM_KINDS if needle in reason), "unreadable")
+
+
 def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000) -> dict:
     """Check every record: {"ok", "format", "rows", "bad", "errors": [{"line", "reason"}], "formats",
     "summary"}. Never raises for bad content."""
@@ -454,8 +460,7 @@ def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000) -
             if n == 0:
                 fail(0, err, "file")
                 break
-            fail(n, err, "MB long" in err and "too long" or "not UTF-8" in err and "encoding"
-                 or "invalid JSON" in err and "invalid JSON" or "fields" in err and "ragged CSV row" or "unreadable")
+            fail(n, err, _problem_kind(err))
             continue
         rows += 1
         got = record_format(rec)
@@ -469,11 +474,218 @@ def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000) -
             fail(n, f"line {n}: {e}", f"bad {fmt} record")
     if fmt == "unknown" and rows:
         fail(0, f"{path.name}: no known format; expected one of {', '.join(FORMATS)}", "unknown format")
-    summary = (f"{rows + sum(1 for e in errors if e['line'] and 'looks like' not in e['reason'] and 'line ' in e['reason'] and e['reason'].startswith('line') and False)}"
-               if False else "")
     good = rows - sum(v for k, v in reasons.items() if k in ("mixed formats", f"bad {fmt} record"))
     summary = f"{good} good rows, {bad} problems" + (
         ": " + ", ".join(f"{v} {k}" for k, v in reasons.most_common()) if reasons else "")
     return {"ok": bad == 0 and rows > 0, "format": fmt, "rows": rows, "good": good, "bad": bad,
             "errors": errors, "truncated": bad > len(errors), "formats": dict(formats),
             "reasons": dict(reasons), "summary": summary}
+
+
+# -- the workspace: where datasets live, listing, upload, convert, split ------------------------
+NAME_RE = re.compile(r"[^\w.\-\u4e00-\u9fff]+")
+
+
+def datasets_dir(home: Path | None = None) -> Path:
+    d = (home or defaults.home()) / "datasets"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def resolve(path_or_name: str | Path, home: Path | None = None) -> Path:
+    """A dataset's file from its registered name or a path; the path must stay inside the
+    workspace's datasets folder or the bundled samples."""
+    from backend.store import open_store
+    entry = open_store(home).get("dataset", str(path_or_name))
+    path = Path(entry["path"]) if entry else Path(path_or_name)
+    if not path.is_absolute():
+        path = datasets_dir(home) / path
+    real = path.resolve()
+    allowed = [datasets_dir(home).resolve(), SAMPLES_DIR.resolve()]
+    if not any(real == a or a in real.parents for a in allowed):
+        raise DatasetError(f"{path_or_name} is outside the workspace's datasets folder; "
+                           "upload or import the file instead")
+    if not real.is_file():
+        raise DatasetError(f"no dataset file {path_or_name}")
+    return real
+
+
+def safe_name(name: str) -> str:
+    """A dataset name made of letters, digits, CJK, '.', '-' and '_' (no folders)."""
+    stem = NAME_RE.sub("_", Path(str(name)).name).strip("._")
+    if not stem:
+        raise DatasetError(f"{name!r} is not a usable dataset name")
+    return stem[:100]
+
+
+def unique_name(stem: str, home: Path | None = None) -> str:
+    from backend.store import open_store
+    store, d = open_store(home), datasets_dir(home)
+    taken = lambda n: store.get("dataset", n) or any((d / (n + e)).exists() for e in EXTENSIONS)  # noqa: E731
+    name, i = stem, 2
+    while taken(name):
+        name, i = f"{stem}-{i}", i + 1
+    return name
+
+
+def register(path: Path, name: str, source: str, home: Path | None = None, job_id: int | None = None,
+             owner: str = "", **meta) -> dict:
+    """Put a dataset file in the registry with its format, size and row count (builds its index)."""
+    from backend.dataset_view import open_view
+    from backend.store import open_store
+    path = Path(path)
+    try:
+        rows = len(open_view(path, home))
+    except DatasetError:
+        rows = 0
+    meta = {"format": detect_format(path), "rows": rows, "size": path.stat().st_size, "source": source, **meta}
+    return open_store(home).put("dataset", name, str(path), meta, job_id=job_id, owner=owner)
+
+
+def ensure_samples(home: Path | None = None) -> None:
+    """Register the bundled samples (assets/datasets) once per workspace."""
+    from backend.store import open_store
+    store = open_store(home)
+    for path in sorted(SAMPLES_DIR.glob("*")):
+        if path.suffix in EXTENSIONS:
+            entry = store.get("dataset", path.stem)
+            if entry is None or entry["path"] != str(path) or entry["meta"].get("size") != path.stat().st_size:
+                register(path, path.stem, "sample", home)
+
+
+def list_datasets(home: Path | None = None) -> list[dict]:
+    """Registered datasets (bundled samples included), newest first."""
+    from backend.store import open_store
+    ensure_samples(home)
+    return open_store(home).items("dataset")
+
+
+def save_upload(filename: str, data, home: Path | None = None, owner: str = "") -> dict:
+    """Save uploaded bytes (or a binary file object) as a new dataset; refuses a too-big file, an
+    unknown extension or a name already taken, and never overwrites."""
+    suffix = Path(filename).suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise DatasetError(f"{Path(filename).name}: unsupported file type; use {', '.join(EXTENSIONS)}")
+    name = safe_name(Path(filename).stem)
+    limit_mb = defaults.setting("UPLOAD_MAX_MB")
+    size = len(data) if isinstance(data, (bytes, bytearray)) else getattr(data, "size", None)
+    if size is not None and size > limit_mb * 2**20:
+        raise DatasetError(f"{filename} is {size / 2**20:.1f} MB; the upload limit is {limit_mb} MB "
+                           "(WORKBENCH_UPLOAD_MAX_MB)")
+    if unique_name(name, home) != name:
+        raise DatasetError(f"a dataset named {name!r} already exists; rename the file or delete the old dataset")
+    target = datasets_dir(home) / (name + suffix)
+    tmp = target.with_name(f".{target.name}.upload")
+    written = 0
+    with open(tmp, "xb") as f:
+        if isinstance(data, (bytes, bytearray)):
+            f.write(data)
+            written = len(data)
+        else:
+            while chunk := data.read(1 << 20):
+                written += len(chunk)
+                if written > limit_mb * 2**20:
+                    break
+                f.write(chunk)
+    if written > limit_mb * 2**20:
+        tmp.unlink()
+        raise DatasetError(f"{filename} is over the upload limit of {limit_mb} MB (WORKBENCH_UPLOAD_MAX_MB)")
+    os_link_or_fail(tmp, target)
+    return register(target, name, "upload", home, owner=owner)
+
+
+def os_link_or_fail(tmp: Path, target: Path) -> None:
+    """Move tmp to target unless target exists (no overwrite, even in a race)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise DatasetError(f"{target.name} already exists in the workspace; nothing was overwritten") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _new_target(src: Path, name: str | None, suffix: str, default: str, home: Path | None) -> tuple[str, Path]:
+    if name:
+        name = safe_name(name)
+        if unique_name(name, home) != name:
+            raise DatasetError(f"a dataset named {name!r} already exists; choose another name")
+    else:
+        name = unique_name(default, home)
+    return name, datasets_dir(home) / (name + suffix)
+
+
+def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | None = None,
+            owner: str = "") -> dict:
+    """Write a new JSONL dataset in ``to_fmt`` (a training format) from ``src``; bad rows are
+    skipped and reported. Returns {"name", "path", "rows", "skipped", "errors"}."""
+    if to_fmt not in TRAIN_FORMATS:
+        raise DatasetError(f"can't convert to {to_fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
+    src = Path(src)
+    fmt = detect_format(src)
+    if fmt not in TRAIN_FORMATS:
+        raise DatasetError(f"{src.name} is in {fmt!r} format; only {', '.join(TRAIN_FORMATS)} can be converted")
+    name, target = _new_target(src, name, ".jsonl", f"{src.stem}-{to_fmt}", home)
+    rows, errors = 0, []
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for n, rec, err in scan(src):
+            if err is None:
+                try:
+                    out.write(json.dumps(from_messages(to_messages(rec, fmt), to_fmt), ensure_ascii=False) + "\n")
+                    rows += 1
+                    continue
+                except ValueError as e:
+                    err = f"line {n}: {e}"
+            errors.append({"line": n, "reason": err})
+    if not rows:
+        tmp.unlink()
+        raise DatasetError(f"no row of {src.name} could be converted" + (f": {errors[0]['reason']}" if errors else ""))
+    os_link_or_fail(tmp, target)
+    register(target, name, "convert", home, owner=owner, parent=src.name)
+    return {"name": name, "path": str(target), "rows": rows, "skipped": len(errors), "errors": errors[:100]}
+
+
+def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path | None = None,
+          owner: str = "") -> dict:
+    """Split ``src`` into new ``<name>-train`` and ``<name>-val`` datasets (seeded, rows copied as
+    they are). Returns {"train": {...}, "val": {...}}."""
+    import numpy as np
+    from backend.dataset_view import open_view
+    if not 0 < val_fraction < 1:
+        raise DatasetError("the validation fraction must be between 0 and 1")
+    src = Path(src)
+    view = open_view(src, home)
+    n = len(view)
+    k = max(1, round(n * val_fraction))
+    if n < 2 or k >= n:
+        raise DatasetError(f"{src.name} has {n} rows: too few to split with {val_fraction:.0%} for validation")
+    is_val = np.zeros(n, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(n)[:k]] = True
+    suffix = ".txt" if view.text else ".jsonl"
+    out = {}
+    for part in ("train", "val"):
+        out[part] = dict(zip(("name", "path"), _new_target(src, None, suffix, f"{src.stem}-{part}", home)))
+    tmps = {p: Path(out[p]["path"]).with_name(f".{Path(out[p]['path']).name}.tmp") for p in out}
+    with open(view.rows_path, "rb") as f, open(tmps["train"], "wb") as tr, open(tmps["val"], "wb") as va:
+        for i, (start, end, _) in enumerate(view.index):
+            f.seek(int(start))
+            (va if is_val[i] else tr).write(f.read(int(end) - int(start)).rstrip(b"\r") + b"\n")
+    for part in out:
+        os_link_or_fail(tmps[part], Path(out[part]["path"]))
+        register(Path(out[part]["path"]), out[part]["name"], "split", home, owner=owner, parent=src.name,
+                 seed=seed)
+        out[part]["rows"] = int((is_val if part == "val" else ~is_val).sum())
+    return out
+
+
+def delete(name: str, home: Path | None = None) -> None:
+    """Forget a dataset; its file is removed only when it lives in the workspace (never a sample)."""
+    from backend.store import open_store
+    store = open_store(home)
+    entry = store.get("dataset", name)
+    if entry is None:
+        raise DatasetError(f"no dataset named {name!r}")
+    path = Path(entry["path"]).resolve()
+    if datasets_dir(home).resolve() in path.parents:
+        path.unlink(missing_ok=True)
+    store.delete("dataset", name)

@@ -31,6 +31,8 @@ CANCEL_GRACE_S = 10.0            # WORKBENCH_CANCEL_GRACE_S: SIGTERM, then SIGKI
 JOB_TIMEOUT_S = 0                # WORKBENCH_JOB_TIMEOUT_S: default timeout for jobs that give none; 0 = none
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 UPLOAD_MAX_MB = 1024             # WORKBENCH_UPLOAD_MAX_MB
+DATASET_MAX_LINE_MB = 16         # WORKBENCH_DATASET_MAX_LINE_MB: a dataset line longer than this is reported, not parsed
+DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 USER = "local"                   # WORKBENCH_USER: owner of jobs submitted from this shell/browser
 DB_BUSY_TIMEOUT_MS = 10_000
 

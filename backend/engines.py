@@ -14,8 +14,10 @@ from backend import defaults
 # pip requirement lines for each engine. Every engine needs pydantic (jobs/common.py).
 ENGINES: dict[str, dict] = {
     "opencompass": {
-        "requirements": ["torch==2.13.0", "opencompass", "transformers>=4.45,<5", "numpy<2", "pyarrow<21",
-                         "datasets<4", "peft", "pydantic>=2"],
+        # Full dependencies (wheels only, ~3 min, ~2.1 GB): opencompass.datasets imports most of them at
+        # load time, so a --no-deps list would save little (cv2, seaborn) and break on the next release.
+        "requirements": ["torch==2.13.0", "opencompass==0.5.4", "transformers>=4.45,<5", "numpy<2",
+                         "pyarrow<21", "datasets<4", "peft>=0.13", "pydantic>=2"],
         "doc": "OpenCompass evaluation (transformers 4.x, numpy<2, datasets<4)",
     },
     "openxlab": {
@@ -37,7 +39,10 @@ ENGINES: dict[str, dict] = {
 
 
 def env_dir(engine: str, home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "envs" / engine
+    """``<WORKBENCH_HOME>/envs/<engine>``, or ``$WORKBENCH_ENGINES_DIR/<engine>`` when that is set
+    (CI and tests share engines installed once, for example in ``.cache/envs``)."""
+    shared = os.environ.get("WORKBENCH_ENGINES_DIR")
+    return (Path(shared).resolve() if shared else (home or defaults.home()) / "envs") / engine
 
 
 def python(engine: str, home: Path | None = None) -> Path:

@@ -24,6 +24,16 @@ class Kind:
 KINDS = {k.name: k for k in [
     Kind("engine_install", "jobs.engine_install", cpu_slots=0,
          doc="creates an engine's virtual environment with live pip output"),
+    Kind("serve", "jobs.serve", long_lived=True,
+         doc="an OpenAI-compatible model server (transformers serve, or lmdeploy on GPU) registered as an endpoint"),
+    Kind("evaluate", "jobs.evaluate", engine="opencompass",
+         doc="OpenCompass evaluation of models x datasets: results table, per-item predictions"),
+    Kind("dataset_import", "jobs.dataset_import", cpu_slots=0,
+         doc="imports a dataset from Hugging Face, ModelScope or a URL into the workspace"),
+    Kind("dataset_stats", "jobs.dataset_stats", cpu_slots=0,
+         doc="rows, fields, duplicates, languages and a token-length histogram of a dataset"),
+    Kind("finetune", "jobs.finetune", doc="LoRA / QLoRA / full fine-tune of a chat model (transformers + peft)"),
+    Kind("merge", "jobs.merge", doc="merges a LoRA adapter into its base model and registers the result"),
 ]}
 
 

@@ -11,8 +11,8 @@ st.title(ui.t("app.title"))
 st.write(ui.t("home.intro"))
 
 st.subheader(ui.t("home.pipeline"))
-steps = [("datasets", "🗂️"), ("models", "📦"), ("finetune", "🛠️"), ("evaluate", "📊"), ("chat", "💬"),
-         ("xcomposer", "🖼️")]
+steps = [("datasets", ":material/dataset:"), ("models", ":material/deployed_code:"), ("finetune", ":material/tune:"), ("evaluate", ":material/leaderboard:"), ("chat", ":material/chat:"),
+         ("xcomposer", ":material/image:")]
 cols = st.columns(len(steps))
 for col, (name, icon) in zip(cols, steps):
     with col.container(border=True, key=f"step-{name}"):
@@ -47,7 +47,7 @@ def status() -> None:
         recent = queue.list_jobs(limit=8)
         if recent:
             st.caption(ui.t("home.recent"))
-            st.dataframe(ui.jobs_frame(recent), hide_index=True, use_container_width=True)
+            st.dataframe(ui.jobs_frame(recent), hide_index=True, width="stretch")
         else:
             st.caption(ui.t("jobs.none"))
 

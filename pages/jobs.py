@@ -19,7 +19,7 @@ def job_table() -> None:
     if not jobs:
         st.info(ui.t("jobs.none"))
         return
-    event = st.dataframe(ui.jobs_frame(jobs), hide_index=True, use_container_width=True, key="jobs_table",
+    event = st.dataframe(ui.jobs_frame(jobs), hide_index=True, width="stretch", key="jobs_table",
                          on_select="rerun", selection_mode="single-row")
     rows = event.selection.rows if event and event.selection else []
     if rows:

@@ -18,8 +18,6 @@ KEYS = {"lang": "lang", "owner": "owner"}
 LOG_KEEP_CHARS = 64 * 1024        # what a log view keeps on screen: the refresh cost stays constant
 REFRESH_S = 1.0
 
-STATE_ICON = {"queued": "⏳", "starting": "🚀", "running": "▶️", "succeeded": "✅", "failed": "❌",
-              "cancelled": "⏹️", "lost": "❓"}
 
 
 def lang() -> str:
@@ -37,14 +35,10 @@ def owner() -> str:
 
 
 def sidebar() -> None:
+    lang()
     with st.sidebar:
-        current = lang()
-        choice = st.radio(i18n.t("app.language", current), list(i18n.LANGS), format_func=i18n.LANGS.get,
-                          index=list(i18n.LANGS).index(current) if current in i18n.LANGS else 0,
-                          horizontal=True, key="lang_switch")
-        if choice != current:
-            st.session_state[KEYS["lang"]] = choice
-            st.rerun()
+        # the widget's own state is the language: every string of this run already sees a change
+        st.radio("Language / 语言", list(i18n.LANGS), format_func=i18n.LANGS.get, horizontal=True, key=KEYS["lang"])
         st.caption(f"{t('app.user')}: {owner()}")
 
 
@@ -62,7 +56,7 @@ def duration(seconds: float | None) -> str:
 
 
 def state_label(state: str) -> str:
-    return f"{STATE_ICON.get(state, '')} {t('state.' + state)}"
+    return t("state." + state)
 
 
 def resources_text(r: dict | None) -> str:
@@ -104,7 +98,6 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
         st.warning(t("job.not_found", id=job_id))
         return
     st.subheader(t("job.title", id=job_id, kind=job["kind"]))
-    _actions(job)
     _live(job_id)
     if show_spec:
         with st.expander(t("job.spec")):
@@ -117,7 +110,6 @@ def _actions(job: dict) -> None:
     if not state.finished:
         if cols[0].button(t("job.cancel"), key=f"cancel-{job['id']}", type="primary"):
             queue.cancel(job["id"])
-            st.rerun()
     else:
         if cols[0].button(t("job.retry"), key=f"retry-{job['id']}"):
             try:
@@ -126,7 +118,7 @@ def _actions(job: dict) -> None:
                 st.error(str(e))
             else:
                 st.query_params["job"] = str(new_id)
-                st.rerun()
+                st.rerun(scope="app")
     if cols[1].button(t("job.clone"), key=f"clone-{job['id']}"):
         kind, spec = queue.clone(job["id"])
         st.info(t("job.cloned", id=job["id"]))
@@ -140,7 +132,8 @@ def _live(job_id: int) -> None:
     view = st.session_state.get(key)
     if view is None:
         view = st.session_state[key] = {"offset": 0, "text": "", "events": logs.EventState()}
-    job = queue.get(job_id)
+    _actions(queue.get(job_id))
+    job = queue.get(job_id)            # after the actions: a cancel shows at once
     text, view["offset"] = logs.read_log(job_id, view["offset"])
     if text:
         view["text"] = (view["text"] + text)[-LOG_KEEP_CHARS:]

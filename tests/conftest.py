@@ -92,7 +92,7 @@ def cli(home: Path, *args: str, timeout: float = 60, **env) -> subprocess.Comple
 def start_app(home: Path, port: int, **env) -> subprocess.Popen:
     log = open(home / "streamlit.log", "ab")
     return subprocess.Popen(
-        [PY, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
+        [PY, "-m", "pages", "--server.address", "127.0.0.1", "--server.port", str(port),
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env_for(home, **env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -1,0 +1,218 @@
+"""Chat with OpenAI-compatible endpoints: the live ones that `serve` jobs registered, or an external URL.
+
+Pages call ``endpoints()`` to list, ``external()`` to check and describe an outside URL, and
+``stream_chat()`` to get an answer as text deltas. Errors are ``ChatError`` with a message for the
+user (and the partial answer, when the endpoint died mid-reply). API keys are passed in by the
+caller and handed to the client only: never logged, never written to the store.
+"""
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+from backend.states import JobState
+from backend.store import open_store
+
+TIMEOUT_S = 600.0          # a whole answer; CPU servers queue requests, so this is generous
+CONNECT_TIMEOUT_S = 5.0
+MESSAGE_OVERHEAD_TOKENS = 8  # role markers a chat template adds per message (an estimate)
+
+
+class ChatError(Exception):
+    """A failure the user should read; ``partial`` is the answer received before it happened."""
+
+    def __init__(self, message: str, partial: str = ""):
+        super().__init__(message)
+        self.partial = partial
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+def endpoints(home: Path | None = None) -> list[dict]:
+    """Live endpoints (registered, and their serve job still running), newest first. Entries whose
+    job has ended (killed before it could clean up) are removed."""
+    store = open_store(home)
+    out = []
+    for e in store.items("endpoint"):
+        job = store.job(e["job_id"]) if e["job_id"] else None
+        if job is None or JobState(job["state"]).finished:
+            store.delete("endpoint", e["name"])
+            continue
+        if job["state"] == JobState.RUNNING.value:
+            out.append({"name": e["name"], **e["meta"], "owner": e["owner"], "external": False})
+    return out
+
+
+def uptime_s(endpoint: dict) -> float:
+    return max(0.0, time.time() - float(endpoint.get("started") or time.time()))
+
+
+def _client(endpoint: dict, api_key: str | None = None):
+    from openai import OpenAI, Timeout
+    return OpenAI(base_url=endpoint["url"], api_key=api_key or "none", max_retries=0,
+                  timeout=Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+
+
+def external(url: str, api_key: str = "", model: str = "", name: str = "") -> dict:
+    """Check an outside OpenAI-compatible URL (and key) and describe it as an endpoint. The key is not
+    part of the result: the caller keeps it (Streamlit session) and passes it to ``stream_chat``."""
+    import openai
+    url = (url or "").strip().rstrip("/")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ChatError(f"{url or '(empty)'} is not an http(s) URL, e.g. https://api.example.com/v1")
+    if not url.endswith("/v1") and "/v1/" not in url + "/":
+        url += "/v1"
+    ep = {"name": name or f"{parsed.netloc} (external)", "url": url, "model": model.strip(), "engine": "external",
+          "device": "-", "external": True, "started": time.time(), "requests": None}
+    try:
+        models = [m.id for m in _client(ep, api_key).models.list()]
+    except openai.AuthenticationError:
+        raise ChatError(f"{parsed.netloc} refused the API key (401): check the key") from None
+    except openai.PermissionDeniedError:
+        raise ChatError(f"{parsed.netloc} says this API key may not use it (403)") from None
+    except openai.APIConnectionError:
+        raise ChatError(f"cannot reach {url}: check the address and that the server is running") from None
+    except openai.APIStatusError as e:
+        if not ep["model"]:
+            raise ChatError(f"{url} answered HTTP {e.status_code} to the model list; name the model yourself") from None
+        models = []
+    if not ep["model"]:
+        if not models:
+            raise ChatError(f"{url} lists no models; name the model yourself")
+        ep["model"] = models[0]
+    return ep
+
+
+# -- prompts ------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _tokenizer(path: str):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(path)
+
+
+def count_tokens(endpoint: dict, messages: list[dict]) -> int | None:
+    """Tokens of a conversation by the endpoint's own tokenizer (no weights loaded), or None if unknown."""
+    path = endpoint.get("tokenizer")
+    if not path or not Path(path).is_file():
+        return None
+    tok = _tokenizer(path)
+    return sum(len(tok.encode(m["content"], add_special_tokens=False).ids) + MESSAGE_OVERHEAD_TOKENS
+               for m in messages)
+
+
+def build_messages(history: list[dict], prompt: str, system: str = "") -> list[dict]:
+    """The messages to send: system prompt, earlier turns (role/content only), the new prompt."""
+    msgs = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
+    msgs += [{"role": m["role"], "content": m["content"]} for m in history if m["role"] in ("user", "assistant")]
+    return msgs + [{"role": "user", "content": prompt}]
+
+
+def check_prompt(endpoint: dict, messages: list[dict], max_tokens: int) -> None:
+    if not messages or not messages[-1]["content"].strip():
+        raise ChatError("the prompt is empty: type a question first")
+    limit = endpoint.get("context_len")
+    n = count_tokens(endpoint, messages) if limit else None
+    if n is not None and n + max_tokens > limit:
+        raise ChatError(f"the conversation is {n} tokens and {max_tokens} more were asked for, but the model's "
+                        f"context is {limit} tokens: shorten the prompt, clear the history or lower max new tokens")
+
+
+# -- answering ----------------------------------------------------------------------------------
+def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, top_p: float = 0.9,
+                max_tokens: int = 256, stop: list[str] | None = None, api_key: str | None = None,
+                stats: dict | None = None) -> Iterator[str]:
+    """Yield the answer's text deltas. Raises ChatError (with ``partial``) on any failure. ``stats``,
+    if given, receives ttft_s, tokens (chunks with text), seconds and finish_reason."""
+    import openai
+    check_prompt(endpoint, messages, max_tokens)
+    params = {"model": endpoint["model"], "messages": messages, "max_tokens": int(max_tokens), "stream": True,
+              "temperature": max(0.0, float(temperature))}
+    if temperature > 0:                 # greedy when 0: top_p would only draw a warning
+        params["top_p"] = float(top_p)
+    stop = [s for s in (stop or []) if s]
+    if stop:
+        params["stop"] = stop[:4]
+    where = endpoint.get("name") or endpoint["url"]
+    text, finish, t0 = "", None, time.monotonic()
+    stats = stats if stats is not None else {}
+    stats.update(tokens=0, ttft_s=None, finish_reason=None)
+    try:
+        stream = _client(endpoint, api_key).chat.completions.create(**params)
+    except openai.AuthenticationError:
+        raise ChatError(f"{where} refused the API key (401): check the key") from None
+    except openai.PermissionDeniedError:
+        raise ChatError(f"{where} says this API key may not use it (403)") from None
+    except openai.APIConnectionError:
+        raise ChatError(f"cannot reach {where} at {endpoint['url']}: the server is not running or not reachable") \
+            from None
+    except openai.BadRequestError as e:
+        msg = _error_text(e)
+        if "context" in msg.lower() or "too long" in msg.lower() or "maximum" in msg.lower():
+            raise ChatError(f"the prompt is longer than {where}'s context: {msg}") from None
+        raise ChatError(f"{where} rejected the request: {msg}") from None
+    except openai.APIStatusError as e:
+        raise ChatError(f"{where} answered HTTP {e.status_code}: {_error_text(e)}") from None
+    try:
+        with stream:
+            for chunk in stream:
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                delta = choice.delta.content if choice.delta else None
+                if delta:
+                    if stats["ttft_s"] is None:
+                        stats["ttft_s"] = time.monotonic() - t0
+                    stats["tokens"] += 1
+                    text += delta
+                    yield delta
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+    except openai.APIConnectionError as e:
+        raise ChatError(f"{where} stopped answering mid-reply ({type(e).__name__}); the partial answer is kept",
+                        text) from None
+    except openai.APIError as e:        # an error event inside the stream
+        raise ChatError(f"{where} failed while answering: {_error_text(e)}", text) from None
+    except Exception as e:  # noqa: BLE001 - the connection broke mid-answer (httpx errors, resets...)
+        raise ChatError(f"{where} stopped answering mid-reply ({type(e).__name__}); the partial answer is kept",
+                        text) from None
+    finally:
+        stats["seconds"] = time.monotonic() - t0
+        stats["finish_reason"] = finish
+    if finish is None:
+        raise ChatError(f"{where} closed the answer without finishing it; the partial answer is kept", text)
+
+
+def _error_text(e) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        msg = inner.get("message") or inner.get("detail") if isinstance(inner, dict) else inner
+        if msg:
+            return str(msg)[:500]
+    return str(getattr(e, "message", "") or e)[:500]
+
+
+# -- transcripts --------------------------------------------------------------------------------
+def transcript_json(messages: list[dict], endpoint: dict | None = None, settings: dict | None = None) -> str:
+    ep = {k: endpoint.get(k) for k in ("name", "model", "engine", "device", "url", "source")} if endpoint else {}
+    return json.dumps({"endpoint": ep, "settings": settings or {}, "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "messages": messages}, ensure_ascii=False, indent=2)
+
+
+def transcript_markdown(messages: list[dict], endpoint: dict | None = None, settings: dict | None = None) -> str:
+    lines = ["# Chat transcript", ""]
+    if endpoint:
+        lines.append(f"- endpoint: {endpoint.get('name')} ({endpoint.get('engine')}, {endpoint.get('device')})")
+        lines.append(f"- model: {endpoint.get('source') or endpoint.get('model')}")
+    for k, v in (settings or {}).items():
+        lines.append(f"- {k}: {v}")
+    lines.append("")
+    for m in messages:
+        lines += [f"## {m['role']}", "", m["content"], ""]
+        if m.get("note"):
+            lines += [f"> {m['note']}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,350 @@
+"""Fine-tuning without torch: presets, resolving the model and data, the checks made before a job is
+queued, the GPU memory estimate, and the spec as YAML + CLI. ``jobs/finetune.py`` trains.
+
+Everything here reads files cheaply (config.json, safetensors headers, tokenizer.json, the first
+rows of each dataset) so the Fine-tune page and ``queue.submit`` answer in well under a second.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import yaml
+
+from backend import defaults
+
+# XTuner's InternLM2 chat QLoRA/LoRA config (internlm2_chat_7b_qlora_oasst1_e3): the Spec defaults.
+XTUNER = dict(lora_r=64, lora_alpha=16, lora_dropout=0.1, target_modules=["all-linear"], lr=2e-4,
+              weight_decay=0.0, max_grad_norm=1.0, scheduler="cosine", warmup_ratio=0.03, max_length=2048,
+              packing=True, epochs=3.0, max_steps=0, batch_size=1, grad_accum=16, save_steps=500,
+              save_total_limit=2, gradient_checkpointing=True)
+
+PRESETS: dict[str, dict] = {
+    "xtuner": XTUNER,
+    # SmolLM2-135M on 2 CPU cores in a few minutes: high lr, small rank, short rows, no checkpointing.
+    "cpu_demo": dict(XTUNER, lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=2e-3, warmup_ratio=0.1,
+                     max_length=256, packing=True, epochs=1.0, max_steps=30, batch_size=1, grad_accum=1,
+                     save_steps=10, gradient_checkpointing=False, max_samples=64, device="cpu"),
+}
+
+# Fields that may differ between a run and the run it resumes (they don't change the trajectory).
+RESUME_FREE = {"name", "resume", "resume_from", "save_steps", "save_total_limit", "gpu_mem_gb", "device",
+               "sample_prompts", "preset"}
+
+HEAD_NAMES = ("lm_head", "output", "embed_out")          # output heads: never LoRA targets
+EMBED_HINTS = ("embed", "wte", "wpe", "tok_embeddings")
+CUDA_CONTEXT_GB = 0.8                                    # CUDA context + allocator slack per process
+
+
+# -- resolving names ---------------------------------------------------------------------------
+def resolve_model(name: str, home: Path | None = None) -> tuple[Path, dict]:
+    """A registry model name (or a folder inside the workspace) → (folder, registry meta)."""
+    from backend.store import open_store
+    home = home or defaults.home()
+    entry = open_store(home).get("model", name)
+    if entry:
+        path, meta = Path(entry["path"]), entry["meta"] or {}
+    else:
+        path, meta = _inside(name, home), {}
+        if path is None:
+            raise ValueError(f"no model {name!r} in the registry (Models page lists them)")
+    if not (path / "config.json").exists():
+        raise ValueError(f"model {name!r} has no config.json at {path}: it is not a transformers model folder")
+    return path, meta
+
+
+def resolve_dataset(name: str, home: Path | None = None) -> Path:
+    """A registry dataset name, or a file in the workspace's datasets folder or the bundled samples."""
+    from backend import datasets
+    try:
+        return datasets.resolve(name, home)
+    except datasets.DatasetError:
+        datasets.ensure_samples(home)          # bundled samples are registered by their stem
+        try:
+            return datasets.resolve(name, home)
+        except datasets.DatasetError as e:
+            raise ValueError(f"dataset {name!r}: {e}") from None
+
+
+def _inside(name: str, root: Path) -> Path | None:
+    root = Path(root).resolve()
+    p = (root / name).resolve()
+    return p if p.exists() and (p == root or root in p.parents) else None
+
+
+def load_conversations(paths: list[Path], limit: int = 0) -> list[list[dict]]:
+    """Every row of every dataset as a list of messages ({"role", "content", "loss"?})."""
+    from backend import datasets
+    out = []
+    for p in paths:
+        out += datasets.load_messages(p, limit=(limit - len(out)) if limit else None)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def usable(conv: list[dict]) -> bool:
+    """A conversation trains something: an assistant turn (or a message flagged loss) with text."""
+    return any(m.get("content") and m.get("loss", m.get("role") == "assistant") for m in conv)
+
+
+# -- the model, read from its files ------------------------------------------------------------
+def safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n))
+
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def model_info(path: Path) -> dict:
+    """Architecture, parameter count and the linear layers (name → (in, out)) of a model folder."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    text = config.get("text_config") or {}
+    get = lambda k, d=0: config.get(k) or text.get(k) or d          # noqa: E731
+    info = {"architectures": config.get("architectures") or [], "model_type": config.get("model_type", ""),
+            "auto_map": bool(config.get("auto_map")), "hidden": get("hidden_size"),
+            "layers": get("num_hidden_layers"), "intermediate": get("intermediate_size"),
+            "vocab": get("vocab_size"), "heads": get("num_attention_heads", 1),
+            "tied": bool(config.get("tie_word_embeddings", False)), "linears": {}, "params": 0,
+            "weight_bytes": 2}
+    files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        for name, t in safetensors_header(f).items():
+            if name == "__metadata__":
+                continue
+            info["params"] += math.prod(t["shape"])
+            info["weight_bytes"] = DTYPE_BYTES.get(t["dtype"], 2)
+            module = name.rsplit(".", 1)[0]
+            if name.endswith(".weight") and len(t["shape"]) == 2 and not any(h in module for h in EMBED_HINTS):
+                out_f, in_f = t["shape"]
+                info["linears"][module] = (in_f, out_f)
+    if not files:   # .bin only: estimate from the config, linear names unknown
+        h, L, i, v = info["hidden"], info["layers"], info["intermediate"] or 4 * info["hidden"], info["vocab"]
+        info["params"] = L * (4 * h * h + 3 * h * i) + v * h * (1 if info["tied"] else 2)
+    return info
+
+
+def is_head(module: str) -> bool:
+    return module.split(".")[-1] in HEAD_NAMES
+
+
+def lora_targets(info: dict, targets: list[str]) -> dict[str, tuple[int, int]]:
+    """The linear layers a target list selects, with peft's rule: a name equals the target or ends
+    with ``.target``; ``all-linear`` means every linear layer but the output head."""
+    lin = info["linears"]
+    if targets == ["all-linear"]:
+        return {m: s for m, s in lin.items() if not is_head(m)}
+    return {m: s for m, s in lin.items() if any(m == t or m.endswith("." + t) for t in targets)}
+
+
+# -- memory estimate ---------------------------------------------------------------------------
+def estimate(spec: dict, info: dict, gpu: bool = True) -> dict:
+    """Peak memory (GB) of a run: weights, trainable state (params + grads + AdamW), activations at
+    batch × max_length, logits, and the CUDA context. Rough but on the safe side."""
+    b = 2 if gpu else 4                                    # compute dtype bytes: bf16/fp16 on GPU, fp32 on CPU
+    n = info["params"]
+    method = spec.get("method", "lora")
+    h, L, i, v = info["hidden"] or 1, info["layers"] or 1, info["intermediate"] or 4 * (info["hidden"] or 1), info["vocab"] or 1
+    targets = lora_targets(info, spec.get("target_modules") or ["all-linear"]) if method != "full" else {}
+    r = int(spec.get("lora_r", 64))
+    trainable = sum(r * (a + o) for a, o in targets.values()) if method != "full" else n
+    if method == "qlora":
+        linear = sum(a * o for a, o in lora_targets(info, ["all-linear"]).values())
+        weights = linear * 0.5 * 1.03 + (n - linear) * 2    # NF4 + double-quantised absmax; the rest bf16
+    elif method == "full":
+        weights = n * 4                                    # fp32 master weights
+    else:
+        weights = n * b
+    state = trainable * (4 + 4 + 8)                        # fp32 params/grads + AdamW moments
+    if method == "full":
+        state = n * (4 + 8)                                # grads + moments (weights counted above)
+    tokens = int(spec.get("batch_size", 1)) * int(spec.get("max_length", 2048))
+    per_layer = b * (12 * h + 5 * i)                       # saved tensors per token in one decoder layer
+    if spec.get("gradient_checkpointing", True):
+        acts = tokens * (L * b * h + per_layer)            # layer inputs + one layer recomputed
+    else:
+        acts = tokens * L * per_layer
+    logits = tokens * v * (b + 4 + 4)                      # logits, fp32 upcast, their gradient
+    gb = 1 / 2**30
+    out = {"weights_gb": weights * gb, "trainable_gb": state * gb, "activations_gb": (acts + logits) * gb,
+           "overhead_gb": CUDA_CONTEXT_GB if gpu else 0.0, "params": n, "trainable_params": trainable}
+    out["total_gb"] = (out["weights_gb"] + out["trainable_gb"] + out["activations_gb"]) * 1.1 + out["overhead_gb"]
+    return {k: round(x, 2) if isinstance(x, float) else x for k, x in out.items()}
+
+
+# -- prompt lengths (tokenizers + jinja2, no torch) ---------------------------------------------
+def token_counter(model_path: Path):
+    """A function conversation → (prompt tokens before the first trained message, total tokens),
+    or None when the model has no tokenizer.json / chat template to read cheaply."""
+    tok_file, cfg_file = model_path / "tokenizer.json", model_path / "tokenizer_config.json"
+    if not tok_file.exists() or not cfg_file.exists():
+        return None
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    template = cfg.get("chat_template")
+    if not template and (model_path / "chat_template.jinja").exists():
+        template = (model_path / "chat_template.jinja").read_text(encoding="utf-8")
+    if not isinstance(template, str):
+        return None
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from tokenizers import Tokenizer
+
+    def raise_exception(msg):
+        raise ValueError(msg)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    tpl = env.from_string(template)
+    tok = Tokenizer.from_file(str(tok_file))
+    special = {k: (v if isinstance(v, str) else (v or {}).get("content", "")) for k, v in cfg.items()
+               if k.endswith("_token")}
+
+    def count(conv: list[dict]) -> tuple[int, int]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
+        first = next(k for k, m in enumerate(conv) if m.get("content") and m.get("loss", m["role"] == "assistant"))
+        prompt = tpl.render(messages=msgs[:first], add_generation_prompt=msgs[first]["role"] == "assistant", **special)
+        full = tpl.render(messages=msgs, add_generation_prompt=False, **special)
+        enc = lambda s: len(tok.encode(s, add_special_tokens=False).ids)   # noqa: E731
+        return enc(prompt), enc(full)
+    return count
+
+
+# -- the checks before queueing ----------------------------------------------------------------
+CHECK_ROWS = 2000            # rows read per submit to check the data (the job reads them all)
+
+
+def check(spec: dict, home: Path | None = None, gpu_list=None) -> dict:
+    """Everything that can be checked before a fine-tune is queued. Returns the plan (model path,
+    device, memory estimate, warnings); raises ValueError with a message meant for the user."""
+    from backend import resources
+    home = home or defaults.home()
+    gpu_list = resources.gpus() if gpu_list is None else gpu_list
+    method, device = spec.get("method", "lora"), spec.get("device", "auto")
+    if device == "gpu" and not gpu_list:
+        raise ValueError("device: gpu was asked for, but this machine has no GPU (use device: auto or cpu)")
+    on_gpu = bool(gpu_list) and device != "cpu"
+    if method == "qlora" and not on_gpu:
+        raise ValueError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit): this machine has none"
+                         + (" available to this job" if gpu_list else "") + "; use method: lora on CPU")
+    model_path, meta = resolve_model(spec["base_model"], home)
+    info = model_info(model_path)
+    arch = " ".join(info["architectures"]) or info["model_type"] or "?"
+    if info["auto_map"] and not meta.get("trust_remote_code"):
+        raise ValueError(f"model {spec['base_model']!r} needs its own remote code ({arch}); enable "
+                         "trust_remote_code for it on the Models page first")
+    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in info["architectures"]) and not info["auto_map"]:
+        raise ValueError(f"model {spec['base_model']!r} ({arch}) is not a causal language model: "
+                         "peft can't fine-tune it as a chat model here")
+    if info["linears"] and not lora_targets(info, ["all-linear"]):
+        raise ValueError(f"model {spec['base_model']!r} ({arch}) has no linear layers peft can wrap")
+    if method != "full" and info["linears"]:
+        targets = spec.get("target_modules") or ["all-linear"]
+        chosen = lora_targets(info, targets)
+        if not chosen:
+            names = sorted({m.split(".")[-1] for m in info["linears"] if not is_head(m)})
+            raise ValueError(f"LoRA target_modules {targets} match no module of {spec['base_model']!r}; "
+                             f"its linear layers are: {', '.join(names)} (or use all-linear)")
+        heads = [m for m in chosen if is_head(m)]
+        if heads:
+            raise ValueError(f"LoRA target_modules select the output head ({heads[0]}): leave it out")
+    if spec.get("lr", 1) <= 0:
+        raise ValueError(f"lr must be above 0 (got {spec.get('lr')})")
+    warnings = []
+    # data: usable rows and prompt length, on the first CHECK_ROWS rows of each dataset
+    paths = [resolve_dataset(d, home) for d in spec["datasets"]]
+    convs = []
+    for name, p in zip(spec["datasets"], paths):
+        try:
+            rows = load_conversations([p], CHECK_ROWS)
+        except (ValueError, OSError, KeyError) as e:
+            raise ValueError(f"dataset {name!r} can't be read: {e}") from None
+        good = [c for c in rows if usable(c)]
+        if not good:
+            raise ValueError(f"dataset {name!r} has no usable rows: none of its first {len(rows)} rows has an "
+                             "assistant reply to train on (check its format on the Datasets page)")
+        convs += good
+    count = token_counter(model_path)
+    if count is not None:
+        sample = convs[:200]
+        lengths = [count(c) for c in sample]
+        max_length = int(spec.get("max_length", 2048))
+        fit = sum(1 for p, _ in lengths if p < max_length)
+        if not fit:
+            shortest = min(p for p, _ in lengths)
+            raise ValueError(f"max_length {max_length} is below the prompt length: the shortest prompt before "
+                             f"a reply is {shortest} tokens, so nothing would be trained (raise max_length)")
+        if fit < len(lengths):
+            warnings.append(f"{len(lengths) - fit} of {len(lengths)} sampled rows have prompts longer than "
+                            f"max_length {max_length}: they will be skipped")
+        longer = sum(1 for _, n in lengths if n > max_length)
+        if longer:
+            warnings.append(f"{longer} of {len(lengths)} sampled rows are longer than max_length and will be cut")
+    est = estimate(spec, info, gpu=on_gpu)
+    if on_gpu:
+        largest = max(g.total_gb for g in gpu_list) - resources.GPU_HEADROOM_GB
+        if (spec.get("gpu_mem_gb") or est["total_gb"]) > largest:
+            warnings.append(f"estimated {est['total_gb']:.1f} GB does not fit the largest GPU here ({largest:.1f} GB "
+                            "usable): use QLoRA, a smaller batch_size or max_length, or gradient checkpointing")
+    if spec.get("name"):
+        from backend.store import open_store
+        kind = "model" if method == "full" else "adapter"
+        existing = open_store(home).get(kind, spec["name"])
+        if existing and not (spec.get("resume") or spec.get("resume_from")):
+            raise ValueError(f"an {kind} named {spec['name']!r} already exists: choose another name")
+    if spec.get("resume_from"):
+        check_resume(spec, int(spec["resume_from"]), home)
+    return {"model_path": str(model_path), "on_gpu": on_gpu, "estimate": est, "warnings": warnings,
+            "info": {k: info[k] for k in ("architectures", "params", "hidden", "layers", "vocab")},
+            "rows_checked": len(convs)}
+
+
+def training_key(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k not in RESUME_FREE}
+
+
+def spec_differences(a: dict, b: dict) -> list[str]:
+    ka, kb = training_key(a), training_key(b)
+    return sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
+
+
+def checkpoints(job_id: int, home: Path | None = None) -> list[Path]:
+    """A fine-tune job's saved checkpoints, oldest first."""
+    from backend.queue import job_dir
+    d = job_dir(job_id, home) / "checkpoints"
+    found = [p for p in d.glob("step-*") if (p / "state.json").exists()] if d.exists() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
+    from backend.store import open_store
+    old = open_store(home).job(job_id)
+    if old is None or old["kind"] != "finetune":
+        raise ValueError(f"resume_from: there is no fine-tune job {job_id}")
+    ckpts = checkpoints(job_id, home)
+    if not ckpts:
+        raise ValueError(f"resume_from: job {job_id} left no checkpoint to resume from")
+    diff = spec_differences(spec, old["spec"])
+    if diff:
+        raise ValueError(f"resume_from: the spec differs from job {job_id}'s in {', '.join(diff)}; "
+                         "resume with the same spec (clone the job to start a new run instead)")
+    return ckpts[-1]
+
+
+def find_resumable(spec: dict, home: Path | None = None, exclude: int | None = None) -> int | None:
+    """For ``resume: true``: the newest fine-tune job with the same spec that left a checkpoint."""
+    from backend.store import open_store
+    for job in open_store(home).jobs(kind="finetune", limit=200):
+        if job["id"] != exclude and not spec_differences(spec, job["spec"]) and checkpoints(job["id"], home):
+            return job["id"]
+    return None
+
+
+# -- the spec as YAML and as a command ---------------------------------------------------------
+def to_yaml(spec: dict) -> str:
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+
+
+def cli_command(spec_file: str = "spec.yaml") -> str:
+    return f"python -m backend submit finetune {spec_file}"

@@ -1,0 +1,152 @@
+"""dataset_import: bring a dataset from Hugging Face, ModelScope or a plain URL into the workspace's
+datasets folder as one file, and register it. Tokens (HF_TOKEN, MODELSCOPE_API_TOKEN) come as
+secrets in the environment."""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from jobs.common import BAD_INPUT, DOWNLOAD, Job, JobError, run
+
+DATA_PATTERNS = ["*.jsonl", "*.json", "*.csv", "*.parquet", "*.txt"]
+SKIP = ("dataset_info", "dataset_infos", "README", "config", ".gitattributes", "state.json")
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["huggingface", "modelscope", "url"]
+    id: str                        # "owner/name" for a hub, an http(s) URL for url
+    name: str = ""                 # dataset name in the workspace; default from the id
+    split: str = "train"           # files whose path names this split are preferred
+    subset: str = ""               # a sub-folder / configuration to take files from
+    revision: str = ""
+    max_rows: int = 0              # 0 = all
+
+    @field_validator("id")
+    @classmethod
+    def plain_id(cls, v: str) -> str:
+        v = v.strip()
+        if not v or any(c in v for c in " \n\t;|`$"):
+            raise ValueError(f"{v!r} is not a dataset id or URL")
+        return v
+
+
+def pick_files(folder: Path, split: str = "train", subset: str = "") -> list[Path]:
+    """The data files of a downloaded dataset: those under ``subset`` and naming ``split`` when
+    there are any, in one format (the most common one), in name order."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and ".cache" not in p.parts
+             and any(fnmatch.fnmatch(p.name.lower(), pat) for pat in DATA_PATTERNS)
+             and not p.name.startswith(SKIP)]
+    if subset:
+        files = [p for p in files if subset in p.relative_to(folder).parts] or files
+    if split:
+        named = [p for p in files if re.search(rf"(^|[/_.\-]){re.escape(split)}([/_.\-]|$)",
+                                               str(p.relative_to(folder)))]
+        files = named or files
+    if not files:
+        return []
+    exts = [p.suffix.lower() for p in files]
+    common = max(set(exts), key=exts.count)
+    return [p for p in files if p.suffix.lower() == common]
+
+
+def place(files: list[Path], target_dir: Path, name: str, max_rows: int = 0) -> Path:
+    """One dataset file from the downloaded ones: a single file is moved as it is, several (or a row
+    limit) are written as one JSONL. Never overwrites."""
+    import json
+
+    from backend import datasets
+    if not files:
+        raise JobError("the download holds no data file (jsonl, json, csv, parquet, txt)", BAD_INPUT,
+                       "check the dataset id, subset and split")
+    if len(files) == 1 and not max_rows:
+        target = target_dir / (name + files[0].suffix.lower())
+        if target.exists():
+            raise JobError(f"{target.name} already exists in the workspace", BAD_INPUT, "choose another name")
+        shutil.move(str(files[0]), target)
+        return target
+    target = target_dir / (name + ".jsonl")
+    if target.exists():
+        raise JobError(f"{target.name} already exists in the workspace", BAD_INPUT, "choose another name")
+    rows = 0
+    with open(target, "x", encoding="utf-8") as out:
+        for f in files:
+            for _, rec in datasets.iter_records(f, skip_bad=True):
+                out.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                rows += 1
+                if max_rows and rows >= max_rows:
+                    return target
+    return target
+
+
+def download_url(url: str, folder: Path, job: Job) -> list[Path]:
+    import urllib.parse
+    import urllib.request
+    if not url.startswith(("http://", "https://")):
+        raise JobError(f"{url} is not an http(s) URL", BAD_INPUT)
+    filename = Path(urllib.parse.urlparse(url).path).name or "data.jsonl"
+    if not any(fnmatch.fnmatch(filename.lower(), p) for p in DATA_PATTERNS):
+        raise JobError(f"{filename}: not a data file (jsonl, json, csv, parquet, txt)", BAD_INPUT)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(path, "wb") as out:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            done = 0
+            while chunk := r.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                job.progress(done, total, "bytes", filename)
+    except OSError as e:
+        raise JobError(f"downloading {url} failed: {e}", DOWNLOAD, "check the URL and the network") from None
+    return [path]
+
+
+def download_hub(spec: Spec, folder: Path, job: Job) -> list[Path]:
+    job.progress(0, None, "files", f"downloading {spec.id} from {spec.source}", force=True)
+    try:
+        if spec.source == "huggingface":
+            from huggingface_hub import snapshot_download
+            snapshot_download(spec.id, repo_type="dataset", revision=spec.revision or None,
+                              allow_patterns=DATA_PATTERNS + [f"**/{p}" for p in DATA_PATTERNS], local_dir=folder)
+        else:
+            from modelscope.hub.snapshot_download import dataset_snapshot_download
+            dataset_snapshot_download(spec.id, revision=spec.revision or None, local_dir=str(folder),
+                                      allow_patterns=DATA_PATTERNS + [f"**/{p}" for p in DATA_PATTERNS],
+                                      token=os.environ.get("MODELSCOPE_API_TOKEN") or None)
+    except Exception as e:  # noqa: BLE001 - every hub client error is a download error for the user
+        raise JobError(f"downloading {spec.id} from {spec.source} failed: {type(e).__name__}: {e}", DOWNLOAD,
+                       "check the dataset id (owner/name), your token for gated data, and the network") from None
+    return pick_files(folder, spec.split, spec.subset)
+
+
+def main(spec: Spec, job: Job) -> dict:
+    from backend import datasets
+    name = spec.name or spec.id.rstrip("/").split("/")[-1].split("?")[0].rsplit(".", 1)[0]
+    try:
+        name = datasets.safe_name(name)
+        if datasets.unique_name(name, job.home) != name:
+            raise datasets.DatasetError(f"a dataset named {name!r} already exists; choose another name")
+    except datasets.DatasetError as e:
+        raise JobError(str(e), BAD_INPUT) from None
+    folder = job.dir / "download"
+    files = download_url(spec.id, folder, job) if spec.source == "url" else download_hub(spec, folder, job)
+    job.message(f"data files: {', '.join(str(f.relative_to(folder)) for f in files) or 'none'}")
+    target = place(files, datasets.datasets_dir(job.home), name, spec.max_rows)
+    shutil.rmtree(folder, ignore_errors=True)
+    entry = datasets.register(target, name, spec.source, job.home, job_id=int(job.dir.name),
+                              id=spec.id, revision=spec.revision, split=spec.split)
+    report = datasets.validate(target, max_errors=20)
+    job.message(f"imported {name}: {entry['meta']['rows']} rows, format {entry['meta']['format']}; {report['summary']}")
+    return {"name": name, "path": str(target), "format": entry["meta"]["format"], "rows": entry["meta"]["rows"],
+            "validation": report["summary"]}
+
+
+if __name__ == "__main__":
+    run(main, Spec)

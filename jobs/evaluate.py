@@ -1,0 +1,518 @@
+"""evaluate: run OpenCompass on models x datasets, then read its summary, predictions and task logs.
+
+The job writes an OpenCompass config (``config.py`` in the job folder) and runs the ``opencompass``
+CLI on it with ``-w <job>/opencompass``, in the engine's own environment. OpenCompass exits 0 even
+when a task failed (its summary shows ``-``), so the job reads the summary CSV and the task ``.out``
+logs and fails with the real reason. Results: a table (dataset x model x metric) and the per-item
+predictions (prompt, prediction, gold, correct) in result.json, and an ``eval`` registry entry.
+
+Only the standard library, pydantic and jobs.common at top level: this module also validates specs
+in the core environment.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jobs.common import BAD_INPUT, CRASH, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError, run
+
+ITEMS_MAX = 500                 # per (model, dataset) kept in result.json
+DATA_EXTS = (".jsonl", ".csv")  # what OpenCompass's CustomDataset reads
+MCQ_OPTIONS = "ABCDEFGHIJ"
+
+
+class ModelRef(BaseModel):
+    """One column of the results: a model folder (optionally + a LoRA adapter) or an endpoint."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=80)    # registry name; the model's abbr in OpenCompass
+    path: str = ""                                    # Hugging Face model folder
+    peft_path: str = ""                               # LoRA adapter folder applied on ``path``
+    url: str = ""                                     # OpenAI-compatible endpoint base URL (…/v1)
+    api_model: str = ""                               # the model's name at that endpoint
+    tokenizer_path: str = ""                          # endpoint: local tokenizer for token counts
+
+    @field_validator("name")
+    @classmethod
+    def plain_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[\w.\-+@]+", v):
+            raise ValueError(f"model name {v!r}: use letters, digits and . _ - + @ only")
+        return v
+
+    @model_validator(mode="after")
+    def one_source(self):
+        if bool(self.path) == bool(self.url):
+            raise ValueError(f"model {self.name}: give either a model folder (path) or an endpoint (url)")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"model {self.name}: the endpoint url must start with http:// or https://")
+        if self.path:
+            if not (Path(self.path) / "config.json").is_file():
+                raise ValueError(f"model {self.name}: {self.path} is not a model folder (no config.json)")
+            if self.peft_path and not (Path(self.peft_path) / "adapter_config.json").is_file():
+                raise ValueError(f"model {self.name}: {self.peft_path} is not a LoRA adapter folder "
+                                 "(no adapter_config.json)")
+        return self
+
+
+class DatasetRef(BaseModel):
+    """One row group of the results: a custom MCQ/QA file or a standard OpenCompass dataset config."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=80)    # registry name; the dataset's abbr
+    path: str = ""                                    # custom .jsonl/.csv in OpenCompass format
+    config: str = ""                                  # standard config, e.g. gsm8k_gen, ceval_gen
+    limit: int = Field(0, ge=0)                       # first N items only (0 = all)
+
+    @field_validator("name", "config")
+    @classmethod
+    def plain(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[\w.\-+@]+", v):
+            raise ValueError(f"{v!r}: use letters, digits and . _ - + @ only")
+        return v
+
+    @model_validator(mode="after")
+    def one_source(self):
+        if bool(self.path) == bool(self.config):
+            raise ValueError(f"dataset {self.name}: give either a file (path) or a standard config name (config)")
+        if self.path:
+            kind, missing = custom_format(self.path)
+            if missing:
+                raise ValueError(f"dataset {self.name}: {missing}")
+        return self
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: list[ModelRef] = Field(min_length=1, max_length=16)
+    datasets: list[DatasetRef] = Field(min_length=1, max_length=32)
+    max_out_len: int = Field(64, ge=1, le=32768)      # generated tokens per answer
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_seq_len: int = Field(2048, ge=64, le=1_000_000)
+    gpus: int = Field(0, ge=0, le=8)                  # per model; 0 = CPU (device_map cpu, float32)
+    name: str = ""                                    # the eval run's registry name (default eval-<job id>)
+
+    @model_validator(mode="after")
+    def unique(self):
+        for what, refs in (("model", self.models), ("dataset", self.datasets)):
+            names = [r.name for r in refs]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} names must differ: {', '.join(dup)} appears twice")
+        return self
+
+
+def resources(spec: Spec) -> dict:
+    if not spec.gpus:
+        return {}
+    sizes = [sum(f.stat().st_size for f in Path(m.path).glob("*") if f.suffix in (".safetensors", ".bin"))
+             for m in spec.models if m.path]
+    return {"gpus": spec.gpus, "gpu_mem_gb": round(max(sizes, default=0) / 1e9 * 1.3 + 1.0, 1)}
+
+
+# -- dataset formats (shared with backend/evaluate.py) -------------------------------------------
+def first_record(path: str | Path) -> dict | None:
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8-sig") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    return rec if isinstance(rec, dict) else None
+        return None
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        return next(reader, None)
+
+
+def custom_format(path: str | Path) -> tuple[str, str]:
+    """("mcq" | "qa", "") when ``path`` is an OpenCompass custom dataset, else ("", what is wrong).
+
+    OpenCompass's rule (datasets/custom.py): options are the columns A, B, C... in order; two or
+    more make it multiple choice; ``answer`` is the gold; ``question`` goes in the prompt.
+    """
+    path = Path(path)
+    if path.suffix not in DATA_EXTS:
+        return "", f"{path.name}: OpenCompass reads .jsonl or .csv files, not {path.suffix or 'this file'}"
+    if not path.is_file():
+        return "", f"no such file: {path}"
+    try:
+        rec = first_record(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return "", f"{path.name} could not be read: {e}"
+    if not rec:
+        return "", f"{path.name} has no records"
+    options = [c for c in MCQ_OPTIONS if c in rec]
+    options = options[:next((i for i, c in enumerate(options) if c != MCQ_OPTIONS[i]), len(options))]
+    missing = [c for c in ("question", "answer") if c not in rec]
+    if len(options) == 1:
+        missing.append("B (a multiple-choice set needs options A, B, ...)")
+    if missing:
+        return "", (f"{path.name} is not in an OpenCompass format: missing field(s) {', '.join(missing)} "
+                    f"(found: {', '.join(map(str, rec)) or 'none'}); MCQ needs question, A, B, ..., answer; "
+                    "QA needs question, answer")
+    return ("mcq" if options else "qa"), ""
+
+
+# -- standard OpenCompass dataset configs --------------------------------------------------------
+def find_standard_config(name: str, package_dir: Path) -> Path | None:
+    """The config file of a standard dataset (``gsm8k_gen``) inside an installed opencompass package."""
+    hits = sorted((package_dir / "configs" / "datasets").rglob(f"{name}.py"))
+    return hits[0] if hits else None
+
+
+def config_variable(config_file: Path) -> str:
+    """The ``*_datasets`` list a dataset config defines or re-exports."""
+    text = config_file.read_text(encoding="utf-8")
+    m = re.search(r"import\s+(\w+_datasets)\b", text) or re.search(r"^(\w+_datasets)\s*=", text, re.M)
+    if not m:
+        raise ValueError(f"{config_file.name} defines no *_datasets list")
+    return m.group(1)
+
+
+def data_ids(config_file: Path, depth: int = 0) -> set[str]:
+    """The ``path=`` values (data ids such as ``opencompass/gsm8k``) a config and its bases use."""
+    text = config_file.read_text(encoding="utf-8")
+    ids = set(re.findall(r"""\bpath\s*=\s*['"]([^'"]+)['"]""", text))
+    for rel in re.findall(r"from\s+\.(\w+)\s+import", text):
+        base = config_file.parent / f"{rel}.py"
+        if base.is_file() and depth < 3:
+            ids |= data_ids(base, depth + 1)
+    return ids
+
+
+def missing_data(config_file: Path, package_dir: Path, cache_dir: Path) -> list[str]:
+    """Data folders a standard config needs that are absent from COMPASS_DATA_CACHE."""
+    mapping = {}
+    info = package_dir / "utils" / "datasets_info.py"
+    if info.is_file():
+        for node in ast.parse(info.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DATASETS_MAPPING":
+                mapping = ast.literal_eval(node.value)
+    out = []
+    for data_id in sorted(data_ids(config_file)):
+        local = mapping.get(data_id, {}).get("local", data_id)
+        path = Path(local) if os.path.isabs(local) else cache_dir / local
+        default = Path.home() / ".cache" / "opencompass" / local     # OpenCompass's own fallback
+        if not path.exists() and not default.exists():
+            out.append(str(path))
+    return out
+
+
+def compass_data_cache(home: Path) -> Path:
+    return Path(os.environ.get("COMPASS_DATA_CACHE") or home / "opencompass_data")
+
+
+# -- the OpenCompass config ----------------------------------------------------------------------
+def custom_dataset_cfg(d: DatasetRef) -> dict:
+    kind, _ = custom_format(d.path)
+    rec = first_record(d.path) or {}
+    if kind == "mcq":
+        options = [c for c in MCQ_OPTIONS if c in rec]
+        human = "Question: {question}" + "".join(f"\n{o}. {{{o}}}" for o in options) + "\nAnswer:"
+        columns = ["question", *options]
+        evaluator = {"type": "opencompass.datasets.custom.OptionSimAccEvaluator", "options": options}
+    else:
+        human, columns = "{question}", ["question"]
+        evaluator = {"type": "jobs.evaluate_metrics.QAEvaluator"}
+    reader = {"input_columns": columns, "output_column": "answer"}
+    if d.limit:
+        reader["test_range"] = f"[0:{d.limit}]"
+    return {
+        "abbr": d.name, "type": "opencompass.datasets.CustomDataset", "path": str(Path(d.path).resolve()),
+        "reader_cfg": reader,
+        "infer_cfg": {
+            "prompt_template": {"type": "opencompass.openicl.icl_prompt_template.PromptTemplate",
+                                "template": {"round": [{"role": "HUMAN", "prompt": human},
+                                                      {"role": "BOT", "prompt": "{answer}"}]}},
+            "retriever": {"type": "opencompass.openicl.icl_retriever.ZeroRetriever"},
+            "inferencer": {"type": "opencompass.openicl.icl_inferencer.GenInferencer"}},
+        "eval_cfg": {"evaluator": evaluator, "pred_role": "BOT"},
+    }
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def compat_tokenizer(model_path: str, out: Path) -> str:
+    """A tokenizer folder transformers 4.x can load. Models saved by transformers 5 (the core
+    engine) name their tokenizer class ``TokenizersBackend``, unknown to 4.x: copy the tokenizer
+    files with the generic fast class instead. Returns "" when the model's own folder is fine."""
+    src = Path(model_path)
+    try:
+        cfg = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if cfg.get("tokenizer_class") != "TokenizersBackend":
+        return ""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            (out / name).write_bytes((src / name).read_bytes())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
+    return str(out)
+
+
+def model_cfg(m: ModelRef, spec: Spec, tokenizer_path: str = "") -> dict:
+    common = {"abbr": m.name, "max_out_len": spec.max_out_len, "batch_size": spec.batch_size,
+              "max_seq_len": spec.max_seq_len}
+    if m.url:
+        return {"type": "opencompass.models.OpenAISDK", "path": m.api_model or m.name, "key": "ENV",
+                "openai_api_base": m.url, "tokenizer_path": m.tokenizer_path or None, "temperature": 0.0,
+                "query_per_second": 8, "retry": 2,
+                "meta_template": {"round": [{"role": "HUMAN", "api_role": "HUMAN"},
+                                            {"role": "BOT", "api_role": "BOT", "generate": True}]},
+                "run_cfg": {"num_gpus": 0}, **common}
+    return {"type": "opencompass.models.HuggingFacewithChatTemplate", "path": m.path,
+            "tokenizer_path": tokenizer_path or None, "peft_path": m.peft_path or None,
+            "model_kwargs": {"device_map": "auto" if spec.gpus else "cpu",
+                             "torch_dtype": "auto" if spec.gpus else "torch.float32"},
+            "run_cfg": {"num_gpus": spec.gpus}, **common}
+
+
+def write_config(spec: Spec, path: Path, package_dir: Path | None) -> Path:
+    """Write the OpenCompass config for ``spec`` (plain data, types as dotted names) in ``path``'s folder."""
+    tokenizers = {m.name: compat_tokenizer(m.path, path.parent / "tokenizers" / m.name) for m in spec.models if m.path}
+    imports, std = [], []
+    for d in spec.datasets:
+        if d.config:
+            cfg_file = find_standard_config(d.config, package_dir) if package_dir else None
+            if cfg_file is None:
+                raise JobError(f"dataset {d.name}: no standard OpenCompass config named {d.config}", BAD_INPUT)
+            module = ".".join(cfg_file.relative_to(package_dir.parent).with_suffix("").parts)
+            var = config_variable(cfg_file)
+            imports.append(f"    from {module} import {var}")
+            rng = f", test_range='[0:{d.limit}]'" if d.limit else ""
+            std.append(f"[dict(x, reader_cfg=dict(x['reader_cfg']{rng})) for x in {var}]")
+    workers = max(1, spec.gpus and 8 // spec.gpus)
+    cfg = {
+        "models": [model_cfg(m, spec, tokenizers.get(m.name, "")) for m in spec.models],
+        "infer": {"partitioner": {"type": "opencompass.partitioners.NumWorkerPartitioner", "num_worker": 1},
+                  "runner": {"type": "opencompass.runners.LocalRunner", "max_num_workers": workers,
+                             "task": {"type": "opencompass.tasks.OpenICLInferTask"}}},
+        "eval": {"partitioner": {"type": "opencompass.partitioners.NaivePartitioner"},
+                 "runner": {"type": "opencompass.runners.LocalRunner", "max_num_workers": max(1, os.cpu_count() or 1),
+                            "task": {"type": "opencompass.tasks.OpenICLEvalTask", "dump_details": True}}},
+    }
+    lines = ["# Written by the workbench evaluate job. Run it directly with: opencompass config.py -w <dir>"]
+    if imports:
+        lines += ["from mmengine.config import read_base", "", "with read_base():", *imports]
+    lines.append("")
+    for key, value in cfg.items():
+        lines.append(f"{key} = {value!r}")
+    custom = [custom_dataset_cfg(d) for d in spec.datasets if d.path]
+    lines.append(f"datasets = {custom!r}" + "".join(f" + {s}" for s in std))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# -- reading OpenCompass's outputs ---------------------------------------------------------------
+def read_summary(run_dir: Path) -> list[dict]:
+    """Rows of the summary CSV: {dataset, version, metric, mode, <model>: score or None}."""
+    files = sorted((run_dir / "summary").glob("summary_*.csv"))
+    if not files:
+        return []
+    with open(files[-1], encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    fixed = {"dataset", "version", "metric", "mode"}
+    for row in rows:
+        for k, v in row.items():
+            if k not in fixed:
+                try:
+                    row[k] = float(v)
+                except (TypeError, ValueError):
+                    row[k] = None
+    return rows
+
+
+def _correct(detail) -> bool | None:
+    if not isinstance(detail, dict):
+        return None
+    for key in ("correct", "is_correct"):
+        if key in detail:
+            v = detail[key]
+            return bool(v[0] if isinstance(v, list) and v else v)
+    preds = detail.get("predictions")
+    if isinstance(preds, list) and preds and isinstance(preds[0], dict):
+        return _correct(preds[0])
+    return None
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_items(run_dir: Path, model: str, dataset: str) -> list[dict]:
+    """Per-item prompt, prediction, gold and correctness of one (model, dataset)."""
+    preds = _load(run_dir / "predictions" / model / f"{dataset}.json") or {}
+    result = _load(run_dir / "results" / model / f"{dataset}.json") or {}
+    details = result.get("details") or []
+    if isinstance(details, dict):
+        details = [v for k, v in sorted(details.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1)
+                   if k.isdigit()]
+    items = []
+    for i, (key, p) in enumerate(sorted(preds.items(), key=lambda kv: int(kv[0]))):
+        if i >= ITEMS_MAX:
+            break
+        prompt = p.get("origin_prompt")
+        if isinstance(prompt, list):   # chat rounds
+            prompt = "\n".join(str(r.get("prompt", r)) if isinstance(r, dict) else str(r) for r in prompt)
+        items.append({"model": model, "dataset": dataset, "index": int(key), "prompt": prompt,
+                      "prediction": p.get("prediction"), "gold": p.get("gold"),
+                      "correct": _correct(details[i]) if i < len(details) else None})
+    return items
+
+
+ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception|Exit)\b.*|.*\bout of memory\b.*|AssertionError.*)$", re.I)
+
+
+def task_errors(run_dir: Path) -> list[tuple[str, str]]:
+    """(task log, last error line) for every task log under logs/ that records a failure."""
+    out = []
+    for log in sorted((run_dir / "logs").rglob("*.out")):
+        text = log.read_text(encoding="utf-8", errors="replace")
+        if "Traceback" not in text and "task fail" not in text.lower():
+            continue
+        errors = [ln.strip() for ln in text.splitlines() if ERROR_LINE.match(ln.strip())]
+        out.append((str(log.relative_to(run_dir)), errors[-1] if errors else text.strip().splitlines()[-1]))
+    return out
+
+
+def classify(reason: str) -> tuple[str, str]:
+    low = reason.lower()
+    if "out of memory" in low:
+        return OUT_OF_MEMORY, "use a smaller batch size or max out length, or a GPU"
+    if "modulenotfounderror" in low or "importerror" in low:
+        return MISSING_ENGINE, "reinstall the opencompass engine (engine_install with reinstall: true)"
+    if any(s in low for s in ("oserror", "does not appear to have", "unrecognized", "safetensors", "config.json",
+                              "adapter_config", "filenotfounderror", "connection")):
+        return BAD_INPUT, "check that the model, adapter or endpoint can be loaded by transformers 4.x"
+    return CRASH, "see the task logs in the job's opencompass folder"
+
+
+# -- the job -------------------------------------------------------------------------------------
+def expected_tasks(spec: Spec, config: Path, python: str, env: dict) -> list[str]:
+    """Dataset abbrs the run will produce (standard configs expand to several)."""
+    abbrs = [d.name for d in spec.datasets if d.path]
+    if any(d.config for d in spec.datasets):
+        code = ("import json,sys; from mmengine.config import Config; "
+                "c = Config.fromfile(sys.argv[1]); print(json.dumps([d['abbr'] for d in c.datasets]))")
+        out = subprocess.run([python, "-c", code, str(config)], capture_output=True, text=True, env=env,
+                             cwd=config.parent)
+        if out.returncode != 0:
+            raise JobError(f"the OpenCompass config could not be read: {out.stderr.strip().splitlines()[-1:]}",
+                           BAD_INPUT)
+        abbrs = json.loads(out.stdout.strip().splitlines()[-1])
+    return abbrs
+
+
+def opencompass_env(job: Job) -> dict:
+    env = dict(os.environ, COMPASS_DATA_CACHE=str(compass_data_cache(job.home)),
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    env.setdefault("OPENAI_API_KEY", "EMPTY")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def main(spec: Spec, job: Job) -> dict:
+    import importlib.util
+    found = importlib.util.find_spec("opencompass")
+    if found is None:
+        raise JobError("OpenCompass is not installed in this environment", MISSING_ENGINE,
+                       "run an engine_install job for the opencompass engine")
+    package_dir = Path(found.origin).parent
+    cache = compass_data_cache(job.home)
+    if os.environ.get("DATASET_SOURCE") not in ("ModelScope", "HF"):
+        for d in spec.datasets:
+            cfg_file = find_standard_config(d.config, package_dir) if d.config else None
+            missing = missing_data(cfg_file, package_dir, cache) if cfg_file else []
+            if missing:
+                raise JobError(f"dataset {d.name}: the data of {d.config} is not in COMPASS_DATA_CACHE "
+                               f"({cache}): missing {', '.join(missing)}", BAD_INPUT,
+                               "unpack OpenCompass's data archive there, or set DATASET_SOURCE=ModelScope")
+
+    config = write_config(spec, job.dir / "config.py", package_dir)
+    work = job.dir / "opencompass"
+    env = opencompass_env(job)
+    abbrs = expected_tasks(spec, config, sys.executable, env)
+    models = [m.name for m in spec.models]
+    total = 2 * len(models) * len(abbrs)
+    job.message(f"evaluating {len(models)} model(s) on {len(abbrs)} dataset(s): {total} tasks (infer + eval)")
+    cmd = [sys.executable, "-m", "opencompass.cli.main", str(config), "-w", str(work)]
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=job.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1, errors="replace")
+    pump = threading.Thread(target=lambda: [sys.stdout.write(line) for line in proc.stdout], daemon=True)
+    pump.start()
+    done: set[tuple[str, str, str]] = set()
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+            for run_dir in work.glob("*/"):
+                for stage in ("predictions", "results"):
+                    for m in models:
+                        for a in abbrs:
+                            key = (stage, m, a)
+                            if key not in done and (run_dir / stage / m / f"{a}.json").exists():
+                                done.add(key)
+                                job.progress(len(done), total, "tasks",
+                                             f"{'inferred' if stage == 'predictions' else 'scored'} {m} / {a}",
+                                             force=True)
+    except Cancelled:
+        proc.terminate()
+        raise
+    pump.join(5)
+    runs = sorted(p for p in work.glob("*/") if p.is_dir())
+    if proc.returncode != 0 or not runs:
+        raise JobError(f"opencompass exited with code {proc.returncode}: see the log", CRASH)
+    run_dir = runs[-1]
+    rows = read_summary(run_dir)
+    table = [{"dataset": r["dataset"], "metric": r["metric"], "mode": r["mode"], "model": m, "score": r.get(m)}
+             for r in rows for m in models]
+    failed = sorted({(t["model"], t["dataset"]) for t in table if t["score"] is None})
+    if not rows or failed:
+        errors = task_errors(run_dir)
+        reason = "; ".join(f"{log}: {line}" for log, line in errors[:3]) or "no task log records an error"
+        what = ", ".join(f"{m} on {d}" for m, d in failed[:6]) or "every task (no summary was written)"
+        cls, suggestion = classify(reason)
+        raise JobError(f"OpenCompass task(s) failed: {what}. {reason}", cls, suggestion)
+    items = [it for m in models for a in abbrs for it in read_items(run_dir, m, a)]
+    job.progress(total, total, "tasks", "done", force=True)
+    result = {"table": table, "items": items, "models": [m.model_dump() for m in spec.models],
+              "datasets": [d.model_dump() for d in spec.datasets], "run_dir": str(run_dir),
+              "config": str(config)}
+    result["registered"] = register(spec, job, table)
+    return result
+
+
+def register(spec: Spec, job: Job, table: list[dict]) -> str:
+    """The run as an ``eval`` registry entry linked to the models and datasets it measured."""
+    try:
+        from backend.store import open_store
+    except ImportError:          # the engine lacks a backend dependency: results stay in result.json
+        return ""
+    job_id = int(os.environ.get("WORKBENCH_JOB_ID", "0") or 0) or None
+    store = open_store(job.home)
+    owner = (store.job(job_id) or {}).get("owner", "") if job_id else ""
+    name = spec.name or f"eval-{job_id or int(time.time())}"
+    store.put("eval", name, str(job.dir), {
+        "models": [m.name for m in spec.models], "datasets": [d.name for d in spec.datasets],
+        "peft": {m.name: m.peft_path for m in spec.models if m.peft_path}, "table": table,
+    }, job_id=job_id, owner=owner)
+    return name
+
+
+if __name__ == "__main__":
+    run(main, Spec)

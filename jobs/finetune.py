@@ -1,0 +1,540 @@
+"""finetune: LoRA / QLoRA / full fine-tuning of a chat model on transformers + peft.
+
+The model's own chat template renders each conversation; only assistant replies (or messages
+flagged ``loss: true``) are trained. Rows are packed into ``max_length`` bins whose position ids
+restart at every row, and the attention mask is left out so transformers builds a block-diagonal
+mask from them: packed rows never attend to each other. A step = ``grad_accum`` micro-batches of
+``batch_size`` rows; the loss is the mean over the step's trained tokens.
+
+SIGTERM (cancel) saves a checkpoint of the last finished step and exits; ``resume_from: <job id>``
+(or ``resume: true``: the newest job with the same spec) continues from it, with the same data order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backend import finetune as ft
+from jobs.common import BAD_INPUT, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError, run
+
+X = ft.XTUNER
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_model: str                                   # registry model name
+    datasets: list[str] = Field(min_length=1)         # registry dataset names (any training format)
+    name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # adapter name; "" = automatic
+    method: Literal["lora", "qlora", "full"] = "lora"
+    preset: Literal["xtuner", "cpu_demo"] | None = None   # fills the fields the spec leaves out
+    lora_r: int = Field(X["lora_r"], ge=1)
+    lora_alpha: int = Field(X["lora_alpha"], ge=1)
+    lora_dropout: float = Field(X["lora_dropout"], ge=0, lt=1)
+    target_modules: list[str] = Field(X["target_modules"], min_length=1)
+    lr: float = X["lr"]
+    weight_decay: float = Field(X["weight_decay"], ge=0)
+    max_grad_norm: float = Field(X["max_grad_norm"], ge=0)    # 0: no clipping
+    scheduler: Literal["cosine", "linear", "constant"] = X["scheduler"]
+    warmup_ratio: float = Field(X["warmup_ratio"], ge=0, le=1)
+    max_length: int = Field(X["max_length"], ge=8)
+    packing: bool = X["packing"]
+    epochs: float = Field(X["epochs"], gt=0)
+    max_steps: int = Field(X["max_steps"], ge=0)              # 0: from epochs
+    batch_size: int = Field(X["batch_size"], ge=1)
+    grad_accum: int = Field(X["grad_accum"], ge=1)
+    gradient_checkpointing: bool = X["gradient_checkpointing"]
+    save_steps: int = Field(X["save_steps"], ge=1)
+    save_total_limit: int = Field(X["save_total_limit"], ge=1)
+    eval_ratio: float = Field(0.0, ge=0, lt=1)                # rows held out for eval_loss
+    eval_steps: int = Field(0, ge=0)                          # 0: evaluate at the end only
+    max_samples: int = Field(0, ge=0)                         # 0: every row
+    seed: int = 42
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: bf16 (else fp16) on GPU, fp32 on CPU
+    gpu_mem_gb: float | None = Field(None, gt=0)              # ask the queue for this instead of the estimate
+    sample_prompts: list[str] = []                            # answered greedily before and after training
+    resume: bool = False
+    resume_from: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def fill_from_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset"):
+            preset = ft.PRESETS.get(data["preset"])
+            if preset is None:
+                raise ValueError(f"unknown preset {data['preset']!r}; presets: {', '.join(ft.PRESETS)}")
+            data = {**preset, **data}
+        return data
+
+    @field_validator("lr")
+    @classmethod
+    def positive_lr(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"lr must be above 0 (got {v})")
+        return v
+
+
+def resources(spec: Spec) -> dict:
+    """Called once at submit time: the checks against the workspace (model, data, GPU) and the
+    GPU memory the queue should reserve. Raises ValueError → SubmitError with a readable message."""
+    plan = ft.check(spec.model_dump())
+    if not plan["on_gpu"]:
+        return {"gpus": 0, "gpu_mem_gb": 0.0}
+    return {"gpus": 1, "gpu_mem_gb": spec.gpu_mem_gb or plan["estimate"]["total_gb"]}
+
+
+# -- data ----------------------------------------------------------------------------------------
+def tokenize(tok, conv: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
+    """Token ids and labels of one conversation (-100 where nothing is trained), cut to max_length."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
+    render = lambda ms, gen=False: tok.apply_chat_template(ms, tokenize=False, add_generation_prompt=gen)  # noqa: E731
+    full = render(msgs)
+    spans = []
+    for k, m in enumerate(conv):
+        if not (m.get("content") and m.get("loss", m["role"] == "assistant")):
+            continue
+        before = render(msgs[:k], gen=m["role"] == "assistant") if k else ""
+        upto = render(msgs[:k + 1])
+        if not full.startswith(upto) or not upto.startswith(before):
+            upto_i = full.find(m["content"])
+            spans.append((upto_i, upto_i + len(m["content"])))     # template not prefix-stable: the text only
+        else:
+            spans.append((len(before), len(upto)))
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = enc["input_ids"][:max_length], []
+    for i, (a, b) in enumerate(enc["offset_mapping"][:max_length]):
+        trained = i > 0 and any(s <= a < e for s, e in spans)
+        labels.append(ids[i] if trained else -100)
+    return (ids, labels) if any(x != -100 for x in labels) else None
+
+
+def pack(samples: list, max_length: int, packing: bool) -> list[list[int]]:
+    """Rows of sample indices: next-fit into max_length bins when packing, else one sample a row."""
+    if not packing:
+        return [[i] for i in range(len(samples))]
+    rows, cur, used = [], [], 0
+    for i, (ids, _) in enumerate(samples):
+        if cur and used + len(ids) > max_length:
+            rows.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += len(ids)
+    return rows + ([cur] if cur else [])
+
+
+def collate(torch, samples, rows: list[list[int]], pad_id: int):
+    """input_ids, labels, position_ids (restarting per sample; padding is its own segment)."""
+    seqs = []
+    for row in rows:
+        ids, labels, pos = [], [], []
+        for i in row:
+            ids += samples[i][0]
+            labels += samples[i][1]
+            pos += range(len(samples[i][0]))
+        seqs.append((ids, labels, pos))
+    width = max(len(s[0]) for s in seqs)
+    pad = lambda x, v: x + [v] * (width - len(x))   # noqa: E731
+    ids = torch.tensor([pad(s[0], pad_id) for s in seqs])
+    labels = torch.tensor([pad(s[1], -100) for s in seqs])
+    pos = torch.tensor([s[2] + list(range(width - len(s[2]))) for s in seqs])
+    return ids, labels, pos, sum(len(s[0]) for s in seqs)
+
+
+# -- the run -------------------------------------------------------------------------------------
+class StopFlag:
+    """SIGTERM during forward/backward stops at once (the weights are still those of the last step);
+    during an optimizer step or a save, it waits for the end of it."""
+
+    def __init__(self):
+        self.requested = False
+        self.critical = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+        if not self.critical:
+            raise Cancelled()
+
+    def __enter__(self):
+        self.critical = True
+
+    def __exit__(self, *exc):
+        self.critical = False
+        if self.requested and exc[0] is None:
+            raise Cancelled()
+
+
+def lr_lambda(spec: Spec, total: int):
+    warmup = math.ceil(spec.warmup_ratio * total)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if spec.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if spec.scheduler == "cosine" else 1 - progress
+    return f
+
+
+def oom_error(spec: Spec, detail: str) -> JobError:
+    tips = []
+    if spec.batch_size > 1:
+        tips.append(f"batch_size {spec.batch_size} → 1 with grad_accum {spec.grad_accum * spec.batch_size}")
+    if spec.max_length > 512:
+        tips.append(f"max_length {spec.max_length} → {spec.max_length // 2}")
+    if not spec.gradient_checkpointing:
+        tips.append("gradient_checkpointing: true")
+    if spec.method != "qlora":
+        tips.append("method: qlora (4-bit base weights)")
+    return JobError(f"out of memory: {detail[:300]}", OUT_OF_MEMORY, "; ".join(tips) or "use a smaller model")
+
+
+def main(spec: Spec, job: Job) -> dict:
+    import torch
+    try:
+        return Run(spec, job).train()
+    except torch.OutOfMemoryError as e:
+        raise oom_error(spec, str(e)) from None
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            raise oom_error(spec, str(e)) from None
+        raise
+    except MemoryError as e:
+        raise oom_error(spec, f"host memory: {e}") from None
+
+
+class Run:
+    def __init__(self, spec: Spec, job: Job):
+        self.spec, self.job = spec, job
+        self.ckpt_dir = job.dir / "checkpoints"
+        self.job_id = int(job.dir.name) if job.dir.name.isdigit() else 0
+
+    def log(self, text: str) -> None:
+        self.job.message(text)
+
+    # -- setup ------------------------------------------------------------------------------------
+    def load(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        spec = self.spec
+        torch.manual_seed(spec.seed)
+        random.seed(spec.seed)
+        try:
+            model_path, meta = ft.resolve_model(spec.base_model, self.job.home)
+        except ValueError as e:
+            raise JobError(str(e), BAD_INPUT) from None
+        self.model_path, remote = model_path, bool(meta.get("trust_remote_code"))
+        on_gpu = torch.cuda.is_available() and spec.device != "cpu"
+        if spec.method == "qlora" and not on_gpu:
+            raise JobError("QLoRA needs a CUDA GPU and this job has none", BAD_INPUT, "use method: lora on CPU")
+        self.device = torch.device("cuda" if on_gpu else "cpu")
+        if spec.dtype == "auto":
+            self.dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if on_gpu else torch.float32
+        else:
+            self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
+        self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote)
+        if self.tok.chat_template is None:
+            raise JobError(f"{spec.base_model} has no chat template: fine-tune an instruct/chat model "
+                           "(or add a chat_template to its tokenizer_config.json)", BAD_INPUT)
+        kwargs = {"trust_remote_code": remote, "dtype": self.dtype if spec.method != "full" else torch.float32}
+        if spec.method == "qlora":
+            try:
+                import bitsandbytes  # noqa: F401
+            except ImportError:
+                raise JobError("QLoRA needs bitsandbytes, which is not installed", MISSING_ENGINE,
+                               ".venv/bin/pip install bitsandbytes (GPU hosts only)") from None
+            from transformers import BitsAndBytesConfig
+            kwargs.update(device_map={"": 0}, quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=self.dtype))
+        self.log(f"loading {spec.base_model} ({spec.method}, {str(self.dtype).replace('torch.', '')} on {self.device})")
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        if spec.method != "qlora":
+            model.to(self.device)
+        model.config.use_cache = False
+        if spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if spec.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        if spec.method != "full":
+            from peft import LoraConfig, get_peft_model
+            targets = "all-linear" if spec.target_modules == ["all-linear"] else spec.target_modules
+            config = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                                target_modules=targets, task_type="CAUSAL_LM")
+            try:
+                model = get_peft_model(model, config)
+            except (ValueError, TypeError) as e:
+                raise JobError(f"peft can't wrap {spec.base_model}: {e}", BAD_INPUT,
+                               "check target_modules against the model's layer names") from None
+        model.train()
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        n_train, n_all = sum(p.numel() for p in self.params), sum(p.numel() for p in model.parameters())
+        self.log(f"trainable parameters: {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
+
+    def data(self):
+        spec = self.spec
+        try:
+            paths = [ft.resolve_dataset(d, self.job.home) for d in spec.datasets]
+            convs = [c for c in ft.load_conversations(paths, spec.max_samples) if ft.usable(c)]
+        except ValueError as e:
+            raise JobError(str(e), BAD_INPUT) from None
+        random.Random(spec.seed).shuffle(convs)
+        n_eval = int(len(convs) * spec.eval_ratio)
+        tokenized = [tokenize(self.tok, c, spec.max_length) for c in convs]
+        train = [s for s in tokenized[n_eval:] if s]
+        self.eval_samples = [s for s in tokenized[:n_eval] if s]
+        dropped = len(tokenized) - len(train) - len(self.eval_samples)
+        if not train:
+            raise JobError(f"no row has a trained token within max_length {spec.max_length}", BAD_INPUT,
+                           "raise max_length or check the data's assistant replies")
+        self.samples = train
+        self.rows = pack(train, spec.max_length, spec.packing)
+        self.eval_rows = pack(self.eval_samples, spec.max_length, spec.packing)
+        self.micro_per_epoch = math.ceil(len(self.rows) / spec.batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / spec.grad_accum)
+        self.total = spec.max_steps or math.ceil(spec.epochs * self.steps_per_epoch)
+        tokens = sum(len(s[0]) for s in train)
+        self.log(f"data: {len(train)} rows ({tokens} tokens) in {len(self.rows)} "
+                 f"{'packed ' if spec.packing else ''}rows of ≤{spec.max_length}; {len(self.eval_samples)} eval rows; "
+                 f"{dropped} dropped; {self.steps_per_epoch} steps/epoch, {self.total} steps")
+
+    def micro_batches(self, step: int) -> list[list[list[int]]]:
+        """The micro-batches of a (0-based) step: fixed by the seed, so a resumed run sees the same data."""
+        spec, epoch, k = self.spec, step // self.steps_per_epoch, step % self.steps_per_epoch
+        order = list(range(len(self.rows)))
+        random.Random(spec.seed * 1000 + epoch).shuffle(order)
+        out = []
+        for m in range(k * spec.grad_accum, min((k + 1) * spec.grad_accum, self.micro_per_epoch)):
+            out.append([self.rows[i] for i in order[m * spec.batch_size:(m + 1) * spec.batch_size]])
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> Path:
+        import torch
+        tmp, final = self.ckpt_dir / f".tmp-step-{step}", self.ckpt_dir / f"step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.save_weights(tmp)
+        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state()}, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "spec": self.spec.model_dump(mode="json"),
+                                                    "history": self.history[-2000:]}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        for old in ft.checkpoints(self.job_id, self.job.home)[:-self.spec.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.saved_step = step
+        self.log(f"checkpoint saved: step {step}")
+        return final
+
+    def save_weights(self, folder: Path) -> None:
+        if self.spec.method == "full":
+            from safetensors.torch import save_model
+            save_model(self.model, str(folder / "model.safetensors"))
+        else:
+            self.model.save_pretrained(folder)
+
+    def load_checkpoint(self, path: Path) -> int:
+        import torch
+        state = json.loads((path / "state.json").read_text())
+        diff = ft.spec_differences(self.spec.model_dump(mode="json"), state["spec"])
+        if diff:
+            raise JobError(f"the checkpoint {path} was made with a different spec ({', '.join(diff)})", BAD_INPUT,
+                           "resume with the same spec")
+        if self.spec.method == "full":
+            from safetensors.torch import load_model
+            load_model(self.model, str(path / "model.safetensors"))
+        else:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+            set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors")))
+        t = torch.load(path / "trainer.pt", weights_only=False)
+        self.opt.load_state_dict(t["optimizer"])
+        self.sched.load_state_dict(t["scheduler"])
+        self.scaler.load_state_dict(t["scaler"])
+        torch.set_rng_state(t["rng"])
+        self.history = state.get("history", [])
+        self.log(f"resumed from {path} at step {state['step']}")
+        return int(state["step"])
+
+    def resume_point(self) -> Path | None:
+        spec = self.spec
+        job_id = spec.resume_from
+        if job_id is None and spec.resume:
+            job_id = ft.find_resumable(spec.model_dump(mode="json"), self.job.home, exclude=self.job_id)
+            if job_id is None:
+                self.log("resume: no earlier run with this spec left a checkpoint; starting from step 0")
+                return None
+        if job_id is None:
+            return None
+        ckpts = ft.checkpoints(job_id, self.job.home)
+        if not ckpts:
+            raise JobError(f"job {job_id} left no checkpoint to resume from", BAD_INPUT)
+        return ckpts[-1]
+
+    # -- training -----------------------------------------------------------------------------------
+    def forward_loss(self, torch, samples, rows, n_items: int):
+        """Summed token loss of one micro-batch divided by the step's trained-token count."""
+        ids, labels, pos, n_tokens = collate(torch, samples, rows, self.pad_id)
+        ids, labels, pos = ids.to(self.device), labels.to(self.device), pos.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.device.type == "cuda"):
+            logits = self.model(input_ids=ids, position_ids=pos).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                 ignore_index=-100, reduction="sum") / max(1, n_items)
+        return loss, n_tokens
+
+    def evaluate(self, torch) -> float | None:
+        if not self.eval_rows:
+            return None
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.eval_rows), self.spec.batch_size):
+                rows = self.eval_rows[i:i + self.spec.batch_size]
+                items = sum(sum(1 for x in self.eval_samples[s][1][1:] if x != -100) for r in rows for s in r)
+                loss, _ = self.forward_loss(torch, self.eval_samples, rows, items)
+                total, n = total + loss.item() * items, n + items
+        self.model.train()
+        return total / max(1, n)
+
+    def answers(self, torch) -> list[str]:
+        if not self.spec.sample_prompts:
+            return []
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for prompt in self.spec.sample_prompts:
+                ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                   return_tensors="pt", return_dict=True)["input_ids"].to(self.device)
+                gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=48,
+                                          do_sample=False, pad_token_id=self.pad_id, use_cache=True)
+                out.append(self.tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        self.model.train()
+        return out
+
+    def train(self) -> dict:
+        import torch
+        spec, job = self.spec, self.job
+        job.progress(0, None, "steps", "loading the model", force=True)
+        self.load()
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
+        self.data()
+        self.opt = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(spec, self.total))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
+        self.history, self.saved_step = [], 0
+        before = self.answers(torch)
+        for p, a in zip(spec.sample_prompts, before):
+            self.log(f"before: {p!r} → {a!r}")
+        start = 0
+        point = self.resume_point()
+        if point is not None:
+            start = self.saved_step = self.load_checkpoint(point)
+        stop = StopFlag()
+        signal.signal(signal.SIGTERM, stop)
+        step = start
+        t_run, tokens_run = time.monotonic(), 0
+        try:
+            while step < self.total:
+                t0 = time.monotonic()
+                batches = self.micro_batches(step)
+                n_items = sum(sum(1 for x in self.samples[s][1][1:] if x != -100)
+                              for mb in batches for r in mb for s in r)
+                loss_sum, n_tokens = 0.0, 0
+                for mb in batches:
+                    loss, nt = self.forward_loss(torch, self.samples, mb, n_items)
+                    self.scaler.scale(loss).backward()
+                    loss_sum, n_tokens = loss_sum + loss.item(), n_tokens + nt
+                with stop:
+                    self.scaler.unscale_(self.opt)
+                    norm = torch.nn.utils.clip_grad_norm_(self.params, spec.max_grad_norm or float("inf"))
+                    lr = self.sched.get_last_lr()[0]
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                    self.sched.step()
+                    self.opt.zero_grad(set_to_none=True)
+                    step += 1
+                dt = time.monotonic() - t0
+                tokens_run += n_tokens
+                point = {"step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(float(norm), 5),
+                         "tokens_per_s": round(n_tokens / dt, 1)}
+                self.history.append(point)
+                job.metric(**point)
+                job.progress(step, self.total, "steps", f"loss {loss_sum:.4f}", force=step == self.total)
+                if spec.eval_steps and step % spec.eval_steps == 0 and step < self.total:
+                    with stop:
+                        self.eval_point(torch, step)
+                if step % spec.save_steps == 0 and step < self.total:
+                    with stop:
+                        self.save_checkpoint(step)
+        except Cancelled:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)    # the worker's SIGKILL stays the backstop
+            self.opt.zero_grad(set_to_none=True)
+            if step > self.saved_step:
+                self.save_checkpoint(step)
+            self.log(f"cancelled at step {step}: resume with resume_from: {self.job_id}")
+            raise
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        eval_loss = self.eval_point(torch, step)
+        after = self.answers(torch)
+        for p, a in zip(spec.sample_prompts, after):
+            self.log(f"after: {p!r} → {a!r}")
+        elapsed = time.monotonic() - t_run
+        losses = [h["loss"] for h in self.history]
+        result = {"steps": step, "resumed_from_step": start or None, "first_loss": losses[0] if losses else None,
+                  "final_loss": losses[-1] if losses else None, "eval_loss": eval_loss,
+                  "tokens_per_s": round(tokens_run / elapsed, 1) if elapsed else None, "train_tokens": tokens_run,
+                  "answers_before": before, "answers_after": after}
+        result.update(self.publish(result))
+        return result
+
+    def eval_point(self, torch, step: int) -> float | None:
+        eval_loss = self.evaluate(torch)
+        if eval_loss is not None:
+            self.job.metric(step, eval_loss=round(eval_loss, 5))
+            self.log(f"step {step}: eval_loss {eval_loss:.4f}")
+        return eval_loss
+
+    def publish(self, result: dict) -> dict:
+        """Save the adapter (or the full model) into the workspace and register it with its lineage."""
+        from backend.store import open_store
+        spec = self.spec
+        full = spec.method == "full"
+        name = spec.name or f"{spec.base_model}-{spec.method}-job{self.job_id}"
+        folder = self.job.home / ("models" if full else "adapters") / name
+        tmp = folder.with_name(f".tmp-{name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(tmp)
+        self.tok.save_pretrained(tmp)
+        metrics = {k: result[k] for k in ("steps", "final_loss", "eval_loss", "tokens_per_s")}
+        meta = {"base_model": spec.base_model, "base_path": str(self.model_path), "datasets": spec.datasets,
+                "method": spec.method, "spec": spec.model_dump(mode="json"), "metrics": metrics, "job": self.job_id}
+        (tmp / "workbench.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)
+        kind = "model" if full else "adapter"
+        if full:
+            from backend import models
+            lineage = {"base_model": spec.base_model, "datasets": spec.datasets, "finetune_job": self.job_id}
+            models.register(name, folder, "finetune", job_id=self.job_id or None, home=self.job.home,
+                            lineage=lineage, **{k: v for k, v in meta.items() if k != "job"})
+        else:
+            open_store(self.job.home).put(kind, name, str(folder), meta, job_id=self.job_id or None)
+        self.log(f"{kind} {name!r} saved to {folder}")
+        return {kind: name, "path": str(folder)}
+
+
+if __name__ == "__main__":
+    run(main, Spec)

@@ -1,0 +1,82 @@
+"""merge: fold a LoRA adapter into its base model and register the result as a model.
+
+Writes ``<home>/models/<name>`` (safetensors + tokenizer) and a registry "model" entry whose meta
+records the lineage: base model, adapter, datasets and the fine-tune job.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.common import BAD_INPUT, Job, JobError, run
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    adapter: str                                      # registry adapter name
+    name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # "" = <adapter>-merged
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: the base model's own dtype
+
+
+def resources(spec: Spec) -> dict:
+    """Submit-time checks: the adapter exists and its base model is still registered."""
+    from backend import finetune as ft
+    from backend.store import open_store
+    entry = open_store().get("adapter", spec.adapter)
+    if entry is None:
+        raise ValueError(f"no adapter {spec.adapter!r} in the registry")
+    ft.resolve_model(entry["meta"].get("base_model", ""))
+    name = spec.name or f"{spec.adapter}-merged"
+    if open_store().get("model", name):
+        raise ValueError(f"a model named {name!r} already exists: choose another name")
+    return {"gpus": 0, "gpu_mem_gb": 0.0}
+
+
+def main(spec: Spec, job: Job) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend import finetune as ft
+    from backend.store import open_store
+    store = open_store(job.home)
+    entry = store.get("adapter", spec.adapter)
+    if entry is None:
+        raise JobError(f"no adapter {spec.adapter!r} in the registry", BAD_INPUT)
+    meta = entry["meta"] or {}
+    try:
+        base_path, base_meta = ft.resolve_model(meta.get("base_model", ""), job.home)
+    except ValueError as e:
+        raise JobError(str(e), BAD_INPUT, "register the adapter's base model again") from None
+    remote = bool(base_meta.get("trust_remote_code"))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(spec.dtype, "auto")
+    name = spec.name or f"{spec.adapter}-merged"
+    job.progress(0, 3, "steps", f"loading {meta.get('base_model')}", force=True)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=remote)
+    job.progress(1, 3, "steps", f"applying {spec.adapter}", force=True)
+    model = PeftModel.from_pretrained(model, entry["path"]).merge_and_unload()
+    folder = job.home / "models" / name
+    tmp = folder.with_name(f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    job.progress(2, 3, "steps", f"saving {folder}", force=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(entry["path"], trust_remote_code=remote).save_pretrained(tmp)
+    lineage = {"base_model": meta.get("base_model"), "adapter": spec.adapter, "datasets": meta.get("datasets", []),
+               "finetune_job": meta.get("job"), "merge_job": int(job.dir.name) if job.dir.name.isdigit() else None}
+    (tmp / "workbench.json").write_text(json.dumps({"lineage": lineage}, ensure_ascii=False, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    from backend import models
+    models.register(name, folder, "merge", job_id=lineage["merge_job"], home=job.home, lineage=lineage,
+                    base_model=meta.get("base_model"), adapter=spec.adapter, metrics=meta.get("metrics", {}),
+                    trust_remote_code=remote)
+    job.progress(3, 3, "steps", "merged", force=True)
+    print(f"model {name!r} saved to {folder}", flush=True)
+    return {"model": name, "path": str(folder)}
+
+
+if __name__ == "__main__":
+    run(main, Spec)

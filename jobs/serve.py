@@ -1,0 +1,287 @@
+"""serve: an OpenAI-compatible model server on a loopback port, registered as an endpoint while it runs.
+
+The job resolves a registry model (and optionally a LoRA adapter, merged into a copy in the job
+folder), starts the server as a child process in the job's process group (`transformers serve` on
+CPU or GPU, `lmdeploy serve api_server` from the lmdeploy engine on GPU), waits for a health check
+and a one-token answer, registers ``endpoint/<name>`` in the store, and removes it when it ends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.common import BAD_INPUT, CRASH, MISSING_ENGINE, OUT_OF_MEMORY, JobError, Job, run
+
+READY_POLL_S = 0.5
+STOP_GRACE_S = 5.0
+WEIGHTS = re.compile(r"Loading weights:\s+(\d+)%")
+REQUEST = re.compile(r'"POST /v1/(chat/)?completions HTTP/[\d.]+" 200')
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = ""                       # registry model name; may be empty when the adapter names its base
+    adapter: str = ""                     # registry adapter name: merged into a copy of the model in the job folder
+    engine: Literal["transformers", "lmdeploy"] = "transformers"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    name: str = Field("", max_length=120)  # endpoint name; default "<model>[+<adapter>] #<job id>"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    continuous_batching: bool = False     # transformers: batch concurrent requests (sampling settings are shared)
+    cb_blocks: int = Field(512, ge=16)    # transformers CB: KV cache blocks of 32 tokens
+    cache_max_entry_count: float = Field(0.5, gt=0, le=0.95)   # lmdeploy: share of free GPU memory for KV cache
+    ready_timeout_s: float = Field(900, gt=0)
+
+
+# -- resolving registry entries (used at submit time by resources() and again in the job) -------------
+def resolve(spec: Spec, home: Path | None = None) -> tuple[dict, dict | None]:
+    """(model entry, adapter entry or None) from the registry; ValueError with a readable reason."""
+    from backend.store import open_store
+    store = open_store(home)
+    adapter = None
+    model_name = spec.model
+    if spec.adapter:
+        adapter = store.get("adapter", spec.adapter)
+        if adapter is None:
+            raise ValueError(f"no adapter named {spec.adapter!r} in the registry")
+        model_name = model_name or adapter["meta"].get("base_model", "")
+    if not model_name:
+        raise ValueError("name a model to serve (or an adapter whose base model is registered)")
+    model = store.get("model", model_name)
+    if model is None:
+        raise ValueError(f"no model named {model_name!r} in the registry")
+    for entry in filter(None, (model, adapter)):
+        if not Path(entry["path"]).is_dir():
+            raise ValueError(f"the folder of {entry['type']} {entry['name']!r} is missing: {entry['path']}")
+    return model, adapter
+
+
+def weights_gb(path: str | Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**30 or \
+        sum(f.stat().st_size for f in Path(path).glob("*.bin")) / 2**30
+
+
+def resources(spec: Spec) -> dict:
+    """CPU: one heavy slot. GPU: one GPU and a memory estimate. LMDeploy needs CUDA: refuse without it."""
+    from backend import engines
+    from backend.resources import gpus
+    model, _ = resolve(spec)
+    gpu_list = gpus() if spec.device != "cpu" else []
+    if spec.engine == "lmdeploy":
+        if not gpu_list:
+            raise ValueError("LMDeploy runs on CUDA GPUs only and this machine has none: "
+                             "serve with the transformers engine instead")
+        if spec.device == "cpu":
+            raise ValueError("LMDeploy cannot serve on the CPU: choose device auto or cuda")
+        if not engines.installed("lmdeploy"):
+            raise ValueError("the lmdeploy engine is not installed: run an engine_install job for it first")
+    if spec.device == "cuda" and not gpu_list:
+        raise ValueError("device cuda was asked for but this machine has no GPU")
+    if not gpu_list:
+        return {"cpu_slots": 1}
+    w = weights_gb(model["path"])
+    if spec.engine == "lmdeploy":
+        total = max(g.total_gb for g in gpu_list)
+        mem = w + spec.cache_max_entry_count * max(total - w, 0)
+    else:
+        mem = w * 1.2 + 1.0
+    return {"gpus": 1, "gpu_mem_gb": round(mem, 1)}
+
+
+# -- the job ---------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def merge_adapter(model: dict, adapter: dict, out: Path, job: Job) -> Path:
+    """Merge a LoRA adapter into a copy of its base model in the job folder; both servers load it as a model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    job.message(f"merging adapter {adapter['name']} into {model['name']}")
+    base = AutoModelForCausalLM.from_pretrained(model["path"], dtype=torch.float32)
+    try:
+        merged = PeftModel.from_pretrained(base, adapter["path"]).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise JobError(f"adapter {adapter['name']} does not fit model {model['name']}: {e}", BAD_INPUT,
+                       "pick the base model the adapter was trained on") from None
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(adapter["path"] if (Path(adapter["path"]) / "tokenizer_config.json").exists()
+                                  else model["path"]).save_pretrained(out)
+    del base, merged
+    return out
+
+
+def command(spec: Spec, path: Path, port: int, device: str, served: str) -> list[str]:
+    if spec.engine == "lmdeploy":
+        from backend import engines
+        return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
+                "--server-name", "127.0.0.1", "--server-port", str(port), "--backend", "turbomind",
+                "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
+                "--log-level", "INFO"]
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(path), "--host", "127.0.0.1",
+           "--port", str(port), "--device", device, "--dtype", spec.dtype]
+    if spec.continuous_batching:
+        cmd += ["--continuous-batching", "--cb-num-blocks", str(spec.cb_blocks), "--cb-max-batch-tokens", "512"]
+    return cmd
+
+
+class Server:
+    """The child server process: its output goes to run.log; it counts requests and loading progress."""
+
+    def __init__(self, cmd: list[str], job: Job):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
+        print("$ " + " ".join(cmd), flush=True)
+        self.job = job
+        self.requests = 0
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     text=True, errors="replace", bufsize=1, env=env)
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:            # text mode splits tqdm's \r updates into lines too
+            line = line.rstrip()
+            if not line:
+                continue
+            m = WEIGHTS.search(line)
+            if m:
+                self.job.progress(int(m.group(1)), 100, "%", "loading weights")
+                continue                          # keep the log free of progress-bar redraws
+            if REQUEST.search(line):
+                self.requests += 1
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            self.lines = (self.lines + [line])[-40:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.thread.join(2)
+
+    def failure(self) -> JobError:
+        tail = "\n".join(self.lines[-10:])
+        if re.search(r"out of memory|OutOfMemoryError|Cannot allocate memory", tail, re.I):
+            return JobError(f"the model server ran out of memory:\n{tail}", OUT_OF_MEMORY,
+                            "use a smaller model, a lower cache_max_entry_count, or another GPU")
+        if re.search(r"No module named|command not found|No such file", tail):
+            return JobError(f"the model server could not start:\n{tail}", MISSING_ENGINE,
+                            "install the engine (engine_install) and retry")
+        return JobError(f"the model server exited with code {self.proc.returncode}:\n{tail}", CRASH)
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read() or b"{}")
+
+
+def wait_ready(server: Server, base: str, served: str, engine: str, deadline: float) -> None:
+    """Ready = the health URL answers and a one-token completion comes back."""
+    health = base + ("/health" if engine == "transformers" else "/v1/models")
+    while True:
+        if not server.alive():
+            raise server.failure()
+        if time.monotonic() > deadline:
+            raise JobError("the model server did not become ready in time", CRASH,
+                           "raise ready_timeout_s, or look at the log for where loading stopped")
+        try:
+            if http("GET", health, timeout=2)[0] == 200:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(READY_POLL_S)
+    server.job.progress(100, 100, "%", "warming up: one-token answer")
+    try:
+        status, out = http("POST", base + "/v1/chat/completions", {
+            "model": served, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            timeout=max(10.0, deadline - time.monotonic()))
+    except urllib.error.HTTPError as e:
+        raise JobError(f"the model server answered the health check with HTTP {e.code}: "
+                       f"{e.read().decode(errors='replace')[:500]}", CRASH) from None
+    except OSError as e:
+        if not server.alive():
+            raise server.failure() from None
+        raise JobError(f"the model server did not answer a one-token request: {e}", CRASH) from None
+    if status != 200 or not out.get("choices"):
+        raise JobError(f"the model server gave no completion to a one-token request: {str(out)[:500]}", CRASH)
+
+
+def main(spec: Spec, job: Job) -> dict:
+    from backend.store import open_store
+    store = open_store(job.home)
+    job_id = int(os.environ.get("WORKBENCH_JOB_ID") or job.dir.name)
+    try:
+        model, adapter = resolve(spec, job.home)
+    except ValueError as e:
+        raise JobError(str(e), BAD_INPUT, "register the model (Models page) and submit again") from None
+    device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+    label = model["name"] + (f"+{adapter['name']}" if adapter else "")
+    name = spec.name or f"{label} #{job_id}"
+    path = Path(model["path"])
+    merged = job.dir / "merged"
+    server = None
+    try:
+        if adapter:
+            path = merge_adapter(model, adapter, merged, job)
+        served = name if spec.engine == "lmdeploy" else str(path)   # what requests must name as "model"
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        job.progress(0, 100, "%", f"starting {spec.engine} on {device}", force=True)
+        server = Server(command(spec, path, port, device, served), job)
+        t0 = time.monotonic()
+        wait_ready(server, base, served, spec.engine, t0 + spec.ready_timeout_s)
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        meta = {"url": base + "/v1", "model": served, "engine": spec.engine, "device": device, "job_id": job_id,
+                "started": time.time(), "source": label, "requests": 0, "load_s": round(time.monotonic() - t0, 1),
+                "context_len": config.get("max_position_embeddings"),
+                "tokenizer": str(path / "tokenizer.json") if (path / "tokenizer.json").exists() else "",
+                "continuous_batching": spec.continuous_batching}
+        owner = (store.job(job_id) or {}).get("owner", "")
+        store.put("endpoint", name, path=str(path), meta=meta, job_id=job_id, owner=owner)
+        job.event("ready", endpoint=name, url=meta["url"])
+        job.message(f"ready: endpoint {name!r} at {meta['url']} ({meta['load_s']} s to load)")
+        served_before = 0
+        while server.alive():
+            if server.requests != served_before:
+                served_before = server.requests
+                meta["requests"] = served_before
+                store.put("endpoint", name, path=str(path), meta=meta, job_id=job_id, owner=owner)
+            time.sleep(1.0)
+        raise server.failure()
+    finally:
+        entry = store.get("endpoint", name)
+        if entry and entry["job_id"] == job_id:
+            store.delete("endpoint", name)
+        if server:
+            server.stop()
+        shutil.rmtree(merged, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run(main, Spec)

@@ -1,0 +1,19 @@
+"""Start the Streamlit app: ``python -m pages [streamlit options]``.
+
+app.py registers every page with ``st.navigation``. Streamlit would otherwise treat the ``pages/``
+folder beside app.py as an old-style multipage app until the first run of app.py, so a first
+visit straight to ``/jobs?job=3`` would run that page without app.py. Declaring up front that this
+app does not use the pages folder keeps every URL on app.py's registry.
+"""
+import sys
+from pathlib import Path
+
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.web import cli
+
+PagesManager.uses_pages_directory = False
+
+if __name__ == "__main__":
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    sys.argv = ["streamlit", "run", app, *sys.argv[1:]]
+    sys.exit(cli.main())

@@ -1,0 +1,190 @@
+"""The serve job through a real worker on the tiny model: ready after a health check, streamed answers,
+concurrent clients, cancel removes the endpoint and the server; bad inputs are refused clearly."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from backend import chat, queue
+from backend.store import open_store
+from tests.conftest import wait_for
+
+
+def serving(home, job_id: int, timeout: float = 120) -> dict:
+    """Wait until job_id's endpoint is live; fail with the job's log if the job ends first."""
+    def ready():
+        job = queue.get(job_id, home)
+        assert job["state"] in ("queued", "starting", "running"), \
+            f"serve job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
+        return next((e for e in chat.endpoints(home) if e["job_id"] == job_id), None)
+    return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
+
+
+def answer(ep: dict, prompt: str = "Hello, who are you?", **kw) -> tuple[str, dict]:
+    stats: dict = {}
+    text = "".join(chat.stream_chat(ep, chat.build_messages([], prompt), temperature=0.0, max_tokens=8,
+                                    stats=stats, **kw))
+    return text, stats
+
+
+@pytest.fixture
+def tiny_registered(home, tiny_model):
+    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"})
+    return "tiny"
+
+
+@pytest.mark.slow
+def test_serve_answers_streams_and_cancel_cleans_up(home, worker, tiny_registered):
+    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
+    ep = serving(home, job_id)
+    assert ep["name"] == "tiny-ep" and ep["engine"] == "transformers" and ep["device"] == "cpu"
+    assert ep["url"].startswith("http://127.0.0.1:") and ep["context_len"] == 512
+
+    text, stats = answer(ep)
+    assert stats["tokens"] >= 1 and stats["finish_reason"] in ("stop", "length") and stats["ttft_s"] is not None
+    deltas = list(chat.stream_chat(ep, chat.build_messages([], "Hi", system="Be brief."), max_tokens=6))
+    assert len(deltas) >= 2, "the answer should arrive in several deltas"
+
+    # two clients at once both get an answer
+    results: dict = {}
+
+    def client(i):
+        try:
+            results[i] = answer(ep, f"Question {i}: what is 1 + 1?")[0]
+        except chat.ChatError as e:
+            results[i] = e
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert all(isinstance(results.get(i), str) for i in range(2)), results
+
+    wait_for(lambda: (chat.endpoints(home) or [{}])[0].get("requests", 0) >= 4, 10, 0.2, "requests to be counted")
+
+    # stop: the endpoint goes away and the server's process group is gone
+    pid = queue.get(job_id, home)["pid"]
+    queue.cancel(job_id, home)
+    wait_for(lambda: queue.get(job_id, home)["state"] == "cancelled", 30, 0.2, "the job to be cancelled")
+    assert chat.endpoints(home) == [] and open_store(home).items("endpoint") == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    with pytest.raises(chat.ChatError, match="cannot reach"):
+        answer(ep)
+
+
+def test_bad_inputs_are_refused_at_submit(home, tiny_registered):
+    with pytest.raises(queue.SubmitError, match="no model named 'nope'"):
+        queue.submit("serve", {"model": "nope"}, home=home)
+    with pytest.raises(queue.SubmitError, match="no adapter named"):
+        queue.submit("serve", {"model": "tiny", "adapter": "missing"}, home=home)
+    with pytest.raises(queue.SubmitError, match="name a model"):
+        queue.submit("serve", {}, home=home)
+    with pytest.raises(queue.SubmitError, match="CUDA GPUs only"):
+        queue.submit("serve", {"model": "tiny", "engine": "lmdeploy"}, home=home)
+    with pytest.raises(queue.SubmitError, match="no GPU"):
+        queue.submit("serve", {"model": "tiny", "device": "cuda"}, home=home)
+    with pytest.raises(queue.SubmitError, match="port: Extra inputs"):
+        queue.submit("serve", {"model": "tiny", "port": 80}, home=home)
+
+
+def test_chat_errors_without_a_server(home, tiny_model):
+    ep = {"name": "gone", "url": "http://127.0.0.1:9/v1", "model": "m", "context_len": 512,
+          "tokenizer": str(tiny_model / "tokenizer.json")}
+    with pytest.raises(chat.ChatError, match="empty"):
+        list(chat.stream_chat(ep, chat.build_messages([], "   ")))
+    with pytest.raises(chat.ChatError, match="context is 512 tokens"):
+        list(chat.stream_chat(ep, chat.build_messages([], "word " * 600), max_tokens=16))
+    with pytest.raises(chat.ChatError, match="cannot reach"):
+        list(chat.stream_chat(ep, chat.build_messages([], "hi")))
+    with pytest.raises(chat.ChatError, match="not an http"):
+        chat.external("ftp://example")
+    with pytest.raises(chat.ChatError, match="cannot reach"):
+        chat.external("http://127.0.0.1:9", api_key="sk-secret")
+
+
+def test_transcripts():
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "note": "stopped"}]
+    md = chat.transcript_markdown(msgs, {"name": "e", "engine": "transformers", "device": "cpu", "model": "m"},
+                                  {"temperature": 0.7})
+    assert "## user" in md and "hello" in md and "> stopped" in md and "temperature: 0.7" in md
+    import json
+    assert json.loads(chat.transcript_json(msgs))["messages"][1]["content"] == "hello"
+
+
+class FakeOpenAI:
+    """A stdlib HTTP server that speaks just enough OpenAI: it checks the key, and its streamed answer
+    breaks off after two chunks (an endpoint dying mid-answer)."""
+
+    def __init__(self):
+        import http.server
+        import json
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _authorized(self):
+                if self.headers.get("Authorization") != "Bearer right-key":
+                    body = json.dumps({"error": {"message": "Incorrect API key provided"}}).encode()
+                    self.send_response(401)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return False
+                return True
+
+            def do_GET(self):
+                if self._authorized():
+                    body = json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not self._authorized():
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for word in ("Hello", " there"):
+                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake-model",
+                             "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.close_connection = True        # dies mid-answer: no finish_reason, no [DONE]
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    f = FakeOpenAI()
+    yield f
+    f.close()
+
+
+def test_external_key_check_and_death_mid_answer(fake, capsys):
+    with pytest.raises(chat.ChatError, match="refused the API key"):
+        chat.external(fake.url, api_key="wrong-key")
+    ep = chat.external(fake.url, api_key="right-key")
+    assert ep["model"] == "fake-model" and ep["url"] == fake.url + "/v1" and "right-key" not in str(ep)
+    with pytest.raises(chat.ChatError, match="refused the API key"):
+        list(chat.stream_chat(ep, chat.build_messages([], "hi"), api_key="wrong-key"))
+    got = []
+    with pytest.raises(chat.ChatError, match="partial answer is kept") as e:
+        for d in chat.stream_chat(ep, chat.build_messages([], "hi"), api_key="right-key"):
+            got.append(d)
+    assert "".join(got) == e.value.partial == "Hello there"
+    out = capsys.readouterr()
+    assert "right-key" not in out.out + out.err

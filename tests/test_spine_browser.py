@@ -1,0 +1,55 @@
+"""The spine as a person sees it: the real app and worker, headless Chromium."""
+import pytest
+
+from backend import queue
+from tests.conftest import cli, shot, wait_for
+from tests.test_worker import gone
+
+pytestmark = pytest.mark.browser
+
+
+def test_home_shows_pipeline_hardware_queue_and_switches_language(page, home):
+    page.goto(page.base_url)
+    page.get_by_text("Pipeline").first.wait_for()
+    page.get_by_text("CPU only").wait_for()
+    page.get_by_text("Worker running").wait_for()
+    shot(page, "home")
+    page.locator("label").filter(has_text="中文").click()
+    page.get_by_text("全链路流程").wait_for()
+    page.get_by_text("仅 CPU").wait_for()
+    shot(page, "home-zh")
+
+
+def test_jobs_page_follows_a_cli_job_and_cancels_it(page, home, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("steps: 400\ninterval_s: 0.1\nchild: true\n")
+    job = int(cli(home, "submit", "sleepy", str(spec), "--label", "browser").stdout)
+    page.goto(f"{page.base_url}/jobs?job={job}")
+    log = page.locator(f".st-key-joblog-{job}")
+    log.get_by_text("step 3 of 400").wait_for()
+    # the log follows new lines without a reload
+    log.get_by_text("step 12 of 400").wait_for()
+    page.get_by_text("ETA").wait_for()
+    shot(page, "jobs-running")
+    # a reload (or a second browser) re-attaches to the same job
+    page.reload()
+    page.locator(f".st-key-joblog-{job}").get_by_text("step 1").first.wait_for()
+    second = page.context.browser.new_page()
+    second.goto(f"{page.base_url}/jobs?job={job}")
+    second.locator(f".st-key-joblog-{job}").get_by_text("of 400").first.wait_for(timeout=30_000)
+    second.close()
+    pid = queue.get(job)["pid"]
+    child = int((queue.job_dir(job) / "child.pid").read_text())
+    page.get_by_role("button", name="Cancel").click()
+    wait_for(lambda: queue.get(job)["state"] == "cancelled", 30, what="cancelled")
+    wait_for(lambda: gone(pid) and gone(child), 10, what="process group gone")
+    page.locator("[data-state='cancelled']").wait_for(state="attached")
+    shot(page, "jobs-cancelled")
+    # a finished job offers retry, which queues the same spec as a new job
+    page.get_by_role("button", name="Retry").click()
+    wait_for(lambda: len(queue.list_jobs()) == 2, 30, what="retried job")
+    retried = queue.list_jobs()[0]
+    assert retried["parent_id"] == job and retried["spec"] == queue.get(job)["spec"]
+    page.wait_for_url(f"**/jobs?job={retried['id']}")
+    queue.cancel(retried["id"])
+    shot(page, "jobs-list")
