@@ -46,6 +46,23 @@ def endpoints(home: Path | None = None) -> list[dict]:
     return out
 
 
+def servable(home: Path | None = None) -> list[dict]:
+    """What a serve job can start: registry models, and adapters on a registered base model.
+    Each item: {"label", "spec"} where spec is the serve job's spec."""
+    store = open_store(home)
+    models = {m["name"] for m in store.items("model")}
+    out = [{"label": f"{m} (model)", "spec": {"model": m}} for m in sorted(models)]
+    for a in store.items("adapter"):
+        base = a["meta"].get("base_model", "")
+        if base in models:
+            out.append({"label": f"{base} + {a['name']} (adapter)", "spec": {"model": base, "adapter": a["name"]}})
+    return out
+
+
+def serve_job_endpoint(job_id: int, home: Path | None = None) -> dict | None:
+    return next((e for e in endpoints(home) if e.get("job_id") == job_id), None)
+
+
 def uptime_s(endpoint: dict) -> float:
     return max(0.0, time.time() - float(endpoint.get("started") or time.time()))
 
@@ -133,6 +150,10 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
               "temperature": max(0.0, float(temperature))}
     if temperature > 0:                 # greedy when 0: top_p would only draw a warning
         params["top_p"] = float(top_p)
+        if endpoint.get("engine") == "transformers":   # it never switches sampling on by itself
+            gen = {**(endpoint.get("generation") or {}), "do_sample": True, "temperature": float(temperature),
+                   "top_p": float(top_p), "max_new_tokens": int(max_tokens)}
+            params["extra_body"] = {"generation_config": json.dumps(gen)}
     stop = [s for s in (stop or []) if s]
     if stop:
         params["stop"] = stop[:4]
@@ -184,6 +205,38 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
         stats["finish_reason"] = finish
     if finish is None:
         raise ChatError(f"{where} closed the answer without finishing it; the partial answer is kept", text)
+
+
+def stream_many(jobs: list[dict]) -> Iterator[tuple[int, str | None, ChatError | None]]:
+    """Run several ``stream_chat(**kwargs)`` at once (one thread each) and yield ``(index, delta, None)``
+    as deltas arrive, ``(index, None, error)`` when one fails and ``(index, None, None)`` when one ends."""
+    import queue as queue_mod
+    import threading
+    q: queue_mod.Queue = queue_mod.Queue()
+    stop = threading.Event()
+
+    def work(i: int, kwargs: dict) -> None:
+        try:
+            for delta in stream_chat(**kwargs):
+                if stop.is_set():
+                    return
+                q.put((i, delta, None))
+            q.put((i, None, None))
+        except ChatError as e:
+            q.put((i, None, e))
+
+    threads = [threading.Thread(target=work, args=(i, kw), daemon=True) for i, kw in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    left = len(threads)
+    try:
+        while left:
+            item = q.get()
+            if item[1] is None:
+                left -= 1
+            yield item
+    finally:
+        stop.set()          # a consumer that stops early (the Stop button) ends the streams too
 
 
 def _error_text(e) -> str:

@@ -31,6 +31,7 @@ CANCEL_GRACE_S = 10.0            # WORKBENCH_CANCEL_GRACE_S: SIGTERM, then SIGKI
 JOB_TIMEOUT_S = 0                # WORKBENCH_JOB_TIMEOUT_S: default timeout for jobs that give none; 0 = none
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 UPLOAD_MAX_MB = 1024             # WORKBENCH_UPLOAD_MAX_MB
+MODELS_QUOTA_GB = 0.0            # WORKBENCH_MODELS_QUOTA_GB: most that models/ may hold; 0 = the disk's free space
 DATASET_MAX_LINE_MB = 16         # WORKBENCH_DATASET_MAX_LINE_MB: a dataset line longer than this is reported, not parsed
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 USER = "local"                   # WORKBENCH_USER: owner of jobs submitted from this shell/browser
@@ -44,4 +45,5 @@ def setting(name: str):
 
 # Settings documented in README (tests/test_docs.py checks each one appears there).
 SETTINGS = ["HOME", "ADDRESS", "PORT", "BASE_URL_PATH", "CPU_SLOTS", "USER_MAX_RUNNING", "POLL_S",
-            "LOST_AFTER_S", "CANCEL_GRACE_S", "JOB_TIMEOUT_S", "UPLOAD_MAX_MB", "USER"]
+            "LOST_AFTER_S", "CANCEL_GRACE_S", "JOB_TIMEOUT_S", "UPLOAD_MAX_MB", "USER", "LANG", "SSH_PORT",
+            "ENGINES_DIR"]

@@ -21,7 +21,8 @@ ENGINES: dict[str, dict] = {
         "doc": "OpenCompass evaluation (transformers 4.x, numpy<2, datasets<4)",
     },
     "openxlab": {
-        "requirements": ["oss2~=2.17.0", "pydantic>=2"],
+        "requirements": ["oss2~=2.17.0", "requests", "tqdm", "rich", "filelock", "pytz", "pyyaml", "packaging",
+                         "pydantic>=2"],     # openxlab's imports, without its old pins
         "no_deps": ["openxlab"],
         "doc": "OpenXLab downloads (old pins: installed with --no-deps)",
     },
@@ -52,5 +53,17 @@ def python(engine: str, home: Path | None = None) -> Path:
     return env_dir(engine, home) / "bin" / "python"
 
 
+def requirements(engine: str) -> list[str]:
+    info = ENGINES[engine]
+    return info["requirements"] + info.get("no_deps", [])
+
+
 def installed(engine: str, home: Path | None = None) -> bool:
-    return engine == "core" or (env_dir(engine, home) / ".installed").exists()
+    """True when the engine's venv was completed for its current requirement list."""
+    if engine == "core":
+        return True
+    try:
+        done = (env_dir(engine, home) / ".installed").read_text().split("\n")
+    except FileNotFoundError:
+        return False
+    return set(requirements(engine)) <= set(done)

@@ -348,3 +348,31 @@ def to_yaml(spec: dict) -> str:
 
 def cli_command(spec_file: str = "spec.yaml") -> str:
     return f"python -m backend submit finetune {spec_file}"
+
+
+# -- for the page --------------------------------------------------------------------------------
+ADVANCED = ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "lr", "epochs", "max_steps", "batch_size",
+            "grad_accum", "max_length", "packing", "gradient_checkpointing", "save_steps", "save_total_limit",
+            "eval_ratio", "max_samples", "seed"]
+METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
+
+
+def preset_values(preset: str) -> dict:
+    """Every advanced field's value under a preset (the Spec's own defaults fill the rest)."""
+    from jobs.finetune import Spec
+    defaults_ = {k: f.default for k, f in Spec.model_fields.items()}
+    return {k: PRESETS[preset].get(k, defaults_.get(k)) for k in ADVANCED}
+
+
+def compare(job_ids: list[int], metric: str = "loss", home: Path | None = None) -> dict[str, dict[int, float]]:
+    """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart."""
+    from backend import logs
+    out = {}
+    for job_id in job_ids:
+        events, _ = logs.read_events(job_id, home=home)
+        out[f"job {job_id}"] = {e["step"]: e[metric] for e in events if e.get("type") == "metric" and metric in e}
+    return out
+
+
+def resumable(job: dict, home: Path | None = None) -> bool:
+    return job["kind"] == "finetune" and job["state"] in ("cancelled", "failed", "lost") and bool(checkpoints(job["id"], home))

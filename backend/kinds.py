@@ -24,6 +24,8 @@ class Kind:
 KINDS = {k.name: k for k in [
     Kind("engine_install", "jobs.engine_install", cpu_slots=0,
          doc="creates an engine's virtual environment with live pip output"),
+    Kind("download", "jobs.download", cpu_slots=0,
+         doc="fetches a model from Hugging Face, ModelScope or OpenXLab (or the bundled one) and registers it"),
     Kind("serve", "jobs.serve", long_lived=True,
          doc="an OpenAI-compatible model server (transformers serve, or lmdeploy on GPU) registered as an endpoint"),
     Kind("evaluate", "jobs.evaluate", engine="opencompass",

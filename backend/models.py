@@ -206,6 +206,8 @@ def register(name: str, path: str | Path, source: str, id: str = "", revision: s
 
 def import_folder(path: str | Path, name: str | None = None, owner: str = "", home: Path | None = None) -> dict:
     """Register a model folder already on disk (inside the workspace or an import folder), in place."""
+    if name:
+        check_name(name)
     folder = resolve_user_path(path, home)
     name = check_name(name or folder.name)
     existing = open_store(home).get(TYPE, name)

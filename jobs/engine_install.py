@@ -65,7 +65,7 @@ def main(spec: Spec, job: Job) -> dict:
     pip(job, python, [*info["requirements"], *spec.extra_requirements], 2, steps)
     if info.get("no_deps"):
         pip(job, python, ["--no-deps", *info["no_deps"]], 3, steps)
-    (target / ".installed").write_text("\n".join(info["requirements"] + spec.extra_requirements) + "\n")
+    (target / ".installed").write_text("\n".join(engines.requirements(spec.engine) + spec.extra_requirements) + "\n")
     job.progress(steps, steps, "steps", "installed", force=True)
     return {"engine": spec.engine, "python": str(python)}
 

@@ -258,6 +258,7 @@ def compat_tokenizer(model_path: str, out: Path) -> str:
         if (src / name).is_file():
             (out / name).write_bytes((src / name).read_bytes())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg.setdefault("model_input_names", ["input_ids", "attention_mask"])   # no token_type_ids for generate()
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
     return str(out)
 
@@ -381,7 +382,8 @@ ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception|Exit)\b.*|.*\bout of mem
 def task_errors(run_dir: Path) -> list[tuple[str, str]]:
     """(task log, last error line) for every task log under logs/ that records a failure."""
     out = []
-    for log in sorted((run_dir / "logs").rglob("*.out")):
+    logs = sorted((run_dir / "logs").rglob("*.out"), key=lambda p: (p.parent.parent.name != "infer", str(p)))
+    for log in logs:   # inference first: a failed eval task usually only says its predictions are missing
         text = log.read_text(encoding="utf-8", errors="replace")
         if "Traceback" not in text and "task fail" not in text.lower():
             continue
@@ -484,6 +486,7 @@ def main(spec: Spec, job: Job) -> dict:
     failed = sorted({(t["model"], t["dataset"]) for t in table if t["score"] is None})
     if not rows or failed:
         errors = task_errors(run_dir)
+        errors = [e for e in errors if e[0].startswith("logs/infer")] or errors   # the root cause first
         reason = "; ".join(f"{log}: {line}" for log, line in errors[:3]) or "no task log records an error"
         what = ", ".join(f"{m} on {d}" for m, d in failed[:6]) or "every task (no summary was written)"
         cls, suggestion = classify(reason)

@@ -11,12 +11,15 @@ SIGTERM (cancel) saves a checkpoint of the last finished step and exits; ``resum
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
+import resource
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -224,6 +227,9 @@ class Run:
     def load(self):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
         spec = self.spec
         torch.manual_seed(spec.seed)
         random.seed(spec.seed)
@@ -261,7 +267,10 @@ class Run:
             model.to(self.device)
         model.config.use_cache = False
         if spec.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):       # transformers >= 5.x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if spec.method == "qlora":
             from peft import prepare_model_for_kbit_training
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
@@ -278,6 +287,8 @@ class Run:
                                "check target_modules against the model's layer names") from None
         model.train()
         self.model = model
+        base = model.get_base_model() if spec.method != "full" else model
+        self.keep_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.params = [p for p in model.parameters() if p.requires_grad]
         n_train, n_all = sum(p.numel() for p in self.params), sum(p.numel() for p in model.parameters())
         self.log(f"trainable parameters: {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
@@ -388,9 +399,16 @@ class Run:
         """Summed token loss of one micro-batch divided by the step's trained-token count."""
         ids, labels, pos, n_tokens = collate(torch, samples, rows, self.pad_id)
         ids, labels, pos = ids.to(self.device), labels.to(self.device), pos.to(self.device)
+        targets = labels[:, 1:]
+        kwargs = {}
+        if self.keep_logits:   # logits only where a token is trained: prompts skip the output head
+            keep = (targets != -100).any(0).nonzero().flatten()
+            kwargs["logits_to_keep"], targets = keep, targets[:, keep]
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.device.type == "cuda"):
-            logits = self.model(input_ids=ids, position_ids=pos).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+            logits = self.model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits
+        if not self.keep_logits:
+            logits = logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                                  ignore_index=-100, reduction="sum") / max(1, n_items)
         return loss, n_tokens
 
@@ -417,7 +435,7 @@ class Run:
             for prompt in self.spec.sample_prompts:
                 ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                    return_tensors="pt", return_dict=True)["input_ids"].to(self.device)
-                gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=48,
+                gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
                                           do_sample=False, pad_token_id=self.pad_id, use_cache=True)
                 out.append(self.tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
         self.model.train()
@@ -495,7 +513,8 @@ class Run:
         result = {"steps": step, "resumed_from_step": start or None, "first_loss": losses[0] if losses else None,
                   "final_loss": losses[-1] if losses else None, "eval_loss": eval_loss,
                   "tokens_per_s": round(tokens_run / elapsed, 1) if elapsed else None, "train_tokens": tokens_run,
-                  "answers_before": before, "answers_after": after}
+                  "answers_before": before, "answers_after": after,
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
         result.update(self.publish(result))
         return result
 

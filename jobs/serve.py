@@ -232,6 +232,16 @@ def wait_ready(server: Server, base: str, served: str, engine: str, deadline: fl
         raise JobError(f"the model server gave no completion to a one-token request: {str(out)[:500]}", CRASH)
 
 
+def generation_defaults(path: Path) -> dict:
+    """The model's generation_config.json (token ids...): clients resend it with sampling switched on,
+    because `transformers serve` only turns sampling off (temperature 0), never on."""
+    try:
+        gen = json.loads((path / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in gen.items() if not k.startswith("_") and k != "transformers_version"}
+
+
 def main(spec: Spec, job: Job) -> dict:
     from backend.store import open_store
     store = open_store(job.home)
@@ -261,7 +271,7 @@ def main(spec: Spec, job: Job) -> dict:
                 "started": time.time(), "source": label, "requests": 0, "load_s": round(time.monotonic() - t0, 1),
                 "context_len": config.get("max_position_embeddings"),
                 "tokenizer": str(path / "tokenizer.json") if (path / "tokenizer.json").exists() else "",
-                "continuous_batching": spec.continuous_batching}
+                "continuous_batching": spec.continuous_batching, "generation": generation_defaults(path)}
         owner = (store.job(job_id) or {}).get("owner", "")
         store.put("endpoint", name, path=str(path), meta=meta, job_id=job_id, owner=owner)
         job.event("ready", endpoint=name, url=meta["url"])

@@ -1,7 +1,230 @@
-"""chat page (placeholder until its issue lands)."""
+"""Chat: start or pick an OpenAI-compatible endpoint, chat with streaming answers, compare two side by side.
+
+The page never loads a model: `serve` jobs run the servers, backend/chat.py talks to them. API keys of
+external URLs live only in this browser session.
+"""
 import streamlit as st
 
+from backend import chat, errors, logs, queue
 from pages import ui
 
+S_HISTORY, S_PENDING, S_EXTERNAL = "chat_history", "chat_pending", "chat_external"
+S_STARTING, S_COMPARE, S_ERROR = "chat_starting", "chat_compare", "chat_error"
+
 st.title(ui.t("nav.chat"))
-st.info("Coming soon.")
+st.session_state.setdefault(S_HISTORY, [])
+st.session_state.setdefault(S_EXTERNAL, {})          # name -> {"endpoint": ..., "key": ...}
+
+
+def keep_interrupted() -> None:
+    """An answer cut off by Stop (or any click) while streaming: keep what had arrived."""
+    pending = st.session_state.pop(S_PENDING, None)
+    if not pending:
+        return
+    if pending["kind"] == "chat":
+        st.session_state[S_HISTORY].append({"role": "assistant", "content": pending["texts"][0],
+                                            "note": ui.t("chat.stopped")})
+    else:
+        st.session_state[S_COMPARE] = {**pending, "errors": [ui.t("chat.stopped")] * len(pending["texts"])}
+
+
+keep_interrupted()
+
+
+# -- endpoints: live ones, start one, add an external URL ----------------------------------------------
+@st.fragment(run_every=1.0)
+def starting(job_id: int) -> None:
+    """A serve job coming up: its progress and last log lines, until its endpoint is live."""
+    job = queue.get(job_id)
+    ep = chat.serve_job_endpoint(job_id)
+    if ep:
+        st.session_state.pop(S_STARTING, None)
+        st.session_state["chat_pick"] = ep["name"]
+        st.rerun(scope="app")
+    with st.container(key="chat_starting", border=True):
+        st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))
+        view = st.session_state.setdefault(f"chat_events_{job_id}", logs.EventState())
+        p = view.update(job_id).progress
+        if p and p.get("total"):
+            st.progress(min(1.0, p["done"] / p["total"]), text=p.get("message") or "")
+        if job["state"] in ("failed", "lost", "cancelled"):
+            cls = job["error_class"] or "crash"
+            st.error(ui.t("job.error", cls=cls, message=job["error_message"] or ""))
+            st.info(ui.t(errors.SUGGESTIONS.get(cls, "err.crash")))
+            if st.button(ui.t("chat.dismiss"), key="chat_dismiss"):
+                st.session_state.pop(S_STARTING, None)
+                st.rerun(scope="app")
+        st.code(logs.tail(job_id, 8) or " ", language=None)
+
+
+live = chat.endpoints()
+with st.container(key="chat_endpoints"):
+    st.subheader(ui.t("chat.endpoints"))
+    if not live:
+        st.caption(ui.t("chat.no_endpoints"))
+    for ep in live:
+        c = st.columns([3, 3, 2, 1, 1, 1, 1], vertical_alignment="center")
+        c[0].markdown(f"**{ep['name']}**")
+        c[1].caption(ep.get("source") or ep["model"])
+        c[2].caption(f"{ep['engine']} · {ep['device']}")
+        c[3].caption(ui.duration(chat.uptime_s(ep)))
+        c[4].caption(ui.t("chat.requests", n=ep.get("requests", 0)))
+        c[5].page_link("pages/jobs.py", label=ui.t("chat.job", id=ep["job_id"]), query_params={"job": ep["job_id"]})
+        if c[6].button(ui.t("chat.stop_server"), key=f"chat_stop_server_{ep['job_id']}"):
+            queue.cancel(ep["job_id"])
+            st.rerun()
+
+    with st.expander(ui.t("chat.start"), expanded=not live and not st.session_state.get(S_STARTING)):
+        options = chat.servable()
+        if not options:
+            st.info(ui.t("chat.no_models"))
+        else:
+            c1, c2, c3 = st.columns([4, 2, 2], vertical_alignment="bottom")
+            pick = c1.selectbox(ui.t("chat.serve_what"), options, format_func=lambda o: o["label"], key="chat_serve_pick")
+            engine = c2.selectbox(ui.t("chat.engine"), ["transformers", "lmdeploy"], key="chat_serve_engine",
+                                  help=ui.t("chat.engine.help"))
+            cb = c3.checkbox(ui.t("chat.batching"), key="chat_serve_cb", help=ui.t("chat.batching.help"))
+            if st.button(ui.t("chat.start.go"), key="chat_serve_go", type="primary"):
+                job_id = ui.submit("serve", {**pick["spec"], "engine": engine, "continuous_batching": cb})
+                if job_id:
+                    st.session_state[S_STARTING] = job_id
+
+    with st.expander(ui.t("chat.external")):
+        with st.form("chat_external_form"):
+            url = st.text_input(ui.t("chat.external.url"), placeholder="https://api.example.com/v1", key="chat_ext_url")
+            key = st.text_input(ui.t("chat.external.key"), type="password", key="chat_ext_key")
+            model = st.text_input(ui.t("chat.external.model"), key="chat_ext_model")
+            if st.form_submit_button(ui.t("chat.external.add")):
+                try:
+                    ep = chat.external(url, key, model)
+                except chat.ChatError as e:
+                    st.error(str(e))
+                else:
+                    st.session_state[S_EXTERNAL][ep["name"]] = {"endpoint": ep, "key": key}
+                    st.success(ui.t("chat.external.added", name=ep["name"], model=ep["model"]))
+
+if st.session_state.get(S_STARTING):
+    starting(st.session_state[S_STARTING])
+
+choices = {ep["name"]: (ep, None) for ep in live}
+choices.update({n: (x["endpoint"], x["key"]) for n, x in st.session_state[S_EXTERNAL].items()})
+if not choices:
+    st.stop()
+
+# -- settings shared by Chat and Compare ---------------------------------------------------------------
+with st.sidebar:
+    st.subheader(ui.t("chat.settings"))
+    system = st.text_area(ui.t("chat.system"), key="chat_system", height=80)
+    temperature = st.slider(ui.t("chat.temperature"), 0.0, 2.0, 0.7, 0.05, key="chat_temperature")
+    top_p = st.slider(ui.t("chat.top_p"), 0.05, 1.0, 0.9, 0.05, key="chat_top_p")
+    max_tokens = st.number_input(ui.t("chat.max_tokens"), 1, 8192, 256, key="chat_max_tokens")
+    stop_text = st.text_input(ui.t("chat.stop_words"), key="chat_stop_words", help=ui.t("chat.stop_words.help"))
+settings = {"temperature": temperature, "top_p": top_p, "max_tokens": int(max_tokens),
+            "stop": [s.strip() for s in stop_text.split(",") if s.strip()]}
+
+
+def answer_kwargs(name: str, messages: list[dict], stats: dict | None = None) -> dict:
+    ep, key = choices[name]
+    return {"endpoint": ep, "messages": messages, "api_key": key, "stats": stats, **settings}
+
+
+names = list(choices)
+tab_chat, tab_compare = st.tabs([ui.t("chat.tab.chat"), ui.t("chat.tab.compare")])
+
+# -- Chat ----------------------------------------------------------------------------------------------
+with tab_chat:
+    if st.session_state.get("chat_pick") not in names:
+        st.session_state["chat_pick"] = names[0]
+    name = st.selectbox(ui.t("chat.endpoint"), names, key="chat_pick")
+    history = st.session_state[S_HISTORY]
+    with st.container(key="chat_messages"):
+        for m in history:
+            with st.chat_message(m["role"]):
+                st.markdown(m["content"])
+                if m.get("note"):
+                    st.caption(m["note"])
+        slot = st.container()
+    b = st.columns(5)
+    regenerate = b[0].button(ui.t("chat.regenerate"), key="chat_regenerate",
+                             disabled=not history or history[-1]["role"] != "assistant")
+    if b[1].button(ui.t("chat.clear"), key="chat_clear", disabled=not history):
+        st.session_state[S_HISTORY] = []
+        st.rerun()
+    b[2].download_button(ui.t("chat.export.md"), chat.transcript_markdown(history, choices[name][0], settings),
+                         "chat.md", "text/markdown", key="chat_export_md", disabled=not history)
+    b[3].download_button(ui.t("chat.export.json"), chat.transcript_json(history, choices[name][0], settings),
+                         "chat.json", "application/json", key="chat_export_json", disabled=not history)
+    prompt = st.chat_input(ui.t("chat.prompt"), key="chat_input")
+    if regenerate:
+        history.pop()
+        prompt = history.pop()["content"]
+    if prompt is not None:
+        messages = chat.build_messages(history, prompt, system)
+        history.append({"role": "user", "content": prompt})
+        with slot:
+            with st.chat_message("user"):
+                st.markdown(prompt)
+            with st.chat_message("assistant"):
+                b[4].button(ui.t("chat.stop"), key="chat_stop", type="primary")   # any click ends this run
+                pending = st.session_state[S_PENDING] = {"kind": "chat", "texts": [""]}
+                stats: dict = {}
+
+                def deltas():
+                    for d in chat.stream_chat(**answer_kwargs(name, messages, stats)):
+                        pending["texts"][0] += d
+                        yield d
+                try:
+                    text = st.write_stream(deltas())
+                    note = ui.t("chat.stats", tokens=stats.get("tokens", 0), s=stats.get("seconds", 0),
+                                ttft=stats.get("ttft_s") or 0)
+                except chat.ChatError as e:
+                    text, note = e.partial, str(e)
+                    st.error(note)
+                st.session_state.pop(S_PENDING, None)
+        history.append({"role": "assistant", "content": text if isinstance(text, str) else "".join(text),
+                        "note": note})
+        st.rerun()
+
+# -- Compare -------------------------------------------------------------------------------------------
+with tab_compare:
+    c1, c2 = st.columns(2)
+    left = c1.selectbox(ui.t("chat.left"), names, key="chat_cmp_left")
+    right = c2.selectbox(ui.t("chat.right"), names, index=min(1, len(names) - 1), key="chat_cmp_right")
+    with st.form("chat_cmp_form", clear_on_submit=False):
+        cmp_prompt = st.text_area(ui.t("chat.prompt"), key="chat_cmp_prompt", height=80)
+        go = st.form_submit_button(ui.t("chat.compare.go"), type="primary")
+    pair = [left, right]
+    cols = st.columns(2)
+    boxes = []
+    for i, col in enumerate(cols):
+        with col.container(key=f"compare_{'left' if i == 0 else 'right'}", border=True):
+            st.markdown(f"**{pair[i]}**")
+            boxes.append(st.empty())
+    if go:
+        st.session_state.pop(S_COMPARE, None)
+        if not cmp_prompt.strip():
+            st.error(ui.t("chat.empty"))
+        else:
+            messages = chat.build_messages([], cmp_prompt, system)
+            stop_slot = st.empty()
+            stop_slot.button(ui.t("chat.stop"), key="chat_cmp_stop", type="primary")
+            pending = st.session_state[S_PENDING] = {"kind": "compare", "prompt": cmp_prompt, "names": pair,
+                                                     "texts": ["", ""]}
+            errs: list = [None, None]
+            for i, delta, err in chat.stream_many([answer_kwargs(n, messages) for n in pair]):
+                if delta:
+                    pending["texts"][i] += delta
+                    boxes[i].markdown(pending["texts"][i] + " ▌")
+                elif err:
+                    errs[i] = str(err)
+                    pending["texts"][i] = err.partial
+            stop_slot.empty()
+            st.session_state[S_COMPARE] = {**pending, "errors": errs}
+            st.session_state.pop(S_PENDING, None)
+    result = st.session_state.get(S_COMPARE)
+    if result and result.get("names") == pair:
+        for i in range(2):
+            with boxes[i].container():
+                st.markdown(result["texts"][i] or " ")
+                if result["errors"][i]:
+                    st.caption(result["errors"][i])

@@ -1,13 +1,12 @@
 """Datasets: list, upload, import; open one as a paged table (never the whole file), search, row
 detail as chat bubbles; validate, convert, split; token statistics as a job."""
 import json
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from backend import datasets as ds
-from backend import defaults, logs, queue
+from backend import defaults, logs
 from backend.dataset_view import open_view
 from backend.store import open_store
 from pages import ui
@@ -92,7 +91,8 @@ st.markdown(f"{ui.t('ds.format')}: **{ui.t('ds.fmt.' + fmt)}** · {ui.t('ds.rows
 c1, c2, c3 = st.columns([3, 1, 2])
 query = c1.text_input(ui.t("ds.search"), key=f"ds_q_{name}", placeholder=ui.t("ds.search.hint"))
 fields = sorted({k for r in view.page(0) for k in (r.get("record") or {})})
-field = c2.selectbox(ui.t("ds.filter.field"), [""] + fields, key=f"ds_ff_{name}")
+field = c2.selectbox(ui.t("ds.filter.field"), [""] + fields, key=f"ds_ff_{name}",
+                     format_func=lambda f: f or ui.t("ds.filter.any"))
 value = c3.text_input(ui.t("ds.filter.value"), key=f"ds_fv_{name}", disabled=not field)
 
 
@@ -140,6 +140,9 @@ rows = [view.row(i) for i in ids]
 
 
 def cell(v):
+    if isinstance(v, list) and v and all(isinstance(m, dict) for m in v):     # a conversation: "role: text"
+        v = " ⏎ ".join(f"{m.get('role', m.get('from', ''))}: {m.get('content', m.get('value', m.get('input', '')))}"
+                       for m in v)
     text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
     return text if len(text) <= CELL_CHARS else text[:CELL_CHARS] + "…"
 

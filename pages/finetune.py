@@ -1,7 +1,148 @@
-"""finetune page (placeholder until its issue lands)."""
+"""Fine-tune: a form (model, data, method, preset, advanced fields) with the memory estimate, the
+spec as YAML + CLI, then the run's live view with Resume / Merge / Chat, and runs compared."""
+import pandas as pd
 import streamlit as st
 
+from backend import datasets, logs, queue
+from backend import finetune as ft
+from backend.store import open_store
 from pages import ui
 
+S_JOB = "ft_job"
+
 st.title(ui.t("nav.finetune"))
-st.info("Coming soon.")
+store = open_store()
+models = [m["name"] for m in store.items("model")]
+train_sets = [d["name"] for d in datasets.list_datasets() if (d["meta"] or {}).get("format") in datasets.TRAIN_FORMATS]
+if not models:
+    st.info(ui.t("ft.no_models"))
+    st.page_link("pages/models.py", label=ui.t("nav.models"))
+    st.stop()
+
+# -- the form ---------------------------------------------------------------------------------------
+with st.container(key="ft-form", border=True):
+    c1, c2 = st.columns(2)
+    base = c1.selectbox(ui.t("ft.base_model"), models, key="ft_model")
+    picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key="ft_datasets",
+                            default=[d for d in train_sets if "self_cognition" in d][:1])
+    c1, c2, c3 = st.columns(3)
+    method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
+                      help=ui.t("ft.method.help"))
+    preset = c2.selectbox(ui.t("ft.preset"), list(ft.PRESETS), key="ft_preset",
+                          format_func=lambda p: ui.t("ft.preset." + p))
+    name = c3.text_input(ui.t("ft.name"), key="ft_name", placeholder=ui.t("ft.name.auto"))
+    values = ft.preset_values(preset)
+    chosen = {}
+    with st.expander(ui.t("ft.advanced")):
+        cols = st.columns(4)
+        for i, field in enumerate(ft.ADVANCED):
+            default, col, key = values[field], cols[i % 4], f"ft_{field}_{preset}"   # a preset change resets them
+            if isinstance(default, bool):
+                chosen[field] = col.checkbox(field, default, key=key)
+            elif isinstance(default, list):
+                chosen[field] = [x.strip() for x in col.text_input(field, ",".join(default), key=key).split(",") if x.strip()]
+            elif isinstance(default, float):
+                chosen[field] = col.number_input(field, value=default, format="%g", key=key)
+            else:
+                chosen[field] = int(col.number_input(field, value=int(default), step=1, key=key))
+        prompts = st.text_area(ui.t("ft.sample_prompts"), "Who are you?\n你是谁？", key="ft_prompts", height=68)
+    spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
+            **({"name": name.strip()} if name.strip() else {}),
+            **{k: v for k, v in chosen.items() if v != values[k]},
+            "sample_prompts": [p.strip() for p in prompts.splitlines() if p.strip()]}
+
+    plan = None
+    if picked:
+        try:
+            plan = ft.check(queue.validate("finetune", spec)[1].model_dump())
+        except queue.SubmitError as e:
+            st.error(str(e))
+        except ValueError as e:
+            st.error(str(e))
+    if plan:
+        est = plan["estimate"]
+        with st.container(key="ft-estimate"):
+            cols = st.columns(5)
+            where = ui.t("ft.est.gpu") if plan["on_gpu"] else ui.t("ft.est.cpu")
+            cols[0].metric(ui.t("ft.est.total", where=where), f"{est['total_gb']:.2f} GB")
+            cols[1].metric(ui.t("ft.est.weights"), f"{est['weights_gb']:.2f} GB")
+            cols[2].metric(ui.t("ft.est.trainable"), f"{est['trainable_gb']:.2f} GB",
+                           help=ui.t("ft.est.params", n=f"{est['trainable_params']:,}", total=f"{est['params']:,}"))
+            cols[3].metric(ui.t("ft.est.activations"), f"{est['activations_gb']:.2f} GB")
+            cols[4].metric(ui.t("ft.est.overhead"), f"{est['overhead_gb']:.1f} GB")
+            for w in plan["warnings"]:
+                st.warning(w)
+    c1, c2 = st.columns(2)
+    c1.caption(ui.t("ft.yaml"))
+    c1.code(ft.to_yaml(spec), language="yaml")
+    c2.caption(ui.t("ft.cli"))
+    c2.code(ft.cli_command("spec.yaml"), language="bash")
+    if st.button(ui.t("ft.submit"), key="ft_submit", type="primary", disabled=not plan):
+        job_id = ui.submit("finetune", spec)
+        if job_id:
+            st.session_state[S_JOB] = job_id
+            st.query_params["job"] = str(job_id)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+@st.fragment(run_every=2.0)
+def run_actions(job_id: int) -> None:
+    """Resume, Merge and Chat with it, beside the job's own Cancel/Retry/Clone (they appear when the run ends)."""
+    job = queue.get(job_id)
+    result = logs.result(job["id"]) or {}
+    c1, c2, c3 = st.columns(3)
+    if ft.resumable(job) and c1.button(ui.t("ft.resume"), key=f"ft_resume_{job['id']}", type="primary"):
+        new = ui.submit("finetune", {**job["spec"], "resume_from": job["id"], "resume": False})
+        if new:
+            st.session_state[S_JOB] = new
+            st.query_params["job"] = str(new)
+            st.rerun(scope="app")
+    adapter = result.get("adapter")
+    if job["state"] == "succeeded" and adapter:
+        if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job['id']}"):
+            ui.submit("merge", {"adapter": adapter})
+        if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job['id']}"):
+            serve = ui.submit("serve", {"model": job["spec"]["base_model"], "adapter": adapter})
+            if serve:
+                st.session_state["chat_starting"] = serve       # the Chat page follows the starting server
+                st.switch_page("pages/chat.py")
+
+
+job_id = st.query_params.get("job") or st.session_state.get(S_JOB)
+if job_id:
+    try:
+        job = queue.get(int(job_id))
+    except (KeyError, ValueError):
+        job = None
+    if job and job["kind"] == "finetune":
+        with st.container(key="ft-run", border=True):
+            run_actions(job["id"])
+            ui.job_view(job["id"])
+
+# -- several runs on one chart ------------------------------------------------------------------------
+@st.fragment(run_every=2.0)
+def compare_runs() -> None:
+    runs = queue.list_jobs(kind="finetune", limit=50)
+    if not runs:
+        return
+    with st.container(key="ft-compare", border=True):
+        st.subheader(ui.t("ft.compare"))
+        c1, c2 = st.columns([3, 1])
+        ids = c1.multiselect(ui.t("ft.compare.runs"), [r["id"] for r in runs], default=[r["id"] for r in runs[:3]],
+                             format_func=lambda i: f"job {i}", key="ft_compare_runs")
+        metric = c2.selectbox(ui.t("ft.compare.metric"), ft.METRICS, key="ft_compare_metric")
+        series = ft.compare(ids, metric)
+        if any(series.values()):
+            st.line_chart(pd.DataFrame(series), height=260)
+
+
+compare_runs()
+
+adapters = store.items("adapter")
+if adapters:
+    st.subheader(ui.t("ft.adapters"))
+    st.dataframe(pd.DataFrame([{
+        ui.t("ft.col.name"): a["name"], ui.t("ft.base_model"): a["meta"].get("base_model"),
+        ui.t("ft.datasets"): ", ".join(a["meta"].get("datasets", [])), ui.t("ft.method"): a["meta"].get("method"),
+        ui.t("ft.col.loss"): (a["meta"].get("metrics") or {}).get("final_loss"), ui.t("ft.col.job"): a["job_id"],
+        ui.t("ft.col.when"): ui.when(a["created_at"])} for a in adapters]), hide_index=True)

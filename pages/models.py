@@ -1,7 +1,130 @@
-"""models page (placeholder until its issue lands)."""
+"""Models: the registry (table, details, delete, shortcuts), downloads as jobs, the bundled model, imports."""
+import pandas as pd
 import streamlit as st
 
+from backend import models
 from pages import ui
 
+S_JOB = "models_job"             # the download job this session follows
+SOURCES = {"huggingface": "Hugging Face", "modelscope": "ModelScope", "openxlab": "OpenXLab"}
+TOKEN_ENV = {"huggingface": "HF_TOKEN", "modelscope": "MODELSCOPE_API_TOKEN"}
+
 st.title(ui.t("nav.models"))
-st.info("Coming soon.")
+
+
+def _human(n) -> str:
+    return models._human(n)
+
+
+def _params(n) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.0f} M" if n >= 1e6 else f"{n / 1e3:.0f} K"
+
+
+def secrets_for(source: str, token: str) -> dict | None:
+    token = token.strip()
+    if not token:
+        return None
+    if source == "openxlab":
+        ak, _, sk = token.partition(":")
+        return {"OPENXLAB_AK": ak, "OPENXLAB_SK": sk}
+    return {TOKEN_ENV[source]: token}
+
+
+def open_page(page: str, name: str, session_key: str, value) -> None:
+    st.session_state[session_key] = value
+    st.switch_page(page, query_params={"model": name})
+
+
+tab_reg, tab_dl, tab_imp = st.tabs([ui.t("models.tab.registry"), ui.t("models.tab.download"), ui.t("models.tab.import")])
+
+with tab_dl:
+    with st.container(key="models_download"):
+        source = st.selectbox(ui.t("models.source"), list(SOURCES), format_func=SOURCES.get, key="dl_source")
+        options = [c["key"] for c in models.CATALOG] + [""]
+        by_key = {c["key"]: c for c in models.CATALOG}
+        pick = st.selectbox(ui.t("models.catalog"), options, key="dl_catalog",
+                            format_func=lambda k: ui.t("models.catalog.line", title=by_key[k]["title"],
+                                                      size_gb=by_key[k]["size_gb"], memory_gb=by_key[k]["memory_gb"]) if k
+                            else ui.t("models.catalog.other"))
+        c1, c2 = st.columns(2)
+        repo_id = c1.text_input(ui.t("models.repo_id"), value=by_key[pick][source] if pick else "", key=f"dl_repo_{pick}_{source}")
+        name = c2.text_input(ui.t("models.name"), value=pick or "", key=f"dl_name_{pick}")
+        c1, c2 = st.columns(2)
+        revision = c1.text_input(ui.t("models.revision"), key="dl_revision", disabled=source == "openxlab")
+        patterns = c2.text_input(ui.t("models.patterns"), key="dl_patterns", disabled=source == "openxlab")
+        token = st.text_input(ui.t("models.token"), type="password", key="dl_token", help=ui.t("models.token.help"))
+        if st.button(ui.t("models.download.go"), type="primary", key="dl_go"):
+            spec = {"source": source, "repo_id": repo_id, "name": name,
+                    "revision": "" if source == "openxlab" else revision,
+                    "allow_patterns": [] if source == "openxlab" else [p for p in patterns.split(",") if p.strip()]}
+            job_id = ui.submit("download", spec, secrets=secrets_for(source, token))
+            if job_id:
+                st.session_state[S_JOB] = job_id
+    st.divider()
+    if st.button(ui.t("models.bundled", name=models.BUNDLED_NAME), key="dl_bundled", help=ui.t("models.bundled.help")):
+        job_id = ui.submit("download", {"source": "bundled"})
+        if job_id:
+            st.session_state[S_JOB] = job_id
+    if st.session_state.get(S_JOB):
+        ui.job_view(st.session_state[S_JOB])
+
+with tab_imp:
+    with st.form("models_import", border=False):
+        path = st.text_input(ui.t("models.import.path"), key="imp_path")
+        imp_name = st.text_input(ui.t("models.name"), key="imp_name")
+        if st.form_submit_button(ui.t("models.import.go")):
+            try:
+                row = models.import_folder(path.strip(), imp_name.strip() or None, owner=ui.owner())
+                st.success(ui.t("models.import.done", name=row["name"]))
+            except models.ModelError as e:
+                st.error(str(e))
+
+with tab_reg:
+    rows = models.list_models()
+    if not rows:
+        st.info(ui.t("models.none"))
+    else:
+        with st.container(key="models_table"):
+            st.dataframe(pd.DataFrame([{
+                ui.t("models.col.name"): m["name"], ui.t("models.col.source"): m.get("source", ""),
+                ui.t("models.col.id"): m.get("id", ""), ui.t("models.col.arch"): m.get("architecture") or "-",
+                ui.t("models.col.params"): _params(m.get("params")), ui.t("models.col.dtype"): m.get("dtype") or "-",
+                ui.t("models.col.size"): _human(m.get("size_bytes")),
+                ui.t("models.col.context"): m.get("context_length") or "-",
+                ui.t("models.col.template"): "✓" if m.get("chat_template") else "-",
+                ui.t("models.col.adapters"): m["adapters"],
+            } for m in rows]), hide_index=True, width="stretch")
+        names = [m["name"] for m in rows]
+        picked = st.selectbox(ui.t("models.detail"), names, key="models_pick",
+                              index=names.index(st.query_params["model"]) if st.query_params.get("model") in names else 0)
+        d = models.detail(picked)
+        meta = d["meta"]
+        st.caption(ui.t("models.lineage", source=meta.get("source", ""), id=meta.get("id", ""),
+                        revision=meta.get("revision") or "-", when=ui.when(meta.get("when")), job=meta.get("job_id") or "-"))
+        if not d["files"]:
+            st.warning(ui.t("models.missing_files"))
+        c = st.columns(4)
+        if c[0].button(ui.t("models.chat"), key="models_chat"):
+            open_page("pages/chat.py", picked, "chat_model", picked)
+        if c[1].button(ui.t("models.finetune"), key="models_finetune"):
+            open_page("pages/finetune.py", picked, "ft_model", picked)
+        if c[2].button(ui.t("models.evaluate"), key="models_evaluate"):
+            open_page("pages/evaluate.py", picked, "eval_models", [picked])
+        if c[3].button(ui.t("models.delete"), key="models_delete"):
+            st.session_state["models_confirm"] = picked
+        if st.session_state.get("models_confirm") == picked:
+            with st.container(key="models_confirm_box", border=True):
+                st.warning(ui.t("models.delete.confirm", name=picked))
+                if st.button(ui.t("models.delete.yes"), type="primary", key="models_delete_yes"):
+                    models.delete(picked)
+                    st.session_state.pop("models_confirm", None)
+                    st.success(ui.t("models.deleted", name=picked))
+                    st.rerun()
+        with st.expander(ui.t("models.config")):
+            st.json(d["config"], expanded=False)
+        with st.expander(ui.t("models.generation_config")):
+            st.json(d["generation_config"], expanded=False)
+        with st.expander(ui.t("models.files")):
+            st.dataframe(pd.DataFrame(d["files"]), hide_index=True, width="stretch")

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TEST_KINDS = "sleepy=tests.fixtures.jobs_sleepy"
 ARTIFACTS = ROOT / "test-artifacts"          # screenshots the browser tests save
+ENGINES_DIR = ROOT / ".cache" / "envs"       # engine venvs `./workbench test` installs once (backend/setup.py)
 CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -45,6 +46,7 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("WORKBENCH_EXTRA_KINDS", TEST_KINDS)
     monkeypatch.setenv("WORKBENCH_POLL_S", "0.1")
     monkeypatch.setenv("WORKBENCH_CANCEL_GRACE_S", "3")
+    monkeypatch.setenv("WORKBENCH_ENGINES_DIR", str(ENGINES_DIR))
     return h
 
 

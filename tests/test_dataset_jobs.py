@@ -16,11 +16,7 @@ from tests.conftest import run_burst
 
 
 def result(home, job_id):
-    job = queue.get(job_id, home)
-    res = logs.result(job_id, home) if hasattr(logs, "result") else None
-    if res is None:
-        res = json.loads((queue.job_dir(job_id, home) / "result.json").read_text())
-    return job, res
+    return queue.get(job_id, home), logs.result(job_id, home)
 
 
 @pytest.fixture

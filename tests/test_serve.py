@@ -46,6 +46,9 @@ def test_serve_answers_streams_and_cancel_cleans_up(home, worker, tiny_registere
     assert stats["tokens"] >= 1 and stats["finish_reason"] in ("stop", "length") and stats["ttft_s"] is not None
     deltas = list(chat.stream_chat(ep, chat.build_messages([], "Hi", system="Be brief."), max_tokens=6))
     assert len(deltas) >= 2, "the answer should arrive in several deltas"
+    sampled = {"".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), temperature=1.5, top_p=1.0, max_tokens=8))
+               for _ in range(3)}
+    assert len(sampled) > 1, "temperature > 0 must sample (transformers serve needs do_sample sent)"
 
     # two clients at once both get an answer
     results: dict = {}

@@ -103,7 +103,7 @@ def test_cpu_slots_limit_concurrency(home, worker):
 
 def test_missing_engine_fails_with_clear_message(home, monkeypatch):
     store = open_store()
-    job = store.insert_job("sleepy", "ann", {}, {"cpu_slots": 1, "engine": "opencompass"})
+    job = store.insert_job("sleepy", "ann", {}, {"cpu_slots": 1, "engine": "lmdeploy"})
     run_burst(home)
     j = queue.get(job)
     assert j["state"] == "failed" and j["error_class"] == "missing_engine" and "engine_install" in j["error_message"]

@@ -1,0 +1,221 @@
+"""Evaluation with OpenCompass: what can be evaluated, checks before queueing, past runs and their results.
+
+The Evaluate page and the CLI call these; the work itself is the ``evaluate`` job (jobs/evaluate.py)
+in the ``opencompass`` engine. No streamlit here, no SQL (backend/store.py).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from backend import defaults, engines, logs, queue
+from backend.store import open_store
+from jobs import evaluate as job
+
+ENGINE = "opencompass"
+KIND = "evaluate"
+# Standard OpenCompass dataset configs offered in the page (others can be typed by name).
+STANDARD = ["ceval_gen", "cmmlu_gen", "mmlu_gen", "gsm8k_gen", "math_gen", "ARC_c_gen", "hellaswag_gen",
+            "humaneval_gen", "race_gen", "triviaqa_gen"]
+
+
+# -- the engine ---------------------------------------------------------------------------------
+def engine_ready(home: Path | None = None) -> bool:
+    return engines.installed(ENGINE, home)
+
+
+def engine_install_job(home: Path | None = None) -> int | None:
+    """The queued or running engine_install job for OpenCompass, if any."""
+    for j in queue.list_jobs(states=["queued", "starting", "running"], kind="engine_install", home=home):
+        if j["spec"].get("engine") == ENGINE:
+            return j["id"]
+    return None
+
+
+def install_engine(owner: str | None = None, home: Path | None = None) -> int:
+    """Queue the OpenCompass engine install (or return the one already queued)."""
+    return engine_install_job(home) or queue.submit("engine_install", {"engine": ENGINE}, owner=owner, home=home)
+
+
+def package_dir(home: Path | None = None) -> Path | None:
+    """The installed ``opencompass`` package folder of the engine, if installed."""
+    hits = sorted(engines.env_dir(ENGINE, home).glob("lib/python*/site-packages/opencompass"))
+    return hits[0] if hits else None
+
+
+def data_cache(home: Path | None = None) -> Path:
+    return job.compass_data_cache(home or defaults.home())
+
+
+# -- what can be evaluated ----------------------------------------------------------------------
+def model_choices(home: Path | None = None) -> list[dict]:
+    """Registry models, adapters (on their base model) and live endpoints, each as
+    ``{"name", "kind", "ref"}`` where ``ref`` is the ModelRef dict the job takes (None when unusable,
+    with ``problem`` saying why)."""
+    store = open_store(home)
+    out = []
+    for m in store.items("model"):
+        out.append({"name": m["name"], "kind": "model", "ref": {"name": m["name"], "path": m["path"]}})
+    for a in store.items("adapter"):
+        base = (a["meta"] or {}).get("base_model", "")
+        entry = store.get("model", base) if base else None
+        base_path = entry["path"] if entry else base if base and Path(base, "config.json").is_file() else ""
+        item = {"name": a["name"], "kind": "adapter", "base": base,
+                "ref": {"name": a["name"], "path": base_path, "peft_path": a["path"]} if base_path else None}
+        if not base_path:
+            item["problem"] = f"its base model {base!r} is not in the registry"
+        out.append(item)
+    try:
+        from backend.chat import endpoints
+        live = endpoints(home)
+    except ImportError:
+        live = [{"name": e["name"], **e["meta"]} for e in store.items("endpoint")]
+    for e in live:
+        if not e.get("url"):
+            continue
+        model = str(e.get("model", ""))
+        entry = store.get("model", model) if model else None
+        tok = entry["path"] if entry else model if model and Path(model, "tokenizer_config.json").is_file() else ""
+        out.append({"name": e["name"], "kind": "endpoint",
+                    "ref": {"name": e["name"], "url": e["url"], "api_model": model, "tokenizer_path": tok}})
+    return out
+
+
+def dataset_choices(home: Path | None = None) -> list[dict]:
+    """Registered datasets (bundled samples included) with their OpenCompass format:
+    ``{"name", "path", "format": "mcq"|"qa"|"", "problem", "ref"}``."""
+    try:
+        from backend.datasets import list_datasets
+        entries = list_datasets(home)
+    except ImportError:
+        entries = open_store(home).items("dataset")
+    out = []
+    for d in entries:
+        fmt, problem = job.custom_format(d["path"])
+        out.append({"name": d["name"], "path": d["path"], "format": fmt, "problem": problem,
+                    "ref": {"name": d["name"], "path": d["path"]} if fmt else None})
+    return out
+
+
+def standard_choices(home: Path | None = None) -> list[dict]:
+    """Standard dataset configs of the installed engine: ``{"name", "missing": [data folders]}``."""
+    pkg = package_dir(home)
+    if pkg is None:
+        return []
+    out = []
+    for name in STANDARD:
+        cfg = job.find_standard_config(name, pkg)
+        if cfg is not None:
+            out.append({"name": name, "missing": job.missing_data(cfg, pkg, data_cache(home))})
+    return out
+
+
+# -- checks and submitting ----------------------------------------------------------------------
+def check(spec: dict, home: Path | None = None) -> list[str]:
+    """Problems that would make the run fail, in words; empty when it can be queued."""
+    try:
+        _, model = queue.validate(KIND, spec)
+    except queue.SubmitError as e:
+        return [str(e)]
+    problems = []
+    pkg = package_dir(home)
+    if not engine_ready(home):
+        problems.append("The OpenCompass engine is not installed yet: install it (an engine_install job, "
+                        "a few minutes) and the evaluation starts when it is done.")
+    for d in model.datasets:
+        if not d.config or pkg is None:
+            continue
+        cfg = job.find_standard_config(d.config, pkg)
+        if cfg is None:
+            problems.append(f"dataset {d.name}: OpenCompass has no standard config named {d.config}")
+            continue
+        missing = job.missing_data(cfg, pkg, data_cache(home))
+        if missing:
+            problems.append(f"dataset {d.name}: the data of {d.config} is not in COMPASS_DATA_CACHE "
+                            f"({data_cache(home)}): missing {', '.join(missing)}")
+    return problems
+
+
+def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool = False,
+           home: Path | None = None) -> int:
+    """Queue an evaluation. With ``install_engine_if_missing`` a missing engine is installed first
+    (the worker keeps the evaluation queued until then); otherwise it is a SubmitError."""
+    problems = check(spec, home)
+    engine_problem = [p for p in problems if "engine is not installed" in p]
+    if engine_problem and install_engine_if_missing:
+        install_engine(owner, home)
+        problems = [p for p in problems if p not in engine_problem]
+    if problems:
+        raise queue.SubmitError(" ".join(problems))
+    return queue.submit(KIND, spec, owner=owner, home=home, label=spec.get("name", ""))
+
+
+# -- past runs and results ----------------------------------------------------------------------
+def runs(home: Path | None = None) -> list[dict]:
+    """Evaluate jobs, newest first, with their registry entry when they finished:
+    ``{"job_id", "state", "name", "models", "datasets", "created_at", "error"}``."""
+    entries = {e["job_id"]: e for e in open_store(home).items("eval")}
+    out = []
+    for j in queue.list_jobs(kind=KIND, home=home):
+        e = entries.get(j["id"])
+        out.append({"job_id": j["id"], "state": j["state"], "name": e["name"] if e else j["label"],
+                    "models": [m["name"] for m in j["spec"].get("models", [])],
+                    "datasets": [d["name"] for d in j["spec"].get("datasets", [])],
+                    "created_at": j["created_at"], "error": j["error_message"] or ""})
+    return out
+
+
+def result(job_id: int, home: Path | None = None) -> dict | None:
+    """The result.json of a finished, successful evaluate job."""
+    r = logs.result(job_id, home)
+    return r if r and r.get("ok") and "table" in r else None
+
+
+def table(res: dict) -> list[dict]:
+    """Wide rows: ``{"dataset", "metric", <model>: score, ...}``, one per dataset and metric."""
+    rows: dict[tuple, dict] = {}
+    for t in res["table"]:
+        row = rows.setdefault((t["dataset"], t["metric"]), {"dataset": t["dataset"], "metric": t["metric"]})
+        row[t["model"]] = t["score"]
+    return list(rows.values())
+
+
+def deltas(res: dict) -> list[dict]:
+    """Adapter minus base for every adapter evaluated beside its own base model (same folder, no adapter)."""
+    models = res.get("models", [])
+    scores = {(t["model"], t["dataset"], t["metric"]): t["score"] for t in res["table"]}
+    out = []
+    for a in models:
+        if not a.get("peft_path"):
+            continue
+        base = next((m for m in models if m.get("path") == a["path"] and not m.get("peft_path")), None)
+        if base is None:
+            continue
+        for (model, dataset, metric), score in scores.items():
+            if model != a["name"]:
+                continue
+            b = scores.get((base["name"], dataset, metric))
+            out.append({"dataset": dataset, "metric": metric, "base": base["name"], "adapter": a["name"],
+                        "base_score": b, "adapter_score": score,
+                        "delta": None if b is None or score is None else round(score - b, 2)})
+    return out
+
+
+def items(res: dict, model: str | None = None, dataset: str | None = None, wrong_only: bool = False) -> list[dict]:
+    """Per-item drill-down rows: model, dataset, index, prompt, prediction, gold, correct."""
+    return [it for it in res.get("items", [])
+            if (model is None or it["model"] == model) and (dataset is None or it["dataset"] == dataset)
+            and (not wrong_only or it["correct"] is False)]
+
+
+def to_csv(res: dict, what: str = "table") -> str:
+    """The results table (long: dataset, metric, mode, model, score) or the items as CSV text."""
+    rows = res["table"] if what == "table" else items(res)
+    fields = ["dataset", "metric", "mode", "model", "score"] if what == "table" else \
+        ["model", "dataset", "index", "prompt", "prediction", "gold", "correct"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,146 @@
+"""Chat serving benchmark: a real `serve` job (through a burst worker's code path) against in-process generate.
+
+    .venv/bin/python bench/chat.py [--model DIR] [--tokens 48] [--clients 8]
+
+Prints, on the same model and prompt, greedy decoding:
+  single-stream tokens/s through the serve job vs in-process `model.generate`  (goal >= 0.9x)
+  aggregate tokens/s with N concurrent clients vs 1, continuous batching on     (goal >= 2x)
+  time to first token for both.
+Default model: the bundled SmolLM2-135M-Instruct (backend.models.ensure_bundled).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would shadow the standard library
+PROMPT = "Explain in a few sentences why the sky is blue."
+
+
+def in_process(path: Path, tokens: int) -> tuple[float, float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    kw = dict(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    with torch.inference_mode():
+        model.generate(**{**kw, "max_new_tokens": 4, "min_new_tokens": 4})        # warm-up
+        t0 = time.perf_counter()
+        out = model.generate(**kw)
+        total = time.perf_counter() - t0
+        streamer = TextIteratorStreamer(tok, skip_prompt=True)
+        t1 = time.perf_counter()
+        th = threading.Thread(target=model.generate, kwargs={**kw, "max_new_tokens": 2, "streamer": streamer})
+        th.start()
+        next(iter(streamer))
+        ttft = time.perf_counter() - t1
+        th.join()
+    n = out.shape[1] - ids["input_ids"].shape[1]
+    del model
+    return n / total, ttft
+
+
+def through_server(ep: dict, tokens: int, clients: int) -> tuple[float, float]:
+    """Aggregate completion tokens/s of ``clients`` concurrent greedy streams, and the mean TTFT."""
+    from openai import OpenAI
+    client = OpenAI(base_url=ep["url"], api_key="none", max_retries=0)
+    got: list = []
+
+    def one():
+        t0 = time.perf_counter()
+        ttft, usage = None, None
+        stream = client.chat.completions.create(
+            model=ep["model"], messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens,
+            temperature=0, stream=True, extra_body={"generation_config": f'{{"min_new_tokens": {tokens}, '
+                                                                         f'"max_new_tokens": {tokens}, "do_sample": false}}'})
+        n = 0
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                ttft = ttft or time.perf_counter() - t0
+                n += 1
+            if chunk.usage:
+                usage = chunk.usage.completion_tokens
+        got.append((usage or n, ttft))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    wall = time.perf_counter() - t0
+    return sum(n for n, _ in got) / wall, sum(t for _, t in got) / len(got)
+
+
+def serve(home: Path, model: str, cb: bool) -> tuple[subprocess.Popen, dict]:
+    from backend import chat, queue
+    job_id = queue.submit("serve", {"model": model, "continuous_batching": cb}, home=home)
+    worker = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT, env=dict(os.environ, WORKBENCH_HOME=str(home)),
+                              start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        ep = chat.serve_job_endpoint(job_id, home)
+        if ep:
+            return worker, ep
+        if queue.get(job_id, home)["state"] in ("failed", "cancelled", "lost"):
+            break
+        time.sleep(0.5)
+    worker.terminate()
+    raise SystemExit(f"serve job {job_id} did not come up: {queue.get(job_id, home)['error_message']}")
+
+
+def stop(worker: subprocess.Popen) -> None:
+    worker.terminate()
+    worker.wait(60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a model folder (default: the bundled SmolLM2)")
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--clients", type=int, default=8)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    os.environ["WORKBENCH_HOME"] = str(home)
+    from backend.store import open_store
+    if args.model:
+        path = Path(args.model).resolve()
+    else:
+        from backend.models import ensure_bundled
+        path = ensure_bundled(home=home, log=lambda *a: None)
+    open_store(home).put("model", "bench", str(path))
+
+    base_tps, base_ttft = in_process(path, args.tokens)
+    print(f"in-process generate: {base_tps:6.1f} tok/s, TTFT {base_ttft * 1000:6.0f} ms")
+
+    worker, ep = serve(home, "bench", cb=False)
+    try:
+        through_server(ep, 4, 1)                      # warm-up
+        tps1, ttft1 = through_server(ep, args.tokens, 1)
+    finally:
+        stop(worker)
+    print(f"serve job, 1 stream: {tps1:6.1f} tok/s, TTFT {ttft1 * 1000:6.0f} ms  -> {tps1 / base_tps:.2f}x "
+          f"of in-process (goal >= 0.9x)")
+
+    worker, ep = serve(home, "bench", cb=True)
+    try:
+        through_server(ep, 4, 1)
+        cb1, cb_ttft1 = through_server(ep, args.tokens, 1)
+        cbn, cb_ttftn = through_server(ep, args.tokens, args.clients)
+    finally:
+        stop(worker)
+    print(f"continuous batching, 1 client:  {cb1:6.1f} tok/s, TTFT {cb_ttft1 * 1000:6.0f} ms")
+    print(f"continuous batching, {args.clients} clients: {cbn:6.1f} tok/s aggregate, mean TTFT "
+          f"{cb_ttftn * 1000:6.0f} ms  -> {cbn / cb1:.2f}x of 1 client (goal >= 2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""download: fetch a model from Hugging Face, ModelScope or OpenXLab (or set up the bundled one) and
+register it with its lineage.
+
+The files go straight into ``<workspace>/models/<name>`` through each hub's own client, which keeps
+partial files (``.incomplete``) and resumes them with HTTP Range requests, so a cancelled, crashed or
+retried job fetches only what is missing. Before it starts, the job lists the repository, checks the
+disk space (and the models quota) for what is left; afterwards it checks every file's size and
+checksum against the listing. A token comes only through the environment (``submit(secrets=...)``).
+"""
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from backend import models
+from jobs.common import BAD_INPUT, DOWNLOAD, Job, JobError, run
+
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9._-]{1,96}$")
+REVISION_RE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
+MARKER = ".cache/workbench-download.json"       # which repo a models/<name> folder is a download of
+TOKEN_ENV = {"huggingface": "HF_TOKEN", "modelscope": "MODELSCOPE_API_TOKEN", "openxlab": "OPENXLAB_AK"}
+ENDPOINT_ENV = {"huggingface": "HF_ENDPOINT", "modelscope": "MODELSCOPE_ENDPOINT", "openxlab": "OPENXLAB_ENDPOINT"}
+SPACE_MARGIN = 16 * 1024 * 1024                   # bytes kept free beyond what the files need
+WORKERS = 8                                       # files fetched in parallel
+RESUME_CHUNK = 256 * 1024                         # HF writes a partial file in steps of this (default 10 MB)
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["huggingface", "modelscope", "openxlab", "bundled"] = "huggingface"
+    repo_id: str = ""                  # owner/name on the hub (not used by "bundled")
+    revision: str = ""                 # branch, tag or commit; "" = the hub's default
+    allow_patterns: list[str] = []     # only files matching one of these globs (e.g. "*.json")
+    name: str = ""                     # registry and folder name; "" = the repo's last part
+    endpoint: str = ""                 # a mirror; "" = $HF_ENDPOINT / $MODELSCOPE_ENDPOINT / the hub
+    verify: bool = True                # check each file's checksum against the listing
+
+    @field_validator("repo_id", "revision", "name", "endpoint")
+    @classmethod
+    def strip(cls, v: str) -> str:
+        return v.strip()
+
+    @field_validator("revision")
+    @classmethod
+    def revision_ok(cls, v: str) -> str:
+        if v and (not REVISION_RE.match(v) or ".." in v):
+            raise ValueError(f"{v!r} is not a branch, tag or commit")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def endpoint_ok(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("allow_patterns")
+    @classmethod
+    def patterns_ok(cls, v: list[str]) -> list[str]:
+        out = [p.strip() for item in v for p in item.split(",") if p.strip()]
+        for p in out:
+            if p.startswith("/") or ".." in p.split("/") or "\\" in p or len(p) > 200:
+                raise ValueError(f"{p!r} is not a file pattern inside the repository (e.g. *.safetensors)")
+        return out
+
+    @model_validator(mode="after")
+    def target(self):
+        if self.source == "bundled":
+            self.repo_id, self.name = "", self.name or models.BUNDLED_NAME
+            if self.name != models.BUNDLED_NAME:
+                raise ValueError(f"the bundled model is always named {models.BUNDLED_NAME}")
+            return self
+        if self.source == "openxlab" and (self.revision or self.allow_patterns):
+            raise ValueError("OpenXLab downloads take neither a revision nor file patterns")
+        if not REPO_RE.match(self.repo_id) or ".." in self.repo_id:
+            raise ValueError(f"repo_id {self.repo_id!r} is not of the form owner/name")
+        self.name = models.check_name(self.name or self.repo_id.split("/")[-1])
+        row = models.get(self.name)
+        if row and (row["meta"].get("source"), row["meta"].get("id")) != (self.source, self.repo_id):
+            raise ValueError(f"a model named {self.name} is already registered (from "
+                             f"{row['meta'].get('source')} {row['meta'].get('id') or row['path']}): choose another name")
+        return self
+
+
+def resources(spec: Spec) -> dict:
+    return {"engine": "openxlab"} if spec.source == "openxlab" else {}
+
+
+@dataclass
+class RemoteFile:
+    path: str
+    size: int | None
+    sha256: str | None = None       # LFS files (HF), every file (ModelScope)
+    git_sha1: str | None = None     # HF's blob id of small files: sha1(b"blob <size>\0" + content)
+
+
+# -- progress: total and per file, from what is on disk --------------------------------------------
+class Progress:
+    """Turns the clients' progress callbacks into job events. The bytes done are read from the disk
+    (finished files + partial files), so resumed bytes count and no callback is counted twice."""
+
+    def __init__(self, job: Job, dest: Path, files: list[RemoteFile], partial, on_done=None):
+        self.job, self.dest, self.files, self.partial, self.on_done = job, dest, files, partial, on_done
+        self.total = sum(f.size or 0 for f in files)
+        self.lock = threading.Lock()
+        self.last = 0.0
+        self.finished: set[str] = set()
+        self.sizes: dict[str, int] = {}
+        self.t0 = time.monotonic()
+        self.start_done = self.scan()
+        self.fetched = 0
+
+    def file_done(self, f: RemoteFile) -> int:
+        final = self.dest / f.path
+        if final.is_file() and (f.size is None or final.stat().st_size == f.size):
+            return final.stat().st_size
+        part = self.partial(self.dest, f.path)
+        return part.stat().st_size if part and part.is_file() else 0
+
+    def scan(self) -> int:
+        done = 0
+        for f in self.files:
+            n = self.file_done(f)
+            done += n
+            if f.path not in self.finished and f.size is not None and n == f.size and (self.dest / f.path).is_file():
+                self.finished.add(f.path)
+                if self.on_done:
+                    self.on_done(f)
+            self.sizes[f.path] = n
+        return done
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.5:
+            return
+        if not self.lock.acquire(blocking=force):
+            return
+        try:
+            self.last = now
+            before = dict(self.sizes)
+            done = self.scan()
+            self.fetched = max(self.fetched, done - self.start_done)
+            rate = self.fetched / max(now - self.t0, 1e-6)
+            eta = (self.total - done) / rate if rate > 0 else None
+            for f in self.files:
+                if self.sizes[f.path] != before.get(f.path):
+                    self.job.event("file", path=f.path, done=self.sizes[f.path], total=f.size,
+                                   finished=f.path in self.finished)
+            self.job.progress(done, self.total or None, "B",
+                              f"{len(self.finished)}/{len(self.files)} files · {human(rate)}/s"
+                              + (f" · ETA {eta:.0f} s" if eta is not None else ""), force=True)
+            self.job.event("rate", bytes_per_s=round(rate), eta_s=None if eta is None else round(eta, 1))
+        finally:
+            self.lock.release()
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def tqdm_for(progress: Progress):
+    """A tqdm-compatible class for huggingface_hub's ``tqdm_class``: every update is a progress tick."""
+
+    class Bar:
+        def __init__(self, *args, total=None, initial=0, **kwargs):
+            self.total, self.n = total, initial
+
+        def update(self, n=1):
+            self.n += n or 0
+            progress.tick()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __iter__(self):
+            return iter(())
+
+        def set_description(self, *a, **k): pass
+        def set_description_str(self, *a, **k): pass
+        def set_postfix_str(self, *a, **k): pass
+        def refresh(self, *a, **k): pass
+        def close(self): pass
+
+        @property
+        def format_dict(self):
+            return {"rate": None}
+
+    return Bar
+
+
+# -- checks -----------------------------------------------------------------------------------------
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def check_space(dest: Path, need: int, home: Path) -> None:
+    """Fail early when the disk (or the models quota, WORKBENCH_MODELS_QUOTA_GB) can't hold ``need`` bytes."""
+    from backend import defaults
+    free = shutil.disk_usage(dest if dest.exists() else dest.parent).free
+    where = f"free on the disk of {dest.parent}"
+    quota = float(defaults.setting("MODELS_QUOTA_GB")) * 1e9
+    if quota:
+        left = quota - dir_size(models.models_dir(home))
+        if left < free:
+            free, where = max(left, 0), f"left of the {quota / 1e9:g} GB models quota"
+    if need + SPACE_MARGIN > free:
+        raise JobError(f"not enough disk space: the download needs {human(need)} more, {human(free)} {where}",
+                       BAD_INPUT, "free some space (delete unused models) or download fewer files (file patterns)")
+
+
+def git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_file(dest: Path, f: RemoteFile, verify: bool) -> str | None:
+    """None when the file matches the listing, else what is wrong (and the bad file is removed)."""
+    p = dest / f.path
+    if not p.is_file():
+        return f"{f.path} is missing"
+    size = p.stat().st_size
+    problem = None
+    if f.size is not None and size != f.size:
+        problem = f"{f.path} is {size} bytes, the hub lists {f.size} (cut short or changed)"
+    elif verify and f.sha256 and sha256(p) != f.sha256.lower():
+        problem = f"{f.path} does not match its sha256 checksum"
+    elif verify and f.git_sha1 and not f.sha256 and git_blob_sha1(p) != f.git_sha1:
+        problem = f"{f.path} does not match its git checksum"
+    if problem:
+        p.unlink()        # never leave a bad file that looks finished: a retry fetches it again
+    return problem
+
+
+# -- the hubs ---------------------------------------------------------------------------------------
+def hf_list(spec: Spec, endpoint: str | None, token: str | None) -> tuple[str, list[RemoteFile]]:
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
+    api = HfApi(endpoint=endpoint, token=token)
+    sha = api.repo_info(spec.repo_id, revision=spec.revision or None).sha
+    entries = [e for e in api.list_repo_tree(spec.repo_id, revision=sha, recursive=True) if isinstance(e, RepoFile)]
+    keep = set(filter_repo_objects([e.path for e in entries], allow_patterns=spec.allow_patterns or None))
+    return sha, [RemoteFile(e.path, e.size, e.lfs.sha256 if e.lfs else None, None if e.lfs else e.blob_id)
+                 for e in entries if e.path in keep]
+
+
+def hf_partial(dest: Path, path: str) -> Path:
+    return dest / ".cache" / "workbench" / (path + ".incomplete")
+
+
+def hf_download(spec: Spec, endpoint, token, sha: str, dest: Path, progress: Progress) -> None:
+    """Each missing file through huggingface_hub's own ``http_get`` (auth, retries, redirects, size
+    check, ``tqdm_class``), appending to a partial file that survives the process: a later run asks for
+    the rest with a Range request. (snapshot_download itself writes per-process temporary files and
+    deletes them on failure, so it can't resume a cancelled or crashed job's partial files.)"""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+    constants.DOWNLOAD_CHUNK_SIZE = RESUME_CHUNK      # bytes a cancel can lose per file in flight
+    headers = build_hf_headers(token=token)
+    bar = tqdm_for(progress)
+
+    def fetch(f: RemoteFile) -> None:
+        final = dest / f.path
+        if final.is_file() and final.stat().st_size == f.size:
+            return
+        part = hf_partial(dest, f.path)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "ab") as out:
+            have = out.tell()
+            if f.size is None or have < f.size:
+                http_get(hf_hub_url(spec.repo_id, f.path, revision=sha, endpoint=endpoint), out, resume_size=have,
+                         headers=dict(headers), expected_size=f.size, displayed_filename=f.path, tqdm_class=bar)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, final)
+        progress.tick()
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for _ in pool.map(fetch, progress.files):
+            pass
+
+
+def ms_list(spec: Spec, endpoint: str | None, token: str | None) -> tuple[str, list[RemoteFile]]:
+    from modelscope_hub.api import HubApi
+    revision = spec.revision or "master"
+    entries = HubApi(endpoint=endpoint, token=token).list_repo_files(spec.repo_id, "model", revision=revision)
+    files = [RemoteFile(e.path, e.size, e.sha256) for e in entries
+             if getattr(e, "type", "blob") != "tree" and e.path]
+    if spec.allow_patterns:
+        files = [f for f in files if any(fnmatch.fnmatchcase(f.path, p) for p in spec.allow_patterns)]
+    return revision, files
+
+
+def ms_partial(dest: Path, path: str) -> Path | None:
+    return dest / (path + ".incomplete")
+
+
+def ms_download(spec: Spec, endpoint, token, revision: str, dest: Path, progress: Progress) -> None:
+    from modelscope import snapshot_download
+    from modelscope_hub._download import ProgressCallback
+
+    class Callback(ProgressCallback):
+        def update(self, size: int) -> None:
+            progress.tick()
+
+    snapshot_download(spec.repo_id, revision=revision, local_dir=str(dest), endpoint=endpoint, token=token,
+                      allow_patterns=spec.allow_patterns or None, progress_callbacks=[Callback],
+                      max_workers=WORKERS)
+
+
+def openxlab_download(spec: Spec, dest: Path, job: Job) -> list[RemoteFile]:
+    """OpenXLab's client (in its own engine env) lists nothing up front and can't resume; its endpoint
+    is hard-coded, so $OPENXLAB_ENDPOINT (a mirror, or a test server) is set on its modules."""
+    os.environ["HOME"] = str(job.dir / "openxlab-home")       # its token cache stays in the job folder
+    import openxlab.model.common.bury as bury
+    import openxlab.model.handler.download_file as dl
+    from openxlab.model import download
+    override = spec.endpoint or os.environ.get("OPENXLAB_ENDPOINT")
+    if override:
+        dl.endpoint = bury.endpoint = override
+    job.progress(0, None, "B", f"OpenXLab: downloading {spec.repo_id}", force=True)
+    got = download(spec.repo_id, output=str(dest), cache=False)
+    if got is None:      # the client prints the reason and returns None instead of raising
+        raise JobError(f"OpenXLab could not download {spec.repo_id} (see the log): check the id and the "
+                       "OPENXLAB_AK/OPENXLAB_SK keys", DOWNLOAD)
+    files = [Path(p) for p in got]
+    if not files or not all(p.is_file() and p.stat().st_size > 0 for p in files):
+        raise JobError(f"OpenXLab returned no usable files for {spec.repo_id}", DOWNLOAD)
+    total = sum(p.stat().st_size for p in files)
+    job.progress(total, total, "B", f"{len(files)} files", force=True)
+    for p in files:
+        job.event("file", path=str(p.relative_to(dest)), done=p.stat().st_size, total=p.stat().st_size,
+                  finished=True)
+    return [RemoteFile(str(p.relative_to(dest)), p.stat().st_size) for p in files]
+
+
+def interruptible(fn, *args):
+    """Run ``fn`` in a daemon thread so that a cancel (SIGTERM -> Cancelled in the main thread) ends
+    the job at once: the clients' thread pools would otherwise finish every file in flight first.
+    Partial files stay on disk for the next run to resume."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def explain(e: Exception, spec: Spec, endpoint: str | None) -> JobError | None:
+    """A clear message for what the hubs raise; None for errors we don't understand."""
+    name = type(e).__name__
+    text = str(e)
+    first = (text.splitlines() or [""])[0].lower()
+    where = endpoint or {"huggingface": "huggingface.co", "modelscope": "modelscope.cn"}.get(spec.source, spec.source)
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if name == "RevisionNotFoundError" or (spec.source == "modelscope" and spec.revision and "revision" in first):
+        return JobError(f"revision {spec.revision!r} does not exist in {spec.repo_id} on {spec.source}", BAD_INPUT)
+    if name in ("RepositoryNotFoundError", "NotExistError") or status == 404:
+        return JobError(f"{spec.repo_id} was not found on {spec.source} ({where}): check the id "
+                        "(a private or gated repository also needs a token)", BAD_INPUT)
+    if name in ("GatedRepoError", "AuthenticationError", "PermissionDeniedError") or status in (401, 403):
+        return JobError(f"{spec.source} refused access to {spec.repo_id}: the token is missing, invalid or "
+                        "lacks access", BAD_INPUT)
+    if name in ("ConnectError", "ConnectionError", "ConnectTimeout", "NetworkError", "LocalEntryNotFoundError",
+                "RequestTimeoutError", "TimeoutException") or "connect" in text.lower():
+        return JobError(f"cannot reach {where}: check the network or the endpoint/mirror setting", DOWNLOAD)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return JobError("the disk filled up during the download", BAD_INPUT,
+                        "free some space, then retry: finished files are kept")
+    if name in ("FileSizeMismatchError", "FileIntegrityError") or "Consistency check failed" in text:
+        return JobError(f"a file from {spec.source} arrived damaged or cut short: {text[:300]}", DOWNLOAD)
+    return None
+
+
+# -- the job ----------------------------------------------------------------------------------------
+def prepare(dest: Path, spec: Spec) -> None:
+    """The target folder is ours: new, or an earlier (partial) download of the same repository."""
+    marker = dest / MARKER
+    mine = {"source": spec.source, "repo_id": spec.repo_id}
+    if marker.is_file():
+        seen = json.loads(marker.read_text())
+        if {k: seen.get(k) for k in mine} != mine:
+            raise JobError(f"{dest} holds a download of {seen.get('source')} {seen.get('repo_id')}: "
+                           "choose another name", BAD_INPUT)
+    elif dest.exists() and any(dest.iterdir()):
+        raise JobError(f"{dest} already exists and is not a download of {spec.repo_id}: choose another name",
+                       BAD_INPUT)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({**mine, "revision": spec.revision}))
+
+
+def main(spec: Spec, job: Job) -> dict:
+    job_id = int(os.environ.get("WORKBENCH_JOB_ID") or 0) or None
+    if spec.source == "bundled":
+        job.progress(0, 2, "steps", "fetching and converting the bundled model", force=True)
+        path = models.ensure_bundled(job.home, job_id=job_id, log=job.message)
+        job.progress(2, 2, "steps", "registered", force=True)
+        return {"name": models.BUNDLED_NAME, "path": str(path)}
+
+    dest = models.models_dir(job.home) / spec.name
+    prepare(dest, spec)
+    endpoint = spec.endpoint or os.environ.get(ENDPOINT_ENV[spec.source]) or None
+    token = os.environ.get(TOKEN_ENV[spec.source]) or None
+    t0 = time.monotonic()
+    try:
+        if spec.source == "openxlab":
+            files, revision, fetched = interruptible(openxlab_download, spec, dest, job), spec.revision, None
+            problems = [p for p in (check_file(dest, f, False) for f in files) if p]
+        else:
+            lister, download, partial = ((hf_list, hf_download, hf_partial) if spec.source == "huggingface"
+                                         else (ms_list, ms_download, ms_partial))
+            job.message(f"listing {spec.repo_id} on {spec.source}" + (f" ({endpoint})" if endpoint else ""))
+            revision, files = lister(spec, endpoint, token)
+            if not files:
+                raise JobError(f"no file of {spec.repo_id} matches {', '.join(spec.allow_patterns) or 'anything'}",
+                               BAD_INPUT, "check the file patterns (for example *.safetensors, *.json)")
+            verifier = ThreadPoolExecutor(1)        # checksums of finished files overlap the download
+            checks: dict[str, object] = {}
+
+            def on_done(f: RemoteFile) -> None:
+                checks[f.path] = verifier.submit(check_file, dest, f, spec.verify)
+
+            progress = Progress(job, dest, files, partial, on_done)
+            total, have = progress.total, progress.start_done
+            job.message(f"{len(files)} files, {human(total)} at revision {revision}"
+                        + (f"; {human(have)} already here" if have else ""))
+            check_space(dest, total - have, job.home)
+            interruptible(download, spec, endpoint, token, revision, dest, progress)
+            progress.tick(force=True)
+            fetched = progress.fetched
+            for f in files:
+                if f.path not in checks:
+                    checks[f.path] = verifier.submit(check_file, dest, f, spec.verify)
+            problems = [p for p in (checks[f.path].result() for f in files) if p]
+            verifier.shutdown()
+    except JobError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the hubs raise many types; explain the ones we understand
+        err = explain(e, spec, endpoint)
+        if err is None:
+            raise
+        raise err from None
+    if problems:
+        raise JobError("; ".join(problems[:5]) + " (bad files were removed: retry to fetch them again)", DOWNLOAD)
+    try:
+        row = models.register(spec.name, dest, spec.source, id=spec.repo_id, revision=revision, job_id=job_id,
+                              home=job.home, endpoint=endpoint or "", patterns=spec.allow_patterns)
+    except models.ModelError as e:
+        if spec.allow_patterns:      # a partial download (only some files) is kept but can't be a model
+            job.message(f"downloaded, not registered: {e}")
+            return {"name": spec.name, "path": str(dest), "registered": False, "reason": str(e)}
+        raise JobError(f"downloaded, but {e}", BAD_INPUT) from None
+    seconds = time.monotonic() - t0
+    size = row["meta"]["size_bytes"]
+    job.message(f"registered {spec.name}: {human(size)} in {seconds:.1f} s")
+    return {"name": spec.name, "path": str(dest), "registered": True, "revision": revision, "files": len(files),
+            "bytes": size, "fetched_bytes": fetched, "seconds": round(seconds, 2)}
+
+
+if __name__ == "__main__":
+    run(main, Spec)
