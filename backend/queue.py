@@ -20,6 +20,11 @@ def job_dir(job_id: int, home: Path | None = None) -> Path:
     return (home or defaults.home()) / "jobs" / str(job_id)
 
 
+def queue_wake_file(home: Path | None = None) -> Path:
+    """Touched on every submit so an idle worker starts the job at once instead of at its next poll."""
+    return (home or defaults.home()) / "jobs" / ".wake"
+
+
 def format_validation_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
@@ -65,6 +70,9 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(secrets, f)
+    wake = queue_wake_file(home)
+    wake.parent.mkdir(parents=True, exist_ok=True)
+    wake.touch()
     return job_id
 
 

@@ -19,10 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend import defaults, engines, errors, kinds, logs, resources
-from backend.queue import job_dir
+from backend.queue import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import Store, open_store
 from jobs.common import CANCELLED, EXIT_OK, MISSING_ENGINE, TIMEOUT
+
+
+WAKE_S = 0.02
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 @dataclass
@@ -79,9 +89,20 @@ class Worker:
                 self.tick()
                 if self.burst and not self.running and not self.store.queued():
                     break
-                time.sleep(defaults.setting("POLL_S"))
+                self.idle(defaults.setting("POLL_S"))
         finally:
             self.shutdown()
+
+    def idle(self, period: float) -> None:
+        """Wait up to ``period``, waking early when a job process exits or a job is submitted
+        (queue.submit touches the wake file): cheap checks every WAKE_S instead of SQL."""
+        deadline = time.monotonic() + period
+        wake = queue_wake_file(self.home)
+        seen = _mtime(wake)
+        while time.monotonic() < deadline and not self.stopping:
+            if any(r.proc.poll() is not None for r in self.running.values()) or _mtime(wake) != seen:
+                return
+            time.sleep(WAKE_S)
 
     def _on_signal(self, signum, frame):
         self.stopping = True
