@@ -51,7 +51,7 @@ class Count(TrainerCallback):
 args = TrainingArguments(output_dir=cfg["out"], per_device_train_batch_size=cfg["batch"], gradient_accumulation_steps=1,
                          learning_rate=1e-4, max_steps=cfg["steps"], logging_steps=1000, save_strategy="no",
                          report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, lr_scheduler_type="cosine",
-                         warmup_ratio=0.03, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True)
+                         warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True)
 coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
 tr = Trainer(model=model, args=args, train_dataset=feats, data_collator=coll, callbacks=[Count()])
 t0 = time.monotonic()
@@ -113,7 +113,7 @@ def main() -> None:
     (home / "datasets" / "d.jsonl").write_bytes(data.read_bytes())
     common = {"base_model": "m", "datasets": ["d.jsonl"], "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
               "max_length": a.max_length, "max_steps": a.steps, "batch_size": a.batch, "grad_accum": 1,
-              "gradient_checkpointing": False, "save_steps": 10_000, "max_samples": a.rows, "device": "cpu",
+              "gradient_checkpointing": False, "save_steps": 10_000, "max_samples": a.rows, "device": "cpu", "warmup_ratio": 0.0,
               "lr": 1e-4}
     plain = run_plain({"model": str(model), "data": str(data), "rows": a.rows, "max_length": a.max_length,
                        "steps": a.steps, "batch": a.batch, "r": 16, "alpha": 32, "out": str(scratch / "plain")})

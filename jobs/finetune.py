@@ -134,7 +134,7 @@ def pack(samples: list, max_length: int, packing: bool) -> list[list[int]]:
 
 
 def collate(torch, samples, rows: list[list[int]], pad_id: int):
-    """input_ids, labels, position_ids (restarting per sample; padding is its own segment)."""
+    """input_ids, labels, position_ids (restarting at each packed sample), real-token count."""
     seqs = []
     for row in rows:
         ids, labels, pos = [], [], []
@@ -147,7 +147,8 @@ def collate(torch, samples, rows: list[list[int]], pad_id: int):
     pad = lambda x, v: x + [v] * (width - len(x))   # noqa: E731
     ids = torch.tensor([pad(s[0], pad_id) for s in seqs])
     labels = torch.tensor([pad(s[1], -100) for s in seqs])
-    pos = torch.tensor([s[2] + list(range(width - len(s[2]))) for s in seqs])
+    # padding continues the last row's positions: an unpacked batch stays plain causal (the fast path)
+    pos = torch.tensor([s[2] + list(range(s[2][-1] + 1, s[2][-1] + 1 + width - len(s[2]))) for s in seqs])
     return ids, labels, pos, sum(len(s[0]) for s in seqs)
 
 
