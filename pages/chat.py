@@ -74,13 +74,17 @@ with st.container(key="chat_endpoints"):
             queue.cancel(ep["job_id"])
             st.rerun()
 
-    with st.expander(ui.t("chat.start"), expanded=not live and not st.session_state.get(S_STARTING)):
+    with st.expander(ui.t("chat.start"), expanded=(not live or "chat_model" in st.session_state)
+                     and not st.session_state.get(S_STARTING)):
         options = chat.servable()
         if not options:
             st.info(ui.t("chat.no_models"))
         else:
             c1, c2, c3 = st.columns([4, 2, 2], vertical_alignment="bottom")
-            pick = c1.selectbox(ui.t("chat.serve_what"), options, format_func=lambda o: o["label"], key="chat_serve_pick")
+            wanted = st.session_state.pop("chat_model", None)       # "Chat with it" on the Models page
+            first = next((i for i, o in enumerate(options) if o["spec"] == {"model": wanted}), 0)
+            pick = c1.selectbox(ui.t("chat.serve_what"), options, format_func=lambda o: o["label"], index=first,
+                                key="chat_serve_pick")
             engine = c2.selectbox(ui.t("chat.engine"), ["transformers", "lmdeploy"], key="chat_serve_engine",
                                   help=ui.t("chat.engine.help"))
             cb = c3.checkbox(ui.t("chat.batching"), key="chat_serve_cb", help=ui.t("chat.batching.help"))
