@@ -352,6 +352,10 @@ STRINGS: dict[str, dict[str, str]] = {
     "models.delete.yes": {"en": "Yes, delete", "zh": "确认删除"},
     "models.deleted": {"en": "Deleted {name}.", "zh": "已删除 {name}。"},
     "models.missing_files": {"en": "The folder of this model is gone.", "zh": "该模型的文件夹已不存在。"},
+    "models.trust_remote_code": {"en": "Allow this model's own code to run (trust_remote_code)",
+                                  "zh": "允许运行该模型自带的代码（trust_remote_code）"},
+    "models.trust_remote_code.help": {"en": "Needed by XComposer and some InternLM models. Turn it on only for models from a source you trust.",
+                                       "zh": "XComposer 及部分 InternLM 模型需要。仅对可信来源的模型开启。"},
     # ---- end of table ----
 }
 

@@ -254,6 +254,16 @@ def detail(name: str, home: Path | None = None) -> dict:
     return out
 
 
+def set_trust_remote_code(name: str, allowed: bool, home: Path | None = None) -> dict:
+    """The explicit per-model opt-in that lets jobs run the model's own Python code (XComposer,
+    InternLM2 remote code). Off unless a person turns it on for this model."""
+    row = get(name, home)
+    if row is None:
+        raise ModelError(f"no model named {name!r}")
+    return open_store(home).put(TYPE, name, row["path"], {**row["meta"], "trust_remote_code": bool(allowed)},
+                                row["job_id"], row["owner"])
+
+
 def delete(name: str, delete_files: bool = True, home: Path | None = None) -> dict:
     """Remove a registry entry; its folder too when it lies inside the workspace (never outside)."""
     row = get(name, home)

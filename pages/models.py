@@ -114,6 +114,10 @@ with tab_reg:
             open_page("pages/evaluate.py", picked, "eval_models", [picked])
         if c[3].button(ui.t("models.delete"), key="models_delete"):
             st.session_state["models_confirm"] = picked
+        remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
+                             key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"))
+        if remote != bool(meta.get("trust_remote_code")):
+            models.set_trust_remote_code(picked, remote)
         if st.session_state.get("models_confirm") == picked:
             with st.container(key="models_confirm_box", border=True):
                 st.warning(ui.t("models.delete.confirm", name=picked))

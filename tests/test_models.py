@@ -29,6 +29,9 @@ def test_import_list_detail_delete(home, tiny_model, monkeypatch):
     shutil.copytree(tiny_model, inside)
     models.import_folder("models/copy", home=home)            # relative to the workspace
     assert {m["name"] for m in models.list_models(home)} == {"tiny", "copy"}
+    assert "trust_remote_code" not in models.get("tiny", home)["meta"]     # off unless opted in
+    assert models.set_trust_remote_code("tiny", True, home)["meta"]["trust_remote_code"] is True
+    assert models.get("tiny", home)["meta"]["source"] == "local"              # the rest of the meta is kept
     d = models.detail("tiny", home)
     assert d["config"]["model_type"] == "llama" and any(f["file"] == "model.safetensors" for f in d["files"])
     assert models.delete("tiny", home=home)["files_removed"] is False      # outside: entry only
