@@ -41,7 +41,7 @@ def endpoints(home: Path | None = None) -> list[dict]:
         if job is None or JobState(job["state"]).finished:
             store.delete("endpoint", e["name"])
             continue
-        if job["state"] == JobState.RUNNING.value:
+        if job["state"] == JobState.RUNNING.value and e["meta"].get("engine") != "vlm":   # vlm: backend/vlm.py
             out.append({"name": e["name"], **e["meta"], "owner": e["owner"], "external": False})
     return out
 

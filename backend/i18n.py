@@ -356,6 +356,21 @@ STRINGS: dict[str, dict[str, str]] = {
                                   "zh": "允许运行该模型自带的代码（trust_remote_code）"},
     "models.trust_remote_code.help": {"en": "Needed by XComposer and some InternLM models. Turn it on only for models from a source you trust.",
                                        "zh": "XComposer 及部分 InternLM 模型需要。仅对可信来源的模型开启。"},
+    "xc.endpoint": {"en": "Image-text endpoint", "zh": "图文模型端点"},
+    "xc.endpoint.info": {"en": "{model} on {device}, up to {images} images per conversation",
+                         "zh": "{model}（{device}），每段对话最多 {images} 张图片"},
+    "xc.none": {"en": "No image-text model is running. Pick one below and start it.",
+                "zh": "没有正在运行的图文模型。请在下方选择并启动。"},
+    "xc.model": {"en": "Image-text model to start", "zh": "要启动的图文模型"},
+    "xc.start": {"en": "Start", "zh": "启动"},
+    "xc.starting": {"en": "Starting the model (job {id}, {state})...", "zh": "正在启动模型（任务 {id}，{state}）……"},
+    "xc.dismiss": {"en": "Dismiss", "zh": "关闭"},
+    "xc.max_new": {"en": "Max new tokens", "zh": "最大生成 token 数"},
+    "xc.temperature": {"en": "Temperature (0 = greedy)", "zh": "温度（0 = 贪心）"},
+    "xc.clear": {"en": "Clear the conversation", "zh": "清空对话"},
+    "xc.upload": {"en": "Images", "zh": "图片"},
+    "xc.bad_image": {"en": "Not sent: {message}", "zh": "未发送：{message}"},
+    "xc.ask": {"en": "Ask about the images", "zh": "就图片提问"},
     # ---- end of table ----
 }
 

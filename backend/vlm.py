@@ -1,0 +1,175 @@
+"""Image-text chat with the live endpoints that `vlm` jobs registered.
+
+Pages call ``endpoints()`` to list them, ``check_image()`` / ``check_images()`` to refuse bad uploads
+before anything is sent (not an image, corrupt, too many pixels, too many images), and ``stream()`` to
+get an answer as text deltas. The `vlm` job runs the same checks again on what it receives, so a bad
+request never crashes it. Errors are ``VLMError`` with a message for the user (and the partial answer).
+
+Wire format (newline-delimited JSON, one object a line): ``POST <url>/chat`` with
+``{"messages": [{"role", "content", "images": [{"data": base64} | {"path": workspace path}]}],
+"max_new_tokens", "temperature", "top_p"}``; the answer streams as ``{"delta": text}`` lines and ends
+with ``{"done": true, "tokens": n, "finish_reason": ...}`` or ``{"error": message}``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+MAX_PIXELS = 50_000_000          # 50 megapixels: larger images are refused, not resized behind the user's back
+MAX_IMAGES = 4                   # default per conversation; the endpoint says its own (meta max_images)
+TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+class VLMError(Exception):
+    """A failure the user should read; ``partial`` is the answer received before it happened."""
+
+    def __init__(self, message: str, partial: str = ""):
+        super().__init__(message)
+        self.partial = partial
+
+
+# -- images -------------------------------------------------------------------------------------
+def open_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS):
+    """A decoded RGB PIL image, or ValueError saying plainly what is wrong with it."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+    if not data:
+        raise ValueError(f"{name} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ValueError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
+                                 f"{max_pixels / 1e6:.0f}: scale it down first")
+            im.load()
+            return im.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{name} is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP...)") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name} is too large ({e}); the limit is {max_pixels / 1e6:.0f} megapixels") from None
+    except (OSError, SyntaxError) as e:           # truncated or damaged file data
+        raise ValueError(f"{name} looks like an image but is corrupt or truncated ({e})") from None
+
+
+def check_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS) -> dict:
+    """Width, height and format of an upload; VLMError if it is not a usable image."""
+    try:
+        im = open_image(data, name, max_pixels)
+    except ValueError as e:
+        raise VLMError(str(e)) from None
+    return {"width": im.width, "height": im.height}
+
+
+def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS) -> list[bytes]:
+    """Read (bytes or file paths) and check every image; their bytes, or VLMError for the first bad one."""
+    if len(images) > max_images:
+        raise VLMError(f"{len(images)} images were given but this model takes at most {max_images} per conversation: "
+                       "remove some or start a new conversation")
+    out = []
+    for i, img in enumerate(images, 1):
+        if isinstance(img, (str, Path)):
+            p = Path(img)
+            if not p.is_file():
+                raise VLMError(f"image {i} ({p.name}) does not exist")
+            name, data = f"image {i} ({p.name})", p.read_bytes()
+        else:
+            name, data = f"image {i}", bytes(img)
+        check_image(data, name, max_pixels)
+        out.append(data)
+    return out
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+def endpoints(home: Path | None = None) -> list[dict]:
+    """Live image-text endpoints (their vlm job still running), newest first."""
+    from backend.states import JobState
+    from backend.store import open_store
+    store = open_store(home)
+    out = []
+    for e in store.items("endpoint"):
+        if e["meta"].get("engine") != "vlm":
+            continue
+        job = store.job(e["job_id"]) if e["job_id"] else None
+        if job is None or JobState(job["state"]).finished:
+            store.delete("endpoint", e["name"])
+            continue
+        if job["state"] == JobState.RUNNING.value:
+            out.append({"name": e["name"], **e["meta"], "owner": e["owner"]})
+    return out
+
+
+def _wire(messages: list[dict], max_images: int) -> list[dict]:
+    total = sum(len(m.get("images") or []) for m in messages)
+    if total > max_images:
+        raise VLMError(f"the conversation has {total} images but this model takes at most {max_images}: "
+                       "remove some or start a new conversation")
+    if not messages or not str(messages[-1].get("content", "")).strip():
+        raise VLMError("the question is empty: type a question first")
+    out = []
+    for m in messages:
+        data = check_images(list(m.get("images") or []), max_images)
+        out.append({"role": m["role"], "content": str(m.get("content", "")),
+                    "images": [{"data": base64.b64encode(d).decode()} for d in data]})
+    return out
+
+
+# -- answering ----------------------------------------------------------------------------------
+def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+           top_p: float = 0.9, stats: dict | None = None) -> Iterator[str]:
+    """Yield the answer's text deltas. ``messages``: [{"role", "content", "images": [bytes | path]}].
+    Raises VLMError (with ``partial``) on any failure; ``stats`` receives tokens, ttft_s, seconds."""
+    body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES)),
+            "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p)}
+    where = endpoint.get("name") or endpoint["url"]
+    stats = stats if stats is not None else {}
+    stats.update(tokens=0, ttft_s=None, finish_reason=None)
+    t0, text = time.monotonic(), ""
+    req = urllib.request.Request(endpoint["url"].rstrip("/") + "/chat", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    try:
+        resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read() or b"{}").get("error") or f"HTTP {e.code}"
+        except ValueError:
+            msg = f"HTTP {e.code}"
+        raise VLMError(f"{where} refused the request: {msg}") from None
+    except OSError:
+        raise VLMError(f"cannot reach {where} at {endpoint['url']}: the vlm job is not running") from None
+    finished = False
+    try:
+        with resp:
+            for line in resp:
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if "error" in item:
+                    raise VLMError(f"{where} failed while answering: {item['error']}", text)
+                if item.get("delta"):
+                    if stats["ttft_s"] is None:
+                        stats["ttft_s"] = time.monotonic() - t0
+                    stats["tokens"] += 1
+                    text += item["delta"]
+                    yield item["delta"]
+                if item.get("done"):
+                    stats["finish_reason"] = item.get("finish_reason")
+                    finished = True
+    except VLMError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the connection broke mid-answer
+        raise VLMError(f"{where} stopped answering mid-reply ({type(e).__name__}); the partial answer is kept",
+                       text) from None
+    finally:
+        stats["seconds"] = time.monotonic() - t0
+    if not finished:
+        raise VLMError(f"{where} closed the answer without finishing it; the partial answer is kept", text)

@@ -1,0 +1,374 @@
+"""vlm: an image-text model loaded once and served on a loopback port, registered as an endpoint while it runs.
+
+Standard transformers image-text-to-text models (LLaVA, Qwen2-VL, InternVL...) go through their
+processor and chat template; InternLM-XComposer (remote code) goes through its own
+``model.chat(tokenizer, query, image=[...], history=...)`` and only when the registry entry has the
+explicit opt-in ``trust_remote_code: true``. The HTTP server (stdlib, in this process) answers
+``GET /health`` and ``POST /chat`` (newline-delimited JSON; see backend/vlm.py for the wire format).
+One answer is generated at a time; bad requests get a clear error and never end the job.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.common import BAD_INPUT, CRASH, JobError, Job, run
+
+READY_POLL_S = 0.2
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = ""                        # registry model name
+    path: str = ""                         # or a model folder (no trust_remote_code opt-in possible then)
+    name: str = Field("", max_length=120)  # endpoint name; default "<model> #<job id>"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_images: int = Field(4, ge=1, le=32)
+    max_new_tokens_limit: int = Field(2048, ge=1)
+    ready_timeout_s: float = Field(900, gt=0)
+
+
+# -- what the model is (used at submit time by resources() and again in the job) ---------------------
+def resolve(spec: Spec, home: Path | None = None) -> dict:
+    """{"name", "path", "meta", "config", "xcomposer"}; ValueError with a readable reason."""
+    if spec.model and spec.path:
+        raise ValueError("give either a registry model or a folder, not both")
+    if spec.model:
+        from backend.store import open_store
+        entry = open_store(home).get("model", spec.model)
+        if entry is None:
+            raise ValueError(f"no model named {spec.model!r} in the registry")
+        name, path, meta = entry["name"], Path(entry["path"]), entry["meta"] or {}
+    elif spec.path:
+        name, path, meta = Path(spec.path).name, Path(spec.path), {}
+    else:
+        raise ValueError("name an image-text model (registry name or folder)")
+    if not path.is_dir():
+        raise ValueError(f"the folder of model {name!r} is missing: {path}")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValueError(f"{name!r} is not a transformers model folder (no readable config.json in {path})") from None
+    model_type = str(config.get("model_type", ""))
+    archs = " ".join(config.get("architectures") or [])
+    xcomposer = "xcomposer" in (model_type + archs + name).lower()
+    if xcomposer:
+        if meta.get("trust_remote_code") is not True:
+            raise ValueError(f"{name} is an InternLM-XComposer model, which runs its own code from the model folder "
+                             "(trust_remote_code): tick the trust_remote_code opt-in for this model on the Models "
+                             "page first, then submit again")
+    elif "vision_config" not in config and "vision_tower" not in config:
+        raise ValueError(f"{name!r} is not an image-text model (model_type {model_type or '?'!r} has no vision "
+                         "tower): pick an image-text model such as LLaVA, Qwen2-VL, InternVL or XComposer")
+    return {"name": name, "path": path, "meta": meta, "config": config, "xcomposer": xcomposer}
+
+
+def weights_gb(path: str | Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**30 or \
+        sum(f.stat().st_size for f in Path(path).glob("*.bin")) / 2**30
+
+
+def is_7b(m: dict) -> bool:
+    return "7b" in m["name"].lower() or "7b" in m["path"].name.lower() or weights_gb(m["path"]) > 8
+
+
+def resources(spec: Spec) -> dict:
+    from backend.resources import gpus
+    m = resolve(spec)
+    gpu_list = gpus() if spec.device != "cpu" else []
+    if spec.device == "cuda" and not gpu_list:
+        raise ValueError("device cuda was asked for but this machine has no GPU")
+    if not gpu_list:
+        if m["xcomposer"] and is_7b(m):
+            raise ValueError(f"{m['name']} is a 7B XComposer model and needs a GPU; this machine has none. "
+                             "Use internlm-xcomposer2-vl-1_8b or a small image-text model on this machine")
+        return {"cpu_slots": 1}
+    return {"gpus": 1, "gpu_mem_gb": round(weights_gb(m["path"]) * 1.2 + 1.5, 1)}
+
+
+# -- the model --------------------------------------------------------------------------------------
+class Model:
+    """The loaded model and one ``answer(request, write)`` at a time."""
+
+    def __init__(self, m: dict, spec: Spec, device: str, job: Job):
+        import torch
+        self.torch, self.m, self.spec, self.device, self.job = torch, m, spec, device, job
+        self.lock = threading.Lock()
+        dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
+        path = str(m["path"])
+        if m["xcomposer"]:
+            from transformers import AutoModel, AutoTokenizer
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+            self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=True).to(device).eval()
+            self.processor = None
+        else:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+            self.processor = AutoProcessor.from_pretrained(path)
+            self.tokenizer = self.processor.tokenizer
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+        cfg = m["config"]
+        self.context_len = (cfg.get("text_config") or {}).get("max_position_embeddings") or \
+            cfg.get("max_position_embeddings") or cfg.get("max_length")
+        self.requests = 0
+
+    # request -> (messages with PIL images) --------------------------------------------------------
+    def parse(self, body: dict) -> tuple[list[dict], int, float, float]:
+        from backend.vlm import open_image
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise ValueError("the request has no messages")
+        out, n = [], 0
+        for i, msg in enumerate(msgs, 1):
+            if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
+                raise ValueError(f"message {i} needs a role of system, user or assistant")
+            images = []
+            for img in msg.get("images") or []:
+                n += 1
+                if n > self.spec.max_images:
+                    raise ValueError(f"too many images: this endpoint takes at most {self.spec.max_images} "
+                                     "per conversation")
+                images.append(open_image(self._image_bytes(img, n), f"image {n}"))
+            out.append({"role": msg["role"], "content": str(msg.get("content") or ""), "images": images})
+        if not out[-1]["content"].strip() or out[-1]["role"] != "user":
+            raise ValueError("the last message must be a non-empty user question")
+        max_new = int(body.get("max_new_tokens") or 256)
+        if not 1 <= max_new <= self.spec.max_new_tokens_limit:
+            raise ValueError(f"max_new_tokens must be between 1 and {self.spec.max_new_tokens_limit}")
+        return out, max_new, float(body.get("temperature") or 0.0), float(body.get("top_p") or 0.9)
+
+    def _image_bytes(self, img, n: int) -> bytes:
+        if isinstance(img, dict) and img.get("data"):
+            try:
+                return base64.b64decode(img["data"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"image {n} is not valid base64") from None
+        if isinstance(img, dict) and img.get("path"):
+            home = self.job.home.resolve()
+            p = (home / img["path"]).resolve()
+            if not p.is_relative_to(home):
+                raise ValueError(f"image {n}: only files inside the workspace can be named by path")
+            if not p.is_file():
+                raise ValueError(f"image {n}: no file {img['path']} in the workspace")
+            return p.read_bytes()
+        raise ValueError(f"image {n} must be {{'data': base64}} or {{'path': workspace path}}")
+
+    # generation ------------------------------------------------------------------------------------
+    def answer(self, body: dict, write) -> None:
+        """Parse (ValueError on bad input, before anything is written), then stream {"delta"} lines."""
+        from transformers import TextIteratorStreamer
+        msgs, max_new, temperature, top_p = self.parse(body)
+        sampling = {"do_sample": temperature > 0, **({"temperature": temperature, "top_p": top_p}
+                                                      if temperature > 0 else {})}
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=TIMEOUT_S)
+        if self.m["xcomposer"]:
+            target, kwargs = self._xcomposer_call(msgs, max_new, sampling, streamer)
+        else:
+            kwargs = self._inputs(msgs, max_new)
+            kwargs.update(max_new_tokens=max_new, streamer=streamer, **sampling)
+            target = self.model.generate
+        with self.lock:
+            self.requests += 1
+            failure: list[BaseException] = []
+
+            def work():
+                try:
+                    with self.torch.inference_mode():
+                        target(**kwargs)
+                except BaseException as e:  # noqa: BLE001 - reported to the client, the job goes on
+                    failure.append(e)
+                    streamer.end()
+            t = threading.Thread(target=work, daemon=True)
+            t.start()
+            tokens = 0
+            for delta in streamer:
+                if delta:
+                    tokens += 1
+                    write({"delta": delta})
+            t.join()
+        if failure:
+            e = failure[0]
+            write({"error": f"{type(e).__name__}: {e}"[:1000]})
+        else:
+            write({"done": True, "tokens": tokens, "finish_reason": "length" if tokens >= max_new else "stop"})
+
+    def _inputs(self, msgs: list[dict], max_new: int) -> dict:
+        conv, images = [], []
+        for m in msgs:
+            parts = [{"type": "image"} for _ in m["images"]] + [{"type": "text", "text": m["content"]}]
+            conv.append({"role": m["role"], "content": parts})
+            images += m["images"]
+        prompt = self.processor.apply_chat_template(conv, add_generation_prompt=True)
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
+        n = int(inputs["input_ids"].shape[1])
+        if self.context_len and n + max_new > self.context_len:
+            raise ValueError(f"the conversation is {n} tokens (images included) and {max_new} more were asked "
+                             f"for, but the model's context is {self.context_len} tokens: shorten the prompt, "
+                             "use fewer images or lower max new tokens")
+        return dict(inputs.to(self.device))
+
+    def _xcomposer_call(self, msgs: list[dict], max_new: int, sampling: dict, streamer) -> tuple:
+        """XComposer's own chat API: images as files, ``<ImageHere>`` placeholders in the query.
+        Untested here (needs the remote code and real weights)."""
+        import tempfile
+        history, pending = [], None
+        for m in msgs[:-1]:
+            if m["role"] == "user":
+                pending = m["content"]
+            elif m["role"] == "assistant" and pending is not None:
+                history.append((pending, m["content"]))
+                pending = None
+        images = [im for m in msgs for im in m["images"]]
+        tmp = Path(tempfile.mkdtemp(dir=self.job.dir))
+        paths = []
+        for i, im in enumerate(images):
+            p = tmp / f"{i}.png"
+            im.save(p)
+            paths.append(str(p))
+        query = msgs[-1]["content"]
+        missing = len(paths) - query.count("<ImageHere>")
+        if missing > 0:
+            query = "<ImageHere>" * missing + query
+        kwargs = dict(tokenizer=self.tokenizer, query=query, image=paths or None, history=history,
+                      max_new_tokens=max_new, streamer=streamer, **sampling)
+        return self.model.chat, kwargs
+
+
+TIMEOUT_S = 600.0
+
+
+def make_server(model: Model):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):
+            print("http: " + fmt % args, flush=True)
+
+        def _json(self, code: int, obj: dict) -> None:
+            body = json.dumps(obj, ensure_ascii=False).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._json(200, {"ok": True, "model": model.m["name"], "requests": model.requests})
+            else:
+                self._json(404, {"error": f"no route {self.path}"})
+
+        def do_POST(self):
+            if self.path != "/chat":
+                self._json(404, {"error": f"no route {self.path}"})
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("the request body must be a JSON object")
+            except ValueError as e:
+                self._json(400, {"error": f"bad request: {e}"})
+                return
+            started = False
+
+            def write(obj: dict) -> None:
+                nonlocal started
+                if not started:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-ndjson")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    started = True
+                data = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+            try:
+                model.answer(body, write)
+            except ValueError as e:
+                if started:
+                    write({"error": str(e)})
+                else:
+                    self._json(400, {"error": str(e)})
+                    return
+            except Exception as e:  # noqa: BLE001 - one failed request must not end the server
+                if not started:
+                    self._json(500, {"error": f"{type(e).__name__}: {e}"[:1000]})
+                    return
+                write({"error": f"{type(e).__name__}: {e}"[:1000]})
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(spec: Spec, job: Job) -> dict:
+    import urllib.request
+
+    from backend.store import open_store
+    store = open_store(job.home)
+    job_id = int(os.environ.get("WORKBENCH_JOB_ID") or job.dir.name)
+    try:
+        m = resolve(spec, job.home)
+    except ValueError as e:
+        raise JobError(str(e), BAD_INPUT, "register the model (Models page) and submit again") from None
+    device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") and spec.device != "cpu" else "cpu"
+    name = spec.name or f"{m['name']} #{job_id}"
+    server = None
+    try:
+        t0 = time.monotonic()
+        job.progress(0, 2, "steps", f"loading {m['name']} on {device}", force=True)
+        model = Model(m, spec, device, job)
+        job.progress(1, 2, "steps", "starting the server", force=True)
+        server = make_server(model)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        deadline = t0 + spec.ready_timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise JobError("the vlm server did not become ready in time", CRASH)
+            time.sleep(READY_POLL_S)
+        job.progress(2, 2, "steps", "ready", force=True)
+        meta = {"url": base, "model": m["name"], "engine": "vlm", "device": device, "job_id": job_id,
+                "started": time.time(), "source": m["name"], "mode": "xcomposer" if m["xcomposer"] else "transformers",
+                "requests": 0, "load_s": round(time.monotonic() - t0, 1), "context_len": model.context_len,
+                "max_images": spec.max_images}
+        owner = (store.job(job_id) or {}).get("owner", "")
+        store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
+        job.event("ready", endpoint=name, url=base)
+        job.message(f"ready: image-text endpoint {name!r} at {base} ({meta['load_s']} s to load)")
+        seen = 0
+        while True:
+            if model.requests != seen:
+                seen = meta["requests"] = model.requests
+                store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
+            time.sleep(1.0)
+    finally:
+        entry = store.get("endpoint", name)
+        if entry and entry["job_id"] == job_id:
+            store.delete("endpoint", name)
+        if server:
+            server.shutdown()
+            server.server_close()
+
+
+if __name__ == "__main__":
+    run(main, Spec)
