@@ -31,8 +31,8 @@ class ChatError(Exception):
 
 
 # -- endpoints ----------------------------------------------------------------------------------
-def endpoints(home: Path | None = None) -> list[dict]:
-    """Live endpoints (registered, and their serve job still running), newest first. Entries whose
+def live_endpoints(home: Path | None = None) -> list[dict]:
+    """Every registered endpoint whose job is running (serve and vlm), newest first. Entries whose
     job has ended (killed before it could clean up) are removed."""
     store = open_store(home)
     out = []
@@ -40,10 +40,14 @@ def endpoints(home: Path | None = None) -> list[dict]:
         job = store.job(e["job_id"]) if e["job_id"] else None
         if job is None or JobState(job["state"]).finished:
             store.delete("endpoint", e["name"])
-            continue
-        if job["state"] == JobState.RUNNING.value and e["meta"].get("engine") != "vlm":   # vlm: backend/vlm.py
-            out.append({"name": e["name"], **e["meta"], "owner": e["owner"], "external": False})
+        elif job["state"] == JobState.RUNNING.value:
+            out.append({"name": e["name"], **e["meta"], "owner": e["owner"]})
     return out
+
+
+def endpoints(home: Path | None = None) -> list[dict]:
+    """Live OpenAI-compatible endpoints (vlm ones speak their own protocol: backend/vlm.py)."""
+    return [{**e, "external": False} for e in live_endpoints(home) if e.get("engine") != "vlm"]
 
 
 def servable(home: Path | None = None) -> list[dict]:

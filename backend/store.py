@@ -266,9 +266,13 @@ class Store:
     def items(self, type: str) -> list[dict]:
         return self._all("SELECT * FROM registry WHERE type=? ORDER BY created_at DESC, id DESC", (type,))
 
-    def delete(self, type: str, name: str) -> bool:
-        return self._run(lambda con: con.execute(
-            "DELETE FROM registry WHERE type=? AND name=?", (type, name)).rowcount == 1)
+    def delete(self, type: str, name: str, job_id: int | None = None) -> bool:
+        """Remove an entry; with ``job_id``, only if that job still owns it (a server job cleaning up
+        must not remove a successor's endpoint of the same name)."""
+        sql, args = "DELETE FROM registry WHERE type=? AND name=?", [type, name]
+        if job_id is not None:
+            sql, args = sql + " AND job_id=?", args + [job_id]
+        return self._run(lambda con: con.execute(sql, args).rowcount == 1)
 
 
 _stores: dict[Path, Store] = {}

@@ -92,20 +92,8 @@ def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = M
 # -- endpoints ----------------------------------------------------------------------------------
 def endpoints(home: Path | None = None) -> list[dict]:
     """Live image-text endpoints (their vlm job still running), newest first."""
-    from backend.states import JobState
-    from backend.store import open_store
-    store = open_store(home)
-    out = []
-    for e in store.items("endpoint"):
-        if e["meta"].get("engine") != "vlm":
-            continue
-        job = store.job(e["job_id"]) if e["job_id"] else None
-        if job is None or JobState(job["state"]).finished:
-            store.delete("endpoint", e["name"])
-            continue
-        if job["state"] == JobState.RUNNING.value:
-            out.append({"name": e["name"], **e["meta"], "owner": e["owner"]})
-    return out
+    from backend.chat import live_endpoints
+    return [e for e in live_endpoints(home) if e.get("engine") == "vlm"]
 
 
 def _wire(messages: list[dict], max_images: int) -> list[dict]:

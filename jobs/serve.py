@@ -285,9 +285,7 @@ def main(spec: Spec, job: Job) -> dict:
             time.sleep(1.0)
         raise server.failure()
     finally:
-        entry = store.get("endpoint", name)
-        if entry and entry["job_id"] == job_id:
-            store.delete("endpoint", name)
+        store.delete("endpoint", name, job_id=job_id)
         if server:
             server.stop()
         shutil.rmtree(merged, ignore_errors=True)

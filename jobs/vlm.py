@@ -362,9 +362,7 @@ def main(spec: Spec, job: Job) -> dict:
                 store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
             time.sleep(1.0)
     finally:
-        entry = store.get("endpoint", name)
-        if entry and entry["job_id"] == job_id:
-            store.delete("endpoint", name)
+        store.delete("endpoint", name, job_id=job_id)
         if server:
             server.shutdown()
             server.server_close()

@@ -74,6 +74,12 @@ def test_registry_put_get_update_delete(store):
     assert store.delete("model", "m1") and store.get("model", "m1") is None
 
 
+def test_delete_with_job_id_removes_only_what_that_job_owns(store):
+    store.put("endpoint", "e", meta={}, job_id=2)          # job 2 took the name over from job 1
+    assert store.delete("endpoint", "e", job_id=1) is False and store.get("endpoint", "e")
+    assert store.delete("endpoint", "e", job_id=2) is True and store.get("endpoint", "e") is None
+
+
 def _hammer(path, n):
     s = Store(path)
     for i in range(n):
