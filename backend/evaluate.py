@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 from backend import defaults, engines, logs, queue
@@ -74,12 +75,40 @@ def model_choices(home: Path | None = None) -> list[dict]:
     for e in live:
         if not e.get("url"):
             continue
-        model = str(e.get("model", ""))
-        entry = store.get("model", model) if model else None
-        tok = entry["path"] if entry else model if model and Path(model, "tokenizer_config.json").is_file() else ""
-        out.append({"name": e["name"], "kind": "endpoint",
-                    "ref": {"name": e["name"], "url": e["url"], "api_model": model, "tokenizer_path": tok}})
+        out.append({"name": e["name"], "kind": "endpoint", "url": e["url"], "ref": endpoint_ref(e, store)})
     return out
+
+
+def abbr(name: str) -> str:
+    """A name as OpenCompass's abbr (the job's ModelRef name): "tiny #3" -> "tiny-3"."""
+    return re.sub(r"[^\w.\-+@]+", "-", name).strip("-")[:80] or "endpoint"
+
+
+def endpoint_ref(e: dict, store=None) -> dict:
+    """The ModelRef of a live endpoint: its name made an abbr, its URL, the model name requests must
+    send (a folder path for `transformers serve`, the served name for LMDeploy) and a local tokenizer
+    folder OpenCompass counts tokens with."""
+    model = str(e.get("model", ""))
+    tok = ""
+    if e.get("tokenizer") and Path(e["tokenizer"]).is_file():              # …/tokenizer.json of the served folder
+        tok = str(Path(e["tokenizer"]).parent)
+    elif model and Path(model, "tokenizer_config.json").is_file():
+        tok = model
+    elif store is not None and model and store.get("model", model):
+        tok = store.get("model", model)["path"]
+    return {"name": abbr(e["name"]), "url": e["url"], "api_model": model, "tokenizer_path": tok}
+
+
+def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", home: Path | None = None) -> dict:
+    """The ModelRef of an outside OpenAI-compatible URL; ``tokenizer_model`` names a registry model whose
+    tokenizer counts tokens (offline, OpenCompass cannot fetch tiktoken's). Its API key is not part of it:
+    pass it to ``submit(api_key=...)``."""
+    from urllib.parse import urlparse
+    url = url.strip().rstrip("/")
+    entry = open_store(home).get("model", tokenizer_model) if tokenizer_model else None
+    name = api_model.strip().rstrip("/").rsplit("/", 1)[-1] or urlparse(url).netloc or "external"
+    return {"name": abbr(name), "url": url,
+            "api_model": api_model.strip(), "tokenizer_path": entry["path"] if entry else ""}
 
 
 def dataset_choices(home: Path | None = None) -> list[dict]:
@@ -112,13 +141,18 @@ def standard_choices(home: Path | None = None) -> list[dict]:
 
 
 # -- checks and submitting ----------------------------------------------------------------------
-def check(spec: dict, home: Path | None = None) -> list[str]:
-    """Problems that would make the run fail, in words; empty when it can be queued."""
+def check(spec: dict, home: Path | None = None, api_key: str = "") -> list[str]:
+    """Problems that would make the run fail, in words; empty when it can be queued. Endpoints are
+    asked for their model list (with ``api_key``), so a stopped server is caught here."""
     try:
         _, model = queue.validate(KIND, spec)
     except queue.SubmitError as e:
         return [str(e)]
     problems = []
+    for m in model.models:
+        problem = job.endpoint_problem(m.url, api_key, timeout=3.0) if m.url else ""
+        if problem:
+            problems.append(f"model {m.name}: {problem}; {job.ENDPOINT_SUGGESTION}")
     pkg = package_dir(home)
     if not engine_ready(home):
         problems.append("The OpenCompass engine is not installed yet: install it (an engine_install job, "
@@ -138,17 +172,19 @@ def check(spec: dict, home: Path | None = None) -> list[str]:
 
 
 def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool = False,
-           home: Path | None = None) -> int:
+           api_key: str = "", home: Path | None = None) -> int:
     """Queue an evaluation. With ``install_engine_if_missing`` a missing engine is installed first
-    (the worker keeps the evaluation queued until then); otherwise it is a SubmitError."""
-    problems = check(spec, home)
+    (the worker keeps the evaluation queued until then); otherwise it is a SubmitError. ``api_key``
+    (for endpoints that need one) reaches the job as the secret OPENAI_API_KEY: never the spec or log."""
+    problems = check(spec, home, api_key)
     engine_problem = [p for p in problems if "engine is not installed" in p]
     if engine_problem and install_engine_if_missing:
         install_engine(owner, home)
         problems = [p for p in problems if p not in engine_problem]
     if problems:
         raise queue.SubmitError(" ".join(problems))
-    return queue.submit(KIND, spec, owner=owner, home=home, label=spec.get("name", ""))
+    return queue.submit(KIND, spec, owner=owner, home=home, label=spec.get("name", ""),
+                        secrets={"OPENAI_API_KEY": api_key} if api_key else None)
 
 
 # -- past runs and results ----------------------------------------------------------------------
@@ -203,7 +239,8 @@ def deltas(res: dict) -> list[dict]:
 
 
 def items(res: dict, model: str | None = None, dataset: str | None = None, wrong_only: bool = False) -> list[dict]:
-    """Per-item drill-down rows: model, dataset, index, prompt, prediction, gold, correct."""
+    """Per-item drill-down rows: model, dataset, index, prompt, prediction, gold, correct (+ extracted,
+    reference: what the scorer compared, when it says)."""
     return [it for it in res.get("items", [])
             if (model is None or it["model"] == model) and (dataset is None or it["dataset"] == dataset)
             and (not wrong_only or it["correct"] is False)]
@@ -213,7 +250,7 @@ def to_csv(res: dict, what: str = "table") -> str:
     """The results table (long: dataset, metric, mode, model, score) or the items as CSV text."""
     rows = res["table"] if what == "table" else items(res)
     fields = ["dataset", "metric", "mode", "model", "score"] if what == "table" else \
-        ["model", "dataset", "index", "prompt", "prediction", "gold", "correct"]
+        ["model", "dataset", "index", "prompt", "prediction", "extracted", "gold", "reference", "correct"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()

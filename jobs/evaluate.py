@@ -54,6 +54,9 @@ class ModelRef(BaseModel):
             raise ValueError(f"model {self.name}: give either a model folder (path) or an endpoint (url)")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"model {self.name}: the endpoint url must start with http:// or https://")
+        if self.tokenizer_path and not (Path(self.tokenizer_path) / "tokenizer_config.json").is_file():
+            raise ValueError(f"model {self.name}: {self.tokenizer_path} is not a tokenizer folder "
+                             "(no tokenizer_config.json)")
         if self.path:
             if not (Path(self.path) / "config.json").is_file():
                 raise ValueError(f"model {self.name}: {self.path} is not a model folder (no config.json)")
@@ -110,6 +113,10 @@ class Spec(BaseModel):
 
 
 def resources(spec: Spec) -> dict:
+    if all(m.url for m in spec.models):
+        # every model is an endpoint: the server does the heavy work; this job only sends requests,
+        # so it must not wait for the CPU slot a CPU `serve` job holds
+        return {"cpu_slots": 0, "gpus": 0}
     if not spec.gpus:
         return {}
     sizes = [sum(f.stat().st_size for f in Path(m.path).glob("*") if f.suffix in (".safetensors", ".bin"))
@@ -263,13 +270,21 @@ def compat_tokenizer(model_path: str, out: Path) -> str:
     return str(out)
 
 
+API_RETRIES = 3           # attempts per request to an endpoint (OpenCompass's own loop)
+API_TIMEOUT_S = 600       # one request to an endpoint; CPU servers queue requests
+API_QPS = 8               # requests per second OpenCompass sends to one endpoint
+
+
 def model_cfg(m: ModelRef, spec: Spec, tokenizer_path: str = "") -> dict:
     common = {"abbr": m.name, "max_out_len": spec.max_out_len, "batch_size": spec.batch_size,
               "max_seq_len": spec.max_seq_len}
     if m.url:
+        # key "ENV": OpenCompass reads OPENAI_API_KEY from the environment (a job secret), never the config.
+        # tokenizer_path: token counts for max_seq_len; without one OpenCompass falls back to tiktoken's
+        # gpt-4 encoding, which it downloads (fails offline).
         return {"type": "opencompass.models.OpenAISDK", "path": m.api_model or m.name, "key": "ENV",
-                "openai_api_base": m.url, "tokenizer_path": m.tokenizer_path or None, "temperature": 0.0,
-                "query_per_second": 8, "retry": 2,
+                "openai_api_base": m.url.rstrip("/"), "tokenizer_path": tokenizer_path or m.tokenizer_path or None,
+                "temperature": 0.0, "query_per_second": API_QPS, "retry": API_RETRIES, "timeout": API_TIMEOUT_S,
                 "meta_template": {"round": [{"role": "HUMAN", "api_role": "HUMAN"},
                                             {"role": "BOT", "api_role": "BOT", "generate": True}]},
                 "run_cfg": {"num_gpus": 0}, **common}
@@ -282,7 +297,8 @@ def model_cfg(m: ModelRef, spec: Spec, tokenizer_path: str = "") -> dict:
 
 def write_config(spec: Spec, path: Path, package_dir: Path | None) -> Path:
     """Write the OpenCompass config for ``spec`` (plain data, types as dotted names) in ``path``'s folder."""
-    tokenizers = {m.name: compat_tokenizer(m.path, path.parent / "tokenizers" / m.name) for m in spec.models if m.path}
+    tokenizers = {m.name: compat_tokenizer(m.path or m.tokenizer_path, path.parent / "tokenizers" / m.name)
+                  for m in spec.models if m.path or m.tokenizer_path}
     imports, std = [], []
     for d in spec.datasets:
         if d.config:
@@ -293,7 +309,10 @@ def write_config(spec: Spec, path: Path, package_dir: Path | None) -> Path:
             var = config_variable(cfg_file)
             imports.append(f"    from {module} import {var}")
             rng = f", test_range='[0:{d.limit}]'" if d.limit else ""
-            std.append(f"[dict(x, reader_cfg=dict(x['reader_cfg']{rng})) for x in {var}]")
+            # the spec's max_out_len wins over the config's own (gsm8k_gen asks for 512)
+            std.append(f"[dict(x, reader_cfg=dict(x['reader_cfg']{rng}), infer_cfg=dict(x['infer_cfg'], "
+                       f"inferencer=dict(x['infer_cfg']['inferencer'], max_out_len={spec.max_out_len}))) "
+                       f"for x in {var}]")
     workers = max(1, spec.gpus and 8 // spec.gpus)
     cfg = {
         "models": [model_cfg(m, spec, tokenizers.get(m.name, "")) for m in spec.models],
@@ -348,6 +367,26 @@ def _correct(detail) -> bool | None:
     return None
 
 
+def _first(v):
+    return v[0] if isinstance(v, list) and len(v) == 1 else v
+
+
+def _scored(detail) -> dict:
+    """What the scorer compared, when its details say: the prediction after post-processing
+    (``extracted``, e.g. gsm8k's last number) and the processed gold (``reference``, e.g. "7" of
+    "...#### 7")."""
+    if not isinstance(detail, dict):
+        return {}
+    out = {}
+    if "pred" in detail:
+        out["extracted"] = _first(detail["pred"])
+    for key in ("answer", "references", "gold"):
+        if key in detail:
+            out["reference"] = _first(detail[key])
+            break
+    return out
+
+
 def _load(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -356,7 +395,8 @@ def _load(path: Path):
 
 
 def read_items(run_dir: Path, model: str, dataset: str) -> list[dict]:
-    """Per-item prompt, prediction, gold and correctness of one (model, dataset)."""
+    """Per-item prompt, prediction, gold and correctness of one (model, dataset); ``extracted`` and
+    ``reference`` when the scorer's details give them."""
     preds = _load(run_dir / "predictions" / model / f"{dataset}.json") or {}
     result = _load(run_dir / "results" / model / f"{dataset}.json") or {}
     details = result.get("details") or []
@@ -370,9 +410,10 @@ def read_items(run_dir: Path, model: str, dataset: str) -> list[dict]:
         prompt = p.get("origin_prompt")
         if isinstance(prompt, list):   # chat rounds
             prompt = "\n".join(str(r.get("prompt", r)) if isinstance(r, dict) else str(r) for r in prompt)
+        detail = details[i] if i < len(details) else None
         items.append({"model": model, "dataset": dataset, "index": int(key), "prompt": prompt,
                       "prediction": p.get("prediction"), "gold": p.get("gold"),
-                      "correct": _correct(details[i]) if i < len(details) else None})
+                      "correct": _correct(detail), **_scored(detail)})
     return items
 
 
@@ -392,8 +433,38 @@ def task_errors(run_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
+def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0) -> str:
+    """Why the OpenAI-compatible endpoint at ``url`` (…/v1) cannot be evaluated, or "" when it answers
+    ``GET /models``. The key goes in the request header only."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url.rstrip("/") + "/models",
+                                 headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            return ""
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return f"the endpoint at {url} refused the API key (HTTP {e.code})"
+        return ""       # it answers; some servers have no model list
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return f"the endpoint at {url} cannot be reached ({reason})"
+
+
+ENDPOINT_SUGGESTION = ("start the endpoint again (a serve job, Chat page) or fix its URL and API key, "
+                       "then retry the evaluation")
+
+
 def classify(reason: str) -> tuple[str, str]:
     low = reason.lower()
+    if "calling openai api failed" in low or "apiconnectionerror" in low or "connection refused" in low:
+        return BAD_INPUT, "the endpoint stopped answering: " + ENDPOINT_SUGGESTION
+    if "tiktoken" in low or "openaipublic" in low:
+        return BAD_INPUT, ("give the endpoint model a tokenizer_path (a local tokenizer folder): OpenCompass counts "
+                           "tokens with it, and without one downloads tiktoken's encoding")
+    if "exceeds max_seq_len" in low:
+        return BAD_INPUT, "raise max_seq_len (up to the model's context length) or use shorter prompts"
     if "out of memory" in low:
         return OUT_OF_MEMORY, "use a smaller batch size or max out length, or a GPU"
     if "modulenotfounderror" in low or "importerror" in low:
@@ -418,6 +489,34 @@ def expected_tasks(spec: Spec, config: Path, python: str, env: dict) -> list[str
                            BAD_INPUT)
         abbrs = json.loads(out.stdout.strip().splitlines()[-1])
     return abbrs
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants (OpenCompass's task processes, when its CLI dies first) children of
+    this job instead of init, so ``stop_children`` can reap them: some inits never do (zombies)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_children(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """On cancel: SIGTERM the OpenCompass CLI and its tasks (this job's process group), then wait for
+    every child to exit, so none is left running or unreaped when the job ends."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.getpgrp() == os.getpid():           # the worker started the job as its own group leader
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+    else:
+        proc.terminate()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.05)
+        except ChildProcessError:             # no children left
+            return
 
 
 def opencompass_env(job: Job) -> dict:
@@ -445,6 +544,11 @@ def main(spec: Spec, job: Job) -> dict:
                                f"({cache}): missing {', '.join(missing)}", BAD_INPUT,
                                "unpack OpenCompass's data archive there, or set DATASET_SOURCE=ModelScope")
 
+    for m in spec.models:
+        problem = endpoint_problem(m.url, os.environ.get("OPENAI_API_KEY", "")) if m.url else ""
+        if problem:
+            raise JobError(f"model {m.name}: {problem}", BAD_INPUT, ENDPOINT_SUGGESTION)
+
     config = write_config(spec, job.dir / "config.py", package_dir)
     work = job.dir / "opencompass"
     env = opencompass_env(job)
@@ -454,6 +558,7 @@ def main(spec: Spec, job: Job) -> dict:
     job.message(f"evaluating {len(models)} model(s) on {len(abbrs)} dataset(s): {total} tasks (infer + eval)")
     cmd = [sys.executable, "-m", "opencompass.cli.main", str(config), "-w", str(work)]
     print("$ " + " ".join(cmd), flush=True)
+    become_subreaper()
     proc = subprocess.Popen(cmd, cwd=job.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, errors="replace")
     pump = threading.Thread(target=lambda: [sys.stdout.write(line) for line in proc.stdout], daemon=True)
@@ -473,7 +578,7 @@ def main(spec: Spec, job: Job) -> dict:
                                              f"{'inferred' if stage == 'predictions' else 'scored'} {m} / {a}",
                                              force=True)
     except Cancelled:
-        proc.terminate()
+        stop_children(proc)
         raise
     pump.join(5)
     runs = sorted(p for p in work.glob("*/") if p.is_dir())

@@ -23,7 +23,16 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="ev
     models = {m["name"]: m for m in ev.model_choices()}
     usable_models = [n for n, m in models.items() if m["ref"]]
     picked_models = st.multiselect(ui.t("eval.models"), usable_models, key="eval_models",
-                                   format_func=lambda n: f"{n} ({models[n]['kind']})")
+                                   format_func=lambda n: f"{n} ({models[n]['kind']}"
+                                   + (f" · {models[n]['url']})" if models[n]["kind"] == "endpoint" else ")"))
+    ext_url = ext_model = ext_key = ext_tok = ""
+    if st.toggle(ui.t("eval.external"), key="eval_ext"):
+        c = st.columns(4)
+        ext_url = c[0].text_input(ui.t("eval.external.url"), placeholder="https://api.example.com/v1", key="eval_ext_url")
+        ext_model = c[1].text_input(ui.t("eval.external.model"), key="eval_ext_model")
+        ext_key = c[2].text_input(ui.t("eval.external.key"), type="password", key="eval_ext_key")
+        ext_tok = c[3].selectbox(ui.t("eval.external.tokenizer"), [""] + [n for n, m in models.items()
+                                 if m["kind"] == "model"], key="eval_ext_tokenizer", format_func=lambda n: n or "-")
     data = {d["name"]: d for d in ev.dataset_choices()}
     picked_data = st.multiselect(ui.t("eval.datasets"), [n for n, d in data.items() if d["ref"]], key="eval_datasets",
                                  format_func=lambda n: f"{n} ({data[n]['format'].upper()})")
@@ -35,6 +44,8 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="ev
     standard = {s["name"]: s for s in ev.standard_choices()}
     picked_std = st.multiselect(ui.t("eval.standard"), list(standard), key="eval_standard",
                                 format_func=lambda n: n + (" ⚠" if standard[n]["missing"] else ""))
+    if standard:
+        st.caption(ui.t("eval.data_cache", path=ev.data_cache()))
     c = st.columns(5)
     limit = c[0].number_input(ui.t("eval.limit"), 0, 100_000, 20, key="eval_limit")
     max_out_len = c[1].number_input(ui.t("eval.max_out_len"), 1, 32768, 64, key="eval_max_out_len")
@@ -42,12 +53,13 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="ev
     gpus = c[3].number_input(ui.t("eval.gpus"), 0, 8, 0, key="eval_gpus")
     name = c[4].text_input(ui.t("eval.name"), key="eval_name")
     if st.button(ui.t("eval.submit"), key="eval_submit", type="primary"):
-        spec = {"models": [models[n]["ref"] for n in picked_models],
+        spec = {"models": [models[n]["ref"] for n in picked_models]
+                + ([ev.external_ref(ext_url, ext_model, ext_tok)] if ext_url.strip() else []),
                 "datasets": [dict(data[n]["ref"], limit=int(limit)) for n in picked_data]
                 + [{"name": n, "config": n, "limit": int(limit)} for n in picked_std],
                 "max_out_len": int(max_out_len), "batch_size": int(batch_size), "gpus": int(gpus), "name": name.strip()}
         try:
-            job_id = ev.submit(spec, owner=ui.owner(), install_engine_if_missing=True)
+            job_id = ev.submit(spec, owner=ui.owner(), install_engine_if_missing=True, api_key=ext_key.strip())
         except queue.SubmitError as e:
             st.error(str(e))
         else:

@@ -1,5 +1,6 @@
-"""Evaluate: format checks, checks before queueing, results helpers, and a real OpenCompass run
-(tiny model + a LoRA adapter on it, bundled MCQ + QA sets) through a real worker."""
+"""Evaluate: format checks, checks before queueing, results helpers, and real OpenCompass runs through
+real workers: tiny model + a LoRA adapter on it (bundled MCQ + QA sets), a live `serve` endpoint as an
+OpenAI-API model, a standard config (gsm8k_gen) on an offline copy of its data, and a cancel."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from backend import evaluate as ev
-from backend import queue
+from backend import logs, queue
+from backend.i18n import t as ui_t
 from backend.store import open_store
 from jobs.evaluate import custom_format
 from tests.conftest import ROOT, run_burst, shot, wait_for
@@ -196,3 +198,239 @@ def test_results_page(finished_eval, home, page):
     page.locator(".st-key-eval_items_csv").wait_for()
     page.locator(".st-key-eval_items [data-testid='stDataFrame']").wait_for()
     shot(page, "evaluate")
+
+
+# -- a live `serve` endpoint as an OpenAI-API model ----------------------------------------------
+def endpoint_of(home: Path, serve_id: int, timeout: float = 180) -> dict:
+    """The live endpoint of serve job ``serve_id``; fails with the job's log if it ends first."""
+    from backend import chat
+
+    def ready():
+        job = queue.get(serve_id, home)
+        assert job["state"] in ("queued", "starting", "running"), \
+            f"serve job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(serve_id) / 'run.log').read_text()}"
+        return next((e for e in chat.endpoints(home) if e["job_id"] == serve_id), None)
+    return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
+
+
+def finished(home: Path, job_id: int, timeout: float) -> dict:
+    return wait_for(lambda: (j := queue.get(job_id, home))["state"] in ("succeeded", "failed", "cancelled", "lost")
+                    and j, timeout, 0.2, f"job {job_id} to end")
+
+
+@pytest.mark.slow
+def test_endpoint_evaluation(home, worker, tiny_model):
+    engine_or_skip()
+    open_store(home).put("model", "tiny", str(tiny_model))
+    serve_id = queue.submit("serve", {"model": "tiny"}, home=home)       # default name "tiny #<id>"
+    ep = endpoint_of(home, serve_id)
+    # the page's model list offers the running endpoint with its URL, served model name and tokenizer
+    [choice] = [m for m in ev.model_choices(home) if m["kind"] == "endpoint"]
+    ref = choice["ref"]
+    assert choice["name"] == f"tiny #{serve_id}" and choice["url"] == ep["url"]
+    assert ref == {"name": f"tiny-{serve_id}", "url": ep["url"], "api_model": str(tiny_model),
+                   "tokenizer_path": str(tiny_model)}
+    secret = "sk-test-do-not-log-7f3a"
+    spec = {"name": "served", "models": [ref], "max_out_len": 8, "batch_size": 2,
+            "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 3}]}
+    requests_before = ep["requests"]
+    job_id = ev.submit(spec, api_key=secret, home=home)
+    job = finished(home, job_id, 300)
+    d = home / "jobs" / str(job_id)
+    assert job["state"] == "succeeded", (job["error_message"], (d / "run.log").read_text()[-3000:])
+    res = ev.result(job_id, home)
+    assert [(t["dataset"], t["metric"], t["model"]) for t in res["table"]] == [("easy_qa", "accuracy", ref["name"])]
+    assert 0 <= res["table"][0]["score"] <= 100
+    assert len(res["items"]) == 3 and all(isinstance(i["prediction"], str) and i["prompt"] for i in res["items"])
+    assert open_store(home).get("eval", "served")["job_id"] == job_id
+    # the answers came from the server (its request counter), and the serve job is still up
+    wait_for(lambda: endpoint_of(home, serve_id)["requests"] >= requests_before + 3, 10, 0.2, "requests counted")
+    # the API key reached the job as an environment variable only
+    assert not (d / "secrets.json").exists()
+    for f in [*d.rglob("*"), home / "workbench.db", home / "worker.log"]:
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    queue.cancel(serve_id, home)
+    finished(home, serve_id, 30)
+
+
+def test_unreachable_endpoint(home, tmp_path):
+    gone = {"name": "gone", "url": "http://127.0.0.1:9/v1", "api_model": "m"}
+    spec = {"models": [gone], "datasets": [{"name": "q", "path": str(SAMPLES / "easy_qa.jsonl")}]}
+    problems = ev.check(spec, home)
+    assert any("model gone: the endpoint at http://127.0.0.1:9/v1 cannot be reached" in p
+               and "serve job" in p for p in problems), problems
+    with pytest.raises(queue.SubmitError, match="cannot be reached"):
+        ev.submit(spec, home=home)
+    assert "is not a tokenizer folder" in ev.check({**spec, "models": [{**gone, "tokenizer_path": str(tmp_path)}]},
+                                                   home)[0]
+    # queued anyway (the server stopped after the check): the job fails early, classified, with a suggestion
+    job_id = queue.submit("evaluate", spec, home=home)
+    engines = engine_or_skip()
+    run_burst(home, timeout=120, WORKBENCH_ENGINES_DIR=str(engines))
+    job = queue.get(job_id, home)
+    assert job["state"] == "failed" and job["error_class"] == "bad_input", job
+    assert "cannot be reached" in job["error_message"]
+    assert "serve job" in logs.result(job_id, home)["error"]["suggestion"]
+
+
+def test_endpoint_refuses_key(home):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            ok = self.headers.get("Authorization") == "Bearer right"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        spec = {"models": [{"name": "ext", "url": url, "api_model": "m"}],
+                "datasets": [{"name": "q", "path": str(SAMPLES / "easy_qa.jsonl")}]}
+        assert any("refused the API key (HTTP 401)" in p for p in ev.check(spec, home, api_key="wrong"))
+        assert not any("endpoint" in p for p in ev.check(spec, home, api_key="right"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- a standard OpenCompass dataset config on an offline copy of its data ------------------------
+GSM8K = [("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 + 4 = 7\n#### 7"),
+         ("A box holds 6 pens. How many pens are in 2 boxes?", "6 * 2 = 12\n#### 12"),
+         ("Sara had 10 dollars and spent 3. How many dollars are left?", "10 - 3 = 7\n#### 7")]
+
+
+def write_gsm8k(cache: Path) -> Path:
+    """data/gsm8k/{train,test}.jsonl as OpenCompass's GSM8KDataset reads them (question, answer with
+    the gold number after '#### ')."""
+    d = cache / "data" / "gsm8k"
+    d.mkdir(parents=True)
+    rows = [{"question": q, "answer": a} for q, a in GSM8K]
+    write_jsonl(d / "train.jsonl", rows[:1])
+    write_jsonl(d / "test.jsonl", rows)
+    return d
+
+
+@pytest.mark.slow
+def test_standard_dataset_run(home, tiny_model):
+    engines = engine_or_skip()
+    spec = {"models": [{"name": "tiny", "path": str(tiny_model)}], "max_out_len": 8, "max_seq_len": 512,
+            "batch_size": 2, "datasets": [{"name": "gsm8k", "config": "gsm8k_gen", "limit": 2}]}
+    assert any("gsm8k_gen is not in COMPASS_DATA_CACHE" in p for p in ev.check(spec, home))
+    write_gsm8k(ev.data_cache(home))
+    assert {"name": "gsm8k_gen", "missing": []} in ev.standard_choices(home) and ev.check(spec, home) == []
+    job_id = ev.submit(spec, home=home)
+    out = run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
+    job = queue.get(job_id, home)
+    d = home / "jobs" / str(job_id)
+    assert job["state"] == "succeeded", (job["error_message"], out.stdout, (d / "run.log").read_text()[-3000:])
+    assert "max_out_len=8" in (d / "config.py").read_text()       # the spec's length, not the config's 512
+    res = ev.result(job_id, home)
+    [row] = res["table"]
+    assert (row["dataset"], row["metric"], row["mode"], row["model"]) == ("gsm8k", "accuracy", "gen", "tiny")
+    assert 0 <= row["score"] <= 100
+    items = ev.items(res, "tiny", "gsm8k")
+    assert [i["reference"] for i in items] == ["7", "12"]          # gold after gsm8k's '#### ' post-processing
+    assert items[1]["gold"] == GSM8K[1][1] and all(i["extracted"] for i in items)   # gsm8k_postprocess: "NULL" or a number
+    assert GSM8K[0][0] in items[0]["prompt"] and all(isinstance(i["correct"], bool) for i in items)
+
+
+# -- cancel --------------------------------------------------------------------------------------
+def group_pids(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_cancel_running_evaluation(home, worker, tiny_model):
+    engine_or_skip()
+    spec = {"name": "to-cancel", "models": [{"name": "tiny", "path": str(tiny_model)}], "max_out_len": 16,
+            "batch_size": 1, "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl")}]}
+    job_id = ev.submit(spec, home=home)
+    pid = wait_for(lambda: queue.get(job_id, home)["pid"], 60, 0.1, "the job to start")
+    d = home / "jobs" / str(job_id)
+    # running OpenCompass: the CLI and its inference task (a shell and a python) beside the job process
+    wait_for(lambda: list(d.glob("opencompass/*/logs/infer/tiny/*.out")) and len(group_pids(pid)) >= 3, 120, 0.1,
+             "an OpenCompass inference task to run")
+    queue.cancel(job_id, home)
+    job = finished(home, job_id, 60)
+    assert job["state"] == "cancelled" and job["error_class"] == "cancelled"
+    assert group_pids(pid) == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    assert ev.result(job_id, home) is None and open_store(home).items("eval") == []
+    assert [(r["job_id"], r["state"]) for r in ev.runs(home)] == [(job_id, "cancelled")]
+
+
+def pick(page, key: str, option: str) -> None:
+    """Open the select or multiselect ``key`` and click ``option``; again if a rerun closed the list."""
+    def once():
+        page.locator(f".st-key-{key} button[aria-label='Open'], .st-key-{key} [data-baseweb='select']").first.click()
+        opt = page.get_by_role("option", name=option, exact=True)
+        try:
+            opt.wait_for(timeout=3000)
+            opt.click(timeout=3000)
+        except Exception:           # noqa: BLE001 - playwright's TimeoutError: the list closed; open it again
+            page.keyboard.press("Escape")
+            return False
+        return True
+    wait_for(once, 30, 0.2, f"option {option!r} of {key}")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_page_offers_endpoints(home, page, tiny_model):
+    """The form lists a running serve endpoint; it and an outside URL (with an API key) reach the spec,
+    the key does not."""
+    engine_or_skip()
+    open_store(home).put("model", "tiny", str(tiny_model))
+    serve_id = queue.submit("serve", {"model": "tiny"}, home=home)
+    ep = endpoint_of(home, serve_id)
+    page.set_viewport_size({"width": 1400, "height": 1400})
+    page.goto(page.base_url + "/evaluate")
+    form = page.locator(".st-key-eval_form")
+    form.wait_for()
+    pick(page, "eval_models", f"tiny #{serve_id} (endpoint · {ep['url']})")
+    pick(page, "eval_datasets", "easy_qa (QA)")
+    page.keyboard.press("Escape")
+    page.locator(".st-key-eval_ext").get_by_text("Also evaluate an OpenAI-compatible URL").click()
+    page.locator(".st-key-eval_ext_url input").fill(ep["url"])
+    page.locator(".st-key-eval_ext_model input").fill(ep["model"])
+    secret = "sk-page-secret-91c2"
+    page.locator(".st-key-eval_ext_key input").fill(secret)
+    page.locator(".st-key-eval_ext_key input").press("Enter")
+    pick(page, "eval_ext_tokenizer", "tiny")
+    page.locator(".st-key-eval_limit input").fill("2")
+    page.locator(".st-key-eval_limit input").press("Enter")
+    wait_for(lambda: page.locator(".st-key-eval_limit input").input_value() == "2"
+             and not page.locator("[data-stale='true']").count(), 30, 0.1, "the rerun to finish")
+    shot(page, "evaluate-endpoint")
+    page.locator(".st-key-eval_submit button").click()
+    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="evaluate", home=home)], 30, what="a job")[0]
+    page.get_by_text(ui_t("job.queued_as", id=job_id)).wait_for()
+    spec = queue.get(job_id, home)["spec"]
+    assert spec["models"] == [{"name": f"tiny-{serve_id}", "url": ep["url"], "api_model": str(tiny_model),
+                               "peft_path": "", "path": "", "tokenizer_path": str(tiny_model)},
+                              {"name": "tiny-llama", "url": ep["url"], "api_model": str(tiny_model),
+                               "peft_path": "", "path": "", "tokenizer_path": str(tiny_model)}]
+    assert [(d["name"], d["limit"]) for d in spec["datasets"]] == [("easy_qa", 2)]
+    queue.cancel(job_id, home)
+    finished(home, job_id, 60)
+    for f in [*(home / "jobs" / str(job_id)).rglob("*"), home / "workbench.db"]:
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
