@@ -7,7 +7,7 @@ request never crashes it. Errors are ``VLMError`` with a message for the user (a
 
 Wire format (newline-delimited JSON, one object a line): ``POST <url>/chat`` with
 ``{"messages": [{"role", "content", "images": [{"data": base64} | {"path": workspace path}]}],
-"max_new_tokens", "temperature", "top_p"}``; the answer streams as ``{"delta": text}`` lines and ends
+"max_new_tokens", "temperature", "top_p", "num_beams"}``; the answer streams as ``{"delta": text}`` lines and ends
 with ``{"done": true, "tokens": n, "finish_reason": ...}`` or ``{"error": message}``.
 """
 from __future__ import annotations
@@ -113,11 +113,12 @@ def _wire(messages: list[dict], max_images: int) -> list[dict]:
 
 # -- answering ----------------------------------------------------------------------------------
 def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float = 0.9, stats: dict | None = None) -> Iterator[str]:
+           top_p: float = 0.9, num_beams: int = 1, stats: dict | None = None) -> Iterator[str]:
     """Yield the answer's text deltas. ``messages``: [{"role", "content", "images": [bytes | path]}].
     Raises VLMError (with ``partial``) on any failure; ``stats`` receives tokens, ttft_s, seconds."""
     body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES)),
-            "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p)}
+            "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p),
+            "num_beams": int(num_beams)}
     where = endpoint.get("name") or endpoint["url"]
     stats = stats if stats is not None else {}
     stats.update(tokens=0, ttft_s=None, finish_reason=None)

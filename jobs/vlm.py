@@ -122,7 +122,7 @@ class Model:
         self.requests = 0
 
     # request -> (messages with PIL images) --------------------------------------------------------
-    def parse(self, body: dict) -> tuple[list[dict], int, float, float]:
+    def parse(self, body: dict) -> tuple[list[dict], int, dict]:
         from backend.vlm import open_image
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
@@ -144,7 +144,13 @@ class Model:
         max_new = int(body.get("max_new_tokens") or 256)
         if not 1 <= max_new <= self.spec.max_new_tokens_limit:
             raise ValueError(f"max_new_tokens must be between 1 and {self.spec.max_new_tokens_limit}")
-        return out, max_new, float(body.get("temperature") or 0.0), float(body.get("top_p") or 0.9)
+        beams = int(body.get("num_beams") or 1)
+        if not 1 <= beams <= 8:
+            raise ValueError("num_beams must be between 1 and 8")
+        sampling = {"num_beams": beams, "do_sample": float(body.get("temperature") or 0) > 0}
+        if sampling["do_sample"]:
+            sampling.update(temperature=float(body["temperature"]), top_p=float(body.get("top_p") or 0.9))
+        return out, max_new, sampling
 
     def _image_bytes(self, img, n: int) -> bytes:
         if isinstance(img, dict) and img.get("data"):
@@ -164,42 +170,65 @@ class Model:
 
     # generation ------------------------------------------------------------------------------------
     def answer(self, body: dict, write) -> None:
-        """Parse (ValueError on bad input, before anything is written), then stream {"delta"} lines."""
-        from transformers import TextIteratorStreamer
-        msgs, max_new, temperature, top_p = self.parse(body)
-        sampling = {"do_sample": temperature > 0, **({"temperature": temperature, "top_p": top_p}
-                                                      if temperature > 0 else {})}
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=TIMEOUT_S)
+        """Parse (ValueError on bad input, before anything is written), then stream {"delta"} lines
+        (one delta with the whole answer for beam search). A client that goes away stops generation."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        msgs, max_new, sampling = self.parse(body)
+        gone = threading.Event()
+
+        class ClientGone(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return gone.is_set()
+        beam = sampling["num_beams"] > 1        # transformers streams only greedy/sampling
+        streamer = None if beam else TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                                           timeout=TIMEOUT_S)
+        kwargs = {"max_new_tokens": max_new, "stopping_criteria": StoppingCriteriaList([ClientGone()]), **sampling}
+        if streamer:
+            kwargs["streamer"] = streamer
         if self.m["xcomposer"]:
-            target, kwargs = self._xcomposer_call(msgs, max_new, sampling, streamer)
+            target, call = self._xcomposer_call(msgs, kwargs)
         else:
-            kwargs = self._inputs(msgs, max_new)
-            kwargs.update(max_new_tokens=max_new, streamer=streamer, **sampling)
-            target = self.model.generate
+            target, call = self.model.generate, {**self._inputs(msgs, max_new), **kwargs}
         with self.lock:
             self.requests += 1
-            failure: list[BaseException] = []
+            failure, result = [], []
 
             def work():
                 try:
                     with self.torch.inference_mode():
-                        target(**kwargs)
+                        result.append(target(**call))
                 except BaseException as e:  # noqa: BLE001 - reported to the client, the job goes on
                     failure.append(e)
-                    streamer.end()
+                    if streamer:
+                        streamer.end()
             t = threading.Thread(target=work, daemon=True)
             t.start()
             tokens = 0
-            for delta in streamer:
-                if delta:
-                    tokens += 1
-                    write({"delta": delta})
-            t.join()
+            try:
+                for delta in streamer or []:
+                    if delta:
+                        tokens += 1
+                        write({"delta": delta})
+                t.join()
+                if beam and not failure:
+                    text = self._decode(result[0], call)
+                    tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                    write({"delta": text})
+            except OSError:                          # the client went away (stop button, closed tab)
+                gone.set()
+                t.join()
+                print(f"client went away after {tokens} tokens: generation stopped", flush=True)
+                return
         if failure:
             e = failure[0]
             write({"error": f"{type(e).__name__}: {e}"[:1000]})
         else:
             write({"done": True, "tokens": tokens, "finish_reason": "length" if tokens >= max_new else "stop"})
+
+    def _decode(self, out, call: dict) -> str:
+        if isinstance(out, tuple):                    # XComposer's chat returns (answer, history)
+            return out[0]
+        return self.tokenizer.decode(out[0][call["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def _inputs(self, msgs: list[dict], max_new: int) -> dict:
         conv, images = [], []
@@ -216,7 +245,7 @@ class Model:
                              "use fewer images or lower max new tokens")
         return dict(inputs.to(self.device))
 
-    def _xcomposer_call(self, msgs: list[dict], max_new: int, sampling: dict, streamer) -> tuple:
+    def _xcomposer_call(self, msgs: list[dict], gen: dict) -> tuple:
         """XComposer's own chat API: images as files, ``<ImageHere>`` placeholders in the query.
         Untested here (needs the remote code and real weights)."""
         import tempfile
@@ -238,9 +267,7 @@ class Model:
         missing = len(paths) - query.count("<ImageHere>")
         if missing > 0:
             query = "<ImageHere>" * missing + query
-        kwargs = dict(tokenizer=self.tokenizer, query=query, image=paths or None, history=history,
-                      max_new_tokens=max_new, streamer=streamer, **sampling)
-        return self.model.chat, kwargs
+        return self.model.chat, dict(tokenizer=self.tokenizer, query=query, image=paths or None, history=history, **gen)
 
 
 TIMEOUT_S = 600.0
@@ -306,8 +333,11 @@ def make_server(model: Model):
                     self._json(500, {"error": f"{type(e).__name__}: {e}"[:1000]})
                     return
                 write({"error": f"{type(e).__name__}: {e}"[:1000]})
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:                           # the client is gone; nothing more to tell it
+                pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

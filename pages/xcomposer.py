@@ -1,14 +1,15 @@
-"""XComposer: image chat with an image-text endpoint (a `vlm` job), streaming answers.
+"""XComposer: image chat and article composition with an image-text endpoint (a `vlm` job).
 
-The page never loads a model: the `vlm` job does (backend/vlm.py talks to it). Uploads are checked
-here (not an image, corrupt, too large, too many) before anything is sent. Compose mode comes later.
+The page never loads a model: the `vlm` job does (backend/vlm.py talks to it, backend/compose.py holds
+the compose steps and drafts). Uploads are checked (not an image, corrupt, too large) and kept in the
+workspace gallery before anything is sent.
 """
 import streamlit as st
 
-from backend import models, queue, vlm
+from backend import compose, models, queue, vlm
 from pages import ui
 
-S_HISTORY, S_STARTING = "xc_history", "xc_starting"
+S_HISTORY, S_STARTING = "xc_history", "xc_starting"    # the open draft is ?draft=<id>: it survives a reload
 
 st.title(ui.t("nav.xcomposer"))
 st.session_state.setdefault(S_HISTORY, [])
@@ -53,39 +54,164 @@ if st.session_state.get(S_STARTING):
 with st.sidebar:
     max_new = st.slider(ui.t("xc.max_new"), 8, 1024, 128, key="xc_max_new")
     temperature = st.slider(ui.t("xc.temperature"), 0.0, 1.5, 0.0, 0.05, key="xc_temperature")
+    top_p = st.slider(ui.t("xc.top_p"), 0.05, 1.0, 0.9, 0.05, key="xc_top_p")
+    beams = st.number_input(ui.t("xc.beams"), 1, 8, 1, key="xc_beams")
     if st.button(ui.t("xc.clear"), key="xc_clear"):
         st.session_state[S_HISTORY] = []
+sampling = {"max_new_tokens": max_new, "temperature": temperature, "top_p": top_p, "num_beams": beams}
 
+# images: uploads (checked, then kept in the gallery) and picks from the gallery
 uploads = st.file_uploader(ui.t("xc.upload"), accept_multiple_files=True, key="xc_upload")
 images, bad = [], False
 for f in uploads or []:
     try:
-        vlm.check_image(f.getvalue(), f.name)
-        images.append(f.getvalue())
-    except vlm.VLMError as e:
+        images.append(compose.add_to_gallery(f.name, f.getvalue()))
+    except (vlm.VLMError, compose.ComposeError) as e:
         st.error(ui.t("xc.bad_image", message=str(e)))
         bad = True
+picked = st.multiselect(ui.t("xc.gallery"), [p for p in compose.gallery() if p not in images], key="xc_gallery",
+                        help=ui.t("xc.gallery.help"))
+images += picked
 if images:
-    st.image(images, width=160)
+    st.image([str(compose.resolve(p)) for p in images], width=120, caption=[p.rsplit("/", 1)[-1] for p in images])
 
-with st.container(key="xc_chat"):
-    for m in st.session_state[S_HISTORY]:
-        with st.chat_message(m["role"]):
-            if m.get("images"):
-                st.image(m["images"], width=120)
-            st.markdown(m["content"])
+mode = st.radio(ui.t("xc.mode"), ["chat", "compose"], format_func=lambda m: ui.t("xc.mode." + m),
+                index=int("draft" in st.query_params), horizontal=True, key="xc_mode")
 
-prompt = st.chat_input(ui.t("xc.ask"), key="xc_input", disabled=ep is None or bad)
-if prompt and ep is not None:
-    history = st.session_state[S_HISTORY]
-    user = {"role": "user", "content": prompt, "images": images}
-    with st.chat_message("user"):
-        if images:
-            st.image(images, width=120)
-        st.markdown(prompt)
-    with st.chat_message("assistant"), st.container(key="xc_answer"):
-        try:
-            text = st.write_stream(vlm.stream(ep, history + [user], max_new_tokens=max_new, temperature=temperature))
-            history += [user, {"role": "assistant", "content": text if isinstance(text, str) else "".join(text)}]
-        except vlm.VLMError as e:
-            st.error(str(e))
+
+def image_chat() -> None:
+    with st.container(key="xc_chat"):
+        for m in st.session_state[S_HISTORY]:
+            with st.chat_message(m["role"]):
+                if m.get("images"):
+                    st.image([str(compose.resolve(p)) for p in m["images"]], width=120)
+                st.markdown(m["content"])
+    prompt = st.chat_input(ui.t("xc.ask"), key="xc_input", disabled=ep is None or bad)
+    if prompt and ep is not None:
+        history = st.session_state[S_HISTORY]
+        user = {"role": "user", "content": prompt, "images": images}
+        with st.chat_message("user"):
+            if images:
+                st.image([str(compose.resolve(p)) for p in images], width=120)
+            st.markdown(prompt)
+        with st.chat_message("assistant"), st.container(key="xc_answer"):
+            wire = [{**m, "images": [compose.resolve(p) for p in m.get("images") or []]} for m in history + [user]]
+            try:
+                text = st.write_stream(vlm.stream(ep, wire, **sampling))
+                history += [user, {"role": "assistant", "content": text if isinstance(text, str) else "".join(text)}]
+            except vlm.VLMError as e:
+                st.error(str(e))
+
+
+def streamed(prompt: str, pics: list | None = None) -> str | None:
+    """The endpoint's answer to one prompt, streamed on the page; None (error shown) on failure."""
+    try:
+        text = st.write_stream(compose.ask(ep, prompt, [compose.resolve(p) for p in pics or []], **sampling))
+        return text if isinstance(text, str) else "".join(text)
+    except (vlm.VLMError, compose.ComposeError) as e:
+        st.error(str(e))
+        return None
+
+
+def composer() -> None:
+    drafts = {d["id"]: d for d in compose.drafts(owner=ui.owner())}
+    ids = ["", *drafts]
+    current = st.query_params.get("draft", "")
+    pick = st.selectbox(ui.t("xc.draft"), ids, index=ids.index(current) if current in ids else 0, key=f"xc_draft_{current}",
+                        format_func=lambda i: drafts[i]["instruction"][:60] + f" ({i})" if i else ui.t("xc.draft.new"))
+    if pick != current:
+        st.query_params["draft"] = pick
+        st.rerun()
+    if ep is None:
+        st.info(ui.t("xc.need_endpoint"))
+    if not pick:
+        instruction = st.text_area(ui.t("xc.instruction"), placeholder=ui.t("xc.instruction.placeholder"),
+                                   key="xc_instruction")
+        if st.button(ui.t("xc.write"), key="xc_write", disabled=ep is None or bad, type="primary"):
+            try:
+                draft = compose.new_draft(instruction, images, owner=ui.owner())
+            except compose.ComposeError as e:
+                st.error(str(e))
+                return
+            with st.container(key="xc_article_stream"):
+                text = streamed(compose.article_prompt(instruction), images)
+            if text is not None:
+                draft["paragraphs"] = compose.paragraphs(text)
+                compose.save(draft)
+                st.query_params["draft"] = draft["id"]
+                st.rerun()
+        return
+    draft = drafts[pick]
+    st.markdown(f"**{draft['instruction']}**")
+    cols = st.columns([1, 2, 2])
+    n = cols[0].number_input(ui.t("xc.n_images"), 1, 8, min(2, max(1, len(draft["paragraphs"]))), key="xc_n_images")
+    if cols[1].button(ui.t("xc.place"), key="xc_place", disabled=ep is None):
+        with st.expander(ui.t("xc.model_answer"), expanded=True):
+            answer = streamed(compose.slots_prompt(draft["paragraphs"], n))
+        if answer is not None:
+            draft["slots"] = compose.parse_slots(answer, draft["paragraphs"], n)
+            compose.save(draft)
+            st.rerun()
+    if cols[2].button(ui.t("xc.match"), key="xc_match", disabled=not draft["slots"]):
+        if not compose.gallery():
+            st.warning(ui.t("xc.no_gallery"))
+        else:
+            bar = st.progress(0.0)
+            try:
+                compose.caption_gallery(ep, on_caption=lambda d, t: bar.progress(
+                    d / t, ui.t("xc.captioning", done=d, total=t)))
+                compose.rerank(draft)
+                compose.save(draft)
+                st.rerun()
+            except (vlm.VLMError, compose.ComposeError) as e:
+                st.error(str(e))
+    slots = {s["after"]: s for s in draft["slots"]}
+    context = "\n\n".join(draft["paragraphs"])
+    for i, para in enumerate(draft["paragraphs"]):
+        with st.container(key=f"xc_para_{i}", border=True):
+            box = st.empty()
+            box.markdown(para)
+            edit = [b for b, c in zip(compose.EDITS, st.columns(len(compose.EDITS) + 3))
+                    if c.button(ui.t("xc.edit." + b), key=f"xc_edit_{b}_{i}", disabled=ep is None)]
+            if edit:
+                with box.container():
+                    text = streamed(compose.edit_prompt(edit[0], para, context))
+                if text and text.strip():
+                    draft["paragraphs"][i] = text.strip()
+                    compose.save(draft)
+                    st.rerun()
+        if i in slots:
+            slot_view(draft, slots[i], i)
+    if draft["paragraphs"]:
+        b = st.columns(2)
+        b[0].download_button(ui.t("xc.export.md"), compose.export_markdown(draft), f"article-{draft['id']}.zip",
+                             "application/zip", key="xc_export_md")
+        b[1].download_button(ui.t("xc.export.html"), compose.export_html(draft), f"article-{draft['id']}.html",
+                             "text/html", key="xc_export_html")
+
+
+def slot_view(draft: dict, slot: dict, i: int) -> None:
+    with st.container(key=f"xc_slot_{i}", border=True):
+        st.caption(ui.t("xc.slot", n=i + 1) + " · " + ui.t("xc.slot.by." + slot["by"]))
+        cap = st.text_input(ui.t("xc.slot.caption"), slot["caption"], key=f"xc_cap_{i}")
+        if cap != slot["caption"]:                    # a new caption re-ranks with the captions already known
+            slot["caption"] = cap
+            compose.rerank(draft)
+            compose.save(draft)
+        options = ["", *[p for p, _ in slot["ranked"]]]
+        scores = dict(map(tuple, slot["ranked"]))
+        chosen = st.selectbox(ui.t("xc.slot.pick"), options, index=options.index(slot["image"] or ""),
+                              key=f"xc_pick_{i}_{slot['image']}",
+                              format_func=lambda p: f"{p.rsplit('/', 1)[-1]} ({scores[p]:.2f})" if p else ui.t("xc.slot.none"))
+        if chosen != (slot["image"] or ""):
+            slot.update(image=chosen or None, chosen=True)
+            compose.save(draft)
+            st.rerun()
+        if slot["image"]:
+            st.image(str(compose.resolve(slot["image"])), caption=slot["caption"], width=320)
+
+
+if mode == "chat":
+    image_chat()
+else:
+    composer()

@@ -146,6 +146,10 @@ def page(browser, app):
 
 
 def shot(page, name: str) -> Path:
+    """A full-page screenshot once the widgets have drawn (no loading skeletons left, 15 s at most)."""
+    deadline = time.monotonic() + 15
+    while page.locator('[data-testid="stSkeleton"]').count() and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
