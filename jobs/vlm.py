@@ -267,7 +267,8 @@ class Model:
         missing = len(paths) - query.count("<ImageHere>")
         if missing > 0:
             query = "<ImageHere>" * missing + query
-        return self.model.chat, dict(tokenizer=self.tokenizer, query=query, image=paths or None, history=history, **gen)
+        image = paths[0] if len(paths) == 1 else (paths or None)     # XComposer2-VL takes one path, 2.5 a list
+        return self.model.chat, dict(tokenizer=self.tokenizer, query=query, image=image, history=history, **gen)
 
 
 TIMEOUT_S = 600.0
