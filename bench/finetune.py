@@ -1,20 +1,22 @@
 """Fine-tune throughput: the `finetune` job against a plain peft + transformers Trainer script on the
 same model, data and settings, in one run. Prints tokens/s ratios and peak RSS of each.
 
-    .venv/bin/python bench/finetune.py [--model PATH] [--steps 12] [--rows 96]
+    .venv/bin/python bench/finetune.py [--model PATH] [--steps 12] [--rows 96] [--max-length 512] [--repeat 1]
 
   1. same settings, no packing on either side           (goal: job ≥ 0.95× the Trainer)
   2. the job with packing vs the Trainer without it,    (goal: ≥ 1.5×, short samples: padding is waste)
      both counting only real (non-pad) tokens
 
 Without --model it uses the bundled SmolLM2-135M (backend.models.ensure_bundled) in a scratch workspace.
-Each side runs in its own process; peak RSS is each process's own ru_maxrss.
+Each side runs in its own process; peak RSS is each process's own ru_maxrss. --repeat N runs the three
+sides N times in turn and prints medians (the ratios taken within each round), for a busy machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-ft-"))
     home = scratch / "home"
@@ -115,18 +118,24 @@ def main() -> None:
               "max_length": a.max_length, "max_steps": a.steps, "batch_size": a.batch, "grad_accum": 1,
               "gradient_checkpointing": False, "save_steps": 10_000, "max_samples": a.rows, "device": "cpu", "warmup_ratio": 0.0,
               "lr": 1e-4}
-    plain = run_plain({"model": str(model), "data": str(data), "rows": a.rows, "max_length": a.max_length,
-                       "steps": a.steps, "batch": a.batch, "r": 16, "alpha": 32, "out": str(scratch / "plain")})
-    job = run_job(home, {**common, "packing": False})
-    packed = run_job(home, {**common, "packing": True})
+    rounds = []
+    for _ in range(a.repeat):
+        plain = run_plain({"model": str(model), "data": str(data), "rows": a.rows, "max_length": a.max_length,
+                           "steps": a.steps, "batch": a.batch, "r": 16, "alpha": 32, "out": str(scratch / "plain")})
+        job = run_job(home, {**common, "packing": False})
+        packed = run_job(home, {**common, "packing": True})
+        rounds.append((plain, job, packed))
+        print(f"round {len(rounds)}: tokens/s plain {plain['tokens_per_s']:.1f}, job {job['tokens_per_s']:.1f}, "
+              f"packed {packed['tokens_per_s']:.1f}", flush=True)
+    med = lambda i, k: statistics.median(r[i][k] for r in rounds)   # noqa: E731
+    ratio = lambda i: statistics.median(r[i]["tokens_per_s"] / r[0]["tokens_per_s"] for r in rounds)   # noqa: E731
     print(f"model {model.name}, {a.rows} rows, batch {a.batch}, max_length {a.max_length}, {a.steps} steps, "
-          f"{os.cpu_count()} CPUs")
-    print(f"plain peft + Trainer (no packing): {plain['tokens_per_s']:8.1f} tokens/s   peak RSS {plain['rss_mb']:.0f} MB")
-    print(f"finetune job, no packing:          {job['tokens_per_s']:8.1f} tokens/s   peak RSS {job['rss_mb']:.0f} MB")
-    print(f"finetune job, packing:             {packed['tokens_per_s']:8.1f} tokens/s   peak RSS {packed['rss_mb']:.0f} MB")
-    r1, r2 = job["tokens_per_s"] / plain["tokens_per_s"], packed["tokens_per_s"] / plain["tokens_per_s"]
-    print(f"same settings:  job / Trainer = {r1:.2f}x   (goal >= 0.95x)")
-    print(f"packing:        job packed / Trainer unpacked = {r2:.2f}x   (goal >= 1.5x)")
+          f"{os.cpu_count()} CPUs, {a.repeat} round(s), medians")
+    for i, label in enumerate(("plain peft + Trainer (no packing):", "finetune job, no packing:         ",
+                               "finetune job, packing:            ")):
+        print(f"{label} {med(i, 'tokens_per_s'):8.1f} tokens/s   peak RSS {med(i, 'rss_mb'):.0f} MB")
+    print(f"same settings:  job / Trainer = {ratio(1):.2f}x   (goal >= 0.95x)")
+    print(f"packing:        job packed / Trainer unpacked = {ratio(2):.2f}x   (goal >= 1.5x)")
 
 
 if __name__ == "__main__":

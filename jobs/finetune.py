@@ -2,9 +2,11 @@
 
 The model's own chat template renders each conversation; only assistant replies (or messages
 flagged ``loss: true``) are trained. Rows are packed into ``max_length`` bins whose position ids
-restart at every row, and the attention mask is left out so transformers builds a block-diagonal
-mask from them: packed rows never attend to each other. A step = ``grad_accum`` micro-batches of
-``batch_size`` rows; the loss is the mean over the step's trained tokens.
+restart at every row, and no attention mask is passed: packed rows never attend to each other.
+On SDPA models the job's own attention (``packed_sdpa``) runs each packed row causally on its own
+and a micro-batch is flattened into unpadded sequences (pieces of ≤ FLAT_TOKENS on CPU); other
+models get transformers' block-diagonal mask built from the same position ids. A step =
+``grad_accum`` micro-batches of ``batch_size`` bins; the loss is the mean over the step's trained tokens.
 
 SIGTERM (cancel) saves a checkpoint of the last finished step and exits; ``resume_from: <job id>``
 (or ``resume: true``: the newest job with the same spec) continues from it, with the same data order.
@@ -133,6 +135,19 @@ def pack(samples: list, max_length: int, packing: bool) -> list[list[int]]:
     return rows + ([cur] if cur else [])
 
 
+def flatten(samples, rows: list[list[int]], limit: float) -> list[list[list[int]]]:
+    """A micro-batch's samples as one unpadded row, cut at sample boundaries into pieces of at most
+    ``limit`` tokens (each piece a one-row batch for collate)."""
+    pieces, used = [[]], 0
+    for i in (i for row in rows for i in row):
+        if pieces[-1] and used + len(samples[i][0]) > limit:
+            pieces.append([])
+            used = 0
+        pieces[-1].append(i)
+        used += len(samples[i][0])
+    return [[p] for p in pieces]
+
+
 def collate(torch, samples, rows: list[list[int]], pad_id: int):
     """input_ids, labels, position_ids (restarting at each packed sample), real-token count."""
     seqs = []
@@ -150,6 +165,58 @@ def collate(torch, samples, rows: list[list[int]], pad_id: int):
     # padding continues the last row's positions: an unpacked batch stays plain causal (the fast path)
     pos = torch.tensor([s[2] + list(range(s[2][-1] + 1, s[2][-1] + 1 + width - len(s[2]))) for s in seqs])
     return ids, labels, pos, sum(len(s[0]) for s in seqs)
+
+
+# -- packed attention ----------------------------------------------------------------------------
+PACKED_ATTENTION = "packed_sdpa"
+FLAT_TOKENS = 1024      # tokens per forward pass of flattened packed rows on CPU (see bench/finetune.py)
+
+
+def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None, **kwargs):
+    """SDPA run causally on each packed sample alone: a sample starts wherever ``position_ids`` stop counting
+    up by one (transformers' own rule for its block-diagonal mask), so the result is that mask's without
+    building it, and the cost follows the samples' lengths instead of the row's. With a padding mask, a
+    cache or no position ids it is plain SDPA."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    n = query.shape[2]
+    if attention_mask is not None or position_ids is None or n == 1 or key.shape[2] != n:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)   # CPU SDPA is slower with enable_gqa
+    pos = position_ids.expand(query.shape[0], -1)
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    rows = []
+    for q, k, v, row in zip(query.split(1), key.split(1), value.split(1), starts.tolist()):
+        cuts = [i for i, s in enumerate(row) if s] + [n]
+        sizes = [j - i for i, j in zip(cuts, cuts[1:])]     # split, not slices: its backward is one cat
+        rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            *qkv, dropout_p=dropout, scale=scaling, is_causal=True)
+            for qkv in zip(q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2))], dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def packed_mask(*args, attention_mask=None, **kwargs):
+    """No 4D mask when no padding mask is given (packed_sdpa works from the position ids), else SDPA's."""
+    from transformers.masking_utils import sdpa_mask
+    return None if attention_mask is None else sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def use_packed_attention(model) -> bool:
+    """Switch an SDPA model (full attention only: no sliding window) to packed_sdpa; False if it can't be."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    config = model.config
+    if (config._attn_implementation != "sdpa" or getattr(config, "sliding_window", None)
+            or any(t != "full_attention" for t in getattr(config, "layer_types", None) or [])
+            or not model._can_set_attn_implementation()):
+        return False
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, packed_mask)
+    model.set_attn_implementation(PACKED_ATTENTION)
+    return config._attn_implementation == PACKED_ATTENTION
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -267,6 +334,10 @@ class Run:
         if spec.method != "qlora":
             model.to(self.device)
         model.config.use_cache = False
+        # packed bins: unpadded sequences, each sample attending only to itself; on CPU in pieces of
+        # ≤ FLAT_TOKENS (larger matrices run slower there and hold more memory; the gradients add up the same)
+        self.flatten = spec.packing and use_packed_attention(model)
+        self.piece_tokens = FLAT_TOKENS if self.device.type == "cpu" else math.inf
         if spec.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):       # transformers >= 5.x
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -397,7 +468,7 @@ class Run:
 
     # -- training -----------------------------------------------------------------------------------
     def forward_loss(self, torch, samples, rows, n_items: int):
-        """Summed token loss of one micro-batch divided by the step's trained-token count."""
+        """Summed token loss of one batch of rows divided by the step's trained-token count."""
         ids, labels, pos, n_tokens = collate(torch, samples, rows, self.pad_id)
         ids, labels, pos = ids.to(self.device), labels.to(self.device), pos.to(self.device)
         targets = labels[:, 1:]
@@ -413,6 +484,10 @@ class Run:
                                                  ignore_index=-100, reduction="sum") / max(1, n_items)
         return loss, n_tokens
 
+    def pieces(self, samples, rows: list[list[int]]) -> list[list[list[int]]]:
+        """The forward passes of one micro-batch: its rows, or flattened (see load)."""
+        return flatten(samples, rows, self.piece_tokens) if self.flatten else [rows]
+
     def evaluate(self, torch) -> float | None:
         if not self.eval_rows:
             return None
@@ -420,10 +495,9 @@ class Run:
         total, n = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(self.eval_rows), self.spec.batch_size):
-                rows = self.eval_rows[i:i + self.spec.batch_size]
-                items = sum(sum(1 for x in self.eval_samples[s][1][1:] if x != -100) for r in rows for s in r)
-                loss, _ = self.forward_loss(torch, self.eval_samples, rows, items)
-                total, n = total + loss.item() * items, n + items
+                for rows in self.pieces(self.eval_samples, self.eval_rows[i:i + self.spec.batch_size]):
+                    total += self.forward_loss(torch, self.eval_samples, rows, 1)[0].item()
+                    n += sum(sum(1 for x in self.eval_samples[s][1][1:] if x != -100) for r in rows for s in r)
         self.model.train()
         return total / max(1, n)
 
@@ -471,8 +545,8 @@ class Run:
                 n_items = sum(sum(1 for x in self.samples[s][1][1:] if x != -100)
                               for mb in batches for r in mb for s in r)
                 loss_sum, n_tokens = 0.0, 0
-                for mb in batches:
-                    loss, nt = self.forward_loss(torch, self.samples, mb, n_items)
+                for rows in (rows for mb in batches for rows in self.pieces(self.samples, mb)):
+                    loss, nt = self.forward_loss(torch, self.samples, rows, n_items)
                     self.scaler.scale(loss).backward()
                     loss_sum, n_tokens = loss_sum + loss.item(), n_tokens + nt
                 with stop:

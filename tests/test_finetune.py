@@ -80,6 +80,73 @@ def test_packed_rows_do_not_attend_across_samples(tiny_model):
     assert torch.allclose(packed[start:], alone, atol=1e-5)
 
 
+def test_packed_attention_equals_the_masked_path_and_never_crosses_samples(tiny_model):
+    """The job's packed_sdpa on flattened pieces against transformers' block-diagonal mask on padded rows:
+    same logits, loss and LoRA gradients; perturbing one sample leaves the others' logits unchanged."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jobs.finetune import collate, flatten, pack, tokenize, use_packed_attention
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    samples = [tokenize(tok, [{"role": "user", "content": "q " * n}, {"role": "assistant", "content": "A B C " * k}], 64)
+               for n, k in ((3, 1), (9, 2), (1, 4), (12, 1), (5, 3), (2, 2))]
+    rows = pack(samples, 64, True)
+    assert len(rows) > 1 and any(len(r) > 1 for r in rows)
+
+    def lora(fast: bool):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        if fast:
+            assert use_packed_attention(model)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        return model, model.get_base_model().config._attn_implementation
+
+    def run(model, batches):
+        """Logits of each sample (in order) and the summed loss, over batches of rows; backward done."""
+        logits, loss = [], 0
+        for b in batches:
+            ids, labels, pos, _ = collate(torch, samples, b, tok.pad_token_id)
+            out = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+            part = torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+            part.backward()
+            loss += part.item()
+            for r, row in enumerate(b):
+                at = 0
+                for i in row:
+                    logits.append(out[r, at:at + len(samples[i][0])].detach())
+                    at += len(samples[i][0])
+        return logits, loss
+
+    ref, impl = lora(False)
+    assert impl == "sdpa"
+    fast, impl = lora(True)
+    assert impl == "packed_sdpa"
+    ref_logits, ref_loss = run(ref, [rows])
+    ref_grads = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
+    pieces = flatten(samples, rows, 40)       # one unpadded row, cut into ≤ 40-token pieces
+    assert len(pieces) > 1 and all(len(p) == 1 for p in pieces)
+    for batches in (pieces, [rows]):          # flattened, and the padded rows themselves
+        fast.zero_grad()
+        logits, loss = run(fast, batches)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(logits, ref_logits))
+        assert math.isclose(loss, ref_loss, rel_tol=1e-5)
+        for n, p in fast.named_parameters():
+            if p.requires_grad:
+                assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n
+
+    # a token never attends across samples: change every token of the first sample of a flattened row
+    row = [[i for r in rows for i in r]]
+    ids, _, pos, _ = collate(torch, samples, row, tok.pad_token_id)
+    other = ids.clone()
+    n0 = len(samples[row[0][0]][0])
+    other[0, :n0] = (other[0, :n0] + 7) % tok.vocab_size
+    with torch.no_grad():
+        a = fast(input_ids=ids, position_ids=pos, use_cache=False).logits
+        b = fast(input_ids=other, position_ids=pos, use_cache=False).logits
+    assert not torch.allclose(a[0, :n0], b[0, :n0]) and torch.equal(a[0, n0:], b[0, n0:])
+
+
 # -- real jobs through a real worker ----------------------------------------------------------------
 def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
     job_id = queue.submit("finetune", spec(eval_ratio=0.1, name="tiny-id", epochs=10))
