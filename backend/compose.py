@@ -37,6 +37,14 @@ class ComposeError(Exception):
     """Bad input in a compose step, with a message for the user."""
 
 
+def _write(target: Path, data: bytes) -> None:
+    """Write a file whole or not at all (a reader never sees half of it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name("." + target.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+
+
 # -- the gallery --------------------------------------------------------------------------------
 def gallery_dir(home: Path | None = None) -> Path:
     return (home or defaults.home()) / "gallery"
@@ -62,10 +70,7 @@ def add_to_gallery(name: str, data: bytes, home: Path | None = None) -> str:
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
     target = gallery_dir(root) / "uploads" / (hashlib.sha256(data).hexdigest()[:16] + ext)
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name("." + target.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        _write(target, data)
     return str(target.relative_to(root))
 
 
@@ -95,26 +100,19 @@ def image_key(rel: str, home: Path | None = None) -> str:
     return hashlib.sha256(resolve(rel, home).read_bytes()).hexdigest()[:16]
 
 
-def caption_of(rel: str, home: Path | None = None) -> str | None:
-    return captions(home).get(image_key(rel, home))
+def gallery_captions(home: Path | None = None) -> dict[str, str | None]:
+    """{gallery path: its caption, or None when not captioned yet}, reading the cache once."""
+    cache = captions(home)
+    return {p: cache.get(image_key(p, home)) for p in gallery(home)}
 
 
 def caption(endpoint: dict, rel: str, home: Path | None = None, max_new_tokens: int = 48) -> str:
     """The endpoint's one-sentence caption of a gallery image (asked once, then cached)."""
-    known = caption_of(rel, home)
-    if known is not None:
-        return known
-    path = resolve(rel, home)
-    text = "".join(stream(endpoint, [{"role": "user", "content": CAPTION_PROMPT, "images": [path]}],
-                          max_new_tokens=max_new_tokens)).strip()
-    cache = captions(home)
-    cache[image_key(rel, home)] = text
-    f = _captions_file(home)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f.name + ".part")
-    tmp.write_text(json.dumps(cache, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(f)
-    return text
+    key, cache = image_key(rel, home), captions(home)
+    if key not in cache:
+        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home)], max_new_tokens=max_new_tokens)).strip()
+        _write(_captions_file(home), json.dumps(cache, ensure_ascii=False, indent=1).encode())
+    return cache[key]
 
 
 def _bigrams(text: str) -> Counter:
@@ -212,13 +210,8 @@ def new_draft(instruction: str, images: list[str], owner: str = "") -> dict:
 
 
 def save(draft: dict, home: Path | None = None) -> None:
-    folder = drafts_dir(home)
-    folder.mkdir(parents=True, exist_ok=True)
     draft["updated"] = time.time()
-    target = folder / f"{draft['id']}.json"
-    tmp = target.with_name(target.name + ".part")
-    tmp.write_text(json.dumps(draft, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(target)
+    _write(drafts_dir(home) / f"{draft['id']}.json", json.dumps(draft, ensure_ascii=False, indent=1).encode())
 
 
 def drafts(home: Path | None = None, owner: str | None = None) -> list[dict]:
@@ -236,7 +229,7 @@ def drafts(home: Path | None = None, owner: str | None = None) -> list[dict]:
 
 def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=None) -> None:
     """Caption every gallery image not captioned yet; ``on_caption(done, total)`` reports progress."""
-    todo = [p for p in gallery(home) if caption_of(p, home) is None]
+    todo = [p for p, c in gallery_captions(home).items() if c is None]
     if todo and endpoint is None:
         raise ComposeError("start an image-text model first: gallery images are captioned by it")
     for k, p in enumerate(todo, 1):
@@ -248,7 +241,7 @@ def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=
 def rerank(draft: dict, home: Path | None = None) -> None:
     """Rank the gallery for every place by the captions known so far, and suggest the best match
     where the user has not chosen an image."""
-    known = {p: caption_of(p, home) or "" for p in gallery(home)}
+    known = {p: c or "" for p, c in gallery_captions(home).items()}
     for slot in draft["slots"]:
         slot["ranked"] = [[p, round(s, 3)] for p, s in rank(slot["caption"], known)]
         if not slot.get("chosen") and slot["ranked"]:

@@ -95,22 +95,25 @@ def image_chat() -> None:
                 st.image([str(compose.resolve(p)) for p in images], width=120)
             st.markdown(prompt)
         with st.chat_message("assistant"), st.container(key="xc_answer"):
-            wire = [{**m, "images": [compose.resolve(p) for p in m.get("images") or []]} for m in history + [user]]
-            try:
-                text = st.write_stream(vlm.stream(ep, wire, **sampling))
-                history += [user, {"role": "assistant", "content": text if isinstance(text, str) else "".join(text)}]
-            except vlm.VLMError as e:
-                st.error(str(e))
+            text = shown(lambda: vlm.stream(ep, [{**m, "images": [compose.resolve(p) for p in m.get("images") or []]}
+                                                 for m in history + [user]], **sampling))
+            if text is not None:
+                history += [user, {"role": "assistant", "content": text}]
+
+
+def shown(answer) -> str | None:
+    """Stream ``answer()`` (text deltas) on the page: the whole text, or None with the error shown."""
+    try:
+        text = st.write_stream(answer())
+    except (vlm.VLMError, compose.ComposeError) as e:
+        st.error(str(e))
+        return None
+    return text if isinstance(text, str) else "".join(text)
 
 
 def streamed(prompt: str, pics: list | None = None) -> str | None:
     """The endpoint's answer to one prompt, streamed on the page; None (error shown) on failure."""
-    try:
-        text = st.write_stream(compose.ask(ep, prompt, [compose.resolve(p) for p in pics or []], **sampling))
-        return text if isinstance(text, str) else "".join(text)
-    except (vlm.VLMError, compose.ComposeError) as e:
-        st.error(str(e))
-        return None
+    return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p) for p in pics or []], **sampling))
 
 
 def composer() -> None:
