@@ -31,6 +31,18 @@ def wait_for(fn, timeout: float = 30.0, interval: float = 0.1, what: str = "cond
         time.sleep(interval)
 
 
+def endpoint_of(home: Path, job_id: int, timeout: float = 120) -> dict:
+    """The live endpoint of server job ``job_id`` (serve or vlm); fails with the job's log if it ends first."""
+    from backend import chat, queue
+
+    def ready():
+        job = queue.get(job_id, home)
+        assert job["state"] in ("queued", "starting", "running"), \
+            f"{job['kind']} job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
+        return next((e for e in chat.live_endpoints(home) if e["job_id"] == job_id), None)
+    return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

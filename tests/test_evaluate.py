@@ -15,7 +15,7 @@ from backend import logs, queue
 from backend.i18n import t as ui_t
 from backend.store import open_store
 from jobs.evaluate import custom_format
-from tests.conftest import ROOT, run_burst, shot, wait_for
+from tests.conftest import ROOT, endpoint_of, run_burst, shot, wait_for
 
 SAMPLES = ROOT / "assets" / "datasets"
 ENGINES_DIR = Path(os.environ.get("WORKBENCH_ENGINES_DIR") or ROOT / ".cache" / "envs")
@@ -201,18 +201,6 @@ def test_results_page(finished_eval, home, page):
 
 
 # -- a live `serve` endpoint as an OpenAI-API model ----------------------------------------------
-def endpoint_of(home: Path, serve_id: int, timeout: float = 180) -> dict:
-    """The live endpoint of serve job ``serve_id``; fails with the job's log if it ends first."""
-    from backend import chat
-
-    def ready():
-        job = queue.get(serve_id, home)
-        assert job["state"] in ("queued", "starting", "running"), \
-            f"serve job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(serve_id) / 'run.log').read_text()}"
-        return next((e for e in chat.endpoints(home) if e["job_id"] == serve_id), None)
-    return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
-
-
 def finished(home: Path, job_id: int, timeout: float) -> dict:
     return wait_for(lambda: (j := queue.get(job_id, home))["state"] in ("succeeded", "failed", "cancelled", "lost")
                     and j, timeout, 0.2, f"job {job_id} to end")
@@ -223,7 +211,7 @@ def test_endpoint_evaluation(home, worker, tiny_model):
     engine_or_skip()
     open_store(home).put("model", "tiny", str(tiny_model))
     serve_id = queue.submit("serve", {"model": "tiny"}, home=home)       # default name "tiny #<id>"
-    ep = endpoint_of(home, serve_id)
+    ep = endpoint_of(home, serve_id, 180)
     # the page's model list offers the running endpoint with its URL, served model name and tokenizer
     [choice] = [m for m in ev.model_choices(home) if m["kind"] == "endpoint"]
     ref = choice["ref"]
@@ -244,7 +232,7 @@ def test_endpoint_evaluation(home, worker, tiny_model):
     assert len(res["items"]) == 3 and all(isinstance(i["prediction"], str) and i["prompt"] for i in res["items"])
     assert open_store(home).get("eval", "served")["job_id"] == job_id
     # the answers came from the server (its request counter), and the serve job is still up
-    wait_for(lambda: endpoint_of(home, serve_id)["requests"] >= requests_before + 3, 10, 0.2, "requests counted")
+    wait_for(lambda: endpoint_of(home, serve_id, 180)["requests"] >= requests_before + 3, 10, 0.2, "requests counted")
     # the API key reached the job as an environment variable only
     assert not (d / "secrets.json").exists()
     for f in [*d.rglob("*"), home / "workbench.db", home / "worker.log"]:
@@ -400,7 +388,7 @@ def test_page_offers_endpoints(home, page, tiny_model):
     engine_or_skip()
     open_store(home).put("model", "tiny", str(tiny_model))
     serve_id = queue.submit("serve", {"model": "tiny"}, home=home)
-    ep = endpoint_of(home, serve_id)
+    ep = endpoint_of(home, serve_id, 180)
     page.set_viewport_size({"width": 1400, "height": 1400})
     page.goto(page.base_url + "/evaluate")
     form = page.locator(".st-key-eval_form")

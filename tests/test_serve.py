@@ -9,17 +9,7 @@ import pytest
 
 from backend import chat, queue
 from backend.store import open_store
-from tests.conftest import wait_for
-
-
-def serving(home, job_id: int, timeout: float = 120) -> dict:
-    """Wait until job_id's endpoint is live; fail with the job's log if the job ends first."""
-    def ready():
-        job = queue.get(job_id, home)
-        assert job["state"] in ("queued", "starting", "running"), \
-            f"serve job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
-        return next((e for e in chat.endpoints(home) if e["job_id"] == job_id), None)
-    return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
+from tests.conftest import endpoint_of, wait_for
 
 
 def answer(ep: dict, prompt: str = "Hello, who are you?", **kw) -> tuple[str, dict]:
@@ -38,7 +28,7 @@ def tiny_registered(home, tiny_model):
 @pytest.mark.slow
 def test_serve_answers_streams_and_cancel_cleans_up(home, worker, tiny_registered):
     job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
-    ep = serving(home, job_id)
+    ep = endpoint_of(home, job_id)
     assert ep["name"] == "tiny-ep" and ep["engine"] == "transformers" and ep["device"] == "cpu"
     assert ep["url"].startswith("http://127.0.0.1:") and ep["context_len"] == 512
 

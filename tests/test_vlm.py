@@ -16,7 +16,7 @@ import pytest
 
 from backend import chat, queue, vlm
 from backend.store import open_store
-from tests.conftest import wait_for
+from tests.conftest import endpoint_of, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +54,6 @@ def test_image_checks():
         vlm.check_images([png(), png(), png()], max_images=2)
 
 
-def serving(home, job_id: int, timeout: float = 90) -> dict:
-    def ready():
-        job = queue.get(job_id, home)
-        assert job["state"] in ("queued", "starting", "running"), \
-            f"vlm job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
-        return next((e for e in vlm.endpoints(home) if e["job_id"] == job_id), None)
-    return wait_for(ready, timeout, 0.2, "the vlm endpoint to become ready")
-
-
 def post(url: str, body: dict) -> tuple[int, str]:
     req = urllib.request.Request(url + "/chat", data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -76,7 +67,7 @@ def post(url: str, body: dict) -> tuple[int, str]:
 def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_llava):
     open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"})
     job_id = queue.submit("vlm", {"model": "tiny-llava", "name": "tiny-vlm", "max_images": 2}, home=home)
-    ep = serving(home, job_id)
+    ep = endpoint_of(home, job_id, 90)
     assert ep["engine"] == "vlm" and ep["mode"] == "transformers" and ep["max_images"] == 2
     assert ep["url"].startswith("http://127.0.0.1:") and ep["context_len"] == 2048
     assert chat.endpoints(home) == [], "the text chat page must not list image-text endpoints"
