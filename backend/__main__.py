@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults, logs, queue
+from backend import defaults, errors, logs, queue
 from backend.states import JobState
 from backend.store import open_store
 
@@ -68,6 +68,9 @@ def cmd_show(a) -> int:
         p = ev.progress
         print(f"{'progress':>14}: {p['done']}/{p.get('total')} {p.get('unit', '')} {p.get('message', '')}")
     if job["state"] in ("failed", "lost"):
+        tip = errors.job_suggestion(logs.result(a.id))
+        if tip:
+            print(f"{'suggestion':>14}: {tip}")
         print("--- last log lines ---")
         print(logs.tail(a.id, 20))
     return 0

@@ -39,3 +39,9 @@ def classify(exit_code: int | None, result: dict | None, log_tail: str) -> tuple
             return cls, line.strip()
     last = next((l for l in reversed(log_tail.splitlines()) if l.strip()), "")
     return CRASH, f"exited with code {exit_code}" + (f": {last.strip()}" if last else "")
+
+
+def job_suggestion(result: dict | None) -> str:
+    """What the job itself suggested for its failure (e.g. the spec changes that fit memory), or ""."""
+    err = (result or {}).get("error")
+    return (err.get("suggestion") or "") if isinstance(err, dict) else ""

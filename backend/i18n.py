@@ -83,6 +83,7 @@ STRINGS: dict[str, dict[str, str]] = {
                        "zh": "正在停止：已发送 SIGTERM，宽限期后发送 SIGKILL。"},
     "job.queued_as": {"en": "Queued as job {id}.", "zh": "已提交为任务 {id}。"},
     "job.error": {"en": "Failed ({cls}): {message}", "zh": "失败（{cls}）：{message}"},
+    "job.try": {"en": "For this job: {what}", "zh": "针对这个任务：{what}"},
     "job.last_lines": {"en": "Last log lines", "zh": "最后几行日志"},
     "job.not_found": {"en": "No job {id}.", "zh": "没有任务 {id}。"},
     "job.cloned": {"en": "Spec of job {id} (edit and submit it from the CLI or its page):",
@@ -236,6 +237,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "chat.right": {"en": "Right", "zh": "右侧"},
     "chat.compare.go": {"en": "Send to both", "zh": "同时发送"},
     "chat.empty": {"en": "The prompt is empty: type a question first.", "zh": "提示词为空：请先输入问题。"},
+    "chat.too_long": {"en": "{name}: the conversation is {n} tokens and {max_tokens} more were asked for, but the "
+                            "model's context is {limit} tokens. Shorten the prompt, clear the history or lower max "
+                            "new tokens; nothing was sent.",
+                      "zh": "{name}：对话已有 {n} 个 token，又请求生成 {max_tokens} 个，超过模型的上下文长度 {limit}。"
+                            "请缩短提示词、清空历史或调低最大生成 token 数；本条未发送。"},
     "eval.engine_missing": {"en": "The OpenCompass engine is not installed (a few minutes, once).",
                             "zh": "尚未安装 OpenCompass 引擎（只需一次，几分钟）。"},
     "eval.engine_install": {"en": "Install the OpenCompass engine", "zh": "安装 OpenCompass 引擎"},

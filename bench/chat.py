@@ -1,8 +1,8 @@
 """Chat serving benchmark: a real `serve` job (through a burst worker's code path) against in-process generate.
 
-    .venv/bin/python bench/chat.py [--model DIR] [--tokens 48] [--clients 8]
+    .venv/bin/python bench/chat.py [--model DIR] [--tokens 48] [--clients 8] [--repeat 5]
 
-Prints, on the same model and prompt, greedy decoding:
+Prints, on the same model and prompt, greedy decoding (each figure the median of --repeat rounds):
   single-stream tokens/s through the serve job vs in-process `model.generate`  (goal >= 0.9x)
   aggregate tokens/s with N concurrent clients vs 1, continuous batching on     (goal >= 2x)
   time to first token for both.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,13 @@ sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would s
 PROMPT = "Explain in a few sentences why the sky is blue."
 
 
-def in_process(path: Path, tokens: int) -> tuple[float, float]:
+def median_of(repeat: int, fn) -> tuple[float, float]:
+    """Median tokens/s and median TTFT of ``repeat`` calls of ``fn() -> (tok/s, ttft)``."""
+    runs = [fn() for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
     tok = AutoTokenizer.from_pretrained(path)
@@ -34,19 +41,20 @@ def in_process(path: Path, tokens: int) -> tuple[float, float]:
     kw = dict(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
     with torch.inference_mode():
         model.generate(**{**kw, "max_new_tokens": 4, "min_new_tokens": 4})        # warm-up
-        t0 = time.perf_counter()
-        out = model.generate(**kw)
-        total = time.perf_counter() - t0
-        streamer = TextIteratorStreamer(tok, skip_prompt=True)
-        t1 = time.perf_counter()
-        th = threading.Thread(target=model.generate, kwargs={**kw, "max_new_tokens": 2, "streamer": streamer})
-        th.start()
-        next(iter(streamer))
-        ttft = time.perf_counter() - t1
-        th.join()
-    n = out.shape[1] - ids["input_ids"].shape[1]
-    del model
-    return n / total, ttft
+
+        def once() -> tuple[float, float]:
+            t0 = time.perf_counter()
+            out = model.generate(**kw)
+            total = time.perf_counter() - t0
+            streamer = TextIteratorStreamer(tok, skip_prompt=True)
+            t1 = time.perf_counter()
+            th = threading.Thread(target=model.generate, kwargs={**kw, "max_new_tokens": 2, "streamer": streamer})
+            th.start()
+            next(iter(streamer))
+            ttft = time.perf_counter() - t1
+            th.join()
+            return (out.shape[1] - ids["input_ids"].shape[1]) / total, ttft
+        return median_of(repeat, once)
 
 
 def through_server(ep: dict, tokens: int, clients: int) -> tuple[float, float]:
@@ -107,6 +115,7 @@ def main() -> None:
     ap.add_argument("--model", help="a model folder (default: the bundled SmolLM2)")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     os.environ["WORKBENCH_HOME"] = str(home)
@@ -118,13 +127,13 @@ def main() -> None:
         path = ensure_bundled(home=home, log=lambda *a: None)
     open_store(home).put("model", "bench", str(path))
 
-    base_tps, base_ttft = in_process(path, args.tokens)
+    base_tps, base_ttft = in_process(path, args.tokens, args.repeat)
     print(f"in-process generate: {base_tps:6.1f} tok/s, TTFT {base_ttft * 1000:6.0f} ms")
 
     worker, ep = serve(home, "bench", cb=False)
     try:
         through_server(ep, 4, 1)                      # warm-up
-        tps1, ttft1 = through_server(ep, args.tokens, 1)
+        tps1, ttft1 = median_of(args.repeat, lambda: through_server(ep, args.tokens, 1))
     finally:
         stop(worker)
     print(f"serve job, 1 stream: {tps1:6.1f} tok/s, TTFT {ttft1 * 1000:6.0f} ms  -> {tps1 / base_tps:.2f}x "
@@ -133,8 +142,8 @@ def main() -> None:
     worker, ep = serve(home, "bench", cb=True)
     try:
         through_server(ep, 4, 1)
-        cb1, cb_ttft1 = through_server(ep, args.tokens, 1)
-        cbn, cb_ttftn = through_server(ep, args.tokens, args.clients)
+        cb1, cb_ttft1 = median_of(args.repeat, lambda: through_server(ep, args.tokens, 1))
+        cbn, cb_ttftn = median_of(args.repeat, lambda: through_server(ep, args.tokens, args.clients))
     finally:
         stop(worker)
     print(f"continuous batching, 1 client:  {cb1:6.1f} tok/s, TTFT {cb_ttft1 * 1000:6.0f} ms")

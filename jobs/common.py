@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -120,9 +121,17 @@ def run(main: Callable, spec_model) -> None:
     os._exit(code)
 
 
+OOM_TEXT = re.compile(r"out of memory|can't allocate memory|cannot allocate memory", re.I)
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or torch's CPU allocator failing (a RuntimeError
+    "DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or bool(OOM_TEXT.search(str(e)))
+
+
 def classify_exception(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}"
-    if "out of memory" in text.lower() or type(e).__name__ in ("OutOfMemoryError", "MemoryError"):
+    if is_oom(e):
         return OUT_OF_MEMORY
     if isinstance(e, (ValueError, FileNotFoundError)) and not isinstance(e, UnicodeError):
         return BAD_INPUT

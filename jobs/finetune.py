@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend import finetune as ft
-from jobs.common import BAD_INPUT, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError, run
+from jobs.common import BAD_INPUT, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError, is_oom, run
 
 X = ft.XTUNER
 
@@ -255,31 +255,31 @@ def lr_lambda(spec: Spec, total: int):
     return f
 
 
-def oom_error(spec: Spec, detail: str) -> JobError:
+def oom_error(spec: Spec, e: BaseException) -> JobError:
+    """Out of memory, with the spec changes that lower it. QLoRA is offered for GPU memory only: it
+    needs CUDA, and torch's CPU allocator failing means host memory ran out."""
+    on_gpu = type(e).__name__ == "OutOfMemoryError"
     tips = []
     if spec.batch_size > 1:
         tips.append(f"batch_size {spec.batch_size} → 1 with grad_accum {spec.grad_accum * spec.batch_size}")
-    if spec.max_length > 512:
+    if spec.max_length > 256:
         tips.append(f"max_length {spec.max_length} → {spec.max_length // 2}")
     if not spec.gradient_checkpointing:
         tips.append("gradient_checkpointing: true")
-    if spec.method != "qlora":
+    if on_gpu and spec.method != "qlora":
         tips.append("method: qlora (4-bit base weights)")
-    return JobError(f"out of memory: {detail[:300]}", OUT_OF_MEMORY, "; ".join(tips) or "use a smaller model")
+    where = "GPU" if on_gpu else "host"
+    return JobError(f"out of {where} memory: {type(e).__name__}: {str(e)[:300]}", OUT_OF_MEMORY,
+                    "; ".join(tips) or "use a smaller model")
 
 
 def main(spec: Spec, job: Job) -> dict:
-    import torch
     try:
         return Run(spec, job).train()
-    except torch.OutOfMemoryError as e:
-        raise oom_error(spec, str(e)) from None
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower():
-            raise oom_error(spec, str(e)) from None
+    except (RuntimeError, MemoryError) as e:          # torch.OutOfMemoryError is a RuntimeError
+        if is_oom(e):
+            raise oom_error(spec, e) from None
         raise
-    except MemoryError as e:
-        raise oom_error(spec, f"host memory: {e}") from None
 
 
 class Run:

@@ -161,7 +161,8 @@ def _live(job_id: int) -> None:
     if job["state"] in ("failed", "lost"):
         cls = job["error_class"] or "crash"
         st.error(t("job.error", cls=cls, message=job["error_message"] or ""))
-        st.info(t(errors.SUGGESTIONS.get(cls, "err.crash")))
+        specific = errors.job_suggestion(logs.result(job_id))
+        st.info(t(errors.SUGGESTIONS.get(cls, "err.crash")) + (f"\n\n{t('job.try', what=specific)}" if specific else ""))
     if ev.metrics:
         with st.expander(t("job.metrics"), expanded=True):
             metrics_chart(ev.metrics)

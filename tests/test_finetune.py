@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import struct
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import yaml
 from backend import finetune as ft
 from backend import logs, queue
 from backend.store import open_store
-from tests.conftest import cli, run_burst, wait_for
+from tests.conftest import ROOT, cli, env_for, run_burst, wait_for
 
 IDENTITY = "I am a helpful assistant made by the InternLM camp."
 
@@ -303,6 +306,52 @@ def test_estimate_warns_when_no_gpu_here_can_hold_it(ws, tmp_path):
     plan = ft.check(dict(spec(base_model="big", datasets=["plain.jsonl"]), method="qlora"), ws,
                     gpu_list=[GPU(0, "big", 80.0, 0.0)])
     assert not plan["warnings"] and plan["estimate"]["total_gb"] < 24
+
+
+# -- out of memory: a real allocation failure, classified with the spec changes that fit ---------------
+def address_space_limit() -> int:
+    """Virtual memory a job needs to start and load the tiny model, plus 2 GB: measured, not guessed."""
+    import subprocess
+    import sys
+    code = ("import torch, transformers, peft, jobs.finetune; print(next(l.split()[1] for l in "
+            "open('/proc/self/status') if l.startswith('VmPeak')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+    return (int(out.stdout.split()[-1]) + 2 * 1024 * 1024) * 1024
+
+
+def test_host_out_of_memory_is_classified_with_suggestions(ws):
+    """The whole batch padded to one long row: the logits alone need 8192 × 512 × vocab × 4 bytes ≈ 8 GB,
+    more than the 2 GB this worker's jobs may grow by (RLIMIT_AS, inherited by the job)."""
+    import resource
+    rows = [conv(f"hi {i}", "hello") for i in range(8191)] + [conv("hi", IDENTITY * 40)]
+    (ws / "datasets" / "wide.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    job_id = queue.submit("finetune", spec(datasets=["wide.jsonl"], packing=False, batch_size=8192, grad_accum=1,
+                                           max_length=512, max_steps=1))
+    limit = address_space_limit()
+    proc = subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT,
+                          env={**env_for(ws), "MALLOC_ARENA_MAX": "2"}, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    job = queue.get(job_id, ws)
+    assert job["state"] == "failed" and job["error_class"] == "out_of_memory", proc.stdout + logs.tail(job_id, 30, ws)
+    assert job["error_message"].startswith("out of host memory")
+    tip = logs.result(job_id, ws)["error"]["suggestion"]
+    assert "batch_size 8192 → 1 with grad_accum 8192" in tip and "max_length 512 → 256" in tip
+    assert "qlora" not in tip            # QLoRA needs a GPU: no use against host memory
+    assert f"suggestion: {tip}" in cli(ws, "show", str(job_id)).stdout
+
+
+def test_gpu_out_of_memory_suggests_qlora():
+    """CUDA's error can't happen here: its exception type and text are what torch raises on a GPU."""
+    import torch
+    from jobs.common import OUT_OF_MEMORY, classify_exception
+    from jobs.finetune import Spec, oom_error
+    e = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB")
+    assert classify_exception(e) == OUT_OF_MEMORY
+    err = oom_error(Spec.model_validate(spec(method="lora", batch_size=4, max_length=2048)), e)
+    assert err.error_class == OUT_OF_MEMORY and str(err).startswith("out of GPU memory")
+    assert err.suggestion.split("; ") == ["batch_size 4 → 1 with grad_accum 8", "max_length 2048 → 1024",
+                                          "gradient_checkpointing: true", "method: qlora (4-bit base weights)"]
 
 
 # -- the CPU demo (slow): SmolLM2 learns who it is ------------------------------------------------
