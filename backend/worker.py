@@ -5,6 +5,10 @@
 Each job runs as ``<engine python> -m <kind module> <job_dir>/spec.json`` in its own process
 group, with stdout and stderr appended to ``run.log``. The store is the source of truth: a
 restarted worker marks jobs whose worker died as ``lost`` and kills what is left of them.
+
+The worker is a child subreaper: what a job leaves behind (a process started in a session of its
+own, a task whose parent died) becomes the worker's child, and is stopped and reaped once no running
+job's session holds it, so nothing a job started outlives it, even as a zombie.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from backend import defaults, engines, errors, kinds, logs, resources
 from backend.queue import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import Store, open_store
-from jobs.common import CANCELLED, EXIT_OK, MISSING_ENGINE, TIMEOUT
+from jobs.common import CANCELLED, EXIT_OK, MISSING_ENGINE, TIMEOUT, become_subreaper
 
 
 WAKE_S = 0.02
@@ -56,6 +60,19 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def children() -> dict[int, tuple[str, int]]:
+    """This process's children: pid -> (state letter, session id), from /proc."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()     # after "pid (comm)": state ppid pgrp session
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            out[int(stat.parent.name)] = (fields[0], int(fields[3]))
+    return out
 
 
 def kill_group(pid: int, sig: int) -> None:
@@ -108,6 +125,7 @@ class Worker:
         self.stopping = True
 
     def start(self) -> None:
+        become_subreaper()
         self._gpus = self.gpu_source()
         self.store.register_worker(self.id, os.getpid(), socket.gethostname(), self._resources())
         self.sweep_lost(startup=True)
@@ -126,6 +144,7 @@ class Worker:
             kill_group(r.proc.pid, signal.SIGKILL)
             r.proc.wait()
             self.finish(r)
+        self.reap_orphans()
         self.store.remove_worker(self.id)
 
     def _resources(self) -> dict:
@@ -144,6 +163,7 @@ class Worker:
             self.store.worker_heartbeat(self.id, self._resources())
             self.store.heartbeat_jobs(list(self.running))
             self.sweep_lost()
+            self.reap_orphans()
         if not self.stopping:
             self.schedule()
 
@@ -163,6 +183,21 @@ class Worker:
                     kill_group(r.proc.pid, signal.SIGTERM)
             elif now - r.term_sent > grace:
                 kill_group(r.proc.pid, signal.SIGKILL)
+
+    def reap_orphans(self) -> None:
+        """Children that are not a job's process: zombies are reaped; live ones outside every running
+        job's session (each job leads its own) are killed, and reaped on a later pass."""
+        jobs = {r.proc.pid for r in self.running.values()}
+        for pid, (state, session) in children().items():
+            if pid in jobs:
+                continue
+            try:
+                if state != "Z" and session not in jobs:
+                    os.kill(pid, signal.SIGKILL)
+                    print(f"stopped pid {pid}, left behind by a finished job", flush=True)
+                os.waitpid(pid, os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
     def sweep_lost(self, startup: bool = False) -> None:
         """Jobs active in the store that no live worker runs: kill what is left of them, mark lost."""
@@ -258,6 +293,7 @@ class Worker:
         r.log.close()
         kill_group(r.proc.pid, signal.SIGKILL)     # children the job left behind
         del self.running[r.job_id]
+        self.reap_orphans()
         result = logs.result(r.job_id, self.home)
         if r.reason == CANCELLED:
             state, fields = JobState.CANCELLED, {"error_class": CANCELLED, "error_message": "cancelled by user"}

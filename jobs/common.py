@@ -130,6 +130,16 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or bool(OOM_TEXT.search(str(e)))
 
 
+def become_subreaper() -> None:
+    """Make orphaned descendants (a task whose parent died first, a process started in a session of its
+    own) children of this process instead of init, so it can stop and reap them: some inits never do."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
 def classify_exception(e: BaseException) -> str:
     if is_oom(e):
         return OUT_OF_MEMORY

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.common import BAD_INPUT, CRASH, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError, run
+from jobs.common import (BAD_INPUT, CRASH, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError,
+                         become_subreaper, run)
 
 ITEMS_MAX = 500                 # per (model, dataset) kept in result.json
 DATA_EXTS = (".jsonl", ".csv")  # what OpenCompass's CustomDataset reads
@@ -489,16 +490,6 @@ def expected_tasks(spec: Spec, config: Path, python: str, env: dict) -> list[str
                            BAD_INPUT)
         abbrs = json.loads(out.stdout.strip().splitlines()[-1])
     return abbrs
-
-
-def become_subreaper() -> None:
-    """Make orphaned descendants (OpenCompass's task processes, when its CLI dies first) children of
-    this job instead of init, so ``stop_children`` can reap them: some inits never do (zombies)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER (Linux)
-    except (OSError, AttributeError):
-        pass
 
 
 def stop_children(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

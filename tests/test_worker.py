@@ -51,6 +51,16 @@ def test_cancel_running_job_kills_its_whole_group(home, worker):
     assert queue.get(job)["error_class"] == "cancelled"
 
 
+def test_what_a_job_leaves_behind_is_stopped_and_reaped(home, worker):
+    """A process the job started in a session of its own escapes the group kill: the worker, as subreaper,
+    inherits it when the job ends, stops it and reaps it (no zombie)."""
+    job = queue.submit("sleepy", {"steps": 3, "escape": True})
+    wait_for(lambda: state(job) == "succeeded", 30, what="the job to end")
+    escaped = int((queue.job_dir(job) / "escaped.pid").read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{escaped}"), 15, what="the escaped process stopped and reaped")
+    assert "left behind by a finished job" in (home / "worker.log").read_text()
+
+
 def test_sigterm_ignored_then_sigkill(home, worker):
     job = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05, "ignore_sigterm": True})
     wait_for(lambda: "step 3" in logs.read_log(job)[0], 30, what="job printing")
