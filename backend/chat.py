@@ -23,11 +23,12 @@ MESSAGE_OVERHEAD_TOKENS = 8  # role markers a chat template adds per message (an
 
 
 class ChatError(Exception):
-    """A failure the user should read; ``partial`` is the answer received before it happened."""
+    """A failure the user should read; ``partial`` is the answer received before it happened. ``key`` and
+    ``fmt``, when set, name the message in backend/i18n.py so a page can show it in the user's language."""
 
-    def __init__(self, message: str, partial: str = ""):
+    def __init__(self, message: str, partial: str = "", key: str = "", fmt: dict | None = None):
         super().__init__(message)
-        self.partial = partial
+        self.partial, self.key, self.fmt = partial, key, fmt or {}
 
 
 # -- endpoints ----------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def external(url: str, api_key: str = "", model: str = "", name: str = "") -> di
         raise ChatError(f"{url or '(empty)'} is not an http(s) URL, e.g. https://api.example.com/v1")
     if not url.endswith("/v1") and "/v1/" not in url + "/":
         url += "/v1"
-    ep = {"name": name or f"{parsed.netloc} (external)", "url": url, "model": model.strip(), "engine": "external",
+    ep = {"name": name, "url": url, "model": model.strip(), "engine": "external",
           "device": "-", "external": True, "started": time.time(), "requests": None}
     try:
         models = [m.id for m in _client(ep, api_key).models.list()]
@@ -105,6 +106,8 @@ def external(url: str, api_key: str = "", model: str = "", name: str = "") -> di
         if not models:
             raise ChatError(f"{url} lists no models; name the model yourself")
         ep["model"] = models[0]
+    short = ep["model"].rstrip("/").rsplit("/", 1)[-1]         # a served folder's path: its last part
+    ep["name"] = ep["name"] or f"{short} @ {parsed.netloc} (external)"     # one server, several models
     return ep
 
 
@@ -133,13 +136,18 @@ def build_messages(history: list[dict], prompt: str, system: str = "") -> list[d
 
 
 def check_prompt(endpoint: dict, messages: list[dict], max_tokens: int) -> None:
+    """Refuse what no endpoint should be sent (raises ChatError with ``key``): an empty prompt, or a
+    conversation plus ``max_tokens`` longer than the endpoint's context (when its tokenizer is known).
+    Pages call it before a prompt joins the history; ``stream_chat`` calls it too."""
     if not messages or not messages[-1]["content"].strip():
-        raise ChatError("the prompt is empty: type a question first")
+        raise ChatError("the prompt is empty: type a question first", key="chat.empty")
     limit = endpoint.get("context_len")
     n = count_tokens(endpoint, messages) if limit else None
     if n is not None and n + max_tokens > limit:
+        fmt = {"name": endpoint.get("name", ""), "n": n, "max_tokens": max_tokens, "limit": limit}
         raise ChatError(f"the conversation is {n} tokens and {max_tokens} more were asked for, but the model's "
-                        f"context is {limit} tokens: shorten the prompt, clear the history or lower max new tokens")
+                        f"context is {limit} tokens: shorten the prompt, clear the history or lower max new tokens",
+                        key="chat.too_long", fmt=fmt)
 
 
 # -- answering ----------------------------------------------------------------------------------

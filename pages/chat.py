@@ -10,22 +10,35 @@ from pages import ui
 
 S_HISTORY, S_PENDING, S_EXTERNAL = "chat_history", "chat_pending", "chat_external"
 S_STARTING, S_COMPARE, S_ERROR = "chat_starting", "chat_compare", "chat_error"
+S_CMP_ERRORS = "chat_cmp_errors"
 
 st.title(ui.t("nav.chat"))
 st.session_state.setdefault(S_HISTORY, [])
+st.session_state.setdefault(S_COMPARE, [[], []])     # Compare: the left and the right column's own history
 st.session_state.setdefault(S_EXTERNAL, {})          # name -> {"endpoint": ..., "key": ...}
 
 
 def keep_interrupted() -> None:
-    """An answer cut off by Stop (or any click) while streaming: keep what had arrived."""
+    """Answers cut off by Stop (or any click) while streaming: keep what had arrived. ``texts`` holds one
+    entry per history being answered; None where that answer had already ended."""
     pending = st.session_state.pop(S_PENDING, None)
     if not pending:
         return
-    if pending["kind"] == "chat":
-        st.session_state[S_HISTORY].append({"role": "assistant", "content": pending["texts"][0],
-                                            "note": ui.t("chat.stopped")})
-    else:
-        st.session_state[S_COMPARE] = {**pending, "errors": [ui.t("chat.stopped")] * len(pending["texts"])}
+    histories = [st.session_state[S_HISTORY]] if pending["kind"] == "chat" else st.session_state[S_COMPARE]
+    for history, text in zip(histories, pending["texts"]):
+        if text is not None:
+            history.append({"role": "assistant", "content": text, "note": ui.t("chat.stopped")})
+
+
+def error_text(e: chat.ChatError) -> str:
+    return ui.t(e.key, **e.fmt) if e.key else str(e)
+
+
+def show(message: dict) -> None:
+    with st.chat_message(message["role"]):
+        st.markdown(message["content"] or " ")
+        if message.get("note"):
+            st.caption(message["note"])
 
 
 keep_interrupted()
@@ -143,11 +156,10 @@ with tab_chat:
     history = st.session_state[S_HISTORY]
     with st.container(key="chat_messages"):
         for m in history:
-            with st.chat_message(m["role"]):
-                st.markdown(m["content"])
-                if m.get("note"):
-                    st.caption(m["note"])
+            show(m)
         slot = st.container()
+    if st.session_state.get(S_ERROR):
+        st.error(st.session_state.pop(S_ERROR))
     b = st.columns(5)
     regenerate = b[0].button(ui.t("chat.regenerate"), key="chat_regenerate",
                              disabled=not history or history[-1]["role"] != "assistant")
@@ -159,11 +171,18 @@ with tab_chat:
     b[3].download_button(ui.t("chat.export.json"), chat.transcript_json(history, choices[name][0], settings),
                          "chat.json", "application/json", key="chat_export_json", disabled=not history)
     prompt = st.chat_input(ui.t("chat.prompt"), key="chat_input")
+    earlier = history[:-2] if regenerate else history
     if regenerate:
-        history.pop()
-        prompt = history.pop()["content"]
-    if prompt is not None:
-        messages = chat.build_messages(history, prompt, system)
+        prompt = history[-2]["content"]
+    messages = chat.build_messages(earlier, prompt, system) if prompt is not None else None
+    if messages:
+        try:        # a refused prompt never joins the history
+            chat.check_prompt(choices[name][0], messages, settings["max_tokens"])
+        except chat.ChatError as e:
+            st.error(error_text(e))
+            messages = None
+    if messages:
+        del history[len(earlier):]
         history.append({"role": "user", "content": prompt})
         with slot:
             with st.chat_message("user"):
@@ -177,58 +196,77 @@ with tab_chat:
                     for d in chat.stream_chat(**answer_kwargs(name, messages, stats)):
                         pending["texts"][0] += d
                         yield d
+                failed = False
                 try:
                     text = st.write_stream(deltas())
                     note = ui.t("chat.stats", tokens=stats.get("tokens", 0), s=stats.get("seconds", 0),
                                 ttft=stats.get("ttft_s") or 0)
                 except chat.ChatError as e:
-                    text, note = e.partial, str(e)
+                    text, note, failed = e.partial, error_text(e), True
                     st.error(note)
                 st.session_state.pop(S_PENDING, None)
-        history.append({"role": "assistant", "content": text if isinstance(text, str) else "".join(text),
-                        "note": note})
+        text = text if isinstance(text, str) else "".join(text)
+        if failed and not text:     # nothing came back (refused, unreachable...): drop the turn, show why
+            history.pop()
+            st.session_state[S_ERROR] = note
+        else:
+            history.append({"role": "assistant", "content": text, "note": note})
         st.rerun()
 
-# -- Compare -------------------------------------------------------------------------------------------
+# -- Compare: each column keeps its own history with its endpoint --------------------------------------
 with tab_compare:
     c1, c2 = st.columns(2)
     left = c1.selectbox(ui.t("chat.left"), names, key="chat_cmp_left")
     right = c2.selectbox(ui.t("chat.right"), names, index=min(1, len(names) - 1), key="chat_cmp_right")
+    pair, histories = [left, right], st.session_state[S_COMPARE]
     with st.form("chat_cmp_form", clear_on_submit=False):
         cmp_prompt = st.text_area(ui.t("chat.prompt"), key="chat_cmp_prompt", height=80)
         go = st.form_submit_button(ui.t("chat.compare.go"), type="primary")
-    pair = [left, right]
-    cols = st.columns(2)
+    b = st.columns(5)
+    if b[0].button(ui.t("chat.clear"), key="chat_cmp_clear", disabled=not any(histories)):
+        st.session_state[S_COMPARE] = [[], []]
+        st.rerun()
+    notice = st.container()
+    for err in st.session_state.pop(S_CMP_ERRORS, []):
+        notice.error(err)
     boxes = []
-    for i, col in enumerate(cols):
+    for i, col in enumerate(st.columns(2)):
         with col.container(key=f"compare_{'left' if i == 0 else 'right'}", border=True):
             st.markdown(f"**{pair[i]}**")
-            boxes.append(st.empty())
+            for m in histories[i]:
+                show(m)
+            boxes.append(st.container())
     if go:
-        st.session_state.pop(S_COMPARE, None)
-        if not cmp_prompt.strip():
-            st.error(ui.t("chat.empty"))
-        else:
-            messages = chat.build_messages([], cmp_prompt, system)
-            stop_slot = st.empty()
-            stop_slot.button(ui.t("chat.stop"), key="chat_cmp_stop", type="primary")
-            pending = st.session_state[S_PENDING] = {"kind": "compare", "prompt": cmp_prompt, "names": pair,
-                                                     "texts": ["", ""]}
-            errs: list = [None, None]
-            for i, delta, err in chat.stream_many([answer_kwargs(n, messages) for n in pair]):
-                if delta:
-                    pending["texts"][i] += delta
-                    boxes[i].markdown(pending["texts"][i] + " ▌")
-                elif err:
-                    errs[i] = str(err)
-                    pending["texts"][i] = err.partial
-            stop_slot.empty()
-            st.session_state[S_COMPARE] = {**pending, "errors": errs}
-            st.session_state.pop(S_PENDING, None)
-    result = st.session_state.get(S_COMPARE)
-    if result and result.get("names") == pair:
+        sends = [chat.build_messages(histories[i], cmp_prompt, system) for i in range(2)]
+        try:        # a refused prompt joins neither history
+            for i in range(2):
+                chat.check_prompt(choices[pair[i]][0], sends[i], settings["max_tokens"])
+        except chat.ChatError as e:
+            notice.error(error_text(e))
+            sends = None
+    if go and sends:
+        slots = []
         for i in range(2):
-            with boxes[i].container():
-                st.markdown(result["texts"][i] or " ")
-                if result["errors"][i]:
-                    st.caption(result["errors"][i])
+            histories[i].append({"role": "user", "content": cmp_prompt})
+            with boxes[i]:
+                show(histories[i][-1])
+                with st.chat_message("assistant"):
+                    slots.append(st.empty())
+        b[1].button(ui.t("chat.stop"), key="chat_cmp_stop", type="primary")     # any click ends this run
+        pending = st.session_state[S_PENDING] = {"kind": "compare", "texts": ["", ""]}
+        failed = []
+        for i, delta, err in chat.stream_many([answer_kwargs(pair[i], sends[i]) for i in range(2)]):
+            if delta:
+                pending["texts"][i] += delta
+                slots[i].markdown(pending["texts"][i] + " ▌")
+                continue
+            text = err.partial if err else pending["texts"][i]
+            pending["texts"][i] = None                          # this answer has ended
+            if err and not text:        # nothing came back: drop this column's turn, show why
+                histories[i].pop()
+                failed.append(f"{pair[i]}: {error_text(err)}")
+            else:
+                histories[i].append({"role": "assistant", "content": text, "note": error_text(err) if err else ""})
+        st.session_state.pop(S_PENDING, None)
+        st.session_state[S_CMP_ERRORS] = failed
+        st.rerun()

@@ -1,5 +1,7 @@
 """The Chat page in a real browser: start a server for the bundled SmolLM2 with one click, chat with a
-streamed answer, stop an answer, and compare two endpoints side by side."""
+streamed answer, stop an answer, and compare two endpoints side by side; then the faults (over-long
+prompts, bad URLs and keys, an endpoint dying mid-answer), multi-turn Compare and two sessions at once,
+against a fake OpenAI server and the tiny model."""
 from __future__ import annotations
 
 import time
@@ -8,7 +10,8 @@ import pytest
 
 from backend import chat, queue
 from backend.store import open_store
-from tests.conftest import shot, wait_for
+from tests.conftest import endpoint_of, free_port, shot, wait_for
+from tests.fixtures.fake_openai import KEY, FakeOpenAI
 
 BUNDLED = "SmolLM2-135M-Instruct"
 
@@ -106,3 +109,152 @@ def _rest(home, ep):
     assert "sk-not-logged" not in (home / "streamlit.log").read_text(errors="replace")
     queue.cancel(ep["job_id"], home)
     wait_for(lambda: not chat.endpoints(home), 30, 0.2, "the endpoint to go away")
+
+
+# -- faults, multi-turn Compare and two sessions: the fake server, and the tiny model where a real one counts --
+@pytest.fixture
+def fake():
+    f = FakeOpenAI()
+    yield f
+    f.close()
+
+
+def add_external(page, url: str, key: str, model: str = "") -> None:
+    page.locator(".st-key-chat_ext_url input").fill(url)
+    page.locator(".st-key-chat_ext_key input").fill(key)
+    page.locator(".st-key-chat_ext_model input").fill(model)
+    page.get_by_role("button", name="Check and add").click()
+
+
+def pick(page, key: str, option: str) -> None:
+    page.locator(f".st-key-{key}").click()
+    page.get_by_role("option", name=option).click()
+
+
+def send(page, text: str) -> None:
+    box = page.locator(".st-key-chat_input textarea")
+    box.fill(text)
+    box.press("Enter")
+
+
+def messages(page, where: str = ".st-key-chat_messages"):
+    return page.locator(f"{where} [data-testid='stChatMessage']")
+
+
+def compare(page, text: str) -> None:
+    page.locator(".st-key-chat_cmp_prompt textarea").fill(text)
+    page.get_by_role("button", name="Send to both").click()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake, browser, page):
+    # a real server for the context check comes up while the fake-server cases run
+    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"})
+    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
+    page.goto(page.base_url + "/chat")
+    page.get_by_text("Add an external OpenAI-compatible URL").click()
+
+    # bad URL and bad key: sentences, nothing added
+    add_external(page, f"http://127.0.0.1:{free_port()}", "some-key")
+    page.get_by_text("cannot reach http://127.0.0.1").wait_for()
+    add_external(page, fake.url, "wrong-key")
+    page.get_by_text("refused the API key (401)").wait_for()
+    add_external(page, fake.url, KEY, "fake-model")
+    page.get_by_text("Added fake-model @").wait_for()
+    add_external(page, fake.url, KEY, "other-model")
+    page.get_by_text("Added other-model @").wait_for()
+    # the endpoint list is settled before any selectbox is used (a new option could reset a pick)
+    endpoint_of(home, job_id, timeout=240)
+    page.locator(".st-key-chat_max_tokens input").fill("8")
+    page.locator(".st-key-chat_max_tokens input").press("Enter")        # also a rerun: tiny-ep is listed
+    page.locator(".st-key-chat_endpoints").get_by_text("tiny-ep").wait_for()
+
+    # chat: a normal turn, then the endpoint dies mid-answer: the partial answer stays, with the reason
+    pick(page, "chat_pick", "fake-model @")
+    send(page, "First chat question")
+    page.locator(".st-key-chat_messages").get_by_text("fake-model answer 1: First chat question").wait_for()
+    send(page, "Now go dying")
+    wait_for(lambda: messages(page).count() == 4 and not page.locator(".st-key-chat_stop").count(), 30, 0.1,
+             "the dying answer to end")
+    assert "Hello there" in messages(page).last.inner_text()
+    assert "the partial answer is kept" in messages(page).last.inner_text()
+
+    # two browser sessions chat at once and both get their answer
+    other = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        other.goto(page.base_url + "/chat")
+        other.get_by_text("Add an external OpenAI-compatible URL").click()
+        add_external(other, fake.url, KEY, "fake-model")
+        other.get_by_text("Added fake-model @").wait_for()
+        pick(other, "chat_pick", "fake-model @")
+        other.locator(".st-key-chat_input textarea").fill("Session two question")
+        page.locator(".st-key-chat_input textarea").fill("Session one question")
+        other.locator(".st-key-chat_input textarea").press("Enter")
+        page.locator(".st-key-chat_input textarea").press("Enter")
+        other.locator(".st-key-chat_messages").get_by_text("answer 1: Session two question").wait_for()
+        page.locator(".st-key-chat_messages").get_by_text("answer 3: Session one question").wait_for()
+    finally:
+        other.close()
+
+    # compare over two turns: each endpoint gets its own column's history
+    page.get_by_role("tab", name="Compare").click()
+    pick(page, "chat_cmp_left", "fake-model @")
+    pick(page, "chat_cmp_right", "other-model @")
+    left, right = page.locator(".st-key-compare_left"), page.locator(".st-key-compare_right")
+    for turn, text in ((1, "First question"), (2, "Second question")):
+        compare(page, text)
+        left.get_by_text(f"fake-model answer {turn}: {text}").wait_for()
+        right.get_by_text(f"other-model answer {turn}: {text}").wait_for()
+        page.locator(".st-key-chat_cmp_stop").wait_for(state="detached")
+    for model in ("fake-model", "other-model"):
+        assert fake.sent(model)[-1] == [{"role": "user", "content": "First question"},
+                                        {"role": "assistant", "content": f"{model} answer 1: First question"},
+                                        {"role": "user", "content": "Second question"}]
+    wait_for(lambda: messages(page, ".st-key-compare_left").count() == 4
+             and messages(page, ".st-key-compare_right").count() == 4, 10, 0.1, "two turns in each column")
+    page.get_by_text("Add an external OpenAI-compatible URL").click()        # fold the form away for the picture
+    right.scroll_into_view_if_needed()
+    shot(page, "chat-compare-turns")
+
+    # Stop while comparing: both partial answers stay in their histories with the note
+    compare(page, "Tell me a slow story")
+    wait_for(lambda: "word3" in left.inner_text() and "word3" in right.inner_text(), 30, 0.1, "both to stream")
+    page.locator(".st-key-chat_cmp_stop button").click()
+    left.get_by_text("Stopped: the answer so far is kept.").wait_for()
+    right.get_by_text("Stopped: the answer so far is kept.").wait_for()
+    kept = left.inner_text(), right.inner_text()
+    assert all("word3" in k and "word149" not in k for k in kept)
+    page.wait_for_timeout(1000)
+    assert (left.inner_text(), right.inner_text()) == kept, "the stopped answers kept growing"
+
+    # an over-long prompt is refused before it joins any history (counted with the endpoint's tokenizer)
+    pick(page, "chat_cmp_left", "tiny-ep")
+    left.get_by_text("tiny-ep").wait_for()
+    kept = left.inner_text(), right.inner_text()
+    compare(page, "word " * 600)
+    page.get_by_text("context is 512 tokens").wait_for()
+    assert (left.inner_text(), right.inner_text()) == kept
+    n_sent = len(fake.requests)
+    page.get_by_role("tab", name="Chat").click()
+    pick(page, "chat_pick", "tiny-ep")
+    page.locator(".st-key-chat_clear button").click()
+    wait_for(lambda: messages(page).count() == 0, 10, 0.1, "the chat to be cleared")
+    send(page, "Hi")
+    page.locator(".st-key-chat_messages").get_by_text("first token after").wait_for(timeout=60_000)
+    before = page.locator(".st-key-chat_messages").inner_text()
+    send(page, "word " * 600)
+    page.get_by_text("context is 512 tokens").wait_for()
+    assert messages(page).count() == 2 and page.locator(".st-key-chat_messages").inner_text() == before
+    send(page, "Hi again")                  # the history still works
+    wait_for(lambda: messages(page).count() == 4 and not page.locator(".st-key-chat_stop").count(), 60, 0.1,
+             "the next turn")
+    assert len(fake.requests) == n_sent
+
+    # Clear empties both compare columns
+    page.get_by_role("tab", name="Compare").click()
+    page.locator(".st-key-chat_cmp_clear button").click()
+    wait_for(lambda: messages(page, ".st-key-compare_left").count() == messages(page, ".st-key-compare_right").count()
+             == 0, 10, 0.1, "the compare history to be cleared")
+    assert KEY not in (home / "workbench.db").read_bytes().decode("latin-1")
+    assert KEY not in (home / "streamlit.log").read_text(errors="replace")

@@ -10,6 +10,7 @@ import pytest
 from backend import chat, queue
 from backend.store import open_store
 from tests.conftest import endpoint_of, wait_for
+from tests.fixtures.fake_openai import FakeOpenAI
 
 
 def answer(ep: dict, prompt: str = "Hello, who are you?", **kw) -> tuple[str, dict]:
@@ -105,61 +106,6 @@ def test_transcripts():
     assert json.loads(chat.transcript_json(msgs))["messages"][1]["content"] == "hello"
 
 
-class FakeOpenAI:
-    """A stdlib HTTP server that speaks just enough OpenAI: it checks the key, and its streamed answer
-    breaks off after two chunks (an endpoint dying mid-answer)."""
-
-    def __init__(self):
-        import http.server
-        import json
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _authorized(self):
-                if self.headers.get("Authorization") != "Bearer right-key":
-                    body = json.dumps({"error": {"message": "Incorrect API key provided"}}).encode()
-                    self.send_response(401)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return False
-                return True
-
-            def do_GET(self):
-                if self._authorized():
-                    body = json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if not self._authorized():
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for word in ("Hello", " there"):
-                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake-model",
-                             "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
-                self.close_connection = True        # dies mid-answer: no finish_reason, no [DONE]
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def fake():
     f = FakeOpenAI()
@@ -172,12 +118,38 @@ def test_external_key_check_and_death_mid_answer(fake, capsys):
         chat.external(fake.url, api_key="wrong-key")
     ep = chat.external(fake.url, api_key="right-key")
     assert ep["model"] == "fake-model" and ep["url"] == fake.url + "/v1" and "right-key" not in str(ep)
+    assert ep["name"] != chat.external(fake.url, api_key="right-key", model="other-model")["name"]
     with pytest.raises(chat.ChatError, match="refused the API key"):
         list(chat.stream_chat(ep, chat.build_messages([], "hi"), api_key="wrong-key"))
+
+    # a normal answer finishes; the next turn carries the history
+    stats: dict = {}
+    first = "".join(chat.stream_chat(ep, chat.build_messages([], "hi"), api_key="right-key", stats=stats))
+    assert first == "fake-model answer 1: hi" and stats["finish_reason"] == "stop"
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": first, "note": "x"}]
+    assert "".join(chat.stream_chat(ep, chat.build_messages(history, "again"), api_key="right-key")) \
+        == "fake-model answer 2: again"
+    assert fake.sent("fake-model")[-1] == [{"role": "user", "content": "hi"},
+                                           {"role": "assistant", "content": first},
+                                           {"role": "user", "content": "again"}]
+
     got = []
     with pytest.raises(chat.ChatError, match="partial answer is kept") as e:
-        for d in chat.stream_chat(ep, chat.build_messages([], "hi"), api_key="right-key"):
+        for d in chat.stream_chat({**ep, "model": "dying-model"}, chat.build_messages([], "hi"), api_key="right-key"):
             got.append(d)
     assert "".join(got) == e.value.partial == "Hello there"
     out = capsys.readouterr()
     assert "right-key" not in out.out + out.err
+
+
+def test_check_prompt_refuses_before_sending(tiny_model):
+    ep = {"name": "tiny", "url": "http://127.0.0.1:9/v1", "model": "m", "context_len": 512,
+          "tokenizer": str(tiny_model / "tokenizer.json")}
+    with pytest.raises(chat.ChatError) as e:
+        chat.check_prompt(ep, chat.build_messages([], " \n"), 16)
+    assert e.value.key == "chat.empty"
+    with pytest.raises(chat.ChatError) as e:
+        chat.check_prompt(ep, chat.build_messages([], "word " * 600), 16)
+    assert e.value.key == "chat.too_long" and e.value.fmt["limit"] == 512 and e.value.fmt["n"] > 512
+    chat.check_prompt(ep, chat.build_messages([], "hi"), 16)
+    chat.check_prompt({**ep, "tokenizer": None}, chat.build_messages([], "word " * 600), 16)   # unknown: the server decides
