@@ -43,6 +43,22 @@ def endpoint_of(home: Path, job_id: int, timeout: float = 120) -> dict:
     return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
 
 
+def pick(page, key: str, option: str, exact: bool = True) -> None:
+    """Open the select or multiselect ``key`` and click ``option`` (any option containing it when not ``exact``); again if a
+    rerun closed the list."""
+    def once():
+        page.locator(f".st-key-{key} button[aria-label='Open'], .st-key-{key} [data-baseweb='select']").first.click()
+        opt = page.get_by_role("option", name=option, exact=exact).first
+        try:
+            opt.wait_for(timeout=3000)
+            opt.click(timeout=3000)
+        except Exception:           # noqa: BLE001 - playwright's TimeoutError: the list closed; open it again
+            page.keyboard.press("Escape")
+            return False
+        return True
+    wait_for(once, 30, 0.2, f"option {option!r} of {key}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,12 +5,13 @@ against a fake OpenAI server and the tiny model."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from backend import chat, queue
 from backend.store import open_store
-from tests.conftest import endpoint_of, free_port, shot, wait_for
+from tests.conftest import endpoint_of, free_port, pick, shot, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 
 BUNDLED = "SmolLM2-135M-Instruct"
@@ -126,11 +127,6 @@ def add_external(page, url: str, key: str, model: str = "") -> None:
     page.get_by_role("button", name="Check and add").click()
 
 
-def pick(page, key: str, option: str) -> None:
-    page.locator(f".st-key-{key}").click()
-    page.get_by_role("option", name=option).click()
-
-
 def send(page, text: str) -> None:
     box = page.locator(".st-key-chat_input textarea")
     box.fill(text)
@@ -171,7 +167,7 @@ def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake,
     page.locator(".st-key-chat_endpoints").get_by_text("tiny-ep").wait_for()
 
     # chat: a normal turn, then the endpoint dies mid-answer: the partial answer stays, with the reason
-    pick(page, "chat_pick", "fake-model @")
+    pick(page, "chat_pick", "fake-model @", exact=False)
     send(page, "First chat question")
     page.locator(".st-key-chat_messages").get_by_text("fake-model answer 1: First chat question").wait_for()
     send(page, "Now go dying")
@@ -187,7 +183,7 @@ def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake,
         other.get_by_text("Add an external OpenAI-compatible URL").click()
         add_external(other, fake.url, KEY, "fake-model")
         other.get_by_text("Added fake-model @").wait_for()
-        pick(other, "chat_pick", "fake-model @")
+        pick(other, "chat_pick", "fake-model @", exact=False)
         other.locator(".st-key-chat_input textarea").fill("Session two question")
         page.locator(".st-key-chat_input textarea").fill("Session one question")
         other.locator(".st-key-chat_input textarea").press("Enter")
@@ -199,8 +195,8 @@ def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake,
 
     # compare over two turns: each endpoint gets its own column's history
     page.get_by_role("tab", name="Compare").click()
-    pick(page, "chat_cmp_left", "fake-model @")
-    pick(page, "chat_cmp_right", "other-model @")
+    pick(page, "chat_cmp_left", "fake-model @", exact=False)
+    pick(page, "chat_cmp_right", "other-model @", exact=False)
     left, right = page.locator(".st-key-compare_left"), page.locator(".st-key-compare_right")
     for turn, text in ((1, "First question"), (2, "Second question")):
         compare(page, text)
@@ -229,7 +225,7 @@ def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake,
     assert (left.inner_text(), right.inner_text()) == kept, "the stopped answers kept growing"
 
     # an over-long prompt is refused before it joins any history (counted with the endpoint's tokenizer)
-    pick(page, "chat_cmp_left", "tiny-ep")
+    pick(page, "chat_cmp_left", "tiny-ep", exact=False)
     left.get_by_text("tiny-ep").wait_for()
     kept = left.inner_text(), right.inner_text()
     compare(page, "word " * 600)
@@ -237,7 +233,7 @@ def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake,
     assert (left.inner_text(), right.inner_text()) == kept
     n_sent = len(fake.requests)
     page.get_by_role("tab", name="Chat").click()
-    pick(page, "chat_pick", "tiny-ep")
+    pick(page, "chat_pick", "tiny-ep", exact=False)
     page.locator(".st-key-chat_clear button").click()
     wait_for(lambda: messages(page).count() == 0, 10, 0.1, "the chat to be cleared")
     send(page, "Hi")
@@ -258,3 +254,50 @@ def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake,
              == 0, 10, 0.1, "the compare history to be cleared")
     assert KEY not in (home / "workbench.db").read_bytes().decode("latin-1")
     assert KEY not in (home / "streamlit.log").read_text(errors="replace")
+
+
+def make_adapter(base: Path, out: Path) -> Path:
+    """A LoRA adapter on q_proj with random (non-zero) B, so merging changes q_proj and nothing else."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page):
+    from safetensors.torch import load_file
+    store = open_store(home)
+    store.put("model", "tiny", str(tiny_model), {"source": "test"})
+    store.put("adapter", "tiny-lora", str(make_adapter(tiny_model, tmp_path / "lora")), {"base_model": "tiny"})
+    page.goto(page.base_url + "/chat")
+    pick(page, "chat_serve_pick", "tiny + tiny-lora (adapter)")
+    page.locator(".st-key-chat_serve_go button").click()
+    page.locator(".st-key-chat_pick").wait_for(timeout=120_000)
+    ep = chat.endpoints(home)[0]
+    assert ep["name"].startswith("tiny+tiny-lora") and ep["source"].startswith("tiny")
+    # what the server loaded is the merged copy: q_proj = base + B·A·scale, o_proj untouched
+    merged = load_file(home / "jobs" / str(ep["job_id"]) / "merged" / "model.safetensors")
+    base = load_file(Path(tiny_model) / "model.safetensors")
+    lora = load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    a, b = (lora[f"base_model.model.{q[:-len('.weight')]}.lora_{x}.weight"] for x in "AB")
+    assert torch_allclose(merged[q], base[q] + 2.0 * b @ a)
+    assert torch_allclose(merged["model.layers.0.self_attn.o_proj.weight"], base["model.layers.0.self_attn.o_proj.weight"])
+    page.locator(".st-key-chat_max_tokens input").fill("6")
+    page.locator(".st-key-chat_max_tokens input").press("Enter")
+    send(page, "Hello, who are you?")
+    page.locator(".st-key-chat_messages").get_by_text("first token after").wait_for(timeout=60_000)
+    assert messages(page).count() == 2
+    queue.cancel(ep["job_id"], home)
+    wait_for(lambda: not (home / "jobs" / str(ep["job_id"]) / "merged").exists(), 30, 0.2, "the merged copy removed")
+
+
+def torch_allclose(x, y) -> bool:
+    import torch
+    return torch.allclose(x, y, atol=1e-5)

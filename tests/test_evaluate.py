@@ -15,7 +15,7 @@ from backend import logs, queue
 from backend.i18n import t as ui_t
 from backend.store import open_store
 from jobs.evaluate import custom_format
-from tests.conftest import ROOT, endpoint_of, run_burst, shot, wait_for
+from tests.conftest import ROOT, endpoint_of, pick, run_burst, shot, wait_for
 
 SAMPLES = ROOT / "assets" / "datasets"
 ENGINES_DIR = Path(os.environ.get("WORKBENCH_ENGINES_DIR") or ROOT / ".cache" / "envs")
@@ -363,21 +363,6 @@ def test_cancel_running_evaluation(home, worker, tiny_model):
         os.killpg(pid, 0)
     assert ev.result(job_id, home) is None and open_store(home).items("eval") == []
     assert [(r["job_id"], r["state"]) for r in ev.runs(home)] == [(job_id, "cancelled")]
-
-
-def pick(page, key: str, option: str) -> None:
-    """Open the select or multiselect ``key`` and click ``option``; again if a rerun closed the list."""
-    def once():
-        page.locator(f".st-key-{key} button[aria-label='Open'], .st-key-{key} [data-baseweb='select']").first.click()
-        opt = page.get_by_role("option", name=option, exact=True)
-        try:
-            opt.wait_for(timeout=3000)
-            opt.click(timeout=3000)
-        except Exception:           # noqa: BLE001 - playwright's TimeoutError: the list closed; open it again
-            page.keyboard.press("Escape")
-            return False
-        return True
-    wait_for(once, 30, 0.2, f"option {option!r} of {key}")
 
 
 @pytest.mark.slow
