@@ -368,6 +368,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "xc.none": {"en": "No image-text model is running. Pick one below and start it.",
                 "zh": "没有正在运行的图文模型。请在下方选择并启动。"},
     "xc.model": {"en": "Image-text model to start", "zh": "要启动的图文模型"},
+    "xc.no_models": {"en": "No image-text model in the registry yet. Download internlm-xcomposer2-vl-1_8b (or a "
+                           "LLaVA / Qwen2-VL / InternVL model) on the Models page, or import its folder.",
+                     "zh": "模型库里还没有图文模型。请在“模型”页下载 internlm-xcomposer2-vl-1_8b（或 LLaVA / Qwen2-VL / "
+                           "InternVL 模型），或导入其本地文件夹。"},
+    "xc.to_models": {"en": "Open the Models page", "zh": "打开模型页"},
     "xc.start": {"en": "Start", "zh": "启动"},
     "xc.starting": {"en": "Starting the model (job {id}, {state})...", "zh": "正在启动模型（任务 {id}，{state}）……"},
     "xc.dismiss": {"en": "Dismiss", "zh": "关闭"},

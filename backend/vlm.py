@@ -90,6 +90,21 @@ def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = M
 
 
 # -- endpoints ----------------------------------------------------------------------------------
+def startable(home: Path | None = None) -> list[str]:
+    """Registry models a vlm job can serve (image-text ones), by name."""
+    from backend.models import list_models
+    from jobs.vlm import image_text
+    out = []
+    for m in list_models(home):
+        try:
+            config = json.loads((Path(m["path"]) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if image_text(config, m["name"]):
+            out.append(m["name"])
+    return sorted(out)
+
+
 def endpoints(home: Path | None = None) -> list[dict]:
     """Live image-text endpoints (their vlm job still running), newest first."""
     from backend.chat import live_endpoints

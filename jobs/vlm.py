@@ -38,6 +38,15 @@ class Spec(BaseModel):
 
 
 # -- what the model is (used at submit time by resources() and again in the job) ---------------------
+def is_xcomposer(config: dict, name: str) -> bool:
+    return "xcomposer" in (str(config.get("model_type", "")) + " ".join(config.get("architectures") or []) + name).lower()
+
+
+def image_text(config: dict, name: str) -> bool:
+    """An image-text model: XComposer, or a config with a vision tower (LLaVA, Qwen2-VL, InternVL...)."""
+    return is_xcomposer(config, name) or "vision_config" in config or "vision_tower" in config
+
+
 def resolve(spec: Spec, home: Path | None = None) -> dict:
     """{"name", "path", "meta", "config", "xcomposer"}; ValueError with a readable reason."""
     if spec.model and spec.path:
@@ -59,14 +68,13 @@ def resolve(spec: Spec, home: Path | None = None) -> dict:
     except (OSError, ValueError):
         raise ValueError(f"{name!r} is not a transformers model folder (no readable config.json in {path})") from None
     model_type = str(config.get("model_type", ""))
-    archs = " ".join(config.get("architectures") or [])
-    xcomposer = "xcomposer" in (model_type + archs + name).lower()
+    xcomposer = is_xcomposer(config, name)
     if xcomposer:
         if meta.get("trust_remote_code") is not True:
             raise ValueError(f"{name} is an InternLM-XComposer model, which runs its own code from the model folder "
                              "(trust_remote_code): tick the trust_remote_code opt-in for this model on the Models "
                              "page first, then submit again")
-    elif "vision_config" not in config and "vision_tower" not in config:
+    elif not image_text(config, name):
         raise ValueError(f"{name!r} is not an image-text model (model_type {model_type or '?'!r} has no vision "
                          "tower): pick an image-text model such as LLaVA, Qwen2-VL, InternVL or XComposer")
     return {"name": name, "path": path, "meta": meta, "config": config, "xcomposer": xcomposer}

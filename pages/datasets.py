@@ -43,7 +43,8 @@ c_up, c_imp = st.columns(2)
 with c_up.expander(ui.t("ds.upload")):
     with st.form("ds_upload_form", clear_on_submit=True):
         up = st.file_uploader(ui.t("ds.upload.file", mb=defaults.setting("UPLOAD_MAX_MB")),
-                              type=[e.lstrip(".") for e in ds.EXTENSIONS], key="ds_upload")
+                              type=[e.lstrip(".") for e in ds.EXTENSIONS], key="ds_upload",
+                              max_upload_size=defaults.setting("UPLOAD_MAX_MB"))
         if st.form_submit_button(ui.t("ds.upload.save")) and up is not None:
             try:
                 entry = ds.save_upload(up.name, up, owner=ui.owner())

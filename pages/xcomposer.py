@@ -6,7 +6,7 @@ workspace gallery before anything is sent.
 """
 import streamlit as st
 
-from backend import compose, models, queue, vlm
+from backend import compose, defaults, queue, vlm
 from pages import ui
 
 S_HISTORY, S_STARTING = "xc_history", "xc_starting"    # the open draft is ?draft=<id>: it survives a reload
@@ -41,9 +41,12 @@ with st.container(key="xc_endpoint", border=True):
     else:
         ep = None
         st.info(ui.t("xc.none"))
-    registered = sorted(m["name"] for m in models.list_models())
+    startable = vlm.startable()
+    if not startable:
+        st.warning(ui.t("xc.no_models"))
+        st.page_link("pages/models.py", label=ui.t("xc.to_models"), icon=":material/deployed_code:")
     cols = st.columns([3, 1])
-    model = cols[0].selectbox(ui.t("xc.model"), registered, key="xc_model")
+    model = cols[0].selectbox(ui.t("xc.model"), startable, key="xc_model")
     if cols[1].button(ui.t("xc.start"), key="xc_start", disabled=not model):
         job_id = ui.submit("vlm", {"model": model})      # refusals (no GPU, not image-text...) show here
         if job_id:
@@ -61,7 +64,8 @@ with st.sidebar:
 sampling = {"max_new_tokens": max_new, "temperature": temperature, "top_p": top_p, "num_beams": beams}
 
 # images: uploads (checked, then kept in the gallery) and picks from the gallery
-uploads = st.file_uploader(ui.t("xc.upload"), accept_multiple_files=True, key="xc_upload")
+uploads = st.file_uploader(ui.t("xc.upload"), accept_multiple_files=True, key="xc_upload",
+                           max_upload_size=defaults.setting("UPLOAD_MAX_MB"))
 images, bad = [], False
 for f in uploads or []:
     try:

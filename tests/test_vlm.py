@@ -163,6 +163,9 @@ def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, 
     with pytest.raises(queue.SubmitError, match="no GPU"):
         queue.submit("vlm", {"path": str(llava), "device": "cuda"}, home=home)
     assert queue.list_jobs(home=home) == [], "nothing may be queued"
+    # the page offers image-text models only: XComposer by name or architecture, others by their vision tower
+    store.put("model", "llava-like", str(llava), {"source": "test"})
+    assert vlm.startable(home) == ["internlm-xcomposer2-7b", "llava-like"]
 
 
 @pytest.mark.slow
