@@ -1,13 +1,16 @@
 """Fine-tune throughput: the `finetune` job against a plain peft + transformers Trainer script on the
 same model, data and settings, in one run. Prints tokens/s ratios and peak RSS of each.
 
-    .venv/bin/python bench/finetune.py [--model PATH] [--steps 12] [--rows 96] [--max-length 512] [--repeat 1]
+    .venv/bin/python bench/finetune.py [--model PATH] [--data shubot|short] [--steps 12] [--rows 96]
+                                       [--max-length 512] [--repeat 1]
 
   1. same settings, no packing on either side           (goal: job ≥ 0.95× the Trainer)
   2. the job with packing vs the Trainer without it,    (goal: ≥ 1.5×, short samples: padding is waste)
      both counting only real (non-pad) tokens
 
 Without --model it uses the bundled SmolLM2-135M (backend.models.ensure_bundled) in a scratch workspace.
+--data: the bundled ShuBot identity set (answers of 30-100 tokens), or `short`, the bundled
+mini_instructions set (one-line Alpaca instructions, answers of a few tokens) repeated to --rows.
 Each side runs in its own process; peak RSS is each process's own ru_maxrss. --repeat N runs the three
 sides N times in turn and prints medians (the ratios taken within each round), for a busy machine.
 """
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py, datasets.py) would shadow real ones
 
 PLAIN = r'''
 import json, sys, time, torch, resource
@@ -93,6 +96,7 @@ def run_plain(cfg: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", help="a transformers model folder (default: the bundled SmolLM2-135M)")
+    ap.add_argument("--data", choices=["shubot", "short"], default="shubot")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--batch", type=int, default=4)
@@ -111,9 +115,14 @@ def main() -> None:
         shared = Path(os.environ.get("BENCH_FT_HOME", ROOT / "workspace"))
         model = models.ensure_bundled(shared, log=lambda *x: None)
     open_store(home).put("model", "m", str(model))
-    data = ROOT / "assets" / "datasets" / "shubot_self_cognition.jsonl"
+    from backend import datasets
+    source = ROOT / "assets" / "datasets" / ("shubot_self_cognition.jsonl" if a.data == "shubot"
+                                             else "mini_instructions.jsonl")
+    convs = datasets.load_messages(source)
+    convs = (convs * (a.rows // len(convs) + 1))[:a.rows]          # both sides read these conversations
     (home / "datasets").mkdir()
-    (home / "datasets" / "d.jsonl").write_bytes(data.read_bytes())
+    data = home / "datasets" / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in convs), encoding="utf-8")
     common = {"base_model": "m", "datasets": ["d.jsonl"], "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
               "max_length": a.max_length, "max_steps": a.steps, "batch_size": a.batch, "grad_accum": 1,
               "gradient_checkpointing": False, "save_steps": 10_000, "max_samples": a.rows, "device": "cpu", "warmup_ratio": 0.0,
@@ -129,7 +138,7 @@ def main() -> None:
               f"packed {packed['tokens_per_s']:.1f}", flush=True)
     med = lambda i, k: statistics.median(r[i][k] for r in rounds)   # noqa: E731
     ratio = lambda i: statistics.median(r[i]["tokens_per_s"] / r[0]["tokens_per_s"] for r in rounds)   # noqa: E731
-    print(f"model {model.name}, {a.rows} rows, batch {a.batch}, max_length {a.max_length}, {a.steps} steps, "
+    print(f"model {model.name}, data {a.data}, {a.rows} rows, batch {a.batch}, max_length {a.max_length}, {a.steps} steps, "
           f"{os.cpu_count()} CPUs, {a.repeat} round(s), medians")
     for i, label in enumerate(("plain peft + Trainer (no packing):", "finetune job, no packing:         ",
                                "finetune job, packing:            ")):
