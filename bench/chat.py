@@ -48,7 +48,8 @@ def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
             total = time.perf_counter() - t0
             streamer = TextIteratorStreamer(tok, skip_prompt=True)
             t1 = time.perf_counter()
-            th = threading.Thread(target=model.generate, kwargs={**kw, "max_new_tokens": 2, "streamer": streamer})
+            th = threading.Thread(target=model.generate, kwargs={**kw, "max_new_tokens": 2, "min_new_tokens": 2,
+                                                              "streamer": streamer})
             th.start()
             next(iter(streamer))
             ttft = time.perf_counter() - t1
