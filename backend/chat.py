@@ -65,7 +65,13 @@ def servable(home: Path | None = None) -> list[dict]:
 
 
 def serve_job_endpoint(job_id: int, home: Path | None = None) -> dict | None:
-    return next((e for e in endpoints(home) if e.get("job_id") == job_id), None)
+    """The endpoint a serve job was asked for (with an adapter, not the base it also serves)."""
+    return next((e for e in endpoints(home) if e.get("job_id") == job_id and not e.get("base_of")), None)
+
+
+def base_endpoint(endpoint: dict, home: Path | None = None) -> dict | None:
+    """The base model served beside a fine-tuned endpoint by the same job, if any."""
+    return next((e for e in endpoints(home) if e.get("base_of") == endpoint["name"]), None)
 
 
 def uptime_s(endpoint: dict) -> float:

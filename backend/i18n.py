@@ -195,6 +195,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "chat.requests": {"en": "{n} requests", "zh": "{n} 次请求"},
     "chat.job": {"en": "job {id}", "zh": "任务 {id}"},
     "chat.stop_server": {"en": "Stop", "zh": "停止"},
+    "chat.base_of": {"en": "same server ↑", "zh": "同一服务 ↑"},
     "chat.start": {"en": "Start a model server", "zh": "启动模型服务"},
     "chat.no_models": {"en": "No model in the registry yet: add one on the Models page.", "zh": "模型库中还没有模型：请先在“模型”页面添加。"},
     "chat.serve_what": {"en": "Model (base, base + adapter, or merged)", "zh": "模型（基座、基座 + 适配器或合并后的模型）"},

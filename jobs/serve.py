@@ -96,8 +96,8 @@ def resources(spec: Spec) -> dict:
     if spec.engine == "lmdeploy":
         total = max(g.total_gb for g in gpu_list)
         mem = w + spec.cache_max_entry_count * max(total - w, 0)
-    else:
-        mem = w * 1.2 + 1.0
+    else:                           # with an adapter: the merged copy and the base, both loaded
+        mem = w * 1.2 * (2 if spec.adapter else 1) + 1.0
     return {"gpus": 1, "gpu_mem_gb": round(mem, 1)}
 
 
@@ -127,14 +127,18 @@ def merge_adapter(model: dict, adapter: dict, out: Path, job: Job) -> Path:
     return out
 
 
-def command(spec: Spec, path: Path, port: int, device: str, served: str) -> list[str]:
+def command(spec: Spec, paths: list[Path], port: int, device: str, served: str) -> list[str]:
+    """The server's command line. transformers serves one model forced, or several on demand (requests
+    name the folder), none unloaded while the job runs; LMDeploy serves the first."""
+    path = paths[0]
     if spec.engine == "lmdeploy":
         from backend import engines
         return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
                 "--server-name", "127.0.0.1", "--server-port", str(port), "--backend", "turbomind",
                 "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
                 "--log-level", "INFO"]
-    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(path), "--host", "127.0.0.1",
+    models = [str(path)] if len(paths) == 1 else ["--model-timeout", str(10**9)]
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", *models, "--host", "127.0.0.1",
            "--port", str(port), "--device", device, "--dtype", spec.dtype]
     if spec.continuous_batching:
         cmd += ["--continuous-batching", "--cb-num-blocks", str(spec.cb_blocks), "--cb-max-batch-tokens", "512"]
@@ -201,8 +205,8 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 5.0) 
         return r.status, json.loads(r.read() or b"{}")
 
 
-def wait_ready(server: Server, base: str, served: str, engine: str, deadline: float) -> None:
-    """Ready = the health URL answers and a one-token completion comes back."""
+def wait_ready(server: Server, base: str, served: list[str], engine: str, deadline: float) -> None:
+    """Ready = the health URL answers and a one-token completion comes back from each served model."""
     health = base + ("/health" if engine == "transformers" else "/v1/models")
     while True:
         if not server.alive():
@@ -216,10 +220,15 @@ def wait_ready(server: Server, base: str, served: str, engine: str, deadline: fl
         except (OSError, ValueError):
             pass
         time.sleep(READY_POLL_S)
-    server.job.progress(100, 100, "%", "warming up: one-token answer")
+    for model in served:
+        server.job.progress(100, 100, "%", f"warming up {Path(model).name}: one-token answer")
+        one_token(server, base, model, deadline)
+
+
+def one_token(server: Server, base: str, model: str, deadline: float) -> None:
     try:
         status, out = http("POST", base + "/v1/chat/completions", {
-            "model": served, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
             timeout=max(10.0, deadline - time.monotonic()))
     except urllib.error.HTTPError as e:
         raise JobError(f"the model server answered the health check with HTTP {e.code}: "
@@ -253,42 +262,56 @@ def main(spec: Spec, job: Job) -> dict:
     device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
     label = model["name"] + (f"+{adapter['name']}" if adapter else "")
     name = spec.name or f"{label} #{job_id}"
-    path = Path(model["path"])
     merged = job.dir / "merged"
+    owner = (store.job(job_id) or {}).get("owner", "")
+    endpoints: dict[str, tuple[Path, dict]] = {}      # name -> (folder, meta)
     server = None
     try:
-        if adapter:
-            path = merge_adapter(model, adapter, merged, job)
-        served = name if spec.engine == "lmdeploy" else str(path)   # what requests must name as "model"
+        # (endpoint name, folder, source); with an adapter, transformers also serves the base beside the
+        # merged copy, so base and fine-tuned compare on one server (one CPU slot)
+        served = [(name, merge_adapter(model, adapter, merged, job) if adapter else Path(model["path"]), label)]
+        if adapter and spec.engine == "transformers":
+            served.append((f"{spec.name} (base)" if spec.name else f"{model['name']} #{job_id}",
+                           Path(model["path"]), model["name"]))
+        ids = [name if spec.engine == "lmdeploy" else str(path) for _, path, _ in served]   # what requests name
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         job.progress(0, 100, "%", f"starting {spec.engine} on {device}", force=True)
-        server = Server(command(spec, path, port, device, served), job)
+        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0]), job)
         t0 = time.monotonic()
-        wait_ready(server, base, served, spec.engine, t0 + spec.ready_timeout_s)
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-        meta = {"url": base + "/v1", "model": served, "engine": spec.engine, "device": device, "job_id": job_id,
-                "started": time.time(), "source": label, "requests": 0, "load_s": round(time.monotonic() - t0, 1),
+        wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)
+        for (ep_name, path, source), model_id in zip(served, ids):
+            config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+            endpoints[ep_name] = path, {
+                "url": base + "/v1", "model": model_id, "engine": spec.engine, "device": device, "job_id": job_id,
+                "started": time.time(), "source": source, "requests": 0, "load_s": round(time.monotonic() - t0, 1),
                 "context_len": config.get("max_position_embeddings"),
                 "tokenizer": str(path / "tokenizer.json") if (path / "tokenizer.json").exists() else "",
-                "continuous_batching": spec.continuous_batching, "generation": generation_defaults(path)}
-        owner = (store.job(job_id) or {}).get("owner", "")
-        store.put("endpoint", name, path=str(path), meta=meta, job_id=job_id, owner=owner)
-        job.event("ready", endpoint=name, url=meta["url"])
-        job.message(f"ready: endpoint {name!r} at {meta['url']} ({meta['load_s']} s to load)")
-        served_before = 0
+                "continuous_batching": spec.continuous_batching, "generation": generation_defaults(path),
+                **({"base_of": name} if ep_name != name else {})}
+        register(store, endpoints, job_id, owner)
+        for ep_name, (_, meta) in endpoints.items():
+            job.event("ready", endpoint=ep_name, url=meta["url"])
+            job.message(f"ready: endpoint {ep_name!r} at {meta['url']} ({meta['load_s']} s to load)")
         while server.alive():
-            if server.requests != served_before:
-                served_before = server.requests
-                meta["requests"] = served_before
-                store.put("endpoint", name, path=str(path), meta=meta, job_id=job_id, owner=owner)
+            if server.requests != next(iter(endpoints.values()))[1]["requests"]:
+                for _, meta in endpoints.values():        # the server's count: its log names no model
+                    meta["requests"] = server.requests
+                register(store, endpoints, job_id, owner)
             time.sleep(1.0)
         raise server.failure()
     finally:
-        store.delete("endpoint", name, job_id=job_id)
+        for ep_name in endpoints or [name]:
+            store.delete("endpoint", ep_name, job_id=job_id)
         if server:
             server.stop()
         shutil.rmtree(merged, ignore_errors=True)
+
+
+def register(store, endpoints: dict[str, tuple[Path, dict]], job_id: int, owner: str) -> None:
+    """Put (or update) each endpoint; the base first, so lists (newest first) show it under its fine-tuned one."""
+    for ep_name, (path, meta) in reversed(endpoints.items()):
+        store.put("endpoint", ep_name, path=str(path), meta=meta, job_id=job_id, owner=owner)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ def starting(job_id: int) -> None:
     if ep:
         st.session_state.pop(S_STARTING, None)
         st.session_state["chat_pick"] = ep["name"]
+        base = chat.base_endpoint(ep)
+        if base:            # base + adapter: Compare opens on base (left) vs fine-tuned (right)
+            st.session_state["chat_cmp_left"], st.session_state["chat_cmp_right"] = base["name"], ep["name"]
         st.rerun(scope="app")
     with st.container(key="chat_starting", border=True):
         st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))
@@ -83,7 +86,9 @@ with st.container(key="chat_endpoints"):
         c[3].caption(ui.duration(chat.uptime_s(ep)))
         c[4].caption(ui.t("chat.requests", n=ep.get("requests", 0)))
         c[5].page_link("pages/jobs.py", label=ui.t("chat.job", id=ep["job_id"]), query_params={"job": ep["job_id"]})
-        if c[6].button(ui.t("chat.stop_server"), key=f"chat_stop_server_{ep['job_id']}"):
+        if ep.get("base_of"):       # served by the same job as the fine-tuned one: one Stop, on that row
+            c[6].caption(ui.t("chat.base_of"))
+        elif c[6].button(ui.t("chat.stop_server"), key=f"chat_stop_server_{ep['job_id']}"):
             queue.cancel(ep["job_id"])
             st.rerun()
 
@@ -216,8 +221,12 @@ with tab_chat:
 # -- Compare: each column keeps its own history with its endpoint --------------------------------------
 with tab_compare:
     c1, c2 = st.columns(2)
+    for key in ("chat_cmp_left", "chat_cmp_right"):
+        if st.session_state.get(key) not in names:
+            st.session_state.pop(key, None)
     left = c1.selectbox(ui.t("chat.left"), names, key="chat_cmp_left")
-    right = c2.selectbox(ui.t("chat.right"), names, index=min(1, len(names) - 1), key="chat_cmp_right")
+    right = c2.selectbox(ui.t("chat.right"), names, key="chat_cmp_right",
+                         index=0 if "chat_cmp_right" in st.session_state else min(1, len(names) - 1))
     pair, histories = [left, right], st.session_state[S_COMPARE]
     with st.form("chat_cmp_form", clear_on_submit=False):
         cmp_prompt = st.text_area(ui.t("chat.prompt"), key="chat_cmp_prompt", height=80)

@@ -39,7 +39,7 @@ def endpoint_of(home: Path, job_id: int, timeout: float = 120) -> dict:
         job = queue.get(job_id, home)
         assert job["state"] in ("queued", "starting", "running"), \
             f"{job['kind']} job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
-        return next((e for e in chat.live_endpoints(home) if e["job_id"] == job_id), None)
+        return next((e for e in chat.live_endpoints(home) if e["job_id"] == job_id and not e.get("base_of")), None)
     return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
 
 

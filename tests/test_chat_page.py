@@ -279,8 +279,11 @@ def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page)
     pick(page, "chat_serve_pick", "tiny + tiny-lora (adapter)")
     page.locator(".st-key-chat_serve_go button").click()
     page.locator(".st-key-chat_pick").wait_for(timeout=120_000)
-    ep = chat.endpoints(home)[0]
-    assert ep["name"].startswith("tiny+tiny-lora") and ep["source"].startswith("tiny")
+    # one server (one CPU slot) serves the merged copy and, beside it, the base: compare needs no second job
+    ep = chat.serve_job_endpoint(queue.list_jobs(kind="serve", home=home)[0]["id"], home)
+    base_ep = chat.base_endpoint(ep, home)
+    assert ep["name"].startswith("tiny+tiny-lora") and ep["source"] == "tiny+tiny-lora"
+    assert base_ep["source"] == "tiny" and base_ep["url"] == ep["url"] and base_ep["model"] == str(tiny_model)
     # what the server loaded is the merged copy: q_proj = base + B·A·scale, o_proj untouched
     merged = load_file(home / "jobs" / str(ep["job_id"]) / "merged" / "model.safetensors")
     base = load_file(Path(tiny_model) / "model.safetensors")
@@ -294,8 +297,19 @@ def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page)
     send(page, "Hello, who are you?")
     page.locator(".st-key-chat_messages").get_by_text("first token after").wait_for(timeout=60_000)
     assert messages(page).count() == 2
+    # Compare opens on base (left) vs fine-tuned (right), and both answer
+    page.get_by_role("tab", name="Compare").click()
+    left, right = page.locator(".st-key-compare_left"), page.locator(".st-key-compare_right")
+    assert base_ep["name"] in left.inner_text() and ep["name"] in right.inner_text()
+    compare(page, "Hello, who are you?")
+    wait_for(lambda: messages(page, ".st-key-compare_left").count() == 2
+             and messages(page, ".st-key-compare_right").count() == 2
+             and not page.locator(".st-key-chat_cmp_stop").count(), 60, 0.2, "both answers")
+    # one server answered all: 2 warm-ups, the chat turn and the two compare requests
+    wait_for(lambda: {e["requests"] for e in chat.endpoints(home)} == {5}, 10, 0.2, "5 requests on both rows")
     queue.cancel(ep["job_id"], home)
-    wait_for(lambda: not (home / "jobs" / str(ep["job_id"]) / "merged").exists(), 30, 0.2, "the merged copy removed")
+    wait_for(lambda: not (home / "jobs" / str(ep["job_id"]) / "merged").exists() and not chat.endpoints(home), 30, 0.2,
+             "the merged copy and both endpoints removed")
 
 
 def torch_allclose(x, y) -> bool:
