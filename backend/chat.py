@@ -69,6 +69,12 @@ def serve_job_endpoint(job_id: int, home: Path | None = None) -> dict | None:
     return next((e for e in endpoints(home) if e.get("job_id") == job_id and not e.get("base_of")), None)
 
 
+def serving(model: str, adapter: str = "", home: Path | None = None) -> dict | None:
+    """A live endpoint that already serves this registry model (with this adapter), if any."""
+    source = model + (f"+{adapter}" if adapter else "")
+    return next((e for e in endpoints(home) if e.get("source") == source and not e.get("base_of")), None)
+
+
 def base_endpoint(endpoint: dict, home: Path | None = None) -> dict | None:
     """The base model served beside a fine-tuned endpoint by the same job, if any."""
     return next((e for e in endpoints(home) if e.get("base_of") == endpoint["name"]), None)

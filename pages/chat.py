@@ -52,10 +52,7 @@ def starting(job_id: int) -> None:
     ep = chat.serve_job_endpoint(job_id)
     if ep:
         st.session_state.pop(S_STARTING, None)
-        st.session_state["chat_pick"] = ep["name"]
-        base = chat.base_endpoint(ep)
-        if base:            # base + adapter: Compare opens on base (left) vs fine-tuned (right)
-            st.session_state["chat_cmp_left"], st.session_state["chat_cmp_right"] = base["name"], ep["name"]
+        ui.open_chat_on(ep)
         st.rerun(scope="app")
     with st.container(key="chat_starting", border=True):
         st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))

@@ -204,3 +204,13 @@ def spec_yaml(spec: dict) -> str:
 
 def json_text(data) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+def open_chat_on(ep: dict) -> None:
+    """Have the Chat page pick endpoint ``ep``; with its base served beside it, Compare opens on base
+    (left) vs ``ep`` (right)."""
+    from backend import chat
+    st.session_state["chat_pick"] = ep["name"]
+    base = chat.base_endpoint(ep)
+    if base:
+        st.session_state["chat_cmp_left"], st.session_state["chat_cmp_right"] = base["name"], ep["name"]

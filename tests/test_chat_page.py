@@ -284,6 +284,7 @@ def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page)
     base_ep = chat.base_endpoint(ep, home)
     assert ep["name"].startswith("tiny+tiny-lora") and ep["source"] == "tiny+tiny-lora"
     assert base_ep["source"] == "tiny" and base_ep["url"] == ep["url"] and base_ep["model"] == str(tiny_model)
+    assert chat.serving("tiny", "tiny-lora", home) == ep and chat.serving("tiny", home=home) is None
     # what the server loaded is the merged copy: q_proj = base + B·A·scale, o_proj untouched
     merged = load_file(home / "jobs" / str(ep["job_id"]) / "merged" / "model.safetensors")
     base = load_file(Path(tiny_model) / "model.safetensors")
