@@ -225,9 +225,10 @@ def check(spec: dict, home: Path | None = None, gpu_list=None) -> dict:
     if device == "gpu" and not gpu_list:
         raise ValueError("device: gpu was asked for, but this machine has no GPU (use device: auto or cpu)")
     on_gpu = bool(gpu_list) and device != "cpu"
-    if method == "qlora" and not on_gpu:
+    if method == "qlora" and not on_gpu and device != "cpu":
         raise ValueError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit): this machine has none"
-                         + (" available to this job" if gpu_list else "") + "; use method: lora on CPU")
+                         + (" available to this job" if gpu_list else "") + "; use method: lora on CPU (or "
+                         "device: cpu to try the recipe on bitsandbytes' slow CPU kernels)")
     model_path, meta = resolve_model(spec["base_model"], home)
     info = model_info(model_path)
     arch = " ".join(info["architectures"]) or info["model_type"] or "?"
@@ -251,7 +252,8 @@ def check(spec: dict, home: Path | None = None, gpu_list=None) -> dict:
             raise ValueError(f"LoRA target_modules select the output head ({heads[0]}): leave it out")
     if spec.get("lr", 1) <= 0:
         raise ValueError(f"lr must be above 0 (got {spec.get('lr')})")
-    warnings = []
+    warnings = ["QLoRA on the CPU: bitsandbytes' CPU kernels are slow; it is for trying the recipe on a small "
+                "model, and LoRA is faster here"] if method == "qlora" and not on_gpu else []
     # data: usable rows and prompt length, on the first CHECK_ROWS rows of each dataset
     paths = [resolve_dataset(d, home) for d in spec["datasets"]]
     convs = []

@@ -307,7 +307,7 @@ class Run:
             raise JobError(str(e), BAD_INPUT) from None
         self.model_path, remote = model_path, bool(meta.get("trust_remote_code"))
         on_gpu = torch.cuda.is_available() and spec.device != "cpu"
-        if spec.method == "qlora" and not on_gpu:
+        if spec.method == "qlora" and not on_gpu and spec.device != "cpu":      # device: cpu asks for it
             raise JobError("QLoRA needs a CUDA GPU and this job has none", BAD_INPUT, "use method: lora on CPU")
         self.device = torch.device("cuda" if on_gpu else "cpu")
         if spec.dtype == "auto":
@@ -324,9 +324,9 @@ class Run:
                 import bitsandbytes  # noqa: F401
             except ImportError:
                 raise JobError("QLoRA needs bitsandbytes, which is not installed", MISSING_ENGINE,
-                               ".venv/bin/pip install bitsandbytes (GPU hosts only)") from None
+                               ".venv/bin/pip install -r requirements.txt") from None
             from transformers import BitsAndBytesConfig
-            kwargs.update(device_map={"": 0}, quantization_config=BitsAndBytesConfig(
+            kwargs.update(device_map={"": 0 if on_gpu else "cpu"}, quantization_config=BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=self.dtype))
         self.log(f"loading {spec.base_model} ({spec.method}, {str(self.dtype).replace('torch.', '')} on {self.device})")
@@ -345,6 +345,8 @@ class Run:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if spec.method == "qlora":
             from peft import prepare_model_for_kbit_training
+            n4 = sum(1 for m in model.modules() if type(m).__name__ == "Linear4bit")
+            self.log(f"4-bit NF4 base (double quantisation): {n4} Linear4bit layers")
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
         if spec.method != "full":

@@ -191,6 +191,22 @@ def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
     assert out_merged.shape[1] > ids.shape[1] and torch.equal(out_merged, out_adapter)
 
 
+def test_qlora_recipe_runs_on_cpu_when_asked(ws):
+    """The QLoRA path for real: NF4 with double quantisation, k-bit preparation, LoRA on Linear4bit, on
+    bitsandbytes' CPU kernels. Only asked for with device: cpu (without it, no GPU means a refusal)."""
+    plan = ft.check(queue.validate("finetune", spec(method="qlora", device="cpu"))[1].model_dump(), ws)
+    assert any("QLoRA on the CPU" in w for w in plan["warnings"])
+    job_id = queue.submit("finetune", spec(method="qlora", device="cpu", name="tiny-qlora"))
+    run_burst(ws, timeout=300)
+    assert queue.get(job_id, ws)["state"] == "succeeded", logs.tail(job_id, 40, ws)
+    log = logs.read_log(job_id, home=ws)[0]
+    assert "loading tiny (qlora, float32 on cpu)" in log and "4-bit NF4 base (double quantisation): 14 Linear4bit" in log
+    train = [p["loss"] for p in metrics(job_id, ws) if "loss" in p]
+    assert sum(train[-3:]) / 3 < sum(train[:3]) / 3 - 0.2, train
+    adapter = open_store(ws).get("adapter", "tiny-qlora")
+    assert adapter["meta"]["method"] == "qlora" and (Path(adapter["path"]) / "adapter_model.safetensors").exists()
+
+
 def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(ws, worker):
     s = spec(max_steps=300, save_steps=100000, batch_size=1, grad_accum=1, warmup_ratio=0.0)
     job_id = queue.submit("finetune", s)
