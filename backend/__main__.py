@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -175,6 +176,9 @@ def main(argv=None) -> int:
         return a.fn(a)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:          # `... list | head`: the reader left; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

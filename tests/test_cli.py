@@ -41,3 +41,17 @@ def test_engine_install_spec_is_validated(home, tmp_path):
     spec.write_text("engine: openxlab\nextra_requirements: ['x; rm -rf /']\n")
     out = cli(home, "submit", "engine_install", str(spec))
     assert out.returncode == 2 and "not a plain requirement" in out.stderr
+
+
+def test_output_cut_short_by_the_reader_is_no_traceback(home):
+    """`list | head -1`: the reader has gone when the CLI writes; it ends quietly."""
+    import os
+    import subprocess
+    from tests.conftest import PY, ROOT, env_for
+    queue.submit("sleepy", {"steps": 1})
+    read, write = os.pipe()
+    os.close(read)                           # the reader left before the first line
+    proc = subprocess.run([PY, "-m", "backend", "list"], cwd=ROOT, env=env_for(home), stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
