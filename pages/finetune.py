@@ -3,7 +3,7 @@ spec as YAML + CLI, then the run's live view with Resume / Merge / Chat, and run
 import pandas as pd
 import streamlit as st
 
-from backend import chat, datasets, logs, queue
+from backend import datasets, logs, queue
 from backend import finetune as ft
 from backend.store import open_store
 from pages import ui
@@ -102,10 +102,7 @@ def run_actions(job_id: int) -> None:
         if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job['id']}"):
             ui.submit("merge", {"adapter": adapter})
         if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job['id']}"):
-            running = chat.serving(job["spec"]["base_model"], adapter)
-            if running:                                         # already served: no second server
-                ui.open_chat_on(running)
-                st.switch_page("pages/chat.py")
+            ui.chat_if_served(job["spec"]["base_model"], adapter)
             serve = ui.submit("serve", {"model": job["spec"]["base_model"], "adapter": adapter})
             if serve:
                 st.session_state["chat_starting"] = serve       # the Chat page follows the starting server

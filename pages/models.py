@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend import chat, models
+from backend import models
 from pages import ui
 
 S_JOB = "models_job"             # the download job this session follows
@@ -107,10 +107,7 @@ with tab_reg:
             st.warning(ui.t("models.missing_files"))
         c = st.columns(4)
         if c[0].button(ui.t("models.chat"), key="models_chat"):
-            running = chat.serving(picked)
-            if running:                 # already served: open the Chat page on it
-                ui.open_chat_on(running)
-                st.switch_page("pages/chat.py")
+            ui.chat_if_served(picked)
             open_page("pages/chat.py", picked, "chat_model", picked)
         if c[1].button(ui.t("models.finetune"), key="models_finetune"):
             open_page("pages/finetune.py", picked, "ft_model", picked)

@@ -214,3 +214,13 @@ def open_chat_on(ep: dict) -> None:
     base = chat.base_endpoint(ep)
     if base:
         st.session_state["chat_cmp_left"], st.session_state["chat_cmp_right"] = base["name"], ep["name"]
+
+
+def chat_if_served(model: str, adapter: str = "") -> None:
+    """If a live endpoint already serves ``model`` (with ``adapter``), open the Chat page on it (and do not
+    return): "Chat with it" then needs no second server, which on CPU would wait for the first to end."""
+    from backend import chat
+    ep = chat.serving(model, adapter)
+    if ep:
+        open_chat_on(ep)
+        st.switch_page("pages/chat.py")
