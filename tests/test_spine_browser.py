@@ -53,3 +53,13 @@ def test_jobs_page_follows_a_cli_job_and_cancels_it(page, home, tmp_path):
     page.wait_for_url(f"**/jobs?job={retried['id']}")
     queue.cancel(retried["id"])
     shot(page, "jobs-list")
+
+
+def test_failed_job_shows_its_own_suggestion(page, home, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("steps: 1\ninterval_s: 0\nfail: true\n")
+    job = int(cli(home, "submit", "sleepy", str(spec)).stdout)
+    wait_for(lambda: queue.get(job)["state"] == "failed", 30, what="the job to fail")
+    page.goto(f"{page.base_url}/jobs?job={job}")
+    page.get_by_text("Failed (bad_input): asked to fail").wait_for()
+    page.get_by_text("For this job: do not ask it to fail").wait_for()     # the job's JobError suggestion
