@@ -254,29 +254,28 @@ class Model:
         return dict(inputs.to(self.device))
 
     def _xcomposer_call(self, msgs: list[dict], gen: dict) -> tuple:
-        """XComposer's own chat API: images as files, ``<ImageHere>`` placeholders in the query.
-        Untested here (needs the remote code and real weights)."""
+        """XComposer's own chat API: the conversation's images as files (one path for XComposer2-VL, a list
+        for 2.5), each at an ``<ImageHere>`` in the turn it came with (XComposer splits the whole prompt,
+        history included, on them), earlier turns as (query, answer) history, a system message as
+        ``meta_instruction``. Tested against a stand-in with the same signature (tests/fixtures)."""
         import tempfile
-        history, pending = [], None
-        for m in msgs[:-1]:
-            if m["role"] == "user":
-                pending = m["content"]
-            elif m["role"] == "assistant" and pending is not None:
-                history.append((pending, m["content"]))
-                pending = None
-        images = [im for m in msgs for im in m["images"]]
         tmp = Path(tempfile.mkdtemp(dir=self.job.dir))
-        paths = []
-        for i, im in enumerate(images):
-            p = tmp / f"{i}.png"
-            im.save(p)
-            paths.append(str(p))
-        query = msgs[-1]["content"]
-        missing = len(paths) - query.count("<ImageHere>")
-        if missing > 0:
-            query = "<ImageHere>" * missing + query
-        image = paths[0] if len(paths) == 1 else (paths or None)     # XComposer2-VL takes one path, 2.5 a list
-        return self.model.chat, dict(tokenizer=self.tokenizer, query=query, image=image, history=history, **gen)
+        paths, history, pending, extra = [], [], "", {}
+        for m in msgs:
+            for im in m["images"]:
+                paths.append(str(tmp / f"{len(paths)}.png"))
+                im.save(paths[-1])
+            if m["role"] == "system":
+                extra["meta_instruction"] = m["content"]
+            elif m["role"] == "user":         # consecutive user turns are joined
+                places = "<ImageHere>" * max(0, len(m["images"]) - m["content"].count("<ImageHere>"))
+                pending = (pending + "\n" if pending else "") + places + m["content"]
+            elif pending:
+                history.append((pending, m["content"]))
+                pending = ""
+        image = paths[0] if len(paths) == 1 else (paths or None)
+        return self.model.chat, dict(tokenizer=self.tokenizer, query=pending, image=image, history=history,
+                                     **extra, **gen)
 
 
 TIMEOUT_S = 600.0

@@ -131,6 +131,42 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
         list(vlm.stream(ep, [{"role": "user", "content": "hi"}]))
 
 
+@pytest.fixture(scope="session")
+def tiny_xcomposer(tmp_path_factory):
+    from tests.fixtures.tiny_xcomposer import make_tiny_xcomposer
+    return make_tiny_xcomposer(tmp_path_factory.mktemp("tinyxc") / "tiny-xcomposer")
+
+
+@pytest.mark.slow
+def test_xcomposer_chat_api_through_the_job(home, worker, tiny_xcomposer):
+    """XComposer's own code path, on a remote-code stand-in with its chat() signature: opt-in required,
+    one image as a path, several as a list, each placeholder in the turn its image came with, history
+    as (query, answer) pairs, the system message as meta_instruction, beams in one piece."""
+    store = open_store(home)
+    store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test"})
+    with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
+        queue.submit("vlm", {"model": "tiny-xcomposer"}, home=home)
+    store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test", "trust_remote_code": True})
+    job_id = queue.submit("vlm", {"model": "tiny-xcomposer", "max_images": 3}, home=home)
+    ep = endpoint_of(home, job_id, 90)
+    assert ep["mode"] == "xcomposer"
+    first = "".join(vlm.stream(ep, [{"role": "user", "content": "What is it?", "images": [png(20, 10)]}],
+                               max_new_tokens=6))
+    conversation = [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "What is it?", "images": [png(20, 10)]},
+                    {"role": "assistant", "content": "A red box."},
+                    {"role": "user", "content": "And these two?", "images": [png(30, 30), png(40, 20)]}]
+    second = list(vlm.stream(ep, conversation, max_new_tokens=6))
+    beam = list(vlm.stream(ep, [{"role": "user", "content": "Beams?"}], max_new_tokens=4, num_beams=2))
+    assert first and second and len(beam) == 1
+    log = (home / "jobs" / str(job_id) / "run.log").read_text()
+    assert "image=str sizes=[(20, 10)] history=[] query='<ImageHere>What is it?' meta='You are" in log
+    assert ("image=list sizes=[(20, 10), (30, 30), (40, 20)] history=[('<ImageHere>What is it?', 'A red box.')] "
+            "query='<ImageHere><ImageHere>And these two?' meta='Be brief.'") in log
+    assert "image=NoneType sizes=[] history=[] query='Beams?'" in log
+    queue.cancel(job_id, home)
+
+
 def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, monkeypatch):
     import backend.resources
     monkeypatch.setattr(backend.resources, "gpus", lambda: [])
