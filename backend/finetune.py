@@ -355,7 +355,15 @@ def cli_command(spec_file: str = "spec.yaml") -> str:
 # -- for the page --------------------------------------------------------------------------------
 ADVANCED = ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "lr", "epochs", "max_steps", "batch_size",
             "grad_accum", "max_length", "packing", "gradient_checkpointing", "save_steps", "save_total_limit",
-            "eval_ratio", "max_samples", "seed"]
+            "eval_ratio", "eval_steps", "max_samples", "seed", "scheduler", "warmup_ratio", "weight_decay",
+            "max_grad_norm", "device", "dtype"]
+
+
+def choices(field: str) -> list[str]:
+    """The allowed values of a choice field of the finetune spec (scheduler, device, dtype), else []."""
+    import typing
+    from jobs.finetune import Spec
+    return [a for a in typing.get_args(Spec.model_fields[field].annotation) if isinstance(a, str)]
 METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
 
 

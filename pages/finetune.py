@@ -39,6 +39,9 @@ with st.container(key="ft-form", border=True):
             default, col, key = values[field], cols[i % 4], f"ft_{field}_{preset}"   # a preset change resets them
             if isinstance(default, bool):
                 chosen[field] = col.checkbox(field, default, key=key)
+            elif isinstance(default, str):
+                options = ft.choices(field)
+                chosen[field] = col.selectbox(field, options, index=options.index(default), key=key)
             elif isinstance(default, list):
                 chosen[field] = [x.strip() for x in col.text_input(field, ",".join(default), key=key).split(",") if x.strip()]
             elif isinstance(default, float):

@@ -4,7 +4,7 @@ import pytest
 
 from backend import queue
 from backend.store import open_store
-from tests.conftest import shot, wait_for
+from tests.conftest import pick, shot, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -20,6 +20,16 @@ def test_submit_a_tiny_run_from_the_page_and_see_the_loss_chart(page, home, tiny
     form.get_by_text("preset: cpu_demo").wait_for()
     form.get_by_text("python -m backend submit finetune spec.yaml").wait_for()
     page.locator(".st-key-ft-estimate").get_by_text("Estimated peak").wait_for()
+    # QLoRA on this GPU-less machine: the CPU preset asks for device cpu, so it runs with a warning;
+    # with device auto (an advanced field) it is refused before anything is queued
+    form.locator("label").get_by_text("qlora", exact=True).click()
+    form.get_by_text("QLoRA on the CPU").wait_for()
+    form.get_by_text("Advanced settings").click()
+    pick(page, "ft_device_cpu_demo", "auto")
+    form.get_by_text("QLoRA needs a CUDA GPU").wait_for()
+    assert page.locator(".st-key-ft_submit button").is_disabled()
+    form.locator("label").get_by_text("lora", exact=True).click()
+    form.get_by_text("QLoRA needs a CUDA GPU").wait_for(state="detached")
     page.locator(".st-key-ft_submit button").click()
     job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="finetune", home=home)], 30, what="a job")[0]
     run = page.locator(".st-key-ft-run")
