@@ -108,6 +108,13 @@ class RemoteFile:
 
 
 # -- progress: total and per file, from what is on disk --------------------------------------------
+def file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:              # moved or removed by another thread between the two calls
+        return None
+
+
 class Progress:
     """Turns the clients' progress callbacks into job events. The bytes done are read from the disk
     (finished files + partial files), so resumed bytes count and no callback is counted twice."""
@@ -124,11 +131,13 @@ class Progress:
         self.fetched = 0
 
     def file_done(self, f: RemoteFile) -> int:
-        final = self.dest / f.path
-        if final.is_file() and (f.size is None or final.stat().st_size == f.size):
-            return final.stat().st_size
+        """Bytes of ``f`` on disk. Other threads move partial files into place meanwhile: a file that
+        vanishes while it is looked at counts as absent (the next scan finds it in its new place)."""
+        size = file_size(self.dest / f.path)
+        if size is not None and (f.size is None or size == f.size):
+            return size
         part = self.partial(self.dest, f.path)
-        return part.stat().st_size if part and part.is_file() else 0
+        return (file_size(part) or 0) if part else 0
 
     def scan(self) -> int:
         done = 0

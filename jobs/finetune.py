@@ -551,6 +551,8 @@ class Run:
                     loss, nt = self.forward_loss(torch, self.samples, rows, n_items)
                     self.scaler.scale(loss).backward()
                     loss_sum, n_tokens = loss_sum + loss.item(), n_tokens + nt
+                # the optimizer step and its metric point: a stop waits for both, so a checkpoint
+                # saved on cancel always has its point on the chart
                 with stop:
                     self.scaler.unscale_(self.opt)
                     norm = torch.nn.utils.clip_grad_norm_(self.params, spec.max_grad_norm or float("inf"))
@@ -560,13 +562,13 @@ class Run:
                     self.sched.step()
                     self.opt.zero_grad(set_to_none=True)
                     step += 1
-                dt = time.monotonic() - t0
-                tokens_run += n_tokens
-                point = {"step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(float(norm), 5),
-                         "tokens_per_s": round(n_tokens / dt, 1)}
-                self.history.append(point)
-                job.metric(**point)
-                job.progress(step, self.total, "steps", f"loss {loss_sum:.4f}", force=step == self.total)
+                    dt = time.monotonic() - t0
+                    tokens_run += n_tokens
+                    point = {"step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(float(norm), 5),
+                             "tokens_per_s": round(n_tokens / dt, 1)}
+                    self.history.append(point)
+                    job.metric(**point)
+                    job.progress(step, self.total, "steps", f"loss {loss_sum:.4f}", force=step == self.total)
                 if spec.eval_steps and step % spec.eval_steps == 0 and step < self.total:
                     with stop:
                         self.eval_point(torch, step)
