@@ -121,13 +121,13 @@ def run(main: Callable, spec_model) -> None:
     os._exit(code)
 
 
-OOM_TEXT = re.compile(r"out of memory|can't allocate memory|cannot allocate memory", re.I)
+# running out of memory, as CUDA (OutOfMemoryError, "out of memory") and torch's CPU allocator ("can't
+# allocate memory", ENOMEM's "Cannot allocate memory") say it, in an exception or a log
+OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|can't allocate memory|cannot allocate memory", re.I)
 
 
 def is_oom(e: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or torch's CPU allocator failing (a RuntimeError
-    "DefaultCPUAllocator: can't allocate memory")."""
-    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or bool(OOM_TEXT.search(str(e)))
+    return isinstance(e, MemoryError) or bool(OOM_TEXT.search(f"{type(e).__name__}: {e}"))
 
 
 def become_subreaper() -> None:

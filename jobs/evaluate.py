@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.common import (BAD_INPUT, CRASH, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError,
-                         become_subreaper, run)
+from jobs.common import (BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY, Cancelled, Job,
+                         JobError, become_subreaper, run)
 
 ITEMS_MAX = 500                 # per (model, dataset) kept in result.json
 DATA_EXTS = (".jsonl", ".csv")  # what OpenCompass's CustomDataset reads
@@ -466,7 +466,7 @@ def classify(reason: str) -> tuple[str, str]:
                            "tokens with it, and without one downloads tiktoken's encoding")
     if "exceeds max_seq_len" in low:
         return BAD_INPUT, "raise max_seq_len (up to the model's context length) or use shorter prompts"
-    if "out of memory" in low:
+    if OOM_TEXT.search(reason):
         return OUT_OF_MEMORY, "use a smaller batch size or max out length, or a GPU"
     if "modulenotfounderror" in low or "importerror" in low:
         return MISSING_ENGINE, "reinstall the opencompass engine (engine_install with reinstall: true)"

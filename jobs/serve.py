@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.common import BAD_INPUT, CRASH, MISSING_ENGINE, OUT_OF_MEMORY, JobError, Job, run
+from jobs.common import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY, JobError, Job, run
 
 READY_POLL_S = 0.5
 STOP_GRACE_S = 5.0
@@ -189,7 +189,7 @@ class Server:
 
     def failure(self) -> JobError:
         tail = "\n".join(self.lines[-10:])
-        if re.search(r"out of memory|OutOfMemoryError|Cannot allocate memory", tail, re.I):
+        if OOM_TEXT.search(tail):
             return JobError(f"the model server ran out of memory:\n{tail}", OUT_OF_MEMORY,
                             "use a smaller model, a lower cache_max_entry_count, or another GPU")
         if re.search(r"No module named|command not found|No such file", tail):
@@ -293,10 +293,12 @@ def main(spec: Spec, job: Job) -> dict:
         for ep_name, (_, meta) in endpoints.items():
             job.event("ready", endpoint=ep_name, url=meta["url"])
             job.message(f"ready: endpoint {ep_name!r} at {meta['url']} ({meta['load_s']} s to load)")
+        counted = 0
         while server.alive():
-            if server.requests != next(iter(endpoints.values()))[1]["requests"]:
+            if server.requests != counted:
+                counted = server.requests
                 for _, meta in endpoints.values():        # the server's count: its log names no model
-                    meta["requests"] = server.requests
+                    meta["requests"] = counted
                 register(store, endpoints, job_id, owner)
             time.sleep(1.0)
         raise server.failure()
