@@ -159,13 +159,14 @@ class Progress:
             return
         try:
             self.last = now
-            before = dict(self.sizes)
+            before, was_finished = dict(self.sizes), set(self.finished)
             done = self.scan()
             self.fetched = max(self.fetched, done - self.start_done)
             rate = self.fetched / max(now - self.t0, 1e-6)
             eta = (self.total - done) / rate if rate > 0 else None
             for f in self.files:
-                if self.sizes[f.path] != before.get(f.path):
+                # a partial file can reach full size one scan before it is moved into place
+                if self.sizes[f.path] != before.get(f.path) or f.path in self.finished - was_finished:
                     self.job.event("file", path=f.path, done=self.sizes[f.path], total=f.size,
                                    finished=f.path in self.finished)
             self.job.progress(done, self.total or None, "B",
