@@ -35,6 +35,7 @@ MODELS_QUOTA_GB = 0.0            # WORKBENCH_MODELS_QUOTA_GB: most that models/ 
 DATASET_MAX_LINE_MB = 16         # WORKBENCH_DATASET_MAX_LINE_MB: a dataset line longer than this is reported, not parsed
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 USER = "local"                   # WORKBENCH_USER: owner of jobs submitted from this shell/browser
+INSTRUCTORS = ""                 # WORKBENCH_INSTRUCTORS: comma-separated names that may stop anybody's job
 DB_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -45,5 +46,5 @@ def setting(name: str):
 
 # Settings documented in README (tests/test_docs.py checks each one appears there).
 SETTINGS = ["HOME", "ADDRESS", "PORT", "BASE_URL_PATH", "CPU_SLOTS", "USER_MAX_RUNNING", "POLL_S",
-            "LOST_AFTER_S", "CANCEL_GRACE_S", "JOB_TIMEOUT_S", "UPLOAD_MAX_MB", "USER", "LANG", "SSH_PORT",
+            "LOST_AFTER_S", "CANCEL_GRACE_S", "JOB_TIMEOUT_S", "UPLOAD_MAX_MB", "USER", "INSTRUCTORS", "LANG", "SSH_PORT",
             "ENGINES_DIR"]

@@ -85,8 +85,8 @@ with st.container(key="chat_endpoints"):
         c[5].page_link("pages/jobs.py", label=ui.t("chat.job", id=ep["job_id"]), query_params={"job": ep["job_id"]})
         if ep.get("base_of"):       # served by the same job as the fine-tuned one: one Stop, on that row
             c[6].caption(ui.t("chat.base_of"))
-        elif c[6].button(ui.t("chat.stop_server"), key=f"chat_stop_server_{ep['job_id']}"):
-            queue.cancel(ep["job_id"])
+        elif ui.cancel_button(c[6], queue.get(ep["job_id"]), ui.t("chat.stop_server"),
+                              f"chat_stop_server_{ep['job_id']}"):
             st.rerun()
 
     with st.expander(ui.t("chat.start"), expanded=(not live or "chat_model" in st.session_state)

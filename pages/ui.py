@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import pandas as pd
 import streamlit as st
@@ -14,7 +15,8 @@ import yaml
 from backend import defaults, errors, i18n, logs, queue
 from backend.states import JobState
 
-KEYS = {"lang": "lang", "owner": "owner"}
+KEYS = {"lang": "lang", "owner": "owner", "owner_input": "owner_input", "owner_bad": "owner_bad"}
+NAME = re.compile(r"[\w.-]{1,32}")       # a user name: letters (any script), digits, . _ -
 LOG_KEEP_CHARS = 64 * 1024        # what a log view keeps on screen: the refresh cost stays constant
 REFRESH_S = 1.0
 
@@ -31,15 +33,51 @@ def t(key: str, **fmt) -> str:
 
 
 def owner() -> str:
-    return st.session_state.get(KEYS["owner"]) or defaults.setting("USER")
+    """Who this browser session is: the name typed in the sidebar, kept in the URL (?user=) so a reload or a
+    shared link keeps it; WORKBENCH_USER until then."""
+    if KEYS["owner"] not in st.session_state:
+        asked = st.query_params.get("user", "")
+        st.session_state[KEYS["owner"]] = asked if NAME.fullmatch(asked) else defaults.setting("USER")
+    return st.session_state[KEYS["owner"]]
+
+
+def _set_owner() -> None:
+    name = st.session_state[KEYS["owner_input"]].strip()
+    if NAME.fullmatch(name):
+        st.session_state[KEYS["owner"]] = name
+    else:
+        st.session_state[KEYS["owner_bad"]] = True
+        st.session_state[KEYS["owner_input"]] = owner()
 
 
 def sidebar() -> None:
     lang()
+    name = owner()
+    if name != defaults.setting("USER") and st.query_params.get("user") != name:
+        st.query_params["user"] = name
     with st.sidebar:
         # the widget's own state is the language: every string of this run already sees a change
         st.radio("Language / 语言", list(i18n.LANGS), format_func=i18n.LANGS.get, horizontal=True, key=KEYS["lang"])
-        st.caption(f"{t('app.user')}: {owner()}")
+        st.session_state.setdefault(KEYS["owner_input"], name)
+        st.text_input(t("app.user"), key=KEYS["owner_input"], on_change=_set_owner, max_chars=32)
+        if st.session_state.pop(KEYS["owner_bad"], False):
+            st.error(t("app.user_bad"))
+        if name in queue.instructors():
+            st.caption(t("app.instructor"))
+
+
+def cancel_button(col, job: dict, label: str, key: str, kind: str = "secondary") -> bool:
+    """A Stop/Cancel button that only the job's owner or an instructor can press; True once it was pressed."""
+    allowed = queue.may_manage(job, owner())
+    if not col.button(label, key=key, type=kind, disabled=not allowed,
+                      help=None if allowed else t("job.not_yours", owner=job["owner"])):
+        return False
+    try:
+        queue.cancel(job["id"], by=owner())
+    except queue.SubmitError as e:          # the instructors changed since the page was drawn
+        st.error(str(e))
+        return False
+    return True
 
 
 def when(ts) -> str:
@@ -108,8 +146,9 @@ def _actions(job: dict) -> None:
     state = JobState(job["state"])
     cols = st.columns(6)
     if not state.finished:
-        if cols[0].button(t("job.cancel"), key=f"cancel-{job['id']}", type="primary"):
-            queue.cancel(job["id"])
+        cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job['id']}", "primary")
+        if not queue.may_manage(job, owner()):
+            st.caption(t("job.not_yours", owner=job["owner"]))
     else:
         if cols[0].button(t("job.retry"), key=f"retry-{job['id']}"):
             try:

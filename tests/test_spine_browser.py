@@ -63,3 +63,44 @@ def test_failed_job_shows_its_own_suggestion(page, home, tmp_path):
     page.goto(f"{page.base_url}/jobs?job={job}")
     page.get_by_text("Failed (bad_input): asked to fail").wait_for()
     page.get_by_text("For this job: do not ask it to fail").wait_for()     # the job's JobError suggestion
+
+
+@pytest.fixture
+def classroom(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teacher")
+
+
+def test_names_in_a_class_own_jobs_and_only_owner_or_instructor_stops_them(classroom, page, home):
+    job = queue.submit("sleepy", {"steps": 400, "interval_s": 0.1}, owner="ann")
+    page.goto(f"{page.base_url}/jobs?job={job}&user=bob")
+    page.locator(f".st-key-joblog-{job}").get_by_text("step 3 of 400").wait_for()
+    name = page.locator(".st-key-owner_input input")
+    assert name.input_value() == "bob"
+    cancel = page.get_by_role("button", name="Cancel")
+    assert cancel.is_disabled()
+    page.get_by_text("This is ann's job: only they or an instructor can stop it.").wait_for()
+    shot(page, "jobs-classroom-student")
+    # a bad name is refused and the session keeps the one it had
+    name.fill("bad name!")
+    name.press("Enter")
+    page.get_by_text("A name is 1 to 32 letters").wait_for()
+    assert name.input_value() == "bob"
+    page.reload()                                   # the URL carries the name
+    page.locator(f".st-key-joblog-{job}").get_by_text("of 400").first.wait_for()
+    assert page.locator(".st-key-owner_input input").input_value() == "bob"
+    assert page.get_by_role("button", name="Cancel").is_disabled()
+    # an instructor may stop anybody's job; what they queue from the page is theirs
+    name = page.locator(".st-key-owner_input input")
+    name.fill("teacher")
+    name.press("Enter")
+    page.get_by_text("Instructor: you may stop anybody's job.").wait_for()
+    page.wait_for_url("**user=teacher**")
+    wait_for(lambda: page.get_by_role("button", name="Cancel").is_enabled(), 30, what="Cancel enabled")
+    shot(page, "jobs-classroom")
+    page.get_by_role("button", name="Cancel").click()
+    wait_for(lambda: queue.get(job)["state"] == "cancelled", 30, what="cancelled by the instructor")
+    page.get_by_role("button", name="Retry").click()
+    wait_for(lambda: len(queue.list_jobs()) == 2, 30, what="retried job")
+    retried = queue.list_jobs()[0]
+    assert retried["owner"] == "teacher" and queue.get(job)["owner"] == "ann"
+    queue.cancel(retried["id"])
