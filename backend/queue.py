@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -122,5 +123,27 @@ def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:
     return job["kind"], dict(job["spec"])
 
 
-def set_priority(job_id: int, priority: int, home: Path | None = None) -> None:
-    open_store(home).update_job(job_id, priority=int(priority))
+def consider_order(queued: list[dict], active: list[dict]) -> list[dict]:
+    """The order the worker considers queued jobs in: priority, then fair share (owners with fewer running
+    jobs first), then age."""
+    running = Counter(j["owner"] for j in active)
+    return sorted(queued, key=lambda j: (-j["priority"], running[j["owner"]], j["id"]))
+
+
+def place_in_queue(job_id: int, home: Path | None = None) -> int | None:
+    """1 for the queued job the worker considers next, 2 for the one after...; None when not queued."""
+    store = open_store(home)
+    ids = [j["id"] for j in consider_order(store.queued(), store.active())]
+    return ids.index(job_id) + 1 if job_id in ids else None
+
+
+def run_next(job_id: int, by: str | None = None, home: Path | None = None) -> None:
+    """An instructor (or the operator's shell) moves a queued job to the front: above every queued priority."""
+    if by is not None and by not in instructors():
+        raise SubmitError("only an instructor can move a job to the front of the queue")
+    job = get(job_id, home)
+    if job["state"] != JobState.QUEUED.value:
+        raise SubmitError(f"job {job_id} is {job['state']}, not queued")
+    store = open_store(home)
+    top = max((j["priority"] for j in store.queued() if j["id"] != job_id), default=job["priority"] - 1)
+    store.update_job(job_id, priority=max(job["priority"], top + 1))

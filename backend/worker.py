@@ -19,10 +19,11 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend import defaults, engines, errors, kinds, logs, resources
+from backend import defaults, engines, errors, kinds, logs, queue, resources
 from backend.queue import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import Store, open_store
@@ -219,13 +220,9 @@ class Worker:
     def schedule(self) -> None:
         cap = defaults.setting("USER_MAX_RUNNING")
         active = self.store.active()
-        per_owner: dict[str, int] = {}
-        for j in active:
-            per_owner[j["owner"]] = per_owner.get(j["owner"], 0) + 1
-        # fair share: among equal priorities, owners with fewer running jobs go first
-        queued = sorted(self.store.queued(), key=lambda j: (-j["priority"], per_owner.get(j["owner"], 0), j["id"]))
-        for job in queued:
-            if cap and per_owner.get(job["owner"], 0) >= cap:
+        per_owner = Counter(j["owner"] for j in active)
+        for job in queue.consider_order(self.store.queued(), active):
+            if cap and per_owner[job["owner"]] >= cap:
                 continue
             engine = job["asked"].get("engine", "core")
             if not engines.installed(engine, self.home):
@@ -244,7 +241,7 @@ class Worker:
             job = self.store.job(job["id"])
             self.launch(job)
             active.append(job)
-            per_owner[job["owner"]] = per_owner.get(job["owner"], 0) + 1
+            per_owner[job["owner"]] += 1
 
     def _engine_install_pending(self, engine: str) -> bool:
         return any(j["spec"].get("engine") == engine

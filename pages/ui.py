@@ -147,6 +147,12 @@ def _actions(job: dict) -> None:
     cols = st.columns(6)
     if not state.finished:
         cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job['id']}", "primary")
+        if state is JobState.QUEUED and owner() in queue.instructors() \
+                and cols[2].button(t("job.run_next"), key=f"next-{job['id']}"):
+            try:
+                queue.run_next(job["id"], by=owner())
+            except queue.SubmitError as e:        # it started meanwhile
+                st.error(str(e))
         if not queue.may_manage(job, owner()):
             st.caption(t("job.not_yours", owner=job["owner"]))
     else:
@@ -185,6 +191,8 @@ def _live(job_id: int) -> None:
                   resources_text(job["given"] or job["asked"]) or "-")
         c3.metric(t("job.exit_code"), "-" if job["exit_code"] is None else job["exit_code"])
         st.markdown(f"<span data-testid='job-state' data-state='{job['state']}'></span>", unsafe_allow_html=True)
+    if job["state"] == JobState.QUEUED.value and (place := queue.place_in_queue(job_id)):
+        st.caption(t("job.place", n=place))
     if job["cancel_requested"] and not JobState(job["state"]).finished:
         st.warning(t("job.cancelling"))
     p = ev.progress

@@ -2,6 +2,7 @@
 import pytest
 
 from backend import queue
+from backend.store import open_store
 from tests.conftest import cli
 
 
@@ -18,3 +19,21 @@ def test_only_the_owner_or_an_instructor_stops_a_job(home, monkeypatch):
     assert out.returncode == 0 and queue.get(c)["state"] == "cancelled", out.stderr
     monkeypatch.delenv("WORKBENCH_INSTRUCTORS")
     assert not queue.may_manage(queue.get(c), "teacher") and queue.may_manage(queue.get(c), None)
+
+
+def test_place_in_queue_follows_priority_fair_share_and_age_and_run_next_is_an_instructors(home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teacher")
+    ann1, ann2, bob = (queue.submit("sleepy", {"steps": 1}, owner=o) for o in ("ann", "ann", "bob"))
+    assert [queue.place_in_queue(j) for j in (ann1, ann2, bob)] == [1, 2, 3]        # age
+    running_ann = [{"owner": "ann"}]                    # fair share: bob runs nothing, so bob goes first
+    assert [j["id"] for j in queue.consider_order(open_store(home).queued(), running_ann)] == [bob, ann1, ann2]
+    with pytest.raises(queue.SubmitError, match="only an instructor"):
+        queue.run_next(ann2, by="ann")
+    queue.run_next(ann2, by="teacher")
+    assert [queue.place_in_queue(j) for j in (ann1, ann2, bob)] == [2, 1, 3]
+    queue.run_next(bob)                                  # the operator's shell
+    assert [queue.place_in_queue(j) for j in (ann1, ann2, bob)] == [3, 2, 1]
+    queue.cancel(ann1)
+    assert queue.place_in_queue(ann1) is None
+    with pytest.raises(queue.SubmitError, match="cancelled, not queued"):
+        queue.run_next(ann1)

@@ -97,10 +97,22 @@ def test_names_in_a_class_own_jobs_and_only_owner_or_instructor_stops_them(class
     page.wait_for_url("**user=teacher**")
     wait_for(lambda: page.get_by_role("button", name="Cancel").is_enabled(), 30, what="Cancel enabled")
     shot(page, "jobs-classroom")
+    # while ann's job holds the CPU slot: bob's queued job goes first (fair share) until the instructor
+    # moves ann's second one to the front
+    later = queue.submit("sleepy", {"steps": 400, "interval_s": 0.1}, owner="bob")
+    demo = queue.submit("sleepy", {"steps": 400, "interval_s": 0.1}, owner="ann")
+    page.goto(f"{page.base_url}/jobs?job={demo}&user=teacher")
+    page.get_by_text("Place in the queue: 2").wait_for()
+    page.get_by_role("button", name="Run next").click()
+    page.get_by_text("Place in the queue: 1").wait_for()
+    page.goto(f"{page.base_url}/jobs?job={job}&user=teacher")
     page.get_by_role("button", name="Cancel").click()
     wait_for(lambda: queue.get(job)["state"] == "cancelled", 30, what="cancelled by the instructor")
+    wait_for(lambda: queue.get(demo)["state"] == "running", 30, what="the moved job to start")
+    assert queue.get(later)["state"] == "queued"
     page.get_by_role("button", name="Retry").click()
-    wait_for(lambda: len(queue.list_jobs()) == 2, 30, what="retried job")
+    wait_for(lambda: len(queue.list_jobs()) == 4, 30, what="retried job")
     retried = queue.list_jobs()[0]
     assert retried["owner"] == "teacher" and queue.get(job)["owner"] == "ann"
-    queue.cancel(retried["id"])
+    for j in (retried["id"], later, demo):
+        queue.cancel(j)
