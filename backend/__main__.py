@@ -6,6 +6,7 @@
     python -m backend logs <id> [-f]
     python -m backend cancel <id>
     python -m backend retry <id>
+    python -m backend next <id>
     python -m backend worker [--burst]
     python -m backend init
 """
@@ -112,6 +113,15 @@ def cmd_retry(a) -> int:
     return 0
 
 
+def cmd_next(a) -> int:
+    try:
+        queue.run_next(a.id)
+    except (KeyError, queue.SubmitError) as e:
+        return _err(str(e).strip("'\""))
+    print(f"job {a.id}: place {queue.place_in_queue(a.id)} in the queue")
+    return 0
+
+
 def cmd_worker(a) -> int:
     from backend.worker import Worker
     Worker(burst=a.burst, cpu_slots=a.cpu_slots).run()
@@ -153,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(fn=cmd_list)
     for name, fn, helptext in (("show", cmd_show, "one job in detail"), ("cancel", cmd_cancel, "cancel a job"),
-                               ("retry", cmd_retry, "queue a finished job's spec again")):
+                               ("retry", cmd_retry, "queue a finished job's spec again"),
+                               ("next", cmd_next, "move a queued job to the front of the queue")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("id", type=int)
         s.set_defaults(fn=fn)

@@ -31,9 +31,10 @@ def test_place_in_queue_follows_priority_fair_share_and_age_and_run_next_is_an_i
         queue.run_next(ann2, by="ann")
     queue.run_next(ann2, by="teacher")
     assert [queue.place_in_queue(j) for j in (ann1, ann2, bob)] == [2, 1, 3]
-    queue.run_next(bob)                                  # the operator's shell
+    out = cli(home, "next", str(bob))                   # the operator's shell
+    assert out.stdout.strip() == f"job {bob}: place 1 in the queue", out.stderr
     assert [queue.place_in_queue(j) for j in (ann1, ann2, bob)] == [3, 2, 1]
     queue.cancel(ann1)
     assert queue.place_in_queue(ann1) is None
-    with pytest.raises(queue.SubmitError, match="cancelled, not queued"):
-        queue.run_next(ann1)
+    out = cli(home, "next", str(ann1))
+    assert out.returncode == 2 and f"job {ann1} is cancelled, not queued" in out.stderr and "Traceback" not in out.stderr
