@@ -46,5 +46,5 @@ def setting(name: str):
 
 # Settings documented in README (tests/test_docs.py checks each one appears there).
 SETTINGS = ["HOME", "ADDRESS", "PORT", "BASE_URL_PATH", "CPU_SLOTS", "USER_MAX_RUNNING", "POLL_S",
-            "LOST_AFTER_S", "CANCEL_GRACE_S", "JOB_TIMEOUT_S", "UPLOAD_MAX_MB", "USER", "INSTRUCTORS", "LANG", "SSH_PORT",
-            "ENGINES_DIR"]
+            "LOST_AFTER_S", "CANCEL_GRACE_S", "JOB_TIMEOUT_S", "UPLOAD_MAX_MB", "USER", "INSTRUCTORS", "LANG",
+            "SSH_PORT", "ENGINES_DIR"]

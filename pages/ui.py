@@ -53,7 +53,7 @@ def _set_owner() -> None:
 def sidebar() -> None:
     lang()
     name = owner()
-    if name != defaults.setting("USER") and st.query_params.get("user") != name:
+    if st.query_params.get("user", defaults.setting("USER")) != name:
         st.query_params["user"] = name
     with st.sidebar:
         # the widget's own state is the language: every string of this run already sees a change
