@@ -20,7 +20,11 @@ TEST_ENGINES_DIR = defaults.ROOT / ".cache" / "envs"
 
 def bundled() -> int:
     from backend import models
-    path = models.ensure_bundled()
+    try:
+        path = models.ensure_bundled()
+    except models.ModelError as e:      # no network, a bad WORKBENCH_SMOLLM2_GGUF...: a sentence, not a traceback
+        print(f"bundled model: {e}", file=sys.stderr)
+        return 1
     print(f"bundled model ready: {path}")
     return 0
 

@@ -1,6 +1,15 @@
-"""The CLI calls the same backend functions as the pages."""
+"""The CLI calls the same backend functions as the pages; ./workbench up starts and stops the app and worker."""
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
 from backend import queue
-from tests.conftest import cli, run_burst
+from backend.store import open_store
+from tests.conftest import ROOT, app_healthy, cli, free_port, run_burst, wait_for
+from tests.test_worker import gone
 
 
 def test_submit_list_show_logs_cancel(home, tmp_path):
@@ -55,3 +64,44 @@ def test_output_cut_short_by_the_reader_is_no_traceback(home):
                           stderr=subprocess.PIPE, text=True, timeout=60)
     os.close(write)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _pid_of(*words: str) -> int | None:
+    """The process whose command line holds all ``words`` (from /proc: no psutil needed)."""
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if d.name.isdigit() and all(w in cmd for w in words):
+            return int(d.name)
+    return None
+
+
+@pytest.mark.slow
+def test_workbench_up_stops_both_on_ctrl_c_or_when_one_ends(tmp_path):
+    """README's first command: the worker and the app start, Ctrl-C stops both, and when one of them ends
+    by itself the other is stopped too. (The bundled model is left out here: its download has its own tests.)"""
+    port = free_port()
+    env = dict(os.environ, WORKBENCH_HOME=str(tmp_path / "ws"), WORKBENCH_PORT=str(port),
+               WORKBENCH_SMOLLM2_GGUF=str(tmp_path / "absent.gguf"))
+
+    def up() -> tuple[subprocess.Popen, int, int]:
+        proc = subprocess.Popen([str(ROOT / "workbench"), "up"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        wait_for(lambda: app_healthy(f"http://127.0.0.1:{port}") or proc.poll() is not None, 300, 0.5, "the app")
+        assert proc.poll() is None
+        wait_for(lambda: open_store(tmp_path / "ws").workers(), 30, what="the worker to register")
+        return proc, _pid_of("-m pages", f"--server.port {port}"), open_store(tmp_path / "ws").workers()[0]["pid"]
+
+    proc, app, worker = up()
+    os.killpg(proc.pid, signal.SIGINT)                  # Ctrl-C in the terminal
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0 and "stopping" in out and "Traceback" not in out, out
+    wait_for(lambda: gone(app) and gone(worker), 30, what="app and worker stopped")
+
+    proc, app, worker = up()
+    os.kill(app, signal.SIGKILL)                        # the app dies: the worker must not be left running
+    out = proc.communicate(timeout=60)[0]
+    assert "a process ended" in out and "unbound variable" not in out and proc.returncode == 0, out
+    wait_for(lambda: gone(worker), 30, what="the worker stopped")
