@@ -85,23 +85,29 @@ def test_workbench_up_stops_both_on_ctrl_c_or_when_one_ends(tmp_path):
     port = free_port()
     env = dict(os.environ, WORKBENCH_HOME=str(tmp_path / "ws"), WORKBENCH_PORT=str(port),
                WORKBENCH_SMOLLM2_GGUF=str(tmp_path / "absent.gguf"))
+    log = tmp_path / "up.log"
 
     def up() -> tuple[subprocess.Popen, int, int]:
-        proc = subprocess.Popen([str(ROOT / "workbench"), "up"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        wait_for(lambda: app_healthy(f"http://127.0.0.1:{port}") or proc.poll() is not None, 300, 0.5, "the app")
-        assert proc.poll() is None
-        wait_for(lambda: open_store(tmp_path / "ws").workers(), 30, what="the worker to register")
-        return proc, _pid_of("-m pages", f"--server.port {port}"), open_store(tmp_path / "ws").workers()[0]["pid"]
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(ROOT / "workbench"), "up"], cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        # past its start-up checks: the launcher is waiting on both processes
+        wait_for(lambda: "Ctrl-C stops both" in log.read_text() or proc.poll() is not None, 300, 0.5, "the launcher")
+        assert proc.poll() is None and app_healthy(f"http://127.0.0.1:{port}"), log.read_text()
+        live = wait_for(lambda: [w["pid"] for w in open_store(tmp_path / "ws").workers() if not gone(w["pid"])],
+                        30, what="the worker to register")
+        return proc, _pid_of("-m pages", f"--server.port {port}"), live[0]
 
     proc, app, worker = up()
     os.killpg(proc.pid, signal.SIGINT)                  # Ctrl-C in the terminal
-    out = proc.communicate(timeout=60)[0]
+    proc.wait(60)
+    out = log.read_text()
     assert proc.returncode == 0 and "stopping" in out and "Traceback" not in out, out
     wait_for(lambda: gone(app) and gone(worker), 30, what="app and worker stopped")
 
     proc, app, worker = up()
     os.kill(app, signal.SIGKILL)                        # the app dies: the worker must not be left running
-    out = proc.communicate(timeout=60)[0]
+    proc.wait(60)
+    out = log.read_text()
     assert "a process ended" in out and "unbound variable" not in out and proc.returncode == 0, out
     wait_for(lambda: gone(worker), 30, what="the worker stopped")
