@@ -24,6 +24,7 @@ import yaml
 from backend import defaults, errors, logs, queue
 from backend.states import JobState
 from backend.store import open_store
+from backend.worker import Worker
 
 
 def _fmt_time(t):
@@ -123,7 +124,6 @@ def cmd_next(a) -> int:
 
 
 def cmd_worker(a) -> int:
-    from backend.worker import Worker
     Worker(burst=a.burst, cpu_slots=a.cpu_slots).run()
     return 0
 

@@ -25,8 +25,8 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from backend import defaults
-from backend.vlm import VLMError, check_image, stream
+from backend import defaults, paths
+from backend.vlm import check_image, stream
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 EDITS = ("rewrite", "expand", "shorten")
@@ -35,14 +35,6 @@ CAPTION_PROMPT = "Describe this image in one short sentence."
 
 class ComposeError(Exception):
     """Bad input in a compose step, with a message for the user."""
-
-
-def _write(target: Path, data: bytes) -> None:
-    """Write a file whole or not at all (a reader never sees half of it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name("." + target.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(target)
 
 
 # -- the gallery --------------------------------------------------------------------------------
@@ -70,15 +62,17 @@ def add_to_gallery(name: str, data: bytes, home: Path | None = None) -> str:
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
     target = gallery_dir(root) / "uploads" / (hashlib.sha256(data).hexdigest()[:16] + ext)
     if not target.exists():
-        _write(target, data)
+        paths.atomic_write(target, data)
     return str(target.relative_to(root))
 
 
 def resolve(rel: str, home: Path | None = None) -> Path:
     """A gallery path from a draft or a request, refused when it leaves the workspace."""
-    root = (home or defaults.home()).resolve()
-    p = (root / rel).resolve()
-    if not p.is_relative_to(root) or not p.is_file():
+    try:
+        p = paths.inside(home or defaults.home(), rel)
+    except paths.OutsideError:
+        p = None
+    if p is None or not p.is_file():
         raise ComposeError(f"{rel} is not an image in this workspace")
     return p
 
@@ -111,7 +105,7 @@ def caption(endpoint: dict, rel: str, home: Path | None = None, max_new_tokens: 
     key, cache = image_key(rel, home), captions(home)
     if key not in cache:
         cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home)], max_new_tokens=max_new_tokens)).strip()
-        _write(_captions_file(home), json.dumps(cache, ensure_ascii=False, indent=1).encode())
+        paths.atomic_write(_captions_file(home), json.dumps(cache, ensure_ascii=False, indent=1).encode())
     return cache[key]
 
 
@@ -211,7 +205,7 @@ def new_draft(instruction: str, images: list[str], owner: str = "") -> dict:
 
 def save(draft: dict, home: Path | None = None) -> None:
     draft["updated"] = time.time()
-    _write(drafts_dir(home) / f"{draft['id']}.json", json.dumps(draft, ensure_ascii=False, indent=1).encode())
+    paths.atomic_write(drafts_dir(home) / f"{draft['id']}.json", json.dumps(draft, ensure_ascii=False, indent=1).encode())
 
 
 def drafts(home: Path | None = None, owner: str | None = None) -> list[dict]:

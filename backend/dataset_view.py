@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend import datasets, defaults
+from backend import defaults, records
 
 CHUNK = 16 << 20            # bytes read at a time while indexing or searching
 CELL_LIMIT = 1 << 20        # a row longer than this is shown as a note, not parsed
@@ -38,14 +38,14 @@ class View:
 
     def __init__(self, path: str | Path, home: Path | None = None):
         self.path = Path(path)
-        problem = datasets._sniff(self.path)
+        problem = records.sniff(self.path)
         if problem:
-            raise datasets.DatasetError(problem)
+            raise records.DatasetError(problem)
         self.text = self.path.suffix.lower() == ".txt"
         key = _key(self.path)
         base = cache_dir(home) / key
         if self.path.suffix.lower() in (".jsonl", ".txt") or (
-                self.path.suffix.lower() == ".json" and datasets._first_char(self.path) != "["):
+                self.path.suffix.lower() == ".json" and records.first_char(self.path) != "["):
             self.rows_path = self.path
         else:
             self.rows_path = base.with_suffix(".jsonl")
@@ -76,7 +76,7 @@ class View:
         tmp = self.rows_path.with_name(self.rows_path.name + f".{os.getpid()}.tmp")
         pos = 0
         with open(tmp, "wb") as f:
-            for n, rec, err in datasets.scan(self.path):
+            for n, rec, err in records.scan(self.path):
                 if n == 0:
                     continue
                 line = (json.dumps(rec, ensure_ascii=False, default=str) if err is None

@@ -1,13 +1,32 @@
-"""Classifying a failed job: from what it reported in result.json, else from its exit and log."""
+"""How jobs fail: the error classes, the one out-of-memory pattern, and classifying a failed job
+from what it reported in result.json, else from its exit and log.
+
+Jobs import the classes from here (``jobs/common.py``), the worker and the pages read them: one list.
+"""
 from __future__ import annotations
 
 import re
 
-from jobs.common import (BAD_INPUT, CANCELLED, CRASH, DOWNLOAD, MISSING_ENGINE, OUT_OF_MEMORY,
-                         TIMEOUT)
+# Error classes a job (or the worker) may report. The UI maps each to a suggestion.
+BAD_INPUT = "bad_input"
+OUT_OF_MEMORY = "out_of_memory"
+MISSING_ENGINE = "missing_engine"
+DOWNLOAD = "download_error"
+CRASH = "crash"
+TIMEOUT = "timeout"
+CANCELLED = "cancelled"
+LOST = "lost"
+
+# How a job process exits (jobs/common.run): the worker reads these.
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 143
+
+# Running out of memory, as CUDA (OutOfMemoryError, "out of memory") and torch's CPU allocator ("can't
+# allocate memory", ENOMEM's "Cannot allocate memory") say it, in an exception or a log.
+OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|can't allocate memory|cannot allocate memory|MemoryError",
+                      re.I)
 
 PATTERNS = [
-    (OUT_OF_MEMORY, re.compile(r"CUDA out of memory|OutOfMemoryError|Cannot allocate memory|MemoryError", re.I)),
+    (OUT_OF_MEMORY, OOM_TEXT),
     (MISSING_ENGINE, re.compile(r"ModuleNotFoundError|No module named|command not found", re.I)),
     (DOWNLOAD, re.compile(r"ConnectionError|HTTPError|Max retries exceeded|Read timed out|404 Client Error", re.I)),
 ]
@@ -21,8 +40,23 @@ SUGGESTIONS = {
     CRASH: "err.crash",
     TIMEOUT: "err.timeout",
     CANCELLED: "err.cancelled",
-    "lost": "err.lost",
+    LOST: "err.lost",
 }
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or bool(OOM_TEXT.search(f"{type(e).__name__}: {e}"))
+
+
+def classify_exception(e: BaseException) -> str:
+    """The class of an exception a job did not understand."""
+    if is_oom(e):
+        return OUT_OF_MEMORY
+    if isinstance(e, (ValueError, FileNotFoundError)) and not isinstance(e, UnicodeError):
+        return BAD_INPUT
+    if isinstance(e, ModuleNotFoundError):
+        return MISSING_ENGINE
+    return CRASH
 
 
 def classify(exit_code: int | None, result: dict | None, log_tail: str) -> tuple[str, str]:
@@ -30,7 +64,7 @@ def classify(exit_code: int | None, result: dict | None, log_tail: str) -> tuple
     if result and not result.get("ok") and isinstance(result.get("error"), dict):
         err = result["error"]
         return err.get("class") or CRASH, err.get("message") or ""
-    if exit_code is not None and exit_code < 0 and exit_code == -9:
+    if exit_code == -9:
         return OUT_OF_MEMORY, "the process was killed (SIGKILL), most often by the out-of-memory killer"
     for cls, pattern in PATTERNS:
         m = pattern.search(log_tail)

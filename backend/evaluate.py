@@ -11,8 +11,10 @@ import re
 from pathlib import Path
 
 from backend import defaults, engines, logs, queue
+from backend.chat import endpoints
+from backend.datasets import list_datasets
 from backend.store import open_store
-from jobs import evaluate as job
+from backend.specs import evaluate as opencompass
 
 ENGINE = "opencompass"
 KIND = "evaluate"
@@ -46,7 +48,7 @@ def package_dir(home: Path | None = None) -> Path | None:
 
 
 def data_cache(home: Path | None = None) -> Path:
-    return job.compass_data_cache(home or defaults.home())
+    return opencompass.compass_data_cache(home or defaults.home())
 
 
 # -- what can be evaluated ----------------------------------------------------------------------
@@ -68,7 +70,6 @@ def model_choices(home: Path | None = None) -> list[dict]:
             item["problem"] = f"its base model {base!r} is not in the registry"
         out.append(item)
     try:
-        from backend.chat import endpoints
         live = endpoints(home)
     except ImportError:
         live = [{"name": e["name"], **e["meta"]} for e in store.items("endpoint")]
@@ -115,13 +116,12 @@ def dataset_choices(home: Path | None = None) -> list[dict]:
     """Registered datasets (bundled samples included) with their OpenCompass format:
     ``{"name", "path", "format": "mcq"|"qa"|"", "problem", "ref"}``."""
     try:
-        from backend.datasets import list_datasets
         entries = list_datasets(home)
     except ImportError:
         entries = open_store(home).items("dataset")
     out = []
     for d in entries:
-        fmt, problem = job.custom_format(d["path"])
+        fmt, problem = opencompass.custom_format(d["path"])
         out.append({"name": d["name"], "path": d["path"], "format": fmt, "problem": problem,
                     "ref": {"name": d["name"], "path": d["path"]} if fmt else None})
     return out
@@ -134,9 +134,9 @@ def standard_choices(home: Path | None = None) -> list[dict]:
         return []
     out = []
     for name in STANDARD:
-        cfg = job.find_standard_config(name, pkg)
+        cfg = opencompass.find_standard_config(name, pkg)
         if cfg is not None:
-            out.append({"name": name, "missing": job.missing_data(cfg, pkg, data_cache(home))})
+            out.append({"name": name, "missing": opencompass.missing_data(cfg, pkg, data_cache(home))})
     return out
 
 
@@ -150,9 +150,9 @@ def check(spec: dict, home: Path | None = None, api_key: str = "") -> list[str]:
         return [str(e)]
     problems = []
     for m in model.models:
-        problem = job.endpoint_problem(m.url, api_key, timeout=3.0) if m.url else ""
+        problem = opencompass.endpoint_problem(m.url, api_key, timeout=3.0) if m.url else ""
         if problem:
-            problems.append(f"model {m.name}: {problem}; {job.ENDPOINT_SUGGESTION}")
+            problems.append(f"model {m.name}: {problem}; {opencompass.ENDPOINT_SUGGESTION}")
     pkg = package_dir(home)
     if not engine_ready(home):
         problems.append("The OpenCompass engine is not installed yet: install it (an engine_install job, "
@@ -160,11 +160,11 @@ def check(spec: dict, home: Path | None = None, api_key: str = "") -> list[str]:
     for d in model.datasets:
         if not d.config or pkg is None:
             continue
-        cfg = job.find_standard_config(d.config, pkg)
+        cfg = opencompass.find_standard_config(d.config, pkg)
         if cfg is None:
             problems.append(f"dataset {d.name}: OpenCompass has no standard config named {d.config}")
             continue
-        missing = job.missing_data(cfg, pkg, data_cache(home))
+        missing = opencompass.missing_data(cfg, pkg, data_cache(home))
         if missing:
             problems.append(f"dataset {d.name}: the data of {d.config} is not in COMPASS_DATA_CACHE "
                             f"({data_cache(home)}): missing {', '.join(missing)}")

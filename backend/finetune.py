@@ -13,21 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults
+from backend import datasets, defaults, logs, paths, resources
+from backend.paths import job_dir
+from backend.store import open_store
 
-# XTuner's InternLM2 chat QLoRA/LoRA config (internlm2_chat_7b_qlora_oasst1_e3): the Spec defaults.
-XTUNER = dict(lora_r=64, lora_alpha=16, lora_dropout=0.1, target_modules=["all-linear"], lr=2e-4,
-              weight_decay=0.0, max_grad_norm=1.0, scheduler="cosine", warmup_ratio=0.03, max_length=2048,
-              packing=True, epochs=3.0, max_steps=0, batch_size=1, grad_accum=16, save_steps=500,
-              save_total_limit=2, gradient_checkpointing=True)
-
-PRESETS: dict[str, dict] = {
-    "xtuner": XTUNER,
-    # SmolLM2-135M on 2 CPU cores in a few minutes: high lr, small rank, short rows, no checkpointing.
-    "cpu_demo": dict(XTUNER, lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=2e-3, warmup_ratio=0.1,
-                     max_length=256, packing=True, epochs=1.0, max_steps=30, batch_size=1, grad_accum=1,
-                     save_steps=10, gradient_checkpointing=False, max_samples=64, device="cpu"),
-}
 
 # Fields that may differ between a run and the run it resumes (they don't change the trajectory).
 RESUME_FREE = {"name", "resume", "resume_from", "save_steps", "save_total_limit", "gpu_mem_gb", "device",
@@ -41,15 +30,15 @@ CUDA_CONTEXT_GB = 0.8                                    # CUDA context + alloca
 # -- resolving names ---------------------------------------------------------------------------
 def resolve_model(name: str, home: Path | None = None) -> tuple[Path, dict]:
     """A registry model name (or a folder inside the workspace) → (folder, registry meta)."""
-    from backend.store import open_store
     home = home or defaults.home()
     entry = open_store(home).get("model", name)
     if entry:
         path, meta = Path(entry["path"]), entry["meta"] or {}
     else:
-        path, meta = _inside(name, home), {}
-        if path is None:
-            raise ValueError(f"no model {name!r} in the registry (Models page lists them)")
+        try:
+            path, meta = paths.inside(home, name, must_exist=True), {}
+        except paths.OutsideError:
+            raise ValueError(f"no model {name!r} in the registry (Models page lists them)") from None
     if not (path / "config.json").exists():
         raise ValueError(f"model {name!r} has no config.json at {path}: it is not a transformers model folder")
     return path, meta
@@ -57,7 +46,6 @@ def resolve_model(name: str, home: Path | None = None) -> tuple[Path, dict]:
 
 def resolve_dataset(name: str, home: Path | None = None) -> Path:
     """A registry dataset name, or a file in the workspace's datasets folder or the bundled samples."""
-    from backend import datasets
     try:
         return datasets.resolve(name, home)
     except datasets.DatasetError:
@@ -68,15 +56,8 @@ def resolve_dataset(name: str, home: Path | None = None) -> Path:
             raise ValueError(f"dataset {name!r}: {e}") from None
 
 
-def _inside(name: str, root: Path) -> Path | None:
-    root = Path(root).resolve()
-    p = (root / name).resolve()
-    return p if p.exists() and (p == root or root in p.parents) else None
-
-
 def load_conversations(paths: list[Path], limit: int = 0) -> list[list[dict]]:
     """Every row of every dataset as a list of messages ({"role", "content", "loss"?})."""
-    from backend import datasets
     out = []
     for p in paths:
         out += datasets.load_messages(p, limit=(limit - len(out)) if limit else None)
@@ -142,15 +123,15 @@ def lora_targets(info: dict, targets: list[str]) -> dict[str, tuple[int, int]]:
 
 
 # -- memory estimate ---------------------------------------------------------------------------
-def estimate(spec: dict, info: dict, gpu: bool = True) -> dict:
+def estimate(spec, info: dict, gpu: bool = True) -> dict:
     """Peak memory (GB) of a run: weights, trainable state (params + grads + AdamW), activations at
     batch × max_length, logits, and the CUDA context. Rough but on the safe side."""
     b = 2 if gpu else 4                                    # compute dtype bytes: bf16/fp16 on GPU, fp32 on CPU
     n = info["params"]
-    method = spec.get("method", "lora")
+    method = spec.method
     h, L, i, v = info["hidden"] or 1, info["layers"] or 1, info["intermediate"] or 4 * (info["hidden"] or 1), info["vocab"] or 1
-    targets = lora_targets(info, spec.get("target_modules") or ["all-linear"]) if method != "full" else {}
-    r = int(spec.get("lora_r", 64))
+    targets = lora_targets(info, spec.target_modules) if method != "full" else {}
+    r = spec.lora_r
     trainable = sum(r * (a + o) for a, o in targets.values()) if method != "full" else n
     if method == "qlora":
         linear = sum(a * o for a, o in lora_targets(info, ["all-linear"]).values())
@@ -162,9 +143,9 @@ def estimate(spec: dict, info: dict, gpu: bool = True) -> dict:
     state = trainable * (4 + 4 + 8)                        # fp32 params/grads + AdamW moments
     if method == "full":
         state = n * (4 + 8)                                # grads + moments (weights counted above)
-    tokens = int(spec.get("batch_size", 1)) * int(spec.get("max_length", 2048))
+    tokens = spec.batch_size * spec.max_length
     per_layer = b * (12 * h + 5 * i)                       # saved tensors per token in one decoder layer
-    if spec.get("gradient_checkpointing", True):
+    if spec.gradient_checkpointing:
         acts = tokens * (L * b * h + per_layer)            # layer inputs + one layer recomputed
     else:
         acts = tokens * L * per_layer
@@ -215,49 +196,55 @@ def token_counter(model_path: Path):
 CHECK_ROWS = 2000            # rows read per submit to check the data (the job reads them all)
 
 
-def check(spec: dict, home: Path | None = None, gpu_list=None) -> dict:
-    """Everything that can be checked before a fine-tune is queued. Returns the plan (model path,
-    device, memory estimate, warnings); raises ValueError with a message meant for the user."""
-    from backend import resources
+def device_problem(method: str, device: str, has_gpu: bool) -> str:
+    """Why a run can't go on this machine's devices ("" when it can): the one rule the submit-time check
+    and the job both apply."""
+    if device == "gpu" and not has_gpu:
+        return "device: gpu was asked for, but this machine has no GPU (use device: auto or cpu)"
+    if method == "qlora" and not has_gpu and device != "cpu":
+        return ("QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and there is none here; use method: lora on CPU "
+                "(or device: cpu to try the recipe on bitsandbytes' slow CPU kernels)")
+    return ""
+
+
+def check(spec, home: Path | None = None, gpu_list=None) -> dict:
+    """Everything that can be checked before a fine-tune is queued (``spec``: a validated
+    ``backend.specs.finetune.Spec``). Returns the plan (model path, device, memory estimate, warnings);
+    raises ValueError with a message meant for the user."""
     home = home or defaults.home()
     gpu_list = resources.gpus() if gpu_list is None else gpu_list
-    method, device = spec.get("method", "lora"), spec.get("device", "auto")
-    if device == "gpu" and not gpu_list:
-        raise ValueError("device: gpu was asked for, but this machine has no GPU (use device: auto or cpu)")
+    method, device = spec.method, spec.device
+    problem = device_problem(method, device, bool(gpu_list))
+    if problem:
+        raise ValueError(problem)
     on_gpu = bool(gpu_list) and device != "cpu"
-    if method == "qlora" and not on_gpu and device != "cpu":
-        raise ValueError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit): this machine has none"
-                         + (" available to this job" if gpu_list else "") + "; use method: lora on CPU (or "
-                         "device: cpu to try the recipe on bitsandbytes' slow CPU kernels)")
-    model_path, meta = resolve_model(spec["base_model"], home)
+    model_path, meta = resolve_model(spec.base_model, home)
     info = model_info(model_path)
     arch = " ".join(info["architectures"]) or info["model_type"] or "?"
     if info["auto_map"] and not meta.get("trust_remote_code"):
-        raise ValueError(f"model {spec['base_model']!r} needs its own remote code ({arch}); enable "
+        raise ValueError(f"model {spec.base_model!r} needs its own remote code ({arch}); enable "
                          "trust_remote_code for it on the Models page first")
     if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in info["architectures"]) and not info["auto_map"]:
-        raise ValueError(f"model {spec['base_model']!r} ({arch}) is not a causal language model: "
+        raise ValueError(f"model {spec.base_model!r} ({arch}) is not a causal language model: "
                          "peft can't fine-tune it as a chat model here")
     if info["linears"] and not lora_targets(info, ["all-linear"]):
-        raise ValueError(f"model {spec['base_model']!r} ({arch}) has no linear layers peft can wrap")
+        raise ValueError(f"model {spec.base_model!r} ({arch}) has no linear layers peft can wrap")
     if method != "full" and info["linears"]:
-        targets = spec.get("target_modules") or ["all-linear"]
+        targets = spec.target_modules
         chosen = lora_targets(info, targets)
         if not chosen:
             names = sorted({m.split(".")[-1] for m in info["linears"] if not is_head(m)})
-            raise ValueError(f"LoRA target_modules {targets} match no module of {spec['base_model']!r}; "
+            raise ValueError(f"LoRA target_modules {targets} match no module of {spec.base_model!r}; "
                              f"its linear layers are: {', '.join(names)} (or use all-linear)")
         heads = [m for m in chosen if is_head(m)]
         if heads:
             raise ValueError(f"LoRA target_modules select the output head ({heads[0]}): leave it out")
-    if spec.get("lr", 1) <= 0:
-        raise ValueError(f"lr must be above 0 (got {spec.get('lr')})")
     warnings = ["QLoRA on the CPU: bitsandbytes' CPU kernels are slow; it is for trying the recipe on a small "
                 "model, and LoRA is faster here"] if method == "qlora" and not on_gpu else []
     # data: usable rows and prompt length, on the first CHECK_ROWS rows of each dataset
-    paths = [resolve_dataset(d, home) for d in spec["datasets"]]
+    paths = [resolve_dataset(d, home) for d in spec.datasets]
     convs = []
-    for name, p in zip(spec["datasets"], paths):
+    for name, p in zip(spec.datasets, paths):
         try:
             rows = load_conversations([p], CHECK_ROWS)
         except (ValueError, OSError, KeyError) as e:
@@ -271,7 +258,7 @@ def check(spec: dict, home: Path | None = None, gpu_list=None) -> dict:
     if count is not None:
         sample = convs[:200]
         lengths = [count(c) for c in sample]
-        max_length = int(spec.get("max_length", 2048))
+        max_length = spec.max_length
         fit = sum(1 for p, _ in lengths if p < max_length)
         if not fit:
             shortest = min(p for p, _ in lengths)
@@ -286,17 +273,16 @@ def check(spec: dict, home: Path | None = None, gpu_list=None) -> dict:
     est = estimate(spec, info, gpu=on_gpu)
     if on_gpu:
         largest = max(g.total_gb for g in gpu_list) - resources.GPU_HEADROOM_GB
-        if (spec.get("gpu_mem_gb") or est["total_gb"]) > largest:
+        if (spec.gpu_mem_gb or est["total_gb"]) > largest:
             warnings.append(f"estimated {est['total_gb']:.1f} GB does not fit the largest GPU here ({largest:.1f} GB "
                             "usable): use QLoRA, a smaller batch_size or max_length, or gradient checkpointing")
-    if spec.get("name"):
-        from backend.store import open_store
+    if spec.name:
         kind = "model" if method == "full" else "adapter"
-        existing = open_store(home).get(kind, spec["name"])
-        if existing and not (spec.get("resume") or spec.get("resume_from")):
-            raise ValueError(f"an {kind} named {spec['name']!r} already exists: choose another name")
-    if spec.get("resume_from"):
-        check_resume(spec, int(spec["resume_from"]), home)
+        existing = open_store(home).get(kind, spec.name)
+        if existing and not (spec.resume or spec.resume_from):
+            raise ValueError(f"an {kind} named {spec.name!r} already exists: choose another name")
+    if spec.resume_from:
+        check_resume(spec.model_dump(mode="json"), spec.resume_from, home)
     return {"model_path": str(model_path), "on_gpu": on_gpu, "estimate": est, "warnings": warnings,
             "info": {k: info[k] for k in ("architectures", "params", "hidden", "layers", "vocab")},
             "rows_checked": len(convs)}
@@ -313,14 +299,12 @@ def spec_differences(a: dict, b: dict) -> list[str]:
 
 def checkpoints(job_id: int, home: Path | None = None) -> list[Path]:
     """A fine-tune job's saved checkpoints, oldest first."""
-    from backend.queue import job_dir
     d = job_dir(job_id, home) / "checkpoints"
     found = [p for p in d.glob("step-*") if (p / "state.json").exists()] if d.exists() else []
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
-    from backend.store import open_store
     old = open_store(home).job(job_id)
     if old is None or old["kind"] != "finetune":
         raise ValueError(f"resume_from: there is no fine-tune job {job_id}")
@@ -336,7 +320,6 @@ def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
 
 def find_resumable(spec: dict, home: Path | None = None, exclude: int | None = None) -> int | None:
     """For ``resume: true``: the newest fine-tune job with the same spec that left a checkpoint."""
-    from backend.store import open_store
     for job in open_store(home).jobs(kind="finetune", limit=200):
         if job["id"] != exclude and not spec_differences(spec, job["spec"]) and checkpoints(job["id"], home):
             return job["id"]
@@ -352,36 +335,21 @@ def cli_command(spec_file: str = "spec.yaml") -> str:
     return f"python -m backend submit finetune {spec_file}"
 
 
-# -- for the page --------------------------------------------------------------------------------
-ADVANCED = ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "lr", "epochs", "max_steps", "batch_size",
-            "grad_accum", "max_length", "packing", "gradient_checkpointing", "save_steps", "save_total_limit",
-            "eval_ratio", "eval_steps", "max_samples", "seed", "scheduler", "warmup_ratio", "weight_decay",
-            "max_grad_norm", "device", "dtype"]
-
-
-def choices(field: str) -> list[str]:
-    """The allowed values of a choice field of the finetune spec (scheduler, device, dtype), else []."""
-    import typing
-    from jobs.finetune import Spec
-    return [a for a in typing.get_args(Spec.model_fields[field].annotation) if isinstance(a, str)]
 METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
-
-
-def preset_values(preset: str) -> dict:
-    """Every advanced field's value under a preset (the Spec's own defaults fill the rest)."""
-    from jobs.finetune import Spec
-    defaults_ = {k: f.default for k, f in Spec.model_fields.items()}
-    return {k: PRESETS[preset].get(k, defaults_.get(k)) for k in ADVANCED}
 
 
 def compare(job_ids: list[int], metric: str = "loss", home: Path | None = None) -> dict[str, dict[int, float]]:
     """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart."""
-    from backend import logs
     out = {}
     for job_id in job_ids:
         events, _ = logs.read_events(job_id, home=home)
         out[f"job {job_id}"] = {e["step"]: e[metric] for e in events if e.get("type") == "metric" and metric in e}
     return out
+
+
+def adapters(home: Path | None = None) -> list[dict]:
+    """Registered adapters, newest first."""
+    return open_store(home).items("adapter")
 
 
 def resumable(job: dict, home: Path | None = None) -> bool:

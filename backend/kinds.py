@@ -1,8 +1,11 @@
 """Job kinds: which module runs each, in which engine environment, with what resources by default.
 
-A kind's module lives in ``jobs/`` and defines ``Spec`` (pydantic) and ``main(spec, job)``; it may
-define ``resources(spec) -> dict`` to ask for more than the defaults (for example a GPU memory
-estimate). Test-only kinds are added with WORKBENCH_EXTRA_KINDS="name=package.module,...".
+A kind has two modules: its spec, ``backend/specs/<kind>.py`` (the pydantic ``Spec``, and optionally
+``resources(spec) -> dict`` to ask for more than the defaults, e.g. a GPU memory estimate, and to refuse
+what can't run here), which the backend imports to validate; and its job, ``jobs/<kind>.py``
+(``main(spec, job)``), which the worker only ever runs as ``python -m <job module>``: the backend never
+imports a job. Test-only kinds are added with WORKBENCH_EXTRA_KINDS="name=package.module,..."; such a
+module holds its Spec and its main together.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Kind:
     name: str
-    module: str
+    module: str                 # the job module the worker runs
+    spec_module: str = ""       # where its Spec lives ("" = backend/specs/<name>.py)
     engine: str = "core"        # which virtual environment's python runs it (backend/engines.py)
     cpu_slots: int = 1          # 1 = a heavy job (holds a CPU slot when it has no GPU); 0 = light
     long_lived: bool = False    # a server: no default timeout, ends only when stopped
@@ -48,7 +52,7 @@ def _extra() -> dict[str, Kind]:
     out = {}
     for item in filter(None, os.environ.get("WORKBENCH_EXTRA_KINDS", "").split(",")):
         name, _, module = item.partition("=")
-        out[name.strip()] = Kind(name.strip(), module.strip())
+        out[name.strip()] = Kind(name.strip(), module.strip(), spec_module=module.strip())
     return out
 
 
@@ -59,15 +63,16 @@ def get(name: str) -> Kind:
     return kind
 
 
-def module(kind: Kind):
-    return importlib.import_module(kind.module)
+def specs(kind: Kind):
+    """The module holding the kind's ``Spec`` (and ``resources``)."""
+    return importlib.import_module(kind.spec_module or f"backend.specs.{kind.name}")
 
 
 def asked(kind: Kind, spec) -> dict:
     """Resources a validated spec asks for: the kind's defaults, then the module's own estimate."""
     out = {"cpu_slots": kind.cpu_slots, "gpus": 0, "gpu_mem_gb": 0.0, "engine": kind.engine,
            "timeout_s": 0 if kind.long_lived else None}
-    mod = module(kind)
+    mod = specs(kind)
     if hasattr(mod, "resources"):
         out.update(mod.resources(spec))
     if out["gpus"]:

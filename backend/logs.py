@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from backend import defaults
-from backend.queue import job_dir
+from backend.paths import job_dir
 
 
 def read_log(job_id: int, offset: int = 0, max_bytes: int = defaults.LOG_TAIL_BYTES,
@@ -69,7 +69,6 @@ class EventState:
         self.first_progress: dict | None = None
         self.metrics: list[dict] = []
         self.messages: list[dict] = []
-        self.other: list[dict] = []
 
     def update(self, job_id: int, home: Path | None = None) -> "EventState":
         events, self.offset = read_events(job_id, self.offset, home=home)
@@ -83,9 +82,7 @@ class EventState:
                 self.metrics.append(e)
             elif t == "message":
                 self.messages.append(e)
-            else:
-                self.other.append(e)
-        del self.messages[:-200], self.other[:-200]
+        del self.messages[:-200]
         return self
 
     def eta_s(self) -> float | None:

@@ -24,7 +24,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from backend import defaults
+from backend import defaults, paths
 from backend.store import open_store
 
 TYPE = "model"                                    # registry type of every entry here
@@ -88,20 +88,13 @@ def import_dirs() -> list[Path]:
     return [Path(p).expanduser().resolve() for p in os.environ.get(IMPORT_DIRS_ENV, "").split(os.pathsep) if p]
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def resolve_user_path(path: str | Path, home: Path | None = None) -> Path:
     """A path a user typed, resolved inside the workspace (relative paths are) or an import folder."""
-    home = (home or defaults.home()).resolve()
-    p = Path(os.path.expanduser(str(path)))
-    p = (p if p.is_absolute() else home / p).resolve()
-    allowed = [home, *import_dirs()]
-    if not any(_inside(p, root) for root in allowed):
+    try:
+        return paths.inside([home or defaults.home(), *import_dirs()], path)
+    except paths.OutsideError:
         raise ModelError(f"{path} is outside the workspace and the import folders "
-                         f"({IMPORT_DIRS_ENV}: {os.environ.get(IMPORT_DIRS_ENV) or 'not set'})")
-    return p
+                         f"({IMPORT_DIRS_ENV}: {os.environ.get(IMPORT_DIRS_ENV) or 'not set'})") from None
 
 
 # -- inspecting a folder -----------------------------------------------------------------------
@@ -240,6 +233,11 @@ def list_models(home: Path | None = None) -> list[dict]:
     return out
 
 
+def names(home: Path | None = None) -> list[str]:
+    """Registered model names, newest first."""
+    return [row["name"] for row in open_store(home).items(TYPE)]
+
+
 def get(name: str, home: Path | None = None) -> dict | None:
     return open_store(home).get(TYPE, name)
 
@@ -275,8 +273,8 @@ def delete(name: str, delete_files: bool = True, home: Path | None = None) -> di
     ws = (home or defaults.home()).resolve()
     folder = Path(row["path"]).resolve()
     removed = False
-    if delete_files and folder.is_dir() and _inside(folder, ws) and folder != ws \
-            and not _inside(ws / "jobs", folder) and folder not in (ws / "models", ws / "cache"):
+    if delete_files and folder.is_dir() and paths.is_inside(folder, ws) and folder != ws \
+            and not paths.is_inside(ws / "jobs", folder) and folder not in (ws / "models", ws / "cache"):
         shutil.rmtree(folder)
         removed = True
     open_store(home).delete(TYPE, name)

@@ -3,27 +3,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from backend import defaults, kinds
+from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import open_store
 
 
 class SubmitError(ValueError):
     """A spec that can't be queued; the message is meant for the user."""
-
-
-def job_dir(job_id: int, home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "jobs" / str(job_id)
-
-
-def queue_wake_file(home: Path | None = None) -> Path:
-    """Touched on every submit so an idle worker starts the job at once instead of at its next poll."""
-    return (home or defaults.home()) / "jobs" / ".wake"
 
 
 def format_validation_error(e: ValidationError) -> str:
@@ -43,7 +36,7 @@ def validate(kind: str, spec: dict):
     if not isinstance(spec, dict):
         raise SubmitError("the spec must be a mapping of fields to values")
     try:
-        model = kinds.module(k).Spec.model_validate(spec)
+        model = kinds.specs(k).Spec.model_validate(spec)
     except ValidationError as e:
         raise SubmitError(f"invalid {kind} spec: {format_validation_error(e)}") from None
     except ValueError as e:
@@ -87,6 +80,20 @@ def get(job_id: int, home: Path | None = None) -> dict:
 def list_jobs(states=None, kind: str | None = None, owner: str | None = None, limit: int = 500,
               home: Path | None = None) -> list[dict]:
     return open_store(home).jobs(states=states, kind=kind, owner=owner, limit=limit)
+
+
+def counts(home: Path | None = None) -> dict[str, int]:
+    """Jobs per state."""
+    return open_store(home).counts()
+
+
+def live_workers(home: Path | None = None) -> list[dict]:
+    """Workers whose heartbeat is recent (WORKBENCH_LOST_AFTER_S): the one rule for "a worker is alive"."""
+    return [w for w in open_store(home).workers() if worker_fresh(w)]
+
+
+def worker_fresh(worker: dict) -> bool:
+    return time.time() - worker["heartbeat_at"] < defaults.setting("LOST_AFTER_S")
 
 
 def instructors() -> set[str]:

@@ -1,7 +1,7 @@
 """What this machine has (GPUs through NVML, else CPU slots) and where a job fits."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 GPU_HEADROOM_GB = 0.5      # kept free on every GPU for the CUDA context of a new process
 
@@ -32,10 +32,6 @@ def gpus() -> list[GPU]:
         return out
     finally:
         pynvml.nvmlShutdown()
-
-
-def snapshot(cpu_slots: int) -> dict:
-    return {"gpus": [asdict(g) for g in gpus()], "cpu_slots": cpu_slots}
 
 
 class NeverFits(ValueError):

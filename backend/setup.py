@@ -12,14 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from backend import defaults, engines
+from backend import defaults, engines, models
 
 TEST_ENGINES = ["opencompass"]
 TEST_ENGINES_DIR = defaults.ROOT / ".cache" / "envs"
 
 
 def bundled() -> int:
-    from backend import models
     try:
         path = models.ensure_bundled()
     except models.ModelError as e:      # no network, a bad WORKBENCH_SMOLLM2_GGUF...: a sentence, not a traceback

@@ -28,7 +28,7 @@ TRANSITIONS: dict[JobState, set[JobState]] = {
     JobState.SUCCEEDED: set(),
     JobState.FAILED: set(),
     JobState.CANCELLED: set(),
-    JobState.LOST: {JobState.QUEUED},   # a lost job may be requeued
+    JobState.LOST: set(),               # Retry queues a new job with the same spec
 }
 
 

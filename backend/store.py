@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from backend import defaults
+from backend.errors import CANCELLED
 from backend.states import ACTIVE, JobState, check
 
 # Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a released one.
@@ -186,9 +187,6 @@ class Store:
                 fields.setdefault("heartbeat_at", now)
             if new.finished:
                 fields.setdefault("finished_at", now)
-            if new == JobState.QUEUED:   # requeue: forget the last run
-                fields.update(started_at=None, finished_at=None, worker_id=None, pid=None, given=None,
-                              exit_code=None, error_class=None, error_message=None, cancel_requested=0)
             self._set(con, job_id, state=new.value, **fields)
         self._run(tx)
         return self.job(job_id)
@@ -199,14 +197,22 @@ class Store:
         con.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), job_id))
 
     def claim(self, job_id: int, worker_id: str, given: dict) -> bool:
-        """Atomically take a queued job for a worker; False if someone else took or cancelled it."""
-        return self._run(lambda con: con.execute(
-            "UPDATE jobs SET state='starting', worker_id=?, given=?, started_at=? WHERE id=? AND state='queued'",
-            (worker_id, json.dumps(given), time.time(), job_id)).rowcount == 1)
+        """Atomically take a queued job for a worker (queued → starting, through the transition check);
+        False if someone else took or cancelled it first."""
+        def tx(con):
+            row = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row[0] != JobState.QUEUED.value:
+                return False
+            check(row[0], JobState.STARTING)
+            self._set(con, job_id, state=JobState.STARTING.value, worker_id=worker_id, given=given,
+                      started_at=time.time())
+            return True
+        return self._run(tx)
 
     def update_job(self, job_id: int, **fields) -> None:
         """Set fields that are not the state (pid, heartbeat, priority, cancel flag...)."""
-        assert "state" not in fields, "use transition() to change a job's state"
+        if "state" in fields:
+            raise ValueError("a job's state changes only through transition()")
         self._run(lambda con: self._set(con, job_id, **fields))
 
     def heartbeat_jobs(self, job_ids: list[int]) -> None:
@@ -222,8 +228,9 @@ class Store:
             if row is None:
                 raise KeyError(f"no job {job_id}")
             if row[0] == JobState.QUEUED.value:
+                check(row[0], JobState.CANCELLED)
                 self._set(con, job_id, state=JobState.CANCELLED.value, finished_at=time.time(),
-                          error_class="cancelled", error_message="cancelled before it started")
+                          error_class=CANCELLED, error_message="cancelled before it started")
             elif JobState(row[0]) in ACTIVE:
                 self._set(con, job_id, cancel_requested=1)
         self._run(tx)

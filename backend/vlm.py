@@ -21,6 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from backend.chat import live_endpoints
+from backend.models import list_models
+from backend.specs.vlm import image_text
+
 MAX_PIXELS = 50_000_000          # 50 megapixels: larger images are refused, not resized behind the user's back
 MAX_IMAGES = 4                   # default per conversation; the endpoint says its own (meta max_images)
 TIMEOUT_S = 600.0
@@ -92,8 +96,6 @@ def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = M
 # -- endpoints ----------------------------------------------------------------------------------
 def startable(home: Path | None = None) -> list[str]:
     """Registry models a vlm job can serve (image-text ones), by name."""
-    from backend.models import list_models
-    from jobs.vlm import image_text
     out = []
     for m in list_models(home):
         try:
@@ -107,7 +109,6 @@ def startable(home: Path | None = None) -> list[str]:
 
 def endpoints(home: Path | None = None) -> list[dict]:
     """Live image-text endpoints (their vlm job still running), newest first."""
-    from backend.chat import live_endpoints
     return [e for e in live_endpoints(home) if e.get("engine") == "vlm"]
 
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend import defaults, engines, errors, kinds, logs, queue, resources
-from backend.queue import job_dir, queue_wake_file
+from backend.errors import BAD_INPUT, CANCELLED, EXIT_OK, LOST, MISSING_ENGINE, TIMEOUT
+from backend.procs import become_subreaper, children, kill_group, pid_alive
+from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import Store, open_store
-from jobs.common import CANCELLED, EXIT_OK, MISSING_ENGINE, TIMEOUT, become_subreaper
 
 
 WAKE_S = 0.02
@@ -49,38 +50,6 @@ class Running:
     term_sent: float | None = None
     reason: str | None = None            # why the worker is stopping it: cancelled, timeout, shutdown
     log: object = field(default=None, repr=False)
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def children() -> dict[int, tuple[str, int]]:
-    """This process's children: pid -> (state letter, session id), from /proc."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()     # after "pid (comm)": state ppid pgrp session
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == os.getpid():
-            out[int(stat.parent.name)] = (fields[0], int(fields[3]))
-    return out
-
-
-def kill_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Worker:
@@ -204,7 +173,7 @@ class Worker:
         """Jobs active in the store that no live worker runs: kill what is left of them, mark lost."""
         live = {w["id"] for w in self.store.workers()
                 if w["id"] == self.id or (pid_alive(w["pid"]) and w["host"] == socket.gethostname()
-                                          and time.time() - w["heartbeat_at"] < defaults.setting("LOST_AFTER_S"))}
+                                          and queue.worker_fresh(w))}
         for job in self.store.active():
             if job["id"] in self.running:
                 continue
@@ -213,7 +182,7 @@ class Worker:
                 continue
             if job["pid"] and pid_alive(job["pid"]):
                 kill_group(job["pid"], signal.SIGKILL)
-            self.store.transition(job["id"], JobState.LOST, error_class="lost",
+            self.store.transition(job["id"], JobState.LOST, error_class=LOST,
                                   error_message="the worker running this job stopped or died")
             print(f"job {job['id']}: lost (its worker is gone)", flush=True)
 
@@ -234,7 +203,7 @@ class Worker:
             try:
                 given = resources.place(job["asked"], self._gpus, active, self.cpu_slots)
             except resources.NeverFits as e:
-                self._fail_unplaced(job, "bad_input", str(e))
+                self._fail_unplaced(job, BAD_INPUT, str(e))
                 continue
             if given is None or not self.store.claim(job["id"], self.id, given):
                 continue
@@ -298,7 +267,7 @@ class Worker:
             state, fields = JobState.FAILED, {"error_class": TIMEOUT,
                                               "error_message": f"timed out after {r.timeout_s:.0f} s"}
         elif r.reason == "shutdown":
-            state, fields = JobState.LOST, {"error_class": "lost", "error_message": "the worker was stopped"}
+            state, fields = JobState.LOST, {"error_class": LOST, "error_message": "the worker was stopped"}
         elif code == EXIT_OK and (result is None or result.get("ok", True)):
             state, fields = JobState.SUCCEEDED, {}
         else:

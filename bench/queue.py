@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 HOME = Path(tempfile.mkdtemp(prefix="wb-bench-"))
 os.environ.update(WORKBENCH_HOME=str(HOME), WORKBENCH_EXTRA_KINDS="sleepy=tests.fixtures.jobs_sleepy")
 
-from backend import logs, queue  # noqa: E402
+from backend import logs, paths, queue  # noqa: E402
 
 SPEC = {"steps": 20, "interval_s": 0.1}
 
@@ -72,7 +72,7 @@ def main() -> None:
 
     small, big = 900001, 900002
     for job_id, size in ((small, 1024), (big, 100 * 2**20)):
-        d = queue.job_dir(job_id)
+        d = paths.job_dir(job_id)
         d.mkdir(parents=True)
         line = b"x" * 99 + b"\n"
         with open(d / "run.log", "wb") as f:
@@ -84,7 +84,7 @@ def main() -> None:
         _, offset = logs.read_log(job_id, 0)
         samples = []
         for _ in range(200):
-            with open(queue.job_dir(job_id) / "run.log", "ab") as f:
+            with open(paths.job_dir(job_id) / "run.log", "ab") as f:
                 f.write(b"step line\n")
             t0 = time.perf_counter()
             _, offset = logs.read_log(job_id, offset)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -22,16 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-# Error classes a job (or the worker) may report. The UI maps each to a suggestion.
-BAD_INPUT = "bad_input"
-OUT_OF_MEMORY = "out_of_memory"
-MISSING_ENGINE = "missing_engine"
-DOWNLOAD = "download_error"
-CRASH = "crash"
-TIMEOUT = "timeout"
-CANCELLED = "cancelled"
-
-EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 143
+from backend.errors import CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, classify_exception
 
 
 class JobError(Exception):
@@ -119,32 +109,3 @@ def run(main: Callable, spec_model) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-# running out of memory, as CUDA (OutOfMemoryError, "out of memory") and torch's CPU allocator ("can't
-# allocate memory", ENOMEM's "Cannot allocate memory") say it, in an exception or a log
-OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|can't allocate memory|cannot allocate memory", re.I)
-
-
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or bool(OOM_TEXT.search(f"{type(e).__name__}: {e}"))
-
-
-def become_subreaper() -> None:
-    """Make orphaned descendants (a task whose parent died first, a process started in a session of its
-    own) children of this process instead of init, so it can stop and reap them: some inits never do."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER (Linux)
-    except (OSError, AttributeError):
-        pass
-
-
-def classify_exception(e: BaseException) -> str:
-    if is_oom(e):
-        return OUT_OF_MEMORY
-    if isinstance(e, (ValueError, FileNotFoundError)) and not isinstance(e, UnicodeError):
-        return BAD_INPUT
-    if isinstance(e, ModuleNotFoundError):
-        return MISSING_ENGINE
-    return CRASH

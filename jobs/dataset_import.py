@@ -8,33 +8,15 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
 
-from jobs.common import BAD_INPUT, DOWNLOAD, Job, JobError, run
+from backend import datasets
+from backend.errors import BAD_INPUT, DOWNLOAD
+from backend.specs.dataset_import import Spec
+from jobs.common import Job, JobError, run
 
 DATA_PATTERNS = ["*.jsonl", "*.json", "*.csv", "*.parquet", "*.txt"]
 SKIP = ("dataset_info", "dataset_infos", "README", "config", ".gitattributes", "state.json")
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: Literal["huggingface", "modelscope", "url"]
-    id: str                        # "owner/name" for a hub, an http(s) URL for url
-    name: str = ""                 # dataset name in the workspace; default from the id
-    split: str = "train"           # files whose path names this split are preferred
-    subset: str = ""               # a sub-folder / configuration to take files from
-    revision: str = ""
-    max_rows: int = 0              # 0 = all
-
-    @field_validator("id")
-    @classmethod
-    def plain_id(cls, v: str) -> str:
-        v = v.strip()
-        if not v or any(c in v for c in " \n\t;|`$"):
-            raise ValueError(f"{v!r} is not a dataset id or URL")
-        return v
 
 
 def pick_files(folder: Path, split: str = "train", subset: str = "") -> list[Path]:
@@ -61,7 +43,6 @@ def place(files: list[Path], target_dir: Path, name: str, max_rows: int = 0) -> 
     limit) are written as one JSONL. Never overwrites."""
     import json
 
-    from backend import datasets
     if not files:
         raise JobError("the download holds no data file (jsonl, json, csv, parquet, txt)", BAD_INPUT,
                        "check the dataset id, subset and split")
@@ -127,7 +108,6 @@ def download_hub(spec: Spec, folder: Path, job: Job) -> list[Path]:
 
 
 def main(spec: Spec, job: Job) -> dict:
-    from backend import datasets
     name = spec.name or spec.id.rstrip("/").split("/")[-1].split("?")[0].rsplit(".", 1)[0]
     try:
         name = datasets.safe_name(name)

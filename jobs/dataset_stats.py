@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.common import BAD_INPUT, Job, JobError, run
+from backend import datasets
+from backend.dataset_view import open_view
+from backend.errors import BAD_INPUT
+from backend.specs.dataset_stats import Spec
+from backend.store import open_store
+from jobs.common import Job, JobError, run
 
 BATCH = 512            # rows tokenized at once
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset: str                                 # registry name or a file in the workspace's datasets
-    model: str = ""                              # registry model name; empty = lengths in characters
-    max_length: int = Field(2048, ge=1)
-    bins: int = Field(30, ge=2, le=200)
-    limit: int = Field(0, ge=0)                  # 0 = every row
 
 
 def language(text: str) -> str:
@@ -43,7 +38,6 @@ def strings(value) -> list[str]:
 
 
 def load_tokenizer(name: str, home: Path):
-    from backend.store import open_store
     entry = open_store(home).get("model", name)
     path = Path(entry["path"]) if entry else (home / "models" / name)
     if not path.is_dir():
@@ -54,7 +48,6 @@ def load_tokenizer(name: str, home: Path):
 
 def render(rec: dict, fmt: str, tokenizer) -> str:
     """The text the model sees for a row: the chat template for conversations, else the fields."""
-    from backend import datasets
     if fmt in datasets.TRAIN_FORMATS:
         msgs = [{"role": m["role"], "content": m["content"]} for m in datasets.to_messages(rec, fmt)]
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
@@ -71,8 +64,6 @@ def render(rec: dict, fmt: str, tokenizer) -> str:
 def main(spec: Spec, job: Job) -> dict:
     import numpy as np
 
-    from backend import datasets
-    from backend.dataset_view import open_view
 
     try:
         path = datasets.resolve(spec.dataset, job.home)

@@ -14,89 +14,25 @@ import fnmatch
 import hashlib
 import json
 import os
-import re
 import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from backend import models
-from jobs.common import BAD_INPUT, DOWNLOAD, Job, JobError, run
+from backend import defaults, models
+from backend.errors import BAD_INPUT, DOWNLOAD
+from backend.specs.download import Spec
+from jobs.common import Job, JobError, run
 
-REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9._-]{1,96}$")
-REVISION_RE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
 MARKER = ".cache/workbench-download.json"       # which repo a models/<name> folder is a download of
 TOKEN_ENV = {"huggingface": "HF_TOKEN", "modelscope": "MODELSCOPE_API_TOKEN", "openxlab": "OPENXLAB_AK"}
 ENDPOINT_ENV = {"huggingface": "HF_ENDPOINT", "modelscope": "MODELSCOPE_ENDPOINT", "openxlab": "OPENXLAB_ENDPOINT"}
 SPACE_MARGIN = 16 * 1024 * 1024                   # bytes kept free beyond what the files need
 WORKERS = 8                                       # files fetched in parallel
 RESUME_CHUNK = 256 * 1024                         # HF writes a partial file in steps of this (default 10 MB)
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: Literal["huggingface", "modelscope", "openxlab", "bundled"] = "huggingface"
-    repo_id: str = ""                  # owner/name on the hub (not used by "bundled")
-    revision: str = ""                 # branch, tag or commit; "" = the hub's default
-    allow_patterns: list[str] = []     # only files matching one of these globs (e.g. "*.json")
-    name: str = ""                     # registry and folder name; "" = the repo's last part
-    endpoint: str = ""                 # a mirror; "" = $HF_ENDPOINT / $MODELSCOPE_ENDPOINT / the hub
-    verify: bool = True                # check each file's checksum against the listing
-
-    @field_validator("repo_id", "revision", "name", "endpoint")
-    @classmethod
-    def strip(cls, v: str) -> str:
-        return v.strip()
-
-    @field_validator("revision")
-    @classmethod
-    def revision_ok(cls, v: str) -> str:
-        if v and (not REVISION_RE.match(v) or ".." in v):
-            raise ValueError(f"{v!r} is not a branch, tag or commit")
-        return v
-
-    @field_validator("endpoint")
-    @classmethod
-    def endpoint_ok(cls, v: str) -> str:
-        if v and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", v):
-            raise ValueError(f"{v!r} is not an http(s) URL")
-        return v.rstrip("/")
-
-    @field_validator("allow_patterns")
-    @classmethod
-    def patterns_ok(cls, v: list[str]) -> list[str]:
-        out = [p.strip() for item in v for p in item.split(",") if p.strip()]
-        for p in out:
-            if p.startswith("/") or ".." in p.split("/") or "\\" in p or len(p) > 200:
-                raise ValueError(f"{p!r} is not a file pattern inside the repository (e.g. *.safetensors)")
-        return out
-
-    @model_validator(mode="after")
-    def target(self):
-        if self.source == "bundled":
-            self.repo_id, self.name = "", self.name or models.BUNDLED_NAME
-            if self.name != models.BUNDLED_NAME:
-                raise ValueError(f"the bundled model is always named {models.BUNDLED_NAME}")
-            return self
-        if self.source == "openxlab" and (self.revision or self.allow_patterns):
-            raise ValueError("OpenXLab downloads take neither a revision nor file patterns")
-        if not REPO_RE.match(self.repo_id) or ".." in self.repo_id:
-            raise ValueError(f"repo_id {self.repo_id!r} is not of the form owner/name")
-        self.name = models.check_name(self.name or self.repo_id.split("/")[-1])
-        row = models.get(self.name)
-        if row and (row["meta"].get("source"), row["meta"].get("id")) != (self.source, self.repo_id):
-            raise ValueError(f"a model named {self.name} is already registered (from "
-                             f"{row['meta'].get('source')} {row['meta'].get('id') or row['path']}): choose another name")
-        return self
-
-
-def resources(spec: Spec) -> dict:
-    return {"engine": "openxlab"} if spec.source == "openxlab" else {}
 
 
 @dataclass
@@ -225,7 +161,6 @@ def dir_size(path: Path) -> int:
 
 def check_space(dest: Path, need: int, home: Path) -> None:
     """Fail early when the disk (or the models quota, WORKBENCH_MODELS_QUOTA_GB) can't hold ``need`` bytes."""
-    from backend import defaults
     free = shutil.disk_usage(dest if dest.exists() else dest.parent).free
     where = f"free on the disk of {dest.parent}"
     quota = float(defaults.setting("MODELS_QUOTA_GB")) * 1e9

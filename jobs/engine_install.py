@@ -5,34 +5,12 @@ import shutil
 import subprocess
 import sys
 import venv
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, field_validator
-
-from jobs.common import MISSING_ENGINE, JobError, Job, run
 
 
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    engine: str
-    extra_requirements: list[str] = []        # added to the engine's own list
-    reinstall: bool = False
-
-    @field_validator("engine")
-    @classmethod
-    def known(cls, v: str) -> str:
-        from backend.engines import ENGINES
-        if v not in ENGINES:
-            raise ValueError(f"unknown engine {v!r}; engines: {', '.join(sorted(ENGINES))}")
-        return v
-
-    @field_validator("extra_requirements")
-    @classmethod
-    def plain(cls, v: list[str]) -> list[str]:
-        for req in v:
-            if not req or req.startswith("-") or any(c in req for c in " ;|&`$"):
-                raise ValueError(f"{req!r} is not a plain requirement (name and version only)")
-        return v
+from backend import engines
+from backend.errors import MISSING_ENGINE
+from backend.specs.engine_install import Spec
+from jobs.common import Job, JobError, run
 
 
 def pip(job: Job, python, args: list[str], step: int, steps: int) -> None:
@@ -50,7 +28,6 @@ def pip(job: Job, python, args: list[str], step: int, steps: int) -> None:
 
 
 def main(spec: Spec, job: Job) -> dict:
-    from backend import engines
     info = engines.ENGINES[spec.engine]
     target = engines.env_dir(spec.engine, job.home)
     if spec.reinstall and target.exists():

@@ -11,7 +11,6 @@ in the core environment.
 """
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import os
@@ -22,200 +21,16 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.common import (BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY, Cancelled, Job,
-                         JobError, become_subreaper, run)
+from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
+from backend.procs import become_subreaper
+from backend.specs.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
+                                    config_variable, custom_format, endpoint_problem, find_standard_config,
+                                    first_record, missing_data)
+from backend.store import open_store
+from jobs.common import Cancelled, Job, JobError, run
 
 ITEMS_MAX = 500                 # per (model, dataset) kept in result.json
-DATA_EXTS = (".jsonl", ".csv")  # what OpenCompass's CustomDataset reads
-MCQ_OPTIONS = "ABCDEFGHIJ"
-
-
-class ModelRef(BaseModel):
-    """One column of the results: a model folder (optionally + a LoRA adapter) or an endpoint."""
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=80)    # registry name; the model's abbr in OpenCompass
-    path: str = ""                                    # Hugging Face model folder
-    peft_path: str = ""                               # LoRA adapter folder applied on ``path``
-    url: str = ""                                     # OpenAI-compatible endpoint base URL (…/v1)
-    api_model: str = ""                               # the model's name at that endpoint
-    tokenizer_path: str = ""                          # endpoint: local tokenizer for token counts
-
-    @field_validator("name")
-    @classmethod
-    def plain_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[\w.\-+@]+", v):
-            raise ValueError(f"model name {v!r}: use letters, digits and . _ - + @ only")
-        return v
-
-    @model_validator(mode="after")
-    def one_source(self):
-        if bool(self.path) == bool(self.url):
-            raise ValueError(f"model {self.name}: give either a model folder (path) or an endpoint (url)")
-        if self.url and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"model {self.name}: the endpoint url must start with http:// or https://")
-        if self.tokenizer_path and not (Path(self.tokenizer_path) / "tokenizer_config.json").is_file():
-            raise ValueError(f"model {self.name}: {self.tokenizer_path} is not a tokenizer folder "
-                             "(no tokenizer_config.json)")
-        if self.path:
-            if not (Path(self.path) / "config.json").is_file():
-                raise ValueError(f"model {self.name}: {self.path} is not a model folder (no config.json)")
-            if self.peft_path and not (Path(self.peft_path) / "adapter_config.json").is_file():
-                raise ValueError(f"model {self.name}: {self.peft_path} is not a LoRA adapter folder "
-                                 "(no adapter_config.json)")
-        return self
-
-
-class DatasetRef(BaseModel):
-    """One row group of the results: a custom MCQ/QA file or a standard OpenCompass dataset config."""
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=80)    # registry name; the dataset's abbr
-    path: str = ""                                    # custom .jsonl/.csv in OpenCompass format
-    config: str = ""                                  # standard config, e.g. gsm8k_gen, ceval_gen
-    limit: int = Field(0, ge=0)                       # first N items only (0 = all)
-
-    @field_validator("name", "config")
-    @classmethod
-    def plain(cls, v: str) -> str:
-        if v and not re.fullmatch(r"[\w.\-+@]+", v):
-            raise ValueError(f"{v!r}: use letters, digits and . _ - + @ only")
-        return v
-
-    @model_validator(mode="after")
-    def one_source(self):
-        if bool(self.path) == bool(self.config):
-            raise ValueError(f"dataset {self.name}: give either a file (path) or a standard config name (config)")
-        if self.path:
-            kind, missing = custom_format(self.path)
-            if missing:
-                raise ValueError(f"dataset {self.name}: {missing}")
-        return self
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    models: list[ModelRef] = Field(min_length=1, max_length=16)
-    datasets: list[DatasetRef] = Field(min_length=1, max_length=32)
-    max_out_len: int = Field(64, ge=1, le=32768)      # generated tokens per answer
-    batch_size: int = Field(8, ge=1, le=1024)
-    max_seq_len: int = Field(2048, ge=64, le=1_000_000)
-    gpus: int = Field(0, ge=0, le=8)                  # per model; 0 = CPU (device_map cpu, float32)
-    name: str = ""                                    # the eval run's registry name (default eval-<job id>)
-
-    @model_validator(mode="after")
-    def unique(self):
-        for what, refs in (("model", self.models), ("dataset", self.datasets)):
-            names = [r.name for r in refs]
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise ValueError(f"{what} names must differ: {', '.join(dup)} appears twice")
-        return self
-
-
-def resources(spec: Spec) -> dict:
-    if all(m.url for m in spec.models):
-        # every model is an endpoint: the server does the heavy work; this job only sends requests,
-        # so it must not wait for the CPU slot a CPU `serve` job holds
-        return {"cpu_slots": 0, "gpus": 0}
-    if not spec.gpus:
-        return {}
-    sizes = [sum(f.stat().st_size for f in Path(m.path).glob("*") if f.suffix in (".safetensors", ".bin"))
-             for m in spec.models if m.path]
-    return {"gpus": spec.gpus, "gpu_mem_gb": round(max(sizes, default=0) / 1e9 * 1.3 + 1.0, 1)}
-
-
-# -- dataset formats (shared with backend/evaluate.py) -------------------------------------------
-def first_record(path: str | Path) -> dict | None:
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    return rec if isinstance(rec, dict) else None
-        return None
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        return next(reader, None)
-
-
-def custom_format(path: str | Path) -> tuple[str, str]:
-    """("mcq" | "qa", "") when ``path`` is an OpenCompass custom dataset, else ("", what is wrong).
-
-    OpenCompass's rule (datasets/custom.py): options are the columns A, B, C... in order; two or
-    more make it multiple choice; ``answer`` is the gold; ``question`` goes in the prompt.
-    """
-    path = Path(path)
-    if path.suffix not in DATA_EXTS:
-        return "", f"{path.name}: OpenCompass reads .jsonl or .csv files, not {path.suffix or 'this file'}"
-    if not path.is_file():
-        return "", f"no such file: {path}"
-    try:
-        rec = first_record(path)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        return "", f"{path.name} could not be read: {e}"
-    if not rec:
-        return "", f"{path.name} has no records"
-    options = [c for c in MCQ_OPTIONS if c in rec]
-    options = options[:next((i for i, c in enumerate(options) if c != MCQ_OPTIONS[i]), len(options))]
-    missing = [c for c in ("question", "answer") if c not in rec]
-    if len(options) == 1:
-        missing.append("B (a multiple-choice set needs options A, B, ...)")
-    if missing:
-        return "", (f"{path.name} is not in an OpenCompass format: missing field(s) {', '.join(missing)} "
-                    f"(found: {', '.join(map(str, rec)) or 'none'}); MCQ needs question, A, B, ..., answer; "
-                    "QA needs question, answer")
-    return ("mcq" if options else "qa"), ""
-
-
-# -- standard OpenCompass dataset configs --------------------------------------------------------
-def find_standard_config(name: str, package_dir: Path) -> Path | None:
-    """The config file of a standard dataset (``gsm8k_gen``) inside an installed opencompass package."""
-    hits = sorted((package_dir / "configs" / "datasets").rglob(f"{name}.py"))
-    return hits[0] if hits else None
-
-
-def config_variable(config_file: Path) -> str:
-    """The ``*_datasets`` list a dataset config defines or re-exports."""
-    text = config_file.read_text(encoding="utf-8")
-    m = re.search(r"import\s+(\w+_datasets)\b", text) or re.search(r"^(\w+_datasets)\s*=", text, re.M)
-    if not m:
-        raise ValueError(f"{config_file.name} defines no *_datasets list")
-    return m.group(1)
-
-
-def data_ids(config_file: Path, depth: int = 0) -> set[str]:
-    """The ``path=`` values (data ids such as ``opencompass/gsm8k``) a config and its bases use."""
-    text = config_file.read_text(encoding="utf-8")
-    ids = set(re.findall(r"""\bpath\s*=\s*['"]([^'"]+)['"]""", text))
-    for rel in re.findall(r"from\s+\.(\w+)\s+import", text):
-        base = config_file.parent / f"{rel}.py"
-        if base.is_file() and depth < 3:
-            ids |= data_ids(base, depth + 1)
-    return ids
-
-
-def missing_data(config_file: Path, package_dir: Path, cache_dir: Path) -> list[str]:
-    """Data folders a standard config needs that are absent from COMPASS_DATA_CACHE."""
-    mapping = {}
-    info = package_dir / "utils" / "datasets_info.py"
-    if info.is_file():
-        for node in ast.parse(info.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DATASETS_MAPPING":
-                mapping = ast.literal_eval(node.value)
-    out = []
-    for data_id in sorted(data_ids(config_file)):
-        local = mapping.get(data_id, {}).get("local", data_id)
-        path = Path(local) if os.path.isabs(local) else cache_dir / local
-        default = Path.home() / ".cache" / "opencompass" / local     # OpenCompass's own fallback
-        if not path.exists() and not default.exists():
-            out.append(str(path))
-    return out
-
-
-def compass_data_cache(home: Path) -> Path:
-    return Path(os.environ.get("COMPASS_DATA_CACHE") or home / "opencompass_data")
 
 
 # -- the OpenCompass config ----------------------------------------------------------------------
@@ -434,29 +249,6 @@ def task_errors(run_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
-def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0) -> str:
-    """Why the OpenAI-compatible endpoint at ``url`` (…/v1) cannot be evaluated, or "" when it answers
-    ``GET /models``. The key goes in the request header only."""
-    import urllib.error
-    import urllib.request
-    req = urllib.request.Request(url.rstrip("/") + "/models",
-                                 headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout):
-            return ""
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 403):
-            return f"the endpoint at {url} refused the API key (HTTP {e.code})"
-        return ""       # it answers; some servers have no model list
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return f"the endpoint at {url} cannot be reached ({reason})"
-
-
-ENDPOINT_SUGGESTION = ("start the endpoint again (a serve job, Chat page) or fix its URL and API key, "
-                       "then retry the evaluation")
-
-
 def classify(reason: str) -> tuple[str, str]:
     low = reason.lower()
     if "calling openai api failed" in low or "apiconnectionerror" in low or "connection refused" in low:
@@ -598,10 +390,6 @@ def main(spec: Spec, job: Job) -> dict:
 
 def register(spec: Spec, job: Job, table: list[dict]) -> str:
     """The run as an ``eval`` registry entry linked to the models and datasets it measured."""
-    try:
-        from backend.store import open_store
-    except ImportError:          # the engine lacks a backend dependency: results stay in result.json
-        return ""
     job_id = int(os.environ.get("WORKBENCH_JOB_ID", "0") or 0) or None
     store = open_store(job.home)
     owner = (store.job(job_id) or {}).get("owner", "") if job_id else ""

@@ -23,77 +23,14 @@ import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from backend import finetune as ft
-from jobs.common import BAD_INPUT, MISSING_ENGINE, OUT_OF_MEMORY, Cancelled, Job, JobError, is_oom, run
-
-X = ft.XTUNER
 
 
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base_model: str                                   # registry model name
-    datasets: list[str] = Field(min_length=1)         # registry dataset names (any training format)
-    name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # adapter name; "" = automatic
-    method: Literal["lora", "qlora", "full"] = "lora"
-    preset: Literal["xtuner", "cpu_demo"] | None = None   # fills the fields the spec leaves out
-    lora_r: int = Field(X["lora_r"], ge=1)
-    lora_alpha: int = Field(X["lora_alpha"], ge=1)
-    lora_dropout: float = Field(X["lora_dropout"], ge=0, lt=1)
-    target_modules: list[str] = Field(X["target_modules"], min_length=1)
-    lr: float = X["lr"]
-    weight_decay: float = Field(X["weight_decay"], ge=0)
-    max_grad_norm: float = Field(X["max_grad_norm"], ge=0)    # 0: no clipping
-    scheduler: Literal["cosine", "linear", "constant"] = X["scheduler"]
-    warmup_ratio: float = Field(X["warmup_ratio"], ge=0, le=1)
-    max_length: int = Field(X["max_length"], ge=8)
-    packing: bool = X["packing"]
-    epochs: float = Field(X["epochs"], gt=0)
-    max_steps: int = Field(X["max_steps"], ge=0)              # 0: from epochs
-    batch_size: int = Field(X["batch_size"], ge=1)
-    grad_accum: int = Field(X["grad_accum"], ge=1)
-    gradient_checkpointing: bool = X["gradient_checkpointing"]
-    save_steps: int = Field(X["save_steps"], ge=1)
-    save_total_limit: int = Field(X["save_total_limit"], ge=1)
-    eval_ratio: float = Field(0.0, ge=0, lt=1)                # rows held out for eval_loss
-    eval_steps: int = Field(0, ge=0)                          # 0: evaluate at the end only
-    max_samples: int = Field(0, ge=0)                         # 0: every row
-    seed: int = 42
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: bf16 (else fp16) on GPU, fp32 on CPU
-    gpu_mem_gb: float | None = Field(None, gt=0)              # ask the queue for this instead of the estimate
-    sample_prompts: list[str] = []                            # answered greedily before and after training
-    resume: bool = False
-    resume_from: int | None = None
+from backend import finetune as ft, models
+from backend.errors import BAD_INPUT, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
+from backend.specs.finetune import Spec
+from backend.store import open_store
+from jobs.common import Cancelled, Job, JobError, run
 
-    @model_validator(mode="before")
-    @classmethod
-    def fill_from_preset(cls, data):
-        if isinstance(data, dict) and data.get("preset"):
-            preset = ft.PRESETS.get(data["preset"])
-            if preset is None:
-                raise ValueError(f"unknown preset {data['preset']!r}; presets: {', '.join(ft.PRESETS)}")
-            data = {**preset, **data}
-        return data
-
-    @field_validator("lr")
-    @classmethod
-    def positive_lr(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"lr must be above 0 (got {v})")
-        return v
-
-
-def resources(spec: Spec) -> dict:
-    """Called once at submit time: the checks against the workspace (model, data, GPU) and the
-    GPU memory the queue should reserve. Raises ValueError → SubmitError with a readable message."""
-    plan = ft.check(spec.model_dump())
-    if not plan["on_gpu"]:
-        return {"gpus": 0, "gpu_mem_gb": 0.0}
-    return {"gpus": 1, "gpu_mem_gb": spec.gpu_mem_gb or plan["estimate"]["total_gb"]}
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -307,8 +244,9 @@ class Run:
             raise JobError(str(e), BAD_INPUT) from None
         self.model_path, remote = model_path, bool(meta.get("trust_remote_code"))
         on_gpu = torch.cuda.is_available() and spec.device != "cpu"
-        if spec.method == "qlora" and not on_gpu and spec.device != "cpu":      # device: cpu asks for it
-            raise JobError("QLoRA needs a CUDA GPU and this job has none", BAD_INPUT, "use method: lora on CPU")
+        problem = ft.device_problem(spec.method, spec.device, torch.cuda.is_available())
+        if problem:
+            raise JobError(problem, BAD_INPUT)
         self.device = torch.device("cuda" if on_gpu else "cpu")
         if spec.dtype == "auto":
             self.dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if on_gpu else torch.float32
@@ -606,7 +544,6 @@ class Run:
 
     def publish(self, result: dict) -> dict:
         """Save the adapter (or the full model) into the workspace and register it with its lineage."""
-        from backend.store import open_store
         spec = self.spec
         full = spec.method == "full"
         name = spec.name or f"{spec.base_model}-{spec.method}-job{self.job_id}"
@@ -624,7 +561,6 @@ class Run:
         tmp.replace(folder)
         kind = "model" if full else "adapter"
         if full:
-            from backend import models
             lineage = {"base_model": spec.base_model, "datasets": spec.datasets, "finetune_job": self.job_id}
             models.register(name, folder, "finetune", job_id=self.job_id or None, home=self.job.home,
                             lineage=lineage, **{k: v for k, v in meta.items() if k != "job"})

@@ -7,32 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
-from jobs.common import BAD_INPUT, Job, JobError, run
 
 
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    adapter: str                                      # registry adapter name
-    name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # "" = <adapter>-merged
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: the base model's own dtype
-
-
-def resources(spec: Spec) -> dict:
-    """Submit-time checks: the adapter exists and its base model is still registered."""
-    from backend import finetune as ft
-    from backend.store import open_store
-    entry = open_store().get("adapter", spec.adapter)
-    if entry is None:
-        raise ValueError(f"no adapter {spec.adapter!r} in the registry")
-    ft.resolve_model(entry["meta"].get("base_model", ""))
-    name = spec.name or f"{spec.adapter}-merged"
-    if open_store().get("model", name):
-        raise ValueError(f"a model named {name!r} already exists: choose another name")
-    return {"gpus": 0, "gpu_mem_gb": 0.0}
+from backend import finetune as ft, models
+from backend.errors import BAD_INPUT
+from backend.specs.merge import Spec
+from backend.store import open_store
+from jobs.common import Job, JobError, run
 
 
 def main(spec: Spec, job: Job) -> dict:
@@ -40,8 +21,6 @@ def main(spec: Spec, job: Job) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backend import finetune as ft
-    from backend.store import open_store
     store = open_store(job.home)
     entry = store.get("adapter", spec.adapter)
     if entry is None:
@@ -69,7 +48,6 @@ def main(spec: Spec, job: Job) -> dict:
     (tmp / "workbench.json").write_text(json.dumps({"lineage": lineage}, ensure_ascii=False, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
-    from backend import models
     models.register(name, folder, "merge", job_id=lineage["merge_job"], home=job.home, lineage=lineage,
                     base_model=meta.get("base_model"), adapter=spec.adapter, metrics=meta.get("metrics", {}),
                     trust_remote_code=remote)

@@ -20,85 +20,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.common import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY, JobError, Job, run
+from backend import engines
+from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
+from backend.specs.serve import Spec, resolve
+from backend.store import open_store
+from jobs.common import Job, JobError, run
 
 READY_POLL_S = 0.5
 STOP_GRACE_S = 5.0
 WEIGHTS = re.compile(r"Loading weights:\s+(\d+)%")
 REQUEST = re.compile(r'"POST /v1/(chat/)?completions HTTP/[\d.]+" 200')
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = ""                       # registry model name; may be empty when the adapter names its base
-    adapter: str = ""                     # registry adapter name: merged into a copy of the model in the job folder
-    engine: Literal["transformers", "lmdeploy"] = "transformers"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    name: str = Field("", max_length=120)  # endpoint name; default "<model>[+<adapter>] #<job id>"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    continuous_batching: bool = False     # transformers: batch concurrent requests (sampling settings are shared)
-    cb_blocks: int = Field(512, ge=16)    # transformers CB: KV cache blocks of 32 tokens
-    cache_max_entry_count: float = Field(0.5, gt=0, le=0.95)   # lmdeploy: share of free GPU memory for KV cache
-    ready_timeout_s: float = Field(900, gt=0)
-
-
-# -- resolving registry entries (used at submit time by resources() and again in the job) -------------
-def resolve(spec: Spec, home: Path | None = None) -> tuple[dict, dict | None]:
-    """(model entry, adapter entry or None) from the registry; ValueError with a readable reason."""
-    from backend.store import open_store
-    store = open_store(home)
-    adapter = None
-    model_name = spec.model
-    if spec.adapter:
-        adapter = store.get("adapter", spec.adapter)
-        if adapter is None:
-            raise ValueError(f"no adapter named {spec.adapter!r} in the registry")
-        model_name = model_name or adapter["meta"].get("base_model", "")
-    if not model_name:
-        raise ValueError("name a model to serve (or an adapter whose base model is registered)")
-    model = store.get("model", model_name)
-    if model is None:
-        raise ValueError(f"no model named {model_name!r} in the registry")
-    for entry in filter(None, (model, adapter)):
-        if not Path(entry["path"]).is_dir():
-            raise ValueError(f"the folder of {entry['type']} {entry['name']!r} is missing: {entry['path']}")
-    return model, adapter
-
-
-def weights_gb(path: str | Path) -> float:
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**30 or \
-        sum(f.stat().st_size for f in Path(path).glob("*.bin")) / 2**30
-
-
-def resources(spec: Spec) -> dict:
-    """CPU: one heavy slot. GPU: one GPU and a memory estimate. LMDeploy needs CUDA: refuse without it."""
-    from backend import engines
-    from backend.resources import gpus
-    model, _ = resolve(spec)
-    gpu_list = gpus() if spec.device != "cpu" else []
-    if spec.engine == "lmdeploy":
-        if not gpu_list:
-            raise ValueError("LMDeploy runs on CUDA GPUs only and this machine has none: "
-                             "serve with the transformers engine instead")
-        if spec.device == "cpu":
-            raise ValueError("LMDeploy cannot serve on the CPU: choose device auto or cuda")
-        if not engines.installed("lmdeploy"):
-            raise ValueError("the lmdeploy engine is not installed: run an engine_install job for it first")
-    if spec.device == "cuda" and not gpu_list:
-        raise ValueError("device cuda was asked for but this machine has no GPU")
-    if not gpu_list:
-        return {"cpu_slots": 1}
-    w = weights_gb(model["path"])
-    if spec.engine == "lmdeploy":
-        total = max(g.total_gb for g in gpu_list)
-        mem = w + spec.cache_max_entry_count * max(total - w, 0)
-    else:                           # with an adapter: the merged copy and the base, both loaded
-        mem = w * 1.2 * (2 if spec.adapter else 1) + 1.0
-    return {"gpus": 1, "gpu_mem_gb": round(mem, 1)}
 
 
 # -- the job ---------------------------------------------------------------------------------------------
@@ -132,7 +65,6 @@ def command(spec: Spec, paths: list[Path], port: int, device: str, served: str) 
     name the folder), none unloaded while the job runs; LMDeploy serves the first."""
     path = paths[0]
     if spec.engine == "lmdeploy":
-        from backend import engines
         return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
                 "--server-name", "127.0.0.1", "--server-port", str(port), "--backend", "turbomind",
                 "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
@@ -252,7 +184,6 @@ def generation_defaults(path: Path) -> dict:
 
 
 def main(spec: Spec, job: Job) -> dict:
-    from backend.store import open_store
     store = open_store(job.home)
     job_id = int(os.environ.get("WORKBENCH_JOB_ID") or job.dir.name)
     try:

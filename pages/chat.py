@@ -6,11 +6,10 @@ external URLs live only in this browser session.
 import streamlit as st
 
 from backend import chat, errors, logs, queue
-from pages import ui
+from pages import keys, ui
 
-S_HISTORY, S_PENDING, S_EXTERNAL = "chat_history", "chat_pending", "chat_external"
-S_STARTING, S_COMPARE, S_ERROR = "chat_starting", "chat_compare", "chat_error"
-S_CMP_ERRORS = "chat_cmp_errors"
+S_HISTORY, S_PENDING, S_EXTERNAL = keys.CHAT_HISTORY, keys.CHAT_PENDING, keys.CHAT_EXTERNAL
+S_STARTING, S_COMPARE, S_ERROR, S_CMP_ERRORS = keys.CHAT_STARTING, keys.CHAT_COMPARE, keys.CHAT_ERROR, keys.CHAT_CMP_ERRORS
 
 st.title(ui.t("nav.chat"))
 st.session_state.setdefault(S_HISTORY, [])
@@ -56,7 +55,7 @@ def starting(job_id: int) -> None:
         st.rerun(scope="app")
     with st.container(key="chat_starting", border=True):
         st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))
-        view = st.session_state.setdefault(f"chat_events_{job_id}", logs.EventState())
+        view = st.session_state.setdefault(keys.events(job_id), logs.EventState())
         p = view.update(job_id).progress
         if p and p.get("total"):
             st.progress(min(1.0, p["done"] / p["total"]), text=p.get("message") or "")
@@ -89,14 +88,14 @@ with st.container(key="chat_endpoints"):
                               f"chat_stop_server_{ep['job_id']}"):
             st.rerun()
 
-    with st.expander(ui.t("chat.start"), expanded=(not live or "chat_model" in st.session_state)
+    with st.expander(ui.t("chat.start"), expanded=(not live or keys.CHAT_MODEL in st.session_state)
                      and not st.session_state.get(S_STARTING)):
         options = chat.servable()
         if not options:
             st.info(ui.t("chat.no_models"))
         else:
             c1, c2, c3 = st.columns([4, 2, 2], vertical_alignment="bottom")
-            wanted = st.session_state.pop("chat_model", None)       # "Chat with it" on the Models page
+            wanted = st.session_state.pop(keys.CHAT_MODEL, None)       # "Chat with it" on the Models page
             first = next((i for i, o in enumerate(options) if o["spec"] == {"model": wanted}), 0)
             pick = c1.selectbox(ui.t("chat.serve_what"), options, format_func=lambda o: o["label"], index=first,
                                 key="chat_serve_pick")
@@ -152,9 +151,9 @@ tab_chat, tab_compare = st.tabs([ui.t("chat.tab.chat"), ui.t("chat.tab.compare")
 
 # -- Chat ----------------------------------------------------------------------------------------------
 with tab_chat:
-    if st.session_state.get("chat_pick") not in names:
-        st.session_state["chat_pick"] = names[0]
-    name = st.selectbox(ui.t("chat.endpoint"), names, key="chat_pick")
+    if st.session_state.get(keys.CHAT_PICK) not in names:
+        st.session_state[keys.CHAT_PICK] = names[0]
+    name = st.selectbox(ui.t("chat.endpoint"), names, key=keys.CHAT_PICK)
     history = st.session_state[S_HISTORY]
     with st.container(key="chat_messages"):
         for m in history:
@@ -218,12 +217,12 @@ with tab_chat:
 # -- Compare: each column keeps its own history with its endpoint --------------------------------------
 with tab_compare:
     c1, c2 = st.columns(2)
-    for key in ("chat_cmp_left", "chat_cmp_right"):
+    for key in (keys.CHAT_CMP_LEFT, keys.CHAT_CMP_RIGHT):
         if st.session_state.get(key) not in names:
             st.session_state.pop(key, None)
-    left = c1.selectbox(ui.t("chat.left"), names, key="chat_cmp_left")
-    right = c2.selectbox(ui.t("chat.right"), names, key="chat_cmp_right",
-                         index=0 if "chat_cmp_right" in st.session_state else min(1, len(names) - 1))
+    left = c1.selectbox(ui.t("chat.left"), names, key=keys.CHAT_CMP_LEFT)
+    right = c2.selectbox(ui.t("chat.right"), names, key=keys.CHAT_CMP_RIGHT,
+                         index=0 if keys.CHAT_CMP_RIGHT in st.session_state else min(1, len(names) - 1))
     pair, histories = [left, right], st.session_state[S_COMPARE]
     with st.form("chat_cmp_form", clear_on_submit=False):
         cmp_prompt = st.text_area(ui.t("chat.prompt"), key="chat_cmp_prompt", height=80)

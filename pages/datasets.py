@@ -7,13 +7,13 @@ import streamlit as st
 
 from backend import datasets as ds
 from backend import defaults, logs
+from backend import models as models_
 from backend.dataset_view import open_view
-from backend.store import open_store
-from pages import ui
+from pages import keys, ui
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 CELL_CHARS = 300
-SS = "ds_state"            # per-dataset results (validation, convert, split, stats job) in session state
+SS = keys.DS_STATE
 
 st.title(ui.t("nav.datasets"))
 
@@ -110,7 +110,7 @@ total = len(view) if rows_idx is None else len(rows_idx)
 size = defaults.DATASET_PAGE_ROWS
 pages = max(1, -(-total // size))
 
-page_key = f"ds_page_{name}"
+page_key = keys.ds_page(name)
 st.session_state.setdefault(page_key, 1)
 st.session_state[page_key] = min(st.session_state[page_key], pages)
 
@@ -248,7 +248,7 @@ with t_split:
                             val=out["val"]["name"], n_val=out["val"]["rows"]))
 
 with t_stats:
-    models = [m["name"] for m in open_store().items("model")]
+    models = models_.names()
     c1, c2 = st.columns(2)
     model = c1.selectbox(ui.t("ds.stats.model"), [""] + models, key="ds_stats_model",
                          format_func=lambda m: m or ui.t("ds.stats.chars"))

@@ -4,7 +4,7 @@ import streamlit as st
 
 from backend import evaluate as ev
 from backend import queue
-from pages import ui
+from pages import keys, ui
 
 st.title(ui.t("nav.evaluate"))
 
@@ -22,7 +22,7 @@ elif not ready:
 with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="eval_form"):
     models = {m["name"]: m for m in ev.model_choices()}
     usable_models = [n for n, m in models.items() if m["ref"]]
-    picked_models = st.multiselect(ui.t("eval.models"), usable_models, key="eval_models",
+    picked_models = st.multiselect(ui.t("eval.models"), usable_models, key=keys.EVAL_MODELS,
                                    format_func=lambda n: f"{n} ({models[n]['kind']}"
                                    + (f" · {models[n]['url']})" if models[n]["kind"] == "endpoint" else ")"))
     ext_url = ext_model = ext_key = ext_tok = ""
@@ -63,7 +63,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="ev
         except queue.SubmitError as e:
             st.error(str(e))
         else:
-            st.session_state["eval_run"] = job_id
+            st.session_state[keys.EVAL_RUN] = job_id
             st.success(ui.t("job.queued_as", id=job_id))
 
 # -- past runs and results ---------------------------------------------------------------------
@@ -75,7 +75,7 @@ if not runs:
 labels = {r["job_id"]: f"#{r['job_id']} {r['name'] or ''} · {ui.state_label(r['state'])} · "
                        f"{', '.join(r['models'])} × {', '.join(r['datasets'])}" for r in runs}
 ids = list(labels)
-current = st.session_state.get("eval_run")
+current = st.session_state.get(keys.EVAL_RUN)
 job_id = st.selectbox(ui.t("eval.pick_run"), ids, index=ids.index(current) if current in ids else 0,
                       format_func=labels.get, key="eval_pick")
 res = ev.result(job_id)

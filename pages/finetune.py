@@ -5,14 +5,14 @@ import streamlit as st
 
 from backend import datasets, logs, queue
 from backend import finetune as ft
-from backend.store import open_store
-from pages import ui
+from backend import models as models_
+from backend.specs import finetune as ft_spec
+from pages import keys, ui
 
-S_JOB = "ft_job"
+S_JOB = keys.FT_JOB
 
 st.title(ui.t("nav.finetune"))
-store = open_store()
-models = [m["name"] for m in store.items("model")]
+models = models_.names()
 train_sets = [d["name"] for d in datasets.list_datasets() if (d["meta"] or {}).get("format") in datasets.TRAIN_FORMATS]
 if not models:
     st.info(ui.t("ft.no_models"))
@@ -22,25 +22,25 @@ if not models:
 # -- the form ---------------------------------------------------------------------------------------
 with st.container(key="ft-form", border=True):
     c1, c2 = st.columns(2)
-    base = c1.selectbox(ui.t("ft.base_model"), models, key="ft_model")
+    base = c1.selectbox(ui.t("ft.base_model"), models, key=keys.FT_MODEL)
     picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key="ft_datasets",
                             default=[d for d in train_sets if "self_cognition" in d][:1])
     c1, c2, c3 = st.columns(3)
     method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
                       help=ui.t("ft.method.help"))
-    preset = c2.selectbox(ui.t("ft.preset"), list(ft.PRESETS), key="ft_preset",
+    preset = c2.selectbox(ui.t("ft.preset"), list(ft_spec.PRESETS), key="ft_preset",
                           format_func=lambda p: ui.t("ft.preset." + p))
     name = c3.text_input(ui.t("ft.name"), key="ft_name", placeholder=ui.t("ft.name.auto"))
-    values = ft.preset_values(preset)
+    values = ft_spec.preset_values(preset)
     chosen = {}
     with st.expander(ui.t("ft.advanced")):
         cols = st.columns(4)
-        for i, field in enumerate(ft.ADVANCED):
+        for i, field in enumerate(ft_spec.ADVANCED):
             default, col, key = values[field], cols[i % 4], f"ft_{field}_{preset}"   # a preset change resets them
             if isinstance(default, bool):
                 chosen[field] = col.checkbox(field, default, key=key)
             elif isinstance(default, str):
-                options = ft.choices(field)
+                options = ft_spec.choices(field)
                 chosen[field] = col.selectbox(field, options, index=options.index(default), key=key)
             elif isinstance(default, list):
                 chosen[field] = [x.strip() for x in col.text_input(field, ",".join(default), key=key).split(",") if x.strip()]
@@ -57,7 +57,7 @@ with st.container(key="ft-form", border=True):
     plan = None
     if picked:
         try:
-            plan = ft.check(queue.validate("finetune", spec)[1].model_dump())
+            plan = ft.check(queue.validate("finetune", spec)[1])
         except queue.SubmitError as e:
             st.error(str(e))
         except ValueError as e:
@@ -108,7 +108,7 @@ def run_actions(job_id: int) -> None:
             ui.chat_if_served(job["spec"]["base_model"], adapter)
             serve = ui.submit("serve", {"model": job["spec"]["base_model"], "adapter": adapter})
             if serve:
-                st.session_state["chat_starting"] = serve       # the Chat page follows the starting server
+                st.session_state[keys.CHAT_STARTING] = serve       # the Chat page follows the starting server
                 st.switch_page("pages/chat.py")
 
 
@@ -142,7 +142,7 @@ def compare_runs() -> None:
 
 compare_runs()
 
-adapters = store.items("adapter")
+adapters = ft.adapters()
 if adapters:
     st.subheader(ui.t("ft.adapters"))
     st.dataframe(pd.DataFrame([{

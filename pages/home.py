@@ -1,10 +1,7 @@
 """Home: the pipeline, the machine's hardware, the queue at a glance."""
-import time
-
 import streamlit as st
 
 from backend import defaults, queue, resources
-from backend.store import open_store
 from pages import ui
 
 st.title(ui.t("app.title"))
@@ -22,7 +19,6 @@ for col, (name, icon) in zip(cols, steps):
 
 @st.fragment(run_every=3)
 def status() -> None:
-    store = open_store()
     left, right = st.columns(2)
     with left.container(key="hardware"):
         st.subheader(ui.t("home.hardware"))
@@ -33,14 +29,14 @@ def status() -> None:
                             text=ui.t("home.gpu_line", index=g.index, name=g.name, used=g.used_gb, total=g.total_gb))
         else:
             st.info(ui.t("home.cpu_only", slots=defaults.setting("CPU_SLOTS")))
-        live = [w for w in store.workers() if time.time() - w["heartbeat_at"] < defaults.setting("LOST_AFTER_S")]
+        live = queue.live_workers()
         if live:
             st.success(ui.t("home.worker_ok", pid=live[0]["pid"]))
         else:
             st.warning(ui.t("home.no_worker"))
     with right.container(key="queue"):
         st.subheader(ui.t("home.queue"))
-        counts = store.counts()
+        counts = queue.counts()
         mcols = st.columns(4)
         for c, state in zip(mcols, ("queued", "running", "succeeded", "failed")):
             c.metric(ui.state_label(state), counts.get(state, 0))

@@ -3,9 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from backend import models
-from pages import ui
+from pages import keys, ui
 
-S_JOB = "models_job"             # the download job this session follows
+S_JOB = keys.MODELS_JOB             # the download job this session follows
 SOURCES = {"huggingface": "Hugging Face", "modelscope": "ModelScope", "openxlab": "OpenXLab"}
 TOKEN_ENV = {"huggingface": "HF_TOKEN", "modelscope": "MODELSCOPE_API_TOKEN"}
 
@@ -108,23 +108,23 @@ with tab_reg:
         c = st.columns(4)
         if c[0].button(ui.t("models.chat"), key="models_chat"):
             ui.chat_if_served(picked)
-            open_page("pages/chat.py", picked, "chat_model", picked)
+            open_page("pages/chat.py", picked, keys.CHAT_MODEL, picked)
         if c[1].button(ui.t("models.finetune"), key="models_finetune"):
-            open_page("pages/finetune.py", picked, "ft_model", picked)
+            open_page("pages/finetune.py", picked, keys.FT_MODEL, picked)
         if c[2].button(ui.t("models.evaluate"), key="models_evaluate"):
-            open_page("pages/evaluate.py", picked, "eval_models", [picked])
+            open_page("pages/evaluate.py", picked, keys.EVAL_MODELS, [picked])
         if c[3].button(ui.t("models.delete"), key="models_delete"):
-            st.session_state["models_confirm"] = picked
+            st.session_state[keys.MODELS_CONFIRM] = picked
         remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
                              key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"))
         if remote != bool(meta.get("trust_remote_code")):
             models.set_trust_remote_code(picked, remote)
-        if st.session_state.get("models_confirm") == picked:
+        if st.session_state.get(keys.MODELS_CONFIRM) == picked:
             with st.container(key="models_confirm_box", border=True):
                 st.warning(ui.t("models.delete.confirm", name=picked))
                 if st.button(ui.t("models.delete.yes"), type="primary", key="models_delete_yes"):
                     models.delete(picked)
-                    st.session_state.pop("models_confirm", None)
+                    st.session_state.pop(keys.MODELS_CONFIRM, None)
                     st.success(ui.t("models.deleted", name=picked))
                     st.rerun()
         with st.expander(ui.t("models.config")):

@@ -1,11 +1,10 @@
 """Widgets every page shares: language, strings, the live job view, submitting from a form.
 
-Session keys live here (KEYS) so pages never invent their own spelling of the same state.
+Session keys live in pages/keys.py so pages never invent their own spelling of the same state.
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 
 import pandas as pd
@@ -14,8 +13,8 @@ import yaml
 
 from backend import defaults, errors, i18n, logs, queue
 from backend.states import JobState
+from pages import keys
 
-KEYS = {"lang": "lang", "owner": "owner", "owner_input": "owner_input", "owner_bad": "owner_bad"}
 NAME = re.compile(r"[\w.-]{1,32}")       # a user name: letters (any script), digits, . _ -
 LOG_KEEP_CHARS = 64 * 1024        # what a log view keeps on screen: the refresh cost stays constant
 REFRESH_S = 1.0
@@ -23,9 +22,9 @@ REFRESH_S = 1.0
 
 
 def lang() -> str:
-    if KEYS["lang"] not in st.session_state:
-        st.session_state[KEYS["lang"]] = st.query_params.get("lang") or defaults.env("WORKBENCH_LANG", "en")
-    return st.session_state[KEYS["lang"]]
+    if keys.LANG not in st.session_state:
+        st.session_state[keys.LANG] = st.query_params.get("lang") or defaults.env("WORKBENCH_LANG", "en")
+    return st.session_state[keys.LANG]
 
 
 def t(key: str, **fmt) -> str:
@@ -35,19 +34,19 @@ def t(key: str, **fmt) -> str:
 def owner() -> str:
     """Who this browser session is: the name typed in the sidebar, kept in the URL (?user=) so a reload or a
     shared link keeps it; WORKBENCH_USER until then."""
-    if KEYS["owner"] not in st.session_state:
+    if keys.OWNER not in st.session_state:
         asked = st.query_params.get("user", "")
-        st.session_state[KEYS["owner"]] = asked if NAME.fullmatch(asked) else defaults.setting("USER")
-    return st.session_state[KEYS["owner"]]
+        st.session_state[keys.OWNER] = asked if NAME.fullmatch(asked) else defaults.setting("USER")
+    return st.session_state[keys.OWNER]
 
 
 def _set_owner() -> None:
-    name = st.session_state[KEYS["owner_input"]].strip()
+    name = st.session_state[keys.OWNER_INPUT].strip()
     if NAME.fullmatch(name):
-        st.session_state[KEYS["owner"]] = name
+        st.session_state[keys.OWNER] = name
     else:
-        st.session_state[KEYS["owner_bad"]] = True
-        st.session_state[KEYS["owner_input"]] = owner()
+        st.session_state[keys.OWNER_BAD] = True
+        st.session_state[keys.OWNER_INPUT] = owner()
 
 
 def sidebar() -> None:
@@ -57,10 +56,10 @@ def sidebar() -> None:
         st.query_params["user"] = name
     with st.sidebar:
         # the widget's own state is the language: every string of this run already sees a change
-        st.radio("Language / 语言", list(i18n.LANGS), format_func=i18n.LANGS.get, horizontal=True, key=KEYS["lang"])
-        st.session_state.setdefault(KEYS["owner_input"], name)
-        st.text_input(t("app.user"), key=KEYS["owner_input"], on_change=_set_owner, max_chars=32)
-        if st.session_state.pop(KEYS["owner_bad"], False):
+        st.radio("Language / 语言", list(i18n.LANGS), format_func=i18n.LANGS.get, horizontal=True, key=keys.LANG)
+        st.session_state.setdefault(keys.OWNER_INPUT, name)
+        st.text_input(t("app.user"), key=keys.OWNER_INPUT, on_change=_set_owner, max_chars=32)
+        if st.session_state.pop(keys.OWNER_BAD, False):
             st.error(t("app.user_bad"))
         if name in queue.instructors():
             st.caption(t("app.instructor"))
@@ -173,7 +172,7 @@ def _actions(job: dict) -> None:
 
 @st.fragment(run_every=REFRESH_S)
 def _live(job_id: int) -> None:
-    key = f"jobview-{job_id}"
+    key = keys.job_view(job_id)
     view = st.session_state.get(key)
     if view is None:
         view = st.session_state[key] = {"offset": 0, "text": "", "events": logs.EventState()}
@@ -245,22 +244,14 @@ def metrics_chart(points: list[dict]) -> None:
             st.line_chart(df[[name]].dropna(), height=180)
 
 
-def spec_yaml(spec: dict) -> str:
-    return yaml.safe_dump(spec, allow_unicode=True, sort_keys=False)
-
-
-def json_text(data) -> str:
-    return json.dumps(data, ensure_ascii=False, indent=2)
-
-
 def open_chat_on(ep: dict) -> None:
     """Have the Chat page pick endpoint ``ep``; with its base served beside it, Compare opens on base
     (left) vs ``ep`` (right)."""
     from backend import chat
-    st.session_state["chat_pick"] = ep["name"]
+    st.session_state[keys.CHAT_PICK] = ep["name"]
     base = chat.base_endpoint(ep)
     if base:
-        st.session_state["chat_cmp_left"], st.session_state["chat_cmp_right"] = base["name"], ep["name"]
+        st.session_state[keys.CHAT_CMP_LEFT], st.session_state[keys.CHAT_CMP_RIGHT] = base["name"], ep["name"]
 
 
 def chat_if_served(model: str, adapter: str = "") -> None:

@@ -7,9 +7,9 @@ workspace gallery before anything is sent.
 import streamlit as st
 
 from backend import compose, defaults, queue, vlm
-from pages import ui
+from pages import keys, ui
 
-S_HISTORY, S_STARTING = "xc_history", "xc_starting"    # the open draft is ?draft=<id>: it survives a reload
+S_HISTORY, S_STARTING = keys.XC_HISTORY, keys.XC_STARTING
 
 st.title(ui.t("nav.xcomposer"))
 st.session_state.setdefault(S_HISTORY, [])

@@ -8,7 +8,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend import datasets as ds
+from backend import datasets as ds, paths
 from backend import logs, queue
 from backend.store import open_store
 from jobs.dataset_import import pick_files, place
@@ -55,8 +55,8 @@ def test_stats_with_a_tokenizer_and_chat_template(home, tiny_model):
     assert res["languages"] == {"en": 30, "zh": 1}
     assert sum(res["histogram"]["counts"]) == 31 and len(res["histogram"]["edges"]) == 6
     assert 0 < res["over_max"] < 31 and res["lengths"]["max"] > 40
-    assert (queue.job_dir(job_id, home) / "artifacts" / "stats.json").exists()
-    events = (queue.job_dir(job_id, home) / "events.jsonl").read_text()
+    assert (paths.job_dir(job_id, home) / "artifacts" / "stats.json").exists()
+    events = (paths.job_dir(job_id, home) / "events.jsonl").read_text()
     assert '"type": "progress"' in events
     job, res = result(home, no_model)
     assert job["state"] == "succeeded" and res["unit"] == "characters" and res["rows"] == 102

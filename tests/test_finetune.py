@@ -15,6 +15,7 @@ import yaml
 
 from backend import finetune as ft
 from backend import logs, queue
+from backend.specs import finetune as ft_spec
 from backend.store import open_store
 from tests.conftest import ROOT, cli, env_for, run_burst, wait_for
 
@@ -194,7 +195,7 @@ def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
 def test_qlora_recipe_runs_on_cpu_when_asked(ws):
     """The QLoRA path for real: NF4 with double quantisation, k-bit preparation, LoRA on Linear4bit, on
     bitsandbytes' CPU kernels. Only asked for with device: cpu (without it, no GPU means a refusal)."""
-    plan = ft.check(queue.validate("finetune", spec(method="qlora", device="cpu"))[1].model_dump(), ws)
+    plan = ft.check(queue.validate("finetune", spec(method="qlora", device="cpu"))[1], ws)
     assert any("QLoRA on the CPU" in w for w in plan["warnings"])
     job_id = queue.submit("finetune", spec(method="qlora", device="cpu", name="tiny-qlora"))
     run_burst(ws, timeout=300)
@@ -289,7 +290,7 @@ def test_adapter_names_are_not_overwritten_and_the_cli_takes_the_yaml(ws, tmp_pa
     out = cli(ws, "submit", "finetune", str(path))
     assert out.returncode == 0, out.stderr
     job = queue.get(int(out.stdout), ws)
-    assert job["spec"]["lora_r"] == 8 and job["spec"]["max_steps"] == ft.PRESETS["cpu_demo"]["max_steps"]
+    assert job["spec"]["lora_r"] == 8 and job["spec"]["max_steps"] == ft_spec.PRESETS["cpu_demo"]["max_steps"]
     assert ft.cli_command("spec.yaml") == "python -m backend submit finetune spec.yaml"
     assert yaml.safe_load(ft.to_yaml(job["spec"])) == job["spec"]
 
@@ -298,17 +299,17 @@ def test_adapter_names_are_not_overwritten_and_the_cli_takes_the_yaml(ws, tmp_pa
 def test_memory_estimate_for_a_7b_model(tmp_path):
     info = ft.model_info(fake_model(tmp_path / "m7b"))
     assert 7.0e9 < info["params"] < 8.5e9
-    lora = ft.estimate(dict(ft.XTUNER, method="lora"), info)
-    qlora = ft.estimate(dict(ft.XTUNER, method="qlora"), info)
-    full = ft.estimate(dict(ft.XTUNER, method="full"), info)
+    lora = ft.estimate(ft_spec.Spec(base_model="m7b", datasets=["d"], method="lora"), info)
+    qlora = ft.estimate(ft_spec.Spec(base_model="m7b", datasets=["d"], method="qlora"), info)
+    full = ft.estimate(ft_spec.Spec(base_model="m7b", datasets=["d"], method="full"), info)
     assert 14 < lora["weights_gb"] < 16 and 3.5 < qlora["weights_gb"] < 6 and full["total_gb"] > 100
     assert qlora["total_gb"] < lora["total_gb"] < full["total_gb"]
     assert lora["trainable_params"] == 64 * sum(a + o for a, o in ft.lora_targets(info, ["all-linear"]).values())
     assert "output" not in ft.lora_targets(info, ["all-linear"])
     # XTuner's QLoRA 7B recipe is meant for a 24 GB card
     assert 8 < qlora["total_gb"] < 24
-    longer = ft.estimate(dict(ft.XTUNER, method="qlora", max_length=4096), info)
-    no_ckpt = ft.estimate(dict(ft.XTUNER, method="qlora", gradient_checkpointing=False), info)
+    longer = ft.estimate(ft_spec.Spec(base_model="m7b", datasets=["d"], method="qlora", max_length=4096), info)
+    no_ckpt = ft.estimate(ft_spec.Spec(base_model="m7b", datasets=["d"], method="qlora", gradient_checkpointing=False), info)
     assert qlora["activations_gb"] < longer["activations_gb"] and qlora["activations_gb"] < no_ckpt["activations_gb"]
 
 
@@ -316,10 +317,10 @@ def test_estimate_warns_when_no_gpu_here_can_hold_it(ws, tmp_path):
     from backend.resources import GPU
     open_store(ws).put("model", "big", str(fake_model(tmp_path / "big")))
     (ws / "datasets" / "plain.jsonl").write_text(json.dumps(conv("hi", "hello")) + "\n")
-    plan = ft.check(dict(spec(base_model="big", datasets=["plain.jsonl"]), method="full"), ws,
+    plan = ft.check(ft_spec.Spec(**spec(base_model="big", datasets=["plain.jsonl"], method="full")), ws,
                     gpu_list=[GPU(0, "small", 16.0, 0.0)])
     assert plan["on_gpu"] and any("does not fit the largest GPU" in w for w in plan["warnings"])
-    plan = ft.check(dict(spec(base_model="big", datasets=["plain.jsonl"]), method="qlora"), ws,
+    plan = ft.check(ft_spec.Spec(**spec(base_model="big", datasets=["plain.jsonl"], method="qlora")), ws,
                     gpu_list=[GPU(0, "big", 80.0, 0.0)])
     assert not plan["warnings"] and plan["estimate"]["total_gb"] < 24
 
@@ -360,7 +361,7 @@ def test_host_out_of_memory_is_classified_with_suggestions(ws):
 def test_gpu_out_of_memory_suggests_qlora():
     """CUDA's error can't happen here: its exception type and text are what torch raises on a GPU."""
     import torch
-    from jobs.common import OUT_OF_MEMORY, classify_exception
+    from backend.errors import OUT_OF_MEMORY, classify_exception
     from jobs.finetune import Spec, oom_error
     e = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB")
     assert classify_exception(e) == OUT_OF_MEMORY

@@ -1,7 +1,7 @@
 """The spine as a person sees it: the real app and worker, headless Chromium."""
 import pytest
 
-from backend import queue
+from backend import paths, queue
 from tests.conftest import cli, shot, wait_for
 from tests.test_worker import gone
 
@@ -39,7 +39,7 @@ def test_jobs_page_follows_a_cli_job_and_cancels_it(page, home, tmp_path):
     second.locator(f".st-key-joblog-{job}").get_by_text("of 400").first.wait_for(timeout=30_000)
     second.close()
     pid = queue.get(job)["pid"]
-    child = int((queue.job_dir(job) / "child.pid").read_text())
+    child = int((paths.job_dir(job) / "child.pid").read_text())
     page.get_by_role("button", name="Cancel").click()
     wait_for(lambda: queue.get(job)["state"] == "cancelled", 30, what="cancelled")
     wait_for(lambda: gone(pid) and gone(child), 10, what="process group gone")

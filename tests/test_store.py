@@ -33,13 +33,17 @@ def test_transitions_are_checked(store):
         store.transition(job, JobState.RUNNING)              # finished is final
 
 
-def test_lost_job_can_be_requeued_clean(store):
+def test_lost_is_final_and_every_state_change_is_checked(store):
     job = store.insert_job("sleepy", "ann", {}, {})
     store.claim(job, "w1", {"cpu_slots": 1})
     store.transition(job, JobState.RUNNING, pid=1)
     store.transition(job, JobState.LOST, error_class="lost")
-    again = store.transition(job, JobState.QUEUED)
-    assert again["state"] == "queued" and again["pid"] is None and again["error_class"] is None
+    with pytest.raises(InvalidTransition):
+        store.transition(job, JobState.QUEUED)               # Retry queues a new job instead
+    assert store.claim(job, "w2", {}) is False                # claim only takes a queued job
+    assert store.request_cancel(job)["state"] == "lost"       # cancel never rewrites a finished job
+    with pytest.raises(ValueError):                          # not an assert: holds under python -O too
+        store.update_job(job, state="queued")
 
 
 def test_claim_is_atomic(store):

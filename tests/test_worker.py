@@ -3,7 +3,7 @@ import json
 import os
 import signal
 
-from backend import logs, queue
+from backend import logs, paths, queue
 from backend.store import open_store
 from tests.conftest import run_burst, start_worker, stop, wait_for
 
@@ -42,9 +42,9 @@ def test_burst_runs_jobs_in_order_and_records_results(home):
 
 def test_cancel_running_job_kills_its_whole_group(home, worker):
     job = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05, "child": True})
-    wait_for(lambda: state(job) == "running" and (queue.job_dir(job) / "child.pid").exists(), 30, what="job running")
+    wait_for(lambda: state(job) == "running" and (paths.job_dir(job) / "child.pid").exists(), 30, what="job running")
     pid = queue.get(job)["pid"]
-    child = int((queue.job_dir(job) / "child.pid").read_text())
+    child = int((paths.job_dir(job) / "child.pid").read_text())
     queue.cancel(job)
     wait_for(lambda: state(job) == "cancelled", 30, what="cancelled")
     wait_for(lambda: gone(pid) and gone(child), 10, what="process group gone")
@@ -56,7 +56,7 @@ def test_what_a_job_leaves_behind_is_stopped_and_reaped(home, worker):
     inherits it when the job ends, stops it and reaps it (no zombie)."""
     job = queue.submit("sleepy", {"steps": 3, "escape": True})
     wait_for(lambda: state(job) == "succeeded", 30, what="the job to end")
-    escaped = int((queue.job_dir(job) / "escaped.pid").read_text())
+    escaped = int((paths.job_dir(job) / "escaped.pid").read_text())
     wait_for(lambda: not os.path.exists(f"/proc/{escaped}"), 15, what="the escaped process stopped and reaped")
     assert "left behind by a finished job" in (home / "worker.log").read_text()
 
@@ -128,8 +128,8 @@ def test_non_utf8_log_is_shown_not_a_crash(home):
 
 def test_secrets_reach_the_job_env_only(home):
     job = queue.submit("sleepy", {"steps": 1, "interval_s": 0}, secrets={"HF_TOKEN": "hf_secret_123"})
-    assert (queue.job_dir(job) / "secrets.json").stat().st_mode & 0o777 == 0o600
+    assert (paths.job_dir(job) / "secrets.json").stat().st_mode & 0o777 == 0o600
     run_burst(home)
-    assert not (queue.job_dir(job) / "secrets.json").exists()
+    assert not (paths.job_dir(job) / "secrets.json").exists()
     assert "hf_secret_123" not in json.dumps(queue.get(job))
-    assert "hf_secret_123" not in (queue.job_dir(job) / "spec.json").read_text()
+    assert "hf_secret_123" not in (paths.job_dir(job) / "spec.json").read_text()

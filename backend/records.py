@@ -1,0 +1,206 @@
+"""Reading the records of a dataset file, whatever holds them (jsonl, a JSON array, csv, parquet,
+txt), with a cap on line length and each record's position (the line number for jsonl/txt/csv,
+1-based as an editor shows it; the record number for a JSON array; the row number for parquet).
+``backend/datasets.py`` gives the records meaning (formats, messages); ``backend/dataset_view.py``
+indexes them for paging."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+from backend import defaults
+
+class DatasetError(ValueError):
+    """A dataset problem the user can fix; the message says where and how."""
+
+
+# -- reading ---------------------------------------------------------------------------------
+def max_line_bytes() -> int:
+    return int(defaults.setting("DATASET_MAX_LINE_MB") * 1024 * 1024)
+
+
+def sniff(path: Path) -> str | None:
+    """A reason the file can't be read as text at all (empty, binary, UTF-16), else None."""
+    if not path.is_file():
+        return f"{path.name}: no such file"
+    if path.stat().st_size == 0:
+        return f"{path.name} is empty"
+    if path.suffix.lower() == ".parquet":
+        return None
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return f"{path.name} is UTF-16 encoded; save it as UTF-8"
+    if b"\x00" in head:
+        return (f"{path.name} is a binary file, not text (a NUL byte at offset {head.index(0)}); "
+                f"a {path.suffix} file must be UTF-8 text")
+    return None
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                           "save the file as UTF-8") from None
+
+
+def _json_cell(value):
+    """CSV cells holding a JSON list/object (messages, conversations) become that list/object."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def scan(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Every record as (position, record, None) or (position, None, reason); never raises for bad
+    content. A file-level problem (empty, binary, unreadable) is one item at position 0."""
+    path = Path(path)
+    problem = sniff(path)
+    if problem:
+        yield 0, None, problem
+        return
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            yield from _scan_parquet(path)
+        elif suffix == ".csv":
+            yield from _scan_csv(path)
+        elif suffix == ".json" and first_char(path) == "[":
+            yield from _scan_json_array(path)
+        else:
+            yield from _scan_lines(path, text=suffix == ".txt")
+    except (OSError, ValueError) as e:       # unreadable file, broken parquet footer ...
+        yield 0, None, f"{path.name}: {e}"
+
+
+def first_char(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1].decode("latin-1")
+
+
+def _scan_lines(path: Path, text: bool = False):
+    limit = max_line_bytes()
+    with open(path, "rb") as f:
+        for n, raw in enumerate(_lines(f, limit), start=1):
+            if isinstance(raw, int):
+                yield n, None, f"line {n} is {raw / 2**20:.1f} MB long (limit {limit / 2**20:.0f} MB)"
+                continue
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                line = _decode(raw, f"line {n}")
+            except DatasetError as e:
+                yield n, None, str(e)
+                continue
+            if text:
+                yield n, {"text": line.rstrip("\r\n")}, None
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                yield n, None, f"line {n}: invalid JSON: {getattr(e, 'msg', e)} at column {getattr(e, 'colno', '?')}"
+                continue
+            if not isinstance(rec, dict):
+                yield n, None, f"line {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+                continue
+            yield n, rec, None
+
+
+def _lines(f, limit: int):
+    """Lines of a binary file; a line longer than ``limit`` is skipped and given as its length."""
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            size = len(raw)
+            while True:                      # skip the rest of the long line without keeping it
+                chunk = f.readline(1 << 20)
+                size += len(chunk)
+                if not chunk or chunk.endswith(b"\n"):
+                    break
+            yield size
+        else:
+            yield raw
+
+
+def _scan_json_array(path: Path):
+    try:
+        data = json.loads(_decode(path.read_bytes(), path.name).lstrip("\ufeff"))
+    except DatasetError as e:
+        yield 0, None, str(e)
+        return
+    except ValueError as e:
+        yield getattr(e, "lineno", 0), None, (f"{path.name}: invalid JSON: {getattr(e, 'msg', e)} at line "
+                                              f"{getattr(e, 'lineno', '?')} column {getattr(e, 'colno', '?')}")
+        return
+    for n, rec in enumerate(data, start=1):
+        if isinstance(rec, dict):
+            yield n, rec, None
+        else:
+            yield n, None, f"record {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+
+
+def _scan_csv(path: Path):
+    with open(path, "rb") as fb:
+        raw = fb.read()
+    try:
+        text = _decode(raw, path.name).lstrip("\ufeff")
+    except DatasetError as e:
+        yield 0, None, str(e)
+        return
+    del raw
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        yield 1, None, f"line 1: {e}"
+        return
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield reader.line_num, None, f"line {reader.line_num}: {e}"
+            return
+        n, start = start, reader.line_num + 1
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            yield n, None, f"line {n}: {len(row)} fields, the header has {len(header)}"
+            continue
+        yield n, {k: _json_cell(v) for k, v in zip(header, row)}, None
+
+
+def _scan_parquet(path: Path):
+    import pyarrow.parquet as pq
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for rec in batch.to_pylist():
+            n += 1
+            yield n, rec, None
+
+
+def iter_records(path: str | Path, skip_bad: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every record of a jsonl/json/csv/parquet/txt file.
+    A bad line raises DatasetError naming it, or is skipped with ``skip_bad``."""
+    for n, rec, err in scan(path):
+        if err is not None:
+            if skip_bad and n:
+                continue
+            raise DatasetError(err)
+        yield n, rec

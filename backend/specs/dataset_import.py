@@ -1,0 +1,25 @@
+"""The dataset_import job's spec (jobs/dataset_import.py): where a dataset comes from."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["huggingface", "modelscope", "url"]
+    id: str                        # "owner/name" for a hub, an http(s) URL for url
+    name: str = ""                 # dataset name in the workspace; default from the id
+    split: str = "train"           # files whose path names this split are preferred
+    subset: str = ""               # a sub-folder / configuration to take files from
+    revision: str = ""
+    max_rows: int = 0              # 0 = all
+
+    @field_validator("id")
+    @classmethod
+    def plain_id(cls, v: str) -> str:
+        v = v.strip()
+        if not v or any(c in v for c in " \n\t;|`$"):
+            raise ValueError(f"{v!r} is not a dataset id or URL")
+        return v

@@ -1,0 +1,28 @@
+"""The merge job's spec (jobs/merge.py) and its submit-time checks."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend import finetune as ft
+from backend.store import open_store
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    adapter: str                                      # registry adapter name
+    name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # "" = <adapter>-merged
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: the base model's own dtype
+
+
+def resources(spec: Spec) -> dict:
+    """Submit-time checks: the adapter exists and its base model is still registered."""
+    entry = open_store().get("adapter", spec.adapter)
+    if entry is None:
+        raise ValueError(f"no adapter {spec.adapter!r} in the registry")
+    ft.resolve_model(entry["meta"].get("base_model", ""))
+    name = spec.name or f"{spec.adapter}-merged"
+    if open_store().get("model", name):
+        raise ValueError(f"a model named {name!r} already exists: choose another name")
+    return {"gpus": 0, "gpu_mem_gb": 0.0}

@@ -1,0 +1,88 @@
+"""The vlm job's spec (jobs/vlm.py): which image-text model, what it is (XComposer or a standard
+image-text-to-text model), and the resources it asks for (checked at submit time and again in the job)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.resources import gpus
+from backend.store import open_store
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = ""                        # registry model name
+    path: str = ""                         # or a model folder (no trust_remote_code opt-in possible then)
+    name: str = Field("", max_length=120)  # endpoint name; default "<model> #<job id>"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_images: int = Field(4, ge=1, le=32)
+    max_new_tokens_limit: int = Field(2048, ge=1)
+    ready_timeout_s: float = Field(900, gt=0)
+
+
+# -- what the model is (used at submit time by resources() and again in the job) ---------------------
+def is_xcomposer(config: dict, name: str) -> bool:
+    return "xcomposer" in (str(config.get("model_type", "")) + " ".join(config.get("architectures") or []) + name).lower()
+
+
+def image_text(config: dict, name: str) -> bool:
+    """An image-text model: XComposer, or a config with a vision tower (LLaVA, Qwen2-VL, InternVL...)."""
+    return is_xcomposer(config, name) or "vision_config" in config or "vision_tower" in config
+
+
+def resolve(spec: Spec, home: Path | None = None) -> dict:
+    """{"name", "path", "meta", "config", "xcomposer"}; ValueError with a readable reason."""
+    if spec.model and spec.path:
+        raise ValueError("give either a registry model or a folder, not both")
+    if spec.model:
+        entry = open_store(home).get("model", spec.model)
+        if entry is None:
+            raise ValueError(f"no model named {spec.model!r} in the registry")
+        name, path, meta = entry["name"], Path(entry["path"]), entry["meta"] or {}
+    elif spec.path:
+        name, path, meta = Path(spec.path).name, Path(spec.path), {}
+    else:
+        raise ValueError("name an image-text model (registry name or folder)")
+    if not path.is_dir():
+        raise ValueError(f"the folder of model {name!r} is missing: {path}")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValueError(f"{name!r} is not a transformers model folder (no readable config.json in {path})") from None
+    model_type = str(config.get("model_type", ""))
+    xcomposer = is_xcomposer(config, name)
+    if xcomposer:
+        if meta.get("trust_remote_code") is not True:
+            raise ValueError(f"{name} is an InternLM-XComposer model, which runs its own code from the model folder "
+                             "(trust_remote_code): tick the trust_remote_code opt-in for this model on the Models "
+                             "page first, then submit again")
+    elif not image_text(config, name):
+        raise ValueError(f"{name!r} is not an image-text model (model_type {model_type or '?'!r} has no vision "
+                         "tower): pick an image-text model such as LLaVA, Qwen2-VL, InternVL or XComposer")
+    return {"name": name, "path": path, "meta": meta, "config": config, "xcomposer": xcomposer}
+
+
+def weights_gb(path: str | Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**30 or \
+        sum(f.stat().st_size for f in Path(path).glob("*.bin")) / 2**30
+
+
+def is_7b(m: dict) -> bool:
+    return "7b" in m["name"].lower() or "7b" in m["path"].name.lower() or weights_gb(m["path"]) > 8
+
+
+def resources(spec: Spec) -> dict:
+    m = resolve(spec)
+    gpu_list = gpus() if spec.device != "cpu" else []
+    if spec.device == "cuda" and not gpu_list:
+        raise ValueError("device cuda was asked for but this machine has no GPU")
+    if not gpu_list:
+        if m["xcomposer"] and is_7b(m):
+            raise ValueError(f"{m['name']} is a 7B XComposer model and needs a GPU; this machine has none. "
+                             "Use internlm-xcomposer2-vl-1_8b or a small image-text model on this machine")
+        return {"cpu_slots": 1}
+    return {"gpus": 1, "gpu_mem_gb": round(weights_gb(m["path"]) * 1.2 + 1.5, 1)}

@@ -1,0 +1,34 @@
+"""Every session-state key the pages share or keep, in one place: a page that hands something to
+another (Chat with it, Fine-tune it) and the page that reads it use the same name from here.
+Widget keys that only their own widget reads stay beside the widget."""
+
+LANG, OWNER, OWNER_INPUT, OWNER_BAD = "lang", "owner", "owner_input", "owner_bad"
+
+# Chat
+CHAT_HISTORY, CHAT_PENDING, CHAT_EXTERNAL = "chat_history", "chat_pending", "chat_external"
+CHAT_STARTING, CHAT_COMPARE, CHAT_ERROR, CHAT_CMP_ERRORS = "chat_starting", "chat_compare", "chat_error", "chat_cmp_errors"
+CHAT_MODEL = "chat_model"                 # "Chat with it" on the Models page: the model to start
+CHAT_PICK = "chat_pick"                   # the endpoint chosen in the Chat tab
+CHAT_CMP_LEFT, CHAT_CMP_RIGHT = "chat_cmp_left", "chat_cmp_right"
+
+# XComposer (the open draft is ?draft=<id>: it survives a reload)
+XC_HISTORY, XC_STARTING = "xc_history", "xc_starting"
+
+# Fine-tune, Evaluate, Models, Datasets
+FT_JOB, FT_MODEL = "ft_job", "ft_model"
+EVAL_RUN, EVAL_MODELS = "eval_run", "eval_models"
+MODELS_JOB, MODELS_CONFIRM = "models_job", "models_confirm"
+DS_STATE = "ds_state"                     # per-dataset results (validation, convert, split, stats job)
+
+
+def events(job_id: int) -> str:
+    """A job's event reader kept between reruns."""
+    return f"events-{job_id}"
+
+
+def job_view(job_id: int) -> str:
+    return f"jobview-{job_id}"
+
+
+def ds_page(name: str) -> str:
+    return f"ds_page_{name}"
