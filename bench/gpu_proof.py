@@ -54,7 +54,7 @@ class Proof:
     def __init__(self, home: Path, gpu: bool):
         self.home, self.gpu = home, gpu
         self.results: dict[str, dict] = {}       # step name -> a job's result, for later steps to compare
-        self.timeout = 300 if gpu else 420       # seconds a step's jobs may take
+        self.timeout = 150 if gpu else 420       # seconds a step's jobs may take (each takes under a minute)
 
     # -- the real worker, in burst mode ---------------------------------------------------------------
     def worker(self) -> subprocess.Popen:
@@ -300,15 +300,22 @@ def main() -> int:
                 row["seconds"] = round(time.monotonic() - s0, 1)
             print(f"{row['step']}: {row['result']} {row.get('seconds', '')}", flush=True)
             rows.append(row)
+            write(rows, gpu, t0)            # after each step: a call cut short still brings back the rows so far
         if any(r["result"] == "failed" for r in rows):
             print((home / "worker.log").read_text()[-3000:] if (home / "worker.log").exists() else "", flush=True)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mode": "cuda" if gpu else "cpu",
-              "machine": machine(gpu), "seconds": round(time.monotonic() - t0, 1), "steps": rows}
+    report = write(rows, gpu, t0)
     print(f"\nGPU proof, {report['mode']} mode, {report['machine']}, {report['date']}, {report['seconds']} s\n")
     print(table(rows), flush=True)
+    return 1 if any(r["result"] == "failed" for r in rows) else 0
+
+
+def write(rows: list[dict], gpu: bool, t0: float) -> dict:
+    """The report; also $OUT/gpu_proof.json when OUT is set."""
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mode": "cuda" if gpu else "cpu",
+              "machine": machine(gpu), "seconds": round(time.monotonic() - t0, 1), "steps": rows}
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu_proof.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
-    return 1 if any(r["result"] == "failed" for r in rows) else 0
+    return report
 
 
 if __name__ == "__main__":
