@@ -531,7 +531,9 @@ class Run:
                   "final_loss": losses[-1] if losses else None, "eval_loss": eval_loss,
                   "tokens_per_s": round(tokens_run / elapsed, 1) if elapsed else None, "train_tokens": tokens_run,
                   "answers_before": before, "answers_after": after,
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                  "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if self.device.type == "cuda" else None,
+                  "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None}   # fp16 on CUDA
         result.update(self.publish(result))
         return result
 
