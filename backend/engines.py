@@ -42,7 +42,7 @@ ENGINES: dict[str, dict] = {
 def env_dir(engine: str, home: Path | None = None) -> Path:
     """``<WORKBENCH_HOME>/envs/<engine>``, or ``$WORKBENCH_ENGINES_DIR/<engine>`` when that is set
     (CI and tests share engines installed once, for example in ``.cache/envs``)."""
-    shared = os.environ.get("WORKBENCH_ENGINES_DIR")
+    shared = defaults.setting("ENGINES_DIR")
     return (Path(shared).resolve() if shared else (home or defaults.home()) / "envs") / engine
 
 

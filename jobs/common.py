@@ -1,8 +1,9 @@
 """The job protocol: what a job process reads and writes in its folder.
 
-A job runs as ``<engine python> -m jobs.<kind> <job_dir>/spec.json``. It must import only the
-standard library, pydantic and this module at top level (heavy imports go inside ``main``) so
-that the backend can validate specs cheaply and engine environments need nothing else.
+A job runs as ``<engine python> -m jobs.<kind> <job_dir>/spec.json``. At top level it imports only the
+standard library, pydantic, this module and light backend modules (its spec in ``backend/specs``,
+errors, paths, the store); heavy imports (torch, transformers) go inside ``main``, so that engine
+environments need nothing else. The backend never imports a job module.
 
 Files in the job folder:
   spec.json     the validated spec (written by the backend)
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend.errors import CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, classify_exception
+from backend.paths import atomic_write
 
 
 class JobError(Exception):
@@ -69,9 +71,7 @@ class Job:
         self.event("message", level=level, text=text)
 
     def write_result(self, data: dict) -> None:
-        tmp = self.dir / "result.json.tmp"
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-        tmp.replace(self.dir / "result.json")
+        atomic_write(self.dir / "result.json", json.dumps(data, ensure_ascii=False, indent=2))
 
 
 def _on_sigterm(signum, frame):

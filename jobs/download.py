@@ -24,6 +24,7 @@ from pathlib import Path
 
 from backend import defaults, models
 from backend.errors import BAD_INPUT, DOWNLOAD
+from backend.paths import human_size
 from backend.specs.download import Spec
 from jobs.common import Job, JobError, run
 
@@ -106,19 +107,11 @@ class Progress:
                     self.job.event("file", path=f.path, done=self.sizes[f.path], total=f.size,
                                    finished=f.path in self.finished)
             self.job.progress(done, self.total or None, "B",
-                              f"{len(self.finished)}/{len(self.files)} files · {human(rate)}/s"
+                              f"{len(self.finished)}/{len(self.files)} files · {human_size(rate)}/s"
                               + (f" · ETA {eta:.0f} s" if eta is not None else ""), force=True)
             self.job.event("rate", bytes_per_s=round(rate), eta_s=None if eta is None else round(eta, 1))
         finally:
             self.lock.release()
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def tqdm_for(progress: Progress):
@@ -169,7 +162,7 @@ def check_space(dest: Path, need: int, home: Path) -> None:
         if left < free:
             free, where = max(left, 0), f"left of the {quota / 1e9:g} GB models quota"
     if need + SPACE_MARGIN > free:
-        raise JobError(f"not enough disk space: the download needs {human(need)} more, {human(free)} {where}",
+        raise JobError(f"not enough disk space: the download needs {human_size(need)} more, {human_size(free)} {where}",
                        BAD_INPUT, "free some space (delete unused models) or download fewer files (file patterns)")
 
 
@@ -407,8 +400,8 @@ def main(spec: Spec, job: Job) -> dict:
 
             progress = Progress(job, dest, files, partial, on_done)
             total, have = progress.total, progress.start_done
-            job.message(f"{len(files)} files, {human(total)} at revision {revision}"
-                        + (f"; {human(have)} already here" if have else ""))
+            job.message(f"{len(files)} files, {human_size(total)} at revision {revision}"
+                        + (f"; {human_size(have)} already here" if have else ""))
             check_space(dest, total - have, job.home)
             interruptible(download, spec, endpoint, token, revision, dest, progress)
             progress.tick(force=True)
@@ -437,7 +430,7 @@ def main(spec: Spec, job: Job) -> dict:
         raise JobError(f"downloaded, but {e}", BAD_INPUT) from None
     seconds = time.monotonic() - t0
     size = row["meta"]["size_bytes"]
-    job.message(f"registered {spec.name}: {human(size)} in {seconds:.1f} s")
+    job.message(f"registered {spec.name}: {human_size(size)} in {seconds:.1f} s")
     return {"name": spec.name, "path": str(dest), "registered": True, "revision": revision, "files": len(files),
             "bytes": size, "fetched_bytes": fetched, "seconds": round(seconds, 2)}
 

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from backend import datasets as ds
-from backend import defaults, logs
+from backend import defaults, logs, paths
 from backend import models as models_
 from backend.dataset_view import open_view
 from pages import keys, ui
@@ -16,13 +16,6 @@ CELL_CHARS = 300
 SS = keys.DS_STATE
 
 st.title(ui.t("nav.datasets"))
-
-
-def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def state(name: str) -> dict:
@@ -35,7 +28,7 @@ names = [e["name"] for e in entries]
 with st.container(key="ds_list"):
     st.dataframe(pd.DataFrame([{
         ui.t("ds.col.name"): e["name"], ui.t("ds.col.format"): e["meta"].get("format", ""),
-        ui.t("ds.col.rows"): e["meta"].get("rows", 0), ui.t("ds.col.size"): human(e["meta"].get("size", 0)),
+        ui.t("ds.col.rows"): e["meta"].get("rows", 0), ui.t("ds.col.size"): paths.human_size(e["meta"].get("size", 0)),
         ui.t("ds.col.source"): ui.t("ds.source." + e["meta"].get("source", "upload")),
     } for e in entries]), hide_index=True, width="stretch", height=min(400, 38 + 35 * len(entries)))
 
@@ -87,7 +80,7 @@ fmt = ds.detect_format(path)
 mine = state(name)
 st.subheader(name)
 st.markdown(f"{ui.t('ds.format')}: **{ui.t('ds.fmt.' + fmt)}** · {ui.t('ds.rows', n=len(view))} · "
-            f"{human(path.stat().st_size)} · `{path.name}`", help=ui.t("ds.format.help"))
+            f"{paths.human_size(path.stat().st_size)} · `{path.name}`", help=ui.t("ds.format.help"))
 
 c1, c2, c3 = st.columns([3, 1, 2])
 query = c1.text_input(ui.t("ds.search"), key=f"ds_q_{name}", placeholder=ui.t("ds.search.hint"))

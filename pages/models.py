@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend import models
+from backend import models, paths
 from pages import keys, ui
 
 S_JOB = keys.MODELS_JOB             # the download job this session follows
@@ -12,8 +12,6 @@ TOKEN_ENV = {"huggingface": "HF_TOKEN", "modelscope": "MODELSCOPE_API_TOKEN"}
 st.title(ui.t("nav.models"))
 
 
-def _human(n) -> str:
-    return models._human(n)
 
 
 def _params(n) -> str:
@@ -91,7 +89,7 @@ with tab_reg:
                 ui.t("models.col.name"): m["name"], ui.t("models.col.source"): m.get("source", ""),
                 ui.t("models.col.id"): m.get("id", ""), ui.t("models.col.arch"): m.get("architecture") or "-",
                 ui.t("models.col.params"): _params(m.get("params")), ui.t("models.col.dtype"): m.get("dtype") or "-",
-                ui.t("models.col.size"): _human(m.get("size_bytes")),
+                ui.t("models.col.size"): paths.human_size(m.get("size_bytes")),
                 ui.t("models.col.context"): m.get("context_length") or "-",
                 ui.t("models.col.template"): "✓" if m.get("chat_template") else "-",
                 ui.t("models.col.adapters"): m["adapters"],

@@ -23,7 +23,7 @@ REFRESH_S = 1.0
 
 def lang() -> str:
     if keys.LANG not in st.session_state:
-        st.session_state[keys.LANG] = st.query_params.get("lang") or defaults.env("WORKBENCH_LANG", "en")
+        st.session_state[keys.LANG] = st.query_params.get("lang") or defaults.setting("LANG")
     return st.session_state[keys.LANG]
 
 
