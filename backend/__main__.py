@@ -70,7 +70,7 @@ def cmd_show(a) -> int:
     if ev.progress:
         p = ev.progress
         print(f"{'progress':>14}: {p['done']}/{p.get('total')} {p.get('unit', '')} {p.get('message', '')}")
-    if job["state"] in ("failed", "lost"):
+    if job.state in (JobState.FAILED, JobState.LOST):
         tip = errors.job_suggestion(logs.result(a.id))
         if tip:
             print(f"{'suggestion':>14}: {tip}")
@@ -102,7 +102,7 @@ def cmd_cancel(a) -> int:
         job = queue.cancel(a.id)
     except KeyError:
         return _err(f"no job {a.id}")
-    print(f"job {a.id}: {job['state']}" + (" (stopping)" if job["cancel_requested"] and not JobState(job['state']).finished else ""))
+    print(f"job {a.id}: {job.state}" + (" (stopping)" if job.cancel_requested and not job.finished else ""))
     return 0
 
 

@@ -38,11 +38,11 @@ def live_endpoints(home: Path | None = None) -> list[dict]:
     store = open_store(home)
     out = []
     for e in store.items("endpoint"):
-        job = store.job(e["job_id"]) if e["job_id"] else None
-        if job is None or JobState(job["state"]).finished:
-            store.delete("endpoint", e["name"])
-        elif job["state"] == JobState.RUNNING.value:
-            out.append({"name": e["name"], **e["meta"], "owner": e["owner"]})
+        job = store.job(e.job_id) if e.job_id else None
+        if job is None or job.finished:
+            store.delete("endpoint", e.name)
+        elif job.state == JobState.RUNNING:
+            out.append({"name": e.name, **e.meta, "owner": e.owner})
     return out
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from backend import defaults, engines, logs, queue
 from backend.chat import endpoints
 from backend.datasets import list_datasets
+from backend.states import PENDING
 from backend.store import open_store
 from backend.specs import evaluate as opencompass
 
@@ -30,9 +31,9 @@ def engine_ready(home: Path | None = None) -> bool:
 
 def engine_install_job(home: Path | None = None) -> int | None:
     """The queued or running engine_install job for OpenCompass, if any."""
-    for j in queue.list_jobs(states=["queued", "starting", "running"], kind="engine_install", home=home):
-        if j["spec"].get("engine") == ENGINE:
-            return j["id"]
+    for j in queue.list_jobs(states=PENDING, kind="engine_install", home=home):
+        if j.spec.get("engine") == ENGINE:
+            return j.id
     return None
 
 
@@ -194,11 +195,11 @@ def runs(home: Path | None = None) -> list[dict]:
     entries = {e["job_id"]: e for e in open_store(home).items("eval")}
     out = []
     for j in queue.list_jobs(kind=KIND, home=home):
-        e = entries.get(j["id"])
-        out.append({"job_id": j["id"], "state": j["state"], "name": e["name"] if e else j["label"],
-                    "models": [m["name"] for m in j["spec"].get("models", [])],
-                    "datasets": [d["name"] for d in j["spec"].get("datasets", [])],
-                    "created_at": j["created_at"], "error": j["error_message"] or ""})
+        e = entries.get(j.id)
+        out.append({"job_id": j.id, "state": j.state, "name": e["name"] if e else j.label,
+                    "models": [m["name"] for m in j.spec.get("models", [])],
+                    "datasets": [d["name"] for d in j.spec.get("datasets", [])],
+                    "created_at": j.created_at, "error": j.error_message or ""})
     return out
 
 

@@ -321,8 +321,8 @@ def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
 def find_resumable(spec: dict, home: Path | None = None, exclude: int | None = None) -> int | None:
     """For ``resume: true``: the newest fine-tune job with the same spec that left a checkpoint."""
     for job in open_store(home).jobs(kind="finetune", limit=200):
-        if job["id"] != exclude and not spec_differences(spec, job["spec"]) and checkpoints(job["id"], home):
-            return job["id"]
+        if job.id != exclude and not spec_differences(spec, job.spec) and checkpoints(job.id, home):
+            return job.id
     return None
 
 
@@ -353,4 +353,4 @@ def adapters(home: Path | None = None) -> list[dict]:
 
 
 def resumable(job: dict, home: Path | None = None) -> bool:
-    return job["kind"] == "finetune" and job["state"] in ("cancelled", "failed", "lost") and bool(checkpoints(job["id"], home))
+    return job.kind == "finetune" and job.state.unsuccessful and bool(checkpoints(job.id, home))

@@ -246,7 +246,7 @@ def detail(name: str, home: Path | None = None) -> dict:
     if row is None:
         raise ModelError(f"no model named {name!r}")
     folder = Path(row["path"])
-    out = {**row, "config": {}, "generation_config": {}, "files": []}
+    out = {**row.as_dict(), "config": {}, "generation_config": {}, "files": []}
     if folder.is_dir():
         out.update(config=_read_json(folder / "config.json"),
                    generation_config=_read_json(folder / "generation_config.json"), files=files(folder))

@@ -104,7 +104,7 @@ def instructors() -> set[str]:
 def may_manage(job: dict, user: str | None) -> bool:
     """A job is stopped by its owner or an instructor; ``None`` is the operator's shell (the CLI).
     Names are declared, not authenticated: this keeps a class from stopping each other's jobs by mistake."""
-    return user is None or user == job["owner"] or user in instructors()
+    return user is None or user == job.owner or user in instructors()
 
 
 def cancel(job_id: int, home: Path | None = None, by: str | None = None) -> dict:
@@ -118,29 +118,29 @@ def cancel(job_id: int, home: Path | None = None, by: str | None = None) -> dict
 def retry(job_id: int, owner: str | None = None, home: Path | None = None) -> int:
     """Queue the same spec again as a new job (the old one's record stays)."""
     job = get(job_id, home)
-    if not JobState(job["state"]).finished:
+    if not job.finished:
         raise SubmitError(f"job {job_id} is still {job['state']}")
-    return submit(job["kind"], job["spec"], owner=owner or job["owner"], priority=job["priority"],
-                  label=job["label"], parent_id=job_id, home=home)
+    return submit(job.kind, job.spec, owner=owner or job.owner, priority=job.priority,
+                  label=job.label, parent_id=job_id, home=home)
 
 
 def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:
     """The kind and spec of a job, to edit and submit as a new one."""
     job = get(job_id, home)
-    return job["kind"], dict(job["spec"])
+    return job.kind, dict(job.spec)
 
 
 def consider_order(queued: list[dict], active: list[dict]) -> list[dict]:
     """The order the worker considers queued jobs in: priority, then fair share (owners with fewer running
     jobs first), then age."""
-    running = Counter(j["owner"] for j in active)
-    return sorted(queued, key=lambda j: (-j["priority"], running[j["owner"]], j["id"]))
+    running = Counter(j.owner for j in active)
+    return sorted(queued, key=lambda j: (-j.priority, running[j.owner], j.id))
 
 
 def place_in_queue(job_id: int, home: Path | None = None) -> int | None:
     """1 for the queued job the worker considers next, 2 for the one after...; None when not queued."""
     store = open_store(home)
-    ids = [j["id"] for j in consider_order(store.queued(), store.active())]
+    ids = [j.id for j in consider_order(store.queued(), store.active())]
     return ids.index(job_id) + 1 if job_id in ids else None
 
 
@@ -149,8 +149,8 @@ def run_next(job_id: int, by: str | None = None, home: Path | None = None) -> No
     if by is not None and by not in instructors():
         raise SubmitError("only an instructor can move a job to the front of the queue")
     job = get(job_id, home)
-    if job["state"] != JobState.QUEUED.value:
+    if job.state != JobState.QUEUED.value:
         raise SubmitError(f"job {job_id} is {job['state']}, not queued")
     store = open_store(home)
-    top = max((j["priority"] for j in store.queued() if j["id"] != job_id), default=job["priority"] - 1)
-    store.update_job(job_id, priority=max(job["priority"], top + 1))
+    top = max((j.priority for j in store.queued() if j.id != job_id), default=job.priority - 1)
+    store.update_job(job_id, priority=max(job.priority, top + 1))

@@ -1,10 +1,10 @@
 """Job states and the only transitions allowed between them."""
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     STARTING = "starting"
     RUNNING = "running"
@@ -17,9 +17,15 @@ class JobState(str, Enum):
     def finished(self) -> bool:
         return self in FINISHED
 
+    @property
+    def unsuccessful(self) -> bool:
+        """Ended without success: failed, cancelled or lost (the ones Retry and Resume are for)."""
+        return self in FINISHED and self != JobState.SUCCEEDED
+
 
 FINISHED = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST}
 ACTIVE = {JobState.STARTING, JobState.RUNNING}
+PENDING = {JobState.QUEUED, *ACTIVE}           # not finished yet
 
 TRANSITIONS: dict[JobState, set[JobState]] = {
     JobState.QUEUED: {JobState.STARTING, JobState.CANCELLED},

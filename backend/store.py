@@ -8,6 +8,8 @@ from pathlib import Path
 
 from backend import defaults
 from backend.errors import CANCELLED
+from backend.job import Job
+from backend.registry import Entry, RegistryType
 from backend.states import ACTIVE, JobState, check
 
 # Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a released one.
@@ -148,8 +150,9 @@ class Store:
             (kind, owner, JobState.QUEUED.value, json.dumps(spec), json.dumps(asked), priority, label,
              parent_id, time.time())).lastrowid)
 
-    def job(self, job_id: int) -> dict | None:
-        return self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
+    def job(self, job_id: int) -> Job | None:
+        row = self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return Job.from_row(row) if row else None
 
     def jobs(self, states=None, kind: str | None = None, owner: str | None = None, limit: int = 500) -> list[dict]:
         where, args = [], []
@@ -164,16 +167,19 @@ class Store:
             where.append("owner=?")
             args.append(owner)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._all(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return self._jobs(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+
+    def _jobs(self, sql: str, args=()) -> list[Job]:
+        return [Job.from_row(r) for r in self._all(sql, args)]
 
     def queued(self) -> list[dict]:
         """Queued jobs in the order they should be considered: priority, then age."""
-        return self._all("SELECT * FROM jobs WHERE state='queued' ORDER BY priority DESC, id ASC")
+        return self._jobs("SELECT * FROM jobs WHERE state='queued' ORDER BY priority DESC, id ASC")
 
     def active(self) -> list[dict]:
-        return self._all("SELECT * FROM jobs WHERE state IN ('starting','running') ORDER BY id")
+        return self._jobs("SELECT * FROM jobs WHERE state IN ('starting','running') ORDER BY id")
 
-    def transition(self, job_id: int, new: JobState | str, **fields) -> dict:
+    def transition(self, job_id: int, new: JobState | str, **fields) -> Job:
         """Move a job to ``new`` (checked against the transition table) and set ``fields``, atomically."""
         new = JobState(new)
 
@@ -221,7 +227,7 @@ class Store:
                 f"UPDATE jobs SET heartbeat_at=? WHERE id IN ({','.join('?' * len(job_ids))})",
                 (time.time(), *job_ids)))
 
-    def request_cancel(self, job_id: int) -> dict:
+    def request_cancel(self, job_id: int) -> Job:
         """Cancel: a queued job ends at once; an active one is flagged for its worker."""
         def tx(con):
             row = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -258,25 +264,27 @@ class Store:
         return self._all("SELECT * FROM workers ORDER BY heartbeat_at DESC")
 
     # -- registry: models, adapters, datasets, endpoints, eval runs -----------------------
-    def put(self, type: str, name: str, path: str = "", meta: dict | None = None, job_id: int | None = None,
-            owner: str = "") -> dict:
+    def put(self, type: RegistryType | str, name: str, path: str = "", meta: dict | None = None, job_id: int | None = None,
+            owner: str = "") -> Entry:
         self._run(lambda con: con.execute(
             "INSERT INTO registry(type, name, path, meta, job_id, owner, created_at) VALUES (?,?,?,?,?,?,?)"
             " ON CONFLICT(type, name) DO UPDATE SET path=excluded.path, meta=excluded.meta,"
             " job_id=excluded.job_id, owner=excluded.owner",
-            (type, name, str(path), json.dumps(meta or {}), job_id, owner, time.time())))
+            (RegistryType(type).value, name, str(path), json.dumps(meta or {}), job_id, owner, time.time())))
         return self.get(type, name)
 
-    def get(self, type: str, name: str) -> dict | None:
-        return self._one("SELECT * FROM registry WHERE type=? AND name=?", (type, name))
+    def get(self, type: RegistryType | str, name: str) -> Entry | None:
+        row = self._one("SELECT * FROM registry WHERE type=? AND name=?", (RegistryType(type).value, name))
+        return Entry.from_row(row) if row else None
 
-    def items(self, type: str) -> list[dict]:
-        return self._all("SELECT * FROM registry WHERE type=? ORDER BY created_at DESC, id DESC", (type,))
+    def items(self, type: RegistryType | str) -> list[Entry]:
+        return [Entry.from_row(r) for r in self._all(
+            "SELECT * FROM registry WHERE type=? ORDER BY created_at DESC, id DESC", (RegistryType(type).value,))]
 
-    def delete(self, type: str, name: str, job_id: int | None = None) -> bool:
+    def delete(self, type: RegistryType | str, name: str, job_id: int | None = None) -> bool:
         """Remove an entry; with ``job_id``, only if that job still owns it (a server job cleaning up
         must not remove a successor's endpoint of the same name)."""
-        sql, args = "DELETE FROM registry WHERE type=? AND name=?", [type, name]
+        sql, args = "DELETE FROM registry WHERE type=? AND name=?", [RegistryType(type).value, name]
         if job_id is not None:
             sql, args = sql + " AND job_id=?", args + [job_id]
         return self._run(lambda con: con.execute(sql, args).rowcount == 1)

@@ -27,7 +27,7 @@ from backend import defaults, engines, errors, kinds, logs, queue, resources
 from backend.errors import BAD_INPUT, CANCELLED, EXIT_OK, LOST, MISSING_ENGINE, TIMEOUT
 from backend.procs import become_subreaper, children, kill_group, pid_alive
 from backend.paths import job_dir, queue_wake_file
-from backend.states import JobState
+from backend.states import PENDING, JobState
 from backend.store import Store, open_store
 
 
@@ -140,7 +140,7 @@ class Worker:
     def enforce(self) -> None:
         """Cancel requests and timeouts: SIGTERM to the group, SIGKILL after the grace period."""
         grace = defaults.setting("CANCEL_GRACE_S")
-        flagged = {j["id"] for j in self.store.active() if j["cancel_requested"]}
+        flagged = {j.id for j in self.store.active() if j.cancel_requested}
         for r in self.running.values():
             now = time.monotonic()
             if r.term_sent is None:
@@ -175,25 +175,25 @@ class Worker:
                 if w["id"] == self.id or (pid_alive(w["pid"]) and w["host"] == socket.gethostname()
                                           and queue.worker_fresh(w))}
         for job in self.store.active():
-            if job["id"] in self.running:
+            if job.id in self.running:
                 continue
-            stale = time.time() - (job["heartbeat_at"] or job["started_at"] or 0) > defaults.setting("LOST_AFTER_S")
-            if job["worker_id"] in live and not stale:
+            stale = time.time() - (job.heartbeat_at or job.started_at or 0) > defaults.setting("LOST_AFTER_S")
+            if job.worker_id in live and not stale:
                 continue
-            if job["pid"] and pid_alive(job["pid"]):
-                kill_group(job["pid"], signal.SIGKILL)
-            self.store.transition(job["id"], JobState.LOST, error_class=LOST,
+            if job.pid and pid_alive(job.pid):
+                kill_group(job.pid, signal.SIGKILL)
+            self.store.transition(job.id, JobState.LOST, error_class=LOST,
                                   error_message="the worker running this job stopped or died")
             print(f"job {job['id']}: lost (its worker is gone)", flush=True)
 
     def schedule(self) -> None:
         cap = defaults.setting("USER_MAX_RUNNING")
         active = self.store.active()
-        per_owner = Counter(j["owner"] for j in active)
+        per_owner = Counter(j.owner for j in active)
         for job in queue.consider_order(self.store.queued(), active):
-            if cap and per_owner[job["owner"]] >= cap:
+            if cap and per_owner[job.owner] >= cap:
                 continue
-            engine = job["asked"].get("engine", "core")
+            engine = job.asked.get("engine", "core")
             if not engines.installed(engine, self.home):
                 if self._engine_install_pending(engine):
                     continue      # wait for the install job to finish
@@ -201,57 +201,57 @@ class Worker:
                                     f"the {engine} engine is not installed: run an engine_install job for it first")
                 continue
             try:
-                given = resources.place(job["asked"], self._gpus, active, self.cpu_slots)
+                given = resources.place(job.asked, self._gpus, active, self.cpu_slots)
             except resources.NeverFits as e:
                 self._fail_unplaced(job, BAD_INPUT, str(e))
                 continue
-            if given is None or not self.store.claim(job["id"], self.id, given):
+            if given is None or not self.store.claim(job.id, self.id, given):
                 continue
-            job = self.store.job(job["id"])
+            job = self.store.job(job.id)
             self.launch(job)
             active.append(job)
-            per_owner[job["owner"]] += 1
+            per_owner[job.owner] += 1
 
     def _engine_install_pending(self, engine: str) -> bool:
-        return any(j["spec"].get("engine") == engine
-                   for j in self.store.jobs(states=["queued", "starting", "running"], kind="engine_install"))
+        return any(j.spec.get("engine") == engine
+                   for j in self.store.jobs(states=PENDING, kind="engine_install"))
 
     def _fail_unplaced(self, job: dict, error_class: str, message: str) -> None:
-        if self.store.claim(job["id"], self.id, {}):
-            self.store.transition(job["id"], JobState.FAILED, error_class=error_class, error_message=message)
+        if self.store.claim(job.id, self.id, {}):
+            self.store.transition(job.id, JobState.FAILED, error_class=error_class, error_message=message)
             print(f"job {job['id']}: failed before start: {message}", flush=True)
 
     # -- running one job --------------------------------------------------------------------
     def launch(self, job: dict) -> None:
-        d = job_dir(job["id"], self.home)
+        d = job_dir(job.id, self.home)
         d.mkdir(parents=True, exist_ok=True)
         (d / "artifacts").mkdir(exist_ok=True)
         spec_path = d / "spec.json"
-        spec_path.write_text(json.dumps(job["spec"], ensure_ascii=False, indent=2), encoding="utf-8")
-        kind = kinds.get(job["kind"])
+        spec_path.write_text(json.dumps(job.spec, ensure_ascii=False, indent=2), encoding="utf-8")
+        kind = kinds.get(job.kind)
         env = dict(os.environ)
         env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), env.get("PYTHONPATH")])),
-                   PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job["id"]),
-                   CUDA_VISIBLE_DEVICES=",".join(map(str, job["given"].get("gpus", []))))
+                   PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job.id),
+                   CUDA_VISIBLE_DEVICES=",".join(map(str, job.given.get("gpus", []))))
         secrets = d / "secrets.json"
         if secrets.exists():
             env.update(json.loads(secrets.read_text()))
             secrets.unlink()
         log = open(d / "run.log", "ab")
-        cmd = [str(engines.python(job["asked"].get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]
+        cmd = [str(engines.python(job.asked.get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]
         try:
             proc = subprocess.Popen(cmd, cwd=defaults.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             log.close()
-            self.store.transition(job["id"], JobState.FAILED, error_class=MISSING_ENGINE,
+            self.store.transition(job.id, JobState.FAILED, error_class=MISSING_ENGINE,
                                   error_message=f"could not start {cmd[0]}: {e}")
             return
-        timeout = job["asked"].get("timeout_s")
+        timeout = job.asked.get("timeout_s")
         if timeout is None:
             timeout = defaults.setting("JOB_TIMEOUT_S")
-        self.running[job["id"]] = Running(job["id"], proc, time.monotonic(), float(timeout or 0), log=log)
-        self.store.transition(job["id"], JobState.RUNNING, pid=proc.pid)
+        self.running[job.id] = Running(job.id, proc, time.monotonic(), float(timeout or 0), log=log)
+        self.store.transition(job.id, JobState.RUNNING, pid=proc.pid)
         print(f"job {job['id']} ({job['kind']}): running as pid {proc.pid} on {job['given']}", flush=True)
 
     def finish(self, r: Running) -> None:

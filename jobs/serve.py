@@ -24,6 +24,7 @@ from pathlib import Path
 
 from backend import engines
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
+from backend.registry import endpoint_meta
 from backend.specs.serve import Spec, resolve
 from backend.store import open_store
 from jobs.common import Job, JobError, run
@@ -213,13 +214,12 @@ def main(spec: Spec, job: Job) -> dict:
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)
         for (ep_name, path, source), model_id in zip(served, ids):
             config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-            endpoints[ep_name] = path, {
-                "url": base + "/v1", "model": model_id, "engine": spec.engine, "device": device, "job_id": job_id,
-                "started": time.time(), "source": source, "requests": 0, "load_s": round(time.monotonic() - t0, 1),
-                "context_len": config.get("max_position_embeddings"),
-                "tokenizer": str(path / "tokenizer.json") if (path / "tokenizer.json").exists() else "",
-                "continuous_batching": spec.continuous_batching, "generation": generation_defaults(path),
-                **({"base_of": name} if ep_name != name else {})}
+            endpoints[ep_name] = path, endpoint_meta(
+                base + "/v1", model_id, spec.engine, device, job_id, source, time.monotonic() - t0,
+                config.get("max_position_embeddings"),
+                tokenizer=str(path / "tokenizer.json") if (path / "tokenizer.json").exists() else "",
+                continuous_batching=spec.continuous_batching, generation=generation_defaults(path),
+                **({"base_of": name} if ep_name != name else {}))
         register(store, endpoints, job_id, owner)
         for ep_name, (_, meta) in endpoints.items():
             job.event("ready", endpoint=ep_name, url=meta["url"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 
 from backend.errors import BAD_INPUT, CRASH
+from backend.registry import endpoint_meta
 from backend.specs.vlm import Spec, resolve
 from backend.store import open_store
 from backend.vlm import open_image
@@ -307,10 +308,9 @@ def main(spec: Spec, job: Job) -> dict:
                 raise JobError("the vlm server did not become ready in time", CRASH)
             time.sleep(READY_POLL_S)
         job.progress(2, 2, "steps", "ready", force=True)
-        meta = {"url": base, "model": m["name"], "engine": "vlm", "device": device, "job_id": job_id,
-                "started": time.time(), "source": m["name"], "mode": "xcomposer" if m["xcomposer"] else "transformers",
-                "requests": 0, "load_s": round(time.monotonic() - t0, 1), "context_len": model.context_len,
-                "max_images": spec.max_images}
+        meta = endpoint_meta(base, m["name"], "vlm", device, job_id, m["name"], time.monotonic() - t0,
+                             model.context_len, mode="xcomposer" if m["xcomposer"] else "transformers",
+                             max_images=spec.max_images)
         owner = (store.job(job_id) or {}).get("owner", "")
         store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
         job.event("ready", endpoint=name, url=base)

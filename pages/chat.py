@@ -59,7 +59,7 @@ def starting(job_id: int) -> None:
         p = view.update(job_id).progress
         if p and p.get("total"):
             st.progress(min(1.0, p["done"] / p["total"]), text=p.get("message") or "")
-        if job["state"] in ("failed", "lost", "cancelled"):
+        if job.state.unsuccessful:
             cls = job["error_class"] or "crash"
             st.error(ui.t("job.error", cls=cls, message=job["error_message"] or ""))
             st.info(ui.t(errors.SUGGESTIONS.get(cls, "err.crash")))

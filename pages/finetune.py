@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from backend import datasets, logs, queue
+from backend.states import JobState
 from backend import finetune as ft
 from backend import models as models_
 from backend.specs import finetune as ft_spec
@@ -101,7 +102,7 @@ def run_actions(job_id: int) -> None:
             st.query_params["job"] = str(new)
             st.rerun(scope="app")
     adapter = result.get("adapter")
-    if job["state"] == "succeeded" and adapter:
+    if job.state == JobState.SUCCEEDED and adapter:
         if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job['id']}"):
             ui.submit("merge", {"adapter": adapter})
         if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job['id']}"):

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from backend import defaults, queue, resources
+from backend.states import JobState
 from pages import ui
 
 st.title(ui.t("app.title"))
@@ -38,7 +39,7 @@ def status() -> None:
         st.subheader(ui.t("home.queue"))
         counts = queue.counts()
         mcols = st.columns(4)
-        for c, state in zip(mcols, ("queued", "running", "succeeded", "failed")):
+        for c, state in zip(mcols, (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED)):
             c.metric(ui.state_label(state), counts.get(state, 0))
         recent = queue.list_jobs(limit=8)
         if recent:

@@ -142,7 +142,7 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
 
 
 def _actions(job: dict) -> None:
-    state = JobState(job["state"])
+    state = job.state
     cols = st.columns(6)
     if not state.finished:
         cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job['id']}", "primary")
@@ -190,21 +190,21 @@ def _live(job_id: int) -> None:
                   resources_text(job["given"] or job["asked"]) or "-")
         c3.metric(t("job.exit_code"), "-" if job["exit_code"] is None else job["exit_code"])
         st.markdown(f"<span data-testid='job-state' data-state='{job['state']}'></span>", unsafe_allow_html=True)
-    if job["state"] == JobState.QUEUED.value and (place := queue.place_in_queue(job_id)):
+    if job.state == JobState.QUEUED and (place := queue.place_in_queue(job_id)):
         st.caption(t("job.place", n=place))
-    if job["cancel_requested"] and not JobState(job["state"]).finished:
+    if job.cancel_requested and not job.finished:
         st.warning(t("job.cancelling"))
     p = ev.progress
     if p and p.get("total"):
         frac = min(1.0, max(0.0, float(p["done"]) / float(p["total"])))
-        if job["state"] == "succeeded":
+        if job.state == JobState.SUCCEEDED:
             frac = 1.0
         eta = ev.eta_s()
         label = (t("job.eta", done=_num(p["done"]), total=_num(p["total"]), unit=p.get("unit", ""), eta=duration(eta))
-                 if eta is not None and job["state"] == "running"
+                 if eta is not None and job.state == JobState.RUNNING
                  else t("job.progress", done=_num(p["done"]), total=_num(p["total"]), unit=p.get("unit", "")))
         st.progress(frac, text=label + (f" · {p['message']}" if p.get("message") else ""))
-    if job["state"] in ("failed", "lost"):
+    if job.state in (JobState.FAILED, JobState.LOST):
         cls = job["error_class"] or "crash"
         st.error(t("job.error", cls=cls, message=job["error_message"] or ""))
         specific = errors.job_suggestion(logs.result(job_id))
@@ -219,7 +219,7 @@ def _live(job_id: int) -> None:
         with st.expander(t("job.events")):
             for m in ev.messages[-20:]:
                 st.text(f"{when(m['t'])} {m.get('level', '')} {m.get('text', '')}")
-    if job["state"] == "succeeded":
+    if job.state == JobState.SUCCEEDED:
         result = logs.result(job_id)
         if result:
             with st.expander(t("job.result")):

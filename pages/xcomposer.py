@@ -24,7 +24,7 @@ def starting(job_id: int) -> None:
         st.rerun(scope="app")
     with st.container(key="xc_starting", border=True):
         st.markdown(ui.t("xc.starting", id=job_id, state=ui.state_label(job["state"])))
-        if job["state"] in ("failed", "lost", "cancelled"):
+        if job.state.unsuccessful:
             st.error(ui.t("job.error", cls=job["error_class"] or "crash", message=job["error_message"] or ""))
             if st.button(ui.t("xc.dismiss"), key="xc_dismiss"):
                 st.session_state.pop(S_STARTING, None)

@@ -131,5 +131,5 @@ def test_secrets_reach_the_job_env_only(home):
     assert (paths.job_dir(job) / "secrets.json").stat().st_mode & 0o777 == 0o600
     run_burst(home)
     assert not (paths.job_dir(job) / "secrets.json").exists()
-    assert "hf_secret_123" not in json.dumps(queue.get(job))
+    assert "hf_secret_123" not in json.dumps(queue.get(job).as_dict())
     assert "hf_secret_123" not in (paths.job_dir(job) / "spec.json").read_text()
