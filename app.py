@@ -1,9 +1,10 @@
 """Lab Workbench: the Streamlit entry point and the one page registry."""
 import streamlit as st
 
-from pages import ui
+from pages import auth, ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")
+auth.gate()          # class mode: the login page until this browser holds a live session
 ui.sidebar()
 
 PAGES = {
