@@ -4,8 +4,7 @@ import streamlit as st
 from pages import auth, ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")
-auth.gate()          # class mode: the login page until this browser holds a live session
-ui.sidebar()
+allowed = auth.gate()          # class mode: False while it shows the login page
 
 PAGES = {
     ui.t("nav.section.pipeline"): [
@@ -22,4 +21,9 @@ PAGES = {
     ],
 }
 
-st.navigation(PAGES).run()
+# navigation is declared even on the login page, so a link to /jobs?job=3 still opens that job after login
+nav = st.navigation(PAGES, position="sidebar" if allowed else "hidden")
+if not allowed:
+    st.stop()
+ui.sidebar()
+nav.run()

@@ -35,18 +35,18 @@ def _become(me: users.User, token: str | None) -> None:
     st.session_state[keys.USER], st.session_state[keys.TOKEN] = me, token
 
 
-def gate() -> None:
-    """Set the acting user for this run, or show the login (or first-password) form and stop."""
+def gate() -> bool:
+    """Set the acting user for this run; or show the login (or first-password) form and return False."""
     mode = users.mode()
     if mode == "none":
-        return
+        return True
     if mode == "header":
         me = users.header_user(dict(st.context.headers), st.context.ip_address)
         if me is None:
             st.error(ui.t("auth.no_header"))
-            st.stop()
+            return False
         _become(me, None)
-        return
+        return True
     if (pending := st.session_state.pop(keys.COOKIE, None)) is not None:
         _write_cookie(*pending)
     token = st.session_state.get(keys.TOKEN) or st.context.cookies.get(users.COOKIE)
@@ -56,12 +56,13 @@ def gate() -> None:
         st.session_state.pop(keys.TOKEN, None)
         ui.language_picker()
         _login_form()
-        st.stop()
+        return False
     _become(me, token)
     if me.must_change:
         ui.language_picker()
         _change_form(me)
-        st.stop()
+        return False
+    return True
 
 
 def _login_form() -> None:
