@@ -85,6 +85,12 @@ def test_two_students_and_an_instructor_at_once(page, home):
     assert refused and refused[0]["target"] == f"job {ann_job}"
     assert any(r["actor"] == "teach" and r["action"] == "cancel" for r in users.audit_log())
 
+    # the language is remembered with the account: a reload comes back in 中文
+    teach.locator("label").filter(has_text="中文").click()
+    teach.get_by_role("button", name="退出登录").wait_for()
+    teach.reload()
+    teach.get_by_role("button", name="退出登录").wait_for()
+
     # Logout ends the session on the server: a reload with the old cookie is back at the login page
     page.get_by_role("button", name="Log out").click()
     page.get_by_text("Log in to Lab Workbench").wait_for()

@@ -2,12 +2,14 @@
 through the backend calls the pages make (real store, no mocks)."""
 import io
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from backend import datasets, models, queue, users
 from backend.store import open_store
-from tests.conftest import cli, wait_for
+from tests.conftest import ROOT, cli, env_for, wait_for
 
 
 @pytest.fixture
@@ -69,6 +71,8 @@ def test_first_login_forces_a_new_password(home, klass):
         users.change_password(me, "guess", "a-long-new-one")
     assert not users.change_password(me, klass["bob"], "a-long-new-one").must_change
     assert not users.login("bob", "a-long-new-one")[0].must_change
+    users.set_lang(me, "zh")                                   # the language goes with the account
+    assert users.login("bob", "a-long-new-one")[0].lang == "zh"
 
 
 def test_failed_logins_are_throttled_per_account_and_per_address(home, klass, monkeypatch):
@@ -97,6 +101,10 @@ def test_sessions_are_signed_expire_and_end_at_logout(home, klass, monkeypatch):
     assert users.session_user(token).name == "ann"
     assert users.session_user(token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]) is None
     assert users.session_user(None) is None and users.session_user("junk") is None
+    survives = subprocess.run([sys.executable, "-c", "import sys; from backend import users; "
+                               "print(users.session_user(sys.argv[1]).name)", token],
+                              cwd=ROOT, env=env_for(home), capture_output=True, text=True)
+    assert survives.stdout.strip() == "ann", survives.stderr        # another process (an app restart)
     users.logout(token)
     assert users.session_user(token) is None
     assert open_store(home).count_audit("logout", 0, target="ann") == 1
