@@ -10,7 +10,8 @@
     python -m backend worker [--burst]
     python -m backend init
     python -m backend users add NAME [--role student|instructor] | import roster.csv | reset NAME
-                            | disable NAME | role NAME ROLE | list | audit
+                            | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N]
+                            | list | audit
 """
 from __future__ import annotations
 
@@ -162,9 +163,15 @@ def cmd_users(a) -> int:
         elif a.action == "role":
             users.set_role(a.name, a.role_arg)
             print(f"{a.name}: {a.role_arg}")
+        elif a.action == "quota":
+            users.set_quota(a.name, a.running, a.queued)
+            u = next(u for u in users.accounts() if u["name"] == a.name)
+            print(f"{a.name}: running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, "
+                  f"queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}")
         elif a.action == "list":
             for u in users.accounts():
-                print(f"{u['name']:<20} {u['role']:<11} {'disabled' if u['disabled'] else 'active'}")
+                print(f"{u['name']:<20} {u['role']:<11} {'disabled' if u['disabled'] else 'active':<9} "
+                      f"running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}")
         elif a.action == "audit":
             for r in reversed(users.audit_log(limit=a.limit)):
                 print(f"{_fmt_time(r['at'])}  {r['actor']:<12} {r['action']:<16} {r['target']:<16} "
@@ -174,6 +181,15 @@ def cmd_users(a) -> int:
     except (ValueError, OSError) as e:
         return _err(str(e))
     return 0
+
+
+def _cap(value, setting: str) -> str:
+    """An account's cap as the CLI shows it: its override, or the class default."""
+    if value is None:
+        value, whose = defaults.setting(setting), " (class default)"
+    else:
+        whose = ""
+    return (str(value) if value else "no cap") + whose
 
 
 def _job(job_id):
@@ -216,11 +232,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cpu-slots", type=int)
     s.set_defaults(fn=cmd_worker)
     s = sub.add_parser("users", help="class accounts: add, import, reset, disable, role, list, audit")
-    s.add_argument("action", choices=["add", "import", "reset", "disable", "role", "list", "audit"])
+    s.add_argument("action", choices=["add", "import", "reset", "disable", "role", "quota", "list", "audit"])
     s.add_argument("name", nargs="?", help="the account (for import: the roster CSV with name[,role] columns)")
     s.add_argument("role_arg", nargs="?", metavar="ROLE", choices=users.ROLES, help="for role: the new role")
     s.add_argument("--role", choices=users.ROLES, default="student", help="for add")
     s.add_argument("--limit", type=int, default=100, help="for audit: the newest N entries")
+    s.add_argument("--running", type=int, help="for quota: most running jobs (0: no cap, -1: class default)")
+    s.add_argument("--queued", type=int, help="for quota: most waiting jobs (0: no cap, -1: class default)")
     s.set_defaults(fn=cmd_users)
     s = sub.add_parser("init", help="create the workspace")
     s.set_defaults(fn=cmd_init)

@@ -52,6 +52,7 @@ SETTINGS = {s.name: s for s in [
 # tests add job kinds and pick the interpreter of core jobs.
 INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON"}
 
+FAIR_SHARE_WINDOW_S = 3600.0     # fair share orders owners by how long their jobs ran in this last window
 HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table

@@ -160,17 +160,27 @@ def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:
     return job["kind"], dict(job["spec"])
 
 
-def consider_order(queued: list[dict], active: list[dict]) -> list[dict]:
+def consider_order(queued: list[dict], active: list[dict], usage: dict[str, float] | None = None) -> list[dict]:
     """The order the worker considers queued jobs in: priority, then fair share (owners with fewer running
-    jobs first), then age."""
+    jobs first, then those whose jobs ran less in the last FAIR_SHARE_WINDOW_S), then age."""
     running = Counter(j["owner"] for j in active)
-    return sorted(queued, key=lambda j: (-j["priority"], running[j["owner"]], j["id"]))
+    usage = usage or {}
+    return sorted(queued, key=lambda j: (-j["priority"], running[j["owner"]], usage.get(j["owner"], 0.0), j["id"]))
+
+
+def recent_usage(home: Path | None = None) -> dict[str, float]:
+    return open_store(home).usage_since(time.time() - defaults.FAIR_SHARE_WINDOW_S)
+
+
+def running_caps(home: Path | None = None) -> dict[str, int]:
+    """Per-account overrides of WORKBENCH_USER_MAX_RUNNING (0: no cap for that account)."""
+    return {u["name"]: u["max_running"] for u in open_store(home).users() if u["max_running"] is not None}
 
 
 def place_in_queue(job_id: int, home: Path | None = None) -> int | None:
     """1 for the queued job the worker considers next, 2 for the one after...; None when not queued."""
     store = open_store(home)
-    ids = [j["id"] for j in consider_order(store.queued(), store.active())]
+    ids = [j["id"] for j in consider_order(store.queued(), store.active(), recent_usage(home))]
     return ids.index(job_id) + 1 if job_id in ids else None
 
 

@@ -266,6 +266,14 @@ class Store:
         self._run(tx)
         return self.job(job_id)
 
+    def usage_since(self, since: float) -> dict[str, float]:
+        """Seconds each owner's jobs have run since ``since`` (running ones up to now): for fair share."""
+        now = time.time()
+        rows = self._all("SELECT owner, SUM(COALESCE(finished_at, ?) - MAX(started_at, ?)) AS s FROM jobs"
+                         " WHERE started_at IS NOT NULL AND COALESCE(finished_at, ?) >= ? GROUP BY owner",
+                         (now, since, now, since))
+        return {r["owner"]: r["s"] for r in rows}
+
     def counts(self) -> dict[str, int]:
         rows = self._all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
@@ -361,6 +369,10 @@ class Store:
         if action:
             where, args = where + " AND action=?", args + [action]
         return self._all(f"SELECT * FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+
+    def last_activity(self) -> dict[str, float]:
+        """When each actor last did something the audit log records."""
+        return {r["actor"]: r["t"] for r in self._all("SELECT actor, MAX(at) AS t FROM audit GROUP BY actor")}
 
     def count_audit(self, action: str, since: float, target: str | None = None, address: str | None = None) -> int:
         """How many ``action`` rows since ``since`` for one target and/or one address (login throttling)."""

@@ -211,8 +211,20 @@ def set_role(name: str, role: str, home: Path | None = None) -> None:
     audit("(shell)", "user_role", name, detail=role, home=home)
 
 
+def set_quota(name: str, max_running: int | None = None, max_queued: int | None = None,
+              home: Path | None = None) -> None:
+    """Per-account overrides of WORKBENCH_USER_MAX_RUNNING / _QUEUED (-1: back to the class default)."""
+    _row(name, home)
+    fields = {k: (None if v < 0 else v) for k, v in (("max_running", max_running), ("max_queued", max_queued))
+              if v is not None}
+    if fields:
+        open_store(home).update_user(name, **fields)
+        audit("(shell)", "user_quota", name, detail=str(fields), home=home)
+
+
 def accounts(home: Path | None = None) -> list[dict]:
-    return [{k: r[k] for k in ("name", "role", "disabled", "must_change", "lang", "created_at")}
+    return [{k: r[k] for k in ("name", "role", "disabled", "must_change", "lang", "max_running", "max_queued",
+                               "created_at")}
             for r in open_store(home).users()]
 
 

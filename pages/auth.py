@@ -14,7 +14,7 @@ import json
 import streamlit as st
 import streamlit.components.v1 as components
 
-from backend import users
+from backend import classroom, users
 from pages import keys, ui
 
 
@@ -33,6 +33,15 @@ def _become(me: users.User, token: str | None) -> None:
     if st.session_state.get(keys.USER) is None and me.lang:    # the account's language, once per browser session
         st.session_state[keys.LANG] = me.lang
     st.session_state[keys.USER], st.session_state[keys.TOKEN] = me, token
+
+
+def class_mode() -> bool:
+    return users.mode() != "none"
+
+
+def announcement() -> None:
+    if class_mode() and (text := classroom.announcement()):
+        st.info(text, icon=":material/campaign:")
 
 
 def gate() -> bool:

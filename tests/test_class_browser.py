@@ -85,6 +85,20 @@ def test_two_students_and_an_instructor_at_once(page, home):
     assert refused and refused[0]["target"] == f"job {ann_job}"
     assert any(r["actor"] == "teach" and r["action"] == "cancel" for r in users.audit_log())
 
+    # the instructor's console: the roster, lab progress, and an announcement every page shows
+    teach.goto(f"{page.base_url}/console")
+    teach.locator(".st-key-console_announce_text textarea").fill("Lab 3: fine-tune by 11:00")
+    teach.get_by_role("button", name="Post").click()
+    teach.get_by_text("Lab 3: fine-tune by 11:00").nth(1).wait_for()
+    teach.get_by_text("Lab progress").wait_for()
+    shot(teach, "class-console")
+    bob.reload()
+    bob.get_by_text("Lab 3: fine-tune by 11:00").wait_for()
+    bob.goto(f"{page.base_url}/console")                    # not a page for students
+    bob.get_by_text("Signed in as bob").wait_for()
+    bob.get_by_text("Queue at a glance").wait_for()         # the default page instead
+    assert bob.get_by_text("Lab progress").count() == 0
+
     # the language is remembered with the account: a reload comes back in 中文
     teach.locator("label").filter(has_text="中文").click()
     teach.get_by_role("button", name="退出登录").wait_for()

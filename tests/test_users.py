@@ -4,10 +4,11 @@ import io
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
-from backend import datasets, models, queue, users
+from backend import classroom, datasets, models, queue, users
 from backend.store import open_store
 from tests.conftest import ROOT, cli, env_for, wait_for
 
@@ -187,3 +188,46 @@ def test_a_trusted_proxy_names_the_user_and_nobody_else_can(home, monkeypatch):
     assert users.header_user({"X-Forwarded-User": "bad name!"}, "10.0.0.1") is None
     assert cli(home, "users", "role", "ann", "instructor").returncode == 0
     assert users.header_user({"X-Forwarded-User": "ann"}, "10.0.0.1").instructor
+
+
+def test_fair_share_puts_whoever_ran_less_lately_first(home, klass):
+    store = open_store(home)
+    ran = queue.submit("sleepy", {"steps": 1}, owner="ann")
+    assert store.claim(ran, "w", {})
+    store.update_job(ran, started_at=time.time() - 600)          # ann's job ran for ten minutes
+    store.transition(ran, "running")
+    store.transition(ran, "succeeded")
+    ann, bob = (queue.submit("sleepy", {"steps": 1}, owner=o) for o in ("ann", "bob"))
+    assert queue.recent_usage(home)["ann"] == pytest.approx(600, abs=5)
+    assert [queue.place_in_queue(j) for j in (bob, ann)] == [1, 2]    # bob is newer but ran nothing
+
+
+def test_instructor_console_roster_progress_announcement_and_quotas(home, klass):
+    ann, teach = users.acting("ann"), users.acting("teach")
+    store = open_store(home)
+    done = queue.submit("sleepy", {"steps": 1}, owner="ann")          # a finished fine-tune counts as a step
+    store.update_job(done, kind="finetune")
+    assert store.claim(done, "w", {})
+    store.transition(done, "running")
+    store.transition(done, "succeeded")
+    datasets.save_upload("mine.jsonl", io.BytesIO(b'{"text": "hi"}\n'), owner="ann")
+    queue.submit("sleepy", {"steps": 1}, owner="bob")
+    for call in (classroom.roster, classroom.progress, lambda by: classroom.set_announcement("hi", by=by)):
+        with pytest.raises(users.Refused):
+            call(ann)
+    rows = {r["name"]: r for r in classroom.roster(teach)}
+    assert rows["bob"]["queued"] == 1 and rows["ann"]["queued"] == 0 and rows["teach"]["role"] == "instructor"
+    assert classroom.progress_csv(teach).splitlines() == [
+        "name,dataset,finetune,evaluate,serve", "ann,yes,yes,no,no", "bob,no,no,no,no"]
+    classroom.set_announcement("  Lab 3 starts at 10:00  ", by=teach)
+    assert classroom.announcement() == "Lab 3 starts at 10:00"
+    classroom.set_announcement("", by=teach)
+    assert classroom.announcement() == ""
+
+    out = cli(home, "users", "quota", "bob", "--queued", "1", "--running", "2")
+    assert out.stdout.strip() == "bob: running 2, queued 1", out.stderr
+    with pytest.raises(queue.SubmitError, match=r"1 jobs waiting in the queue \(at most 1\)"):
+        queue.submit("sleepy", {"steps": 1}, owner="bob")
+    assert queue.running_caps(home) == {"bob": 2}
+    out = cli(home, "users", "quota", "bob", "--queued", "-1")
+    assert out.stdout.strip() == "bob: running 2, queued no cap (class default)"
