@@ -1,10 +1,10 @@
 """Lab Workbench: the Streamlit entry point and the one page registry."""
 import streamlit as st
 
-from pages import ui
+from pages import auth, ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")
-ui.sidebar()
+allowed = auth.gate()          # class mode: False while it shows the login page
 
 PAGES = {
     ui.t("nav.section.pipeline"): [
@@ -20,5 +20,14 @@ PAGES = {
         st.Page("pages/jobs.py", title=ui.t("nav.jobs"), icon=":material/list_alt:", url_path="jobs"),
     ],
 }
+if allowed and auth.class_mode() and ui.user().instructor:      # the class console: instructors only
+    PAGES[ui.t("nav.section.system")].append(
+        st.Page("pages/console.py", title=ui.t("nav.console"), icon=":material/school:", url_path="console"))
 
-st.navigation(PAGES).run()
+# navigation is declared even on the login page, so a link to /jobs?job=3 still opens that job after login
+nav = st.navigation(PAGES, position="sidebar" if allowed else "hidden")
+if not allowed:
+    st.stop()
+ui.sidebar()
+auth.announcement()            # the instructor's class announcement, on every page
+nav.run()

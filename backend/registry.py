@@ -5,6 +5,7 @@
   adapter   a LoRA adapter folder                 meta: base_model, datasets, method, metrics
   endpoint  a running server (serve / vlm job)    meta: url, model, kind ("chat" | "vlm"), base_of?, ...
   eval      an evaluation run's results           meta: models, datasets, table
+  announcement  the instructor's banner           meta: text
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class RegistryType(StrEnum):
     ADAPTER = "adapter"
     ENDPOINT = "endpoint"
     EVAL = "eval"
+    ANNOUNCEMENT = "announcement"     # the class announcement (backend/classroom.py), one entry
 
 
 @dataclass(frozen=True)

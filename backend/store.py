@@ -58,6 +58,36 @@ MIGRATIONS = [
         UNIQUE(type, name)
     );
     """,
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL DEFAULT '',
+        must_change INTEGER NOT NULL DEFAULT 1,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        lang TEXT NOT NULL DEFAULT '',
+        max_running INTEGER,
+        max_queued INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_action ON audit(action, at)
+    """,
 ]
 
 JSON_FIELDS = ("spec", "asked", "given", "meta", "resources")
@@ -242,6 +272,14 @@ class Store:
         self._run(tx)
         return self.job(job_id)
 
+    def usage_since(self, since: float) -> dict[str, float]:
+        """Seconds each owner's jobs have run since ``since`` (running ones up to now): for fair share."""
+        now = time.time()
+        rows = self._all("SELECT owner, SUM(COALESCE(finished_at, ?) - MAX(started_at, ?)) AS s FROM jobs"
+                         " WHERE started_at IS NOT NULL AND COALESCE(finished_at, ?) >= ? GROUP BY owner",
+                         (now, since, now, since))
+        return {r["owner"]: r["s"] for r in rows}
+
     def counts(self) -> dict[str, int]:
         rows = self._all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
@@ -288,6 +326,70 @@ class Store:
         if job_id is not None:
             sql, args = sql + " AND job_id=?", args + [job_id]
         return self._run(lambda con: con.execute(sql, args).rowcount == 1)
+
+
+    # -- accounts, sessions and the audit log (backend/users.py decides; this only stores) --
+    USER_FIELDS = ("role", "password_hash", "must_change", "disabled", "lang", "max_running", "max_queued")
+
+    def add_user(self, name: str, role: str, password_hash: str) -> None:
+        """Raises sqlite3.IntegrityError when the name is taken."""
+        self._run(lambda con: con.execute(
+            "INSERT INTO users(name, role, password_hash, created_at) VALUES (?,?,?,?)",
+            (name, role, password_hash, time.time())))
+
+    def user(self, name: str) -> dict | None:
+        return self._one("SELECT * FROM users WHERE name=?", (name,))
+
+    def users(self) -> list[dict]:
+        return self._all("SELECT * FROM users ORDER BY role, name")
+
+    def update_user(self, name: str, **fields) -> bool:
+        assert set(fields) <= set(self.USER_FIELDS), fields
+        return self._run(lambda con: con.execute(
+            f"UPDATE users SET {', '.join(f'{k}=?' for k in fields)} WHERE name=?",
+            (*fields.values(), name)).rowcount == 1)
+
+    def add_session(self, sid: str, user: str, expires_at: float) -> None:
+        self._run(lambda con: con.execute(
+            "INSERT INTO sessions(id, user, created_at, expires_at) VALUES (?,?,?,?)",
+            (sid, user, time.time(), expires_at)))
+
+    def session(self, sid: str) -> dict | None:
+        """A live session: not revoked, not expired."""
+        return self._one("SELECT * FROM sessions WHERE id=? AND revoked_at IS NULL AND expires_at>?",
+                         (sid, time.time()))
+
+    def revoke_sessions(self, sid: str | None = None, user: str | None = None) -> int:
+        """End one session, or every session of ``user`` (a reset or a disabled account)."""
+        col, value = ("id", sid) if sid is not None else ("user", user)
+        return self._run(lambda con: con.execute(
+            f"UPDATE sessions SET revoked_at=? WHERE {col}=? AND revoked_at IS NULL",
+            (time.time(), value)).rowcount)
+
+    def audit(self, actor: str, action: str, target: str = "", address: str = "", detail: str = "") -> None:
+        """Append to the audit log; nothing updates or deletes its rows."""
+        self._run(lambda con: con.execute(
+            "INSERT INTO audit(at, actor, action, target, address, detail) VALUES (?,?,?,?,?,?)",
+            (time.time(), actor, action, target, address, detail)))
+
+    def audit_rows(self, action: str | None = None, since: float = 0, limit: int = 1000) -> list[dict]:
+        where, args = "at>=?", [since]
+        if action:
+            where, args = where + " AND action=?", args + [action]
+        return self._all(f"SELECT * FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+
+    def last_activity(self) -> dict[str, float]:
+        """When each actor last did something the audit log records."""
+        return {r["actor"]: r["t"] for r in self._all("SELECT actor, MAX(at) AS t FROM audit GROUP BY actor")}
+
+    def count_audit(self, action: str, since: float, target: str | None = None, address: str | None = None) -> int:
+        """How many ``action`` rows since ``since`` for one target and/or one address (login throttling)."""
+        sql, args = "SELECT COUNT(*) AS n FROM audit WHERE action=? AND at>=?", [action, since]
+        if target is not None:
+            sql, args = sql + " AND target=?", args + [target]
+        if address is not None:
+            sql, args = sql + " AND address=?", args + [address]
+        return self._one(sql, args)["n"]
 
 
 _stores: dict[Path, Store] = {}

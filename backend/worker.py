@@ -187,11 +187,12 @@ class Worker:
             print(f"job {job['id']}: lost (its worker is gone)", flush=True)
 
     def schedule(self) -> None:
-        cap = defaults.setting("USER_MAX_RUNNING")
+        cap, caps = defaults.setting("USER_MAX_RUNNING"), queue.running_caps(self.home)
         active = self.store.active()
         per_owner = Counter(j.owner for j in active)
-        for job in queue.consider_order(self.store.queued(), active):
-            if cap and per_owner[job.owner] >= cap:
+        for job in queue.consider_order(self.store.queued(), active, queue.recent_usage(self.home)):
+            owner_cap = caps.get(job.owner, cap)
+            if owner_cap and per_owner[job.owner] >= owner_cap:
                 continue
             engine = job.asked.get("engine", "core")
             if not engines.installed(engine, self.home):

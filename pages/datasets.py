@@ -274,7 +274,7 @@ with t_del:
         st.info(ui.t("ds.delete.sample"))
     elif st.button(ui.t("ds.delete.go", name=name), key="ds_delete", type="primary"):
         try:
-            ds.delete(name)
+            ds.delete(name, by=ui.user())
         except ds.DatasetError as e:
             st.error(str(e))
         else:

@@ -116,8 +116,8 @@ def run_actions(job_id: int) -> None:
 job_id = st.query_params.get("job") or st.session_state.get(S_JOB)
 if job_id:
     try:
-        job = queue.get(int(job_id))
-    except (KeyError, ValueError):
+        job = queue.get(int(job_id), by=ui.user())
+    except (KeyError, ValueError):      # no such job, not a number, or not this student's
         job = None
     if job and job["kind"] == "finetune":
         with st.container(key="ft-run", border=True):
@@ -127,7 +127,7 @@ if job_id:
 # -- several runs on one chart ------------------------------------------------------------------------
 @st.fragment(run_every=2.0)
 def compare_runs() -> None:
-    runs = queue.list_jobs(kind="finetune", limit=50)
+    runs = queue.list_jobs(kind="finetune", limit=50, by=ui.user())
     if not runs:
         return
     with st.container(key="ft-compare", border=True):

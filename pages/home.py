@@ -41,7 +41,7 @@ def status() -> None:
         mcols = st.columns(4)
         for c, state in zip(mcols, (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED)):
             c.metric(ui.state_label(state), counts.get(state, 0))
-        recent = queue.list_jobs(limit=8)
+        recent = queue.list_jobs(limit=8, by=ui.user())
         if recent:
             st.caption(ui.t("home.recent"))
             st.dataframe(ui.jobs_frame(recent), hide_index=True, width="stretch")

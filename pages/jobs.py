@@ -15,7 +15,8 @@ def job_table() -> None:
                             key="f_state")
     kind = c2.selectbox(ui.t("jobs.filter.kind"), [""] + sorted(kinds.KINDS), key="f_kind")
     owner = c3.text_input(ui.t("jobs.filter.owner"), key="f_owner")
-    jobs = queue.list_jobs(states=states or None, kind=kind or None, owner=owner.strip() or None, limit=300)
+    jobs = queue.list_jobs(states=states or None, kind=kind or None, owner=owner.strip() or None, limit=300,
+                           by=ui.user())
     if not jobs:
         st.info(ui.t("jobs.none"))
         return

@@ -3,6 +3,7 @@ another (Chat with it, Fine-tune it) and the page that reads it use the same nam
 Widget keys that only their own widget reads stay beside the widget."""
 
 LANG, OWNER, OWNER_INPUT, OWNER_BAD = "lang", "owner", "owner_input", "owner_bad"
+USER, TOKEN, COOKIE = "auth_user", "auth_token", "auth_cookie"     # class mode (pages/auth.py)
 
 # Chat
 CHAT_HISTORY, CHAT_PENDING, CHAT_EXTERNAL = "chat_history", "chat_pending", "chat_external"

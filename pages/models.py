@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend import models, paths
+from backend import models, paths, users
 from pages import keys, ui
 
 S_JOB = keys.MODELS_JOB             # the download job this session follows
@@ -114,17 +114,22 @@ with tab_reg:
         if c[3].button(ui.t("models.delete"), key="models_delete"):
             st.session_state[keys.MODELS_CONFIRM] = picked
         remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
-                             key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"))
+                             key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"),
+                             disabled=not users.may_change("", ui.user()))
         if remote != bool(meta.get("trust_remote_code")):
-            models.set_trust_remote_code(picked, remote)
+            models.set_trust_remote_code(picked, remote, by=ui.user())
         if st.session_state.get(keys.MODELS_CONFIRM) == picked:
             with st.container(key="models_confirm_box", border=True):
                 st.warning(ui.t("models.delete.confirm", name=picked))
                 if st.button(ui.t("models.delete.yes"), type="primary", key="models_delete_yes"):
-                    models.delete(picked)
                     st.session_state.pop(keys.MODELS_CONFIRM, None)
-                    st.success(ui.t("models.deleted", name=picked))
-                    st.rerun()
+                    try:
+                        models.delete(picked, by=ui.user())
+                    except models.ModelError as e:
+                        st.error(str(e))
+                    else:
+                        st.success(ui.t("models.deleted", name=picked))
+                        st.rerun()
         with st.expander(ui.t("models.config")):
             st.json(d["config"], expanded=False)
         with st.expander(ui.t("models.generation_config")):

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from backend import defaults, errors, i18n, logs, queue
+from backend import defaults, errors, i18n, logs, queue, users
 from backend.states import JobState
 from pages import keys
 
@@ -31,9 +31,18 @@ def t(key: str, **fmt) -> str:
     return i18n.t(key, lang(), **fmt)
 
 
+def user() -> users.User:
+    """Who this browser session is. With accounts (or a login proxy) the logged-in user (pages/auth.py set it
+    before any page ran); without, the name typed in the sidebar, declared, not proven."""
+    logged_in = st.session_state.get(keys.USER)
+    return logged_in if logged_in is not None else users.acting(owner())
+
+
 def owner() -> str:
-    """Who this browser session is: the name typed in the sidebar, kept in the URL (?user=) so a reload or a
-    shared link keeps it; WORKBENCH_USER until then."""
+    """The acting user's name: the logged-in account, or the name typed in the sidebar, kept in the URL
+    (?user=) so a reload or a shared link keeps it; WORKBENCH_USER until then."""
+    if st.session_state.get(keys.USER) is not None:
+        return st.session_state[keys.USER].name
     if keys.OWNER not in st.session_state:
         asked = st.query_params.get("user", "")
         st.session_state[keys.OWNER] = asked if NAME.fullmatch(asked) else defaults.setting("USER")
@@ -49,30 +58,50 @@ def _set_owner() -> None:
         st.session_state[keys.OWNER_INPUT] = owner()
 
 
-def sidebar() -> None:
+def _lang_changed() -> None:
+    """The language is remembered with the account; without accounts, in the URL (like the name)."""
+    me = st.session_state.get(keys.USER)
+    if me is not None:
+        users.set_lang(me, st.session_state[keys.LANG])
+    else:
+        st.query_params["lang"] = st.session_state[keys.LANG]
+
+
+def language_picker() -> None:
     lang()
+    with st.sidebar:
+        # the widget's own state is the language: every string of this run already sees a change
+        st.radio("Language / 语言", list(i18n.LANGS), format_func=i18n.LANGS.get, horizontal=True, key=keys.LANG,
+                 on_change=_lang_changed)
+
+
+def sidebar() -> None:
+    language_picker()
+    if st.session_state.get(keys.USER) is not None:
+        from pages import auth
+        with st.sidebar:
+            auth.signed_in()
+        return
     name = owner()
     if st.query_params.get("user", defaults.setting("USER")) != name:
         st.query_params["user"] = name
     with st.sidebar:
-        # the widget's own state is the language: every string of this run already sees a change
-        st.radio("Language / 语言", list(i18n.LANGS), format_func=i18n.LANGS.get, horizontal=True, key=keys.LANG)
         st.session_state.setdefault(keys.OWNER_INPUT, name)
         st.text_input(t("app.user"), key=keys.OWNER_INPUT, on_change=_set_owner, max_chars=32)
         if st.session_state.pop(keys.OWNER_BAD, False):
             st.error(t("app.user_bad"))
-        if name in queue.instructors():
+        if user().instructor:
             st.caption(t("app.instructor"))
 
 
 def cancel_button(col, job: dict, label: str, key: str, kind: str = "secondary") -> bool:
     """A Stop/Cancel button that only the job's owner or an instructor can press; True once it was pressed."""
-    allowed = queue.may_manage(job, owner())
+    allowed = queue.may_manage(job, user())
     if not col.button(label, key=key, type=kind, disabled=not allowed,
                       help=None if allowed else t("job.not_yours", owner=job["owner"])):
         return False
     try:
-        queue.cancel(job["id"], by=owner())
+        queue.cancel(job["id"], by=user())
     except queue.SubmitError as e:          # the instructors changed since the page was drawn
         st.error(str(e))
         return False
@@ -130,9 +159,12 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
     """A job's live view: header, progress with ETA, log, metrics, error, actions. Re-attaches after
     any reload because everything is read from the store and the job's files."""
     try:
-        job = queue.get(job_id)
+        job = queue.get(job_id, by=user())
     except KeyError:
         st.warning(t("job.not_found", id=job_id))
+        return
+    except users.Refused:
+        st.warning(t("job.not_visible", id=job_id))
         return
     st.subheader(t("job.title", id=job_id, kind=job["kind"]))
     _live(job_id)
@@ -146,18 +178,18 @@ def _actions(job: dict) -> None:
     cols = st.columns(6)
     if not state.finished:
         cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job['id']}", "primary")
-        if state is JobState.QUEUED and owner() in queue.instructors() \
+        if state is JobState.QUEUED and user().instructor \
                 and cols[2].button(t("job.run_next"), key=f"next-{job['id']}"):
             try:
-                queue.run_next(job["id"], by=owner())
+                queue.run_next(job["id"], by=user())
             except queue.SubmitError as e:        # it started meanwhile
                 st.error(str(e))
-        if not queue.may_manage(job, owner()):
+        if not queue.may_manage(job, user()):
             st.caption(t("job.not_yours", owner=job["owner"]))
     else:
         if cols[0].button(t("job.retry"), key=f"retry-{job['id']}"):
             try:
-                new_id = queue.retry(job["id"], owner=owner())
+                new_id = queue.retry(job["id"], owner=owner(), by=user())
             except queue.SubmitError as e:
                 st.error(str(e))
             else:

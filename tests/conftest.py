@@ -137,10 +137,16 @@ def app_healthy(url: str) -> bool:
 
 
 @pytest.fixture
-def app(home, worker):
+def app_env() -> dict:
+    """Extra environment for the app (a test module overrides this fixture, e.g. for class mode)."""
+    return {}
+
+
+@pytest.fixture
+def app(home, worker, app_env):
     """The real Streamlit app and worker on free ports; yields the base URL."""
     port = free_port()
-    proc = start_app(home, port)
+    proc = start_app(home, port, **app_env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: app_healthy(url) or proc.poll() is not None, 60, 0.2, "streamlit to start")

@@ -2,7 +2,6 @@
 import pytest
 
 from backend import queue
-from backend.states import JobState
 from backend.store import open_store
 from tests.conftest import cli
 
@@ -26,11 +25,6 @@ def test_place_in_queue_follows_priority_fair_share_and_age_and_run_next_is_an_i
     monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teacher")
     ann1, ann2, bob = (queue.submit("sleepy", {"steps": 1}, owner=o) for o in ("ann", "ann", "bob"))
     assert [queue.place_in_queue(j) for j in (ann1, ann2, bob)] == [1, 2, 3]        # age
-    store = open_store(home)                            # fair share: ann runs a job, bob none: bob goes first
-    running = store.insert_job("sleepy", "ann", {}, {})
-    store.claim(running, "w1", {})
-    assert [j.id for j in queue.consider_order(store.queued(), store.active())] == [bob, ann1, ann2]
-    store.transition(running, JobState.CANCELLED)
     with pytest.raises(queue.SubmitError, match="only an instructor"):
         queue.run_next(ann2, by="ann")
     queue.run_next(ann2, by="teacher")
@@ -42,3 +36,11 @@ def test_place_in_queue_follows_priority_fair_share_and_age_and_run_next_is_an_i
     assert queue.place_in_queue(ann1) is None
     out = cli(home, "next", str(ann1))
     assert out.returncode == 2 and f"job {ann1} is cancelled, not queued" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fair_share_puts_who_runs_nothing_first(home):
+    ann1, ann2, bob = (queue.submit("sleepy", {"steps": 1}, owner=o) for o in ("ann", "ann", "bob"))
+    store = open_store(home)                            # ann runs a job, bob none: bob goes first
+    running = store.insert_job("sleepy", "ann", {}, {})
+    store.claim(running, "w1", {})
+    assert [j.id for j in queue.consider_order(store.queued(), store.active())] == [bob, ann1, ann2]

@@ -1,0 +1,85 @@
+"""The instructor's view of a class: roster with each person's jobs, the announcement every page shows, and
+lab progress (who has reached which pipeline step). Reading any of it is an instructor's right."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections import Counter
+from pathlib import Path
+
+from backend import users
+from backend.states import JobState
+from backend.store import open_store
+
+ANNOUNCEMENT = ("announcement", "class")        # a registry entry: (type, name); its meta holds the text
+# a pipeline step is reached when a job of this kind succeeded (serve: started, since a server never "succeeds")
+STEPS = {"dataset": ("dataset_import", {JobState.SUCCEEDED}),
+         "finetune": ("finetune", {JobState.SUCCEEDED}),
+         "evaluate": ("evaluate", {JobState.SUCCEEDED}),
+         "serve": ("serve", {JobState.RUNNING, JobState.SUCCEEDED, JobState.CANCELLED})}
+
+
+def _instructor(by, what: str) -> None:
+    users.require_instructor(by, what, "class", "only an instructor can see the class console")
+
+
+def roster(by, home: Path | None = None) -> list[dict]:
+    """One row per account: role, running and queued jobs, GPU memory held, job time today, last activity."""
+    _instructor(by, "roster")
+    store = open_store(home)
+    active = store.jobs(states=[JobState.QUEUED, JobState.STARTING, JobState.RUNNING], limit=10_000)
+    running = Counter(j["owner"] for j in active if j["state"] != JobState.QUEUED.value)
+    queued = Counter(j["owner"] for j in active if j["state"] == JobState.QUEUED.value)
+    gpu_mem = Counter()
+    for j in active:
+        if j["given"] and j["given"].get("gpus"):
+            gpu_mem[j["owner"]] += float(j["given"].get("gpu_mem_gb") or 0)
+    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    today = store.usage_since(midnight)
+    last = store.last_activity()
+    return [{"name": u["name"], "role": u["role"], "disabled": bool(u["disabled"]), "running": running[u["name"]],
+             "queued": queued[u["name"]], "gpu_mem_gb": round(gpu_mem[u["name"]], 1),
+             "job_hours_today": round(today.get(u["name"], 0.0) / 3600, 2), "last_activity": last.get(u["name"])}
+            for u in store.users()]
+
+
+def progress(by, home: Path | None = None) -> list[dict]:
+    """One row per student: which pipeline steps they reached (True/False)."""
+    _instructor(by, "progress")
+    store = open_store(home)
+    reached: dict[str, set[str]] = {}
+    for step, (kind, states) in STEPS.items():
+        for j in store.jobs(kind=kind, states=list(states), limit=100_000):
+            reached.setdefault(j["owner"], set()).add(step)
+    for d in store.items("dataset"):          # an upload or a conversion counts as a dataset too
+        if d["owner"]:
+            reached.setdefault(d["owner"], set()).add("dataset")
+    return [{"name": u["name"], **{step: step in reached.get(u["name"], set()) for step in STEPS}}
+            for u in store.users() if u["role"] == "student"]
+
+
+def progress_csv(by, home: Path | None = None) -> str:
+    rows = progress(by, home)
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=["name", *STEPS])
+    w.writeheader()
+    w.writerows({k: (("yes" if v else "no") if isinstance(v, bool) else v) for k, v in r.items()} for r in rows)
+    return out.getvalue()
+
+
+def announcement(home: Path | None = None) -> str:
+    """The class announcement every page shows ('' for none)."""
+    row = open_store(home).get(*ANNOUNCEMENT)
+    return row["meta"].get("text", "") if row else ""
+
+
+def set_announcement(text: str, by, home: Path | None = None) -> None:
+    users.require_instructor(by, "announce", "class", "only an instructor can post the class announcement")
+    text = text.strip()[:500]
+    store = open_store(home)
+    if text:
+        store.put(*ANNOUNCEMENT, meta={"text": text}, owner=users.actor(by))
+    else:
+        store.delete(*ANNOUNCEMENT)
+    users.audit(users.actor(by), "announce", "class", detail=text, home=home)

@@ -1,0 +1,352 @@
+"""Who is acting: accounts and roles, logins and sessions, the audit log, and who may do what.
+
+WORKBENCH_AUTH picks the mode:
+- ``none`` (default): one person on 127.0.0.1, no login; a name typed in the sidebar is declared, not
+  proven (names in WORKBENCH_INSTRUCTORS act as instructors). Everybody sees everything.
+- ``accounts``: class mode. Accounts live in the store (``python -m backend users ...``); passwords are
+  hashed with argon2id (argon2-cffi); a login gives a signed, expiring token (itsdangerous, secret in
+  ``<workspace>/secret.key``, mode 0600) naming a server-side session that Logout revokes.
+- ``header``: a proxy in front (oauth2-proxy, nginx auth_request, JupyterHub) logs people in and names
+  them in WORKBENCH_AUTH_HEADER; the header is believed only from WORKBENCH_TRUSTED_PROXIES.
+
+Backend functions take the acting ``User`` and refuse what it may not do (``Refused``, a readable
+message); pages pass the logged-in user and never decide permissions themselves.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from backend import defaults
+from backend.store import open_store
+
+ROLES = ("student", "instructor")
+MODES = ("none", "accounts", "header")
+NAME = re.compile(r"[\w.-]{1,32}")          # letters (any script), digits, . _ -
+MIN_PASSWORD = 8
+ADDRESS_FAILS_FACTOR = 4                     # an address (a classroom NAT) may fail this many times an account's limit
+COOKIE = "workbench_session"
+LOOPBACK = {"", "127.0.0.1", "::1"}          # not throttled per address: a whole class tunnels in from here
+_hasher = PasswordHasher()                   # argon2id with the library's current recommended parameters
+
+
+class Refused(ValueError):
+    """What the acting user may not do, or a login that failed; the message is meant for the user."""
+
+
+class Throttled(Refused):
+    """Too many failed logins lately for this account or address."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str = "student"
+    lang: str = ""
+    must_change: bool = False
+
+    @property
+    def instructor(self) -> bool:
+        return self.role == "instructor"
+
+
+OPERATOR = None          # the operator's shell (CLI): ``by=None`` may do anything
+
+
+def mode() -> str:
+    m = defaults.setting("AUTH").strip().lower()
+    if m not in MODES:
+        raise ValueError(f"WORKBENCH_AUTH must be one of {', '.join(MODES)}, not {m!r}")
+    return m
+
+
+def declared_instructors() -> set[str]:
+    """WORKBENCH_INSTRUCTORS: names that act as instructors when there are no accounts."""
+    return {n.strip() for n in defaults.setting("INSTRUCTORS").split(",") if n.strip()}
+
+
+def acting(who: User | str | None) -> User | None:
+    """The acting user from what a caller passed: a User, a declared name (AUTH=none), or None (operator)."""
+    if who is None or isinstance(who, User):
+        return who
+    if mode() != "none":
+        row = open_store().user(who)
+        return _user(row) if row and not row["disabled"] else User(who, "student")
+    return User(who, "instructor" if who in declared_instructors() else "student")
+
+
+def may_manage(owner: str, who: User | str | None) -> bool:
+    """Owner, instructor or the operator's shell."""
+    user = acting(who)
+    return user is None or user.instructor or user.name == owner
+
+
+def may_see(owner: str, who: User | str | None) -> bool:
+    """With accounts, a student sees only their own things (and shared ones, ``owner == ''``); without, all."""
+    return may_manage(owner, who) or owner == "" or mode() == "none"
+
+
+def refuse(who: User | str | None, action: str, target: str, message: str, error: type = Refused):
+    """Record a refusal in the audit log and raise it (as ``error``, a subclass of Refused)."""
+    audit(actor(who), "refused", target, detail=f"{action}: {message}")
+    raise error(message)
+
+
+def require_instructor(who: User | str | None, action: str, target: str, message: str,
+                       error: type = Refused) -> None:
+    user = acting(who)
+    if user is not None and not user.instructor:
+        refuse(user, action, target, message, error)
+
+
+def require_owner(who: User | str | None, owner: str, action: str, target: str, message: str,
+                  error: type = Refused) -> None:
+    """Registry things (models, datasets): their owner or an instructor; shared ones (owner '') an instructor
+    only. Without accounts everybody may (names are declared, as before class mode existed)."""
+    if not may_change(owner, who):
+        refuse(who, action, target, message, error)
+
+
+def may_change(owner: str, who: User | str | None) -> bool:
+    user = acting(who)
+    return user is None or user.instructor or bool(owner and owner == user.name) or mode() == "none"
+
+
+def actor(who: User | str | None) -> str:
+    """The name the audit log records for ``who``."""
+    user = acting(who)
+    return user.name if user else "(shell)"
+
+
+def audit(actor: str, action: str, target: str = "", address: str = "", detail: str = "",
+          home: Path | None = None) -> None:
+    open_store(home).audit(actor, action, str(target), address or "", detail)
+
+
+def audit_log(action: str | None = None, limit: int = 1000, home: Path | None = None) -> list[dict]:
+    return open_store(home).audit_rows(action, limit=limit)
+
+
+# -- accounts ---------------------------------------------------------------------------------------
+def _user(row: dict) -> User:
+    return User(row["name"], row["role"], row["lang"], bool(row["must_change"]))
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    return role
+
+
+def _row(name: str, home: Path | None = None) -> dict:
+    row = open_store(home).user(name)
+    if row is None:
+        raise KeyError(f"no account {name!r}")
+    return row
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(9)          # 12 characters, ~72 bits: a one-time password to hand out
+
+
+def add(name: str, role: str = "student", password: str | None = None, home: Path | None = None) -> str:
+    """Create an account; returns its one-time password (changed at first login)."""
+    if not NAME.fullmatch(name or ""):
+        raise ValueError(f"{name!r} is not a valid name: 1-32 letters, digits, '.', '_' or '-'")
+    password = password or new_password()
+    try:
+        open_store(home).add_user(name, _check_role(role), _hasher.hash(password))
+    except sqlite3.IntegrityError:
+        raise ValueError(f"an account named {name!r} already exists") from None
+    audit("(shell)", "user_add", name, detail=role, home=home)
+    return password
+
+
+def import_roster(path: str | Path, home: Path | None = None) -> list[tuple[str, str]]:
+    """Accounts from a CSV with a ``name`` column and an optional ``role`` column; returns (name, password)
+    for each new one. Names that exist already are skipped."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "name" not in rows[0]:
+        raise ValueError(f"{path}: the first line must name the columns, with at least 'name' (and 'role')")
+    out = []
+    for r in rows:
+        name, role = (r.get("name") or "").strip(), (r.get("role") or "student").strip() or "student"
+        if name and open_store(home).user(name) is None:
+            out.append((name, add(name, role, home=home)))
+    return out
+
+
+def reset(name: str, home: Path | None = None) -> str:
+    """A new one-time password; every session of the account ends."""
+    _row(name, home)
+    password = new_password()
+    store = open_store(home)
+    store.update_user(name, password_hash=_hasher.hash(password), must_change=1, disabled=0)
+    store.revoke_sessions(user=name)
+    audit("(shell)", "user_reset", name, home=home)
+    return password
+
+
+def disable(name: str, home: Path | None = None) -> None:
+    _row(name, home)
+    store = open_store(home)
+    store.update_user(name, disabled=1)
+    store.revoke_sessions(user=name)
+    audit("(shell)", "user_disable", name, home=home)
+
+
+def set_role(name: str, role: str, home: Path | None = None) -> None:
+    _row(name, home)
+    open_store(home).update_user(name, role=_check_role(role))
+    audit("(shell)", "user_role", name, detail=role, home=home)
+
+
+def set_quota(name: str, max_running: int | None = None, max_queued: int | None = None,
+              home: Path | None = None) -> None:
+    """Per-account overrides of WORKBENCH_USER_MAX_RUNNING / _QUEUED (-1: back to the class default)."""
+    _row(name, home)
+    fields = {k: (None if v < 0 else v) for k, v in (("max_running", max_running), ("max_queued", max_queued))
+              if v is not None}
+    if fields:
+        open_store(home).update_user(name, **fields)
+        audit("(shell)", "user_quota", name, detail=str(fields), home=home)
+
+
+def accounts(home: Path | None = None) -> list[dict]:
+    return [{k: r[k] for k in ("name", "role", "disabled", "must_change", "lang", "max_running", "max_queued",
+                               "created_at")}
+            for r in open_store(home).users()]
+
+
+def set_lang(user: User, lang: str, home: Path | None = None) -> None:
+    open_store(home).update_user(user.name, lang=lang)
+
+
+def change_password(user: User, old: str, new: str, home: Path | None = None) -> User:
+    """The account's own password change (also the forced one at first login)."""
+    row = _row(user.name, home)
+    if not _verify(row["password_hash"], old):
+        raise Refused("the current password is wrong")
+    if len(new) < MIN_PASSWORD:
+        raise Refused(f"a password needs at least {MIN_PASSWORD} characters")
+    if new == old:
+        raise Refused("choose a password different from the one-time password")
+    open_store(home).update_user(user.name, password_hash=_hasher.hash(new), must_change=0)
+    audit(user.name, "password_change", user.name, home=home)
+    return _user(_row(user.name, home))
+
+
+def _verify(hash_: str, password: str) -> bool:
+    try:
+        return bool(hash_) and _hasher.verify(hash_, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# -- logins and sessions ----------------------------------------------------------------------------
+def _secret(home: Path | None = None) -> bytes:
+    """The signing key, made once per workspace, readable by its owner only."""
+    path = (home or defaults.home()) / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:            # another process made it first
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _signer(home: Path | None = None) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_secret(home), salt="workbench-session")
+
+
+def session_seconds() -> int:
+    return int(defaults.setting("SESSION_HOURS") * 3600)
+
+
+def login(name: str, password: str, address: str = "", home: Path | None = None) -> tuple[User, str]:
+    """Check a password; returns the user and a session token. Failed tries per account and per address are
+    limited (WORKBENCH_LOGIN_MAX_FAILS in WORKBENCH_LOGIN_WINDOW_S); every try is in the audit log."""
+    store = open_store(home)
+    since = time.time() - defaults.setting("LOGIN_WINDOW_S")
+    limit = defaults.setting("LOGIN_MAX_FAILS")
+    shared = address in LOOPBACK       # everyone who comes through an SSH tunnel arrives from here
+    if (store.count_audit("login_failed", since, target=name) >= limit
+            or not shared and store.count_audit("login_failed", since, address=address) >= limit * ADDRESS_FAILS_FACTOR):
+        audit(name, "login_throttled", name, address, home=home)
+        raise Throttled(f"too many failed logins: wait {int(defaults.setting('LOGIN_WINDOW_S') // 60) or 1} "
+                      "minutes and try again, or ask the instructor to reset your password")
+    row = store.user(name)
+    if row is None or row["disabled"] or not _verify(row["password_hash"], password):
+        audit(name, "login_failed", name, address, home=home)
+        raise Refused("wrong name or password")
+    if _hasher.check_needs_rehash(row["password_hash"]):
+        store.update_user(name, password_hash=_hasher.hash(password))
+    audit(name, "login", name, address, home=home)
+    return _user(row), start_session(name, home)
+
+
+def start_session(name: str, home: Path | None = None) -> str:
+    sid = secrets.token_urlsafe(24)
+    open_store(home).add_session(sid, name, time.time() + session_seconds())
+    return _signer(home).dumps(sid)
+
+
+def session_user(token: str | None, home: Path | None = None) -> User | None:
+    """The user of a live session token: signature good, not expired, not revoked, account enabled."""
+    if not token:
+        return None
+    try:
+        sid = _signer(home).loads(token, max_age=session_seconds())
+    except BadSignature:
+        return None
+    store = open_store(home)
+    s = store.session(sid)
+    row = store.user(s["user"]) if s else None
+    return _user(row) if row and not row["disabled"] else None
+
+
+def logout(token: str | None, home: Path | None = None) -> None:
+    try:
+        sid = _signer(home).loads(token or "")
+    except BadSignature:
+        return
+    s = open_store(home).session(sid)
+    if open_store(home).revoke_sessions(sid=sid) and s:
+        audit(s["user"], "logout", s["user"], home=home)
+
+
+def header_user(headers: dict, address: str | None, home: Path | None = None) -> User | None:
+    """AUTH=header: the user a trusted proxy names. Unknown names get a student account (no password);
+    headers from any other address are ignored."""
+    trusted = {a.strip() for a in defaults.setting("TRUSTED_PROXIES").split(",") if a.strip()}
+    if (address or "127.0.0.1") not in trusted:
+        return None
+    name = next((v for k, v in headers.items() if k.lower() == defaults.setting("AUTH_HEADER").lower()), "")
+    name = name.strip()
+    if not NAME.fullmatch(name):
+        return None
+    store = open_store(home)
+    row = store.user(name)
+    if row is None:
+        try:
+            store.add_user(name, "student", "")
+            store.update_user(name, must_change=0)
+            audit(name, "user_add", name, address, "from the proxy header", home=home)
+        except sqlite3.IntegrityError:
+            pass
+        row = store.user(name)
+    return _user(row) if not row["disabled"] else None

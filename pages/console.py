@@ -1,0 +1,53 @@
+"""Class console (instructors only; app.py registers it for them): the roster with each person's jobs,
+stopping any job, the announcement every page shows, and lab progress as a table and a CSV."""
+import pandas as pd
+import streamlit as st
+
+from backend import classroom, queue
+from backend.states import ACTIVE
+from pages import ui
+
+me = ui.user()
+st.title(ui.t("nav.console"))
+
+with st.container(key="console_announce", border=True):
+    text = st.text_area(ui.t("console.announce"), value=classroom.announcement(), max_chars=500,
+                        key="console_announce_text")
+    if st.button(ui.t("console.announce.post"), key="console_announce_post"):
+        classroom.set_announcement(text, by=me)
+        st.rerun()
+
+
+@st.fragment(run_every=3)
+def roster() -> None:
+    st.subheader(ui.t("console.roster"))
+    rows = classroom.roster(by=me)
+    if not rows:
+        st.info(ui.t("console.none"))
+        return
+    st.dataframe(pd.DataFrame([{
+        ui.t("console.col.name"): r["name"], ui.t("console.col.role"): ui.t("auth.role." + r["role"]),
+        ui.t("console.col.running"): r["running"], ui.t("console.col.queued"): r["queued"],
+        ui.t("console.col.gpu_mem"): r["gpu_mem_gb"], ui.t("console.col.hours"): r["job_hours_today"],
+        ui.t("console.col.last"): ui.when(r["last_activity"]),
+    } for r in rows]), hide_index=True, width="stretch", key="console_roster")
+    active = queue.list_jobs(states=list(ACTIVE) + ["queued"], by=me)
+    if active:
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        by_id = {j["id"]: j for j in active}
+        pick = c1.selectbox(ui.t("console.cancel_pick"), list(by_id), key="console_pick",
+                            format_func=lambda i: f"{i} · {by_id[i]['owner']} · {by_id[i]['kind']} · "
+                                                  f"{ui.state_label(by_id[i]['state'])} {by_id[i]['label']}")
+        if ui.cancel_button(c2, by_id[pick], ui.t("job.cancel"), "console_cancel", "primary"):
+            st.rerun(scope="fragment")
+
+
+roster()
+
+st.subheader(ui.t("console.progress"))
+progress = classroom.progress(by=me)
+st.dataframe(pd.DataFrame([{ui.t("console.col.name"): r["name"],
+                            **{ui.t(f"console.step.{s}"): "✅" if r[s] else "·" for s in classroom.STEPS}}
+                           for r in progress]), hide_index=True, width="stretch", key="console_progress")
+st.download_button(ui.t("console.progress.csv"), classroom.progress_csv(by=me), file_name="lab-progress.csv",
+                   mime="text/csv", key="console_csv")

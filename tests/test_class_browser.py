@@ -1,0 +1,113 @@
+"""A class on one box as people see it: two students and an instructor logged in at once (real app, real
+worker, headless Chromium, accounts made with the real CLI)."""
+import pytest
+
+from backend import queue, users
+from tests.conftest import cli, shot, wait_for
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def app_env(home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")           # the app, the worker and this test's calls
+    monkeypatch.setenv("WORKBENCH_LOGIN_MAX_FAILS", "2")
+    return {}
+
+
+def log_in(page, name: str, password: str, path: str = "") -> None:
+    page.goto(f"{page.base_url}/{path}")
+    page.locator(".st-key-login_name input").fill(name)
+    page.locator(".st-key-login_password input").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def first_login(page, name: str, password: str, path: str = "") -> None:
+    log_in(page, name, password, path)
+    page.locator(".st-key-pw_old input").fill(password)
+    page.locator(".st-key-pw_new input").fill(name + "-own-password")
+    page.locator(".st-key-pw_again input").fill(name + "-own-password")
+    page.get_by_role("button", name="Save and continue").click()
+    page.get_by_text(f"Signed in as {name}").wait_for()
+
+
+def test_two_students_and_an_instructor_at_once(page, home):
+    pw = {}
+    for name, role in (("ann", "student"), ("bob", "student"), ("teach", "instructor"), ("carl", "student")):
+        out = cli(home, "users", "add", name, "--role", role)
+        pw[name] = out.stdout.strip().split("\t")[1]
+    ann_job = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", label="ann's run")
+    bob_job = queue.submit("sleepy", {"steps": 1}, owner="bob", label="bob's run")
+    browser = page.context.browser
+
+    # the login page; wrong passwords are throttled (per account), and the right one then waits too
+    page.goto(page.base_url)
+    page.get_by_text("Log in to Lab Workbench").wait_for()
+    shot(page, "class-login")
+    for _ in range(2):
+        log_in(page, "carl", "guess")
+        page.get_by_text("Wrong name or password.").wait_for()
+    log_in(page, "carl", pw["carl"])
+    page.get_by_text("Too many failed logins").wait_for()
+
+    # ann: first login asks for her own password; the session is a SameSite=Strict cookie, not in the URL
+    first_login(page, "ann", pw["ann"], f"jobs?job={ann_job}")
+    page.locator(f".st-key-joblog-{ann_job}").get_by_text("step 2 of 2000").wait_for()
+    cookie = next(c for c in page.context.cookies() if c["name"] == users.COOKIE)
+    assert cookie["sameSite"] == "Strict" and cookie["value"] not in page.url
+    page.reload()                                          # a reload keeps the session
+    page.get_by_text("Signed in as ann").wait_for()
+
+    bob = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    bob.base_url = page.base_url
+    teach = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    teach.base_url = page.base_url
+    first_login(bob, "bob", pw["bob"], "jobs")
+    first_login(teach, "teach", pw["teach"], "jobs")
+
+    # bob opens his own job; ann's is refused by URL, and ?user= no longer impersonates anybody
+    assert bob.locator(".st-key-owner_input").count() == 0             # no name box to type another name
+    bob.goto(f"{page.base_url}/jobs?job={bob_job}")
+    bob.locator(f".st-key-jobstate-{bob_job}").wait_for()
+    bob.goto(f"{page.base_url}/jobs?job={ann_job}&user=ann")
+    bob.get_by_text(f"Job {ann_job} is not yours").wait_for()
+    assert bob.locator(f".st-key-joblog-{ann_job}").count() == 0
+    bob.get_by_text("Signed in as bob").wait_for()
+    shot(bob, "class-student")
+
+    # the instructor opens anybody's job and stops ann's
+    teach.goto(f"{page.base_url}/jobs?job={ann_job}")
+    teach.locator(f".st-key-joblog-{ann_job}").get_by_text("step").first.wait_for()
+    teach.get_by_role("button", name="Cancel").click()
+    wait_for(lambda: queue.get(ann_job)["state"] == "cancelled", 30, what="ann's job cancelled")
+    assert queue.get(bob_job)["owner"] == "bob"
+    refused = [r for r in users.audit_log("refused") if r["actor"] == "bob"]
+    assert refused and refused[0]["target"] == f"job {ann_job}"
+    assert any(r["actor"] == "teach" and r["action"] == "cancel" for r in users.audit_log())
+
+    # the instructor's console: the roster, lab progress, and an announcement every page shows
+    teach.goto(f"{page.base_url}/console")
+    teach.locator(".st-key-console_announce_text textarea").fill("Lab 3: fine-tune by 11:00")
+    teach.get_by_role("button", name="Post").click()
+    teach.get_by_text("Lab 3: fine-tune by 11:00").nth(1).wait_for()
+    teach.get_by_text("Lab progress").wait_for()
+    shot(teach, "class-console")
+    bob.reload()
+    bob.get_by_text("Lab 3: fine-tune by 11:00").wait_for()
+    bob.goto(f"{page.base_url}/console")                    # not a page for students
+    bob.get_by_text("Signed in as bob").wait_for()
+    bob.get_by_text("Queue at a glance").wait_for()         # the default page instead
+    assert bob.get_by_text("Lab progress").count() == 0
+
+    # the language is remembered with the account: a reload comes back in 中文
+    teach.locator("label").filter(has_text="中文").click()
+    teach.get_by_role("button", name="退出登录").wait_for()
+    teach.reload()
+    teach.get_by_role("button", name="退出登录").wait_for()
+
+    # Logout ends the session on the server: a reload with the old cookie is back at the login page
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_text("Log in to Lab Workbench").wait_for()
+    page.reload()
+    page.get_by_text("Log in to Lab Workbench").wait_for()
+    assert users.session_user(cookie["value"]) is None

@@ -1,0 +1,237 @@
+"""Class mode: accounts through the real CLI, argon2 hashes, login throttling, sessions, and who may do what
+through the backend calls the pages make (real store, no mocks)."""
+import io
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from backend import classroom, datasets, models, queue, users
+from backend.store import open_store
+from tests.conftest import ROOT, cli, env_for, wait_for
+
+
+@pytest.fixture
+def klass(home, monkeypatch):
+    """Class mode with two students and an instructor created through the CLI; yields {name: password}."""
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    (home / "roster.csv").write_text("name,role\nann,student\nbob,student\n", encoding="utf-8")
+    out = cli(home, "users", "import", str(home / "roster.csv"))
+    assert out.returncode == 0, out.stderr
+    passwords = dict(line.split("\t") for line in out.stdout.splitlines()[1:])
+    out = cli(home, "users", "add", "teach", "--role", "instructor")
+    assert out.returncode == 0, out.stderr
+    passwords.update([out.stdout.strip().split("\t")])
+    return passwords
+
+
+def test_cli_creates_resets_disables_and_changes_roles(home, klass):
+    assert set(klass) == {"ann", "bob", "teach"} and all(len(p) >= 12 for p in klass.values())
+    row = open_store(home).user("ann")
+    assert row["password_hash"].startswith("$argon2id$") and klass["ann"] not in row["password_hash"]
+    assert row["must_change"] == 1 and row["role"] == "student"
+    out = cli(home, "users", "add", "ann")
+    assert out.returncode == 2 and "already exists" in out.stderr and "Traceback" not in out.stderr
+    out = cli(home, "users", "import", str(home / "roster.csv"))          # again: nobody new
+    assert out.returncode == 0 and out.stdout.splitlines() == ["name\tone-time password"]
+    out = cli(home, "users", "reset", "nobody")
+    assert out.returncode == 2 and "no account 'nobody'" in out.stderr
+
+    me, token = users.login("ann", klass["ann"], "10.0.0.1")
+    assert me == users.User("ann", "student", "", True) and users.session_user(token).name == "ann"
+    out = cli(home, "users", "reset", "ann")
+    new = out.stdout.strip().split("\t")[1]
+    assert users.session_user(token) is None                              # a reset logs out everywhere
+    with pytest.raises(users.Refused):
+        users.login("ann", klass["ann"], "10.0.0.1")
+    token = users.login("ann", new, "10.0.0.1")[1]
+    assert cli(home, "users", "disable", "ann").returncode == 0
+    assert users.session_user(token) is None
+    with pytest.raises(users.Refused, match="wrong name or password"):
+        users.login("ann", new, "10.0.0.1")
+
+    assert cli(home, "users", "role", "bob", "instructor").returncode == 0
+    assert users.login("bob", klass["bob"], "10.0.0.2")[0].instructor
+    out = cli(home, "users", "role", "bob", "admin")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+    listing = cli(home, "users", "list").stdout
+    assert "ann" in listing and "disabled" in listing
+    audit = cli(home, "users", "audit").stdout
+    for action in ("user_add", "user_reset", "user_disable", "user_role", "login", "login_failed"):
+        assert f" {action} " in audit, action
+
+
+def test_first_login_forces_a_new_password(home, klass):
+    me, _ = users.login("bob", klass["bob"])
+    assert me.must_change
+    with pytest.raises(users.Refused, match="at least 8"):
+        users.change_password(me, klass["bob"], "short")
+    with pytest.raises(users.Refused, match="current password is wrong"):
+        users.change_password(me, "guess", "a-long-new-one")
+    assert not users.change_password(me, klass["bob"], "a-long-new-one").must_change
+    assert not users.login("bob", "a-long-new-one")[0].must_change
+    users.set_lang(me, "zh")                                   # the language goes with the account
+    assert users.login("bob", "a-long-new-one")[0].lang == "zh"
+
+
+def test_failed_logins_are_throttled_per_account_and_per_address(home, klass, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_LOGIN_MAX_FAILS", "3")
+    for _ in range(3):
+        with pytest.raises(users.Refused, match="wrong name or password"):
+            users.login("ann", "guess", "10.0.0.9")
+    with pytest.raises(users.Throttled):                        # even the right password, for now
+        users.login("ann", klass["ann"], "10.0.0.8")
+    assert users.login("bob", klass["bob"], "10.0.0.9")         # another account from that address is fine
+    for i in range(3 * users.ADDRESS_FAILS_FACTOR - 3):          # one address guessing many accounts
+        with pytest.raises(users.Refused):
+            users.login(f"x{i}", "guess", "10.0.0.9")
+    with pytest.raises(users.Throttled):
+        users.login("teach", klass["teach"], "10.0.0.9")
+    assert users.login("teach", klass["teach"], "10.0.0.7")
+    for i in range(3 * users.ADDRESS_FAILS_FACTOR):              # a class behind SSH tunnels shares 127.0.0.1
+        with pytest.raises(users.Refused):
+            users.login(f"y{i}", "guess", "127.0.0.1")
+    assert users.login("teach", klass["teach"], "127.0.0.1")
+    monkeypatch.setenv("WORKBENCH_LOGIN_WINDOW_S", "0.001")    # the window passed
+    assert users.login("ann", klass["ann"], "10.0.0.9")
+    assert open_store(home).count_audit("login_throttled", 0) == 2
+
+
+def test_sessions_are_signed_expire_and_end_at_logout(home, klass, monkeypatch):
+    token = users.login("ann", klass["ann"])[1]
+    key = home / "secret.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    assert users.session_user(token).name == "ann"
+    assert users.session_user(token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]) is None
+    assert users.session_user(None) is None and users.session_user("junk") is None
+    survives = subprocess.run([sys.executable, "-c", "import sys; from backend import users; "
+                               "print(users.session_user(sys.argv[1]).name)", token],
+                              cwd=ROOT, env=env_for(home), capture_output=True, text=True)
+    assert survives.stdout.strip() == "ann", survives.stderr        # another process (an app restart)
+    users.logout(token)
+    assert users.session_user(token) is None
+    assert open_store(home).count_audit("logout", 0, target="ann") == 1
+    monkeypatch.setenv("WORKBENCH_SESSION_HOURS", str(0.5 / 3600))   # half a second
+    token = users.login("ann", klass["ann"])[1]
+    wait_for(lambda: users.session_user(token) is None, 10, 0.1, "the session to expire")
+
+
+def test_students_are_isolated_and_instructors_are_not(home, klass):
+    ann, bob, teach = (users.login(n, klass[n])[0] for n in ("ann", "bob", "teach"))
+    job = queue.submit("sleepy", {"steps": 1}, owner="ann")
+    done = queue.submit("sleepy", {"steps": 1}, owner="ann")
+    queue.cancel(done, by=ann)
+    assert [j["id"] for j in queue.list_jobs(by=bob)] == []
+    assert {j["id"] for j in queue.list_jobs(by=ann)} == {job, done} == {j["id"] for j in queue.list_jobs(by=teach)}
+    for call in (lambda: queue.get(job, by=bob), lambda: queue.cancel(job, by=bob),
+                 lambda: queue.retry(done, by=bob), lambda: queue.run_next(job, by=bob),
+                 lambda: queue.run_next(job, by=ann)):
+        with pytest.raises(users.Refused):
+            call()
+    with pytest.raises(queue.SubmitError):          # what pages catch
+        queue.cancel(job, by="bob")                 # a typed name is no better than the account
+    assert queue.get(job)["state"] == "queued"
+    queue.run_next(job, by=teach)
+    assert queue.retry(done, owner="ann", by=ann)
+    assert queue.cancel(job, by=teach)["state"] == "cancelled"
+
+    ds = datasets.save_upload("ann.jsonl", io.BytesIO(b'{"text": "hi"}\n'), owner="ann")["name"]
+    (home / "m").mkdir()
+    open_store(home).put(models.TYPE, "shared", home / "m")          # a class model: no owner
+    with pytest.raises(users.Refused, match="not yours"):
+        datasets.delete(ds, by=bob)
+    with pytest.raises(users.Refused, match="only an instructor can let a model run its own code"):
+        models.set_trust_remote_code("shared", True, by=ann)
+    with pytest.raises(users.Refused, match="not yours"):
+        models.delete("shared", by=ann)
+    assert models.set_trust_remote_code("shared", True, by=teach)["meta"]["trust_remote_code"]
+    datasets.delete(ds, by=ann)
+    models.delete("shared", by=teach)
+
+    rows = users.audit_log()
+    refused = [r for r in rows if r["action"] == "refused"]
+    assert {r["actor"] for r in refused} == {"ann", "bob"} and len(refused) == 9
+    assert any(r["target"] == f"job {job}" and r["detail"].startswith("stop:") for r in refused)
+    assert {("teach", "cancel"), ("ann", "submit"), ("ann", "delete"), ("teach", "trust_remote_code")} \
+        <= {(r["actor"], r["action"]) for r in rows}
+
+
+def test_without_accounts_names_are_declared_as_before(home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teacher")
+    job = queue.submit("sleepy", {"steps": 1}, owner="ann")
+    assert queue.get(job, by="bob")["owner"] == "ann" and len(queue.list_jobs(by="bob")) == 1  # all see all
+    with pytest.raises(queue.SubmitError):
+        queue.cancel(job, by="bob")
+    open_store(home).put(models.TYPE, "mine", home / "m")
+    models.set_trust_remote_code("mine", True, by="bob")            # one person's box: as before
+    monkeypatch.setenv("WORKBENCH_AUTH", "sometimes")
+    with pytest.raises(ValueError, match="WORKBENCH_AUTH must be one of none, accounts, header"):
+        users.mode()
+
+
+def test_queued_jobs_quota_is_refused_at_submit_with_current_usage(home, klass, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_USER_MAX_QUEUED", "2")
+    for _ in range(2):
+        queue.submit("sleepy", {"steps": 1}, owner="ann")
+    with pytest.raises(queue.SubmitError, match=r"you already have 2 jobs waiting in the queue \(at most 2\)"):
+        queue.submit("sleepy", {"steps": 1}, owner="ann")
+    assert queue.submit("sleepy", {"steps": 1}, owner="bob")
+    open_store(home).update_user("ann", max_queued=3)               # a per-user override
+    assert queue.submit("sleepy", {"steps": 1}, owner="ann")
+    out = cli(home, "submit", "sleepy", "-", "--owner", "ann")
+    assert out.returncode == 2 and "at most 3" in out.stderr
+
+
+def test_a_trusted_proxy_names_the_user_and_nobody_else_can(home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_AUTH", "header")
+    monkeypatch.setenv("WORKBENCH_TRUSTED_PROXIES", "10.0.0.1")
+    assert users.header_user({"x-forwarded-user": "ann"}, "10.0.0.1") == users.User("ann", "student")
+    assert users.header_user({"X-Forwarded-User": "teach"}, "10.0.0.66") is None
+    assert users.header_user({"X-Forwarded-User": "bad name!"}, "10.0.0.1") is None
+    assert cli(home, "users", "role", "ann", "instructor").returncode == 0
+    assert users.header_user({"X-Forwarded-User": "ann"}, "10.0.0.1").instructor
+
+
+def test_fair_share_puts_whoever_ran_less_lately_first(home, klass):
+    store = open_store(home)
+    ran = queue.submit("sleepy", {"steps": 1}, owner="ann")
+    assert store.claim(ran, "w", {})
+    store.update_job(ran, started_at=time.time() - 600)          # ann's job ran for ten minutes
+    store.transition(ran, "running")
+    store.transition(ran, "succeeded")
+    ann, bob = (queue.submit("sleepy", {"steps": 1}, owner=o) for o in ("ann", "bob"))
+    assert queue.recent_usage(home)["ann"] == pytest.approx(600, abs=5)
+    assert [queue.place_in_queue(j) for j in (bob, ann)] == [1, 2]    # bob is newer but ran nothing
+
+
+def test_instructor_console_roster_progress_announcement_and_quotas(home, klass):
+    ann, teach = users.acting("ann"), users.acting("teach")
+    store = open_store(home)
+    done = queue.submit("sleepy", {"steps": 1}, owner="ann")          # a finished fine-tune counts as a step
+    store.update_job(done, kind="finetune")
+    assert store.claim(done, "w", {})
+    store.transition(done, "running")
+    store.transition(done, "succeeded")
+    datasets.save_upload("mine.jsonl", io.BytesIO(b'{"text": "hi"}\n'), owner="ann")
+    queue.submit("sleepy", {"steps": 1}, owner="bob")
+    for call in (classroom.roster, classroom.progress, lambda by: classroom.set_announcement("hi", by=by)):
+        with pytest.raises(users.Refused):
+            call(ann)
+    rows = {r["name"]: r for r in classroom.roster(teach)}
+    assert rows["bob"]["queued"] == 1 and rows["ann"]["queued"] == 0 and rows["teach"]["role"] == "instructor"
+    assert classroom.progress_csv(teach).splitlines() == [
+        "name,dataset,finetune,evaluate,serve", "ann,yes,yes,no,no", "bob,no,no,no,no"]
+    classroom.set_announcement("  Lab 3 starts at 10:00  ", by=teach)
+    assert classroom.announcement() == "Lab 3 starts at 10:00"
+    classroom.set_announcement("", by=teach)
+    assert classroom.announcement() == ""
+
+    out = cli(home, "users", "quota", "bob", "--queued", "1", "--running", "2")
+    assert out.stdout.strip() == "bob: running 2, queued 1", out.stderr
+    with pytest.raises(queue.SubmitError, match=r"1 jobs waiting in the queue \(at most 1\)"):
+        queue.submit("sleepy", {"steps": 1}, owner="bob")
+    assert queue.running_caps(home) == {"bob": 2}
+    out = cli(home, "users", "quota", "bob", "--queued", "-1")
+    assert out.stdout.strip() == "bob: running 2, queued no cap (class default)"
