@@ -1,9 +1,13 @@
 """Lab Workbench: the Streamlit entry point and the one page registry."""
 import streamlit as st
 
+from backend import queue
 from pages import ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")
+if problem := queue.workspace_problem(lang=ui.lang()):
+    st.error(problem)
+    st.stop()
 ui.sidebar()
 
 PAGES = {
