@@ -35,13 +35,10 @@ def pid_alive(pid: int | None) -> bool:
 def children() -> dict[int, tuple[str, int]]:
     """This process's children: pid -> (state letter, session id), from /proc."""
     out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()     # after "pid (comm)": state ppid pgrp session
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == os.getpid():
-            out[int(stat.parent.name)] = (fields[0], int(fields[3]))
+    for proc in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(proc.name))
+        if fields and int(fields[1]) == os.getpid():
+            out[int(proc.name)] = (fields[0], int(fields[3]))
     return out
 
 
