@@ -1,9 +1,13 @@
 """Lab Workbench: the Streamlit entry point and the one page registry."""
 import streamlit as st
 
+from backend import queue
 from pages import auth, ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")
+if problem := queue.workspace_problem(lang=ui.lang()):
+    st.error(problem)
+    st.stop()
 allowed = auth.gate()          # class mode: False while it shows the login page
 
 PAGES = {

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from backend import defaults, errors, logs, queue, users
+from backend.procs import AlreadyRunning
 from backend.states import JobState
 from backend.store import open_store
 from backend.worker import Worker
@@ -83,19 +85,17 @@ def cmd_show(a) -> int:
 
 
 def cmd_logs(a) -> int:
+    """Stream the log a chunk at a time (it may be large); with -f, until the job ends."""
     if _job(a.id) is None:
         return _err(f"no job {a.id}")
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
     offset = 0
     while True:
-        text, offset = logs.read_log(a.id, offset, max_bytes=1 << 30 if not a.follow else 1 << 20)
-        if text:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        if not a.follow:
-            return 0
-        if JobState(_job(a.id)["state"]).finished:
-            text, offset = logs.read_log(a.id, offset)
-            sys.stdout.write(text)
+        ended = JobState(_job(a.id)["state"]).finished       # before the read: nothing written after it is missed
+        for data, offset in logs.chunks(a.id, offset):
+            sys.stdout.write(decode(data))
+        sys.stdout.flush()
+        if not a.follow or ended:
             return 0
         time.sleep(0.3)
 
@@ -127,7 +127,10 @@ def cmd_next(a) -> int:
 
 
 def cmd_worker(a) -> int:
-    Worker(burst=a.burst, cpu_slots=a.cpu_slots).run()
+    try:
+        Worker(burst=a.burst, cpu_slots=a.cpu_slots).run()
+    except AlreadyRunning as e:
+        return _err(str(e))
     return 0
 
 
@@ -192,6 +195,13 @@ def _cap(value, setting: str) -> str:
     return (str(value) if value else "no cap") + whose
 
 
+def _job_id(text: str) -> int:
+    job_id = queue.parse_job_id(text)
+    if job_id is None or job_id >= 2 ** 63:
+        raise argparse.ArgumentTypeError(f"not a job id: {text!r}")
+    return job_id
+
+
 def _job(job_id):
     return open_store().job(job_id)
 
@@ -221,10 +231,10 @@ def parser() -> argparse.ArgumentParser:
                                ("retry", cmd_retry, "queue a finished job's spec again"),
                                ("next", cmd_next, "move a queued job to the front of the queue")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("id", type=int)
+        s.add_argument("id", type=_job_id)
         s.set_defaults(fn=fn)
     s = sub.add_parser("logs", help="print a job's log")
-    s.add_argument("id", type=int)
+    s.add_argument("id", type=_job_id)
     s.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     s.set_defaults(fn=cmd_logs)
     s = sub.add_parser("worker", help="run the worker daemon")
@@ -247,6 +257,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
+    if a.cmd != "init" and (problem := queue.workspace_problem()):
+        return _err(problem)
     try:
         return a.fn(a)
     except KeyboardInterrupt:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -315,7 +317,7 @@ def resolve(path_or_name: str | Path, home: Path | None = None) -> Path:
 
 def safe_name(name: str) -> str:
     """A dataset name made of letters, digits, CJK, '.', '-' and '_' (no folders)."""
-    stem = NAME_RE.sub("_", Path(str(name)).name).strip("._")
+    stem = NAME_RE.sub("_", Path(unicodedata.normalize("NFKC", str(name))).name).strip("._")
     if not stem:
         raise DatasetError(f"{name!r} is not a usable dataset name")
     return stem[:100]
@@ -373,18 +375,22 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
     if unique_name(name, home) != name:
         raise DatasetError(f"a dataset named {name!r} already exists; rename the file or delete the old dataset")
     target = datasets_dir(home) / (name + suffix)
-    tmp = target.with_name(f".{target.name}.upload")
-    written = 0
-    with open(tmp, "xb") as f:
-        if isinstance(data, (bytes, bytearray)):
-            f.write(data)
-            written = len(data)
-        else:
-            while chunk := data.read(1 << 20):
-                written += len(chunk)
-                if written > limit_mb * 2**20:
-                    break
-                f.write(chunk)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".upload", dir=target.parent)   # a leftover never blocks
+    tmp, written = Path(tmp), 0
+    try:
+        with open(fd, "wb") as f:
+            if isinstance(data, (bytes, bytearray)):
+                f.write(data)
+                written = len(data)
+            else:
+                while chunk := data.read(1 << 20):
+                    written += len(chunk)
+                    if written > limit_mb * 2**20:
+                        break
+                    f.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if written > limit_mb * 2**20:
         tmp.unlink()
         raise DatasetError(f"{filename} is over the upload limit of {limit_mb} MB (WORKBENCH_UPLOAD_MAX_MB)")

@@ -31,6 +31,7 @@ SETTINGS = {s.name: s for s in [
     Setting("CANCEL_GRACE_S", 10.0, "seconds between SIGTERM and SIGKILL on cancel"),
     Setting("JOB_TIMEOUT_S", 0, "default timeout for jobs that set none (0: none; servers never time out)"),
     Setting("UPLOAD_MAX_MB", 1024, "largest upload accepted"),
+    Setting("LOG_MAX_MB", 64, "a job's run.log past this keeps its start and newest half, dropping the middle with a marker line (0: no cap)"),
     Setting("USER", "local", "owner of jobs submitted from this shell, and of a browser's until a name is typed"),
     Setting("INSTRUCTORS", "", "comma-separated names that may stop anybody's job"),
     Setting("LANG", "en", "default UI language (en or zh)"),

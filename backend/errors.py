@@ -5,6 +5,7 @@ Jobs import the classes from here (``jobs/common.py``), the worker and the pages
 """
 from __future__ import annotations
 
+import errno
 import re
 
 # Error classes a job (or the worker) may report. The UI maps each to a suggestion.
@@ -16,6 +17,8 @@ CRASH = "crash"
 TIMEOUT = "timeout"
 CANCELLED = "cancelled"
 LOST = "lost"
+KILLED = "killed"              # SIGKILL from outside, not the out-of-memory killer as far as the kernel says
+DISK_FULL = "disk_full"        # ENOSPC while writing (a download, a checkpoint)
 
 # How a job process exits (jobs/common.run): the worker reads these.
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 143
@@ -26,6 +29,7 @@ OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|can't allocate memory|can
                       re.I)
 
 PATTERNS = [
+    (DISK_FULL, re.compile(r"No space left on device|Disk quota exceeded|ENOSPC", re.I)),
     (OUT_OF_MEMORY, OOM_TEXT),
     (MISSING_ENGINE, re.compile(r"ModuleNotFoundError|No module named|command not found", re.I)),
     (DOWNLOAD, re.compile(r"ConnectionError|HTTPError|Max retries exceeded|Read timed out|404 Client Error", re.I)),
@@ -41,6 +45,8 @@ SUGGESTIONS = {
     TIMEOUT: "err.timeout",
     CANCELLED: "err.cancelled",
     LOST: "err.lost",
+    KILLED: "err.killed",
+    DISK_FULL: "err.disk_full",
 }
 
 
@@ -52,6 +58,8 @@ def classify_exception(e: BaseException) -> str:
     """The class of an exception a job did not understand."""
     if is_oom(e):
         return OUT_OF_MEMORY
+    if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in str(e):
+        return DISK_FULL
     if isinstance(e, (ValueError, FileNotFoundError)) and not isinstance(e, UnicodeError):
         return BAD_INPUT
     if isinstance(e, ModuleNotFoundError):
@@ -59,19 +67,26 @@ def classify_exception(e: BaseException) -> str:
     return CRASH
 
 
-def classify(exit_code: int | None, result: dict | None, log_tail: str) -> tuple[str, str]:
-    """(error class, message) of a job that did not succeed."""
+def classify(exit_code: int | None, result: dict | None, log_tail: str, oom: bool | None = None) -> tuple[str, str]:
+    """(error class, message) of a job that did not succeed. ``oom``: whether the kernel says its
+    out-of-memory killer ended the process (None: it does not say), for a SIGKILL or an unknown exit."""
     if result and not result.get("ok") and isinstance(result.get("error"), dict):
         err = result["error"]
         return err.get("class") or CRASH, err.get("message") or ""
+    if oom and exit_code in (-9, None):
+        return OUT_OF_MEMORY, "the kernel's out-of-memory killer ended the process"
     if exit_code == -9:
-        return OUT_OF_MEMORY, "the process was killed (SIGKILL), most often by the out-of-memory killer"
+        return KILLED, "the process was killed (SIGKILL) by something outside the workbench" + (
+            "; the kernel reports no out-of-memory kill" if oom is False else
+            "; the kernel here does not say whether it was the out-of-memory killer")
     for cls, pattern in PATTERNS:
         m = pattern.search(log_tail)
         if m:
             line = next((l for l in reversed(log_tail.splitlines()) if pattern.search(l)), m.group(0))
             return cls, line.strip()
     last = next((l for l in reversed(log_tail.splitlines()) if l.strip()), "")
+    if exit_code is None:
+        return CRASH, "the process ended without writing its result" + (f": {last.strip()}" if last else "")
     return CRASH, f"exited with code {exit_code}" + (f": {last.strip()}" if last else "")
 
 

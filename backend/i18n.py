@@ -479,6 +479,12 @@ STRINGS: dict[str, dict[str, str]] = {
     "console.step.evaluate": {"en": "Evaluation done", "zh": "评测完成"},
     "console.step.serve": {"en": "Model served", "zh": "已部署模型"},
     "console.none": {"en": "No accounts yet: python -m backend users import roster.csv", "zh": "还没有账号：python -m backend users import roster.csv"},
+    "err.killed": {"en": "Something outside the workbench killed the job (an operator, a system limit), not the out-of-memory killer as far as the kernel says: retry it, and ask the operator if it happens again.",
+                   "zh": "任务被工作台之外的某个东西终止（管理员或系统限制），据内核所报并非内存不足：请重试；若再次发生，请联系管理员。"},
+    "err.disk_full": {"en": "The disk is full: delete models, datasets or finished jobs you no longer need (or ask the operator for space), then retry; a retry resumes from the files already saved.",
+                      "zh": "磁盘已满：删除不再需要的模型、数据集或已结束的任务（或请管理员腾出空间），然后重试；重试会从已保存的文件继续。"},
+    "store.corrupt": {"en": "The workspace database {path} cannot be read ({error}): restore it from a backup, or move it aside to start an empty queue.",
+                       "zh": "无法读取工作区数据库 {path}（{error}）：请从备份恢复，或将其移走以新建空队列。"},
     # ---- end of table ----
 }
 

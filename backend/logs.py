@@ -28,6 +28,56 @@ def read_log(job_id: int, offset: int = 0, max_bytes: int = defaults.LOG_TAIL_BY
     return data.decode("utf-8", errors="replace"), size
 
 
+DROPPED = b"\n[... %d bytes of this log were dropped here to keep it under WORKBENCH_LOG_MAX_MB ...]\n"
+
+
+def cap_log(path: Path, max_bytes: int | None = None) -> bool:
+    """Keep a growing log under ``max_bytes`` (default WORKBENCH_LOG_MAX_MB) in place: past it, keep its
+    first quarter and newest half, dropping the oldest middle with a marker line. The job keeps appending
+    (O_APPEND) meanwhile; bytes it writes between the last read here and the truncate are lost."""
+    if max_bytes is None:
+        max_bytes = int(defaults.setting("LOG_MAX_MB") * 1024 * 1024)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if not max_bytes or size <= max_bytes:
+        return False
+    with open(path, "r+b") as f:
+        head = f.read(max_bytes // 4)
+        head = head[:head.rfind(b"\n") + 1] or head
+        start = size - max_bytes // 2
+        f.seek(start)
+        tail = f.read()
+        while more := f.read():            # what the job appended while we read
+            tail += more
+        cut = tail.find(b"\n") + 1
+        marker = DROPPED % (start + cut - len(head))
+        f.seek(len(head))
+        f.write(marker + tail[cut:])
+        f.truncate()
+    return True
+
+
+def chunks(job_id: int, offset: int = 0, home: Path | None = None, size: int = 1 << 20):
+    """(bytes, next offset) pieces of run.log from ``offset`` to its current end, ``size`` at a time: a
+    reader that streams, never holding the whole log. After the log was capped (it shrank under
+    ``offset``), it goes on from the drop marker."""
+    try:
+        f = open(job_dir(job_id, home) / "run.log", "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        if f.seek(0, 2) < offset:
+            f.seek(0)
+            head = f.read(int(defaults.setting("LOG_MAX_MB") * 1024 * 1024) // 4 + len(DROPPED) + 20)
+            offset = max(0, head.rfind(DROPPED.split(b"%")[0]))
+        f.seek(offset)
+        while data := f.read(size):
+            offset += len(data)
+            yield data, offset
+
+
 def tail(job_id: int, lines: int = 20, home: Path | None = None) -> str:
     text, _ = read_log(job_id, 0, max_bytes=16 * 1024, home=home)
     return "\n".join(text.splitlines()[-lines:])

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -79,8 +80,11 @@ def cache_dir(home: Path | None = None) -> Path:
 
 
 def check_name(name: str) -> str:
-    """A registry name that is also a safe folder name under models/."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    """A registry name that is also a safe folder name under models/ (NFKC-normalised: a full-width
+    'ｍｏｄｅｌ' is 'model'); returns it normalised."""
+    if isinstance(name, str):
+        name = unicodedata.normalize("NFKC", name)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise ModelError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
                          "(at most 100, no '..', no '/')")
     return name
@@ -195,7 +199,7 @@ def files(folder: str | Path) -> list[dict]:
 def register(name: str, path: str | Path, source: str, id: str = "", revision: str = "",
              job_id: int | None = None, owner: str = "", home: Path | None = None, **extra) -> dict:
     """Inspect ``path`` and record it under ``name`` with its lineage (source, id, revision, when, job)."""
-    check_name(name)
+    name = check_name(name)
     facts = inspect(path)
     meta = {**facts, "source": source, "id": id, "revision": revision, "when": time.time(),
             "job_id": job_id, **extra}
@@ -205,7 +209,7 @@ def register(name: str, path: str | Path, source: str, id: str = "", revision: s
 def import_folder(path: str | Path, name: str | None = None, owner: str = "", home: Path | None = None) -> dict:
     """Register a model folder already on disk (inside the workspace or an import folder), in place."""
     if name:
-        check_name(name)
+        name = check_name(name)
     folder = resolve_user_path(path, home)
     name = check_name(name or folder.name)
     existing = open_store(home).get(TYPE, name)

@@ -1,10 +1,23 @@
-"""Processes the worker starts and stops: liveness, process groups, this process's children, and
-the child-subreaper flag that makes orphans of a job come back to the worker to be reaped."""
+"""Processes the worker starts and stops: liveness, process groups, this process's children, the
+child-subreaper flag that makes orphans of a job come back to the worker to be reaped; who a job's
+process is (pid + start time + boot), whether the out-of-memory killer ended it, and the
+one-worker-per-workspace lock.
+
+A pid alone names a process only until it ends: pids are reused (soon after a reboot, where a recorded
+pid may belong to anything). So a job's process is recorded at launch as ``{pid, start, boot}``, the
+start time in clock ticks since boot from ``/proc/<pid>/stat``, and a pid is acted on only while it
+still names that process.
+"""
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import json
 import os
+import re
 from pathlib import Path
+
+from backend import paths
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -22,13 +35,10 @@ def pid_alive(pid: int | None) -> bool:
 def children() -> dict[int, tuple[str, int]]:
     """This process's children: pid -> (state letter, session id), from /proc."""
     out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()     # after "pid (comm)": state ppid pgrp session
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == os.getpid():
-            out[int(stat.parent.name)] = (fields[0], int(fields[3]))
+    for proc in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(proc.name))
+        if fields and int(fields[1]) == os.getpid():
+            out[int(proc.name)] = (fields[0], int(fields[3]))
     return out
 
 
@@ -46,3 +56,141 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER (Linux)
     except (OSError, AttributeError):
         pass
+
+
+# -- who a job's process is -------------------------------------------------------------------------
+PROCESS_FILE = "process.json"        # in the job folder: the identity of the job's process
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after "pid (comm)": [state, ppid, pgrp, session, ...]; None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def identity(pid: int) -> dict | None:
+    """``{pid, start, boot}`` of a live process, or None."""
+    fields = _stat(pid)
+    return {"pid": pid, "start": int(fields[19]), "boot": boot_id()} if fields else None
+
+
+def same(ident: dict | None) -> str:
+    """Whether the process recorded as ``ident`` is still there: "alive", "gone" (ended; a zombie is
+    ended), or "other" (its pid now names another process)."""
+    if not ident or not ident.get("pid"):
+        return "gone"
+    fields = _stat(ident["pid"])
+    if fields is None:
+        return "gone"
+    if int(fields[19]) != ident.get("start") or ident.get("boot", "") != boot_id():
+        return "other"
+    return "gone" if fields[0] in "ZX" else "alive"
+
+
+def record(job_dir: Path, ident: dict) -> None:
+    paths.atomic_write(job_dir / PROCESS_FILE, json.dumps(ident))
+
+
+def recorded(job_dir: Path) -> dict | None:
+    try:
+        data = json.loads((job_dir / PROCESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- the out-of-memory killer -------------------------------------------------------------------------
+def oom_kills() -> int | None:
+    """How many processes the OOM killer has ended in this process's memory cgroup (v2 memory.events or
+    v1 memory.oom_control), or None where the kernel does not say."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    files = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":
+            files += [Path("/sys/fs/cgroup", rel, "memory.events"), Path("/sys/fs/cgroup/unified", rel, "memory.events")]
+        elif "memory" in controllers.split(","):
+            files.append(Path("/sys/fs/cgroup/memory", rel, "memory.oom_control"))
+    for f in files:
+        try:
+            m = re.search(r"^oom_kill (\d+)$", f.read_text(), re.M)
+        except OSError:
+            continue
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def kernel_log_oom(pid: int) -> bool | None:
+    """Whether the kernel log says the OOM killer killed ``pid``; None where the log cannot be read."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    pattern = re.compile(rf"Killed process {pid}\b".encode())
+    try:
+        while True:
+            try:
+                rec = os.read(fd, 8192)
+            except BlockingIOError:
+                return False
+            except BrokenPipeError:          # records overwritten while reading: go on
+                continue
+            except OSError:
+                return None
+            if not rec:
+                return False
+            if pattern.search(rec):
+                return True
+    finally:
+        os.close(fd)
+
+
+def killed_by_oom(pid: int, oom_before: int | None) -> bool | None:
+    """Whether the OOM killer ended ``pid``: the kernel log if readable, else the cgroup's oom_kill count
+    rising since ``oom_before``; None when neither says."""
+    said = kernel_log_oom(pid)
+    if said:
+        return True
+    now = oom_kills()
+    if now is not None and oom_before is not None:
+        return now > oom_before
+    return said
+
+
+# -- one worker per workspace ---------------------------------------------------------------------------
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def lock_workspace(home: Path):
+    """Hold ``home/worker.lock`` for the life of this process (released by the kernel when it ends, even by
+    SIGKILL); raise AlreadyRunning when another worker holds it."""
+    path = home / "worker.lock"
+    f = open(path, "a+")                  # not inherited by jobs (close-on-exec): a job cannot keep it held
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise AlreadyRunning(f"another worker (pid {holder}) is already running on the workspace {home}; "
+                             f"stop it first, or use one worker per workspace") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

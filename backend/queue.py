@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, kinds, users
+from backend import defaults, i18n, kinds, users
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
-from backend.store import open_store
+from backend.store import CorruptStore, open_store
 
 
 class SubmitError(ValueError):
@@ -75,6 +76,21 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     wake.parent.mkdir(parents=True, exist_ok=True)
     wake.touch()
     return job_id
+
+
+def workspace_problem(home: Path | None = None, lang: str = "en") -> str | None:
+    """One sentence when the workspace's database cannot be opened (corrupt, unreadable), else None."""
+    try:
+        open_store(home)
+    except CorruptStore as e:
+        return i18n.t("store.corrupt", lang, path=e.path, error=e.error)
+    return None
+
+
+def parse_job_id(text) -> int | None:
+    """A job id typed or linked (``?job=``): ASCII digits only ('²'.isdigit() is true), else None."""
+    m = re.fullmatch(r"\s*([0-9]{1,20})\s*", str(text or ""))
+    return int(m.group(1)) if m else None
 
 
 def check_quota(owner: str, home: Path | None = None) -> None:

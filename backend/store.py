@@ -102,11 +102,24 @@ def _row(cur, row) -> dict:
     return d
 
 
+class CorruptStore(RuntimeError):
+    """The database file exists but SQLite cannot read it (not a database, malformed, unreadable)."""
+
+    def __init__(self, path: Path, error: str):
+        super().__init__(f"the workspace database {path} cannot be read ({error})")
+        self.path, self.error = path, error
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise
+            raise CorruptStore(self.path, str(e)) from None
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -181,6 +194,8 @@ class Store:
              parent_id, time.time())).lastrowid)
 
     def job(self, job_id: int) -> Job | None:
+        if not isinstance(job_id, int) or not 0 < job_id < 2 ** 63:     # past SQLite's INTEGER: no such job
+            return None
         row = self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
         return Job.from_row(row) if row else None
 

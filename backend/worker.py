@@ -3,8 +3,11 @@
     python -m backend worker [--burst]
 
 Each job runs as ``<engine python> -m <kind module> <job_dir>/spec.json`` in its own process
-group, with stdout and stderr appended to ``run.log``. The store is the source of truth: a
-restarted worker marks jobs whose worker died as ``lost`` and kills what is left of them.
+group, with stdout and stderr appended to ``run.log``. The store is the source of truth. One worker
+per workspace (a lock file). A restarted worker adopts the jobs whose processes still live (the same
+pid and start time, recorded at launch in the job folder's process.json), records the ones that ended
+meanwhile from their result.json, and marks only the rest ``lost``. An error while handling one job
+fails that job, never the loop.
 
 The worker is a child subreaper: what a job leaves behind (a process started in a session of its
 own, a task whose parent died) becomes the worker's child, and is stopped and reaped once no running
@@ -18,13 +21,14 @@ import signal
 import socket
 import subprocess
 import time
+import traceback
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend import defaults, engines, errors, kinds, logs, queue, resources
-from backend.errors import BAD_INPUT, CANCELLED, EXIT_OK, LOST, MISSING_ENGINE, TIMEOUT
+from backend import defaults, engines, errors, kinds, logs, procs, queue, resources
+from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_OK, LOST, MISSING_ENGINE, TIMEOUT
 from backend.procs import become_subreaper, children, kill_group, pid_alive
 from backend.paths import job_dir, queue_wake_file
 from backend.states import PENDING, JobState
@@ -44,12 +48,19 @@ def _mtime(path: Path) -> int:
 @dataclass
 class Running:
     job_id: int
-    proc: subprocess.Popen
+    pid: int
     started: float
     timeout_s: float
+    proc: subprocess.Popen | None = None  # None for a job adopted from a worker that died: not our child
+    ident: dict | None = None             # procs.identity of the job's process (+ oom_kills at launch)
     term_sent: float | None = None
     reason: str | None = None            # why the worker is stopping it: cancelled, timeout, shutdown
     log: object = field(default=None, repr=False)
+
+    def ended(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        return procs.same(self.ident) != "alive"
 
 
 class Worker:
@@ -73,7 +84,7 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             while not self.stopping:
-                self.tick()
+                self._guard("the worker loop", self.tick)
                 if self.burst and not self.running and not self.store.queued():
                     break
                 self.idle(defaults.setting("POLL_S"))
@@ -87,14 +98,30 @@ class Worker:
         wake = queue_wake_file(self.home)
         seen = _mtime(wake)
         while time.monotonic() < deadline and not self.stopping:
-            if any(r.proc.poll() is not None for r in self.running.values()) or _mtime(wake) != seen:
+            if any(r.ended() for r in self.running.values()) or _mtime(wake) != seen:
                 return
             time.sleep(WAKE_S)
 
     def _on_signal(self, signum, frame):
         self.stopping = True
 
+    def _guard(self, what: str, fn, *args, job_id: int | None = None) -> None:
+        """Run ``fn``; an exception is logged (and fails job ``job_id`` when given), never raised."""
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - one job's trouble must not end the worker and its other jobs
+            print(f"error in {what}: {type(e).__name__}: {e}\n{traceback.format_exc()}", flush=True)
+            if job_id is not None:
+                self.running.pop(job_id, None)
+                try:
+                    self.store.transition(job_id, JobState.FAILED, error_class=CRASH,
+                                          error_message=f"the worker could not handle this job: {type(e).__name__}: {e}")
+                except Exception:  # noqa: BLE001 - already finished, or the store is down: the sweep sees it later
+                    pass
+
     def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock = procs.lock_workspace(self.home)      # raises AlreadyRunning
         become_subreaper()
         self._gpus = self.gpu_source()
         self.store.register_worker(self.id, os.getpid(), socket.gethostname(), self._resources())
@@ -106,14 +133,15 @@ class Worker:
         """Stop the jobs this worker runs (SIGTERM, then SIGKILL) and record them as lost."""
         for r in self.running.values():
             r.reason = "shutdown"
-            kill_group(r.proc.pid, signal.SIGTERM)
+            self.signal(r, signal.SIGTERM)
         deadline = time.monotonic() + defaults.setting("CANCEL_GRACE_S")
-        while any(r.proc.poll() is None for r in self.running.values()) and time.monotonic() < deadline:
+        while not all(r.ended() for r in self.running.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
         for r in list(self.running.values()):
-            kill_group(r.proc.pid, signal.SIGKILL)
-            r.proc.wait()
-            self.finish(r)
+            self.signal(r, signal.SIGKILL)
+            if r.proc is not None:
+                r.proc.wait()
+            self._guard(f"job {r.job_id}", self.finish, r)
         self.reap_orphans()
         self.store.remove_worker(self.id)
 
@@ -123,8 +151,8 @@ class Worker:
     # -- one pass of the loop ---------------------------------------------------------------
     def tick(self) -> None:
         for r in list(self.running.values()):
-            if r.proc.poll() is not None:
-                self.finish(r)
+            if r.ended():
+                self._guard(f"job {r.job_id}", self.finish, r, job_id=r.job_id)
         self.enforce()
         now = time.monotonic()
         if now - self._beat >= defaults.HEARTBEAT_S:
@@ -132,6 +160,8 @@ class Worker:
             self._gpus = self.gpu_source()
             self.store.worker_heartbeat(self.id, self._resources())
             self.store.heartbeat_jobs(list(self.running))
+            for r in self.running.values():
+                self._guard(f"job {r.job_id}'s log", logs.cap_log, job_dir(r.job_id, self.home) / "run.log")
             self.sweep_lost()
             self.reap_orphans()
         if not self.stopping:
@@ -150,14 +180,21 @@ class Worker:
                     r.reason = TIMEOUT
                 if r.reason:
                     r.term_sent = now
-                    kill_group(r.proc.pid, signal.SIGTERM)
+                    self.signal(r, signal.SIGTERM)
             elif now - r.term_sent > grace:
-                kill_group(r.proc.pid, signal.SIGKILL)
+                self.signal(r, signal.SIGKILL)
+
+    @staticmethod
+    def signal(r: Running, sig: int) -> None:
+        """Signal a job's process group, unless its pid now names another process (an adopted job's pid
+        can be reused once it ends; a child's cannot before we reap it)."""
+        if r.proc is not None or procs.same(r.ident) != "other":
+            kill_group(r.pid, sig)
 
     def reap_orphans(self) -> None:
         """Children that are not a job's process: zombies are reaped; live ones outside every running
         job's session (each job leads its own) are killed, and reaped on a later pass."""
-        jobs = {r.proc.pid for r in self.running.values()}
+        jobs = {r.pid for r in self.running.values()}
         for pid, (state, session) in children().items():
             if pid in jobs:
                 continue
@@ -170,7 +207,8 @@ class Worker:
                 pass
 
     def sweep_lost(self, startup: bool = False) -> None:
-        """Jobs active in the store that no live worker runs: kill what is left of them, mark lost."""
+        """Jobs active in the store that no live worker runs: adopt those whose process still lives,
+        record those that ended meanwhile from their result.json, mark the rest lost."""
         live = {w["id"] for w in self.store.workers()
                 if w["id"] == self.id or (pid_alive(w["pid"]) and w["host"] == socket.gethostname()
                                           and queue.worker_fresh(w))}
@@ -180,11 +218,32 @@ class Worker:
             stale = time.time() - (job.heartbeat_at or job.started_at or 0) > defaults.setting("LOST_AFTER_S")
             if job.worker_id in live and not stale:
                 continue
-            if job.pid and pid_alive(job.pid):
-                kill_group(job.pid, signal.SIGKILL)
-            self.store.transition(job.id, JobState.LOST, error_class=LOST,
-                                  error_message="the worker running this job stopped or died")
-            print(f"job {job['id']}: lost (its worker is gone)", flush=True)
+            self._guard(f"job {job.id}", self.recover, job)
+
+    def recover(self, job: dict) -> None:
+        ident = procs.recorded(job_dir(job.id, self.home)) if job.pid else None
+        now = procs.same(ident)
+        if now == "alive":
+            self.adopt(job, ident)
+            return
+        if now == "gone" and ident:
+            kill_group(ident["pid"], signal.SIGKILL)     # what is left of its group (its id is not reusable while it lives)
+        if ident and logs.result(job.id, self.home) is not None:
+            print(f"job {job.id}: ended while no worker watched it", flush=True)
+            self.record_end(job.id, None, None, 0, ident)
+            return
+        self.store.transition(job.id, JobState.LOST, error_class=LOST,
+                              error_message="the worker running this job stopped or died")
+        print(f"job {job.id}: lost (its worker is gone" + (", its pid is another process now)" if now == "other" else ")"),
+              flush=True)
+
+    def adopt(self, job: dict, ident: dict) -> None:
+        """Watch a job whose worker died but whose process lives: its cancel, timeout and end are ours now."""
+        since = time.time() - (job.started_at or time.time())
+        self.running[job.id] = Running(job.id, ident["pid"], time.monotonic() - max(0.0, since),
+                                          self._timeout(job), ident=ident)
+        self.store.update_job(job.id, worker_id=self.id, heartbeat_at=time.time())
+        print(f"job {job.id}: adopted (pid {ident['pid']} still running)", flush=True)
 
     def schedule(self) -> None:
         cap, caps = defaults.setting("USER_MAX_RUNNING"), queue.running_caps(self.home)
@@ -209,7 +268,7 @@ class Worker:
             if given is None or not self.store.claim(job.id, self.id, given):
                 continue
             job = self.store.job(job.id)
-            self.launch(job)
+            self._guard(f"job {job.id}", self.launch, job, job_id=job.id)
             active.append(job)
             per_owner[job.owner] += 1
 
@@ -220,7 +279,7 @@ class Worker:
     def _fail_unplaced(self, job: dict, error_class: str, message: str) -> None:
         if self.store.claim(job.id, self.id, {}):
             self.store.transition(job.id, JobState.FAILED, error_class=error_class, error_message=message)
-            print(f"job {job['id']}: failed before start: {message}", flush=True)
+            print(f"job {job.id}: failed before start: {message}", flush=True)
 
     # -- running one job --------------------------------------------------------------------
     def launch(self, job: dict) -> None:
@@ -248,34 +307,55 @@ class Worker:
             self.store.transition(job.id, JobState.FAILED, error_class=MISSING_ENGINE,
                                   error_message=f"could not start {cmd[0]}: {e}")
             return
+        ident = {**procs.identity(proc.pid), "oom_kills": procs.oom_kills()}
+        self.running[job.id] = Running(job.id, proc.pid, time.monotonic(), self._timeout(job), proc=proc,
+                                          ident=ident, log=log)
+        procs.record(d, ident)
+        self.store.transition(job.id, JobState.RUNNING, pid=proc.pid)
+        print(f"job {job.id} ({job['kind']}): running as pid {proc.pid} on {job['given']}", flush=True)
+
+    @staticmethod
+    def _timeout(job: dict) -> float:
         timeout = job.asked.get("timeout_s")
         if timeout is None:
             timeout = defaults.setting("JOB_TIMEOUT_S")
-        self.running[job.id] = Running(job.id, proc, time.monotonic(), float(timeout or 0), log=log)
-        self.store.transition(job.id, JobState.RUNNING, pid=proc.pid)
-        print(f"job {job['id']} ({job['kind']}): running as pid {proc.pid} on {job['given']}", flush=True)
+        return float(timeout or 0)
 
     def finish(self, r: Running) -> None:
-        code = r.proc.wait()
-        r.log.close()
-        kill_group(r.proc.pid, signal.SIGKILL)     # children the job left behind
-        del self.running[r.job_id]
+        self.running.pop(r.job_id, None)
+        code = r.proc.wait() if r.proc is not None else None      # an adopted job's exit status is not ours to read
+        if r.log is not None:
+            r.log.close()
+        self.signal(r, signal.SIGKILL)     # children the job left behind
         self.reap_orphans()
-        result = logs.result(r.job_id, self.home)
-        if r.reason == CANCELLED:
-            state, fields = JobState.CANCELLED, {"error_class": CANCELLED, "error_message": "cancelled by user"}
-        elif r.reason == TIMEOUT:
-            state, fields = JobState.FAILED, {"error_class": TIMEOUT,
-                                              "error_message": f"timed out after {r.timeout_s:.0f} s"}
-        elif r.reason == "shutdown":
-            state, fields = JobState.LOST, {"error_class": LOST, "error_message": "the worker was stopped"}
-        elif code == EXIT_OK and (result is None or result.get("ok", True)):
-            state, fields = JobState.SUCCEEDED, {}
+        self.record_end(r.job_id, code, r.reason, r.timeout_s, r.ident)
+
+    def record_end(self, job_id: int, code: int | None, reason: str | None, timeout_s: float, ident: dict | None) -> None:
+        """Record how a job ended: what it wrote in result.json first (a job that exits 0 as a cancel
+        lands succeeded), then why the worker stopped it, then its exit and log."""
+        logs.cap_log(job_dir(job_id, self.home) / "run.log")
+        result = logs.result(job_id, self.home)
+        if code is None:          # adopted, or ended while no worker watched: only its result says
+            ok = result is not None and result.get("ok", True)
         else:
-            cls, msg = errors.classify(code, result, logs.tail(r.job_id, 40, self.home))
+            ok = code == EXIT_OK and (result is None or result.get("ok", True))
+        if ok:
+            state, fields = JobState.SUCCEEDED, {}
+        elif reason == CANCELLED:
+            state, fields = JobState.CANCELLED, {"error_class": CANCELLED, "error_message": "cancelled by user"}
+        elif reason == TIMEOUT:
+            state, fields = JobState.FAILED, {"error_class": TIMEOUT,
+                                              "error_message": f"timed out after {timeout_s:.0f} s"}
+        elif reason == "shutdown":
+            state, fields = JobState.LOST, {"error_class": LOST, "error_message": "the worker was stopped"}
+        else:
+            oom = None
+            if code in (-signal.SIGKILL, None) and ident:
+                oom = procs.killed_by_oom(ident["pid"], ident.get("oom_kills"))
+            cls, msg = errors.classify(code, result, logs.tail(job_id, 40, self.home), oom)
             state, fields = JobState.FAILED, {"error_class": cls, "error_message": msg}
-        self.store.transition(r.job_id, state, exit_code=code, **fields)
-        print(f"job {r.job_id}: {state.value} (exit {code})", flush=True)
+        self.store.transition(job_id, state, exit_code=code, **fields)
+        print(f"job {job_id}: {state.value} (exit {code})", flush=True)
 
 
 def main(burst: bool = False) -> None:

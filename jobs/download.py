@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from backend import defaults, models
-from backend.errors import BAD_INPUT, DOWNLOAD
+from backend.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
 from backend.paths import human_size
 from backend.specs.download import Spec
 from jobs.common import Job, JobError, run
@@ -343,7 +343,7 @@ def explain(e: Exception, spec: Spec, endpoint: str | None) -> JobError | None:
                 "RequestTimeoutError", "TimeoutException") or "connect" in text.lower():
         return JobError(f"cannot reach {where}: check the network or the endpoint/mirror setting", DOWNLOAD)
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return JobError("the disk filled up during the download", BAD_INPUT,
+        return JobError("the disk filled up during the download", DISK_FULL,
                         "free some space, then retry: finished files are kept")
     if name in ("FileSizeMismatchError", "FileIntegrityError") or "Consistency check failed" in text:
         return JobError(f"a file from {spec.source} arrived damaged or cut short: {text[:300]}", DOWNLOAD)

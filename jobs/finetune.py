@@ -26,7 +26,7 @@ from pathlib import Path
 
 
 from backend import finetune as ft, models
-from backend.errors import BAD_INPUT, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
+from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.specs.finetune import Spec
 from backend.store import open_store
 from jobs.common import Cancelled, Job, JobError, run
@@ -347,12 +347,20 @@ class Run:
         import torch
         tmp, final = self.ckpt_dir / f".tmp-step-{step}", self.ckpt_dir / f"step-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.save_weights(tmp)
-        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state()}, tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "spec": self.spec.model_dump(mode="json"),
-                                                    "history": self.history[-2000:]}))
+        try:
+            tmp.mkdir(parents=True)
+            self.save_weights(tmp)
+            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                        "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state()}, tmp / "trainer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "spec": self.spec.model_dump(mode="json"),
+                                                        "history": self.history[-2000:]}))
+        except (OSError, RuntimeError) as e:        # torch reports a full disk as a RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            if classify_exception(e) == DISK_FULL or shutil.disk_usage(self.job.dir).free < (1 << 20):
+                raise JobError(f"the disk filled up while saving the checkpoint of step {step}", DISK_FULL,
+                               "free some space, then retry: resume: true continues from the last complete "
+                               "checkpoint") from None
+            raise
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
         for old in ft.checkpoints(self.job_id, self.job.home)[:-self.spec.save_total_limit]:

@@ -11,9 +11,16 @@ from pathlib import Path
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.web import cli
 
+from backend import defaults, queue
+
 PagesManager.uses_pages_directory = False
 
 if __name__ == "__main__":
+    if problem := queue.workspace_problem():
+        sys.exit(f"error: {problem}")
     app = str(Path(__file__).resolve().parent.parent / "app.py")
-    sys.argv = ["streamlit", "run", app, *sys.argv[1:]]
+    # the server refuses a bigger upload before holding it (the widgets' own limit is the same setting)
+    upload = [] if any(a.startswith("--server.maxUploadSize") for a in sys.argv) else [
+        "--server.maxUploadSize", str(defaults.setting("UPLOAD_MAX_MB"))]
+    sys.argv = ["streamlit", "run", app, *upload, *sys.argv[1:]]
     sys.exit(cli.main())

@@ -32,14 +32,14 @@ def job_table() -> None:
 
 job_table()
 
-selected = st.query_params.get("job")
+selected = queue.parse_job_id(st.query_params.get("job"))
 with st.form("open_job", border=False):
     c1, c2 = st.columns([1, 5])
-    typed = c1.text_input(ui.t("jobs.open"), value=selected or "", key="open_job_id")
-    if c2.form_submit_button(ui.t("jobs.open")) and typed.strip().isdigit():
-        st.query_params["job"] = typed.strip()
+    typed = c1.text_input(ui.t("jobs.open"), value=str(selected or ""), key="open_job_id")
+    if c2.form_submit_button(ui.t("jobs.open")) and queue.parse_job_id(typed):
+        st.query_params["job"] = str(queue.parse_job_id(typed))
         st.rerun()
 
-if selected and selected.isdigit():
+if selected:
     st.divider()
-    ui.job_view(int(selected))
+    ui.job_view(selected)

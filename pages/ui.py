@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 
 import pandas as pd
 import streamlit as st
@@ -50,7 +51,7 @@ def owner() -> str:
 
 
 def _set_owner() -> None:
-    name = st.session_state[keys.OWNER_INPUT].strip()
+    name = unicodedata.normalize("NFKC", st.session_state[keys.OWNER_INPUT]).strip()
     if NAME.fullmatch(name):
         st.session_state[keys.OWNER] = name
     else:

@@ -32,14 +32,14 @@ class Spec(BaseModel):
     @field_validator("revision")
     @classmethod
     def revision_ok(cls, v: str) -> str:
-        if v and (not REVISION_RE.match(v) or ".." in v):
+        if v and (not REVISION_RE.fullmatch(v) or ".." in v):
             raise ValueError(f"{v!r} is not a branch, tag or commit")
         return v
 
     @field_validator("endpoint")
     @classmethod
     def endpoint_ok(cls, v: str) -> str:
-        if v and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", v):
+        if v and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", v):
             raise ValueError(f"{v!r} is not an http(s) URL")
         return v.rstrip("/")
 
@@ -61,7 +61,7 @@ class Spec(BaseModel):
             return self
         if self.source == "openxlab" and (self.revision or self.allow_patterns):
             raise ValueError("OpenXLab downloads take neither a revision nor file patterns")
-        if not REPO_RE.match(self.repo_id) or ".." in self.repo_id:
+        if not REPO_RE.fullmatch(self.repo_id) or ".." in self.repo_id:
             raise ValueError(f"repo_id {self.repo_id!r} is not of the form owner/name")
         self.name = models.check_name(self.name or self.repo_id.split("/")[-1])
         row = models.get(self.name)

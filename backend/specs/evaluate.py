@@ -113,11 +113,16 @@ def resources(spec: Spec) -> dict:
 
 
 # -- dataset formats (shared with backend/evaluate.py) -------------------------------------------
+FIRST_RECORD_MAX = 16 * 2**20     # a first line longer than this is reported, not read (pages call this on every rerun)
+
+
 def first_record(path: str | Path) -> dict | None:
     path = Path(path)
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8-sig") as f:
-            for line in f:
+            while line := f.readline(FIRST_RECORD_MAX):
+                if len(line) >= FIRST_RECORD_MAX:
+                    raise ValueError(f"its first record is over {FIRST_RECORD_MAX >> 20} MB")
                 if line.strip():
                     rec = json.loads(line)
                     return rec if isinstance(rec, dict) else None
@@ -140,7 +145,7 @@ def custom_format(path: str | Path) -> tuple[str, str]:
         return "", f"no such file: {path}"
     try:
         rec = first_record(path)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, csv.Error) as e:      # csv.Error (a field over csv's limit) is no ValueError
         return "", f"{path.name} could not be read: {e}"
     if not rec:
         return "", f"{path.name} has no records"

@@ -1,0 +1,181 @@
+"""A corpus of bad inputs, each to a backend entry point, the CLI or a job spec: each gets one clear
+sentence (no traceback, no Python repr of an exception class) and loses nothing (no job queued, no
+registry entry or file changed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backend import datasets, models, queue
+from backend.store import open_store
+from backend.specs import evaluate as evaluate_job
+from tests.conftest import ROOT, cli, run_burst
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def submit(kind, spec):
+    return lambda home: queue.submit(kind, spec)
+
+
+def upload(name, data):
+    return lambda home: datasets.save_upload(name, data)
+
+
+def write(home, name, data: bytes) -> Path:
+    p = home / name
+    p.write_bytes(data)
+    return p
+
+
+def good_dataset(home) -> Path:
+    return Path(datasets.save_upload("good.jsonl", (json.dumps(CHAT) + "\n").encode() * 3)["path"])
+
+
+def command(*args):
+    """The CLI: a non-zero exit with its one sentence on stderr."""
+    def run(home):
+        out = cli(home, *args)
+        assert out.returncode != 0, out.stdout
+        return out.stderr.strip()
+    return run
+
+
+def custom_format(name, data: bytes):
+    def run(home):
+        fmt, problem = evaluate_job.custom_format(write(home, name, data))
+        assert fmt == ""
+        return problem
+    return run
+
+
+CASES = {
+    # -- job specs refused at submit, every kind --------------------------------------------------
+    "unknown kind": submit("nope", {}),
+    "spec is a list": submit("finetune", ["base_model"]),
+    "finetune: no base_model": submit("finetune", {"datasets": ["good"]}),
+    "finetune: empty datasets": submit("finetune", {"base_model": "m", "datasets": []}),
+    "finetune: name with a trailing newline": submit("finetune", {"base_model": "m", "datasets": ["d"], "name": "ok\n"}),
+    "finetune: lora_r 0": submit("finetune", {"base_model": "m", "datasets": ["d"], "lora_r": 0}),
+    "finetune: unknown field": submit("finetune", {"base_model": "m", "datasets": ["d"], "learning_rate": 1}),
+    "finetune: unknown method": submit("finetune", {"base_model": "m", "datasets": ["d"], "method": "dora"}),
+    "finetune: lr is text": submit("finetune", {"base_model": "m", "datasets": ["d"], "lr": "fast"}),
+    "finetune: epochs -inf": submit("finetune", {"base_model": "m", "datasets": ["d"], "epochs": "-inf"}),
+    "merge: no adapter": submit("merge", {}),
+    "merge: name with a path": submit("merge", {"adapter": "a", "name": "../x"}),
+    "download: repo id with a newline inside": submit("download", {"repo_id": "camp/ti\nny"}),
+    "download: repo id climbing out": submit("download", {"repo_id": "../../etc"}),
+    "download: revision with a space": submit("download", {"repo_id": "camp/tiny", "revision": "ma in"}),
+    "download: ftp endpoint": submit("download", {"repo_id": "camp/tiny", "endpoint": "ftp://x"}),
+    "download: endpoint with a space": submit("download", {"repo_id": "camp/tiny", "endpoint": "http://x y/"}),
+    "download: name with a newline inside": submit("download", {"repo_id": "camp/tiny", "name": "ti\nny"}),
+    "download: unknown source": submit("download", {"source": "s3", "repo_id": "camp/tiny"}),
+    "evaluate: no models": submit("evaluate", {"models": [], "datasets": [{"name": "x"}]}),
+    "evaluate: max_out_len 0": submit("evaluate", {"models": [{"name": "m"}], "datasets": [{"name": "x"}], "max_out_len": 0}),
+    "serve: unknown engine": submit("serve", {"model": "m", "engine": "vllm"}),
+    "serve: cb_blocks 1": submit("serve", {"model": "m", "cb_blocks": 1}),
+    "vlm: 100 images": submit("vlm", {"model": "m", "max_images": 100}),
+    "dataset_import: ftp source": submit("dataset_import", {"source": "ftp", "id": "x"}),
+    "dataset_import: no id": submit("dataset_import", {"source": "url"}),
+    "dataset_stats: 1 bin": submit("dataset_stats", {"dataset": "d", "bins": 1}),
+    "engine_install: no engine": submit("engine_install", {}),
+    # -- backend entry points the pages call -------------------------------------------------------
+    "model name with a trailing newline": lambda home: [models.check_name("model\n")],
+    "model name ..": lambda home: [models.check_name("..")],
+    "model name with a slash": lambda home: [models.check_name("a/b")],
+    "model import from /etc": lambda home: models.import_folder("/etc"),
+    "upload: an .exe": upload("x.exe", b"MZ"),
+    "upload: a name of dots only": upload("....jsonl", b"{}\n"),
+    "upload: a name taken": lambda home: (good_dataset(home), datasets.save_upload("good.jsonl", b"{}\n")),
+    "convert to an unknown format": lambda home: datasets.convert(good_dataset(home), "nope"),
+    "split with a fraction of 1.5": lambda home: datasets.split(good_dataset(home), 1.5),
+    "delete a dataset that is not there": lambda home: datasets.delete("nope"),
+    "job id past SQLite's integers": lambda home: queue.get(99999999999999999999),
+    "cancel job id 2**70": lambda home: queue.cancel(2 ** 70),
+    # -- the Evaluate page's dataset check --------------------------------------------------------
+    "CSV field over csv's limit": custom_format("big.csv", b'question,answer\n"' + b"x" * 200_000 + b'",A\n'),
+    "JSONL of binary bytes": custom_format("bin.jsonl", b"\xff\xfe\x00garbage\n"),
+    "JSONL whose first line is an array": custom_format("arr.jsonl", b"[1, 2]\n"),
+    "CSV without rows": custom_format("empty.csv", b""),
+    # -- the CLI ---------------------------------------------------------------------------------
+    "CLI: show a 20-digit job id": command("show", "99999999999999999999"),
+    "CLI: show job ²": command("show", "²"),
+    "CLI: logs of a job that does not exist": command("logs", "4242"),
+    "CLI: submit a spec that is not YAML": lambda home: command("submit", "finetune", str(write(home, "bad.yaml", b"a: [1, 2\n")))(home),
+    "CLI: submit a spec file that is not there": command("submit", "finetune", "/nonexistent/spec.yaml"),
+}
+
+
+def message_of(fn, home) -> str:
+    try:
+        out = fn(home)
+    except KeyError as e:
+        return e.args[0]
+    except (queue.SubmitError, datasets.DatasetError, models.ModelError) as e:
+        return str(e)
+    assert isinstance(out, str), f"no error for a bad input: {out!r}"
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gets_a_clear_sentence_and_loses_nothing(home, case):
+    store = open_store()
+    jobs_before = store.counts()
+    msg = message_of(CASES[case], home)
+    assert msg and len(msg) < 800, msg
+    assert "Traceback" not in msg and 'File "' not in msg, msg
+    assert store.counts() == jobs_before, "a bad input queued a job"
+    assert not list((home / "datasets").glob(".*.upload")) if (home / "datasets").exists() else True
+
+
+def test_a_leftover_temp_upload_does_not_block_the_upload(home):
+    d = home / "datasets"
+    d.mkdir()
+    (d / ".notes.jsonl.upload").write_bytes(b"half of an earlier upload")      # a crash mid-upload left it
+    entry = datasets.save_upload("notes.jsonl", (json.dumps(CHAT) + "\n").encode())
+    assert entry["name"] == "notes" and Path(entry["path"]).read_bytes().startswith(b"{")
+
+
+def test_names_are_nfkc_normalised(home):
+    assert models.check_name("ｔｉｎｙ") == "tiny"
+    assert datasets.safe_name("ｎｏｔｅｓ") == "notes"
+
+
+def test_job_ids_from_links_are_ascii_digits():
+    assert queue.parse_job_id("²") is None and queue.parse_job_id("") is None and queue.parse_job_id("3x") is None
+    assert queue.parse_job_id(" 12 ") == 12
+    assert queue.get.__module__ and open_store().job(99999999999999999999) is None
+
+
+def test_streamlit_config_hides_error_details_and_binds_localhost():
+    import tomllib
+    from streamlit import config
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["client"]["showErrorDetails"] in set(config.ShowErrorDetailsConfigOptions) - {"full", "stacktrace"}
+    assert cfg["server"]["address"] == "127.0.0.1"
+
+
+def test_jobs_that_fail_on_bad_data_say_why_in_one_sentence(home):
+    """Specs that pass the submit checks but whose data is bad: the job fails with a sentence, not a crash."""
+    write(home, "datasets/garbage.jsonl", b"\xff\xfe\x00\x01 not json\n") if (home / "datasets").mkdir() is None else None
+    stats = queue.submit("dataset_stats", {"dataset": "garbage.jsonl"})
+    sleepy = queue.submit("sleepy", {"steps": 1, "write_to": "/dev/full"})
+    run_burst(home)
+    for job_id in (stats, sleepy):
+        j = queue.get(job_id)
+        assert j["state"] == "failed" and j["error_class"] != "crash", j
+        assert "Traceback" not in j["error_message"] and j["error_message"], j
+
+
+@pytest.mark.browser
+def test_jobs_page_with_a_bad_job_link_shows_no_error(page, home):
+    """?job=² ('²'.isdigit() is true) and a 20-digit id once raised tracebacks on the Jobs page."""
+    for bad, shown in (("²", None), ("99999999999999999999", "99999999999999999999")):
+        page.goto(f"{page.base_url}/jobs?job={bad}")
+        page.get_by_text("Open").first.wait_for()
+        if shown:
+            page.get_by_text(shown).first.wait_for()
+        page.wait_for_load_state("networkidle")
+        assert page.locator('[data-testid="stException"]').count() == 0, bad
