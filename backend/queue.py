@@ -1,15 +1,13 @@
 """Submitting, cancelling, retrying and cloning jobs: what pages and the CLI call."""
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, kinds
+from backend import defaults, job_env, kinds
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import open_store
@@ -48,22 +46,25 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
            parent_id: int | None = None, secrets: dict[str, str] | None = None,
            home: Path | None = None) -> int:
     """Validate and queue a job. ``secrets`` (tokens, API keys) reach the job as environment
-    variables through a private file the worker deletes at launch: never the spec, DB or log."""
+    variables through a private file (backend/job_env.py) written before the job can be claimed and
+    deleted at launch or whenever the job ends otherwise: never the spec, DB or log."""
     k, model = validate(kind, spec)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
         raise SubmitError(str(e)) from None
-    store = open_store(home)
-    job_id = store.insert_job(kind, owner or defaults.setting("USER"), model.model_dump(mode="json"), asked,
-                              priority=priority, label=label, parent_id=parent_id)
-    if secrets:
-        d = job_dir(job_id, home)
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / "secrets.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(secrets, f)
+    written: list[Path] = []
+
+    def write_secrets(job_id: int) -> None:        # before the row is committed: no worker can claim it yet
+        written.append(job_env.write_secrets(job_dir(job_id, home), secrets))
+    try:
+        job_id = open_store(home).insert_job(kind, owner or defaults.setting("USER"), model.model_dump(mode="json"),
+                                             asked, priority=priority, label=label, parent_id=parent_id,
+                                             prepare=write_secrets if secrets else None)
+    except BaseException:
+        for path in written:                        # the row was rolled back: its id may be given again
+            path.unlink(missing_ok=True)
+        raise
     wake = queue_wake_file(home)
     wake.parent.mkdir(parents=True, exist_ok=True)
     wake.touch()
@@ -112,7 +113,10 @@ def cancel(job_id: int, home: Path | None = None, by: str | None = None) -> dict
     job = get(job_id, home)
     if not may_manage(job, by):
         raise SubmitError(f"job {job_id} belongs to {job['owner']}: only they or an instructor can stop it")
-    return open_store(home).request_cancel(job_id)
+    job = open_store(home).request_cancel(job_id)
+    if JobState(job["state"]).finished:               # ended while queued: its secrets are of no more use
+        job_env.discard(job_dir(job_id, home))
+    return job
 
 
 def retry(job_id: int, owner: str | None = None, home: Path | None = None) -> int:

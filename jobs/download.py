@@ -23,6 +23,7 @@ from pathlib import Path
 
 
 from backend import defaults, models
+from backend.job_env import CREDENTIALS_DIR
 from backend.errors import BAD_INPUT, DOWNLOAD
 from backend.paths import human_size
 from backend.specs.download import Spec
@@ -280,7 +281,8 @@ def ms_download(spec: Spec, endpoint, token, revision: str, dest: Path, progress
 def openxlab_download(spec: Spec, dest: Path, job: Job) -> list[RemoteFile]:
     """OpenXLab's client (in its own engine env) lists nothing up front and can't resume; its endpoint
     is hard-coded, so $OPENXLAB_ENDPOINT (a mirror, or a test server) is set on its modules."""
-    os.environ["HOME"] = str(job.dir / "openxlab-home")       # its token cache stays in the job folder
+    # its token cache goes to the job's private credentials folder, which the worker removes when the job ends
+    os.environ["HOME"] = str(job.dir / CREDENTIALS_DIR / "openxlab-home")
     import openxlab.model.common.bury as bury
     import openxlab.model.handler.download_file as dl
     from openxlab.model import download
