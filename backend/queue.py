@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, job_env, kinds
+from backend import defaults, job_env, kinds, remote_code
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import open_store
@@ -49,6 +49,9 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     variables through a private file (backend/job_env.py) written before the job can be claimed and
     deleted at launch or whenever the job ends otherwise: never the spec, DB or log."""
     k, model = validate(kind, spec)
+    why = remote_code.refusal(model.model_dump(mode="json"), home)
+    if why:
+        raise SubmitError(why)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:

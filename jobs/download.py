@@ -378,6 +378,8 @@ def main(spec: Spec, job: Job) -> dict:
         return {"name": models.BUNDLED_NAME, "path": str(path)}
 
     dest = models.models_dir(job.home) / spec.name
+    if models.get(spec.name, job.home):       # the trust_remote_code opt-in was for the files about to change
+        models.set_trust_remote_code(spec.name, False, job.home)
     prepare(dest, spec)
     endpoint = spec.endpoint or os.environ.get(ENDPOINT_ENV[spec.source]) or None
     token = os.environ.get(TOKEN_ENV[spec.source]) or None

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 
+from backend import remote_code
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.procs import become_subreaper
 from backend.specs.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
@@ -104,9 +105,12 @@ def model_cfg(m: ModelRef, spec: Spec, tokenizer_path: str = "") -> dict:
                 "meta_template": {"round": [{"role": "HUMAN", "api_role": "HUMAN"},
                                             {"role": "BOT", "api_role": "BOT", "generate": True}]},
                 "run_cfg": {"num_gpus": 0}, **common}
+    # OpenCompass loads tokenizer and model with trust_remote_code=True unless told: pass the registry's opt-in
+    remote = remote_code.allowed(m.path)
     return {"type": "opencompass.models.HuggingFacewithChatTemplate", "path": m.path,
             "tokenizer_path": tokenizer_path or None, "peft_path": m.peft_path or None,
-            "model_kwargs": {"device_map": "auto" if spec.gpus else "cpu",
+            "tokenizer_kwargs": {"trust_remote_code": remote},
+            "model_kwargs": {"device_map": "auto" if spec.gpus else "cpu", "trust_remote_code": remote,
                              "torch_dtype": "auto" if spec.gpus else "torch.float32"},
             "run_cfg": {"num_gpus": spec.gpus}, **common}
 

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 
-from backend import engines
+from backend import engines, remote_code
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.specs.serve import Spec, resolve
 from backend.store import open_store
@@ -41,13 +41,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def merge_adapter(model: dict, adapter: dict, out: Path, job: Job) -> Path:
+def merge_adapter(model: dict, adapter: dict, out: Path, job: Job, remote: bool) -> Path:
     """Merge a LoRA adapter into a copy of its base model in the job folder; both servers load it as a model."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     job.message(f"merging adapter {adapter['name']} into {model['name']}")
-    base = AutoModelForCausalLM.from_pretrained(model["path"], dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model["path"], dtype=torch.float32, trust_remote_code=remote)
     try:
         merged = PeftModel.from_pretrained(base, adapter["path"]).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:
@@ -55,14 +55,15 @@ def merge_adapter(model: dict, adapter: dict, out: Path, job: Job) -> Path:
                        "pick the base model the adapter was trained on") from None
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(adapter["path"] if (Path(adapter["path"]) / "tokenizer_config.json").exists()
-                                  else model["path"]).save_pretrained(out)
+                                  else model["path"], trust_remote_code=remote).save_pretrained(out)
     del base, merged
     return out
 
 
-def command(spec: Spec, paths: list[Path], port: int, device: str, served: str) -> list[str]:
+def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, remote: bool) -> list[str]:
     """The server's command line. transformers serves one model forced, or several on demand (requests
-    name the folder), none unloaded while the job runs; LMDeploy serves the first."""
+    name the folder), none unloaded while the job runs; LMDeploy serves the first (it loads tokenizers
+    with remote code and has no switch for it: a model with its own code is refused without the opt-in)."""
     path = paths[0]
     if spec.engine == "lmdeploy":
         return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
@@ -71,7 +72,8 @@ def command(spec: Spec, paths: list[Path], port: int, device: str, served: str) 
                 "--log-level", "INFO"]
     models = [str(path)] if len(paths) == 1 else ["--model-timeout", str(10**9)]
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", *models, "--host", "127.0.0.1",
-           "--port", str(port), "--device", device, "--dtype", spec.dtype]
+           "--port", str(port), "--device", device, "--dtype", spec.dtype,
+           "--trust-remote-code" if remote else "--no-trust-remote-code"]
     if spec.continuous_batching:
         cmd += ["--continuous-batching", "--cb-num-blocks", str(spec.cb_blocks), "--cb-max-batch-tokens", "512"]
     return cmd
@@ -195,12 +197,15 @@ def main(spec: Spec, job: Job) -> dict:
     name = spec.name or f"{label} #{job_id}"
     merged = job.dir / "merged"
     owner = (store.job(job_id) or {}).get("owner", "")
+    remote = remote_code.allowed(model["path"], job.home)
+    if remote_code.has_remote_code(model["path"]) and not remote:
+        raise JobError(remote_code.refusal({"model": model["name"]}, job.home), BAD_INPUT)
     endpoints: dict[str, tuple[Path, dict]] = {}      # name -> (folder, meta)
     server = None
     try:
         # (endpoint name, folder, source); with an adapter, transformers also serves the base beside the
         # merged copy, so base and fine-tuned compare on one server (one CPU slot)
-        served = [(name, merge_adapter(model, adapter, merged, job) if adapter else Path(model["path"]), label)]
+        served = [(name, merge_adapter(model, adapter, merged, job, remote) if adapter else Path(model["path"]), label)]
         if adapter and spec.engine == "transformers":
             served.append((f"{spec.name} (base)" if spec.name else f"{model['name']} #{job_id}",
                            Path(model["path"]), model["name"]))
@@ -208,7 +213,7 @@ def main(spec: Spec, job: Job) -> dict:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         job.progress(0, 100, "%", f"starting {spec.engine} on {device}", force=True)
-        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0]), job)
+        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0], remote), job)
         t0 = time.monotonic()
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)
         for (ep_name, path, source), model_id in zip(served, ids):

@@ -38,16 +38,18 @@ class Model:
         dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
         path = str(m["path"])
+        remote = m["meta"].get("trust_remote_code") is True        # the registry's opt-in (checked at submit too)
         if m["xcomposer"]:
             from transformers import AutoModel, AutoTokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-            self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=True).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+            self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=remote).to(device).eval()
             self.processor = None
         else:
             from transformers import AutoModelForImageTextToText, AutoProcessor
-            self.processor = AutoProcessor.from_pretrained(path)
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
             self.tokenizer = self.processor.tokenizer
-            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
+                                                                     trust_remote_code=remote).to(device).eval()
         cfg = m["config"]
         self.context_len = (cfg.get("text_config") or {}).get("max_position_embeddings") or \
             cfg.get("max_position_embeddings") or cfg.get("max_length")
