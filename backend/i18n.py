@@ -434,6 +434,8 @@ STRINGS: dict[str, dict[str, str]] = {
                                 "zh": "用于计数 token 的分词器（注册表中的模型）"},
     "eval.data_cache": {"en": "Standard datasets read their data from {path} (COMPASS_DATA_CACHE); ⚠ = its data is not there.",
                         "zh": "标准数据集从 {path}（COMPASS_DATA_CACHE）读取数据；⚠ 表示数据不在该处。"},
+    "chat.idle_stop": {"en": "A CPU server that answers no request for {minutes} min stops by itself, freeing the CPU slot: start it again here when you need it.",
+                       "zh": "CPU 上的模型服务若 {minutes} 分钟没有收到请求，会自动停止并释放 CPU 名额；需要时在这里重新启动。"},
     # ---- end of table ----
 }
 
