@@ -41,6 +41,9 @@ SETTINGS = {s.name: s for s in [
     Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
     Setting("CPU_SERVER_IDLE_S", 3600.0, "a CPU model server (serve, vlm) that answered no request for this long "
             "ends itself, freeing the CPU slot (0: never)"),
+    Setting("URL_IMPORT_TIMEOUT_S", 900.0, "most a dataset import from a URL may take (its size cap is UPLOAD_MAX_MB); "
+            "URL imports reach public addresses only, at every redirect"),
+    Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
 ]}
 
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
