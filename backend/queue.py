@@ -49,7 +49,8 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     variables through a private file (backend/job_env.py) written before the job can be claimed and
     deleted at launch or whenever the job ends otherwise: never the spec, DB or log."""
     k, model = validate(kind, spec)
-    why = remote_code.refusal(model.model_dump(mode="json"), home)
+    owner = owner or defaults.setting("USER")
+    why = remote_code.refusal(model.model_dump(mode="json"), home) or resume_refusal(model, owner, home)
     if why:
         raise SubmitError(why)
     try:
@@ -61,7 +62,7 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     def write_secrets(job_id: int) -> None:        # before the row is committed: no worker can claim it yet
         written.append(job_env.write_secrets(job_dir(job_id, home), secrets))
     try:
-        job_id = open_store(home).insert_job(kind, owner or defaults.setting("USER"), model.model_dump(mode="json"),
+        job_id = open_store(home).insert_job(kind, owner, model.model_dump(mode="json"),
                                              asked, priority=priority, label=label, parent_id=parent_id,
                                              prepare=write_secrets if secrets else None)
     except BaseException:
@@ -72,6 +73,15 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     wake.parent.mkdir(parents=True, exist_ok=True)
     wake.touch()
     return job_id
+
+
+def resume_refusal(spec, owner: str, home: Path | None) -> str:
+    """A job resumes only from its owner's own jobs (checkpoints hold their data and weights)."""
+    rf = getattr(spec, "resume_from", None)
+    old = open_store(home).job(rf) if isinstance(rf, int) else None
+    if old is not None and old["owner"] != owner:
+        return f"resume_from: job {rf} belongs to {old['owner']}: resume only from your own jobs"
+    return ""
 
 
 def get(job_id: int, home: Path | None = None) -> dict:
