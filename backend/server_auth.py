@@ -8,6 +8,7 @@ import hmac
 import secrets
 
 from backend import defaults
+from backend.store import open_store
 
 KEY_ENV = "WORKBENCH_SERVER_KEY"        # how a server child process gets its key (never its command line)
 
@@ -38,7 +39,6 @@ def idle_too_long(last_request: float, device: str, now: float) -> bool:
 
 def key_for_url(url: str, home=None) -> str:
     """The key of the workbench endpoint at ``url`` ('' when it is not one of ours)."""
-    from backend.store import open_store
     want = url.rstrip("/")
     return next((e["meta"].get("api_key", "") for e in open_store(home).items("endpoint")
                  if str(e["meta"].get("url", "")).rstrip("/") == want), "")

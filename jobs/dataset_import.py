@@ -7,10 +7,12 @@ import fnmatch
 import os
 import re
 import shutil
+import time
+import urllib.parse
 from pathlib import Path
 
 
-from backend import datasets
+from backend import datasets, defaults, url_guard
 from backend.errors import BAD_INPUT, DOWNLOAD
 from backend.specs.dataset_import import Spec
 from jobs.common import Job, JobError, run
@@ -69,10 +71,6 @@ def place(files: list[Path], target_dir: Path, name: str, max_rows: int = 0) -> 
 def download_url(url: str, folder: Path, job: Job) -> list[Path]:
     """Fetch ``url`` through backend/url_guard.py (public addresses only, at every redirect), at most
     WORKBENCH_UPLOAD_MAX_MB bytes within WORKBENCH_URL_IMPORT_TIMEOUT_S seconds."""
-    import time
-    import urllib.parse
-
-    from backend import defaults, url_guard
     if not url.startswith(("http://", "https://")):
         raise JobError(f"{url} is not an http(s) URL", BAD_INPUT)
     filename = Path(urllib.parse.urlparse(url).path).name or "data.jsonl"

@@ -393,7 +393,6 @@ class Run:
 
     def resume_point(self) -> Path | None:
         """The checkpoint to continue from: only ever one of this job owner's own fine-tune jobs."""
-        from backend.store import open_store
         spec = self.spec
         store = open_store(self.job.home)
         owner = (store.job(self.job_id) or {}).get("owner")
