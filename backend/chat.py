@@ -86,7 +86,7 @@ def uptime_s(endpoint: dict) -> float:
 
 def _client(endpoint: dict, api_key: str | None = None):
     from openai import OpenAI, Timeout
-    return OpenAI(base_url=endpoint["url"], api_key=api_key or "none", max_retries=0,
+    return OpenAI(base_url=endpoint["url"], api_key=api_key or endpoint.get("api_key") or "none", max_retries=0,
                   timeout=Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
 
 

@@ -47,11 +47,17 @@ SETTINGS = {s.name: s for s in [
     Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
     Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
+    Setting("CPU_SERVER_IDLE_S", 3600.0, "a CPU model server (serve, vlm) that answered no request for this long "
+            "ends itself, freeing the CPU slot (0: never)"),
+    Setting("URL_IMPORT_TIMEOUT_S", 900.0, "most a dataset import from a URL may take (its size cap is UPLOAD_MAX_MB); "
+            "URL imports reach public addresses only, at every redirect"),
+    Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
 ]}
 
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
 # tests add job kinds and pick the interpreter of core jobs.
-INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON"}
+INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON",
+            "WORKBENCH_SERVER_KEY"}      # a model server's API key, from its serve job (jobs/serve_keyed.py)
 
 FAIR_SHARE_WINDOW_S = 3600.0     # fair share orders owners by how long their jobs ran in this last window
 HEARTBEAT_S = 2.0                # worker and job heartbeat period

@@ -10,7 +10,7 @@ import io
 import re
 from pathlib import Path
 
-from backend import defaults, engines, logs, queue
+from backend import defaults, engines, logs, queue, server_auth
 from backend.chat import endpoints
 from backend.datasets import list_datasets
 from backend.states import PENDING
@@ -151,7 +151,8 @@ def check(spec: dict, home: Path | None = None, api_key: str = "") -> list[str]:
         return [str(e)]
     problems = []
     for m in model.models:
-        problem = opencompass.endpoint_problem(m.url, api_key, timeout=3.0) if m.url else ""
+        key = server_auth.key_for_url(m.url, home) or api_key if m.url else ""
+        problem = opencompass.endpoint_problem(m.url, key, timeout=3.0) if m.url else ""
         if problem:
             problems.append(f"model {m.name}: {problem}; {opencompass.ENDPOINT_SUGGESTION}")
     pkg = package_dir(home)

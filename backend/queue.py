@@ -1,8 +1,6 @@
 """Submitting, cancelling, retrying and cloning jobs: what pages and the CLI call."""
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from collections import Counter
@@ -10,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, i18n, kinds, users
+from backend import defaults, i18n, job_env, kinds, remote_code, users
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import CorruptStore, open_store
@@ -53,29 +51,44 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
            parent_id: int | None = None, secrets: dict[str, str] | None = None,
            home: Path | None = None) -> int:
     """Validate and queue a job. ``secrets`` (tokens, API keys) reach the job as environment
-    variables through a private file the worker deletes at launch: never the spec, DB or log."""
+    variables through a private file (backend/job_env.py) written before the job can be claimed and
+    deleted at launch or whenever the job ends otherwise: never the spec, DB or log."""
     k, model = validate(kind, spec)
+    owner = owner or defaults.setting("USER")
+    why = remote_code.refusal(model.model_dump(mode="json"), home) or resume_refusal(model, owner, home)
+    if why:
+        raise SubmitError(why)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
         raise SubmitError(str(e)) from None
-    store = open_store(home)
-    owner = owner or defaults.setting("USER")
     check_quota(owner, home)
-    job_id = store.insert_job(kind, owner, model.model_dump(mode="json"), asked,
-                              priority=priority, label=label, parent_id=parent_id)
+    written: list[Path] = []
+
+    def write_secrets(job_id: int) -> None:        # before the row is committed: no worker can claim it yet
+        written.append(job_env.write_secrets(job_dir(job_id, home), secrets))
+    try:
+        job_id = open_store(home).insert_job(kind, owner, model.model_dump(mode="json"),
+                                             asked, priority=priority, label=label, parent_id=parent_id,
+                                             prepare=write_secrets if secrets else None)
+    except BaseException:
+        for path in written:                        # the row was rolled back: its id may be given again
+            path.unlink(missing_ok=True)
+        raise
     users.audit(owner, "submit", job_id, detail=kind, home=home)
-    if secrets:
-        d = job_dir(job_id, home)
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / "secrets.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(secrets, f)
     wake = queue_wake_file(home)
     wake.parent.mkdir(parents=True, exist_ok=True)
     wake.touch()
     return job_id
+
+
+def resume_refusal(spec, owner: str, home: Path | None) -> str:
+    """A job resumes only from its owner's own jobs (checkpoints hold their data and weights)."""
+    rf = getattr(spec, "resume_from", None)
+    old = open_store(home).job(rf) if isinstance(rf, int) else None
+    if old is not None and old.owner != owner:
+        return f"resume_from: job {rf} belongs to {old.owner}: resume only from your own jobs"
+    return ""
 
 
 def workspace_problem(home: Path | None = None, lang: str = "en") -> str | None:
@@ -156,7 +169,10 @@ def cancel(job_id: int, home: Path | None = None, by: users.User | str | None = 
     job = get(job_id, home)
     _manage(job, by, "stop")
     users.audit(users.actor(by), "cancel", f"job {job_id}", home=home)
-    return open_store(home).request_cancel(job_id)
+    job = open_store(home).request_cancel(job_id)
+    if job.finished:                                # ended while queued: its secrets are of no more use
+        job_env.discard(job_dir(job_id, home))
+    return job
 
 
 def retry(job_id: int, owner: str | None = None, home: Path | None = None,

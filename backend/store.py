@@ -186,12 +186,19 @@ class Store:
 
     # -- jobs -----------------------------------------------------------------------------
     def insert_job(self, kind: str, owner: str, spec: dict, asked: dict, priority: int = 0,
-                   label: str = "", parent_id: int | None = None) -> int:
-        return self._run(lambda con: con.execute(
-            "INSERT INTO jobs(kind, owner, state, spec, asked, priority, label, parent_id, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?)",
-            (kind, owner, JobState.QUEUED.value, json.dumps(spec), json.dumps(asked), priority, label,
-             parent_id, time.time())).lastrowid)
+                   label: str = "", parent_id: int | None = None, prepare=None) -> int:
+        """Queue a job; ``prepare(job_id)`` runs before the row is committed (no worker can claim it
+        yet), and an exception from it leaves no row."""
+        def tx(con):
+            job_id = con.execute(
+                "INSERT INTO jobs(kind, owner, state, spec, asked, priority, label, parent_id, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (kind, owner, JobState.QUEUED.value, json.dumps(spec), json.dumps(asked), priority, label,
+                 parent_id, time.time())).lastrowid
+            if prepare:
+                prepare(job_id)
+            return job_id
+        return self._run(tx)
 
     def job(self, job_id: int) -> Job | None:
         if not isinstance(job_id, int) or not 0 < job_id < 2 ** 63:     # past SQLite's INTEGER: no such job

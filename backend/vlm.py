@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from backend import server_auth
 from backend.chat import live_endpoints
 from backend.models import list_models
 from backend.specs.vlm import image_text
@@ -140,7 +141,8 @@ def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temp
     stats.update(tokens=0, ttft_s=None, finish_reason=None)
     t0, text = time.monotonic(), ""
     req = urllib.request.Request(endpoint["url"].rstrip("/") + "/chat", data=json.dumps(body).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
+                                 method="POST", headers={"Content-Type": "application/json",
+                                                         **server_auth.headers(endpoint)})
     try:
         resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:

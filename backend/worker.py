@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend import defaults, engines, errors, kinds, logs, procs, queue, resources
+from backend import defaults, engines, errors, job_env, kinds, logs, procs, queue, resources
 from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_OK, LOST, MISSING_ENGINE, TIMEOUT
 from backend.procs import become_subreaper, children, kill_group, pid_alive
 from backend.paths import job_dir, queue_wake_file
@@ -126,6 +126,7 @@ class Worker:
         self._gpus = self.gpu_source()
         self.store.register_worker(self.id, os.getpid(), socket.gethostname(), self._resources())
         self.sweep_lost(startup=True)
+        self.sweep_secrets()
         print(f"worker {self.id}: {len(self._gpus)} GPU(s), {self.cpu_slots} CPU slot(s), home {self.home}",
               flush=True)
 
@@ -163,6 +164,7 @@ class Worker:
             for r in self.running.values():
                 self._guard(f"job {r.job_id}'s log", logs.cap_log, job_dir(r.job_id, self.home) / "run.log")
             self.sweep_lost()
+            self.sweep_secrets()
             self.reap_orphans()
         if not self.stopping:
             self.schedule()
@@ -245,6 +247,13 @@ class Worker:
         self.store.update_job(job.id, worker_id=self.id, heartbeat_at=time.time())
         print(f"job {job.id}: adopted (pid {ident['pid']} still running)", flush=True)
 
+    def sweep_secrets(self) -> None:
+        """Secrets of jobs that ended without launching (cancelled while queued from anywhere, lost...)."""
+        for path in (self.home / "jobs").glob(f"*/{job_env.SECRETS_FILE}"):
+            job = self.store.job(int(path.parent.name)) if path.parent.name.isdigit() else None
+            if job is not None and JobState(job.state).finished:      # no row yet: a submit in progress
+                job_env.discard(path.parent)
+
     def schedule(self) -> None:
         cap, caps = defaults.setting("USER_MAX_RUNNING"), queue.running_caps(self.home)
         active = self.store.active()
@@ -279,6 +288,7 @@ class Worker:
     def _fail_unplaced(self, job: dict, error_class: str, message: str) -> None:
         if self.store.claim(job.id, self.id, {}):
             self.store.transition(job.id, JobState.FAILED, error_class=error_class, error_message=message)
+            job_env.discard(job_dir(job.id, self.home))
             print(f"job {job.id}: failed before start: {message}", flush=True)
 
     # -- running one job --------------------------------------------------------------------
@@ -289,14 +299,17 @@ class Worker:
         spec_path = d / "spec.json"
         spec_path.write_text(json.dumps(job.spec, ensure_ascii=False, indent=2), encoding="utf-8")
         kind = kinds.get(job.kind)
-        env = dict(os.environ)
-        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), env.get("PYTHONPATH")])),
-                   PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job.id),
-                   CUDA_VISIBLE_DEVICES=",".join(map(str, job.given.get("gpus", []))))
-        secrets = d / "secrets.json"
-        if secrets.exists():
-            env.update(json.loads(secrets.read_text()))
-            secrets.unlink()
+        try:
+            secrets = job_env.take_secrets(d)
+        except job_env.BadSecrets as e:
+            self.store.transition(job.id, JobState.FAILED, error_class=BAD_INPUT,
+                                  error_message=f"the job could not start: {e}; submit it again")
+            print(f"job {job.id}: failed before start: {e}", flush=True)
+            return
+        env = job_env.environment(
+            os.environ, d, secrets, PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job.id),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), os.environ.get("PYTHONPATH")])),
+            CUDA_VISIBLE_DEVICES=",".join(map(str, job.given.get("gpus", []))))
         log = open(d / "run.log", "ab")
         cmd = [str(engines.python(job.asked.get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]
         try:
@@ -304,6 +317,7 @@ class Worker:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             log.close()
+            job_env.discard(d)
             self.store.transition(job.id, JobState.FAILED, error_class=MISSING_ENGINE,
                                   error_message=f"could not start {cmd[0]}: {e}")
             return
@@ -327,6 +341,7 @@ class Worker:
         if r.log is not None:
             r.log.close()
         self.signal(r, signal.SIGKILL)     # children the job left behind
+        job_env.discard(job_dir(r.job_id, self.home))
         self.reap_orphans()
         self.record_end(r.job_id, code, r.reason, r.timeout_s, r.ident)
 

@@ -7,10 +7,12 @@ import fnmatch
 import os
 import re
 import shutil
+import time
+import urllib.parse
 from pathlib import Path
 
 
-from backend import datasets
+from backend import datasets, defaults, url_guard
 from backend.errors import BAD_INPUT, DOWNLOAD
 from backend.specs.dataset_import import Spec
 from jobs.common import Job, JobError, run
@@ -67,25 +69,44 @@ def place(files: list[Path], target_dir: Path, name: str, max_rows: int = 0) -> 
 
 
 def download_url(url: str, folder: Path, job: Job) -> list[Path]:
-    import urllib.parse
-    import urllib.request
+    """Fetch ``url`` through backend/url_guard.py (public addresses only, at every redirect), at most
+    WORKBENCH_UPLOAD_MAX_MB bytes within WORKBENCH_URL_IMPORT_TIMEOUT_S seconds."""
     if not url.startswith(("http://", "https://")):
         raise JobError(f"{url} is not an http(s) URL", BAD_INPUT)
     filename = Path(urllib.parse.urlparse(url).path).name or "data.jsonl"
     if not any(fnmatch.fnmatch(filename.lower(), p) for p in DATA_PATTERNS):
         raise JobError(f"{filename}: not a data file (jsonl, json, csv, parquet, txt)", BAD_INPUT)
+    cap = int(defaults.setting("UPLOAD_MAX_MB")) * 2**20
+    limit_s = float(defaults.setting("URL_IMPORT_TIMEOUT_S"))
+    too_big = JobError(f"{url} is larger than {cap // 2**20} MB, the most an import may bring", BAD_INPUT,
+                       "import a smaller file, or ask the operator to raise WORKBENCH_UPLOAD_MAX_MB")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / filename
+    deadline = time.monotonic() + limit_s
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(path, "wb") as out:
+        with url_guard.open_url(url, timeout=60) as r, open(path, "wb") as out:
             total = int(r.headers.get("Content-Length") or 0) or None
+            if total and total > cap:
+                raise too_big
             done = 0
-            while chunk := r.read(1 << 20):
-                out.write(chunk)
+            while chunk := r.read1(1 << 16):
                 done += len(chunk)
+                if done > cap:
+                    raise too_big
+                if time.monotonic() > deadline:
+                    raise JobError(f"downloading {url} took over {limit_s:.0f} s, the most an import may take",
+                                   DOWNLOAD, "import from a faster server, or a smaller file")
+                out.write(chunk)
                 job.progress(done, total, "bytes", filename)
     except OSError as e:
+        path.unlink(missing_ok=True)
+        if url_guard.blocked(e):
+            raise JobError(f"{url} was not fetched: {url_guard.blocked(e)}", BAD_INPUT,
+                           "give a URL on the public internet") from None
         raise JobError(f"downloading {url} failed: {e}", DOWNLOAD, "check the URL and the network") from None
+    except JobError:
+        path.unlink(missing_ok=True)
+        raise
     return [path]
 
 

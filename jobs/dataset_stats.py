@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 
-from backend import datasets
+from backend import datasets, remote_code
 from backend.dataset_view import open_view
 from backend.errors import BAD_INPUT
 from backend.specs.dataset_stats import Spec
@@ -43,7 +43,7 @@ def load_tokenizer(name: str, home: Path):
     if not path.is_dir():
         raise JobError(f"no model {name!r} in the registry", BAD_INPUT, "pick a model from the Models page")
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote_code.allowed(path, home))
 
 
 def render(rec: dict, fmt: str, tokenizer) -> str:

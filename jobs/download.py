@@ -19,11 +19,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 from backend import defaults, models
 from backend.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
+from backend.job_env import CREDENTIALS_DIR
 from backend.paths import human_size
 from backend.specs.download import Spec
 from jobs.common import Job, JobError, run
@@ -200,6 +201,18 @@ def check_file(dest: Path, f: RemoteFile, verify: bool) -> str | None:
     return problem
 
 
+def unsafe_paths(dest: Path, files: list[RemoteFile]) -> list[str]:
+    """Listed paths that would land outside ``dest``: absolute, with ``..``, or through a link out of it."""
+    root = dest.resolve()
+    bad = []
+    for f in files:
+        rel = PurePosixPath(f.path)
+        if not f.path or "\\" in f.path or rel.is_absolute() or ".." in rel.parts \
+                or not (dest / f.path).resolve().is_relative_to(root):
+            bad.append(f.path)
+    return bad
+
+
 # -- the hubs ---------------------------------------------------------------------------------------
 def hf_list(spec: Spec, endpoint: str | None, token: str | None) -> tuple[str, list[RemoteFile]]:
     from huggingface_hub import HfApi
@@ -280,7 +293,8 @@ def ms_download(spec: Spec, endpoint, token, revision: str, dest: Path, progress
 def openxlab_download(spec: Spec, dest: Path, job: Job) -> list[RemoteFile]:
     """OpenXLab's client (in its own engine env) lists nothing up front and can't resume; its endpoint
     is hard-coded, so $OPENXLAB_ENDPOINT (a mirror, or a test server) is set on its modules."""
-    os.environ["HOME"] = str(job.dir / "openxlab-home")       # its token cache stays in the job folder
+    # its token cache goes to the job's private credentials folder, which the worker removes when the job ends
+    os.environ["HOME"] = str(job.dir / CREDENTIALS_DIR / "openxlab-home")
     import openxlab.model.common.bury as bury
     import openxlab.model.handler.download_file as dl
     from openxlab.model import download
@@ -375,7 +389,16 @@ def main(spec: Spec, job: Job) -> dict:
         job.progress(2, 2, "steps", "registered", force=True)
         return {"name": models.BUNDLED_NAME, "path": str(path)}
 
+    job.progress(0, None, "B", f"waiting for any other download of {spec.name} to finish", force=True)
+    with models.fetch_lock(spec.name, job.home):
+        return fetch(spec, job, job_id)
+
+
+def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
+    """The download itself, while this job holds the model's fetch lock."""
     dest = models.models_dir(job.home) / spec.name
+    if models.get(spec.name, job.home):       # the trust_remote_code opt-in was for the files about to change
+        models.set_trust_remote_code(spec.name, False, job.home)
     prepare(dest, spec)
     endpoint = spec.endpoint or os.environ.get(ENDPOINT_ENV[spec.source]) or None
     token = os.environ.get(TOKEN_ENV[spec.source]) or None
@@ -389,6 +412,11 @@ def main(spec: Spec, job: Job) -> dict:
                                          else (ms_list, ms_download, ms_partial))
             job.message(f"listing {spec.repo_id} on {spec.source}" + (f" ({endpoint})" if endpoint else ""))
             revision, files = lister(spec, endpoint, token)
+            bad = unsafe_paths(dest, files)
+            if bad:             # checked before anything is written or deleted
+                raise JobError(f"{spec.source} listed files outside the model folder for {spec.repo_id}: "
+                               f"{', '.join(map(repr, bad[:5]))}; nothing was fetched", DOWNLOAD,
+                               "use another repository or mirror (endpoint): this one is broken or hostile")
             if not files:
                 raise JobError(f"no file of {spec.repo_id} matches {', '.join(spec.allow_patterns) or 'anything'}",
                                BAD_INPUT, "check the file patterns (for example *.safetensors, *.json)")

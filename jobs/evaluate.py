@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 
+from backend import remote_code, server_auth
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.procs import become_subreaper
 from backend.specs.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
@@ -95,18 +96,23 @@ def model_cfg(m: ModelRef, spec: Spec, tokenizer_path: str = "") -> dict:
     common = {"abbr": m.name, "max_out_len": spec.max_out_len, "batch_size": spec.batch_size,
               "max_seq_len": spec.max_seq_len}
     if m.url:
-        # key "ENV": OpenCompass reads OPENAI_API_KEY from the environment (a job secret), never the config.
+        # key "ENV": OpenCompass reads OPENAI_API_KEY from the environment (a job secret), never the config;
+        # a workbench endpoint's own key (it lives only as long as its server) is written in.
         # tokenizer_path: token counts for max_seq_len; without one OpenCompass falls back to tiktoken's
         # gpt-4 encoding, which it downloads (fails offline).
-        return {"type": "opencompass.models.OpenAISDK", "path": m.api_model or m.name, "key": "ENV",
+        return {"type": "opencompass.models.OpenAISDK", "path": m.api_model or m.name,
+                "key": server_auth.key_for_url(m.url) or "ENV",
                 "openai_api_base": m.url.rstrip("/"), "tokenizer_path": tokenizer_path or m.tokenizer_path or None,
                 "temperature": 0.0, "query_per_second": API_QPS, "retry": API_RETRIES, "timeout": API_TIMEOUT_S,
                 "meta_template": {"round": [{"role": "HUMAN", "api_role": "HUMAN"},
                                             {"role": "BOT", "api_role": "BOT", "generate": True}]},
                 "run_cfg": {"num_gpus": 0}, **common}
+    # OpenCompass loads tokenizer and model with trust_remote_code=True unless told: pass the registry's opt-in
+    remote = remote_code.allowed(m.path)
     return {"type": "opencompass.models.HuggingFacewithChatTemplate", "path": m.path,
             "tokenizer_path": tokenizer_path or None, "peft_path": m.peft_path or None,
-            "model_kwargs": {"device_map": "auto" if spec.gpus else "cpu",
+            "tokenizer_kwargs": {"trust_remote_code": remote},
+            "model_kwargs": {"device_map": "auto" if spec.gpus else "cpu", "trust_remote_code": remote,
                              "torch_dtype": "auto" if spec.gpus else "torch.float32"},
             "run_cfg": {"num_gpus": spec.gpus}, **common}
 
@@ -328,7 +334,8 @@ def main(spec: Spec, job: Job) -> dict:
                                "unpack OpenCompass's data archive there, or set DATASET_SOURCE=ModelScope")
 
     for m in spec.models:
-        problem = endpoint_problem(m.url, os.environ.get("OPENAI_API_KEY", "")) if m.url else ""
+        problem = endpoint_problem(m.url, server_auth.key_for_url(m.url) or os.environ.get("OPENAI_API_KEY", "")) \
+            if m.url else ""
         if problem:
             raise JobError(f"model {m.name}: {problem}", BAD_INPUT, ENDPOINT_SUGGESTION)
 

@@ -390,7 +390,7 @@ class Run:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
             set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors")))
-        t = torch.load(path / "trainer.pt", weights_only=False)
+        t = torch.load(path / "trainer.pt", weights_only=True)     # tensors and plain data only: no pickled code
         self.opt.load_state_dict(t["optimizer"])
         self.sched.load_state_dict(t["scheduler"])
         self.scaler.load_state_dict(t["scaler"])
@@ -400,10 +400,16 @@ class Run:
         return int(state["step"])
 
     def resume_point(self) -> Path | None:
+        """The checkpoint to continue from: only ever one of this job owner's own fine-tune jobs."""
         spec = self.spec
+        store = open_store(self.job.home)
+        owner = (store.job(self.job_id) or {}).get("owner")
         job_id = spec.resume_from
+        if job_id is not None and (store.job(job_id) or {}).get("owner") != owner:
+            raise JobError(f"resume_from: job {job_id} is not one of your fine-tune jobs", BAD_INPUT,
+                           "resume from one of your own jobs (Jobs page), or leave resume_from empty")
         if job_id is None and spec.resume:
-            job_id = ft.find_resumable(spec.model_dump(mode="json"), self.job.home, exclude=self.job_id)
+            job_id = ft.find_resumable(spec.model_dump(mode="json"), self.job.home, exclude=self.job_id, owner=owner)
             if job_id is None:
                 self.log("resume: no earlier run with this spec left a checkpoint; starting from step 0")
                 return None

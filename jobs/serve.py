@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 
-from backend import engines
+from backend import engines, remote_code, server_auth
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.registry import endpoint_meta
 from backend.specs.serve import Spec, resolve
@@ -31,6 +31,7 @@ from jobs.common import Job, JobError, run
 
 READY_POLL_S = 0.5
 STOP_GRACE_S = 5.0
+IDLE_POLL_S = 1.0
 WEIGHTS = re.compile(r"Loading weights:\s+(\d+)%")
 REQUEST = re.compile(r'"POST /v1/(chat/)?completions HTTP/[\d.]+" 200')
 
@@ -42,13 +43,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def merge_adapter(model: dict, adapter: dict, out: Path, job: Job) -> Path:
+def merge_adapter(model: dict, adapter: dict, out: Path, job: Job, remote: bool) -> Path:
     """Merge a LoRA adapter into a copy of its base model in the job folder; both servers load it as a model."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     job.message(f"merging adapter {adapter['name']} into {model['name']}")
-    base = AutoModelForCausalLM.from_pretrained(model["path"], dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model["path"], dtype=torch.float32, trust_remote_code=remote)
     try:
         merged = PeftModel.from_pretrained(base, adapter["path"]).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:
@@ -56,23 +57,25 @@ def merge_adapter(model: dict, adapter: dict, out: Path, job: Job) -> Path:
                        "pick the base model the adapter was trained on") from None
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(adapter["path"] if (Path(adapter["path"]) / "tokenizer_config.json").exists()
-                                  else model["path"]).save_pretrained(out)
+                                  else model["path"], trust_remote_code=remote).save_pretrained(out)
     del base, merged
     return out
 
 
-def command(spec: Spec, paths: list[Path], port: int, device: str, served: str) -> list[str]:
+def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, remote: bool, key: str) -> list[str]:
     """The server's command line. transformers serves one model forced, or several on demand (requests
-    name the folder), none unloaded while the job runs; LMDeploy serves the first."""
+    name the folder), none unloaded while the job runs; LMDeploy serves the first (it loads tokenizers
+    with remote code and has no switch for it: a model with its own code is refused without the opt-in)."""
     path = paths[0]
     if spec.engine == "lmdeploy":
         return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
                 "--server-name", "127.0.0.1", "--server-port", str(port), "--backend", "turbomind",
                 "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
-                "--log-level", "INFO"]
+                "--log-level", "INFO", "--api-keys", key]
     models = [str(path)] if len(paths) == 1 else ["--model-timeout", str(10**9)]
-    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", *models, "--host", "127.0.0.1",
-           "--port", str(port), "--device", device, "--dtype", spec.dtype]
+    cmd = [sys.executable, "-m", "jobs.serve_keyed", "serve", *models, "--host", "127.0.0.1",
+           "--port", str(port), "--device", device, "--dtype", spec.dtype,
+           "--trust-remote-code" if remote else "--no-trust-remote-code"]
     if spec.continuous_batching:
         cmd += ["--continuous-batching", "--cb-num-blocks", str(spec.cb_blocks), "--cb-max-batch-tokens", "512"]
     return cmd
@@ -81,9 +84,11 @@ def command(spec: Spec, paths: list[Path], port: int, device: str, served: str) 
 class Server:
     """The child server process: its output goes to run.log; it counts requests and loading progress."""
 
-    def __init__(self, cmd: list[str], job: Job):
-        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
-        print("$ " + " ".join(cmd), flush=True)
+    def __init__(self, cmd: list[str], job: Job, key: str):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1",
+                   **{server_auth.KEY_ENV: key})
+        self.key = key
+        print("$ " + " ".join(a if a != key else "<api key>" for a in cmd), flush=True)
         self.job = job
         self.requests = 0
         self.lines: list[str] = []
@@ -131,9 +136,10 @@ class Server:
         return JobError(f"the model server exited with code {self.proc.returncode}:\n{tail}", CRASH)
 
 
-def http(method: str, url: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, dict]:
+def http(method: str, url: str, body: dict | None = None, timeout: float = 5.0, key: str = "") -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **server_auth.headers({"api_key": key})})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.status, json.loads(r.read() or b"{}")
 
@@ -148,7 +154,7 @@ def wait_ready(server: Server, base: str, served: list[str], engine: str, deadli
             raise JobError("the model server did not become ready in time", CRASH,
                            "raise ready_timeout_s, or look at the log for where loading stopped")
         try:
-            if http("GET", health, timeout=2)[0] == 200:
+            if http("GET", health, timeout=2, key=server.key)[0] == 200:
                 break
         except (OSError, ValueError):
             pass
@@ -162,7 +168,7 @@ def one_token(server: Server, base: str, model: str, deadline: float) -> None:
     try:
         status, out = http("POST", base + "/v1/chat/completions", {
             "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-            timeout=max(10.0, deadline - time.monotonic()))
+            timeout=max(10.0, deadline - time.monotonic()), key=server.key)
     except urllib.error.HTTPError as e:
         raise JobError(f"the model server answered the health check with HTTP {e.code}: "
                        f"{e.read().decode(errors='replace')[:500]}", CRASH) from None
@@ -196,12 +202,15 @@ def main(spec: Spec, job: Job) -> dict:
     name = spec.name or f"{label} #{job_id}"
     merged = job.dir / "merged"
     owner = (store.job(job_id) or {}).get("owner", "")
+    remote = remote_code.allowed(model["path"], job.home)
+    if remote_code.has_remote_code(model["path"]) and not remote:
+        raise JobError(remote_code.refusal({"model": model["name"]}, job.home), BAD_INPUT)
     endpoints: dict[str, tuple[Path, dict]] = {}      # name -> (folder, meta)
     server = None
     try:
         # (endpoint name, folder, source); with an adapter, transformers also serves the base beside the
         # merged copy, so base and fine-tuned compare on one server (one CPU slot)
-        served = [(name, merge_adapter(model, adapter, merged, job) if adapter else Path(model["path"]), label)]
+        served = [(name, merge_adapter(model, adapter, merged, job, remote) if adapter else Path(model["path"]), label)]
         if adapter and spec.engine == "transformers":
             served.append((f"{spec.name} (base)" if spec.name else f"{model['name']} #{job_id}",
                            Path(model["path"]), model["name"]))
@@ -209,7 +218,8 @@ def main(spec: Spec, job: Job) -> dict:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         job.progress(0, 100, "%", f"starting {spec.engine} on {device}", force=True)
-        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0]), job)
+        key = server_auth.new_key()
+        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0], remote, key), job, key)
         t0 = time.monotonic()
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)
         for (ep_name, path, source), model_id in zip(served, ids):
@@ -219,19 +229,22 @@ def main(spec: Spec, job: Job) -> dict:
                 config.get("max_position_embeddings"),
                 tokenizer=str(path / "tokenizer.json") if (path / "tokenizer.json").exists() else "",
                 continuous_batching=spec.continuous_batching, generation=generation_defaults(path),
+                api_key=key, idle_stop_s=server_auth.idle_limit_s(device),
                 **({"base_of": name} if ep_name != name else {}))
         register(store, endpoints, job_id, owner)
         for ep_name, (_, meta) in endpoints.items():
             job.event("ready", endpoint=ep_name, url=meta["url"])
             job.message(f"ready: endpoint {ep_name!r} at {meta['url']} ({meta['load_s']} s to load)")
-        counted = 0
+        counted, last = 0, time.monotonic()
         while server.alive():
             if server.requests != counted:
-                counted = server.requests
+                counted, last = server.requests, time.monotonic()
                 for _, meta in endpoints.values():        # the server's count: its log names no model
                     meta["requests"] = counted
                 register(store, endpoints, job_id, owner)
-            time.sleep(1.0)
+            if server_auth.idle_too_long(last, device, time.monotonic()):
+                return idle_stop(job, server_auth.idle_limit_s(device), counted)
+            time.sleep(IDLE_POLL_S)
         raise server.failure()
     finally:
         for ep_name in endpoints or [name]:
@@ -239,6 +252,13 @@ def main(spec: Spec, job: Job) -> dict:
         if server:
             server.stop()
         shutil.rmtree(merged, ignore_errors=True)
+
+
+def idle_stop(job: Job, limit_s: float, requests: int) -> dict:
+    """An idle CPU server ends itself (the job succeeds) so it does not hold the CPU slot forever."""
+    job.message(f"stopped: no request for {limit_s / 60:.0f} min (a CPU server ends itself when idle, "
+                "WORKBENCH_CPU_SERVER_IDLE_S); start it again from the Chat page")
+    return {"stopped": "idle", "idle_s": limit_s, "requests": requests}
 
 
 def register(store, endpoints: dict[str, tuple[Path, dict]], job_id: int, owner: str) -> None:

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 
+from backend import server_auth
 from backend.errors import BAD_INPUT, CRASH
 from backend.registry import endpoint_meta
 from backend.specs.vlm import Spec, resolve
 from backend.store import open_store
 from backend.vlm import open_image
 from jobs.common import Job, JobError, run
+from jobs.serve import idle_stop
 
 READY_POLL_S = 0.2
 
@@ -39,16 +41,18 @@ class Model:
         dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
         path = str(m["path"])
+        remote = m["meta"].get("trust_remote_code") is True        # the registry's opt-in (checked at submit too)
         if m["xcomposer"]:
             from transformers import AutoModel, AutoTokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-            self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=True).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+            self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=remote).to(device).eval()
             self.processor = None
         else:
             from transformers import AutoModelForImageTextToText, AutoProcessor
-            self.processor = AutoProcessor.from_pretrained(path)
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
             self.tokenizer = self.processor.tokenizer
-            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
+                                                                     trust_remote_code=remote).to(device).eval()
         cfg = m["config"]
         self.context_len = (cfg.get("text_config") or {}).get("max_position_embeddings") or \
             cfg.get("max_position_embeddings") or cfg.get("max_length")
@@ -205,7 +209,10 @@ class Model:
 TIMEOUT_S = 600.0
 
 
-def make_server(model: Model):
+MAX_BODY_BYTES = 64 * 2**20      # a request: a few images as base64 and the conversation
+
+
+def make_server(model: Model, key: str):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
@@ -229,11 +236,24 @@ def make_server(model: Model):
                 self._json(404, {"error": f"no route {self.path}"})
 
         def do_POST(self):
+            if not server_auth.authorized(self.headers.get("Authorization"), key):
+                self.close_connection = True
+                self._json(401, {"error": "this server answers only the workbench: send its API key as a Bearer token"})
+                return
             if self.path != "/chat":
                 self._json(404, {"error": f"no route {self.path}"})
                 return
+            length = self.headers.get("Content-Length", "")
+            if not length.isdigit():
+                self.close_connection = True
+                self._json(400 if length else 411, {"error": "the request needs a valid Content-Length"})
+                return
+            if int(length) > MAX_BODY_BYTES:
+                self.close_connection = True
+                self._json(413, {"error": f"the request is over {MAX_BODY_BYTES // 2**20} MiB: send fewer or smaller images"})
+                return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                body = json.loads(self.rfile.read(int(length)) or b"{}")
                 if not isinstance(body, dict):
                     raise ValueError("the request body must be a JSON object")
             except ValueError as e:
@@ -293,7 +313,8 @@ def main(spec: Spec, job: Job) -> dict:
         job.progress(0, 2, "steps", f"loading {m['name']} on {device}", force=True)
         model = Model(m, spec, device, job)
         job.progress(1, 2, "steps", "starting the server", force=True)
-        server = make_server(model)
+        key = server_auth.new_key()
+        server = make_server(model, key)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
         deadline = t0 + spec.ready_timeout_s
@@ -310,16 +331,19 @@ def main(spec: Spec, job: Job) -> dict:
         job.progress(2, 2, "steps", "ready", force=True)
         meta = endpoint_meta(base, m["name"], "vlm", device, job_id, m["name"], time.monotonic() - t0,
                              model.context_len, mode="xcomposer" if m["xcomposer"] else "transformers",
-                             max_images=spec.max_images)
+                             max_images=spec.max_images, api_key=key, idle_stop_s=server_auth.idle_limit_s(device))
         owner = (store.job(job_id) or {}).get("owner", "")
         store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
         job.event("ready", endpoint=name, url=base)
         job.message(f"ready: image-text endpoint {name!r} at {base} ({meta['load_s']} s to load)")
-        seen = 0
+        seen, last = 0, time.monotonic()
         while True:
             if model.requests != seen:
                 seen = meta["requests"] = model.requests
+                last = time.monotonic()
                 store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
+            if server_auth.idle_too_long(last, device, time.monotonic()) and not model.lock.locked():
+                return idle_stop(job, server_auth.idle_limit_s(device), seen)
             time.sleep(1.0)
     finally:
         store.delete("endpoint", name, job_id=job_id)

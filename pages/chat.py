@@ -87,6 +87,9 @@ with st.container(key="chat_endpoints"):
         elif ui.cancel_button(c[6], queue.get(ep["job_id"]), ui.t("chat.stop_server"),
                               f"chat_stop_server_{ep['job_id']}"):
             st.rerun()
+    idle = max((ep.get("idle_stop_s") or 0 for ep in live), default=0)
+    if idle:
+        st.caption(ui.t("chat.idle_stop", minutes=max(1, round(idle / 60))))
 
     with st.expander(ui.t("chat.start"), expanded=(not live or keys.CHAT_MODEL in st.session_state)
                      and not st.session_state.get(S_STARTING)):

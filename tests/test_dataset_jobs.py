@@ -69,7 +69,7 @@ def test_import_from_a_url_through_the_worker(home, http_dir):
     (folder / "tiny_alpaca.jsonl").write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n" * 2)
     ok = queue.submit("dataset_import", {"source": "url", "id": f"{base}/tiny_alpaca.jsonl"}, home=home)
     gone = queue.submit("dataset_import", {"source": "url", "id": f"{base}/missing.jsonl", "name": "m"}, home=home)
-    run_burst(home)
+    run_burst(home, WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK=1)
     job, res = result(home, ok)
     assert job["state"] == "succeeded", res
     assert res["name"] == "tiny_alpaca" and res["format"] == "alpaca" and res["rows"] == 1
@@ -78,7 +78,7 @@ def test_import_from_a_url_through_the_worker(home, http_dir):
     job, res = result(home, gone)
     assert job["state"] == "failed" and res["error"]["class"] == "download_error"
     again = queue.submit("dataset_import", {"source": "url", "id": f"{base}/tiny_alpaca.jsonl"}, home=home)
-    run_burst(home)
+    run_burst(home, WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK=1)
     job, res = result(home, again)
     assert job["state"] == "failed" and "already exists" in res["error"]["message"]
 

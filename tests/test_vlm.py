@@ -54,9 +54,10 @@ def test_image_checks():
         vlm.check_images([png(), png(), png()], max_images=2)
 
 
-def post(url: str, body: dict) -> tuple[int, str]:
-    req = urllib.request.Request(url + "/chat", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+def post(ep: dict, body: dict) -> tuple[int, str]:
+    """A raw request to a vlm endpoint, with its API key."""
+    req = urllib.request.Request(ep["url"] + "/chat", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {ep['api_key']}"})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, r.read().decode()
@@ -97,9 +98,9 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
                            ([{"data": base64.b64encode(png_header_only(12_000, 9_000)).decode()}], "108 megapixels"),
                            ([{"path": "../../etc/passwd"}], "inside the workspace"),
                            ([{"data": base64.b64encode(png()).decode()}] * 3, "too many images")]:
-        code, text = post(ep["url"], {"messages": [{"role": "user", "content": "hi", "images": images}]})
+        code, text = post(ep, {"messages": [{"role": "user", "content": "hi", "images": images}]})
         assert code == 400 and expect in json.loads(text)["error"], (expect, code, text)
-    assert post(ep["url"], {"messages": []})[0] == 400
+    assert post(ep, {"messages": []})[0] == 400
     assert "".join(vlm.stream(ep, [{"role": "user", "content": "Still there?"}], max_new_tokens=3))
     beam = list(vlm.stream(ep, [{"role": "user", "content": "Beams?", "images": [png()]}], max_new_tokens=6, num_beams=2))
     assert len(beam) == 1 and beam[0].strip(), "beam search answers in one piece"
@@ -109,7 +110,7 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
     conn = http.client.HTTPConnection(ep["url"].removeprefix("http://"), timeout=30)
     conn.request("POST", "/chat", json.dumps({"messages": [{"role": "user", "content": "Talk a lot."}],
                                               "max_new_tokens": 400, "temperature": 1.0}),
-                 {"Content-Type": "application/json"})
+                 {"Content-Type": "application/json", "Authorization": f"Bearer {ep['api_key']}"})
     resp = conn.getresponse()
     assert "delta" in json.loads(resp.readline())
     conn.sock.shutdown(2)

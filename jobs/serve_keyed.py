@@ -1,0 +1,41 @@
+"""`transformers serve` that answers only requests carrying the endpoint's key: the same CLI, with a
+middleware added to its FastAPI app that answers 401 unless ``Authorization: Bearer <key>`` (the key comes
+from $WORKBENCH_SERVER_KEY, not the command line). ``/health`` stays open for the readiness check.
+
+    python -m jobs.serve_keyed serve <model> --host 127.0.0.1 --port ...
+"""
+from __future__ import annotations
+
+import os
+
+from backend.server_auth import KEY_ENV, authorized
+
+
+def keyed(build_server, key: str):
+    def build(*args, **kwargs):
+        from starlette.responses import JSONResponse
+        app = build_server(*args, **kwargs)
+
+        @app.middleware("http")
+        async def check_key(request, call_next):
+            if request.url.path != "/health" and not authorized(request.headers.get("authorization"), key):
+                return JSONResponse({"error": {"message": "this server answers only the workbench: "
+                                               "send its API key as a Bearer token", "type": "unauthorized"}},
+                                    status_code=401)
+            return await call_next(request)
+        return app
+    return build
+
+
+def main() -> None:
+    key = os.environ.pop(KEY_ENV, "")
+    if not key:
+        raise SystemExit(f"{KEY_ENV} is not set: refusing to serve without a key")
+    import transformers.cli.serving.server as server
+    server.build_server = keyed(server.build_server, key)
+    from transformers.cli.transformers import main as cli
+    cli()
+
+
+if __name__ == "__main__":
+    main()

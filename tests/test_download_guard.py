@@ -1,0 +1,79 @@
+"""Downloads stay inside: a hub listing is checked as paths before anything is written or deleted, and
+one model is fetched by one job at a time (tests/hubserver.py plays the hub, hostile where asked)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from backend import logs, models, queue
+from jobs.download import MARKER
+from tests.conftest import run_burst, wait_for
+from tests.hubserver import Hub
+
+
+@pytest.fixture
+def hub(tiny_model):
+    with Hub({"camp/tiny": tiny_model}) as h:
+        yield h
+
+
+def list_also(hub: Hub, rel: str, payload) -> None:
+    """Make the hub list (and serve) ``rel``, pointing at the file ``payload``."""
+    repo, data = hub.repos["camp/tiny"], payload.read_bytes()
+    repo.files[rel] = payload
+    repo.meta[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "lfs": False,
+                      "blob": hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()}
+
+
+def test_a_hostile_listing_writes_and_deletes_nothing(home, hub, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    payload = tmp_path / "payload.txt"
+    payload.write_text("pwned")
+    for rel in ("../../escaped.txt", str(victim), "sub/../../../escaped2.txt"):
+        list_also(hub, rel, payload)
+    job = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url})
+    run_burst(home)
+    j = queue.get(job)
+    assert j["state"] == "failed" and "listed files outside the model folder" in j["error_message"], \
+        logs.tail(job, 30, home)
+    assert "'../../escaped.txt'" in j["error_message"] and "nothing was fetched" in j["error_message"]
+    assert victim.read_text() == "keep me"
+    assert not [p for p in tmp_path.rglob("escaped*")]
+    assert [p.name for p in (home / "models" / "tiny").iterdir()] == [MARKER.split("/")[0]]
+    assert hub.bytes_sent == 0
+
+
+def test_a_listed_path_through_a_link_out_of_the_folder_is_refused(home, hub, tmp_path):
+    """An earlier partial download of the same repository left ``link`` pointing outside (ModelScope this time)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = home / "models" / "tiny"
+    (dest / MARKER).parent.mkdir(parents=True)
+    (dest / MARKER).write_text(json.dumps({"source": "modelscope", "repo_id": "camp/tiny"}))
+    (dest / "link").symlink_to(outside)
+    payload = tmp_path / "payload.txt"
+    payload.write_text("pwned")
+    list_also(hub, "link/config.json", payload)
+    job = queue.submit("download", {"source": "modelscope", "repo_id": "camp/tiny", "endpoint": hub.url})
+    run_burst(home)
+    j = queue.get(job)
+    assert j["state"] == "failed" and "'link/config.json'" in j["error_message"], logs.tail(job, 30, home)
+    assert list(outside.iterdir()) == [] and hub.bytes_sent == 0
+
+
+@pytest.mark.slow
+def test_one_fetch_per_model_at_a_time(home, hub, worker):
+    """Two students start the same model at once: the second waits for the first, then finds the files."""
+    hub.throttle = 40_000                  # bytes/s per response: the first fetch takes a few seconds
+    spec = {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}
+    a, b = queue.submit("download", spec, owner="ann"), queue.submit("download", spec, owner="bob")
+    wait_for(lambda: all(queue.get(j)["state"] not in ("queued", "starting", "running") for j in (a, b)),
+             120, 0.2, "both downloads to end")
+    for j in (a, b):
+        assert queue.get(j)["state"] == "succeeded", logs.tail(j, 30, home)
+    total = sum(m["size"] for m in hub.repos["camp/tiny"].meta.values())
+    assert hub.bytes_sent == total, (hub.bytes_sent, total)      # fetched once, not twice in parallel
+    assert models.get("tiny", home)["meta"]["size_bytes"] >= total

@@ -1,0 +1,122 @@
+"""Code from models runs only by explicit opt-in: a model whose remote code writes a marker file is
+refused at submit without the opt-in, and no job kind runs that code when the opt-in is taken back while
+its jobs wait (the loaders pass the registry's opt-in, not their own default)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from backend import chat, logs, models, queue
+from backend.store import open_store
+from tests.conftest import ENGINES_DIR, ROOT, endpoint_of, env_for, run_burst, wait_for
+from tests.fixtures.remote_code_model import make_remote_code_model
+
+ROWS = [{"messages": [{"role": "user", "content": f"Hello, who are you? {i}"},
+                      {"role": "assistant", "content": "I am a helpful assistant."}]} for i in range(8)]
+
+
+@pytest.fixture
+def remote(home, tiny_model, tmp_path):
+    """(registered remote-code model folder, marker path); a dataset ``chat`` beside it."""
+    marker = tmp_path / "REMOTE_CODE_RAN"
+    folder = make_remote_code_model(tiny_model, tmp_path / "remote-llama", marker)
+    models.register("remote", folder, "test", home=home)
+    (home / "datasets").mkdir(exist_ok=True)
+    (home / "datasets" / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return folder, marker
+
+
+def opt_in(allowed: bool, home) -> None:
+    models.set_trust_remote_code("remote", allowed, home)
+
+
+def submit_all(home, folder) -> dict[str, dict]:
+    finetune = {"base_model": "remote", "datasets": ["chat.jsonl"], "max_length": 64, "batch_size": 2,
+                "epochs": 1, "gradient_checkpointing": False, "name": "remote-lora"}
+    return {"finetune": finetune, "serve": {"model": "remote"}, "dataset_stats": {"dataset": "chat.jsonl", "model": "remote"},
+            "evaluate": {"models": [{"name": "remote", "path": str(folder)}],
+                         "datasets": [{"name": "qa", "path": str(home / "qa.jsonl")}]},
+            "vlm": {"model": "remote"}}
+
+
+def test_a_model_with_its_own_code_is_refused_at_submit_without_the_opt_in(home, remote):
+    folder, _ = remote
+    (home / "qa.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    for kind, spec in submit_all(home, folder).items():
+        with pytest.raises(queue.SubmitError, match="needs its own remote code.*trust_remote_code opt-in"):
+            queue.submit(kind, spec, home=home)
+    open_store(home).put("adapter", "remote-lora", str(folder), {"base_model": "remote"})
+    with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
+        queue.submit("merge", {"adapter": "remote-lora"}, home=home)
+    assert queue.list_jobs(home=home) == []
+
+
+def test_a_re_download_clears_the_opt_in(home, remote, tmp_path):
+    models.register("remote", remote[0], "huggingface", id="x/remote", home=home, trust_remote_code=True)
+    assert models.get("remote", home)["meta"]["trust_remote_code"] is True
+    job = queue.submit("download", {"source": "huggingface", "repo_id": "x/remote", "name": "remote",
+                                    "endpoint": "http://127.0.0.1:9"}, home=home)
+    run_burst(home)
+    assert queue.get(job, home)["state"] == "failed"          # nothing listens there; the opt-in is gone anyway
+    assert not models.get("remote", home)["meta"].get("trust_remote_code")
+
+
+def test_evaluate_config_passes_the_opt_in_to_opencompass(home, remote, tmp_path):
+    """OpenCompass's HuggingFacewithChatTemplate trusts remote code unless told: build its model from the
+    generated config in the opencompass engine and see whether the marker appears."""
+    from jobs import evaluate as ev
+    folder, marker = remote
+    (home / "qa.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    spec = ev.Spec.model_validate(submit_all(home, folder)["evaluate"])
+    config = ev.write_config(spec, tmp_path / "config.py", None)
+    text = config.read_text()
+    assert "'tokenizer_kwargs': {'trust_remote_code': False}" in text and "'trust_remote_code': False, " in text
+    python = ENGINES_DIR / "opencompass" / "bin" / "python"
+    if not (ENGINES_DIR / "opencompass" / ".installed").exists():
+        return
+    build = ("import sys; from mmengine.config import Config; from opencompass.utils import build_model_from_cfg;"
+             "build_model_from_cfg(Config.fromfile(sys.argv[1]).models[0]); print('built')")
+    out = subprocess.run([str(python), "-c", build, str(config)], cwd=ROOT, env=env_for(home, HF_HUB_OFFLINE="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert "built" in out.stdout, out.stderr[-3000:]
+    assert not marker.exists(), "OpenCompass ran the model's code without the opt-in"
+    opt_in(True, home)                      # the positive control: with the opt-in, the code runs
+    config = ev.write_config(spec, tmp_path / "config.py", None)
+    subprocess.run([str(python), "-c", build, str(config)], cwd=ROOT, env=env_for(home, HF_HUB_OFFLINE="1"),
+                   capture_output=True, text=True, timeout=300)
+    assert marker.exists()
+
+
+@pytest.mark.slow
+def test_no_job_kind_runs_the_models_code_when_the_opt_in_is_taken_back(home, remote):
+    folder, marker = remote
+    specs = submit_all(home, folder)
+    opt_in(True, home)
+    stats = queue.submit("dataset_stats", specs["dataset_stats"], home=home)
+    tune = queue.submit("finetune", specs["finetune"], home=home)
+    opt_in(False, home)                      # taken back while the jobs wait
+    run_burst(home, timeout=300)
+    for job_id in (stats, tune):
+        assert queue.get(job_id, home)["state"] == "succeeded", logs.tail(job_id, 30, home)
+    opt_in(True, home)
+    merge = queue.submit("merge", {"adapter": "remote-lora"}, home=home)
+    serve = queue.submit("serve", specs["serve"], home=home)
+    opt_in(False, home)
+    from tests.conftest import start_worker, stop
+    w = start_worker(home)
+    try:
+        wait_for(lambda: queue.get(merge, home)["state"] == "succeeded", 120, 0.2, "the merge")
+        job = queue.get(serve, home)
+        # the server refuses to start a model with its own code without the opt-in
+        wait_for(lambda: queue.get(serve, home)["state"] == "failed", 120, 0.2, "serve to refuse")
+        assert "trust_remote_code opt-in" in queue.get(serve, home)["error_message"], job
+    finally:
+        stop(w)
+    assert not marker.exists(), "a job ran the model's code without the opt-in"
+    assert chat.endpoints(home) == []
+    opt_in(True, home)                       # the positive control: with the opt-in, its code does run
+    again = queue.submit("dataset_stats", specs["dataset_stats"], home=home)
+    run_burst(home)
+    assert queue.get(again, home)["state"] == "succeeded" and marker.exists()

@@ -1,0 +1,91 @@
+"""Servers answer only the workbench: each serve/vlm endpoint has its own API key (kept with the endpoint)
+that the backend's clients send; a request without it gets 401; the vlm server caps bodies and refuses a
+bad Content-Length; an idle CPU server ends itself."""
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+
+from backend import chat, logs, queue, vlm
+from backend.store import open_store
+from tests.conftest import endpoint_of, start_worker, stop, wait_for
+from tests.test_vlm import png
+
+
+def status(url: str, key: str = "", body: dict | None = None) -> int:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def raw(url: str, headers: dict, body: bytes = b"") -> int:
+    """A POST with exactly these headers (urllib would fix a bad Content-Length)."""
+    u = urlsplit(url)
+    con = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    con.putrequest("POST", u.path)
+    for k, v in headers.items():
+        con.putheader(k, v)
+    con.endheaders()
+    if body:
+        con.send(body)
+    code = con.getresponse().status
+    con.close()
+    return code
+
+
+@pytest.mark.slow
+def test_serve_answers_only_with_its_key_and_an_idle_cpu_server_ends_itself(home, tiny_model):
+    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"})
+    w = start_worker(home, WORKBENCH_CPU_SERVER_IDLE_S=8)
+    try:
+        job_id = queue.submit("serve", {"model": "tiny"}, home=home)
+        ep = endpoint_of(home, job_id)
+        key, url = ep["api_key"], ep["url"]
+        assert len(key) > 30 and ep["idle_stop_s"] == 8
+        ask = {"model": ep["model"], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert status(url + "/chat/completions", body=ask) == 401
+        assert status(url + "/chat/completions", "wrong-key", ask) == 401
+        assert status(url + "/models") == 401
+        assert status(url + "/chat/completions", key, ask) == 200
+        assert "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), max_tokens=4)) is not None   # the Chat page's client
+        assert key not in logs.read_log(job_id, home=home)[0]
+        # nothing more is asked: the CPU server stops itself and its endpoint goes away
+        wait_for(lambda: queue.get(job_id, home)["state"] == "succeeded", 90, 0.5, "the idle server to end itself")
+        assert logs.result(job_id, home)["stopped"] == "idle" and chat.endpoints(home) == []
+        assert "no request for" in logs.read_log(job_id, home=home)[0]
+    finally:
+        stop(w)
+
+
+@pytest.mark.slow
+def test_vlm_server_needs_its_key_caps_bodies_and_refuses_bad_lengths(home, worker, tiny_llava):
+    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"})
+    job_id = queue.submit("vlm", {"model": "tiny-llava"}, home=home)
+    ep = endpoint_of(home, job_id, 90)
+    chat_url, key = ep["url"] + "/chat", ep["api_key"]
+    hello = {"messages": [{"role": "user", "content": "hi", "images": []}], "max_new_tokens": 2}
+    assert status(chat_url, body=hello) == 401 and status(chat_url, "nope", hello) == 401
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    assert raw(chat_url, {**auth, "Content-Length": "-5"}) == 400
+    assert raw(chat_url, {**auth, "Content-Length": "12abc"}) == 400
+    assert raw(chat_url, auth) == 411
+    assert raw(chat_url, {**auth, "Content-Length": str(10**12)}) == 413
+    # the XComposer page's client sends the key: the server still answers
+    assert "".join(vlm.stream(ep, [{"role": "user", "content": "What is it?", "images": [png()]}], max_new_tokens=3))
+    queue.cancel(job_id, home)
+    wait_for(lambda: queue.get(job_id, home)["state"] == "cancelled", 30, 0.2, "the vlm job to stop")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    from tests.fixtures.tiny_vlm import make_tiny_llava
+    return make_tiny_llava(tmp_path_factory.mktemp("tinyvlm") / "tiny-llava")
