@@ -485,6 +485,14 @@ STRINGS: dict[str, dict[str, str]] = {
                       "zh": "磁盘已满：删除不再需要的模型、数据集或已结束的任务（或请管理员腾出空间），然后重试；重试会从已保存的文件继续。"},
     "store.corrupt": {"en": "The workspace database {path} cannot be read ({error}): restore it from a backup, or move it aside to start an empty queue.",
                        "zh": "无法读取工作区数据库 {path}（{error}）：请从备份恢复，或将其移走以新建空队列。"},
+    "ft.objective": {"en": "Objective", "zh": "训练目标"},
+    "ft.objective.sft": {"en": "Chat fine-tuning (SFT)", "zh": "对话微调 (SFT)"},
+    "ft.objective.pretrain": {"en": "Continued pre-training", "zh": "增量预训练"},
+    "ft.objective.help": {"en": "SFT trains the assistant replies of conversations through the model's chat template. "
+                                "Continued pre-training reads plain text ({\"text\"} rows or a .txt file), packs it and "
+                                "trains every token, with no template.",
+                          "zh": "SFT 通过模型的对话模板训练对话中的助手回复。增量预训练读取纯文本（{\"text\"} 行或 .txt 文件），"
+                                "打包后训练每个 token，不套用模板。"},
     # ---- end of table ----
 }
 

@@ -2,7 +2,7 @@
 the tiny model, watch the loss chart fill, compare runs."""
 import pytest
 
-from backend import queue
+from backend import datasets, queue
 from backend.store import open_store
 from tests.conftest import pick, shot, wait_for
 
@@ -44,3 +44,28 @@ def test_submit_a_tiny_run_from_the_page_and_see_the_loss_chart(page, home, tiny
     run.get_by_role("button", name="Chat with it").wait_for()
     page.wait_for_timeout(800)          # let the charts paint before the picture
     shot(page, "finetune")
+
+
+def test_continued_pretraining_from_the_page_on_a_text_file(page, home, tiny_model):
+    open_store(home).put("model", "tiny", str(tiny_model))
+    (home / "datasets").mkdir(exist_ok=True)
+    (home / "datasets" / "wiki.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 20)
+    datasets.register(home / "datasets" / "wiki.txt", "wiki", "upload", home)
+    page.set_viewport_size({"width": 1400, "height": 2200})
+    page.goto(f"{page.base_url}/finetune")
+    page.get_by_role("button", name="Start fine-tuning").wait_for(timeout=60_000)
+    form = page.locator(".st-key-ft-form")
+    form.locator("label").get_by_text("Continued pre-training", exact=True).click()
+    pick(page, "ft_datasets_pretrain", "wiki")
+    form.get_by_text("objective: pretrain").wait_for()
+    page.keyboard.press("Escape")
+    page.locator(".st-key-ft_preset button[aria-label='Open']").click()
+    page.get_by_role("option", name="CPU quick demo").click()
+    form.get_by_text("preset: cpu_demo").wait_for()
+    page.locator(".st-key-ft_submit button").click()
+    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="finetune", home=home)], 30, what="a job")[0]
+    assert queue.get(job_id, home)["spec"]["objective"] == "pretrain"
+    run = page.locator(".st-key-ft-run")
+    run.locator("[data-testid='job-state'][data-state='succeeded']").wait_for(state="attached", timeout=180_000)
+    run.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+    shot(page, "finetune-pretrain")
