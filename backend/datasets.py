@@ -61,7 +61,7 @@ def record_format(rec: dict) -> str:
     if isinstance(rec.get("question"), list):
         return "chatml"
     if "question" in rec:
-        return "mcq" if "A" in rec and "B" in rec and "answer" in rec else "qa"
+        return "mcq" if "A" in rec and "B" in rec else "qa"
     if isinstance(rec.get("text"), str):
         return "text"
     return "unknown"
@@ -308,10 +308,15 @@ def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = 
     if fmt not in TRAIN_FORMATS:
         raise DatasetError(f"{name} is in {fmt!r} format, not a training format "
                            f"({', '.join(TRAIN_FORMATS)}); convert it first")
-    out = []
+    return _read_all(path, lambda rec: to_messages(rec, fmt), limit)
+
+
+def _read_all(path: str | Path, read, limit: int | None) -> list:
+    """``read(record)`` for every record (up to ``limit``); DatasetError naming the first bad line."""
+    out, name = [], Path(path).name
     for n, rec in iter_records(path):
         try:
-            out.append(to_messages(rec, fmt))
+            out.append(read(rec))
         except ValueError as e:
             raise DatasetError(f"{name} line {n}: {e}") from None
         if limit is not None and len(out) >= limit:
@@ -328,24 +333,15 @@ def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
     if fmt not in ("text",) + TRAIN_FORMATS:
         raise DatasetError(f"{name} is in {fmt!r} format; continued pre-training reads plain text "
                            '({"text": ...} rows or a .txt file)')
-    out = []
-    for n, rec in iter_records(path):
-        try:
-            if fmt == "text":
-                out.append(_text(rec.get("text"), "text"))
-            else:
-                msgs = to_messages(rec, fmt)
-                if any(m["role"] != "assistant" for m in msgs):
-                    raise ValueError("a conversation, not plain text: train it with objective sft, or give "
-                                     '{"text": ...} rows')
-                out.append("\n".join(m["content"] for m in msgs))
-        except ValueError as e:
-            raise DatasetError(f"{name} line {n}: {e}") from None
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
-        raise DatasetError(f"{name} has no records")
-    return out
+
+    def read(rec: dict) -> str:
+        if fmt == "text":
+            return _text(rec.get("text"), "text")
+        msgs = to_messages(rec, fmt)
+        if any(m["role"] != "assistant" for m in msgs):
+            raise ValueError('a conversation, not plain text: train it with objective sft, or give {"text": ...} rows')
+        return "\n".join(m["content"] for m in msgs)
+    return _read_all(path, read, limit)
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -56,24 +56,23 @@ def resolve_dataset(name: str, home: Path | None = None) -> Path:
             raise ValueError(f"dataset {name!r}: {e}") from None
 
 
-def load_conversations(paths: list[Path], limit: int = 0) -> list[list[dict]]:
-    """Every row of every dataset as a list of messages ({"role", "content", "loss"?})."""
+def _load_all(read, paths: list[Path], limit: int) -> list:
     out = []
     for p in paths:
-        out += datasets.load_messages(p, limit=(limit - len(out)) if limit else None)
+        out += read(p, limit=(limit - len(out)) if limit else None)
         if limit and len(out) >= limit:
             break
     return out
+
+
+def load_conversations(paths: list[Path], limit: int = 0) -> list[list[dict]]:
+    """Every row of every dataset as a list of messages ({"role", "content", "loss"?, "tool_calls"?})."""
+    return _load_all(datasets.load_messages, paths, limit)
 
 
 def load_texts(paths: list[Path], limit: int = 0) -> list[str]:
     """Every document of every text dataset (objective pretrain)."""
-    out = []
-    for p in paths:
-        out += datasets.load_texts(p, limit=(limit - len(out)) if limit else None)
-        if limit and len(out) >= limit:
-            break
-    return out
+    return _load_all(datasets.load_texts, paths, limit)
 
 
 def usable(conv: list[dict]) -> bool:
