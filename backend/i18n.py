@@ -143,7 +143,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "ds.format.help": {"en": "Detected from the first rows. Validate checks every row.", "zh": "根据前几行自动识别；“校验”会检查每一行。"},
     "ds.rows": {"en": "{n:,} rows", "zh": "{n:,} 行"},
     "ds.upload": {"en": "Upload a file", "zh": "上传文件"},
-    "ds.upload.file": {"en": "jsonl, json, csv, parquet or txt (up to {mb} MB)", "zh": "jsonl、json、csv、parquet 或 txt（不超过 {mb} MB）"},
+    "ds.upload.file": {"en": "jsonl, json, csv, parquet or txt (up to {mb} MB each); with LLaMA-Factory's dataset_info.json, each dataset it describes",
+                       "zh": "jsonl、json、csv、parquet 或 txt（每个不超过 {mb} MB）；附上 LLaMA-Factory 的 dataset_info.json 则按其描述导入每个数据集"},
     "ds.upload.save": {"en": "Save to the workspace", "zh": "保存到工作区"},
     "ds.import": {"en": "Import from Hugging Face / ModelScope", "zh": "从 Hugging Face / 魔搭导入"},
     "ds.import.source": {"en": "Source", "zh": "来源"},
@@ -493,6 +494,13 @@ STRINGS: dict[str, dict[str, str]] = {
                                 "trains every token, with no template.",
                           "zh": "SFT 通过模型的对话模板训练对话中的助手回复。增量预训练读取纯文本（{\"text\"} 行或 .txt 文件），"
                                 "打包后训练每个 token，不套用模板。"},
+    "ds.source.dataset_info": {"en": "dataset_info.json", "zh": "dataset_info.json"},
+    "ds.info.imported": {"en": "dataset_info.json: {entry} → dataset {name} ({format}, {rows} rows)",
+                         "zh": "dataset_info.json：{entry} → 数据集 {name}（{format}，{rows} 行）"},
+    "ds.fmt.chatml": {"en": "OpenCompass ChatML (question: messages, answer: [...])",
+                      "zh": "OpenCompass ChatML（question: messages，answer: [...]）"},
+    "ds.fmt.preference": {"en": "Preference pairs (chosen / rejected): no preference tuning yet",
+                          "zh": "偏好数据（chosen / rejected）：暂不支持偏好训练"},
     # ---- end of table ----
 }
 

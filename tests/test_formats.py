@@ -240,3 +240,35 @@ def test_continued_pretraining_lowers_the_loss_on_its_text(home, tiny_model):
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
     with pytest.raises(queue.SubmitError, match="objective pretrain"):
         queue.submit("finetune", {**spec, "objective": "sft"})
+
+
+def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
+    from backend.dataset_info import import_dataset_info
+    d = home / "datasets"
+    d.mkdir(exist_ok=True)
+    jsonl(d / "qa_cols.jsonl", [{"q": "1+1?", "a": "2", "sys": "Be brief.", "hist": [["hi", "hello"]]}] * 2)
+    jsonl(d / "openai_style.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": "hello"}]}] * 2)
+    jsonl(d / "pairs.jsonl", [{"instruction": "hi", "input": "", "chosen": "hello", "rejected": "go away"}] * 2)
+    info = {
+        "qa": {"file_name": "qa_cols.jsonl", "columns": {"prompt": "q", "response": "a", "system": "sys",
+                                                         "history": "hist"}},
+        "chat": {"file_name": "openai_style.jsonl", "formatting": "sharegpt",
+                 "columns": {"messages": "messages"},
+                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
+        "dpo": {"file_name": "pairs.jsonl", "ranking": True,
+                "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}},
+        "hub": {"hf_hub_url": "someone/some-data"},
+        "missing": {"file_name": "not_uploaded.json"},
+    }
+    out = import_dataset_info(json.dumps(info), home)
+    assert [(i["name"], i["format"], i["rows"]) for i in out["imported"]] == [
+        ("qa", "alpaca", 2), ("chat", "sharegpt", 2), ("dpo", "preference", 2)]
+    assert "on a hub (someone/some-data)" in out["skipped"][0] and "not_uploaded.json is not in the workspace" in out["skipped"][1]
+    assert list(ds.load_messages(d / "qa.jsonl")[0]) == [{"role": "system", "content": "Be brief."}, U("hi"), A("hello"),
+                                                          U("1+1?"), A("2")]
+    assert list(ds.load_messages(d / "chat.jsonl")[0]) == [U("hi"), A("hello")]
+    with pytest.raises(ds.DatasetError, match="preference tuning"):
+        ds.load_messages(d / "dpo.jsonl")
+    with pytest.raises(ds.DatasetError, match="must be an object of dataset entries"):
+        import_dataset_info("[]", home)
