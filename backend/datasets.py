@@ -291,8 +291,8 @@ def check_record(rec: dict, fmt: str) -> None:
         raise ValueError(PREFERENCE)
 
 
-PREFERENCE = ("preference data (prompt with chosen/rejected answers): preference tuning (DPO/ORPO/KTO) isn't "
-              "offered yet, and supervised fine-tuning would train the rejected answers as good ones")
+PREFERENCE = ("preference data (chosen/rejected answers): train it with objective dpo, orpo or kto; supervised "
+              "fine-tuning would train the rejected answers as good ones")
 
 
 def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[formats.Chat]:

@@ -6,6 +6,7 @@ rows of each dataset) so the Fine-tune page and ``queue.submit`` answer in well 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import struct
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, defaults, formats, logs, paths, resources
+from backend import datasets, defaults, formats, logs, paths, preference, resources
 from backend.paths import job_dir
 from backend.store import open_store
 
@@ -73,6 +74,11 @@ def load_conversations(paths: list[Path], limit: int = 0) -> list[list[dict]]:
 def load_texts(paths: list[Path], limit: int = 0) -> list[str]:
     """Every document of every text dataset (objective pretrain)."""
     return _load_all(datasets.load_texts, paths, limit)
+
+
+def load_preference_rows(paths: list[Path], objective: str, limit: int = 0) -> list[dict]:
+    """Every row of every preference dataset in TRL's form for ``objective`` (dpo, orpo, kto)."""
+    return _load_all(lambda p, limit: preference.load_preferences(p, objective, limit), paths, limit)
 
 
 def usable(conv: list[dict]) -> bool:
@@ -262,19 +268,23 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
                 "model, and LoRA is faster here"] if method == "qlora" and not on_gpu else []
     # data: usable rows and prompt length, on the first CHECK_ROWS rows of each dataset
     paths = [resolve_dataset(d, home) for d in spec.datasets]
-    pretrain = spec.objective == "pretrain"
+    pretrain, prefer = spec.objective == "pretrain", spec.objective in preference.OBJECTIVES
+    if prefer and importlib.util.find_spec("trl") is None:
+        raise ValueError(f"objective {spec.objective} needs TRL, which is not installed: "
+                         ".venv/bin/pip install -r requirements.txt")
     convs = []
     for name, p in zip(spec.datasets, paths):
         try:
-            rows = load_texts([p], CHECK_ROWS) if pretrain else load_conversations([p], CHECK_ROWS)
+            rows = (load_texts([p], CHECK_ROWS) if pretrain else
+                    load_preference_rows([p], spec.objective, CHECK_ROWS) if prefer else load_conversations([p], CHECK_ROWS))
         except (ValueError, OSError, KeyError) as e:
             raise ValueError(f"dataset {name!r} can't be read: {e}") from None
-        good = rows if pretrain else [c for c in rows if usable(c)]
+        good = rows if pretrain or prefer else [c for c in rows if usable(c)]
         if not good:
             raise ValueError(f"dataset {name!r} has no usable rows: none of its first {len(rows)} rows has an "
                              "assistant reply to train on (check its format on the Datasets page)")
         convs += good
-    count = None if pretrain else token_counter(model_path)
+    count = None if pretrain or prefer else token_counter(model_path)
     if count is not None:
         check_tools(convs, count.template, spec.base_model)
         sample = convs[:200]

@@ -54,13 +54,13 @@ def refusal(record: dict) -> str | None:
     if "rejected" in record or "rejected_response" in record:
         field = "rejected" if "rejected" in record else "rejected_response"
         return (f'the row is a preference pair (a "{field}" answer): supervised fine-tuning would train every '
-                "answer as a good one; preference tuning (DPO/ORPO) isn't offered yet, so keep only the chosen "
-                f'answer (drop "{field}") to fine-tune on it')
+                "answer as a good one; train it with objective dpo or orpo (preference tuning), or drop "
+                f'"{field}" to fine-tune on the chosen answer')
     for field in ("label", "kto_tag"):
         if record.get(field) is False:
             return (f"{field} is false: a KTO row marking an undesirable answer, which supervised fine-tuning "
-                    "would train as a good one; remove these rows to fine-tune on the good ones (KTO preference "
-                    "tuning isn't offered yet)")
+                    "would train as a good one; train these rows with objective kto, or remove them to fine-tune "
+                    "on the good ones")
     return None
 
 

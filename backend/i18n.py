@@ -489,18 +489,23 @@ STRINGS: dict[str, dict[str, str]] = {
     "ft.objective": {"en": "Objective", "zh": "训练目标"},
     "ft.objective.sft": {"en": "Chat fine-tuning (SFT)", "zh": "对话微调 (SFT)"},
     "ft.objective.pretrain": {"en": "Continued pre-training", "zh": "增量预训练"},
+    "ft.objective.dpo": {"en": "DPO", "zh": "DPO"},
+    "ft.objective.orpo": {"en": "ORPO", "zh": "ORPO"},
+    "ft.objective.kto": {"en": "KTO", "zh": "KTO"},
     "ft.objective.help": {"en": "SFT trains the assistant replies of conversations through the model's chat template. "
                                 "Continued pre-training reads plain text ({\"text\"} rows or a .txt file), packs it and "
-                                "trains every token, with no template.",
+                                "trains every token, with no template. DPO and ORPO learn from chosen/rejected answer "
+                                "pairs, KTO from answers labelled good or bad (TRL; live reward and margin charts).",
                           "zh": "SFT 通过模型的对话模板训练对话中的助手回复。增量预训练读取纯文本（{\"text\"} 行或 .txt 文件），"
-                                "打包后训练每个 token，不套用模板。"},
+                                "打包后训练每个 token，不套用模板。DPO 与 ORPO 从 chosen/rejected 回答对中学习，"
+                                "KTO 从标注好坏的回答中学习（TRL；实时显示奖励与间隔曲线）。"},
     "ds.source.dataset_info": {"en": "dataset_info.json", "zh": "dataset_info.json"},
     "ds.info.imported": {"en": "dataset_info.json: {entry} → dataset {name} ({format}, {rows} rows)",
                          "zh": "dataset_info.json：{entry} → 数据集 {name}（{format}，{rows} 行）"},
     "ds.fmt.chatml": {"en": "OpenCompass ChatML (question: messages, answer: [...])",
                       "zh": "OpenCompass ChatML（question: messages，answer: [...]）"},
-    "ds.fmt.preference": {"en": "Preference pairs (chosen / rejected): no preference tuning yet",
-                          "zh": "偏好数据（chosen / rejected）：暂不支持偏好训练"},
+    "ds.fmt.preference": {"en": "Preference pairs (chosen / rejected) for DPO / ORPO / KTO",
+                          "zh": "偏好数据（chosen / rejected），用于 DPO / ORPO / KTO"},
     # ---- end of table ----
 }
 

@@ -25,10 +25,11 @@ import warnings
 from pathlib import Path
 
 
-from backend import finetune as ft, formats, models
+from backend import finetune as ft, formats, models, preference
 from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.specs.finetune import Spec
 from backend.store import open_store
+from jobs import preference as trl_preference
 from jobs.common import Cancelled, Job, JobError, run
 
 
@@ -501,6 +502,8 @@ class Run:
         spec, job = self.spec, self.job
         job.progress(0, None, "steps", "loading the model", force=True)
         self.load()
+        if spec.objective in preference.OBJECTIVES:          # DPO / ORPO / KTO on TRL
+            return trl_preference.train(self)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.data()
         self.opt = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))

@@ -24,9 +24,10 @@ if not models:
 with st.container(key="ft-form", border=True):
     c1, c2 = st.columns(2)
     base = c1.selectbox(ui.t("ft.base_model"), models, key=keys.FT_MODEL)
-    objective = c1.radio(ui.t("ft.objective"), ["sft", "pretrain"], horizontal=True, key="ft_objective",
-                         format_func=lambda o: ui.t("ft.objective." + o), help=ui.t("ft.objective.help"))
-    usable = datasets.TRAIN_FORMATS + (("text",) if objective == "pretrain" else ())
+    objective = c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto"], horizontal=True,
+                         key="ft_objective", format_func=lambda o: ui.t("ft.objective." + o),
+                         help=ui.t("ft.objective.help"))
+    usable = datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
     train_sets = [d["name"] for d in all_sets if (d["meta"] or {}).get("format") in usable]
     picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}",
                             default=[d for d in train_sets if "self_cognition" in d][:1] if objective == "sft" else [])

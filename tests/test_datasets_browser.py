@@ -27,21 +27,3 @@ def test_open_page_and_read_the_bundled_assistant_set(page, home):
     page.get_by_role("button", name="Check every row").click()
     page.get_by_text("102 good rows, 0 problems").wait_for()
     shot(page, "datasets-validated")
-
-
-def test_upload_a_llamafactory_data_folder_with_its_dataset_info(page, home, tmp_path):
-    import json
-    data = tmp_path / "identity_qa.jsonl"
-    data.write_text(json.dumps({"q": "Who are you?", "a": "ShuBot."}) + "\n")
-    info = tmp_path / "dataset_info.json"
-    info.write_text(json.dumps({"identity": {"file_name": "identity_qa.jsonl", "columns": {"prompt": "q", "response": "a"}},
-                                "hub_only": {"hf_hub_url": "someone/data"}}))
-    page.goto(f"{page.base_url}/datasets")
-    page.get_by_text("Upload a file").click()
-    page.locator(".st-key-ds_upload input[type=file]").set_input_files([str(info), str(data)])
-    page.get_by_role("button", name="Save to the workspace").click()
-    report = page.locator(".st-key-ds_info_report")
-    report.get_by_text("identity → dataset identity (alpaca, 1 rows)").wait_for()
-    report.get_by_text("its data is on a hub (someone/data)").wait_for()
-    page.get_by_text("identity.jsonl").wait_for()            # the imported dataset is opened
-    shot(page, "datasets-dataset-info")

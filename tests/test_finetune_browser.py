@@ -69,3 +69,41 @@ def test_continued_pretraining_from_the_page_on_a_text_file(page, home, tiny_mod
     run.locator("[data-testid='job-state'][data-state='succeeded']").wait_for(state="attached", timeout=180_000)
     run.locator("[data-testid='stVegaLiteChart']").first.wait_for()
     shot(page, "finetune-pretrain")
+
+
+def test_import_a_dataset_info_and_run_dpo_from_the_page(page, home, tiny_model, tmp_path):
+    import json
+    open_store(home).put("model", "tiny", str(tiny_model))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": f"Who are you? {i}", "good": "I am a helpful assistant.",
+                                         "bad": "The quick brown fox."}) + "\n" for i in range(8)))
+    info = tmp_path / "dataset_info.json"
+    info.write_text(json.dumps({"identity_dpo": {"file_name": "pairs.jsonl", "ranking": True, "columns": {
+        "prompt": "q", "chosen": "good", "rejected": "bad"}}, "hub_only": {"hf_hub_url": "someone/data"}}))
+    page.set_viewport_size({"width": 1400, "height": 2200})
+    page.goto(f"{page.base_url}/datasets")
+    page.get_by_text("Upload a file").click()
+    page.locator(".st-key-ds_upload input[type=file]").set_input_files([str(info), str(pairs)])
+    page.get_by_role("button", name="Save to the workspace").click()
+    report = page.locator(".st-key-ds_info_report")
+    report.get_by_text("identity_dpo → dataset identity_dpo (preference, 8 rows)").wait_for()
+    report.get_by_text("its data is on a hub (someone/data)").wait_for()
+    page.get_by_text("identity_dpo.jsonl").wait_for()            # the imported dataset is opened
+
+    page.goto(f"{page.base_url}/finetune")
+    page.get_by_role("button", name="Start fine-tuning").wait_for(timeout=60_000)
+    form = page.locator(".st-key-ft-form")
+    form.locator("label").get_by_text("DPO", exact=True).click()
+    pick(page, "ft_datasets_dpo", "identity_dpo")
+    form.get_by_text("objective: dpo").wait_for()
+    page.keyboard.press("Escape")
+    page.locator(".st-key-ft_preset button[aria-label='Open']").click()
+    page.get_by_role("option", name="CPU quick demo").click()
+    form.get_by_text("preset: cpu_demo").wait_for()
+    page.locator(".st-key-ft_submit button").click()
+    run = page.locator(".st-key-ft-run")
+    run.locator("[data-testid='job-state'][data-state='succeeded']").wait_for(state="attached", timeout=180_000)
+    run.get_by_text("margin", exact=True).first.wait_for()
+    run.get_by_text("reward_chosen", exact=True).first.wait_for()
+    page.wait_for_timeout(800)          # let the charts paint before the picture
+    shot(page, "finetune-dpo")

@@ -105,7 +105,7 @@ def test_rows_sft_would_train_wrongly_are_refused_with_the_reason(tmp_path, rec,
 def test_preference_and_text_files_point_to_their_objective(tmp_path):
     pairs = jsonl(tmp_path / "dpo.jsonl", [{"prompt": "hi", "chosen": "hello", "rejected": "go away"}] * 2)
     assert ds.detect_format(pairs) == "preference"
-    with pytest.raises(ds.DatasetError, match="preference tuning .DPO/ORPO/KTO. isn't offered yet"):
+    with pytest.raises(ds.DatasetError, match="train it with objective dpo, orpo or kto"):
         ds.load_messages(pairs)
     text = jsonl(tmp_path / "c4.jsonl", [{"text": "Some web text."}] * 2)
     with pytest.raises(ds.DatasetError, match="objective pretrain"):
@@ -268,7 +268,99 @@ def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
     assert list(ds.load_messages(d / "qa.jsonl")[0]) == [{"role": "system", "content": "Be brief."}, U("hi"), A("hello"),
                                                           U("1+1?"), A("2")]
     assert list(ds.load_messages(d / "chat.jsonl")[0]) == [U("hi"), A("hello")]
-    with pytest.raises(ds.DatasetError, match="preference tuning"):
+    with pytest.raises(ds.DatasetError, match="objective dpo, orpo or kto"):
         ds.load_messages(d / "dpo.jsonl")
     with pytest.raises(ds.DatasetError, match="must be an object of dataset entries"):
         import_dataset_info("[]", home)
+
+
+# -- preference tuning (TRL) ---------------------------------------------------------------------
+PAIR = {"prompt": [U("Who are you?")], "chosen": [A("I am a helpful assistant.")], "rejected": [A("The quick brown fox.")]}
+PAIRS_AS_PUBLISHED = {
+    "trl": {"prompt": "Who are you?", "chosen": "I am a helpful assistant.", "rejected": "The quick brown fox."},
+    "llama-factory alpaca ranking": {"instruction": "Who are you?", "input": "", "chosen": "I am a helpful assistant.",
+                                     "rejected": "The quick brown fox."},
+    "llama-factory sharegpt ranking": {"conversations": [{"from": "human", "value": "Who are you?"}],
+                                       "chosen": {"from": "gpt", "value": "I am a helpful assistant."},
+                                       "rejected": {"from": "gpt", "value": "The quick brown fox."}},
+    "ms-swift rejected_response": {"messages": [U("Who are you?"), A("I am a helpful assistant.")],
+                                   "rejected_response": "The quick brown fox."},
+}
+
+
+def test_preference_rows_of_each_project_read_as_one_pair(tmp_path):
+    from backend.preference import load_preferences
+    for case, rec in PAIRS_AS_PUBLISHED.items():
+        path = jsonl(tmp_path / "p.jsonl", [rec])
+        assert load_preferences(path, "dpo") == [PAIR], case
+        # for KTO a pair is one good and one bad answer
+        assert load_preferences(path, "kto") == [{"prompt": PAIR["prompt"], "completion": PAIR["chosen"], "label": True},
+                                                 {"prompt": PAIR["prompt"], "completion": PAIR["rejected"], "label": False}]
+    kto = [{"messages": [U("Who are you?"), A("The quick brown fox.")], "label": False},
+           {"conversations": [{"from": "human", "value": "Who are you?"}, {"from": "gpt", "value": "I am a helpful assistant."}],
+            "kto_tag": True},
+           {"prompt": "Who are you?", "completion": "The quick brown fox.", "label": False}]
+    path = jsonl(tmp_path / "kto.jsonl", kto)
+    assert [r["label"] for r in load_preferences(path, "kto")] == [False, True, False]
+    with pytest.raises(ds.DatasetError, match="DPO needs chosen and rejected answers; use objective kto"):
+        load_preferences(path, "dpo")
+    with pytest.raises(ds.DatasetError, match="line 1: not preference data"):
+        load_preferences(jsonl(tmp_path / "sft.jsonl", [{"messages": [U("hi"), A("hello")]}]), "dpo")
+
+
+@pytest.fixture
+def ws_pairs(home, tiny_model):
+    open_store(home).put("model", "tiny", str(tiny_model))
+    (home / "datasets").mkdir(exist_ok=True)
+    rows = [{**PAIRS_AS_PUBLISHED["llama-factory alpaca ranking"], "instruction": f"Who are you? {i}"} for i in range(16)]
+    jsonl(home / "datasets" / "pairs.jsonl", rows)
+    return home
+
+
+def dpo_spec(**kw) -> dict:
+    return {"base_model": "tiny", "datasets": ["pairs.jsonl"], "objective": "dpo", "lr": 1e-2, "lora_r": 8,
+            "lora_dropout": 0.0, "max_length": 128, "batch_size": 4, "grad_accum": 1, "max_steps": 8,
+            "gradient_checkpointing": False, "device": "cpu", **kw}
+
+
+def test_dpo_trains_the_chosen_and_rejected_answers_through_the_template(ws_pairs, tmp_path):
+    from jobs.common import Job
+    from jobs.finetune import Run
+    from jobs.preference import trainer
+    (tmp_path / "job").mkdir()
+    run = Run(Spec(**dpo_spec()), Job(tmp_path / "job"))
+    run.load()
+    rows = ft.load_preference_rows([ws_pairs / "datasets" / "pairs.jsonl"], "dpo")
+    row = trainer(run, rows).train_dataset[0]
+    tok = run.tok
+    prompt = tok.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
+    assert row["prompt_ids"] == tok(prompt, add_special_tokens=False)["input_ids"]
+    # trained: each answer's tokens after the prompt, with its end token; never the prompt
+    assert tok.decode(row["chosen_ids"]) == "I am a helpful assistant.<|im_end|>\n"
+    assert tok.decode(row["rejected_ids"]) == "The quick brown fox.<|im_end|>\n"
+    whole = tok.apply_chat_template(rows[0]["prompt"] + rows[0]["chosen"], tokenize=False)
+    assert row["prompt_ids"] + row["chosen_ids"] == tok(whole, add_special_tokens=False)["input_ids"]
+
+
+def test_dpo_run_raises_the_chosen_vs_rejected_margin(ws_pairs):
+    job_id = queue.submit("finetune", dpo_spec(name="tiny-dpo"))
+    proc = run_burst(ws_pairs, timeout=300)
+    job = queue.get(job_id, ws_pairs)
+    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, ws_pairs)
+    points = [e for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
+    assert len(points) == 8 and {"loss", "margin", "reward_chosen", "reward_rejected", "lr"} <= set(points[0])
+    assert points[-1]["margin"] > points[0]["margin"] + 0.1 and points[-1]["loss"] < points[0]["loss"]
+    assert open_store(ws_pairs).get("adapter", "tiny-dpo")["meta"]["spec"]["objective"] == "dpo"
+    # an SFT run on the same pairs is refused with the way to train them
+    with pytest.raises(queue.SubmitError, match="objective dpo, orpo or kto"):
+        queue.submit("finetune", dpo_spec(objective="sft"))
+
+
+@pytest.mark.parametrize("objective", ["orpo", "kto"])
+def test_orpo_and_kto_runs_lower_their_loss(ws_pairs, objective):
+    job_id = queue.submit("finetune", dpo_spec(objective=objective))
+    proc = run_burst(ws_pairs, timeout=300)
+    job = queue.get(job_id, ws_pairs)
+    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, ws_pairs)
+    losses = [e["loss"] for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
+    assert len(losses) == 8 and losses[-1] < losses[0]
