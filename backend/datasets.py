@@ -12,7 +12,7 @@ Formats (``detect_format``):
   qa        {"question", "answer"?}                          (OpenCompass custom QA)
   chatml    {"question": [messages], "answer": [str]}        (OpenCompass ChatML)
   text      {"text"} or a .txt file, one document a line      (continued pre-training)
-  preference {"prompt", "chosen", "rejected"} and the like   (recognised and refused: no preference tuning yet)
+  preference {"prompt", "chosen", "rejected"} and the like   (objective dpo/orpo/kto: backend/preference.py)
 
 Every record comes with its position: the line number for jsonl/txt/csv (1-based, as an editor shows
 it), the record number for a JSON array and the row number for parquet. Bad input never raises out
