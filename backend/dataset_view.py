@@ -44,7 +44,7 @@ class View:
         key = _key(self.path)
         base = cache_dir(home) / key
         if self.path.suffix.lower() in (".jsonl", ".txt") or (
-                self.path.suffix.lower() == ".json" and records.first_char(self.path) != "["):
+                self.path.suffix.lower() == ".json" and not records.json_document(self.path)):
             self.rows_path = self.path
         else:
             self.rows_path = base.with_suffix(".jsonl")

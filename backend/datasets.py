@@ -2,13 +2,17 @@
 training records into chat messages, convert, split, upload, and list what the workspace holds.
 
 Formats (``detect_format``):
-  alpaca    {"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}
-  sharegpt  {"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}
-  messages  {"messages": [{"role": "system"|"user"|"assistant", "content", "loss"?: bool}]}
+  alpaca    {"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}  (or query/response)
+  sharegpt  {"conversations": [{"from": "human"|"gpt"|"system"|"function_call"|"observation", "value"}],
+            "system"?, "tools"?}, or ms-swift's {"system"?, "conversation": [{"human", "assistant"}]}
+  messages  {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content", "loss"?: bool,
+            "tool_calls"?}], "tools"?}
   xtuner    {"conversation": [{"system"?, "input", "output"}]}
   mcq       {"question", "A", "B", ..., "answer": "A"}        (OpenCompass custom MCQ)
-  qa        {"question", "answer"}                           (OpenCompass custom QA)
+  qa        {"question", "answer"?}                          (OpenCompass custom QA)
+  chatml    {"question": [messages], "answer": [str]}        (OpenCompass ChatML)
   text      {"text"} or a .txt file, one document a line      (continued pre-training)
+  preference {"prompt", "chosen", "rejected"} and the like   (objective dpo/orpo/kto: backend/preference.py)
 
 Every record comes with its position: the line number for jsonl/txt/csv (1-based, as an editor shows
 it), the record number for a JSON array and the row number for parquet. Bad input never raises out
@@ -24,21 +28,17 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from backend import defaults, paths, users
+from backend import defaults, formats, paths, users
 from backend.dataset_view import open_view
 from backend.records import DatasetError, iter_records, scan, sniff
 from backend.store import open_store
 
 TRAIN_FORMATS = ("messages", "sharegpt", "alpaca", "xtuner")
-EVAL_FORMATS = ("mcq", "qa")
-FORMATS = TRAIN_FORMATS + EVAL_FORMATS + ("text",)
+EVAL_FORMATS = ("mcq", "qa", "chatml")
+FORMATS = TRAIN_FORMATS + EVAL_FORMATS + ("text", "preference")
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 SAMPLES_DIR = defaults.ROOT / "assets" / "datasets"
 DETECT_SAMPLE = 200                      # records looked at by detect_format
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "model": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
-                  "system": "system"}
 MCQ_LETTERS = "ABCDEFGHIJ"
 
 
@@ -52,10 +52,15 @@ def record_format(rec: dict) -> str:
     if isinstance(rec.get("conversations"), list):
         return "sharegpt"
     if isinstance(rec.get("conversation"), list):
-        return "xtuner"
-    if "instruction" in rec and "output" in rec:
+        first = rec["conversation"][0] if rec["conversation"] else {}
+        return "sharegpt" if isinstance(first, dict) and "human" in first else "xtuner"   # ms-swift vs XTuner
+    if ("instruction" in rec and "output" in rec) or ("query" in rec and "response" in rec):
         return "alpaca"
-    if "question" in rec and "answer" in rec:
+    if "chosen" in rec and "rejected" in rec:
+        return "preference"
+    if isinstance(rec.get("question"), list):
+        return "chatml"
+    if "question" in rec:
         return "mcq" if "A" in rec and "B" in rec else "qa"
     if isinstance(rec.get("text"), str):
         return "text"
@@ -78,9 +83,13 @@ def detect_format(path: str | Path) -> str:
 
 
 def _text(value, where: str, allow_empty: bool = False) -> str:
-    if isinstance(value, list):          # OpenAI content parts: keep the text ones
-        parts = [p.get("text", "") for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
-        if len(parts) == len(value):
+    if isinstance(value, list):          # content parts: keep the text ones ("text", or "value" as some write it)
+        media = formats.media_part(value)
+        if media:
+            raise ValueError(f"{where} has an {media} part: fine-tuning here trains text-only models, so "
+                             "image/video/audio rows are refused")
+        parts = [p.get("text", p.get("value", "")) for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if len(parts) == len(value) and all(isinstance(p, str) for p in parts):
             value = "".join(parts)
     if value is None and allow_empty:
         return ""
@@ -91,47 +100,69 @@ def _text(value, where: str, allow_empty: bool = False) -> str:
     return value
 
 
-def to_messages(record: dict, fmt: str) -> list[dict]:
-    """OpenAI-style messages ``[{"role", "content", "loss"?}]`` of one training record
-    (alpaca, sharegpt, messages, xtuner). Raises ValueError saying what is wrong with it."""
+def _turn(out: list[dict], who, content, where: str, m: dict | None = None) -> None:
+    """Append one turn given in any project's roles; a tool call joins the assistant turn before it."""
+    role = formats.ROLE_ALIASES.get(str(who).lower()) if who is not None else None
+    if role is None:
+        raise ValueError(f"{where} role is {who!r}; expected one of system, user, assistant, tool "
+                         "(or human, gpt, function_call, observation)")
+    m = m or {}
+    if role == "tool_call":
+        call = formats.tool_call(content, where)
+        if not (out and out[-1]["role"] == "assistant"):
+            out.append({"role": "assistant", "content": ""})
+        out[-1]["tool_calls"] = out[-1].get("tool_calls", []) + [call]
+        return
+    calls = [formats.tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(m.get("tool_calls") or [])]
+    if role == "tool" and isinstance(content, dict):
+        content = json.dumps(content, ensure_ascii=False)
+    msg = {"role": role, "content": _text(content, where, allow_empty=role != "assistant" or bool(calls))}
+    if calls:
+        msg["tool_calls"] = calls
+    for key in ("tool_call_id", "name") if role == "tool" else ():
+        if m.get(key):
+            msg[key] = m[key]
+    if "loss" in m:
+        if not isinstance(m["loss"], bool):
+            raise ValueError(f"{where}.loss must be true or false")
+        msg["loss"] = m["loss"]
+    out.append(msg)
+
+
+def to_messages(record: dict, fmt: str) -> formats.Chat:
+    """The messages of one training record (alpaca, sharegpt, messages, xtuner) as a ``formats.Chat``
+    (OpenAI-style messages + the row's tools). Raises ValueError saying what is wrong with it."""
     if not isinstance(record, dict):
         raise ValueError(f"a record must be a JSON object, not {type(record).__name__}")
+    problem = formats.refusal(record)
+    if problem:
+        raise ValueError(problem)
+    out: list[dict] = []
     if fmt == "messages":
         msgs = record.get("messages")
         if not isinstance(msgs, list):
             raise ValueError('no "messages" list')
-        out = []
         for i, m in enumerate(msgs):
             if not isinstance(m, dict):
                 raise ValueError(f"messages[{i}] is not an object")
-            role = m.get("role")
-            if role not in ROLES:
-                raise ValueError(f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
-            msg = {"role": role, "content": _text(m.get("content"), f"messages[{i}].content",
-                                                   allow_empty=role != "assistant")}
-            if "loss" in m:
-                if not isinstance(m["loss"], bool):
-                    raise ValueError(f"messages[{i}].loss must be true or false")
-                msg["loss"] = m["loss"]
-            out.append(msg)
+            _turn(out, m.get("role"), m.get("content"), f"messages[{i}]", m)
     elif fmt == "sharegpt":
-        conv = record.get("conversations")
-        if not isinstance(conv, list):
-            raise ValueError('no "conversations" list')
-        out = []
         if record.get("system"):
             out.append({"role": "system", "content": _text(record["system"], "system")})
-        for i, m in enumerate(conv):
+        conv = record.get("conversations")
+        if conv is None and isinstance(record.get("conversation"), list):     # ms-swift: [{"human", "assistant"}]
+            for i, t in enumerate(record["conversation"]):
+                if not isinstance(t, dict):
+                    raise ValueError(f"conversation[{i}] is not an object")
+                _turn(out, "user", t.get("human"), f"conversation[{i}].human")
+                _turn(out, "assistant", t.get("assistant"), f"conversation[{i}].assistant")
+        elif not isinstance(conv, list):
+            raise ValueError('no "conversations" list')
+        for i, m in enumerate(conv or []):
             if not isinstance(m, dict):
                 raise ValueError(f"conversations[{i}] is not an object")
-            who = m.get("from", m.get("role"))
-            role = SHAREGPT_ROLES.get(str(who).lower())
-            if role is None:
-                raise ValueError(f"conversations[{i}].from is {who!r}; expected human, gpt or system")
-            out.append({"role": role, "content": _text(m.get("value", m.get("content")), f"conversations[{i}].value",
-                                                       allow_empty=role != "assistant")})
-    elif fmt == "alpaca":
-        out = []
+            _turn(out, m.get("from", m.get("role")), m.get("value", m.get("content")), f"conversations[{i}]", m)
+    elif fmt == "alpaca":          # also ms-swift's query/response/history
         if record.get("system"):
             out.append({"role": "system", "content": _text(record["system"], "system")})
         for i, pair in enumerate(record.get("history") or []):
@@ -139,26 +170,28 @@ def to_messages(record: dict, fmt: str) -> list[dict]:
                 raise ValueError(f"history[{i}] must be a [question, answer] pair")
             out += [{"role": "user", "content": _text(pair[0], f"history[{i}][0]")},
                     {"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")}]
-        instruction = _text(record.get("instruction"), "instruction")
+        q, a = ("query", "response") if "instruction" not in record and "query" in record else ("instruction", "output")
+        instruction = _text(record.get(q), q)
         extra = _text(record.get("input"), "input", allow_empty=True)
         out += [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction},
-                {"role": "assistant", "content": _text(record.get("output"), "output")}]
+                {"role": "assistant", "content": _text(record.get(a), a)}]
     elif fmt == "xtuner":
         conv = record.get("conversation")
         if not isinstance(conv, list):
             raise ValueError('no "conversation" list')
-        out = []
         for i, turn in enumerate(conv):
             if not isinstance(turn, dict):
                 raise ValueError(f"conversation[{i}] is not an object")
             if turn.get("system"):
                 out.append({"role": "system", "content": _text(turn["system"], f"conversation[{i}].system")})
-            out += [{"role": "user", "content": _text(turn.get("input"), f"conversation[{i}].input", allow_empty=True)},
-                    {"role": "assistant", "content": _text(turn.get("output"), f"conversation[{i}].output")}]
+            question = _text(turn.get("input"), f"conversation[{i}].input", allow_empty=True)
+            if question or out:        # XTuner's pre-training rows: an empty first input, no template
+                out.append({"role": "user", "content": question})
+            out.append({"role": "assistant", "content": _text(turn.get("output"), f"conversation[{i}].output")})
     else:
         raise ValueError(f"{fmt!r} is not a training format; expected one of {', '.join(TRAIN_FORMATS)}")
     _check_roles(out)
-    return out
+    return formats.Chat(out, formats.parse_tools(record.get("tools")))
 
 
 def _check_roles(msgs: list[dict]) -> None:
@@ -171,14 +204,25 @@ def _check_roles(msgs: list[dict]) -> None:
 
 
 def from_messages(msgs: list[dict], fmt: str) -> dict:
-    """A record in ``fmt`` (a training format) holding these messages."""
+    """A record in ``fmt`` (a training format) holding these messages (and their tools for messages and
+    sharegpt). Formats that can't hold something (loss flags, tool calls) lose it: ``convert`` checks."""
+    tools = getattr(msgs, "tools", None)
     system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
     body = msgs[1:] if system else msgs
     if fmt == "messages":
-        return {"messages": [dict(m) for m in msgs]}
+        return {"messages": [dict(m) for m in msgs], **({"tools": tools} if tools else {})}
     if fmt == "sharegpt":
-        conv = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in body]
-        return {"conversations": conv, **({"system": system} if system else {})}
+        conv = []
+        for m in body:
+            if m["role"] == "tool":
+                conv.append({"from": "observation", "value": m["content"]})
+                continue
+            if m["content"] or not m.get("tool_calls"):
+                conv.append({"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]})
+            conv += [{"from": "function_call", "value": json.dumps(c["function"], ensure_ascii=False)}
+                     for c in m.get("tool_calls", [])]
+        return {"conversations": conv, **({"system": system} if system else {}),
+                **({"tools": json.dumps(tools, ensure_ascii=False)} if tools else {})}
     pairs, pending = [], None
     for m in body:
         if m["role"] == "user":
@@ -201,6 +245,22 @@ def from_messages(msgs: list[dict], fmt: str) -> dict:
     raise ValueError(f"can't convert to {fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
 
 
+def _lost(msgs: formats.Chat, back: formats.Chat | None) -> str | None:
+    """What a conversion lost (None if the converted row, read ``back``, trains the same thing)."""
+    key = lambda ms: [(m["role"], m["content"], [c["function"] for c in m.get("tool_calls", [])],  # noqa: E731
+                       formats.trained(m)) for m in ms]
+    if back is not None and key(msgs) == key(back) and msgs.tools == back.tools:
+        return None
+    if formats.uses_tools(msgs):
+        return "its tools and tool calls"
+    if back is not None and [m["role"] for m in msgs] == [m["role"] for m in back] and [m["content"] for m in msgs] == [m["content"] for m in back]:
+        return "its loss flags (which replies are trained)"
+    return TURNS_LOST
+
+
+TURNS_LOST = "its turns as they are (a reply with no question before it, or two questions in a row)"
+
+
 def check_record(rec: dict, fmt: str) -> None:
     """Raise ValueError if ``rec`` is not a good record of ``fmt``."""
     if fmt in TRAIN_FORMATS:
@@ -213,31 +273,75 @@ def check_record(rec: dict, fmt: str) -> None:
         answer = str(rec.get("answer", "")).strip()
         if answer not in options:
             raise ValueError(f"answer is {answer!r}; expected one of the options {', '.join(options)}")
-    elif fmt == "qa":
+    elif fmt == "qa":                        # OpenCompass accepts a question without a reference answer
         _text(rec.get("question"), "question")
-        _text(str(rec["answer"]) if rec.get("answer") is not None else None, "answer")
+        if rec.get("answer") is not None:
+            _text(str(rec["answer"]), "answer")
+    elif fmt == "chatml":                    # OpenCompass ChatML: {"question": [messages], "answer": [str]}
+        msgs = rec.get("question")
+        if not msgs or not all(isinstance(m, dict) for m in msgs):
+            raise ValueError('"question" must be a list of {"role", "content"} messages')
+        for i, m in enumerate(msgs):
+            _text(m.get("content"), f"question[{i}].content")
+        if not isinstance(rec.get("answer", []), list):
+            raise ValueError('"answer" must be a list of reference answers')
     elif fmt == "text":
         _text(rec.get("text"), "text")
+    elif fmt == "preference":
+        raise ValueError(PREFERENCE)
 
 
-def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[list[dict]]:
+PREFERENCE = ("preference data (chosen/rejected answers): train it with objective dpo, orpo or kto; supervised "
+              "fine-tuning would train the rejected answers as good ones")
+
+
+def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[formats.Chat]:
     """Every record of a training file as messages (for the fine-tune job). Raises DatasetError
     naming the first bad line."""
     fmt = fmt or detect_format(path)
+    name = Path(path).name
+    if fmt == "text":
+        raise DatasetError(f"{name} is plain text (continued pre-training data), not conversations: "
+                           "train on it with objective pretrain")
+    if fmt == "preference":
+        raise DatasetError(f"{name} is {PREFERENCE}")
     if fmt not in TRAIN_FORMATS:
-        raise DatasetError(f"{Path(path).name} is in {fmt!r} format, not a training format "
+        raise DatasetError(f"{name} is in {fmt!r} format, not a training format "
                            f"({', '.join(TRAIN_FORMATS)}); convert it first")
-    out = []
+    return _read_all(path, lambda rec: to_messages(rec, fmt), limit)
+
+
+def _read_all(path: str | Path, read, limit: int | None) -> list:
+    """``read(record)`` for every record (up to ``limit``); DatasetError naming the first bad line."""
+    out, name = [], Path(path).name
     for n, rec in iter_records(path):
         try:
-            out.append(to_messages(rec, fmt))
+            out.append(read(rec))
         except ValueError as e:
-            raise DatasetError(f"{Path(path).name} line {n}: {e}") from None
+            raise DatasetError(f"{name} line {n}: {e}") from None
         if limit is not None and len(out) >= limit:
             break
     if not out:
-        raise DatasetError(f"{Path(path).name} has no records")
+        raise DatasetError(f"{name} has no records")
     return out
+
+
+def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
+    """The documents of a text dataset (``{"text"}`` rows or a .txt file, one document a line) for
+    continued pre-training; rows of only assistant text (XTuner's and ms-swift's pre-training form) too."""
+    fmt, name = detect_format(path), Path(path).name
+    if fmt not in ("text",) + TRAIN_FORMATS:
+        raise DatasetError(f"{name} is in {fmt!r} format; continued pre-training reads plain text "
+                           '({"text": ...} rows or a .txt file)')
+
+    def read(rec: dict) -> str:
+        if fmt == "text":
+            return _text(rec.get("text"), "text")
+        msgs = to_messages(rec, fmt)
+        if any(m["role"] != "assistant" for m in msgs):
+            raise ValueError('a conversation, not plain text: train it with objective sft, or give {"text": ...} rows')
+        return "\n".join(m["content"] for m in msgs)
+    return _read_all(path, read, limit)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -281,6 +385,9 @@ def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000) -
             check_record(rec, fmt)
         except ValueError as e:
             fail(n, f"line {n}: {e}", f"bad {fmt} record")
+    if not rows and not bad:
+        fail(0, f"{path.name} holds no records (an empty file or an empty list): add rows, one JSON object a "
+                "line, and upload it again", "file")
     if fmt == "unknown" and rows:
         fail(0, f"{path.name}: no known format; expected one of {', '.join(FORMATS)}", "unknown format")
     good = rows - sum(v for k, v in reasons.items() if k in ("mixed formats", f"bad {fmt} record"))
@@ -420,8 +527,9 @@ def _new_target(src: Path, name: str | None, suffix: str, default: str, home: Pa
 
 def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | None = None,
             owner: str = "") -> dict:
-    """Write a new JSONL dataset in ``to_fmt`` (a training format) from ``src``; bad rows are
-    skipped and reported. Returns {"name", "path", "rows", "skipped", "errors"}."""
+    """Write a new JSONL dataset in ``to_fmt`` (a training format) from ``src``; bad rows, and rows
+    ``to_fmt`` can't hold without changing what is trained (loss flags, tool calls), are skipped and
+    reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}."""
     if to_fmt not in TRAIN_FORMATS:
         raise DatasetError(f"can't convert to {to_fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
     src = Path(src)
@@ -435,11 +543,22 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
         for n, rec, err in scan(src):
             if err is None:
                 try:
-                    out.write(json.dumps(from_messages(to_messages(rec, fmt), to_fmt), ensure_ascii=False) + "\n")
-                    rows += 1
-                    continue
+                    msgs = to_messages(rec, fmt)
                 except ValueError as e:
                     err = f"line {n}: {e}"
+                else:
+                    new = from_messages(msgs, to_fmt)
+                    try:
+                        back = to_messages(new, to_fmt)
+                    except ValueError:
+                        back = None
+                    lost = _lost(msgs, back)
+                    if lost:
+                        err = f"line {n}: {to_fmt} can't hold {lost}; left out (convert to messages to keep it)"
+                if err is None:
+                    out.write(json.dumps(new, ensure_ascii=False) + "\n")
+                    rows += 1
+                    continue
             errors.append({"line": n, "reason": err})
     if not rows:
         tmp.unlink()

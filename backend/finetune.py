@@ -6,6 +6,7 @@ rows of each dataset) so the Fine-tune page and ``queue.submit`` answer in well 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import struct
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, defaults, logs, paths, resources
+from backend import datasets, defaults, formats, logs, paths, preference, resources
 from backend.paths import job_dir
 from backend.store import open_store
 
@@ -56,19 +57,41 @@ def resolve_dataset(name: str, home: Path | None = None) -> Path:
             raise ValueError(f"dataset {name!r}: {e}") from None
 
 
-def load_conversations(paths: list[Path], limit: int = 0) -> list[list[dict]]:
-    """Every row of every dataset as a list of messages ({"role", "content", "loss"?})."""
+def _load_all(read, paths: list[Path], limit: int) -> list:
     out = []
     for p in paths:
-        out += datasets.load_messages(p, limit=(limit - len(out)) if limit else None)
+        out += read(p, limit=(limit - len(out)) if limit else None)
         if limit and len(out) >= limit:
             break
     return out
 
 
+def load_conversations(paths: list[Path], limit: int = 0) -> list[list[dict]]:
+    """Every row of every dataset as a list of messages ({"role", "content", "loss"?, "tool_calls"?})."""
+    return _load_all(datasets.load_messages, paths, limit)
+
+
+def load_texts(paths: list[Path], limit: int = 0) -> list[str]:
+    """Every document of every text dataset (objective pretrain)."""
+    return _load_all(datasets.load_texts, paths, limit)
+
+
+def load_preference_rows(paths: list[Path], objective: str, limit: int = 0) -> list[dict]:
+    """Every row of every preference dataset in TRL's form for ``objective`` (dpo, orpo, kto)."""
+    return _load_all(lambda p, limit: preference.load_preferences(p, objective, limit), paths, limit)
+
+
 def usable(conv: list[dict]) -> bool:
-    """A conversation trains something: an assistant turn (or a message flagged loss) with text."""
-    return any(m.get("content") and m.get("loss", m.get("role") == "assistant") for m in conv)
+    """A conversation trains something: an assistant turn (or a message flagged loss) with text or tool calls."""
+    return any(formats.trained(m) for m in conv)
+
+
+def check_tools(convs: list[list[dict]], template, model: str) -> None:
+    """Rows with tools or tool calls need a chat template that renders them."""
+    if any(formats.uses_tools(c) for c in convs) and not formats.template_has_tools(template):
+        raise ValueError(f"the data has tool calls, but {model}'s chat template has no tool support: it would "
+                         "drop the tools and calls; fine-tune a model whose template renders tools (e.g. Qwen2.5, "
+                         "InternLM2.5, Llama 3.1 instruct) or leave the tool rows out")
 
 
 # -- the model, read from its files ------------------------------------------------------------
@@ -183,12 +206,14 @@ def token_counter(model_path: Path):
                if k.endswith("_token")}
 
     def count(conv: list[dict]) -> tuple[int, int]:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
-        first = next(k for k, m in enumerate(conv) if m.get("content") and m.get("loss", m["role"] == "assistant"))
-        prompt = tpl.render(messages=msgs[:first], add_generation_prompt=msgs[first]["role"] == "assistant", **special)
-        full = tpl.render(messages=msgs, add_generation_prompt=False, **special)
+        msgs, tools = formats.for_template(conv), getattr(conv, "tools", None)
+        first = next(k for k, m in enumerate(conv) if formats.trained(m))
+        prompt = tpl.render(messages=msgs[:first], tools=tools, add_generation_prompt=msgs[first]["role"] == "assistant",
+                            **special) if first else ""
+        full = tpl.render(messages=msgs, tools=tools, add_generation_prompt=False, **special)
         enc = lambda s: len(tok.encode(s, add_special_tokens=False).ids)   # noqa: E731
         return enc(prompt), enc(full)
+    count.template = template
     return count
 
 
@@ -243,19 +268,25 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
                 "model, and LoRA is faster here"] if method == "qlora" and not on_gpu else []
     # data: usable rows and prompt length, on the first CHECK_ROWS rows of each dataset
     paths = [resolve_dataset(d, home) for d in spec.datasets]
+    pretrain, prefer = spec.objective == "pretrain", spec.objective in preference.OBJECTIVES
+    if prefer and importlib.util.find_spec("trl") is None:
+        raise ValueError(f"objective {spec.objective} needs TRL, which is not installed: "
+                         ".venv/bin/pip install -r requirements.txt")
     convs = []
     for name, p in zip(spec.datasets, paths):
         try:
-            rows = load_conversations([p], CHECK_ROWS)
+            rows = (load_texts([p], CHECK_ROWS) if pretrain else
+                    load_preference_rows([p], spec.objective, CHECK_ROWS) if prefer else load_conversations([p], CHECK_ROWS))
         except (ValueError, OSError, KeyError) as e:
             raise ValueError(f"dataset {name!r} can't be read: {e}") from None
-        good = [c for c in rows if usable(c)]
+        good = rows if pretrain or prefer else [c for c in rows if usable(c)]
         if not good:
             raise ValueError(f"dataset {name!r} has no usable rows: none of its first {len(rows)} rows has an "
                              "assistant reply to train on (check its format on the Datasets page)")
         convs += good
-    count = token_counter(model_path)
+    count = None if pretrain or prefer else token_counter(model_path)
     if count is not None:
+        check_tools(convs, count.template, spec.base_model)
         sample = convs[:200]
         lengths = [count(c) for c in sample]
         max_length = spec.max_length

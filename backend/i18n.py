@@ -143,7 +143,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "ds.format.help": {"en": "Detected from the first rows. Validate checks every row.", "zh": "根据前几行自动识别；“校验”会检查每一行。"},
     "ds.rows": {"en": "{n:,} rows", "zh": "{n:,} 行"},
     "ds.upload": {"en": "Upload a file", "zh": "上传文件"},
-    "ds.upload.file": {"en": "jsonl, json, csv, parquet or txt (up to {mb} MB)", "zh": "jsonl、json、csv、parquet 或 txt（不超过 {mb} MB）"},
+    "ds.upload.file": {"en": "jsonl, json, csv, parquet or txt (up to {mb} MB each); with LLaMA-Factory's dataset_info.json, each dataset it describes",
+                       "zh": "jsonl、json、csv、parquet 或 txt（每个不超过 {mb} MB）；附上 LLaMA-Factory 的 dataset_info.json 则按其描述导入每个数据集"},
     "ds.upload.save": {"en": "Save to the workspace", "zh": "保存到工作区"},
     "ds.import": {"en": "Import from Hugging Face / ModelScope", "zh": "从 Hugging Face / 魔搭导入"},
     "ds.import.source": {"en": "Source", "zh": "来源"},
@@ -487,6 +488,26 @@ STRINGS: dict[str, dict[str, str]] = {
                        "zh": "无法读取工作区数据库 {path}（{error}）：请从备份恢复，或将其移走以新建空队列。"},
     "chat.idle_stop": {"en": "A CPU server that answers no request for {minutes} min stops by itself, freeing the CPU slot: start it again here when you need it.",
                        "zh": "CPU 上的模型服务若 {minutes} 分钟没有收到请求，会自动停止并释放 CPU 名额；需要时在这里重新启动。"},
+    "ft.objective": {"en": "Objective", "zh": "训练目标"},
+    "ft.objective.sft": {"en": "Chat fine-tuning (SFT)", "zh": "对话微调 (SFT)"},
+    "ft.objective.pretrain": {"en": "Continued pre-training", "zh": "增量预训练"},
+    "ft.objective.dpo": {"en": "DPO", "zh": "DPO"},
+    "ft.objective.orpo": {"en": "ORPO", "zh": "ORPO"},
+    "ft.objective.kto": {"en": "KTO", "zh": "KTO"},
+    "ft.objective.help": {"en": "SFT trains the assistant replies of conversations through the model's chat template. "
+                                "Continued pre-training reads plain text ({\"text\"} rows or a .txt file), packs it and "
+                                "trains every token, with no template. DPO and ORPO learn from chosen/rejected answer "
+                                "pairs, KTO from answers labelled good or bad (TRL; live reward and margin charts).",
+                          "zh": "SFT 通过模型的对话模板训练对话中的助手回复。增量预训练读取纯文本（{\"text\"} 行或 .txt 文件），"
+                                "打包后训练每个 token，不套用模板。DPO 与 ORPO 从 chosen/rejected 回答对中学习，"
+                                "KTO 从标注好坏的回答中学习（TRL；实时显示奖励与间隔曲线）。"},
+    "ds.source.dataset_info": {"en": "dataset_info.json", "zh": "dataset_info.json"},
+    "ds.info.imported": {"en": "dataset_info.json: {entry} → dataset {name} ({format}, {rows} rows)",
+                         "zh": "dataset_info.json：{entry} → 数据集 {name}（{format}，{rows} 行）"},
+    "ds.fmt.chatml": {"en": "OpenCompass ChatML (question: messages, answer: [...])",
+                      "zh": "OpenCompass ChatML（question: messages，answer: [...]）"},
+    "ds.fmt.preference": {"en": "Preference pairs (chosen / rejected) for DPO / ORPO / KTO",
+                          "zh": "偏好数据（chosen / rejected），用于 DPO / ORPO / KTO"},
     # ---- end of table ----
 }
 

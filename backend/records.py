@@ -34,6 +34,8 @@ def sniff(path: Path) -> str | None:
         head = f.read(8192)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return f"{path.name} is UTF-16 encoded; save it as UTF-8"
+    if b"\x00" in head and (head[1::2].count(0) > len(head) // 4 or head[0::2].count(0) > len(head) // 4):
+        return f"{path.name} is UTF-16 encoded (without a byte-order mark); save it as UTF-8"
     if b"\x00" in head:
         return (f"{path.name} is a binary file, not text (a NUL byte at offset {head.index(0)}); "
                 f"a {path.suffix} file must be UTF-8 text")
@@ -72,12 +74,37 @@ def scan(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
             yield from _scan_parquet(path)
         elif suffix == ".csv":
             yield from _scan_csv(path)
-        elif suffix == ".json" and first_char(path) == "[":
+        elif suffix == ".json" and json_document(path):
             yield from _scan_json_array(path)
         else:
             yield from _scan_lines(path, text=suffix == ".txt")
     except (OSError, ValueError) as e:       # unreadable file, broken parquet footer ...
         yield 0, None, f"{path.name}: {e}"
+
+
+RECORD_LISTS = ("messages", "conversations", "conversation", "question")    # list fields of a record itself
+
+
+def json_document(path: Path) -> bool:
+    """A .json file holding one array of records, or one object wrapping such an array ({"data": [...]})."""
+    first = first_char(path)
+    if first != "{":
+        return first == "["
+    try:
+        return _unwrap(json.loads(path.read_bytes().decode("utf-8", "replace").lstrip("\ufeff"))) is not None
+    except ValueError:
+        return False                         # JSONL named .json
+
+
+def _unwrap(data):
+    """The records of a parsed JSON document: an array, or the one array of objects an object wraps."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and not any(k in data for k in RECORD_LISTS):
+        lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+        if len(lists) == 1:
+            return lists[0]
+    return None
 
 
 def first_char(path: Path) -> str:
@@ -108,12 +135,24 @@ def _scan_lines(path: Path, text: bool = False):
             try:
                 rec = json.loads(line)
             except ValueError as e:
-                yield n, None, f"line {n}: invalid JSON: {getattr(e, 'msg', e)} at column {getattr(e, 'colno', '?')}"
+                yield n, None, (f"line {n}: invalid JSON: {getattr(e, 'msg', e)} at column {getattr(e, 'colno', '?')}"
+                                + _json_hint(line))
                 continue
             if not isinstance(rec, dict):
                 yield n, None, f"line {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
                 continue
             yield n, rec, None
+
+
+def _json_hint(line: str) -> str:
+    """What a JSONL line that doesn't parse most likely is."""
+    s = line.strip()
+    if s.endswith(","):
+        return ("; the line ends with ',': in JSONL each line is one object, with no commas between lines "
+                "(or save one JSON array [...] as a .json file)")
+    if s in ("[", "]", "{", "}") or s.startswith('"'):
+        return "; the file looks like one JSON document spread over lines: save it as a .json file"
+    return ""
 
 
 def _lines(f, limit: int):
@@ -144,7 +183,7 @@ def _scan_json_array(path: Path):
         yield getattr(e, "lineno", 0), None, (f"{path.name}: invalid JSON: {getattr(e, 'msg', e)} at line "
                                               f"{getattr(e, 'lineno', '?')} column {getattr(e, 'colno', '?')}")
         return
-    for n, rec in enumerate(data, start=1):
+    for n, rec in enumerate(_unwrap(data) or [], start=1):
         if isinstance(rec, dict):
             yield n, rec, None
         else:

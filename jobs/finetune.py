@@ -25,29 +25,38 @@ import warnings
 from pathlib import Path
 
 
-from backend import finetune as ft, models
+from backend import finetune as ft, formats, models, preference
 from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.specs.finetune import Spec
 from backend.store import open_store
+from jobs import preference as trl_preference
 from jobs.common import Cancelled, Job, JobError, run
 
 
 
 # -- data ----------------------------------------------------------------------------------------
 def tokenize(tok, conv: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
-    """Token ids and labels of one conversation (-100 where nothing is trained), cut to max_length."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
-    render = lambda ms, gen=False: tok.apply_chat_template(ms, tokenize=False, add_generation_prompt=gen)  # noqa: E731
+    """Token ids and labels of one conversation (-100 where nothing is trained), cut to max_length.
+    The model's chat template renders it, with the row's tools (``conv.tools``); a row of only assistant
+    text (the pre-training form of XTuner and ms-swift) is plain text, every token trained."""
+    if all(m["role"] == "assistant" for m in conv):
+        return (text_samples(tok, ["\n".join(m["content"] for m in conv)], max_length) or [None])[0]
+    msgs = formats.for_template(conv)
+    tools = getattr(conv, "tools", None)
+    render = lambda ms, gen=False: tok.apply_chat_template(ms, tools=tools, tokenize=False,  # noqa: E731
+                                                           add_generation_prompt=gen)
     full = render(msgs)
     spans = []
     for k, m in enumerate(conv):
-        if not (m.get("content") and m.get("loss", m["role"] == "assistant")):
+        if not formats.trained(m):
             continue
-        before = render(msgs[:k], gen=m["role"] == "assistant") if k else ""
         upto = render(msgs[:k + 1])
+        # the first message has no "before": its span starts at its text, not at a default system prompt
+        before = render(msgs[:k], gen=m["role"] == "assistant") if k else upto[:max(0, upto.find(m["content"]))]
         if not full.startswith(upto) or not upto.startswith(before):
-            upto_i = full.find(m["content"])
-            spans.append((upto_i, upto_i + len(m["content"])))     # template not prefix-stable: the text only
+            upto_i = full.find(m["content"]) if m["content"] else -1
+            if upto_i >= 0:
+                spans.append((upto_i, upto_i + len(m["content"])))     # template not prefix-stable: the text only
         else:
             spans.append((len(before), len(upto)))
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -56,6 +65,19 @@ def tokenize(tok, conv: list[dict], max_length: int) -> tuple[list[int], list[in
         trained = i > 0 and any(s <= a < e for s, e in spans)
         labels.append(ids[i] if trained else -100)
     return (ids, labels) if any(x != -100 for x in labels) else None
+
+
+def text_samples(tok, texts: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Continued pre-training: each document's tokens (+ EOS), cut into pieces of ≤ max_length, every
+    token trained; ``pack`` puts several in a row (each attending only to itself)."""
+    out = []
+    for text in texts:
+        ids = tok(text)["input_ids"]                     # the tokenizer's own BOS, if it adds one
+        if tok.eos_token_id is not None and ids[-1:] != [tok.eos_token_id]:
+            ids.append(tok.eos_token_id)
+        out += [(ids[i:i + max_length], ids[i:i + max_length]) for i in range(0, len(ids), max_length)
+                if len(ids[i:i + max_length]) > 1]
+    return out
 
 
 def pack(samples: list, max_length: int, packing: bool) -> list[list[int]]:
@@ -253,7 +275,7 @@ class Run:
         else:
             self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
         self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote)
-        if self.tok.chat_template is None:
+        if self.tok.chat_template is None and spec.objective == "sft":
             raise JobError(f"{spec.base_model} has no chat template: fine-tune an instruct/chat model "
                            "(or add a chat_template to its tokenizer_config.json)", BAD_INPUT)
         kwargs = {"trust_remote_code": remote, "dtype": self.dtype if spec.method != "full" else torch.float32}
@@ -309,12 +331,20 @@ class Run:
         spec = self.spec
         try:
             paths = [ft.resolve_dataset(d, self.job.home) for d in spec.datasets]
-            convs = [c for c in ft.load_conversations(paths, spec.max_samples) if ft.usable(c)]
+            if spec.objective == "pretrain":
+                convs = ft.load_texts(paths, spec.max_samples)
+            else:
+                convs = [c for c in ft.load_conversations(paths, spec.max_samples) if ft.usable(c)]
+                ft.check_tools(convs, self.tok.chat_template, spec.base_model)
         except ValueError as e:
             raise JobError(str(e), BAD_INPUT) from None
         random.Random(spec.seed).shuffle(convs)
         n_eval = int(len(convs) * spec.eval_ratio)
-        tokenized = [tokenize(self.tok, c, spec.max_length) for c in convs]
+        if spec.objective == "pretrain":
+            tokenized = text_samples(self.tok, convs, spec.max_length)
+            n_eval = int(len(tokenized) * spec.eval_ratio)
+        else:
+            tokenized = [tokenize(self.tok, c, spec.max_length) for c in convs]
         train = [s for s in tokenized[n_eval:] if s]
         self.eval_samples = [s for s in tokenized[:n_eval] if s]
         dropped = len(tokenized) - len(train) - len(self.eval_samples)
@@ -462,8 +492,11 @@ class Run:
         out = []
         with torch.no_grad():
             for prompt in self.spec.sample_prompts:
-                ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                   return_tensors="pt", return_dict=True)["input_ids"].to(self.device)
+                if self.spec.objective == "pretrain":           # a continuation of the text, no template
+                    ids = self.tok(prompt, return_tensors="pt")["input_ids"].to(self.device)
+                else:
+                    ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                       return_tensors="pt", return_dict=True)["input_ids"].to(self.device)
                 gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
                                           do_sample=False, pad_token_id=self.pad_id, use_cache=True)
                 out.append(self.tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
@@ -475,6 +508,8 @@ class Run:
         spec, job = self.spec, self.job
         job.progress(0, None, "steps", "loading the model", force=True)
         self.load()
+        if spec.objective in preference.OBJECTIVES:          # DPO / ORPO / KTO on TRL
+            return trl_preference.train(self)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.data()
         self.opt = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from backend import dataset_info
 from backend import datasets as ds
 from backend import defaults, logs, paths
 from backend import models as models_
@@ -14,6 +15,7 @@ from pages import keys, ui
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 CELL_CHARS = 300
 SS = keys.DS_STATE
+INFO_REPORT = "ds_info_report"            # what the last dataset_info.json import made and skipped
 
 st.title(ui.t("nav.datasets"))
 
@@ -33,18 +35,33 @@ with st.container(key="ds_list"):
     } for e in entries]), hide_index=True, width="stretch", height=min(400, 38 + 35 * len(entries)))
 
 c_up, c_imp = st.columns(2)
-with c_up.expander(ui.t("ds.upload")):
+with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
+    report = st.session_state.pop(INFO_REPORT, None)
+    with st.container(key="ds_info_report"):
+        for made in (report or {}).get("imported", []):
+            st.success(ui.t("ds.info.imported", **made))
+        for reason in (report or {}).get("skipped", []):
+            st.warning(reason)
     with st.form("ds_upload_form", clear_on_submit=True):
-        up = st.file_uploader(ui.t("ds.upload.file", mb=defaults.setting("UPLOAD_MAX_MB")),
-                              type=[e.lstrip(".") for e in ds.EXTENSIONS], key="ds_upload",
-                              max_upload_size=defaults.setting("UPLOAD_MAX_MB"))
-        if st.form_submit_button(ui.t("ds.upload.save")) and up is not None:
-            try:
-                entry = ds.save_upload(up.name, up, owner=ui.owner())
-            except ds.DatasetError as e:
-                st.error(str(e))
-            else:
-                st.query_params["ds"] = entry["name"]
+        ups = st.file_uploader(ui.t("ds.upload.file", mb=defaults.setting("UPLOAD_MAX_MB")),
+                               type=[e.lstrip(".") for e in ds.EXTENSIONS], key="ds_upload",
+                               max_upload_size=defaults.setting("UPLOAD_MAX_MB"), accept_multiple_files=True)
+        if st.form_submit_button(ui.t("ds.upload.save")) and ups:
+            failed, opened = False, None
+            for up in sorted(ups, key=lambda f: f.name == "dataset_info.json"):   # its data files first
+                try:
+                    if up.name == "dataset_info.json":
+                        made = st.session_state[INFO_REPORT] = dataset_info.import_dataset_info(up.getvalue(),
+                                                                                                 owner=ui.owner())
+                        opened = next((m["name"] for m in made["imported"]), opened)
+                    else:
+                        opened = ds.save_upload(up.name, up, owner=ui.owner())["name"]
+                except ds.DatasetError as e:
+                    st.error(str(e))
+                    failed = True
+            if opened:                     # open what was added (the picker below isn't drawn yet)
+                st.query_params["ds"] = st.session_state["ds_pick"] = opened
+            if not failed:
                 st.rerun()
 with c_imp.expander(ui.t("ds.import")):
     with st.form("ds_import_form"):

@@ -14,7 +14,7 @@ S_JOB = keys.FT_JOB
 
 st.title(ui.t("nav.finetune"))
 models = models_.names()
-train_sets = [d["name"] for d in datasets.list_datasets() if (d["meta"] or {}).get("format") in datasets.TRAIN_FORMATS]
+all_sets = datasets.list_datasets()
 if not models:
     st.info(ui.t("ft.no_models"))
     st.page_link("pages/models.py", label=ui.t("nav.models"))
@@ -24,8 +24,13 @@ if not models:
 with st.container(key="ft-form", border=True):
     c1, c2 = st.columns(2)
     base = c1.selectbox(ui.t("ft.base_model"), models, key=keys.FT_MODEL)
-    picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key="ft_datasets",
-                            default=[d for d in train_sets if "self_cognition" in d][:1])
+    objective = c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto"], horizontal=True,
+                         key="ft_objective", format_func=lambda o: ui.t("ft.objective." + o),
+                         help=ui.t("ft.objective.help"))
+    usable = datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
+    train_sets = [d["name"] for d in all_sets if (d["meta"] or {}).get("format") in usable]
+    picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}",
+                            default=[d for d in train_sets if "self_cognition" in d][:1] if objective == "sft" else [])
     c1, c2, c3 = st.columns(3)
     method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
                       help=ui.t("ft.method.help"))
@@ -51,6 +56,7 @@ with st.container(key="ft-form", border=True):
                 chosen[field] = int(col.number_input(field, value=int(default), step=1, key=key))
         prompts = st.text_area(ui.t("ft.sample_prompts"), "Who are you?\n你是谁？", key="ft_prompts", height=68)
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
+            **({"objective": objective} if objective != "sft" else {}),
             **({"name": name.strip()} if name.strip() else {}),
             **{k: v for k, v in chosen.items() if v != values[k]},
             "sample_prompts": [p.strip() for p in prompts.splitlines() if p.strip()]}

@@ -32,6 +32,10 @@ class Spec(BaseModel):
     datasets: list[str] = Field(min_length=1)         # registry dataset names (any training format)
     name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # adapter name; "" = automatic
     method: Literal["lora", "qlora", "full"] = "lora"
+    # sft: conversations; pretrain: plain text, packed, loss on every token, no template;
+    # dpo / orpo: chosen/rejected pairs, kto: labelled answers (TRL)
+    objective: Literal["sft", "pretrain", "dpo", "orpo", "kto"] = "sft"
+    beta: float = Field(0.1, gt=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda)
     preset: Literal["xtuner", "cpu_demo"] | None = None   # fills the fields the spec leaves out
     lora_r: int = Field(XTUNER["lora_r"], ge=1)
     lora_alpha: int = Field(XTUNER["lora_alpha"], ge=1)

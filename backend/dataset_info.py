@@ -1,0 +1,103 @@
+"""LLaMA-Factory's ``dataset_info.json``: each entry names a data file and how its columns (and, for
+ShareGPT, its role/content tags) map to alpaca or sharegpt fields. Importing one writes, for every
+entry whose file is in the workspace, a new dataset with the fields renamed to the ones this
+workbench reads (docs/datasets.md), so each is read as LLaMA-Factory reads it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from backend import datasets, paths
+from backend.records import DatasetError, iter_records
+
+# LLaMA-Factory's defaults (data/README.md): alpaca columns, sharegpt columns and tags
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+SHAREGPT_COLUMNS = {"messages": "conversations"}
+TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+        "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+ROLE_OF_TAG = {"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
+               "function_tag": "function_call", "system_tag": "system"}
+PASSED_ON = ("system", "tools", "images", "videos", "audios", "kto_tag", "history")   # same name here
+
+
+def _map_record(rec: dict, entry: dict) -> dict:
+    """One row of an entry's file, its columns renamed to this workbench's field names."""
+    cols = entry.get("columns") or {}
+    out = {}
+    if entry.get("formatting", "alpaca") == "sharegpt":
+        tags = {**TAGS, **(entry.get("tags") or {})}
+        roles = {tags[k]: v for k, v in ROLE_OF_TAG.items()}
+
+        def turns(msgs):
+            if isinstance(msgs, dict):           # a ranking entry's chosen/rejected: one message
+                return turns([msgs])[0]
+            return [{"from": roles.get(m.get(tags["role_tag"]), m.get(tags["role_tag"])),
+                     "value": m.get(tags["content_tag"])} if isinstance(m, dict) else m for m in msgs or []]
+        out["conversations"] = turns(rec.get(cols.get("messages", SHAREGPT_COLUMNS["messages"])))
+        for key in ("chosen", "rejected"):
+            if cols.get(key) in rec:
+                out[key] = turns(rec[cols[key]])
+    else:
+        for column, field in ALPACA_COLUMNS.items():       # LLaMA-Factory's default names are ours
+            value = rec.get(cols.get(column, field))
+            if value is not None:
+                out[field] = value
+        for key in ("chosen", "rejected"):
+            if cols.get(key) in rec:
+                out[key] = rec[cols[key]]
+        if entry.get("ranking") and isinstance(out.get("output"), list) and len(out["output"]) == 2:
+            out["chosen"], out["rejected"] = out.pop("output")     # older ranking files: output [good, bad]
+    for key in PASSED_ON:
+        if cols.get(key) in rec and rec[cols[key]] not in (None, "", []):
+            out[key] = rec[cols[key]]
+    return out
+
+
+def _problem(name: str, entry, home: Path | None) -> tuple[str, Path | None]:
+    """(why the entry can't be imported, or "", its data file)."""
+    if not isinstance(entry, dict):
+        return f"{name}: not an object", None
+    file_name = entry.get("file_name")
+    if not file_name:
+        hub = entry.get("hf_hub_url") or entry.get("ms_hub_url") or entry.get("script_url")
+        return (f"{name}: its data is on a hub ({hub}); import it with 'Import from Hugging Face / ModelScope' on the Datasets page" if hub
+                else f"{name}: no file_name"), None
+    path = datasets.datasets_dir(home) / Path(str(file_name)).name
+    if not path.is_file():
+        return (f"{name}: its file {file_name} is not in the workspace; upload it (with dataset_info.json "
+                "or before it)"), None
+    if entry.get("formatting", "alpaca") not in ("alpaca", "sharegpt"):
+        return f"{name}: formatting {entry['formatting']!r} is not alpaca or sharegpt", None
+    return "", path
+
+
+def import_dataset_info(data: bytes | str | dict, home: Path | None = None, owner: str = "") -> dict:
+    """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
+    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [reason, ...]}."""
+    if not isinstance(data, dict):
+        try:
+            data = json.loads(data)
+        except ValueError as e:
+            raise DatasetError(f"dataset_info.json is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not data:
+        raise DatasetError("dataset_info.json must be an object of dataset entries "
+                           '({"name": {"file_name": ..., "formatting": ..., "columns": {...}}})')
+    imported, skipped = [], []
+    for key, entry in data.items():
+        problem, src = _problem(key, entry, home)
+        if problem:
+            skipped.append(problem)
+            continue
+        try:
+            rows = [_map_record(rec, entry) for _, rec in iter_records(src, skip_bad=True)]
+        except DatasetError as e:
+            skipped.append(f"{key}: {e}")
+            continue
+        name = datasets.unique_name(datasets.safe_name(key), home)
+        target = datasets.datasets_dir(home) / f"{name}.jsonl"
+        paths.atomic_write(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        entry_ = datasets.register(target, name, "dataset_info", home, owner=owner, parent=src.name)
+        imported.append({"name": name, "entry": key, "format": entry_["meta"]["format"],
+                         "rows": entry_["meta"]["rows"]})
+    return {"imported": imported, "skipped": skipped}
