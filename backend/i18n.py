@@ -479,6 +479,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "console.step.evaluate": {"en": "Evaluation done", "zh": "评测完成"},
     "console.step.serve": {"en": "Model served", "zh": "已部署模型"},
     "console.none": {"en": "No accounts yet: python -m backend users import roster.csv", "zh": "还没有账号：python -m backend users import roster.csv"},
+    "jobs.page": {"en": "Page", "zh": "页码"},
+    "jobs.count": {"en": "{n} jobs · page {page} of {pages}", "zh": "共 {n} 个任务 · 第 {page}/{pages} 页"},
+    "ft.est.duration": {"en": "Estimated duration", "zh": "预计耗时"},
+    "ft.est.duration.help": {"en": "{tokens} tokens to train at {rate} tokens/s ({source})",
+                             "zh": "需训练 {tokens} 个 token，速度 {rate} token/秒（{source}）"},
+    "ft.est.measured": {"en": "measured by earlier runs of this model here", "zh": "本机此前运行该模型的实测值"},
+    "ft.est.calibrated": {"en": "a calibration: no earlier run of this model here", "zh": "校准值：本机尚无该模型的运行记录"},
+    "ft.est.long": {"en": "This run would take about {minutes} minutes here. For a first try, lower max_steps, epochs "
+                          "or max_samples, or pick the CPU quick demo preset.",
+                    "zh": "此次运行在本机约需 {minutes} 分钟。首次尝试请调低 max_steps、epochs 或 max_samples，或选择 CPU 快速演示预设。"},
     # ---- end of table ----
 }
 
