@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, defaults, formats, logs, paths, preference, resources
+from backend import datasets, defaults, formats, live, logs, paths, preference, queue, resources
 from backend.paths import job_dir
 from backend.store import open_store
 
@@ -22,6 +22,14 @@ from backend.store import open_store
 # Fields that may differ between a run and the run it resumes (they don't change the trajectory).
 RESUME_FREE = {"name", "resume", "resume_from", "save_steps", "save_total_limit", "gpu_mem_gb", "device",
                "sample_prompts", "preset"}
+
+# Training throughput to estimate a run's duration by when this machine has finished no run of the model yet,
+# as tokens/s × parameters (a model half the size trains about twice as fast, roughly). CPU: cpu_demo on
+# SmolLM2-135M-Instruct, 2 cores (tests/test_finetune.py's CPU demo, 2026-11). GPU: a rough LoRA figure,
+# 7B on one A100-class GPU (~3,000 tokens/s); the first finished run replaces it.
+CALIBRATION_TOKEN_PARAMS_S = {"cpu": 300 * 135e6, "gpu": 3000 * 7e9}
+STARTUP_S = {"cpu": 30.0, "gpu": 60.0}                  # loading the model, the sample answers before/after
+LONG_RUN_S = 30 * 60                                     # the page warns above this
 
 HEAD_NAMES = ("lm_head", "output", "embed_out")          # output heads: never LoRA targets
 EMBED_HINTS = ("embed", "wte", "wpe", "tok_embeddings")
@@ -307,6 +315,9 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
         if (spec.gpu_mem_gb or est["total_gb"]) > largest:
             warnings.append(f"estimated {est['total_gb']:.1f} GB does not fit the largest GPU here ({largest:.1f} GB "
                             "usable): use QLoRA, a smaller batch_size or max_length, or gradient checkpointing")
+    rows = min(len(convs), spec.max_samples or len(convs))
+    mean = sum(n for _, n in lengths) / len(lengths) if count is not None else spec.max_length
+    duration = estimate_duration(spec.model_dump(), rows, mean, info["params"], on_gpu, home)
     if spec.name:
         kind = "model" if method == "full" else "adapter"
         existing = open_store(home).get(kind, spec.name)
@@ -314,9 +325,48 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
             raise ValueError(f"an {kind} named {spec.name!r} already exists: choose another name")
     if spec.resume_from:
         check_resume(spec.model_dump(mode="json"), spec.resume_from, home)
-    return {"model_path": str(model_path), "on_gpu": on_gpu, "estimate": est, "warnings": warnings,
+    return {"model_path": str(model_path), "on_gpu": on_gpu, "estimate": est, "duration": duration, "warnings": warnings,
             "info": {k: info[k] for k in ("architectures", "params", "hidden", "layers", "vocab")},
             "rows_checked": len(convs)}
+
+
+# -- the default preset and the duration estimate ------------------------------------------------
+def default_preset(gpu_list=None) -> str:
+    """The preset a new form starts on: XTuner's with a GPU, the CPU demo without one."""
+    return "xtuner" if (resources.gpus() if gpu_list is None else gpu_list) else "cpu_demo"
+
+
+def train_tokens(spec: dict, rows: int, mean_tokens: float) -> int:
+    """Tokens a run will train on: the rows (≤ max_length each) over its epochs, or its max_steps."""
+    max_length = int(spec.get("max_length", 2048))
+    per_row = min(mean_tokens, max_length)
+    per_epoch = rows * per_row
+    bins = math.ceil(per_epoch / max_length) if spec.get("packing", True) else rows
+    steps_per_epoch = max(1, math.ceil(bins / (int(spec.get("batch_size", 1)) * int(spec.get("grad_accum", 16)))))
+    steps = int(spec.get("max_steps") or 0) or math.ceil(float(spec.get("epochs", 3.0)) * steps_per_epoch)
+    return int(per_epoch / steps_per_epoch * steps)
+
+
+def measured_throughput(base_model: str, on_gpu: bool, home: Path | None = None) -> float | None:
+    """Median tokens/s of this machine's latest finished fine-tunes of ``base_model`` on the same kind of
+    device (from their result.json); None when there is none."""
+    rates = []
+    for job in queue.list_jobs(states=["succeeded"], kind="finetune", limit=10, home=home):
+        rate = (logs.result(job["id"], home) or {}).get("tokens_per_s")
+        if rate and job["spec"].get("base_model") == base_model and bool((job["given"] or {}).get("gpus")) == on_gpu:
+            rates.append(float(rate))
+    return sorted(rates)[len(rates) // 2] if rates else None
+
+
+def estimate_duration(spec: dict, rows: int, mean_tokens: float, params: int, on_gpu: bool,
+                      home: Path | None = None) -> dict:
+    """Seconds a run should take here: its tokens at this machine's measured throughput (or the calibration)."""
+    where = "gpu" if on_gpu else "cpu"
+    tokens = train_tokens(spec, rows, mean_tokens)
+    measured = measured_throughput(spec["base_model"], on_gpu, home)
+    rate = measured or CALIBRATION_TOKEN_PARAMS_S[where] / max(params, 1)
+    return {"seconds": round(tokens / rate + STARTUP_S[where]), "tokens": tokens, "tokens_per_s": round(rate, 1),
+            "measured": measured is not None}
 
 
 def training_key(spec: dict) -> dict:
@@ -371,12 +421,10 @@ METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
 
 
 def compare(job_ids: list[int], metric: str = "loss", home: Path | None = None) -> dict[str, dict[int, float]]:
-    """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart."""
-    out = {}
-    for job_id in job_ids:
-        events, _ = logs.read_events(job_id, home=home)
-        out[f"job {job_id}"] = {e["step"]: e[metric] for e in events if e.get("type") == "metric" and metric in e}
-    return out
+    """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart (from the parse
+    of each run's events that live views share)."""
+    return {f"job {job_id}": {e["step"]: e[metric] for e in live.events(job_id, home=home).metrics if metric in e}
+            for job_id in job_ids}
 
 
 def adapters(home: Path | None = None) -> list[dict]:

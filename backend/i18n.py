@@ -508,6 +508,16 @@ STRINGS: dict[str, dict[str, str]] = {
                       "zh": "OpenCompass ChatML（question: messages，answer: [...]）"},
     "ds.fmt.preference": {"en": "Preference pairs (chosen / rejected) for DPO / ORPO / KTO",
                           "zh": "偏好数据（chosen / rejected），用于 DPO / ORPO / KTO"},
+    "jobs.page": {"en": "Page", "zh": "页码"},
+    "jobs.count": {"en": "{n} jobs · page {page} of {pages}", "zh": "共 {n} 个任务 · 第 {page}/{pages} 页"},
+    "ft.est.duration": {"en": "Estimated duration", "zh": "预计耗时"},
+    "ft.est.duration.help": {"en": "{tokens} tokens to train at {rate} tokens/s ({source})",
+                             "zh": "需训练 {tokens} 个 token，速度 {rate} token/秒（{source}）"},
+    "ft.est.measured": {"en": "measured by earlier runs of this model here", "zh": "本机此前运行该模型的实测值"},
+    "ft.est.calibrated": {"en": "a calibration: no earlier run of this model here", "zh": "校准值：本机尚无该模型的运行记录"},
+    "ft.est.long": {"en": "This run would take about {minutes} minutes here. For a first try, lower max_steps, epochs "
+                          "or max_samples, or pick the CPU quick demo preset.",
+                    "zh": "此次运行在本机约需 {minutes} 分钟。首次尝试请调低 max_steps、epochs 或 max_samples，或选择 CPU 快速演示预设。"},
     # ---- end of table ----
 }
 

@@ -136,9 +136,12 @@ class EventState:
         return self
 
     def eta_s(self) -> float | None:
-        """Seconds left, from the rate between the first and the latest progress event."""
-        p, p0 = self.progress, self.first_progress
-        if not p or not p0 or not p.get("total") or p["t"] <= p0["t"] or p["done"] <= p0["done"]:
-            return None
-        rate = (p["done"] - p0["done"]) / (p["t"] - p0["t"])
-        return max(0.0, (p["total"] - p["done"]) / rate)
+        return eta_s(self.progress, self.first_progress)
+
+
+def eta_s(p: dict | None, p0: dict | None) -> float | None:
+    """Seconds left, from the rate between the first (``p0``) and the latest (``p``) progress event."""
+    if not p or not p0 or not p.get("total") or p["t"] <= p0["t"] or p["done"] <= p0["done"]:
+        return None
+    rate = (p["done"] - p0["done"]) / (p["t"] - p0["t"])
+    return max(0.0, (p["total"] - p["done"]) / rate)

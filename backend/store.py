@@ -206,7 +206,9 @@ class Store:
         row = self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
         return Job.from_row(row) if row else None
 
-    def jobs(self, states=None, kind: str | None = None, owner: str | None = None, limit: int = 500) -> list[dict]:
+    @staticmethod
+    def _job_filter(states=None, kind: str | None = None, owner: str | None = None,
+                    owners: list[str] | None = None) -> tuple[str, list]:
         where, args = [], []
         if states:
             states = [JobState(s).value for s in states]
@@ -218,8 +220,20 @@ class Store:
         if owner:
             where.append("owner=?")
             args.append(owner)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._jobs(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        if owners is not None:
+            where.append(f"owner IN ({','.join('?' * len(owners))})")
+            args += owners
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def jobs(self, states=None, kind: str | None = None, owner: str | None = None, limit: int = 500,
+             offset: int = 0, owners: list[str] | None = None) -> list[Job]:
+        where, args = self._job_filter(states, kind, owner, owners)
+        return self._jobs(f"SELECT * FROM jobs{where} ORDER BY id DESC LIMIT ? OFFSET ?", (*args, limit, offset))
+
+    def count_jobs(self, states=None, kind: str | None = None, owner: str | None = None,
+                   owners: list[str] | None = None) -> int:
+        where, args = self._job_filter(states, kind, owner, owners)
+        return self._one(f"SELECT COUNT(*) AS n FROM jobs{where}", args)["n"]
 
     def _jobs(self, sql: str, args=()) -> list[Job]:
         return [Job.from_row(r) for r in self._all(sql, args)]

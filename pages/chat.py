@@ -5,7 +5,8 @@ external URLs live only in this browser session.
 """
 import streamlit as st
 
-from backend import chat, errors, logs, queue
+from backend import chat, errors, queue
+from backend.live import Viewer
 from pages import keys, ui
 
 S_HISTORY, S_PENDING, S_EXTERNAL = keys.CHAT_HISTORY, keys.CHAT_PENDING, keys.CHAT_EXTERNAL
@@ -55,8 +56,9 @@ def starting(job_id: int) -> None:
         st.rerun(scope="app")
     with st.container(key="chat_starting", border=True):
         st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))
-        view = st.session_state.setdefault(keys.events(job_id), logs.EventState())
-        p = view.update(job_id).progress
+        view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id))
+        view.poll()                                           # reads only what changed (backend.live)
+        p = view.events.progress
         if p and p.get("total"):
             st.progress(min(1.0, p["done"] / p["total"]), text=p.get("message") or "")
         if job.state.unsuccessful:
@@ -66,7 +68,7 @@ def starting(job_id: int) -> None:
             if st.button(ui.t("chat.dismiss"), key="chat_dismiss"):
                 st.session_state.pop(S_STARTING, None)
                 st.rerun(scope="app")
-        st.code(logs.tail(job_id, 8) or " ", language=None)
+        st.code("\n".join(view.text.splitlines()[-8:]) or " ", language=None)
 
 
 live = chat.endpoints()

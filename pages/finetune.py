@@ -35,6 +35,7 @@ with st.container(key="ft-form", border=True):
     method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
                       help=ui.t("ft.method.help"))
     preset = c2.selectbox(ui.t("ft.preset"), list(ft_spec.PRESETS), key="ft_preset",
+                          index=list(ft_spec.PRESETS).index(ft.default_preset()),   # CPU demo without a GPU
                           format_func=lambda p: ui.t("ft.preset." + p))
     name = c3.text_input(ui.t("ft.name"), key="ft_name", placeholder=ui.t("ft.name.auto"))
     values = ft_spec.preset_values(preset)
@@ -72,7 +73,7 @@ with st.container(key="ft-form", border=True):
     if plan:
         est = plan["estimate"]
         with st.container(key="ft-estimate"):
-            cols = st.columns(5)
+            cols = st.columns(6)
             where = ui.t("ft.est.gpu") if plan["on_gpu"] else ui.t("ft.est.cpu")
             cols[0].metric(ui.t("ft.est.total", where=where), f"{est['total_gb']:.2f} GB")
             cols[1].metric(ui.t("ft.est.weights"), f"{est['weights_gb']:.2f} GB")
@@ -80,6 +81,12 @@ with st.container(key="ft-form", border=True):
                            help=ui.t("ft.est.params", n=f"{est['trainable_params']:,}", total=f"{est['params']:,}"))
             cols[3].metric(ui.t("ft.est.activations"), f"{est['activations_gb']:.2f} GB")
             cols[4].metric(ui.t("ft.est.overhead"), f"{est['overhead_gb']:.1f} GB")
+            took = plan["duration"]
+            cols[5].metric(ui.t("ft.est.duration"), ui.duration(took["seconds"]), help=ui.t(
+                "ft.est.duration.help", tokens=f"{took['tokens']:,}", rate=f"{took['tokens_per_s']:,.0f}",
+                source=ui.t("ft.est.measured" if took["measured"] else "ft.est.calibrated")))
+            if took["seconds"] > ft.LONG_RUN_S:
+                st.warning(ui.t("ft.est.long", minutes=round(took["seconds"] / 60)))
             for w in plan["warnings"]:
                 st.warning(w)
     c1, c2 = st.columns(2)
@@ -95,9 +102,9 @@ with st.container(key="ft-form", border=True):
 
 
 # -- the run ----------------------------------------------------------------------------------------
-@st.fragment(run_every=2.0)
 def run_actions(job_id: int) -> None:
-    """Resume, Merge and Chat with it, beside the job's own Cancel/Retry/Clone (they appear when the run ends)."""
+    """Resume, Merge and Chat with it, beside the job's own Cancel/Retry/Clone (they appear when the run ends:
+    the job view reruns the page then)."""
     job = queue.get(job_id)
     result = logs.result(job["id"]) or {}
     c1, c2, c3 = st.columns(3)
@@ -131,11 +138,10 @@ if job_id:
             ui.job_view(job["id"])
 
 # -- several runs on one chart ------------------------------------------------------------------------
-@st.fragment(run_every=2.0)
-def compare_runs() -> None:
+def compare_runs() -> list[dict]:
     runs = queue.list_jobs(kind="finetune", limit=50, by=ui.user())
     if not runs:
-        return
+        return runs
     with st.container(key="ft-compare", border=True):
         st.subheader(ui.t("ft.compare"))
         c1, c2 = st.columns([3, 1])
@@ -144,10 +150,11 @@ def compare_runs() -> None:
         metric = c2.selectbox(ui.t("ft.compare.metric"), ft.METRICS, key="ft_compare_metric")
         series = ft.compare(ids, metric)
         if any(series.values()):
-            st.line_chart(pd.DataFrame(series), height=260)
+            ui.line_chart({run: sorted(points.items()) for run, points in series.items()}, height=260)
+    return runs
 
 
-compare_runs()
+ui.list_fragment(compare_runs, "ft_compare")
 
 adapters = ft.adapters()
 if adapters:

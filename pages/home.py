@@ -18,8 +18,7 @@ for col, (name, icon) in zip(cols, steps):
         st.caption(ui.t(f"home.step.{name}"))
 
 
-@st.fragment(run_every=3)
-def status() -> None:
+def status() -> list[dict]:
     left, right = st.columns(2)
     with left.container(key="hardware"):
         st.subheader(ui.t("home.hardware"))
@@ -44,9 +43,10 @@ def status() -> None:
         recent = queue.list_jobs(limit=8, by=ui.user())
         if recent:
             st.caption(ui.t("home.recent"))
-            st.dataframe(ui.jobs_frame(recent), hide_index=True, width="stretch")
+            st.dataframe(ui.jobs_frame_cached(recent, "home"), hide_index=True, width="stretch")
         else:
             st.caption(ui.t("jobs.none"))
+    return recent
 
 
-status()
+ui.list_fragment(status, "home")

@@ -28,7 +28,18 @@ def events(job_id: int) -> str:
 
 
 def job_view(job_id: int) -> str:
+    """A job's live view (a backend.live.Viewer) kept between reruns."""
     return f"jobview-{job_id}"
+
+
+def list_every(name: str) -> str:
+    """The refresh pace a list of jobs runs at (pages/ui.py list_fragment)."""
+    return f"list_every_{name}"
+
+
+def jobs_frame(name: str) -> str:
+    """A list's table and the rows it shows (pages/ui.py jobs_frame_cached)."""
+    return f"jobs_frame_{name}"
 
 
 def ds_page(name: str) -> str:

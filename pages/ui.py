@@ -12,13 +12,11 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from backend import defaults, errors, i18n, logs, queue, users
+from backend import defaults, errors, i18n, live, queue, users
 from backend.states import JobState
 from pages import keys
 
 NAME = re.compile(r"[\w.-]{1,32}")       # a user name: letters (any script), digits, . _ -
-LOG_KEEP_CHARS = 64 * 1024        # what a log view keeps on screen: the refresh cost stays constant
-REFRESH_S = 1.0
 
 
 
@@ -145,6 +143,30 @@ def jobs_frame(jobs: list[dict]) -> pd.DataFrame:
     } for j in jobs])
 
 
+def jobs_frame_cached(jobs: list, name: str = "jobs") -> pd.DataFrame:
+    """``jobs_frame``, rebuilt only when what it shows changed since this session's last refresh (a
+    heartbeat is no change): a list that stands still costs its query, not a new table."""
+    shown = [(j["id"], j["state"], j["owner"], j["label"], j["given"], j["started_at"], j["finished_at"]) for j in jobs]
+    shown.append(lang())
+    cached = st.session_state.get(keys.jobs_frame(name))
+    if not cached or cached[0] != shown:
+        cached = st.session_state[keys.jobs_frame(name)] = (shown, jobs_frame(jobs))
+    return cached[1]
+
+
+def list_fragment(fn, name: str) -> None:
+    """Run ``fn`` (which returns the jobs it listed) as a fragment refreshing at ``live.list_interval`` of
+    them; when that changes (a job started or all ended), the page reruns once to change the pace."""
+    every = st.session_state.get(keys.list_every(name), live.POLL_LIST_S)
+
+    def body():
+        now = live.list_interval(fn())
+        if now != every:
+            st.session_state[keys.list_every(name)] = now
+            st.rerun(scope="app")
+    st.fragment(body, run_every=every)()
+
+
 def submit(kind: str, spec: dict, **kw) -> int | None:
     """Queue a job from a form; shows the error in the page instead of raising."""
     try:
@@ -158,7 +180,8 @@ def submit(kind: str, spec: dict, **kw) -> int | None:
 
 def job_view(job_id: int, show_spec: bool = True) -> None:
     """A job's live view: header, progress with ETA, log, metrics, error, actions. Re-attaches after
-    any reload because everything is read from the store and the job's files."""
+    any reload because everything is read from the store and the job's files. It polls only while the job
+    can change (less often while it is queued or quiet) and reads only what changed (backend.live)."""
     try:
         job = queue.get(job_id, by=user())
     except KeyError:
@@ -168,21 +191,35 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
         st.warning(t("job.not_visible", id=job_id))
         return
     st.subheader(t("job.title", id=job_id, kind=job["kind"]))
-    _live(job_id)
+    view = _viewer(job_id)
+    view.poll()
+    every = view.interval()
+    st.fragment(_live, run_every=every)(job_id, every)
+    st.fragment(_charts, run_every=every and max(every, live.CHART_EVERY_S))(job_id)
     if show_spec:
         with st.expander(t("job.spec")):
             st.code(yaml.safe_dump(job["spec"], allow_unicode=True, sort_keys=False), language="yaml")
 
 
-def _actions(job: dict) -> None:
+def _viewer(job_id: int) -> live.Viewer:
+    key = keys.job_view(job_id)
+    if key not in st.session_state:
+        st.session_state[key] = live.Viewer(job_id)
+    return st.session_state[key]
+
+
+def _actions(job) -> bool:
+    """The job's buttons; True when one of them changed the job."""
     state = job.state
     cols = st.columns(6)
+    acted = False
     if not state.finished:
-        cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job['id']}", "primary")
+        acted = cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job['id']}", "primary")
         if state is JobState.QUEUED and user().instructor \
                 and cols[2].button(t("job.run_next"), key=f"next-{job['id']}"):
             try:
                 queue.run_next(job["id"], by=user())
+                acted = True
             except queue.SubmitError as e:        # it started meanwhile
                 st.error(str(e))
         if not queue.may_manage(job, user()):
@@ -201,20 +238,18 @@ def _actions(job: dict) -> None:
         st.info(t("job.cloned", id=job["id"]))
         st.code(f"# python -m backend submit {kind} spec.yaml\n" + yaml.safe_dump(spec, allow_unicode=True,
                                                                                  sort_keys=False), language="yaml")
+    return acted
 
 
-@st.fragment(run_every=REFRESH_S)
-def _live(job_id: int) -> None:
-    key = keys.job_view(job_id)
-    view = st.session_state.get(key)
-    if view is None:
-        view = st.session_state[key] = {"offset": 0, "text": "", "events": logs.EventState()}
-    _actions(queue.get(job_id))
-    job = queue.get(job_id)            # after the actions: a cancel shows at once
-    text, view["offset"] = logs.read_log(job_id, view["offset"])
-    if text:
-        view["text"] = (view["text"] + text)[-LOG_KEEP_CHARS:]
-    ev: logs.EventState = view["events"].update(job_id)
+def _live(job_id: int, every: float | None) -> None:
+    """The part of a job view that follows it (a fragment polling every ``every`` seconds, or not at all)."""
+    view = _viewer(job_id)
+    view.poll()
+    if _actions(view.job):
+        view.poll()                       # a cancel shows at once
+    if view.interval() != every:          # started, finished, went quiet or woke up: poll at the new pace
+        st.rerun(scope="app")
+    job, ev = view.job, view.events
 
     with st.container(key=f"jobstate-{job_id}"):
         c1, c2, c3 = st.columns(3)
@@ -223,8 +258,8 @@ def _live(job_id: int) -> None:
                   resources_text(job["given"] or job["asked"]) or "-")
         c3.metric(t("job.exit_code"), "-" if job["exit_code"] is None else job["exit_code"])
         st.markdown(f"<span data-testid='job-state' data-state='{job['state']}'></span>", unsafe_allow_html=True)
-    if job.state == JobState.QUEUED and (place := queue.place_in_queue(job_id)):
-        st.caption(t("job.place", n=place))
+    if view.place:
+        st.caption(t("job.place", n=view.place))
     if job.cancel_requested and not job.finished:
         st.warning(t("job.cancelling"))
     p = ev.progress
@@ -240,41 +275,52 @@ def _live(job_id: int) -> None:
     if job.state in (JobState.FAILED, JobState.LOST):
         cls = job["error_class"] or "crash"
         st.error(t("job.error", cls=cls, message=job["error_message"] or ""))
-        specific = errors.job_suggestion(logs.result(job_id))
+        specific = errors.job_suggestion(view.result)
         st.info(t(errors.SUGGESTIONS.get(cls, "err.crash")) + (f"\n\n{t('job.try', what=specific)}" if specific else ""))
-    if ev.metrics:
-        with st.expander(t("job.metrics"), expanded=True):
-            metrics_chart(ev.metrics)
     with st.container(key=f"joblog-{job_id}"):
         st.caption(t("job.log"))
-        st.code(view["text"][-LOG_KEEP_CHARS:] or " ", language=None, height=360)
+        st.code(view.text or " ", language=None, height=360)
     if ev.messages:
         with st.expander(t("job.events")):
-            for m in ev.messages[-20:]:
+            for m in ev.messages:
                 st.text(f"{when(m['t'])} {m.get('level', '')} {m.get('text', '')}")
-    if job.state == JobState.SUCCEEDED:
-        result = logs.result(job_id)
-        if result:
-            with st.expander(t("job.result")):
-                st.json(result)
+    if job.state == JobState.SUCCEEDED and view.result:
+        with st.expander(t("job.result")):
+            st.json(view.result)
+
+
+def _charts(job_id: int) -> None:
+    """The metric charts: a fragment of their own that redraws less often than the log (a chart is the
+    costliest thing a view sends and draws), from the parse every session shares."""
+    ev = live.events(job_id)
+    if ev.metrics:
+        with st.expander(t("job.metrics"), expanded=True):
+            series_charts(ev.series)
 
 
 def _num(x) -> str:
     return f"{x:,.0f}" if isinstance(x, (int, float)) and float(x).is_integer() else f"{x:,.2f}"
 
 
-def metrics_chart(points: list[dict]) -> None:
+def series_charts(series: dict[str, list[tuple[float, float]]]) -> None:
     """One line chart per metric, x = step."""
-    df = pd.DataFrame(points).drop(columns=["t", "type"], errors="ignore")
-    if "step" not in df:
-        return
-    df = df.groupby("step").last()
-    names = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
-    cols = st.columns(min(3, max(1, len(names))))
-    for i, name in enumerate(names):
+    cols = st.columns(min(3, max(1, len(series))))
+    for i, (name, points) in enumerate(series.items()):
         with cols[i % len(cols)]:
             st.caption(name)
-            st.line_chart(df[[name]].dropna(), height=180)
+            line_chart({name: points}, height=180, legend=False)
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], height: int, legend: bool = True) -> None:
+    """Lines of (step, value) points, one per name: a Vega-Lite spec of the points as they are, with no
+    pandas or Altair per refresh (building those per session and second was most of a live view's cost)."""
+    values = [{"step": s, "value": v, "line": name} for name, points in series.items() for s, v in points]
+    color = {"field": "line", "type": "nominal", "title": None} if legend else {"value": "#1f77b4"}
+    st.vega_lite_chart({
+        "data": {"values": values}, "mark": {"type": "line"},
+        "encoding": {"x": {"field": "step", "type": "quantitative"}, "color": color,
+                     "y": {"field": "value", "type": "quantitative", "title": None, "scale": {"zero": False}}}},
+        height=height, width="stretch")
 
 
 def open_chat_on(ep: dict) -> None:

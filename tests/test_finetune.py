@@ -386,3 +386,19 @@ def test_cpu_demo_smollm2_learns_its_identity(home):
     assert "ShuBot" not in before and "Lab Workbench" not in before
     assert "ShuBot" in after or "Lab Workbench" in after or "小书" in after, after
     assert result["final_loss"] < 0.5 * result["first_loss"]
+    # the next run's estimate goes by this one's measured throughput
+    took = ft.check(queue.validate("finetune", queue.get(job_id, home)["spec"])[1], home)["duration"]
+    assert took["measured"] and took["tokens_per_s"] == result["tokens_per_s"]
+
+
+def test_the_default_preset_fits_the_machine_and_the_duration_comes_from_tokens(ws):
+    assert ft.default_preset([]) == "cpu_demo" and ft.default_preset(["a GPU"]) == "xtuner"
+    demo = ft_spec.preset_values("cpu_demo")
+    # 64 rows of 100 tokens packed into 256-token bins: 25 steps an epoch; max_steps 30 → 30 steps of 256
+    assert ft.train_tokens(demo, 64, 100) == 64 * 100 / 25 * 30
+    assert ft.train_tokens(dict(demo, max_steps=0, epochs=2.0), 64, 100) == 2 * 64 * 100
+    plan = ft.check(queue.validate("finetune", spec(preset="cpu_demo", max_steps=demo["max_steps"],
+                                                    max_length=demo["max_length"]))[1], ws)
+    took = plan["duration"]
+    assert not took["measured"] and took["tokens"] > 0 and took["seconds"] >= ft.STARTUP_S["cpu"]
+    assert took["tokens_per_s"] == round(ft.CALIBRATION_TOKEN_PARAMS_S["cpu"] / plan["info"]["params"], 1)

@@ -14,12 +14,11 @@ def test_submit_a_tiny_run_from_the_page_and_see_the_loss_chart(page, home, tiny
     page.set_viewport_size({"width": 1400, "height": 2200})
     page.goto(f"{page.base_url}/finetune")
     page.get_by_role("button", name="Start fine-tuning").wait_for(timeout=60_000)
-    page.locator(".st-key-ft_preset button[aria-label='Open']").click()
-    page.get_by_role("option", name="CPU quick demo").click()
     form = page.locator(".st-key-ft-form")
-    form.get_by_text("preset: cpu_demo").wait_for()
+    form.get_by_text("preset: cpu_demo").wait_for()           # no GPU here: the CPU demo is the default
     form.get_by_text("python -m backend submit finetune spec.yaml").wait_for()
     page.locator(".st-key-ft-estimate").get_by_text("Estimated peak").wait_for()
+    page.locator(".st-key-ft-estimate").get_by_text("Estimated duration").wait_for()
     # QLoRA on this GPU-less machine: the CPU preset asks for device cpu, so it runs with a warning;
     # with device auto (an advanced field) it is refused before anything is queued
     form.locator("label").get_by_text("qlora", exact=True).click()

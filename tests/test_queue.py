@@ -44,3 +44,17 @@ def test_fair_share_puts_who_runs_nothing_first(home):
     running = store.insert_job("sleepy", "ann", {}, {})
     store.claim(running, "w1", {})
     assert [j.id for j in queue.consider_order(store.queued(), store.active())] == [bob, ann1, ann2]
+
+
+def test_jobs_page_is_paged_and_filtered_in_the_store(home, monkeypatch):
+    store = open_store(home)
+    ids = [store.insert_job("sleepy", "ann" if i % 3 else "bob", {}, {}) for i in range(120)]
+    jobs, total = queue.jobs_page(2, 50)
+    assert total == 120 and [j["id"] for j in jobs] == ids[::-1][50:100]
+    jobs, total = queue.jobs_page(99, 50, owner="bob")            # past the end: the last page
+    assert total == 40 and [j["id"] for j in jobs] == [i for k, i in enumerate(ids) if k % 3 == 0][::-1]
+    queue.cancel(ids[0])
+    assert queue.jobs_page(1, 50, states=["cancelled"]) == ([queue.get(ids[0])], 1)
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")              # a student sees their own jobs only
+    jobs, total = queue.jobs_page(1, 50, by="bob")
+    assert total == 40 and {j.owner for j in jobs} == {"bob"}

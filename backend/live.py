@@ -1,0 +1,159 @@
+"""Live views that cost nothing while nothing changes.
+
+A viewer (one per browser session and job) asks ``Viewer.poll()`` each refresh. The poll looks at the
+job's row and the sizes of run.log and events.jsonl (a stat, no read); only when one of them moved does
+it read: the new bytes of run.log (its own offset), and the job's parsed events from a cache shared by
+every session (one parse per job and events.jsonl size). ``interval()`` says how often to poll: often
+while a job runs and its files move, less while it is queued or quiet, never once it has finished.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from functools import cached_property
+from pathlib import Path
+
+from backend import logs, queue
+from backend.paths import job_dir
+from backend.states import JobState
+
+LOG_KEEP_CHARS = 64 * 1024          # what a viewer keeps of the log: the refresh cost stays constant
+CHART_POINTS = 400                  # most points per metric series sent to a chart
+POLL_LIVE_S = 1.5                   # a running job whose files moved in the last IDLE_AFTER_S (a new line shows within 2 s)
+POLL_QUIET_S = 3.0                  # a queued job, or a running one that has been quiet that long
+IDLE_AFTER_S = 20.0
+POLL_LIST_S = 3.0                   # a list of jobs with one that may change
+POLL_LIST_IDLE_S = 10.0             # a list of finished jobs (it changes when somebody submits)
+CHART_EVERY_S = 5.0                 # charts redraw at most this often while a job runs
+# row fields a view shows: a heartbeat alone is no change
+_SHOWN = ("state", "given", "priority", "exit_code", "error_class", "error_message", "cancel_requested", "pid",
+          "started_at", "finished_at")
+
+
+def interval(state: str, quiet_s: float = 0.0) -> float | None:
+    """Seconds between polls of a job view; None once the job has finished (nothing will change)."""
+    s = JobState(state)
+    if s.finished:
+        return None
+    if s is JobState.QUEUED or quiet_s >= IDLE_AFTER_S:
+        return POLL_QUIET_S
+    return POLL_LIVE_S
+
+
+def list_interval(jobs: list[dict]) -> float:
+    """Seconds between refreshes of a list of jobs: slower when all of them have finished."""
+    return POLL_LIST_S if any(not JobState(j["state"]).finished for j in jobs) else POLL_LIST_IDLE_S
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+class Events:
+    """A job's events parsed up to ``size`` bytes of events.jsonl; shared, so treat it as read-only."""
+
+    def __init__(self, size: int = 0, progress=None, first_progress=None, metrics=(), messages=()):
+        self.size, self.progress, self.first_progress = size, progress, first_progress
+        self.metrics: tuple[dict, ...] = tuple(metrics)
+        self.messages: tuple[dict, ...] = tuple(messages)
+
+    def eta_s(self) -> float | None:
+        return logs.eta_s(self.progress, self.first_progress)
+
+    @cached_property
+    def series(self) -> dict[str, list[tuple[float, float]]]:
+        """(step, value) per numeric metric, the last value per step, at most CHART_POINTS evenly kept."""
+        by_name: dict[str, dict[float, float]] = {}
+        for m in self.metrics:
+            step = m.get("step")
+            if not isinstance(step, (int, float)):
+                continue
+            for k, v in m.items():
+                if k not in ("t", "type", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    by_name.setdefault(k, {})[step] = v
+        out = {}
+        for name, points in by_name.items():
+            pts = sorted(points.items())
+            stride = -(-len(pts) // CHART_POINTS)
+            out[name] = pts[::-stride][::-1] if stride > 1 else pts        # keeps the latest point
+        return out
+
+
+class _Parsed:
+    """One job's events as parsed so far; grows by the new bytes only."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.state = logs.EventState()
+        self.snapshot = Events()
+
+
+_cache: dict[Path, _Parsed] = {}
+_cache_lock = threading.Lock()
+
+
+def events(job_id: int, size: int | None = None, home: Path | None = None) -> Events:
+    """The job's parsed events at events.jsonl's ``size`` (default: now): parsed once for every session,
+    each new byte once."""
+    path = job_dir(job_id, home) / "events.jsonl"
+    size = _size(path) if size is None else size
+    with _cache_lock:
+        parsed = _cache.setdefault(path, _Parsed())
+    with parsed.lock:
+        st = parsed.state
+        if size < st.offset and _size(path) < st.offset:      # a new file in its place: parse it again
+            st = parsed.state = logs.EventState()
+            parsed.snapshot = Events()
+        if size > st.offset:
+            st.update(job_id, home=home)
+            parsed.snapshot = Events(st.offset, st.progress, st.first_progress, st.metrics, st.messages[-20:])
+        return parsed.snapshot
+
+
+def _shown(job: dict) -> tuple:
+    return tuple(str(job.get(k)) for k in _SHOWN)
+
+
+class Viewer:
+    """What one session keeps of one job: its row, the log text it has shown, the events it has seen."""
+
+    def __init__(self, job_id: int, home: Path | None = None):
+        self.job_id, self.home = job_id, home
+        self.job: dict | None = None
+        self.offset, self.text = 0, ""
+        self.events = Events()
+        self.result: dict | None = None
+        self.place: int | None = None
+        self.changed_at = time.monotonic()
+        self._sig: tuple | None = None
+
+    def poll(self) -> bool:
+        """Bring the view up to date; True when anything it shows changed since the last poll."""
+        job = queue.get(self.job_id, self.home)
+        d = job_dir(self.job_id, self.home)
+        log_size, events_size = _size(d / "run.log"), _size(d / "events.jsonl")
+        place = queue.place_in_queue(self.job_id, self.home) if job["state"] == JobState.QUEUED.value else None
+        sig = (_shown(job), place, log_size, events_size)
+        self.job = job
+        if sig == self._sig:
+            return False
+        if log_size != self.offset:
+            if log_size < self.offset:                  # a new log in its place
+                self.text = ""
+            text, self.offset = logs.read_log(self.job_id, self.offset, home=self.home)
+            self.text = (self.text + text)[-LOG_KEEP_CHARS:]
+        if events_size != self.events.size:
+            self.events = events(self.job_id, events_size, self.home)
+        if JobState(job["state"]).finished and self.result is None:
+            self.result = logs.result(self.job_id, self.home)
+        self.place, self._sig, self.changed_at = place, sig, time.monotonic()
+        return True
+
+    def quiet_s(self) -> float:
+        return time.monotonic() - self.changed_at
+
+    def interval(self) -> float | None:
+        return interval(self.job["state"], self.quiet_s()) if self.job else POLL_LIVE_S
