@@ -51,6 +51,13 @@ SETTINGS = {s.name: s for s in [
             "ends itself, freeing the CPU slot (0: never)"),
     Setting("URL_IMPORT_TIMEOUT_S", 900.0, "most a dataset import from a URL may take (its size cap is UPLOAD_MAX_MB); "
             "URL imports reach public addresses only, at every redirect"),
+    Setting("EXECUTOR", "local", "how the worker runs jobs: local (subprocesses here), slurm (sbatch) or ray (Ray Jobs API); "
+            "a cluster's nodes must share the workspace's filesystem (README: Running on a cluster)"),
+    Setting("SLURM_PARTITION", "", "Slurm partition for jobs (empty: the cluster's default)"),
+    Setting("SLURM_ACCOUNT", "", "Slurm account jobs are charged to (empty: the user's default)"),
+    Setting("SLURM_QOS", "", "Slurm quality of service for jobs (empty: the default)"),
+    Setting("SLURM_SBATCH_ARGS", "", "more sbatch flags, split like a shell line (e.g. --constraint=a100)"),
+    Setting("RAY_ADDRESS", "http://127.0.0.1:8265", "the Ray cluster's dashboard address (its Jobs API)"),
     Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
 ]}
 

@@ -3,7 +3,8 @@
     python -m backend worker [--burst]
 
 Each job runs as ``<engine python> -m <kind module> <job_dir>/spec.json`` in its own process
-group, with stdout and stderr appended to ``run.log``. The store is the source of truth. One worker
+group, with stdout and stderr appended to ``run.log``; or, with WORKBENCH_EXECUTOR=slurm or ray, as a
+job of that cluster (backend/executors), which the worker launches, polls and cancels the same way. The store is the source of truth. One worker
 per workspace (a lock file). A restarted worker adopts the jobs whose processes still live (the same
 pid and start time, recorded at launch in the job folder's process.json), records the ones that ended
 meanwhile from their result.json, and marks only the rest ``lost``. An error while handling one job
@@ -27,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend import defaults, engines, errors, job_env, kinds, logs, procs, queue, resources
+from backend import defaults, engines, errors, executors, job_env, kinds, logs, procs, queue, resources
 from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_OK, LOST, MISSING_ENGINE, TIMEOUT
 from backend.procs import become_subreaper, children, kill_group, pid_alive
 from backend.paths import job_dir, queue_wake_file
@@ -56,8 +57,11 @@ class Running:
     term_sent: float | None = None
     reason: str | None = None            # why the worker is stopping it: cancelled, timeout, shutdown
     log: object = field(default=None, repr=False)
+    remote: executors.Handle | None = None   # a job on a cluster (slurm, ray): no process of ours
 
     def ended(self) -> bool:
+        if self.remote is not None:
+            return self.remote.poll().ended
         if self.proc is not None:
             return self.proc.poll() is not None
         return procs.same(self.ident) != "alive"
@@ -71,6 +75,7 @@ class Worker:
         self.cpu_slots = defaults.setting("CPU_SLOTS") if cpu_slots is None else cpu_slots
         self.burst = burst
         self.gpu_source = gpu_source
+        self.executor = executors.module(defaults.setting("EXECUTOR"))      # None: local subprocesses
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.running: dict[int, Running] = {}
         self.stopping = False
@@ -175,10 +180,12 @@ class Worker:
         flagged = {j.id for j in self.store.active() if j.cancel_requested}
         for r in self.running.values():
             now = time.monotonic()
+            if r.remote is not None and r.pid == 0 and r.remote.poll().phase == "running":
+                self._running_remote(r)
             if r.term_sent is None:
                 if r.job_id in flagged:
                     r.reason = CANCELLED
-                elif r.timeout_s and now - r.started > r.timeout_s:
+                elif r.timeout_s and now - r.started > r.timeout_s and r.pid != 0:
                     r.reason = TIMEOUT
                 if r.reason:
                     r.term_sent = now
@@ -189,8 +196,10 @@ class Worker:
     @staticmethod
     def signal(r: Running, sig: int) -> None:
         """Signal a job's process group, unless its pid now names another process (an adopted job's pid
-        can be reused once it ends; a child's cannot before we reap it)."""
-        if r.proc is not None or procs.same(r.ident) != "other":
+        can be reused once it ends; a child's cannot before we reap it). A cluster's job: its cancel stages."""
+        if r.remote is not None:
+            r.remote.stop(force=sig == signal.SIGKILL)
+        elif r.proc is not None or procs.same(r.ident) != "other":
             kill_group(r.pid, sig)
 
     def reap_orphans(self) -> None:
@@ -223,7 +232,11 @@ class Worker:
             self._guard(f"job {job.id}", self.recover, job)
 
     def recover(self, job: dict) -> None:
-        ident = procs.recorded(job_dir(job.id, self.home)) if job.pid else None
+        ident = procs.recorded(job_dir(job.id, self.home))
+        if ident and ident.get("executor"):
+            self.recover_remote(job, ident)
+            return
+        ident = ident if job.pid else None
         now = procs.same(ident)
         if now == "alive":
             self.adopt(job, ident)
@@ -239,13 +252,25 @@ class Worker:
         print(f"job {job.id}: lost (its worker is gone" + (", its pid is another process now)" if now == "other" else ")"),
               flush=True)
 
-    def adopt(self, job: dict, ident: dict) -> None:
+    def recover_remote(self, job, ident: dict) -> None:
+        """A job a dead worker launched on a cluster: watch it again while the cluster runs it, else record its end."""
+        handle = executors.attach(ident)
+        status = handle.poll()
+        if not status.ended:
+            self.adopt(job, ident, handle)
+            return
+        print(f"job {job.id}: ended on {ident['executor']} while no worker watched it", flush=True)
+        self.record_end(job.id, status.exit_code, None, 0, None, status.verdict)
+
+    def adopt(self, job: dict, ident: dict, remote: executors.Handle | None = None) -> None:
         """Watch a job whose worker died but whose process lives: its cancel, timeout and end are ours now."""
         since = time.time() - (job.started_at or time.time())
-        self.running[job.id] = Running(job.id, ident["pid"], time.monotonic() - max(0.0, since),
-                                          self._timeout(job), ident=ident)
+        pid = ident["pid"] if remote is None else (-1 if job.state == JobState.RUNNING else 0)
+        self.running[job.id] = Running(job.id, pid, time.monotonic() - max(0.0, since),
+                                          self._timeout(job), ident=ident, remote=remote)
         self.store.update_job(job.id, worker_id=self.id, heartbeat_at=time.time())
-        print(f"job {job.id}: adopted (pid {ident['pid']} still running)", flush=True)
+        print(f"job {job.id}: adopted ({ident['executor']} job {ident['id']} still there)" if remote else
+              f"job {job.id}: adopted (pid {ident['pid']} still running)", flush=True)
 
     def sweep_secrets(self) -> None:
         """Secrets of jobs that ended without launching (cancelled while queued from anywhere, lost...)."""
@@ -270,7 +295,8 @@ class Worker:
                                     f"the {engine} engine is not installed: run an engine_install job for it first")
                 continue
             try:
-                given = resources.place(job.asked, self._gpus, active, self.cpu_slots)
+                given = (resources.place(job.asked, self._gpus, active, self.cpu_slots) if self.executor is None
+                         else {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": 0, "executor": self.executor.NAME})
             except resources.NeverFits as e:
                 self._fail_unplaced(job, BAD_INPUT, str(e))
                 continue
@@ -310,8 +336,11 @@ class Worker:
             os.environ, d, secrets, PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job.id),
             PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), os.environ.get("PYTHONPATH")])),
             CUDA_VISIBLE_DEVICES=",".join(map(str, job.given.get("gpus", []))))
-        log = open(d / "run.log", "ab")
         cmd = [str(engines.python(job.asked.get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]
+        if self.executor is not None:
+            self.launch_remote(job, d, cmd, env)
+            return
+        log = open(d / "run.log", "ab")
         try:
             proc = subprocess.Popen(cmd, cwd=defaults.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -328,6 +357,27 @@ class Worker:
         self.store.transition(job.id, JobState.RUNNING, pid=proc.pid)
         print(f"job {job.id} ({job['kind']}): running as pid {proc.pid} on {job['given']}", flush=True)
 
+    def launch_remote(self, job, d: Path, cmd: list[str], env: dict) -> None:
+        """Submit the job to the cluster; it stays starting until the cluster runs it (the node's scheduler
+        chooses its GPUs: CUDA_VISIBLE_DEVICES is the cluster's to set)."""
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        executors.base.write_launch(d, cmd, env, defaults.ROOT)
+        try:
+            handle = self.executor.submit(job.id, d, executors.base.launch_command(cmd[0], d), job.asked,
+                                          self._timeout(job), defaults.setting("CANCEL_GRACE_S"))
+        except Exception:
+            (d / "launch.json").unlink(missing_ok=True)        # it holds the job's secrets
+            raise
+        procs.record(d, handle.ident)
+        self.running[job.id] = Running(job.id, 0, time.monotonic(), self._timeout(job), ident=handle.ident,
+                                          remote=handle)
+        print(f"job {job.id} ({job.kind}): submitted as {handle.executor} job {handle.ident['id']}", flush=True)
+
+    def _running_remote(self, r: Running) -> None:
+        r.pid, r.started = -1, time.monotonic()       # -1: running on the cluster (0: waiting there)
+        self.store.transition(r.job_id, JobState.RUNNING)
+        print(f"job {r.job_id}: running on {r.remote.executor} job {r.remote.ident['id']}", flush=True)
+
     @staticmethod
     def _timeout(job: dict) -> float:
         timeout = job.asked.get("timeout_s")
@@ -337,6 +387,12 @@ class Worker:
 
     def finish(self, r: Running) -> None:
         self.running.pop(r.job_id, None)
+        if r.remote is not None:
+            job_env.discard(job_dir(r.job_id, self.home))
+            (job_dir(r.job_id, self.home) / "launch.json").unlink(missing_ok=True)     # never launched
+            status = r.remote.poll()
+            self.record_end(r.job_id, status.exit_code, r.reason, r.timeout_s, None, status.verdict)
+            return
         code = r.proc.wait() if r.proc is not None else None      # an adopted job's exit status is not ours to read
         if r.log is not None:
             r.log.close()
@@ -345,9 +401,11 @@ class Worker:
         self.reap_orphans()
         self.record_end(r.job_id, code, r.reason, r.timeout_s, r.ident)
 
-    def record_end(self, job_id: int, code: int | None, reason: str | None, timeout_s: float, ident: dict | None) -> None:
+    def record_end(self, job_id: int, code: int | None, reason: str | None, timeout_s: float, ident: dict | None,
+                   verdict: tuple | None = None) -> None:
         """Record how a job ended: what it wrote in result.json first (a job that exits 0 as a cancel
-        lands succeeded), then why the worker stopped it, then its exit and log."""
+        lands succeeded), then why the worker stopped it, then how a cluster ended it (``verdict``: state,
+        class, message naming the cluster's state), then its exit and log."""
         logs.cap_log(job_dir(job_id, self.home) / "run.log")
         result = logs.result(job_id, self.home)
         if code is None:          # adopted, or ended while no worker watched: only its result says
@@ -361,6 +419,8 @@ class Worker:
         elif reason == TIMEOUT:
             state, fields = JobState.FAILED, {"error_class": TIMEOUT,
                                               "error_message": f"timed out after {timeout_s:.0f} s"}
+        elif verdict is not None:
+            state, fields = verdict[0], {"error_class": verdict[1], "error_message": verdict[2]}
         elif reason == "shutdown":
             state, fields = JobState.LOST, {"error_class": LOST, "error_message": "the worker was stopped"}
         else:

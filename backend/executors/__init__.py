@@ -1,0 +1,36 @@
+"""How the worker runs a claimed job: ``local`` (subprocesses on this machine, run by backend/worker.py
+itself: process groups, adoption by pid, out-of-memory detection), ``slurm`` (sbatch) or ``ray`` (the Ray
+Jobs API), chosen by WORKBENCH_EXECUTOR. The store stays the only truth about jobs; a cluster only runs
+them.
+
+A cluster executor gives the worker a ``Handle`` per job: ``ident`` (recorded in the job folder's
+process.json, so a restarted worker finds the job again with ``attach``), ``poll()`` (a ``Status``, at
+most once per POLL_S from the cluster, never raising: a cluster that does not answer leaves the last
+status) and ``stop(force)`` (the first stage of a cancel, then the forced one after the grace period).
+
+Both run the same command on a node: ``<engine python> backend/executors/launch.py <job>/launch.json``,
+which takes the job's environment (secrets included) from that file, deletes it, sends output to run.log
+and execs ``python -m jobs.<kind> spec.json``. So secrets never enter the scheduler's state or dashboard,
+and a job's files are the same on every executor: the workspace must be on a filesystem the nodes share.
+"""
+from __future__ import annotations
+
+from backend.executors import ray_jobs, slurm
+from backend.executors.base import Handle, Status   # noqa: F401 - the executors' API
+
+LOCAL = "local"
+MODULES = {"slurm": slurm, "ray": ray_jobs}
+
+
+def module(name: str):
+    """The executor module for a name (None for local)."""
+    if name == LOCAL:
+        return None
+    if name not in MODULES:
+        raise ValueError(f"unknown executor {name!r}: use local, slurm or ray")
+    return MODULES[name]
+
+
+def attach(ident: dict) -> Handle:
+    """The handle of a job a previous worker launched (from its process.json)."""
+    return MODULES[ident["executor"]].attach(ident)
