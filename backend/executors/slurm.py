@@ -86,12 +86,11 @@ class SlurmJob(Handle):
             return Status("pending")
         if state not in ENDED_BY_SLURM and state not in ("COMPLETED", "FAILED"):
             return Status("running")        # RUNNING, COMPLETING, SUSPENDED, SIGNALING...
-        code, sig = (int(x) for x in (info.get("ExitCode") or "0:0").split(":"))
-        verdict = None
-        if state in ENDED_BY_SLURM:
+        if state in ENDED_BY_SLURM:     # its exit code is Slurm's, not the job's: its result.json (if any) says more
             cls_state, cls, why = ENDED_BY_SLURM[state]
-            verdict = (cls_state, cls, f"Slurm job {self.ident['id']} ended {state}: {why}")
-        return Status("ended", -sig if sig else code, verdict)
+            return Status("ended", None, (cls_state, cls, f"Slurm job {self.ident['id']} ended {state}: {why}"))
+        code, sig = (int(x) for x in (info.get("ExitCode") or "0:0").split(":"))
+        return Status("ended", -sig if sig else code)
 
     def _stop(self, force: bool) -> None:
         if force or self._status.phase == "pending":

@@ -1,0 +1,123 @@
+"""The same queue on each executor: local subprocesses, a real one-node Slurm cluster (slurmctld + slurmd
+from Debian's packages) and a real Ray head, with the real worker. Same test bodies where the behaviour
+is the same: a job that succeeds (its secret reaches it and nothing else), one that fails, a cancel in two
+stages, and a node that dies under a job."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from backend import queue
+from tests import clusters
+from tests.conftest import run_burst, start_worker, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session", params=["local", "slurm", "ray"])
+def cluster(request, tmp_path_factory):
+    """(executor name, the cluster object or None, the env a worker needs); one cluster per session."""
+    name = request.param
+    if name == "local":
+        yield name, None, {"WORKBENCH_EXECUTOR": "local"}
+        return
+    try:
+        c = (clusters.Slurm if name == "slurm" else clusters.Ray)(tmp_path_factory.mktemp(name))
+    except clusters.Unavailable as e:
+        pytest.skip(str(e))
+    yield name, c, {"WORKBENCH_EXECUTOR": name, **c.env}
+    c.stop()
+
+
+def state(home: Path, job_id: int):
+    return queue.get(job_id, home)
+
+
+def test_jobs_succeed_and_fail_the_same_way(cluster, home):
+    name, _, env = cluster
+    ok = queue.submit("sleepy", {"steps": 3, "interval_s": 0.05, "dump_env": True},
+                      secrets={"HF_TOKEN": "hf_s3cret"}, home=home)
+    bad = queue.submit("sleepy", {"steps": 1, "fail": True}, home=home)
+    out = run_burst(home, timeout=180, **env)
+    job = state(home, ok)
+    assert job.state == "succeeded", f"{job.error_message}\n{out.stdout}\n{out.stderr}"
+    d = home / "jobs" / str(ok)
+    assert "step 3 of 3" in (d / "run.log").read_text()
+    assert json.loads((d / "result.json").read_text())["ok"]
+    job_env = json.loads((d / "artifacts" / "env.json").read_text())
+    assert job_env["HF_TOKEN"] == "hf_s3cret" and job_env["WORKBENCH_JOB_ID"] == str(ok)
+    assert not (d / "launch.json").exists() and not (d / "secrets.json").exists()
+    failed = state(home, bad)
+    assert (failed.state, failed.error_class, failed.error_message) == ("failed", "bad_input", "asked to fail")
+    if name != "local":
+        ident = json.loads((d / "process.json").read_text())
+        assert ident["executor"] == name and ident["id"]
+        assert "hf_s3cret" not in "".join(p.read_text(errors="replace") for p in d.iterdir() if p.is_file())
+    if name == "slurm":
+        script = (d / "job.sbatch").read_text()
+        assert "#SBATCH --output=" in script and "launch.py" in script
+
+
+def test_cancel_in_two_stages(cluster, home):
+    """Cancel reaches a job that stops on SIGTERM and one that ignores it (stopped after the grace)."""
+    _, _, env = cluster
+    polite = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1}, home=home)
+    stubborn = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "ignore_sigterm": True}, home=home)
+    worker = start_worker(home, **env)
+    try:
+        for j in (polite, stubborn):
+            wait_for(lambda j=j: "step 2 of" in _log(home, j), 90, what=f"job {j} to run")
+            assert state(home, j).state == "running"
+            queue.cancel(j, home=home)
+        for j in (polite, stubborn):
+            wait_for(lambda j=j: state(home, j).finished, 60, what=f"job {j} to end")
+            job = state(home, j)
+            assert (job.state, job.error_class) == ("cancelled", "cancelled"), job.error_message
+        steps = _log(home, stubborn).count("step ")
+        wait_for(lambda: True, 0.1)
+        assert _log(home, stubborn).count("step ") <= steps + 5, "the stubborn job still runs after its cancel"
+    finally:
+        stop(worker)
+
+
+def test_a_dead_node_loses_its_job(cluster, home):
+    name, c, env = cluster
+    if name == "local":
+        pytest.skip("no node to kill: a dead local worker is test_worker's lost/adopt tests")
+    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1}, home=home)
+    worker = start_worker(home, **env)
+    try:
+        wait_for(lambda: "step 2 of" in _log(home, job_id), 90, what="the job to run")
+        if name == "slurm":
+            c.kill_slurmd()
+        else:
+            os.kill(_pid_of("JobSupervisor"), signal.SIGKILL)
+        wait_for(lambda: state(home, job_id).finished, 120, 0.5, "the job to end")
+        job = state(home, job_id)
+        assert (job.state, job.error_class) == ("lost", "lost"), job.error_message
+        assert ("NODE_FAIL" if name == "slurm" else "FAILED") in job.error_message
+    finally:
+        stop(worker)
+        if name == "slurm":
+            c.start_slurmd()         # the node comes back (ReturnToService=2) and ends the orphaned step
+
+
+def _log(home: Path, job_id: int) -> str:
+    try:
+        return (home / "jobs" / str(job_id) / "run.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _pid_of(title: str) -> int:
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if title in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no process named {title}")
