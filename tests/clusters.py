@@ -137,19 +137,23 @@ class Ray:
         self.env = {"WORKBENCH_RAY_ADDRESS": self.address}
         from ray.job_submission import JobSubmissionClient
 
-        def up():
+        def up():        # the dashboard answers before its agent takes jobs: up once a job can be submitted
             try:
-                return JobSubmissionClient(self.address).list_jobs() is not None
+                return JobSubmissionClient(self.address).submit_job(entrypoint="true")
             except Exception:  # noqa: BLE001 - not up yet
                 assert self.proc.poll() is None, (root / "ray.out").read_text()[-3000:]
                 return False
         _wait(up, 120, "the Ray head's Jobs API", root / "ray.out")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """``ray start --block`` ends on SIGTERM, not always with all of Ray: the rest of its group goes too."""
+        try:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()

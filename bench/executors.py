@@ -1,0 +1,66 @@
+"""Executor benchmark: what a cluster adds to a job. For each executor (local, then a one-node Slurm
+cluster and a Ray head started here as the tests do, skipped where they can't start), one short job
+through the real worker: submit→running latency and its wall time (submit→end), and the ratio of each to
+the local executor's in this run (goal: a job's wall time ≤ 1.1× local for a 60 s job).
+
+    .venv/bin/python bench/executors.py [job seconds, default 20]
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)         # not bench/: its queue.py would hide the stdlib queue from ray
+os.environ.update(WORKBENCH_EXTRA_KINDS="sleepy=tests.fixtures.jobs_sleepy", WORKBENCH_POLL_S="0.1",
+                  WORKBENCH_ENGINES_DIR=str(ROOT / ".cache" / "envs"))
+
+from backend import queue  # noqa: E402
+from tests import clusters  # noqa: E402
+
+
+def one_job(executor: str, env: dict, seconds: float) -> tuple[float, float]:
+    home = Path(tempfile.mkdtemp(prefix=f"wb-bench-{executor}-"))
+    job_id = queue.submit("sleepy", {"steps": int(seconds * 10), "interval_s": 0.1}, home=home)
+    log = open(home / "worker.log", "ab")
+    worker = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=log, stderr=log,
+                              env=dict(os.environ, WORKBENCH_HOME=str(home), WORKBENCH_EXECUTOR=executor, **env))
+    try:
+        deadline = time.monotonic() + seconds * 3 + 120
+        while not (job := queue.get(job_id, home)).finished:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{executor}: the job did not end; see {home}/worker.log")
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait()
+    if job.state != "succeeded":
+        raise RuntimeError(f"{executor}: job {job.state}: {job.error_message}")
+    return job.started_at - job.created_at, job.finished_at - job.created_at
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
+    tmp = Path(tempfile.mkdtemp(prefix="wb-bench-clusters-"))
+    local = one_job("local", {}, seconds)
+    print(f"{'executor':<8} {'submit→running':>15} {'wall':>8} {'latency ×local':>15} {'wall ×local':>12}  ({seconds:.0f} s job)")
+    print(f"{'local':<8} {local[0]:>14.2f}s {local[1]:>7.2f}s {1.0:>15.2f} {1.0:>12.3f}")
+    for name, start in (("slurm", clusters.Slurm), ("ray", clusters.Ray)):
+        try:
+            cluster = start(tmp / name)
+        except clusters.Unavailable as e:
+            print(f"{name:<8} skipped: {e}")
+            continue
+        try:
+            lat, wall = one_job(name, cluster.env, seconds)
+        finally:
+            cluster.stop()
+        print(f"{name:<8} {lat:>14.2f}s {wall:>7.2f}s {lat / max(local[0], 1e-3):>15.2f} {wall / local[1]:>12.3f}")
+
+
+if __name__ == "__main__":
+    main()
