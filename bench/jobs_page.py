@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.update(WORKBENCH_HOME=tempfile.mkdtemp(prefix="wb-bench-"))
 
-from backend import queue  # noqa: E402
-from backend.store import open_store  # noqa: E402
+from backend import queue
+from backend.store import open_store
 
 N = 10_000
 
