@@ -11,18 +11,29 @@ import os
 from backend.server_auth import KEY_ENV, authorized
 
 
+class KeyCheck:
+    """A plain ASGI middleware (not starlette's BaseHTTPMiddleware, which holds streamed answers and
+    stalled the server's shutdown): 401 for an HTTP request without the key, else the app."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/health":
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if not authorized(header, self.key):
+                from starlette.responses import JSONResponse
+                await JSONResponse({"error": {"message": "this server answers only the workbench: send its API "
+                                              "key as a Bearer token", "type": "unauthorized"}},
+                                   status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def keyed(build_server, key: str):
     def build(*args, **kwargs):
-        from starlette.responses import JSONResponse
         app = build_server(*args, **kwargs)
-
-        @app.middleware("http")
-        async def check_key(request, call_next):
-            if request.url.path != "/health" and not authorized(request.headers.get("authorization"), key):
-                return JSONResponse({"error": {"message": "this server answers only the workbench: "
-                                               "send its API key as a Bearer token", "type": "unauthorized"}},
-                                    status_code=401)
-            return await call_next(request)
+        app.add_middleware(KeyCheck, key=key)
         return app
     return build
 
