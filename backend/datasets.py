@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from backend import defaults, formats, paths, users
+from backend.errors import UserError
 from backend.dataset_view import open_view
 from backend.records import DatasetError, iter_records, scan, sniff
 from backend.store import open_store
@@ -301,13 +302,11 @@ def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = 
     fmt = fmt or detect_format(path)
     name = Path(path).name
     if fmt == "text":
-        raise DatasetError(f"{name} is plain text (continued pre-training data), not conversations: "
-                           "train on it with objective pretrain")
+        raise DatasetError("err.ds.is_text", name=name)
     if fmt == "preference":
-        raise DatasetError(f"{name} is {PREFERENCE}")
+        raise DatasetError("err.ds.is_preference", name=name)
     if fmt not in TRAIN_FORMATS:
-        raise DatasetError(f"{name} is in {fmt!r} format, not a training format "
-                           f"({', '.join(TRAIN_FORMATS)}); convert it first")
+        raise DatasetError("err.ds.not_train_format", name=name, fmt=fmt, formats=", ".join(TRAIN_FORMATS))
     return _read_all(path, lambda rec: to_messages(rec, fmt), limit)
 
 
@@ -318,11 +317,11 @@ def _read_all(path: str | Path, read, limit: int | None) -> list:
         try:
             out.append(read(rec))
         except ValueError as e:
-            raise DatasetError(f"{name} line {n}: {e}") from None
+            raise DatasetError("err.ds.bad_line", name=name, line=n, reason=UserError.of(e)) from None
         if limit is not None and len(out) >= limit:
             break
     if not out:
-        raise DatasetError(f"{name} has no records")
+        raise DatasetError("err.ds.no_records", name=name)
     return out
 
 
@@ -331,8 +330,7 @@ def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
     continued pre-training; rows of only assistant text (XTuner's and ms-swift's pre-training form) too."""
     fmt, name = detect_format(path), Path(path).name
     if fmt not in ("text",) + TRAIN_FORMATS:
-        raise DatasetError(f"{name} is in {fmt!r} format; continued pre-training reads plain text "
-                           '({"text": ...} rows or a .txt file)')
+        raise DatasetError("err.ds.pretrain_format", name=name, fmt=fmt)
 
     def read(rec: dict) -> str:
         if fmt == "text":
@@ -415,10 +413,9 @@ def resolve(path_or_name: str | Path, home: Path | None = None) -> Path:
     try:
         real = paths.inside([datasets_dir(home), SAMPLES_DIR], entry["path"] if entry else path_or_name)
     except paths.OutsideError:
-        raise DatasetError(f"{path_or_name} is outside the workspace's datasets folder; "
-                           "upload or import the file instead") from None
+        raise DatasetError("err.ds.outside", path=path_or_name) from None
     if not real.is_file():
-        raise DatasetError(f"no dataset file {path_or_name}")
+        raise DatasetError("err.ds.no_file", path=path_or_name)
     return real
 
 
@@ -426,7 +423,7 @@ def safe_name(name: str) -> str:
     """A dataset name made of letters, digits, CJK, '.', '-' and '_' (no folders)."""
     stem = NAME_RE.sub("_", Path(unicodedata.normalize("NFKC", str(name))).name).strip("._")
     if not stem:
-        raise DatasetError(f"{name!r} is not a usable dataset name")
+        raise DatasetError("err.ds.bad_name", name=name)
     return stem[:100]
 
 
@@ -472,15 +469,14 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
     unknown extension or a name already taken, and never overwrites."""
     suffix = Path(filename).suffix.lower()
     if suffix not in EXTENSIONS:
-        raise DatasetError(f"{Path(filename).name}: unsupported file type; use {', '.join(EXTENSIONS)}")
+        raise DatasetError("err.ds.file_type", name=Path(filename).name, exts=", ".join(EXTENSIONS))
     name = safe_name(Path(filename).stem)
     limit_mb = defaults.setting("UPLOAD_MAX_MB")
     size = len(data) if isinstance(data, (bytes, bytearray)) else getattr(data, "size", None)
     if size is not None and size > limit_mb * 2**20:
-        raise DatasetError(f"{filename} is {size / 2**20:.1f} MB; the upload limit is {limit_mb} MB "
-                           "(WORKBENCH_UPLOAD_MAX_MB)")
+        raise DatasetError("err.ds.too_big", name=filename, mb=size / 2**20, limit=limit_mb)
     if unique_name(name, home) != name:
-        raise DatasetError(f"a dataset named {name!r} already exists; rename the file or delete the old dataset")
+        raise DatasetError("err.ds.exists_upload", name=name)
     target = datasets_dir(home) / (name + suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".upload", dir=target.parent)   # a leftover never blocks
     tmp, written = Path(tmp), 0
@@ -500,7 +496,7 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
         raise
     if written > limit_mb * 2**20:
         tmp.unlink()
-        raise DatasetError(f"{filename} is over the upload limit of {limit_mb} MB (WORKBENCH_UPLOAD_MAX_MB)")
+        raise DatasetError("err.ds.over_limit", name=filename, limit=limit_mb)
     os_link_or_fail(tmp, target)
     return register(target, name, "upload", home, owner=owner)
 
@@ -510,7 +506,7 @@ def os_link_or_fail(tmp: Path, target: Path) -> None:
     try:
         os.link(tmp, target)
     except FileExistsError:
-        raise DatasetError(f"{target.name} already exists in the workspace; nothing was overwritten") from None
+        raise DatasetError("err.ds.file_exists", name=target.name) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -519,7 +515,7 @@ def _new_target(src: Path, name: str | None, suffix: str, default: str, home: Pa
     if name:
         name = safe_name(name)
         if unique_name(name, home) != name:
-            raise DatasetError(f"a dataset named {name!r} already exists; choose another name")
+            raise DatasetError("err.ds.exists", name=name)
     else:
         name = unique_name(default, home)
     return name, datasets_dir(home) / (name + suffix)
@@ -531,11 +527,11 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
     ``to_fmt`` can't hold without changing what is trained (loss flags, tool calls), are skipped and
     reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}."""
     if to_fmt not in TRAIN_FORMATS:
-        raise DatasetError(f"can't convert to {to_fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
+        raise DatasetError("err.ds.convert_to", fmt=to_fmt, formats=", ".join(TRAIN_FORMATS))
     src = Path(src)
     fmt = detect_format(src)
     if fmt not in TRAIN_FORMATS:
-        raise DatasetError(f"{src.name} is in {fmt!r} format; only {', '.join(TRAIN_FORMATS)} can be converted")
+        raise DatasetError("err.ds.convert_from", name=src.name, fmt=fmt, formats=", ".join(TRAIN_FORMATS))
     name, target = _new_target(src, name, ".jsonl", f"{src.stem}-{to_fmt}", home)
     rows, errors = 0, []
     tmp = target.with_name(f".{target.name}.tmp")
@@ -562,7 +558,8 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
             errors.append({"line": n, "reason": err})
     if not rows:
         tmp.unlink()
-        raise DatasetError(f"no row of {src.name} could be converted" + (f": {errors[0]['reason']}" if errors else ""))
+        raise DatasetError("err.ds.convert_none_why" if errors else "err.ds.convert_none", name=src.name,
+                           reason=errors[0]['reason'] if errors else "")
     os_link_or_fail(tmp, target)
     register(target, name, "convert", home, owner=owner, parent=src.name)
     return {"name": name, "path": str(target), "rows": rows, "skipped": len(errors), "errors": errors[:100]}
@@ -574,13 +571,13 @@ def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path
     they are). Returns {"train": {...}, "val": {...}}."""
     import numpy as np
     if not 0 < val_fraction < 1:
-        raise DatasetError("the validation fraction must be between 0 and 1")
+        raise DatasetError("err.ds.val_fraction")
     src = Path(src)
     view = open_view(src, home)
     n = len(view)
     k = max(1, round(n * val_fraction))
     if n < 2 or k >= n:
-        raise DatasetError(f"{src.name} has {n} rows: too few to split with {val_fraction:.0%} for validation")
+        raise DatasetError("err.ds.too_few_split", name=src.name, n=n, fraction=val_fraction)
     is_val = np.zeros(n, dtype=bool)
     is_val[np.random.default_rng(seed).permutation(n)[:k]] = True
     suffix = ".txt" if view.text else ".jsonl"
@@ -610,9 +607,8 @@ def delete(name: str, home: Path | None = None, by=None) -> None:
     store = open_store(home)
     entry = store.get("dataset", name)
     if entry is None:
-        raise DatasetError(f"no dataset named {name!r}")
-    users.require_owner(by, entry["owner"], "delete", f"dataset {name}",
-                        f"dataset {name} is not yours: only an instructor can delete it", DatasetRefused)
+        raise DatasetError("err.ds.unknown", name=name)
+    users.require_owner(by, entry["owner"], "delete", f"dataset {name}", DatasetRefused("err.ds.delete_not_yours", name=name))
     users.audit(users.actor(by), "delete", f"dataset {name}", home=home)
     path = Path(entry["path"]).resolve()
     if paths.is_inside(path, datasets_dir(home).resolve()):
