@@ -44,7 +44,7 @@ def _render(value, lang: str):
     if isinstance(value, UserError):
         return value.text(lang)
     if isinstance(value, (list, tuple)) and any(isinstance(v, UserError) for v in value):
-        return "; ".join(str(_render(v, lang)) for v in value)
+        return ("；" if lang == "zh" else "; ").join(str(_render(v, lang)) for v in value)
     return value
 
 
