@@ -87,17 +87,16 @@ def _text(value, where: str, allow_empty: bool = False) -> str:
     if isinstance(value, list):          # content parts: keep the text ones ("text", or "value" as some write it)
         media = formats.media_part(value)
         if media:
-            raise ValueError(f"{where} has an {media} part: fine-tuning here trains text-only models, so "
-                             "image/video/audio rows are refused")
+            raise UserError("err.rec.media_part", where=where, media=media)
         parts = [p.get("text", p.get("value", "")) for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
         if len(parts) == len(value) and all(isinstance(p, str) for p in parts):
             value = "".join(parts)
     if value is None and allow_empty:
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"{where} must be a string, not {type(value).__name__}")
+        raise UserError("err.rec.not_string", where=where, type=type(value).__name__)
     if not allow_empty and not value.strip():
-        raise ValueError(f"{where} is empty")
+        raise UserError("err.rec.empty", where=where)
     return value
 
 
@@ -105,8 +104,7 @@ def _turn(out: list[dict], who, content, where: str, m: dict | None = None) -> N
     """Append one turn given in any project's roles; a tool call joins the assistant turn before it."""
     role = formats.ROLE_ALIASES.get(str(who).lower()) if who is not None else None
     if role is None:
-        raise ValueError(f"{where} role is {who!r}; expected one of system, user, assistant, tool "
-                         "(or human, gpt, function_call, observation)")
+        raise UserError("err.rec.role", where=where, role=who)
     m = m or {}
     if role == "tool_call":
         call = formats.tool_call(content, where)
@@ -125,7 +123,7 @@ def _turn(out: list[dict], who, content, where: str, m: dict | None = None) -> N
             msg[key] = m[key]
     if "loss" in m:
         if not isinstance(m["loss"], bool):
-            raise ValueError(f"{where}.loss must be true or false")
+            raise UserError("err.rec.loss", where=where)
         msg["loss"] = m["loss"]
     out.append(msg)
 
@@ -134,18 +132,18 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
     """The messages of one training record (alpaca, sharegpt, messages, xtuner) as a ``formats.Chat``
     (OpenAI-style messages + the row's tools). Raises ValueError saying what is wrong with it."""
     if not isinstance(record, dict):
-        raise ValueError(f"a record must be a JSON object, not {type(record).__name__}")
+        raise UserError("err.rec.not_object", type=type(record).__name__)
     problem = formats.refusal(record)
     if problem:
-        raise ValueError(problem)
+        raise problem
     out: list[dict] = []
     if fmt == "messages":
         msgs = record.get("messages")
         if not isinstance(msgs, list):
-            raise ValueError('no "messages" list')
+            raise UserError("err.rec.no_list", field="messages")
         for i, m in enumerate(msgs):
             if not isinstance(m, dict):
-                raise ValueError(f"messages[{i}] is not an object")
+                raise UserError("err.rec.item", where=f"messages[{i}]")
             _turn(out, m.get("role"), m.get("content"), f"messages[{i}]", m)
     elif fmt == "sharegpt":
         if record.get("system"):
@@ -154,21 +152,21 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
         if conv is None and isinstance(record.get("conversation"), list):     # ms-swift: [{"human", "assistant"}]
             for i, t in enumerate(record["conversation"]):
                 if not isinstance(t, dict):
-                    raise ValueError(f"conversation[{i}] is not an object")
+                    raise UserError("err.rec.item", where=f"conversation[{i}]")
                 _turn(out, "user", t.get("human"), f"conversation[{i}].human")
                 _turn(out, "assistant", t.get("assistant"), f"conversation[{i}].assistant")
         elif not isinstance(conv, list):
-            raise ValueError('no "conversations" list')
+            raise UserError("err.rec.no_list", field="conversations")
         for i, m in enumerate(conv or []):
             if not isinstance(m, dict):
-                raise ValueError(f"conversations[{i}] is not an object")
+                raise UserError("err.rec.item", where=f"conversations[{i}]")
             _turn(out, m.get("from", m.get("role")), m.get("value", m.get("content")), f"conversations[{i}]", m)
     elif fmt == "alpaca":          # also ms-swift's query/response/history
         if record.get("system"):
             out.append({"role": "system", "content": _text(record["system"], "system")})
         for i, pair in enumerate(record.get("history") or []):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-                raise ValueError(f"history[{i}] must be a [question, answer] pair")
+                raise UserError("err.rec.history", i=i)
             out += [{"role": "user", "content": _text(pair[0], f"history[{i}][0]")},
                     {"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")}]
         q, a = ("query", "response") if "instruction" not in record and "query" in record else ("instruction", "output")
@@ -179,10 +177,10 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
     elif fmt == "xtuner":
         conv = record.get("conversation")
         if not isinstance(conv, list):
-            raise ValueError('no "conversation" list')
+            raise UserError("err.rec.no_list", field="conversation")
         for i, turn in enumerate(conv):
             if not isinstance(turn, dict):
-                raise ValueError(f"conversation[{i}] is not an object")
+                raise UserError("err.rec.item", where=f"conversation[{i}]")
             if turn.get("system"):
                 out.append({"role": "system", "content": _text(turn["system"], f"conversation[{i}].system")})
             question = _text(turn.get("input"), f"conversation[{i}].input", allow_empty=True)
@@ -190,18 +188,18 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
                 out.append({"role": "user", "content": question})
             out.append({"role": "assistant", "content": _text(turn.get("output"), f"conversation[{i}].output")})
     else:
-        raise ValueError(f"{fmt!r} is not a training format; expected one of {', '.join(TRAIN_FORMATS)}")
+        raise UserError("err.rec.format", fmt=fmt, formats=", ".join(TRAIN_FORMATS))
     _check_roles(out)
     return formats.Chat(out, formats.parse_tools(record.get("tools")))
 
 
 def _check_roles(msgs: list[dict]) -> None:
     if not any(m["role"] == "assistant" for m in msgs):
-        raise ValueError("no assistant message to learn from")
+        raise UserError("err.rec.no_assistant")
     if any(m["role"] == "system" for m in msgs[1:]):
-        raise ValueError("a system message may only come first")
+        raise UserError("err.rec.system_first")
     if msgs[-1]["role"] != "assistant":
-        raise ValueError("the conversation must end with an assistant message")
+        raise UserError("err.rec.end_assistant")
 
 
 def from_messages(msgs: list[dict], fmt: str) -> dict:
@@ -243,7 +241,7 @@ def from_messages(msgs: list[dict], fmt: str) -> dict:
         if system:
             conv[0] = {"system": system, **conv[0]}
         return {"conversation": conv}
-    raise ValueError(f"can't convert to {fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
+    raise UserError("err.ds.convert_to", fmt=fmt, formats=", ".join(TRAIN_FORMATS))
 
 
 def _lost(msgs: formats.Chat, back: formats.Chat | None) -> str | None:
@@ -273,7 +271,7 @@ def check_record(rec: dict, fmt: str) -> None:
             _text(str(rec[k]) if rec[k] is not None else None, f"option {k}")
         answer = str(rec.get("answer", "")).strip()
         if answer not in options:
-            raise ValueError(f"answer is {answer!r}; expected one of the options {', '.join(options)}")
+            raise UserError("err.rec.answer", answer=answer, options=", ".join(options))
     elif fmt == "qa":                        # OpenCompass accepts a question without a reference answer
         _text(rec.get("question"), "question")
         if rec.get("answer") is not None:
@@ -281,19 +279,15 @@ def check_record(rec: dict, fmt: str) -> None:
     elif fmt == "chatml":                    # OpenCompass ChatML: {"question": [messages], "answer": [str]}
         msgs = rec.get("question")
         if not msgs or not all(isinstance(m, dict) for m in msgs):
-            raise ValueError('"question" must be a list of {"role", "content"} messages')
+            raise UserError("err.rec.chatml_question")
         for i, m in enumerate(msgs):
             _text(m.get("content"), f"question[{i}].content")
         if not isinstance(rec.get("answer", []), list):
-            raise ValueError('"answer" must be a list of reference answers')
+            raise UserError("err.rec.chatml_answer")
     elif fmt == "text":
         _text(rec.get("text"), "text")
     elif fmt == "preference":
-        raise ValueError(PREFERENCE)
-
-
-PREFERENCE = ("preference data (chosen/rejected answers): train it with objective dpo, orpo or kto; supervised "
-              "fine-tuning would train the rejected answers as good ones")
+        raise UserError("err.rec.preference")
 
 
 def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[formats.Chat]:
@@ -337,7 +331,7 @@ def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
             return _text(rec.get("text"), "text")
         msgs = to_messages(rec, fmt)
         if any(m["role"] != "assistant" for m in msgs):
-            raise ValueError('a conversation, not plain text: train it with objective sft, or give {"text": ...} rows')
+            raise UserError("err.rec.not_text")
         return "\n".join(m["content"] for m in msgs)
     return _read_all(path, read, limit)
 
