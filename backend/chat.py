@@ -31,6 +31,10 @@ class ChatError(UserError):
         super().__init__(key, **fields)
         self.partial = partial
 
+    @property
+    def fmt(self) -> dict:          # the fields under the name they had before every error carried a key
+        return self.fields
+
 
 # -- endpoints ----------------------------------------------------------------------------------
 def live_endpoints(home: Path | None = None) -> list[dict]:

@@ -327,6 +327,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.rec.chatml_answer": {"en": '"answer" must be a list of reference answers', "zh": '"answer" 必须是参考答案的列表'},
     "err.rec.preference": {"en": 'preference data (chosen/rejected answers): train it with objective dpo, orpo or kto; supervised fine-tuning would train the rejected answers as good ones', "zh": '偏好数据（chosen/rejected 回答）：请用训练目标 dpo、orpo 或 kto 训练；监督微调会把被拒绝的回答当作好回答来学习'},
     "err.rec.not_text": {"en": 'a conversation, not plain text: train it with objective sft, or give {"text": ...} rows', "zh": '这是对话而不是纯文本：请用训练目标 sft 训练，或提供 {"text": ...} 行'},
+    "err.vlm.empty_file": {"en": '{name} is empty (0 bytes)', "zh": '{name} 是空文件（0 字节）'},
+    "err.vlm.pixels": {"en": '{name} is {w}x{h} = {mp:.0f} megapixels; the limit is {limit:.0f}: scale it down first', "zh": '{name} 为 {w}x{h} = {mp:.0f} 百万像素；上限为 {limit:.0f}：请先缩小图片'},
+    "err.vlm.the_image": {"en": 'the image', "zh": '该图片'},
+    "err.vlm.image_n": {"en": 'image {i}', "zh": '图片 {i}'},
+    "err.vlm.image_named": {"en": 'image {i} ({name})', "zh": '图片 {i}（{name}）'},
     # @@ERRORS@@
     # --- engines ---
     "engine.install": {"en": "Install the {engine} engine", "zh": "安装 {engine} 引擎"},

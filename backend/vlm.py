@@ -43,21 +43,20 @@ class VLMError(UserError):
 
 
 # -- images -------------------------------------------------------------------------------------
-def open_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS):
+def open_image(data: bytes, name: str | UserError = UserError("err.vlm.the_image"), max_pixels: int = MAX_PIXELS):
     """A decoded RGB PIL image, or ValueError saying plainly what is wrong with it."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
     if not data:
-        raise ValueError(f"{name} is empty (0 bytes)")
+        raise UserError("err.vlm.empty_file", name=name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
-                raise ValueError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
-                                 f"{max_pixels / 1e6:.0f}: scale it down first")
+                raise UserError("err.vlm.pixels", name=name, w=w, h=h, mp=w * h / 1e6, limit=max_pixels / 1e6)
             im.load()
             return im.convert("RGB")
     except UnidentifiedImageError:
@@ -68,7 +67,7 @@ def open_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXEL
         raise UserError("err.vlm.corrupt", name=name, error=e) from None
 
 
-def check_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS) -> dict:
+def check_image(data: bytes, name: str | UserError = UserError("err.vlm.the_image"), max_pixels: int = MAX_PIXELS) -> dict:
     """Width, height and format of an upload; VLMError if it is not a usable image."""
     try:
         im = open_image(data, name, max_pixels)
@@ -87,9 +86,9 @@ def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = M
             p = Path(img)
             if not p.is_file():
                 raise VLMError("err.vlm.missing_image", i=i, name=p.name)
-            name, data = f"image {i} ({p.name})", p.read_bytes()
+            name, data = UserError("err.vlm.image_named", i=i, name=p.name), p.read_bytes()
         else:
-            name, data = f"image {i}", bytes(img)
+            name, data = UserError("err.vlm.image_n", i=i), bytes(img)
         check_image(data, name, max_pixels)
         out.append(data)
     return out
