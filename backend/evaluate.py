@@ -12,8 +12,8 @@ from pathlib import Path
 
 from backend import defaults, engines, logs, queue, server_auth
 from backend.chat import endpoints
-from backend.errors import UserError
 from backend.datasets import list_datasets
+from backend.errors import UserError
 from backend.states import PENDING
 from backend.store import open_store
 from backend.specs import evaluate as opencompass
