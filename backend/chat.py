@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from backend.errors import UserError
 from backend.states import JobState
 from backend.store import open_store
 
@@ -22,13 +23,17 @@ CONNECT_TIMEOUT_S = 5.0
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers a chat template adds per message (an estimate)
 
 
-class ChatError(Exception):
-    """A failure the user should read; ``partial`` is the answer received before it happened. ``key`` and
-    ``fmt``, when set, name the message in backend/i18n.py so a page can show it in the user's language."""
+class ChatError(UserError):
+    """A failure the user should read (a message key and fields); ``partial`` is the answer received
+    before it happened."""
 
-    def __init__(self, message: str, partial: str = "", key: str = "", fmt: dict | None = None):
-        super().__init__(message)
-        self.partial, self.key, self.fmt = partial, key, fmt or {}
+    def __init__(self, key: str, /, partial: str = "", **fields):
+        super().__init__(key, **fields)
+        self.partial = partial
+
+    @property
+    def fmt(self) -> dict:          # the fields under the name they had before every error carried a key
+        return self.fields
 
 
 # -- endpoints ----------------------------------------------------------------------------------
@@ -97,7 +102,7 @@ def external(url: str, api_key: str = "", model: str = "", name: str = "") -> di
     url = (url or "").strip().rstrip("/")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ChatError(f"{url or '(empty)'} is not an http(s) URL, e.g. https://api.example.com/v1")
+        raise ChatError("err.chat.bad_url", url=url or "(empty)")
     if not url.endswith("/v1") and "/v1/" not in url + "/":
         url += "/v1"
     ep = {"name": name, "url": url, "model": model.strip(), "engine": "external",
@@ -105,18 +110,18 @@ def external(url: str, api_key: str = "", model: str = "", name: str = "") -> di
     try:
         models = [m.id for m in _client(ep, api_key).models.list()]
     except openai.AuthenticationError:
-        raise ChatError(f"{parsed.netloc} refused the API key (401): check the key") from None
+        raise ChatError("err.chat.key_refused", where=parsed.netloc) from None
     except openai.PermissionDeniedError:
-        raise ChatError(f"{parsed.netloc} says this API key may not use it (403)") from None
+        raise ChatError("err.chat.key_forbidden", where=parsed.netloc) from None
     except openai.APIConnectionError:
-        raise ChatError(f"cannot reach {url}: check the address and that the server is running") from None
+        raise ChatError("err.chat.unreachable_url", url=url) from None
     except openai.APIStatusError as e:
         if not ep["model"]:
-            raise ChatError(f"{url} answered HTTP {e.status_code} to the model list; name the model yourself") from None
+            raise ChatError("err.chat.models_http", url=url, code=e.status_code) from None
         models = []
     if not ep["model"]:
         if not models:
-            raise ChatError(f"{url} lists no models; name the model yourself")
+            raise ChatError("err.chat.no_models", url=url)
         ep["model"] = models[0]
     short = ep["model"].rstrip("/").rsplit("/", 1)[-1]         # a served folder's path: its last part
     ep["name"] = ep["name"] or f"{short} @ {parsed.netloc} (external)"     # one server, several models
@@ -152,14 +157,11 @@ def check_prompt(endpoint: dict, messages: list[dict], max_tokens: int) -> None:
     conversation plus ``max_tokens`` longer than the endpoint's context (when its tokenizer is known).
     Pages call it before a prompt joins the history; ``stream_chat`` calls it too."""
     if not messages or not messages[-1]["content"].strip():
-        raise ChatError("the prompt is empty: type a question first", key="chat.empty")
+        raise ChatError("chat.empty")
     limit = endpoint.get("context_len")
     n = count_tokens(endpoint, messages) if limit else None
     if n is not None and n + max_tokens > limit:
-        fmt = {"name": endpoint.get("name", ""), "n": n, "max_tokens": max_tokens, "limit": limit}
-        raise ChatError(f"the conversation is {n} tokens and {max_tokens} more were asked for, but the model's "
-                        f"context is {limit} tokens: shorten the prompt, clear the history or lower max new tokens",
-                        key="chat.too_long", fmt=fmt)
+        raise ChatError("chat.too_long", name=endpoint.get("name", ""), n=n, max_tokens=max_tokens, limit=limit)
 
 
 # -- answering ----------------------------------------------------------------------------------
@@ -188,19 +190,18 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
     try:
         stream = _client(endpoint, api_key).chat.completions.create(**params)
     except openai.AuthenticationError:
-        raise ChatError(f"{where} refused the API key (401): check the key") from None
+        raise ChatError("err.chat.key_refused", where=where) from None
     except openai.PermissionDeniedError:
-        raise ChatError(f"{where} says this API key may not use it (403)") from None
+        raise ChatError("err.chat.key_forbidden", where=where) from None
     except openai.APIConnectionError:
-        raise ChatError(f"cannot reach {where} at {endpoint['url']}: the server is not running or not reachable") \
-            from None
+        raise ChatError("err.chat.unreachable", where=where, url=endpoint['url']) from None
     except openai.BadRequestError as e:
         msg = _error_text(e)
         if "context" in msg.lower() or "too long" in msg.lower() or "maximum" in msg.lower():
-            raise ChatError(f"the prompt is longer than {where}'s context: {msg}") from None
-        raise ChatError(f"{where} rejected the request: {msg}") from None
+            raise ChatError("err.chat.context", where=where, msg=msg) from None
+        raise ChatError("err.chat.rejected", where=where, msg=msg) from None
     except openai.APIStatusError as e:
-        raise ChatError(f"{where} answered HTTP {e.status_code}: {_error_text(e)}") from None
+        raise ChatError("err.chat.http", where=where, code=e.status_code, msg=_error_text(e)) from None
     try:
         with stream:
             for chunk in stream:
@@ -217,18 +218,16 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
                 if choice.finish_reason:
                     finish = choice.finish_reason
     except openai.APIConnectionError as e:
-        raise ChatError(f"{where} stopped answering mid-reply ({type(e).__name__}); the partial answer is kept",
-                        text) from None
+        raise ChatError("err.chat.broke", text, where=where, error=type(e).__name__) from None
     except openai.APIError as e:        # an error event inside the stream
-        raise ChatError(f"{where} failed while answering: {_error_text(e)}", text) from None
+        raise ChatError("err.chat.failed", text, where=where, msg=_error_text(e)) from None
     except Exception as e:  # noqa: BLE001 - the connection broke mid-answer (httpx errors, resets...)
-        raise ChatError(f"{where} stopped answering mid-reply ({type(e).__name__}); the partial answer is kept",
-                        text) from None
+        raise ChatError("err.chat.broke", text, where=where, error=type(e).__name__) from None
     finally:
         stats["seconds"] = time.monotonic() - t0
         stats["finish_reason"] = finish
     if finish is None:
-        raise ChatError(f"{where} closed the answer without finishing it; the partial answer is kept", text)
+        raise ChatError("err.chat.unfinished", text, where=where)
 
 
 def stream_many(jobs: list[dict]) -> Iterator[tuple[int, str | None, ChatError | None]]:

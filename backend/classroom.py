@@ -21,7 +21,7 @@ STEPS = {"dataset": ("dataset_import", {JobState.SUCCEEDED}),
 
 
 def _instructor(by, what: str) -> None:
-    users.require_instructor(by, what, "class", "only an instructor can see the class console")
+    users.require_instructor(by, what, "class", users.Refused("err.class.console"))
 
 
 def roster(by, home: Path | None = None) -> list[dict]:
@@ -75,7 +75,7 @@ def announcement(home: Path | None = None) -> str:
 
 
 def set_announcement(text: str, by, home: Path | None = None) -> None:
-    users.require_instructor(by, "announce", "class", "only an instructor can post the class announcement")
+    users.require_instructor(by, "announce", "class", users.Refused("err.class.announce"))
     text = text.strip()[:500]
     store = open_store(home)
     if text:

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from backend import defaults, paths
+from backend.errors import UserError
 from backend.vlm import check_image, stream
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
@@ -33,8 +34,8 @@ EDITS = ("rewrite", "expand", "shorten")
 CAPTION_PROMPT = "Describe this image in one short sentence."
 
 
-class ComposeError(Exception):
-    """Bad input in a compose step, with a message for the user."""
+class ComposeError(UserError):
+    """Bad input in a compose step, with a message (a key and fields) for the user."""
 
 
 # -- the gallery --------------------------------------------------------------------------------
@@ -56,8 +57,7 @@ def add_to_gallery(name: str, data: bytes, home: Path | None = None) -> str:
     root = home or defaults.home()
     limit_mb = defaults.setting("UPLOAD_MAX_MB")
     if len(data) > limit_mb * 2**20:
-        raise ComposeError(f"{name} is {len(data) / 2**20:.1f} MB; the upload limit is {limit_mb} MB "
-                           "(WORKBENCH_UPLOAD_MAX_MB)")
+        raise ComposeError("err.ds.too_big", name=name, mb=len(data) / 2**20, limit=limit_mb)
     check_image(data, name)
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
     target = gallery_dir(root) / "uploads" / (hashlib.sha256(data).hexdigest()[:16] + ext)
@@ -73,7 +73,7 @@ def resolve(rel: str, home: Path | None = None) -> Path:
     except paths.OutsideError:
         p = None
     if p is None or not p.is_file():
-        raise ComposeError(f"{rel} is not an image in this workspace")
+        raise ComposeError("err.compose.not_image", path=rel)
     return p
 
 
@@ -132,7 +132,7 @@ def rank(slot_caption: str, candidates: dict[str, str]) -> list[tuple[str, float
 # -- prompts and the parsing of answers -----------------------------------------------------------
 def article_prompt(instruction: str) -> str:
     if not instruction.strip():
-        raise ComposeError("write an instruction first, e.g. 'Write a short travel article about Hangzhou'")
+        raise ComposeError("err.compose.no_instruction")
     return (f"{instruction.strip()}\n\nWrite the article in plain paragraphs separated by blank lines. "
             "Do not add image links.")
 
@@ -180,7 +180,7 @@ def edit_prompt(action: str, paragraph: str, context: str) -> str:
            "expand": "Expand this paragraph to about twice its length with concrete details.",
            "shorten": "Shorten this paragraph to about half its length, keeping the key point."}
     if action not in how:
-        raise ComposeError(f"unknown edit {action!r}: use one of {', '.join(EDITS)}")
+        raise ComposeError("err.compose.edit", action=action, edits=", ".join(EDITS))
     return (f"The article so far:\n{context[:4000]}\n\n{how[action]} Answer with the new paragraph only.\n\n"
             f"Paragraph:\n{paragraph}")
 
@@ -225,7 +225,7 @@ def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=
     """Caption every gallery image not captioned yet; ``on_caption(done, total)`` reports progress."""
     todo = [p for p, c in gallery_captions(home).items() if c is None]
     if todo and endpoint is None:
-        raise ComposeError("start an image-text model first: gallery images are captioned by it")
+        raise ComposeError("err.compose.no_model")
     for k, p in enumerate(todo, 1):
         caption(endpoint, p, home)
         if on_caption:

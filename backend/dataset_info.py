@@ -79,10 +79,9 @@ def import_dataset_info(data: bytes | str | dict, home: Path | None = None, owne
         try:
             data = json.loads(data)
         except ValueError as e:
-            raise DatasetError(f"dataset_info.json is not valid JSON: {e}") from None
+            raise DatasetError("err.dsinfo.json", error=e) from None
     if not isinstance(data, dict) or not data:
-        raise DatasetError("dataset_info.json must be an object of dataset entries "
-                           '({"name": {"file_name": ..., "formatting": ..., "columns": {...}}})')
+        raise DatasetError("err.dsinfo.shape")
     imported, skipped = [], []
     for key, entry in data.items():
         problem, src = _problem(key, entry, home)

@@ -39,7 +39,7 @@ class View:
         self.path = Path(path)
         problem = records.sniff(self.path)
         if problem:
-            raise records.DatasetError(problem)
+            raise records.DatasetError("err.plain", text=problem)
         self.text = self.path.suffix.lower() == ".txt"
         key = _key(self.path)
         base = cache_dir(home) / key

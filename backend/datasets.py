@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from backend import defaults, formats, paths, users
+from backend.errors import UserError
 from backend.dataset_view import open_view
 from backend.records import DatasetError, iter_records, scan, sniff
 from backend.store import open_store
@@ -86,17 +87,16 @@ def _text(value, where: str, allow_empty: bool = False) -> str:
     if isinstance(value, list):          # content parts: keep the text ones ("text", or "value" as some write it)
         media = formats.media_part(value)
         if media:
-            raise ValueError(f"{where} has an {media} part: fine-tuning here trains text-only models, so "
-                             "image/video/audio rows are refused")
+            raise UserError("err.rec.media_part", where=where, media=media)
         parts = [p.get("text", p.get("value", "")) for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
         if len(parts) == len(value) and all(isinstance(p, str) for p in parts):
             value = "".join(parts)
     if value is None and allow_empty:
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"{where} must be a string, not {type(value).__name__}")
+        raise UserError("err.rec.not_string", where=where, type=type(value).__name__)
     if not allow_empty and not value.strip():
-        raise ValueError(f"{where} is empty")
+        raise UserError("err.rec.empty", where=where)
     return value
 
 
@@ -104,8 +104,7 @@ def _turn(out: list[dict], who, content, where: str, m: dict | None = None) -> N
     """Append one turn given in any project's roles; a tool call joins the assistant turn before it."""
     role = formats.ROLE_ALIASES.get(str(who).lower()) if who is not None else None
     if role is None:
-        raise ValueError(f"{where} role is {who!r}; expected one of system, user, assistant, tool "
-                         "(or human, gpt, function_call, observation)")
+        raise UserError("err.rec.role", where=where, role=who)
     m = m or {}
     if role == "tool_call":
         call = formats.tool_call(content, where)
@@ -124,7 +123,7 @@ def _turn(out: list[dict], who, content, where: str, m: dict | None = None) -> N
             msg[key] = m[key]
     if "loss" in m:
         if not isinstance(m["loss"], bool):
-            raise ValueError(f"{where}.loss must be true or false")
+            raise UserError("err.rec.loss", where=where)
         msg["loss"] = m["loss"]
     out.append(msg)
 
@@ -133,18 +132,18 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
     """The messages of one training record (alpaca, sharegpt, messages, xtuner) as a ``formats.Chat``
     (OpenAI-style messages + the row's tools). Raises ValueError saying what is wrong with it."""
     if not isinstance(record, dict):
-        raise ValueError(f"a record must be a JSON object, not {type(record).__name__}")
+        raise UserError("err.rec.not_object", type=type(record).__name__)
     problem = formats.refusal(record)
     if problem:
-        raise ValueError(problem)
+        raise problem
     out: list[dict] = []
     if fmt == "messages":
         msgs = record.get("messages")
         if not isinstance(msgs, list):
-            raise ValueError('no "messages" list')
+            raise UserError("err.rec.no_list", field="messages")
         for i, m in enumerate(msgs):
             if not isinstance(m, dict):
-                raise ValueError(f"messages[{i}] is not an object")
+                raise UserError("err.rec.item", where=f"messages[{i}]")
             _turn(out, m.get("role"), m.get("content"), f"messages[{i}]", m)
     elif fmt == "sharegpt":
         if record.get("system"):
@@ -153,21 +152,21 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
         if conv is None and isinstance(record.get("conversation"), list):     # ms-swift: [{"human", "assistant"}]
             for i, t in enumerate(record["conversation"]):
                 if not isinstance(t, dict):
-                    raise ValueError(f"conversation[{i}] is not an object")
+                    raise UserError("err.rec.item", where=f"conversation[{i}]")
                 _turn(out, "user", t.get("human"), f"conversation[{i}].human")
                 _turn(out, "assistant", t.get("assistant"), f"conversation[{i}].assistant")
         elif not isinstance(conv, list):
-            raise ValueError('no "conversations" list')
+            raise UserError("err.rec.no_list", field="conversations")
         for i, m in enumerate(conv or []):
             if not isinstance(m, dict):
-                raise ValueError(f"conversations[{i}] is not an object")
+                raise UserError("err.rec.item", where=f"conversations[{i}]")
             _turn(out, m.get("from", m.get("role")), m.get("value", m.get("content")), f"conversations[{i}]", m)
     elif fmt == "alpaca":          # also ms-swift's query/response/history
         if record.get("system"):
             out.append({"role": "system", "content": _text(record["system"], "system")})
         for i, pair in enumerate(record.get("history") or []):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-                raise ValueError(f"history[{i}] must be a [question, answer] pair")
+                raise UserError("err.rec.history", i=i)
             out += [{"role": "user", "content": _text(pair[0], f"history[{i}][0]")},
                     {"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")}]
         q, a = ("query", "response") if "instruction" not in record and "query" in record else ("instruction", "output")
@@ -178,10 +177,10 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
     elif fmt == "xtuner":
         conv = record.get("conversation")
         if not isinstance(conv, list):
-            raise ValueError('no "conversation" list')
+            raise UserError("err.rec.no_list", field="conversation")
         for i, turn in enumerate(conv):
             if not isinstance(turn, dict):
-                raise ValueError(f"conversation[{i}] is not an object")
+                raise UserError("err.rec.item", where=f"conversation[{i}]")
             if turn.get("system"):
                 out.append({"role": "system", "content": _text(turn["system"], f"conversation[{i}].system")})
             question = _text(turn.get("input"), f"conversation[{i}].input", allow_empty=True)
@@ -189,18 +188,18 @@ def to_messages(record: dict, fmt: str) -> formats.Chat:
                 out.append({"role": "user", "content": question})
             out.append({"role": "assistant", "content": _text(turn.get("output"), f"conversation[{i}].output")})
     else:
-        raise ValueError(f"{fmt!r} is not a training format; expected one of {', '.join(TRAIN_FORMATS)}")
+        raise UserError("err.rec.format", fmt=fmt, formats=", ".join(TRAIN_FORMATS))
     _check_roles(out)
     return formats.Chat(out, formats.parse_tools(record.get("tools")))
 
 
 def _check_roles(msgs: list[dict]) -> None:
     if not any(m["role"] == "assistant" for m in msgs):
-        raise ValueError("no assistant message to learn from")
+        raise UserError("err.rec.no_assistant")
     if any(m["role"] == "system" for m in msgs[1:]):
-        raise ValueError("a system message may only come first")
+        raise UserError("err.rec.system_first")
     if msgs[-1]["role"] != "assistant":
-        raise ValueError("the conversation must end with an assistant message")
+        raise UserError("err.rec.end_assistant")
 
 
 def from_messages(msgs: list[dict], fmt: str) -> dict:
@@ -242,7 +241,7 @@ def from_messages(msgs: list[dict], fmt: str) -> dict:
         if system:
             conv[0] = {"system": system, **conv[0]}
         return {"conversation": conv}
-    raise ValueError(f"can't convert to {fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
+    raise UserError("err.ds.convert_to", fmt=fmt, formats=", ".join(TRAIN_FORMATS))
 
 
 def _lost(msgs: formats.Chat, back: formats.Chat | None) -> str | None:
@@ -272,7 +271,7 @@ def check_record(rec: dict, fmt: str) -> None:
             _text(str(rec[k]) if rec[k] is not None else None, f"option {k}")
         answer = str(rec.get("answer", "")).strip()
         if answer not in options:
-            raise ValueError(f"answer is {answer!r}; expected one of the options {', '.join(options)}")
+            raise UserError("err.rec.answer", answer=answer, options=", ".join(options))
     elif fmt == "qa":                        # OpenCompass accepts a question without a reference answer
         _text(rec.get("question"), "question")
         if rec.get("answer") is not None:
@@ -280,19 +279,15 @@ def check_record(rec: dict, fmt: str) -> None:
     elif fmt == "chatml":                    # OpenCompass ChatML: {"question": [messages], "answer": [str]}
         msgs = rec.get("question")
         if not msgs or not all(isinstance(m, dict) for m in msgs):
-            raise ValueError('"question" must be a list of {"role", "content"} messages')
+            raise UserError("err.rec.chatml_question")
         for i, m in enumerate(msgs):
             _text(m.get("content"), f"question[{i}].content")
         if not isinstance(rec.get("answer", []), list):
-            raise ValueError('"answer" must be a list of reference answers')
+            raise UserError("err.rec.chatml_answer")
     elif fmt == "text":
         _text(rec.get("text"), "text")
     elif fmt == "preference":
-        raise ValueError(PREFERENCE)
-
-
-PREFERENCE = ("preference data (chosen/rejected answers): train it with objective dpo, orpo or kto; supervised "
-              "fine-tuning would train the rejected answers as good ones")
+        raise UserError("err.rec.preference")
 
 
 def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[formats.Chat]:
@@ -301,13 +296,11 @@ def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = 
     fmt = fmt or detect_format(path)
     name = Path(path).name
     if fmt == "text":
-        raise DatasetError(f"{name} is plain text (continued pre-training data), not conversations: "
-                           "train on it with objective pretrain")
+        raise DatasetError("err.ds.is_text", name=name)
     if fmt == "preference":
-        raise DatasetError(f"{name} is {PREFERENCE}")
+        raise DatasetError("err.ds.is_preference", name=name)
     if fmt not in TRAIN_FORMATS:
-        raise DatasetError(f"{name} is in {fmt!r} format, not a training format "
-                           f"({', '.join(TRAIN_FORMATS)}); convert it first")
+        raise DatasetError("err.ds.not_train_format", name=name, fmt=fmt, formats=", ".join(TRAIN_FORMATS))
     return _read_all(path, lambda rec: to_messages(rec, fmt), limit)
 
 
@@ -318,11 +311,11 @@ def _read_all(path: str | Path, read, limit: int | None) -> list:
         try:
             out.append(read(rec))
         except ValueError as e:
-            raise DatasetError(f"{name} line {n}: {e}") from None
+            raise DatasetError("err.ds.bad_line", name=name, line=n, reason=UserError.of(e)) from None
         if limit is not None and len(out) >= limit:
             break
     if not out:
-        raise DatasetError(f"{name} has no records")
+        raise DatasetError("err.ds.no_records", name=name)
     return out
 
 
@@ -331,15 +324,14 @@ def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
     continued pre-training; rows of only assistant text (XTuner's and ms-swift's pre-training form) too."""
     fmt, name = detect_format(path), Path(path).name
     if fmt not in ("text",) + TRAIN_FORMATS:
-        raise DatasetError(f"{name} is in {fmt!r} format; continued pre-training reads plain text "
-                           '({"text": ...} rows or a .txt file)')
+        raise DatasetError("err.ds.pretrain_format", name=name, fmt=fmt)
 
     def read(rec: dict) -> str:
         if fmt == "text":
             return _text(rec.get("text"), "text")
         msgs = to_messages(rec, fmt)
         if any(m["role"] != "assistant" for m in msgs):
-            raise ValueError('a conversation, not plain text: train it with objective sft, or give {"text": ...} rows')
+            raise UserError("err.rec.not_text")
         return "\n".join(m["content"] for m in msgs)
     return _read_all(path, read, limit)
 
@@ -415,10 +407,9 @@ def resolve(path_or_name: str | Path, home: Path | None = None) -> Path:
     try:
         real = paths.inside([datasets_dir(home), SAMPLES_DIR], entry["path"] if entry else path_or_name)
     except paths.OutsideError:
-        raise DatasetError(f"{path_or_name} is outside the workspace's datasets folder; "
-                           "upload or import the file instead") from None
+        raise DatasetError("err.ds.outside", path=path_or_name) from None
     if not real.is_file():
-        raise DatasetError(f"no dataset file {path_or_name}")
+        raise DatasetError("err.ds.no_file", path=path_or_name)
     return real
 
 
@@ -426,7 +417,7 @@ def safe_name(name: str) -> str:
     """A dataset name made of letters, digits, CJK, '.', '-' and '_' (no folders)."""
     stem = NAME_RE.sub("_", Path(unicodedata.normalize("NFKC", str(name))).name).strip("._")
     if not stem:
-        raise DatasetError(f"{name!r} is not a usable dataset name")
+        raise DatasetError("err.ds.bad_name", name=name)
     return stem[:100]
 
 
@@ -472,15 +463,14 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
     unknown extension or a name already taken, and never overwrites."""
     suffix = Path(filename).suffix.lower()
     if suffix not in EXTENSIONS:
-        raise DatasetError(f"{Path(filename).name}: unsupported file type; use {', '.join(EXTENSIONS)}")
+        raise DatasetError("err.ds.file_type", name=Path(filename).name, exts=", ".join(EXTENSIONS))
     name = safe_name(Path(filename).stem)
     limit_mb = defaults.setting("UPLOAD_MAX_MB")
     size = len(data) if isinstance(data, (bytes, bytearray)) else getattr(data, "size", None)
     if size is not None and size > limit_mb * 2**20:
-        raise DatasetError(f"{filename} is {size / 2**20:.1f} MB; the upload limit is {limit_mb} MB "
-                           "(WORKBENCH_UPLOAD_MAX_MB)")
+        raise DatasetError("err.ds.too_big", name=filename, mb=size / 2**20, limit=limit_mb)
     if unique_name(name, home) != name:
-        raise DatasetError(f"a dataset named {name!r} already exists; rename the file or delete the old dataset")
+        raise DatasetError("err.ds.exists_upload", name=name)
     target = datasets_dir(home) / (name + suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".upload", dir=target.parent)   # a leftover never blocks
     tmp, written = Path(tmp), 0
@@ -500,7 +490,7 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
         raise
     if written > limit_mb * 2**20:
         tmp.unlink()
-        raise DatasetError(f"{filename} is over the upload limit of {limit_mb} MB (WORKBENCH_UPLOAD_MAX_MB)")
+        raise DatasetError("err.ds.over_limit", name=filename, limit=limit_mb)
     os_link_or_fail(tmp, target)
     return register(target, name, "upload", home, owner=owner)
 
@@ -510,7 +500,7 @@ def os_link_or_fail(tmp: Path, target: Path) -> None:
     try:
         os.link(tmp, target)
     except FileExistsError:
-        raise DatasetError(f"{target.name} already exists in the workspace; nothing was overwritten") from None
+        raise DatasetError("err.ds.file_exists", name=target.name) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -519,7 +509,7 @@ def _new_target(src: Path, name: str | None, suffix: str, default: str, home: Pa
     if name:
         name = safe_name(name)
         if unique_name(name, home) != name:
-            raise DatasetError(f"a dataset named {name!r} already exists; choose another name")
+            raise DatasetError("err.ds.exists", name=name)
     else:
         name = unique_name(default, home)
     return name, datasets_dir(home) / (name + suffix)
@@ -531,11 +521,11 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
     ``to_fmt`` can't hold without changing what is trained (loss flags, tool calls), are skipped and
     reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}."""
     if to_fmt not in TRAIN_FORMATS:
-        raise DatasetError(f"can't convert to {to_fmt!r}; choose one of {', '.join(TRAIN_FORMATS)}")
+        raise DatasetError("err.ds.convert_to", fmt=to_fmt, formats=", ".join(TRAIN_FORMATS))
     src = Path(src)
     fmt = detect_format(src)
     if fmt not in TRAIN_FORMATS:
-        raise DatasetError(f"{src.name} is in {fmt!r} format; only {', '.join(TRAIN_FORMATS)} can be converted")
+        raise DatasetError("err.ds.convert_from", name=src.name, fmt=fmt, formats=", ".join(TRAIN_FORMATS))
     name, target = _new_target(src, name, ".jsonl", f"{src.stem}-{to_fmt}", home)
     rows, errors = 0, []
     tmp = target.with_name(f".{target.name}.tmp")
@@ -562,7 +552,8 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
             errors.append({"line": n, "reason": err})
     if not rows:
         tmp.unlink()
-        raise DatasetError(f"no row of {src.name} could be converted" + (f": {errors[0]['reason']}" if errors else ""))
+        raise DatasetError("err.ds.convert_none_why" if errors else "err.ds.convert_none", name=src.name,
+                           reason=errors[0]['reason'] if errors else "")
     os_link_or_fail(tmp, target)
     register(target, name, "convert", home, owner=owner, parent=src.name)
     return {"name": name, "path": str(target), "rows": rows, "skipped": len(errors), "errors": errors[:100]}
@@ -574,13 +565,13 @@ def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path
     they are). Returns {"train": {...}, "val": {...}}."""
     import numpy as np
     if not 0 < val_fraction < 1:
-        raise DatasetError("the validation fraction must be between 0 and 1")
+        raise DatasetError("err.ds.val_fraction")
     src = Path(src)
     view = open_view(src, home)
     n = len(view)
     k = max(1, round(n * val_fraction))
     if n < 2 or k >= n:
-        raise DatasetError(f"{src.name} has {n} rows: too few to split with {val_fraction:.0%} for validation")
+        raise DatasetError("err.ds.too_few_split", name=src.name, n=n, fraction=val_fraction)
     is_val = np.zeros(n, dtype=bool)
     is_val[np.random.default_rng(seed).permutation(n)[:k]] = True
     suffix = ".txt" if view.text else ".jsonl"
@@ -610,9 +601,8 @@ def delete(name: str, home: Path | None = None, by=None) -> None:
     store = open_store(home)
     entry = store.get("dataset", name)
     if entry is None:
-        raise DatasetError(f"no dataset named {name!r}")
-    users.require_owner(by, entry["owner"], "delete", f"dataset {name}",
-                        f"dataset {name} is not yours: only an instructor can delete it", DatasetRefused)
+        raise DatasetError("err.ds.unknown", name=name)
+    users.require_owner(by, entry["owner"], "delete", f"dataset {name}", DatasetRefused("err.ds.delete_not_yours", name=name))
     users.audit(users.actor(by), "delete", f"dataset {name}", home=home)
     path = Path(entry["path"]).resolve()
     if paths.is_inside(path, datasets_dir(home).resolve()):

@@ -2,11 +2,62 @@
 from what it reported in result.json, else from its exit and log.
 
 Jobs import the classes from here (``jobs/common.py``), the worker and the pages read them: one list.
+
+``UserError`` is the base of every refusal meant for a person: it carries a message key of
+backend/i18n.py and its fields. ``str(e)`` is the English sentence (CLI, logs, job results);
+``e.text(lang)`` is the same sentence in the user's language (pages: ``ui.error(e)``).
 """
 from __future__ import annotations
 
 import errno
 import re
+
+from backend import i18n
+
+
+class UserError(ValueError):
+    """A refusal the user can read and fix: ``UserError("err.queue.not_queued", job=3, state="running")``.
+    A field may itself be a UserError (or a list of them): it is rendered in the same language."""
+
+    def __init__(self, key: str, /, **fields):
+        self.key, self.fields = key, fields
+        super().__init__(key)
+
+    def text(self, lang: str = "en") -> str:
+        return i18n.t(self.key, lang, **{k: _render(v, lang) for k, v in self.fields.items()})
+
+    def __str__(self) -> str:
+        return self.text("en")
+
+    def __reduce__(self):                      # pickles with its fields (the default would pass only args)
+        return _rebuild, (type(self), self.key, self.fields, self.__dict__)
+
+    @classmethod
+    def of(cls, e: BaseException, key: str = "err.plain", **fields):
+        """``e`` as this class: the same key and fields when it is a UserError, else ``key`` with its text."""
+        if isinstance(e, UserError):
+            return e if isinstance(e, cls) else cls(e.key, **e.fields)
+        return cls(key, **fields, text=str(e))
+
+
+def _render(value, lang: str):
+    if isinstance(value, UserError):
+        return value.text(lang)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, UserError) for v in value):
+        return ("；" if lang == "zh" else "; ").join(str(_render(v, lang)) for v in value)
+    return value
+
+
+def _rebuild(cls, key, fields, state):
+    e = UserError.__new__(cls)
+    UserError.__init__(e, key, **fields)
+    e.__dict__.update(state)
+    return e
+
+
+def text(e: BaseException, lang: str = "en") -> str:
+    """What to show for any exception: a UserError in ``lang``, anything else as it says itself."""
+    return e.text(lang) if isinstance(e, UserError) else str(e)
 
 # Error classes a job (or the worker) may report. The UI maps each to a suggestion.
 BAD_INPUT = "bad_input"

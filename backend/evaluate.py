@@ -13,12 +13,14 @@ from pathlib import Path
 from backend import defaults, engines, logs, queue, server_auth
 from backend.chat import endpoints
 from backend.datasets import list_datasets
+from backend.errors import UserError
 from backend.states import PENDING
 from backend.store import open_store
 from backend.specs import evaluate as opencompass
 
 ENGINE = "opencompass"
 KIND = "evaluate"
+ENGINE_MISSING = "err.eval.engine_missing"
 # Standard OpenCompass dataset configs offered in the page (others can be typed by name).
 STANDARD = ["ceval_gen", "cmmlu_gen", "mmlu_gen", "gsm8k_gen", "math_gen", "ARC_c_gen", "hellaswag_gen",
             "humaneval_gen", "race_gen", "triviaqa_gen"]
@@ -143,33 +145,37 @@ def standard_choices(home: Path | None = None) -> list[dict]:
 
 # -- checks and submitting ----------------------------------------------------------------------
 def check(spec: dict, home: Path | None = None, api_key: str = "") -> list[str]:
-    """Problems that would make the run fail, in words; empty when it can be queued. Endpoints are
+    """Problems that would make the run fail, in English words; empty when it can be queued."""
+    return [str(p) for p in problems(spec, home, api_key)]
+
+
+def problems(spec: dict, home: Path | None = None, api_key: str = "") -> list[UserError]:
+    """Problems that would make the run fail (keyed errors); empty when it can be queued. Endpoints are
     asked for their model list (with ``api_key``), so a stopped server is caught here."""
     try:
         _, model = queue.validate(KIND, spec)
     except queue.SubmitError as e:
-        return [str(e)]
+        return [e]
     problems = []
     for m in model.models:
         key = server_auth.key_for_url(m.url, home) or api_key if m.url else ""
-        problem = opencompass.endpoint_problem(m.url, key, timeout=3.0) if m.url else ""
+        problem = opencompass.endpoint_problem(m.url, key, timeout=3.0) if m.url else None
         if problem:
-            problems.append(f"model {m.name}: {problem}; {opencompass.ENDPOINT_SUGGESTION}")
+            problems.append(UserError("err.eval.endpoint", name=m.name, problem=problem))
     pkg = package_dir(home)
     if not engine_ready(home):
-        problems.append("The OpenCompass engine is not installed yet: install it (an engine_install job, "
-                        "a few minutes) and the evaluation starts when it is done.")
+        problems.append(UserError(ENGINE_MISSING))
     for d in model.datasets:
         if not d.config or pkg is None:
             continue
         cfg = opencompass.find_standard_config(d.config, pkg)
         if cfg is None:
-            problems.append(f"dataset {d.name}: OpenCompass has no standard config named {d.config}")
+            problems.append(UserError("err.eval.no_config", name=d.name, config=d.config))
             continue
         missing = opencompass.missing_data(cfg, pkg, data_cache(home))
         if missing:
-            problems.append(f"dataset {d.name}: the data of {d.config} is not in COMPASS_DATA_CACHE "
-                            f"({data_cache(home)}): missing {', '.join(missing)}")
+            problems.append(UserError("err.eval.no_data", name=d.name, config=d.config, cache=data_cache(home),
+                                      missing=", ".join(missing)))
     return problems
 
 
@@ -178,13 +184,12 @@ def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool
     """Queue an evaluation. With ``install_engine_if_missing`` a missing engine is installed first
     (the worker keeps the evaluation queued until then); otherwise it is a SubmitError. ``api_key``
     (for endpoints that need one) reaches the job as the secret OPENAI_API_KEY: never the spec or log."""
-    problems = check(spec, home, api_key)
-    engine_problem = [p for p in problems if "engine is not installed" in p]
-    if engine_problem and install_engine_if_missing:
+    found = problems(spec, home, api_key)
+    if install_engine_if_missing and any(p.key == ENGINE_MISSING for p in found):
         install_engine(owner, home)
-        problems = [p for p in problems if p not in engine_problem]
-    if problems:
-        raise queue.SubmitError(" ".join(problems))
+        found = [p for p in found if p.key != ENGINE_MISSING]
+    if found:
+        raise queue.SubmitError("err.eval.problems", problems=found)
     return queue.submit(KIND, spec, owner=owner, home=home, label=spec.get("name", ""),
                         secrets={"OPENAI_API_KEY": api_key} if api_key else None)
 

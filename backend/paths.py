@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 
 from backend import defaults
+from backend.errors import UserError
 
 
-class OutsideError(ValueError):
-    """A path that leaves every folder it was allowed in; the message names it."""
+class OutsideError(UserError):
+    """A path that leaves every folder it was allowed in; the message (a key and fields) names it."""
 
 
 def job_dir(job_id: int, home: Path | None = None) -> Path:
@@ -39,13 +40,13 @@ def inside(roots: Path | list[Path], user_path: str | Path, must_exist: bool = F
     roots = [Path(r).resolve() for r in (roots if isinstance(roots, list) else [roots])]
     text = str(user_path)
     if "\0" in text or not text.strip():
-        raise OutsideError(f"{text!r} is not a usable path")
+        raise OutsideError("err.path.unusable", path=text)
     p = Path(os.path.expanduser(text))
     real = (p if p.is_absolute() else roots[0] / p).resolve()
     if not any(is_inside(real, r) for r in roots):
-        raise OutsideError(f"{user_path} is outside the folders it may be in ({', '.join(map(str, roots))})")
+        raise OutsideError("err.path.outside", path=user_path, roots=", ".join(map(str, roots)))
     if must_exist and not real.exists():
-        raise OutsideError(f"{user_path} does not exist")
+        raise OutsideError("err.path.missing", path=user_path)
     return real
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backend import datasets
+from backend.errors import UserError
 
 PAIR_OBJECTIVES = ("dpo", "orpo")
 OBJECTIVES = PAIR_OBJECTIVES + ("kto",)
@@ -25,7 +26,7 @@ def _as_messages(value, role: str, where: str) -> list[dict]:
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
-            raise ValueError(f"{where}[{i}] is not an object")
+            raise UserError("err.pref.not_object", where=where, i=i)
         datasets._turn(out, m.get("role"), m.get("content"), f"{where}[{i}]", m)
     return out
 
@@ -44,7 +45,7 @@ def _answered(base: dict, answer) -> list[dict]:
 def to_preference(rec: dict) -> dict:
     """One row as a TRL pair or labelled row; ValueError saying what is missing."""
     if not isinstance(rec, dict):
-        raise ValueError(f"a record must be a JSON object, not {type(rec).__name__}")
+        raise UserError("err.rec.not_object", type=type(rec).__name__)
     base = {k: v for k, v in rec.items() if k not in FIELDS}
     if "prompt" in rec:                                   # TRL
         prompt = _as_messages(rec["prompt"], "user", "prompt")
@@ -52,7 +53,7 @@ def to_preference(rec: dict) -> dict:
             return {"prompt": prompt, "completion": _as_messages(rec["completion"], "assistant", "completion"),
                     "label": _label(rec.get("label"))}
         if "chosen" not in rec or "rejected" not in rec:
-            raise ValueError('a "prompt" row needs "chosen" and "rejected" (or "completion" and "label")')
+            raise UserError("err.pref.prompt_row")
         return {"prompt": prompt, "chosen": _as_messages(rec["chosen"], "assistant", "chosen"),
                 "rejected": _as_messages(rec["rejected"], "assistant", "rejected")}
     if "rejected_response" in rec:                        # ms-swift
@@ -65,12 +66,12 @@ def to_preference(rec: dict) -> dict:
     if "label" in rec or "kto_tag" in rec:                # KTO: ms-swift label, LLaMA-Factory kto_tag
         msgs = datasets.to_messages(base, datasets.record_format(base))
         return {"prompt": msgs[:-1], "completion": msgs[-1:], "label": _label(rec.get("label", rec.get("kto_tag")))}
-    raise ValueError('not preference data: no "chosen"/"rejected" answers, "rejected_response" or KTO "label"')
+    raise UserError("err.pref.not_preference")
 
 
 def _label(value) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"label must be true or false, not {value!r}")
+        raise UserError("err.pref.label", value=value)
     return value
 
 
@@ -80,8 +81,7 @@ def load_preferences(path: str | Path, objective: str, limit: int | None = None)
     rows = datasets._read_all(path, to_preference, limit)
     if objective in PAIR_OBJECTIVES:
         if any("label" in r for r in rows):
-            raise datasets.DatasetError(f"{Path(path).name} has KTO rows (one answer with a label): "
-                                        f"{objective.upper()} needs chosen and rejected answers; use objective kto")
+            raise datasets.DatasetError("err.pref.kto_rows", name=Path(path).name, objective=objective.upper())
         return rows
     out = []
     for r in rows:

@@ -9,25 +9,29 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from backend import defaults, i18n, job_env, kinds, remote_code, users
+from backend.errors import UserError
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import CorruptStore, open_store
 
 
-class SubmitError(ValueError):
-    """A spec that can't be queued; the message is meant for the user."""
+class SubmitError(UserError):
+    """A spec that can't be queued; the message (a key and fields) is meant for the user."""
 
 
 class Refused(SubmitError, users.Refused):
     """What the acting user may not do with a job (recorded in the audit log)."""
 
 
-def format_validation_error(e: ValidationError) -> str:
+def validation_errors(e: ValidationError) -> list[UserError]:
+    """One keyed error per field pydantic refused: a validator's own UserError in the user's language,
+    else pydantic's message (English)."""
     parts = []
     for err in e.errors():
         where = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+        cause = (err.get("ctx") or {}).get("error")
+        parts.append(UserError("err.queue.field", where=where, msg=cause if isinstance(cause, UserError) else err["msg"]))
+    return parts
 
 
 def validate(kind: str, spec: dict):
@@ -35,15 +39,15 @@ def validate(kind: str, spec: dict):
     try:
         k = kinds.get(kind)
     except kinds.UnknownKind as e:
-        raise SubmitError(str(e)) from None
+        raise SubmitError.of(e) from None
     if not isinstance(spec, dict):
-        raise SubmitError("the spec must be a mapping of fields to values")
+        raise SubmitError("err.queue.not_mapping")
     try:
         model = kinds.specs(k).Spec.model_validate(spec)
     except ValidationError as e:
-        raise SubmitError(f"invalid {kind} spec: {format_validation_error(e)}") from None
+        raise SubmitError("err.queue.invalid_spec", kind=kind, detail=validation_errors(e)) from None
     except ValueError as e:
-        raise SubmitError(f"invalid {kind} spec: {e}") from None
+        raise SubmitError("err.queue.invalid_spec", kind=kind, detail=UserError.of(e)) from None
     return k, model
 
 
@@ -57,11 +61,11 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     owner = owner or defaults.setting("USER")
     why = remote_code.refusal(model.model_dump(mode="json"), home) or resume_refusal(model, owner, home)
     if why:
-        raise SubmitError(why)
+        raise SubmitError.of(why)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
-        raise SubmitError(str(e)) from None
+        raise SubmitError.of(e) from None
     check_quota(owner, home)
     written: list[Path] = []
 
@@ -82,13 +86,13 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     return job_id
 
 
-def resume_refusal(spec, owner: str, home: Path | None) -> str:
+def resume_refusal(spec, owner: str, home: Path | None) -> UserError | None:
     """A job resumes only from its owner's own jobs (checkpoints hold their data and weights)."""
     rf = getattr(spec, "resume_from", None)
     old = open_store(home).job(rf) if isinstance(rf, int) else None
     if old is not None and old.owner != owner:
-        return f"resume_from: job {rf} belongs to {old.owner}: resume only from your own jobs"
-    return ""
+        return UserError("err.queue.resume_not_yours", job=rf, owner=old.owner)
+    return None
 
 
 def workspace_problem(home: Path | None = None, lang: str = "en") -> str | None:
@@ -113,8 +117,7 @@ def check_quota(owner: str, home: Path | None = None) -> None:
     if cap:
         queued = len(open_store(home).jobs(states=[JobState.QUEUED], owner=owner, limit=cap + 1))
         if queued >= cap:
-            users.refuse(owner, "submit", owner, f"you already have {queued} jobs waiting in the queue (at most "
-                         f"{cap}): wait for one to start, or cancel one", Refused)
+            users.refuse(owner, "submit", owner, Refused("err.queue.quota", queued=queued, cap=cap))
 
 
 def get(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:
@@ -123,7 +126,7 @@ def get(job_id: int, home: Path | None = None, by: users.User | str | None = Non
     if job is None:
         raise KeyError(f"no job {job_id}")
     if not users.may_see(job.owner, by):
-        users.refuse(by, "see", f"job {job_id}", f"job {job_id} is not yours", Refused)
+        users.refuse(by, "see", f"job {job_id}", Refused("err.queue.not_visible", job=job_id))
     return job
 
 
@@ -171,10 +174,12 @@ def may_manage(job: dict, user: users.User | str | None) -> bool:
     return users.may_manage(job.owner, user)
 
 
+NOT_YOURS = {"stop": "err.queue.not_yours_stop", "retry": "err.queue.not_yours_retry"}
+
+
 def _manage(job: dict, by, action: str) -> None:
     if not may_manage(job, by):
-        users.refuse(by, action, f"job {job.id}",
-                     f"job {job.id} belongs to {job.owner}: only they or an instructor can {action} it", Refused)
+        users.refuse(by, action, f"job {job.id}", Refused(NOT_YOURS[action], job=job.id, owner=job.owner))
 
 
 def cancel(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:
@@ -194,7 +199,7 @@ def retry(job_id: int, owner: str | None = None, home: Path | None = None,
     job = get(job_id, home)
     _manage(job, by, "retry")
     if not job.finished:
-        raise SubmitError(f"job {job_id} is still {job.state}")
+        raise SubmitError("err.queue.still_active", job=job_id, state=job.state)
     return submit(job.kind, job.spec, owner=owner or job.owner, priority=job.priority,
                   label=job.label, parent_id=job_id, home=home)
 
@@ -231,11 +236,10 @@ def place_in_queue(job_id: int, home: Path | None = None) -> int | None:
 
 def run_next(job_id: int, by: str | None = None, home: Path | None = None) -> None:
     """An instructor (or the operator's shell) moves a queued job to the front: above every queued priority."""
-    users.require_instructor(by, "run next", f"job {job_id}",
-                             "only an instructor can move a job to the front of the queue", Refused)
+    users.require_instructor(by, "run next", f"job {job_id}", Refused("err.queue.run_next_instructor"))
     job = get(job_id, home)
     if job.state != JobState.QUEUED.value:
-        raise SubmitError(f"job {job_id} is {job.state}, not queued")
+        raise SubmitError("err.queue.not_queued", job=job_id, state=job.state)
     store = open_store(home)
     top = max((j.priority for j in store.queued() if j.id != job_id), default=job.priority - 1)
     store.update_job(job_id, priority=max(job.priority, top + 1))

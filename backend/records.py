@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Iterator
 
 from backend import defaults
+from backend.errors import UserError
 
-class DatasetError(ValueError):
-    """A dataset problem the user can fix; the message says where and how."""
+class DatasetError(UserError):
+    """A dataset problem the user can fix; the message (a key and fields) says where and how."""
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -46,8 +47,7 @@ def _decode(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                           "save the file as UTF-8") from None
+        raise DatasetError("err.ds.not_utf8", where=where, byte=f"0x{raw[e.start]:02x}", column=e.start + 1) from None
 
 
 def _json_cell(value):
@@ -241,5 +241,5 @@ def iter_records(path: str | Path, skip_bad: bool = False) -> Iterator[tuple[int
         if err is not None:
             if skip_bad and n:
                 continue
-            raise DatasetError(err)
+            raise DatasetError("err.plain", text=err)
         yield n, rec

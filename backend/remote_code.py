@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from backend.errors import UserError
 from backend.store import open_store
 
 CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
@@ -70,10 +71,9 @@ def _folders(spec, home: Path | None) -> list[tuple[str, Path]]:
     return out
 
 
-def refusal(spec: dict, home: Path | None = None) -> str:
-    """Why a spec must not be queued ('' when it may): it names a model with its own code and no opt-in."""
+def refusal(spec: dict, home: Path | None = None) -> UserError | None:
+    """Why a spec must not be queued (None when it may): it names a model with its own code and no opt-in."""
     for label, folder in _folders(spec, home):
         if has_remote_code(folder) and not allowed(folder, home):
-            return (f"model {label} needs its own remote code (auto_map in its config: Python that would run on this "
-                    "server), which runs only with the trust_remote_code opt-in: tick it for this model on the Models page, or pick another model")
-    return ""
+            return UserError("err.model.remote_code", model=label)
+    return None

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backend.errors import UserError
+
 GPU_HEADROOM_GB = 0.5      # kept free on every GPU for the CUDA context of a new process
 
 
@@ -34,7 +36,7 @@ def gpus() -> list[GPU]:
         pynvml.nvmlShutdown()
 
 
-class NeverFits(ValueError):
+class NeverFits(UserError):
     """The job asks for more than this machine has at all."""
 
 
@@ -44,11 +46,10 @@ def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) 
     n_gpus = int(asked.get("gpus") or 0)
     if n_gpus:
         if len(gpu_list) < n_gpus:
-            raise NeverFits(f"the job asks for {n_gpus} GPU(s); this machine has {len(gpu_list)}")
+            raise NeverFits("err.res.gpus", n=n_gpus, have=len(gpu_list))
         mem = float(asked.get("gpu_mem_gb") or 0)
         if mem > max(g.total_gb for g in gpu_list) - GPU_HEADROOM_GB:
-            raise NeverFits(f"the job needs {mem:.1f} GB per GPU; the largest GPU here has "
-                            f"{max(g.total_gb for g in gpu_list):.1f} GB")
+            raise NeverFits("err.res.gpu_mem", mem=mem, largest=max(g.total_gb for g in gpu_list))
         reserved = {g.index: 0.0 for g in gpu_list}
         for job in active:
             given = job.get("given") or {}
@@ -61,7 +62,7 @@ def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) 
         return {"gpus": sorted(fits[:n_gpus]), "gpu_mem_gb": mem, "cpu_slots": 0}
     want = int(asked.get("cpu_slots") or 0)
     if want > cpu_slots:
-        raise NeverFits(f"the job asks for {want} CPU slots; the worker has {cpu_slots}")
+        raise NeverFits("err.res.cpu_slots", n=want, have=cpu_slots)
     used = sum(int((j.get("given") or {}).get("cpu_slots") or 0) for j in active)
     if used + want > cpu_slots:
         return None

@@ -28,6 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from backend import defaults
+from backend.errors import UserError
 from backend.store import open_store
 
 ROLES = ("student", "instructor")
@@ -40,8 +41,8 @@ LOOPBACK = {"", "127.0.0.1", "::1"}          # not throttled per address: a whol
 _hasher = PasswordHasher()                   # argon2id with the library's current recommended parameters
 
 
-class Refused(ValueError):
-    """What the acting user may not do, or a login that failed; the message is meant for the user."""
+class Refused(UserError):
+    """What the acting user may not do, or a login that failed; a message key and fields for the user."""
 
 
 class Throttled(Refused):
@@ -96,25 +97,23 @@ def may_see(owner: str, who: User | str | None) -> bool:
     return may_manage(owner, who) or owner == "" or mode() == "none"
 
 
-def refuse(who: User | str | None, action: str, target: str, message: str, error: type = Refused):
-    """Record a refusal in the audit log and raise it (as ``error``, a subclass of Refused)."""
-    audit(actor(who), "refused", target, detail=f"{action}: {message}")
-    raise error(message)
+def refuse(who: User | str | None, action: str, target: str, error: Refused):
+    """Record a refusal in the audit log (in English) and raise it (``error``: a Refused with its key)."""
+    audit(actor(who), "refused", target, detail=f"{action}: {error}")
+    raise error
 
 
-def require_instructor(who: User | str | None, action: str, target: str, message: str,
-                       error: type = Refused) -> None:
+def require_instructor(who: User | str | None, action: str, target: str, error: Refused) -> None:
     user = acting(who)
     if user is not None and not user.instructor:
-        refuse(user, action, target, message, error)
+        refuse(user, action, target, error)
 
 
-def require_owner(who: User | str | None, owner: str, action: str, target: str, message: str,
-                  error: type = Refused) -> None:
+def require_owner(who: User | str | None, owner: str, action: str, target: str, error: Refused) -> None:
     """Registry things (models, datasets): their owner or an instructor; shared ones (owner '') an instructor
     only. Without accounts everybody may (names are declared, as before class mode existed)."""
     if not may_change(owner, who):
-        refuse(who, action, target, message, error)
+        refuse(who, action, target, error)
 
 
 def may_change(owner: str, who: User | str | None) -> bool:
@@ -144,7 +143,7 @@ def _user(row: dict) -> User:
 
 def _check_role(role: str) -> str:
     if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        raise UserError("err.users.role", roles=", ".join(ROLES), role=role)
     return role
 
 
@@ -162,12 +161,12 @@ def new_password() -> str:
 def add(name: str, role: str = "student", password: str | None = None, home: Path | None = None) -> str:
     """Create an account; returns its one-time password (changed at first login)."""
     if not NAME.fullmatch(name or ""):
-        raise ValueError(f"{name!r} is not a valid name: 1-32 letters, digits, '.', '_' or '-'")
+        raise UserError("err.users.bad_name", name=name)
     password = password or new_password()
     try:
         open_store(home).add_user(name, _check_role(role), _hasher.hash(password))
     except sqlite3.IntegrityError:
-        raise ValueError(f"an account named {name!r} already exists") from None
+        raise UserError("err.users.exists", name=name) from None
     audit("(shell)", "user_add", name, detail=role, home=home)
     return password
 
@@ -178,7 +177,7 @@ def import_roster(path: str | Path, home: Path | None = None) -> list[tuple[str,
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if rows and "name" not in rows[0]:
-        raise ValueError(f"{path}: the first line must name the columns, with at least 'name' (and 'role')")
+        raise UserError("err.users.roster_header", path=path)
     out = []
     for r in rows:
         name, role = (r.get("name") or "").strip(), (r.get("role") or "student").strip() or "student"
@@ -237,11 +236,11 @@ def change_password(user: User, old: str, new: str, home: Path | None = None) ->
     """The account's own password change (also the forced one at first login)."""
     row = _row(user.name, home)
     if not _verify(row["password_hash"], old):
-        raise Refused("the current password is wrong")
+        raise Refused("err.users.wrong_password")
     if len(new) < MIN_PASSWORD:
-        raise Refused(f"a password needs at least {MIN_PASSWORD} characters")
+        raise Refused("err.users.short_password", n=MIN_PASSWORD)
     if new == old:
-        raise Refused("choose a password different from the one-time password")
+        raise Refused("err.users.same_password")
     open_store(home).update_user(user.name, password_hash=_hasher.hash(new), must_change=0)
     audit(user.name, "password_change", user.name, home=home)
     return _user(_row(user.name, home))
@@ -287,12 +286,11 @@ def login(name: str, password: str, address: str = "", home: Path | None = None)
     if (store.count_audit("login_failed", since, target=name) >= limit
             or not shared and store.count_audit("login_failed", since, address=address) >= limit * ADDRESS_FAILS_FACTOR):
         audit(name, "login_throttled", name, address, home=home)
-        raise Throttled(f"too many failed logins: wait {int(defaults.setting('LOGIN_WINDOW_S') // 60) or 1} "
-                      "minutes and try again, or ask the instructor to reset your password")
+        raise Throttled("err.users.throttled", minutes=int(defaults.setting('LOGIN_WINDOW_S') // 60) or 1)
     row = store.user(name)
     if row is None or row["disabled"] or not _verify(row["password_hash"], password):
         audit(name, "login_failed", name, address, home=home)
-        raise Refused("wrong name or password")
+        raise Refused("err.users.wrong_login")
     if _hasher.check_needs_rehash(row["password_hash"]):
         store.update_user(name, password_hash=_hasher.hash(password))
     audit(name, "login", name, address, home=home)

@@ -23,6 +23,7 @@ from typing import Iterator
 
 from backend import server_auth
 from backend.chat import live_endpoints
+from backend.errors import UserError
 from backend.models import list_models
 from backend.specs.vlm import image_text
 
@@ -32,63 +33,62 @@ TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 5.0
 
 
-class VLMError(Exception):
-    """A failure the user should read; ``partial`` is the answer received before it happened."""
+class VLMError(UserError):
+    """A failure the user should read (a message key and fields); ``partial`` is the answer received
+    before it happened."""
 
-    def __init__(self, message: str, partial: str = ""):
-        super().__init__(message)
+    def __init__(self, key: str, /, partial: str = "", **fields):
+        super().__init__(key, **fields)
         self.partial = partial
 
 
 # -- images -------------------------------------------------------------------------------------
-def open_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS):
+def open_image(data: bytes, name: str | UserError = UserError("err.vlm.the_image"), max_pixels: int = MAX_PIXELS):
     """A decoded RGB PIL image, or ValueError saying plainly what is wrong with it."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
     if not data:
-        raise ValueError(f"{name} is empty (0 bytes)")
+        raise UserError("err.vlm.empty_file", name=name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
-                raise ValueError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
-                                 f"{max_pixels / 1e6:.0f}: scale it down first")
+                raise UserError("err.vlm.pixels", name=name, w=w, h=h, mp=w * h / 1e6, limit=max_pixels / 1e6)
             im.load()
             return im.convert("RGB")
     except UnidentifiedImageError:
-        raise ValueError(f"{name} is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP...)") from None
+        raise UserError("err.vlm.not_image", name=name) from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{name} is too large ({e}); the limit is {max_pixels / 1e6:.0f} megapixels") from None
+        raise UserError("err.vlm.too_large", name=name, error=e, limit=max_pixels / 1e6) from None
     except (OSError, SyntaxError) as e:           # truncated or damaged file data
-        raise ValueError(f"{name} looks like an image but is corrupt or truncated ({e})") from None
+        raise UserError("err.vlm.corrupt", name=name, error=e) from None
 
 
-def check_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS) -> dict:
+def check_image(data: bytes, name: str | UserError = UserError("err.vlm.the_image"), max_pixels: int = MAX_PIXELS) -> dict:
     """Width, height and format of an upload; VLMError if it is not a usable image."""
     try:
         im = open_image(data, name, max_pixels)
     except ValueError as e:
-        raise VLMError(str(e)) from None
+        raise VLMError.of(e) from None
     return {"width": im.width, "height": im.height}
 
 
 def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS) -> list[bytes]:
     """Read (bytes or file paths) and check every image; their bytes, or VLMError for the first bad one."""
     if len(images) > max_images:
-        raise VLMError(f"{len(images)} images were given but this model takes at most {max_images} per conversation: "
-                       "remove some or start a new conversation")
+        raise VLMError("err.vlm.too_many", n=len(images), max_images=max_images)
     out = []
     for i, img in enumerate(images, 1):
         if isinstance(img, (str, Path)):
             p = Path(img)
             if not p.is_file():
-                raise VLMError(f"image {i} ({p.name}) does not exist")
-            name, data = f"image {i} ({p.name})", p.read_bytes()
+                raise VLMError("err.vlm.missing_image", i=i, name=p.name)
+            name, data = UserError("err.vlm.image_named", i=i, name=p.name), p.read_bytes()
         else:
-            name, data = f"image {i}", bytes(img)
+            name, data = UserError("err.vlm.image_n", i=i), bytes(img)
         check_image(data, name, max_pixels)
         out.append(data)
     return out
@@ -116,10 +116,9 @@ def endpoints(home: Path | None = None) -> list[dict]:
 def _wire(messages: list[dict], max_images: int) -> list[dict]:
     total = sum(len(m.get("images") or []) for m in messages)
     if total > max_images:
-        raise VLMError(f"the conversation has {total} images but this model takes at most {max_images}: "
-                       "remove some or start a new conversation")
+        raise VLMError("err.vlm.too_many_conv", n=total, max_images=max_images)
     if not messages or not str(messages[-1].get("content", "")).strip():
-        raise VLMError("the question is empty: type a question first")
+        raise VLMError("err.vlm.empty")
     out = []
     for m in messages:
         data = check_images(list(m.get("images") or []), max_images)
@@ -150,9 +149,9 @@ def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temp
             msg = json.loads(e.read() or b"{}").get("error") or f"HTTP {e.code}"
         except ValueError:
             msg = f"HTTP {e.code}"
-        raise VLMError(f"{where} refused the request: {msg}") from None
+        raise VLMError("err.vlm.refused", where=where, msg=msg) from None
     except OSError:
-        raise VLMError(f"cannot reach {where} at {endpoint['url']}: the vlm job is not running") from None
+        raise VLMError("err.vlm.unreachable", where=where, url=endpoint['url']) from None
     finished = False
     try:
         with resp:
@@ -161,7 +160,7 @@ def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temp
                     continue
                 item = json.loads(line)
                 if "error" in item:
-                    raise VLMError(f"{where} failed while answering: {item['error']}", text)
+                    raise VLMError("err.chat.failed", text, where=where, msg=item['error'])
                 if item.get("delta"):
                     if stats["ttft_s"] is None:
                         stats["ttft_s"] = time.monotonic() - t0
@@ -174,9 +173,8 @@ def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temp
     except VLMError:
         raise
     except Exception as e:  # noqa: BLE001 - the connection broke mid-answer
-        raise VLMError(f"{where} stopped answering mid-reply ({type(e).__name__}); the partial answer is kept",
-                       text) from None
+        raise VLMError("err.chat.broke", text, where=where, error=type(e).__name__) from None
     finally:
         stats["seconds"] = time.monotonic() - t0
     if not finished:
-        raise VLMError(f"{where} closed the answer without finishing it; the partial answer is kept", text)
+        raise VLMError("err.chat.unfinished", text, where=where)

@@ -133,7 +133,7 @@ def main(spec: Spec, job: Job) -> dict:
     try:
         name = datasets.safe_name(name)
         if datasets.unique_name(name, job.home) != name:
-            raise datasets.DatasetError(f"a dataset named {name!r} already exists; choose another name")
+            raise datasets.DatasetError("err.ds.exists", name=name)
     except datasets.DatasetError as e:
         raise JobError(str(e), BAD_INPUT) from None
     folder = job.dir / "download"

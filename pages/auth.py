@@ -112,7 +112,7 @@ def _change_form(me: users.User) -> None:
     try:
         st.session_state[keys.USER] = users.change_password(me, old, new)
     except users.Refused as e:
-        st.error(ui.t("auth.change.refused", why=str(e)))
+        st.error(ui.t("auth.change.refused", why=ui.error_text(e)))
         return
     st.rerun()
 

@@ -30,10 +30,6 @@ def keep_interrupted() -> None:
             history.append({"role": "assistant", "content": text, "note": ui.t("chat.stopped")})
 
 
-def error_text(e: chat.ChatError) -> str:
-    return ui.t(e.key, **e.fmt) if e.key else str(e)
-
-
 def show(message: dict) -> None:
     with st.chat_message(message["role"]):
         st.markdown(message["content"] or " ")
@@ -121,7 +117,7 @@ with st.container(key="chat_endpoints"):
                 try:
                     ep = chat.external(url, key, model)
                 except chat.ChatError as e:
-                    st.error(str(e))
+                    ui.error(e)
                 else:
                     st.session_state[S_EXTERNAL][ep["name"]] = {"endpoint": ep, "key": key}
                     st.success(ui.t("chat.external.added", name=ep["name"], model=ep["model"]))
@@ -185,7 +181,7 @@ with tab_chat:
         try:        # a refused prompt never joins the history
             chat.check_prompt(choices[name][0], messages, settings["max_tokens"])
         except chat.ChatError as e:
-            st.error(error_text(e))
+            st.error(ui.error_text(e))
             messages = None
     if messages:
         del history[len(earlier):]
@@ -208,7 +204,7 @@ with tab_chat:
                     note = ui.t("chat.stats", tokens=stats.get("tokens", 0), s=stats.get("seconds", 0),
                                 ttft=stats.get("ttft_s") or 0)
                 except chat.ChatError as e:
-                    text, note, failed = e.partial, error_text(e), True
+                    text, note, failed = e.partial, ui.error_text(e), True
                     st.error(note)
                 st.session_state.pop(S_PENDING, None)
         text = text if isinstance(text, str) else "".join(text)
@@ -252,7 +248,7 @@ with tab_compare:
             for i in range(2):
                 chat.check_prompt(choices[pair[i]][0], sends[i], settings["max_tokens"])
         except chat.ChatError as e:
-            notice.error(error_text(e))
+            notice.error(ui.error_text(e))
             sends = None
     if go and sends:
         slots = []
@@ -274,9 +270,9 @@ with tab_compare:
             pending["texts"][i] = None                          # this answer has ended
             if err and not text:        # nothing came back: drop this column's turn, show why
                 histories[i].pop()
-                failed.append(f"{pair[i]}: {error_text(err)}")
+                failed.append(f"{pair[i]}: {ui.error_text(err)}")
             else:
-                histories[i].append({"role": "assistant", "content": text, "note": error_text(err) if err else ""})
+                histories[i].append({"role": "assistant", "content": text, "note": ui.error_text(err) if err else ""})
         st.session_state.pop(S_PENDING, None)
         st.session_state[S_CMP_ERRORS] = failed
         st.rerun()

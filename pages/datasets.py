@@ -57,7 +57,7 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                     else:
                         opened = ds.save_upload(up.name, up, owner=ui.owner())["name"]
                 except ds.DatasetError as e:
-                    st.error(str(e))
+                    ui.error(e)
                     failed = True
             if opened:                     # open what was added (the picker below isn't drawn yet)
                 st.query_params["ds"] = st.session_state["ds_pick"] = opened
@@ -91,7 +91,7 @@ try:
     path = ds.resolve(name)
     view = open_view(path)
 except ds.DatasetError as e:
-    st.error(str(e))
+    ui.error(e)
     st.stop()
 fmt = ds.detect_format(path)
 mine = state(name)
@@ -204,7 +204,7 @@ if rows and mine.get("row") is not None:
                             if m.get("loss") is False:
                                 st.caption(ui.t("ds.no_loss"))
                 except ValueError as e:
-                    st.warning(ui.t("ds.bad_row", reason=str(e)))
+                    st.warning(ui.t("ds.bad_row", reason=ui.error_text(e)))
             show_images(record)
             with st.expander(ui.t("ds.raw")):
                 st.json(record)
@@ -238,7 +238,7 @@ with t_conv:
             try:
                 out = ds.convert(path, target, out_name.strip() or None, owner=ui.owner())
             except ds.DatasetError as e:
-                st.error(str(e))
+                ui.error(e)
             else:
                 st.success(ui.t("ds.convert.done", name=out["name"], rows=out["rows"], skipped=out["skipped"]))
                 if out["errors"]:
@@ -252,7 +252,7 @@ with t_split:
         try:
             out = ds.split(path, frac, int(seed), owner=ui.owner())
         except ds.DatasetError as e:
-            st.error(str(e))
+            ui.error(e)
         else:
             st.success(ui.t("ds.split.done", train=out["train"]["name"], n_train=out["train"]["rows"],
                             val=out["val"]["name"], n_val=out["val"]["rows"]))
@@ -293,7 +293,7 @@ with t_del:
         try:
             ds.delete(name, by=ui.user())
         except ds.DatasetError as e:
-            st.error(str(e))
+            ui.error(e)
         else:
             st.query_params.pop("ds", None)
             st.rerun()

@@ -61,7 +61,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="ev
         try:
             job_id = ev.submit(spec, owner=ui.owner(), install_engine_if_missing=True, api_key=ext_key.strip())
         except queue.SubmitError as e:
-            st.error(str(e))
+            ui.error(e)
         else:
             st.session_state[keys.EVAL_RUN] = job_id
             st.success(ui.t("job.queued_as", id=job_id))

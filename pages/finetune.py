@@ -67,9 +67,9 @@ with st.container(key="ft-form", border=True):
         try:
             plan = ft.check(queue.validate("finetune", spec)[1])
         except queue.SubmitError as e:
-            st.error(str(e))
+            ui.error(e)
         except ValueError as e:
-            st.error(str(e))
+            ui.error(e)
     if plan:
         est = plan["estimate"]
         with st.container(key="ft-estimate"):

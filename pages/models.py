@@ -77,7 +77,7 @@ with tab_imp:
                 row = models.import_folder(path.strip(), imp_name.strip() or None, owner=ui.owner())
                 st.success(ui.t("models.import.done", name=row["name"]))
             except models.ModelError as e:
-                st.error(str(e))
+                ui.error(e)
 
 with tab_reg:
     rows = models.list_models()
@@ -126,7 +126,7 @@ with tab_reg:
                     try:
                         models.delete(picked, by=ui.user())
                     except models.ModelError as e:
-                        st.error(str(e))
+                        ui.error(e)
                     else:
                         st.success(ui.t("models.deleted", name=picked))
                         st.rerun()

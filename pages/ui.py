@@ -30,6 +30,16 @@ def t(key: str, **fmt) -> str:
     return i18n.t(key, lang(), **fmt)
 
 
+def error_text(e: BaseException) -> str:
+    """An exception in the user's language: a backend UserError by its key, anything else as it says itself."""
+    return errors.text(e, lang())
+
+
+def error(e: BaseException, where=None) -> None:
+    """Show a refusal (``st.error``, or ``where.error`` for a placeholder) in the user's language."""
+    (where or st).error(error_text(e))
+
+
 def user() -> users.User:
     """Who this browser session is. With accounts (or a login proxy) the logged-in user (pages/auth.py set it
     before any page ran); without, the name typed in the sidebar, declared, not proven."""
@@ -102,7 +112,7 @@ def cancel_button(col, job: dict, label: str, key: str, kind: str = "secondary")
     try:
         queue.cancel(job["id"], by=user())
     except queue.SubmitError as e:          # the instructors changed since the page was drawn
-        st.error(str(e))
+        error(e)
         return False
     return True
 
@@ -172,7 +182,7 @@ def submit(kind: str, spec: dict, **kw) -> int | None:
     try:
         job_id = queue.submit(kind, spec, owner=owner(), **kw)
     except queue.SubmitError as e:
-        st.error(str(e))
+        error(e)
         return None
     st.success(t("job.queued_as", id=job_id))
     return job_id
@@ -221,7 +231,7 @@ def _actions(job) -> bool:
                 queue.run_next(job["id"], by=user())
                 acted = True
             except queue.SubmitError as e:        # it started meanwhile
-                st.error(str(e))
+                error(e)
         if not queue.may_manage(job, user()):
             st.caption(t("job.not_yours", owner=job["owner"]))
     else:
@@ -229,7 +239,7 @@ def _actions(job) -> bool:
             try:
                 new_id = queue.retry(job["id"], owner=owner(), by=user())
             except queue.SubmitError as e:
-                st.error(str(e))
+                error(e)
             else:
                 st.query_params["job"] = str(new_id)
                 st.rerun(scope="app")

@@ -71,7 +71,7 @@ for f in uploads or []:
     try:
         images.append(compose.add_to_gallery(f.name, f.getvalue()))
     except (vlm.VLMError, compose.ComposeError) as e:
-        st.error(ui.t("xc.bad_image", message=str(e)))
+        st.error(ui.t("xc.bad_image", message=ui.error_text(e)))
         bad = True
 picked = st.multiselect(ui.t("xc.gallery"), [p for p in compose.gallery() if p not in images], key="xc_gallery",
                         help=ui.t("xc.gallery.help"))
@@ -110,7 +110,7 @@ def shown(answer) -> str | None:
     try:
         text = st.write_stream(answer())
     except (vlm.VLMError, compose.ComposeError) as e:
-        st.error(str(e))
+        ui.error(e)
         return None
     return text if isinstance(text, str) else "".join(text)
 
@@ -138,7 +138,7 @@ def composer() -> None:
             try:
                 draft = compose.new_draft(instruction, images, owner=ui.owner())
             except compose.ComposeError as e:
-                st.error(str(e))
+                ui.error(e)
                 return
             with st.container(key="xc_article_stream"):
                 text = streamed(compose.article_prompt(instruction), images)
@@ -171,7 +171,7 @@ def composer() -> None:
                 compose.save(draft)
                 st.rerun()
             except (vlm.VLMError, compose.ComposeError) as e:
-                st.error(str(e))
+                ui.error(e)
     slots = {s["after"]: s for s in draft["slots"]}
     context = "\n\n".join(draft["paragraphs"])
     for i, para in enumerate(draft["paragraphs"]):

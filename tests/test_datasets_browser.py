@@ -27,3 +27,20 @@ def test_open_page_and_read_the_bundled_assistant_set(page, home):
     page.get_by_role("button", name="Check every row").click()
     page.get_by_text("102 good rows, 0 problems").wait_for()
     shot(page, "datasets-validated")
+
+
+def test_a_refusal_reads_in_chinese(page, home, tmp_path):
+    """A backend refusal (the second of two uploads under one name) shows in the page's language."""
+    files = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        files.append(tmp_path / folder / "mine.jsonl")
+        files[-1].write_text(f'{{"text": "hello from {folder}"}}\n', encoding="utf-8")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.goto(f"{page.base_url}/datasets?lang=zh")
+    page.get_by_text("上传文件").first.click()
+    page.locator(".st-key-ds_upload input[type=file]").set_input_files([str(f) for f in files])
+    page.get_by_role("button", name="保存到工作区").click()
+    page.get_by_text("名为 'mine' 的数据集已存在；请重命名文件或删除旧数据集").wait_for()
+    assert not page.get_by_text("already exists").count()
+    shot(page, "datasets-refusal-zh")

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from backend.errors import UserError
+
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,5 +23,5 @@ class Spec(BaseModel):
     def plain_id(cls, v: str) -> str:
         v = v.strip()
         if not v or any(c in v for c in " \n\t;|`$"):
-            raise ValueError(f"{v!r} is not a dataset id or URL")
+            raise UserError("err.spec.dataset_id", value=v)
         return v

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from backend import models
+from backend.errors import UserError
 
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9._-]{1,96}$")
 
@@ -33,14 +34,14 @@ class Spec(BaseModel):
     @classmethod
     def revision_ok(cls, v: str) -> str:
         if v and (not REVISION_RE.fullmatch(v) or ".." in v):
-            raise ValueError(f"{v!r} is not a branch, tag or commit")
+            raise UserError("err.spec.revision", value=v)
         return v
 
     @field_validator("endpoint")
     @classmethod
     def endpoint_ok(cls, v: str) -> str:
         if v and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", v):
-            raise ValueError(f"{v!r} is not an http(s) URL")
+            raise UserError("err.spec.url", value=v)
         return v.rstrip("/")
 
     @field_validator("allow_patterns")
@@ -49,7 +50,7 @@ class Spec(BaseModel):
         out = [p.strip() for item in v for p in item.split(",") if p.strip()]
         for p in out:
             if p.startswith("/") or ".." in p.split("/") or "\\" in p or len(p) > 200:
-                raise ValueError(f"{p!r} is not a file pattern inside the repository (e.g. *.safetensors)")
+                raise UserError("err.spec.pattern", value=p)
         return out
 
     @model_validator(mode="after")
@@ -57,17 +58,17 @@ class Spec(BaseModel):
         if self.source == "bundled":
             self.repo_id, self.name = "", self.name or models.BUNDLED_NAME
             if self.name != models.BUNDLED_NAME:
-                raise ValueError(f"the bundled model is always named {models.BUNDLED_NAME}")
+                raise UserError("err.spec.bundled_name", name=models.BUNDLED_NAME)
             return self
         if self.source == "openxlab" and (self.revision or self.allow_patterns):
-            raise ValueError("OpenXLab downloads take neither a revision nor file patterns")
+            raise UserError("err.spec.openxlab")
         if not REPO_RE.fullmatch(self.repo_id) or ".." in self.repo_id:
-            raise ValueError(f"repo_id {self.repo_id!r} is not of the form owner/name")
+            raise UserError("err.spec.repo_id", value=self.repo_id)
         self.name = models.check_name(self.name or self.repo_id.split("/")[-1])
         row = models.get(self.name)
         if row and (row["meta"].get("source"), row["meta"].get("id")) != (self.source, self.repo_id):
-            raise ValueError(f"a model named {self.name} is already registered (from "
-                             f"{row['meta'].get('source')} {row['meta'].get('id') or row['path']}): choose another name")
+            raise UserError("err.spec.model_exists", name=self.name, source=row['meta'].get('source'),
+                            id=row['meta'].get('id') or row['path'])
         return self
 
 

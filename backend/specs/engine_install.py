@@ -4,6 +4,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from backend.engines import ENGINES
+from backend.errors import UserError
 
 
 class Spec(BaseModel):
@@ -16,7 +17,7 @@ class Spec(BaseModel):
     @classmethod
     def known(cls, v: str) -> str:
         if v not in ENGINES:
-            raise ValueError(f"unknown engine {v!r}; engines: {', '.join(sorted(ENGINES))}")
+            raise UserError("err.spec.engine", value=v, engines=", ".join(sorted(ENGINES)))
         return v
 
     @field_validator("extra_requirements")
@@ -24,5 +25,5 @@ class Spec(BaseModel):
     def plain(cls, v: list[str]) -> list[str]:
         for req in v:
             if not req or req.startswith("-") or any(c in req for c in " ;|&`$"):
-                raise ValueError(f"{req!r} is not a plain requirement (name and version only)")
+                raise UserError("err.spec.requirement", value=req)
         return v

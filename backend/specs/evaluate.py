@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.errors import UserError
+
 
 DATA_EXTS = (".jsonl", ".csv")  # what OpenCompass's CustomDataset reads
 MCQ_OPTIONS = "ABCDEFGHIJ"
@@ -33,24 +35,22 @@ class ModelRef(BaseModel):
     @classmethod
     def plain_name(cls, v: str) -> str:
         if not re.fullmatch(r"[\w.\-+@]+", v):
-            raise ValueError(f"model name {v!r}: use letters, digits and . _ - + @ only")
+            raise UserError("err.eval.model_name", value=v)
         return v
 
     @model_validator(mode="after")
     def one_source(self):
         if bool(self.path) == bool(self.url):
-            raise ValueError(f"model {self.name}: give either a model folder (path) or an endpoint (url)")
+            raise UserError("err.eval.path_or_url", name=self.name)
         if self.url and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"model {self.name}: the endpoint url must start with http:// or https://")
+            raise UserError("err.eval.url_scheme", name=self.name)
         if self.tokenizer_path and not (Path(self.tokenizer_path) / "tokenizer_config.json").is_file():
-            raise ValueError(f"model {self.name}: {self.tokenizer_path} is not a tokenizer folder "
-                             "(no tokenizer_config.json)")
+            raise UserError("err.eval.not_tokenizer", name=self.name, path=self.tokenizer_path)
         if self.path:
             if not (Path(self.path) / "config.json").is_file():
-                raise ValueError(f"model {self.name}: {self.path} is not a model folder (no config.json)")
+                raise UserError("err.eval.not_model", name=self.name, path=self.path)
             if self.peft_path and not (Path(self.peft_path) / "adapter_config.json").is_file():
-                raise ValueError(f"model {self.name}: {self.peft_path} is not a LoRA adapter folder "
-                                 "(no adapter_config.json)")
+                raise UserError("err.eval.not_adapter", name=self.name, path=self.peft_path)
         return self
 
 
@@ -66,17 +66,17 @@ class DatasetRef(BaseModel):
     @classmethod
     def plain(cls, v: str) -> str:
         if v and not re.fullmatch(r"[\w.\-+@]+", v):
-            raise ValueError(f"{v!r}: use letters, digits and . _ - + @ only")
+            raise UserError("err.eval.dataset_name", value=v)
         return v
 
     @model_validator(mode="after")
     def one_source(self):
         if bool(self.path) == bool(self.config):
-            raise ValueError(f"dataset {self.name}: give either a file (path) or a standard config name (config)")
+            raise UserError("err.eval.path_or_config", name=self.name)
         if self.path:
             kind, missing = custom_format(self.path)
             if missing:
-                raise ValueError(f"dataset {self.name}: {missing}")
+                raise UserError("err.eval.dataset", name=self.name, problem=missing)
         return self
 
 
@@ -96,7 +96,7 @@ class Spec(BaseModel):
             names = [r.name for r in refs]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
-                raise ValueError(f"{what} names must differ: {', '.join(dup)} appears twice")
+                raise UserError("err.eval.duplicate", what=what, names=", ".join(dup))
         return self
 
 
@@ -122,7 +122,7 @@ def first_record(path: str | Path) -> dict | None:
         with open(path, encoding="utf-8-sig") as f:
             while line := f.readline(FIRST_RECORD_MAX):
                 if len(line) >= FIRST_RECORD_MAX:
-                    raise ValueError(f"its first record is over {FIRST_RECORD_MAX >> 20} MB")
+                    raise UserError("err.eval.first_record", mb=FIRST_RECORD_MAX >> 20)
                 if line.strip():
                     rec = json.loads(line)
                     return rec if isinstance(rec, dict) else None
@@ -173,7 +173,7 @@ def config_variable(config_file: Path) -> str:
     text = config_file.read_text(encoding="utf-8")
     m = re.search(r"import\s+(\w+_datasets)\b", text) or re.search(r"^(\w+_datasets)\s*=", text, re.M)
     if not m:
-        raise ValueError(f"{config_file.name} defines no *_datasets list")
+        raise UserError("err.eval.no_datasets_list", name=config_file.name)
     return m.group(1)
 
 
@@ -210,21 +210,21 @@ def compass_data_cache(home: Path) -> Path:
     return Path(os.environ.get("COMPASS_DATA_CACHE") or home / "opencompass_data")
 
 
-def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0) -> str:
-    """Why the OpenAI-compatible endpoint at ``url`` (…/v1) cannot be evaluated, or "" when it answers
+def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0) -> UserError | None:
+    """Why the OpenAI-compatible endpoint at ``url`` (…/v1) cannot be evaluated, or None when it answers
     ``GET /models``. The key goes in the request header only."""
     req = urllib.request.Request(url.rstrip("/") + "/models",
                                  headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
     try:
         with urllib.request.urlopen(req, timeout=timeout):
-            return ""
+            return None
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            return f"the endpoint at {url} refused the API key (HTTP {e.code})"
-        return ""       # it answers; some servers have no model list
+            return UserError("err.eval.endpoint_key", url=url, code=e.code)
+        return None     # it answers; some servers have no model list
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        return f"the endpoint at {url} cannot be reached ({reason})"
+        return UserError("err.eval.endpoint_down", url=url, reason=reason)
 
 
 ENDPOINT_SUGGESTION = ("start the endpoint again (a serve job, Chat page) or fix its URL and API key, "

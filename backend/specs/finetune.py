@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend import finetune as ft
+from backend.errors import UserError
 
 # XTuner's InternLM2 chat QLoRA/LoRA config (internlm2_chat_7b_qlora_oasst1_e3): the Spec defaults.
 XTUNER = dict(lora_r=64, lora_alpha=16, lora_dropout=0.1, target_modules=["all-linear"], lr=2e-4,
@@ -72,7 +73,7 @@ class Spec(BaseModel):
         if isinstance(data, dict) and data.get("preset"):
             preset = PRESETS.get(data["preset"])
             if preset is None:
-                raise ValueError(f"unknown preset {data['preset']!r}; presets: {', '.join(PRESETS)}")
+                raise UserError("err.ft.preset", preset=data['preset'], presets=", ".join(PRESETS))
             data = {**preset, **data}
         return data
 
@@ -80,7 +81,7 @@ class Spec(BaseModel):
     @classmethod
     def positive_lr(cls, v: float) -> float:
         if v <= 0:
-            raise ValueError(f"lr must be above 0 (got {v})")
+            raise UserError("err.ft.lr", value=v)
         return v
 
 

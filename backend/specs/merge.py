@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import finetune as ft
+from backend.errors import UserError
 from backend.store import open_store
 
 
@@ -20,9 +21,9 @@ def resources(spec: Spec) -> dict:
     """Submit-time checks: the adapter exists and its base model is still registered."""
     entry = open_store().get("adapter", spec.adapter)
     if entry is None:
-        raise ValueError(f"no adapter {spec.adapter!r} in the registry")
+        raise UserError("err.spec.no_adapter", name=spec.adapter)
     ft.resolve_model(entry["meta"].get("base_model", ""))
     name = spec.name or f"{spec.adapter}-merged"
     if open_store().get("model", name):
-        raise ValueError(f"a model named {name!r} already exists: choose another name")
+        raise UserError("err.spec.model_name_taken", name=name)
     return {"gpus": 0, "gpu_mem_gb": 0.0}

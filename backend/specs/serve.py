@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import engines
+from backend.errors import UserError
 from backend.resources import gpus
 from backend.store import open_store
 
@@ -35,16 +36,16 @@ def resolve(spec: Spec, home: Path | None = None) -> tuple[dict, dict | None]:
     if spec.adapter:
         adapter = store.get("adapter", spec.adapter)
         if adapter is None:
-            raise ValueError(f"no adapter named {spec.adapter!r} in the registry")
+            raise UserError("err.spec.no_adapter", name=spec.adapter)
         model_name = model_name or adapter["meta"].get("base_model", "")
     if not model_name:
-        raise ValueError("name a model to serve (or an adapter whose base model is registered)")
+        raise UserError("err.serve.no_model")
     model = store.get("model", model_name)
     if model is None:
-        raise ValueError(f"no model named {model_name!r} in the registry")
+        raise UserError("err.spec.no_model", name=model_name)
     for entry in filter(None, (model, adapter)):
         if not Path(entry["path"]).is_dir():
-            raise ValueError(f"the folder of {entry['type']} {entry['name']!r} is missing: {entry['path']}")
+            raise UserError("err.spec.folder_missing", type=entry['type'], name=entry['name'], path=entry['path'])
     return model, adapter
 
 
@@ -59,14 +60,13 @@ def resources(spec: Spec) -> dict:
     gpu_list = gpus() if spec.device != "cpu" else []
     if spec.engine == "lmdeploy":
         if not gpu_list:
-            raise ValueError("LMDeploy runs on CUDA GPUs only and this machine has none: "
-                             "serve with the transformers engine instead")
+            raise UserError("err.serve.lmdeploy_gpu")
         if spec.device == "cpu":
-            raise ValueError("LMDeploy cannot serve on the CPU: choose device auto or cuda")
+            raise UserError("err.serve.lmdeploy_cpu")
         if not engines.installed("lmdeploy"):
-            raise ValueError("the lmdeploy engine is not installed: run an engine_install job for it first")
+            raise UserError("err.serve.lmdeploy_missing")
     if spec.device == "cuda" and not gpu_list:
-        raise ValueError("device cuda was asked for but this machine has no GPU")
+        raise UserError("err.spec.no_cuda")
     if not gpu_list:
         return {"cpu_slots": 1}
     w = weights_gb(model["path"])

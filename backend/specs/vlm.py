@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.errors import UserError
 from backend.resources import gpus
 from backend.store import open_store
 
@@ -37,32 +38,29 @@ def image_text(config: dict, name: str) -> bool:
 def resolve(spec: Spec, home: Path | None = None) -> dict:
     """{"name", "path", "meta", "config", "xcomposer"}; ValueError with a readable reason."""
     if spec.model and spec.path:
-        raise ValueError("give either a registry model or a folder, not both")
+        raise UserError("err.vlm.model_or_folder")
     if spec.model:
         entry = open_store(home).get("model", spec.model)
         if entry is None:
-            raise ValueError(f"no model named {spec.model!r} in the registry")
+            raise UserError("err.spec.no_model", name=spec.model)
         name, path, meta = entry["name"], Path(entry["path"]), entry["meta"] or {}
     elif spec.path:
         name, path, meta = Path(spec.path).name, Path(spec.path), {}
     else:
-        raise ValueError("name an image-text model (registry name or folder)")
+        raise UserError("err.vlm.no_model")
     if not path.is_dir():
-        raise ValueError(f"the folder of model {name!r} is missing: {path}")
+        raise UserError("err.spec.folder_missing", type="model", name=name, path=path)
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise ValueError(f"{name!r} is not a transformers model folder (no readable config.json in {path})") from None
+        raise UserError("err.vlm.no_config", name=name, path=path) from None
     model_type = str(config.get("model_type", ""))
     xcomposer = is_xcomposer(config, name)
     if xcomposer:
         if meta.get("trust_remote_code") is not True:
-            raise ValueError(f"{name} is an InternLM-XComposer model, which runs its own code from the model folder "
-                             "(trust_remote_code): tick the trust_remote_code opt-in for this model on the Models "
-                             "page first, then submit again")
+            raise UserError("err.vlm.xcomposer_trust", name=name)
     elif not image_text(config, name):
-        raise ValueError(f"{name!r} is not an image-text model (model_type {model_type or '?'!r} has no vision "
-                         "tower): pick an image-text model such as LLaVA, Qwen2-VL, InternVL or XComposer")
+        raise UserError("err.vlm.not_image_text", name=name, model_type=model_type or '?')
     return {"name": name, "path": path, "meta": meta, "config": config, "xcomposer": xcomposer}
 
 
@@ -79,10 +77,9 @@ def resources(spec: Spec) -> dict:
     m = resolve(spec)
     gpu_list = gpus() if spec.device != "cpu" else []
     if spec.device == "cuda" and not gpu_list:
-        raise ValueError("device cuda was asked for but this machine has no GPU")
+        raise UserError("err.spec.no_cuda")
     if not gpu_list:
         if m["xcomposer"] and is_7b(m):
-            raise ValueError(f"{m['name']} is a 7B XComposer model and needs a GPU; this machine has none. "
-                             "Use internlm-xcomposer2-vl-1_8b or a small image-text model on this machine")
+            raise UserError("err.vlm.xcomposer_7b", name=m['name'])
         return {"cpu_slots": 1}
     return {"gpus": 1, "gpu_mem_gb": round(weights_gb(m["path"]) * 1.2 + 1.5, 1)}
