@@ -81,6 +81,9 @@ def test_chat_page_streams_stops_and_compares(home, smollm2, page):
     page.locator(".st-key-chat_ext_key input").fill("sk-not-logged")
     page.locator(".st-key-chat_ext_model input").fill(ep["model"])     # transformers serve lists cached hub models only
     page.get_by_role("button", name="Check and add").click()
+    page.get_by_text("refused the API key (401)").wait_for()         # our servers answer only with their own key
+    page.locator(".st-key-chat_ext_key input").fill(ep["api_key"])
+    page.get_by_role("button", name="Check and add").click()
     page.get_by_text("(external)").first.wait_for()
     page.get_by_role("tab", name="Compare").click()
     page.locator(".st-key-chat_cmp_right").click()
@@ -108,6 +111,7 @@ def _rest(home, ep):
     # the key stayed in the browser session: not in the store, the job folder or the app's log
     assert "sk-not-logged" not in (home / "workbench.db").read_bytes().decode("latin-1")
     assert "sk-not-logged" not in (home / "streamlit.log").read_text(errors="replace")
+    assert ep["api_key"] not in (home / "streamlit.log").read_text(errors="replace")
     queue.cancel(ep["job_id"], home)
     wait_for(lambda: not chat.endpoints(home), 30, 0.2, "the endpoint to go away")
 
