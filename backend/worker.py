@@ -391,6 +391,8 @@ class Worker:
             job_env.discard(job_dir(r.job_id, self.home))
             (job_dir(r.job_id, self.home) / "launch.json").unlink(missing_ok=True)     # never launched
             status = r.remote.poll()
+            if r.pid == 0 and logs.result(r.job_id, self.home) is not None:
+                self._running_remote(r)          # it ran and ended between two polls: it was running
             self.record_end(r.job_id, status.exit_code, r.reason, r.timeout_s, None, status.verdict)
             return
         code = r.proc.wait() if r.proc is not None else None      # an adopted job's exit status is not ours to read

@@ -71,7 +71,7 @@ def test_cancel_in_two_stages(cluster, home):
     try:
         for j in (polite, stubborn):
             wait_for(lambda j=j: "step 2 of" in _log(home, j), 90, what=f"job {j} to run")
-            assert state(home, j).state == "running"
+            wait_for(lambda j=j: state(home, j).state == "running", 30, what=f"the worker to see job {j} running")
             queue.cancel(j, home=home)
         for j in (polite, stubborn):
             wait_for(lambda j=j: state(home, j).finished, 60, what=f"job {j} to end")
