@@ -518,6 +518,42 @@ STRINGS: dict[str, dict[str, str]] = {
     "ft.est.long": {"en": "This run would take about {minutes} minutes here. For a first try, lower max_steps, epochs "
                           "or max_samples, or pick the CPU quick demo preset.",
                     "zh": "此次运行在本机约需 {minutes} 分钟。首次尝试请调低 max_steps、epochs 或 max_samples，或选择 CPU 快速演示预设。"},
+    "nav.deploy": {"en": "Deploy", "zh": "部署"},
+    "deploy.intro": {"en": "Quantise a model and compare its variants side by side: weights on disk, memory held by "
+                           "the server, time to first token, tokens/s with one client and with 8 at once (continuous "
+                           "batching), and an evaluation score when one run measured them all. Ratios are against the "
+                           "original.",
+                     "zh": "量化模型并并排比较各版本：磁盘上的权重、服务进程占用的内存、首字延迟、单客户端与 8 个并发客户端"
+                           "（连续批处理）的 tokens/s，以及同一次评测覆盖全部版本时的得分。倍数相对原始模型。"},
+    "deploy.model": {"en": "Model", "zh": "模型"},
+    "deploy.quantize": {"en": "Quantize this model", "zh": "量化该模型"},
+    "deploy.method": {"en": "Method", "zh": "方法"},
+    "deploy.method.bnb_nf4": {"en": "bitsandbytes NF4 (4-bit weights, CPU or GPU)",
+                              "zh": "bitsandbytes NF4（4 位权重，CPU 或 GPU）"},
+    "deploy.method.awq_w4a16": {"en": "LMDeploy AWQ W4A16 (CUDA only)", "zh": "LMDeploy AWQ W4A16（仅 CUDA）"},
+    "deploy.calib": {"en": "Calibration set", "zh": "校准数据集"},
+    "deploy.samples": {"en": "Calibration samples", "zh": "校准样本数"},
+    "deploy.group": {"en": "Group size", "zh": "分组大小"},
+    "deploy.quantize.go": {"en": "Quantize", "zh": "开始量化"},
+    "deploy.col.model": {"en": "variant", "zh": "版本"},
+    "deploy.col.method": {"en": "method", "zh": "方法"},
+    "deploy.col.disk": {"en": "weights on disk", "zh": "磁盘权重"},
+    "deploy.col.memory": {"en": "server memory (GB)", "zh": "服务内存 (GB)"},
+    "deploy.col.ttft": {"en": "first token (ms)", "zh": "首字延迟 (ms)"},
+    "deploy.col.tps1": {"en": "tokens/s, 1 client", "zh": "tokens/s，1 个客户端"},
+    "deploy.col.tpsn": {"en": "tokens/s, 8 clients", "zh": "tokens/s，8 个客户端"},
+    "deploy.col.kv": {"en": "KV cache budget", "zh": "KV 缓存预算"},
+    "deploy.col.score": {"en": "eval score", "zh": "评测得分"},
+    "deploy.kv_note": {"en": "The servers started here use continuous batching; its KV cache is sized from the memory "
+                             "free when the server starts (cb_memory_share of it, 10% by default), on the CPU and on "
+                             "a GPU slice alike.",
+                       "zh": "此处启动的服务使用连续批处理；其 KV 缓存按服务启动时的空闲内存确定（取其 cb_memory_share，"
+                             "默认 10%），CPU 与 GPU 切片都一样。"},
+    "deploy.eval_link": {"en": "score from evaluation run {run}", "zh": "得分来自评测 {run}"},
+    "deploy.measure": {"en": "Measure", "zh": "测量"},
+    "deploy.measuring": {"en": "Measuring {model}: one client, then 8 at once…", "zh": "正在测量 {model}：先单客户端，再 8 个并发…"},
+    "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
+    "deploy.start": {"en": "Start a server", "zh": "启动服务"},
     # ---- end of table ----
 }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would shadow the standard library
-PROMPT = "Explain in a few sentences why the sky is blue."
-
-
-def median_of(repeat: int, fn) -> tuple[float, float]:
-    """Median tokens/s and median TTFT of ``repeat`` calls of ``fn() -> (tok/s, ttft)``."""
-    runs = [fn() for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+from backend.deploy import PROMPT, concurrent as through_server, median_of  # noqa: E402  (after sys.path)
 
 
 def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
@@ -56,36 +49,6 @@ def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
             th.join()
             return (out.shape[1] - ids["input_ids"].shape[1]) / total, ttft
         return median_of(repeat, once)
-
-
-def through_server(ep: dict, tokens: int, clients: int) -> tuple[float, float]:
-    """Aggregate completion tokens/s of ``clients`` concurrent greedy streams, and the mean TTFT."""
-    from openai import OpenAI
-    client = OpenAI(base_url=ep["url"], api_key="none", max_retries=0)
-    got: list = []
-
-    def one():
-        t0 = time.perf_counter()
-        ttft, usage = None, None
-        stream = client.chat.completions.create(
-            model=ep["model"], messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens,
-            temperature=0, stream=True, extra_body={"generation_config": f'{{"min_new_tokens": {tokens}, '
-                                                                         f'"max_new_tokens": {tokens}, "do_sample": false}}'})
-        n = 0
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                ttft = ttft or time.perf_counter() - t0
-                n += 1
-            if chunk.usage:
-                usage = chunk.usage.completion_tokens
-        got.append((usage or n, ttft))
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=one) for _ in range(clients)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    wall = time.perf_counter() - t0
-    return sum(n for n, _ in got) / wall, sum(t for _, t in got) / len(got)
 
 
 def serve(home: Path, model: str, cb: bool) -> tuple[subprocess.Popen, dict]:

@@ -22,7 +22,7 @@ class Spec(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     continuous_batching: bool = False     # transformers: batch concurrent requests (sampling settings are shared)
     cb_blocks: int = Field(0, ge=0)       # transformers CB: KV cache blocks of 32 tokens; 0 = sized from free memory
-    cb_memory_share: float = Field(0.25, gt=0, le=0.9)   # transformers CB: share of the memory free at start for it
+    cb_memory_share: float = Field(0.1, gt=0, le=0.9)   # transformers CB: share of the memory free at start for it
     cache_max_entry_count: float = Field(0.5, gt=0, le=0.95)   # lmdeploy: share of free GPU memory for KV cache
     kv_quant: Literal["none", "int8", "int4"] = "none"   # lmdeploy: KV-cache quantisation (--quant-policy 0/8/4)
     ready_timeout_s: float = Field(900, gt=0)

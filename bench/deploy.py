@@ -1,0 +1,75 @@
+"""Deploy benchmark: the bundled SmolLM2 against its bitsandbytes NF4 copy (the quantize job), each served
+by a real serve job with continuous batching and measured with backend.deploy (the Deploy page's code).
+
+    .venv/bin/python bench/deploy.py [--model DIR] [--tokens 32] [--clients 8] [--repeat 3]
+
+Prints weights on disk, server memory, TTFT, tokens/s with 1 and N clients, and each as a ratio of the
+original's, all measured in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)            # not bench/: its files would shadow the standard library
+
+from bench.chat import serve, stop  # noqa: E402
+
+
+def quantize(home: Path, model: str) -> str:
+    from backend import queue
+    job_id = queue.submit("quantize", {"model": model}, home=home)
+    subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, check=True,
+                   env=dict(os.environ, WORKBENCH_HOME=str(home)), stdout=subprocess.DEVNULL)
+    job = queue.get(job_id, home)
+    if job["state"] != "succeeded":
+        raise SystemExit(f"quantize failed: {job['error_message']}")
+    return f"{model}-bnb-nf4"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a model folder (default: the bundled SmolLM2)")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
+    os.environ["WORKBENCH_HOME"] = str(home)
+    from backend import deploy
+    from backend.store import open_store
+    if args.model:
+        path = Path(args.model).resolve()
+    else:
+        from backend.models import ensure_bundled
+        path = ensure_bundled(home=home, log=lambda *a: None)
+    open_store(home).put("model", "bench", str(path))
+    t0 = time.monotonic()
+    variants = ["bench", quantize(home, "bench")]
+    print(f"quantized (bitsandbytes NF4) in {time.monotonic() - t0:.0f} s")
+    rows = {}
+    for name in variants:
+        worker, ep = serve(home, name, cb=True)
+        try:
+            rows[name] = {**deploy.measure(ep, args.tokens, args.clients, args.repeat, home),
+                          "weights_mb": deploy.weights_bytes(open_store(home).get("model", name)["path"]) / 2**20}
+        finally:
+            stop(worker)
+    n = f"tps_{args.clients}"
+    cols = [("weights_mb", "weights MB"), ("memory_gb", "server GB"), ("ttft_ms", "TTFT ms"), ("tps_1", "tok/s 1"),
+            (n, f"tok/s {args.clients}")]
+    print(f"{'variant':12}" + "".join(f"{h:>22}" for _, h in cols) + f"{'KV budget GB':>14}")
+    base = rows["bench"]
+    for name, r in rows.items():
+        cells = "".join(f"{r[k]:>14.1f} ({r[k] / base[k]:.2f}x)" for k, _ in cols)
+        print(f"{'original' if name == 'bench' else 'nf4':12}{cells}{r['kv_cache_gb']:>14}")
+
+
+if __name__ == "__main__":
+    main()
