@@ -21,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would shadow the standard library
-from backend.deploy import PROMPT, concurrent as through_server, median_of  # noqa: E402  (after sys.path)
+from backend.deploy import PROMPT, median_of
+from backend.deploy import concurrent as through_server
 
 
 def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
@@ -74,14 +75,15 @@ def stop(worker: subprocess.Popen) -> None:
     worker.wait(60)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def setup(prog: str, tokens: int, repeat: int):
+    """Arguments, a fresh workspace and the model registered in it as "bench": (args, home, model folder)."""
+    ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument("--model", help="a model folder (default: the bundled SmolLM2)")
-    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--tokens", type=int, default=tokens)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=repeat)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    home = Path(tempfile.mkdtemp(prefix=f"bench-{prog}-"))
     os.environ["WORKBENCH_HOME"] = str(home)
     from backend.store import open_store
     if args.model:
@@ -90,6 +92,11 @@ def main() -> None:
         from backend.models import ensure_bundled
         path = ensure_bundled(home=home, log=lambda *a: None)
     open_store(home).put("model", "bench", str(path))
+    return args, home, path
+
+
+def main() -> None:
+    args, home, path = setup("chat", 48, 5)
 
     base_tps, base_ttft = in_process(path, args.tokens, args.repeat)
     print(f"in-process generate: {base_tps:6.1f} tok/s, TTFT {base_ttft * 1000:6.0f} ms")

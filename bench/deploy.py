@@ -8,18 +8,16 @@ original's, all measured in this process.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files would shadow the standard library
 
-from bench.chat import serve, stop  # noqa: E402
+from bench.chat import serve, setup, stop
 
 
 def quantize(home: Path, model: str) -> str:
@@ -34,22 +32,9 @@ def quantize(home: Path, model: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", help="a model folder (default: the bundled SmolLM2)")
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
-    os.environ["WORKBENCH_HOME"] = str(home)
+    args, home, _ = setup("deploy", 32, 3)
     from backend import deploy
     from backend.store import open_store
-    if args.model:
-        path = Path(args.model).resolve()
-    else:
-        from backend.models import ensure_bundled
-        path = ensure_bundled(home=home, log=lambda *a: None)
-    open_store(home).put("model", "bench", str(path))
     t0 = time.monotonic()
     variants = ["bench", quantize(home, "bench")]
     print(f"quantized (bitsandbytes NF4) in {time.monotonic() - t0:.0f} s")

@@ -28,7 +28,7 @@ def awq_command(spec: Spec, src: Path, out: Path) -> list[str]:
 def awq(spec: Spec, src: Path, out: Path) -> None:
     cmd = awq_command(spec, src, out)
     print("$ " + " ".join(cmd), flush=True)
-    if subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode != 0:
+    if subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode != 0:
         raise JobError("lmdeploy lite auto_awq failed (see the log above)", CRASH,
                        "fewer calib_samples or a shorter calib_seqlen if it ran out of memory")
 
