@@ -554,6 +554,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "deploy.measuring": {"en": "Measuring {model}: one client, then 8 at once…", "zh": "正在测量 {model}：先单客户端，再 8 个并发…"},
     "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
     "deploy.start": {"en": "Start a server", "zh": "启动服务"},
+    "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
     # ---- end of table ----
 }
 
