@@ -25,6 +25,7 @@ from pathlib import Path
 from backend import engines, remote_code, server_auth
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.registry import endpoint_meta
+from backend.resources import gpus
 from backend.specs.serve import QUANT_POLICY, Spec, kv_budget, resolve
 from backend.store import open_store
 from jobs.common import Job, JobError, run
@@ -65,9 +66,10 @@ def merge_adapter(model: dict, adapter: dict, out: Path, job: Job, remote: bool)
 
 def free_memory(device: str) -> tuple[int, int]:
     """(bytes free now, bytes in all) of the RAM (CPU) or of the GPU this job was given (CUDA)."""
-    if device == "cuda":
-        import torch
-        return torch.cuda.mem_get_info()
+    if device == "cuda":          # NVML, not torch: a CUDA context here would hold memory all along
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0]
+        gpu = next((g for g in gpus() if str(g.index) == visible), None) or gpus()[0]
+        return int((gpu.total_gb - gpu.used_gb) * 2**30), int(gpu.total_gb * 2**30)
     import psutil
     vm = psutil.virtual_memory()
     return vm.available, vm.total

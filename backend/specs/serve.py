@@ -95,4 +95,6 @@ def resources(spec: Spec) -> dict:
         mem = w + spec.cache_max_entry_count * max(total - w, 0)
     else:                           # with an adapter: the merged copy and the base, both loaded
         mem = w * 1.2 * (2 if spec.adapter else 1) + 1.0
+        if spec.continuous_batching:    # its KV budget: a share of what is free once loaded (kv_budget)
+            mem += spec.cb_memory_share * max(max(g.total_gb for g in gpu_list) - mem, 0)
     return {"gpus": 1, "gpu_mem_gb": round(mem, 1)}
