@@ -53,21 +53,29 @@ def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
 
 
 def serve(home: Path, model: str, cb: bool) -> tuple[subprocess.Popen, dict]:
+    worker, eps = serve_many(home, [model], cb)
+    return worker, eps[0]
+
+
+def serve_many(home: Path, models: list[str], cb: bool) -> tuple[subprocess.Popen, list[dict]]:
+    """A serve job per model and one worker with a CPU slot for each; their endpoints once all are live."""
     from backend import chat, queue
-    job_id = queue.submit("serve", {"model": model, "continuous_batching": cb}, home=home)
+    ids = [queue.submit("serve", {"model": m, "continuous_batching": cb}, home=home) for m in models]
     worker = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT, env=dict(os.environ, WORKBENCH_HOME=str(home)),
-                              start_new_session=True)
+                              stderr=subprocess.STDOUT, start_new_session=True,
+                              env=dict(os.environ, WORKBENCH_HOME=str(home), WORKBENCH_CPU_SLOTS=str(len(ids))))
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        ep = chat.serve_job_endpoint(job_id, home)
-        if ep:
-            return worker, ep
-        if queue.get(job_id, home)["state"] in ("failed", "cancelled", "lost"):
+        eps = [chat.serve_job_endpoint(i, home) for i in ids]
+        if all(eps):
+            return worker, eps
+        failed = [i for i in ids if queue.get(i, home)["state"] in ("failed", "cancelled", "lost")]
+        if failed:
             break
         time.sleep(0.5)
     worker.terminate()
-    raise SystemExit(f"serve job {job_id} did not come up: {queue.get(job_id, home)['error_message']}")
+    raise SystemExit(f"serve jobs {ids} did not come up: " + "; ".join(
+        str(queue.get(i, home)["error_message"]) for i in ids))
 
 
 def stop(worker: subprocess.Popen) -> None:

@@ -3,12 +3,14 @@ by a real serve job with continuous batching and measured with backend.deploy (t
 
     .venv/bin/python bench/deploy.py [--model DIR] [--tokens 32] [--clients 8] [--repeat 3]
 
-Prints weights on disk, server memory, TTFT, tokens/s with 1 and N clients, and each as a ratio of the
-original's, all measured in this process.
+Both servers run at once (a CPU slot each) and are measured in turns, --repeat rounds, medians: on a
+shared machine whose load drifts, measuring one after the other would favour the second. Prints
+weights on disk, server memory, TTFT, tokens/s with 1 and N clients, each as a ratio of the original's.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files would shadow the standard library
 
-from bench.chat import serve, setup, stop
+from bench.chat import serve_many, setup, stop
 
 
 def quantize(home: Path, model: str) -> str:
@@ -38,14 +40,18 @@ def main() -> None:
     t0 = time.monotonic()
     variants = ["bench", quantize(home, "bench")]
     print(f"quantized (bitsandbytes NF4) in {time.monotonic() - t0:.0f} s")
-    rows = {}
-    for name in variants:
-        worker, ep = serve(home, name, cb=True)
-        try:
-            rows[name] = {**deploy.measure(ep, args.tokens, args.clients, args.repeat, home),
-                          "weights_mb": deploy.weights_bytes(open_store(home).get("model", name)["path"]) / 2**20}
-        finally:
-            stop(worker)
+    worker, eps = serve_many(home, variants, cb=True)      # both up at once, measured in turns
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    try:
+        for _ in range(args.repeat):
+            for name, ep in zip(variants, eps):
+                runs[name].append(deploy.measure(ep, args.tokens, args.clients, 1, home))
+    finally:
+        stop(worker)
+    rows = {name: {**{k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))
+                      and not isinstance(rs[0][k], bool)},
+                   "weights_mb": deploy.weights_bytes(open_store(home).get("model", name)["path"]) / 2**20}
+            for name, rs in runs.items()}
     n = f"tps_{args.clients}"
     cols = [("weights_mb", "weights MB"), ("memory_gb", "server GB"), ("ttft_ms", "TTFT ms"), ("tps_1", "tok/s 1"),
             (n, f"tok/s {args.clients}")]
