@@ -16,7 +16,10 @@ def measured(home, name: str) -> dict:
 
 
 def serve_and_measure(page, home, name: str) -> None:
+    before = len(queue.list_jobs(kind="serve", home=home))
+    page.reload()
     page.locator(f".st-key-deploy_start_{name} button").click()
+    wait_for(lambda: len(queue.list_jobs(kind="serve", home=home)) > before, 30, 0.2, f"a serve job for {name}")
     def live():
         page.reload()
         page.locator(".st-key-deploy_table").wait_for()
