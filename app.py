@@ -18,6 +18,7 @@ PAGES = {
         st.Page("pages/finetune.py", title=ui.t("nav.finetune"), icon=":material/tune:", url_path="finetune"),
         st.Page("pages/evaluate.py", title=ui.t("nav.evaluate"), icon=":material/leaderboard:", url_path="evaluate"),
         st.Page("pages/chat.py", title=ui.t("nav.chat"), icon=":material/chat:", url_path="chat"),
+        st.Page("pages/deploy.py", title=ui.t("nav.deploy"), icon=":material/rocket_launch:", url_path="deploy"),
         st.Page("pages/xcomposer.py", title=ui.t("nav.xcomposer"), icon=":material/image:", url_path="xcomposer"),
     ],
     ui.t("nav.section.system"): [

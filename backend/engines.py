@@ -31,6 +31,17 @@ ENGINES: dict[str, dict] = {
         "gpu_only": True,
         "doc": "LMDeploy TurboMind serving (CUDA only; pins torch<=2.12.1)",
     },
+    "lagent": {
+        # lagent 0.2.4 pins old packages (griffe<1, duckduckgo-search 5.3.1b1) and pulls jupyter, streamlit,
+        # vllm-era extras it does not import for a ReAct agent over an OpenAI API: --no-deps, with what it
+        # imports; numpy, pandas and matplotlib are for the model's code in the interpreter.
+        "requirements": ["requests", "json5", "jsonschema", "func-timeout", "griffe<1.0", "phx-class-registry==4.1.0",
+                         "termcolor", "tiktoken", "timeout-decorator", "distro", "filelock", "typing-extensions",
+                         "beautifulsoup4", "cachetools", "duckduckgo-search==5.3.1b1", "numpy", "pandas",
+                         "matplotlib", "pydantic>=2"],
+        "no_deps": ["lagent==0.2.4"],
+        "doc": "Lagent agents (old pins: installed with --no-deps) over the OpenAI API",
+    },
     "xcomposer": {
         "requirements": ["torch==2.13.0", "transformers==4.40.2", "accelerate", "einops", "pillow",
                          "sentencepiece", "pydantic>=2"],

@@ -234,6 +234,18 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.serve.no_model": {"en": 'name a model to serve (or an adapter whose base model is registered)', "zh": '请指定要部署的模型（或一个基座模型已注册的适配器）'},
     "err.serve.lmdeploy_gpu": {"en": 'LMDeploy runs on CUDA GPUs only and this machine has none: serve with the transformers engine instead', "zh": 'LMDeploy 只能在 CUDA GPU 上运行，而本机没有 GPU：请改用 transformers 引擎部署'},
     "err.serve.lmdeploy_cpu": {"en": 'LMDeploy cannot serve on the CPU: choose device auto or cuda', "zh": 'LMDeploy 无法在 CPU 上部署：请选择 device auto 或 cuda'},
+    "err.serve.lmdeploy_only": {"en": "{fields} is an LMDeploy setting (KV-cache quantisation, CUDA only): choose engine lmdeploy on a GPU machine, or leave it at none",
+                                "zh": "{fields} 是 LMDeploy 的设置（KV 缓存量化，仅限 CUDA）：请在有 GPU 的机器上选择 lmdeploy 引擎，或保持为 none"},
+    "err.quantize.no_model": {"en": "no model named {name!r} in the registry", "zh": "模型库中没有名为 {name!r} 的模型"},
+    "err.quantize.name_taken": {"en": "a model named {name!r} already exists: choose another name", "zh": "名为 {name!r} 的模型已存在：请换一个名字"},
+    "err.quantize.awq_needs_gpu": {"en": "LMDeploy AWQ (W4A16) quantises on CUDA GPUs only and this machine has none: choose method bnb_nf4 (4-bit weights the CPU server loads) instead",
+                                   "zh": "LMDeploy AWQ（W4A16）只能在 CUDA GPU 上量化，而这台机器没有 GPU：请改用 bnb_nf4 方法（CPU 服务可加载的 4 位权重）"},
+    "err.agent.target": {"en": "name either a live endpoint or an outside URL for the agent to talk to", "zh": "请为智能体指定一个运行中的端点或一个外部 URL（二选一）"},
+    "err.agent.model": {"en": "name the model to ask at that URL", "zh": "请填写该 URL 上要调用的模型名"},
+    "err.agent.no_endpoint": {"en": "no live endpoint named {name!r}: start a model server on the Chat page first", "zh": "没有名为 {name!r} 的运行中端点：请先在“对话”页启动模型服务"},
+    "err.agent.engine_missing": {"en": "the lagent engine is not installed: run an engine_install job for it first", "zh": "lagent 引擎尚未安装：请先运行一个 engine_install 任务"},
+    "err.deploy.clients_failed": {"en": "{failed} of {clients} clients got no answer: {error}", "zh": "{clients} 个客户端中有 {failed} 个没有收到回答：{error}"},
+    "err.deploy.no_server": {"en": "no live server serves {model}: start one (continuous batching on) first", "zh": "没有运行中的服务在提供 {model}：请先启动一个（开启连续批处理）"},
     "err.serve.lmdeploy_missing": {"en": 'the lmdeploy engine is not installed: run an engine_install job for it first', "zh": 'lmdeploy 引擎尚未安装：请先运行一个 engine_install 任务安装它'},
     "err.vlm.model_or_folder": {"en": 'give either a registry model or a folder, not both', "zh": '请指定模型库中的模型或一个文件夹，不能同时指定'},
     "err.vlm.no_model": {"en": 'name an image-text model (registry name or folder)', "zh": '请指定一个图文模型（模型库名称或文件夹）'},
@@ -739,6 +751,43 @@ STRINGS: dict[str, dict[str, str]] = {
     "ft.est.long": {"en": "This run would take about {minutes} minutes here. For a first try, lower max_steps, epochs "
                           "or max_samples, or pick the CPU quick demo preset.",
                     "zh": "此次运行在本机约需 {minutes} 分钟。首次尝试请调低 max_steps、epochs 或 max_samples，或选择 CPU 快速演示预设。"},
+    "nav.deploy": {"en": "Deploy", "zh": "部署"},
+    "deploy.intro": {"en": "Quantise a model and compare its variants side by side: weights on disk, memory held by "
+                           "the server, time to first token, tokens/s with one client and with 8 at once (continuous "
+                           "batching), and an evaluation score when one run measured them all. Ratios are against the "
+                           "original.",
+                     "zh": "量化模型并并排比较各版本：磁盘上的权重、服务进程占用的内存、首字延迟、单客户端与 8 个并发客户端"
+                           "（连续批处理）的 tokens/s，以及同一次评测覆盖全部版本时的得分。倍数相对原始模型。"},
+    "deploy.model": {"en": "Model", "zh": "模型"},
+    "deploy.quantize": {"en": "Quantize this model", "zh": "量化该模型"},
+    "deploy.method": {"en": "Method", "zh": "方法"},
+    "deploy.method.bnb_nf4": {"en": "bitsandbytes NF4 (4-bit weights, CPU or GPU)",
+                              "zh": "bitsandbytes NF4（4 位权重，CPU 或 GPU）"},
+    "deploy.method.awq_w4a16": {"en": "LMDeploy AWQ W4A16 (CUDA only)", "zh": "LMDeploy AWQ W4A16（仅 CUDA）"},
+    "deploy.calib": {"en": "Calibration set", "zh": "校准数据集"},
+    "deploy.samples": {"en": "Calibration samples", "zh": "校准样本数"},
+    "deploy.group": {"en": "Group size", "zh": "分组大小"},
+    "deploy.quantize.go": {"en": "Quantize", "zh": "开始量化"},
+    "deploy.col.model": {"en": "variant", "zh": "版本"},
+    "deploy.col.method": {"en": "method", "zh": "方法"},
+    "deploy.col.disk": {"en": "weights on disk", "zh": "磁盘权重"},
+    "deploy.col.memory": {"en": "server memory (GB)", "zh": "服务内存 (GB)"},
+    "deploy.col.ttft": {"en": "first token (ms)", "zh": "首字延迟 (ms)"},
+    "deploy.col.tps1": {"en": "tokens/s, 1 client", "zh": "tokens/s，1 个客户端"},
+    "deploy.col.tpsn": {"en": "tokens/s, 8 clients", "zh": "tokens/s，8 个客户端"},
+    "deploy.col.kv": {"en": "KV cache budget", "zh": "KV 缓存预算"},
+    "deploy.col.score": {"en": "eval score", "zh": "评测得分"},
+    "deploy.kv_note": {"en": "The servers started here use continuous batching; its KV cache is sized from the memory "
+                             "free when the server starts (cb_memory_share of it, 10% by default), on the CPU and on "
+                             "a GPU slice alike.",
+                       "zh": "此处启动的服务使用连续批处理；其 KV 缓存按服务启动时的空闲内存确定（取其 cb_memory_share，"
+                             "默认 10%），CPU 与 GPU 切片都一样。"},
+    "deploy.eval_link": {"en": "score from evaluation run {run}", "zh": "得分来自评测 {run}"},
+    "deploy.measure": {"en": "Measure", "zh": "测量"},
+    "deploy.measuring": {"en": "Measuring {model}: one client, then 8 at once…", "zh": "正在测量 {model}：先单客户端，再 8 个并发…"},
+    "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
+    "deploy.start": {"en": "Start a server", "zh": "启动服务"},
+    "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
     # ---- end of table ----
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backend import defaults, engines, models
 
-TEST_ENGINES = ["opencompass"]
+TEST_ENGINES = ["opencompass", "lagent"]
 TEST_ENGINES_DIR = defaults.ROOT / ".cache" / "envs"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would shadow the standard library
-PROMPT = "Explain in a few sentences why the sky is blue."
-
-
-def median_of(repeat: int, fn) -> tuple[float, float]:
-    """Median tokens/s and median TTFT of ``repeat`` calls of ``fn() -> (tok/s, ttft)``."""
-    runs = [fn() for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+from backend.deploy import PROMPT, median_of
+from backend.deploy import concurrent as through_server
 
 
 def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
@@ -58,52 +52,30 @@ def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
         return median_of(repeat, once)
 
 
-def through_server(ep: dict, tokens: int, clients: int) -> tuple[float, float]:
-    """Aggregate completion tokens/s of ``clients`` concurrent greedy streams, and the mean TTFT."""
-    from openai import OpenAI
-    client = OpenAI(base_url=ep["url"], api_key="none", max_retries=0)
-    got: list = []
-
-    def one():
-        t0 = time.perf_counter()
-        ttft, usage = None, None
-        stream = client.chat.completions.create(
-            model=ep["model"], messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens,
-            temperature=0, stream=True, extra_body={"generation_config": f'{{"min_new_tokens": {tokens}, '
-                                                                         f'"max_new_tokens": {tokens}, "do_sample": false}}'})
-        n = 0
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                ttft = ttft or time.perf_counter() - t0
-                n += 1
-            if chunk.usage:
-                usage = chunk.usage.completion_tokens
-        got.append((usage or n, ttft))
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=one) for _ in range(clients)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    wall = time.perf_counter() - t0
-    return sum(n for n, _ in got) / wall, sum(t for _, t in got) / len(got)
-
-
 def serve(home: Path, model: str, cb: bool) -> tuple[subprocess.Popen, dict]:
+    worker, eps = serve_many(home, [model], cb)
+    return worker, eps[0]
+
+
+def serve_many(home: Path, models: list[str], cb: bool) -> tuple[subprocess.Popen, list[dict]]:
+    """A serve job per model and one worker with a CPU slot for each; their endpoints once all are live."""
     from backend import chat, queue
-    job_id = queue.submit("serve", {"model": model, "continuous_batching": cb}, home=home)
+    ids = [queue.submit("serve", {"model": m, "continuous_batching": cb}, home=home) for m in models]
     worker = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT, env=dict(os.environ, WORKBENCH_HOME=str(home)),
-                              start_new_session=True)
+                              stderr=subprocess.STDOUT, start_new_session=True,
+                              env=dict(os.environ, WORKBENCH_HOME=str(home), WORKBENCH_CPU_SLOTS=str(len(ids))))
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        ep = chat.serve_job_endpoint(job_id, home)
-        if ep:
-            return worker, ep
-        if queue.get(job_id, home)["state"] in ("failed", "cancelled", "lost"):
+        eps = [chat.serve_job_endpoint(i, home) for i in ids]
+        if all(eps):
+            return worker, eps
+        failed = [i for i in ids if queue.get(i, home)["state"] in ("failed", "cancelled", "lost")]
+        if failed:
             break
         time.sleep(0.5)
     worker.terminate()
-    raise SystemExit(f"serve job {job_id} did not come up: {queue.get(job_id, home)['error_message']}")
+    raise SystemExit(f"serve jobs {ids} did not come up: " + "; ".join(
+        str(queue.get(i, home)["error_message"]) for i in ids))
 
 
 def stop(worker: subprocess.Popen) -> None:
@@ -111,14 +83,15 @@ def stop(worker: subprocess.Popen) -> None:
     worker.wait(60)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def setup(prog: str, tokens: int, repeat: int):
+    """Arguments, a fresh workspace and the model registered in it as "bench": (args, home, model folder)."""
+    ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument("--model", help="a model folder (default: the bundled SmolLM2)")
-    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--tokens", type=int, default=tokens)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=repeat)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    home = Path(tempfile.mkdtemp(prefix=f"bench-{prog}-"))
     os.environ["WORKBENCH_HOME"] = str(home)
     from backend.store import open_store
     if args.model:
@@ -127,6 +100,11 @@ def main() -> None:
         from backend.models import ensure_bundled
         path = ensure_bundled(home=home, log=lambda *a: None)
     open_store(home).put("model", "bench", str(path))
+    return args, home, path
+
+
+def main() -> None:
+    args, home, path = setup("chat", 48, 5)
 
     base_tps, base_ttft = in_process(path, args.tokens, args.repeat)
     print(f"in-process generate: {base_tps:6.1f} tok/s, TTFT {base_ttft * 1000:6.0f} ms")

@@ -25,7 +25,8 @@ from pathlib import Path
 from backend import engines, remote_code, server_auth
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.registry import endpoint_meta
-from backend.specs.serve import Spec, resolve
+from backend.resources import gpus
+from backend.specs.serve import QUANT_POLICY, Spec, kv_budget, resolve
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 
@@ -33,6 +34,7 @@ READY_POLL_S = 0.5
 STOP_GRACE_S = 5.0
 IDLE_POLL_S = 1.0
 WEIGHTS = re.compile(r"Loading weights:\s+(\d+)%")
+CB_MEMORY = re.compile(r"Memory footprint \d+ is more than available memory|CB worker died")
 REQUEST = re.compile(r'"POST /v1/(chat/)?completions HTTP/[\d.]+" 200')
 
 
@@ -62,7 +64,19 @@ def merge_adapter(model: dict, adapter: dict, out: Path, job: Job, remote: bool)
     return out
 
 
-def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, remote: bool, key: str) -> list[str]:
+def free_memory(device: str) -> tuple[int, int]:
+    """(bytes free now, bytes in all) of the RAM (CPU) or of the GPU this job was given (CUDA)."""
+    if device == "cuda":          # NVML, not torch: a CUDA context here would hold memory all along
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0]
+        gpu = next((g for g in gpus() if str(g.index) == visible), None) or gpus()[0]
+        return int((gpu.total_gb - gpu.used_gb) * 2**30), int(gpu.total_gb * 2**30)
+    import psutil
+    vm = psutil.virtual_memory()
+    return vm.available, vm.total
+
+
+def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, remote: bool, key: str,
+            cb_percent: float = 0.0) -> list[str]:
     """The server's command line. transformers serves one model forced, or several on demand (requests
     name the folder), none unloaded while the job runs; LMDeploy serves the first (it loads tokenizers
     with remote code and has no switch for it: a model with its own code is refused without the opt-in)."""
@@ -71,13 +85,14 @@ def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, 
         return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
                 "--server-name", "127.0.0.1", "--server-port", str(port), "--backend", "turbomind",
                 "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
-                "--log-level", "INFO", "--api-keys", key]
+                "--quant-policy", str(QUANT_POLICY[spec.kv_quant]), "--log-level", "INFO", "--api-keys", key]
     models = [str(path)] if len(paths) == 1 else ["--model-timeout", str(10**9)]
     cmd = [sys.executable, "-m", "jobs.serve_keyed", "serve", *models, "--host", "127.0.0.1",
            "--port", str(port), "--device", device, "--dtype", spec.dtype,
            "--trust-remote-code" if remote else "--no-trust-remote-code"]
     if spec.continuous_batching:
-        cmd += ["--continuous-batching", "--cb-num-blocks", str(spec.cb_blocks), "--cb-max-batch-tokens", "512"]
+        cmd += ["--continuous-batching", "--cb-max-batch-tokens", "512", "--cb-max-memory-percent", str(cb_percent)]
+        cmd += ["--cb-num-blocks", str(spec.cb_blocks)] if spec.cb_blocks else []
     return cmd
 
 
@@ -127,6 +142,10 @@ class Server:
 
     def failure(self) -> JobError:
         tail = "\n".join(self.lines[-10:])
+        if CB_MEMORY.search(tail):
+            return JobError(f"continuous batching could not fit its KV cache in memory:\n{tail}", OUT_OF_MEMORY,
+                            "set cb_blocks to 0 (sized from the memory free) or fewer blocks, or a lower "
+                            "cb_memory_share; or serve without continuous batching")
         if OOM_TEXT.search(tail):
             return JobError(f"the model server ran out of memory:\n{tail}", OUT_OF_MEMORY,
                             "use a smaller model, a lower cache_max_entry_count, or another GPU")
@@ -170,6 +189,8 @@ def one_token(server: Server, base: str, model: str, deadline: float) -> None:
             "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
             timeout=max(10.0, deadline - time.monotonic()), key=server.key)
     except urllib.error.HTTPError as e:
+        if CB_MEMORY.search("\n".join(server.lines)):
+            raise server.failure() from None
         raise JobError(f"the model server answered the health check with HTTP {e.code}: "
                        f"{e.read().decode(errors='replace')[:500]}", CRASH) from None
     except OSError as e:
@@ -219,7 +240,14 @@ def main(spec: Spec, job: Job) -> dict:
         base = f"http://127.0.0.1:{port}"
         job.progress(0, 100, "%", f"starting {spec.engine} on {device}", force=True)
         key = server_auth.new_key()
-        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0], remote, key), job, key)
+        cb = spec.continuous_batching and spec.engine == "transformers"
+        cb_percent, kv = kv_budget(spec, device, *free_memory(device)) if cb else (0.0, 0)
+        if cb:
+            job.message(f"continuous batching: KV cache and batch buffers sized within {kv / 2**30:.1f} GB "
+                        f"({spec.cb_memory_share:.0%} of the memory free now)" +
+                        (f", {spec.cb_blocks} blocks asked" if spec.cb_blocks else ""))
+        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0], remote, key, cb_percent),
+                        job, key)
         t0 = time.monotonic()
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)
         for (ep_name, path, source), model_id in zip(served, ids):
@@ -229,6 +257,8 @@ def main(spec: Spec, job: Job) -> dict:
                 config.get("max_position_embeddings"),
                 tokenizer=str(path / "tokenizer.json") if (path / "tokenizer.json").exists() else "",
                 continuous_batching=spec.continuous_batching, generation=generation_defaults(path),
+                kv_cache_gb=round(kv / 2**30, 2) if cb else None,
+                kv_quant=spec.kv_quant if spec.engine == "lmdeploy" else None,
                 api_key=key, idle_stop_s=server_auth.idle_limit_s(device),
                 **({"base_of": name} if ep_name != name else {}))
         register(store, endpoints, job_id, owner)

@@ -76,7 +76,9 @@ with st.container(key="chat_endpoints"):
         c = st.columns([3, 3, 2, 1, 1, 1, 1], vertical_alignment="center")
         c[0].markdown(f"**{ep['name']}**")
         c[1].caption(ep.get("source") or ep["model"])
-        c[2].caption(f"{ep['engine']} · {ep['device']}")
+        c[2].caption(f"{ep['engine']} · {ep['device']}" + (ui.t("chat.kv_budget", gb=ep["kv_cache_gb"])
+                                                           if ep.get("kv_cache_gb") else ""),
+                     help=ui.t("deploy.kv_note") if ep.get("kv_cache_gb") else None)
         c[3].caption(ui.duration(chat.uptime_s(ep)))
         c[4].caption(ui.t("chat.requests", n=ep.get("requests", 0)))
         c[5].page_link("pages/jobs.py", label=ui.t("chat.job", id=ep["job_id"]), query_params={"job": ep["job_id"]})

@@ -153,3 +153,58 @@ def test_check_prompt_refuses_before_sending(tiny_model):
     assert e.value.key == "chat.too_long" and e.value.fmt["limit"] == 512 and e.value.fmt["n"] > 512
     chat.check_prompt(ep, chat.build_messages([], "hi"), 16)
     chat.check_prompt({**ep, "tokenizer": None}, chat.build_messages([], "word " * 600), 16)   # unknown: the server decides
+
+
+@pytest.mark.slow
+def test_continuous_batching_sized_from_free_memory_answers_8_clients(home, worker, tiny_registered):
+    """The CB cache is sized from the memory free when the server starts (transformers' own default asked
+    60% of total RAM and died at the first request on a busy machine): the server comes up, says its
+    budget, and answers 8 clients at once; a cache asked beyond the memory fails with a sentence."""
+    import psutil
+    job_id = queue.submit("serve", {"model": "tiny", "continuous_batching": True}, home=home)
+    ep = endpoint_of(home, job_id, timeout=300)
+    assert ep["continuous_batching"] and 0 < ep["kv_cache_gb"] <= 0.25 * psutil.virtual_memory().total / 2**30
+    results: dict = {}
+
+    def client(i):
+        try:
+            results[i] = answer(ep, f"Question {i}: what is 1 + {i}?")[1]["tokens"]
+        except chat.ChatError as e:
+            results[i] = e
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join(180) for t in threads]
+    assert [results.get(i) for i in range(8)] and all(isinstance(results.get(i), int) and results[i] >= 1
+                                                     for i in range(8)), results
+    queue.cancel(job_id, home)
+    wait_for(lambda: queue.get(job_id, home)["state"] == "cancelled", 30, 0.2, "the job to be cancelled")
+
+    job_id = queue.submit("serve", {"model": "tiny", "continuous_batching": True, "cb_blocks": 10**7,
+                                    "cb_memory_share": 0.01}, home=home)
+    wait_for(lambda: queue.get(job_id, home)["state"] == "failed", 300, 0.5, "the oversized cache to fail")
+    job = queue.get(job_id, home)
+    assert job["error_class"] == "out_of_memory" and "could not fit its KV cache" in job["error_message"]
+
+
+def test_kv_budget_and_lmdeploy_settings():
+    from backend.specs.serve import Spec, kv_budget
+    spec = Spec(model="m", continuous_batching=True, cb_memory_share=0.25)
+    assert kv_budget(spec, "cpu", free=8 * 2**30, total=32 * 2**30) == (0.0625, 2 * 2**30)   # of free, not total
+    assert kv_budget(spec, "cuda", free=8 * 2**30, total=80 * 2**30) == (0.25, 2 * 2**30)
+
+
+def test_lmdeploy_kv_quant_is_refused_without_gpu(home, tiny_registered):
+    with pytest.raises(queue.SubmitError, match="CUDA GPUs only"):
+        queue.submit("serve", {"model": "tiny", "engine": "lmdeploy", "kv_quant": "int8"}, home=home)
+    with pytest.raises(queue.SubmitError, match="kv_quant is an LMDeploy setting"):
+        queue.submit("serve", {"model": "tiny", "kv_quant": "int4"}, home=home)
+
+
+def test_lmdeploy_command_carries_kv_quant_and_cache_share(tmp_path):
+    from jobs.serve import command
+    from backend.specs.serve import Spec
+    cmd = command(Spec(model="m", engine="lmdeploy", kv_quant="int4", cache_max_entry_count=0.3), [tmp_path], 8000,
+                  "cuda", "m #1", False, "k")
+    assert cmd[cmd.index("--quant-policy") + 1] == "4" and cmd[cmd.index("--cache-max-entry-count") + 1] == "0.3"
+    cmd = command(Spec(model="m", continuous_batching=True), [tmp_path], 8000, "cpu", "m", False, "k", 0.05)
+    assert cmd[cmd.index("--cb-max-memory-percent") + 1] == "0.05" and "--cb-num-blocks" not in cmd

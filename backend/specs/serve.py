@@ -22,8 +22,10 @@ class Spec(BaseModel):
     name: str = Field("", max_length=120)  # endpoint name; default "<model>[+<adapter>] #<job id>"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     continuous_batching: bool = False     # transformers: batch concurrent requests (sampling settings are shared)
-    cb_blocks: int = Field(512, ge=16)    # transformers CB: KV cache blocks of 32 tokens
+    cb_blocks: int = Field(0, ge=0)       # transformers CB: KV cache blocks of 32 tokens; 0 = sized from free memory
+    cb_memory_share: float = Field(0.1, gt=0, le=0.9)   # transformers CB: share of the memory free at start for it
     cache_max_entry_count: float = Field(0.5, gt=0, le=0.95)   # lmdeploy: share of free GPU memory for KV cache
+    kv_quant: Literal["none", "int8", "int4"] = "none"   # lmdeploy: KV-cache quantisation (--quant-policy 0/8/4)
     ready_timeout_s: float = Field(900, gt=0)
 
 
@@ -54,6 +56,20 @@ def weights_gb(path: str | Path) -> float:
         sum(f.stat().st_size for f in Path(path).glob("*.bin")) / 2**30
 
 
+QUANT_POLICY = {"none": 0, "int8": 8, "int4": 4}
+
+
+def kv_budget(spec: Spec, device: str, free: int, total: int) -> tuple[float, int]:
+    """Continuous batching's KV-cache budget from the memory really free when the server starts: (the
+    ``--cb-max-memory-percent`` to pass, the budget in bytes). transformers sizes the cache (its blocks,
+    the batch's activations and masks) to fit ``percent`` of, on CUDA, the memory free once the weights are
+    loaded, and on the CPU, total RAM less its own process; left to its default (60% of total RAM) it
+    asked more than the free RAM of a shared machine and died at the first request."""
+    budget = int(spec.cb_memory_share * free)
+    percent = spec.cb_memory_share if device == "cuda" else budget / max(total, 1)
+    return round(max(percent, 1e-4), 4), budget
+
+
 def resources(spec: Spec) -> dict:
     """CPU: one heavy slot. GPU: one GPU and a memory estimate. LMDeploy needs CUDA: refuse without it."""
     model, _ = resolve(spec)
@@ -65,6 +81,9 @@ def resources(spec: Spec) -> dict:
             raise UserError("err.serve.lmdeploy_cpu")
         if not engines.installed("lmdeploy"):
             raise UserError("err.serve.lmdeploy_missing")
+    lmdeploy_only = [f for f in ("kv_quant",) if getattr(spec, f) != Spec.model_fields[f].default]
+    if lmdeploy_only and spec.engine != "lmdeploy":
+        raise UserError("err.serve.lmdeploy_only", fields=", ".join(lmdeploy_only))
     if spec.device == "cuda" and not gpu_list:
         raise UserError("err.spec.no_cuda")
     if not gpu_list:
@@ -75,4 +94,6 @@ def resources(spec: Spec) -> dict:
         mem = w + spec.cache_max_entry_count * max(total - w, 0)
     else:                           # with an adapter: the merged copy and the base, both loaded
         mem = w * 1.2 * (2 if spec.adapter else 1) + 1.0
+        if spec.continuous_batching:    # its KV budget: a share of what is free once loaded (kv_budget)
+            mem += spec.cb_memory_share * max(max(g.total_gb for g in gpu_list) - mem, 0)
     return {"gpus": 1, "gpu_mem_gb": round(mem, 1)}

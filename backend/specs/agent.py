@@ -1,0 +1,54 @@
+"""The agent job's spec (jobs/agent.py): a Lagent ReAct agent against a live workbench endpoint or an
+outside OpenAI-compatible URL, with a Python interpreter that runs under hard limits (jobs/sandbox.py)."""
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend import chat, engines
+from backend.errors import UserError
+
+KEY_SECRET = "OPENAI_API_KEY"      # an outside URL's key: passed as a secret, never in the spec
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endpoint: str = ""                # a live workbench endpoint (Chat page)
+    url: str = ""                     # or an OpenAI-compatible base URL (…/v1); its key: the OPENAI_API_KEY secret
+    model: str = ""                   # the model id at that URL
+    prompt: str = Field(min_length=1, max_length=20000)
+    history: list[dict] = []          # earlier turns: [{"role": "user"|"assistant", "content": ...}]
+    tools: list[Literal["python"]] = ["python"]
+    max_turns: int = Field(6, ge=1, le=20)        # model calls before it must answer
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(512, ge=16, le=4096)
+    cpu_s: int = Field(10, ge=1, le=600)          # interpreter limits, per call
+    memory_mb: int = Field(1024, ge=64, le=16384)
+    wall_s: int = Field(30, ge=1, le=1800)
+    output_kb: int = Field(64, ge=1, le=4096)
+
+
+def target(spec: Spec) -> dict:
+    """The endpoint the agent talks to: a live one from the store, or the outside URL as given."""
+    if bool(spec.endpoint) == bool(spec.url):
+        raise UserError("err.agent.target")
+    if spec.url:
+        u = urlparse(spec.url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise UserError("err.spec.url", value=spec.url)
+        if not spec.model:
+            raise UserError("err.agent.model")
+        return {"url": spec.url.rstrip("/"), "model": spec.model, "api_key": ""}
+    ep = next((e for e in chat.endpoints() if e["name"] == spec.endpoint), None)
+    if ep is None:
+        raise UserError("err.agent.no_endpoint", name=spec.endpoint)
+    return ep
+
+
+def resources(spec: Spec) -> dict:
+    target(spec)
+    if not engines.installed("lagent"):
+        raise UserError("err.agent.engine_missing")
+    return {"cpu_slots": 0}
