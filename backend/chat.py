@@ -38,15 +38,13 @@ class ChatError(UserError):
 
 # -- endpoints ----------------------------------------------------------------------------------
 def live_endpoints(home: Path | None = None) -> list[dict]:
-    """Every registered endpoint whose job is running (serve and vlm), newest first. Entries whose
-    job has ended (killed before it could clean up) are removed."""
+    """Every registered endpoint whose job is running (serve and vlm), newest first. Entries whose job
+    ended without removing them (killed first) are skipped here and removed by the worker's sweep."""
     store = open_store(home)
     out = []
     for e in store.items("endpoint"):
         job = store.job(e.job_id) if e.job_id else None
-        if job is None or job.finished:
-            store.delete("endpoint", e.name)
-        elif job.state == JobState.RUNNING:
+        if job is not None and job.state == JobState.RUNNING:
             out.append({"name": e.name, **e.meta, "owner": e.owner})
     return out
 

@@ -28,13 +28,32 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend import defaults, engines, errors, executors, job_env, kinds, logs, procs, queue, resources
-from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_OK, LOST, MISSING_ENGINE, TIMEOUT
-from backend.procs import become_subreaper, children, kill_group, pid_alive
+from backend import (
+    defaults,
+    engines,
+    errors,
+    executors,
+    job_env,
+    kinds,
+    logs,
+    procs,
+    queue,
+    resources,
+)
+from backend.errors import (
+    BAD_INPUT,
+    CANCELLED,
+    CRASH,
+    EXIT_OK,
+    LOST,
+    MISSING_ENGINE,
+    TIMEOUT,
+)
 from backend.paths import job_dir, queue_wake_file
+from backend.procs import become_subreaper, children, kill_group, pid_alive
+from backend.registry import RegistryType
 from backend.states import PENDING, JobState
 from backend.store import Store, open_store
-
 
 WAKE_S = 0.02
 
@@ -170,6 +189,7 @@ class Worker:
                 self._guard(f"job {r.job_id}'s log", logs.cap_log, job_dir(r.job_id, self.home) / "run.log")
             self.sweep_lost()
             self.sweep_secrets()
+            self.sweep_endpoints()
             self.reap_orphans()
         if not self.stopping:
             self.schedule()
@@ -276,8 +296,15 @@ class Worker:
         """Secrets of jobs that ended without launching (cancelled while queued from anywhere, lost...)."""
         for path in (self.home / "jobs").glob(f"*/{job_env.SECRETS_FILE}"):
             job = self.store.job(int(path.parent.name)) if path.parent.name.isdigit() else None
-            if job is not None and JobState(job.state).finished:      # no row yet: a submit in progress
+            if job is not None and job.finished:      # no row yet: a submit in progress
                 job_env.discard(path.parent)
+
+    def sweep_endpoints(self) -> None:
+        """Endpoints whose serving job ended without removing them (it was killed first)."""
+        for e in self.store.items(RegistryType.ENDPOINT):
+            job = self.store.job(e.job_id) if e.job_id else None
+            if job is None or job.finished:
+                self.store.delete(RegistryType.ENDPOINT, e.name, job_id=e.job_id)
 
     def schedule(self) -> None:
         cap, caps = defaults.setting("USER_MAX_RUNNING"), queue.running_caps(self.home)

@@ -22,11 +22,6 @@ MODELS_JOB, MODELS_CONFIRM = "models_job", "models_confirm"
 DS_STATE = "ds_state"                     # per-dataset results (validation, convert, split, stats job)
 
 
-def events(job_id: int) -> str:
-    """A job's event reader kept between reruns."""
-    return f"events-{job_id}"
-
-
 def job_view(job_id: int) -> str:
     """A job's live view (a backend.live.Viewer) kept between reruns."""
     return f"jobview-{job_id}"

@@ -291,3 +291,16 @@ def test_secrets_reach_the_job_env_only(home):
     assert not (paths.job_dir(job) / "secrets.json").exists()
     assert "hf_secret_123" not in json.dumps(queue.get(job).as_dict())
     assert "hf_secret_123" not in (paths.job_dir(job) / "spec.json").read_text()
+
+
+def test_the_worker_sweeps_endpoints_whose_job_ended(home):
+    """A server killed before it could remove its endpoint: pages never list it, and the worker's sweep
+    (not a page reading) removes it."""
+    from backend import chat
+    store = open_store(home)
+    dead = store.insert_job("sleepy", "ann", {}, {})
+    store.request_cancel(dead)                                   # ended (cancelled while queued)
+    store.put("endpoint", "stale", "/nowhere", {"url": "http://127.0.0.1:9/v1"}, job_id=dead)
+    assert chat.live_endpoints(home) == [] and store.get("endpoint", "stale") is not None
+    run_burst(home)
+    assert store.get("endpoint", "stale") is None
