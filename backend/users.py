@@ -97,6 +97,18 @@ def may_see(owner: str, who: User | str | None) -> bool:
     return may_manage(owner, who) or owner == "" or mode() == "none"
 
 
+def is_instructor(name: str) -> bool:
+    """Whether ``name`` acts as an instructor (an account's role; without accounts, WORKBENCH_INSTRUCTORS)."""
+    user = acting(name) if name else None
+    return bool(user and user.instructor)
+
+
+def may_use(owner: str, who: User | str | None) -> bool:
+    """What a student may see and use: their own things, shared ones (``owner == ''``) and what an
+    instructor made (shared with the class: their servers, evaluations, drafts, datasets)."""
+    return may_see(owner, who) or is_instructor(owner)
+
+
 def refuse(who: User | str | None, action: str, target: str, error: Refused):
     """Record a refusal in the audit log (in English) and raise it (``error``: a Refused with its key)."""
     audit(actor(who), "refused", target, detail=f"{action}: {error}")

@@ -19,7 +19,7 @@ st.session_state.setdefault(S_HISTORY, [])
 def starting(job_id: int) -> None:
     """A vlm job coming up: its state until its endpoint is live."""
     job = queue.get(job_id)
-    if any(e["job_id"] == job_id for e in vlm.endpoints()):
+    if any(e["job_id"] == job_id for e in vlm.endpoints(by=ui.user())):
         st.session_state.pop(S_STARTING, None)
         st.rerun(scope="app")
     with st.container(key="xc_starting", border=True):
@@ -31,7 +31,7 @@ def starting(job_id: int) -> None:
                 st.rerun(scope="app")
 
 
-live = vlm.endpoints()
+live = vlm.endpoints(by=ui.user())
 with st.container(key="xc_endpoint", border=True):
     if live:
         names = [e["name"] for e in live]
@@ -100,7 +100,7 @@ def image_chat() -> None:
             st.markdown(prompt)
         with st.chat_message("assistant"), st.container(key="xc_answer"):
             text = shown(lambda: vlm.stream(ep, [{**m, "images": [compose.resolve(p) for p in m.get("images") or []]}
-                                                 for m in history + [user]], **sampling))
+                                                 for m in history + [user]], by=ui.user(), **sampling))
             if text is not None:
                 history += [user, {"role": "assistant", "content": text}]
 
@@ -117,7 +117,8 @@ def shown(answer) -> str | None:
 
 def streamed(prompt: str, pics: list | None = None) -> str | None:
     """The endpoint's answer to one prompt, streamed on the page; None (error shown) on failure."""
-    return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p) for p in pics or []], **sampling))
+    return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p) for p in pics or []], by=ui.user(),
+                                       **sampling))
 
 
 def composer() -> None:

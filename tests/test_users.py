@@ -235,3 +235,45 @@ def test_instructor_console_roster_progress_announcement_and_quotas(home, klass)
     assert queue.running_caps(home) == {"bob": 2}
     out = cli(home, "users", "quota", "bob", "--queued", "-1")
     assert out.stdout.strip() == "bob: running 2, queued no cap (class default)"
+
+
+def running_server(home, owner: str, name: str, engine: str = "transformers") -> int:
+    """A running job of ``owner`` with an endpoint registered the way jobs/serve.py registers its own
+    (nothing listens at the URL: what is tested is who may reach it)."""
+    from jobs.serve import register
+    store = open_store(home)
+    job = queue.submit("sleepy", {"steps": 1}, owner=owner)
+    assert store.claim(job, "w", {})
+    store.transition(job, "running")
+    url = f"http://127.0.0.1:9/{name}/v1"
+    register(store, {name: (home, {"url": url, "model": name, "engine": engine, "device": "cpu", "job_id": job})},
+             job, owner)
+    return job
+
+
+def test_students_chat_with_their_own_and_the_instructors_servers_only(home, klass):
+    from backend import chat, vlm
+    ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
+    for owner in ("ann", "bob", "teach"):
+        running_server(home, owner, f"{owner}-llm")
+        running_server(home, owner, f"{owner}-vlm", engine="vlm")
+    names = lambda eps: {e["name"] for e in eps}                       # noqa: E731
+    assert names(chat.endpoints(by=bob)) == {"bob-llm", "teach-llm"}
+    assert names(vlm.endpoints(by=bob)) == {"bob-vlm", "teach-vlm"}
+    assert names(chat.endpoints(by=teach)) == {"ann-llm", "bob-llm", "teach-llm"}
+    every = {e["name"]: e for e in chat.live_endpoints(by=teach)}
+    msgs = [{"role": "user", "content": "hi"}]
+    for call in (lambda: list(chat.stream_chat(every["ann-llm"], msgs, by=bob)),
+                 lambda: list(chat.stream_chat({**every["ann-llm"], "name": "mine", "external": True}, msgs,
+                                               by=bob)),            # the same server as an "outside URL"
+                 lambda: list(vlm.stream(every["ann-vlm"], msgs, by=bob))):
+        with pytest.raises(users.Refused, match="the server ann-.* is another student's"):
+            call()
+    with pytest.raises(chat.ChatError):                                # what the Chat page catches
+        list(chat.stream_chat(every["ann-llm"], msgs, by="bob"))
+    for who, ep in ((ann, "ann-llm"), (bob, "teach-llm"), (teach, "ann-llm")):   # allowed: it gets as far
+        with pytest.raises(chat.ChatError, match="cannot reach") as e:                # as the (absent) server
+            list(chat.stream_chat(every[ep], msgs, by=who))
+        assert not isinstance(e.value, users.Refused)
+    refused = [r for r in users.audit_log("refused") if r["target"].startswith("endpoint")]
+    assert [r["actor"] for r in refused] == ["bob"] * 4
