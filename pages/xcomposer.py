@@ -122,9 +122,16 @@ def streamed(prompt: str, pics: list | None = None) -> str | None:
 
 
 def composer() -> None:
-    drafts = {d["id"]: d for d in compose.drafts(owner=ui.owner())}
+    drafts = {d["id"]: d for d in compose.drafts(by=ui.user())}
     ids = ["", *drafts]
     current = st.query_params.get("draft", "")
+    if current and current not in drafts:           # a link to a draft this user may not open: say why
+        try:
+            compose.draft(current, by=ui.user())
+        except compose.ComposeError as e:
+            ui.error(e)
+        except KeyError:
+            pass
     pick = st.selectbox(ui.t("xc.draft"), ids, index=ids.index(current) if current in ids else 0, key=f"xc_draft_{current}",
                         format_func=lambda i: drafts[i]["instruction"][:60] + f" ({i})" if i else ui.t("xc.draft.new"))
     if pick != current:
@@ -145,7 +152,7 @@ def composer() -> None:
                 text = streamed(compose.article_prompt(instruction), images)
             if text is not None:
                 draft["paragraphs"] = compose.paragraphs(text)
-                compose.save(draft)
+                compose.save(draft, by=ui.user())
                 st.query_params["draft"] = draft["id"]
                 st.rerun()
         return
@@ -158,7 +165,7 @@ def composer() -> None:
             answer = streamed(compose.slots_prompt(draft["paragraphs"], n))
         if answer is not None:
             draft["slots"] = compose.parse_slots(answer, draft["paragraphs"], n)
-            compose.save(draft)
+            compose.save(draft, by=ui.user())
             st.rerun()
     if cols[2].button(ui.t("xc.match"), key="xc_match", disabled=not draft["slots"]):
         if not compose.gallery():
@@ -169,7 +176,7 @@ def composer() -> None:
                 compose.caption_gallery(ep, on_caption=lambda d, t: bar.progress(
                     d / t, ui.t("xc.captioning", done=d, total=t)))
                 compose.rerank(draft)
-                compose.save(draft)
+                compose.save(draft, by=ui.user())
                 st.rerun()
             except (vlm.VLMError, compose.ComposeError) as e:
                 ui.error(e)
@@ -186,7 +193,7 @@ def composer() -> None:
                     text = streamed(compose.edit_prompt(edit[0], para, context))
                 if text and text.strip():
                     draft["paragraphs"][i] = text.strip()
-                    compose.save(draft)
+                    compose.save(draft, by=ui.user())
                     st.rerun()
         if i in slots:
             slot_view(draft, slots[i], i)
@@ -205,7 +212,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
         if cap != slot["caption"]:                    # a new caption re-ranks with the captions already known
             slot["caption"] = cap
             compose.rerank(draft)
-            compose.save(draft)
+            compose.save(draft, by=ui.user())
         options = ["", *[p for p, _ in slot["ranked"]]]
         scores = dict(map(tuple, slot["ranked"]))
         chosen = st.selectbox(ui.t("xc.slot.pick"), options, index=options.index(slot["image"] or ""),
@@ -213,7 +220,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
                               format_func=lambda p: f"{p.rsplit('/', 1)[-1]} ({scores[p]:.2f})" if p else ui.t("xc.slot.none"))
         if chosen != (slot["image"] or ""):
             slot.update(image=chosen or None, chosen=True)
-            compose.save(draft)
+            compose.save(draft, by=ui.user())
             st.rerun()
         if slot["image"]:
             st.image(str(compose.resolve(slot["image"])), caption=slot["caption"], width=320)

@@ -277,3 +277,36 @@ def test_students_chat_with_their_own_and_the_instructors_servers_only(home, kla
         assert not isinstance(e.value, users.Refused)
     refused = [r for r in users.audit_log("refused") if r["target"].startswith("endpoint")]
     assert [r["actor"] for r in refused] == ["bob"] * 4
+
+
+def test_evaluations_and_drafts_are_the_students_own_and_the_instructors(home, klass, tiny_model):
+    from backend import chat, compose
+    from backend import evaluate as ev
+    ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
+    spec = {"models": [{"name": "tiny", "path": str(tiny_model)}],
+            "datasets": [{"name": "q", "path": str(ROOT / "assets" / "datasets" / "easy_qa.jsonl")}]}
+    runs = {o: ev.submit(spec, owner=o, install_engine_if_missing=True) for o in ("ann", "bob", "teach")}
+    ids = lambda who: {r["job_id"] for r in ev.runs(by=who)}                  # noqa: E731
+    assert ids(bob) == {runs["bob"], runs["teach"]} and ids(teach) == set(runs.values())
+    with pytest.raises(users.Refused, match=f"evaluation {runs['ann']} is another student's"):
+        ev.result(runs["ann"], by=bob)                                      # opened by its number
+    assert ev.result(runs["ann"], by=ann) is None and ev.result(runs["teach"], by=bob) is None   # not done yet
+    running_server(home, "ann", "ann-llm")
+    url = next(e["url"] for e in chat.endpoints(by=teach))
+    assert "ann-llm" not in {m["name"] for m in ev.model_choices(by=bob)}
+    with pytest.raises(queue.SubmitError, match="the server ann-llm is another student's"):   # its key is ann's
+        ev.submit({**spec, "models": [{"name": "x", "url": url, "api_model": "m"}]}, owner="bob")
+
+    mine, hers, class_ = (compose.new_draft("Write about Hangzhou", [], owner=o) for o in ("bob", "ann", "teach"))
+    for i, d in enumerate((mine, hers, class_)):
+        d["id"] += f"-{i}"
+        compose.save(d, by=d["owner"])
+    assert {d["id"] for d in compose.drafts(by=bob)} == {mine["id"], class_["id"]}
+    assert len(compose.drafts(by=teach)) == 3
+    with pytest.raises(users.Refused, match=f"draft {hers['id']} is another student's"):
+        compose.draft(hers["id"], by=bob)                                   # ?draft=<ann's id>
+    with pytest.raises(users.Refused):
+        compose.save(class_, by=bob)                                        # read, never changed
+    assert compose.draft(class_["id"], by=bob)["owner"] == "teach" and compose.draft(hers["id"], by=teach)
+    refused = {r["target"] for r in users.audit_log("refused")}
+    assert {f"evaluation {runs['ann']}", "endpoint ann-llm", f"draft {hers['id']}", f"draft {class_['id']}"} <= refused
