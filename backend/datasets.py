@@ -452,10 +452,11 @@ def ensure_samples(home: Path | None = None) -> None:
                 register(path, path.stem, "sample", home)
 
 
-def list_datasets(home: Path | None = None) -> list[dict]:
-    """Registered datasets (bundled samples included), newest first."""
+def list_datasets(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Registered datasets (bundled samples included), newest first; with ``by``, those that user may use
+    (a student: their own uploads and imports, the samples and class datasets, the instructors')."""
     ensure_samples(home)
-    return open_store(home).items("dataset")
+    return [e for e in open_store(home).items("dataset") if users.may_use(e["owner"], by)]
 
 
 def save_upload(filename: str, data, home: Path | None = None, owner: str = "") -> dict:

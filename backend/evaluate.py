@@ -115,13 +115,13 @@ def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", home:
             "api_model": api_model.strip(), "tokenizer_path": entry["path"] if entry else ""}
 
 
-def dataset_choices(home: Path | None = None) -> list[dict]:
+def dataset_choices(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
     """Registered datasets (bundled samples included) with their OpenCompass format:
     ``{"name", "path", "format": "mcq"|"qa"|"", "problem", "ref"}``."""
     try:
-        entries = list_datasets(home)
+        entries = list_datasets(home, by)
     except ImportError:
-        entries = open_store(home).items("dataset")
+        entries = [e for e in open_store(home).items("dataset") if users.may_use(e["owner"], by)]
     out = []
     for d in entries:
         fmt, problem = opencompass.custom_format(d["path"])

@@ -33,7 +33,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user())), st.conta
         ext_key = c[2].text_input(ui.t("eval.external.key"), type="password", key="eval_ext_key")
         ext_tok = c[3].selectbox(ui.t("eval.external.tokenizer"), [""] + [n for n, m in models.items()
                                  if m["kind"] == "model"], key="eval_ext_tokenizer", format_func=lambda n: n or "-")
-    data = {d["name"]: d for d in ev.dataset_choices()}
+    data = {d["name"]: d for d in ev.dataset_choices(by=ui.user())}
     picked_data = st.multiselect(ui.t("eval.datasets"), [n for n, d in data.items() if d["ref"]], key="eval_datasets",
                                  format_func=lambda n: f"{n} ({data[n]['format'].upper()})")
     unusable = [f"{n}: {d['problem']}" for n, d in data.items() if not d["ref"]]

@@ -310,3 +310,30 @@ def test_evaluations_and_drafts_are_the_students_own_and_the_instructors(home, k
     assert compose.draft(class_["id"], by=bob)["owner"] == "teach" and compose.draft(hers["id"], by=teach)
     refused = {r["target"] for r in users.audit_log("refused")}
     assert {f"evaluation {runs['ann']}", "endpoint ann-llm", f"draft {hers['id']}", f"draft {class_['id']}"} <= refused
+
+
+def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_datasets(home, klass, tiny_model):
+    from backend import evaluate as ev
+    ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
+    row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    for owner in ("ann", "bob", "teach"):
+        datasets.save_upload(f"{owner}-set.jsonl", io.BytesIO(row), owner=owner)
+    datasets.save_upload("ann-qa.jsonl", io.BytesIO(b'{"question": "2+2?", "answer": "4"}\n'), owner="ann")
+    samples = {p.stem for p in (ROOT / "assets" / "datasets").iterdir() if p.suffix in datasets.EXTENSIONS}
+    names = lambda who: {e["name"] for e in datasets.list_datasets(by=who)}          # noqa: E731
+    assert names(bob) == samples | {"bob-set", "teach-set"}
+    assert names(teach) == samples | {"ann-set", "ann-qa", "bob-set", "teach-set"}
+    assert "ann-set" not in {d["name"] for d in ev.dataset_choices(by=bob)}
+    open_store(home).put(models.TYPE, "tiny", tiny_model)
+    spec = {"base_model": "tiny", "preset": "cpu_demo"}
+    for ok in (["bob-set"], ["teach-set", "mini_instructions"]):
+        assert queue.submit("finetune", {**spec, "datasets": ok}, owner="bob")
+    with pytest.raises(queue.SubmitError, match="dataset ann-set is another student's"):
+        queue.submit("finetune", {**spec, "datasets": ["bob-set", "ann-set"]}, owner="bob")
+    assert queue.submit("finetune", {**spec, "datasets": ["ann-set"]}, owner="teach")
+    ann_file = next(e["path"] for e in datasets.list_datasets(by=ann) if e["name"] == "ann-qa")
+    with pytest.raises(users.Refused, match="dataset ann-qa is another student's"):    # by its file, too
+        queue.submit("evaluate", {"models": [{"name": "tiny", "path": str(tiny_model)}],
+                                  "datasets": [{"name": "mine", "path": ann_file}]}, owner="bob")
+    assert sorted(r["target"] for r in users.audit_log("refused")) == ["dataset ann-qa", "dataset ann-set"]
+    assert len(queue.list_jobs(by=bob)) == 2
