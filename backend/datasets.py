@@ -472,6 +472,7 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
         raise DatasetError("err.ds.too_big", name=filename, mb=size / 2**20, limit=limit_mb)
     if unique_name(name, home) != name:
         raise DatasetError("err.ds.exists_upload", name=name)
+    users.check_disk(owner, size or 0, DatasetRefused, home)
     target = datasets_dir(home) / (name + suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".upload", dir=target.parent)   # a leftover never blocks
     tmp, written = Path(tmp), 0
@@ -492,6 +493,12 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
     if written > limit_mb * 2**20:
         tmp.unlink()
         raise DatasetError("err.ds.over_limit", name=filename, limit=limit_mb)
+    if size is None:                          # a stream: its size is known now
+        try:
+            users.check_disk(owner, written, DatasetRefused, home)
+        except DatasetRefused:
+            tmp.unlink()
+            raise
     os_link_or_fail(tmp, target)
     return register(target, name, "upload", home, owner=owner)
 

@@ -1,6 +1,7 @@
 """Class mode: accounts through the real CLI, argon2 hashes, login throttling, sessions, and who may do what
 through the backend calls the pages make (real store, no mocks)."""
 import io
+import re
 import stat
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from backend import classroom, datasets, models, queue, users
+from backend.paths import human_size
 from backend.store import open_store
 from tests.conftest import ROOT, cli, env_for, wait_for
 
@@ -337,3 +339,32 @@ def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_dat
                                   "datasets": [{"name": "mine", "path": ann_file}]}, owner="bob")
     assert sorted(r["target"] for r in users.audit_log("refused")) == ["dataset ann-qa", "dataset ann-set"]
     assert len(queue.list_jobs(by=bob)) == 2
+
+
+def test_disk_quota_is_refused_at_upload_and_import_with_current_usage(home, klass, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(1 / 1024))          # 1 MB
+    line = b'{"text": "' + b"x" * 1000 + b'"}\n'
+    big = line * 600                                                           # ~590 KB
+    datasets.save_upload("first.jsonl", io.BytesIO(big), owner="ann")
+    assert users.disk_used("ann") == len(big) and users.disk_used("bob") == 0
+    kb = re.escape(human_size(len(big)))
+    for data in (big, io.BytesIO(big)):                                        # sized, and a stream
+        with pytest.raises(users.Refused, match=f"already take {kb}; adding {kb} would pass your disk quota of 1.0 MB"
+                           ) as e:
+            datasets.save_upload("second.jsonl", data, owner="ann")
+        assert isinstance(e.value, datasets.DatasetError)                       # what the Datasets page shows
+    assert [e["name"] for e in datasets.list_datasets(by="ann") if e["meta"]["source"] == "upload"] == ["first"]
+    assert not list(datasets.datasets_dir().glob("*second*"))                   # nothing left behind
+    datasets.save_upload("second.jsonl", io.BytesIO(line * 100), owner="bob")    # bob's own quota
+    datasets.save_upload("class.jsonl", io.BytesIO(big * 2), owner="teach")     # instructors' files are the class's
+    datasets.save_upload("more.jsonl", io.BytesIO(line * 400), owner="ann")     # ~390 KB: still fits
+    imp = {"source": "url", "id": "https://example.com/data.jsonl"}
+    assert queue.submit("dataset_import", imp, owner="ann")                    # its size is known only once fetched
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(0.5 / 1024))        # the instructor lowers it: ann is over
+    used = re.escape(human_size(users.disk_used("ann")))
+    with pytest.raises(queue.SubmitError, match=f"take {used}, your whole disk quota of 512.0 KB"):
+        queue.submit("dataset_import", imp, owner="ann")
+    assert queue.submit("dataset_import", imp, owner="bob")
+    datasets.delete("first", by=users.acting("ann"))
+    assert queue.submit("dataset_import", imp, owner="ann")
+    assert len([r for r in users.audit_log("refused") if r["detail"].startswith("add files")]) == 3
