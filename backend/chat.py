@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from backend import users
 from backend.errors import UserError
 from backend.states import JobState
 from backend.store import open_store
@@ -36,22 +37,40 @@ class ChatError(UserError):
         return self.fields
 
 
+class Refused(ChatError, users.Refused):
+    """A server the acting user may not use (another student's); recorded in the audit log."""
+
+
 # -- endpoints ----------------------------------------------------------------------------------
-def live_endpoints(home: Path | None = None) -> list[dict]:
+def live_endpoints(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
     """Every registered endpoint whose job is running (serve and vlm), newest first. Entries whose job
-    ended without removing them (killed first) are skipped here and removed by the worker's sweep."""
+    ended without removing them (killed first) are skipped here and removed by the worker's sweep. With
+    ``by``, only those that user may use: a student's own servers and those an instructor started."""
     store = open_store(home)
     out = []
     for e in store.items("endpoint"):
         job = store.job(e.job_id) if e.job_id else None
-        if job is not None and job.state == JobState.RUNNING:
+        if job is not None and job.state == JobState.RUNNING and users.may_use(e.owner, by):
             out.append({"name": e.name, **e.meta, "owner": e.owner})
     return out
 
 
-def endpoints(home: Path | None = None) -> list[dict]:
-    """Live OpenAI-compatible endpoints (vlm ones speak their own protocol: backend/vlm.py)."""
-    return [{**e, "external": False} for e in live_endpoints(home) if e.get("engine") != "vlm"]
+def endpoints(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Live OpenAI-compatible endpoints ``by`` may use (vlm ones speak their own protocol: backend/vlm.py)."""
+    return [{**e, "external": False} for e in live_endpoints(home, by) if e.get("engine") != "vlm"]
+
+
+def check_use(endpoint: dict, by: users.User | str | None, error: type[ChatError] = Refused,
+              home: Path | None = None) -> None:
+    """Refuse (``error``, audited) a workbench server ``by`` may not use: one another student started.
+    The owner comes from the registry, found by the endpoint's URL (or, for one of ours, its name), never
+    from the dict the caller passed; outside URLs that are not workbench servers are the caller's own."""
+    url = str(endpoint.get("url") or "").rstrip("/")
+    for e in open_store(home).items("endpoint"):
+        ours = str(e.meta.get("url") or "").rstrip("/")
+        if (url and ours == url) or (not endpoint.get("external") and e.name == endpoint.get("name")):
+            if not users.may_use(e.owner, by):
+                users.refuse(by, "chat", f"endpoint {e.name}", error("err.users.endpoint_not_yours", name=e.name))
 
 
 def servable(home: Path | None = None) -> list[dict]:
@@ -165,10 +184,12 @@ def check_prompt(endpoint: dict, messages: list[dict], max_tokens: int) -> None:
 # -- answering ----------------------------------------------------------------------------------
 def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, top_p: float = 0.9,
                 max_tokens: int = 256, stop: list[str] | None = None, api_key: str | None = None,
-                stats: dict | None = None) -> Iterator[str]:
-    """Yield the answer's text deltas. Raises ChatError (with ``partial``) on any failure. ``stats``,
-    if given, receives ttft_s, tokens (chunks with text), seconds and finish_reason."""
+                stats: dict | None = None, by: users.User | str | None = None) -> Iterator[str]:
+    """Yield the answer's text deltas. Raises ChatError (with ``partial``) on any failure, ``Refused`` when
+    the endpoint is a server ``by`` may not use. ``stats``, if given, receives ttft_s, tokens (chunks with
+    text), seconds and finish_reason."""
     import openai
+    check_use(endpoint, by)
     check_prompt(endpoint, messages, max_tokens)
     params = {"model": endpoint["model"], "messages": messages, "max_tokens": int(max_tokens), "stream": True,
               "temperature": max(0.0, float(temperature))}

@@ -25,7 +25,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from backend import defaults, paths
+from backend import defaults, paths, users
 from backend.errors import UserError
 from backend.vlm import check_image, stream
 
@@ -36,6 +36,10 @@ CAPTION_PROMPT = "Describe this image in one short sentence."
 
 class ComposeError(UserError):
     """Bad input in a compose step, with a message (a key and fields) for the user."""
+
+
+class ComposeRefused(ComposeError, users.Refused):
+    """Another student's draft (recorded in the audit log)."""
 
 
 # -- the gallery --------------------------------------------------------------------------------
@@ -203,22 +207,38 @@ def new_draft(instruction: str, images: list[str], owner: str = "") -> dict:
             "created": now, "updated": now}
 
 
-def save(draft: dict, home: Path | None = None) -> None:
+def save(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> None:
+    """Write a draft; only its owner or an instructor may (a student reads an instructor's, never changes it)."""
+    if not users.may_manage(draft.get("owner", ""), by):
+        users.refuse(by, "save", f"draft {draft['id']}", ComposeRefused("err.users.draft_not_yours", id=draft["id"]))
     draft["updated"] = time.time()
     paths.atomic_write(drafts_dir(home) / f"{draft['id']}.json", json.dumps(draft, ensure_ascii=False, indent=1).encode())
 
 
-def drafts(home: Path | None = None, owner: str | None = None) -> list[dict]:
-    """Saved drafts, newest first (only ``owner``'s when given)."""
+def drafts(home: Path | None = None, owner: str | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Saved drafts, newest first: only ``owner``'s when given; only those ``by`` may see (a student: their
+    own and the instructors')."""
     out = []
     for f in drafts_dir(home).glob("*.json"):
         try:
             d = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if owner is None or d.get("owner", "") == owner:
+        if (owner is None or d.get("owner", "") == owner) and users.may_use(d.get("owner", ""), by):
             out.append(d)
     return sorted(out, key=lambda d: -d.get("updated", 0))
+
+
+def draft(draft_id: str, home: Path | None = None, by: users.User | str | None = None) -> dict:
+    """One saved draft (``?draft=`` in a link); KeyError when there is none, refused (audited) when it is
+    another student's."""
+    path = drafts_dir(home) / f"{draft_id}.json"
+    if not re.fullmatch(r"[\w-]{1,64}", draft_id or "") or not path.is_file():
+        raise KeyError(f"no draft {draft_id!r}")
+    d = json.loads(path.read_text(encoding="utf-8"))
+    if not users.may_use(d.get("owner", ""), by):
+        users.refuse(by, "see", f"draft {draft_id}", ComposeRefused("err.users.draft_not_yours", id=draft_id))
+    return d
 
 
 def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=None) -> None:

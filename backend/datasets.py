@@ -452,10 +452,11 @@ def ensure_samples(home: Path | None = None) -> None:
                 register(path, path.stem, "sample", home)
 
 
-def list_datasets(home: Path | None = None) -> list[dict]:
-    """Registered datasets (bundled samples included), newest first."""
+def list_datasets(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Registered datasets (bundled samples included), newest first; with ``by``, those that user may use
+    (a student: their own uploads and imports, the samples and class datasets, the instructors')."""
     ensure_samples(home)
-    return open_store(home).items("dataset")
+    return [e for e in open_store(home).items("dataset") if users.may_use(e["owner"], by)]
 
 
 def save_upload(filename: str, data, home: Path | None = None, owner: str = "") -> dict:
@@ -471,6 +472,7 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
         raise DatasetError("err.ds.too_big", name=filename, mb=size / 2**20, limit=limit_mb)
     if unique_name(name, home) != name:
         raise DatasetError("err.ds.exists_upload", name=name)
+    users.check_disk(owner, size or 0, DatasetRefused, home)
     target = datasets_dir(home) / (name + suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".upload", dir=target.parent)   # a leftover never blocks
     tmp, written = Path(tmp), 0
@@ -491,6 +493,12 @@ def save_upload(filename: str, data, home: Path | None = None, owner: str = "") 
     if written > limit_mb * 2**20:
         tmp.unlink()
         raise DatasetError("err.ds.over_limit", name=filename, limit=limit_mb)
+    if size is None:                          # a stream: its size is known now
+        try:
+            users.check_disk(owner, written, DatasetRefused, home)
+        except DatasetRefused:
+            tmp.unlink()
+            raise
     os_link_or_fail(tmp, target)
     return register(target, name, "upload", home, owner=owner)
 

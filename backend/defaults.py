@@ -47,6 +47,8 @@ SETTINGS = {s.name: s for s in [
     Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
     Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
+    Setting("USER_DISK_QUOTA_GB", 0.0, "class mode: most a student's datasets, adapters and models in the workspace "
+            "may take, checked at upload and import (0: none)"),
     Setting("CPU_SERVER_IDLE_S", 3600.0, "a CPU model server (serve, vlm) that answered no request for this long "
             "ends itself, freeing the CPU slot (0: never)"),
     Setting("URL_IMPORT_TIMEOUT_S", 900.0, "most a dataset import from a URL may take (its size cap is UPLOAD_MAX_MB); "

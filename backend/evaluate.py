@@ -10,8 +10,8 @@ import io
 import re
 from pathlib import Path
 
-from backend import defaults, engines, logs, queue, server_auth
-from backend.chat import endpoints
+from backend import defaults, engines, logs, queue, server_auth, users
+from backend.chat import check_use, endpoints
 from backend.datasets import list_datasets
 from backend.errors import UserError
 from backend.states import PENDING
@@ -55,7 +55,7 @@ def data_cache(home: Path | None = None) -> Path:
 
 
 # -- what can be evaluated ----------------------------------------------------------------------
-def model_choices(home: Path | None = None) -> list[dict]:
+def model_choices(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
     """Registry models, adapters (on their base model) and live endpoints, each as
     ``{"name", "kind", "ref"}`` where ``ref`` is the ModelRef dict the job takes (None when unusable,
     with ``problem`` saying why)."""
@@ -73,9 +73,9 @@ def model_choices(home: Path | None = None) -> list[dict]:
             item["problem"] = f"its base model {base!r} is not in the registry"
         out.append(item)
     try:
-        live = endpoints(home)
+        live = endpoints(home, by)
     except ImportError:
-        live = [{"name": e["name"], **e["meta"]} for e in store.items("endpoint")]
+        live = [{"name": e["name"], **e["meta"]} for e in store.items("endpoint") if users.may_use(e["owner"], by)]
     for e in live:
         if not e.get("url"):
             continue
@@ -115,13 +115,13 @@ def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", home:
             "api_model": api_model.strip(), "tokenizer_path": entry["path"] if entry else ""}
 
 
-def dataset_choices(home: Path | None = None) -> list[dict]:
+def dataset_choices(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
     """Registered datasets (bundled samples included) with their OpenCompass format:
     ``{"name", "path", "format": "mcq"|"qa"|"", "problem", "ref"}``."""
     try:
-        entries = list_datasets(home)
+        entries = list_datasets(home, by)
     except ImportError:
-        entries = open_store(home).items("dataset")
+        entries = [e for e in open_store(home).items("dataset") if users.may_use(e["owner"], by)]
     out = []
     for d in entries:
         fmt, problem = opencompass.custom_format(d["path"])
@@ -184,6 +184,9 @@ def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool
     """Queue an evaluation. With ``install_engine_if_missing`` a missing engine is installed first
     (the worker keeps the evaluation queued until then); otherwise it is a SubmitError. ``api_key``
     (for endpoints that need one) reaches the job as the secret OPENAI_API_KEY: never the spec or log."""
+    for m in spec.get("models") or [] if isinstance(spec, dict) else []:      # its key is not theirs to use
+        if isinstance(m, dict) and m.get("url"):
+            check_use({"url": m["url"], "external": True}, owner, queue.Refused, home)
     found = problems(spec, home, api_key)
     if install_engine_if_missing and any(p.key == ENGINE_MISSING for p in found):
         install_engine(owner, home)
@@ -195,12 +198,15 @@ def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool
 
 
 # -- past runs and results ----------------------------------------------------------------------
-def runs(home: Path | None = None) -> list[dict]:
-    """Evaluate jobs, newest first, with their registry entry when they finished:
+def runs(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Evaluate jobs ``by`` may see (a student: their own and the instructors'), newest first, with their
+    registry entry when they finished:
     ``{"job_id", "state", "name", "models", "datasets", "created_at", "error"}``."""
     entries = {e["job_id"]: e for e in open_store(home).items("eval")}
     out = []
-    for j in queue.list_jobs(kind=KIND, home=home):
+    for j in open_store(home).jobs(kind=KIND, limit=500):
+        if not users.may_use(j.owner, by):
+            continue
         e = entries.get(j.id)
         out.append({"job_id": j.id, "state": j.state, "name": e["name"] if e else j.label,
                     "models": [m["name"] for m in j.spec.get("models", [])],
@@ -209,8 +215,11 @@ def runs(home: Path | None = None) -> list[dict]:
     return out
 
 
-def result(job_id: int, home: Path | None = None) -> dict | None:
-    """The result.json of a finished, successful evaluate job."""
+def result(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict | None:
+    """The result.json of a finished, successful evaluate job; refused (audited) when ``by`` may not see it."""
+    job = open_store(home).job(job_id)
+    if job is not None and not users.may_use(job.owner, by):
+        users.refuse(by, "see", f"evaluation {job_id}", queue.Refused("err.users.eval_not_yours", job=job_id))
     r = logs.result(job_id, home)
     return r if r and r.get("ok") and "table" in r else None
 

@@ -148,6 +148,20 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.users.throttled": {"en": "too many failed logins: wait {minutes} minutes and try again, or ask the instructor "
                                   "to reset your password",
                             "zh": "登录失败次数过多：请等待 {minutes} 分钟后再试，或请讲师重置你的密码"},
+    "err.users.endpoint_not_yours": {"en": "the server {name} is another student's: use your own or one the instructor "
+                                           "started", "zh": "服务 {name} 属于另一位学生：请使用你自己的服务或讲师启动的服务"},
+    "err.users.eval_not_yours": {"en": "evaluation {job} is another student's: only they and the instructors can open it",
+                                 "zh": "评测 {job} 属于另一位学生：只有本人和讲师可以打开"},
+    "err.users.draft_not_yours": {"en": "draft {id} is another student's: only they and the instructors can open it",
+                                  "zh": "草稿 {id} 属于另一位学生：只有本人和讲师可以打开"},
+    "err.users.dataset_not_yours": {"en": "dataset {name} is another student's: use your own, a sample or a class dataset",
+                                    "zh": "数据集 {name} 属于另一位学生：请使用你自己的、示例或班级数据集"},
+    "err.users.disk_quota": {"en": "your datasets, adapters and models already take {used}; adding {adding} would pass "
+                                   "your disk quota of {cap}: delete something first",
+                             "zh": "你的数据集、适配器和模型已占用 {used}；再添加 {adding} 会超过你的磁盘配额 {cap}：请先删除一些内容"},
+    "err.users.disk_full": {"en": "your datasets, adapters and models take {used}, your whole disk quota of {cap}: "
+                                  "delete something before importing more",
+                            "zh": "你的数据集、适配器和模型已占用 {used}，用完了你的磁盘配额 {cap}：请先删除一些内容再导入"},
     "err.class.console": {"en": "only an instructor can see the class console", "zh": "只有讲师可以查看班级控制台"},
     "err.class.announce": {"en": "only an instructor can post the class announcement", "zh": "只有讲师可以发布班级公告"},
     "err.model.remote_code": {"en": "model {model} needs its own remote code (auto_map in its config: Python that would "

@@ -62,11 +62,14 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     why = remote_code.refusal(model.model_dump(mode="json"), home) or resume_refusal(model, owner, home)
     if why:
         raise SubmitError.of(why)
+    check_datasets(model, owner, home)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
         raise SubmitError.of(e) from None
     check_quota(owner, home)
+    if kind == "dataset_import":              # its size is known only once fetched: refused when already full
+        users.check_disk(owner, 0, Refused, home)
     written: list[Path] = []
 
     def write_secrets(job_id: int) -> None:        # before the row is committed: no worker can claim it yet
@@ -93,6 +96,22 @@ def resume_refusal(spec, owner: str, home: Path | None) -> UserError | None:
     if old is not None and old.owner != owner:
         return UserError("err.queue.resume_not_yours", job=rf, owner=old.owner)
     return None
+
+
+def check_datasets(spec, owner: str, home: Path | None = None) -> None:
+    """A job trains on or evaluates only datasets its owner may use: their own, the samples, the class's and
+    the instructors'; another student's private dataset is refused (audited). Datasets are named in the spec
+    (``datasets: [name]``, ``dataset: name``) or given by their file (``datasets: [{name, path}]``)."""
+    entries = open_store(home).items("dataset")
+    by_name = {e["name"]: e for e in entries}
+    by_path = {str(e["path"]): e for e in entries}
+    named = getattr(spec, "datasets", None) or []
+    named = named + [spec.dataset] if isinstance(getattr(spec, "dataset", None), str) else named
+    for d in named:
+        entry = (by_name.get(d) or by_path.get(d)) if isinstance(d, str) else by_path.get(str(getattr(d, "path", "") or ""))
+        if entry is not None and not users.may_use(entry["owner"], owner):
+            users.refuse(owner, "submit", f"dataset {entry['name']}",
+                         Refused("err.users.dataset_not_yours", name=entry["name"]))
 
 
 def workspace_problem(home: Path | None = None, lang: str = "en") -> str | None:

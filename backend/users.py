@@ -97,6 +97,18 @@ def may_see(owner: str, who: User | str | None) -> bool:
     return may_manage(owner, who) or owner == "" or mode() == "none"
 
 
+def is_instructor(name: str) -> bool:
+    """Whether ``name`` acts as an instructor (an account's role; without accounts, WORKBENCH_INSTRUCTORS)."""
+    user = acting(name) if name else None
+    return bool(user and user.instructor)
+
+
+def may_use(owner: str, who: User | str | None) -> bool:
+    """What a student may see and use: their own things, shared ones (``owner == ''``) and what an
+    instructor made (shared with the class: their servers, evaluations, drafts, datasets)."""
+    return may_see(owner, who) or is_instructor(owner)
+
+
 def refuse(who: User | str | None, action: str, target: str, error: Refused):
     """Record a refusal in the audit log (in English) and raise it (``error``: a Refused with its key)."""
     audit(actor(who), "refused", target, detail=f"{action}: {error}")
@@ -220,6 +232,44 @@ def set_quota(name: str, max_running: int | None = None, max_queued: int | None 
     if fields:
         open_store(home).update_user(name, **fields)
         audit("(shell)", "user_quota", name, detail=str(fields), home=home)
+
+
+DISK_TYPES = ("dataset", "adapter", "model")      # registry things whose files a user's disk quota counts
+
+
+def _bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else 0
+
+
+def disk_used(name: str, home: Path | None = None) -> int:
+    """Bytes of the datasets, adapters and models ``name`` owns that live in the workspace (the shared model
+    cache and bundled samples are nobody's)."""
+    root = (home or defaults.home()).resolve()
+    store = open_store(home)
+    total = 0
+    for t in DISK_TYPES:
+        for e in store.items(t):
+            path = Path(e["path"]) if e["path"] else None
+            if e["owner"] == name and path is not None and path.resolve().is_relative_to(root):
+                total += _bytes(path)
+    return total
+
+
+def check_disk(owner: str | None, adding: int, error: type[Refused], home: Path | None = None) -> None:
+    """Refuse (``error``, audited) what would take ``owner`` past WORKBENCH_USER_DISK_QUOTA_GB: with accounts,
+    for students (instructors' files are the class's). The refusal shows what they use now."""
+    cap = defaults.setting("USER_DISK_QUOTA_GB") * 2**30
+    if not cap or not owner or mode() == "none" or is_instructor(owner):
+        return
+    used = disk_used(owner, home)
+    from backend.paths import human_size
+    if not adding and used >= cap:            # an import, whose size is known only once fetched
+        refuse(owner, "add files", owner, error("err.users.disk_full", used=human_size(used), cap=human_size(cap)))
+    if adding and used + adding > cap:
+        refuse(owner, "add files", owner, error("err.users.disk_quota", used=human_size(used),
+                                                 adding=human_size(adding), cap=human_size(cap)))
 
 
 def accounts(home: Path | None = None) -> list[dict]:

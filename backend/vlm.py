@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from backend import server_auth
-from backend.chat import live_endpoints
+from backend import server_auth, users
+from backend.chat import check_use, live_endpoints
 from backend.errors import UserError
 from backend.models import list_models
 from backend.specs.vlm import image_text
@@ -40,6 +40,10 @@ class VLMError(UserError):
     def __init__(self, key: str, /, partial: str = "", **fields):
         super().__init__(key, **fields)
         self.partial = partial
+
+
+class Refused(VLMError, users.Refused):
+    """A server the acting user may not use (another student's); recorded in the audit log."""
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -108,9 +112,9 @@ def startable(home: Path | None = None) -> list[str]:
     return sorted(out)
 
 
-def endpoints(home: Path | None = None) -> list[dict]:
-    """Live image-text endpoints (their vlm job still running), newest first."""
-    return [e for e in live_endpoints(home) if e.get("engine") == "vlm"]
+def endpoints(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Live image-text endpoints (their vlm job still running) ``by`` may use, newest first."""
+    return [e for e in live_endpoints(home, by) if e.get("engine") == "vlm"]
 
 
 def _wire(messages: list[dict], max_images: int) -> list[dict]:
@@ -129,9 +133,12 @@ def _wire(messages: list[dict], max_images: int) -> list[dict]:
 
 # -- answering ----------------------------------------------------------------------------------
 def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float = 0.9, num_beams: int = 1, stats: dict | None = None) -> Iterator[str]:
+           top_p: float = 0.9, num_beams: int = 1, stats: dict | None = None,
+           by: users.User | str | None = None) -> Iterator[str]:
     """Yield the answer's text deltas. ``messages``: [{"role", "content", "images": [bytes | path]}].
-    Raises VLMError (with ``partial``) on any failure; ``stats`` receives tokens, ttft_s, seconds."""
+    Raises VLMError (with ``partial``) on any failure, ``Refused`` for a server ``by`` may not use;
+    ``stats`` receives tokens, ttft_s, seconds."""
+    check_use(endpoint, by, Refused)
     body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES)),
             "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p),
             "num_beams": int(num_beams)}

@@ -67,7 +67,7 @@ def starting(job_id: int) -> None:
         st.code("\n".join(view.text.splitlines()[-8:]) or " ", language=None)
 
 
-live = chat.endpoints()
+live = chat.endpoints(by=ui.user())
 with st.container(key="chat_endpoints"):
     st.subheader(ui.t("chat.endpoints"))
     if not live:
@@ -146,7 +146,7 @@ settings = {"temperature": temperature, "top_p": top_p, "max_tokens": int(max_to
 
 def answer_kwargs(name: str, messages: list[dict], stats: dict | None = None) -> dict:
     ep, key = choices[name]
-    return {"endpoint": ep, "messages": messages, "api_key": key, "stats": stats, **settings}
+    return {"endpoint": ep, "messages": messages, "api_key": key, "stats": stats, "by": ui.user(), **settings}
 
 
 names = list(choices)

@@ -25,7 +25,7 @@ def state(name: str) -> dict:
 
 
 # -- list, upload, import --------------------------------------------------------------------
-entries = ds.list_datasets()
+entries = ds.list_datasets(by=ui.user())
 names = [e["name"] for e in entries]
 with st.container(key="ds_list"):
     st.dataframe(pd.DataFrame([{

@@ -19,8 +19,8 @@ elif not ready:
         st.info(ui.t("eval.engine_pending", id=ev.install_engine(owner=ui.owner())))
 
 # -- a new run ---------------------------------------------------------------------------------
-with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="eval_form"):
-    models = {m["name"]: m for m in ev.model_choices()}
+with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user())), st.container(key="eval_form"):
+    models = {m["name"]: m for m in ev.model_choices(by=ui.user())}
     usable_models = [n for n, m in models.items() if m["ref"]]
     picked_models = st.multiselect(ui.t("eval.models"), usable_models, key=keys.EVAL_MODELS,
                                    format_func=lambda n: f"{n} ({models[n]['kind']}"
@@ -33,7 +33,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="ev
         ext_key = c[2].text_input(ui.t("eval.external.key"), type="password", key="eval_ext_key")
         ext_tok = c[3].selectbox(ui.t("eval.external.tokenizer"), [""] + [n for n, m in models.items()
                                  if m["kind"] == "model"], key="eval_ext_tokenizer", format_func=lambda n: n or "-")
-    data = {d["name"]: d for d in ev.dataset_choices()}
+    data = {d["name"]: d for d in ev.dataset_choices(by=ui.user())}
     picked_data = st.multiselect(ui.t("eval.datasets"), [n for n, d in data.items() if d["ref"]], key="eval_datasets",
                                  format_func=lambda n: f"{n} ({data[n]['format'].upper()})")
     unusable = [f"{n}: {d['problem']}" for n, d in data.items() if not d["ref"]]
@@ -68,7 +68,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs()), st.container(key="ev
 
 # -- past runs and results ---------------------------------------------------------------------
 st.header(ui.t("eval.runs"))
-runs = ev.runs()
+runs = ev.runs(by=ui.user())
 if not runs:
     st.caption(ui.t("eval.no_runs"))
     st.stop()
@@ -78,7 +78,7 @@ ids = list(labels)
 current = st.session_state.get(keys.EVAL_RUN)
 job_id = st.selectbox(ui.t("eval.pick_run"), ids, index=ids.index(current) if current in ids else 0,
                       format_func=labels.get, key="eval_pick")
-res = ev.result(job_id)
+res = ev.result(job_id, by=ui.user())
 if res is None:
     ui.job_view(job_id)
     st.stop()

@@ -14,7 +14,7 @@ S_JOB = keys.FT_JOB
 
 st.title(ui.t("nav.finetune"))
 models = models_.names()
-all_sets = datasets.list_datasets()
+all_sets = datasets.list_datasets(by=ui.user())
 if not models:
     st.info(ui.t("ft.no_models"))
     st.page_link("pages/models.py", label=ui.t("nav.models"))

@@ -19,7 +19,7 @@ st.session_state.setdefault(S_HISTORY, [])
 def starting(job_id: int) -> None:
     """A vlm job coming up: its state until its endpoint is live."""
     job = queue.get(job_id)
-    if any(e["job_id"] == job_id for e in vlm.endpoints()):
+    if any(e["job_id"] == job_id for e in vlm.endpoints(by=ui.user())):
         st.session_state.pop(S_STARTING, None)
         st.rerun(scope="app")
     with st.container(key="xc_starting", border=True):
@@ -31,7 +31,7 @@ def starting(job_id: int) -> None:
                 st.rerun(scope="app")
 
 
-live = vlm.endpoints()
+live = vlm.endpoints(by=ui.user())
 with st.container(key="xc_endpoint", border=True):
     if live:
         names = [e["name"] for e in live]
@@ -100,7 +100,7 @@ def image_chat() -> None:
             st.markdown(prompt)
         with st.chat_message("assistant"), st.container(key="xc_answer"):
             text = shown(lambda: vlm.stream(ep, [{**m, "images": [compose.resolve(p) for p in m.get("images") or []]}
-                                                 for m in history + [user]], **sampling))
+                                                 for m in history + [user]], by=ui.user(), **sampling))
             if text is not None:
                 history += [user, {"role": "assistant", "content": text}]
 
@@ -117,13 +117,21 @@ def shown(answer) -> str | None:
 
 def streamed(prompt: str, pics: list | None = None) -> str | None:
     """The endpoint's answer to one prompt, streamed on the page; None (error shown) on failure."""
-    return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p) for p in pics or []], **sampling))
+    return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p) for p in pics or []], by=ui.user(),
+                                       **sampling))
 
 
 def composer() -> None:
-    drafts = {d["id"]: d for d in compose.drafts(owner=ui.owner())}
+    drafts = {d["id"]: d for d in compose.drafts(by=ui.user())}
     ids = ["", *drafts]
     current = st.query_params.get("draft", "")
+    if current and current not in drafts:           # a link to a draft this user may not open: say why
+        try:
+            compose.draft(current, by=ui.user())
+        except compose.ComposeError as e:
+            ui.error(e)
+        except KeyError:
+            pass
     pick = st.selectbox(ui.t("xc.draft"), ids, index=ids.index(current) if current in ids else 0, key=f"xc_draft_{current}",
                         format_func=lambda i: drafts[i]["instruction"][:60] + f" ({i})" if i else ui.t("xc.draft.new"))
     if pick != current:
@@ -144,7 +152,7 @@ def composer() -> None:
                 text = streamed(compose.article_prompt(instruction), images)
             if text is not None:
                 draft["paragraphs"] = compose.paragraphs(text)
-                compose.save(draft)
+                compose.save(draft, by=ui.user())
                 st.query_params["draft"] = draft["id"]
                 st.rerun()
         return
@@ -157,7 +165,7 @@ def composer() -> None:
             answer = streamed(compose.slots_prompt(draft["paragraphs"], n))
         if answer is not None:
             draft["slots"] = compose.parse_slots(answer, draft["paragraphs"], n)
-            compose.save(draft)
+            compose.save(draft, by=ui.user())
             st.rerun()
     if cols[2].button(ui.t("xc.match"), key="xc_match", disabled=not draft["slots"]):
         if not compose.gallery():
@@ -168,7 +176,7 @@ def composer() -> None:
                 compose.caption_gallery(ep, on_caption=lambda d, t: bar.progress(
                     d / t, ui.t("xc.captioning", done=d, total=t)))
                 compose.rerank(draft)
-                compose.save(draft)
+                compose.save(draft, by=ui.user())
                 st.rerun()
             except (vlm.VLMError, compose.ComposeError) as e:
                 ui.error(e)
@@ -185,7 +193,7 @@ def composer() -> None:
                     text = streamed(compose.edit_prompt(edit[0], para, context))
                 if text and text.strip():
                     draft["paragraphs"][i] = text.strip()
-                    compose.save(draft)
+                    compose.save(draft, by=ui.user())
                     st.rerun()
         if i in slots:
             slot_view(draft, slots[i], i)
@@ -204,7 +212,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
         if cap != slot["caption"]:                    # a new caption re-ranks with the captions already known
             slot["caption"] = cap
             compose.rerank(draft)
-            compose.save(draft)
+            compose.save(draft, by=ui.user())
         options = ["", *[p for p, _ in slot["ranked"]]]
         scores = dict(map(tuple, slot["ranked"]))
         chosen = st.selectbox(ui.t("xc.slot.pick"), options, index=options.index(slot["image"] or ""),
@@ -212,7 +220,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
                               format_func=lambda p: f"{p.rsplit('/', 1)[-1]} ({scores[p]:.2f})" if p else ui.t("xc.slot.none"))
         if chosen != (slot["image"] or ""):
             slot.update(image=chosen or None, chosen=True)
-            compose.save(draft)
+            compose.save(draft, by=ui.user())
             st.rerun()
         if slot["image"]:
             st.image(str(compose.resolve(slot["image"])), caption=slot["caption"], width=320)

@@ -3,6 +3,8 @@ worker, headless Chromium, accounts made with the real CLI)."""
 import pytest
 
 from backend import queue, users
+from backend.store import open_store
+from jobs.serve import register
 from tests.conftest import cli, shot, wait_for
 
 pytestmark = pytest.mark.browser
@@ -74,6 +76,17 @@ def test_two_students_and_an_instructor_at_once(page, home):
     assert bob.locator(f".st-key-joblog-{ann_job}").count() == 0
     bob.get_by_text("Signed in as bob").wait_for()
     shot(bob, "class-student")
+
+    # ann's running job serves a model (registered as jobs/serve.py does): bob's Chat page doesn't list it,
+    # the instructor's does
+    register(open_store(), {"ann-llm": (home, {"url": "http://127.0.0.1:9/v1", "model": "ann-llm",
+                                               "engine": "transformers", "device": "cpu", "job_id": ann_job})},
+             ann_job, "ann")
+    bob.goto(f"{page.base_url}/chat")
+    bob.locator(".st-key-chat_endpoints").get_by_text("No model server is running").wait_for()
+    assert bob.locator(".st-key-chat_endpoints").get_by_text("ann-llm").count() == 0
+    teach.goto(f"{page.base_url}/chat")
+    teach.locator(".st-key-chat_endpoints").get_by_text("ann-llm", exact=True).first.wait_for()
 
     # the instructor opens anybody's job and stops ann's
     teach.goto(f"{page.base_url}/jobs?job={ann_job}")

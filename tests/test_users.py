@@ -1,6 +1,7 @@
 """Class mode: accounts through the real CLI, argon2 hashes, login throttling, sessions, and who may do what
 through the backend calls the pages make (real store, no mocks)."""
 import io
+import re
 import stat
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from backend import classroom, datasets, models, queue, users
+from backend.paths import human_size
 from backend.store import open_store
 from tests.conftest import ROOT, cli, env_for, wait_for
 
@@ -235,3 +237,134 @@ def test_instructor_console_roster_progress_announcement_and_quotas(home, klass)
     assert queue.running_caps(home) == {"bob": 2}
     out = cli(home, "users", "quota", "bob", "--queued", "-1")
     assert out.stdout.strip() == "bob: running 2, queued no cap (class default)"
+
+
+def running_server(home, owner: str, name: str, engine: str = "transformers") -> int:
+    """A running job of ``owner`` with an endpoint registered the way jobs/serve.py registers its own
+    (nothing listens at the URL: what is tested is who may reach it)."""
+    from jobs.serve import register
+    store = open_store(home)
+    job = queue.submit("sleepy", {"steps": 1}, owner=owner)
+    assert store.claim(job, "w", {})
+    store.transition(job, "running")
+    url = f"http://127.0.0.1:9/{name}/v1"
+    register(store, {name: (home, {"url": url, "model": name, "engine": engine, "device": "cpu", "job_id": job})},
+             job, owner)
+    return job
+
+
+def test_students_chat_with_their_own_and_the_instructors_servers_only(home, klass):
+    from backend import chat, vlm
+    ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
+    for owner in ("ann", "bob", "teach"):
+        running_server(home, owner, f"{owner}-llm")
+        running_server(home, owner, f"{owner}-vlm", engine="vlm")
+    names = lambda eps: {e["name"] for e in eps}                       # noqa: E731
+    assert names(chat.endpoints(by=bob)) == {"bob-llm", "teach-llm"}
+    assert names(vlm.endpoints(by=bob)) == {"bob-vlm", "teach-vlm"}
+    assert names(chat.endpoints(by=teach)) == {"ann-llm", "bob-llm", "teach-llm"}
+    every = {e["name"]: e for e in chat.live_endpoints(by=teach)}
+    msgs = [{"role": "user", "content": "hi"}]
+    for call in (lambda: list(chat.stream_chat(every["ann-llm"], msgs, by=bob)),
+                 lambda: list(chat.stream_chat({**every["ann-llm"], "name": "mine", "external": True}, msgs,
+                                               by=bob)),            # the same server as an "outside URL"
+                 lambda: list(vlm.stream(every["ann-vlm"], msgs, by=bob))):
+        with pytest.raises(users.Refused, match="the server ann-.* is another student's"):
+            call()
+    with pytest.raises(chat.ChatError):                                # what the Chat page catches
+        list(chat.stream_chat(every["ann-llm"], msgs, by="bob"))
+    for who, ep in ((ann, "ann-llm"), (bob, "teach-llm"), (teach, "ann-llm")):   # allowed: it gets as far
+        with pytest.raises(chat.ChatError, match="cannot reach") as e:                # as the (absent) server
+            list(chat.stream_chat(every[ep], msgs, by=who))
+        assert not isinstance(e.value, users.Refused)
+    refused = [r for r in users.audit_log("refused") if r["target"].startswith("endpoint")]
+    assert [r["actor"] for r in refused] == ["bob"] * 4
+
+
+def test_evaluations_and_drafts_are_the_students_own_and_the_instructors(home, klass, tiny_model):
+    from backend import chat, compose
+    from backend import evaluate as ev
+    ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
+    spec = {"models": [{"name": "tiny", "path": str(tiny_model)}],
+            "datasets": [{"name": "q", "path": str(ROOT / "assets" / "datasets" / "easy_qa.jsonl")}]}
+    runs = {o: ev.submit(spec, owner=o, install_engine_if_missing=True) for o in ("ann", "bob", "teach")}
+    ids = lambda who: {r["job_id"] for r in ev.runs(by=who)}                  # noqa: E731
+    assert ids(bob) == {runs["bob"], runs["teach"]} and ids(teach) == set(runs.values())
+    with pytest.raises(users.Refused, match=f"evaluation {runs['ann']} is another student's"):
+        ev.result(runs["ann"], by=bob)                                      # opened by its number
+    assert ev.result(runs["ann"], by=ann) is None and ev.result(runs["teach"], by=bob) is None   # not done yet
+    running_server(home, "ann", "ann-llm")
+    url = next(e["url"] for e in chat.endpoints(by=teach))
+    assert "ann-llm" not in {m["name"] for m in ev.model_choices(by=bob)}
+    with pytest.raises(queue.SubmitError, match="the server ann-llm is another student's"):   # its key is ann's
+        ev.submit({**spec, "models": [{"name": "x", "url": url, "api_model": "m"}]}, owner="bob")
+
+    mine, hers, class_ = (compose.new_draft("Write about Hangzhou", [], owner=o) for o in ("bob", "ann", "teach"))
+    for i, d in enumerate((mine, hers, class_)):
+        d["id"] += f"-{i}"
+        compose.save(d, by=d["owner"])
+    assert {d["id"] for d in compose.drafts(by=bob)} == {mine["id"], class_["id"]}
+    assert len(compose.drafts(by=teach)) == 3
+    with pytest.raises(users.Refused, match=f"draft {hers['id']} is another student's"):
+        compose.draft(hers["id"], by=bob)                                   # ?draft=<ann's id>
+    with pytest.raises(users.Refused):
+        compose.save(class_, by=bob)                                        # read, never changed
+    assert compose.draft(class_["id"], by=bob)["owner"] == "teach" and compose.draft(hers["id"], by=teach)
+    refused = {r["target"] for r in users.audit_log("refused")}
+    assert {f"evaluation {runs['ann']}", "endpoint ann-llm", f"draft {hers['id']}", f"draft {class_['id']}"} <= refused
+
+
+def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_datasets(home, klass, tiny_model):
+    from backend import evaluate as ev
+    ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
+    row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    for owner in ("ann", "bob", "teach"):
+        datasets.save_upload(f"{owner}-set.jsonl", io.BytesIO(row), owner=owner)
+    datasets.save_upload("ann-qa.jsonl", io.BytesIO(b'{"question": "2+2?", "answer": "4"}\n'), owner="ann")
+    samples = {p.stem for p in (ROOT / "assets" / "datasets").iterdir() if p.suffix in datasets.EXTENSIONS}
+    names = lambda who: {e["name"] for e in datasets.list_datasets(by=who)}          # noqa: E731
+    assert names(bob) == samples | {"bob-set", "teach-set"}
+    assert names(teach) == samples | {"ann-set", "ann-qa", "bob-set", "teach-set"}
+    assert "ann-set" not in {d["name"] for d in ev.dataset_choices(by=bob)}
+    open_store(home).put(models.TYPE, "tiny", tiny_model)
+    spec = {"base_model": "tiny", "preset": "cpu_demo"}
+    for ok in (["bob-set"], ["teach-set", "mini_instructions"]):
+        assert queue.submit("finetune", {**spec, "datasets": ok}, owner="bob")
+    with pytest.raises(queue.SubmitError, match="dataset ann-set is another student's"):
+        queue.submit("finetune", {**spec, "datasets": ["bob-set", "ann-set"]}, owner="bob")
+    assert queue.submit("finetune", {**spec, "datasets": ["ann-set"]}, owner="teach")
+    ann_file = next(e["path"] for e in datasets.list_datasets(by=ann) if e["name"] == "ann-qa")
+    with pytest.raises(users.Refused, match="dataset ann-qa is another student's"):    # by its file, too
+        queue.submit("evaluate", {"models": [{"name": "tiny", "path": str(tiny_model)}],
+                                  "datasets": [{"name": "mine", "path": ann_file}]}, owner="bob")
+    assert sorted(r["target"] for r in users.audit_log("refused")) == ["dataset ann-qa", "dataset ann-set"]
+    assert len(queue.list_jobs(by=bob)) == 2
+
+
+def test_disk_quota_is_refused_at_upload_and_import_with_current_usage(home, klass, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(1 / 1024))          # 1 MB
+    line = b'{"text": "' + b"x" * 1000 + b'"}\n'
+    big = line * 600                                                           # ~590 KB
+    datasets.save_upload("first.jsonl", io.BytesIO(big), owner="ann")
+    assert users.disk_used("ann") == len(big) and users.disk_used("bob") == 0
+    kb = re.escape(human_size(len(big)))
+    for data in (big, io.BytesIO(big)):                                        # sized, and a stream
+        with pytest.raises(users.Refused, match=f"already take {kb}; adding {kb} would pass your disk quota of 1.0 MB"
+                           ) as e:
+            datasets.save_upload("second.jsonl", data, owner="ann")
+        assert isinstance(e.value, datasets.DatasetError)                       # what the Datasets page shows
+    assert [e["name"] for e in datasets.list_datasets(by="ann") if e["meta"]["source"] == "upload"] == ["first"]
+    assert not list(datasets.datasets_dir().glob("*second*"))                   # nothing left behind
+    datasets.save_upload("second.jsonl", io.BytesIO(line * 100), owner="bob")    # bob's own quota
+    datasets.save_upload("class.jsonl", io.BytesIO(big * 2), owner="teach")     # instructors' files are the class's
+    datasets.save_upload("more.jsonl", io.BytesIO(line * 400), owner="ann")     # ~390 KB: still fits
+    imp = {"source": "url", "id": "https://example.com/data.jsonl"}
+    assert queue.submit("dataset_import", imp, owner="ann")                    # its size is known only once fetched
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(0.5 / 1024))        # the instructor lowers it: ann is over
+    used = re.escape(human_size(users.disk_used("ann")))
+    with pytest.raises(queue.SubmitError, match=f"take {used}, your whole disk quota of 512.0 KB"):
+        queue.submit("dataset_import", imp, owner="ann")
+    assert queue.submit("dataset_import", imp, owner="bob")
+    datasets.delete("first", by=users.acting("ann"))
+    assert queue.submit("dataset_import", imp, owner="ann")
+    assert len([r for r in users.audit_log("refused") if r["detail"].startswith("add files")]) == 3
