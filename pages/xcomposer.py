@@ -152,7 +152,7 @@ def composer() -> None:
                 text = streamed(compose.article_prompt(instruction), images)
             if text is not None:
                 draft["paragraphs"] = compose.paragraphs(text)
-                compose.save(draft, by=ui.user())
+                save(draft)
                 st.query_params["draft"] = draft["id"]
                 st.rerun()
         return
@@ -165,7 +165,7 @@ def composer() -> None:
             answer = streamed(compose.slots_prompt(draft["paragraphs"], n))
         if answer is not None:
             draft["slots"] = compose.parse_slots(answer, draft["paragraphs"], n)
-            compose.save(draft, by=ui.user())
+            save(draft)
             st.rerun()
     if cols[2].button(ui.t("xc.match"), key="xc_match", disabled=not draft["slots"]):
         if not compose.gallery():
@@ -176,7 +176,7 @@ def composer() -> None:
                 compose.caption_gallery(ep, on_caption=lambda d, t: bar.progress(
                     d / t, ui.t("xc.captioning", done=d, total=t)))
                 compose.rerank(draft)
-                compose.save(draft, by=ui.user())
+                save(draft)
                 st.rerun()
             except (vlm.VLMError, compose.ComposeError) as e:
                 ui.error(e)
@@ -193,7 +193,7 @@ def composer() -> None:
                     text = streamed(compose.edit_prompt(edit[0], para, context))
                 if text and text.strip():
                     draft["paragraphs"][i] = text.strip()
-                    compose.save(draft, by=ui.user())
+                    save(draft)
                     st.rerun()
         if i in slots:
             slot_view(draft, slots[i], i)
@@ -205,6 +205,16 @@ def composer() -> None:
                              "text/html", key="xc_export_html")
 
 
+def save(draft: dict) -> None:
+    """Keep a draft; a student changing an instructor's draft (read-only to them) is told so, and the
+    page stops there."""
+    try:
+        compose.save(draft, by=ui.user())
+    except compose.ComposeRefused as e:
+        ui.error(e)
+        st.stop()
+
+
 def slot_view(draft: dict, slot: dict, i: int) -> None:
     with st.container(key=f"xc_slot_{i}", border=True):
         st.caption(ui.t("xc.slot", n=i + 1) + " · " + ui.t("xc.slot.by." + slot["by"]))
@@ -212,7 +222,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
         if cap != slot["caption"]:                    # a new caption re-ranks with the captions already known
             slot["caption"] = cap
             compose.rerank(draft)
-            compose.save(draft, by=ui.user())
+            save(draft)
         options = ["", *[p for p, _ in slot["ranked"]]]
         scores = dict(map(tuple, slot["ranked"]))
         chosen = st.selectbox(ui.t("xc.slot.pick"), options, index=options.index(slot["image"] or ""),
@@ -220,7 +230,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
                               format_func=lambda p: f"{p.rsplit('/', 1)[-1]} ({scores[p]:.2f})" if p else ui.t("xc.slot.none"))
         if chosen != (slot["image"] or ""):
             slot.update(image=chosen or None, chosen=True)
-            compose.save(draft, by=ui.user())
+            save(draft)
             st.rerun()
         if slot["image"]:
             st.image(str(compose.resolve(slot["image"])), caption=slot["caption"], width=320)
