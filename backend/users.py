@@ -15,6 +15,7 @@ message); pages pass the logged-in user and never decide permissions themselves.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 import secrets
@@ -22,10 +23,6 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from backend import defaults
 from backend.errors import UserError
@@ -38,7 +35,15 @@ MIN_PASSWORD = 8
 ADDRESS_FAILS_FACTOR = 4                     # an address (a classroom NAT) may fail this many times an account's limit
 COOKIE = "workbench_session"
 LOOPBACK = {"", "127.0.0.1", "::1"}          # not throttled per address: a whole class tunnels in from here
-_hasher = PasswordHasher()                   # argon2id with the library's current recommended parameters
+
+
+@functools.cache
+def _hasher():
+    """argon2id with the library's current recommended parameters. argon2-cffi and itsdangerous are imported
+    where they are used, not at the top: jobs in engine environments (lagent, opencompass) import this module
+    through the permission checks but never log anyone in, and those environments don't carry them."""
+    from argon2 import PasswordHasher
+    return PasswordHasher()
 
 
 class Refused(UserError):
@@ -176,7 +181,7 @@ def add(name: str, role: str = "student", password: str | None = None, home: Pat
         raise UserError("err.users.bad_name", name=name)
     password = password or new_password()
     try:
-        open_store(home).add_user(name, _check_role(role), _hasher.hash(password))
+        open_store(home).add_user(name, _check_role(role), _hasher().hash(password))
     except sqlite3.IntegrityError:
         raise UserError("err.users.exists", name=name) from None
     audit("(shell)", "user_add", name, detail=role, home=home)
@@ -203,7 +208,7 @@ def reset(name: str, home: Path | None = None) -> str:
     _row(name, home)
     password = new_password()
     store = open_store(home)
-    store.update_user(name, password_hash=_hasher.hash(password), must_change=1, disabled=0)
+    store.update_user(name, password_hash=_hasher().hash(password), must_change=1, disabled=0)
     store.revoke_sessions(user=name)
     audit("(shell)", "user_reset", name, home=home)
     return password
@@ -291,14 +296,15 @@ def change_password(user: User, old: str, new: str, home: Path | None = None) ->
         raise Refused("err.users.short_password", n=MIN_PASSWORD)
     if new == old:
         raise Refused("err.users.same_password")
-    open_store(home).update_user(user.name, password_hash=_hasher.hash(new), must_change=0)
+    open_store(home).update_user(user.name, password_hash=_hasher().hash(new), must_change=0)
     audit(user.name, "password_change", user.name, home=home)
     return _user(_row(user.name, home))
 
 
 def _verify(hash_: str, password: str) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
     try:
-        return bool(hash_) and _hasher.verify(hash_, password)
+        return bool(hash_) and _hasher().verify(hash_, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -318,8 +324,18 @@ def _secret(home: Path | None = None) -> bytes:
     return path.read_bytes()
 
 
-def _signer(home: Path | None = None) -> URLSafeTimedSerializer:
+def _signer(home: Path | None = None):
+    from itsdangerous import URLSafeTimedSerializer
     return URLSafeTimedSerializer(_secret(home), salt="workbench-session")
+
+
+def _session_id(token: str, home: Path | None, max_age: float | None = None) -> str | None:
+    """The session id a token signs, or None when its signature is bad or it expired."""
+    from itsdangerous import BadSignature
+    try:
+        return _signer(home).loads(token, max_age=max_age)
+    except BadSignature:
+        return None
 
 
 def session_seconds() -> int:
@@ -341,8 +357,8 @@ def login(name: str, password: str, address: str = "", home: Path | None = None)
     if row is None or row["disabled"] or not _verify(row["password_hash"], password):
         audit(name, "login_failed", name, address, home=home)
         raise Refused("err.users.wrong_login")
-    if _hasher.check_needs_rehash(row["password_hash"]):
-        store.update_user(name, password_hash=_hasher.hash(password))
+    if _hasher().check_needs_rehash(row["password_hash"]):
+        store.update_user(name, password_hash=_hasher().hash(password))
     audit(name, "login", name, address, home=home)
     return _user(row), start_session(name, home)
 
@@ -355,11 +371,8 @@ def start_session(name: str, home: Path | None = None) -> str:
 
 def session_user(token: str | None, home: Path | None = None) -> User | None:
     """The user of a live session token: signature good, not expired, not revoked, account enabled."""
-    if not token:
-        return None
-    try:
-        sid = _signer(home).loads(token, max_age=session_seconds())
-    except BadSignature:
+    sid = _session_id(token, home, max_age=session_seconds()) if token else None
+    if sid is None:
         return None
     store = open_store(home)
     s = store.session(sid)
@@ -368,9 +381,8 @@ def session_user(token: str | None, home: Path | None = None) -> User | None:
 
 
 def logout(token: str | None, home: Path | None = None) -> None:
-    try:
-        sid = _signer(home).loads(token or "")
-    except BadSignature:
+    sid = _session_id(token or "", home)
+    if sid is None:
         return
     s = open_store(home).session(sid)
     if open_store(home).revoke_sessions(sid=sid) and s:
