@@ -66,9 +66,149 @@ tokens = avg * cfg["batch"] * (cfg["steps"] - 1)
 print(json.dumps({"tokens_per_s": tokens / dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
+PLAIN_FEATS = r'''
+import json, sys, time, torch, resource
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, TrainerCallback
+from transformers import DataCollatorForSeq2Seq
+from peft import LoraConfig, get_peft_model
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)
+tok = AutoTokenizer.from_pretrained(cfg["model"])
+if cfg["kind"] == "clm":
+    # run_clm's recipe: every document's tokens (+ EOS) concatenated, cut into blocks of max_length
+    flat = []
+    for line in open(cfg["data"]):
+        ids = tok(json.loads(line)["text"])["input_ids"]
+        flat += ids + ([tok.eos_token_id] if ids[-1:] != [tok.eos_token_id] else [])
+    L = cfg["max_length"]
+    feats = [{"input_ids": flat[i:i + L], "labels": flat[i:i + L]} for i in range(0, len(flat) - L + 1, L)]
+else:                                       # rows already rendered and masked: padded batches, no packing
+    feats = [json.loads(l) for l in open(cfg["data"])]
+model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+model = get_peft_model(model, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
+                                         target_modules="all-linear", task_type="CAUSAL_LM"))
+real = []
+class Count(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == 1:
+            real.append(time.monotonic())
+args = TrainingArguments(output_dir=cfg["out"], per_device_train_batch_size=cfg["batch"], gradient_accumulation_steps=1,
+                         learning_rate=1e-4, max_steps=cfg["steps"], logging_steps=1000, save_strategy="no",
+                         report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, lr_scheduler_type="cosine",
+                         warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True)
+pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+counts = []                                 # real tokens of each batch, in the order the steps take them
+def coll(batch):
+    counts.append(sum(len(f["input_ids"]) for f in batch))
+    return pad(batch)
+tr = Trainer(model=model, args=args, train_dataset=feats, data_collator=coll, callbacks=[Count()])
+tr.train()
+dt = time.monotonic() - real[0]
+tokens = sum(counts[1:cfg["steps"]])
+print(json.dumps({"tokens_per_s": tokens / dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+PLAIN_PREF = r'''
+import json, sys, time, torch, resource
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from peft import LoraConfig, get_peft_model
+cfg = json.loads(sys.argv[1])
+obj = cfg["objective"]
+if obj == "dpo":
+    from trl import DPOConfig as Config, DPOTrainer as T
+elif obj == "kto":
+    from trl import KTOConfig as Config, KTOTrainer as T
+else:
+    from trl.experimental.orpo import ORPOConfig as Config, ORPOTrainer as T
+torch.manual_seed(42)
+tok = AutoTokenizer.from_pretrained(cfg["model"])
+model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+model.config.use_cache = False
+model = get_peft_model(model, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
+                                         target_modules="all-linear", task_type="CAUSAL_LM"))
+stamps = []
+class Times(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            stamps.append(time.monotonic())
+rows = [json.loads(l) for l in open(cfg["data"])]
+args = Config(output_dir=cfg["out"], per_device_train_batch_size=cfg["batch"], gradient_accumulation_steps=1,
+              learning_rate=1e-4, max_steps=cfg["steps"], lr_scheduler_type="cosine", warmup_steps=0.0,
+              weight_decay=0.0, max_grad_norm=1.0, seed=42, logging_steps=1, save_strategy="no", report_to=[],
+              use_cpu=True, bf16=False, fp16=False, max_length=cfg["max_length"], beta=0.1, disable_tqdm=True,
+              gradient_checkpointing=False, remove_unused_columns=False)
+tr = T(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Times()])
+tr.train()
+ds = tr.train_dataset                      # the tokenized rows both sides train on: tokens per row
+cols = [c for c in ds.column_names if c.endswith("input_ids") or c.endswith("_ids")]
+per_row = sum(len(x) for c in cols for x in ds[c]) / len(ds)
+per_step = per_row * cfg["batch"]
+dt = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+print(json.dumps({"tokens_per_s": per_step / dt, "s_per_step": dt, "tokens_per_step": per_step, "columns": cols,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+# Qwen2.5's tool format (tools listed in the system turn, calls as <tool_call>{json}</tool_call>, results as
+# <tool_response> in a user turn) on SmolLM2's ChatML tokens: the bundled model's own template has no tools
+TOOL_TEMPLATE = r"""{%- if tools %}<|im_start|>system
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% else %}You are a helpful assistant.{% endif %}
+
+# Tools
+
+You may call one or more functions to assist with the user query.
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags.<|im_end|>
+{% elif messages[0]['role'] != 'system' %}<|im_start|>system
+You are a helpful assistant.<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message['role'] == 'system' %}{% if not tools %}<|im_start|>system
+{{ message['content'] }}<|im_end|>
+{% endif %}
+{%- elif message['role'] == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message['content'] }}
+</tool_response><|im_end|>
+{% elif message['role'] == 'assistant' %}<|im_start|>assistant
+{{ message['content'] }}
+{%- for call in message.get('tool_calls') or [] %}{% if loop.first and message['content'] %}
+{% endif %}<tool_call>
+{"name": "{{ call['function']['name'] }}", "arguments": {{ call['function']['arguments'] | tojson }}}
+</tool_call>{% endfor %}<|im_end|>
+{% else %}<|im_start|>{{ message['role'] }}
+{{ message['content'] }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CITIES = ["Paris", "Beijing", "Lagos", "Lima", "Oslo", "Hanoi", "Cairo", "Quito", "Perth", "Tokyo", "Dakar", "Riga"]
+
+
+def tool_rows(n: int) -> list[dict]:
+    """OpenAI-style tool-calling conversations: a question, the call, the tool's result, the answer."""
+    out = []
+    for i in range(n):
+        city, t = CITIES[i % len(CITIES)], 5 + (7 * i) % 30
+        out.append({"tools": [WEATHER], "messages": [
+            {"role": "user", "content": f"What's the weather like in {city} right now? I need to know what to wear."},
+            {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                "name": "get_weather", "arguments": json.dumps({"city": city})}}]},
+            {"role": "tool", "content": json.dumps({"city": city, "temp_c": t, "sky": "cloudy" if i % 2 else "clear"})},
+            {"role": "assistant", "content": f"It is {t} °C and {'cloudy' if i % 2 else 'clear'} in {city}: "
+                                             f"{'take a warm coat' if t < 15 else 'a light jacket is enough'}."}]})
+    return out
+
 
 def run_job(home: Path, spec: dict) -> dict:
-    """One finetune job through the real worker; tokens/s from its metrics (first step left out)."""
+    """One finetune job through the real worker; tokens/s from its metrics (first step left out), and the
+    mean time of a step between the first and the last metric point (preference runs log no tokens/s)."""
     from backend import logs, queue
     env = dict(os.environ, WORKBENCH_HOME=str(home), PYTHONPATH=str(ROOT))
     os.environ["WORKBENCH_HOME"] = str(home)
@@ -76,20 +216,45 @@ def run_job(home: Path, spec: dict) -> dict:
     subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     events, _ = logs.read_events(job_id, home=home)
-    m = [e for e in events if e["type"] == "metric" and "tokens_per_s" in e][1:]
-    if not m:
+    m = [e for e in events if e["type"] == "metric" and "loss" in e]
+    result = logs.result(job_id, home) if len(m) > 2 else None
+    if not result:
         raise SystemExit(f"job {job_id} failed:\n" + logs.tail(job_id, 30, home))
-    # tokens/s over the timed steps: tokens = rate × step time summed, so weight by time
-    t = [m[i]["t"] - m[i - 1]["t"] for i in range(1, len(m))]
-    tokens = sum(p["tokens_per_s"] * dt for p, dt in zip(m[1:], t))
-    return {"tokens_per_s": tokens / sum(t), "rss_mb": logs.result(job_id, home)["peak_rss_mb"]}
+    out = {"s_per_step": (m[-1]["t"] - m[0]["t"]) / (len(m) - 1), "rss_mb": result["peak_rss_mb"]}
+    m = [e for e in m if "tokens_per_s" in e][1:]
+    if m:   # tokens/s over the timed steps: tokens = rate × step time summed, so weight by time
+        t = [m[i]["t"] - m[i - 1]["t"] for i in range(1, len(m))]
+        tokens = sum(p["tokens_per_s"] * dt for p, dt in zip(m[1:], t))
+        out["tokens_per_s"] = tokens / sum(t)
+    return out
 
 
-def run_plain(cfg: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", PLAIN, json.dumps(cfg)], capture_output=True, text=True, cwd=ROOT)
+def run_plain(cfg: dict, script: str = PLAIN) -> dict:
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(cfg)], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+OBJECTIVES = ("sft", "pretrain", "tools", "dpo", "orpo", "kto")
+
+
+def tools_model(model: Path, folder: Path) -> Path:
+    """The model's files linked into ``folder`` with TOOL_TEMPLATE as its chat template."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in model.iterdir():
+        if f.name not in ("chat_template.jinja", "tokenizer_config.json"):
+            (folder / f.name).symlink_to(f.resolve())
+    config = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "chat_template.jinja").write_text(TOOL_TEMPLATE, encoding="utf-8")
+    return folder
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 def main() -> None:
@@ -101,7 +266,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES),
+                    help=f"comma-separated, of {', '.join(OBJECTIVES)} (sft: the three lines above)")
+    ap.add_argument("--new-steps", type=int, default=8, help="steps of the pretrain / tools / preference lines")
+    ap.add_argument("--pref-batch", type=int, default=2, help="pairs (KTO: rows) per step of the preference lines")
     a = ap.parse_args()
+    wanted = [o for o in a.objectives.split(",") if o]
+    if set(wanted) - set(OBJECTIVES):
+        raise SystemExit(f"--objectives: unknown {sorted(set(wanted) - set(OBJECTIVES))}")
     scratch = Path(tempfile.mkdtemp(prefix="bench-ft-"))
     home = scratch / "home"
     home.mkdir()
@@ -120,30 +292,88 @@ def main() -> None:
     convs = datasets.load_messages(source)
     convs = (convs * (a.rows // len(convs) + 1))[:a.rows]          # both sides read these conversations
     (home / "datasets").mkdir()
-    data = home / "datasets" / "d.jsonl"
-    data.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in convs), encoding="utf-8")
+    data = write_jsonl(home / "datasets" / "d.jsonl", [{"messages": m} for m in convs])
     common = {"base_model": "m", "datasets": ["d.jsonl"], "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
               "max_length": a.max_length, "max_steps": a.steps, "batch_size": a.batch, "grad_accum": 1,
               "gradient_checkpointing": False, "save_steps": 10_000, "max_samples": a.rows, "device": "cpu", "warmup_ratio": 0.0,
               "lr": 1e-4}
+    plain_cfg = {"model": str(model), "rows": a.rows, "max_length": a.max_length, "steps": a.new_steps,
+                 "batch": a.batch, "r": 16, "alpha": 32, "out": str(scratch / "plain")}
+    new = dict(common, max_steps=a.new_steps)
+    lines = {}          # objective → (baseline label, job label, baseline config, script, job spec)
+    if "pretrain" in wanted:        # the same conversations as plain documents
+        texts = write_jsonl(home / "datasets" / "text.jsonl",
+                            [{"text": "\n".join(m["content"] for m in c)} for c in convs])
+        lines["pretrain"] = ("transformers Trainer, run_clm blocks", "finetune job, objective pretrain (packed)",
+                             dict(plain_cfg, kind="clm", data=str(texts)), PLAIN_FEATS,
+                             dict(new, objective="pretrain", datasets=["text.jsonl"], packing=True))
+    if "tools" in wanted:           # tool calls rendered by a tool-aware template, the same rows on both sides
+        from backend import finetune as ft
+        from jobs.finetune import tokenize
+        from transformers import AutoTokenizer
+        tmodel = tools_model(model, scratch / "m-tools")
+        open_store(home).put("model", "m-tools", str(tmodel))
+        path = write_jsonl(home / "datasets" / "tools.jsonl", tool_rows(a.rows))
+        tok = AutoTokenizer.from_pretrained(tmodel)
+        feats = [tokenize(tok, c, a.max_length) for c in ft.load_conversations([path]) if ft.usable(c)]
+        rendered = write_jsonl(scratch / "tools-rendered.jsonl",
+                               [{"input_ids": ids, "labels": labels} for ids, labels in filter(None, feats)])
+        lines["tools"] = ("peft + Trainer on the rendered rows", "finetune job, tool calls (packed)",
+                          dict(plain_cfg, model=str(tmodel), kind="rows", data=str(rendered)), PLAIN_FEATS,
+                          dict(new, base_model="m-tools", datasets=["tools.jsonl"], packing=True))
+    prefs = [o for o in ("dpo", "orpo", "kto") if o in wanted]
+    if prefs:                       # the same prompts, each answer against another row's (KTO: labelled)
+        other = lambda i: convs[(i + 1) % len(convs)][-1]["content"]     # noqa: E731
+        pairs = write_jsonl(home / "datasets" / "pairs.jsonl", [
+            {"prompt": c[:-1], "chosen": [c[-1]], "rejected": [{"role": "assistant", "content": other(i)}]}
+            for i, c in enumerate(convs)])
+        labelled = write_jsonl(home / "datasets" / "kto.jsonl", [
+            {"prompt": c[:-1], "completion": [c[-1] if i % 2 == 0 else {"role": "assistant", "content": other(i)}],
+             "label": i % 2 == 0} for i, c in enumerate(convs)])
+        for o in prefs:
+            d = labelled if o == "kto" else pairs
+            lines[o] = (f"TRL {o.upper()} trainer called directly", f"finetune job, objective {o}",
+                        dict(plain_cfg, objective=o, data=str(d), batch=a.pref_batch), PLAIN_PREF,
+                        dict(new, objective=o, datasets=[d.name], batch_size=a.pref_batch))
     rounds = []
     for _ in range(a.repeat):
-        plain = run_plain({"model": str(model), "data": str(data), "rows": a.rows, "max_length": a.max_length,
-                           "steps": a.steps, "batch": a.batch, "r": 16, "alpha": 32, "out": str(scratch / "plain")})
-        job = run_job(home, {**common, "packing": False})
-        packed = run_job(home, {**common, "packing": True})
-        rounds.append((plain, job, packed))
-        print(f"round {len(rounds)}: tokens/s plain {plain['tokens_per_s']:.1f}, job {job['tokens_per_s']:.1f}, "
-              f"packed {packed['tokens_per_s']:.1f}", flush=True)
-    med = lambda i, k: statistics.median(r[i][k] for r in rounds)   # noqa: E731
-    ratio = lambda i: statistics.median(r[i]["tokens_per_s"] / r[0]["tokens_per_s"] for r in rounds)   # noqa: E731
-    print(f"model {model.name}, data {a.data}, {a.rows} rows, batch {a.batch}, max_length {a.max_length}, {a.steps} steps, "
+        r = {}
+        if "sft" in wanted:
+            r["plain"] = run_plain(dict(plain_cfg, data=str(data), steps=a.steps))
+            r["job"] = run_job(home, {**common, "packing": False})
+            r["packed"] = run_job(home, {**common, "packing": True})
+            print(f"round {len(rounds) + 1}: tokens/s plain {r['plain']['tokens_per_s']:.1f}, "
+                  f"job {r['job']['tokens_per_s']:.1f}, packed {r['packed']['tokens_per_s']:.1f}", flush=True)
+        for o, (_, _, cfg, script, spec) in lines.items():
+            base, job = run_plain(cfg, script), run_job(home, spec)
+            if "tokens_per_s" not in job:       # preference: the same rows in the same order on both sides
+                job["tokens_per_s"] = base["tokens_per_step"] / job["s_per_step"]
+            r[o] = (base, job)
+            print(f"round {len(rounds) + 1}: {o}: tokens/s baseline {base['tokens_per_s']:.1f}, "
+                  f"job {job['tokens_per_s']:.1f}", flush=True)
+        rounds.append(r)
+    print(f"model {model.name}, data {a.data}, {a.rows} rows, batch {a.batch}, max_length {a.max_length}, "
+          f"{a.steps} steps (new lines: {a.new_steps} steps, preference batch {a.pref_batch}), "
           f"{os.cpu_count()} CPUs, {a.repeat} round(s), medians")
-    for i, label in enumerate(("plain peft + Trainer (no packing):", "finetune job, no packing:         ",
-                               "finetune job, packing:            ")):
-        print(f"{label} {med(i, 'tokens_per_s'):8.1f} tokens/s   peak RSS {med(i, 'rss_mb'):.0f} MB")
-    print(f"same settings:  job / Trainer = {ratio(1):.2f}x   (goal >= 0.95x)")
-    print(f"packing:        job packed / Trainer unpacked = {ratio(2):.2f}x   (goal >= 1.5x)")
+    if "sft" in wanted:
+        med = lambda k, f: statistics.median(r[k][f] for r in rounds)   # noqa: E731
+        ratio = lambda k: statistics.median(r[k]["tokens_per_s"] / r["plain"]["tokens_per_s"] for r in rounds)  # noqa: E731
+        for k, label in (("plain", "plain peft + Trainer (no packing):"), ("job", "finetune job, no packing:         "),
+                         ("packed", "finetune job, packing:            ")):
+            print(f"{label} {med(k, 'tokens_per_s'):8.1f} tokens/s   peak RSS {med(k, 'rss_mb'):.0f} MB")
+        print(f"same settings:  job / Trainer = {ratio('job'):.2f}x   (goal >= 0.95x)")
+        print(f"packing:        job packed / Trainer unpacked = {ratio('packed'):.2f}x   (goal >= 1.5x)   "
+              f"peak RSS {statistics.median(r['packed']['rss_mb'] / r['plain']['rss_mb'] for r in rounds):.2f}x "
+              f"(goal <= 1.2x)")
+    if lines:
+        print(f"\n| objective | baseline | baseline tokens/s | job tokens/s | tokens/s job / baseline (goal >= 1.0x) "
+              f"| peak RSS baseline / job | RSS job / baseline |\n|---|---|---|---|---|---|---|")
+    for o, (blabel, jlabel, *_) in lines.items():
+        m = lambda i, f: statistics.median(r[o][i][f] for r in rounds)   # noqa: E731
+        q = lambda f: statistics.median(r[o][1][f] / r[o][0][f] for r in rounds)   # noqa: E731
+        print(f"| {o} | {blabel} | {m(0, 'tokens_per_s'):.1f} | {m(1, 'tokens_per_s'):.1f} | "
+              f"**{q('tokens_per_s'):.2f}×** | {m(0, 'rss_mb') / 1024:.1f} / {m(1, 'rss_mb') / 1024:.1f} GB | "
+              f"{q('rss_mb'):.2f}× |")
 
 
 if __name__ == "__main__":

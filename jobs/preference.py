@@ -6,6 +6,7 @@ and TRL's rewards (margin, chosen, rejected, accuracy) for the page's live chart
 """
 from __future__ import annotations
 
+import resource
 import time
 
 from backend import finetune as ft
@@ -69,6 +70,7 @@ def train(run) -> dict:
     result = {"steps": len(history), "first_loss": losses[0] if losses else None,
               "final_loss": losses[-1] if losses else None, "eval_loss": None,
               "first_margin": margins[0] if margins else None, "final_margin": margins[-1] if margins else None,
-              "tokens_per_s": None, "seconds": round(time.monotonic() - t0, 1)}
+              "tokens_per_s": None, "seconds": round(time.monotonic() - t0, 1),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     result.update(run.publish(result))
     return result
