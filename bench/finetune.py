@@ -366,8 +366,8 @@ def main() -> None:
               f"peak RSS {statistics.median(r['packed']['rss_mb'] / r['plain']['rss_mb'] for r in rounds):.2f}x "
               f"(goal <= 1.2x)")
     if lines:
-        print(f"\n| objective | baseline | baseline tokens/s | job tokens/s | tokens/s job / baseline (goal >= 1.0x) "
-              f"| peak RSS baseline / job | RSS job / baseline |\n|---|---|---|---|---|---|---|")
+        print("\n| objective | baseline | baseline tokens/s | job tokens/s | tokens/s job / baseline (goal >= 1.0x) "
+              "| peak RSS baseline / job | RSS job / baseline |\n|---|---|---|---|---|---|---|")
     for o, (blabel, jlabel, *_) in lines.items():
         m = lambda i, f: statistics.median(r[o][i][f] for r in rounds)   # noqa: E731
         q = lambda f: statistics.median(r[o][1][f] / r[o][0][f] for r in rounds)   # noqa: E731
