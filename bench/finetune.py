@@ -28,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py, datasets.py) would shadow real ones
 
-PLAIN = r'''
+# The plain-Trainer baselines (run in a subprocess each): the imports, then, once a script has built its
+# features, the same LoRA model, step timer and TrainingArguments for both.
+TRAINER_HEAD = r'''
 import json, sys, time, torch, resource
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, TrainerCallback
 from transformers import DataCollatorForSeq2Seq
@@ -36,14 +38,9 @@ from peft import LoraConfig, get_peft_model
 cfg = json.loads(sys.argv[1])
 torch.manual_seed(0)
 tok = AutoTokenizer.from_pretrained(cfg["model"])
-rows = [json.loads(l)["messages"] for l in open(cfg["data"])][: cfg["rows"]]
-feats = []
-for msgs in rows:                           # the usual recipe: prompt masked, answer trained, no packing
-    prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(msgs, tokenize=False)
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
-    ids = tok(full, add_special_tokens=False)["input_ids"][: cfg["max_length"]]
-    feats.append({"input_ids": ids, "labels": [-100] * len(p) + ids[len(p):]})
+'''
+
+TRAINER_SETUP = r'''
 model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
 model = get_peft_model(model, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
                                          target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -56,6 +53,18 @@ args = TrainingArguments(output_dir=cfg["out"], per_device_train_batch_size=cfg[
                          learning_rate=1e-4, max_steps=cfg["steps"], logging_steps=1000, save_strategy="no",
                          report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, lr_scheduler_type="cosine",
                          warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True)
+'''
+
+PLAIN = TRAINER_HEAD + r'''
+rows = [json.loads(l)["messages"] for l in open(cfg["data"])][: cfg["rows"]]
+feats = []
+for msgs in rows:                           # the usual recipe: prompt masked, answer trained, no packing
+    prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(msgs, tokenize=False)
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = tok(full, add_special_tokens=False)["input_ids"][: cfg["max_length"]]
+    feats.append({"input_ids": ids, "labels": [-100] * len(p) + ids[len(p):]})
+''' + TRAINER_SETUP + r'''
 coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
 tr = Trainer(model=model, args=args, train_dataset=feats, data_collator=coll, callbacks=[Count()])
 t0 = time.monotonic()
@@ -66,14 +75,7 @@ tokens = avg * cfg["batch"] * (cfg["steps"] - 1)
 print(json.dumps({"tokens_per_s": tokens / dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
-PLAIN_FEATS = r'''
-import json, sys, time, torch, resource
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, TrainerCallback
-from transformers import DataCollatorForSeq2Seq
-from peft import LoraConfig, get_peft_model
-cfg = json.loads(sys.argv[1])
-torch.manual_seed(0)
-tok = AutoTokenizer.from_pretrained(cfg["model"])
+PLAIN_FEATS = TRAINER_HEAD + r'''
 if cfg["kind"] == "clm":
     # run_clm's recipe: every document's tokens (+ EOS) concatenated, cut into blocks of max_length
     flat = []
@@ -84,18 +86,7 @@ if cfg["kind"] == "clm":
     feats = [{"input_ids": flat[i:i + L], "labels": flat[i:i + L]} for i in range(0, len(flat) - L + 1, L)]
 else:                                       # rows already rendered and masked: padded batches, no packing
     feats = [json.loads(l) for l in open(cfg["data"])]
-model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
-model = get_peft_model(model, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
-                                         target_modules="all-linear", task_type="CAUSAL_LM"))
-real = []
-class Count(TrainerCallback):
-    def on_step_begin(self, args, state, control, **kw):
-        if state.global_step == 1:
-            real.append(time.monotonic())
-args = TrainingArguments(output_dir=cfg["out"], per_device_train_batch_size=cfg["batch"], gradient_accumulation_steps=1,
-                         learning_rate=1e-4, max_steps=cfg["steps"], logging_steps=1000, save_strategy="no",
-                         report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, lr_scheduler_type="cosine",
-                         warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True)
+''' + TRAINER_SETUP + r'''
 pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
 counts = []                                 # real tokens of each batch, in the order the steps take them
 def coll(batch):
