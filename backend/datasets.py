@@ -603,6 +603,15 @@ class DatasetRefused(DatasetError, users.Refused):
     """What the acting user may not do (recorded in the audit log)."""
 
 
+def row_image(dataset: Path, item: str) -> Path | None:
+    """An image a row names by a path relative to its dataset file, when it is a file in that folder."""
+    try:
+        img = paths.inside(Path(dataset).parent, item)
+    except paths.OutsideError:
+        return None
+    return img if img.is_file() else None
+
+
 def delete(name: str, home: Path | None = None, by=None) -> None:
     """Forget a dataset; its file is removed only when it lives in the workspace (never a sample). Only its
     owner or an instructor (class datasets, owner '', only an instructor)."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend import defaults
+from backend import defaults, paths
 from backend.errors import UserError
 from backend.store import open_store
 
@@ -257,7 +257,7 @@ def disk_used(name: str, home: Path | None = None) -> int:
     for t in DISK_TYPES:
         for e in store.items(t):
             path = Path(e["path"]) if e["path"] else None
-            if e["owner"] == name and path is not None and path.resolve().is_relative_to(root):
+            if e["owner"] == name and path is not None and paths.is_inside(path.resolve(), root):
                 total += _bytes(path)
     return total
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
-from backend import defaults, models
+from backend import defaults, models, paths
 from backend.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
 from backend.job_env import CREDENTIALS_DIR
 from backend.paths import human_size
@@ -208,7 +208,7 @@ def unsafe_paths(dest: Path, files: list[RemoteFile]) -> list[str]:
     for f in files:
         rel = PurePosixPath(f.path)
         if not f.path or "\\" in f.path or rel.is_absolute() or ".." in rel.parts \
-                or not (dest / f.path).resolve().is_relative_to(root):
+                or not paths.is_inside((root / f.path).resolve(), root):
             bad.append(f.path)
     return bad
 

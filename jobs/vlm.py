@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 
-from backend import server_auth
+from backend import paths, server_auth
 from backend.errors import BAD_INPUT, CRASH
 from backend.registry import endpoint_meta
 from backend.specs.vlm import Spec, resolve
@@ -95,10 +95,10 @@ class Model:
             except (binascii.Error, ValueError):
                 raise ValueError(f"image {n} is not valid base64") from None
         if isinstance(img, dict) and img.get("path"):
-            home = self.job.home.resolve()
-            p = (home / img["path"]).resolve()
-            if not p.is_relative_to(home):
-                raise ValueError(f"image {n}: only files inside the workspace can be named by path")
+            try:
+                p = paths.inside(self.job.home, img["path"])
+            except paths.OutsideError:
+                raise ValueError(f"image {n}: only files inside the workspace can be named by path") from None
             if not p.is_file():
                 raise ValueError(f"image {n}: no file {img['path']} in the workspace")
             return p.read_bytes()

@@ -181,10 +181,8 @@ def show_images(record: dict) -> None:
                 continue
             if item.startswith("data:image/") or (item.lower().endswith(IMAGE_EXT) and item.startswith("http")):
                 st.image(item, caption=k, width=320)
-            elif item.lower().endswith(IMAGE_EXT):
-                img = (path.parent / item).resolve()
-                if img.is_file() and path.parent.resolve() in img.parents:
-                    st.image(str(img), caption=k, width=320)
+            elif item.lower().endswith(IMAGE_EXT) and (img := ds.row_image(path, item)):
+                st.image(str(img), caption=k, width=320)
 
 
 if rows and mine.get("row") is not None:
