@@ -19,6 +19,7 @@ PAGES = {
         st.Page("pages/evaluate.py", title=ui.t("nav.evaluate"), icon=":material/leaderboard:", url_path="evaluate"),
         st.Page("pages/chat.py", title=ui.t("nav.chat"), icon=":material/chat:", url_path="chat"),
         st.Page("pages/deploy.py", title=ui.t("nav.deploy"), icon=":material/rocket_launch:", url_path="deploy"),
+        st.Page("pages/agent.py", title=ui.t("nav.agent"), icon=":material/smart_toy:", url_path="agent"),
         st.Page("pages/xcomposer.py", title=ui.t("nav.xcomposer"), icon=":material/image:", url_path="xcomposer"),
     ],
     ui.t("nav.section.system"): [

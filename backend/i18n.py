@@ -802,6 +802,33 @@ STRINGS: dict[str, dict[str, str]] = {
     "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
     "deploy.start": {"en": "Start a server", "zh": "启动服务"},
     "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
+    "nav.agent": {"en": "Agent", "zh": "智能体"},
+    "agent.intro": {"en": "Ask a model that thinks, runs Python and reads the result (Lagent ReAct). Its code runs in "
+                             "this run's own folder under hard limits (CPU time, memory, wall time, output; no network, "
+                             "no files outside the folder).",
+                    "zh": "向会思考、会运行 Python 并读取结果的模型提问（Lagent ReAct）。它的代码在本次运行自己的文件夹中"
+                          "受严格限制地运行（CPU 时间、内存、墙钟时间、输出；无网络，不能访问文件夹之外的文件）。"},
+    "agent.endpoint": {"en": "Endpoint", "zh": "端点"},
+    "agent.no_endpoints": {"en": "No live endpoint: start a model server on the Chat page, or add an outside URL.",
+                           "zh": "没有运行中的端点：请在“对话”页启动模型服务，或添加外部地址。"},
+    "agent.tools": {"en": "Tools", "zh": "工具"},
+    "agent.tool.python": {"en": "Python interpreter", "zh": "Python 解释器"},
+    "agent.runs": {"en": "Your runs", "zh": "你的运行"},
+    "agent.run": {"en": "run {id} · {prompt}", "zh": "运行 {id} · {prompt}"},
+    "agent.new": {"en": "New conversation", "zh": "新对话"},
+    "agent.ask": {"en": "Ask the agent (a follow-up continues this conversation)", "zh": "向智能体提问（追问会延续本次对话）"},
+    "agent.wait": {"en": "A follow-up can be asked once this run has ended.", "zh": "本次运行结束后才能追问。"},
+    "agent.state": {"en": "Run {id}: {state}", "zh": "运行 {id}：{state}"},
+    "agent.step.thought": {"en": "Thought", "zh": "思考"},
+    "agent.step.tool": {"en": "Tool call: {tool}", "zh": "调用工具：{tool}"},
+    "agent.step.observation": {"en": "Observation", "zh": "观察结果"},
+    "agent.step.answer": {"en": "Answer", "zh": "回答"},
+    "agent.stop": {"en": "Stop", "zh": "停止"},
+    "agent.files": {"en": "Files the interpreter wrote", "zh": "解释器写出的文件"},
+    "agent.export.json": {"en": "Export trace (JSON)", "zh": "导出轨迹（JSON）"},
+    "agent.export.md": {"en": "Export trace (Markdown)", "zh": "导出轨迹（Markdown）"},
+    "err.agent.not_yours": {"en": "run {job} is not one of your agent runs: only its owner continues it",
+                            "zh": "运行 {job} 不是你的智能体运行：只有其所有者可以继续它"},
     # ---- end of table ----
 }
 

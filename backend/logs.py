@@ -110,8 +110,11 @@ def result(job_id: int, home: Path | None = None) -> dict | None:
         return None
 
 
+STEP_TYPES = ("model", "tool", "answer")    # an agent's steps (jobs/agent.py), in the order they happened
+
+
 class EventState:
-    """What a viewer keeps between refreshes: the offset, the latest progress, the metric points."""
+    """What a viewer keeps between refreshes: the offset, the latest progress, the metric points, the steps."""
 
     def __init__(self):
         self.offset = 0
@@ -119,6 +122,7 @@ class EventState:
         self.first_progress: dict | None = None
         self.metrics: list[dict] = []
         self.messages: list[dict] = []
+        self.steps: list[dict] = []
 
     def update(self, job_id: int, home: Path | None = None) -> "EventState":
         events, self.offset = read_events(job_id, self.offset, home=home)
@@ -132,6 +136,8 @@ class EventState:
                 self.metrics.append(e)
             elif t == "message":
                 self.messages.append(e)
+            elif t in STEP_TYPES:
+                self.steps.append(e)
         del self.messages[:-200]
         return self
 

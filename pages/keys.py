@@ -15,6 +15,9 @@ CHAT_CMP_LEFT, CHAT_CMP_RIGHT = "chat_cmp_left", "chat_cmp_right"
 # XComposer (the open draft is ?draft=<id>: it survives a reload)
 XC_HISTORY, XC_STARTING = "xc_history", "xc_starting"
 
+# Agent (the open run is ?run=<id>: it survives a reload)
+AGENT_EXTERNAL = "agent_external"     # outside URLs added in this session: name -> {endpoint, key}
+
 # Fine-tune, Evaluate, Models, Datasets
 FT_JOB, FT_MODEL = "ft_job", "ft_model"
 EVAL_RUN, EVAL_MODELS = "eval_run", "eval_models"

@@ -1,0 +1,112 @@
+"""The Agent page's side of the agent job (jobs/agent.py): ask, continue a conversation, follow its steps,
+export its trace and list the files its interpreter wrote.
+
+A run's steps come from the job's events through the live machinery's shared parse (backend/live.py), so a
+page follows a run the way the Jobs page follows any job. Only the owner continues a run; a student sees
+only their own runs (``queue.get`` decides, with the acting user passed in).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from backend import chat, live, logs, queue, users
+from backend.paths import job_dir
+from backend.specs.agent import KEY_SECRET
+
+IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+
+
+def endpoints(by: users.User | str | None, home: Path | None = None) -> list[dict]:
+    """The live endpoints ``by`` may ask: their own servers and the class's (as on the Chat page)."""
+    return chat.endpoints(home, by=by)
+
+
+def runs(by: users.User | str | None, home: Path | None = None, limit: int = 50) -> list:
+    """``by``'s own agent runs, newest first."""
+    user = users.acting(by)
+    return queue.list_jobs(kind="agent", owner=user.name if user else None, limit=limit, home=home, by=by)
+
+
+def run(job_id: int, by: users.User | str | None, home: Path | None = None):
+    """Agent run ``job_id`` if ``by`` may see it (KeyError when there is no such run; ``queue.Refused``)."""
+    job = queue.get(job_id, home, by=by)
+    if job.kind != "agent":
+        raise KeyError(f"job {job_id} is not an agent run")
+    return job
+
+
+def conversation(job_id: int, by: users.User | str | None, home: Path | None = None) -> list[dict]:
+    """The turns up to and with run ``job_id`` (what a follow-up carries): only from ``by``'s own run. A run
+    stopped before it answered adds its question only."""
+    job = queue.get(job_id, home)
+    user = users.acting(by)
+    if job.kind != "agent" or (user is not None and user.name != job.owner):
+        users.refuse(by, "continue", f"job {job_id}", queue.Refused("err.agent.not_yours", job=job_id))
+    answer = (logs.result(job_id, home) or {}).get("answer")
+    turn = [{"role": "user", "content": job.spec["prompt"]}]
+    return [*job.spec.get("history", []), *turn, *([{"role": "assistant", "content": answer}] if answer else [])]
+
+
+def ask(prompt: str, by: users.User | str | None, endpoint: str = "", url: str = "", model: str = "",
+        key: str = "", tools: tuple[str, ...] = ("python",), after: int | None = None,
+        home: Path | None = None) -> int:
+    """Queue an agent run against live ``endpoint`` (one ``by`` may use) or an outside ``url`` (``key`` goes to
+    the job as a secret, never into the spec); ``after``: the run this one follows in the conversation."""
+    if endpoint:
+        chat.check_use({"name": endpoint}, by, home=home)
+    spec = {"prompt": prompt, "tools": list(tools), "history": conversation(after, by, home) if after else [],
+            **({"endpoint": endpoint} if endpoint else {"url": url, "model": model})}
+    user = users.acting(by)
+    return queue.submit("agent", spec, owner=user.name if user else None, home=home,
+                        secrets={KEY_SECRET: key} if key and not endpoint else None)
+
+
+def steps(job_id: int, home: Path | None = None) -> tuple[dict, ...]:
+    """The run's steps so far (``model``, ``tool``, ``answer`` events), parsed once for every viewer."""
+    return live.events(job_id, home=home).steps
+
+
+def thought(text: str) -> str:
+    """What the model thought in a ReAct step: its text before the action or the final answer."""
+    return re.split(r"(?m)^\s*(?:Action:|Final Answer:)", text)[0].replace("Thought:", "", 1).strip()
+
+
+def files(job_id: int, home: Path | None = None) -> list[Path]:
+    """The files the run's interpreter wrote (plots, CSVs), by name."""
+    folder = job_dir(job_id, home) / "artifacts" / "files"
+    return sorted((p for p in folder.rglob("*") if p.is_file() and ".matplotlib" not in p.relative_to(folder).parts),
+                  key=lambda p: str(p.relative_to(folder))) if folder.is_dir() else []
+
+
+def trace(job_id: int, by: users.User | str | None, home: Path | None = None) -> dict:
+    """The run as one record: its question, the turns before it, every step, its state and files."""
+    job = run(job_id, by, home)
+    folder = job_dir(job_id, home) / "artifacts" / "files"
+    return {"job": job_id, "state": job.state, "owner": job.owner,
+            "target": job.spec.get("endpoint") or f"{job.spec.get('model')} @ {job.spec.get('url')}",
+            "history": job.spec.get("history", []), "prompt": job.spec["prompt"],
+            "steps": [{k: v for k, v in s.items() if k != "t"} for s in steps(job_id, home)],
+            "files": [str(p.relative_to(folder)) for p in files(job_id, home)]}
+
+
+def trace_json(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, indent=2)
+
+
+def trace_markdown(record: dict) -> str:
+    lines = [f"# Agent run {record['job']}", "", f"- target: {record['target']}", f"- state: {record['state']}",
+             f"- files: {', '.join(record['files']) or '-'}", ""]
+    for m in record["history"]:
+        lines += [f"## {m['role']}", "", m["content"], ""]
+    lines += ["## user", "", record["prompt"], ""]
+    for s in record["steps"]:
+        if s["type"] == "model":
+            lines += ["## model", "", s["text"], ""]
+        elif s["type"] == "tool":
+            lines += [f"## {s['tool']}", "", "```python", s["code"], "```", "", "```", s["output"] or "(no output)", "```", ""]
+            lines += [f"> {s['error']}", ""] if s.get("error") else []
+        else:
+            lines += ["## answer", "", s["text"], ""]
+    return "\n".join(lines)
