@@ -10,10 +10,9 @@ import pytest
 from backend import agent, engines, queue
 from tests.conftest import shot, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
-from tests.test_agent import STEPS
+from tests.test_agent import ANSWER, PLOT, step
 
-SCRIPT = [STEPS[0], STEPS[2],      # compute 45 and plot it, then answer
-          'Thought: I wait.\nAction: PythonSandbox\nAction Input: {"command": "import time\\nwhile True: time.sleep(1)"}\n']
+SCRIPT = [PLOT, ANSWER, step("I wait.", "import time\nwhile True: time.sleep(1)")]
 
 
 def ask(page, text: str) -> None:
