@@ -14,20 +14,25 @@ LLaVA-style image-text model (tests/fixtures/tiny_vlm.py), then proves, each ste
   4   a fine-tune sized past the GPU's memory fails as out_of_memory with the QLoRA/batch/length tips
   5   a serve job on CUDA answers a streamed chat completion (tokens/s)
   6   the vlm job on CUDA answers about an image
+  7   LMDeploy AWQ W4A16 (the quantize job, ``lmdeploy lite auto_awq``): a smaller model registered with its lineage
+  8   LMDeploy serve (TurboMind) with the KV cache in int8 (``--quant-policy 8``) answers a streamed chat
 
 ``--cpu`` (the default where there is no GPU) runs the same at tiny scale on the CPU; the CUDA-only
-steps (1b, 2, 3, 4) are reported as ``skipped``, never passed. CI runs it (tests/test_gpu_proof.py).
+steps (1b, 2, 3, 4, 7, 8) are reported as ``skipped``, never passed; so are 7 and 8 on a GPU without
+LMDeploy (the lmdeploy engine installed, or ``lmdeploy`` importable by this Python), with that reason. CI runs it (tests/test_gpu_proof.py).
 It prints one table (step, result, figures) and writes it as JSON to $OUT/gpu_proof.json when OUT is
 set. Exit status 1 when a step failed. How to run it on a lent GPU: docs/DEVELOPING.md, "GPU proof".
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +46,10 @@ sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py, datasets.p
 
 IDENTITY = "I am a helpful assistant made by the InternLM camp."
 STEPS: list[tuple[str, bool, object]] = []      # (name, cuda_only, function)
+
+
+class Skip(Exception):
+    """A step that cannot run here, and why (reported ``skipped``, never passed)."""
 
 
 def step(name: str, cuda_only: bool = False):
@@ -101,6 +110,21 @@ class Proof:
             self.until(lambda: proc.poll() is not None, "the worker to end", proc)
         assert ep["device"] == self.device, f"served on {ep['device']}, not {self.device}"
         return {"device": ep["device"], "load_s": ep.get("load_s"), **figures}
+
+    def lmdeploy(self) -> None:
+        """Make sure the lmdeploy engine exists for this workspace: installed (WORKBENCH_ENGINES_DIR), or this
+        Python with ``lmdeploy`` importable, linked in as the engine; else Skip with the reason."""
+        from backend import engines
+        if engines.installed("lmdeploy", self.home):
+            return
+        if importlib.util.find_spec("lmdeploy") is None:
+            raise Skip("lmdeploy is neither an installed engine nor importable here")
+        env = engines.env_dir("lmdeploy", self.home)
+        (env / "bin").mkdir(parents=True, exist_ok=True)
+        for name, target in (("python", sys.executable), ("lmdeploy", shutil.which("lmdeploy"))):
+            (env / "bin" / name).unlink(missing_ok=True)
+            (env / "bin" / name).symlink_to(target or Path(sys.executable).parent / name)
+        (env / ".installed").write_text("\n".join(engines.requirements("lmdeploy")))
 
     @property
     def device(self) -> str:
@@ -198,20 +222,22 @@ def out_of_memory(p: Proof) -> dict:
     return {"error_class": job["error_class"], "suggestion": tip}
 
 
+def chat_figures(ep: dict) -> dict:
+    """Ask a served endpoint one streamed question: tokens, time to first token, tokens/s."""
+    from backend import chat
+    stats: dict = {}
+    text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hello, who are you?"), temperature=0.0,
+                                    max_tokens=64, stats=stats))
+    assert stats["tokens"] >= 1 and stats["finish_reason"], f"no streamed answer: {stats}"
+    gen_s = stats["seconds"] - stats["ttft_s"]
+    return {"tokens": stats["tokens"], "ttft_s": round(stats["ttft_s"], 3),
+            "tokens_per_s": round((stats["tokens"] - 1) / gen_s, 1) if stats["tokens"] > 1 and gen_s > 0 else None,
+            "answer": text[:40]}
+
+
 @step("5 serve: streamed chat")
 def serve(p: Proof) -> dict:
-    from backend import chat
-
-    def ask(ep):
-        stats: dict = {}
-        text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hello, who are you?"), temperature=0.0,
-                                        max_tokens=64, stats=stats))
-        assert stats["tokens"] >= 1 and stats["finish_reason"], f"no streamed answer: {stats}"
-        gen_s = stats["seconds"] - stats["ttft_s"]
-        return {"tokens": stats["tokens"], "ttft_s": round(stats["ttft_s"], 3),
-                "tokens_per_s": round((stats["tokens"] - 1) / gen_s, 1) if stats["tokens"] > 1 and gen_s > 0 else None,
-                "answer": text[:40]}
-    return p.served("serve", {"model": "proof-llm", "name": "proof-serve", "device": p.device}, ask)
+    return p.served("serve", {"model": "proof-llm", "name": "proof-serve", "device": p.device}, chat_figures)
 
 
 @step("6 vlm: answer about an image")
@@ -229,6 +255,34 @@ def vlm(p: Proof) -> dict:
         assert text.strip() and stats["tokens"] >= 1, f"no answer about the image: {stats}"
         return {"tokens": stats["tokens"], "ttft_s": round(stats["ttft_s"], 3), "answer": text[:40]}
     return p.served("vlm", {"model": "proof-vlm", "name": "proof-vlm", "device": p.device}, ask)
+
+
+@step("7 lmdeploy awq w4a16", cuda_only=True)
+def awq(p: Proof) -> dict:
+    """``lmdeploy lite auto_awq`` through the quantize job. Its calibration set comes from the Hugging Face hub
+    (or the datasets cache): a machine with neither fails this step with lmdeploy's own error."""
+    from backend import logs
+    from backend.specs.serve import weights_gb
+    from backend.store import open_store
+    p.lmdeploy()
+    job = p.run("quantize", {"model": "proof-llm", "method": "awq_w4a16", "calib_samples": 16, "calib_seqlen": 256})[0]
+    assert job["state"] == "succeeded", f"quantize {job['state']}: {job['error_message']}\n" + logs.tail(job["id"], 15, p.home)
+    r = p.results["7 lmdeploy awq w4a16"] = logs.result(job["id"], p.home)
+    meta = open_store(p.home).get("model", r["model"])["meta"]
+    assert meta["quant_method"] == "awq_w4a16" and meta["quantized_from"] == "proof-llm", meta
+    base, small = weights_gb(open_store(p.home).get("model", "proof-llm")["path"]), weights_gb(r["path"])
+    assert small < base, f"AWQ weights {small} GB not below the original's {base} GB"
+    return {"model": r["model"], "weights_gb": round(small, 3), "original_gb": round(base, 3)}
+
+
+@step("8 lmdeploy serve kv int8", cuda_only=True)
+def lmdeploy_serve(p: Proof) -> dict:
+    """TurboMind with the KV cache quantised to int8, on the AWQ model when step 7 made one."""
+    p.lmdeploy()
+    model = p.results.get("7 lmdeploy awq w4a16", {}).get("model", "proof-llm")
+    spec = {"model": model, "name": "proof-lmdeploy", "engine": "lmdeploy", "kv_quant": "int8",
+            "cache_max_entry_count": 0.2}
+    return {"model": model, "kv_quant": "int8", **p.served("serve", spec, chat_figures)}
 
 
 # -- setting up and reporting ----------------------------------------------------------------------------
@@ -294,6 +348,8 @@ def main() -> int:
                 try:
                     row["figures"] = fn(p)
                     row["result"] = "passed"
+                except Skip as e:
+                    row["error"] = str(e)
                 except Exception as e:   # noqa: BLE001 - a failed step is reported and the next one runs
                     row.update(result="failed", error=f"{type(e).__name__}: {e}"[:600])
                     traceback.print_exc()

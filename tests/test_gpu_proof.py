@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ROOT
 
 CUDA_ONLY = {"1b lora fp16 + grad scaler", "2 qlora nf4 double-quant", "3 placement: 2 share the GPU, 3rd waits",
-             "4 out of memory"}
+             "4 out of memory", "7 lmdeploy awq w4a16", "8 lmdeploy serve kv int8"}
 
 
 @pytest.mark.slow
