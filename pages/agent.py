@@ -3,7 +3,7 @@ observation, answer); follow-ups continue the conversation; Stop; export the tra
 interpreter wrote. The page never runs the agent: agent jobs do (jobs/agent.py), backend/agent.py answers."""
 import streamlit as st
 
-from backend import agent, chat, queue, users
+from backend import agent, queue, users
 from backend.live import Viewer
 from pages import keys, ui
 
@@ -13,19 +13,9 @@ st.session_state.setdefault(keys.AGENT_EXTERNAL, {})
 me = ui.user()
 
 # -- where to ask, with which tools ---------------------------------------------------------------------
-with st.expander(ui.t("chat.external")), st.form("agent_external_form"):
-    url = st.text_input(ui.t("chat.external.url"), placeholder="https://api.example.com/v1", key="agent_ext_url")
-    key = st.text_input(ui.t("chat.external.key"), type="password", key="agent_ext_key")
-    model = st.text_input(ui.t("chat.external.model"), key="agent_ext_model")
-    if st.form_submit_button(ui.t("chat.external.add")):
-        try:
-            ep = chat.external(url, key, model)
-        except chat.ChatError as e:
-            ui.error(e)
-        else:
-            st.session_state[keys.AGENT_EXTERNAL][ep["name"]] = {"endpoint": ep, "key": key}
-            st.session_state["agent_target"] = ep["name"]
-            st.success(ui.t("chat.external.added", name=ep["name"], model=ep["model"]))
+added = ui.external_form("agent", st.session_state[keys.AGENT_EXTERNAL])
+if added:
+    st.session_state["agent_target"] = added
 targets = {ep["name"]: (ep, "") for ep in agent.endpoints(by=me)}
 targets.update({n: (x["endpoint"], x["key"]) for n, x in st.session_state[keys.AGENT_EXTERNAL].items()})
 c1, c2 = st.columns([3, 2])

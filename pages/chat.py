@@ -110,19 +110,7 @@ with st.container(key="chat_endpoints"):
                 if job_id:
                     st.session_state[S_STARTING] = job_id
 
-    with st.expander(ui.t("chat.external")):
-        with st.form("chat_external_form"):
-            url = st.text_input(ui.t("chat.external.url"), placeholder="https://api.example.com/v1", key="chat_ext_url")
-            key = st.text_input(ui.t("chat.external.key"), type="password", key="chat_ext_key")
-            model = st.text_input(ui.t("chat.external.model"), key="chat_ext_model")
-            if st.form_submit_button(ui.t("chat.external.add")):
-                try:
-                    ep = chat.external(url, key, model)
-                except chat.ChatError as e:
-                    ui.error(e)
-                else:
-                    st.session_state[S_EXTERNAL][ep["name"]] = {"endpoint": ep, "key": key}
-                    st.success(ui.t("chat.external.added", name=ep["name"], model=ep["model"]))
+    ui.external_form("chat", st.session_state[S_EXTERNAL])
 
 if st.session_state.get(S_STARTING):
     starting(st.session_state[S_STARTING])

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from backend import defaults, errors, i18n, live, queue, users
+from backend import chat, defaults, errors, i18n, live, queue, users
 from backend.states import JobState
 from pages import keys
 
@@ -336,7 +336,6 @@ def line_chart(series: dict[str, list[tuple[float, float]]], height: int, legend
 def open_chat_on(ep: dict) -> None:
     """Have the Chat page pick endpoint ``ep``; with its base served beside it, Compare opens on base
     (left) vs ``ep`` (right)."""
-    from backend import chat
     st.session_state[keys.CHAT_PICK] = ep["name"]
     base = chat.base_endpoint(ep)
     if base:
@@ -346,8 +345,27 @@ def open_chat_on(ep: dict) -> None:
 def chat_if_served(model: str, adapter: str = "") -> None:
     """If a live endpoint already serves ``model`` (with ``adapter``), open the Chat page on it (and do not
     return): "Chat with it" then needs no second server, which on CPU would wait for the first to end."""
-    from backend import chat
     ep = chat.serving(model, adapter)
     if ep:
         open_chat_on(ep)
         st.switch_page("pages/chat.py")
+
+
+def external_form(prefix: str, kept: dict) -> str | None:
+    """The "add an outside OpenAI-compatible URL" form (Chat, Agent): checks the URL and key with
+    ``chat.external`` and keeps ``{"endpoint", "key"}`` in ``kept`` (this browser session's) under the
+    endpoint's name; returns that name when one was added."""
+    with st.expander(t("chat.external")), st.form(f"{prefix}_external_form"):
+        url = st.text_input(t("chat.external.url"), placeholder="https://api.example.com/v1", key=f"{prefix}_ext_url")
+        key = st.text_input(t("chat.external.key"), type="password", key=f"{prefix}_ext_key")
+        model = st.text_input(t("chat.external.model"), key=f"{prefix}_ext_model")
+        if not st.form_submit_button(t("chat.external.add")):
+            return None
+        try:
+            ep = chat.external(url, key, model)
+        except chat.ChatError as e:
+            error(e)
+            return None
+        kept[ep["name"]] = {"endpoint": ep, "key": key}
+        st.success(t("chat.external.added", name=ep["name"], model=ep["model"]))
+        return ep["name"]
