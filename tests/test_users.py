@@ -279,6 +279,10 @@ def test_students_chat_with_their_own_and_the_instructors_servers_only(home, kla
         assert not isinstance(e.value, users.Refused)
     refused = [r for r in users.audit_log("refused") if r["target"].startswith("endpoint")]
     assert [r["actor"] for r in refused] == ["bob"] * 4
+    from backend import agent
+    with pytest.raises(users.Refused, match="the server ann-llm is another student's"):
+        agent.ask("hi", by=bob, endpoint="ann-llm")                    # nor through the Agent page
+    assert not agent.runs(by=teach)
 
 
 def test_evaluations_and_drafts_are_the_students_own_and_the_instructors(home, klass, tiny_model):
