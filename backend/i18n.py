@@ -717,7 +717,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "console.col.running": {"en": "Running", "zh": "运行中"},
     "console.col.queued": {"en": "Queued", "zh": "排队中"},
     "console.col.gpu_mem": {"en": "GPU memory held (GB)", "zh": "占用显存（GB）"},
-    "console.col.hours": {"en": "Job hours today", "zh": "今日任务时长（小时）"},
+    "console.col.hours": {"en": "GPU-hours today", "zh": "今日 GPU 时（小时）"},
     "console.col.last": {"en": "Last activity", "zh": "最近活动"},
     "console.cancel_pick": {"en": "Stop a job", "zh": "停止任务"},
     "console.progress": {"en": "Lab progress", "zh": "实验进度"},
@@ -802,6 +802,17 @@ STRINGS: dict[str, dict[str, str]] = {
     "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
     "deploy.start": {"en": "Start a server", "zh": "启动服务"},
     "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
+    "err.queue.gpu_quota": {"en": "you have used {used} of your {cap} GPU-hours for today (hours × the share of a GPU's "
+                                  "memory your jobs held; CPU-slot hours on a machine without a GPU): this job can run "
+                                  "tomorrow, or ask your instructor to raise your quota",
+                            "zh": "你今天已用 {used} GPU 时，每日上限 {cap} GPU 时（小时数 × 任务占用显存占整卡的比例；"
+                                  "无 GPU 的机器按 CPU 槽位小时计）：这个任务请明天再提交，或请老师提高你的配额"},
+    "console.col.disk": {"en": "Disk used", "zh": "磁盘占用"},
+    "console.hours.help": {"en": "GPU-hours: hours × the share of a GPU's memory held (a whole GPU for an hour is 1); "
+                                 "CPU-slot hours on a machine without a GPU. Disk: the person's datasets, adapters and "
+                                 "models in the workspace (folders measured at most once a minute).",
+                           "zh": "GPU 时：小时数 × 占用显存占整卡的比例（整卡一小时为 1）；无 GPU 的机器按 CPU 槽位小时计。"
+                                 "磁盘：此人在工作区中的数据集、适配器和模型（文件夹每分钟最多统计一次）。"},
     # ---- end of table ----
 }
 
