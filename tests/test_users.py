@@ -412,3 +412,23 @@ def test_gpu_hours_per_day_are_weighted_by_memory_held_and_refused_at_submit(hom
     assert rows["ann"]["gpu_hours_today"] == pytest.approx(0.1, abs=0.01) and rows["bob"]["gpu_hours_today"] == 0
     assert rows["teach"]["gpu_hours_today"] == pytest.approx(1.0, abs=0.01)
     assert rows["ann"]["disk_bytes"] == 150 and rows["bob"]["disk_bytes"] == 0
+
+
+def test_students_convert_and_split_their_own_the_samples_and_the_instructors_datasets_only(home, klass):
+    row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    path = {o: datasets.save_upload(f"{o}-set.jsonl", io.BytesIO(row * 4), owner=o)["path"] for o in ("ann", "teach")}
+    for call in (lambda: datasets.convert(path["ann"], "sharegpt", owner="bob"),
+                 lambda: datasets.split(path["ann"], 0.5, owner="bob")):
+        with pytest.raises(datasets.DatasetError, match="dataset ann-set is another student's") as e:   # the page shows it
+            call()
+        assert isinstance(e.value, users.Refused)
+    made = [datasets.convert(path["teach"], "sharegpt", owner="bob")["name"],
+            datasets.split(ROOT / "assets" / "datasets" / "mini_instructions.jsonl", 0.5, owner="bob")["val"]["name"],
+            datasets.convert(path["ann"], "alpaca", owner="ann")["name"],
+            datasets.split(path["ann"], 0.5, owner="teach")["train"]["name"]]
+    owners = {e["name"]: e["owner"] for e in datasets.list_datasets(by="teach")}
+    assert [owners[n] for n in made] == ["bob", "bob", "ann", "teach"]
+    assert not [n for n in owners if n.startswith("ann-set") and owners[n] == "bob"]       # nothing made for bob
+    refused = users.audit_log("refused")
+    assert [(r["actor"], r["target"], r["detail"].split(":")[0]) for r in reversed(refused)] == [
+        ("bob", "dataset ann-set", "convert"), ("bob", "dataset ann-set", "split")]
