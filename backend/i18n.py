@@ -643,8 +643,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "xc.mode.chat": {"en": "Image chat", "zh": "图片对话"},
     "xc.mode.compose": {"en": "Compose an article", "zh": "图文创作"},
     "xc.gallery": {"en": "From the gallery", "zh": "从图库选择"},
-    "xc.gallery.help": {"en": "Images in the workspace folder gallery/ (uploads are kept there too).",
-                        "zh": "工作区 gallery/ 文件夹中的图片（上传的图片也保存在这里）。"},
+    "xc.gallery.help": {"en": "Images in the workspace folder gallery/ (uploads are kept there too; in class mode a "
+                              "student's own uploads are seen only by them and the instructors).",
+                        "zh": "工作区 gallery/ 文件夹中的图片（上传的图片也保存在这里；班级模式下学生上传的图片只有本人和老师可见）。"},
     "xc.top_p": {"en": "Top-p", "zh": "Top-p"},
     "xc.beams": {"en": "Beams (1 = streamed; more = beam search, shown when done)",
                  "zh": "束数（1 = 流式输出；更多 = 束搜索，完成后显示）"},
@@ -813,6 +814,9 @@ STRINGS: dict[str, dict[str, str]] = {
                                  "models in the workspace (folders measured at most once a minute).",
                            "zh": "GPU 时：小时数 × 占用显存占整卡的比例（整卡一小时为 1）；无 GPU 的机器按 CPU 槽位小时计。"
                                  "磁盘：此人在工作区中的数据集、适配器和模型（文件夹每分钟最多统计一次）。"},
+    "err.compose.image_not_yours": {"en": "image {path} is not in your gallery or the class's: use your own images "
+                                          "or the class's",
+                                    "zh": "图片 {path} 不在你的图库或班级图库中：请使用你自己的图片或班级的图片"},
     # ---- end of table ----
 }
 

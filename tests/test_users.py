@@ -432,3 +432,34 @@ def test_students_convert_and_split_their_own_the_samples_and_the_instructors_da
     refused = users.audit_log("refused")
     assert [(r["actor"], r["target"], r["detail"].split(":")[0]) for r in reversed(refused)] == [
         ("bob", "dataset ann-set", "convert"), ("bob", "dataset ann-set", "split")]
+
+
+def test_a_students_gallery_is_their_own_images_and_the_class_s(home, klass):
+    from backend import compose
+    from tests.test_vlm import png
+    ann, teach = users.acting("ann"), users.acting("teach")
+    (home / "gallery").mkdir()
+    (home / "gallery" / "lake.png").write_bytes(png(10, 10, "blue"))              # put there by the operator
+    mine = compose.add_to_gallery("cat.png", png(20, 20, "orange"), home, owner="ann")
+    bobs = compose.add_to_gallery("dog.png", png(20, 20, "brown"), home, owner="bob")
+    class_ = compose.add_to_gallery("map.png", png(30, 20, "green"), home, owner="teach")
+    assert mine.startswith("gallery/users/ann/") and class_.startswith("gallery/uploads/")
+    assert compose.gallery(home, by=ann) == sorted([mine, class_, "gallery/lake.png"])
+    assert compose.gallery(home, by=teach) == sorted([mine, bobs, class_, "gallery/lake.png"])
+    (home / "jobs" / "1").mkdir(parents=True)
+    (home / "jobs" / "1" / "plot.png").write_bytes(png())
+    walked = "gallery/uploads/../users/bob/" + bobs.rsplit("/", 1)[1]                 # a path that walks there
+    for rel in (bobs, walked, "jobs/1/plot.png"):                                  # or a file outside the gallery
+        with pytest.raises(compose.ComposeRefused, match=f"image {re.escape(rel)} is not in your gallery or the class's"):
+            compose.resolve(rel, home, by=ann)
+    assert compose.resolve(bobs, home, by=teach) and compose.resolve(class_, home, by="bob")
+    draft = compose.new_draft("Write about pets", [], owner="ann")
+    draft["paragraphs"] = ["A cat.", "A dog."]
+    draft["slots"] = compose.parse_slots("1: a cat\n2: a dog", draft["paragraphs"], 2)
+    compose.rerank(draft, home, by=ann)                                            # ranks only what ann may use
+    assert {p for s in draft["slots"] for p, _ in s["ranked"]} == {mine, class_, "gallery/lake.png"}
+    draft["slots"][1]["image"] = bobs
+    with pytest.raises(compose.ComposeRefused):
+        compose.export_html(draft, home, by=ann)
+    assert [r["target"] for r in reversed(users.audit_log("refused"))] == [
+        f"image {bobs}", f"image {walked}", "image jobs/1/plot.png", f"image {bobs}"]
