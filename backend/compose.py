@@ -48,13 +48,10 @@ def gallery_dir(home: Path | None = None) -> Path:
     return (home or defaults.home()) / "gallery"
 
 
-USERS = "users"          # gallery/users/<name>/: a student's own images (class mode); the rest is the class's
-
-
 def image_owner(path: Path, home: Path | None = None) -> str:
-    """The student whose gallery folder holds ``path`` (resolved), else '' (the class's)."""
-    parts = path.relative_to(gallery_dir(home).resolve()).parts if paths.is_inside(path, gallery_dir(home).resolve()) else ()
-    return parts[1] if len(parts) > 2 and parts[0] == USERS else ""
+    """The student whose gallery folder (paths.user_gallery) holds ``path`` (resolved), else '' (the class's)."""
+    folders = paths.user_gallery("", home).resolve()
+    return path.relative_to(folders).parts[0] if folders in path.parents and path.parent != folders else ""
 
 
 def may_use_image(path: Path, by, home: Path | None = None) -> bool:
@@ -86,7 +83,9 @@ def add_to_gallery(name: str, data: bytes, home: Path | None = None, owner: str 
     check_image(data, name)
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
     mine = owner and users.mode() != "none" and not users.is_instructor(owner)
-    folder = paths.inside(gallery_dir(root) / USERS, owner) if mine else gallery_dir(root) / "uploads"
+    if mine:
+        users.check_disk(owner, len(data), ComposeRefused, root)
+    folder = paths.user_gallery(owner, root) if mine else gallery_dir(root) / "uploads"
     target = folder / (hashlib.sha256(data).hexdigest()[:16] + ext)
     if not target.exists():
         paths.atomic_write(target, data)

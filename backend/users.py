@@ -30,7 +30,7 @@ from backend.store import open_store
 
 ROLES = ("student", "instructor")
 MODES = ("none", "accounts", "header")
-NAME = re.compile(r"[\w.-]{1,32}")          # letters (any script), digits, . _ -
+NAME = re.compile(r"(?!\.\.?$)[\w.-]{1,32}")        # letters (any script), digits, . _ -
 MIN_PASSWORD = 8
 ADDRESS_FAILS_FACTOR = 4                     # an address (a classroom NAT) may fail this many times an account's limit
 COOKIE = "workbench_session"
@@ -261,10 +261,10 @@ def _bytes(path: Path) -> int:
 
 def disk_usage(home: Path | None = None) -> dict[str, int]:
     """Bytes each owner's datasets, adapters and models take in the workspace (the shared model cache and the
-    bundled samples are nobody's), from one pass over the registry."""
+    bundled samples are nobody's), from one pass over the registry, plus each account's own gallery folder."""
     root = (home or defaults.home()).resolve()
     store = open_store(home)
-    total: dict[str, int] = {}
+    total = {u["name"]: _bytes(paths.user_gallery(u["name"], root)) for u in store.users()}
     for t in DISK_TYPES:
         for e in store.items(t):
             path = Path(e["path"]).resolve() if e["path"] and e["owner"] else None
@@ -278,7 +278,7 @@ def disk_used(name: str, home: Path | None = None) -> int:
 
 
 def check_disk(owner: str | None, adding: int, error: type[Refused], home: Path | None = None) -> None:
-    """Refuse (``error``, audited) what would take ``owner`` past WORKBENCH_USER_DISK_QUOTA_GB: with accounts,
+    """Refuse (``error``, audited) what would take ``owner`` past WORKBENCH_USER_DISK_QUOTA_GB (disk_usage): with accounts,
     for students (instructors' files are the class's). The refusal shows what they use now."""
     cap = defaults.setting("USER_DISK_QUOTA_GB") * 2**30
     if not cap or not owner or mode() == "none" or is_instructor(owner):

@@ -434,7 +434,7 @@ def test_students_convert_and_split_their_own_the_samples_and_the_instructors_da
         ("bob", "dataset ann-set", "convert"), ("bob", "dataset ann-set", "split")]
 
 
-def test_a_students_gallery_is_their_own_images_and_the_class_s(home, klass):
+def test_a_students_gallery_is_their_own_images_and_the_class_s(home, klass, monkeypatch):
     from backend import compose
     from tests.test_vlm import png
     ann, teach = users.acting("ann"), users.acting("teach")
@@ -463,3 +463,7 @@ def test_a_students_gallery_is_their_own_images_and_the_class_s(home, klass):
         compose.export_html(draft, home, by=ann)
     assert [r["target"] for r in reversed(users.audit_log("refused"))] == [
         f"image {bobs}", f"image {walked}", "image jobs/1/plot.png", f"image {bobs}"]
+    assert users.disk_used("ann") == len(png(20, 20, "orange")) and users.disk_used("teach") == 0   # her folder
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(150 / 2**30))              # 85 bytes used
+    with pytest.raises(compose.ComposeRefused, match="would pass your disk quota"):
+        compose.add_to_gallery("big.png", png(40, 40, "red"), home, owner="ann")
