@@ -810,10 +810,10 @@ STRINGS: dict[str, dict[str, str]] = {
                                   "无 GPU 的机器按 CPU 槽位小时计）：这个任务请明天再提交，或请老师提高你的配额"},
     "console.col.disk": {"en": "Disk used", "zh": "磁盘占用"},
     "console.hours.help": {"en": "GPU-hours: hours × the share of a GPU's memory held (a whole GPU for an hour is 1); "
-                                 "CPU-slot hours on a machine without a GPU. Disk: the person's datasets, adapters and "
-                                 "models in the workspace (folders measured at most once a minute).",
+                                 "CPU-slot hours on a machine without a GPU. Disk: the person's datasets, adapters, "
+                                 "models and gallery images in the workspace (folders measured at most once a minute).",
                            "zh": "GPU 时：小时数 × 占用显存占整卡的比例（整卡一小时为 1）；无 GPU 的机器按 CPU 槽位小时计。"
-                                 "磁盘：此人在工作区中的数据集、适配器和模型（文件夹每分钟最多统计一次）。"},
+                                 "磁盘：此人在工作区中的数据集、适配器、模型和图库图片（文件夹每分钟最多统计一次）。"},
     "err.compose.image_not_yours": {"en": "image {path} is not in your gallery or the class's: use your own images "
                                           "or the class's",
                                     "zh": "图片 {path} 不在你的图库或班级图库中：请使用你自己的图片或班级的图片"},

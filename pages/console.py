@@ -49,7 +49,7 @@ roster()
 st.subheader(ui.t("console.progress"))
 progress = classroom.progress(by=me)
 st.dataframe(pd.DataFrame([{ui.t("console.col.name"): r["name"],
-                            **{ui.t(f"console.step.{s}"): "✅" if r[s] else "·" for s in classroom.STEPS}}
+                            **{ui.t(f"console.step.{s}"): "✓" if r[s] else "·" for s in classroom.STEPS}}
                            for r in progress]), hide_index=True, width="stretch", key="console_progress")
 st.download_button(ui.t("console.progress.csv"), classroom.progress_csv(by=me), file_name="lab-progress.csv",
                    mime="text/csv", key="console_csv")
