@@ -10,7 +10,7 @@
     python -m backend worker [--burst]
     python -m backend init
     python -m backend users add NAME [--role student|instructor] | import roster.csv | reset NAME
-                            | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N]
+                            | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N] [--gpu-hours H]
                             | list | audit
 """
 from __future__ import annotations
@@ -167,14 +167,12 @@ def cmd_users(a) -> int:
             users.set_role(a.name, a.role_arg)
             print(f"{a.name}: {a.role_arg}")
         elif a.action == "quota":
-            users.set_quota(a.name, a.running, a.queued)
+            users.set_quota(a.name, a.running, a.queued, a.gpu_hours)
             u = next(u for u in users.accounts() if u["name"] == a.name)
-            print(f"{a.name}: running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, "
-                  f"queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}")
+            print(f"{a.name}: {_caps(u)}")
         elif a.action == "list":
             for u in users.accounts():
-                print(f"{u['name']:<20} {u['role']:<11} {'disabled' if u['disabled'] else 'active':<9} "
-                      f"running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}")
+                print(f"{u['name']:<20} {u['role']:<11} {'disabled' if u['disabled'] else 'active':<9} {_caps(u)}")
         elif a.action == "audit":
             for r in reversed(users.audit_log(limit=a.limit)):
                 print(f"{_fmt_time(r['at'])}  {r['actor']:<12} {r['action']:<16} {r['target']:<16} "
@@ -184,6 +182,11 @@ def cmd_users(a) -> int:
     except (ValueError, OSError) as e:
         return _err(str(e))
     return 0
+
+
+def _caps(u: dict) -> str:
+    return (f"running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}, "
+            f"GPU-hours a day {_cap(u['max_gpu_hours'], 'USER_GPU_HOURS_PER_DAY')}")
 
 
 def _cap(value, setting: str) -> str:
@@ -249,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=100, help="for audit: the newest N entries")
     s.add_argument("--running", type=int, help="for quota: most running jobs (0: no cap, -1: class default)")
     s.add_argument("--queued", type=int, help="for quota: most waiting jobs (0: no cap, -1: class default)")
+    s.add_argument("--gpu-hours", type=float, help="for quota: most GPU-hours a day (0: no cap, -1: class default)")
     s.set_defaults(fn=cmd_users)
     s = sub.add_parser("init", help="create the workspace")
     s.set_defaults(fn=cmd_init)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections import Counter
 from pathlib import Path
 
-from backend import users
+from backend import queue, users
 from backend.states import JobState
 from backend.store import open_store
 
@@ -25,7 +24,8 @@ def _instructor(by, what: str) -> None:
 
 
 def roster(by, home: Path | None = None) -> list[dict]:
-    """One row per account: role, running and queued jobs, GPU memory held, job time today, last activity."""
+    """One row per account: role, running and queued jobs, GPU memory held, GPU-hours today
+    (queue.gpu_hours_today), disk used (users.disk_usage), last activity."""
     _instructor(by, "roster")
     store = open_store(home)
     active = store.jobs(states=[JobState.QUEUED, JobState.STARTING, JobState.RUNNING], limit=10_000)
@@ -35,12 +35,13 @@ def roster(by, home: Path | None = None) -> list[dict]:
     for j in active:
         if j["given"] and j["given"].get("gpus"):
             gpu_mem[j["owner"]] += float(j["given"].get("gpu_mem_gb") or 0)
-    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
-    today = store.usage_since(midnight)
+    today = queue.gpu_hours_today(home)
+    disk = users.disk_usage(home)
     last = store.last_activity()
     return [{"name": u["name"], "role": u["role"], "disabled": bool(u["disabled"]), "running": running[u["name"]],
              "queued": queued[u["name"]], "gpu_mem_gb": round(gpu_mem[u["name"]], 1),
-             "job_hours_today": round(today.get(u["name"], 0.0) / 3600, 2), "last_activity": last.get(u["name"])}
+             "gpu_hours_today": round(today.get(u["name"], 0.0), 2), "disk_bytes": disk.get(u["name"], 0),
+             "last_activity": last.get(u["name"])}
             for u in store.users()]
 
 

@@ -2,7 +2,8 @@
 
 InternLM-XComposer's compose demo writes an article, decides where images go, captions each place,
 fetches candidate images from an online search service and lets the user choose. Here the candidates
-are the user's own: the workspace gallery (``<home>/gallery``, uploads land in ``gallery/uploads``).
+are the user's own: the workspace gallery (``<home>/gallery``, uploads land in ``gallery/uploads``; in class
+mode a student's land in ``gallery/users/<name>``, seen only by them and the instructors).
 Each gallery image is captioned once by the endpoint (cached by content hash) and the candidates for
 a place are ranked by how close their caption is to the place's caption (character-bigram cosine, so
 Chinese and English both work without an embedding model).
@@ -47,37 +48,61 @@ def gallery_dir(home: Path | None = None) -> Path:
     return (home or defaults.home()) / "gallery"
 
 
-def gallery(home: Path | None = None) -> list[str]:
-    """Workspace-relative paths of every image in the gallery, sorted."""
+def image_owner(path: Path, home: Path | None = None) -> str:
+    """The student whose gallery folder (paths.user_gallery) holds ``path`` (resolved), else '' (the class's)."""
+    folders = paths.user_gallery("", home).resolve()
+    return path.relative_to(folders).parts[0] if folders in path.parents and path.parent != folders else ""
+
+
+def may_use_image(path: Path, by, home: Path | None = None) -> bool:
+    """A student (class mode) uses gallery images only: the class's and their own; others use any."""
+    user = users.acting(by)
+    if user is None or user.instructor or users.mode() == "none":
+        return True
+    return paths.is_inside(path, gallery_dir(home).resolve()) and users.may_use(image_owner(path, home), by)
+
+
+def gallery(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+    """Workspace-relative paths of the gallery images ``by`` may use, sorted (a student: the class's and
+    their own; an instructor or the operator: all)."""
     root = home or defaults.home()
     folder = gallery_dir(root)
     return sorted(str(p.relative_to(root)) for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTS and p.is_file()) if folder.is_dir() else []
+                  if p.suffix.lower() in IMAGE_EXTS and p.is_file() and may_use_image(p.resolve(), by, root)
+                  ) if folder.is_dir() else []
 
 
-def add_to_gallery(name: str, data: bytes, home: Path | None = None) -> str:
-    """Check an uploaded image and keep it in gallery/uploads (named by its content, so a second upload
-    of the same image is the same file); its workspace-relative path. VLMError/ComposeError if refused."""
+def add_to_gallery(name: str, data: bytes, home: Path | None = None, owner: str = "") -> str:
+    """Check an uploaded image and keep it (named by its content, so a second upload of the same image is the
+    same file) in gallery/uploads, or for a student in class mode in their own gallery/users/<owner>; its
+    workspace-relative path. VLMError/ComposeError if refused."""
     root = home or defaults.home()
     limit_mb = defaults.setting("UPLOAD_MAX_MB")
     if len(data) > limit_mb * 2**20:
         raise ComposeError("err.ds.too_big", name=name, mb=len(data) / 2**20, limit=limit_mb)
     check_image(data, name)
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
-    target = gallery_dir(root) / "uploads" / (hashlib.sha256(data).hexdigest()[:16] + ext)
+    mine = owner and users.mode() != "none" and not users.is_instructor(owner)
+    if mine:
+        users.check_disk(owner, len(data), ComposeRefused, root)
+    folder = paths.user_gallery(owner, root) if mine else gallery_dir(root) / "uploads"
+    target = folder / (hashlib.sha256(data).hexdigest()[:16] + ext)
     if not target.exists():
         paths.atomic_write(target, data)
     return str(target.relative_to(root))
 
 
-def resolve(rel: str, home: Path | None = None) -> Path:
-    """A gallery path from a draft or a request, refused when it leaves the workspace."""
+def resolve(rel: str, home: Path | None = None, by: users.User | str | None = None) -> Path:
+    """A gallery path from a draft or a request, refused when it leaves the workspace, or (audited) when
+    ``by`` is a student and it is not a gallery image of the class's or theirs."""
     try:
         p = paths.inside(home or defaults.home(), rel)
     except paths.OutsideError:
         p = None
     if p is None or not p.is_file():
         raise ComposeError("err.compose.not_image", path=rel)
+    if not may_use_image(p, by, home):
+        users.refuse(by, "see", f"image {rel}", ComposeRefused("err.compose.image_not_yours", path=rel))
     return p
 
 
@@ -98,10 +123,10 @@ def image_key(rel: str, home: Path | None = None) -> str:
     return hashlib.sha256(resolve(rel, home).read_bytes()).hexdigest()[:16]
 
 
-def gallery_captions(home: Path | None = None) -> dict[str, str | None]:
-    """{gallery path: its caption, or None when not captioned yet}, reading the cache once."""
+def gallery_captions(home: Path | None = None, by: users.User | str | None = None) -> dict[str, str | None]:
+    """{gallery path ``by`` may use: its caption, or None when not captioned yet}, reading the cache once."""
     cache = captions(home)
-    return {p: cache.get(image_key(p, home)) for p in gallery(home)}
+    return {p: cache.get(image_key(p, home)) for p in gallery(home, by)}
 
 
 def caption(endpoint: dict, rel: str, home: Path | None = None, max_new_tokens: int = 48) -> str:
@@ -241,9 +266,10 @@ def draft(draft_id: str, home: Path | None = None, by: users.User | str | None =
     return d
 
 
-def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=None) -> None:
-    """Caption every gallery image not captioned yet; ``on_caption(done, total)`` reports progress."""
-    todo = [p for p, c in gallery_captions(home).items() if c is None]
+def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=None,
+                    by: users.User | str | None = None) -> None:
+    """Caption every gallery image ``by`` may use not captioned yet; ``on_caption(done, total)`` reports progress."""
+    todo = [p for p, c in gallery_captions(home, by).items() if c is None]
     if todo and endpoint is None:
         raise ComposeError("err.compose.no_model")
     for k, p in enumerate(todo, 1):
@@ -252,10 +278,10 @@ def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=
             on_caption(k, len(todo))
 
 
-def rerank(draft: dict, home: Path | None = None) -> None:
-    """Rank the gallery for every place by the captions known so far, and suggest the best match
-    where the user has not chosen an image."""
-    known = {p: c or "" for p, c in gallery_captions(home).items()}
+def rerank(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> None:
+    """Rank the gallery images ``by`` may use for every place by the captions known so far, and suggest the
+    best match where the user has not chosen an image."""
+    known = {p: c or "" for p, c in gallery_captions(home, by).items()}
     for slot in draft["slots"]:
         slot["ranked"] = [[p, round(s, 3)] for p, s in rank(slot["caption"], known)]
         if not slot.get("chosen") and slot["ranked"]:
@@ -271,7 +297,7 @@ def _blocks(draft: dict):
         yield p, (s or {}).get("image"), (s or {}).get("caption", "")
 
 
-def export_markdown(draft: dict, home: Path | None = None) -> bytes:
+def export_markdown(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> bytes:
     """A zip: article.md with relative image links and the images beside it in images/."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -279,7 +305,7 @@ def export_markdown(draft: dict, home: Path | None = None) -> bytes:
         for n, (para, image, cap) in enumerate(_blocks(draft), 1):
             lines.append(para)
             if image:
-                src = resolve(image, home)
+                src = resolve(image, home, by)
                 name = f"images/{n:02d}-{src.name}"
                 z.write(src, name)
                 lines.append(f"![{cap.replace(']', ')')}]({name})")
@@ -287,7 +313,7 @@ def export_markdown(draft: dict, home: Path | None = None) -> bytes:
     return buf.getvalue()
 
 
-def export_html(draft: dict, home: Path | None = None) -> str:
+def export_html(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> str:
     """One self-contained HTML file (images embedded as data URIs; the model's text escaped)."""
     mime = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".webp": "webp", ".bmp": "bmp"}
     body = []
@@ -298,7 +324,7 @@ def export_html(draft: dict, home: Path | None = None) -> str:
         else:
             body.append("<p>" + html.escape(para).replace("\n", "<br>") + "</p>")
         if image:
-            src = resolve(image, home)
+            src = resolve(image, home, by)
             data = base64.b64encode(src.read_bytes()).decode()
             body.append(f'<figure><img src="data:image/{mime.get(src.suffix.lower(), "png")};base64,{data}" '
                         f'alt="{html.escape(cap)}"><figcaption>{html.escape(cap)}</figcaption></figure>')

@@ -523,6 +523,17 @@ def _new_target(src: Path, name: str | None, suffix: str, default: str, home: Pa
     return name, datasets_dir(home) / (name + suffix)
 
 
+def check_source(src: str | Path, owner: str, action: str, home: Path | None = None) -> Path:
+    """The dataset file a new one is made from, refused (audited) when it is another student's private
+    dataset: ``owner`` may use their own, the samples, the class's and the instructors' (users.may_use)."""
+    src = Path(src)
+    entry = next((e for e in open_store(home).items("dataset") if Path(e["path"]).resolve() == src.resolve()), None)
+    if entry is not None and not users.may_use(entry["owner"], owner):
+        users.refuse(owner, action, f"dataset {entry['name']}",
+                     DatasetRefused("err.users.dataset_not_yours", name=entry["name"]))
+    return src
+
+
 def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | None = None,
             owner: str = "") -> dict:
     """Write a new JSONL dataset in ``to_fmt`` (a training format) from ``src``; bad rows, and rows
@@ -530,7 +541,7 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
     reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}."""
     if to_fmt not in TRAIN_FORMATS:
         raise DatasetError("err.ds.convert_to", fmt=to_fmt, formats=", ".join(TRAIN_FORMATS))
-    src = Path(src)
+    src = check_source(src, owner, "convert", home)
     fmt = detect_format(src)
     if fmt not in TRAIN_FORMATS:
         raise DatasetError("err.ds.convert_from", name=src.name, fmt=fmt, formats=", ".join(TRAIN_FORMATS))
@@ -574,7 +585,7 @@ def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path
     import numpy as np
     if not 0 < val_fraction < 1:
         raise DatasetError("err.ds.val_fraction")
-    src = Path(src)
+    src = check_source(src, owner, "split", home)
     view = open_view(src, home)
     n = len(view)
     k = max(1, round(n * val_fraction))

@@ -47,8 +47,11 @@ SETTINGS = {s.name: s for s in [
     Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
     Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
-    Setting("USER_DISK_QUOTA_GB", 0.0, "class mode: most a student's datasets, adapters and models in the workspace "
-            "may take, checked at upload and import (0: none)"),
+    Setting("USER_DISK_QUOTA_GB", 0.0, "class mode: most a student's datasets, adapters, models and gallery images "
+            "in the workspace may take, checked at upload and import (0: none)"),
+    Setting("USER_GPU_HOURS_PER_DAY", 0.0, "most GPU-hours a student's jobs may use per day, checked at submit of a job "
+            "that needs a GPU or CPU slot (hours x GPU memory held / the GPU's memory; CPU-slot hours without a GPU; "
+            "0: none; an account may override it)"),
     Setting("CPU_SERVER_IDLE_S", 3600.0, "a CPU model server (serve, vlm) that answered no request for this long "
             "ends itself, freeing the CPU slot (0: never)"),
     Setting("URL_IMPORT_TIMEOUT_S", 900.0, "most a dataset import from a URL may take (its size cap is UPLOAD_MAX_MB); "
@@ -69,6 +72,7 @@ INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON"
             "WORKBENCH_SERVER_KEY"}      # a model server's API key, from its serve job (jobs/serve_keyed.py)
 
 FAIR_SHARE_WINDOW_S = 3600.0     # fair share orders owners by how long their jobs ran in this last window
+DISK_SIZE_CACHE_S = 60.0         # a folder's size (a user's adapters, models) is walked again at most this often
 HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table

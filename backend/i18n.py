@@ -643,8 +643,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "xc.mode.chat": {"en": "Image chat", "zh": "图片对话"},
     "xc.mode.compose": {"en": "Compose an article", "zh": "图文创作"},
     "xc.gallery": {"en": "From the gallery", "zh": "从图库选择"},
-    "xc.gallery.help": {"en": "Images in the workspace folder gallery/ (uploads are kept there too).",
-                        "zh": "工作区 gallery/ 文件夹中的图片（上传的图片也保存在这里）。"},
+    "xc.gallery.help": {"en": "Images in the workspace folder gallery/ (uploads are kept there too; in class mode a "
+                              "student's own uploads are seen only by them and the instructors).",
+                        "zh": "工作区 gallery/ 文件夹中的图片（上传的图片也保存在这里；班级模式下学生上传的图片只有本人和老师可见）。"},
     "xc.top_p": {"en": "Top-p", "zh": "Top-p"},
     "xc.beams": {"en": "Beams (1 = streamed; more = beam search, shown when done)",
                  "zh": "束数（1 = 流式输出；更多 = 束搜索，完成后显示）"},
@@ -717,7 +718,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "console.col.running": {"en": "Running", "zh": "运行中"},
     "console.col.queued": {"en": "Queued", "zh": "排队中"},
     "console.col.gpu_mem": {"en": "GPU memory held (GB)", "zh": "占用显存（GB）"},
-    "console.col.hours": {"en": "Job hours today", "zh": "今日任务时长（小时）"},
+    "console.col.hours": {"en": "GPU-hours today", "zh": "今日 GPU 时（小时）"},
     "console.col.last": {"en": "Last activity", "zh": "最近活动"},
     "console.cancel_pick": {"en": "Stop a job", "zh": "停止任务"},
     "console.progress": {"en": "Lab progress", "zh": "实验进度"},
@@ -829,6 +830,20 @@ STRINGS: dict[str, dict[str, str]] = {
     "agent.export.md": {"en": "Export trace (Markdown)", "zh": "导出轨迹（Markdown）"},
     "err.agent.not_yours": {"en": "run {job} is not one of your agent runs: only its owner continues it",
                             "zh": "运行 {job} 不是你的智能体运行：只有其所有者可以继续它"},
+    "err.queue.gpu_quota": {"en": "you have used {used} of your {cap} GPU-hours for today (hours × the share of a GPU's "
+                                  "memory your jobs held; CPU-slot hours on a machine without a GPU): this job can run "
+                                  "tomorrow, or ask your instructor to raise your quota",
+                            "zh": "你今天已用 {used} GPU 时，每日上限 {cap} GPU 时（小时数 × 任务占用显存占整卡的比例；"
+                                  "无 GPU 的机器按 CPU 槽位小时计）：这个任务请明天再提交，或请老师提高你的配额"},
+    "console.col.disk": {"en": "Disk used", "zh": "磁盘占用"},
+    "console.hours.help": {"en": "GPU-hours: hours × the share of a GPU's memory held (a whole GPU for an hour is 1); "
+                                 "CPU-slot hours on a machine without a GPU. Disk: the person's datasets, adapters, "
+                                 "models and gallery images in the workspace (folders measured at most once a minute).",
+                           "zh": "GPU 时：小时数 × 占用显存占整卡的比例（整卡一小时为 1）；无 GPU 的机器按 CPU 槽位小时计。"
+                                 "磁盘：此人在工作区中的数据集、适配器、模型和图库图片（文件夹每分钟最多统计一次）。"},
+    "err.compose.image_not_yours": {"en": "image {path} is not in your gallery or the class's: use your own images "
+                                          "or the class's",
+                                    "zh": "图片 {path} 不在你的图库或班级图库中：请使用你自己的图片或班级的图片"},
     # ---- end of table ----
 }
 

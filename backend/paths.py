@@ -28,6 +28,13 @@ def queue_wake_file(home: Path | None = None) -> Path:
     return (home or defaults.home()) / "jobs" / ".wake"
 
 
+def user_gallery(name: str = "", home: Path | None = None) -> Path:
+    """A student's own images (XComposer uploads in class mode), seen by them and the instructors only; with
+    no name, the folder that holds every student's."""
+    folders = (home or defaults.home()) / "gallery" / "users"
+    return inside(folders, name) if name else folders
+
+
 def is_inside(path: Path, root: Path) -> bool:
     """``path`` (already resolved) is ``root`` or below it."""
     return path == root or root in path.parents

@@ -67,7 +67,7 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
         asked = kinds.asked(k, model)
     except ValueError as e:
         raise SubmitError.of(e) from None
-    check_quota(owner, home)
+    check_quota(owner, asked, home)
     if kind == "dataset_import":              # its size is known only once fetched: refused when already full
         users.check_disk(owner, 0, Refused, home)
     written: list[Path] = []
@@ -129,14 +129,30 @@ def parse_job_id(text) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def check_quota(owner: str, home: Path | None = None) -> None:
-    """Refuse a submit past the owner's queued-jobs cap (their account's override, else the class default)."""
+def check_quota(owner: str, asked: dict, home: Path | None = None) -> None:
+    """Refuse a submit past the owner's caps (their account's override, else the class default): jobs waiting,
+    and for a job that needs a GPU or a CPU slot, GPU-hours used today (instructors have no GPU-hours cap)."""
     row = open_store(home).user(owner) if users.mode() != "none" else None
-    cap = row["max_queued"] if row and row["max_queued"] is not None else defaults.setting("USER_MAX_QUEUED")
-    if cap:
-        queued = len(open_store(home).jobs(states=[JobState.QUEUED], owner=owner, limit=cap + 1))
-        if queued >= cap:
-            users.refuse(owner, "submit", owner, Refused("err.queue.quota", queued=queued, cap=cap))
+
+    def cap(column: str, setting: str):
+        return row[column] if row and row[column] is not None else defaults.setting(setting)
+    if most := cap("max_queued", "USER_MAX_QUEUED"):
+        queued = len(open_store(home).jobs(states=[JobState.QUEUED], owner=owner, limit=most + 1))
+        if queued >= most:
+            users.refuse(owner, "submit", owner, Refused("err.queue.quota", queued=queued, cap=most))
+    most = cap("max_gpu_hours", "USER_GPU_HOURS_PER_DAY")
+    if most and (asked.get("gpus") or asked.get("cpu_slots")) and not users.is_instructor(owner):
+        used = gpu_hours_today(home).get(owner, 0.0)
+        if used >= most:
+            users.refuse(owner, "submit", owner, Refused("err.queue.gpu_quota", used=f"{used:.2f}", cap=f"{most:g}"))
+
+
+def gpu_hours_today(home: Path | None = None) -> dict[str, float]:
+    """GPU-hours each owner's jobs used since local midnight (running ones up to now): hours times the share of
+    a GPU's memory held, so a job holding a whole GPU for an hour costs 1; on a machine without GPUs, CPU-slot
+    hours (resources.place records each job's weight)."""
+    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    return {o: s / 3600 for o, s in open_store(home).usage_since(midnight, weighted=True).items()}
 
 
 def get(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:

@@ -42,7 +42,9 @@ class NeverFits(UserError):
 
 def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) -> dict | None:
     """Resources to give a job now, or None if it must wait. ``active`` are the running jobs' rows
-    (their ``given`` holds what they were placed on). Raises NeverFits if it can never run here."""
+    (their ``given`` holds what they were placed on). Raises NeverFits if it can never run here.
+    ``weight`` is what an hour of the job counts as in GPU-hours: the share of each GPU's memory it holds
+    (a whole GPU, or a GPU job with no memory estimate: 1), or its CPU slots on a machine without GPUs."""
     n_gpus = int(asked.get("gpus") or 0)
     if n_gpus:
         if len(gpu_list) < n_gpus:
@@ -59,11 +61,14 @@ def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) 
         fits = sorted((i for i in free if free[i] >= mem), key=lambda i: -free[i])
         if len(fits) < n_gpus:
             return None
-        return {"gpus": sorted(fits[:n_gpus]), "gpu_mem_gb": mem, "cpu_slots": 0}
+        total = {g.index: g.total_gb for g in gpu_list}
+        chosen = sorted(fits[:n_gpus])
+        return {"gpus": chosen, "gpu_mem_gb": mem, "cpu_slots": 0,
+                "weight": round(sum(min(1.0, mem / total[i]) if mem else 1.0 for i in chosen), 4)}
     want = int(asked.get("cpu_slots") or 0)
     if want > cpu_slots:
         raise NeverFits("err.res.cpu_slots", n=want, have=cpu_slots)
     used = sum(int((j.get("given") or {}).get("cpu_slots") or 0) for j in active)
     if used + want > cpu_slots:
         return None
-    return {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": want}
+    return {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": want, "weight": want}

@@ -88,6 +88,7 @@ MIGRATIONS = [
     );
     CREATE INDEX audit_action ON audit(action, at)
     """,
+    "ALTER TABLE users ADD COLUMN max_gpu_hours REAL",
 ]
 
 JSON_FIELDS = ("spec", "asked", "given", "meta", "resources")
@@ -308,10 +309,12 @@ class Store:
         self._run(tx)
         return self.job(job_id)
 
-    def usage_since(self, since: float) -> dict[str, float]:
-        """Seconds each owner's jobs have run since ``since`` (running ones up to now): for fair share."""
+    def usage_since(self, since: float, weighted: bool = False) -> dict[str, float]:
+        """Seconds each owner's jobs have run since ``since`` (running ones up to now): for fair share. Weighted:
+        each job's seconds times the ``weight`` its placement recorded in ``given`` (resources.place)."""
         now = time.time()
-        rows = self._all("SELECT owner, SUM(COALESCE(finished_at, ?) - MAX(started_at, ?)) AS s FROM jobs"
+        weight = "COALESCE(json_extract(given, '$.weight'), 0)" if weighted else "1"
+        rows = self._all(f"SELECT owner, SUM((COALESCE(finished_at, ?) - MAX(started_at, ?)) * {weight}) AS s FROM jobs"
                          " WHERE started_at IS NOT NULL AND COALESCE(finished_at, ?) >= ? GROUP BY owner",
                          (now, since, now, since))
         return {r["owner"]: r["s"] for r in rows}
@@ -365,7 +368,8 @@ class Store:
 
 
     # -- accounts, sessions and the audit log (backend/users.py decides; this only stores) --
-    USER_FIELDS = ("role", "password_hash", "must_change", "disabled", "lang", "max_running", "max_queued")
+    USER_FIELDS = ("role", "password_hash", "must_change", "disabled", "lang", "max_running", "max_queued",
+                   "max_gpu_hours")
 
     def add_user(self, name: str, role: str, password_hash: str) -> None:
         """Raises sqlite3.IntegrityError when the name is taken."""

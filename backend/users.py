@@ -30,7 +30,7 @@ from backend.store import open_store
 
 ROLES = ("student", "instructor")
 MODES = ("none", "accounts", "header")
-NAME = re.compile(r"[\w.-]{1,32}")          # letters (any script), digits, . _ -
+NAME = re.compile(r"(?!\.\.?$)[\w.-]{1,32}")        # letters (any script), digits, . _ -
 MIN_PASSWORD = 8
 ADDRESS_FAILS_FACTOR = 4                     # an address (a classroom NAT) may fail this many times an account's limit
 COOKIE = "workbench_session"
@@ -229,11 +229,12 @@ def set_role(name: str, role: str, home: Path | None = None) -> None:
 
 
 def set_quota(name: str, max_running: int | None = None, max_queued: int | None = None,
-              home: Path | None = None) -> None:
-    """Per-account overrides of WORKBENCH_USER_MAX_RUNNING / _QUEUED (-1: back to the class default)."""
+              max_gpu_hours: float | None = None, home: Path | None = None) -> None:
+    """Per-account overrides of WORKBENCH_USER_MAX_RUNNING / _QUEUED / _GPU_HOURS_PER_DAY (-1: back to the
+    class default)."""
     _row(name, home)
-    fields = {k: (None if v < 0 else v) for k, v in (("max_running", max_running), ("max_queued", max_queued))
-              if v is not None}
+    fields = {k: (None if v < 0 else v) for k, v in (("max_running", max_running), ("max_queued", max_queued),
+                                                     ("max_gpu_hours", max_gpu_hours)) if v is not None}
     if fields:
         open_store(home).update_user(name, **fields)
         audit("(shell)", "user_quota", name, detail=str(fields), home=home)
@@ -242,28 +243,42 @@ def set_quota(name: str, max_running: int | None = None, max_queued: int | None 
 DISK_TYPES = ("dataset", "adapter", "model")      # registry things whose files a user's disk quota counts
 
 
+_folder_bytes: dict[Path, tuple[float, int]] = {}       # folder -> (when walked, bytes)
+
+
 def _bytes(path: Path) -> int:
+    """A file's size (one stat), or a folder's: walked again only DISK_SIZE_CACHE_S after the last walk."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else 0
+    if not path.is_dir():
+        return 0
+    when, size = _folder_bytes.get(path, (0.0, 0))
+    if time.monotonic() - when > defaults.DISK_SIZE_CACHE_S:
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        _folder_bytes[path] = (time.monotonic(), size)
+    return size
 
 
-def disk_used(name: str, home: Path | None = None) -> int:
-    """Bytes of the datasets, adapters and models ``name`` owns that live in the workspace (the shared model
-    cache and bundled samples are nobody's)."""
+def disk_usage(home: Path | None = None) -> dict[str, int]:
+    """Bytes each owner's datasets, adapters and models take in the workspace (the shared model cache and the
+    bundled samples are nobody's), from one pass over the registry, plus each account's own gallery folder."""
     root = (home or defaults.home()).resolve()
     store = open_store(home)
-    total = 0
+    total = {u["name"]: _bytes(paths.user_gallery(u["name"], root)) for u in store.users()}
     for t in DISK_TYPES:
         for e in store.items(t):
-            path = Path(e["path"]) if e["path"] else None
-            if e["owner"] == name and path is not None and paths.is_inside(path.resolve(), root):
-                total += _bytes(path)
+            path = Path(e["path"]).resolve() if e["path"] and e["owner"] else None
+            if path is not None and paths.is_inside(path, root):
+                total[e["owner"]] = total.get(e["owner"], 0) + _bytes(path)
     return total
 
 
+def disk_used(name: str, home: Path | None = None) -> int:
+    return disk_usage(home).get(name, 0)
+
+
 def check_disk(owner: str | None, adding: int, error: type[Refused], home: Path | None = None) -> None:
-    """Refuse (``error``, audited) what would take ``owner`` past WORKBENCH_USER_DISK_QUOTA_GB: with accounts,
+    """Refuse (``error``, audited) what would take ``owner`` past WORKBENCH_USER_DISK_QUOTA_GB (disk_usage): with accounts,
     for students (instructors' files are the class's). The refusal shows what they use now."""
     cap = defaults.setting("USER_DISK_QUOTA_GB") * 2**30
     if not cap or not owner or mode() == "none" or is_instructor(owner):
@@ -279,7 +294,7 @@ def check_disk(owner: str | None, adding: int, error: type[Refused], home: Path 
 
 def accounts(home: Path | None = None) -> list[dict]:
     return [{k: r[k] for k in ("name", "role", "disabled", "must_change", "lang", "max_running", "max_queued",
-                               "created_at")}
+                               "max_gpu_hours", "created_at")}
             for r in open_store(home).users()]
 
 

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from backend import classroom, queue
+from backend.paths import human_size
 from backend.states import ACTIVE
 from pages import ui
 
@@ -28,9 +29,10 @@ def roster() -> None:
     st.dataframe(pd.DataFrame([{
         ui.t("console.col.name"): r["name"], ui.t("console.col.role"): ui.t("auth.role." + r["role"]),
         ui.t("console.col.running"): r["running"], ui.t("console.col.queued"): r["queued"],
-        ui.t("console.col.gpu_mem"): r["gpu_mem_gb"], ui.t("console.col.hours"): r["job_hours_today"],
-        ui.t("console.col.last"): ui.when(r["last_activity"]),
+        ui.t("console.col.gpu_mem"): r["gpu_mem_gb"], ui.t("console.col.hours"): r["gpu_hours_today"],
+        ui.t("console.col.disk"): human_size(r["disk_bytes"]), ui.t("console.col.last"): ui.when(r["last_activity"]),
     } for r in rows]), hide_index=True, width="stretch", key="console_roster")
+    st.caption(ui.t("console.hours.help"))
     active = queue.list_jobs(states=list(ACTIVE) + ["queued"], by=me)
     if active:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
@@ -47,7 +49,7 @@ roster()
 st.subheader(ui.t("console.progress"))
 progress = classroom.progress(by=me)
 st.dataframe(pd.DataFrame([{ui.t("console.col.name"): r["name"],
-                            **{ui.t(f"console.step.{s}"): "✅" if r[s] else "·" for s in classroom.STEPS}}
+                            **{ui.t(f"console.step.{s}"): "✓" if r[s] else "·" for s in classroom.STEPS}}
                            for r in progress]), hide_index=True, width="stretch", key="console_progress")
 st.download_button(ui.t("console.progress.csv"), classroom.progress_csv(by=me), file_name="lab-progress.csv",
                    mime="text/csv", key="console_csv")

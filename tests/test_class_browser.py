@@ -1,8 +1,10 @@
 """A class on one box as people see it: two students and an instructor logged in at once (real app, real
 worker, headless Chromium, accounts made with the real CLI)."""
+import io
+
 import pytest
 
-from backend import queue, users
+from backend import datasets, queue, users
 from backend.store import open_store
 from jobs.serve import register
 from tests.conftest import cli, shot, wait_for
@@ -98,8 +100,13 @@ def test_two_students_and_an_instructor_at_once(page, home):
     assert refused and refused[0]["target"] == f"job {ann_job}"
     assert any(r["actor"] == "teach" and r["action"] == "cancel" for r in users.audit_log())
 
-    # the instructor's console: the roster, lab progress, and an announcement every page shows
+    # the instructor's console: the roster (with GPU-hours today and disk used), lab progress, and an
+    # announcement every page shows
+    datasets.save_upload("ann-notes.jsonl", io.BytesIO(b'{"text": "hi"}\n' * 3000), owner="ann")
     teach.goto(f"{page.base_url}/console")
+    for column in ("GPU-hours today", "Disk used"):                # in the data grid's accessible table
+        teach.get_by_role("columnheader", name=column, include_hidden=True).wait_for(state="attached")
+    teach.get_by_text("43.9 KB", exact=True).wait_for(state="attached")     # ann's upload
     teach.locator(".st-key-console_announce_text textarea").fill("Lab 3: fine-tune by 11:00")
     teach.get_by_role("button", name="Post").click()
     teach.get_by_text("Lab 3: fine-tune by 11:00").nth(1).wait_for()

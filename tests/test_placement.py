@@ -30,6 +30,6 @@ def test_never_fits_is_an_error_not_a_wait():
 
 
 def test_cpu_slots():
-    assert place({"cpu_slots": 1}, [], [], 1) == {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": 1}
+    assert place({"cpu_slots": 1}, [], [], 1) == {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": 1, "weight": 1}
     assert place({"cpu_slots": 1}, [], [{"given": {"cpu_slots": 1}}], 1) is None
     assert place({"cpu_slots": 0}, [], [{"given": {"cpu_slots": 1}}], 1)["cpu_slots"] == 0

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from backend import classroom, datasets, models, queue, users
+from backend import classroom, datasets, models, queue, resources, users
 from backend.paths import human_size
 from backend.store import open_store
 from tests.conftest import ROOT, cli, env_for, wait_for
@@ -231,12 +231,12 @@ def test_instructor_console_roster_progress_announcement_and_quotas(home, klass)
     assert classroom.announcement() == ""
 
     out = cli(home, "users", "quota", "bob", "--queued", "1", "--running", "2")
-    assert out.stdout.strip() == "bob: running 2, queued 1", out.stderr
+    assert out.stdout.strip() == "bob: running 2, queued 1, GPU-hours a day no cap (class default)", out.stderr
     with pytest.raises(queue.SubmitError, match=r"1 jobs waiting in the queue \(at most 1\)"):
         queue.submit("sleepy", {"steps": 1}, owner="bob")
     assert queue.running_caps(home) == {"bob": 2}
     out = cli(home, "users", "quota", "bob", "--queued", "-1")
-    assert out.stdout.strip() == "bob: running 2, queued no cap (class default)"
+    assert out.stdout.strip().startswith("bob: running 2, queued no cap (class default), ")
 
 
 def running_server(home, owner: str, name: str, engine: str = "transformers") -> int:
@@ -372,3 +372,102 @@ def test_disk_quota_is_refused_at_upload_and_import_with_current_usage(home, kla
     datasets.delete("first", by=users.acting("ann"))
     assert queue.submit("dataset_import", imp, owner="ann")
     assert len([r for r in users.audit_log("refused") if r["detail"].startswith("add files")]) == 3
+
+
+def test_gpu_hours_per_day_are_weighted_by_memory_held_and_refused_at_submit(home, klass, monkeypatch):
+    """Real job rows placed by resources.place on a simulated 80 GB GPU (and CPU slots), with their times."""
+    monkeypatch.setenv("WORKBENCH_USER_GPU_HOURS_PER_DAY", "0.1")
+    store, now = open_store(home), time.time()
+    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    gpu = [resources.GPU(0, "sim", 80.0, 0.0)]
+
+    def ran(owner: str, asked: dict, start: float, end: float | None, gpus=gpu) -> None:
+        job = queue.submit("sleepy", {"steps": 1}, owner=owner)
+        assert store.claim(job, "w", resources.place(asked, gpus, [], 1))
+        store.update_job(job, started_at=start)
+        store.transition(job, "running")
+        if end is not None:
+            store.transition(job, "succeeded", finished_at=end)
+    ran("ann", {"gpus": 1, "gpu_mem_gb": 20.0}, now - 720, now - 360)            # a quarter GPU, 6 min: 0.025
+    ran("ann", {"gpus": 1}, now - 180, None)                                      # a whole GPU, still running: 0.05
+    ran("ann", {"cpu_slots": 1}, now - 90, now, gpus=[])                          # one CPU slot, 1.5 min: 0.025
+    ran("bob", {"gpus": 1}, midnight - 7200, midnight - 60)                      # yesterday's: not counted
+    used = queue.gpu_hours_today(home)
+    assert used["ann"] == pytest.approx(0.1, abs=0.002) and used.get("bob", 0.0) == 0.0
+    with pytest.raises(queue.SubmitError, match=r"you have used 0\.10 of your 0\.1 GPU-hours for today") as e:
+        queue.submit("sleepy", {"steps": 1}, owner="ann")
+    assert "0,10" not in e.value.text("zh") and "GPU 时" in e.value.text("zh")
+    assert queue.submit("dataset_import", {"source": "url", "id": "https://example.com/d.jsonl"}, owner="ann")
+    assert queue.submit("sleepy", {"steps": 1}, owner="bob")
+    ran("teach", {"gpus": 1}, now - 3600, now)                                     # instructors have no cap
+    assert queue.submit("sleepy", {"steps": 1}, owner="teach")
+    out = cli(home, "users", "quota", "ann", "--gpu-hours", "0.5")
+    assert out.stdout.strip() == "ann: running no cap (class default), queued no cap (class default), " \
+                                 "GPU-hours a day 0.5", out.stderr
+    assert queue.submit("sleepy", {"steps": 1}, owner="ann")
+    out = cli(home, "users", "quota", "ann", "--gpu-hours", "0.05")
+    out = cli(home, "submit", "sleepy", "-", "--owner", "ann")
+    assert out.returncode == 2 and "of your 0.05 GPU-hours" in out.stderr
+    refused = [r for r in users.audit_log("refused") if r["actor"] == "ann"]
+    assert len(refused) == 2 and all("submit:" in r["detail"] for r in refused)
+
+    datasets.save_upload("ann.jsonl", io.BytesIO(b'{"text": "hi"}\n' * 10), owner="ann")
+    rows = {r["name"]: r for r in classroom.roster(users.acting("teach"))}
+    assert rows["ann"]["gpu_hours_today"] == pytest.approx(0.1, abs=0.01) and rows["bob"]["gpu_hours_today"] == 0
+    assert rows["teach"]["gpu_hours_today"] == pytest.approx(1.0, abs=0.01)
+    assert rows["ann"]["disk_bytes"] == 150 and rows["bob"]["disk_bytes"] == 0
+
+
+def test_students_convert_and_split_their_own_the_samples_and_the_instructors_datasets_only(home, klass):
+    row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    path = {o: datasets.save_upload(f"{o}-set.jsonl", io.BytesIO(row * 4), owner=o)["path"] for o in ("ann", "teach")}
+    for call in (lambda: datasets.convert(path["ann"], "sharegpt", owner="bob"),
+                 lambda: datasets.split(path["ann"], 0.5, owner="bob")):
+        with pytest.raises(datasets.DatasetError, match="dataset ann-set is another student's") as e:   # the page shows it
+            call()
+        assert isinstance(e.value, users.Refused)
+    made = [datasets.convert(path["teach"], "sharegpt", owner="bob")["name"],
+            datasets.split(ROOT / "assets" / "datasets" / "mini_instructions.jsonl", 0.5, owner="bob")["val"]["name"],
+            datasets.convert(path["ann"], "alpaca", owner="ann")["name"],
+            datasets.split(path["ann"], 0.5, owner="teach")["train"]["name"]]
+    owners = {e["name"]: e["owner"] for e in datasets.list_datasets(by="teach")}
+    assert [owners[n] for n in made] == ["bob", "bob", "ann", "teach"]
+    assert not [n for n in owners if n.startswith("ann-set") and owners[n] == "bob"]       # nothing made for bob
+    refused = users.audit_log("refused")
+    assert [(r["actor"], r["target"], r["detail"].split(":")[0]) for r in reversed(refused)] == [
+        ("bob", "dataset ann-set", "convert"), ("bob", "dataset ann-set", "split")]
+
+
+def test_a_students_gallery_is_their_own_images_and_the_class_s(home, klass, monkeypatch):
+    from backend import compose
+    from tests.test_vlm import png
+    ann, teach = users.acting("ann"), users.acting("teach")
+    (home / "gallery").mkdir()
+    (home / "gallery" / "lake.png").write_bytes(png(10, 10, "blue"))              # put there by the operator
+    mine = compose.add_to_gallery("cat.png", png(20, 20, "orange"), home, owner="ann")
+    bobs = compose.add_to_gallery("dog.png", png(20, 20, "brown"), home, owner="bob")
+    class_ = compose.add_to_gallery("map.png", png(30, 20, "green"), home, owner="teach")
+    assert mine.startswith("gallery/users/ann/") and class_.startswith("gallery/uploads/")
+    assert compose.gallery(home, by=ann) == sorted([mine, class_, "gallery/lake.png"])
+    assert compose.gallery(home, by=teach) == sorted([mine, bobs, class_, "gallery/lake.png"])
+    (home / "jobs" / "1").mkdir(parents=True)
+    (home / "jobs" / "1" / "plot.png").write_bytes(png())
+    walked = "gallery/uploads/../users/bob/" + bobs.rsplit("/", 1)[1]                 # a path that walks there
+    for rel in (bobs, walked, "jobs/1/plot.png"):                                  # or a file outside the gallery
+        with pytest.raises(compose.ComposeRefused, match=f"image {re.escape(rel)} is not in your gallery or the class's"):
+            compose.resolve(rel, home, by=ann)
+    assert compose.resolve(bobs, home, by=teach) and compose.resolve(class_, home, by="bob")
+    draft = compose.new_draft("Write about pets", [], owner="ann")
+    draft["paragraphs"] = ["A cat.", "A dog."]
+    draft["slots"] = compose.parse_slots("1: a cat\n2: a dog", draft["paragraphs"], 2)
+    compose.rerank(draft, home, by=ann)                                            # ranks only what ann may use
+    assert {p for s in draft["slots"] for p, _ in s["ranked"]} == {mine, class_, "gallery/lake.png"}
+    draft["slots"][1]["image"] = bobs
+    with pytest.raises(compose.ComposeRefused):
+        compose.export_html(draft, home, by=ann)
+    assert [r["target"] for r in reversed(users.audit_log("refused"))] == [
+        f"image {bobs}", f"image {walked}", "image jobs/1/plot.png", f"image {bobs}"]
+    assert users.disk_used("ann") == len(png(20, 20, "orange")) and users.disk_used("teach") == 0   # her folder
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(150 / 2**30))              # 85 bytes used
+    with pytest.raises(compose.ComposeRefused, match="would pass your disk quota"):
+        compose.add_to_gallery("big.png", png(40, 40, "red"), home, owner="ann")
