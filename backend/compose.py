@@ -27,7 +27,7 @@ from pathlib import Path
 
 from backend import defaults, paths, users
 from backend.errors import UserError
-from backend.vlm import check_image, stream
+from backend.vlm import VLMError, check_image, gallery_dir, image_file, stream
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 EDITS = ("rewrite", "expand", "shorten")
@@ -43,10 +43,6 @@ class ComposeRefused(ComposeError, users.Refused):
 
 
 # -- the gallery --------------------------------------------------------------------------------
-def gallery_dir(home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "gallery"
-
-
 def gallery(home: Path | None = None) -> list[str]:
     """Workspace-relative paths of every image in the gallery, sorted."""
     root = home or defaults.home()
@@ -71,14 +67,11 @@ def add_to_gallery(name: str, data: bytes, home: Path | None = None) -> str:
 
 
 def resolve(rel: str, home: Path | None = None) -> Path:
-    """A gallery path from a draft or a request, refused when it leaves the workspace."""
+    """A gallery image from a draft or a request (``backend.vlm.image_file``'s rule), or ComposeError."""
     try:
-        p = paths.inside(home or defaults.home(), rel)
-    except paths.OutsideError:
-        p = None
-    if p is None or not p.is_file():
-        raise ComposeError("err.compose.not_image", path=rel)
-    return p
+        return image_file(rel, home)
+    except VLMError:
+        raise ComposeError("err.compose.not_image", path=rel) from None
 
 
 # -- captions and ranking -------------------------------------------------------------------------
@@ -108,7 +101,8 @@ def caption(endpoint: dict, rel: str, home: Path | None = None, max_new_tokens: 
     """The endpoint's one-sentence caption of a gallery image (asked once, then cached)."""
     key, cache = image_key(rel, home), captions(home)
     if key not in cache:
-        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home)], max_new_tokens=max_new_tokens)).strip()
+        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home)], max_new_tokens=max_new_tokens,
+                                     home=home)).strip()
         paths.atomic_write(_captions_file(home), json.dumps(cache, ensure_ascii=False, indent=1).encode())
     return cache[key]
 
