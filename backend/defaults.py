@@ -66,7 +66,8 @@ SETTINGS = {s.name: s for s in [
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
 # tests add job kinds and pick the interpreter of core jobs.
 INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON",
-            "WORKBENCH_SERVER_KEY"}      # a model server's API key, from its serve job (jobs/serve_keyed.py)
+            "WORKBENCH_SERVER_KEY",      # a model server's API key, from its serve job (jobs/serve_keyed.py)
+            "WORKBENCH_SERVED_MODELS"}   # the models that server answers for
 
 FAIR_SHARE_WINDOW_S = 3600.0     # fair share orders owners by how long their jobs ran in this last window
 HEARTBEAT_S = 2.0                # worker and job heartbeat period
