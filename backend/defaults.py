@@ -60,6 +60,9 @@ SETTINGS = {s.name: s for s in [
     Setting("SLURM_QOS", "", "Slurm quality of service for jobs (empty: the default)"),
     Setting("SLURM_SBATCH_ARGS", "", "more sbatch flags, split like a shell line (e.g. --constraint=a100)"),
     Setting("RAY_ADDRESS", "http://127.0.0.1:8265", "the Ray cluster's dashboard address (its Jobs API)"),
+    Setting("JOB_CGROUP", "", "a cgroup folder (v1 memory or v2) the worker puts every local job in, e.g. "
+            "/sys/fs/cgroup/memory/workbench: its memory limit bounds the jobs together, and a job the kernel "
+            "kills for it is out_of_memory (empty: jobs stay in the worker's cgroup)"),
     Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
 ]}
 
