@@ -802,7 +802,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
     "deploy.start": {"en": "Start a server", "zh": "启动服务"},
     "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
-    "err.vlm.image_outside": {"en": '{name} is not an image file in the workspace gallery: only gallery images (yours and the shared ones) can be sent to a model', "zh": '{name} 不是工作区图库中的图片文件：只能把图库中的图片（你自己的和共享的）发送给模型'},
+    "err.vlm.image_outside": {"en": '{name} is not an image file in the workspace gallery: only images in gallery/ (uploads land there) can be sent to a model', "zh": '{name} 不是工作区图库中的图片文件：只能把 gallery/ 中的图片（上传的图片也保存在那里）发送给模型'},
     # ---- end of table ----
 }
 
