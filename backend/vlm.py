@@ -83,29 +83,44 @@ def check_image(data: bytes, name: str | UserError = UserError("err.vlm.the_imag
 
 
 def gallery_dir(home: Path | None = None) -> Path:
-    """The workspace's image folder: uploads and picks live here, and only here may a request name an image."""
+    """The workspace's image folder: only from here may a request name an image. Images put there by
+    hand are shared; uploads are kept per user in ``uploads/<name>`` (``upload_dir``)."""
     return (home or defaults.home()) / "gallery"
 
 
-def image_file(name: str | Path, home: Path | None = None) -> Path:
-    """A gallery image a user names (workspace-relative or absolute), as a file no larger than
-    UPLOAD_MAX_MB; VLMError for a path outside the gallery (another user's files, /etc/passwd), a
-    missing file or an oversized one."""
+def upload_dir(owner: str, home: Path | None = None) -> Path:
+    """Where ``owner``'s uploaded images are kept (``gallery/uploads`` itself for no name: shared)."""
+    ok = bool(users.NAME.fullmatch(owner or "")) and owner.strip(".") != ""
+    return gallery_dir(home) / "uploads" / (owner if ok else "")
+
+
+def image_owner(path: Path, home: Path | None = None) -> str:
+    """Who uploaded a gallery image (a resolved path in it): the name of its ``uploads/<name>`` folder, else ''."""
+    parts = path.relative_to(gallery_dir(home).resolve()).parts
+    return parts[1] if len(parts) > 2 and parts[0] == "uploads" else ""
+
+
+def image_file(name: str | Path, home: Path | None = None, by: users.User | str | None = None) -> Path:
+    """A gallery image ``by`` names (workspace-relative or absolute) and may use (shared, their own upload,
+    an instructor's), as a file no larger than UPLOAD_MAX_MB; VLMError for a path outside the gallery
+    (/etc/passwd, a dataset), a missing or oversized file, ``Refused`` for another student's upload."""
     root = home or defaults.home()
     try:
         p = paths.inside(gallery_dir(root), Path(root, name), must_exist=True)
     except paths.OutsideError:
         raise VLMError("err.vlm.image_outside", name=str(name)) from None
-    limit_mb = defaults.setting("UPLOAD_MAX_MB")
     if not p.is_file():
         raise VLMError("err.vlm.image_outside", name=str(name))
+    if not users.may_use(image_owner(p, root), by):
+        users.refuse(by, "send", f"image {name}", Refused("err.vlm.image_not_yours", name=str(name)))
+    limit_mb = defaults.setting("UPLOAD_MAX_MB")
     if p.stat().st_size > limit_mb * 2**20:
         raise VLMError("err.ds.too_big", name=p.name, mb=p.stat().st_size / 2**20, limit=limit_mb)
     return p
 
 
 def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS,
-                 home: Path | None = None) -> list[bytes]:
+                 home: Path | None = None, by: users.User | str | None = None) -> list[bytes]:
     """Read (bytes, or gallery paths through ``image_file``) and check every image; their bytes, or
     VLMError for the first bad one."""
     if len(images) > max_images:
@@ -113,7 +128,7 @@ def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = M
     out = []
     for i, img in enumerate(images, 1):
         if isinstance(img, (str, Path)):
-            p = image_file(img, home)
+            p = image_file(img, home, by)
             name, data = UserError("err.vlm.image_named", i=i, name=p.name), p.read_bytes()
         else:
             name, data = UserError("err.vlm.image_n", i=i), bytes(img)
@@ -141,7 +156,7 @@ def endpoints(home: Path | None = None, by: users.User | str | None = None) -> l
     return [e for e in live_endpoints(home, by) if e.get("engine") == "vlm"]
 
 
-def _wire(messages: list[dict], max_images: int, home: Path | None) -> list[dict]:
+def _wire(messages: list[dict], max_images: int, home: Path | None, by) -> list[dict]:
     total = sum(len(m.get("images") or []) for m in messages)
     if total > max_images:
         raise VLMError("err.vlm.too_many_conv", n=total, max_images=max_images)
@@ -149,7 +164,7 @@ def _wire(messages: list[dict], max_images: int, home: Path | None) -> list[dict
         raise VLMError("err.vlm.empty")
     out = []
     for m in messages:
-        data = check_images(list(m.get("images") or []), max_images, home=home)
+        data = check_images(list(m.get("images") or []), max_images, home=home, by=by)
         out.append({"role": m["role"], "content": str(m.get("content", "")),
                     "images": [{"data": base64.b64encode(d).decode()} for d in data]})
     return out
@@ -163,7 +178,7 @@ def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temp
     Raises VLMError (with ``partial``) on any failure, ``Refused`` for a server ``by`` may not use;
     ``stats`` receives tokens, ttft_s, seconds."""
     check_use(endpoint, by, Refused)
-    body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES), home),
+    body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES), home, by),
             "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p),
             "num_beams": int(num_beams)}
     where = endpoint.get("name") or endpoint["url"]
