@@ -27,7 +27,15 @@ from pathlib import Path
 
 from backend import defaults, paths, users
 from backend.errors import UserError
-from backend.vlm import VLMError, check_image, gallery_dir, image_file, image_owner, stream, upload_dir
+from backend.vlm import (
+    VLMError,
+    check_image,
+    gallery_dir,
+    image_file,
+    image_owner,
+    stream,
+    upload_dir,
+)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 EDITS = ("rewrite", "expand", "shorten")
