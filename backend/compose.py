@@ -27,15 +27,7 @@ from pathlib import Path
 
 from backend import defaults, paths, users
 from backend.errors import UserError
-from backend.vlm import (
-    VLMError,
-    check_image,
-    gallery_dir,
-    image_file,
-    image_owner,
-    stream,
-    upload_dir,
-)
+from backend.vlm import check_image, stream
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 EDITS = ("rewrite", "expand", "shorten")
@@ -51,37 +43,42 @@ class ComposeRefused(ComposeError, users.Refused):
 
 
 # -- the gallery --------------------------------------------------------------------------------
-def gallery(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
-    """Workspace-relative paths of the gallery images ``by`` may use (shared, their own uploads, an
-    instructor's), sorted."""
+def gallery_dir(home: Path | None = None) -> Path:
+    return (home or defaults.home()) / "gallery"
+
+
+def gallery(home: Path | None = None) -> list[str]:
+    """Workspace-relative paths of every image in the gallery, sorted."""
     root = home or defaults.home()
     folder = gallery_dir(root)
     return sorted(str(p.relative_to(root)) for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                  and users.may_use(image_owner(p.resolve(), root), by)) if folder.is_dir() else []
+                  if p.suffix.lower() in IMAGE_EXTS and p.is_file()) if folder.is_dir() else []
 
 
-def add_to_gallery(name: str, data: bytes, home: Path | None = None, owner: str = "") -> str:
-    """Check an uploaded image and keep it in ``owner``'s uploads folder (named by its content, so a second
-    upload of the same image is the same file); its workspace-relative path. VLMError/ComposeError if refused."""
+def add_to_gallery(name: str, data: bytes, home: Path | None = None) -> str:
+    """Check an uploaded image and keep it in gallery/uploads (named by its content, so a second upload
+    of the same image is the same file); its workspace-relative path. VLMError/ComposeError if refused."""
     root = home or defaults.home()
     limit_mb = defaults.setting("UPLOAD_MAX_MB")
     if len(data) > limit_mb * 2**20:
         raise ComposeError("err.ds.too_big", name=name, mb=len(data) / 2**20, limit=limit_mb)
     check_image(data, name)
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
-    target = upload_dir(owner, root) / (hashlib.sha256(data).hexdigest()[:16] + ext)
+    target = gallery_dir(root) / "uploads" / (hashlib.sha256(data).hexdigest()[:16] + ext)
     if not target.exists():
         paths.atomic_write(target, data)
     return str(target.relative_to(root))
 
 
 def resolve(rel: str, home: Path | None = None) -> Path:
-    """A gallery image from a draft or a request (``backend.vlm.image_file``'s rule), or ComposeError."""
+    """A gallery path from a draft or a request, refused when it leaves the workspace."""
     try:
-        return image_file(rel, home)
-    except VLMError:
-        raise ComposeError("err.compose.not_image", path=rel) from None
+        p = paths.inside(home or defaults.home(), rel)
+    except paths.OutsideError:
+        p = None
+    if p is None or not p.is_file():
+        raise ComposeError("err.compose.not_image", path=rel)
+    return p
 
 
 # -- captions and ranking -------------------------------------------------------------------------
@@ -101,19 +98,17 @@ def image_key(rel: str, home: Path | None = None) -> str:
     return hashlib.sha256(resolve(rel, home).read_bytes()).hexdigest()[:16]
 
 
-def gallery_captions(home: Path | None = None, by: users.User | str | None = None) -> dict[str, str | None]:
-    """{gallery path ``by`` may use: its caption, or None when not captioned yet}, reading the cache once."""
+def gallery_captions(home: Path | None = None) -> dict[str, str | None]:
+    """{gallery path: its caption, or None when not captioned yet}, reading the cache once."""
     cache = captions(home)
-    return {p: cache.get(image_key(p, home)) for p in gallery(home, by)}
+    return {p: cache.get(image_key(p, home)) for p in gallery(home)}
 
 
-def caption(endpoint: dict, rel: str, home: Path | None = None, max_new_tokens: int = 48,
-            by: users.User | str | None = None) -> str:
+def caption(endpoint: dict, rel: str, home: Path | None = None, max_new_tokens: int = 48) -> str:
     """The endpoint's one-sentence caption of a gallery image (asked once, then cached)."""
     key, cache = image_key(rel, home), captions(home)
     if key not in cache:
-        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home)], max_new_tokens=max_new_tokens,
-                                 home=home, by=by)).strip()
+        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home)], max_new_tokens=max_new_tokens)).strip()
         paths.atomic_write(_captions_file(home), json.dumps(cache, ensure_ascii=False, indent=1).encode())
     return cache[key]
 
@@ -246,22 +241,21 @@ def draft(draft_id: str, home: Path | None = None, by: users.User | str | None =
     return d
 
 
-def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=None,
-                    by: users.User | str | None = None) -> None:
-    """Caption every gallery image ``by`` may use not captioned yet; ``on_caption(done, total)`` reports progress."""
-    todo = [p for p, c in gallery_captions(home, by).items() if c is None]
+def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=None) -> None:
+    """Caption every gallery image not captioned yet; ``on_caption(done, total)`` reports progress."""
+    todo = [p for p, c in gallery_captions(home).items() if c is None]
     if todo and endpoint is None:
         raise ComposeError("err.compose.no_model")
     for k, p in enumerate(todo, 1):
-        caption(endpoint, p, home, by=by)
+        caption(endpoint, p, home)
         if on_caption:
             on_caption(k, len(todo))
 
 
-def rerank(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> None:
-    """Rank the gallery images ``by`` may use for every place by the captions known so far, and suggest
-    the best match where the user has not chosen an image."""
-    known = {p: c or "" for p, c in gallery_captions(home, by).items()}
+def rerank(draft: dict, home: Path | None = None) -> None:
+    """Rank the gallery for every place by the captions known so far, and suggest the best match
+    where the user has not chosen an image."""
+    known = {p: c or "" for p, c in gallery_captions(home).items()}
     for slot in draft["slots"]:
         slot["ranked"] = [[p, round(s, 3)] for p, s in rank(slot["caption"], known)]
         if not slot.get("chosen") and slot["ranked"]:

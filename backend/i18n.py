@@ -358,6 +358,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.vlm.the_image": {"en": 'the image', "zh": '该图片'},
     "err.vlm.image_n": {"en": 'image {i}', "zh": '图片 {i}'},
     "err.vlm.image_named": {"en": 'image {i} ({name})', "zh": '图片 {i}（{name}）'},
+    "err.vlm.image_outside": {"en": '{name} is not an image file in the workspace gallery: only images in gallery/ (uploads land there) can be sent to a model', "zh": '{name} 不是工作区图库中的图片文件：只能把 gallery/ 中的图片（上传的图片也保存在那里）发送给模型'},
     # @@ERRORS@@
     # --- engines ---
     "engine.install": {"en": "Install the {engine} engine", "zh": "安装 {engine} 引擎"},
@@ -643,8 +644,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "xc.mode.chat": {"en": "Image chat", "zh": "图片对话"},
     "xc.mode.compose": {"en": "Compose an article", "zh": "图文创作"},
     "xc.gallery": {"en": "From the gallery", "zh": "从图库选择"},
-    "xc.gallery.help": {"en": "Shared images in the workspace folder gallery/, and your uploads (kept in gallery/uploads/<your name>).",
-                        "zh": "工作区 gallery/ 文件夹中的共享图片，以及你上传的图片（保存在 gallery/uploads/<你的名字>）。"},
+    "xc.gallery.help": {"en": "Images in the workspace folder gallery/ (uploads are kept there too).",
+                        "zh": "工作区 gallery/ 文件夹中的图片（上传的图片也保存在这里）。"},
     "xc.top_p": {"en": "Top-p", "zh": "Top-p"},
     "xc.beams": {"en": "Beams (1 = streamed; more = beam search, shown when done)",
                  "zh": "束数（1 = 流式输出；更多 = 束搜索，完成后显示）"},
@@ -802,8 +803,6 @@ STRINGS: dict[str, dict[str, str]] = {
     "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
     "deploy.start": {"en": "Start a server", "zh": "启动服务"},
     "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
-    "err.vlm.image_outside": {"en": '{name} is not an image file in the workspace gallery: only images in gallery/ (uploads land there) can be sent to a model', "zh": '{name} 不是工作区图库中的图片文件：只能把 gallery/ 中的图片（上传的图片也保存在那里）发送给模型'},
-    "err.vlm.image_not_yours": {"en": "{name} is another student's upload: send your own images or shared ones", "zh": '{name} 是其他学生上传的图片：请发送你自己的图片或共享的图片'},
     # ---- end of table ----
 }
 

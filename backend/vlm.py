@@ -10,7 +10,7 @@ Wire format (newline-delimited JSON, one object a line): ``POST <url>/chat`` wit
 "max_new_tokens", "temperature", "top_p", "num_beams"}``; the answer streams as ``{"delta": text}`` lines and ends
 with ``{"done": true, "tokens": n, "finish_reason": ...}`` or ``{"error": message}``. Images travel
 inline only: the server refuses a file path or URL, and the backend reads an image the user names only
-from the workspace gallery (``image_file``), capped at UPLOAD_MAX_MB.
+from the workspace's gallery folder (``image_file``), capped at UPLOAD_MAX_MB.
 """
 from __future__ import annotations
 
@@ -82,37 +82,17 @@ def check_image(data: bytes, name: str | UserError = UserError("err.vlm.the_imag
     return {"width": im.width, "height": im.height}
 
 
-def gallery_dir(home: Path | None = None) -> Path:
-    """The workspace's image folder: only from here may a request name an image. Images put there by
-    hand are shared; uploads are kept per user in ``uploads/<name>`` (``upload_dir``)."""
-    return (home or defaults.home()) / "gallery"
-
-
-def upload_dir(owner: str, home: Path | None = None) -> Path:
-    """Where ``owner``'s uploaded images are kept (``gallery/uploads`` itself for no name: shared)."""
-    ok = bool(users.NAME.fullmatch(owner or "")) and owner.strip(".") != ""
-    return gallery_dir(home) / "uploads" / (owner if ok else "")
-
-
-def image_owner(path: Path, home: Path | None = None) -> str:
-    """Who uploaded a gallery image (a resolved path in it): the name of its ``uploads/<name>`` folder, else ''."""
-    parts = path.relative_to(gallery_dir(home).resolve()).parts
-    return parts[1] if len(parts) > 2 and parts[0] == "uploads" else ""
-
-
-def image_file(name: str | Path, home: Path | None = None, by: users.User | str | None = None) -> Path:
-    """A gallery image ``by`` names (workspace-relative or absolute) and may use (shared, their own upload,
-    an instructor's), as a file no larger than UPLOAD_MAX_MB; VLMError for a path outside the gallery
-    (/etc/passwd, a dataset), a missing or oversized file, ``Refused`` for another student's upload."""
+def image_file(name: str | Path, home: Path | None = None) -> Path:
+    """An image a user names (workspace-relative or absolute) that is a file in the workspace's gallery
+    folder and no larger than UPLOAD_MAX_MB; VLMError for anything else (/etc/passwd, a dataset, the
+    database, a missing or oversized file). Which gallery images a student may use, compose.resolve says."""
     root = home or defaults.home()
     try:
-        p = paths.inside(gallery_dir(root), Path(root, name), must_exist=True)
+        p = paths.inside(root / "gallery", Path(root, name), must_exist=True)
     except paths.OutsideError:
         raise VLMError("err.vlm.image_outside", name=str(name)) from None
     if not p.is_file():
         raise VLMError("err.vlm.image_outside", name=str(name))
-    if not users.may_use(image_owner(p, root), by):
-        users.refuse(by, "send", f"image {name}", Refused("err.vlm.image_not_yours", name=str(name)))
     limit_mb = defaults.setting("UPLOAD_MAX_MB")
     if p.stat().st_size > limit_mb * 2**20:
         raise VLMError("err.ds.too_big", name=p.name, mb=p.stat().st_size / 2**20, limit=limit_mb)
@@ -120,7 +100,7 @@ def image_file(name: str | Path, home: Path | None = None, by: users.User | str 
 
 
 def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS,
-                 home: Path | None = None, by: users.User | str | None = None) -> list[bytes]:
+                 home: Path | None = None) -> list[bytes]:
     """Read (bytes, or gallery paths through ``image_file``) and check every image; their bytes, or
     VLMError for the first bad one."""
     if len(images) > max_images:
@@ -128,7 +108,7 @@ def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = M
     out = []
     for i, img in enumerate(images, 1):
         if isinstance(img, (str, Path)):
-            p = image_file(img, home, by)
+            p = image_file(img, home)
             name, data = UserError("err.vlm.image_named", i=i, name=p.name), p.read_bytes()
         else:
             name, data = UserError("err.vlm.image_n", i=i), bytes(img)
@@ -156,7 +136,7 @@ def endpoints(home: Path | None = None, by: users.User | str | None = None) -> l
     return [e for e in live_endpoints(home, by) if e.get("engine") == "vlm"]
 
 
-def _wire(messages: list[dict], max_images: int, home: Path | None, by) -> list[dict]:
+def _wire(messages: list[dict], max_images: int, home: Path | None) -> list[dict]:
     total = sum(len(m.get("images") or []) for m in messages)
     if total > max_images:
         raise VLMError("err.vlm.too_many_conv", n=total, max_images=max_images)
@@ -164,7 +144,7 @@ def _wire(messages: list[dict], max_images: int, home: Path | None, by) -> list[
         raise VLMError("err.vlm.empty")
     out = []
     for m in messages:
-        data = check_images(list(m.get("images") or []), max_images, home=home, by=by)
+        data = check_images(list(m.get("images") or []), max_images, home=home)
         out.append({"role": m["role"], "content": str(m.get("content", "")),
                     "images": [{"data": base64.b64encode(d).decode()} for d in data]})
     return out
@@ -178,7 +158,7 @@ def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temp
     Raises VLMError (with ``partial``) on any failure, ``Refused`` for a server ``by`` may not use;
     ``stats`` receives tokens, ttft_s, seconds."""
     check_use(endpoint, by, Refused)
-    body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES), home, by),
+    body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES), home),
             "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p),
             "num_beams": int(num_beams)}
     where = endpoint.get("name") or endpoint["url"]

@@ -69,11 +69,11 @@ uploads = st.file_uploader(ui.t("xc.upload"), accept_multiple_files=True, key="x
 images, bad = [], False
 for f in uploads or []:
     try:
-        images.append(compose.add_to_gallery(f.name, f.getvalue(), owner=ui.owner()))
+        images.append(compose.add_to_gallery(f.name, f.getvalue()))
     except (vlm.VLMError, compose.ComposeError) as e:
         st.error(ui.t("xc.bad_image", message=ui.error_text(e)))
         bad = True
-picked = st.multiselect(ui.t("xc.gallery"), [p for p in compose.gallery(by=ui.user()) if p not in images], key="xc_gallery",
+picked = st.multiselect(ui.t("xc.gallery"), [p for p in compose.gallery() if p not in images], key="xc_gallery",
                         help=ui.t("xc.gallery.help"))
 images += picked
 if images:
@@ -168,14 +168,14 @@ def composer() -> None:
             save(draft)
             st.rerun()
     if cols[2].button(ui.t("xc.match"), key="xc_match", disabled=not draft["slots"]):
-        if not compose.gallery(by=ui.user()):
+        if not compose.gallery():
             st.warning(ui.t("xc.no_gallery"))
         else:
             bar = st.progress(0.0)
             try:
                 compose.caption_gallery(ep, on_caption=lambda d, t: bar.progress(
-                    d / t, ui.t("xc.captioning", done=d, total=t)), by=ui.user())
-                compose.rerank(draft, by=ui.user())
+                    d / t, ui.t("xc.captioning", done=d, total=t)))
+                compose.rerank(draft)
                 save(draft)
                 st.rerun()
             except (vlm.VLMError, compose.ComposeError) as e:
@@ -221,7 +221,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
         cap = st.text_input(ui.t("xc.slot.caption"), slot["caption"], key=f"xc_cap_{i}")
         if cap != slot["caption"]:                    # a new caption re-ranks with the captions already known
             slot["caption"] = cap
-            compose.rerank(draft, by=ui.user())
+            compose.rerank(draft)
             save(draft)
         options = ["", *[p for p, _ in slot["ranked"]]]
         scores = dict(map(tuple, slot["ranked"]))

@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from backend import chat, compose, queue, users, vlm
+from backend import chat, queue, vlm
 from backend.store import open_store
 from tests.conftest import endpoint_of, wait_for
 
@@ -65,9 +65,9 @@ def post(ep: dict, body: dict) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_llava, monkeypatch):
+def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_llava):
     open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"})
-    job_id = queue.submit("vlm", {"model": "tiny-llava", "name": "tiny-vlm", "max_images": 2}, home=home, owner="bob")
+    job_id = queue.submit("vlm", {"model": "tiny-llava", "name": "tiny-vlm", "max_images": 2}, home=home)
     ep = endpoint_of(home, job_id, 90)
     assert ep["engine"] == "vlm" and ep["mode"] == "transformers" and ep["max_images"] == 2
     assert ep["url"].startswith("http://127.0.0.1:") and ep["context_len"] == 2048
@@ -78,7 +78,7 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
     deltas = list(vlm.stream(ep, [{"role": "user", "content": "What is in this picture?", "images": [png()]}],
                              max_new_tokens=8, stats=stats))
     assert "".join(deltas).strip() and len(deltas) >= 2 and stats["tokens"] >= 2 and stats["ttft_s"] is not None
-    img = vlm.gallery_dir(home) / "uploads" / "green.png"
+    img = home / "gallery" / "uploads" / "green.png"
     img.parent.mkdir(parents=True)
     img.write_bytes(png(16, 64, "green"))
     history = [{"role": "user", "content": "Describe it.", "images": [img]},
@@ -87,19 +87,11 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
     assert "".join(vlm.stream(ep, history, max_new_tokens=4, temperature=1.0))
 
     # bad input: refused before sending (client), and by the job itself (raw requests); the job goes on
-    ann, bob = users.User("ann", "student"), users.User("bob", "student")
-    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")          # class mode: students' uploads are their own
     (home / "datasets").mkdir(exist_ok=True)
     (home / "datasets" / "bob.png").write_bytes(png())           # a file outside the gallery (another user's)
     for name in ["/etc/passwd", "datasets/bob.png", "gallery/../datasets/bob.png", str(home / "workbench.db")]:
         with pytest.raises(vlm.VLMError, match="not an image file in the workspace gallery"):
             list(vlm.stream(ep, [{"role": "user", "content": "hi", "images": [name]}], home=home))
-    bobs = compose.add_to_gallery("bob.png", png(8, 8, "white"), home, owner="bob")     # bob's own upload
-    assert bobs.startswith("gallery/uploads/bob/") and bobs not in compose.gallery(home, by=ann)
-    with pytest.raises(vlm.Refused, match="another student's upload"):
-        vlm.image_file(bobs, home, by=ann)
-    assert "".join(vlm.stream(ep, [{"role": "user", "content": "Mine?", "images": [bobs]}], max_new_tokens=2,
-                              home=home, by=bob))
     with pytest.raises(vlm.VLMError, match="not an image"):
         list(vlm.stream(ep, [{"role": "user", "content": "hi", "images": [b"%PDF-1.4 not an image"]}]))
     with pytest.raises(vlm.VLMError, match="at most 2"):
@@ -246,7 +238,7 @@ def test_xcomposer_page_image_chat_and_compose(home, tiny_llava, page, tmp_path)
     uploader.locator('[data-testid="stFileChipDeleteBtn"] button, [data-testid="stFileChipDeleteBtn"]').first.click()
     page.get_by_text("Not sent").wait_for(state="detached")
     uploader.locator("input[type=file]").set_input_files([str(good)])
-    wait_for(lambda: len(list((home / "gallery" / "uploads").glob("*/*.png"))) == 1, 30, what="upload kept in the gallery")
+    wait_for(lambda: len(list((home / "gallery" / "uploads").glob("*.png"))) == 1, 30, what="upload kept in the gallery")
     page.locator(".st-key-xc_input textarea").fill("What is in this picture?")
     page.locator(".st-key-xc_input textarea").press("Enter")
     wait_for(lambda: vlm.endpoints(home)[0].get("requests", 0) >= 1, 60, 0.2, "the page's request")
