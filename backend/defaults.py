@@ -63,13 +63,17 @@ SETTINGS = {s.name: s for s in [
     Setting("SLURM_QOS", "", "Slurm quality of service for jobs (empty: the default)"),
     Setting("SLURM_SBATCH_ARGS", "", "more sbatch flags, split like a shell line (e.g. --constraint=a100)"),
     Setting("RAY_ADDRESS", "http://127.0.0.1:8265", "the Ray cluster's dashboard address (its Jobs API)"),
+    Setting("JOB_CGROUP", "", "a cgroup folder (v1 memory or v2) the worker puts every local job in, e.g. "
+            "/sys/fs/cgroup/memory/workbench: its memory limit bounds the jobs together, and a job the kernel "
+            "kills for it is out_of_memory (empty: jobs stay in the worker's cgroup)"),
     Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
 ]}
 
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
 # tests add job kinds and pick the interpreter of core jobs.
 INTERNAL = {"WORKBENCH_JOB_ID", "WORKBENCH_EXTRA_KINDS", "WORKBENCH_CORE_PYTHON",
-            "WORKBENCH_SERVER_KEY"}      # a model server's API key, from its serve job (jobs/serve_keyed.py)
+            "WORKBENCH_SERVER_KEY",      # a model server's API key, from its serve job (jobs/serve_keyed.py)
+            "WORKBENCH_SERVED_MODELS"}   # the models that server answers for
 
 FAIR_SHARE_WINDOW_S = 3600.0     # fair share orders owners by how long their jobs ran in this last window
 DISK_SIZE_CACHE_S = 60.0         # a folder's size (a user's adapters, models) is walked again at most this often

@@ -358,6 +358,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.vlm.the_image": {"en": 'the image', "zh": '该图片'},
     "err.vlm.image_n": {"en": 'image {i}', "zh": '图片 {i}'},
     "err.vlm.image_named": {"en": 'image {i} ({name})', "zh": '图片 {i}（{name}）'},
+    "err.vlm.image_outside": {"en": '{name} is not an image file in the workspace gallery: only images in gallery/ (uploads land there) can be sent to a model', "zh": '{name} 不是工作区图库中的图片文件：只能把 gallery/ 中的图片（上传的图片也保存在那里）发送给模型'},
     # @@ERRORS@@
     # --- engines ---
     "engine.install": {"en": "Install the {engine} engine", "zh": "安装 {engine} 引擎"},

@@ -109,11 +109,11 @@ def recorded(job_dir: Path) -> dict | None:
 
 
 # -- the out-of-memory killer -------------------------------------------------------------------------
-def oom_kills() -> int | None:
-    """How many processes the OOM killer has ended in this process's memory cgroup (v2 memory.events or
-    v1 memory.oom_control), or None where the kernel does not say."""
+def oom_counter(pid: int | str = "self") -> str | None:
+    """The file where the kernel counts OOM kills in ``pid``'s memory cgroup (v2 ``memory.events``, v1
+    ``memory.oom_control``: both say ``oom_kill N``), or None where the kernel does not say."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
     files = []
@@ -124,23 +124,31 @@ def oom_kills() -> int | None:
             files += [Path("/sys/fs/cgroup", rel, "memory.events"), Path("/sys/fs/cgroup/unified", rel, "memory.events")]
         elif "memory" in controllers.split(","):
             files.append(Path("/sys/fs/cgroup/memory", rel, "memory.oom_control"))
-    for f in files:
-        try:
-            m = re.search(r"^oom_kill (\d+)$", f.read_text(), re.M)
-        except OSError:
-            continue
-        if m:
-            return int(m.group(1))
-    return None
+    return next((str(f) for f in files if oom_kills(f) is not None), None)
 
 
-def kernel_log_oom(pid: int) -> bool | None:
-    """Whether the kernel log says the OOM killer killed ``pid``; None where the log cannot be read."""
+def oom_kills(counter: str | Path | None) -> int | None:
+    """The OOM kill count in an ``oom_counter`` file; None where it can't be read."""
+    try:
+        m = re.search(r"^oom_kill (\d+)$", Path(counter).read_text(), re.M) if counter else None
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def place(pid: int, cgroup: str) -> None:
+    """Move ``pid`` into a cgroup folder (v1 or v2: its ``cgroup.procs``); its children follow it."""
+    Path(cgroup, "cgroup.procs").write_text(str(pid))
+
+
+def kernel_log_oom(pid: int, since_s: float = 0.0) -> bool | None:
+    """Whether the kernel log says the OOM killer killed ``pid`` at or after ``since_s`` seconds after boot
+    (so an older process that had the same pid does not count); None where the log cannot be read."""
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
-    pattern = re.compile(rf"Killed process {pid}\b".encode())
+    pattern = re.compile(rf"^\d+,\d+,(\d+),[^;]*;.*Killed process {pid}\b".encode())
     try:
         while True:
             try:
@@ -153,21 +161,23 @@ def kernel_log_oom(pid: int) -> bool | None:
                 return None
             if not rec:
                 return False
-            if pattern.search(rec):
+            m = pattern.search(rec)
+            if m and int(m.group(1)) >= since_s * 1e6:
                 return True
     finally:
         os.close(fd)
 
 
-def killed_by_oom(pid: int, oom_before: int | None) -> bool | None:
-    """Whether the OOM killer ended ``pid``: the kernel log if readable, else the cgroup's oom_kill count
-    rising since ``oom_before``; None when neither says."""
-    said = kernel_log_oom(pid)
+def killed_by_oom(ident: dict) -> bool | None:
+    """Whether the OOM killer ended the process recorded as ``ident`` (``identity`` + ``oom_counter`` and
+    its ``oom_kills`` at launch): the kernel log if readable, else its cgroup's count having risen; None
+    when neither says."""
+    said = kernel_log_oom(ident["pid"], ident.get("start", 0) / os.sysconf("SC_CLK_TCK"))
     if said:
         return True
-    now = oom_kills()
-    if now is not None and oom_before is not None:
-        return now > oom_before
+    now, before = oom_kills(ident.get("oom_counter")), ident.get("oom_kills")
+    if now is not None and before is not None:
+        return now > before
     return said
 
 

@@ -5,6 +5,7 @@ txt), with a cap on line length and each record's position (the line number for 
 indexes them for paging."""
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -86,10 +87,13 @@ RECORD_LISTS = ("messages", "conversations", "conversation", "question")    # li
 
 
 def json_document(path: Path) -> bool:
-    """A .json file holding one array of records, or one object wrapping such an array ({"data": [...]})."""
+    """A .json file holding one array of records, or one object wrapping such an array ({"data": [...]}).
+    An object is parsed whole, so only up to DATASET_MAX_LINE_MB: a larger one is read as JSONL lines."""
     first = first_char(path)
     if first != "{":
         return first == "["
+    if path.stat().st_size > max_line_bytes():
+        return False
     try:
         return _unwrap(json.loads(path.read_bytes().decode("utf-8", "replace").lstrip("\ufeff"))) is not None
     except ValueError:
@@ -174,7 +178,10 @@ def _lines(f, limit: int):
 
 
 def _scan_json_array(path: Path):
-    try:
+    if first_char(path) == "[":
+        yield from _stream_json_array(path)
+        return
+    try:                                     # an object wrapping the array: small (json_document), parsed whole
         data = json.loads(_decode(path.read_bytes(), path.name).lstrip("\ufeff"))
     except DatasetError as e:
         yield 0, None, str(e)
@@ -184,10 +191,103 @@ def _scan_json_array(path: Path):
                                               f"{getattr(e, 'lineno', '?')} column {getattr(e, 'colno', '?')}")
         return
     for n, rec in enumerate(_unwrap(data) or [], start=1):
-        if isinstance(rec, dict):
-            yield n, rec, None
-        else:
-            yield n, None, f"record {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+        yield _record(n, rec)
+
+
+def _record(n: int, rec) -> tuple[int, dict | None, str | None]:
+    if isinstance(rec, dict):
+        return n, rec, None
+    return n, None, f"record {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+
+
+JSON_CHUNK = 1 << 20                         # bytes read at a time from a JSON array
+JSON_SPACE = " \t\r\n\ufeff"
+
+
+class _Reader:
+    """A JSON text read in chunks: ``buf`` holds what is not consumed yet (about one record), ``i`` the
+    position in it; ``lines`` counts the lines already dropped, for messages."""
+
+    def __init__(self, f):
+        self.f, self.buf, self.i, self.lines, self.eof = f, "", 0, 0, False
+        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+
+    def fill(self, n: int = JSON_CHUNK) -> bool:
+        """Read ``n`` more bytes, dropping what was consumed; False at the end of the file."""
+        if self.eof:
+            return False
+        data = self.f.read(n)
+        self.eof = len(data) < n
+        self.lines += self.buf.count("\n", 0, self.i)
+        self.buf, self.i = self.buf[self.i:] + self.utf8.decode(data, final=self.eof), 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end of the file)."""
+        while True:
+            while self.i < len(self.buf) and self.buf[self.i] in JSON_SPACE:
+                self.i += 1
+            if self.i < len(self.buf):
+                return self.buf[self.i]
+            if not self.fill():
+                return ""
+
+    def where(self, at: int) -> str:
+        return f"line {self.lines + self.buf.count(chr(10), 0, at) + 1}"
+
+    def value(self, limit: int):
+        """The next JSON value; ValueError when it is invalid or longer than ``limit`` bytes."""
+        want = JSON_CHUNK
+        while True:
+            try:
+                obj, end = _DECODER.raw_decode(self.buf, self.i)
+                if end < len(self.buf) or self.eof:      # a number or literal may go on past the buffer
+                    self.i = end
+                    return obj
+            except json.JSONDecodeError as e:
+                cut = e.pos >= len(self.buf) - 8 or e.msg.startswith("Unterminated string")
+                if self.eof or not cut:
+                    raise ValueError(f"invalid JSON: {e.msg} at {self.where(e.pos)}") from None
+            if len(self.buf) - self.i > limit:
+                raise ValueError(f"longer than {limit / 2**20:.0f} MB (DATASET_MAX_LINE_MB)")
+            self.fill(want)
+            want *= 2
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _stream_json_array(path: Path):
+    """The records of a top-level JSON array, one at a time, read in chunks: the app never holds the
+    whole document, only about one record (a record over DATASET_MAX_LINE_MB ends the scan)."""
+    n = 0
+    with open(path, "rb") as f:
+        r = _Reader(f)
+        try:
+            r.peek()
+            r.i += 1                                             # the "[" (first_char said so)
+            while True:
+                c = r.peek()
+                if c == "]" and n == 0:
+                    break
+                if n:
+                    if c == "]":
+                        break
+                    if c != ",":
+                        yield n + 1, None, (f"{path.name}: expected ',' or ']' after record {n} at {r.where(r.i)}"
+                                            if c else f"{path.name}: the JSON array ends early (no closing ])")
+                        return
+                    r.i += 1
+                    r.peek()
+                n += 1
+                yield _record(n, r.value(max_line_bytes()))
+            r.i += 1
+            if r.peek():
+                yield n + 1, None, f"{path.name}: text after the end of the JSON array at {r.where(r.i)}"
+        except UnicodeDecodeError as e:
+            yield n + 1, None, f"{path.name}: not UTF-8 ({e.reason}) near record {n + 1}"
+        except ValueError as e:
+            yield n, None, f"{path.name}: record {n}: {e}"
 
 
 def _scan_csv(path: Path):

@@ -11,6 +11,7 @@ from backend import defaults
 from backend.store import open_store
 
 KEY_ENV = "WORKBENCH_SERVER_KEY"        # how a server child process gets its key (never its command line)
+MODELS_ENV = "WORKBENCH_SERVED_MODELS"  # the model ids (a JSON list) a `transformers serve` child answers for
 
 
 def new_key() -> str:

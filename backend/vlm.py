@@ -6,9 +6,11 @@ get an answer as text deltas. The `vlm` job runs the same checks again on what i
 request never crashes it. Errors are ``VLMError`` with a message for the user (and the partial answer).
 
 Wire format (newline-delimited JSON, one object a line): ``POST <url>/chat`` with
-``{"messages": [{"role", "content", "images": [{"data": base64} | {"path": workspace path}]}],
+``{"messages": [{"role", "content", "images": [{"data": base64}]}],
 "max_new_tokens", "temperature", "top_p", "num_beams"}``; the answer streams as ``{"delta": text}`` lines and ends
-with ``{"done": true, "tokens": n, "finish_reason": ...}`` or ``{"error": message}``.
+with ``{"done": true, "tokens": n, "finish_reason": ...}`` or ``{"error": message}``. Images travel
+inline only: the server refuses a file path or URL, and the backend reads an image the user names only
+from the workspace's gallery folder (``image_file``), capped at UPLOAD_MAX_MB.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from backend import server_auth, users
+from backend import defaults, paths, server_auth, users
 from backend.chat import check_use, live_endpoints
 from backend.errors import UserError
 from backend.models import list_models
@@ -80,16 +82,33 @@ def check_image(data: bytes, name: str | UserError = UserError("err.vlm.the_imag
     return {"width": im.width, "height": im.height}
 
 
-def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS) -> list[bytes]:
-    """Read (bytes or file paths) and check every image; their bytes, or VLMError for the first bad one."""
+def image_file(name: str | Path, home: Path | None = None) -> Path:
+    """An image a user names (workspace-relative or absolute) that is a file in the workspace's gallery
+    folder and no larger than UPLOAD_MAX_MB; VLMError for anything else (/etc/passwd, a dataset, the
+    database, a missing or oversized file). Which gallery images a student may use, compose.resolve says."""
+    root = home or defaults.home()
+    try:
+        p = paths.inside(root / "gallery", Path(root, name), must_exist=True)
+    except paths.OutsideError:
+        raise VLMError("err.vlm.image_outside", name=str(name)) from None
+    if not p.is_file():
+        raise VLMError("err.vlm.image_outside", name=str(name))
+    limit_mb = defaults.setting("UPLOAD_MAX_MB")
+    if p.stat().st_size > limit_mb * 2**20:
+        raise VLMError("err.ds.too_big", name=p.name, mb=p.stat().st_size / 2**20, limit=limit_mb)
+    return p
+
+
+def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS,
+                 home: Path | None = None) -> list[bytes]:
+    """Read (bytes, or gallery paths through ``image_file``) and check every image; their bytes, or
+    VLMError for the first bad one."""
     if len(images) > max_images:
         raise VLMError("err.vlm.too_many", n=len(images), max_images=max_images)
     out = []
     for i, img in enumerate(images, 1):
         if isinstance(img, (str, Path)):
-            p = Path(img)
-            if not p.is_file():
-                raise VLMError("err.vlm.missing_image", i=i, name=p.name)
+            p = image_file(img, home)
             name, data = UserError("err.vlm.image_named", i=i, name=p.name), p.read_bytes()
         else:
             name, data = UserError("err.vlm.image_n", i=i), bytes(img)
@@ -117,7 +136,7 @@ def endpoints(home: Path | None = None, by: users.User | str | None = None) -> l
     return [e for e in live_endpoints(home, by) if e.get("engine") == "vlm"]
 
 
-def _wire(messages: list[dict], max_images: int) -> list[dict]:
+def _wire(messages: list[dict], max_images: int, home: Path | None) -> list[dict]:
     total = sum(len(m.get("images") or []) for m in messages)
     if total > max_images:
         raise VLMError("err.vlm.too_many_conv", n=total, max_images=max_images)
@@ -125,7 +144,7 @@ def _wire(messages: list[dict], max_images: int) -> list[dict]:
         raise VLMError("err.vlm.empty")
     out = []
     for m in messages:
-        data = check_images(list(m.get("images") or []), max_images)
+        data = check_images(list(m.get("images") or []), max_images, home=home)
         out.append({"role": m["role"], "content": str(m.get("content", "")),
                     "images": [{"data": base64.b64encode(d).decode()} for d in data]})
     return out
@@ -134,12 +153,12 @@ def _wire(messages: list[dict], max_images: int) -> list[dict]:
 # -- answering ----------------------------------------------------------------------------------
 def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
            top_p: float = 0.9, num_beams: int = 1, stats: dict | None = None,
-           by: users.User | str | None = None) -> Iterator[str]:
-    """Yield the answer's text deltas. ``messages``: [{"role", "content", "images": [bytes | path]}].
+           by: users.User | str | None = None, home: Path | None = None) -> Iterator[str]:
+    """Yield the answer's text deltas. ``messages``: [{"role", "content", "images": [bytes | gallery path]}].
     Raises VLMError (with ``partial``) on any failure, ``Refused`` for a server ``by`` may not use;
     ``stats`` receives tokens, ttft_s, seconds."""
     check_use(endpoint, by, Refused)
-    body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES)),
+    body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES), home),
             "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p),
             "num_beams": int(num_beams)}
     where = endpoint.get("name") or endpoint["url"]

@@ -72,7 +72,7 @@ class Running:
     started: float
     timeout_s: float
     proc: subprocess.Popen | None = None  # None for a job adopted from a worker that died: not our child
-    ident: dict | None = None             # procs.identity of the job's process (+ oom_kills at launch)
+    ident: dict | None = None             # procs.identity of the job's process (+ its oom_counter, oom_kills at launch)
     term_sent: float | None = None
     reason: str | None = None            # why the worker is stopping it: cancelled, timeout, shutdown
     log: object = field(default=None, repr=False)
@@ -377,7 +377,14 @@ class Worker:
             self.store.transition(job.id, JobState.FAILED, error_class=MISSING_ENGINE,
                                   error_message=f"could not start {cmd[0]}: {e}")
             return
-        ident = {**procs.identity(proc.pid), "oom_kills": procs.oom_kills()}
+        cgroup = defaults.setting("JOB_CGROUP")
+        try:
+            if cgroup:
+                procs.place(proc.pid, cgroup)
+        except OSError as e:
+            print(f"job {job.id}: could not put it in the cgroup {cgroup} (WORKBENCH_JOB_CGROUP): {e}", flush=True)
+        counter = procs.oom_counter(proc.pid)
+        ident = {**procs.identity(proc.pid), "oom_counter": counter, "oom_kills": procs.oom_kills(counter)}
         self.running[job.id] = Running(job.id, proc.pid, time.monotonic(), self._timeout(job), proc=proc,
                                           ident=ident, log=log)
         procs.record(d, ident)
@@ -455,7 +462,7 @@ class Worker:
         else:
             oom = None
             if code in (-signal.SIGKILL, None) and ident:
-                oom = procs.killed_by_oom(ident["pid"], ident.get("oom_kills"))
+                oom = procs.killed_by_oom(ident)
             cls, msg = errors.classify(code, result, logs.tail(job_id, 40, self.home), oom)
             state, fields = JobState.FAILED, {"error_class": cls, "error_message": msg}
         self.store.transition(job_id, state, exit_code=code, **fields)

@@ -206,11 +206,19 @@ def unsafe_paths(dest: Path, files: list[RemoteFile]) -> list[str]:
     root = dest.resolve()
     bad = []
     for f in files:
-        rel = PurePosixPath(f.path)
-        if not f.path or "\\" in f.path or rel.is_absolute() or ".." in rel.parts \
-                or not paths.is_inside((root / f.path).resolve(), root):
+        if not isinstance(f.path, str) or not f.path or "\\" in f.path or PurePosixPath(f.path).is_absolute() \
+                or ".." in PurePosixPath(f.path).parts or not paths.is_inside((root / f.path).resolve(), root):
             bad.append(f.path)
     return bad
+
+
+def check_listing(spec: Spec, dest: Path, files: list[RemoteFile]) -> None:
+    """Refuse a listing with a path outside ``dest``; called before anything is written or deleted."""
+    bad = unsafe_paths(dest, files)
+    if bad:
+        raise JobError(f"{spec.source} listed files outside the model folder for {spec.repo_id}: "
+                       f"{', '.join(map(repr, bad[:5]))}; nothing was fetched", DOWNLOAD,
+                       "use another repository or mirror (endpoint): this one is broken or hostile")
 
 
 # -- the hubs ---------------------------------------------------------------------------------------
@@ -291,8 +299,9 @@ def ms_download(spec: Spec, endpoint, token, revision: str, dest: Path, progress
 
 
 def openxlab_download(spec: Spec, dest: Path, job: Job) -> list[RemoteFile]:
-    """OpenXLab's client (in its own engine env) lists nothing up front and can't resume; its endpoint
-    is hard-coded, so $OPENXLAB_ENDPOINT (a mirror, or a test server) is set on its modules."""
+    """OpenXLab's client (in its own engine env) can't resume and lists files only inside ``download``
+    (checked there, as paths, by a client subclass); its endpoint is hard-coded, so $OPENXLAB_ENDPOINT (a
+    mirror, or a test server) is set on its modules."""
     # its token cache goes to the job's private credentials folder, which the worker removes when the job ends
     os.environ["HOME"] = str(job.dir / CREDENTIALS_DIR / "openxlab-home")
     import openxlab.model.common.bury as bury
@@ -301,6 +310,16 @@ def openxlab_download(spec: Spec, dest: Path, job: Job) -> list[RemoteFile]:
     override = spec.endpoint or os.environ.get("OPENXLAB_ENDPOINT")
     if override:
         dl.endpoint = bury.endpoint = override
+
+    class CheckedClient(dl.OpenapiClient):
+        """Its listing is checked as paths before the client writes any file (it joins names to ``output``)."""
+
+        def get_download_url(self, *args, **kwargs):
+            models, files = super().get_download_url(*args, **kwargs)
+            check_listing(spec, dest, [RemoteFile(e.get("fileName"), None) for d in (models, files) if d
+                                       for e in d.values()])
+            return models, files
+    dl.OpenapiClient = CheckedClient
     job.progress(0, None, "B", f"OpenXLab: downloading {spec.repo_id}", force=True)
     got = download(spec.repo_id, output=str(dest), cache=False)
     if got is None:      # the client prints the reason and returns None instead of raising
@@ -412,11 +431,7 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
                                          else (ms_list, ms_download, ms_partial))
             job.message(f"listing {spec.repo_id} on {spec.source}" + (f" ({endpoint})" if endpoint else ""))
             revision, files = lister(spec, endpoint, token)
-            bad = unsafe_paths(dest, files)
-            if bad:             # checked before anything is written or deleted
-                raise JobError(f"{spec.source} listed files outside the model folder for {spec.repo_id}: "
-                               f"{', '.join(map(repr, bad[:5]))}; nothing was fetched", DOWNLOAD,
-                               "use another repository or mirror (endpoint): this one is broken or hostile")
+            check_listing(spec, dest, files)
             if not files:
                 raise JobError(f"no file of {spec.repo_id} matches {', '.join(spec.allow_patterns) or 'anything'}",
                                BAD_INPUT, "check the file patterns (for example *.safetensors, *.json)")

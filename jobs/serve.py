@@ -99,9 +99,9 @@ def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, 
 class Server:
     """The child server process: its output goes to run.log; it counts requests and loading progress."""
 
-    def __init__(self, cmd: list[str], job: Job, key: str):
+    def __init__(self, cmd: list[str], job: Job, key: str, models: list[str]):
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1",
-                   **{server_auth.KEY_ENV: key})
+                   **{server_auth.KEY_ENV: key, server_auth.MODELS_ENV: json.dumps(models)})
         self.key = key
         print("$ " + " ".join(a if a != key else "<api key>" for a in cmd), flush=True)
         self.job = job
@@ -247,7 +247,7 @@ def main(spec: Spec, job: Job) -> dict:
                         f"({spec.cb_memory_share:.0%} of the memory free now)" +
                         (f", {spec.cb_blocks} blocks asked" if spec.cb_blocks else ""))
         server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0], remote, key, cb_percent),
-                        job, key)
+                        job, key, ids)
         t0 = time.monotonic()
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)
         for (ep_name, path, source), model_id in zip(served, ids):

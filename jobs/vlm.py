@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 
-from backend import paths, server_auth
+from backend import server_auth
 from backend.errors import BAD_INPUT, CRASH
 from backend.registry import endpoint_meta
 from backend.specs.vlm import Spec, resolve
@@ -89,20 +89,14 @@ class Model:
         return out, max_new, sampling
 
     def _image_bytes(self, img, n: int) -> bytes:
-        if isinstance(img, dict) and img.get("data"):
+        """Images come inline only: a path or URL in a request is refused, so the server never opens a file
+        or an address a caller names (the workbench resolves the user's own files before sending)."""
+        if isinstance(img, dict) and set(img) == {"data"} and isinstance(img["data"], str) and img["data"]:
             try:
                 return base64.b64decode(img["data"], validate=True)
             except (binascii.Error, ValueError):
                 raise ValueError(f"image {n} is not valid base64") from None
-        if isinstance(img, dict) and img.get("path"):
-            try:
-                p = paths.inside(self.job.home, img["path"])
-            except paths.OutsideError:
-                raise ValueError(f"image {n}: only files inside the workspace can be named by path") from None
-            if not p.is_file():
-                raise ValueError(f"image {n}: no file {img['path']} in the workspace")
-            return p.read_bytes()
-        raise ValueError(f"image {n} must be {{'data': base64}} or {{'path': workspace path}}")
+        raise ValueError(f"image {n} must be inline as {{'data': base64}}: this server reads no file path or URL")
 
     # generation ------------------------------------------------------------------------------------
     def answer(self, body: dict, write) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets, models, queue
+from backend import compose, datasets, models, queue, vlm
+from backend.errors import UserError
 from backend.store import open_store
 from backend.specs import evaluate as evaluate_job
 from tests.conftest import ROOT, cli, run_burst
@@ -94,6 +95,15 @@ CASES = {
     "delete a dataset that is not there": lambda home: datasets.delete("nope"),
     "job id past SQLite's integers": lambda home: queue.get(99999999999999999999),
     "cancel job id 2**70": lambda home: queue.cancel(2 ** 70),
+    "JSON array cut short": lambda home: datasets.load_messages(
+        write(home, "cut.json", b"[" + json.dumps(CHAT).encode() + b', {"messages": [')),
+    "JSON array with text after its end": lambda home: datasets.load_messages(
+        write(home, "after.json", b"[" + json.dumps(CHAT).encode() + b"] and more")),
+    "JSON array holding a number": lambda home: datasets.load_messages(
+        write(home, "num.json", b"[" + json.dumps(CHAT).encode() + b", 5]")),
+    "image chat: /etc/passwd as an image": lambda home: vlm.image_file("/etc/passwd"),
+    "image chat: a file outside the gallery": lambda home: vlm.image_file(write(home, "other.png", b"\x89PNG")),
+    "compose: a gallery path climbing out": lambda home: compose.resolve("gallery/../../../etc/hostname"),
     # -- the Evaluate page's dataset check --------------------------------------------------------
     "CSV field over csv's limit": custom_format("big.csv", b'question,answer\n"' + b"x" * 200_000 + b'",A\n'),
     "JSONL of binary bytes": custom_format("bin.jsonl", b"\xff\xfe\x00garbage\n"),
@@ -113,7 +123,7 @@ def message_of(fn, home) -> str:
         out = fn(home)
     except KeyError as e:
         return e.args[0]
-    except (queue.SubmitError, datasets.DatasetError, models.ModelError) as e:
+    except UserError as e:                 # SubmitError, DatasetError, ModelError, VLMError, ComposeError...
         return str(e)
     assert isinstance(out, str), f"no error for a bad input: {out!r}"
     return out

@@ -228,3 +228,25 @@ def test_bundled_samples_are_listed_and_valid(home):
             assert ds.validate(d["path"])["ok"], d["name"]
     text = " ".join(m["content"] for conv in ds.load_messages(shubot["path"]) for m in conv)
     assert "ShuBot" in text and "小书" in text and "Lab Workbench" in text
+
+
+def test_a_large_json_array_upload_is_read_in_pieces_and_imports(home, monkeypatch):
+    """The app never parses a JSON array upload whole: every decode sees about one chunk of it, not the
+    document (a counting hook on the decoder), and every record still arrives, in order."""
+    rows = [{"messages": [{"role": "user", "content": f"question {i} " + "x" * 200},
+                          {"role": "assistant", "content": f"answer {i} " + "y" * 300}]} for i in range(12_000)]
+    data = json.dumps(rows, indent=1).encode()
+    longest, decode = [0], json.JSONDecoder.raw_decode
+
+    def counting(self, s, idx=0):
+        longest[0] = max(longest[0], len(s) - idx)
+        return decode(self, s, idx)
+    monkeypatch.setattr(json.JSONDecoder, "raw_decode", counting)
+    entry = ds.save_upload("big.json", data)
+    assert entry["meta"]["rows"] == 12_000 and entry["meta"]["format"] == "messages"
+    assert 0 < longest[0] < len(data) / 3, (longest[0], len(data))
+    view = open_view(entry["path"])
+    assert view.row(11_999)["record"]["messages"][0]["content"].startswith("question 11999 ")
+    broken = data[:len(data) // 2]                    # cut mid-array: the records before the cut, then why
+    problems = [err for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken)["path"])) if err]
+    assert len(problems) == 1 and "cut.json: record" in problems[0], problems

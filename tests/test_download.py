@@ -169,6 +169,25 @@ OSS2_STUB = {  # openxlab imports oss2 (its upload client) at import time; downl
     "models.py": "PartInfo = None\n",
 }
 
+def run_openxlab(script: str, home, hub, tmp_path):
+    """``script`` in a process with the real openxlab package (installed --no-deps into a folder, as its
+    engine does; skipped where it can't be) and its endpoint pointed at the local hub."""
+    import subprocess
+    import sys
+    pkgs = tmp_path / "pkgs"
+    got = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(pkgs),
+                          "openxlab==0.1.3", "pytz"], capture_output=True, text=True, timeout=300)
+    if got.returncode:
+        pytest.skip(f"openxlab is not installable here: {got.stderr[-200:]}")
+    (pkgs / "oss2").mkdir(exist_ok=True)
+    for name, text in OSS2_STUB.items():
+        (pkgs / "oss2" / name).write_text(text)
+    from tests.conftest import ROOT, env_for
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env_for(home, OPENXLAB_ENDPOINT=hub.url, HOME=str(tmp_path),
+                                                   PYTHONPATH=f"{ROOT}{os.pathsep}{pkgs}"))
+
+
 OPENXLAB_SCRIPT = """
 import os, sys
 from pathlib import Path
@@ -188,20 +207,7 @@ except JobError as e:
 def test_openxlab_client_against_the_local_hub(home, hub, tmp_path):
     """The real openxlab package (installed --no-deps into a folder, as its engine does) with its
     hard-coded endpoint pointed at the local hub: files arrive, a missing repo (None) is an error."""
-    import subprocess
-    import sys
-    pkgs = tmp_path / "pkgs"
-    got = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(pkgs),
-                          "openxlab==0.1.3", "pytz"], capture_output=True, text=True, timeout=300)
-    if got.returncode:
-        pytest.skip(f"openxlab is not installable here: {got.stderr[-200:]}")
-    (pkgs / "oss2").mkdir(exist_ok=True)
-    for name, text in OSS2_STUB.items():
-        (pkgs / "oss2" / name).write_text(text)
-    from tests.conftest import ROOT, env_for
-    out = subprocess.run([sys.executable, "-c", OPENXLAB_SCRIPT], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=env_for(home, OPENXLAB_ENDPOINT=hub.url, HOME=str(tmp_path),
-                                                  PYTHONPATH=f"{ROOT}{os.pathsep}{pkgs}"))
+    out = run_openxlab(OPENXLAB_SCRIPT, home, hub, tmp_path)
     assert "FILES ['chat_template.jinja', 'config.json', 'generation_config.json', 'model.safetensors'," in out.stdout, out
     assert "ERROR OpenXLab could not download camp/nope" in out.stdout, out.stdout + out.stderr
     assert any(r.startswith("POST /model-center/api/v1/cli/repository/getFileDownloadUrl") for r in hub.requests)

@@ -11,6 +11,7 @@ from backend import logs, models, queue
 from jobs.download import MARKER
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub
+from tests.test_download import run_openxlab
 
 
 @pytest.fixture
@@ -62,6 +63,36 @@ def test_a_listed_path_through_a_link_out_of_the_folder_is_refused(home, hub, tm
     j = queue.get(job)
     assert j["state"] == "failed" and "'link/config.json'" in j["error_message"], logs.tail(job, 30, home)
     assert list(outside.iterdir()) == [] and hub.bytes_sent == 0
+
+
+@pytest.mark.slow
+def test_a_hostile_openxlab_listing_writes_nothing(home, hub, tmp_path):
+    """The real openxlab client, whose listing names files outside the model folder: refused before it
+    writes any file (it would join each name to the folder and write there)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    payload = tmp_path / "payload.txt"
+    payload.write_text("pwned")
+    for rel in ("../../escaped.txt", str(victim)):
+        list_also(hub, rel, payload)
+    out = run_openxlab(OPENXLAB_HOSTILE, home, hub, tmp_path)
+    assert "ERROR openxlab listed files outside the model folder" in out.stdout, out.stdout + out.stderr
+    assert "'../../escaped.txt'" in out.stdout and "nothing was fetched" in out.stdout
+    assert victim.read_text() == "keep me" and not list(tmp_path.rglob("escaped*")) and not list(home.rglob("escaped*"))
+    assert hub.bytes_sent == 0
+
+
+OPENXLAB_HOSTILE = """
+import os
+from pathlib import Path
+from jobs.common import Job, JobError
+from jobs.download import Spec, openxlab_download
+home = Path(os.environ["WORKBENCH_HOME"]); (home / "j").mkdir(); dest = home / "models" / "oxl"; dest.mkdir(parents=True)
+try:
+    openxlab_download(Spec(source="openxlab", repo_id="camp/tiny", name="oxl"), dest, Job(home / "j"))
+except JobError as e:
+    print("ERROR", e)
+"""
 
 
 @pytest.mark.slow

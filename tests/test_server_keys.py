@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -17,14 +18,18 @@ from tests.conftest import endpoint_of, start_worker, stop, wait_for
 from tests.test_vlm import png
 
 
-def status(url: str, key: str = "", body: dict | None = None) -> int:
+def answer(url: str, key: str = "", body: dict | None = None) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status
+            return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, e.read()
+
+
+def status(url: str, key: str = "", body: dict | None = None) -> int:
+    return answer(url, key, body)[0]
 
 
 def raw(url: str, headers: dict, body: bytes = b"") -> int:
@@ -43,7 +48,7 @@ def raw(url: str, headers: dict, body: bytes = b"") -> int:
 
 
 @pytest.mark.slow
-def test_serve_answers_only_with_its_key_and_an_idle_cpu_server_ends_itself(home, tiny_model):
+def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_itself(home, tiny_model, tmp_path):
     open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"})
     w = start_worker(home, WORKBENCH_CPU_SERVER_IDLE_S=8)
     try:
@@ -58,6 +63,21 @@ def test_serve_answers_only_with_its_key_and_an_idle_cpu_server_ends_itself(home
         assert status(url + "/chat/completions", key, ask) == 200
         assert "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), max_tokens=4)) is not None   # the Chat page's client
         assert key not in logs.read_log(job_id, home=home)[0]
+        # only the model it was started with: another folder is never loaded, whatever the route
+        other = shutil.copytree(tiny_model, tmp_path / "another-model")
+        code, body = answer(url + "/chat/completions", key, {**ask, "model": str(other)})
+        assert code == 404 and json.loads(body)["error"]["code"] == "model_not_found", body
+        root = url.removesuffix("/v1")
+        assert status(root + "/load_model", key, {"model": str(other)}) == 404
+        assert status(root + "/reset", key, {}) == 404
+        code, body = answer(url + "/models", key)
+        assert code == 200 and [m["id"] for m in json.loads(body)["data"]] == [ep["model"]]
+        assert str(other) not in logs.read_log(job_id, home=home)[0]
+        # the body is read once, capped; a bad length is refused before reading
+        auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        assert raw(url + "/chat/completions", {**auth, "Content-Length": str(64 * 2**20)}) == 413
+        assert raw(url + "/chat/completions", {**auth, "Content-Length": "12abc"}) == 400
+        assert status(url + "/chat/completions", key, ask) == 200
         # nothing more is asked: the CPU server stops itself and its endpoint goes away
         wait_for(lambda: queue.get(job_id, home)["state"] == "succeeded", 90, 0.5, "the idle server to end itself")
         assert logs.result(job_id, home)["stopped"] == "idle" and chat.endpoints(home) == []

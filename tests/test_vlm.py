@@ -78,7 +78,8 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
     deltas = list(vlm.stream(ep, [{"role": "user", "content": "What is in this picture?", "images": [png()]}],
                              max_new_tokens=8, stats=stats))
     assert "".join(deltas).strip() and len(deltas) >= 2 and stats["tokens"] >= 2 and stats["ttft_s"] is not None
-    img = home / "gallery.png"
+    img = home / "gallery" / "uploads" / "green.png"
+    img.parent.mkdir(parents=True)
     img.write_bytes(png(16, 64, "green"))
     history = [{"role": "user", "content": "Describe it.", "images": [img]},
                {"role": "assistant", "content": "".join(deltas)},
@@ -86,6 +87,11 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
     assert "".join(vlm.stream(ep, history, max_new_tokens=4, temperature=1.0))
 
     # bad input: refused before sending (client), and by the job itself (raw requests); the job goes on
+    (home / "datasets").mkdir(exist_ok=True)
+    (home / "datasets" / "bob.png").write_bytes(png())           # a file outside the gallery (another user's)
+    for name in ["/etc/passwd", "datasets/bob.png", "gallery/../datasets/bob.png", str(home / "workbench.db")]:
+        with pytest.raises(vlm.VLMError, match="not an image file in the workspace gallery"):
+            list(vlm.stream(ep, [{"role": "user", "content": "hi", "images": [name]}], home=home))
     with pytest.raises(vlm.VLMError, match="not an image"):
         list(vlm.stream(ep, [{"role": "user", "content": "hi", "images": [b"%PDF-1.4 not an image"]}]))
     with pytest.raises(vlm.VLMError, match="at most 2"):
@@ -96,7 +102,10 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
     for images, expect in [([{"data": base64.b64encode(png(200, 200, "blue")[:120]).decode()}], "corrupt or truncated"),
                            ([{"data": "!!! not base64"}], "not valid base64"),
                            ([{"data": base64.b64encode(png_header_only(12_000, 9_000)).decode()}], "108 megapixels"),
-                           ([{"path": "../../etc/passwd"}], "inside the workspace"),
+                           ([{"path": "/etc/passwd"}], "no file path or URL"),
+                           ([{"path": "gallery/uploads/green.png"}], "no file path or URL"),
+                           ([{"url": "file:///etc/passwd"}], "no file path or URL"),
+                           ([{"data": base64.b64encode(png()).decode(), "path": "/etc/passwd"}], "no file path or URL"),
                            ([{"data": base64.b64encode(png()).decode()}] * 3, "too many images")]:
         code, text = post(ep, {"messages": [{"role": "user", "content": "hi", "images": images}]})
         assert code == 400 and expect in json.loads(text)["error"], (expect, code, text)
