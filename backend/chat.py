@@ -247,6 +247,7 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
         stats["finish_reason"] = finish
     if finish is None:
         raise ChatError("err.chat.unfinished", text, where=where)
+    users.audit(users.actor(by), "chat", f"endpoint {where}")    # lab progress: "chatted with a server"
 
 
 def stream_many(jobs: list[dict]) -> Iterator[tuple[int, str | None, ChatError | None]]:

@@ -12,11 +12,12 @@ from backend.states import JobState
 from backend.store import open_store
 
 ANNOUNCEMENT = ("announcement", "class")        # a registry entry: (type, name); its meta holds the text
-# a pipeline step is reached when a job of this kind succeeded (serve: started, since a server never "succeeds")
+# a pipeline step is reached when a job of this kind succeeded; "chat" when the audit log has a chat answered
+# by any server (their own or the class's)
 STEPS = {"dataset": ("dataset_import", {JobState.SUCCEEDED}),
          "finetune": ("finetune", {JobState.SUCCEEDED}),
          "evaluate": ("evaluate", {JobState.SUCCEEDED}),
-         "serve": ("serve", {JobState.RUNNING, JobState.SUCCEEDED, JobState.CANCELLED})}
+         "chat": None}
 
 
 def _instructor(by, what: str) -> None:
@@ -50,9 +51,11 @@ def progress(by, home: Path | None = None) -> list[dict]:
     _instructor(by, "progress")
     store = open_store(home)
     reached: dict[str, set[str]] = {}
-    for step, (kind, states) in STEPS.items():
-        for j in store.jobs(kind=kind, states=list(states), limit=100_000):
+    for step, job in STEPS.items():
+        for j in store.jobs(kind=job[0], states=list(job[1]), limit=100_000) if job else ():
             reached.setdefault(j["owner"], set()).add(step)
+    for name in store.audit_actors("chat"):
+        reached.setdefault(name, set()).add("chat")
     for d in store.items("dataset"):          # an upload or a conversion counts as a dataset too
         if d["owner"]:
             reached.setdefault(d["owner"], set()).add("dataset")

@@ -727,7 +727,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "console.step.dataset": {"en": "Dataset imported", "zh": "已导入数据集"},
     "console.step.finetune": {"en": "Fine-tune succeeded", "zh": "微调成功"},
     "console.step.evaluate": {"en": "Evaluation done", "zh": "评测完成"},
-    "console.step.serve": {"en": "Model served", "zh": "已部署模型"},
+    "console.step.chat": {"en": "Chatted with a server", "zh": "已与模型服务对话"},
     "console.none": {"en": "No accounts yet: python -m backend users import roster.csv", "zh": "还没有账号：python -m backend users import roster.csv"},
     "err.killed": {"en": "Something outside the workbench killed the job (an operator, a system limit), not the out-of-memory killer as far as the kernel says: retry it, and ask the operator if it happens again.",
                    "zh": "任务被工作台之外的某个东西终止（管理员或系统限制），据内核所报并非内存不足：请重试；若再次发生，请联系管理员。"},

@@ -418,6 +418,10 @@ class Store:
             where, args = where + " AND action=?", args + [action]
         return self._all(f"SELECT * FROM audit WHERE {where} ORDER BY id DESC LIMIT ?", (*args, limit))
 
+    def audit_actors(self, action: str) -> set[str]:
+        """Everyone the audit log records doing ``action`` at least once."""
+        return {r["actor"] for r in self._all("SELECT DISTINCT actor FROM audit WHERE action=?", (action,))}
+
     def last_activity(self) -> dict[str, float]:
         """When each actor last did something the audit log records."""
         return {r["actor"]: r["t"] for r in self._all("SELECT actor, MAX(at) AS t FROM audit GROUP BY actor")}

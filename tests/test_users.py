@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from backend import classroom, datasets, models, queue, resources, users
+from backend import chat, classroom, datasets, models, queue, resources, users
 from backend.paths import human_size
 from backend.store import open_store
 from tests.conftest import ROOT, cli, env_for, wait_for
+from tests.fixtures.fake_openai import KEY, FakeOpenAI
 
 
 @pytest.fixture
@@ -224,7 +225,14 @@ def test_instructor_console_roster_progress_announcement_and_quotas(home, klass)
     rows = {r["name"]: r for r in classroom.roster(teach)}
     assert rows["bob"]["queued"] == 1 and rows["ann"]["queued"] == 0 and rows["teach"]["role"] == "instructor"
     assert classroom.progress_csv(teach).splitlines() == [
-        "name,dataset,finetune,evaluate,serve", "ann,yes,yes,no,no", "bob,no,no,no,no"]
+        "name,dataset,finetune,evaluate,chat", "ann,yes,yes,no,no", "bob,no,no,no,no"]
+    fake = FakeOpenAI()                                     # a chat answered by a server: the last step
+    try:
+        ep = {"name": "class-llm", "url": fake.url + "/v1", "model": "fake-model", "external": True}
+        assert "".join(chat.stream_chat(ep, [{"role": "user", "content": "hi"}], api_key=KEY, by=ann))
+    finally:
+        fake.close()
+    assert classroom.progress_csv(teach).splitlines()[1] == "ann,yes,yes,no,yes"
     classroom.set_announcement("  Lab 3 starts at 10:00  ", by=teach)
     assert classroom.announcement() == "Lab 3 starts at 10:00"
     classroom.set_announcement("", by=teach)
@@ -254,7 +262,7 @@ def running_server(home, owner: str, name: str, engine: str = "transformers") ->
 
 
 def test_students_chat_with_their_own_and_the_instructors_servers_only(home, klass):
-    from backend import chat, vlm
+    from backend import vlm
     ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
     for owner in ("ann", "bob", "teach"):
         running_server(home, owner, f"{owner}-llm")
@@ -286,7 +294,7 @@ def test_students_chat_with_their_own_and_the_instructors_servers_only(home, kla
 
 
 def test_evaluations_and_drafts_are_the_students_own_and_the_instructors(home, klass, tiny_model):
-    from backend import chat, compose
+    from backend import compose
     from backend import evaluate as ev
     ann, bob, teach = (users.acting(n) for n in ("ann", "bob", "teach"))
     spec = {"models": [{"name": "tiny", "path": str(tiny_model)}],
