@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from backend import queue
+from backend.store import open_store
 from tests import clusters
 from tests.conftest import run_burst, start_worker, stop, wait_for
 
@@ -60,6 +61,23 @@ def test_jobs_succeed_and_fail_the_same_way(cluster, home):
     if name == "slurm":
         script = (d / "job.sbatch").read_text()
         assert "#SBATCH --output=" in script and "launch.py" in script
+
+
+def test_a_tiny_finetune_registers_its_adapter(cluster, home, tiny_model):
+    """The real finetune kind on the tiny model, a few steps: the adapter it registers is in the shared workspace."""
+    _, _, env = cluster
+    open_store(home).put("model", "tiny", str(tiny_model))
+    (home / "datasets").mkdir()
+    row = {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A tiny model."}]}
+    (home / "datasets" / "id.jsonl").write_text((json.dumps(row) + "\n") * 8)
+    job_id = queue.submit("finetune", {"base_model": "tiny", "datasets": ["id.jsonl"], "name": "tiny-ex", "max_steps": 2,
+                                       "max_length": 64, "batch_size": 2, "grad_accum": 1, "save_steps": 100,
+                                       "gradient_checkpointing": False}, home=home)
+    out = run_burst(home, timeout=300, **env)
+    job = state(home, job_id)
+    assert job.state == "succeeded", f"{job.error_message}\n{_log(home, job_id)[-3000:]}\n{out.stdout}"
+    adapter = open_store(home).get("adapter", "tiny-ex")
+    assert adapter["meta"]["job"] == job_id and (Path(adapter["path"]) / "adapter_model.safetensors").exists()
 
 
 def test_cancel_in_two_stages(cluster, home):
