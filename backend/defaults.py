@@ -60,6 +60,8 @@ SETTINGS = {s.name: s for s in [
     Setting("SLURM_QOS", "", "Slurm quality of service for jobs (empty: the default)"),
     Setting("SLURM_SBATCH_ARGS", "", "more sbatch flags, split like a shell line (e.g. --constraint=a100)"),
     Setting("RAY_ADDRESS", "http://127.0.0.1:8265", "the Ray cluster's dashboard address (its Jobs API)"),
+    Setting("SERVER_HOST", "", "address model servers (serve, vlm) bind and register (empty: 127.0.0.1 with the local "
+            "executor, the node's address on a cluster; 0.0.0.0: every interface, registering the node's address)"),
     Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
 ]}
 

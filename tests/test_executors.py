@@ -8,13 +8,14 @@ import json
 import os
 import signal
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
-from backend import queue
+from backend import chat, queue, server_host
 from backend.store import open_store
 from tests import clusters
-from tests.conftest import run_burst, start_worker, stop, wait_for
+from tests.conftest import endpoint_of, run_burst, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,28 @@ def test_a_tiny_finetune_registers_its_adapter(cluster, home, tiny_model):
     assert job.state == "succeeded", f"{job.error_message}\n{_log(home, job_id)[-3000:]}\n{out.stdout}"
     adapter = open_store(home).get("adapter", "tiny-ex")
     assert adapter["meta"]["job"] == job_id and (Path(adapter["path"]) / "adapter_model.safetensors").exists()
+
+
+def test_a_server_on_a_node_registers_an_address_the_app_reaches(cluster, home, tiny_model):
+    """serve binds the node's address on a cluster (loopback locally) and registers it; Chat answers through it,
+    only with the endpoint's key; the cancel removes the endpoint."""
+    name, _, env = cluster
+    open_store(home).put("model", "tiny", str(tiny_model))
+    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
+    worker = start_worker(home, **env)
+    try:
+        ep = endpoint_of(home, job_id, 180)
+        host = urlparse(ep["url"]).hostname
+        assert host == ("127.0.0.1" if name == "local" else server_host.node_address()), ep["url"]
+        text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), temperature=0.0, max_tokens=4))
+        assert text
+        with pytest.raises(chat.ChatError):
+            list(chat.stream_chat({**ep, "api_key": "wrong"}, chat.build_messages([], "Hi"), max_tokens=4))
+        queue.cancel(job_id, home=home)
+        wait_for(lambda: state(home, job_id).finished, 60, what="the server job to end")
+        assert state(home, job_id).state == "cancelled" and not open_store(home).items("endpoint")
+    finally:
+        stop(worker)
 
 
 def test_cancel_in_two_stages(cluster, home):
