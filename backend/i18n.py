@@ -802,6 +802,13 @@ STRINGS: dict[str, dict[str, str]] = {
     "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
     "deploy.start": {"en": "Start a server", "zh": "启动服务"},
     "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
+    "jobs.col.where": {"en": "Where", "zh": "运行位置"},
+    "job.where.cluster": {"en": "{executor} job {id} on {node}", "zh": "{executor} 作业 {id}，节点 {node}"},
+    "job.where.waiting": {"en": "{executor} job {id}, waiting for a node", "zh": "{executor} 作业 {id}，等待节点"},
+    "home.cluster_gpus": {"en": "{executor} cluster: {free} of {total} GPU(s) free",
+                          "zh": "{executor} 集群：{total} 个 GPU 中 {free} 个空闲"},
+    "home.cluster_unknown": {"en": "{executor} cluster: free GPUs unknown right now",
+                             "zh": "{executor} 集群：暂时无法得知空闲 GPU"},
     # ---- end of table ----
 }
 

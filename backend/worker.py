@@ -324,6 +324,8 @@ class Worker:
             try:
                 given = (resources.place(job.asked, self._gpus, active, self.cpu_slots) if self.executor is None
                          else {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": 0, "executor": self.executor.NAME})
+                if given is not None and self.executor is None:
+                    given["host"] = socket.gethostname()       # where it runs (a cluster's job: its id and node)
             except resources.NeverFits as e:
                 self._fail_unplaced(job, BAD_INPUT, str(e))
                 continue
@@ -396,13 +398,15 @@ class Worker:
             (d / "launch.json").unlink(missing_ok=True)        # it holds the job's secrets
             raise
         procs.record(d, handle.ident)
+        self.store.update_job(job.id, given={**job.given, "id": handle.ident["id"]})
         self.running[job.id] = Running(job.id, 0, time.monotonic(), self._timeout(job), ident=handle.ident,
                                           remote=handle)
         print(f"job {job.id} ({job.kind}): submitted as {handle.executor} job {handle.ident['id']}", flush=True)
 
     def _running_remote(self, r: Running) -> None:
         r.pid, r.started = -1, time.monotonic()       # -1: running on the cluster (0: waiting there)
-        self.store.transition(r.job_id, JobState.RUNNING)
+        given = self.store.job(r.job_id).given or {}
+        self.store.transition(r.job_id, JobState.RUNNING, given={**given, "node": r.remote.poll().node or "?"})
         print(f"job {r.job_id}: running on {r.remote.executor} job {r.remote.ident['id']}", flush=True)
 
     @staticmethod

@@ -22,6 +22,7 @@ def status() -> list[dict]:
     left, right = st.columns(2)
     with left.container(key="hardware"):
         st.subheader(ui.t("home.hardware"))
+        ui.cluster_gpus_line()
         gpus = resources.gpus()
         if gpus:
             for g in gpus:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from backend import chat, queue, server_host
+from backend import chat, executors, queue, server_host
 from backend.store import open_store
 from tests import clusters
 from tests.conftest import endpoint_of, run_burst, start_worker, stop, wait_for
@@ -99,6 +100,41 @@ def test_a_server_on_a_node_registers_an_address_the_app_reaches(cluster, home, 
         queue.cancel(job_id, home=home)
         wait_for(lambda: state(home, job_id).finished, 60, what="the server job to end")
         assert state(home, job_id).state == "cancelled" and not open_store(home).items("endpoint")
+    finally:
+        stop(worker)
+
+
+def test_where_a_job_runs_and_the_clusters_free_gpus(cluster, home, monkeypatch):
+    """The job's row names its host (local) or its cluster job and node; the cluster's free GPUs drop while a
+    job holds one, and the job sees the GPU the scheduler gave it."""
+    name, c, env = cluster
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(executors, "GPUS_TTL_S", 0.0)
+    gpus = 0 if name == "local" else clusters.GPUS
+    if gpus:
+        wait_for(lambda: executors.cluster_gpus() == {"executor": name, "free": gpus, "total": gpus}, 30,
+                 what="the cluster's GPUs")
+    else:
+        assert executors.cluster_gpus() is None
+    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "gpus": min(gpus, 1), "dump_env": True},
+                          home=home)
+    worker = start_worker(home, **env)
+    try:
+        wait_for(lambda: "step 2 of" in _log(home, job_id) and state(home, job_id).state == "running", 90,
+                 what="the job to run")
+        given = state(home, job_id).given
+        if gpus:
+            ident = json.loads((home / "jobs" / str(job_id) / "process.json").read_text())
+            node = c.node if name == "slurm" else server_host.node_address()
+            assert (given["executor"], given["id"], given["node"]) == (name, ident["id"], node)
+            wait_for(lambda: executors.cluster_gpus()["free"] == gpus - 1, 30, what="a GPU to be taken")
+            job_env = json.loads((home / "jobs" / str(job_id) / "artifacts" / "env.json").read_text())
+            assert job_env.get("CUDA_VISIBLE_DEVICES"), "the job does not see the GPU its scheduler gave it"
+        else:
+            assert given["host"] == socket.gethostname()
+        queue.cancel(job_id, home=home)
+        wait_for(lambda: state(home, job_id).finished, 60, what="the job to end")
     finally:
         stop(worker)
 

@@ -18,6 +18,7 @@ class Status:
     phase: str                   # "pending" (queued by the cluster), "running" or "ended"
     exit_code: int | None = None                     # the job process's exit (-N: signal N), when known
     verdict: tuple[JobState, str, str] | None = None  # (state, error class, message) when the cluster ended it
+    node: str = ""               # the node it runs on, once the cluster says
 
     @property
     def ended(self) -> bool:
