@@ -135,7 +135,7 @@ def state_label(state: str) -> str:
 
 
 def resources_text(r: dict | None) -> str:
-    if not r:
+    if not r or r.get("executor"):         # a cluster's job: the cluster chose (where_text says where)
         return ""
     if r.get("gpus"):
         gpus = r["gpus"] if isinstance(r["gpus"], list) else f"×{r['gpus']}"
@@ -284,8 +284,8 @@ def _live(job_id: int, every: float | None) -> None:
     with st.container(key=f"jobstate-{job_id}"):
         c1, c2, c3 = st.columns(3)
         c1.metric(t("job.state"), state_label(job["state"]))
-        c2.metric(t("jobs.col.given") if job["given"] else t("jobs.col.asked"),
-                  resources_text(job["given"] or job["asked"]) or "-")
+        given = resources_text(job["given"])
+        c2.metric(t("jobs.col.given") if given else t("jobs.col.asked"), given or resources_text(job["asked"]) or "-")
         c3.metric(t("job.exit_code"), "-" if job["exit_code"] is None else job["exit_code"])
         st.markdown(f"<span data-testid='job-state' data-state='{job['state']}'></span>", unsafe_allow_html=True)
         if where := where_text(job["given"]):

@@ -1,7 +1,9 @@
 """The same queue on each executor: local subprocesses, a real one-node Slurm cluster (slurmctld + slurmd
 from Debian's packages) and a real Ray head, with the real worker. Same test bodies where the behaviour
-is the same: a job that succeeds (its secret reaches it and nothing else), one that fails, a cancel in two
-stages, and a node that dies under a job."""
+is the same: a job that succeeds (its secret reaches it and nothing else), one that fails, a tiny real
+fine-tune, a model server the app reaches on the node's address, where a job runs and the cluster's free GPUs,
+a cancel in two stages, a node that dies under a job, and (Slurm, in the browser) a job page that follows a
+cluster job's log and cancels it."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,7 @@ import pytest
 from backend import chat, executors, queue, server_host
 from backend.store import open_store
 from tests import clusters
-from tests.conftest import endpoint_of, run_burst, start_worker, stop, wait_for
+from tests.conftest import endpoint_of, run_burst, shot, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +36,27 @@ def cluster(request, tmp_path_factory):
         pytest.skip(str(e))
     yield name, c, {"WORKBENCH_EXECUTOR": name, **c.env}
     c.stop()
+
+
+@pytest.fixture
+def on_slurm(cluster):
+    """The browser test runs on the Slurm executor only (the page is the same on every executor)."""
+    if cluster[0] != "slurm":
+        pytest.skip("the page test runs on the slurm executor")
+    return cluster
+
+
+@pytest.fixture
+def worker(home, cluster):
+    """The app fixture's worker, on this module's executor."""
+    proc = start_worker(home, **cluster[2])
+    yield proc
+    stop(proc)
+
+
+@pytest.fixture
+def app_env(cluster) -> dict:
+    return cluster[2]
 
 
 def state(home: Path, job_id: int):
@@ -198,3 +221,19 @@ def _pid_of(title: str) -> int:
         except OSError:
             continue
     raise AssertionError(f"no process named {title}")
+
+
+@pytest.mark.browser
+def test_the_job_page_follows_a_slurm_job_and_cancels_it(on_slurm, page, home):
+    """The job's page names its Slurm job and node, shows new log lines while it runs, and its Cancel ends it."""
+    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.2}, home=home)
+    page.goto(f"{page.base_url}/jobs?job={job_id}")
+    log = page.locator(f".st-key-joblog-{job_id}")
+    log.get_by_text("step 3 of 3000").wait_for(timeout=90_000)
+    given = state(home, job_id).given
+    page.locator(f".st-key-jobstate-{job_id}").get_by_text(f"Slurm job {given['id']} on {given['node']}").wait_for()
+    log.get_by_text("step 20 of 3000").wait_for()                 # new lines arrive while it runs
+    shot(page, "cluster-job-slurm")
+    page.locator(f".st-key-cancel-{job_id} button").click()
+    page.locator("[data-state='cancelled']").wait_for(state="attached", timeout=60_000)
+    assert state(home, job_id).state == "cancelled"

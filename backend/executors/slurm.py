@@ -65,14 +65,12 @@ def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_
 def free_gpus() -> tuple[int, int]:
     """(GPUs free on the nodes that take jobs, GPUs in all) from sinfo's per-node gres and gres used."""
     out = _run("sinfo", "-h", "-N", "-O", "NodeHost:200|,Gres:500|,GresUsed:500|,StateLong:50")
-    free = total = 0
+    nodes = {}                  # a node in several partitions has a line in each
     for line in out.splitlines():
         node, gres, used, node_state = (x.strip() for x in line.split("|")[:4])
-        have = _gpus(gres)
-        total += have
-        if not node_state.startswith(UNUSABLE):
-            free += max(0, have - _gpus(used))
-    return free, total
+        nodes[node] = _gpus(gres), _gpus(used), node_state.startswith(UNUSABLE)
+    free = sum(max(0, have - used) for have, used, unusable in nodes.values() if not unusable)
+    return free, sum(have for have, _, _ in nodes.values())
 
 
 def _gpus(gres: str) -> int:
