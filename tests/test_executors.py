@@ -225,7 +225,8 @@ def _pid_of(title: str) -> int:
 
 @pytest.mark.browser
 def test_the_job_page_follows_a_slurm_job_and_cancels_it(on_slurm, page, home):
-    """The job's page names its Slurm job and node, shows new log lines while it runs, and its Cancel ends it."""
+    """The job's page names its Slurm job and node, shows new log lines while it runs, and its Cancel ends it;
+    Home shows the cluster's free GPUs."""
     job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.2}, home=home)
     page.goto(f"{page.base_url}/jobs?job={job_id}")
     log = page.locator(f".st-key-joblog-{job_id}")
@@ -237,3 +238,6 @@ def test_the_job_page_follows_a_slurm_job_and_cancels_it(on_slurm, page, home):
     page.locator(f".st-key-cancel-{job_id} button").click()
     page.locator("[data-state='cancelled']").wait_for(state="attached", timeout=60_000)
     assert state(home, job_id).state == "cancelled"
+    page.goto(page.base_url)                                    # Home: the cluster's GPUs, beside the queue
+    free = f"Slurm cluster: {clusters.GPUS} of {clusters.GPUS} GPU(s) free"
+    page.locator(".st-key-hardware").get_by_text(free).wait_for()
