@@ -1,4 +1,5 @@
-"""serve: an OpenAI-compatible model server on a port of its machine (backend/server_host.py), registered as an endpoint while it runs.
+"""serve: an OpenAI-compatible model server on a port of its machine (backend/server_host.py), registered as an
+endpoint while it runs.
 
 The job resolves a registry model (and optionally a LoRA adapter, merged into a copy in the job
 folder), starts the server as a child process in the job's process group (`transformers serve` on
@@ -247,7 +248,8 @@ def main(spec: Spec, job: Job) -> dict:
             job.message(f"continuous batching: KV cache and batch buffers sized within {kv / 2**30:.1f} GB "
                         f"({spec.cb_memory_share:.0%} of the memory free now)" +
                         (f", {spec.cb_blocks} blocks asked" if spec.cb_blocks else ""))
-        server = Server(command(spec, [path for _, path, _ in served], host, port, device, ids[0], remote, key, cb_percent),
+        server = Server(command(spec, [path for _, path, _ in served], host, port, device, ids[0], remote, key,
+                                cb_percent),
                         job, key)
         t0 = time.monotonic()
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)

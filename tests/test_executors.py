@@ -95,8 +95,8 @@ def test_a_tiny_finetune_registers_its_adapter(cluster, home, tiny_model):
     (home / "datasets").mkdir()
     row = {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A tiny model."}]}
     (home / "datasets" / "id.jsonl").write_text((json.dumps(row) + "\n") * 8)
-    job_id = queue.submit("finetune", {"base_model": "tiny", "datasets": ["id.jsonl"], "name": "tiny-ex", "max_steps": 2,
-                                       "max_length": 64, "batch_size": 2, "grad_accum": 1, "save_steps": 100,
+    job_id = queue.submit("finetune", {"base_model": "tiny", "datasets": ["id.jsonl"], "name": "tiny-ex",
+                                       "max_steps": 2, "max_length": 64, "batch_size": 2, "grad_accum": 1, "save_steps": 100,
                                        "gradient_checkpointing": False}, home=home)
     out = run_burst(home, timeout=300, **env)
     job = state(home, job_id)
