@@ -154,12 +154,13 @@ def where_text(given: dict | None) -> str:
     return t(key, executor=given["executor"].capitalize(), id=given["id"], node=given.get("node"))
 
 
-def cluster_gpus_line() -> None:
-    """The cluster's free GPUs when the worker sends jobs to one (nothing with the local executor)."""
+def cluster_gpus_line() -> bool:
+    """The cluster's free GPUs when the worker sends jobs to one; False (nothing shown) with the local executor."""
     c = executors.cluster_gpus()
     if c is not None:
         st.info(t("home.cluster_gpus" if c["total"] is not None else "home.cluster_unknown",
                   executor=c["executor"].capitalize(), free=c["free"], total=c["total"]), icon=":material/lan:")
+    return c is not None
 
 
 def jobs_frame(jobs: list[dict]) -> pd.DataFrame:
