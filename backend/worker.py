@@ -149,6 +149,8 @@ class Worker:
         self._lock = procs.lock_workspace(self.home)      # raises AlreadyRunning
         become_subreaper()
         self._gpus = self.gpu_source()
+        if self.executor is not None:
+            self._guard(f"the {self.executor.NAME} executor", self.executor.warm)   # a cluster down now may be up later
         self.store.register_worker(self.id, os.getpid(), socket.gethostname(), self._resources())
         self.sweep_lost(startup=True)
         self.sweep_secrets()

@@ -26,6 +26,11 @@ def client(address: str):
     return JobSubmissionClient(address)
 
 
+def warm() -> None:
+    """Load Ray's client and reach the dashboard when the worker starts, not at its first job's submit."""
+    client(defaults.setting("RAY_ADDRESS"))
+
+
 def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_s: float, grace_s: float) -> Handle:
     address = defaults.setting("RAY_ADDRESS")
     ray_id = f"workbench-{job_id}-{uuid.uuid4().hex[:8]}"       # unique across workspaces on one cluster

@@ -54,6 +54,10 @@ def script(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_
     return "\n".join(lines + ["", "exec " + shlex.join(command), ""])
 
 
+def warm() -> None:
+    """Nothing to load: sbatch, scontrol and scancel are commands."""
+
+
 def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_s: float, grace_s: float) -> Handle:
     path = job_dir / "job.sbatch"
     path.write_text(script(job_id, job_dir, command, asked, timeout_s, grace_s), encoding="utf-8")
