@@ -66,6 +66,8 @@ SETTINGS = {s.name: s for s in [
     Setting("JOB_CGROUP", "", "a cgroup folder (v1 memory or v2) the worker puts every local job in, e.g. "
             "/sys/fs/cgroup/memory/workbench: its memory limit bounds the jobs together, and a job the kernel "
             "kills for it is out_of_memory (empty: jobs stay in the worker's cgroup)"),
+    Setting("SERVER_HOST", "", "address model servers (serve, vlm) bind and register (empty: 127.0.0.1 with the local "
+            "executor, the node's address on a cluster; 0.0.0.0: every interface, registering the node's address)"),
     Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
 ]}
 

@@ -77,10 +77,11 @@ class Running:
     reason: str | None = None            # why the worker is stopping it: cancelled, timeout, shutdown
     log: object = field(default=None, repr=False)
     remote: executors.Handle | None = None   # a job on a cluster (slurm, ray): no process of ours
+    result: Path | None = None               # its result.json: once there, the cluster is asked sooner
 
     def ended(self) -> bool:
         if self.remote is not None:
-            return self.remote.poll().ended
+            return self.remote.poll(soon=self.result.exists()).ended
         if self.proc is not None:
             return self.proc.poll() is not None
         return procs.same(self.ident) != "alive"
@@ -148,6 +149,8 @@ class Worker:
         self._lock = procs.lock_workspace(self.home)      # raises AlreadyRunning
         become_subreaper()
         self._gpus = self.gpu_source()
+        if self.executor is not None:
+            self._guard(f"the {self.executor.NAME} executor", self.executor.warm)   # a cluster down now may be up later
         self.store.register_worker(self.id, os.getpid(), socket.gethostname(), self._resources())
         self.sweep_lost(startup=True)
         self.sweep_secrets()
@@ -287,7 +290,8 @@ class Worker:
         since = time.time() - (job.started_at or time.time())
         pid = ident["pid"] if remote is None else (-1 if job.state == JobState.RUNNING else 0)
         self.running[job.id] = Running(job.id, pid, time.monotonic() - max(0.0, since),
-                                          self._timeout(job), ident=ident, remote=remote)
+                                          self._timeout(job), ident=ident, remote=remote,
+                                          result=job_dir(job.id, self.home) / "result.json")
         self.store.update_job(job.id, worker_id=self.id, heartbeat_at=time.time())
         print(f"job {job.id}: adopted ({ident['executor']} job {ident['id']} still there)" if remote else
               f"job {job.id}: adopted (pid {ident['pid']} still running)", flush=True)
@@ -324,6 +328,8 @@ class Worker:
             try:
                 given = (resources.place(job.asked, self._gpus, active, self.cpu_slots) if self.executor is None
                          else {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": 0, "executor": self.executor.NAME})
+                if given is not None and self.executor is None:
+                    given["host"] = socket.gethostname()       # where it runs (a cluster's job: its id and node)
             except resources.NeverFits as e:
                 self._fail_unplaced(job, BAD_INPUT, str(e))
                 continue
@@ -403,13 +409,16 @@ class Worker:
             (d / "launch.json").unlink(missing_ok=True)        # it holds the job's secrets
             raise
         procs.record(d, handle.ident)
+        self.store.update_job(job.id, given={**job.given, "id": handle.ident["id"]})
         self.running[job.id] = Running(job.id, 0, time.monotonic(), self._timeout(job), ident=handle.ident,
-                                          remote=handle)
+                                          remote=handle, result=d / "result.json")
         print(f"job {job.id} ({job.kind}): submitted as {handle.executor} job {handle.ident['id']}", flush=True)
 
     def _running_remote(self, r: Running) -> None:
         r.pid, r.started = -1, time.monotonic()       # -1: running on the cluster (0: waiting there)
-        self.store.transition(r.job_id, JobState.RUNNING)
+        given = self.store.job(r.job_id).given or {}
+        self.store.transition(r.job_id, JobState.RUNNING, started_at=time.time(),     # not when it was submitted
+                              given={**given, "node": r.remote.poll().node or "?"})
         print(f"job {r.job_id}: running on {r.remote.executor} job {r.remote.ident['id']}", flush=True)
 
     @staticmethod

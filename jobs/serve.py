@@ -1,4 +1,5 @@
-"""serve: an OpenAI-compatible model server on a loopback port, registered as an endpoint while it runs.
+"""serve: an OpenAI-compatible model server on a port of its machine (backend/server_host.py), registered as an
+endpoint while it runs.
 
 The job resolves a registry model (and optionally a LoRA adapter, merged into a copy in the job
 folder), starts the server as a child process in the job's process group (`transformers serve` on
@@ -22,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 
-from backend import engines, remote_code, server_auth
+from backend import engines, remote_code, server_auth, server_host
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.registry import endpoint_meta
 from backend.resources import gpus
@@ -39,9 +40,9 @@ REQUEST = re.compile(r'"POST /v1/(chat/)?completions HTTP/[\d.]+" 200')
 
 
 # -- the job ---------------------------------------------------------------------------------------------
-def free_port() -> int:
+def free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -75,7 +76,7 @@ def free_memory(device: str) -> tuple[int, int]:
     return vm.available, vm.total
 
 
-def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, remote: bool, key: str,
+def command(spec: Spec, paths: list[Path], host: str, port: int, device: str, served: str, remote: bool, key: str,
             cb_percent: float = 0.0) -> list[str]:
     """The server's command line. transformers serves one model forced, or several on demand (requests
     name the folder), none unloaded while the job runs; LMDeploy serves the first (it loads tokenizers
@@ -83,11 +84,11 @@ def command(spec: Spec, paths: list[Path], port: int, device: str, served: str, 
     path = paths[0]
     if spec.engine == "lmdeploy":
         return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
-                "--server-name", "127.0.0.1", "--server-port", str(port), "--backend", "turbomind",
+                "--server-name", host, "--server-port", str(port), "--backend", "turbomind",
                 "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
                 "--quant-policy", str(QUANT_POLICY[spec.kv_quant]), "--log-level", "INFO", "--api-keys", key]
     models = [str(path)] if len(paths) == 1 else ["--model-timeout", str(10**9)]
-    cmd = [sys.executable, "-m", "jobs.serve_keyed", "serve", *models, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "jobs.serve_keyed", "serve", *models, "--host", host,
            "--port", str(port), "--device", device, "--dtype", spec.dtype,
            "--trust-remote-code" if remote else "--no-trust-remote-code"]
     if spec.continuous_batching:
@@ -236,8 +237,9 @@ def main(spec: Spec, job: Job) -> dict:
             served.append((f"{spec.name} (base)" if spec.name else f"{model['name']} #{job_id}",
                            Path(model["path"]), model["name"]))
         ids = [name if spec.engine == "lmdeploy" else str(path) for _, path, _ in served]   # what requests name
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
+        host, address = server_host.bind()
+        port = free_port(host)
+        base = server_host.url(address, port)
         job.progress(0, 100, "%", f"starting {spec.engine} on {device}", force=True)
         key = server_auth.new_key()
         cb = spec.continuous_batching and spec.engine == "transformers"
@@ -246,7 +248,8 @@ def main(spec: Spec, job: Job) -> dict:
             job.message(f"continuous batching: KV cache and batch buffers sized within {kv / 2**30:.1f} GB "
                         f"({spec.cb_memory_share:.0%} of the memory free now)" +
                         (f", {spec.cb_blocks} blocks asked" if spec.cb_blocks else ""))
-        server = Server(command(spec, [path for _, path, _ in served], port, device, ids[0], remote, key, cb_percent),
+        server = Server(command(spec, [path for _, path, _ in served], host, port, device, ids[0], remote, key,
+                                cb_percent),
                         job, key, ids)
         t0 = time.monotonic()
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)

@@ -1,4 +1,5 @@
-"""vlm: an image-text model loaded once and served on a loopback port, registered as an endpoint while it runs.
+"""vlm: an image-text model loaded once and served on a port of its machine (backend/server_host.py), registered
+as an endpoint while it runs.
 
 Standard transformers image-text-to-text models (LLaVA, Qwen2-VL, InternVL...) go through their
 processor and chat template; InternLM-XComposer (remote code) goes through its own
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 
-from backend import server_auth
+from backend import paths, server_auth, server_host
 from backend.errors import BAD_INPUT, CRASH
 from backend.registry import endpoint_meta
 from backend.specs.vlm import Spec, resolve
@@ -206,7 +207,7 @@ TIMEOUT_S = 600.0
 MAX_BODY_BYTES = 64 * 2**20      # a request: a few images as base64 and the conversation
 
 
-def make_server(model: Model, key: str):
+def make_server(model: Model, key: str, host: str):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
@@ -285,7 +286,7 @@ def make_server(model: Model, key: str):
             except OSError:                           # the client is gone; nothing more to tell it
                 pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
     return server
 
@@ -308,9 +309,10 @@ def main(spec: Spec, job: Job) -> dict:
         model = Model(m, spec, device, job)
         job.progress(1, 2, "steps", "starting the server", force=True)
         key = server_auth.new_key()
-        server = make_server(model, key)
+        host, address = server_host.bind()
+        server = make_server(model, key, host)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+        base = server_host.url(address, server.server_address[1])
         deadline = t0 + spec.ready_timeout_s
         while True:
             try:

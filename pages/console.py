@@ -34,7 +34,9 @@ def roster() -> None:
     } for r in rows]), hide_index=True, width="stretch", key="console_roster")
     st.caption(ui.t("console.hours.help"))
     active = queue.list_jobs(states=list(ACTIVE) + ["queued"], by=me)
+    ui.cluster_gpus_line()
     if active:
+        st.dataframe(ui.jobs_frame_cached(active, "console"), hide_index=True, width="stretch", key="console_jobs")
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         by_id = {j["id"]: j for j in active}
         pick = c1.selectbox(ui.t("console.cancel_pick"), list(by_id), key="console_pick",

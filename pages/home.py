@@ -22,13 +22,13 @@ def status() -> list[dict]:
     left, right = st.columns(2)
     with left.container(key="hardware"):
         st.subheader(ui.t("home.hardware"))
-        gpus = resources.gpus()
-        if gpus:
+        if not ui.cluster_gpus_line():          # on a cluster, this machine's GPUs don't run the jobs
+            gpus = resources.gpus()
             for g in gpus:
                 st.progress(min(1.0, g.used_gb / g.total_gb),
                             text=ui.t("home.gpu_line", index=g.index, name=g.name, used=g.used_gb, total=g.total_gb))
-        else:
-            st.info(ui.t("home.cpu_only", slots=defaults.setting("CPU_SLOTS")))
+            if not gpus:
+                st.info(ui.t("home.cpu_only", slots=defaults.setting("CPU_SLOTS")))
         live = queue.live_workers()
         if live:
             st.success(ui.t("home.worker_ok", pid=live[0]["pid"]))

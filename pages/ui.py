@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from backend import chat, defaults, errors, i18n, live, queue, users
+from backend import chat, defaults, errors, executors, i18n, live, queue, users
 from backend.states import JobState
 from pages import keys
 
@@ -135,7 +135,7 @@ def state_label(state: str) -> str:
 
 
 def resources_text(r: dict | None) -> str:
-    if not r:
+    if not r or r.get("executor"):         # a cluster's job: the cluster chose (where_text says where)
         return ""
     if r.get("gpus"):
         gpus = r["gpus"] if isinstance(r["gpus"], list) else f"×{r['gpus']}"
@@ -143,11 +143,32 @@ def resources_text(r: dict | None) -> str:
     return f"CPU ×{r.get('cpu_slots', 0)}"
 
 
+def where_text(given: dict | None) -> str:
+    """Where a job runs: its host, or its cluster job's id and node."""
+    given = given or {}
+    if not given.get("executor"):
+        return given.get("host", "")
+    if not given.get("id"):
+        return given["executor"].capitalize()
+    key = "job.where.cluster" if given.get("node") else "job.where.waiting"
+    return t(key, executor=given["executor"].capitalize(), id=given["id"], node=given.get("node"))
+
+
+def cluster_gpus_line() -> bool:
+    """The cluster's free GPUs when the worker sends jobs to one; False (nothing shown) with the local executor."""
+    c = executors.cluster_gpus()
+    if c is not None:
+        st.info(t("home.cluster_gpus" if c["total"] is not None else "home.cluster_unknown",
+                  executor=c["executor"].capitalize(), free=c["free"], total=c["total"]), icon=":material/lan:")
+    return c is not None
+
+
 def jobs_frame(jobs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{
         t("jobs.col.id"): j["id"], t("jobs.col.kind"): j["kind"], t("jobs.col.state"): state_label(j["state"]),
         t("jobs.col.owner"): j["owner"], t("jobs.col.label"): j["label"],
         t("jobs.col.asked"): resources_text(j["asked"]), t("jobs.col.given"): resources_text(j["given"]),
+        t("jobs.col.where"): where_text(j["given"]),
         t("jobs.col.queued"): when(j["created_at"]), t("jobs.col.started"): when(j["started_at"]),
         t("jobs.col.finished"): when(j["finished_at"]),
     } for j in jobs])
@@ -264,10 +285,12 @@ def _live(job_id: int, every: float | None) -> None:
     with st.container(key=f"jobstate-{job_id}"):
         c1, c2, c3 = st.columns(3)
         c1.metric(t("job.state"), state_label(job["state"]))
-        c2.metric(t("jobs.col.given") if job["given"] else t("jobs.col.asked"),
-                  resources_text(job["given"] or job["asked"]) or "-")
+        given = resources_text(job["given"])
+        c2.metric(t("jobs.col.given") if given else t("jobs.col.asked"), given or resources_text(job["asked"]) or "-")
         c3.metric(t("job.exit_code"), "-" if job["exit_code"] is None else job["exit_code"])
         st.markdown(f"<span data-testid='job-state' data-state='{job['state']}'></span>", unsafe_allow_html=True)
+        if where := where_text(job["given"]):
+            st.caption(f"{t('jobs.col.where')}: {where}")
     if view.place:
         st.caption(t("job.place", n=view.place))
     if job.cancel_requested and not job.finished:

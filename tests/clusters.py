@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 SLURM_PACKAGES = ["slurm-wlm", "munge"]
+GPU_FILES = ["/dev/null", "/dev/zero"]
+GPUS = len(GPU_FILES)       # each test cluster declares this many GPUs (counted by the scheduler; no device behind them)
 
 
 class Unavailable(RuntimeError):
@@ -69,7 +71,9 @@ class Slurm:
         _wait(sock.exists, 15, "munged's socket")
         node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout.splitlines()[0]
         self.node = node.split()[0].split("=", 1)[1]
-        node = node.replace(f"NodeName={self.node}", f"NodeName={self.node} NodeAddr=127.0.0.1")
+        node = node.replace(f"NodeName={self.node}", f"NodeName={self.node} NodeAddr=127.0.0.1 Gres=gpu:{GPUS}")
+        # Slurm counts a GPU per device file: character devices stand in for GPUs (nothing opens them)
+        (root / "gres.conf").write_text("".join(f"NodeName={self.node} Name=gpu File={f}\n" for f in GPU_FILES))
         conf = root / "slurm.conf"
         conf.write_text("\n".join([
             "ClusterName=workbench-test", f"SlurmctldHost={self.node}(127.0.0.1)",
@@ -81,7 +85,7 @@ class Slurm:
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core", "MpiDefault=none", "ReturnToService=2", "JobRequeue=0",
             "SlurmdTimeout=5", "MinJobAge=600", "SchedulerType=sched/builtin",
-            "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
+            "GresTypes=gpu", "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
             node, f"PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP", ""]))
         self.env = {"SLURM_CONF": str(conf)}
         os.environ["SLURM_CONF"] = str(conf)
@@ -131,7 +135,7 @@ class Ray:
         log = open(root / "ray.out", "ab")
         self.proc = subprocess.Popen(
             [str(ray), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={self.dashboard}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+             f"--dashboard-port={self.dashboard}", "--num-cpus=2", f"--num-gpus={GPUS}", "--include-dashboard=true",
              f"--temp-dir={root / 'ray'}", "--disable-usage-stats"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.env = {"WORKBENCH_RAY_ADDRESS": self.address}

@@ -1,19 +1,24 @@
 """The same queue on each executor: local subprocesses, a real one-node Slurm cluster (slurmctld + slurmd
 from Debian's packages) and a real Ray head, with the real worker. Same test bodies where the behaviour
-is the same: a job that succeeds (its secret reaches it and nothing else), one that fails, a cancel in two
-stages, and a node that dies under a job."""
+is the same: a job that succeeds (its secret reaches it and nothing else), one that fails, a tiny real
+fine-tune, a model server the app reaches on the node's address, where a job runs and the cluster's free GPUs,
+a cancel in two stages, a node that dies under a job, and (Slurm, in the browser) a job page that follows a
+cluster job's log and cancels it."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
-from backend import queue
+from backend import chat, executors, queue, server_host
+from backend.store import open_store
 from tests import clusters
-from tests.conftest import run_burst, start_worker, stop, wait_for
+from tests.conftest import endpoint_of, run_burst, shot, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +36,27 @@ def cluster(request, tmp_path_factory):
         pytest.skip(str(e))
     yield name, c, {"WORKBENCH_EXECUTOR": name, **c.env}
     c.stop()
+
+
+@pytest.fixture
+def on_slurm(cluster):
+    """The browser test runs on the Slurm executor only (the page is the same on every executor)."""
+    if cluster[0] != "slurm":
+        pytest.skip("the page test runs on the slurm executor")
+    return cluster
+
+
+@pytest.fixture
+def worker(home, cluster):
+    """The app fixture's worker, on this module's executor."""
+    proc = start_worker(home, **cluster[2])
+    yield proc
+    stop(proc)
+
+
+@pytest.fixture
+def app_env(cluster) -> dict:
+    return cluster[2]
 
 
 def state(home: Path, job_id: int):
@@ -60,6 +86,80 @@ def test_jobs_succeed_and_fail_the_same_way(cluster, home):
     if name == "slurm":
         script = (d / "job.sbatch").read_text()
         assert "#SBATCH --output=" in script and "launch.py" in script
+
+
+def test_a_tiny_finetune_registers_its_adapter(cluster, home, tiny_model):
+    """The real finetune kind on the tiny model, a few steps: the adapter it registers is in the shared workspace."""
+    _, _, env = cluster
+    open_store(home).put("model", "tiny", str(tiny_model))
+    (home / "datasets").mkdir()
+    row = {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A tiny model."}]}
+    (home / "datasets" / "id.jsonl").write_text((json.dumps(row) + "\n") * 8)
+    job_id = queue.submit("finetune", {"base_model": "tiny", "datasets": ["id.jsonl"], "name": "tiny-ex",
+                                       "max_steps": 2, "max_length": 64, "batch_size": 2, "grad_accum": 1, "save_steps": 100,
+                                       "gradient_checkpointing": False}, home=home)
+    out = run_burst(home, timeout=300, **env)
+    job = state(home, job_id)
+    assert job.state == "succeeded", f"{job.error_message}\n{_log(home, job_id)[-3000:]}\n{out.stdout}"
+    adapter = open_store(home).get("adapter", "tiny-ex")
+    assert adapter["meta"]["job"] == job_id and (Path(adapter["path"]) / "adapter_model.safetensors").exists()
+
+
+def test_a_server_on_a_node_registers_an_address_the_app_reaches(cluster, home, tiny_model):
+    """serve binds the node's address on a cluster (loopback locally) and registers it; Chat answers through it,
+    only with the endpoint's key; the cancel removes the endpoint."""
+    name, _, env = cluster
+    open_store(home).put("model", "tiny", str(tiny_model))
+    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
+    worker = start_worker(home, **env)
+    try:
+        ep = endpoint_of(home, job_id, 180)
+        host = urlparse(ep["url"]).hostname
+        assert host == ("127.0.0.1" if name == "local" else server_host.node_address()), ep["url"]
+        text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), temperature=0.0, max_tokens=4))
+        assert text
+        with pytest.raises(chat.ChatError):
+            list(chat.stream_chat({**ep, "api_key": "wrong"}, chat.build_messages([], "Hi"), max_tokens=4))
+        queue.cancel(job_id, home=home)
+        wait_for(lambda: state(home, job_id).finished, 60, what="the server job to end")
+        assert state(home, job_id).state == "cancelled" and not open_store(home).items("endpoint")
+    finally:
+        stop(worker)
+
+
+def test_where_a_job_runs_and_the_clusters_free_gpus(cluster, home, monkeypatch):
+    """The job's row names its host (local) or its cluster job and node; the cluster's free GPUs drop while a
+    job holds one, and the job sees the GPU the scheduler gave it."""
+    name, c, env = cluster
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(executors, "GPUS_TTL_S", 0.0)
+    gpus = 0 if name == "local" else clusters.GPUS
+    if gpus:
+        wait_for(lambda: executors.cluster_gpus() == {"executor": name, "free": gpus, "total": gpus}, 30,
+                 what="the cluster's GPUs")
+    else:
+        assert executors.cluster_gpus() is None
+    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "gpus": min(gpus, 1), "dump_env": True},
+                          home=home)
+    worker = start_worker(home, **env)
+    try:
+        wait_for(lambda: "step 2 of" in _log(home, job_id) and state(home, job_id).state == "running", 90,
+                 what="the job to run")
+        given = state(home, job_id).given
+        if gpus:
+            ident = json.loads((home / "jobs" / str(job_id) / "process.json").read_text())
+            node = c.node if name == "slurm" else server_host.node_address()
+            assert (given["executor"], given["id"], given["node"]) == (name, ident["id"], node)
+            wait_for(lambda: executors.cluster_gpus()["free"] == gpus - 1, 30, what="a GPU to be taken")
+            job_env = json.loads((home / "jobs" / str(job_id) / "artifacts" / "env.json").read_text())
+            assert job_env.get("CUDA_VISIBLE_DEVICES"), "the job does not see the GPU its scheduler gave it"
+        else:
+            assert given["host"] == socket.gethostname()
+        queue.cancel(job_id, home=home)
+        wait_for(lambda: state(home, job_id).finished, 60, what="the job to end")
+    finally:
+        stop(worker)
 
 
 def test_cancel_in_two_stages(cluster, home):
@@ -121,3 +221,23 @@ def _pid_of(title: str) -> int:
         except OSError:
             continue
     raise AssertionError(f"no process named {title}")
+
+
+@pytest.mark.browser
+def test_the_job_page_follows_a_slurm_job_and_cancels_it(on_slurm, page, home):
+    """The job's page names its Slurm job and node, shows new log lines while it runs, and its Cancel ends it;
+    Home shows the cluster's free GPUs."""
+    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.2}, home=home)
+    page.goto(f"{page.base_url}/jobs?job={job_id}")
+    log = page.locator(f".st-key-joblog-{job_id}")
+    log.get_by_text("step 3 of 3000").wait_for(timeout=90_000)
+    given = state(home, job_id).given
+    page.locator(f".st-key-jobstate-{job_id}").get_by_text(f"Slurm job {given['id']} on {given['node']}").wait_for()
+    log.get_by_text("step 20 of 3000").wait_for()                 # new lines arrive while it runs
+    shot(page, "cluster-job-slurm")
+    page.locator(f".st-key-cancel-{job_id} button").click()
+    page.locator("[data-state='cancelled']").wait_for(state="attached", timeout=60_000)
+    assert state(home, job_id).state == "cancelled"
+    page.goto(page.base_url)                                    # Home: the cluster's GPUs, beside the queue
+    free = f"Slurm cluster: {clusters.GPUS} of {clusters.GPUS} GPU(s) free"
+    page.locator(".st-key-hardware").get_by_text(free).wait_for()

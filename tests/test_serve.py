@@ -203,8 +203,8 @@ def test_lmdeploy_kv_quant_is_refused_without_gpu(home, tiny_registered):
 def test_lmdeploy_command_carries_kv_quant_and_cache_share(tmp_path):
     from jobs.serve import command
     from backend.specs.serve import Spec
-    cmd = command(Spec(model="m", engine="lmdeploy", kv_quant="int4", cache_max_entry_count=0.3), [tmp_path], 8000,
-                  "cuda", "m #1", False, "k")
+    cmd = command(Spec(model="m", engine="lmdeploy", kv_quant="int4", cache_max_entry_count=0.3), [tmp_path],
+                  "127.0.0.1", 8000, "cuda", "m #1", False, "k")
     assert cmd[cmd.index("--quant-policy") + 1] == "4" and cmd[cmd.index("--cache-max-entry-count") + 1] == "0.3"
-    cmd = command(Spec(model="m", continuous_batching=True), [tmp_path], 8000, "cpu", "m", False, "k", 0.05)
+    cmd = command(Spec(model="m", continuous_batching=True), [tmp_path], "127.0.0.1", 8000, "cpu", "m", False, "k", 0.05)
     assert cmd[cmd.index("--cb-max-memory-percent") + 1] == "0.05" and "--cb-num-blocks" not in cmd

@@ -15,11 +15,16 @@ and a job's files are the same on every executor: the workspace must be on a fil
 """
 from __future__ import annotations
 
+import time
+
+from backend import defaults
 from backend.executors import ray_jobs, slurm
 from backend.executors.base import Handle, Status   # noqa: F401 - the executors' API
 
 LOCAL = "local"
 MODULES = {"slurm": slurm, "ray": ray_jobs}
+GPUS_TTL_S = 15.0               # how long the cluster's free GPUs are reused: viewers' reruns don't run sinfo
+_gpus: dict[str, tuple[float, tuple[int, int] | None]] = {}
 
 
 def module(name: str):
@@ -29,6 +34,23 @@ def module(name: str):
     if name not in MODULES:
         raise ValueError(f"unknown executor {name!r}: use local, slurm or ray")
     return MODULES[name]
+
+
+def cluster_gpus() -> dict | None:
+    """``{executor, free, total}``: the GPUs of the configured executor's cluster, at most GPUS_TTL_S old
+    (free and total None when the cluster can't tell now); None with the local executor (resources.gpus())."""
+    name = defaults.setting("EXECUTOR")
+    if name == LOCAL:
+        return None
+    asked, value = _gpus.get(name, (-GPUS_TTL_S, None))
+    if time.monotonic() - asked >= GPUS_TTL_S:
+        try:
+            value = module(name).free_gpus()
+        except Exception as e:  # noqa: BLE001 - a cluster that does not answer: shown as unknown
+            print(f"{name}: free GPUs unknown ({type(e).__name__}: {e})", flush=True)
+            value = None
+        _gpus[name] = (time.monotonic(), value)
+    return {"executor": name, "free": value and value[0], "total": value and value[1]}
 
 
 def attach(ident: dict) -> Handle:

@@ -10,6 +10,7 @@ from pathlib import Path
 from backend.states import JobState
 
 POLL_S = 1.0                     # ask a cluster about a job at most this often
+SOON_S = 0.1                     # or this often once the job wrote its result (it is about to exit)
 LAUNCHER = Path(__file__).with_name("launch.py")
 
 
@@ -18,6 +19,7 @@ class Status:
     phase: str                   # "pending" (queued by the cluster), "running" or "ended"
     exit_code: int | None = None                     # the job process's exit (-N: signal N), when known
     verdict: tuple[JobState, str, str] | None = None  # (state, error class, message) when the cluster ended it
+    node: str = ""               # the node it runs on, once the cluster says
 
     @property
     def ended(self) -> bool:
@@ -33,8 +35,9 @@ class Handle:
         self._status = Status("pending")
         self._asked = 0.0
 
-    def poll(self) -> Status:
-        if not self._status.ended and time.monotonic() - self._asked >= POLL_S:
+    def poll(self, soon: bool = False) -> Status:
+        """The job's status, asked anew after POLL_S (SOON_S when ``soon``: the job said it is ending)."""
+        if not self._status.ended and time.monotonic() - self._asked >= (SOON_S if soon else POLL_S):
             self._asked = time.monotonic()
             try:
                 self._status = self._ask()

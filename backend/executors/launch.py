@@ -2,7 +2,8 @@
     python launch.py <job>/launch.json
 Reads the job's command, environment and log from the file, deletes it (it holds the job's secrets),
 appends stdout and stderr to run.log, and execs the command (same pid: the scheduler's signals reach the
-job itself)."""
+job itself) in the job's environment plus what the scheduler set for it on this node: the GPUs it was given
+(CUDA_VISIBLE_DEVICES) and Slurm's SLURM_* variables."""
 import json
 import os
 import sys
@@ -16,4 +17,5 @@ os.dup2(log, 1)
 os.dup2(log, 2)
 os.close(log)
 os.chdir(spec["cwd"])
-os.execve(spec["cmd"][0], spec["cmd"], spec["env"])
+node = {k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES" or k.startswith("SLURM_")}
+os.execve(spec["cmd"][0], spec["cmd"], {**spec["env"], **node})

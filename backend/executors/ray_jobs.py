@@ -4,10 +4,13 @@ Ray's job states map to ours. The job writes run.log itself on the shared filesy
 the log is the same file on every executor and nothing has to copy it back."""
 from __future__ import annotations
 
+import json
 import shlex
+import urllib.request
 import uuid
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 from backend import defaults
 from backend.errors import KILLED, LOST
@@ -23,6 +26,11 @@ def client(address: str):
     return JobSubmissionClient(address)
 
 
+def warm() -> None:
+    """Load Ray's client and reach the dashboard when the worker starts, not at its first job's submit."""
+    client(defaults.setting("RAY_ADDRESS"))
+
+
 def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_s: float, grace_s: float) -> Handle:
     address = defaults.setting("RAY_ADDRESS")
     ray_id = f"workbench-{job_id}-{uuid.uuid4().hex[:8]}"       # unique across workspaces on one cluster
@@ -32,6 +40,18 @@ def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_
     client(address).submit_job(entrypoint=shlex.join(command), submission_id=ray_id,
                                metadata={"workbench_job": str(job_id)}, **options)
     return RayJob({"executor": NAME, "id": ray_id, "address": address})
+
+
+def free_gpus() -> tuple[int, int] | None:
+    """(GPUs free, GPUs in all) from the dashboard's cluster status (what ``ray status`` prints); None until
+    its first report."""
+    address = defaults.setting("RAY_ADDRESS").rstrip("/")
+    with urllib.request.urlopen(address + "/api/cluster_status", timeout=10) as r:
+        usage = json.load(r)["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
+    if not usage:
+        return None
+    used, total = usage.get("GPU", (0, 0))
+    return int(total - used), int(total)
 
 
 def attach(ident: dict) -> Handle:
@@ -46,8 +66,8 @@ class RayJob(Handle):
         state = str(info.status.value if hasattr(info.status, "value") else info.status)
         if state == "PENDING":
             return Status("pending")
-        if state == "RUNNING":
-            return Status("running")
+        if state == "RUNNING":        # the job runs beside its supervisor, on the node of that agent
+            return Status("running", node=urlparse(info.driver_agent_http_address or "").hostname or "")
         code = info.driver_exit_code
         if state == "SUCCEEDED":
             return Status("ended", 0 if code is None else code)

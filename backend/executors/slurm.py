@@ -16,6 +16,7 @@ from backend.executors.base import Handle, Status
 from backend.states import JobState
 
 NAME = "slurm"
+UNUSABLE = ("down", "drain", "fail", "inval", "maint", "unknown", "not_responding")   # node states that take no job
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 # how the cluster ended a job that did not end by itself: (our state, error class, what it means)
 ENDED_BY_SLURM = {
@@ -53,12 +54,32 @@ def script(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_
     return "\n".join(lines + ["", "exec " + shlex.join(command), ""])
 
 
+def warm() -> None:
+    """Nothing to load: sbatch, scontrol and scancel are commands."""
+
+
 def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_s: float, grace_s: float) -> Handle:
     path = job_dir / "job.sbatch"
     path.write_text(script(job_id, job_dir, command, asked, timeout_s, grace_s), encoding="utf-8")
     extra = shlex.split(defaults.setting("SLURM_SBATCH_ARGS"))
     slurm_id = _run("sbatch", "--parsable", *extra, str(path)).strip().split(";")[0]
     return SlurmJob({"executor": NAME, "id": slurm_id})
+
+
+def free_gpus() -> tuple[int, int]:
+    """(GPUs free on the nodes that take jobs, GPUs in all) from sinfo's per-node gres and gres used."""
+    out = _run("sinfo", "-h", "-N", "-O", "NodeHost:200|,Gres:500|,GresUsed:500|,StateLong:50")
+    nodes = {}                  # a node in several partitions has a line in each
+    for line in out.splitlines():
+        node, gres, used, node_state = (x.strip() for x in line.split("|")[:4])
+        nodes[node] = _gpus(gres), _gpus(used), node_state.startswith(UNUSABLE)
+    free = sum(max(0, have - used) for have, used, unusable in nodes.values() if not unusable)
+    return free, sum(have for have, _, _ in nodes.values())
+
+
+def _gpus(gres: str) -> int:
+    """The GPU count in a gres list like ``gpu:a100:2(S:0-1),shard:8`` or ``gpu:1(IDX:0)``."""
+    return sum(int(m[1]) for m in re.finditer(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", gres))
 
 
 def attach(ident: dict) -> Handle:
@@ -84,8 +105,8 @@ class SlurmJob(Handle):
         state = info.get("JobState", "")
         if state in PENDING:
             return Status("pending")
-        if state not in ENDED_BY_SLURM and state not in ("COMPLETED", "FAILED"):
-            return Status("running")        # RUNNING, COMPLETING, SUSPENDED, SIGNALING...
+        if state not in ENDED_BY_SLURM and state not in ("COMPLETED", "FAILED"):     # RUNNING, COMPLETING, SUSPENDED...
+            return Status("running", node=info.get("BatchHost") or info.get("NodeList", ""))
         if state in ENDED_BY_SLURM:     # its exit code is Slurm's, not the job's: its result.json (if any) says more
             cls_state, cls, why = ENDED_BY_SLURM[state]
             return Status("ended", None, (cls_state, cls, f"Slurm job {self.ident['id']} ended {state}: {why}"))
