@@ -804,7 +804,6 @@ STRINGS: dict[str, dict[str, str]] = {
     "deploy.served_by": {"en": "served by {endpoint}", "zh": "由 {endpoint} 提供服务"},
     "deploy.start": {"en": "Start a server", "zh": "启动服务"},
     "chat.kv_budget": {"en": " · batching, KV ≤ {gb} GB", "zh": " · 连续批处理，KV ≤ {gb} GB"},
-<<<<<<< HEAD
     "nav.agent": {"en": "Agent", "zh": "智能体"},
     "agent.intro": {"en": "Ask a model that thinks, runs Python and reads the result (Lagent ReAct). Its code runs in "
                              "this run's own folder under hard limits (CPU time, memory, wall time, output; no network, "
@@ -846,7 +845,6 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.compose.image_not_yours": {"en": "image {path} is not in your gallery or the class's: use your own images "
                                           "or the class's",
                                     "zh": "图片 {path} 不在你的图库或班级图库中：请使用你自己的图片或班级的图片"},
-=======
     "jobs.col.where": {"en": "Where", "zh": "运行位置"},
     "job.where.cluster": {"en": "{executor} job {id} on {node}", "zh": "{executor} 作业 {id}，节点 {node}"},
     "job.where.waiting": {"en": "{executor} job {id}, waiting for a node", "zh": "{executor} 作业 {id}，等待节点"},
@@ -854,7 +852,6 @@ STRINGS: dict[str, dict[str, str]] = {
                           "zh": "{executor} 集群：{total} 个 GPU 中 {free} 个空闲"},
     "home.cluster_unknown": {"en": "{executor} cluster: free GPUs unknown right now",
                              "zh": "{executor} 集群：暂时无法得知空闲 GPU"},
->>>>>>> s6-18
     # ---- end of table ----
 }
 
