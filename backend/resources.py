@@ -40,6 +40,13 @@ class NeverFits(UserError):
     """The job asks for more than this machine has at all."""
 
 
+def on_cluster(asked: dict, executor: str) -> dict:
+    """What a job sent to a cluster is recorded as holding: the scheduler picks its GPUs, whole ones, so an hour
+    of it counts its GPUs in GPU-hours (or its CPU slots when it asks for none), as on this machine."""
+    return {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": 0, "executor": executor,
+            "weight": int(asked.get("gpus") or 0) or int(asked.get("cpu_slots") or 0)}
+
+
 def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) -> dict | None:
     """Resources to give a job now, or None if it must wait. ``active`` are the running jobs' rows
     (their ``given`` holds what they were placed on). Raises NeverFits if it can never run here.

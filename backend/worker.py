@@ -327,7 +327,7 @@ class Worker:
                 continue
             try:
                 given = (resources.place(job.asked, self._gpus, active, self.cpu_slots) if self.executor is None
-                         else {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": 0, "executor": self.executor.NAME})
+                         else resources.on_cluster(job.asked, self.executor.NAME))
                 if given is not None and self.executor is None:
                     given["host"] = socket.gethostname()       # where it runs (a cluster's job: its id and node)
             except resources.NeverFits as e:

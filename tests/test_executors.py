@@ -151,6 +151,7 @@ def test_where_a_job_runs_and_the_clusters_free_gpus(cluster, home, monkeypatch)
             ident = json.loads((home / "jobs" / str(job_id) / "process.json").read_text())
             node = c.node if name == "slurm" else server_host.node_address()
             assert (given["executor"], given["id"], given["node"]) == (name, ident["id"], node)
+            assert given["weight"] == 1           # a whole GPU: an hour of it is a GPU-hour of the student's quota
             wait_for(lambda: executors.cluster_gpus()["free"] == gpus - 1, 30, what="a GPU to be taken")
             job_env = json.loads((home / "jobs" / str(job_id) / "artifacts" / "env.json").read_text())
             assert job_env.get("CUDA_VISIBLE_DEVICES"), "the job does not see the GPU its scheduler gave it"
