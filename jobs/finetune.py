@@ -13,7 +13,6 @@ SIGTERM (cancel) saves a checkpoint of the last finished step and exits; ``resum
 """
 from __future__ import annotations
 
-import ctypes
 import inspect
 import json
 import math
@@ -129,8 +128,7 @@ def collate(torch, samples, rows: list[list[int]], pad_id: int):
 
 # -- packed attention ----------------------------------------------------------------------------
 PACKED_ATTENTION = "packed_sdpa"
-FLAT_TOKENS = 512       # tokens per forward pass of flattened packed rows on CPU (see bench/finetune.py)
-MMAP_THRESHOLD = 128 << 10      # bytes: glibc's default, kept fixed (see fix_mmap_threshold)
+FLAT_TOKENS = 256       # tokens per forward pass of flattened packed rows on CPU (see docs/finetune.md, Benchmark)
 
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None, **kwargs):
@@ -178,16 +176,6 @@ def use_packed_attention(model) -> bool:
     AttentionMaskInterface.register(PACKED_ATTENTION, packed_mask)
     model.set_attn_implementation(PACKED_ATTENTION)
     return config._attn_implementation == PACKED_ATTENTION
-
-
-def fix_mmap_threshold() -> None:
-    """Keep glibc's mmap threshold at its default. glibc raises it to the size of every large block freed (up
-    to 32 MiB); activations then come from the heap, which rarely gives freed memory back, and peak RSS grows
-    with the mix of tensor sizes (a packed SmolLM2 run: 2.9 GB, 1.8 GB with the threshold fixed, for ~1% more
-    CPU in page faults). Not glibc (no mallopt): nothing to do."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(-3, MMAP_THRESHOLD)         # M_MMAP_THRESHOLD; setting it also stops the dynamic adjustment
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -270,7 +258,6 @@ class Run:
         hf_logging.disable_progress_bar()
         warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
         spec = self.spec
-        fix_mmap_threshold()
         torch.manual_seed(spec.seed)
         random.seed(spec.seed)
         try:
