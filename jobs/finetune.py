@@ -128,7 +128,7 @@ def collate(torch, samples, rows: list[list[int]], pad_id: int):
 
 # -- packed attention ----------------------------------------------------------------------------
 PACKED_ATTENTION = "packed_sdpa"
-FLAT_TOKENS = 1024      # tokens per forward pass of flattened packed rows on CPU (see bench/finetune.py)
+FLAT_TOKENS = 256       # tokens per forward pass of flattened packed rows on CPU (see docs/finetune.md, Benchmark)
 
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None, **kwargs):
