@@ -295,9 +295,11 @@ class Run:
             model.to(self.device)
         model.config.use_cache = False
         # packed bins: unpadded sequences, each sample attending only to itself; on CPU in pieces of
-        # ≤ FLAT_TOKENS (larger matrices run slower there and hold more memory; the gradients add up the same)
+        # ≤ FLAT_TOKENS (larger matrices run slower there and hold more memory; the gradients add up the same);
+        # pre-training rows are full max_length blocks: one block a piece halves the passes (docs/finetune.md)
         self.flatten = spec.packing and use_packed_attention(model)
-        self.piece_tokens = FLAT_TOKENS if self.device.type == "cpu" else math.inf
+        cpu_piece = max(FLAT_TOKENS, spec.max_length) if spec.objective == "pretrain" else FLAT_TOKENS
+        self.piece_tokens = cpu_piece if self.device.type == "cpu" else math.inf
         if spec.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):       # transformers >= 5.x
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
