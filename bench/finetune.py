@@ -18,7 +18,8 @@ Measured 2026-11-30 (2 shared cores, load average 1.1-6.5; figures and caveats i
 Benchmark): packed SFT peak RSS 1.99 GB against the Trainer's 2.15-2.26 GB (0.9x; pieces of <= 256
 tokens, was 1.45x at 512 and ~2.2x at 1024); tokens/s ratios were swamped by the neighbours' load
 (single steps 22-237 tokens/s); one quieter round (load 1.0-1.9): job 0.99x unpacked, packed 1.07x the
-Trainer's tokens/s at 0.92x its peak RSS; pretrain 0.89x (RSS 0.30x); DPO 0.98x, ORPO 1.08x, KTO 0.94x.
+Trainer's tokens/s at 0.92x its peak RSS; pretrain 1.02x with one 512 block a piece (RSS 0.44x; 0.89x
+with 256-token pieces); DPO 0.98x, ORPO 1.08x, KTO 0.94x.
 """
 from __future__ import annotations
 
