@@ -44,10 +44,6 @@ class ComposeRefused(ComposeError, users.Refused):
 
 
 # -- the gallery --------------------------------------------------------------------------------
-def gallery_dir(home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "gallery"
-
-
 def image_owner(path: Path, home: Path | None = None) -> str:
     """The student whose gallery folder (paths.user_gallery) holds ``path`` (resolved), else '' (the class's)."""
     folders = paths.user_gallery("", home).resolve()
@@ -59,14 +55,14 @@ def may_use_image(path: Path, by, home: Path | None = None) -> bool:
     user = users.acting(by)
     if user is None or user.instructor or users.mode() == "none":
         return True
-    return paths.is_inside(path, gallery_dir(home).resolve()) and users.may_use(image_owner(path, home), by)
+    return paths.is_inside(path, paths.gallery_dir(home).resolve()) and users.may_use(image_owner(path, home), by)
 
 
 def gallery(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
     """Workspace-relative paths of the gallery images ``by`` may use, sorted (a student: the class's and
     their own; an instructor or the operator: all)."""
     root = home or defaults.home()
-    folder = gallery_dir(root)
+    folder = paths.gallery_dir(root)
     return sorted(str(p.relative_to(root)) for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_EXTS and p.is_file() and may_use_image(p.resolve(), by, root)
                   ) if folder.is_dir() else []
@@ -85,7 +81,7 @@ def add_to_gallery(name: str, data: bytes, home: Path | None = None, owner: str 
     mine = owner and users.mode() != "none" and not users.is_instructor(owner)
     if mine:
         users.check_disk(owner, len(data), ComposeRefused, root)
-    folder = paths.user_gallery(owner, root) if mine else gallery_dir(root) / "uploads"
+    folder = paths.user_gallery(owner, root) if mine else paths.gallery_dir(root) / "uploads"
     target = folder / (hashlib.sha256(data).hexdigest()[:16] + ext)
     if not target.exists():
         paths.atomic_write(target, data)
@@ -108,7 +104,7 @@ def resolve(rel: str, home: Path | None = None, by: users.User | str | None = No
 
 # -- captions and ranking -------------------------------------------------------------------------
 def _captions_file(home: Path | None) -> Path:
-    return gallery_dir(home) / ".captions.json"
+    return paths.gallery_dir(home) / ".captions.json"
 
 
 def captions(home: Path | None = None) -> dict:

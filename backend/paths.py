@@ -28,10 +28,15 @@ def queue_wake_file(home: Path | None = None) -> Path:
     return (home or defaults.home()) / "jobs" / ".wake"
 
 
+def gallery_dir(home: Path | None = None) -> Path:
+    """The workspace's image gallery: the only images a model server is sent (vlm) and composes with."""
+    return (home or defaults.home()) / "gallery"
+
+
 def user_gallery(name: str = "", home: Path | None = None) -> Path:
     """A student's own images (XComposer uploads in class mode), seen by them and the instructors only; with
     no name, the folder that holds every student's."""
-    folders = (home or defaults.home()) / "gallery" / "users"
+    folders = gallery_dir(home) / "users"
     return inside(folders, name) if name else folders
 
 

@@ -88,7 +88,7 @@ def image_file(name: str | Path, home: Path | None = None) -> Path:
     database, a missing or oversized file). Which gallery images a student may use, compose.resolve says."""
     root = home or defaults.home()
     try:
-        p = paths.inside(root / "gallery", Path(root, name), must_exist=True)
+        p = paths.inside(paths.gallery_dir(root), Path(root, name), must_exist=True)
     except paths.OutsideError:
         raise VLMError("err.vlm.image_outside", name=str(name)) from None
     if not p.is_file():
