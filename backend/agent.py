@@ -73,9 +73,14 @@ def thought(text: str) -> str:
     return re.split(r"(?m)^\s*(?:Action:|Final Answer:)", text)[0].replace("Thought:", "", 1).strip()
 
 
+def files_dir(job_id: int, home: Path | None = None) -> Path:
+    """The run's interpreter folder: what its code wrote."""
+    return job_dir(job_id, home) / "artifacts" / "files"
+
+
 def files(job_id: int, home: Path | None = None) -> list[Path]:
     """The files the run's interpreter wrote (plots, CSVs), by name."""
-    folder = job_dir(job_id, home) / "artifacts" / "files"
+    folder = files_dir(job_id, home)
     return sorted((p for p in folder.rglob("*") if p.is_file() and ".matplotlib" not in p.relative_to(folder).parts),
                   key=lambda p: str(p.relative_to(folder))) if folder.is_dir() else []
 
@@ -83,7 +88,7 @@ def files(job_id: int, home: Path | None = None) -> list[Path]:
 def trace(job_id: int, by: users.User | str | None, home: Path | None = None) -> dict:
     """The run as one record: its question, the turns before it, every step, its state and files."""
     job = run(job_id, by, home)
-    folder = job_dir(job_id, home) / "artifacts" / "files"
+    folder = files_dir(job_id, home)
     return {"job": job_id, "state": job.state, "owner": job.owner,
             "target": job.spec.get("endpoint") or f"{job.spec.get('model')} @ {job.spec.get('url')}",
             "history": job.spec.get("history", []), "prompt": job.spec["prompt"],
