@@ -39,7 +39,7 @@ class View:
         self.path = Path(path)
         problem = records.sniff(self.path)
         if problem:
-            raise records.DatasetError("err.plain", text=problem)
+            raise problem
         self.text = self.path.suffix.lower() == ".txt"
         key = _key(self.path)
         base = cache_dir(home) / key
@@ -76,7 +76,7 @@ class View:
                 if n == 0:
                     continue
                 line = (json.dumps(rec, ensure_ascii=False, default=str) if err is None
-                        else json.dumps({"_error": err}, ensure_ascii=False)).encode() + b"\n"
+                        else json.dumps({"_error": str(err)}, ensure_ascii=False)).encode() + b"\n"
                 f.write(line)
                 out.write(np.array([pos, pos + len(line) - 1, n], dtype=np.int64).tobytes())
                 pos += len(line)

@@ -28,7 +28,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from backend import defaults, formats, paths, users
+from backend import defaults, formats, i18n, paths, users
 from backend.errors import UserError
 from backend.dataset_view import open_view
 from backend.records import DatasetError, iter_records, scan, sniff
@@ -337,54 +337,53 @@ def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
 
 
 # -- validation ------------------------------------------------------------------------------
-PROBLEM_KINDS = [("MB long", "line too long"), ("not UTF-8", "wrong encoding"), ("invalid JSON", "invalid JSON"),
-                 ("fields, the header", "ragged CSV row"), ("expected an object", "not an object")]
+PROBLEM_KINDS = {"err.ds.line_long": "long", "err.ds.array_record": "long", "err.ds.not_utf8": "encoding",
+                 "err.ds.array_utf8": "encoding", "err.ds.line_json": "json", "err.ds.array_json": "json",
+                 "err.ds.array_cut": "json", "err.ds.array_after": "json", "err.ds.document_json": "json",
+                 "err.ds.csv_ragged": "ragged", "err.ds.line_not_object": "not_object",
+                 "err.ds.record_not_object": "not_object"}       # the rest of scan's problems: "unreadable"
 
 
-def _problem_kind(reason: str) -> str:
-    return next((kind for needle, kind in PROBLEM_KINDS if needle in reason), "unreadable")
-
-
-def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000) -> dict:
+def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000, lang: str = "en") -> dict:
     """Check every record: {"ok", "format", "rows", "bad", "errors": [{"line", "reason"}], "formats",
-    "summary"}. Never raises for bad content."""
+    "reasons", "summary"}, the sentences in ``lang``. Never raises for bad content."""
     path = Path(path)
     fmt = fmt or detect_format(path)
     rows = bad = 0
     errors, formats, reasons = [], Counter(), Counter()
 
-    def fail(n, reason, kind):
+    def fail(n, why: UserError, kind):
         nonlocal bad
         bad += 1
         reasons[kind] += 1
         if len(errors) < max_errors:
-            errors.append({"line": n, "reason": reason})
+            errors.append({"line": n, "reason": why.text(lang)})
 
     for n, rec, err in scan(path):
         if err is not None:
             if n == 0:
                 fail(0, err, "file")
                 break
-            fail(n, err, _problem_kind(err))
+            fail(n, err, PROBLEM_KINDS.get(err.key, "unreadable"))
             continue
         rows += 1
         got = record_format(rec)
         formats[got] += 1
         if fmt != "unknown" and got != fmt and not (fmt == "text" and path.suffix.lower() == ".txt"):
-            fail(n, f"line {n}: looks like {got}, but the file is {fmt}", "mixed formats")
+            fail(n, UserError("err.ds.mixed", line=n, got=got, fmt=fmt), "mixed")
             continue
         try:
             check_record(rec, fmt)
         except ValueError as e:
-            fail(n, f"line {n}: {e}", f"bad {fmt} record")
+            fail(n, UserError("err.ds.bad_record", line=n, reason=UserError.of(e)), "bad_record")
     if not rows and not bad:
-        fail(0, f"{path.name} holds no records (an empty file or an empty list): add rows, one JSON object a "
-                "line, and upload it again", "file")
+        fail(0, UserError("err.ds.holds_none", name=path.name), "file")
     if fmt == "unknown" and rows:
-        fail(0, f"{path.name}: no known format; expected one of {', '.join(FORMATS)}", "unknown format")
-    good = rows - sum(v for k, v in reasons.items() if k in ("mixed formats", f"bad {fmt} record"))
-    summary = f"{good} good rows, {bad} problems" + (
-        ": " + ", ".join(f"{v} {k}" for k, v in reasons.most_common()) if reasons else "")
+        fail(0, UserError("err.ds.no_format", name=path.name, formats=", ".join(FORMATS)), "unknown_format")
+    good = rows - reasons["mixed"] - reasons["bad_record"]
+    kinds = ", ".join(f"{v} {i18n.t('ds.kind.' + k, lang, fmt=fmt)}" for k, v in reasons.most_common())
+    summary = i18n.t("ds.summary", lang, good=good, bad=bad) + (i18n.t("ds.summary_kinds", lang, kinds=kinds)
+                                                               if reasons else "")
     return {"ok": bad == 0 and rows > 0, "format": fmt, "rows": rows, "good": good, "bad": bad,
             "errors": errors, "truncated": bad > len(errors), "formats": dict(formats),
             "reasons": dict(reasons), "summary": summary}
@@ -568,7 +567,7 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
                     out.write(json.dumps(new, ensure_ascii=False) + "\n")
                     rows += 1
                     continue
-            errors.append({"line": n, "reason": err})
+            errors.append({"line": n, "reason": str(err)})
     if not rows:
         tmp.unlink()
         raise DatasetError("err.ds.convert_none_why" if errors else "err.ds.convert_none", name=src.name,

@@ -5,7 +5,6 @@ txt), with a cap on line length and each record's position (the line number for 
 indexes them for paging."""
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
@@ -24,23 +23,22 @@ def max_line_bytes() -> int:
     return int(defaults.setting("DATASET_MAX_LINE_MB") * 1024 * 1024)
 
 
-def sniff(path: Path) -> str | None:
-    """A reason the file can't be read as text at all (empty, binary, UTF-16), else None."""
+def sniff(path: Path) -> DatasetError | None:
+    """Why the file can't be read as text at all (missing, empty, binary, UTF-16), else None."""
     if not path.is_file():
-        return f"{path.name}: no such file"
+        return DatasetError("err.ds.missing", name=path.name)
     if path.stat().st_size == 0:
-        return f"{path.name} is empty"
+        return DatasetError("err.ds.empty", name=path.name)
     if path.suffix.lower() == ".parquet":
         return None
     with open(path, "rb") as f:
         head = f.read(8192)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return f"{path.name} is UTF-16 encoded; save it as UTF-8"
+        return DatasetError("err.ds.utf16", name=path.name)
     if b"\x00" in head and (head[1::2].count(0) > len(head) // 4 or head[0::2].count(0) > len(head) // 4):
-        return f"{path.name} is UTF-16 encoded (without a byte-order mark); save it as UTF-8"
+        return DatasetError("err.ds.utf16_no_bom", name=path.name)
     if b"\x00" in head:
-        return (f"{path.name} is a binary file, not text (a NUL byte at offset {head.index(0)}); "
-                f"a {path.suffix} file must be UTF-8 text")
+        return DatasetError("err.ds.binary", name=path.name, offset=head.index(0), suffix=path.suffix)
     return None
 
 
@@ -61,8 +59,8 @@ def _json_cell(value):
     return value
 
 
-def scan(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Every record as (position, record, None) or (position, None, reason); never raises for bad
+def scan(path: str | Path) -> Iterator[tuple[int, dict | None, DatasetError | None]]:
+    """Every record as (position, record, None) or (position, None, why); never raises for bad
     content. A file-level problem (empty, binary, unreadable) is one item at position 0."""
     path = Path(path)
     problem = sniff(path)
@@ -80,7 +78,7 @@ def scan(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
         else:
             yield from _scan_lines(path, text=suffix == ".txt")
     except (OSError, ValueError) as e:       # unreadable file, broken parquet footer ...
-        yield 0, None, f"{path.name}: {e}"
+        yield 0, None, DatasetError("err.ds.unreadable", name=path.name, text=str(e))
 
 
 RECORD_LISTS = ("messages", "conversations", "conversation", "question")    # list fields of a record itself
@@ -122,16 +120,16 @@ def _scan_lines(path: Path, text: bool = False):
     with open(path, "rb") as f:
         for n, raw in enumerate(_lines(f, limit), start=1):
             if isinstance(raw, int):
-                yield n, None, f"line {n} is {raw / 2**20:.1f} MB long (limit {limit / 2**20:.0f} MB)"
+                yield n, None, DatasetError("err.ds.line_long", line=n, mb=raw / 2**20, limit=limit / 2**20)
                 continue
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if not raw.strip():
                 continue
             try:
-                line = _decode(raw, f"line {n}")
+                line = _decode(raw, DatasetError("err.ds.where_line", line=n))
             except DatasetError as e:
-                yield n, None, str(e)
+                yield n, None, e
                 continue
             if text:
                 yield n, {"text": line.rstrip("\r\n")}, None
@@ -139,23 +137,22 @@ def _scan_lines(path: Path, text: bool = False):
             try:
                 rec = json.loads(line)
             except ValueError as e:
-                yield n, None, (f"line {n}: invalid JSON: {getattr(e, 'msg', e)} at column {getattr(e, 'colno', '?')}"
-                                + _json_hint(line))
+                yield n, None, DatasetError("err.ds.line_json", line=n, msg=getattr(e, "msg", e),
+                                            column=getattr(e, "colno", "?"), hint=_json_hint(line))
                 continue
             if not isinstance(rec, dict):
-                yield n, None, f"line {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+                yield n, None, DatasetError("err.ds.line_not_object", line=n, type=type(rec).__name__)
                 continue
             yield n, rec, None
 
 
-def _json_hint(line: str) -> str:
-    """What a JSONL line that doesn't parse most likely is."""
+def _json_hint(line: str) -> DatasetError | str:
+    """What a JSONL line that doesn't parse most likely is ("" when nothing is likely)."""
     s = line.strip()
     if s.endswith(","):
-        return ("; the line ends with ',': in JSONL each line is one object, with no commas between lines "
-                "(or save one JSON array [...] as a .json file)")
+        return DatasetError("err.ds.hint_comma")
     if s in ("[", "]", "{", "}") or s.startswith('"'):
-        return "; the file looks like one JSON document spread over lines: save it as a .json file"
+        return DatasetError("err.ds.hint_document")
     return ""
 
 
@@ -184,110 +181,58 @@ def _scan_json_array(path: Path):
     try:                                     # an object wrapping the array: small (json_document), parsed whole
         data = json.loads(_decode(path.read_bytes(), path.name).lstrip("\ufeff"))
     except DatasetError as e:
-        yield 0, None, str(e)
+        yield 0, None, e
         return
     except ValueError as e:
-        yield getattr(e, "lineno", 0), None, (f"{path.name}: invalid JSON: {getattr(e, 'msg', e)} at line "
-                                              f"{getattr(e, 'lineno', '?')} column {getattr(e, 'colno', '?')}")
+        yield getattr(e, "lineno", 0), None, DatasetError("err.ds.document_json", name=path.name, msg=getattr(e, "msg", e),
+                                                          line=getattr(e, "lineno", "?"), column=getattr(e, "colno", "?"))
         return
     for n, rec in enumerate(_unwrap(data) or [], start=1):
         yield _record(n, rec)
 
 
-def _record(n: int, rec) -> tuple[int, dict | None, str | None]:
+def _record(n: int, rec) -> tuple[int, dict | None, DatasetError | None]:
     if isinstance(rec, dict):
         return n, rec, None
-    return n, None, f"record {n}: a JSON {type(rec).__name__}, expected an object {{...}}"
+    return n, None, DatasetError("err.ds.record_not_object", record=n, type=type(rec).__name__)
 
 
-JSON_CHUNK = 1 << 20                         # bytes read at a time from a JSON array
-JSON_SPACE = " \t\r\n\ufeff"
+class _Capped:
+    """A binary file read by ijson, counting the bytes since the last record: a record over ``limit`` bytes
+    ends the scan before it is built whole."""
 
+    def __init__(self, f, limit: int):
+        self.f, self.limit, self.since = f, limit, 0
 
-class _Reader:
-    """A JSON text read in chunks: ``buf`` holds what is not consumed yet (about one record), ``i`` the
-    position in it; ``lines`` counts the lines already dropped, for messages."""
-
-    def __init__(self, f):
-        self.f, self.buf, self.i, self.lines, self.eof = f, "", 0, 0, False
-        self.utf8 = codecs.getincrementaldecoder("utf-8")()
-
-    def fill(self, n: int = JSON_CHUNK) -> bool:
-        """Read ``n`` more bytes, dropping what was consumed; False at the end of the file."""
-        if self.eof:
-            return False
+    def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
-        self.eof = len(data) < n
-        self.lines += self.buf.count("\n", 0, self.i)
-        self.buf, self.i = self.buf[self.i:] + self.utf8.decode(data, final=self.eof), 0
-        return True
-
-    def peek(self) -> str:
-        """The next character that is not white space ('' at the end of the file)."""
-        while True:
-            while self.i < len(self.buf) and self.buf[self.i] in JSON_SPACE:
-                self.i += 1
-            if self.i < len(self.buf):
-                return self.buf[self.i]
-            if not self.fill():
-                return ""
-
-    def where(self, at: int) -> str:
-        return f"line {self.lines + self.buf.count(chr(10), 0, at) + 1}"
-
-    def value(self, limit: int):
-        """The next JSON value; ValueError when it is invalid or longer than ``limit`` bytes."""
-        want = JSON_CHUNK
-        while True:
-            try:
-                obj, end = _DECODER.raw_decode(self.buf, self.i)
-                if end < len(self.buf) or self.eof:      # a number or literal may go on past the buffer
-                    self.i = end
-                    return obj
-            except json.JSONDecodeError as e:
-                cut = e.pos >= len(self.buf) - 8 or e.msg.startswith("Unterminated string")
-                if self.eof or not cut:
-                    raise ValueError(f"invalid JSON: {e.msg} at {self.where(e.pos)}") from None
-            if len(self.buf) - self.i > limit:
-                raise ValueError(f"longer than {limit / 2**20:.0f} MB (DATASET_MAX_LINE_MB)")
-            self.fill(want)
-            want *= 2
-
-
-_DECODER = json.JSONDecoder()
+        self.since += len(data)
+        if self.since > self.limit + (64 << 10):            # ijson reads ahead one 64 KiB buffer
+            raise DatasetError("err.ds.record_long", limit=self.limit / 2**20)
+        return data
 
 
 def _stream_json_array(path: Path):
-    """The records of a top-level JSON array, one at a time, read in chunks: the app never holds the
-    whole document, only about one record (a record over DATASET_MAX_LINE_MB ends the scan)."""
+    """The records of a top-level JSON array, one at a time, parsed by ijson as the file is read: the app
+    never holds the whole document, only about one record (a record over DATASET_MAX_LINE_MB ends the scan)."""
+    import ijson
     n = 0
     with open(path, "rb") as f:
-        r = _Reader(f)
+        if f.read(3) != b"\xef\xbb\xbf":                   # a byte-order mark: ijson takes it for text
+            f.seek(0)
+        capped = _Capped(f, max_line_bytes())
         try:
-            r.peek()
-            r.i += 1                                             # the "[" (first_char said so)
-            while True:
-                c = r.peek()
-                if c == "]" and n == 0:
-                    break
-                if n:
-                    if c == "]":
-                        break
-                    if c != ",":
-                        yield n + 1, None, (f"{path.name}: expected ',' or ']' after record {n} at {r.where(r.i)}"
-                                            if c else f"{path.name}: the JSON array ends early (no closing ])")
-                        return
-                    r.i += 1
-                    r.peek()
+            for rec in ijson.items(capped, "item", use_float=True):
                 n += 1
-                yield _record(n, r.value(max_line_bytes()))
-            r.i += 1
-            if r.peek():
-                yield n + 1, None, f"{path.name}: text after the end of the JSON array at {r.where(r.i)}"
-        except UnicodeDecodeError as e:
-            yield n + 1, None, f"{path.name}: not UTF-8 ({e.reason}) near record {n + 1}"
-        except ValueError as e:
-            yield n, None, f"{path.name}: record {n}: {e}"
+                capped.since = 0
+                yield _record(n, rec)
+        except ijson.JSONError as e:                         # yajl's first line (then where, drawn)
+            why = str(e).removeprefix("b'").replace("\\n", "\n").splitlines()[0]
+            key = ("err.ds.array_after" if "trailing garbage" in why else "err.ds.array_utf8" if "UTF8" in why
+                   else "err.ds.array_cut" if "premature EOF" in why else "err.ds.array_json")
+            yield n + 1, None, DatasetError(key, name=path.name, record=n + 1, msg=why)
+        except DatasetError as e:
+            yield n + 1, None, DatasetError("err.ds.array_record", name=path.name, record=n + 1, reason=e)
 
 
 def _scan_csv(path: Path):
@@ -296,7 +241,7 @@ def _scan_csv(path: Path):
     try:
         text = _decode(raw, path.name).lstrip("\ufeff")
     except DatasetError as e:
-        yield 0, None, str(e)
+        yield 0, None, e
         return
     del raw
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -305,7 +250,7 @@ def _scan_csv(path: Path):
     except StopIteration:
         return
     except csv.Error as e:
-        yield 1, None, f"line 1: {e}"
+        yield 1, None, DatasetError("err.ds.csv", line=1, text=str(e))
         return
     start = reader.line_num + 1
     while True:
@@ -314,13 +259,13 @@ def _scan_csv(path: Path):
         except StopIteration:
             return
         except csv.Error as e:
-            yield reader.line_num, None, f"line {reader.line_num}: {e}"
+            yield reader.line_num, None, DatasetError("err.ds.csv", line=reader.line_num, text=str(e))
             return
         n, start = start, reader.line_num + 1
         if not row or not any(c.strip() for c in row):
             continue
         if len(row) != len(header):
-            yield n, None, f"line {n}: {len(row)} fields, the header has {len(header)}"
+            yield n, None, DatasetError("err.ds.csv_ragged", line=n, got=len(row), header=len(header))
             continue
         yield n, {k: _json_cell(v) for k, v in zip(header, row)}, None
 
@@ -341,5 +286,5 @@ def iter_records(path: str | Path, skip_bad: bool = False) -> Iterator[tuple[int
         if err is not None:
             if skip_bad and n:
                 continue
-            raise DatasetError("err.plain", text=err)
+            raise err
         yield n, rec

@@ -97,7 +97,7 @@ def main(spec: Spec, job: Job) -> dict:
             break
         if err is not None:
             if n == 0:
-                raise JobError(err, BAD_INPUT)
+                raise JobError(str(err), BAD_INPUT)
             bad += 1
             bad_lines += [n][:100 - len(bad_lines)]
             continue

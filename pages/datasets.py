@@ -213,7 +213,7 @@ t_val, t_conv, t_split, t_stats, t_del = st.tabs([ui.t("ds.validate"), ui.t("ds.
 with t_val:
     if st.button(ui.t("ds.validate.go"), key="ds_validate"):
         with st.spinner(ui.t("ds.validate.running")):
-            mine["validation"] = ds.validate(path)
+            mine["validation"] = ds.validate(path, lang=ui.lang())
     report = mine.get("validation")
     if report:
         (st.success if report["ok"] else st.error)(report["summary"])

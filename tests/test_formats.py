@@ -131,10 +131,15 @@ def test_file_problems_get_a_sentence(home, tmp_path):
     commas = tmp_path / "c.jsonl"
     commas.write_text("".join(json.dumps(r) + ",\n" for r in rows))
     assert "the line ends with ','" in ds.validate(commas)["errors"][0]["reason"]
+    zh = ds.validate(commas, lang="zh")                  # the same problems in the user's language
+    assert zh["errors"][0]["reason"].startswith("第 1 行：JSON 无效") and "该行以“,”结尾" in zh["errors"][0]["reason"]
+    assert zh["summary"] == "0 行有效，3 个问题：3 JSON 无效", zh["summary"]
+    assert "UTF-16 编码（无字节顺序标记）" in ds.validate(utf16, lang="zh")["errors"][0]["reason"]
     for empty in ("[]", "\n\n"):
         (tmp_path / "e.json").write_text(empty)
         report = ds.validate(tmp_path / "e.json")
         assert not report["ok"] and "holds no records" in report["errors"][0]["reason"]
+        assert "中没有记录" in ds.validate(tmp_path / "e.json", lang="zh")["errors"][0]["reason"]
     wrapped = home / "datasets" / "w.json"
     wrapped.parent.mkdir(exist_ok=True)
     wrapped.write_text(json.dumps({"version": 1, "data": rows}, indent=2))
