@@ -54,27 +54,26 @@ def _map_record(rec: dict, entry: dict) -> dict:
     return out
 
 
-def _problem(name: str, entry, home: Path | None) -> tuple[str, Path | None]:
-    """(why the entry can't be imported, or "", its data file)."""
+def _problem(name: str, entry, home: Path | None) -> tuple[DatasetError | None, Path | None]:
+    """(why the entry can't be imported, or None, its data file)."""
     if not isinstance(entry, dict):
-        return f"{name}: not an object", None
+        return DatasetError("err.dsinfo.not_object", name=name), None
     file_name = entry.get("file_name")
     if not file_name:
         hub = entry.get("hf_hub_url") or entry.get("ms_hub_url") or entry.get("script_url")
-        return (f"{name}: its data is on a hub ({hub}); import it with 'Import from Hugging Face / ModelScope' on the Datasets page" if hub
-                else f"{name}: no file_name"), None
+        return (DatasetError("err.dsinfo.on_hub", name=name, hub=hub) if hub
+                else DatasetError("err.dsinfo.no_file_name", name=name)), None
     path = datasets.datasets_dir(home) / Path(str(file_name)).name
     if not path.is_file():
-        return (f"{name}: its file {file_name} is not in the workspace; upload it (with dataset_info.json "
-                "or before it)"), None
+        return DatasetError("err.dsinfo.file_missing", name=name, file=file_name), None
     if entry.get("formatting", "alpaca") not in ("alpaca", "sharegpt"):
-        return f"{name}: formatting {entry['formatting']!r} is not alpaca or sharegpt", None
-    return "", path
+        return DatasetError("err.dsinfo.formatting", name=name, formatting=entry["formatting"]), None
+    return None, path
 
 
 def import_dataset_info(data: bytes | str | dict, home: Path | None = None, owner: str = "") -> dict:
     """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
-    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [reason, ...]}."""
+    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}."""
     if not isinstance(data, dict):
         try:
             data = json.loads(data)
@@ -91,7 +90,7 @@ def import_dataset_info(data: bytes | str | dict, home: Path | None = None, owne
         try:
             rows = [_map_record(rec, entry) for _, rec in iter_records(src, skip_bad=True)]
         except DatasetError as e:
-            skipped.append(f"{key}: {e}")
+            skipped.append(DatasetError("err.dsinfo.entry", name=key, reason=e))
             continue
         name = datasets.unique_name(datasets.safe_name(key), home)
         target = datasets.datasets_dir(home) / f"{name}.jsonl"

@@ -91,28 +91,30 @@ class View:
             return f.read(end - start)
 
     def row(self, i: int) -> dict:
-        """Row ``i`` (0-based): {"row", "line", "record"} or {"row", "line", "error"}."""
+        """Row ``i`` (0-based): {"row", "line", "record"} or {"row", "line", "error": a DatasetError}."""
         if not 0 <= i < len(self):
             raise IndexError(f"row {i + 1} is out of range (1-{len(self)})")
         line = int(self.index[i][2])
         raw = self._raw(i)
         out = {"row": i, "line": line}
         if isinstance(raw, int):
-            return {**out, "error": f"line {line} is {raw / 2**20:.1f} MB long: too long to show"}
+            return {**out, "error": records.DatasetError("err.ds.line_long", line=line, mb=raw / 2**20,
+                                                         limit=records.max_line_bytes() / 2**20)}
         try:
             text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r")
         except UnicodeDecodeError:
-            return {**out, "error": f"line {line}: not UTF-8"}
+            return {**out, "error": records.DatasetError("err.ds.line_utf8", line=line)}
         if self.text:
             return {**out, "record": {"text": text}}
         try:
             rec = json.loads(text)
         except ValueError as e:
-            return {**out, "error": f"line {line}: invalid JSON: {getattr(e, 'msg', e)}"}
+            return {**out, "error": records.DatasetError("err.ds.line_json", line=line, msg=getattr(e, "msg", e),
+                                                         column=getattr(e, "colno", "?"), hint=records.json_hint(text))}
         if isinstance(rec, dict) and set(rec) == {"_error"} and self.rows_path != self.path:
-            return {**out, "error": rec["_error"]}
+            return {**out, "error": records.DatasetError("err.plain", text=rec["_error"])}   # from scan, in English
         if not isinstance(rec, dict):
-            return {**out, "error": f"line {line}: a JSON {type(rec).__name__}, expected an object"}
+            return {**out, "error": records.DatasetError("err.ds.line_not_object", line=line, type=type(rec).__name__)}
         return {**out, "record": rec}
 
     def page(self, number: int, size: int | None = None) -> list[dict]:

@@ -244,20 +244,17 @@ def from_messages(msgs: list[dict], fmt: str) -> dict:
     raise UserError("err.ds.convert_to", fmt=fmt, formats=", ".join(TRAIN_FORMATS))
 
 
-def _lost(msgs: formats.Chat, back: formats.Chat | None) -> str | None:
+def _lost(msgs: formats.Chat, back: formats.Chat | None) -> UserError | None:
     """What a conversion lost (None if the converted row, read ``back``, trains the same thing)."""
     key = lambda ms: [(m["role"], m["content"], [c["function"] for c in m.get("tool_calls", [])],  # noqa: E731
                        formats.trained(m)) for m in ms]
     if back is not None and key(msgs) == key(back) and msgs.tools == back.tools:
         return None
     if formats.uses_tools(msgs):
-        return "its tools and tool calls"
+        return UserError("ds.lost.tools")
     if back is not None and [m["role"] for m in msgs] == [m["role"] for m in back] and [m["content"] for m in msgs] == [m["content"] for m in back]:
-        return "its loss flags (which replies are trained)"
-    return TURNS_LOST
-
-
-TURNS_LOST = "its turns as they are (a reply with no question before it, or two questions in a row)"
+        return UserError("ds.lost.loss")
+    return UserError("ds.lost.turns")
 
 
 def check_record(rec: dict, fmt: str) -> None:
@@ -537,7 +534,8 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
             owner: str = "") -> dict:
     """Write a new JSONL dataset in ``to_fmt`` (a training format) from ``src``; bad rows, and rows
     ``to_fmt`` can't hold without changing what is trained (loss flags, tool calls), are skipped and
-    reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}."""
+    reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}, each
+    error {"line", "reason": a UserError}."""
     if to_fmt not in TRAIN_FORMATS:
         raise DatasetError("err.ds.convert_to", fmt=to_fmt, formats=", ".join(TRAIN_FORMATS))
     src = check_source(src, owner, "convert", home)
@@ -553,7 +551,7 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
                 try:
                     msgs = to_messages(rec, fmt)
                 except ValueError as e:
-                    err = f"line {n}: {e}"
+                    err = UserError("err.ds.bad_record", line=n, reason=UserError.of(e))
                 else:
                     new = from_messages(msgs, to_fmt)
                     try:
@@ -562,12 +560,12 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
                         back = None
                     lost = _lost(msgs, back)
                     if lost:
-                        err = f"line {n}: {to_fmt} can't hold {lost}; left out (convert to messages to keep it)"
+                        err = UserError("err.ds.convert_lost", line=n, fmt=to_fmt, lost=lost)
                 if err is None:
                     out.write(json.dumps(new, ensure_ascii=False) + "\n")
                     rows += 1
                     continue
-            errors.append({"line": n, "reason": str(err)})
+            errors.append({"line": n, "reason": err})
     if not rows:
         tmp.unlink()
         raise DatasetError("err.ds.convert_none_why" if errors else "err.ds.convert_none", name=src.name,

@@ -138,7 +138,7 @@ def _scan_lines(path: Path, text: bool = False):
                 rec = json.loads(line)
             except ValueError as e:
                 yield n, None, DatasetError("err.ds.line_json", line=n, msg=getattr(e, "msg", e),
-                                            column=getattr(e, "colno", "?"), hint=_json_hint(line))
+                                            column=getattr(e, "colno", "?"), hint=json_hint(line))
                 continue
             if not isinstance(rec, dict):
                 yield n, None, DatasetError("err.ds.line_not_object", line=n, type=type(rec).__name__)
@@ -146,7 +146,7 @@ def _scan_lines(path: Path, text: bool = False):
             yield n, rec, None
 
 
-def _json_hint(line: str) -> DatasetError | str:
+def json_hint(line: str) -> DatasetError | str:
     """What a JSONL line that doesn't parse most likely is ("" when nothing is likely)."""
     s = line.strip()
     if s.endswith(","):

@@ -41,7 +41,7 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
         for made in (report or {}).get("imported", []):
             st.success(ui.t("ds.info.imported", **made))
         for reason in (report or {}).get("skipped", []):
-            st.warning(reason)
+            st.warning(ui.error_text(reason))
     with st.form("ds_upload_form", clear_on_submit=True):
         ups = st.file_uploader(ui.t("ds.upload.file", mb=defaults.setting("UPLOAD_MAX_MB")),
                                type=[e.lstrip(".") for e in ds.EXTENSIONS], key="ds_upload",
@@ -160,7 +160,7 @@ def cell(v):
 
 table = pd.DataFrame([{"#": r["row"] + 1, ui.t("ds.col.line"): r["line"],
                        **({k: cell(v) for k, v in r["record"].items()} if "record" in r
-                          else {ui.t("ds.col.error"): r["error"]})} for r in rows])
+                          else {ui.t("ds.col.error"): ui.error_text(r["error"])})} for r in rows])
 with st.container(key="ds_table"):
     event = st.dataframe(table, hide_index=True, width="stretch", height=min(420, 40 + 35 * len(rows)),
                          key=f"ds_grid_{name}",
@@ -190,7 +190,7 @@ if rows and mine.get("row") is not None:
     with st.container(key="ds_detail", border=True):
         st.markdown(f"**{ui.t('ds.detail', row=row['row'] + 1, line=row['line'])}**")
         if "error" in row:
-            st.error(row["error"])
+            ui.error(row["error"])
         else:
             record = row["record"]
             row_fmt = ds.record_format(record)
@@ -240,7 +240,8 @@ with t_conv:
             else:
                 st.success(ui.t("ds.convert.done", name=out["name"], rows=out["rows"], skipped=out["skipped"]))
                 if out["errors"]:
-                    st.dataframe(pd.DataFrame(out["errors"]), hide_index=True, width="stretch")
+                    st.dataframe(pd.DataFrame([{ui.t("ds.col.line"): e["line"], ui.t("ds.col.reason"): ui.error_text(e["reason"])}
+                                               for e in out["errors"]]), hide_index=True, width="stretch")
 
 with t_split:
     c1, c2 = st.columns(2)

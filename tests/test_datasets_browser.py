@@ -44,3 +44,25 @@ def test_a_refusal_reads_in_chinese(page, home, tmp_path):
     page.get_by_text("名为 'mine' 的数据集已存在；请重命名文件或删除旧数据集").wait_for()
     assert not page.get_by_text("already exists").count()
     shot(page, "datasets-refusal-zh")
+
+
+def test_row_problems_read_in_chinese(page, home):
+    """A JSONL file whose lines end with ',' (a JSON array cut into lines): the check's summary and each
+    row's reason come in the page's language."""
+    import json
+    from backend import datasets as ds
+    path = ds.datasets_dir(home) / "commas.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
+                                                     {"role": "assistant", "content": "hello"}]}) + ",\n"
+                            for i in range(3)), encoding="utf-8")
+    ds.register(path, "commas", "upload", home)
+    page.set_viewport_size({"width": 1400, "height": 1700})
+    page.goto(f"{page.base_url}/datasets?ds=commas&lang=zh")
+    page.locator(".st-key-ds_detail").get_by_text("第 1 行：JSON 无效").wait_for()       # the row as the view reads it
+    page.get_by_role("tab", name="校验").click()
+    page.get_by_role("button", name="检查每一行").click()
+    page.get_by_text("0 行有效，3 个问题：3 JSON 无效").wait_for()
+    assert not page.get_by_text("good rows").count()
+    page.locator("[data-testid='stDataFrame'] canvas").nth(1).wait_for()        # the rows table, then the problems
+    page.wait_for_timeout(500)        # let the grid paint its canvas before the picture
+    shot(page, "datasets-problems-zh")

@@ -162,7 +162,7 @@ def test_convert_keeps_what_is_trained_or_says_what_it_could_not(home):
                 ds.convert(src, fmt, home=home)
             continue
         out = ds.convert(src, fmt, home=home)
-        assert out["rows"] == kept and [lost_ in e["reason"] for e, lost_ in zip(out["errors"], lost)] == [True] * len(lost)
+        assert out["rows"] == kept and [lost_ in str(e["reason"]) for e, lost_ in zip(out["errors"], lost)] == [True] * len(lost)
         assert ds.validate(out["path"])["ok"]
         back = ds.load_messages(out["path"])
         originals = [ds.to_messages(r, "messages") for r in (masked, tools, {"messages": [A("Plain text to learn.")]})]
@@ -269,7 +269,8 @@ def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
     out = import_dataset_info(json.dumps(info), home)
     assert [(i["name"], i["format"], i["rows"]) for i in out["imported"]] == [
         ("qa", "alpaca", 2), ("chat", "sharegpt", 2), ("dpo", "preference", 2)]
-    assert "on a hub (someone/some-data)" in out["skipped"][0] and "not_uploaded.json is not in the workspace" in out["skipped"][1]
+    assert "on a hub (someone/some-data)" in str(out["skipped"][0]) and "not_uploaded.json is not in the workspace" in str(out["skipped"][1])
+    assert "其数据在模型中心" in out["skipped"][0].text("zh")
     assert list(ds.load_messages(d / "qa.jsonl")[0]) == [{"role": "system", "content": "Be brief."}, U("hi"), A("hello"),
                                                           U("1+1?"), A("2")]
     assert list(ds.load_messages(d / "chat.jsonl")[0]) == [U("hi"), A("hello")]
