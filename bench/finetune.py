@@ -14,12 +14,11 @@ mini_instructions set (one-line Alpaca instructions, answers of a few tokens) re
 Each side runs in its own process; peak RSS is each process's own ru_maxrss. --repeat N runs the three
 sides N times in turn and prints medians (the ratios taken within each round), for a busy machine.
 
-Measured 2026-11-30 (2 shared cores, load average 1.1-6.5; figures and caveats in docs/finetune.md,
-Benchmark): packed SFT peak RSS 1.99 GB against the Trainer's 2.15-2.26 GB (0.9x; pieces of <= 256
-tokens, was 1.45x at 512 and ~2.2x at 1024); tokens/s ratios were swamped by the neighbours' load
-(single steps 22-237 tokens/s); one quieter round (load 1.0-1.9): job 0.99x unpacked, packed 1.07x the
-Trainer's tokens/s at 0.92x its peak RSS; pretrain 1.02x with one 512 block a piece (RSS 0.44x; 0.89x
-with 256-token pieces); DPO 0.98x, ORPO 1.08x, KTO 0.94x.
+Measured 2026-11-30 on a quiet machine (2 cores; figures in docs/finetune.md, Benchmark), --repeat 3:
+packing with pieces of <= 384 tokens, short set 1.61x the Trainer's tokens/s at 0.97x its peak RSS
+(goal >= 1.5x at <= 1.2x); ShuBot 1.27x at 1.12x (the ceiling there is ~1.37x at equal math); the job
+unpacked 1.17x / 0.99x. Other lines (ShuBot, medians of 2-3 rounds): pretrain 1.13x, tools 1.01x, DPO 0.99x,
+ORPO 0.94x (0.91-1.07 by round), KTO 0.99x.
 """
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ def collate(torch, samples, rows: list[list[int]], pad_id: int):
 
 # -- packed attention ----------------------------------------------------------------------------
 PACKED_ATTENTION = "packed_sdpa"
-FLAT_TOKENS = 256       # tokens per forward pass of flattened packed rows on CPU (see docs/finetune.md, Benchmark)
+FLAT_TOKENS = 384       # tokens per forward pass of flattened packed rows on CPU: speed vs peak RSS (docs/finetune.md, Benchmark)
 
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None, **kwargs):
@@ -294,10 +294,11 @@ class Run:
         if spec.method != "qlora":
             model.to(self.device)
         model.config.use_cache = False
-        # packed bins: unpadded sequences, each sample attending only to itself; on CPU in pieces of
-        # ≤ FLAT_TOKENS (larger matrices run slower there and hold more memory; the gradients add up the same);
+        # packed bins (not for TRL's preference trainers, which pad their own batches): unpadded sequences,
+        # each sample attending only to itself; on CPU in pieces of
+        # ≤ FLAT_TOKENS (a larger pass runs faster but holds more activations; the gradients add up the same);
         # pre-training rows are full max_length blocks: one block a piece halves the passes (docs/finetune.md)
-        self.flatten = spec.packing and use_packed_attention(model)
+        self.flatten = spec.packing and spec.objective not in preference.OBJECTIVES and use_packed_attention(model)
         cpu_piece = max(FLAT_TOKENS, spec.max_length) if spec.objective == "pretrain" else FLAT_TOKENS
         self.piece_tokens = cpu_piece if self.device.type == "cpu" else math.inf
         if spec.gradient_checkpointing:
