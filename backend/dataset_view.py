@@ -97,24 +97,12 @@ class View:
         line = int(self.index[i][2])
         raw = self._raw(i)
         out = {"row": i, "line": line}
-        if isinstance(raw, int):
-            return {**out, "error": records.DatasetError("err.ds.line_long", line=line, mb=raw / 2**20,
-                                                         limit=records.max_line_bytes() / 2**20)}
-        try:
-            text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r")
-        except UnicodeDecodeError:
-            return {**out, "error": records.DatasetError("err.ds.line_utf8", line=line)}
-        if self.text:
-            return {**out, "record": {"text": text}}
-        try:
-            rec = json.loads(text)
-        except ValueError as e:
-            return {**out, "error": records.DatasetError("err.ds.line_json", line=line, msg=getattr(e, "msg", e),
-                                                         column=getattr(e, "colno", "?"), hint=records.json_hint(text))}
-        if isinstance(rec, dict) and set(rec) == {"_error"} and self.rows_path != self.path:
+        rec, err = records.parse_line(raw.removeprefix(b"\xef\xbb\xbf") if isinstance(raw, bytes) else raw, line,
+                                      self.text)
+        if err is not None:
+            return {**out, "error": err}
+        if set(rec) == {"_error"} and self.rows_path != self.path:
             return {**out, "error": records.DatasetError("err.plain", text=rec["_error"])}   # from scan, in English
-        if not isinstance(rec, dict):
-            return {**out, "error": records.DatasetError("err.ds.line_not_object", line=line, type=type(rec).__name__)}
         return {**out, "record": rec}
 
     def page(self, number: int, size: int | None = None) -> list[dict]:

@@ -236,7 +236,6 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.dsinfo.file_missing": {"en": '{name}: its file {file} is not in the workspace; upload it (with dataset_info.json or before it)', "zh": '{name}：其文件 {file} 不在工作区；请上传它（与 dataset_info.json 一起或在它之前）'},
     "err.dsinfo.formatting": {"en": '{name}: formatting {formatting!r} is not alpaca or sharegpt', "zh": '{name}：formatting {formatting!r} 不是 alpaca 或 sharegpt'},
     "err.dsinfo.entry": {"en": '{name}: {reason}', "zh": '{name}：{reason}'},
-    "err.ds.line_utf8": {"en": 'line {line}: not UTF-8; save the file as UTF-8', "zh": '第 {line} 行：不是 UTF-8 编码；请将文件另存为 UTF-8'},
     "err.ds.is_text": {"en": '{name} is plain text (continued pre-training data), not conversations: train on it with objective pretrain', "zh": '{name} 是纯文本（增量预训练数据），不是对话：请用训练目标 pretrain 训练它'},
     "err.ds.is_preference": {"en": '{name} is preference data (chosen/rejected answers): train it with objective dpo, orpo or kto; supervised fine-tuning would train the rejected answers as good ones', "zh": '{name} 是偏好数据（chosen/rejected 回答）：请用训练目标 dpo、orpo 或 kto 训练；监督微调会把被拒绝的回答当作好回答来学习'},
     "err.ds.not_train_format": {"en": '{name} is in {fmt!r} format, not a training format ({formats}); convert it first', "zh": '{name} 是 {fmt!r} 格式，不是训练格式（{formats}）：请先转换'},

@@ -116,37 +116,37 @@ def first_char(path: Path) -> str:
 
 
 def _scan_lines(path: Path, text: bool = False):
-    limit = max_line_bytes()
     with open(path, "rb") as f:
-        for n, raw in enumerate(_lines(f, limit), start=1):
-            if isinstance(raw, int):
-                yield n, None, DatasetError("err.ds.line_long", line=n, mb=raw / 2**20, limit=limit / 2**20)
-                continue
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        for n, raw in enumerate(_lines(f, max_line_bytes()), start=1):
+            if n == 1 and isinstance(raw, bytes) and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                line = _decode(raw, DatasetError("err.ds.where_line", line=n))
-            except DatasetError as e:
-                yield n, None, e
-                continue
-            if text:
-                yield n, {"text": line.rstrip("\r\n")}, None
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                yield n, None, DatasetError("err.ds.line_json", line=n, msg=getattr(e, "msg", e),
-                                            column=getattr(e, "colno", "?"), hint=json_hint(line))
-                continue
-            if not isinstance(rec, dict):
-                yield n, None, DatasetError("err.ds.line_not_object", line=n, type=type(rec).__name__)
-                continue
-            yield n, rec, None
+            if isinstance(raw, int) or raw.strip():
+                yield n, *parse_line(raw, n, text)
 
 
-def json_hint(line: str) -> DatasetError | str:
+def parse_line(raw: bytes | int, n: int, text: bool = False) -> tuple[dict | None, DatasetError | None]:
+    """Line ``n`` of a JSONL (or, with ``text``, a .txt) file as (record, None) or (None, why); ``raw`` is
+    its bytes, or its length when it was too long to read (``_lines``). Validation and the row view both
+    read a line here."""
+    if isinstance(raw, int):
+        return None, DatasetError("err.ds.line_long", line=n, mb=raw / 2**20, limit=max_line_bytes() / 2**20)
+    try:
+        line = _decode(raw, DatasetError("err.ds.where_line", line=n))
+    except DatasetError as e:
+        return None, e
+    if text:
+        return {"text": line.rstrip("\r\n")}, None
+    try:
+        rec = json.loads(line)
+    except ValueError as e:
+        return None, DatasetError("err.ds.line_json", line=n, msg=getattr(e, "msg", e),
+                                  column=getattr(e, "colno", "?"), hint=_json_hint(line))
+    if not isinstance(rec, dict):
+        return None, DatasetError("err.ds.line_not_object", line=n, type=type(rec).__name__)
+    return rec, None
+
+
+def _json_hint(line: str) -> DatasetError | str:
     """What a JSONL line that doesn't parse most likely is ("" when nothing is likely)."""
     s = line.strip()
     if s.endswith(","):
