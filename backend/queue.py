@@ -147,12 +147,18 @@ def check_quota(owner: str, asked: dict, home: Path | None = None) -> None:
             users.refuse(owner, "submit", owner, Refused("err.queue.gpu_quota", used=f"{used:.2f}", cap=f"{most:g}"))
 
 
-def gpu_hours_today(home: Path | None = None) -> dict[str, float]:
-    """GPU-hours each owner's jobs used since local midnight (running ones up to now): hours times the share of
-    a GPU's memory held, so a job holding a whole GPU for an hour costs 1; on a machine without GPUs, CPU-slot
-    hours (resources.place records each job's weight)."""
-    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
-    return {o: s / 3600 for o, s in open_store(home).usage_since(midnight, weighted=True).items()}
+def midnight(now: float) -> float:
+    """The local midnight that starts the day of ``now`` (the time zone's, DST included)."""
+    return time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+
+
+def gpu_hours_today(home: Path | None = None, now: float | None = None) -> dict[str, float]:
+    """GPU-hours each owner's jobs used from local midnight to ``now`` (default: the clock; running ones up to
+    ``now``): hours times the share of a GPU's memory held, so a job holding a whole GPU for an hour costs 1; on a
+    machine without GPUs, CPU-slot hours (resources.place records each job's weight). A job that ran across
+    midnight counts only its part after it."""
+    now = time.time() if now is None else now
+    return {o: s / 3600 for o, s in open_store(home).usage_since(midnight(now), weighted=True, now=now).items()}
 
 
 def get(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:

@@ -309,14 +309,15 @@ class Store:
         self._run(tx)
         return self.job(job_id)
 
-    def usage_since(self, since: float, weighted: bool = False) -> dict[str, float]:
-        """Seconds each owner's jobs have run since ``since`` (running ones up to now): for fair share. Weighted:
-        each job's seconds times the ``weight`` its placement recorded in ``given`` (resources.place)."""
-        now = time.time()
+    def usage_since(self, since: float, weighted: bool = False, now: float | None = None) -> dict[str, float]:
+        """Seconds each owner's jobs have run between ``since`` and ``now`` (default: the clock; running ones up to
+        ``now``): for fair share. Weighted: each job's seconds times the ``weight`` its placement recorded in
+        ``given`` (resources.place)."""
+        now = time.time() if now is None else now
         weight = "COALESCE(json_extract(given, '$.weight'), 0)" if weighted else "1"
-        rows = self._all(f"SELECT owner, SUM((COALESCE(finished_at, ?) - MAX(started_at, ?)) * {weight}) AS s FROM jobs"
-                         " WHERE started_at IS NOT NULL AND COALESCE(finished_at, ?) >= ? GROUP BY owner",
-                         (now, since, now, since))
+        rows = self._all(f"SELECT owner, SUM((MIN(COALESCE(finished_at, ?), ?) - MAX(started_at, ?)) * {weight}) AS s"
+                         " FROM jobs WHERE started_at IS NOT NULL AND COALESCE(finished_at, ?) >= ? AND started_at < ?"
+                         " GROUP BY owner", (now, now, since, now, since, now))
         return {r["owner"]: r["s"] for r in rows}
 
     def counts(self) -> dict[str, int]:

@@ -78,6 +78,31 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
+@pytest.fixture
+def timezone():
+    """Sets the local time zone (``TZ``) of this test and its subprocesses; the suite's own comes back after."""
+    old = os.environ.get("TZ")
+
+    def set_tz(tz: str) -> None:
+        os.environ["TZ"] = tz
+        time.tzset()
+    yield set_tz
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+@pytest.fixture
+def local_noon(timezone) -> float:
+    """A time zone in which it is about noon now: a test about "today" that reads the clock (a submit, the
+    roster, a CLI subprocess) never straddles midnight, whatever hour the suite runs at. Gives local midnight."""
+    hours = (time.gmtime().tm_hour - 12) % 24
+    timezone(f"NOON{hours - 24 if hours > 12 else hours:+d}")     # POSIX: "XXX+5" is five hours behind UTC
+    return time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+
+
 def env_for(home: Path, **extra) -> dict:
     env = dict(os.environ, WORKBENCH_HOME=str(home), PYTHONUNBUFFERED="1")
     env.update({k: str(v) for k, v in extra.items()})

@@ -382,11 +382,11 @@ def test_disk_quota_is_refused_at_upload_and_import_with_current_usage(home, kla
     assert len([r for r in users.audit_log("refused") if r["detail"].startswith("add files")]) == 3
 
 
-def test_gpu_hours_per_day_are_weighted_by_memory_held_and_refused_at_submit(home, klass, monkeypatch):
-    """Real job rows placed by resources.place on a simulated 80 GB GPU (and CPU slots), with their times."""
+def test_gpu_hours_per_day_are_weighted_by_memory_held_and_refused_at_submit(home, klass, monkeypatch, local_noon):
+    """Real job rows placed by resources.place on a simulated 80 GB GPU (and CPU slots), with their times. The
+    submits and the roster read the clock, so the test runs where it is noon (no job straddles midnight)."""
     monkeypatch.setenv("WORKBENCH_USER_GPU_HOURS_PER_DAY", "0.1")
-    store, now = open_store(home), time.time()
-    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    store, now, midnight = open_store(home), time.time(), local_noon
     gpu = [resources.GPU(0, "sim", 80.0, 0.0)]
 
     def ran(owner: str, asked: dict, start: float, end: float | None, gpus=gpu) -> None:
@@ -424,6 +424,31 @@ def test_gpu_hours_per_day_are_weighted_by_memory_held_and_refused_at_submit(hom
     assert rows["ann"]["gpu_hours_today"] == pytest.approx(0.1, abs=0.01) and rows["bob"]["gpu_hours_today"] == 0
     assert rows["teach"]["gpu_hours_today"] == pytest.approx(1.0, abs=0.01)
     assert rows["ann"]["disk_bytes"] == 150 and rows["bob"]["disk_bytes"] == 0
+
+
+def test_gpu_hours_today_count_only_the_part_after_local_midnight(home, timezone):
+    """A fixed clock: a job that ran from 23:30 to 00:30 counts half an hour on the new day; the hour before
+    midnight is yesterday's whole."""
+    timezone("CST-8")                                     # local time is UTC+8 (as in a Beijing classroom)
+    midnight = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    gpu = [resources.GPU(0, "sim", 80.0, 0.0)]
+    store = open_store(home)
+    for owner, start, end in [("ann", midnight - 1800, midnight + 1800), ("bob", midnight - 3600, midnight),
+                              ("cy", midnight + 600, None)]:
+        job = queue.submit("sleepy", {"steps": 1}, owner=owner)
+        assert store.claim(job, "w", resources.place({"gpus": 1}, gpu, [], 1))
+        store.update_job(job, started_at=start)
+        store.transition(job, "running")
+        if end is not None:
+            store.transition(job, "succeeded", finished_at=end)
+    assert queue.midnight(midnight + 1800) == midnight and queue.midnight(midnight - 1) == midnight - 86400
+    used = queue.gpu_hours_today(home, now=midnight + 1800)
+    assert used["ann"] == pytest.approx(0.5) and used.get("bob", 0.0) == 0.0 and used["cy"] == pytest.approx(1 / 3)
+    before = queue.gpu_hours_today(home, now=midnight - 60)     # the evening before: ann's first 29 min, bob's 59
+    assert before["ann"] == pytest.approx(29 / 60) and before["bob"] == pytest.approx(59 / 60) and "cy" not in before
+    timezone("Europe/Berlin")                             # the day summer time starts has 23 hours
+    noon = time.mktime((2026, 3, 29, 12, 0, 0, 0, 0, -1))
+    assert noon - queue.midnight(noon) == 11 * 3600 and queue.midnight(noon) == time.mktime((2026, 3, 29, 0, 0, 0, 0, 0, -1))
 
 
 def test_students_convert_and_split_their_own_the_samples_and_the_instructors_datasets_only(home, klass):
