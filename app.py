@@ -24,6 +24,7 @@ PAGES = {
     ],
     ui.t("nav.section.system"): [
         st.Page("pages/jobs.py", title=ui.t("nav.jobs"), icon=":material/list_alt:", url_path="jobs"),
+        st.Page("pages/api.py", title=ui.t("nav.api"), icon=":material/key:", url_path="api"),
     ],
 }
 if allowed and auth.class_mode() and ui.user().instructor:      # the class console: instructors only

@@ -46,6 +46,7 @@ SETTINGS = {s.name: s for s in [
     Setting("SESSION_HOURS", 12.0, "how long a login lasts"),
     Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
+    Setting("API_RATE_PER_MIN", 60, "requests a minute one API key may send to the /v1 gateway (0: no limit)"),
     Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
     Setting("USER_DISK_QUOTA_GB", 0.0, "class mode: most a student's datasets, adapters, models and gallery images "
             "in the workspace may take, checked at upload and import (0: none)"),

@@ -900,6 +900,30 @@ STRINGS: dict[str, dict[str, str]] = {
                           "zh": "{executor} 集群：{total} 个 GPU 中 {free} 个空闲"},
     "home.cluster_unknown": {"en": "{executor} cluster: free GPUs unknown right now",
                              "zh": "{executor} 集群：暂时无法得知空闲 GPU"},
+    "nav.api": {"en": "API keys", "zh": "API 密钥"},
+    "api.intro": {"en": "Call the class's models from your own code (a notebook, LlamaIndex, your laptop through the "
+                        "SSH tunnel) with the OpenAI API on this same port. A key acts as you: it reaches your own "
+                        "model servers and the instructors'.",
+                  "zh": "在你自己的代码里（笔记本、LlamaIndex、通过 SSH 隧道的笔记本电脑）用 OpenAI API 调用课程的模型，"
+                        "端口与本页相同。密钥代表你本人：可使用你自己的和讲师的模型服务。"},
+    "api.key_name": {"en": "Name of a new key", "zh": "新密钥的名称"},
+    "api.create": {"en": "Create key", "zh": "创建密钥"},
+    "api.shown_once": {"en": "Your new key: copy it now, it is shown only once.",
+                       "zh": "你的新密钥：请立即复制，它只显示这一次。"},
+    "api.none": {"en": "No keys yet.", "zh": "还没有密钥。"},
+    "api.active": {"en": "active", "zh": "有效"},
+    "api.revoked": {"en": "revoked", "zh": "已吊销"},
+    "api.revoke": {"en": "Revoke", "zh": "吊销"},
+    "api.row": {"en": "**{name}** `{prefix}…` ({owner}, {state}): {requests} requests, {tokens} tokens, last used {used}",
+                "zh": "**{name}** `{prefix}…`（{owner}，{state}）：{requests} 次请求，{tokens} 个 token，最近使用 {used}"},
+    "api.use_from_code": {"en": "Use from code", "zh": "在代码中使用"},
+    "api.model": {"en": "Model", "zh": "模型"},
+    "api.tunnel": {"en": "Base URL through the SSH tunnel: {url}", "zh": "通过 SSH 隧道访问的基础 URL：{url}"},
+    "err.apikeys.bad_name": {"en": "{name!r} is not a valid key name: 1-40 letters, digits, spaces, '.', '_' or '-'",
+                             "zh": "{name!r} 不是有效的密钥名称：1-40 个字母、数字、空格、'.'、'_' 或 '-'"},
+    "err.apikeys.no_key": {"en": "there is no API key {id}", "zh": "没有编号为 {id} 的 API 密钥"},
+    "err.apikeys.not_yours": {"en": "API key {id} is not yours: only its owner and the instructors can revoke it",
+                              "zh": "API 密钥 {id} 不属于你：只有其所有者和讲师可以吊销它"},
     # ---- end of table ----
 }
 

@@ -89,6 +89,20 @@ MIGRATIONS = [
     CREATE INDEX audit_action ON audit(action, at)
     """,
     "ALTER TABLE users ADD COLUMN max_gpu_hours REAL",
+    """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        tokens INTEGER NOT NULL DEFAULT 0,
+        revoked_at REAL
+    )
+    """,
 ]
 
 JSON_FIELDS = ("spec", "asked", "given", "meta", "resources")
@@ -406,6 +420,31 @@ class Store:
         return self._run(lambda con: con.execute(
             f"UPDATE sessions SET revoked_at=? WHERE {col}=? AND revoked_at IS NULL",
             (time.time(), value)).rowcount)
+
+    # -- API keys (backend/apikeys.py decides; only their hashes are stored) --
+    def add_api_key(self, owner: str, name: str, hash_: str, prefix: str) -> int:
+        return self._run(lambda con: con.execute(
+            "INSERT INTO api_keys(owner, name, hash, prefix, created_at) VALUES (?,?,?,?,?)",
+            (owner, name, hash_, prefix, time.time())).lastrowid)
+
+    def api_keys(self, owner: str | None = None) -> list[dict]:
+        """Every key (``owner``: one person's), revoked ones too, newest first."""
+        where, args = ("WHERE owner=?", (owner,)) if owner is not None else ("", ())
+        return self._all(f"SELECT * FROM api_keys {where} ORDER BY id DESC", args)
+
+    def api_key(self, key_id: int | None = None, hash_: str | None = None) -> dict | None:
+        col, value = ("id", key_id) if key_id is not None else ("hash", hash_)
+        return self._one(f"SELECT * FROM api_keys WHERE {col}=?", (value,))
+
+    def revoke_api_key(self, key_id: int) -> bool:
+        return self._run(lambda con: con.execute(
+            "UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL", (time.time(), key_id)).rowcount == 1)
+
+    def use_api_key(self, key_id: int, tokens: int = 0) -> None:
+        """One more request (and its tokens) on a key's usage."""
+        self._run(lambda con: con.execute(
+            "UPDATE api_keys SET requests=requests+1, tokens=tokens+?, last_used_at=? WHERE id=?",
+            (tokens, time.time(), key_id)))
 
     def audit(self, actor: str, action: str, target: str = "", address: str = "", detail: str = "") -> None:
         """Append to the audit log; nothing updates or deletes its rows."""

@@ -1,4 +1,5 @@
-"""Start the Streamlit app: ``python -m pages [streamlit options]``.
+"""Start the app: ``python -m pages [streamlit options]``. Streamlit runs webapp.py, the ASGI application
+(app.py's pages plus the login and /v1 routes on the same port), under uvicorn.
 
 app.py registers every page with ``st.navigation``. Streamlit would otherwise treat the ``pages/``
 folder beside app.py as an old-style multipage app until the first run of app.py, so a first
@@ -18,7 +19,7 @@ PagesManager.uses_pages_directory = False
 if __name__ == "__main__":
     if problem := queue.workspace_problem():
         sys.exit(f"error: {problem}")
-    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    app = str(Path(__file__).resolve().parent.parent / "webapp.py")
     # the server refuses a bigger upload before holding it (the widgets' own limit is the same setting)
     upload = [] if any(a.startswith("--server.maxUploadSize") for a in sys.argv) else [
         "--server.maxUploadSize", str(defaults.setting("UPLOAD_MAX_MB"))]

@@ -1,32 +1,25 @@
 """Logging in (WORKBENCH_AUTH=accounts or header): the gate app.py runs before any page.
 
-The session token travels in a cookie, never in the URL (shared links and browser history would leak
-it). Streamlit reads cookies (``st.context.cookies``, the ones sent with the page's WebSocket handshake)
-but has no API to set one, and ``st.login`` is OpenID Connect only. So a zero-height
-``components.html`` frame, which Streamlit runs same-origin, writes ``window.parent.document.cookie``
-with ``SameSite=Strict`` (and ``Secure`` on https). A script-written cookie can't be HttpOnly: the
-token is signed, expires (WORKBENCH_SESSION_HOURS) and names a session the store revokes at Logout.
+The login form itself is a plain HTTP route on the same port (backend/webauth.py): it sets the session
+cookie ``HttpOnly; SameSite=Strict`` from the server's answer, so no script can read it and it sticks on
+every login. Streamlit sees it in the WebSocket handshake (``st.context.cookies``); this gate checks it
+on every run, so a session ended elsewhere (Logout, a reset, a disabled account) ends here too.
 """
 from __future__ import annotations
 
-import json
+from urllib.parse import quote
 
 import streamlit as st
-import streamlit.components.v1 as components
+from streamlit import config
 
 from backend import classroom, users
 from pages import keys, ui
 
 
-def _address() -> str:
-    return st.context.ip_address or "127.0.0.1"      # None when the browser is on this machine
-
-
-def _write_cookie(value: str, max_age: int) -> None:
-    cookie = json.dumps(f"{users.COOKIE}={value}; Path=/; Max-Age={max_age}; SameSite=Strict")
-    components.html("<script>const p = window.parent;"
-                    f"p.document.cookie = {cookie} + (p.location.protocol === 'https:' ? '; Secure' : '');"
-                    "</script>", height=0)
+def _route(path: str) -> str:
+    """A route of backend/webauth.py under the app's base URL path."""
+    base = (config.get_option("server.baseUrlPath") or "").strip("/")
+    return (f"/{base}" if base else "") + path
 
 
 def _become(me: users.User, token: str | None) -> None:
@@ -56,15 +49,15 @@ def gate() -> bool:
             return False
         _become(me, None)
         return True
-    if (pending := st.session_state.pop(keys.COOKIE, None)) is not None:
-        _write_cookie(*pending)
-    token = st.session_state.get(keys.TOKEN) or st.context.cookies.get(users.COOKIE)
+    token = st.context.cookies.get(users.COOKIE)
     me = users.session_user(token)
-    if me is None:
+    if me is None:                 # logged out, reset or disabled since this page opened: log in again
         st.session_state.pop(keys.USER, None)
         st.session_state.pop(keys.TOKEN, None)
-        ui.language_picker()
-        _login_form()
+        st.title(ui.t("auth.title"))
+        here = "/" + st.context.url.split("/", 3)[-1] if st.context.url.count("/") >= 3 else "/"
+        st.markdown(f'<a href="{_route("/auth/login")}?next={quote(here)}" target="_self">{ui.t("auth.login")}</a>',
+                    unsafe_allow_html=True)
         return False
     _become(me, token)
     if me.must_change:
@@ -72,28 +65,6 @@ def gate() -> bool:
         _change_form(me)
         return False
     return True
-
-
-def _login_form() -> None:
-    st.title(ui.t("auth.title"))
-    st.caption(ui.t("auth.hint"))
-    with st.form("login", border=True):
-        name = st.text_input(ui.t("auth.name"), key="login_name", max_chars=32)
-        password = st.text_input(ui.t("auth.password"), type="password", key="login_password")
-        go = st.form_submit_button(ui.t("auth.login"), type="primary")
-    if not go:
-        return
-    try:
-        me, token = users.login(name.strip(), password, _address())
-    except users.Throttled:
-        st.error(ui.t("auth.throttled"))
-        return
-    except users.Refused:
-        st.error(ui.t("auth.failed"))
-        return
-    st.session_state[keys.COOKIE] = (token, users.session_seconds())
-    _become(me, token)
-    st.rerun()
 
 
 def _change_form(me: users.User) -> None:
@@ -121,10 +92,6 @@ def signed_in() -> None:
     """The sidebar's account line and Logout (no Logout behind a login proxy: the proxy owns the session)."""
     me = ui.user()
     st.markdown(ui.t("auth.signed_in", name=me.name, role=ui.t("auth.role." + me.role)))
-    token = st.session_state.get(keys.TOKEN)
-    if token and st.button(ui.t("auth.logout"), key="logout"):
-        users.logout(token)
-        for key in (keys.USER, keys.TOKEN):
-            st.session_state.pop(key, None)
-        st.session_state[keys.COOKIE] = ("", 0)
-        st.rerun()
+    if st.session_state.get(keys.TOKEN):     # the route ends the session on the server and clears the cookie
+        st.markdown(f'<a href="{_route("/auth/logout")}" target="_self" class="logout">{ui.t("auth.logout")}</a>',
+                    unsafe_allow_html=True)

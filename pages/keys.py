@@ -3,7 +3,7 @@ another (Chat with it, Fine-tune it) and the page that reads it use the same nam
 Widget keys that only their own widget reads stay beside the widget."""
 
 LANG, OWNER, OWNER_INPUT, OWNER_BAD = "lang", "owner", "owner_input", "owner_bad"
-USER, TOKEN, COOKIE = "auth_user", "auth_token", "auth_cookie"     # class mode (pages/auth.py)
+USER, TOKEN = "auth_user", "auth_token"     # class mode (pages/auth.py)
 
 # Chat
 CHAT_HISTORY, CHAT_PENDING, CHAT_EXTERNAL = "chat_history", "chat_pending", "chat_external"
@@ -42,3 +42,4 @@ def jobs_frame(name: str) -> str:
 
 def ds_page(name: str) -> str:
     return f"ds_page_{name}"
+API_NEW_KEY = "api_new_key"              # the key just made: shown once, in this browser session only

@@ -11,6 +11,7 @@ import unicodedata
 import pandas as pd
 import streamlit as st
 import yaml
+from streamlit import config
 
 from backend import chat, defaults, errors, executors, i18n, live, queue, users
 from backend.states import JobState
@@ -354,6 +355,12 @@ def line_chart(series: dict[str, list[tuple[float, float]]], height: int, legend
         "encoding": {"x": {"field": "step", "type": "quantitative"}, "color": color,
                      "y": {"field": "value", "type": "quantitative", "title": None, "scale": {"zero": False}}}},
         height=height, width="stretch")
+
+
+def gateway_url() -> str:
+    """The /v1 gateway as a laptop reaches it through the SSH tunnel (the same port as the pages)."""
+    base = (config.get_option("server.baseUrlPath") or "").strip("/")
+    return f"http://127.0.0.1:{config.get_option('server.port')}/{base + '/' if base else ''}v1"
 
 
 def open_chat_on(ep: dict) -> None:
