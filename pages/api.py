@@ -8,7 +8,7 @@ st.title(ui.t("nav.api"))
 st.caption(ui.t("api.intro"))
 me = ui.user()
 
-with st.form("api_new_key", border=True):
+with st.form("api_create", border=True):
     name = st.text_input(ui.t("api.key_name"), key="api_key_name", max_chars=40, placeholder="laptop")
     if st.form_submit_button(ui.t("api.create"), type="primary"):
         try:

@@ -1,6 +1,8 @@
 """A class on one box as people see it: two students and an instructor logged in at once (real app, real
 worker, headless Chromium, accounts made with the real CLI)."""
 import io
+import subprocess
+import sys
 
 import pytest
 
@@ -20,9 +22,10 @@ def app_env(home, monkeypatch):
 
 
 def log_in(page, name: str, password: str, path: str = "") -> None:
+    """The login form (backend/webauth.py): a page asked for without a session redirects to it first."""
     page.goto(f"{page.base_url}/{path}")
-    page.locator(".st-key-login_name input").fill(name)
-    page.locator(".st-key-login_password input").fill(password)
+    page.locator("#name").fill(name)
+    page.locator("#password").fill(password)
     page.get_by_role("button", name="Log in").click()
 
 
@@ -58,7 +61,8 @@ def test_two_students_and_an_instructor_at_once(page, home):
     first_login(page, "ann", pw["ann"], f"jobs?job={ann_job}")
     page.locator(f".st-key-joblog-{ann_job}").get_by_text("step 2 of 2000").wait_for()
     cookie = next(c for c in page.context.cookies() if c["name"] == users.COOKIE)
-    assert cookie["sameSite"] == "Strict" and cookie["value"] not in page.url
+    assert cookie["sameSite"] == "Strict" and cookie["httpOnly"] and cookie["value"] not in page.url
+    assert users.COOKIE not in page.evaluate("document.cookie")          # no script on the page can read it
     page.reload()                                          # a reload keeps the session
     page.get_by_text("Signed in as ann").wait_for()
 
@@ -121,13 +125,48 @@ def test_two_students_and_an_instructor_at_once(page, home):
 
     # the language is remembered with the account: a reload comes back in 中文
     teach.locator("label").filter(has_text="中文").click()
-    teach.get_by_role("button", name="退出登录").wait_for()
+    teach.get_by_role("link", name="退出登录").wait_for()
     teach.reload()
-    teach.get_by_role("button", name="退出登录").wait_for()
+    teach.get_by_role("link", name="退出登录").wait_for()
 
     # Logout ends the session on the server: a reload with the old cookie is back at the login page
-    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("link", name="Log out").click()
     page.get_by_text("Log in to Lab Workbench").wait_for()
     page.reload()
     page.get_by_text("Log in to Lab Workbench").wait_for()
     assert users.session_user(cookie["value"]) is None
+
+
+def test_httponly_login_sticks_twenty_times_and_a_key_s_snippet_runs(page, home):
+    """The login route's cookie: HttpOnly, kept by every reload, on the first login and the 19 after; then the
+    API keys page makes a key whose Python snippet, run as it is, streams an answer through the gateway."""
+    from tests.fixtures.fake_openai import KEY, FakeOpenAI
+    from tests.test_gateway import placeholder
+    password = cli(home, "users", "add", "ann").stdout.strip().split("\t")[1]
+    first_login(page, "ann", password, "jobs")
+    for i in range(20):
+        if i:
+            page.context.clear_cookies()
+            log_in(page, "ann", "ann-own-password", "jobs")
+        page.get_by_text("Signed in as ann").wait_for()
+        page.reload()
+        page.get_by_text("Signed in as ann").wait_for()
+        cookie = next(c for c in page.context.cookies() if c["name"] == users.COOKIE)
+        assert cookie["httpOnly"] and users.COOKIE not in page.evaluate("document.cookie")
+    assert len([r for r in users.audit_log("login") if r["actor"] == "ann"]) == 20
+
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, "ann", "ann-model", fake)
+        page.goto(f"{page.base_url}/api")
+        page.locator(".st-key-api_key_name input").fill("laptop")
+        page.get_by_role("button", name="Create key").click()
+        key = page.locator(".st-key-api_new code").inner_text().strip()
+        assert key.startswith("wbk-")
+        snippet = page.locator("code.language-python").first.inner_text()
+        assert key in snippet and "ann-model" in snippet and KEY not in page.content()
+        shot(page, "api-keys")
+        out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == "fake-model answer 1: Who are you?", out.stderr
+    finally:
+        fake.close()
