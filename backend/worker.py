@@ -158,7 +158,8 @@ class Worker:
               flush=True)
 
     def shutdown(self) -> None:
-        """Stop the jobs this worker runs (SIGTERM, then SIGKILL) and record them as lost."""
+        """Stop the jobs this worker runs (SIGTERM, then SIGKILL) and record them as cancelled by the operator:
+        they can be retried (a worker that dies without this leaves them to the next one's lost sweep)."""
         for r in self.running.values():
             r.reason = "shutdown"
             self.signal(r, signal.SIGTERM)
@@ -467,7 +468,7 @@ class Worker:
         elif verdict is not None:
             state, fields = verdict[0], {"error_class": verdict[1], "error_message": verdict[2]}
         elif reason == "shutdown":
-            state, fields = JobState.LOST, {"error_class": LOST, "error_message": "the worker was stopped"}
+            state, fields = JobState.CANCELLED, {"error_class": CANCELLED, "error_message": SHUTDOWN_MESSAGE}
         else:
             oom = None
             if code in (-signal.SIGKILL, None) and ident:
@@ -476,6 +477,9 @@ class Worker:
             state, fields = JobState.FAILED, {"error_class": cls, "error_message": msg}
         self.store.transition(job_id, state, exit_code=code, **fields)
         print(f"job {job_id}: {state.value} (exit {code})", flush=True)
+
+
+SHUTDOWN_MESSAGE = "stopped with the workbench by the operator: retry it once the workbench runs again"
 
 
 def main(burst: bool = False) -> None:

@@ -251,13 +251,16 @@ def test_corrupt_database_gives_one_sentence(home):
     assert app.returncode == 1 and "cannot be read" in app.stderr and "Traceback" not in app.stderr, app.stderr
 
 
-def test_graceful_worker_stop_ends_jobs_as_lost(home):
+def test_graceful_worker_stop_ends_jobs_as_cancelled_by_the_operator(home):
+    """Stopping ./workbench up (SIGTERM to the worker) cancels its running jobs and says so; Retry works."""
     w = start_worker(home)
     job = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05})
     wait_for(lambda: state(job) == "running", 30, what="running")
     stop(w)
-    assert state(job) == "lost"
+    row = open_store().job(job)
+    assert row.state == "cancelled" and "stopped with the workbench by the operator" in row.error_message
     assert open_store().workers() == []
+    assert queue.retry(job) != job
 
 
 def test_cpu_slots_limit_concurrency(home, worker):
