@@ -14,6 +14,7 @@ import time
 from collections import deque
 
 import httpx2 as httpx
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -57,8 +58,14 @@ def _key(request: Request) -> str:
     return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
 
+def _lookup(key: str):
+    """Who the key acts as, its id, and the endpoints they may use: one trip to the store (one thread hop)."""
+    found = apikeys.person(key)
+    return (*found, chat.endpoints(None, found[0])) if found else None
+
+
 async def _person(request: Request):
-    found = await run_in_threadpool(apikeys.person, _key(request))
+    found = await run_in_threadpool(_lookup, _key(request))
     if found is None:
         return None, error(401, "Incorrect API key provided: make one on the workbench's API keys page.",
                            "invalid_api_key")
@@ -72,19 +79,17 @@ async def models(request: Request) -> Response:
     found, refusal = await _person(request)
     if refusal:
         return refusal
-    user, key_id = found
-    eps = await run_in_threadpool(chat.endpoints, None, user)
-    await run_in_threadpool(apikeys.used, key_id, 0)
+    _, key_id, eps = found
     return JSONResponse({"object": "list", "data": [
         {"id": e["name"], "object": "model", "created": int(e.get("started") or 0), "owned_by": e["owner"]}
-        for e in eps]})
+        for e in eps]}, background=BackgroundTask(apikeys.used, key_id, 0))
 
 
 async def forward(request: Request) -> Response:
     found, refusal = await _person(request)
     if refusal:
         return refusal
-    user, key_id = found
+    _, key_id, eps = found
     route = request.path_params["route"]
     if route not in FORWARDED:
         return error(404, f"Unknown route /v1/{route}.", "not_found")
@@ -95,11 +100,11 @@ async def forward(request: Request) -> Response:
         name = body["model"]
     except (ValueError, KeyError, TypeError):
         return error(400, "The body must be JSON with a 'model'.", "invalid_body")
-    eps = await run_in_threadpool(chat.endpoints, None, user)
     ep = next((e for e in eps if e["name"] == name), None)
     if ep is None:           # another student's server and one that doesn't exist answer alike
-        await run_in_threadpool(apikeys.used, key_id, 0)
-        return error(404, f"The model '{name}' does not exist or you do not have access to it.", "model_not_found")
+        refusal = error(404, f"The model '{name}' does not exist or you do not have access to it.", "model_not_found")
+        refusal.background = BackgroundTask(apikeys.used, key_id, 0)
+        return refusal
     body["model"] = ep["model"]
     url = str(ep["url"]).rstrip("/") + "/" + route
     client = _http()
@@ -111,10 +116,8 @@ async def forward(request: Request) -> Response:
     if not body.get("stream"):
         data = await resp.aread()
         await resp.aclose()
-        tokens = _usage(data)
-        await run_in_threadpool(apikeys.used, key_id, tokens)
-        return Response(_renamed(data, name), resp.status_code, media_type="application/json")
-
+        return Response(_renamed(data, name), resp.status_code, media_type="application/json",
+                        background=BackgroundTask(apikeys.used, key_id, _usage(data)))
     theirs, ours = json.dumps(ep["model"]), json.dumps(name)
 
     async def chunks():

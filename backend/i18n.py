@@ -924,6 +924,10 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.apikeys.no_key": {"en": "there is no API key {id}", "zh": "没有编号为 {id} 的 API 密钥"},
     "err.apikeys.not_yours": {"en": "API key {id} is not yours: only its owner and the instructors can revoke it",
                               "zh": "API 密钥 {id} 不属于你：只有其所有者和讲师可以吊销它"},
+    "chat.from_code": {"en": "Call this server from your own code with the OpenAI API, through the same tunnel: "
+                             "base URL `{url}`, model `{model}`, and a key of yours.",
+                       "zh": "在你自己的代码里用 OpenAI API 调用此服务（通过同一条隧道）：基础 URL `{url}`，"
+                             "模型 `{model}`，以及你自己的密钥。"},
     # ---- end of table ----
 }
 

@@ -145,6 +145,10 @@ with tab_chat:
     if st.session_state.get(keys.CHAT_PICK) not in names:
         st.session_state[keys.CHAT_PICK] = names[0]
     name = st.selectbox(ui.t("chat.endpoint"), names, key=keys.CHAT_PICK)
+    if not choices[name][0].get("external"):
+        with st.popover(ui.t("api.use_from_code"), icon=":material/code:"):
+            st.markdown(ui.t("chat.from_code", url=ui.gateway_url(), model=name))
+            st.page_link("pages/api.py", label=ui.t("nav.api"), icon=":material/key:")
     history = st.session_state[S_HISTORY]
     with st.container(key="chat_messages"):
         for m in history:
