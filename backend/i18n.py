@@ -900,6 +900,19 @@ STRINGS: dict[str, dict[str, str]] = {
                           "zh": "{executor} 集群：{total} 个 GPU 中 {free} 个空闲"},
     "home.cluster_unknown": {"en": "{executor} cluster: free GPUs unknown right now",
                              "zh": "{executor} 集群：暂时无法得知空闲 GPU"},
+    "err.registry.taken": {"en": "{type} {name} belongs to {owner}: choose another name",
+                           "zh": "{type} {name} 属于 {owner}：请换一个名字"},
+    "err.registry.held": {"en": "{path} is already held by {by}: import a folder of your own",
+                          "zh": "{path} 已被 {by} 占用：请导入你自己的文件夹"},
+    "err.registry.not_yours": {"en": "{type} {name} is another student's and not shared: use your own, a shared one or the class's",
+                               "zh": "{type} {name} 属于另一位学生且未共享：请使用你自己的、共享的或班级的"},
+    "err.registry.share_not_yours": {"en": "{type} {name} is not yours: only its owner or an instructor can share it",
+                                     "zh": "{type} {name} 不属于你：只有它的所有者或讲师可以共享它"},
+    "err.dsinfo.not_yours": {"en": "{name}: {file} is another student's private dataset",
+                             "zh": "{name}：{file} 是另一位学生的私有数据集"},
+    "registry.shared": {"en": "Shared with the class", "zh": "与全班共享"},
+    "registry.shared_help": {"en": "Everyone in the class may list and use it; only you and instructors may change it",
+                             "zh": "全班都可以查看和使用它；只有你和讲师可以修改它"},
     # ---- end of table ----
 }
 
