@@ -10,7 +10,7 @@ import io
 import re
 from pathlib import Path
 
-from backend import defaults, engines, logs, queue, server_auth, users
+from backend import defaults, engines, logs, ownership, queue, server_auth, users
 from backend.chat import check_use, endpoints
 from backend.datasets import list_datasets
 from backend.errors import UserError
@@ -61,9 +61,9 @@ def model_choices(home: Path | None = None, by: users.User | str | None = None) 
     with ``problem`` saying why)."""
     store = open_store(home)
     out = []
-    for m in store.items("model"):
+    for m in ownership.items("model", by, home):
         out.append({"name": m["name"], "kind": "model", "ref": {"name": m["name"], "path": m["path"]}})
-    for a in store.items("adapter"):
+    for a in ownership.items("adapter", by, home):
         base = (a["meta"] or {}).get("base_model", "")
         entry = store.get("model", base) if base else None
         base_path = entry["path"] if entry else base if base and Path(base, "config.json").is_file() else ""
@@ -75,7 +75,7 @@ def model_choices(home: Path | None = None, by: users.User | str | None = None) 
     try:
         live = endpoints(home, by)
     except ImportError:
-        live = [{"name": e["name"], **e["meta"]} for e in store.items("endpoint") if users.may_use(e["owner"], by)]
+        live = [{"name": e["name"], **e["meta"]} for e in ownership.items("endpoint", by, home)]
     for e in live:
         if not e.get("url"):
             continue
@@ -121,7 +121,7 @@ def dataset_choices(home: Path | None = None, by: users.User | str | None = None
     try:
         entries = list_datasets(home, by)
     except ImportError:
-        entries = [e for e in open_store(home).items("dataset") if users.may_use(e["owner"], by)]
+        entries = ownership.items("dataset", by, home)
     out = []
     for d in entries:
         fmt, problem = opencompass.custom_format(d["path"])

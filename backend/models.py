@@ -221,39 +221,41 @@ def import_folder(path: str | Path, name: str | None = None, *, owner: str, home
     return register(name, folder, "local", id=str(folder), owner=owner, home=home)
 
 
-def _adapter_counts(home: Path | None) -> dict[str, int]:
+def _adapter_counts(home: Path | None, by=None) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for a in open_store(home).items("adapter"):
+    for a in ownership.items("adapter", by, home):
         base = (a.get("meta") or {}).get("base_model")
         if base:
             counts[base] = counts.get(base, 0) + 1
     return counts
 
 
-def list_models(home: Path | None = None) -> list[dict]:
-    """Registry rows for the table: name, path, lineage and facts, adapters trained from each."""
-    adapters = _adapter_counts(home)
+def list_models(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Registry rows for the table: name, path, lineage and facts, adapters trained from each; with ``by``, those
+    that user may use (users.may_use)."""
+    adapters = _adapter_counts(home, by)
     out = []
-    for row in open_store(home).items(TYPE):
+    for row in ownership.items(TYPE, by, home):
         meta = row.get("meta") or {}
-        out.append({"name": row["name"], "path": row["path"], "owner": row["owner"], "job_id": row["job_id"],
+        out.append({"name": row["name"], "path": row["path"], "owner": row["owner"], "shared": row.shared,
+                    "job_id": row["job_id"],
                     "created_at": row["created_at"], "adapters": adapters.get(row["name"], 0),
                     "exists": Path(row["path"]).is_dir(), **meta})
     return out
 
 
-def names(home: Path | None = None) -> list[str]:
-    """Registered model names, newest first."""
-    return [row["name"] for row in open_store(home).items(TYPE)]
+def names(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+    """Registered model names ``by`` may use, newest first."""
+    return [row["name"] for row in ownership.items(TYPE, by, home)]
 
 
 def get(name: str, home: Path | None = None) -> dict | None:
     return open_store(home).get(TYPE, name)
 
 
-def detail(name: str, home: Path | None = None) -> dict:
-    """One model: its registry row, config, generation config and files."""
-    row = get(name, home)
+def detail(name: str, home: Path | None = None, by: users.User | str | None = None) -> dict:
+    """One model: its registry row, config, generation config and files (refused when ``by`` may not use it)."""
+    row = ownership.get(TYPE, name, by, home)
     if row is None:
         raise ModelError("err.model.unknown", name=name)
     folder = Path(row["path"])

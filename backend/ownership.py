@@ -42,6 +42,12 @@ def check_free(type: RegistryType | str, name: str, owner: str, home: Path | Non
                      RegistryRefused("err.registry.taken", type=entry.type, name=name, owner=entry.owner))
 
 
+def may_share(entry: Entry, by: users.User | str | None) -> bool:
+    """Sharing is its owner's decision, or an instructor's (the operator's shell may too)."""
+    user = users.acting(by)
+    return user is None or user.instructor or user.name == entry["owner"]
+
+
 def share(type: RegistryType | str, name: str, shared: bool, by: users.User | str | None,
           home: Path | None = None) -> Entry:
     """Share an entry with the class (or stop): its owner's or an instructor's decision, audited."""
@@ -49,8 +55,7 @@ def share(type: RegistryType | str, name: str, shared: bool, by: users.User | st
     entry = store.get(type, name)
     if entry is None:
         raise KeyError(f"no {type} {name!r}")
-    user = users.acting(by)
-    if user is not None and not user.instructor and user.name != entry.owner:
+    if not may_share(entry, by):
         users.refuse(by, "share", f"{entry.type} {name}", RegistryRefused("err.registry.share_not_yours",
                                                                           type=entry.type, name=name))
     store.set_shared(type, name, shared)
@@ -96,3 +101,75 @@ def made_here(entry: Entry, home: Path | None = None) -> bool:
     if not any(paths.is_inside(path, ws / d) and path != ws / d for d in MADE_HERE):
         return False
     return not holders(path, home, but=entry)
+
+
+NAMED = {"model": RegistryType.MODEL, "base_model": RegistryType.MODEL, "adapter": RegistryType.ADAPTER,
+         "endpoint": RegistryType.ENDPOINT, "dataset": RegistryType.DATASET, "datasets": RegistryType.DATASET}
+PATH_KEYS = ("path", "peft_path", "tokenizer_path")   # a folder or file given by its path (evaluate, vlm)
+
+
+def holding(path: str | Path, home: Path | None = None) -> list:
+    """The entries whose file or folder holds ``path`` (it is theirs or inside theirs), and the job whose folder
+    does (checkpoints, a server's merged copy)."""
+    ws = (home or defaults.home()).resolve()
+    path = (ws / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    store = open_store(home)
+    out = [e for t in FILE_TYPES for e in store.items(t) if e.path and paths.is_inside(path, Path(e.path).resolve())]
+    if paths.is_inside(path, ws / "jobs") and path != ws / "jobs":
+        job_id = path.relative_to(ws / "jobs").parts[0]
+        job = store.job(int(job_id)) if job_id.isdigit() else None
+        out += [job] if job is not None else []
+    return out
+
+
+def uses(spec: dict, home: Path | None = None) -> list:
+    """Every registry entry (and job folder) a job spec names: models, adapters, endpoints and datasets by name
+    (``model``, ``base_model``, ``adapter``, ``endpoint``, ``dataset``, ``datasets``), files and folders by path,
+    endpoints by URL. What the use rule is asked about at submit."""
+    store, out = open_store(home), []
+
+    def named(type: RegistryType, value: str) -> list:
+        entry = store.get(type, value)
+        return [entry] if entry is not None else holding(value, home) if type == RegistryType.DATASET else []
+
+    def walk(d: dict) -> None:
+        for key, value in d.items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, dict):
+                    walk(v)
+                elif isinstance(v, str) and v and key in NAMED:
+                    out.extend(named(NAMED[key], v))
+                elif isinstance(v, str) and v and key in PATH_KEYS:
+                    out.extend(holding(v, home))
+                elif isinstance(v, str) and v and key == "url":
+                    out.extend(e for e in store.items(RegistryType.ENDPOINT) if e.meta.get("url") == v)
+    walk(spec)
+    return out
+
+
+def label(thing) -> tuple[str, str]:
+    """(type, name) of an entry, or ("job", id) of a job, for messages."""
+    return (str(thing.type), thing.name) if isinstance(thing, Entry) else ("job", str(thing.id))
+
+
+def check_use(thing, who: users.User | str | None, action: str, error: type[users.Refused] = RegistryRefused) -> None:
+    """Refuse (audited, ``error`` with a keyed sentence) what ``who`` may not use (users.may_use)."""
+    if not users.may_use(thing, who):
+        type, name = label(thing)
+        users.refuse(who, action, f"{type} {name}",
+                     error("err.users.dataset_not_yours", name=name) if type == RegistryType.DATASET
+                     else error("err.registry.not_yours", type=type, name=name))
+
+
+def items(type: RegistryType | str, by: users.User | str | None, home: Path | None = None) -> list[Entry]:
+    """The entries of ``type`` that ``by`` may list and use (users.may_use), newest first."""
+    return [e for e in open_store(home).items(type) if users.may_use(e, by)]
+
+
+def get(type: RegistryType | str, name: str, by: users.User | str | None, home: Path | None = None,
+        action: str = "open") -> Entry | None:
+    """One entry, refused (audited) when ``by`` may not use it; None when there is none."""
+    entry = open_store(home).get(type, name)
+    if entry is not None:
+        check_use(entry, by, action)
+    return entry
