@@ -624,12 +624,6 @@ def row_image(dataset: Path, item: str) -> Path | None:
 def delete(name: str, home: Path | None = None, by=None) -> None:
     """Forget a dataset; its file is removed only when the workbench made it for this entry (ownership.made_here:
     never a sample). Only its owner or an instructor (the operator's datasets only an instructor)."""
-    store = open_store(home)
-    entry = store.get("dataset", name)
-    if entry is None:
+    if open_store(home).get("dataset", name) is None:
         raise DatasetError("err.ds.unknown", name=name)
-    users.require_owner(by, entry["owner"], "delete", f"dataset {name}", DatasetRefused("err.ds.delete_not_yours", name=name))
-    users.audit(users.actor(by), "delete", f"dataset {name}", home=home)
-    if ownership.made_here(entry, home):
-        Path(entry["path"]).resolve().unlink(missing_ok=True)
-    store.delete("dataset", name)
+    ownership.delete("dataset", name, by, home, error=DatasetRefused("err.ds.delete_not_yours", name=name))

@@ -285,14 +285,7 @@ def delete(name: str, delete_files: bool = True, home: Path | None = None, by=No
     row = get(name, home)
     if row is None:
         raise ModelError("err.model.unknown", name=name)
-    users.require_owner(by, row["owner"], "delete", f"model {name}", ModelRefused("err.model.delete_not_yours", name=name))
-    users.audit(users.actor(by), "delete", f"model {name}", home=home)
-    folder = Path(row["path"]).resolve()
-    removed = delete_files and folder.is_dir() and ownership.made_here(row, home)
-    if removed:
-        shutil.rmtree(folder)
-    open_store(home).delete(TYPE, name)
-    return {"name": name, "path": str(folder), "files_removed": removed}
+    return ownership.delete(TYPE, name, by, home, delete_files, ModelRefused("err.model.delete_not_yours", name=name))
 
 
 # -- the bundled model -------------------------------------------------------------------------

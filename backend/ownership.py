@@ -6,6 +6,7 @@ remove only what the entry made). The use rule itself is ``users.may_use``.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from backend import defaults, paths, users
@@ -61,6 +62,25 @@ def share(type: RegistryType | str, name: str, shared: bool, by: users.User | st
     store.set_shared(type, name, shared)
     users.audit(users.actor(by), "share" if shared else "unshare", f"{entry.type} {name}", home=home)
     return store.get(type, name)
+
+
+def delete(type: RegistryType | str, name: str, by: users.User | str | None, home: Path | None = None,
+           delete_files: bool = True, error: users.Refused | None = None) -> dict:
+    """Forget an entry: its owner or an instructor (the operator's, only an instructor), audited; its files go
+    too only where the workbench made them for it (made_here). ``error``: the refusal to raise instead."""
+    store = open_store(home)
+    entry = store.get(type, name)
+    if entry is None:
+        raise KeyError(f"no {type} {name!r}")
+    users.require_owner(by, entry.owner, "delete", f"{entry.type} {name}",
+                        error or RegistryRefused("err.registry.delete_not_yours", type=entry.type, name=name))
+    users.audit(users.actor(by), "delete", f"{entry.type} {name}", home=home)
+    path = Path(entry.path).resolve() if entry.path else None
+    removed = bool(delete_files and path and path.exists() and made_here(entry, home))
+    if removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    store.delete(type, name)
+    return {"name": name, "path": str(path or ""), "files_removed": removed}
 
 
 def _overlap(a: Path, b: Path) -> bool:

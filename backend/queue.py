@@ -68,8 +68,7 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     except ValueError as e:
         raise SubmitError.of(e) from None
     check_quota(owner, asked, home)
-    if kind == "dataset_import":              # its size is known only once fetched: refused when already full
-        users.check_disk(owner, 0, Refused, home)
+    users.check_disk(owner, 0, Refused, home)      # what a job will write is known only once written: refused when full
     written: list[Path] = []
 
     def write_secrets(job_id: int) -> None:        # before the row is committed: no worker can claim it yet

@@ -336,6 +336,10 @@ class Store:
                          (now, since, now, since))
         return {r["owner"]: r["s"] for r in rows}
 
+    def job_owners(self) -> dict[int, str]:
+        """Every job's owner by id (the disk quota counts each job folder as its owner's)."""
+        return {r["id"]: r["owner"] for r in self._all("SELECT id, owner FROM jobs")}
+
     def counts(self) -> dict[str, int]:
         rows = self._all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}

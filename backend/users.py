@@ -271,11 +271,17 @@ def _bytes(path: Path) -> int:
 
 
 def disk_usage(home: Path | None = None) -> dict[str, int]:
-    """Bytes each owner's datasets, adapters and models take in the workspace (the shared model cache and the
-    bundled samples are nobody's), from one pass over the registry, plus each account's own gallery folder."""
+    """Bytes each owner's datasets, adapters and models take in the workspace (the bundled samples are outside
+    it), from one pass over the registry, plus each account's own gallery folder and every byte their jobs wrote
+    in their job folders (checkpoints, merged copies, downloads in progress, agent files)."""
     root = (home or defaults.home()).resolve()
     store = open_store(home)
     total = {u["name"]: _bytes(paths.user_gallery(u["name"], root)) for u in store.users()}
+    owners = store.job_owners()
+    for folder in (root / "jobs").iterdir() if (root / "jobs").is_dir() else ():
+        owner = owners.get(int(folder.name)) if folder.name.isdigit() else None
+        if owner:
+            total[owner] = total.get(owner, 0) + _bytes(folder)
     for t in DISK_TYPES:
         for e in store.items(t):
             path = Path(e["path"]).resolve() if e["path"] and e["owner"] else None
