@@ -340,7 +340,7 @@ def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_dat
     assert names(bob) == samples | {"bob-set", "teach-set"}
     assert names(teach) == samples | {"ann-set", "ann-qa", "bob-set", "teach-set"}
     assert "ann-set" not in {d["name"] for d in ev.dataset_choices(by=bob)}
-    open_store(home).put(models.TYPE, "tiny", tiny_model, owner="local")
+    open_store(home).put(models.TYPE, "tiny", tiny_model, owner=users.OPERATOR_NAME, shared=True)   # the class model
     spec = {"base_model": "tiny", "preset": "cpu_demo"}
     for ok in (["bob-set"], ["teach-set", "mini_instructions"]):
         assert queue.submit("finetune", {**spec, "datasets": ok}, owner="bob")
