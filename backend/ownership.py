@@ -31,16 +31,19 @@ def register(type: RegistryType | str, name: str, path: str | Path = "", meta: d
     try:
         return open_store(home).put(type, name, str(path), meta, job_id, owner=owner, shared=shared)
     except Taken as e:
-        users.refuse(owner, "register", f"{e.type} {name}",
-                     RegistryRefused("err.registry.taken", type=e.type, name=name, owner=e.owner))
+        _taken(owner, e.type, name, e.owner)
 
 
 def check_free(type: RegistryType | str, name: str, owner: str, home: Path | None = None) -> None:
     """Before a job writes files under a name: refuse (audited) a name another owner holds."""
     entry = open_store(home).get(type, name)
     if entry is not None and entry.owner != owner:
-        users.refuse(owner, "register", f"{entry.type} {name}",
-                     RegistryRefused("err.registry.taken", type=entry.type, name=name, owner=entry.owner))
+        _taken(owner, entry.type, name, entry.owner)
+
+
+def _taken(owner: str, type: str, name: str, holder: str):
+    users.refuse(owner, "register", f"{type} {name}", RegistryRefused("err.registry.taken", type=type, name=name,
+                                                                       owner=holder))
 
 
 def may_share(entry: Entry, by: users.User | str | None) -> bool:
