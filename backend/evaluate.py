@@ -205,9 +205,9 @@ def runs(home: Path | None = None, by: users.User | str | None = None) -> list[d
     entries = {e["job_id"]: e for e in open_store(home).items("eval")}
     out = []
     for j in open_store(home).jobs(kind=KIND, limit=500):
-        if not users.may_use(j.owner, by):
-            continue
         e = entries.get(j.id)
+        if not users.may_use(e or j.owner, by):           # a shared run is listed too
+            continue
         out.append({"job_id": j.id, "state": j.state, "name": e["name"] if e else j.label,
                     "models": [m["name"] for m in j.spec.get("models", [])],
                     "datasets": [d["name"] for d in j.spec.get("datasets", [])],
@@ -217,8 +217,10 @@ def runs(home: Path | None = None, by: users.User | str | None = None) -> list[d
 
 def result(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict | None:
     """The result.json of a finished, successful evaluate job; refused (audited) when ``by`` may not see it."""
-    job = open_store(home).job(job_id)
-    if job is not None and not users.may_use(job.owner, by):
+    store = open_store(home)
+    job = store.job(job_id)
+    run = next((e for e in store.items("eval") if e.job_id == job_id), None)
+    if job is not None and not users.may_use(run or job.owner, by):
         users.refuse(by, "see", f"evaluation {job_id}", queue.Refused("err.users.eval_not_yours", job=job_id))
     r = logs.result(job_id, home)
     return r if r and r.get("ok") and "table" in r else None
