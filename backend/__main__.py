@@ -9,6 +9,7 @@
     python -m backend next <id>
     python -m backend worker [--burst]
     python -m backend init
+    python -m backend share <type> <name> [--off]      # share a registry entry with the class (or stop)
     python -m backend users add NAME [--role student|instructor] | import roster.csv | reset NAME
                             | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N] [--gpu-hours H]
                             | list | audit
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults, errors, logs, queue, users
+from backend import defaults, errors, logs, ownership, queue, users
+from backend.registry import RegistryType
 from backend.procs import AlreadyRunning
 from backend.states import JobState
 from backend.store import open_store
@@ -143,6 +145,16 @@ def cmd_init(a) -> int:
     return 0
 
 
+def cmd_share(a) -> int:
+    """The operator shares a registry entry with the class (or stops sharing it); audited."""
+    try:
+        e = ownership.share(a.type, a.name, not a.off, by=users.OPERATOR)
+    except KeyError as e:
+        return _err(e.args[0])
+    print(f"{e.type} {e.name} ({e.owner}): {'shared' if e.shared else 'private'}")
+    return 0
+
+
 def cmd_users(a) -> int:
     """Accounts for class mode (WORKBENCH_AUTH=accounts); one-time passwords are printed once, never stored."""
     if a.action not in ("list", "audit") and not a.name:
@@ -254,6 +266,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--queued", type=int, help="for quota: most waiting jobs (0: no cap, -1: class default)")
     s.add_argument("--gpu-hours", type=float, help="for quota: most GPU-hours a day (0: no cap, -1: class default)")
     s.set_defaults(fn=cmd_users)
+    s = sub.add_parser("share", help="share a registry entry with the class, or stop (--off)")
+    s.add_argument("type", choices=[t.value for t in RegistryType if t != RegistryType.ANNOUNCEMENT])
+    s.add_argument("name")
+    s.add_argument("--off", action="store_true", help="make it private to its owner again")
+    s.set_defaults(fn=cmd_share)
     s = sub.add_parser("init", help="create the workspace")
     s.set_defaults(fn=cmd_init)
     return p

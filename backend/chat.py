@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from backend import users
+from backend import ownership, users
 from backend.errors import UserError
 from backend.states import JobState
 from backend.store import open_store
@@ -50,7 +50,7 @@ def live_endpoints(home: Path | None = None, by: users.User | str | None = None)
     out = []
     for e in store.items("endpoint"):
         job = store.job(e.job_id) if e.job_id else None
-        if job is not None and job.state == JobState.RUNNING and users.may_use(e.owner, by):
+        if job is not None and job.state == JobState.RUNNING and users.may_use(e, by):
             out.append({"name": e.name, **e.meta, "owner": e.owner})
     return out
 
@@ -69,17 +69,16 @@ def check_use(endpoint: dict, by: users.User | str | None, error: type[ChatError
     for e in open_store(home).items("endpoint"):
         ours = str(e.meta.get("url") or "").rstrip("/")
         if (url and ours == url) or (not endpoint.get("external") and e.name == endpoint.get("name")):
-            if not users.may_use(e.owner, by):
+            if not users.may_use(e, by):
                 users.refuse(by, "chat", f"endpoint {e.name}", error("err.users.endpoint_not_yours", name=e.name))
 
 
-def servable(home: Path | None = None) -> list[dict]:
-    """What a serve job can start: registry models, and adapters on a registered base model.
-    Each item: {"label", "spec"} where spec is the serve job's spec."""
-    store = open_store(home)
-    models = {m["name"] for m in store.items("model")}
+def servable(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """What a serve job can start: registry models, and adapters on a registered base model (those ``by`` may
+    use). Each item: {"label", "spec"} where spec is the serve job's spec."""
+    models = {m["name"] for m in ownership.items("model", by, home)}
     out = [{"label": f"{m} (model)", "spec": {"model": m}} for m in sorted(models)]
-    for a in store.items("adapter"):
+    for a in ownership.items("adapter", by, home):
         base = a["meta"].get("base_model", "")
         if base in models:
             out.append({"label": f"{base} + {a['name']} (adapter)", "spec": {"model": base, "adapter": a["name"]}})

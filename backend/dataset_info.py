@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from backend import datasets, paths
+from backend import datasets, paths, users
+from backend.store import open_store
 from backend.records import DatasetError, iter_records
 
 # LLaMA-Factory's defaults (data/README.md): alpaca columns, sharegpt columns and tags
@@ -54,8 +55,9 @@ def _map_record(rec: dict, entry: dict) -> dict:
     return out
 
 
-def _problem(name: str, entry, home: Path | None) -> tuple[DatasetError | None, Path | None]:
-    """(why the entry can't be imported, or None, its data file)."""
+def _problem(name: str, entry, home: Path | None, owner: str) -> tuple[DatasetError | None, Path | None]:
+    """(why the entry can't be imported, or None, its data file). The file resolves through the registry: a
+    dataset ``owner`` may use (users.may_use); another student's private one is refused (audited)."""
     if not isinstance(entry, dict):
         return DatasetError("err.dsinfo.not_object", name=name), None
     file_name = entry.get("file_name")
@@ -63,15 +65,19 @@ def _problem(name: str, entry, home: Path | None) -> tuple[DatasetError | None, 
         hub = entry.get("hf_hub_url") or entry.get("ms_hub_url") or entry.get("script_url")
         return (DatasetError("err.dsinfo.on_hub", name=name, hub=hub) if hub
                 else DatasetError("err.dsinfo.no_file_name", name=name)), None
-    path = datasets.datasets_dir(home) / Path(str(file_name)).name
-    if not path.is_file():
+    path = (datasets.datasets_dir(home) / Path(str(file_name)).name).resolve()
+    held = next((e for e in open_store(home).items("dataset") if Path(e.path).resolve() == path), None)
+    if held is None or not path.is_file():
         return DatasetError("err.dsinfo.file_missing", name=name, file=file_name), None
+    if not users.may_use(held, owner):
+        return users.refusal(owner, "dataset_info", f"dataset {held.name}",
+                             datasets.DatasetRefused("err.dsinfo.not_yours", name=name, file=file_name)), None
     if entry.get("formatting", "alpaca") not in ("alpaca", "sharegpt"):
         return DatasetError("err.dsinfo.formatting", name=name, formatting=entry["formatting"]), None
     return None, path
 
 
-def import_dataset_info(data: bytes | str | dict, home: Path | None = None, owner: str = "") -> dict:
+def import_dataset_info(data: bytes | str | dict, home: Path | None = None, *, owner: str) -> dict:
     """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
     folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}."""
     if not isinstance(data, dict):
@@ -83,7 +89,7 @@ def import_dataset_info(data: bytes | str | dict, home: Path | None = None, owne
         raise DatasetError("err.dsinfo.shape")
     imported, skipped = [], []
     for key, entry in data.items():
-        problem, src = _problem(key, entry, home)
+        problem, src = _problem(key, entry, home, owner)
         if problem:
             skipped.append(problem)
             continue

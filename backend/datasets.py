@@ -28,7 +28,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from backend import defaults, formats, i18n, paths, users
+from backend import defaults, formats, i18n, ownership, paths, users
 from backend.errors import UserError
 from backend.dataset_view import open_view
 from backend.records import DatasetError, iter_records, scan, sniff
@@ -426,36 +426,37 @@ def unique_name(stem: str, home: Path | None = None) -> str:
     return name
 
 
-def register(path: Path, name: str, source: str, home: Path | None = None, job_id: int | None = None,
-             owner: str = "", **meta) -> dict:
-    """Put a dataset file in the registry with its format, size and row count (builds its index)."""
+def register(path: Path, name: str, source: str, home: Path | None = None, job_id: int | None = None, *,
+             owner: str, shared: bool = False, **meta) -> dict:
+    """Put a dataset file in the registry with its format, size and row count (builds its index), as ``owner``'s
+    (ownership.register)."""
     path = Path(path)
     try:
         rows = len(open_view(path, home))
     except DatasetError:
         rows = 0
     meta = {"format": detect_format(path), "rows": rows, "size": path.stat().st_size, "source": source, **meta}
-    return open_store(home).put("dataset", name, str(path), meta, job_id=job_id, owner=owner)
+    return ownership.register("dataset", name, str(path), meta, owner=owner, job_id=job_id, shared=shared, home=home)
 
 
 def ensure_samples(home: Path | None = None) -> None:
-    """Register the bundled samples (assets/datasets) once per workspace."""
+    """Register the bundled samples (assets/datasets) once per workspace: the operator's, shared with the class."""
     store = open_store(home)
     for path in sorted(SAMPLES_DIR.glob("*")):
         if path.suffix in EXTENSIONS:
             entry = store.get("dataset", path.stem)
             if entry is None or entry["path"] != str(path) or entry["meta"].get("size") != path.stat().st_size:
-                register(path, path.stem, "sample", home)
+                register(path, path.stem, "sample", home, owner=users.OPERATOR_NAME, shared=True)
 
 
 def list_datasets(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
     """Registered datasets (bundled samples included), newest first; with ``by``, those that user may use
     (a student: their own uploads and imports, the samples and class datasets, the instructors')."""
     ensure_samples(home)
-    return [e for e in open_store(home).items("dataset") if users.may_use(e["owner"], by)]
+    return [e for e in open_store(home).items("dataset") if users.may_use(e, by)]
 
 
-def save_upload(filename: str, data, home: Path | None = None, owner: str = "") -> dict:
+def save_upload(filename: str, data, home: Path | None = None, *, owner: str) -> dict:
     """Save uploaded bytes (or a binary file object) as a new dataset; refuses a too-big file, an
     unknown extension or a name already taken, and never overwrites."""
     suffix = Path(filename).suffix.lower()
@@ -524,14 +525,14 @@ def check_source(src: str | Path, owner: str, action: str, home: Path | None = N
     dataset: ``owner`` may use their own, the samples, the class's and the instructors' (users.may_use)."""
     src = Path(src)
     entry = next((e for e in open_store(home).items("dataset") if Path(e["path"]).resolve() == src.resolve()), None)
-    if entry is not None and not users.may_use(entry["owner"], owner):
+    if entry is not None and not users.may_use(entry, owner):
         users.refuse(owner, action, f"dataset {entry['name']}",
                      DatasetRefused("err.users.dataset_not_yours", name=entry["name"]))
     return src
 
 
-def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | None = None,
-            owner: str = "") -> dict:
+def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | None = None, *,
+            owner: str) -> dict:
     """Write a new JSONL dataset in ``to_fmt`` (a training format) from ``src``; bad rows, and rows
     ``to_fmt`` can't hold without changing what is trained (loss flags, tool calls), are skipped and
     reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}, each
@@ -575,8 +576,8 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
     return {"name": name, "path": str(target), "rows": rows, "skipped": len(errors), "errors": errors[:100]}
 
 
-def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path | None = None,
-          owner: str = "") -> dict:
+def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path | None = None, *,
+          owner: str) -> dict:
     """Split ``src`` into new ``<name>-train`` and ``<name>-val`` datasets (seeded, rows copied as
     they are). Returns {"train": {...}, "val": {...}}."""
     import numpy as np
@@ -621,15 +622,8 @@ def row_image(dataset: Path, item: str) -> Path | None:
 
 
 def delete(name: str, home: Path | None = None, by=None) -> None:
-    """Forget a dataset; its file is removed only when it lives in the workspace (never a sample). Only its
-    owner or an instructor (class datasets, owner '', only an instructor)."""
-    store = open_store(home)
-    entry = store.get("dataset", name)
-    if entry is None:
+    """Forget a dataset; its file is removed only when the workbench made it for this entry (ownership.made_here:
+    never a sample). Only its owner or an instructor (the operator's datasets only an instructor)."""
+    if open_store(home).get("dataset", name) is None:
         raise DatasetError("err.ds.unknown", name=name)
-    users.require_owner(by, entry["owner"], "delete", f"dataset {name}", DatasetRefused("err.ds.delete_not_yours", name=name))
-    users.audit(users.actor(by), "delete", f"dataset {name}", home=home)
-    path = Path(entry["path"]).resolve()
-    if paths.is_inside(path, datasets_dir(home).resolve()):
-        path.unlink(missing_ok=True)
-    store.delete("dataset", name)
+    ownership.delete("dataset", name, by, home, error=DatasetRefused("err.ds.delete_not_yours", name=name))

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from backend import chat
+from backend import chat, ownership, users
 from backend.store import open_store
 
 PROMPT = "Explain in a few sentences why the sky is blue."
@@ -92,8 +92,9 @@ def measure(ep: dict, tokens: int = 32, clients: int = 8, repeat: int = 1, home:
             "engine": ep.get("engine"), "device": ep.get("device"), "tokens": tokens, "when": time.time()}
 
 
-def family(model: str, home: Path | None = None) -> list[str]:
-    """The model's root (what it was quantised from, followed up) and every model quantised from it."""
+def family(model: str, home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+    """The model's root (what it was quantised from, followed up) and every model quantised from it that ``by``
+    may use."""
     store = open_store(home)
     seen = {model}
     root = model
@@ -101,7 +102,7 @@ def family(model: str, home: Path | None = None) -> list[str]:
         root = e["meta"]["quantized_from"]
         seen.add(root)
     out = [root]
-    for e in store.items("model"):
+    for e in ownership.items("model", by, home):
         if e["meta"].get("quantized_from") in out and e["name"] not in out:
             out.append(e["name"])
     return out
@@ -129,23 +130,25 @@ def _number(v) -> bool:
         return False
 
 
-def serving(model: str, home: Path | None = None) -> dict | None:
-    """A live endpoint serving exactly ``model`` (not base + adapter), continuous batching first."""
-    eps = [e for e in chat.endpoints(home) if e.get("source") == model]
+def serving(model: str, home: Path | None = None, by: users.User | str | None = None) -> dict | None:
+    """A live endpoint ``by`` may use serving exactly ``model`` (not base + adapter), continuous batching first."""
+    eps = [e for e in chat.endpoints(home, by) if e.get("source") == model]
     return next((e for e in eps if e.get("continuous_batching")), eps[0] if eps else None)
 
 
-def table(model: str, home: Path | None = None) -> list[dict]:
-    """One row per variant: name, method, weights on disk, its live endpoint, the last figures measured."""
+def table(model: str, home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """One row per variant ``by`` may use: name, method, weights on disk, its live endpoint, the last figures
+    measured."""
     store = open_store(home)
-    names = family(model, home)
+    ownership.get("model", model, by, home)
+    names = [n for n in family(model, home, by) if (e := store.get("model", n)) is not None and users.may_use(e, by)]
     score = eval_score(names, home)
     rows = []
     for n in names:
         e = store.get("model", n)
         if e is None:
             continue
-        ep = serving(n, home)
+        ep = serving(n, home, by)
         rows.append({"model": n, "method": e["meta"].get("quant_method") or "original",
                      "weights": weights_bytes(e["path"]), "endpoint": ep["name"] if ep else None,
                      "figures": e["meta"].get("deploy") or {},
@@ -153,9 +156,11 @@ def table(model: str, home: Path | None = None) -> list[dict]:
     return rows
 
 
-def measure_variant(model: str, tokens: int = 32, clients: int = 8, home: Path | None = None) -> dict:
-    """Measure the live server of ``model`` and keep the figures with the model's registry entry."""
-    ep = serving(model, home)
+def measure_variant(model: str, tokens: int = 32, clients: int = 8, home: Path | None = None,
+                    by: users.User | str | None = None) -> dict:
+    """Measure the live server of ``model`` (one ``by`` may use) and keep the figures with the model's entry."""
+    ownership.get("model", model, by, home, "measure")
+    ep = serving(model, home, by)
     if ep is None:
         raise chat.ChatError("err.deploy.no_server", model=model)
     figures = measure(ep, tokens, clients, home=home)
@@ -165,9 +170,9 @@ def measure_variant(model: str, tokens: int = 32, clients: int = 8, home: Path |
     return figures
 
 
-def models(home: Path | None = None) -> list[str]:
-    """Registry models to compare, those with quantised copies first."""
-    entries = open_store(home).items("model")
+def models(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+    """Registry models ``by`` may use to compare, those with quantised copies first."""
+    entries = ownership.items("model", by, home)
     roots = {e["meta"].get("quantized_from") for e in entries}
     return sorted((e["name"] for e in entries if not e["meta"].get("quantized_from")),
                   key=lambda n: (n not in roots, n))

@@ -10,7 +10,7 @@ import io
 import re
 from pathlib import Path
 
-from backend import defaults, engines, logs, queue, server_auth, users
+from backend import defaults, engines, logs, ownership, queue, server_auth, users
 from backend.chat import check_use, endpoints
 from backend.datasets import list_datasets
 from backend.errors import UserError
@@ -61,9 +61,9 @@ def model_choices(home: Path | None = None, by: users.User | str | None = None) 
     with ``problem`` saying why)."""
     store = open_store(home)
     out = []
-    for m in store.items("model"):
+    for m in ownership.items("model", by, home):
         out.append({"name": m["name"], "kind": "model", "ref": {"name": m["name"], "path": m["path"]}})
-    for a in store.items("adapter"):
+    for a in ownership.items("adapter", by, home):
         base = (a["meta"] or {}).get("base_model", "")
         entry = store.get("model", base) if base else None
         base_path = entry["path"] if entry else base if base and Path(base, "config.json").is_file() else ""
@@ -75,7 +75,7 @@ def model_choices(home: Path | None = None, by: users.User | str | None = None) 
     try:
         live = endpoints(home, by)
     except ImportError:
-        live = [{"name": e["name"], **e["meta"]} for e in store.items("endpoint") if users.may_use(e["owner"], by)]
+        live = [{"name": e["name"], **e["meta"]} for e in ownership.items("endpoint", by, home)]
     for e in live:
         if not e.get("url"):
             continue
@@ -121,7 +121,7 @@ def dataset_choices(home: Path | None = None, by: users.User | str | None = None
     try:
         entries = list_datasets(home, by)
     except ImportError:
-        entries = [e for e in open_store(home).items("dataset") if users.may_use(e["owner"], by)]
+        entries = ownership.items("dataset", by, home)
     out = []
     for d in entries:
         fmt, problem = opencompass.custom_format(d["path"])
@@ -205,9 +205,9 @@ def runs(home: Path | None = None, by: users.User | str | None = None) -> list[d
     entries = {e["job_id"]: e for e in open_store(home).items("eval")}
     out = []
     for j in open_store(home).jobs(kind=KIND, limit=500):
-        if not users.may_use(j.owner, by):
-            continue
         e = entries.get(j.id)
+        if not users.may_use(e or j.owner, by):           # a shared run is listed too
+            continue
         out.append({"job_id": j.id, "state": j.state, "name": e["name"] if e else j.label,
                     "models": [m["name"] for m in j.spec.get("models", [])],
                     "datasets": [d["name"] for d in j.spec.get("datasets", [])],
@@ -217,8 +217,10 @@ def runs(home: Path | None = None, by: users.User | str | None = None) -> list[d
 
 def result(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict | None:
     """The result.json of a finished, successful evaluate job; refused (audited) when ``by`` may not see it."""
-    job = open_store(home).job(job_id)
-    if job is not None and not users.may_use(job.owner, by):
+    store = open_store(home)
+    job = store.job(job_id)
+    run = next((e for e in store.items("eval") if e.job_id == job_id), None)
+    if job is not None and not users.may_use(run or job.owner, by):
         users.refuse(by, "see", f"evaluation {job_id}", queue.Refused("err.users.eval_not_yours", job=job_id))
     r = logs.result(job_id, home)
     return r if r and r.get("ok") and "table" in r else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, defaults, formats, live, logs, paths, preference, queue, resources
+from backend import datasets, defaults, formats, live, logs, ownership, paths, preference, queue, resources, users
 from backend.errors import UserError
 from backend.paths import job_dir
 from backend.store import open_store
@@ -419,9 +419,9 @@ def compare(job_ids: list[int], metric: str = "loss", home: Path | None = None) 
             for job_id in job_ids}
 
 
-def adapters(home: Path | None = None) -> list[dict]:
-    """Registered adapters, newest first."""
-    return open_store(home).items("adapter")
+def adapters(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Registered adapters ``by`` may use, newest first."""
+    return ownership.items("adapter", by, home)
 
 
 def resumable(job: dict, home: Path | None = None) -> bool:

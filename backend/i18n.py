@@ -159,9 +159,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.users.disk_quota": {"en": "your datasets, adapters and models already take {used}; adding {adding} would pass "
                                    "your disk quota of {cap}: delete something first",
                              "zh": "你的数据集、适配器和模型已占用 {used}；再添加 {adding} 会超过你的磁盘配额 {cap}：请先删除一些内容"},
-    "err.users.disk_full": {"en": "your datasets, adapters and models take {used}, your whole disk quota of {cap}: "
-                                  "delete something before importing more",
-                            "zh": "你的数据集、适配器和模型已占用 {used}，用完了你的磁盘配额 {cap}：请先删除一些内容再导入"},
+    "err.users.disk_full": {"en": "your datasets, adapters, models and job files take {used}, your whole disk quota of {cap}: "
+                                  "delete something before adding more",
+                            "zh": "你的数据集、适配器、模型和作业文件已占用 {used}，用完了你的磁盘配额 {cap}：请先删除一些内容再添加"},
     "err.class.console": {"en": "only an instructor can see the class console", "zh": "只有讲师可以查看班级控制台"},
     "err.class.announce": {"en": "only an instructor can post the class announcement", "zh": "只有讲师可以发布班级公告"},
     "err.model.remote_code": {"en": "model {model} needs its own remote code (auto_map in its config: Python that would "
@@ -928,6 +928,21 @@ STRINGS: dict[str, dict[str, str]] = {
                              "base URL `{url}`, model `{model}`, and a key of yours.",
                        "zh": "在你自己的代码里用 OpenAI API 调用此服务（通过同一条隧道）：基础 URL `{url}`，"
                              "模型 `{model}`，以及你自己的密钥。"},
+    "err.registry.taken": {"en": "{type} {name} belongs to {owner}: choose another name",
+                           "zh": "{type} {name} 属于 {owner}：请换一个名字"},
+    "err.registry.held": {"en": "{path} is already held by {by}: import a folder of your own",
+                          "zh": "{path} 已被 {by} 占用：请导入你自己的文件夹"},
+    "err.registry.not_yours": {"en": "{type} {name} is another student's and not shared: use your own, a shared one or the class's",
+                               "zh": "{type} {name} 属于另一位学生且未共享：请使用你自己的、共享的或班级的"},
+    "err.registry.share_not_yours": {"en": "{type} {name} is not yours: only its owner or an instructor can share it",
+                                     "zh": "{type} {name} 不属于你：只有它的所有者或讲师可以共享它"},
+    "err.dsinfo.not_yours": {"en": "{name}: {file} is another student's private dataset",
+                             "zh": "{name}：{file} 是另一位学生的私有数据集"},
+    "err.registry.delete_not_yours": {"en": "{type} {name} is not yours: only its owner or an instructor can delete it",
+                                      "zh": "{type} {name} 不属于你：只有它的所有者或讲师可以删除它"},
+    "registry.shared": {"en": "Shared with the class", "zh": "与全班共享"},
+    "registry.shared_help": {"en": "Everyone in the class may list and use it; only you and instructors may change it",
+                             "zh": "全班都可以查看和使用它；只有你和讲师可以修改它"},
     # ---- end of table ----
 }
 

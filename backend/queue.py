@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, i18n, job_env, kinds, remote_code, users
+from backend import defaults, i18n, job_env, kinds, ownership, remote_code, users
 from backend.errors import UserError
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
@@ -62,14 +62,13 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     why = remote_code.refusal(model.model_dump(mode="json"), home) or resume_refusal(model, owner, home)
     if why:
         raise SubmitError.of(why)
-    check_datasets(model, owner, home)
+    check_uses(model, owner, home)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
         raise SubmitError.of(e) from None
     check_quota(owner, asked, home)
-    if kind == "dataset_import":              # its size is known only once fetched: refused when already full
-        users.check_disk(owner, 0, Refused, home)
+    users.check_disk(owner, 0, Refused, home)      # what a job will write is known only once written: refused when full
     written: list[Path] = []
 
     def write_secrets(job_id: int) -> None:        # before the row is committed: no worker can claim it yet
@@ -98,20 +97,12 @@ def resume_refusal(spec, owner: str, home: Path | None) -> UserError | None:
     return None
 
 
-def check_datasets(spec, owner: str, home: Path | None = None) -> None:
-    """A job trains on or evaluates only datasets its owner may use: their own, the samples, the class's and
-    the instructors'; another student's private dataset is refused (audited). Datasets are named in the spec
-    (``datasets: [name]``, ``dataset: name``) or given by their file (``datasets: [{name, path}]``)."""
-    entries = open_store(home).items("dataset")
-    by_name = {e["name"]: e for e in entries}
-    by_path = {str(e["path"]): e for e in entries}
-    named = getattr(spec, "datasets", None) or []
-    named = named + [spec.dataset] if isinstance(getattr(spec, "dataset", None), str) else named
-    for d in named:
-        entry = (by_name.get(d) or by_path.get(d)) if isinstance(d, str) else by_path.get(str(getattr(d, "path", "") or ""))
-        if entry is not None and not users.may_use(entry["owner"], owner):
-            users.refuse(owner, "submit", f"dataset {entry['name']}",
-                         Refused("err.users.dataset_not_yours", name=entry["name"]))
+def check_uses(spec, owner: str, home: Path | None = None) -> None:
+    """A job uses only what its owner may use (users.may_use): their own, shared ones, the class's and the
+    instructors'; another student's private model, adapter, endpoint, dataset or job folder is refused (audited),
+    whether the spec names it or gives its path or URL (ownership.uses)."""
+    for thing in ownership.uses(spec.model_dump(mode="json"), home):
+        ownership.check_use(thing, owner, "submit", Refused)
 
 
 def workspace_problem(home: Path | None = None, lang: str = "en") -> str | None:

@@ -35,9 +35,11 @@ class Entry(Record):
     job_id: int | None
     owner: str
     created_at: float
+    shared: bool = False          # the owner (or an instructor) shared it with the class (ownership.share)
 
     def __post_init__(self):
         object.__setattr__(self, "type", RegistryType(self.type))
+        object.__setattr__(self, "shared", bool(self.shared))
 
 
 def endpoint_meta(url: str, model: str, engine: str, device: str, job_id: int, source: str, load_s: float,

@@ -89,6 +89,15 @@ MIGRATIONS = [
     CREATE INDEX audit_action ON audit(action, at)
     """,
     "ALTER TABLE users ADD COLUMN max_gpu_hours REAL",
+    # every registry row has an owner: the job that made it says whose it is, else the operator's ('(operator)',
+    # users.OPERATOR_NAME), shared with the class; sharing is a flag on the row
+    """
+    ALTER TABLE registry ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+    UPDATE registry SET owner='(operator)', shared=1 WHERE owner='' AND json_extract(meta, '$.source') IN ('bundled', 'sample');
+    UPDATE registry SET owner=(SELECT jobs.owner FROM jobs WHERE jobs.id=registry.job_id)
+        WHERE owner='' AND COALESCE((SELECT jobs.owner FROM jobs WHERE jobs.id=registry.job_id), '')!='';
+    UPDATE registry SET owner='(operator)', shared=1 WHERE owner=''
+    """,
     """
     CREATE TABLE api_keys (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -123,6 +132,14 @@ class CorruptStore(RuntimeError):
     def __init__(self, path: Path, error: str):
         super().__init__(f"the workspace database {path} cannot be read ({error})")
         self.path, self.error = path, error
+
+
+class Taken(ValueError):
+    """A registry name another owner holds: ``put`` never changes a row's owner."""
+
+    def __init__(self, type: str, name: str, owner: str):
+        super().__init__(f"{type} {name!r} belongs to {owner}")
+        self.type, self.name, self.owner = type, name, owner
 
 
 class Store:
@@ -334,6 +351,10 @@ class Store:
                          " GROUP BY owner", (now, now, since, now, since, now))
         return {r["owner"]: r["s"] for r in rows}
 
+    def job_owners(self) -> dict[int, str]:
+        """Every job's owner by id (the disk quota counts each job folder as its owner's)."""
+        return {r["id"]: r["owner"] for r in self._all("SELECT id, owner FROM jobs")}
+
     def counts(self) -> dict[str, int]:
         rows = self._all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
@@ -357,13 +378,28 @@ class Store:
 
     # -- registry: models, adapters, datasets, endpoints, eval runs -----------------------
     def put(self, type: RegistryType | str, name: str, path: str = "", meta: dict | None = None, job_id: int | None = None,
-            owner: str = "") -> Entry:
-        self._run(lambda con: con.execute(
-            "INSERT INTO registry(type, name, path, meta, job_id, owner, created_at) VALUES (?,?,?,?,?,?,?)"
-            " ON CONFLICT(type, name) DO UPDATE SET path=excluded.path, meta=excluded.meta,"
-            " job_id=excluded.job_id, owner=excluded.owner",
-            (RegistryType(type).value, name, str(path), json.dumps(meta or {}), job_id, owner, time.time())))
+            *, owner: str, shared: bool = False) -> Entry:
+        """Add an entry, or update its path, meta and job when ``owner`` already holds it (its owner and its
+        ``shared`` flag never change here: ``set_shared``). Raises ``Taken`` when another owner holds the name."""
+        if not owner:
+            raise ValueError(f"registry {type} {name!r}: an entry needs an owner")
+        type = RegistryType(type).value
+
+        def tx(con):
+            con.execute(
+                "INSERT INTO registry(type, name, path, meta, job_id, owner, shared, created_at) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(type, name) DO UPDATE SET path=excluded.path, meta=excluded.meta,"
+                " job_id=excluded.job_id WHERE registry.owner=excluded.owner",
+                (type, name, str(path), json.dumps(meta or {}), job_id, owner, int(shared), time.time()))
+            return con.execute("SELECT owner FROM registry WHERE type=? AND name=?", (type, name)).fetchone()[0]
+        held = self._run(tx)
+        if held != owner:
+            raise Taken(type, name, held)
         return self.get(type, name)
+
+    def set_shared(self, type: RegistryType | str, name: str, shared: bool) -> bool:
+        return self._run(lambda con: con.execute("UPDATE registry SET shared=? WHERE type=? AND name=?",
+                                                 (int(shared), RegistryType(type).value, name)).rowcount == 1)
 
     def get(self, type: RegistryType | str, name: str) -> Entry | None:
         row = self._one("SELECT * FROM registry WHERE type=? AND name=?", (RegistryType(type).value, name))

@@ -67,6 +67,8 @@ class User:
 
 
 OPERATOR = None          # the operator's shell (CLI): ``by=None`` may do anything
+OPERATOR_NAME = "(operator)"    # the operator's name in rows and the audit log: owner of the bundled model and samples
+                                # (shared with the class); no account can take it (NAME has no parentheses)
 
 
 def mode() -> str:
@@ -108,16 +110,25 @@ def is_instructor(name: str) -> bool:
     return bool(user and user.instructor)
 
 
-def may_use(owner: str, who: User | str | None) -> bool:
-    """What a student may see and use: their own things, shared ones (``owner == ''``) and what an
-    instructor made (shared with the class: their servers, evaluations, drafts, datasets)."""
-    return may_see(owner, who) or is_instructor(owner)
+def may_use(thing, who: User | str | None) -> bool:
+    """The one use rule, for every registry type (dataset, model, adapter, endpoint, eval), drafts and gallery
+    images: listing, opening, serving, evaluating, merging, quantizing, deploying, fine-tuning. A student may use
+    their own things, shared ones (the row's ``shared`` flag), an instructor's (the class's) and the operator's;
+    instructors and the operator's shell use everything; without accounts everybody may. ``thing``: a registry
+    entry (anything with ``owner`` and ``shared``) or an owner's name (drafts, images)."""
+    owner, shared = (thing, False) if isinstance(thing, str) else (thing["owner"], bool(thing.get("shared")))
+    return shared or owner == OPERATOR_NAME or may_see(owner, who) or is_instructor(owner)
+
+
+def refusal(who: User | str | None, action: str, target: str, error: Refused) -> Refused:
+    """Record a refusal in the audit log (in English) and return it, for a caller that goes on (one of many)."""
+    audit(actor(who), "refused", target, detail=f"{action}: {error}")
+    return error
 
 
 def refuse(who: User | str | None, action: str, target: str, error: Refused):
     """Record a refusal in the audit log (in English) and raise it (``error``: a Refused with its key)."""
-    audit(actor(who), "refused", target, detail=f"{action}: {error}")
-    raise error
+    raise refusal(who, action, target, error)
 
 
 def require_instructor(who: User | str | None, action: str, target: str, error: Refused) -> None:
@@ -141,7 +152,7 @@ def may_change(owner: str, who: User | str | None) -> bool:
 def actor(who: User | str | None) -> str:
     """The name the audit log records for ``who``."""
     user = acting(who)
-    return user.name if user else "(shell)"
+    return user.name if user else OPERATOR_NAME
 
 
 def audit(actor: str, action: str, target: str = "", address: str = "", detail: str = "",
@@ -184,7 +195,7 @@ def add(name: str, role: str = "student", password: str | None = None, home: Pat
         open_store(home).add_user(name, _check_role(role), _hasher().hash(password))
     except sqlite3.IntegrityError:
         raise UserError("err.users.exists", name=name) from None
-    audit("(shell)", "user_add", name, detail=role, home=home)
+    audit(OPERATOR_NAME, "user_add", name, detail=role, home=home)
     return password
 
 
@@ -210,7 +221,7 @@ def reset(name: str, home: Path | None = None) -> str:
     store = open_store(home)
     store.update_user(name, password_hash=_hasher().hash(password), must_change=1, disabled=0)
     store.revoke_sessions(user=name)
-    audit("(shell)", "user_reset", name, home=home)
+    audit(OPERATOR_NAME, "user_reset", name, home=home)
     return password
 
 
@@ -219,13 +230,13 @@ def disable(name: str, home: Path | None = None) -> None:
     store = open_store(home)
     store.update_user(name, disabled=1)
     store.revoke_sessions(user=name)
-    audit("(shell)", "user_disable", name, home=home)
+    audit(OPERATOR_NAME, "user_disable", name, home=home)
 
 
 def set_role(name: str, role: str, home: Path | None = None) -> None:
     _row(name, home)
     open_store(home).update_user(name, role=_check_role(role))
-    audit("(shell)", "user_role", name, detail=role, home=home)
+    audit(OPERATOR_NAME, "user_role", name, detail=role, home=home)
 
 
 def set_quota(name: str, max_running: int | None = None, max_queued: int | None = None,
@@ -237,7 +248,7 @@ def set_quota(name: str, max_running: int | None = None, max_queued: int | None 
                                                      ("max_gpu_hours", max_gpu_hours)) if v is not None}
     if fields:
         open_store(home).update_user(name, **fields)
-        audit("(shell)", "user_quota", name, detail=str(fields), home=home)
+        audit(OPERATOR_NAME, "user_quota", name, detail=str(fields), home=home)
 
 
 DISK_TYPES = ("dataset", "adapter", "model")      # registry things whose files a user's disk quota counts
@@ -260,11 +271,17 @@ def _bytes(path: Path) -> int:
 
 
 def disk_usage(home: Path | None = None) -> dict[str, int]:
-    """Bytes each owner's datasets, adapters and models take in the workspace (the shared model cache and the
-    bundled samples are nobody's), from one pass over the registry, plus each account's own gallery folder."""
+    """Bytes each owner's datasets, adapters and models take in the workspace (the bundled samples are outside
+    it), from one pass over the registry, plus each account's own gallery folder and every byte their jobs wrote
+    in their job folders (checkpoints, merged copies, downloads in progress, agent files)."""
     root = (home or defaults.home()).resolve()
     store = open_store(home)
     total = {u["name"]: _bytes(paths.user_gallery(u["name"], root)) for u in store.users()}
+    owners = store.job_owners()
+    for folder in (root / "jobs").iterdir() if (root / "jobs").is_dir() else ():
+        owner = owners.get(int(folder.name)) if folder.name.isdigit() else None
+        if owner:
+            total[owner] = total.get(owner, 0) + _bytes(folder)
     for t in DISK_TYPES:
         for e in store.items(t):
             path = Path(e["path"]).resolve() if e["path"] and e["owner"] else None

@@ -99,7 +99,7 @@ def setup(prog: str, tokens: int, repeat: int):
     else:
         from backend.models import ensure_bundled
         path = ensure_bundled(home=home, log=lambda *a: None)
-    open_store(home).put("model", "bench", str(path))
+    open_store(home).put("model", "bench", str(path), owner="local")
     return args, home, path
 
 

@@ -282,7 +282,7 @@ def main() -> None:
     else:
         shared = Path(os.environ.get("BENCH_FT_HOME", ROOT / "workspace"))
         model = models.ensure_bundled(shared, log=lambda *x: None)
-    open_store(home).put("model", "m", str(model))
+    open_store(home).put("model", "m", str(model), owner="local")
     from backend import datasets
     source = ROOT / "assets" / "datasets" / ("shubot_self_cognition.jsonl" if a.data == "shubot"
                                              else "mini_instructions.jsonl")
@@ -309,7 +309,7 @@ def main() -> None:
         from jobs.finetune import tokenize
         from transformers import AutoTokenizer
         tmodel = tools_model(model, scratch / "m-tools")
-        open_store(home).put("model", "m-tools", str(tmodel))
+        open_store(home).put("model", "m-tools", str(tmodel), owner="local")
         path = write_jsonl(home / "datasets" / "tools.jsonl", tool_rows(a.rows))
         tok = AutoTokenizer.from_pretrained(tmodel)
         feats = [tokenize(tok, c, a.max_length) for c in ft.load_conversations([path]) if ft.usable(c)]

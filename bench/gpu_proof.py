@@ -298,8 +298,8 @@ def prepare(home: Path, gpu: bool) -> None:
     size = dict(hidden=1024, layers=32, num_attention_heads=16, num_key_value_heads=8,
                 max_position_embeddings=4096) if gpu else {}       # ~300M parameters on a GPU
     store = open_store(home)
-    store.put("model", "proof-llm", str(make_tiny_llama(home / "models" / "proof-llm", **size)), {"source": "gpu_proof"})
-    store.put("model", "proof-vlm", str(make_tiny_llava(home / "models" / "proof-vlm")), {"source": "gpu_proof"})
+    store.put("model", "proof-llm", str(make_tiny_llama(home / "models" / "proof-llm", **size)), {"source": "gpu_proof"}, owner="local")
+    store.put("model", "proof-vlm", str(make_tiny_llava(home / "models" / "proof-vlm")), {"source": "gpu_proof"}, owner="local")
     (home / "datasets").mkdir(exist_ok=True)
     rows = [conv(f"Hello, who are you? {i}", IDENTITY) for i in range(64)]
     (home / "datasets" / "id.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

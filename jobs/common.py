@@ -13,6 +13,7 @@ Files in the job folder:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -22,8 +23,11 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from backend.errors import CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, classify_exception
+from backend import ownership
+from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, classify_exception
 from backend.paths import atomic_write
+from backend.registry import Entry, RegistryType
+from backend.store import open_store
 
 
 class JobError(Exception):
@@ -40,13 +44,36 @@ class Cancelled(BaseException):
 
 
 class Job:
-    """Handle given to a job's ``main``: its folder and the event stream."""
+    """Handle given to a job's ``main``: its folder, id and owner (from its store row) and the event stream."""
 
     def __init__(self, job_dir: str | Path):
         self.dir = Path(job_dir)
         self.home = Path(os.environ.get("WORKBENCH_HOME", self.dir.parent.parent))
+        self.id = int(self.dir.name) if self.dir.name.isdigit() else None      # the worker names the folder
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
         self._progress_t = 0.0
+
+    @functools.cached_property
+    def owner(self) -> str:
+        """Whose job this is (its row in the store): what it produces is theirs."""
+        row = open_store(self.home).job(self.id) if self.id else None
+        if row is None:
+            raise JobError(f"job {self.id or self.dir} has no row in the store: nobody to own what it makes")
+        return row.owner
+
+    def check_name(self, type: RegistryType | str, name: str) -> None:
+        """Before writing files under ``name``: refuse a name another owner holds (their files stay)."""
+        try:
+            ownership.check_free(type, name, self.owner, self.home)
+        except ownership.RegistryRefused as e:
+            raise JobError(str(e), BAD_INPUT, "choose another name") from None
+
+    def register(self, type: RegistryType | str, name: str, path: str | Path = "", meta: dict | None = None) -> Entry:
+        """Record what this job produced as its owner's, linked to this job (ownership.register)."""
+        try:
+            return ownership.register(type, name, path, meta, owner=self.owner, job_id=self.id, home=self.home)
+        except ownership.RegistryRefused as e:
+            raise JobError(str(e), BAD_INPUT, "choose another name") from None
 
     def event(self, type: str, **data) -> None:
         data = {"t": round(time.time(), 3), "type": type, **data}

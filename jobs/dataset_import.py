@@ -15,7 +15,6 @@ from pathlib import Path
 from backend import datasets, defaults, url_guard
 from backend.errors import BAD_INPUT, DOWNLOAD
 from backend.specs.dataset_import import Spec
-from backend.store import open_store
 from jobs.common import Job, JobError, run
 
 DATA_PATTERNS = ["*.jsonl", "*.json", "*.csv", "*.parquet", "*.txt"]
@@ -142,9 +141,8 @@ def main(spec: Spec, job: Job) -> dict:
     job.message(f"data files: {', '.join(str(f.relative_to(folder)) for f in files) or 'none'}")
     target = place(files, datasets.datasets_dir(job.home), name, spec.max_rows)
     shutil.rmtree(folder, ignore_errors=True)
-    row = open_store(job.home).job(int(job.dir.name))          # the importer owns it (class mode: private)
-    entry = datasets.register(target, name, spec.source, job.home, job_id=int(job.dir.name),
-                              owner=row.owner if row else "", id=spec.id, revision=spec.revision, split=spec.split)
+    entry = datasets.register(target, name, spec.source, job.home, job_id=job.id,   # the importer's (class mode: private)
+                              owner=job.owner, id=spec.id, revision=spec.revision, split=spec.split)
     report = datasets.validate(target, max_errors=20)
     job.message(f"imported {name}: {entry['meta']['rows']} rows, format {entry['meta']['format']}; {report['summary']}")
     return {"name": name, "path": str(target), "format": entry["meta"]["format"], "rows": entry["meta"]["rows"],

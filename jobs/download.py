@@ -401,7 +401,7 @@ def prepare(dest: Path, spec: Spec) -> None:
 
 
 def main(spec: Spec, job: Job) -> dict:
-    job_id = int(os.environ.get("WORKBENCH_JOB_ID") or 0) or None
+    job_id = job.id
     if spec.source == "bundled":
         job.progress(0, 2, "steps", "fetching and converting the bundled model", force=True)
         path = models.ensure_bundled(job.home, job_id=job_id, log=job.message)
@@ -416,6 +416,7 @@ def main(spec: Spec, job: Job) -> dict:
 def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
     """The download itself, while this job holds the model's fetch lock."""
     dest = models.models_dir(job.home) / spec.name
+    job.check_name("model", spec.name)
     if models.get(spec.name, job.home):       # the trust_remote_code opt-in was for the files about to change
         models.set_trust_remote_code(spec.name, False, job.home)
     prepare(dest, spec)
@@ -465,7 +466,7 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
         raise JobError("; ".join(problems[:5]) + " (bad files were removed: retry to fetch them again)", DOWNLOAD)
     try:
         row = models.register(spec.name, dest, spec.source, id=spec.repo_id, revision=revision, job_id=job_id,
-                              home=job.home, endpoint=endpoint or "", patterns=spec.allow_patterns)
+                              owner=job.owner, home=job.home, endpoint=endpoint or "", patterns=spec.allow_patterns)
     except models.ModelError as e:
         if spec.allow_patterns:      # a partial download (only some files) is kept but can't be a model
             job.message(f"downloaded, not registered: {e}")

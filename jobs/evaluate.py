@@ -28,7 +28,6 @@ from backend.procs import become_subreaper
 from backend.specs.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
                                     config_variable, custom_format, endpoint_problem, find_standard_config,
                                     first_record, missing_data)
-from backend.store import open_store
 from jobs.common import Cancelled, Job, JobError, run
 
 ITEMS_MAX = 500                 # per (model, dataset) kept in result.json
@@ -397,14 +396,11 @@ def main(spec: Spec, job: Job) -> dict:
 
 def register(spec: Spec, job: Job, table: list[dict]) -> str:
     """The run as an ``eval`` registry entry linked to the models and datasets it measured."""
-    job_id = int(os.environ.get("WORKBENCH_JOB_ID", "0") or 0) or None
-    store = open_store(job.home)
-    owner = (store.job(job_id) or {}).get("owner", "") if job_id else ""
-    name = spec.name or f"eval-{job_id or int(time.time())}"
-    store.put("eval", name, str(job.dir), {
+    name = spec.name or f"eval-{job.id}"
+    job.register("eval", name, job.dir, {
         "models": [m.name for m in spec.models], "datasets": [d.name for d in spec.datasets],
         "peft": {m.name: m.peft_path for m in spec.models if m.peft_path}, "table": table,
-    }, job_id=job_id, owner=owner)
+    })
     return name
 
 

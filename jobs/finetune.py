@@ -245,7 +245,7 @@ class Run:
     def __init__(self, spec: Spec, job: Job):
         self.spec, self.job = spec, job
         self.ckpt_dir = job.dir / "checkpoints"
-        self.job_id = int(job.dir.name) if job.dir.name.isdigit() else 0
+        self.job_id = job.id or 0
 
     def log(self, text: str) -> None:
         self.job.message(text)
@@ -436,7 +436,7 @@ class Run:
         """The checkpoint to continue from: only ever one of this job owner's own fine-tune jobs."""
         spec = self.spec
         store = open_store(self.job.home)
-        owner = (store.job(self.job_id) or {}).get("owner")
+        owner = self.job.owner
         job_id = spec.resume_from
         if job_id is not None and (store.job(job_id) or {}).get("owner") != owner:
             raise JobError(f"resume_from: job {job_id} is not one of your fine-tune jobs", BAD_INPUT,
@@ -602,6 +602,8 @@ class Run:
         full = spec.method == "full"
         name = spec.name or f"{spec.base_model}-{spec.method}-job{self.job_id}"
         folder = self.job.home / ("models" if full else "adapters") / name
+        kind = "model" if full else "adapter"
+        self.job.check_name(kind, name)
         tmp = folder.with_name(f".tmp-{name}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -613,13 +615,12 @@ class Run:
         (tmp / "workbench.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.replace(folder)
-        kind = "model" if full else "adapter"
         if full:
             lineage = {"base_model": spec.base_model, "datasets": spec.datasets, "finetune_job": self.job_id}
-            models.register(name, folder, "finetune", job_id=self.job_id or None, home=self.job.home,
+            models.register(name, folder, "finetune", job_id=self.job.id, owner=self.job.owner, home=self.job.home,
                             lineage=lineage, **{k: v for k, v in meta.items() if k != "job"})
         else:
-            open_store(self.job.home).put(kind, name, str(folder), meta, job_id=self.job_id or None)
+            self.job.register(kind, name, folder, meta)
         self.log(f"{kind} {name!r} saved to {folder}")
         return {kind: name, "path": str(folder)}
 

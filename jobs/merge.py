@@ -38,17 +38,18 @@ def main(spec: Spec, job: Job) -> dict:
     job.progress(1, 3, "steps", f"applying {spec.adapter}", force=True)
     model = PeftModel.from_pretrained(model, entry["path"]).merge_and_unload()
     folder = job.home / "models" / name
+    job.check_name("model", name)
     tmp = folder.with_name(f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     job.progress(2, 3, "steps", f"saving {folder}", force=True)
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(entry["path"], trust_remote_code=remote).save_pretrained(tmp)
     lineage = {"base_model": meta.get("base_model"), "adapter": spec.adapter, "datasets": meta.get("datasets", []),
-               "finetune_job": meta.get("job"), "merge_job": int(job.dir.name) if job.dir.name.isdigit() else None}
+               "finetune_job": meta.get("job"), "merge_job": job.id}
     (tmp / "workbench.json").write_text(json.dumps({"lineage": lineage}, ensure_ascii=False, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
-    models.register(name, folder, "merge", job_id=lineage["merge_job"], home=job.home, lineage=lineage,
+    models.register(name, folder, "merge", job_id=job.id, owner=job.owner, home=job.home, lineage=lineage,
                     base_model=meta.get("base_model"), adapter=spec.adapter, metrics=meta.get("metrics", {}),
                     trust_remote_code=remote)
     job.progress(3, 3, "steps", "merged", force=True)

@@ -51,6 +51,7 @@ def main(spec: Spec, job: Job) -> dict:
         raise JobError(f"no model named {spec.model!r} in the registry", BAD_INPUT)
     name = out_name(spec)
     folder = job.home / "models" / name
+    job.check_name("model", name)
     tmp = folder.with_name(f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     remote = bool(entry["meta"].get("trust_remote_code"))
@@ -59,14 +60,14 @@ def main(spec: Spec, job: Job) -> dict:
         awq(spec, Path(entry["path"]), tmp)
     else:
         nf4(Path(entry["path"]), tmp, remote)
-    job_id = int(job.dir.name) if job.dir.name.isdigit() else None
+    job_id = job.id
     lineage = {"base_model": spec.model, "quantized_from": spec.model, "method": spec.method, "quantize_job": job_id,
                **({"calib_dataset": spec.calib_dataset, "calib_samples": spec.calib_samples,
                    "group_size": spec.group_size} if spec.method == "awq_w4a16" else {})}
     (tmp / "workbench.json").write_text(json.dumps({"lineage": lineage}, ensure_ascii=False, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
-    models.register(name, folder, "quantize", job_id=job_id, home=job.home, lineage=lineage,
+    models.register(name, folder, "quantize", job_id=job_id, owner=job.owner, home=job.home, lineage=lineage,
                     quantized_from=spec.model, quant_method=spec.method, trust_remote_code=remote)
     job.progress(2, 2, "steps", "quantized", force=True)
     print(f"model {name!r} saved to {folder}", flush=True)

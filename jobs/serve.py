@@ -214,7 +214,7 @@ def generation_defaults(path: Path) -> dict:
 
 def main(spec: Spec, job: Job) -> dict:
     store = open_store(job.home)
-    job_id = int(os.environ.get("WORKBENCH_JOB_ID") or job.dir.name)
+    job_id = job.id
     try:
         model, adapter = resolve(spec, job.home)
     except ValueError as e:
@@ -223,7 +223,6 @@ def main(spec: Spec, job: Job) -> dict:
     label = model["name"] + (f"+{adapter['name']}" if adapter else "")
     name = spec.name or f"{label} #{job_id}"
     merged = job.dir / "merged"
-    owner = (store.job(job_id) or {}).get("owner", "")
     remote = remote_code.allowed(model["path"], job.home)
     if remote_code.has_remote_code(model["path"]) and not remote:
         raise JobError(remote_code.refusal({"model": model["name"]}, job.home), BAD_INPUT)
@@ -264,7 +263,7 @@ def main(spec: Spec, job: Job) -> dict:
                 kv_quant=spec.kv_quant if spec.engine == "lmdeploy" else None,
                 api_key=key, idle_stop_s=server_auth.idle_limit_s(device),
                 **({"base_of": name} if ep_name != name else {}))
-        register(store, endpoints, job_id, owner)
+        register(job, endpoints)
         for ep_name, (_, meta) in endpoints.items():
             job.event("ready", endpoint=ep_name, url=meta["url"])
             job.message(f"ready: endpoint {ep_name!r} at {meta['url']} ({meta['load_s']} s to load)")
@@ -274,7 +273,7 @@ def main(spec: Spec, job: Job) -> dict:
                 counted, last = server.requests, time.monotonic()
                 for _, meta in endpoints.values():        # the server's count: its log names no model
                     meta["requests"] = counted
-                register(store, endpoints, job_id, owner)
+                register(job, endpoints)
             if server_auth.idle_too_long(last, device, time.monotonic()):
                 return idle_stop(job, server_auth.idle_limit_s(device), counted)
             time.sleep(IDLE_POLL_S)
@@ -294,10 +293,11 @@ def idle_stop(job: Job, limit_s: float, requests: int) -> dict:
     return {"stopped": "idle", "idle_s": limit_s, "requests": requests}
 
 
-def register(store, endpoints: dict[str, tuple[Path, dict]], job_id: int, owner: str) -> None:
-    """Put (or update) each endpoint; the base first, so lists (newest first) show it under its fine-tuned one."""
+def register(job: Job, endpoints: dict[str, tuple[Path, dict]]) -> None:
+    """Put (or update) each endpoint as the job owner's; the base first, so lists (newest first) show it under its
+    fine-tuned one."""
     for ep_name, (path, meta) in reversed(endpoints.items()):
-        store.put("endpoint", ep_name, path=str(path), meta=meta, job_id=job_id, owner=owner)
+        job.register("endpoint", ep_name, path, meta)
 
 
 if __name__ == "__main__":

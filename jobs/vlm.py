@@ -295,7 +295,7 @@ def main(spec: Spec, job: Job) -> dict:
     import urllib.request
 
     store = open_store(job.home)
-    job_id = int(os.environ.get("WORKBENCH_JOB_ID") or job.dir.name)
+    job_id = job.id
     try:
         m = resolve(spec, job.home)
     except ValueError as e:
@@ -328,8 +328,7 @@ def main(spec: Spec, job: Job) -> dict:
         meta = endpoint_meta(base, m["name"], "vlm", device, job_id, m["name"], time.monotonic() - t0,
                              model.context_len, mode="xcomposer" if m["xcomposer"] else "transformers",
                              max_images=spec.max_images, api_key=key, idle_stop_s=server_auth.idle_limit_s(device))
-        owner = (store.job(job_id) or {}).get("owner", "")
-        store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
+        job.register("endpoint", name, m["path"], meta)
         job.event("ready", endpoint=name, url=base)
         job.message(f"ready: image-text endpoint {name!r} at {base} ({meta['load_s']} s to load)")
         seen, last = 0, time.monotonic()
@@ -337,7 +336,7 @@ def main(spec: Spec, job: Job) -> dict:
             if model.requests != seen:
                 seen = meta["requests"] = model.requests
                 last = time.monotonic()
-                store.put("endpoint", name, path=str(m["path"]), meta=meta, job_id=job_id, owner=owner)
+                job.register("endpoint", name, m["path"], meta)
             if server_auth.idle_too_long(last, device, time.monotonic()) and not model.lock.locked():
                 return idle_stop(job, server_auth.idle_limit_s(device), seen)
             time.sleep(1.0)

@@ -93,7 +93,7 @@ with st.container(key="chat_endpoints"):
 
     with st.expander(ui.t("chat.start"), expanded=(not live or keys.CHAT_MODEL in st.session_state)
                      and not st.session_state.get(S_STARTING)):
-        options = chat.servable()
+        options = chat.servable(by=ui.user())
         if not options:
             st.info(ui.t("chat.no_models"))
         else:

@@ -96,6 +96,7 @@ except ds.DatasetError as e:
 fmt = ds.detect_format(path)
 mine = state(name)
 st.subheader(name)
+ui.share_toggle("dataset", entry, f"ds_shared_{name}")
 st.markdown(f"{ui.t('ds.format')}: **{ui.t('ds.fmt.' + fmt)}** · {ui.t('ds.rows', n=len(view))} · "
             f"{paths.human_size(path.stat().st_size)} · `{path.name}`", help=ui.t("ds.format.help"))
 

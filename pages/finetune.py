@@ -156,7 +156,7 @@ def compare_runs() -> list[dict]:
 
 ui.list_fragment(compare_runs, "ft_compare")
 
-adapters = ft.adapters()
+adapters = ft.adapters(by=ui.user())
 if adapters:
     st.subheader(ui.t("ft.adapters"))
     st.dataframe(pd.DataFrame([{

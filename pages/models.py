@@ -80,7 +80,7 @@ with tab_imp:
                 ui.error(e)
 
 with tab_reg:
-    rows = models.list_models()
+    rows = models.list_models(by=ui.user())
     if not rows:
         st.info(ui.t("models.none"))
     else:
@@ -97,7 +97,8 @@ with tab_reg:
         names = [m["name"] for m in rows]
         picked = st.selectbox(ui.t("models.detail"), names, key="models_pick",
                               index=names.index(st.query_params["model"]) if st.query_params.get("model") in names else 0)
-        d = models.detail(picked)
+        d = models.detail(picked, by=ui.user())
+        ui.share_toggle(models.TYPE, d, "models_shared")
         meta = d["meta"]
         st.caption(ui.t("models.lineage", source=meta.get("source", ""), id=meta.get("id", ""),
                         revision=meta.get("revision") or "-", when=ui.when(meta.get("when")), job=meta.get("job_id") or "-"))

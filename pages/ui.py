@@ -13,7 +13,7 @@ import streamlit as st
 import yaml
 from streamlit import config
 
-from backend import chat, defaults, errors, executors, i18n, live, queue, users
+from backend import chat, defaults, errors, executors, i18n, live, ownership, queue, users
 from backend.states import JobState
 from pages import keys
 
@@ -34,6 +34,19 @@ def t(key: str, **fmt) -> str:
 def error_text(e: BaseException) -> str:
     """An exception in the user's language: a backend UserError by its key, anything else as it says itself."""
     return errors.text(e, lang())
+
+
+def share_toggle(type: str, entry, key: str) -> None:
+    """The owner's (or an instructor's) decision to share a registry entry with the class (ownership.share)."""
+    shared = st.toggle(t("registry.shared"), value=bool(entry["shared"]), key=key, help=t("registry.shared_help"),
+                       disabled=not ownership.may_share(entry, user()))
+    if shared != bool(entry["shared"]):
+        try:
+            ownership.share(type, entry["name"], shared, by=user())
+        except users.Refused as e:
+            error(e)
+        else:
+            st.rerun()
 
 
 def error(e: BaseException, where=None) -> None:

@@ -22,7 +22,7 @@ def submit(kind, spec):
 
 
 def upload(name, data):
-    return lambda home: datasets.save_upload(name, data)
+    return lambda home: datasets.save_upload(name, data, owner="local")
 
 
 def write(home, name, data: bytes) -> Path:
@@ -32,7 +32,7 @@ def write(home, name, data: bytes) -> Path:
 
 
 def good_dataset(home) -> Path:
-    return Path(datasets.save_upload("good.jsonl", (json.dumps(CHAT) + "\n").encode() * 3)["path"])
+    return Path(datasets.save_upload("good.jsonl", (json.dumps(CHAT) + "\n").encode() * 3, owner="local")["path"])
 
 
 def command(*args):
@@ -86,12 +86,12 @@ CASES = {
     "model name with a trailing newline": lambda home: [models.check_name("model\n")],
     "model name ..": lambda home: [models.check_name("..")],
     "model name with a slash": lambda home: [models.check_name("a/b")],
-    "model import from /etc": lambda home: models.import_folder("/etc"),
+    "model import from /etc": lambda home: models.import_folder("/etc", owner="local"),
     "upload: an .exe": upload("x.exe", b"MZ"),
     "upload: a name of dots only": upload("....jsonl", b"{}\n"),
-    "upload: a name taken": lambda home: (good_dataset(home), datasets.save_upload("good.jsonl", b"{}\n")),
-    "convert to an unknown format": lambda home: datasets.convert(good_dataset(home), "nope"),
-    "split with a fraction of 1.5": lambda home: datasets.split(good_dataset(home), 1.5),
+    "upload: a name taken": lambda home: (good_dataset(home), datasets.save_upload("good.jsonl", b"{}\n", owner="local")),
+    "convert to an unknown format": lambda home: datasets.convert(good_dataset(home), "nope", owner="local"),
+    "split with a fraction of 1.5": lambda home: datasets.split(good_dataset(home), 1.5, owner="local"),
     "delete a dataset that is not there": lambda home: datasets.delete("nope"),
     "job id past SQLite's integers": lambda home: queue.get(99999999999999999999),
     "cancel job id 2**70": lambda home: queue.cancel(2 ** 70),
@@ -144,7 +144,7 @@ def test_a_leftover_temp_upload_does_not_block_the_upload(home):
     d = home / "datasets"
     d.mkdir()
     (d / ".notes.jsonl.upload").write_bytes(b"half of an earlier upload")      # a crash mid-upload left it
-    entry = datasets.save_upload("notes.jsonl", (json.dumps(CHAT) + "\n").encode())
+    entry = datasets.save_upload("notes.jsonl", (json.dumps(CHAT) + "\n").encode(), owner="local")
     assert entry["name"] == "notes" and Path(entry["path"]).read_bytes().startswith(b"{")
 
 

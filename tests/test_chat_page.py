@@ -32,7 +32,7 @@ def last_answer(page) -> str:
 @pytest.mark.slow
 @pytest.mark.browser
 def test_chat_page_streams_stops_and_compares(home, smollm2, page):
-    open_store(home).put("model", BUNDLED, str(smollm2), {"source": "bundled"})
+    open_store(home).put("model", BUNDLED, str(smollm2), {"source": "bundled"}, owner="local")
     page.goto(page.base_url + "/chat")
     page.get_by_text("No model server is running").wait_for()
 
@@ -149,7 +149,7 @@ def compare(page, text: str) -> None:
 @pytest.mark.browser
 def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake, browser, page):
     # a real server for the context check comes up while the fake-server cases run
-    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"})
+    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"}, owner="local")
     job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
     page.goto(page.base_url + "/chat")
     page.get_by_text("Add an external OpenAI-compatible URL").click()
@@ -276,8 +276,8 @@ def make_adapter(base: Path, out: Path) -> Path:
 def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page):
     from safetensors.torch import load_file
     store = open_store(home)
-    store.put("model", "tiny", str(tiny_model), {"source": "test"})
-    store.put("adapter", "tiny-lora", str(make_adapter(tiny_model, tmp_path / "lora")), {"base_model": "tiny"})
+    store.put("model", "tiny", str(tiny_model), {"source": "test"}, owner="local")
+    store.put("adapter", "tiny-lora", str(make_adapter(tiny_model, tmp_path / "lora")), {"base_model": "tiny"}, owner="local")
     page.goto(page.base_url + "/chat")
     pick(page, "chat_serve_pick", "tiny + tiny-lora (adapter)")
     page.locator(".st-key-chat_serve_go button").click()

@@ -8,6 +8,7 @@ import pytest
 
 from backend import datasets, queue, users
 from backend.store import open_store
+from jobs.common import Job
 from jobs.serve import register
 from tests.conftest import cli, shot, wait_for
 
@@ -85,9 +86,10 @@ def test_two_students_and_an_instructor_at_once(page, home):
 
     # ann's running job serves a model (registered as jobs/serve.py does): bob's Chat page doesn't list it,
     # the instructor's does
-    register(open_store(), {"ann-llm": (home, {"url": "http://127.0.0.1:9/v1", "model": "ann-llm",
-                                               "engine": "transformers", "device": "cpu", "job_id": ann_job})},
-             ann_job, "ann")
+    (home / "jobs" / str(ann_job)).mkdir(parents=True, exist_ok=True)
+    register(Job(home / "jobs" / str(ann_job)), {"ann-llm": (home, {"url": "http://127.0.0.1:9/v1", "model": "ann-llm",
+                                                                    "engine": "transformers", "device": "cpu",
+                                                                    "job_id": ann_job})})
     bob.goto(f"{page.base_url}/chat")
     bob.locator(".st-key-chat_endpoints").get_by_text("No model server is running").wait_for()
     assert bob.locator(".st-key-chat_endpoints").get_by_text("ann-llm").count() == 0

@@ -35,14 +35,14 @@ def http_dir(tmp_path):
 
 
 def test_stats_with_a_tokenizer_and_chat_template(home, tiny_model):
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     src = home / "datasets"
     src.mkdir()
     rows = [{"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am ShuBot. " * k}]}
             for k in range(1, 30)]
     rows += [rows[0], {"messages": [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是小书。"}]}]
     (src / "chat.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + "{bad\n")
-    ds.register(src / "chat.jsonl", "chat", "upload", home)
+    ds.register(src / "chat.jsonl", "chat", "upload", home, owner="local")
     job_id = queue.submit("dataset_stats", {"dataset": "chat", "model": "tiny", "max_length": 40, "bins": 5}, home=home)
     no_model = queue.submit("dataset_stats", {"dataset": "shubot_self_cognition"}, home=home)
     missing = queue.submit("dataset_stats", {"dataset": "nope"}, home=home)

@@ -180,36 +180,36 @@ def test_csv_and_parquet_page_through_a_view(tmp_path):
 
 def test_convert_and_split_never_overwrite(home):
     src = jsonl(home / "src.jsonl", [RECORDS["alpaca"]] * 9 + [{"instruction": "x", "output": ""}])
-    out = ds.convert(src, "sharegpt", home=home)
+    out = ds.convert(src, "sharegpt", home=home, owner="local")
     assert out["name"] == "src-sharegpt" and out["rows"] == 9 and out["skipped"] == 1
     assert out["errors"][0]["line"] == 10
     assert ds.detect_format(out["path"]) == "sharegpt"
     assert ds.load_messages(out["path"])[0] == ds.to_messages(RECORDS["alpaca"], "alpaca")
-    assert ds.convert(src, "sharegpt", home=home)["name"] == "src-sharegpt-2"
+    assert ds.convert(src, "sharegpt", home=home, owner="local")["name"] == "src-sharegpt-2"
     with pytest.raises(ds.DatasetError, match="already exists"):
-        ds.convert(src, "messages", name="src-sharegpt", home=home)
+        ds.convert(src, "messages", name="src-sharegpt", home=home, owner="local")
     assert open_store(home).get("dataset", "src-sharegpt")["meta"]["format"] == "sharegpt"
-    parts = ds.split(out["path"], 0.2, seed=1, home=home)
+    parts = ds.split(out["path"], 0.2, seed=1, home=home, owner="local")
     assert parts["train"]["rows"] == 7 and parts["val"]["rows"] == 2
-    again = ds.split(out["path"], 0.2, seed=1, home=home)
+    again = ds.split(out["path"], 0.2, seed=1, home=home, owner="local")
     assert Path(again["val"]["path"]).read_bytes() == Path(parts["val"]["path"]).read_bytes()
     assert again["val"]["name"] != parts["val"]["name"]
     with pytest.raises(ds.DatasetError, match="too few"):
-        ds.split(jsonl(home / "one.jsonl", [CHAT]), 0.1, home=home)
+        ds.split(jsonl(home / "one.jsonl", [CHAT]), 0.1, home=home, owner="local")
 
 
 def test_upload_limits_duplicates_and_paths(home, monkeypatch):
     data = (json.dumps(CHAT) + "\n").encode()
-    entry = ds.save_upload("../../my data.jsonl", data, home=home)
+    entry = ds.save_upload("../../my data.jsonl", data, home=home, owner="local")
     assert entry["name"] == "my_data" and Path(entry["path"]).parent == home / "datasets"
     assert entry["meta"]["format"] == "messages" and entry["meta"]["rows"] == 1
     with pytest.raises(ds.DatasetError, match="already exists"):
-        ds.save_upload("my data.jsonl", data, home=home)
+        ds.save_upload("my data.jsonl", data, home=home, owner="local")
     with pytest.raises(ds.DatasetError, match="unsupported file type"):
-        ds.save_upload("x.exe", data, home=home)
+        ds.save_upload("x.exe", data, home=home, owner="local")
     monkeypatch.setenv("WORKBENCH_UPLOAD_MAX_MB", "0")
     with pytest.raises(ds.DatasetError, match="upload limit"):
-        ds.save_upload("big.jsonl", data, home=home)
+        ds.save_upload("big.jsonl", data, home=home, owner="local")
     assert ds.resolve("my_data", home) == Path(entry["path"]).resolve()
     with pytest.raises(ds.DatasetError, match="outside the workspace"):
         ds.resolve("../../etc/passwd", home)
@@ -240,7 +240,7 @@ def test_a_large_json_array_upload_is_read_in_pieces_and_imports(home):
     del rows
     tracemalloc.start()
     try:
-        entry = ds.save_upload("big.json", data)
+        entry = ds.save_upload("big.json", data, owner="local")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -249,5 +249,5 @@ def test_a_large_json_array_upload_is_read_in_pieces_and_imports(home):
     view = open_view(entry["path"])
     assert view.row(11_999)["record"]["messages"][0]["content"].startswith("question 11999 ")
     broken = data[:len(data) // 2]                    # cut mid-array: the records before the cut, then why
-    problems = [str(err) for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken)["path"])) if err]
+    problems = [str(err) for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken, owner="local")["path"])) if err]
     assert len(problems) == 1 and "cut.json: record" in problems[0], problems

@@ -55,7 +55,7 @@ def test_row_problems_read_in_chinese(page, home):
     path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
                                                      {"role": "assistant", "content": "hello"}]}) + ",\n"
                             for i in range(3)), encoding="utf-8")
-    ds.register(path, "commas", "upload", home)
+    ds.register(path, "commas", "upload", home, owner="local")
     page.set_viewport_size({"width": 1400, "height": 1700})
     page.goto(f"{page.base_url}/datasets?ds=commas&lang=zh")
     page.locator(".st-key-ds_detail").get_by_text("第 1 行：JSON 无效").wait_for()       # the row as the view reads it

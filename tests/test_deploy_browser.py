@@ -36,7 +36,7 @@ def serve_and_measure(page, home, name: str) -> None:
 @pytest.mark.browser
 def test_deploy_quantizes_and_compares_variants(home, tmp_path, page):
     from tests.fixtures.tiny_model import make_tiny_llama
-    open_store(home).put("model", "tiny", str(make_tiny_llama(tmp_path / "tiny64", hidden=64)), {"source": "test"})
+    open_store(home).put("model", "tiny", str(make_tiny_llama(tmp_path / "tiny64", hidden=64)), {"source": "test"}, owner="local")
     page.goto(page.base_url + "/deploy")
     page.get_by_text("Quantize this model").click()
     page.locator(".st-key-deploy_quantize_go button").click()

@@ -139,7 +139,7 @@ def test_bad_specs_are_refused_at_submit(home, spec, words):
 
 def test_name_taken_by_another_model_is_refused(home, tiny_model, monkeypatch):
     monkeypatch.setenv("WORKBENCH_IMPORT_DIRS", str(tiny_model.parent))
-    models.import_folder(tiny_model, "tiny", home=home)
+    models.import_folder(tiny_model, "tiny", home=home, owner="local")
     with pytest.raises(queue.SubmitError, match="already registered"):
         queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny"})
 

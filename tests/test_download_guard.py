@@ -97,14 +97,16 @@ except JobError as e:
 
 @pytest.mark.slow
 def test_one_fetch_per_model_at_a_time(home, hub, worker):
-    """Two students start the same model at once: the second waits for the first, then finds the files."""
+    """The same model started twice at once (two tabs): the second waits for the first, then finds the files.
+    Another student's download under that name fails without touching them (the name and its folder are ann's)."""
     hub.throttle = 40_000                  # bytes/s per response: the first fetch takes a few seconds
     spec = {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}
-    a, b = queue.submit("download", spec, owner="ann"), queue.submit("download", spec, owner="bob")
-    wait_for(lambda: all(queue.get(j)["state"] not in ("queued", "starting", "running") for j in (a, b)),
-             120, 0.2, "both downloads to end")
+    a, b, c = (queue.submit("download", spec, owner=o) for o in ("ann", "ann", "bob"))
+    wait_for(lambda: all(queue.get(j)["state"] not in ("queued", "starting", "running") for j in (a, b, c)),
+             120, 0.2, "the downloads to end")
     for j in (a, b):
         assert queue.get(j)["state"] == "succeeded", logs.tail(j, 30, home)
+    assert queue.get(c)["state"] == "failed" and "model tiny belongs to ann" in queue.get(c)["error_message"]
     total = sum(m["size"] for m in hub.repos["camp/tiny"].meta.values())
     assert hub.bytes_sent == total, (hub.bytes_sent, total)      # fetched once, not twice in parallel
     assert models.get("tiny", home)["meta"]["size_bytes"] >= total

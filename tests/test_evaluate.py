@@ -131,8 +131,8 @@ def finished_eval(tmp_path_factory, tiny_model):
         mp.setenv("WORKBENCH_ENGINES_DIR", str(engines))
         adapter = make_adapter(tiny_model, home / "adapters" / "tiny-lora")
         store = open_store(home)
-        store.put("model", "tiny", str(tiny_model))
-        store.put("adapter", "tiny-lora", str(adapter), {"base_model": "tiny"})
+        store.put("model", "tiny", str(tiny_model), owner="local")
+        store.put("adapter", "tiny-lora", str(adapter), {"base_model": "tiny"}, owner="local")
         models = {m["name"]: m["ref"] for m in ev.model_choices(home)}
         spec = {"name": "tiny-vs-lora", "models": [models["tiny"], models["tiny-lora"]], "max_out_len": 8,
                 "batch_size": 4, "datasets": [{"name": "easy_mcq", "path": str(SAMPLES / "easy_mcq.jsonl"), "limit": 4},
@@ -209,7 +209,7 @@ def finished(home: Path, job_id: int, timeout: float) -> dict:
 @pytest.mark.slow
 def test_endpoint_evaluation(home, worker, tiny_model):
     engine_or_skip()
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     serve_id = queue.submit("serve", {"model": "tiny"}, home=home)       # default name "tiny #<id>"
     ep = endpoint_of(home, serve_id, 180)
     # the page's model list offers the running endpoint with its URL, served model name and tokenizer
@@ -371,7 +371,7 @@ def test_page_offers_endpoints(home, page, tiny_model):
     """The form lists a running serve endpoint; it and an outside URL (with an API key) reach the spec,
     the key does not."""
     engine_or_skip()
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     serve_id = queue.submit("serve", {"model": "tiny"}, home=home)
     ep = endpoint_of(home, serve_id, 180)
     page.set_viewport_size({"width": 1400, "height": 1400})

@@ -91,7 +91,7 @@ def test_jobs_succeed_and_fail_the_same_way(cluster, home):
 def test_a_tiny_finetune_registers_its_adapter(cluster, home, tiny_model):
     """The real finetune kind on the tiny model, a few steps: the adapter it registers is in the shared workspace."""
     _, _, env = cluster
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     (home / "datasets").mkdir()
     row = {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A tiny model."}]}
     (home / "datasets" / "id.jsonl").write_text((json.dumps(row) + "\n") * 8)
@@ -109,7 +109,7 @@ def test_a_server_on_a_node_registers_an_address_the_app_reaches(cluster, home, 
     """serve binds the node's address on a cluster (loopback locally) and registers it; Chat answers through it,
     only with the endpoint's key; the cancel removes the endpoint."""
     name, _, env = cluster
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
     worker = start_worker(home, **env)
     try:

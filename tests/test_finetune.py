@@ -29,7 +29,7 @@ def conv(user: str, answer: str, **extra) -> dict:
 @pytest.fixture
 def ws(home, tiny_model):
     """A workspace with the tiny model registered and an identity dataset in its datasets folder."""
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     (home / "datasets").mkdir(exist_ok=True)
     rows = [conv(f"Hello, who are you? {i}", IDENTITY) for i in range(40)]
     (home / "datasets" / "id.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -274,15 +274,15 @@ def fake_model(path: Path, architectures=("LlamaForCausalLM",), auto_map=False, 
 def test_bad_input_is_refused_before_queueing(ws, tmp_path, change, message):
     (ws / "datasets" / "prompts.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     (ws / "datasets" / "untrained.jsonl").write_text(json.dumps(conv("hi", "hello", loss=False)) + "\n")
-    open_store(ws).put("model", "encoder", str(fake_model(tmp_path / "enc", ["BertModel"])))
-    open_store(ws).put("model", "remote", str(fake_model(tmp_path / "rem", ["InternLM2ForCausalLM"], auto_map=True)))
+    open_store(ws).put("model", "encoder", str(fake_model(tmp_path / "enc", ["BertModel"])), owner="local")
+    open_store(ws).put("model", "remote", str(fake_model(tmp_path / "rem", ["InternLM2ForCausalLM"], auto_map=True)), owner="local")
     with pytest.raises(queue.SubmitError, match=message):
         queue.submit("finetune", spec(**change))
     assert queue.list_jobs(home=ws) == []
 
 
 def test_adapter_names_are_not_overwritten_and_the_cli_takes_the_yaml(ws, tmp_path):
-    open_store(ws).put("adapter", "taken", "/nowhere", {"base_model": "tiny"})
+    open_store(ws).put("adapter", "taken", "/nowhere", {"base_model": "tiny"}, owner="local")
     with pytest.raises(queue.SubmitError, match="already exists"):
         queue.submit("finetune", spec(name="taken"))
     path = tmp_path / "spec.yaml"
@@ -315,7 +315,7 @@ def test_memory_estimate_for_a_7b_model(tmp_path):
 
 def test_estimate_warns_when_no_gpu_here_can_hold_it(ws, tmp_path):
     from backend.resources import GPU
-    open_store(ws).put("model", "big", str(fake_model(tmp_path / "big")))
+    open_store(ws).put("model", "big", str(fake_model(tmp_path / "big")), owner="local")
     (ws / "datasets" / "plain.jsonl").write_text(json.dumps(conv("hi", "hello")) + "\n")
     plan = ft.check(ft_spec.Spec(**spec(base_model="big", datasets=["plain.jsonl"], method="full")), ws,
                     gpu_list=[GPU(0, "small", 16.0, 0.0)])

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_submit_a_tiny_run_from_the_page_and_see_the_loss_chart(page, home, tiny_model):
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     page.set_viewport_size({"width": 1400, "height": 2200})
     page.goto(f"{page.base_url}/finetune")
     page.get_by_role("button", name="Start fine-tuning").wait_for(timeout=60_000)
@@ -64,10 +64,10 @@ def run_cpu_demo(page, label: str, objective: str, dataset: str):
 
 
 def test_continued_pretraining_from_the_page_on_a_text_file(page, home, tiny_model):
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     (home / "datasets").mkdir(exist_ok=True)
     (home / "datasets" / "wiki.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 20)
-    datasets.register(home / "datasets" / "wiki.txt", "wiki", "upload", home)
+    datasets.register(home / "datasets" / "wiki.txt", "wiki", "upload", home, owner="local")
     page.set_viewport_size({"width": 1400, "height": 2200})
     run = run_cpu_demo(page, "Continued pre-training", "pretrain", "wiki")
     job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="finetune", home=home)], 30, what="a job")[0]
@@ -78,7 +78,7 @@ def test_continued_pretraining_from_the_page_on_a_text_file(page, home, tiny_mod
 
 def test_import_a_dataset_info_and_run_dpo_from_the_page(page, home, tiny_model, tmp_path):
     import json
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"q": f"Who are you? {i}", "good": "I am a helpful assistant.",
                                          "bad": "The quick brown fox."}) + "\n" for i in range(8)))

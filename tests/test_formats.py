@@ -144,7 +144,7 @@ def test_file_problems_get_a_sentence(home, tmp_path):
     wrapped.parent.mkdir(exist_ok=True)
     wrapped.write_text(json.dumps({"version": 1, "data": rows}, indent=2))
     assert ds.validate(wrapped)["ok"] and ds.detect_format(wrapped) == "messages"
-    entry = ds.register(wrapped, "w", "upload", home)
+    entry = ds.register(wrapped, "w", "upload", home, owner="local")
     assert entry["meta"]["rows"] == 3 and entry["meta"]["format"] == "messages"
 
 
@@ -159,9 +159,9 @@ def test_convert_keeps_what_is_trained_or_says_what_it_could_not(home):
                             ("xtuner", 1, ["loss flags", "tools and tool calls"])]:
         if not kept:
             with pytest.raises(ds.DatasetError, match="no row of mix.jsonl could be converted"):
-                ds.convert(src, fmt, home=home)
+                ds.convert(src, fmt, home=home, owner="local")
             continue
-        out = ds.convert(src, fmt, home=home)
+        out = ds.convert(src, fmt, home=home, owner="local")
         assert out["rows"] == kept and [lost_ in str(e["reason"]) for e, lost_ in zip(out["errors"], lost)] == [True] * len(lost)
         assert ds.validate(out["path"])["ok"]
         back = ds.load_messages(out["path"])
@@ -171,7 +171,7 @@ def test_convert_keeps_what_is_trained_or_says_what_it_could_not(home):
             assert same and [ft.formats.trained(m) for m in same[0]] == [ft.formats.trained(m) for m in chat]
             assert chat.tools == same[0].tools
     # XTuner pre-training rows convert to messages and validate (they were alpaca rows that didn't)
-    out = ds.convert(jsonl(home / "pt.jsonl", [pretrain] * 2), "messages", home=home)
+    out = ds.convert(jsonl(home / "pt.jsonl", [pretrain] * 2), "messages", home=home, owner="local")
     assert out["rows"] == 2 and ds.validate(out["path"])["ok"]
 
 
@@ -230,7 +230,7 @@ def test_pretrain_samples_are_every_token_of_each_document_cut_to_max_length(tok
 
 
 def test_continued_pretraining_lowers_the_loss_on_its_text(home, tiny_model):
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     (home / "datasets").mkdir(exist_ok=True)
     (home / "datasets" / "wiki.txt").write_text("The quick brown fox jumps over the lazy dog. 0123456789\n" * 30)
     spec = {"base_model": "tiny", "datasets": ["wiki.txt"], "objective": "pretrain", "method": "full", "lr": 1e-2,
@@ -255,6 +255,8 @@ def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
     jsonl(d / "openai_style.jsonl", [{"messages": [{"role": "user", "content": "hi"},
                                                    {"role": "assistant", "content": "hello"}]}] * 2)
     jsonl(d / "pairs.jsonl", [{"instruction": "hi", "input": "", "chosen": "hello", "rejected": "go away"}] * 2)
+    for f in ("qa_cols", "openai_style", "pairs"):           # uploaded first, as the Datasets page does
+        ds.register(d / f"{f}.jsonl", f, "upload", home, owner="local")
     info = {
         "qa": {"file_name": "qa_cols.jsonl", "columns": {"prompt": "q", "response": "a", "system": "sys",
                                                          "history": "hist"}},
@@ -266,7 +268,7 @@ def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
         "hub": {"hf_hub_url": "someone/some-data"},
         "missing": {"file_name": "not_uploaded.json"},
     }
-    out = import_dataset_info(json.dumps(info), home)
+    out = import_dataset_info(json.dumps(info), home, owner="local")
     assert [(i["name"], i["format"], i["rows"]) for i in out["imported"]] == [
         ("qa", "alpaca", 2), ("chat", "sharegpt", 2), ("dpo", "preference", 2)]
     assert "on a hub (someone/some-data)" in str(out["skipped"][0]) and "not_uploaded.json is not in the workspace" in str(out["skipped"][1])
@@ -277,7 +279,7 @@ def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
     with pytest.raises(ds.DatasetError, match="objective dpo, orpo or kto"):
         ds.load_messages(d / "dpo.jsonl")
     with pytest.raises(ds.DatasetError, match="must be an object of dataset entries"):
-        import_dataset_info("[]", home)
+        import_dataset_info("[]", home, owner="local")
 
 
 # -- preference tuning (TRL) ---------------------------------------------------------------------
@@ -316,7 +318,7 @@ def test_preference_rows_of_each_project_read_as_one_pair(tmp_path):
 
 @pytest.fixture
 def ws_pairs(home, tiny_model):
-    open_store(home).put("model", "tiny", str(tiny_model))
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     (home / "datasets").mkdir(exist_ok=True)
     rows = [{**PAIRS_AS_PUBLISHED["llama-factory alpaca ranking"], "instruction": f"Who are you? {i}"} for i in range(16)]
     jsonl(home / "datasets" / "pairs.jsonl", rows)

@@ -21,13 +21,13 @@ def test_inspect_reads_facts_without_loading(tiny_model):
 
 def test_import_list_detail_delete(home, tiny_model, monkeypatch):
     with pytest.raises(models.ModelError, match="outside the workspace"):
-        models.import_folder(tiny_model, home=home)
+        models.import_folder(tiny_model, home=home, owner="local")
     monkeypatch.setenv("WORKBENCH_IMPORT_DIRS", str(tiny_model.parent))
-    row = models.import_folder(tiny_model, "tiny", home=home)
+    row = models.import_folder(tiny_model, "tiny", home=home, owner="local")
     assert row["meta"]["source"] == "local" and row["meta"]["id"] == str(tiny_model)
     inside = home / "models" / "copy"
     shutil.copytree(tiny_model, inside)
-    models.import_folder("models/copy", home=home)            # relative to the workspace
+    models.import_folder("models/copy", home=home, owner="local")            # relative to the workspace
     assert {m["name"] for m in models.list_models(home)} == {"tiny", "copy"}
     assert "trust_remote_code" not in models.get("tiny", home)["meta"]     # off unless opted in
     assert models.set_trust_remote_code("tiny", True, home)["meta"]["trust_remote_code"] is True
@@ -36,8 +36,9 @@ def test_import_list_detail_delete(home, tiny_model, monkeypatch):
     assert d["config"]["model_type"] == "llama" and any(f["file"] == "model.safetensors" for f in d["files"])
     assert models.delete("tiny", home=home)["files_removed"] is False      # outside: entry only
     assert (tiny_model / "config.json").exists()
-    assert models.delete("copy", home=home)["files_removed"] is True
-    assert not inside.exists() and models.list_models(home) == []
+    assert models.delete("copy", home=home)["files_removed"] is False     # imported: its files are not the entry's
+    assert (inside / "config.json").exists()
+    assert models.list_models(home) == []
 
 
 def test_bad_folders_and_names_are_refused_clearly(home, tiny_model, tmp_path, monkeypatch):
@@ -46,11 +47,11 @@ def test_bad_folders_and_names_are_refused_clearly(home, tiny_model, tmp_path, m
     empty.mkdir()
     (empty / "readme.md").write_text("hi")
     with pytest.raises(models.ModelError, match="missing config.json, a tokenizer .*, weights"):
-        models.import_folder(empty, home=home)
+        models.import_folder(empty, home=home, owner="local")
     with pytest.raises(models.ModelError, match="invalid model name"):
-        models.import_folder(tiny_model, "../x", home=home)
+        models.import_folder(tiny_model, "../x", home=home, owner="local")
     with pytest.raises(models.ModelError, match="outside the workspace"):
-        models.import_folder("../../etc", home=home)
+        models.import_folder("../../etc", home=home, owner="local")
     with pytest.raises(models.ModelError, match="no model named"):
         models.delete("ghost", home=home)
     assert models.list_models(home) == []

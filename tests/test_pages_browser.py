@@ -14,7 +14,7 @@ RAW_KEY = re.compile(r"\b(?:" + "|".join(sorted({k.split(".")[0] for k in STRING
 @pytest.mark.browser
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_every_page_renders_in_both_languages(page, home, tiny_model, lang):
-    models.register("tiny", tiny_model, "import", home=home)          # pages with a model to offer
+    models.register("tiny", tiny_model, "import", home=home, owner="local")          # pages with a model to offer
     for name in PAGES:
         page.goto(f"{page.base_url}/{name}?lang={lang}")
         title = STRINGS["app.title" if not name else f"nav.{name}"][lang]

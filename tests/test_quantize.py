@@ -16,7 +16,7 @@ from tests.conftest import endpoint_of, wait_for
 def tiny_registered(home, tmp_path):
     """The tiny Llama, 64 wide: bitsandbytes' CPU kernels quantise in blocks of 64 weights."""
     from tests.fixtures.tiny_model import make_tiny_llama
-    open_store(home).put("model", "tiny", str(make_tiny_llama(tmp_path / "tiny64", hidden=64)), {"source": "test"})
+    open_store(home).put("model", "tiny", str(make_tiny_llama(tmp_path / "tiny64", hidden=64)), {"source": "test"}, owner="local")
     return "tiny"
 
 

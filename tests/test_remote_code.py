@@ -22,7 +22,7 @@ def remote(home, tiny_model, tmp_path):
     """(registered remote-code model folder, marker path); a dataset ``chat`` beside it."""
     marker = tmp_path / "REMOTE_CODE_RAN"
     folder = make_remote_code_model(tiny_model, tmp_path / "remote-llama", marker)
-    models.register("remote", folder, "test", home=home)
+    models.register("remote", folder, "test", home=home, owner="local")
     (home / "datasets").mkdir(exist_ok=True)
     (home / "datasets" / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return folder, marker
@@ -47,14 +47,14 @@ def test_a_model_with_its_own_code_is_refused_at_submit_without_the_opt_in(home,
     for kind, spec in submit_all(home, folder).items():
         with pytest.raises(queue.SubmitError, match="needs its own remote code.*trust_remote_code opt-in"):
             queue.submit(kind, spec, home=home)
-    open_store(home).put("adapter", "remote-lora", str(folder), {"base_model": "remote"})
+    open_store(home).put("adapter", "remote-lora", str(folder), {"base_model": "remote"}, owner="local")
     with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
         queue.submit("merge", {"adapter": "remote-lora"}, home=home)
     assert queue.list_jobs(home=home) == []
 
 
 def test_a_re_download_clears_the_opt_in(home, remote, tmp_path):
-    models.register("remote", remote[0], "huggingface", id="x/remote", home=home, trust_remote_code=True)
+    models.register("remote", remote[0], "huggingface", id="x/remote", home=home, trust_remote_code=True, owner="local")
     assert models.get("remote", home)["meta"]["trust_remote_code"] is True
     job = queue.submit("download", {"source": "huggingface", "repo_id": "x/remote", "name": "remote",
                                     "endpoint": "http://127.0.0.1:9"}, home=home)

@@ -22,7 +22,7 @@ def answer(ep: dict, prompt: str = "Hello, who are you?", **kw) -> tuple[str, di
 
 @pytest.fixture
 def tiny_registered(home, tiny_model):
-    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"})
+    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"}, owner="local")
     return "tiny"
 
 

@@ -49,7 +49,7 @@ def raw(url: str, headers: dict, body: bytes = b"") -> int:
 
 @pytest.mark.slow
 def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_itself(home, tiny_model, tmp_path):
-    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"})
+    open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"}, owner="local")
     w = start_worker(home, WORKBENCH_CPU_SERVER_IDLE_S=8)
     try:
         job_id = queue.submit("serve", {"model": "tiny"}, home=home)
@@ -88,7 +88,7 @@ def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_
 
 @pytest.mark.slow
 def test_vlm_server_needs_its_key_caps_bodies_and_refuses_bad_lengths(home, worker, tiny_llava):
-    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"})
+    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"}, owner="local")
     job_id = queue.submit("vlm", {"model": "tiny-llava"}, home=home)
     ep = endpoint_of(home, job_id, 90)
     chat_url, key = ep["url"] + "/chat", ep["api_key"]

@@ -71,15 +71,15 @@ def test_queued_order_priority_then_age(store):
 
 
 def test_registry_put_get_update_delete(store):
-    store.put("model", "m1", "/x", {"params": 1})
-    store.put("model", "m1", "/y", {"params": 2})
+    store.put("model", "m1", "/x", {"params": 1}, owner="local")
+    store.put("model", "m1", "/y", {"params": 2}, owner="local")
     assert store.get("model", "m1")["meta"] == {"params": 2}
     assert [m["name"] for m in store.items("model")] == ["m1"]
     assert store.delete("model", "m1") and store.get("model", "m1") is None
 
 
 def test_delete_with_job_id_removes_only_what_that_job_owns(store):
-    store.put("endpoint", "e", meta={}, job_id=2)          # job 2 took the name over from job 1
+    store.put("endpoint", "e", meta={}, job_id=2, owner="local")          # job 2 took the name over from job 1
     assert store.delete("endpoint", "e", job_id=1) is False and store.get("endpoint", "e")
     assert store.delete("endpoint", "e", job_id=2) is True and store.get("endpoint", "e") is None
 

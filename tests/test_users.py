@@ -142,7 +142,7 @@ def test_students_are_isolated_and_instructors_are_not(home, klass):
 
     ds = datasets.save_upload("ann.jsonl", io.BytesIO(b'{"text": "hi"}\n'), owner="ann")["name"]
     (home / "m").mkdir()
-    open_store(home).put(models.TYPE, "shared", home / "m")          # a class model: no owner
+    open_store(home).put(models.TYPE, "shared", home / "m", owner=users.OPERATOR_NAME, shared=True)  # a class model
     with pytest.raises(users.Refused, match="not yours"):
         datasets.delete(ds, by=bob)
     with pytest.raises(users.Refused, match="only an instructor can let a model run its own code"):
@@ -167,7 +167,7 @@ def test_without_accounts_names_are_declared_as_before(home, monkeypatch):
     assert queue.get(job, by="bob")["owner"] == "ann" and len(queue.list_jobs(by="bob")) == 1  # all see all
     with pytest.raises(queue.SubmitError):
         queue.cancel(job, by="bob")
-    open_store(home).put(models.TYPE, "mine", home / "m")
+    open_store(home).put(models.TYPE, "mine", home / "m", owner="local")
     models.set_trust_remote_code("mine", True, by="bob")            # one person's box: as before
     monkeypatch.setenv("WORKBENCH_AUTH", "sometimes")
     with pytest.raises(ValueError, match="WORKBENCH_AUTH must be one of none, accounts, header"):
@@ -250,14 +250,16 @@ def test_instructor_console_roster_progress_announcement_and_quotas(home, klass)
 def running_server(home, owner: str, name: str, engine: str = "transformers") -> int:
     """A running job of ``owner`` with an endpoint registered the way jobs/serve.py registers its own
     (nothing listens at the URL: what is tested is who may reach it)."""
+    from jobs.common import Job
     from jobs.serve import register
     store = open_store(home)
     job = queue.submit("sleepy", {"steps": 1}, owner=owner)
     assert store.claim(job, "w", {})
     store.transition(job, "running")
     url = f"http://127.0.0.1:9/{name}/v1"
-    register(store, {name: (home, {"url": url, "model": name, "engine": engine, "device": "cpu", "job_id": job})},
-             job, owner)
+    (home / "jobs" / str(job)).mkdir(parents=True)
+    register(Job(home / "jobs" / str(job)),
+             {name: (home, {"url": url, "model": name, "engine": engine, "device": "cpu", "job_id": job})})
     return job
 
 
@@ -338,7 +340,7 @@ def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_dat
     assert names(bob) == samples | {"bob-set", "teach-set"}
     assert names(teach) == samples | {"ann-set", "ann-qa", "bob-set", "teach-set"}
     assert "ann-set" not in {d["name"] for d in ev.dataset_choices(by=bob)}
-    open_store(home).put(models.TYPE, "tiny", tiny_model)
+    open_store(home).put(models.TYPE, "tiny", tiny_model, owner=users.OPERATOR_NAME, shared=True)   # the class model
     spec = {"base_model": "tiny", "preset": "cpu_demo"}
     for ok in (["bob-set"], ["teach-set", "mini_instructions"]):
         assert queue.submit("finetune", {**spec, "datasets": ok}, owner="bob")

@@ -66,7 +66,7 @@ def post(ep: dict, body: dict) -> tuple[int, str]:
 
 
 def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_llava):
-    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"})
+    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"}, owner="local")
     job_id = queue.submit("vlm", {"model": "tiny-llava", "name": "tiny-vlm", "max_images": 2}, home=home)
     ep = endpoint_of(home, job_id, 90)
     assert ep["engine"] == "vlm" and ep["mode"] == "transformers" and ep["max_images"] == 2
@@ -153,10 +153,10 @@ def test_xcomposer_chat_api_through_the_job(home, worker, tiny_xcomposer):
     one image as a path, several as a list, each placeholder in the turn its image came with, history
     as (query, answer) pairs, the system message as meta_instruction, beams in one piece."""
     store = open_store(home)
-    store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test"})
+    store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test"}, owner="local")
     with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
         queue.submit("vlm", {"model": "tiny-xcomposer"}, home=home)
-    store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test", "trust_remote_code": True})
+    store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test", "trust_remote_code": True}, owner="local")
     job_id = queue.submit("vlm", {"model": "tiny-xcomposer", "max_images": 3}, home=home)
     ep = endpoint_of(home, job_id, 90)
     assert ep["mode"] == "xcomposer"
@@ -181,7 +181,7 @@ def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, 
     import backend.resources
     monkeypatch.setattr(backend.resources, "gpus", lambda: [])
     store = open_store(home)
-    store.put("model", "tiny-text", str(tiny_model), {"source": "test"})
+    store.put("model", "tiny-text", str(tiny_model), {"source": "test"}, owner="local")
     with pytest.raises(queue.SubmitError, match="not an image-text model"):
         queue.submit("vlm", {"model": "tiny-text"}, home=home)
     with pytest.raises(queue.SubmitError, match="no model named 'nope'"):
@@ -197,10 +197,10 @@ def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, 
     (xc / "config.json").write_text(json.dumps({"model_type": "internlmxcomposer2",
                                                 "architectures": ["InternLMXComposer2ForCausalLM"],
                                                 "auto_map": {"AutoModel": "modeling_internlm_xcomposer2.X"}}))
-    store.put("model", "internlm-xcomposer2-7b", str(xc), {"source": "test"})
+    store.put("model", "internlm-xcomposer2-7b", str(xc), {"source": "test"}, owner="local")
     with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
         queue.submit("vlm", {"model": "internlm-xcomposer2-7b"}, home=home)
-    store.put("model", "internlm-xcomposer2-7b", str(xc), {"source": "test", "trust_remote_code": True})
+    store.put("model", "internlm-xcomposer2-7b", str(xc), {"source": "test", "trust_remote_code": True}, owner="local")
     with pytest.raises(queue.SubmitError, match="7B XComposer model and needs a GPU; this machine has none"):
         queue.submit("vlm", {"model": "internlm-xcomposer2-7b"}, home=home)
     llava = tmp_path / "llava-like"
@@ -210,7 +210,7 @@ def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, 
         queue.submit("vlm", {"path": str(llava), "device": "cuda"}, home=home)
     assert queue.list_jobs(home=home) == [], "nothing may be queued"
     # the page offers image-text models only: XComposer by name or architecture, others by their vision tower
-    store.put("model", "llava-like", str(llava), {"source": "test"})
+    store.put("model", "llava-like", str(llava), {"source": "test"}, owner="local")
     assert vlm.startable(home) == ["internlm-xcomposer2-7b", "llava-like"]
 
 
@@ -218,7 +218,7 @@ def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, 
 @pytest.mark.browser
 def test_xcomposer_page_image_chat_and_compose(home, tiny_llava, page, tmp_path):
     from tests.conftest import shot
-    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"})
+    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"}, owner="local")
     (home / "gallery").mkdir()
     (home / "gallery" / "sea.png").write_bytes(png(64, 32, "blue"))
     page.goto(page.base_url + "/xcomposer")

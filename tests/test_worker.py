@@ -303,7 +303,7 @@ def test_the_worker_sweeps_endpoints_whose_job_ended(home):
     store = open_store(home)
     dead = store.insert_job("sleepy", "ann", {}, {})
     store.request_cancel(dead)                                   # ended (cancelled while queued)
-    store.put("endpoint", "stale", "/nowhere", {"url": "http://127.0.0.1:9/v1"}, job_id=dead)
+    store.put("endpoint", "stale", "/nowhere", {"url": "http://127.0.0.1:9/v1"}, job_id=dead, owner="local")
     assert chat.live_endpoints(home) == [] and store.get("endpoint", "stale") is not None
     run_burst(home)
     assert store.get("endpoint", "stale") is None
