@@ -9,6 +9,7 @@
     python -m backend next <id>
     python -m backend worker [--burst]
     python -m backend init
+    python -m backend tensorboard [--port 6007]   # TensorBoard over every job's events, on 127.0.0.1
     python -m backend users add NAME [--role student|instructor] | import roster.csv | reset NAME
                             | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N] [--gpu-hours H]
                             | list | audit
@@ -143,6 +144,15 @@ def cmd_init(a) -> int:
     return 0
 
 
+def cmd_tensorboard(a) -> int:
+    """TensorBoard over the workspace's runs: each job's ``<id>/tensorboard`` folder under jobs/ is one run,
+    found while it serves (new jobs appear), on the loopback address (reach it through the SSH tunnel)."""
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(defaults.home() / "jobs"), "--host", "127.0.0.1",
+           "--port", str(a.port)]
+    print("$ " + " ".join(cmd), flush=True)
+    os.execv(sys.executable, cmd)            # this process becomes TensorBoard: Ctrl-C or a signal stops it
+
+
 def cmd_users(a) -> int:
     """Accounts for class mode (WORKBENCH_AUTH=accounts); one-time passwords are printed once, never stored."""
     if a.action not in ("list", "audit") and not a.name:
@@ -254,6 +264,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--queued", type=int, help="for quota: most waiting jobs (0: no cap, -1: class default)")
     s.add_argument("--gpu-hours", type=float, help="for quota: most GPU-hours a day (0: no cap, -1: class default)")
     s.set_defaults(fn=cmd_users)
+    s = sub.add_parser("tensorboard", help="serve TensorBoard over every job's events on 127.0.0.1")
+    s.add_argument("--port", type=int, default=defaults.TENSORBOARD_PORT)
+    s.set_defaults(fn=cmd_tensorboard)
     s = sub.add_parser("init", help="create the workspace")
     s.set_defaults(fn=cmd_init)
     return p

@@ -83,6 +83,8 @@ HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 DB_BUSY_TIMEOUT_MS = 10_000
+TENSORBOARD_DIR = "tensorboard"  # a training job's TensorBoard event files: <job folder>/tensorboard (jobs/tracking.py)
+TENSORBOARD_PORT = 6007          # `python -m backend tensorboard` serves every job's events here, on 127.0.0.1
 
 
 def env(name: str, default):

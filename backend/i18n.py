@@ -900,6 +900,9 @@ STRINGS: dict[str, dict[str, str]] = {
                           "zh": "{executor} 集群：{total} 个 GPU 中 {free} 个空闲"},
     "home.cluster_unknown": {"en": "{executor} cluster: free GPUs unknown right now",
                              "zh": "{executor} 集群：暂时无法得知空闲 GPU"},
+    "job.tensorboard": {"en": "TensorBoard event files: `{folder}` (the operator serves every job's with "
+                               "`python -m backend tensorboard`)",
+                        "zh": "TensorBoard 事件文件：`{folder}`（管理员可用 `python -m backend tensorboard` 查看所有作业的曲线）"},
     # ---- end of table ----
 }
 
