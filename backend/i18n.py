@@ -903,6 +903,10 @@ STRINGS: dict[str, dict[str, str]] = {
     "job.tensorboard": {"en": "TensorBoard event files: `{folder}` (the operator serves every job's with "
                                "`python -m backend tensorboard`)",
                         "zh": "TensorBoard 事件文件：`{folder}`（管理员可用 `python -m backend tensorboard` 查看所有作业的曲线）"},
+    "err.users.entry_not_yours": {"en": "{type} {name} is another student's: export or push your own, or a class one",
+                                  "zh": "{type} {name} 属于另一位学生：只能导出或推送你自己的或班级共享的"},
+    "err.export.already_gguf": {"en": "{name} is a GGUF file already: export the transformers model it came from",
+                                "zh": "{name} 已经是 GGUF 文件：请导出它所来自的 transformers 模型"},
     # ---- end of table ----
 }
 

@@ -63,6 +63,7 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     if why:
         raise SubmitError.of(why)
     check_datasets(model, owner, home)
+    check_entries(k, model, owner, home)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
@@ -112,6 +113,16 @@ def check_datasets(spec, owner: str, home: Path | None = None) -> None:
         if entry is not None and not users.may_use(entry["owner"], owner):
             users.refuse(owner, "submit", f"dataset {entry['name']}",
                          Refused("err.users.dataset_not_yours", name=entry["name"]))
+
+
+def check_entries(kind, spec, owner: str, home: Path | None = None) -> None:
+    """A job that exports or pushes a registry entry (its spec module's ``uses(spec)``: [(type, name)]) may take
+    only one its owner may use: their own, a shared one or an instructor's; another student's is refused (audited)."""
+    mod = kinds.specs(kind)
+    for type_, name in mod.uses(spec) if hasattr(mod, "uses") else []:
+        entry = open_store(home).get(type_, name)
+        if entry is not None and not users.may_use(entry["owner"], owner):
+            users.refuse(owner, "submit", f"{type_} {name}", Refused("err.users.entry_not_yours", type=type_, name=name))
 
 
 def workspace_problem(home: Path | None = None, lang: str = "en") -> str | None:
