@@ -907,6 +907,12 @@ STRINGS: dict[str, dict[str, str]] = {
                                   "zh": "{type} {name} 属于另一位学生：只能导出或推送你自己的或班级共享的"},
     "err.export.already_gguf": {"en": "{name} is a GGUF file already: export the transformers model it came from",
                                 "zh": "{name} 已经是 GGUF 文件：请导出它所来自的 transformers 模型"},
+    "models.export.outtype": {"en": "GGUF type", "zh": "GGUF 类型"},
+    "models.export.help": {"en": "llama.cpp's own converter writes one .gguf file for llama.cpp, Ollama or LM Studio: "
+                                 "f16 keeps the weights, q8_0 is about half the size",
+                           "zh": "由 llama.cpp 自带的转换脚本写出一个 .gguf 文件，可用于 llama.cpp、Ollama、LM Studio："
+                                 "f16 保留原权重，q8_0 约为一半大小"},
+    "models.export.go": {"en": "Export to GGUF", "zh": "导出为 GGUF"},
     # ---- end of table ----
 }
 

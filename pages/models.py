@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend import models, paths, users
+from backend import export, models, paths, users
 from pages import keys, ui
 
 S_JOB = keys.MODELS_JOB             # the download job this session follows
@@ -113,6 +113,17 @@ with tab_reg:
             open_page("pages/evaluate.py", picked, keys.EVAL_MODELS, [picked])
         if c[3].button(ui.t("models.delete"), key="models_delete"):
             st.session_state[keys.MODELS_CONFIRM] = picked
+        if meta.get("format") != "gguf":
+            with st.container(key="models_export"):
+                c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+                outtype = c1.selectbox(ui.t("models.export.outtype"), export.OUTTYPES, key="models_export_outtype",
+                                       help=ui.t("models.export.help"))
+                if c2.button(ui.t("models.export.go"), key="models_export_go"):
+                    job_id = ui.submit("export", {"model": picked, "outtype": outtype})
+                    if job_id:
+                        st.session_state[keys.MODELS_EXPORT_JOB] = job_id
+            if st.session_state.get(keys.MODELS_EXPORT_JOB):
+                ui.job_view(st.session_state[keys.MODELS_EXPORT_JOB], show_spec=False)
         remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
                              key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"),
                              disabled=not users.may_change("", ui.user()))
