@@ -913,6 +913,16 @@ STRINGS: dict[str, dict[str, str]] = {
                            "zh": "由 llama.cpp 自带的转换脚本写出一个 .gguf 文件，可用于 llama.cpp、Ollama、LM Studio："
                                  "f16 保留原权重，q8_0 约为一半大小"},
     "models.export.go": {"en": "Export to GGUF", "zh": "导出为 GGUF"},
+    "err.push.no_entry": {"en": "no {type} named {name!r} in the registry", "zh": "注册表中没有名为 {name!r} 的{type}"},
+    "err.push.no_token": {"en": "pushing to {hub} needs your access token (a write token from your account's settings)",
+                          "zh": "推送到 {hub} 需要你的访问令牌（在账号设置中创建一个有写权限的令牌）"},
+    "err.push.bad_token": {"en": "{hub} refused the token: check that it is yours, not expired, and has write access",
+                           "zh": "{hub} 拒绝了该令牌：请确认令牌属于你、未过期且有写权限"},
+    "err.push.name_taken": {"en": "the repository {repo} belongs to someone else on {hub} (or your token may not write "
+                                  "there): choose a name under your own account",
+                            "zh": "{hub} 上的仓库 {repo} 属于别人（或你的令牌无权写入）：请用你自己账号下的名字"},
+    "err.push.quota": {"en": "{hub} refused {repo}: your storage quota is full; free space there or push something smaller",
+                       "zh": "{hub} 拒绝了 {repo}：你的存储配额已满；请先清理空间或推送更小的文件"},
     # ---- end of table ----
 }
 

@@ -240,14 +240,15 @@ def cancel(job_id: int, home: Path | None = None, by: users.User | str | None = 
 
 
 def retry(job_id: int, owner: str | None = None, home: Path | None = None,
-          by: users.User | str | None = None) -> int:
-    """Queue the same spec again as a new job (the old one's record stays)."""
+          by: users.User | str | None = None, secrets: dict[str, str] | None = None) -> int:
+    """Queue the same spec again as a new job (the old one's record stays). Secrets are never kept: a job that
+    needs one (a push's token) is given it again."""
     job = get(job_id, home)
     _manage(job, by, "retry")
     if not job.finished:
         raise SubmitError("err.queue.still_active", job=job_id, state=job.state)
     return submit(job.kind, job.spec, owner=owner or job.owner, priority=job.priority,
-                  label=job.label, parent_id=job_id, home=home)
+                  label=job.label, parent_id=job_id, secrets=secrets, home=home)
 
 
 def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:

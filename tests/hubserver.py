@@ -8,18 +8,25 @@ It serves model folders through the HTTP APIs the real clients call:
                 GET  /api/v1/models/{id}/repo?Revision=&FilePath=            -> the bytes, Range
   OpenXLab      POST /model-center/api/v1/cli/repository/getFileDownloadUrl  -> signed-URL-like links here
                 GET  /oxl/{repo}/{file}
+Uploads (huggingface_hub's HfApi, with a token of ``tokens``: {token: user}):
+                GET  /api/whoami-v2 · POST /api/repos/create · POST /api/validate-yaml
+                POST /api/{models|datasets}/{repo}/preupload/{rev}  -> every file "regular" (no LFS or Xet)
+                POST /api/{models|datasets}/{repo}/commit/{rev}     -> ndjson; the files land in ``upload_dir``
 
 Knobs for failure tests: ``throttle`` (bytes/s per response), ``truncate`` ({path: n}: that file is
-served cut to n bytes, consistently, while the listing keeps its true size and checksum). It counts
+served cut to n bytes, consistently, while the listing keeps its true size and checksum), ``quota``
+(bytes a user may upload), ``gate`` (cleared: a preupload waits until it is set again). It counts
 the file bytes it sends (``bytes_sent``) and logs every request (``requests``).
 
     python -m tests.hubserver <repo_id>=<folder> ...     # serve until Ctrl-C
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -49,8 +56,15 @@ class Repo:
 
 
 class Hub:
-    def __init__(self, repos: dict[str, Path] | None = None, throttle: float = 0, port: int = 0):
+    def __init__(self, repos: dict[str, Path] | None = None, throttle: float = 0, port: int = 0,
+                 tokens: dict[str, str] | None = None, quota: int = 0):
         self.repos = {rid: Repo(rid, folder) for rid, folder in (repos or {}).items()}
+        self.tokens, self.quota, self.uploaded = tokens or {}, quota, {}     # uploaded: bytes per user
+        self.owners: dict[str, str] = {}                   # repo id -> user, for repos created here
+        self.private: dict[str, bool] = {}
+        self.upload_dir = Path(tempfile.mkdtemp(prefix="hub-uploads-"))
+        self.gate = threading.Event()
+        self.gate.set()
         self.throttle = throttle
         self.truncate: dict[str, int] = {}
         self.bytes_sent = 0
@@ -168,6 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.unquote(url.path)
         q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
         self.hub.requests.append(f"{self.command} {self.path}")
+        if path == "/api/whoami-v2":
+            user = self.user()
+            return user and self.send_json({"type": "user", "name": user, "auth": {"accessToken": {"role": "write"}}})
         m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/(.+))?$", path)
         if m:
             return self.hf_info(m.group(1), m.group(2) or "main")
@@ -193,8 +210,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(n) or b"{}")
+        raw = self.rfile.read(n)
         self.hub.requests.append(f"POST {self.path}")
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        m = re.match(r"^/api/(?:models|datasets)/([^/]+/[^/]+)/(preupload|commit)/[^/]+$", path)
+        if m:
+            return self.hf_preupload(m.group(1), json.loads(raw)) if m.group(2) == "preupload" \
+                else self.hf_commit(m.group(1), [json.loads(line) for line in raw.splitlines() if line.strip()])
+        body = json.loads(raw or b"{}")
+        if path == "/api/repos/create":
+            return self.hf_create(body)
+        if path == "/api/validate-yaml":
+            return self.send_json({"errors": [], "warnings": []})
         if self.path.endswith("/cli/repository/getFileDownloadUrl"):
             repo = self.repo(f"{body.get('userName')}/{body.get('repositoryName')}")
             if repo is None:
@@ -207,6 +234,67 @@ class _Handler(BaseHTTPRequestHandler):
                                             "data": {"modelNames": {}, "filePaths": files}}})
         self.send_json({"msgCode": "10000", "msg": "ok", "traceId": "t", "data": {}})   # telemetry and the rest
 
+    # -- Hugging Face uploads ----------------------------------------------------------------------
+    def user(self) -> str | None:
+        """The user of the request's bearer token; None (and a 401 sent) when it is missing or unknown."""
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if token not in self.hub.tokens:
+            self.hf_error(401, "InvalidCredentials", "Invalid credentials in Authorization header")
+            return None
+        return self.hub.tokens[token]
+
+    def writable(self, repo_id: str) -> str | None:
+        user = self.user()
+        if user is None:
+            return None
+        if self.hub.owners.get(repo_id) != user:
+            self.hf_error(403, "Forbidden", f"You don't have the rights to write to {repo_id}")
+            return None
+        return user
+
+    def hf_create(self, body: dict):
+        user = self.user()
+        if user is None:
+            return
+        repo_id = f"{body.get('organization') or user}/{body['name']}"
+        if repo_id.split("/")[0] != user:
+            return self.hf_error(403, "Forbidden", "You don't have the rights to create a model under this namespace")
+        if repo_id in self.hub.repos:            # as the hub answers: the existing repo's url with the 409
+            return self.send_json({"error": "You already created this model repo", "url": f"{self.hub.url}/{repo_id}"},
+                                  409, {"X-Error-Code": "Conflict", "X-Error-Message": "You already created this model repo"})
+        folder = self.hub.upload_dir / repo_id
+        folder.mkdir(parents=True)
+        self.hub.add(repo_id, folder)
+        self.hub.owners[repo_id] = user
+        self.hub.private[repo_id] = body.get("visibility") == "private" or bool(body.get("private"))
+        self.send_json({"url": f"{self.hub.url}/{repo_id}", "name": repo_id})
+
+    def hf_preupload(self, repo_id: str, body: dict):
+        user = self.writable(repo_id)
+        if user is None:
+            return
+        self.hub.gate.wait(60)
+        size = sum(f["size"] for f in body["files"])
+        if self.hub.quota and self.hub.uploaded.get(user, 0) + size > self.hub.quota:
+            return self.hf_error(403, "Forbidden", "Storage quota exceeded for this account")
+        self.send_json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                  for f in body["files"]]})
+
+    def hf_commit(self, repo_id: str, lines: list[dict]):
+        user = self.writable(repo_id)
+        if user is None:
+            return
+        repo = self.repo(repo_id)
+        for line in lines:
+            if line["key"] == "file":
+                target = repo.folder / line["value"]["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(base64.b64decode(line["value"]["content"]))
+                self.hub.uploaded[user] = self.hub.uploaded.get(user, 0) + target.stat().st_size
+        repo = self.hub.add(repo_id, repo.folder)
+        self.send_json({"commitUrl": f"{self.hub.url}/{repo_id}/commit/{repo.sha}", "commitOid": repo.sha,
+                        "success": True})
+
     # -- Hugging Face ----------------------------------------------------------------------------
     def hf_info(self, repo_id: str, rev: str):
         repo = self.repo(repo_id)
@@ -214,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self.hf_error(404, "RepoNotFound", "Repository not found")
         if not repo.revision_ok(rev):
             return self.hf_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        self.send_json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
+        self.send_json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": self.hub.private.get(repo_id, False),
                         "siblings": [{"rfilename": rel} for rel in repo.files]})
 
     def hf_tree(self, repo_id: str, rev: str):
