@@ -923,6 +923,13 @@ STRINGS: dict[str, dict[str, str]] = {
                             "zh": "{hub} 上的仓库 {repo} 属于别人（或你的令牌无权写入）：请用你自己账号下的名字"},
     "err.push.quota": {"en": "{hub} refused {repo}: your storage quota is full; free space there or push something smaller",
                        "zh": "{hub} 拒绝了 {repo}：你的存储配额已满；请先清理空间或推送更小的文件"},
+    "models.push": {"en": "Push to Hugging Face", "zh": "推送到 Hugging Face"},
+    "models.push.repo": {"en": "Repository (your-name/name)", "zh": "仓库（你的用户名/名称）"},
+    "models.push.private": {"en": "Private", "zh": "私有"},
+    "models.push.token.help": {"en": "a write token of your own account: it reaches only this job and is never stored "
+                                     "or shown again (a retry asks for it again)",
+                               "zh": "你自己账号的写权限令牌：只交给这个作业，不保存、不再显示（重试时需要重新输入）"},
+    "models.push.go": {"en": "Push", "zh": "推送"},
     # ---- end of table ----
 }
 

@@ -122,8 +122,18 @@ with tab_reg:
                     job_id = ui.submit("export", {"model": picked, "outtype": outtype})
                     if job_id:
                         st.session_state[keys.MODELS_EXPORT_JOB] = job_id
-            if st.session_state.get(keys.MODELS_EXPORT_JOB):
-                ui.job_view(st.session_state[keys.MODELS_EXPORT_JOB], show_spec=False)
+        with st.expander(ui.t("models.push")), st.container(key="models_push"):
+            c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+            repo = c1.text_input(ui.t("models.push.repo"), key=f"models_push_repo_{picked}",
+                                 placeholder=f"your-name/{picked}")
+            private = c2.checkbox(ui.t("models.push.private"), value=True, key="models_push_private")
+            hf_token = st.text_input(ui.t("models.token"), type="password", key="models_push_token",
+                                     help=ui.t("models.push.token.help"))
+            if st.button(ui.t("models.push.go"), key="models_push_go"):
+                job_id = ui.submit("push", {"type": "model", "source": picked, "repo_id": repo, "private": private},
+                                   secrets=secrets_for("huggingface", hf_token))
+                if job_id:
+                    st.session_state[keys.MODELS_EXPORT_JOB] = job_id
         remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
                              key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"),
                              disabled=not users.may_change("", ui.user()))
@@ -141,6 +151,8 @@ with tab_reg:
                     else:
                         st.success(ui.t("models.deleted", name=picked))
                         st.rerun()
+        if st.session_state.get(keys.MODELS_EXPORT_JOB):
+            ui.job_view(st.session_state[keys.MODELS_EXPORT_JOB], show_spec=False)
         with st.expander(ui.t("models.config")):
             st.json(d["config"], expanded=False)
         with st.expander(ui.t("models.generation_config")):
