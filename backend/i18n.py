@@ -923,7 +923,7 @@ STRINGS: dict[str, dict[str, str]] = {
                             "zh": "{hub} 上的仓库 {repo} 属于别人（或你的令牌无权写入）：请用你自己账号下的名字"},
     "err.push.quota": {"en": "{hub} refused {repo}: your storage quota is full; free space there or push something smaller",
                        "zh": "{hub} 拒绝了 {repo}：你的存储配额已满；请先清理空间或推送更小的文件"},
-    "models.push": {"en": "Push to Hugging Face", "zh": "推送到 Hugging Face"},
+    "models.push": {"en": "Push to Hugging Face / ModelScope", "zh": "推送到 Hugging Face / ModelScope"},
     "models.push.repo": {"en": "Repository (your-name/name)", "zh": "仓库（你的用户名/名称）"},
     "models.push.private": {"en": "Private", "zh": "私有"},
     "models.push.token.help": {"en": "a write token of your own account: it reaches only this job and is never stored "

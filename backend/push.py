@@ -1,7 +1,8 @@
 """Push (the push job, jobs/push.py): a registry model, adapter or dataset uploaded to a hub repository with a
 generated card whose YAML metadata carries the lineage: base model, datasets, method, hyperparameters, metrics
-and evaluation scores. Hugging Face through huggingface_hub's own API (whoami, create_repo, upload_folder); the
-student's token reaches the job as a secret (HF_TOKEN), never the spec, the database or the log.
+and evaluation scores. Hugging Face through huggingface_hub's own API (whoami, create_repo, upload_folder),
+ModelScope through modelscope's HubApi (create_repo, upload_folder); the student's token reaches the job as a
+secret (HF_TOKEN, MODELSCOPE_API_TOKEN), never the spec, the database or the log.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from backend.errors import UserError
 from backend.registry import Entry
 from backend.store import open_store
 
-TOKEN_ENV = {"huggingface": "HF_TOKEN"}
+TOKEN_ENV = {"huggingface": "HF_TOKEN", "modelscope": "MODELSCOPE_API_TOKEN"}
 REPO_TYPE = {"model": "model", "adapter": "model", "dataset": "dataset"}
 CARD_KEYS = ("base_model", "adapter", "datasets", "method", "exported_from", "quantized_from", "source", "id")
 

@@ -1,7 +1,8 @@
-"""push: a registry model, adapter or dataset uploaded to a Hugging Face repository with a generated card
-(backend/push.py) through huggingface_hub's own API: whoami (the token), create_repo (name, private/public),
-upload_folder (one commit: a cancelled or broken push leaves the repository as it was, and a retry sends it
-again). The token is the job's secret (HF_TOKEN in its environment), never written anywhere."""
+"""push: a registry model, adapter or dataset uploaded to a Hugging Face or ModelScope repository with a
+generated card (backend/push.py) through the hub's own client: huggingface_hub (whoami, create_repo,
+upload_folder) or modelscope's HubApi (create_repo, upload_folder). Hugging Face commits once: a cancelled or
+broken push leaves the repository as it was and a retry sends it again; ModelScope's client skips the blobs the
+hub already holds. The token is the job's secret (in its environment only), never written anywhere."""
 from __future__ import annotations
 
 import os
@@ -31,9 +32,34 @@ def stage(entry_path: Path, folder: Path, card: str) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def main(spec: Spec, job: Job) -> dict:
+def to_huggingface(spec: Spec, token: str, folder: Path, job: Job) -> tuple[str, str]:
     from huggingface_hub import HfApi
+    api = HfApi(endpoint=spec.endpoint or None, token=token)
+    repo_type = push.REPO_TYPE[spec.type]
+    api.whoami()                                            # a refused token fails here, before anything is made
+    url = api.create_repo(spec.repo_id, repo_type=repo_type, private=spec.private, exist_ok=True)
+    job.progress(2, 3, "steps", f"uploading to {url}", force=True)
+    commit = api.upload_folder(folder_path=folder, repo_id=spec.repo_id, repo_type=repo_type,
+                               commit_message=spec.message)
+    return str(url), commit.oid
+
+
+def to_modelscope(spec: Spec, token: str, folder: Path, job: Job) -> tuple[str, str]:
+    from modelscope.hub.api import HubApi
+    api = HubApi(endpoint=spec.endpoint or None)
+    repo_type = push.REPO_TYPE[spec.type]
+    api.create_repo(spec.repo_id, token=token, repo_type=repo_type, visibility="private" if spec.private else "public",
+                    exist_ok=True)
+    url = f"{api.endpoint}/{repo_type}s/{spec.repo_id}"
+    job.progress(2, 3, "steps", f"uploading to {url}", force=True)
+    api.upload_folder(repo_id=spec.repo_id, folder_path=str(folder), token=token, repo_type=repo_type,
+                      commit_message=spec.message)
+    return url, ""
+
+
+def main(spec: Spec, job: Job) -> dict:
     from huggingface_hub.errors import HfHubHTTPError
+    from modelscope_hub.errors import HubError
 
     entry = open_store(job.home).get(spec.type, spec.source)
     if entry is None:
@@ -41,28 +67,26 @@ def main(spec: Spec, job: Job) -> dict:
     token = os.environ.get(push.TOKEN_ENV[spec.hub], "")
     if not token:
         raise JobError(str(UserError("err.push.no_token", hub=spec.hub)), BAD_INPUT)
-    api = HfApi(endpoint=spec.endpoint or None, token=token)
-    repo_type = push.REPO_TYPE[spec.type]
+    folder = job.dir / "upload"
     try:
-        job.progress(0, 3, "steps", "checking the token", force=True)
-        user = api.whoami()["name"]
-        job.progress(1, 3, "steps", f"repository {spec.repo_id} ({'private' if spec.private else 'public'})", force=True)
-        url = api.create_repo(spec.repo_id, repo_type=repo_type, private=spec.private, exist_ok=True)
-        size = stage(Path(entry["path"]), job.dir / "upload", push.card(entry, spec.repo_id, job.home))
-        job.progress(2, 3, "steps", f"uploading {size / 1e6:.1f} MB", force=True)
-        commit = api.upload_folder(folder_path=job.dir / "upload", repo_id=spec.repo_id, repo_type=repo_type,
-                                   commit_message=spec.message)
-    except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else 0
+        job.progress(0, 3, "steps", "writing the card", force=True)
+        size = stage(Path(entry["path"]), folder, push.card(entry, spec.repo_id, job.home))
+        job.progress(1, 3, "steps", f"repository {spec.repo_id} ({'private' if spec.private else 'public'}), "
+                                    f"{size / 1e6:.1f} MB", force=True)
+        url, commit = (to_huggingface if spec.hub == "huggingface" else to_modelscope)(spec, token, folder, job)
+    except (HfHubHTTPError, HubError) as e:       # ModelScope's upload_folder logs each file's reason, then sums up
+        response = getattr(e, "response", None)
+        status = response.status_code if response is not None else getattr(e, "status_code", 0) or 0
         why = push.refusal(status, str(e), spec.hub, spec.repo_id)
         if why is None:
-            raise JobError(f"{spec.hub} answered {status}: {str(e)[:300]}", DOWNLOAD, "retry the job later") from None
+            raise JobError(f"{spec.hub}: {str(e)[:300]}", DOWNLOAD, "the log above names each file's reason (a full "
+                           "quota, a refused token); retry the job: files the hub already holds are skipped") from None
         raise JobError(str(why), BAD_INPUT) from None
     finally:
-        shutil.rmtree(job.dir / "upload", ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     job.progress(3, 3, "steps", "pushed", force=True)
-    print(f"{spec.type} {spec.source!r} pushed by {user} to {url} ({size} bytes, commit {commit.oid})", flush=True)
-    return {"repo_id": spec.repo_id, "url": str(url), "commit": commit.oid, "bytes": size, "private": spec.private}
+    print(f"{spec.type} {spec.source!r} pushed to {url} ({size} bytes)", flush=True)
+    return {"repo_id": spec.repo_id, "url": url, "commit": commit, "bytes": size, "private": spec.private}
 
 
 if __name__ == "__main__":

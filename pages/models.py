@@ -123,15 +123,17 @@ with tab_reg:
                     if job_id:
                         st.session_state[keys.MODELS_EXPORT_JOB] = job_id
         with st.expander(ui.t("models.push")), st.container(key="models_push"):
-            c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+            c0, c1, c2 = st.columns([1, 2, 1], vertical_alignment="bottom")
+            hub = c0.selectbox(ui.t("models.source"), ["huggingface", "modelscope"], format_func=SOURCES.get,
+                               key="models_push_hub")
             repo = c1.text_input(ui.t("models.push.repo"), key=f"models_push_repo_{picked}",
                                  placeholder=f"your-name/{picked}")
             private = c2.checkbox(ui.t("models.push.private"), value=True, key="models_push_private")
             hf_token = st.text_input(ui.t("models.token"), type="password", key="models_push_token",
                                      help=ui.t("models.push.token.help"))
             if st.button(ui.t("models.push.go"), key="models_push_go"):
-                job_id = ui.submit("push", {"type": "model", "source": picked, "repo_id": repo, "private": private},
-                                   secrets=secrets_for("huggingface", hf_token))
+                job_id = ui.submit("push", {"type": "model", "source": picked, "repo_id": repo, "private": private,
+                                            "hub": hub}, secrets=secrets_for(hub, hf_token))
                 if job_id:
                     st.session_state[keys.MODELS_EXPORT_JOB] = job_id
         remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),

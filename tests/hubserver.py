@@ -12,6 +12,9 @@ Uploads (huggingface_hub's HfApi, with a token of ``tokens``: {token: user}):
                 GET  /api/whoami-v2 · POST /api/repos/create · POST /api/validate-yaml
                 POST /api/{models|datasets}/{repo}/preupload/{rev}  -> every file "regular" (no LFS or Xet)
                 POST /api/{models|datasets}/{repo}/commit/{rev}     -> ndjson; the files land in ``upload_dir``
+Uploads (modelscope's HubApi, models only; the token as its m_session_id cookie or a bearer):
+                POST /api/v1/models · POST /api/v1/repos/models/{repo}/info/lfs/objects/batch -> PUT /ms-lfs/{oid}
+                POST /api/v1/repos/models/{repo}/commit/{rev}       -> JSON actions (base64 or an LFS oid)
 
 Knobs for failure tests: ``throttle`` (bytes/s per response), ``truncate`` ({path: n}: that file is
 served cut to n bytes, consistently, while the listing keeps its true size and checksum), ``quota``
@@ -63,6 +66,7 @@ class Hub:
         self.owners: dict[str, str] = {}                   # repo id -> user, for repos created here
         self.private: dict[str, bool] = {}
         self.upload_dir = Path(tempfile.mkdtemp(prefix="hub-uploads-"))
+        self.blobs: dict[str, bytes] = {}                  # ModelScope LFS objects by sha256
         self.gate = threading.Event()
         self.gate.set()
         self.throttle = throttle
@@ -217,7 +221,13 @@ class _Handler(BaseHTTPRequestHandler):
         if m:
             return self.hf_preupload(m.group(1), json.loads(raw)) if m.group(2) == "preupload" \
                 else self.hf_commit(m.group(1), [json.loads(line) for line in raw.splitlines() if line.strip()])
+        m = re.match(r"^/api/v1/repos/models/([^/]+/[^/]+)/(info/lfs/objects/batch|commit/[^/]+)$", path)
+        if m:
+            return self.ms_batch(m.group(1), json.loads(raw)) if m.group(2).startswith("info") \
+                else self.ms_commit(m.group(1), json.loads(raw))
         body = json.loads(raw or b"{}")
+        if path == "/api/v1/models":
+            return self.ms_create(body)
         if path == "/api/repos/create":
             return self.hf_create(body)
         if path == "/api/validate-yaml":
@@ -236,21 +246,45 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- Hugging Face uploads ----------------------------------------------------------------------
     def user(self) -> str | None:
-        """The user of the request's bearer token; None (and a 401 sent) when it is missing or unknown."""
+        """The user of the request's bearer token (or ModelScope's m_session_id cookie); None (and a 401 sent)
+        when it is missing or unknown."""
         token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        cookie = re.search(r"m_session_id=([^;\s]+)", self.headers.get("Cookie", ""))
+        token = token or (cookie.group(1) if cookie else "")
         if token not in self.hub.tokens:
             self.hf_error(401, "InvalidCredentials", "Invalid credentials in Authorization header")
             return None
         return self.hub.tokens[token]
 
-    def writable(self, repo_id: str) -> str | None:
+    def writable(self, repo_id: str, size: int = 0) -> str | None:
+        """The token's user when it may write ``size`` more bytes to ``repo_id``; else None (and 401/403 sent)."""
         user = self.user()
         if user is None:
             return None
         if self.hub.owners.get(repo_id) != user:
             self.hf_error(403, "Forbidden", f"You don't have the rights to write to {repo_id}")
             return None
+        self.hub.gate.wait(60)
+        if self.hub.quota and self.hub.uploaded.get(user, 0) + size > self.hub.quota:
+            self.hf_error(403, "Forbidden", "Storage quota exceeded for this account")
+            return None
         return user
+
+    def created(self, repo_id: str, user: str, private: bool) -> None:
+        folder = self.hub.upload_dir / repo_id
+        folder.mkdir(parents=True)
+        self.hub.add(repo_id, folder)
+        self.hub.owners[repo_id], self.hub.private[repo_id] = user, private
+
+    def write(self, repo_id: str, user: str, files: dict[str, bytes]) -> Repo:
+        """A commit: ``files`` (path -> bytes) written into the repository, counted against the quota."""
+        repo = self.repo(repo_id)
+        for rel, data in files.items():
+            target = repo.folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            self.hub.uploaded[user] = self.hub.uploaded.get(user, 0) + len(data)
+        return self.hub.add(repo_id, repo.folder)
 
     def hf_create(self, body: dict):
         user = self.user()
@@ -262,38 +296,60 @@ class _Handler(BaseHTTPRequestHandler):
         if repo_id in self.hub.repos:            # as the hub answers: the existing repo's url with the 409
             return self.send_json({"error": "You already created this model repo", "url": f"{self.hub.url}/{repo_id}"},
                                   409, {"X-Error-Code": "Conflict", "X-Error-Message": "You already created this model repo"})
-        folder = self.hub.upload_dir / repo_id
-        folder.mkdir(parents=True)
-        self.hub.add(repo_id, folder)
-        self.hub.owners[repo_id] = user
-        self.hub.private[repo_id] = body.get("visibility") == "private" or bool(body.get("private"))
+        self.created(repo_id, user, body.get("visibility") == "private" or bool(body.get("private")))
         self.send_json({"url": f"{self.hub.url}/{repo_id}", "name": repo_id})
 
     def hf_preupload(self, repo_id: str, body: dict):
-        user = self.writable(repo_id)
-        if user is None:
-            return
-        self.hub.gate.wait(60)
-        size = sum(f["size"] for f in body["files"])
-        if self.hub.quota and self.hub.uploaded.get(user, 0) + size > self.hub.quota:
-            return self.hf_error(403, "Forbidden", "Storage quota exceeded for this account")
-        self.send_json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                  for f in body["files"]]})
+        if self.writable(repo_id, sum(f["size"] for f in body["files"])):
+            self.send_json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                      for f in body["files"]]})
 
     def hf_commit(self, repo_id: str, lines: list[dict]):
         user = self.writable(repo_id)
         if user is None:
             return
-        repo = self.repo(repo_id)
-        for line in lines:
-            if line["key"] == "file":
-                target = repo.folder / line["value"]["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(base64.b64decode(line["value"]["content"]))
-                self.hub.uploaded[user] = self.hub.uploaded.get(user, 0) + target.stat().st_size
-        repo = self.hub.add(repo_id, repo.folder)
+        repo = self.write(repo_id, user, {ln["value"]["path"]: base64.b64decode(ln["value"]["content"])
+                                          for ln in lines if ln["key"] == "file"})
         self.send_json({"commitUrl": f"{self.hub.url}/{repo_id}/commit/{repo.sha}", "commitOid": repo.sha,
                         "success": True})
+
+    # -- ModelScope uploads ------------------------------------------------------------------------
+    def ms_create(self, body: dict):
+        user = self.user()
+        if user is None:
+            return
+        repo_id = f"{body['Path']}/{body['Name']}"
+        if body["Path"] != user:
+            return self.send_json({"Code": 10010205003, "Message": f"no permission to create {repo_id}",
+                                   "Success": False}, 403)
+        if repo_id in self.hub.repos:
+            return self.send_json({"Code": 10010205002, "Message": "model already exists", "Success": False}, 400)
+        self.created(repo_id, user, body.get("Visibility") == 1)
+        self.send_json({"Code": 200, "Success": True, "Data": {"Path": body["Path"], "Name": body["Name"]}})
+
+    def ms_batch(self, repo_id: str, body: dict):
+        if self.writable(repo_id, sum(o["size"] for o in body["objects"])):
+            self.send_json({"Code": 200, "Success": True, "Data": {"objects": [
+                {"oid": o["oid"], "size": o["size"], "actions": {"upload": {"href": f"{self.hub.url}/ms-lfs/{o['oid']}"}}}
+                for o in body["objects"]]}})
+
+    def ms_commit(self, repo_id: str, body: dict):
+        user = self.writable(repo_id)
+        if user is None:
+            return
+        files = {a["path"]: base64.b64decode(a["content"]) if a["type"] == "normal" else self.hub.blobs[a["sha256"]]
+                 for a in body["actions"] if a["action"] in ("create", "update")}
+        repo = self.write(repo_id, user, files)
+        self.send_json({"Code": 200, "Success": True, "Data": {"CommitId": repo.sha}})
+
+    def do_PUT(self):
+        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.hub.requests.append(f"PUT {self.path}")
+        m = re.match(r"^/ms-lfs/([0-9a-f]{64})$", self.path)
+        if m is None or hashlib.sha256(data).hexdigest() != m.group(1):
+            return self.send_json({"Code": 400, "Message": "bad object", "Success": False}, 400)
+        self.hub.blobs[m.group(1)] = data
+        self.send_json({"Code": 200, "Success": True})
 
     # -- Hugging Face ----------------------------------------------------------------------------
     def hf_info(self, repo_id: str, rev: str):

@@ -1,12 +1,12 @@
-"""Push: real push jobs through a real worker upload with huggingface_hub's own client to the local hub
-(tests/hubserver.py on 127.0.0.1): the files arrive, the card's metadata carries the lineage, a wrong token,
+"""Push: real push jobs through a real worker upload with huggingface_hub's and modelscope's own clients to the
+local hub (tests/hubserver.py on 127.0.0.1): the files arrive, the card's metadata carries the lineage, a wrong token,
 a name taken and a full quota fail with a sentence, the token is written nowhere, a cancelled push is
 retried, and a student cannot push another student's adapter."""
 from __future__ import annotations
 
 import pytest
 
-from backend import logs, queue, users
+from backend import logs, push as push_, queue, users
 from backend.store import open_store
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub
@@ -32,17 +32,18 @@ def adapter(home, tmp_path):
     return folder
 
 
-def push(repo_id: str, hub: Hub, token: str = TOKEN, **kw) -> int:
-    return queue.submit("push", {"type": "adapter", "source": "ann-id", "repo_id": repo_id, "endpoint": hub.url, **kw},
-                        owner="ann", secrets={"HF_TOKEN": token})
+def push(repo_id: str, hub: Hub, token: str = TOKEN, to: str = "huggingface", **kw) -> int:
+    return queue.submit("push", {"type": "adapter", "source": "ann-id", "repo_id": repo_id, "endpoint": hub.url,
+                                 "hub": to, **kw}, owner="ann", secrets={push_.TOKEN_ENV[to]: token})
 
 
-def test_push_uploads_the_files_with_a_lineage_card_and_says_why_it_fails(home, adapter):
+@pytest.mark.parametrize("to", ["huggingface", "modelscope"])
+def test_push_uploads_the_files_with_a_lineage_card_and_says_why_it_fails(home, adapter, to):
     from huggingface_hub import ModelCard
     with Hub(tokens={TOKEN: "ann", "hf_bob": "bob"}) as hub:
-        ok = push("ann/my-adapter", hub)
-        bad = push("ann/other", hub, token="hf_wrong")
-        taken = push("bob/my-adapter", hub)
+        ok = push("ann/my-adapter", hub, to=to)
+        bad = push("ann/other", hub, token="hf_wrong", to=to)
+        taken = push("bob/my-adapter", hub, to=to)
         run_burst(home, timeout=300)
         assert queue.get(ok, home)["state"] == "succeeded", logs.tail(ok, 40, home)
         repo = hub.repos["ann/my-adapter"]
@@ -58,14 +59,17 @@ def test_push_uploads_the_files_with_a_lineage_card_and_says_why_it_fails(home, 
         assert wb["evaluations"][0]["score"] == 61.5 and wb["evaluations"][0]["dataset"] == "demo_qa"
         assert logs.result(ok, home)["url"].endswith("/ann/my-adapter")
 
-        for job_id, sentence in ((bad, "huggingface refused the token"), (taken, "belongs to someone else")):
+        for job_id, sentence in ((bad, f"{to} refused the token"), (taken, "belongs to someone else")):
             job = queue.get(job_id, home)
             assert job["state"] == "failed" and sentence in job["error_message"], job["error_message"]
             assert "Traceback" not in logs.tail(job_id, 40, home)
         hub.quota = 1000
-        full = push("ann/big", hub)
+        full = push("ann/big", hub, to=to)
         run_burst(home, timeout=300)
-        assert "storage quota is full" in queue.get(full, home)["error_message"]
+        if to == "huggingface":
+            assert "storage quota is full" in queue.get(full, home)["error_message"]
+        else:        # modelscope's upload_folder logs each file's refusal and raises one summary
+            assert queue.get(full, home)["state"] == "failed" and "Storage quota exceeded" in logs.tail(full, 60, home)
     # the token is in no spec, row, log or event of any job, nor left in a job folder
     written = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
     assert TOKEN.encode() not in written

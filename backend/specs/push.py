@@ -1,5 +1,5 @@
 """The push job's spec (jobs/push.py): which registry entry goes to which hub repository. The token is not
-here: it is the job's secret (queue.submit(..., secrets={"HF_TOKEN": ...}))."""
+here: it is the job's secret (queue.submit(..., secrets={"HF_TOKEN" or "MODELSCOPE_API_TOKEN": ...}))."""
 from __future__ import annotations
 
 import re
@@ -18,8 +18,8 @@ class Spec(BaseModel):
     source: str                          # its registry name
     repo_id: str                         # owner/name on the hub
     private: bool = True
-    hub: Literal["huggingface"] = "huggingface"
-    endpoint: str = ""                   # "" = $HF_ENDPOINT or the hub itself
+    hub: Literal["huggingface", "modelscope"] = "huggingface"
+    endpoint: str = ""                   # "" = $HF_ENDPOINT / $MODELSCOPE_DOMAIN or the hub itself
     message: str = "Upload from Lab Workbench"
 
     @field_validator("repo_id")
