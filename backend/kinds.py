@@ -47,7 +47,7 @@ KINDS = {k.name: k for k in [
     Kind("export", "jobs.export",
          doc="a model as one GGUF file (f16, q8_0, bf16, f32) by llama.cpp's own converter, registered with its lineage"),
     Kind("push", "jobs.push", cpu_slots=0,
-         doc="uploads a model, adapter or dataset to a Hugging Face repository with a card carrying its lineage"),
+         doc="uploads a model, adapter or dataset to Hugging Face or ModelScope with a card carrying its lineage"),
     Kind("agent", "jobs.agent", engine="lagent", cpu_slots=0,
          doc="a Lagent ReAct agent with a limited Python interpreter, against a workbench endpoint or an OpenAI URL"),
     Kind("vlm", "jobs.vlm", long_lived=True, doc="an image-text model (LLaVA-style, or XComposer with opt-in) loaded once and served as a streaming endpoint"),
