@@ -926,6 +926,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "models.push": {"en": "Push to Hugging Face / ModelScope", "zh": "推送到 Hugging Face / ModelScope"},
     "models.push.repo": {"en": "Repository (your-name/name)", "zh": "仓库（你的用户名/名称）"},
     "models.push.private": {"en": "Private", "zh": "私有"},
+    "models.push.hub": {"en": "Hub", "zh": "平台"},
+    "models.push.token": {"en": "Your access token (write)", "zh": "你的访问令牌（写权限）"},
     "models.push.token.help": {"en": "a write token of your own account: it reaches only this job and is never stored "
                                      "or shown again (a retry asks for it again)",
                                "zh": "你自己账号的写权限令牌：只交给这个作业，不保存、不再显示（重试时需要重新输入）"},

@@ -124,12 +124,12 @@ with tab_reg:
                         st.session_state[keys.MODELS_EXPORT_JOB] = job_id
         with st.expander(ui.t("models.push")), st.container(key="models_push"):
             c0, c1, c2 = st.columns([1, 2, 1], vertical_alignment="bottom")
-            hub = c0.selectbox(ui.t("models.source"), ["huggingface", "modelscope"], format_func=SOURCES.get,
+            hub = c0.selectbox(ui.t("models.push.hub"), ["huggingface", "modelscope"], format_func=SOURCES.get,
                                key="models_push_hub")
             repo = c1.text_input(ui.t("models.push.repo"), key=f"models_push_repo_{picked}",
                                  placeholder=f"your-name/{picked}")
             private = c2.checkbox(ui.t("models.push.private"), value=True, key="models_push_private")
-            hf_token = st.text_input(ui.t("models.token"), type="password", key="models_push_token",
+            hf_token = st.text_input(ui.t("models.push.token"), type="password", key="models_push_token",
                                      help=ui.t("models.push.token.help"))
             if st.button(ui.t("models.push.go"), key="models_push_go"):
                 job_id = ui.submit("push", {"type": "model", "source": picked, "repo_id": repo, "private": private,

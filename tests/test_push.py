@@ -98,3 +98,28 @@ def test_a_student_cannot_push_another_students_adapter(home, adapter, monkeypat
         queue.submit("push", {"type": "adapter", "source": "ann-id", "repo_id": "bob/stolen"}, owner="bob",
                      secrets={"HF_TOKEN": "hf_bob"})
     assert not open_store(home).jobs()
+
+
+@pytest.fixture
+def hf_hub(monkeypatch):
+    """A local hub the worker's jobs reach as $HF_ENDPOINT (set before the app and the worker start)."""
+    with Hub(tokens={TOKEN: "local"}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield hub
+
+
+@pytest.mark.browser
+def test_push_a_model_from_the_models_page(hf_hub, home, tiny_model, page):
+    from tests.conftest import shot
+    open_store(home).put("model", "tiny", str(tiny_model), {"source": "local"}, owner="local")
+    page.goto(page.base_url + "/models")
+    page.get_by_text("Push to Hugging Face / ModelScope").click()
+    page.locator(".st-key-models_push_repo_tiny input").fill("local/tiny-pushed")
+    page.locator(".st-key-models_push_token input").fill(TOKEN)
+    page.get_by_role("button", name="Push", exact=True).click()
+    page.get_by_text("Queued as job").wait_for()
+    page.locator("[data-testid='job-state'][data-state='succeeded']").wait_for(state="attached", timeout=120_000)
+    shot(page, "models-push")
+    files = hf_hub.repos["local/tiny-pushed"].files
+    assert {"model.safetensors", "config.json", "README.md"} <= set(files)
+    assert TOKEN not in (home / "jobs" / "1" / "run.log").read_text()
