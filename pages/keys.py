@@ -22,6 +22,7 @@ AGENT_EXTERNAL = "agent_external"     # outside URLs added in this session: name
 FT_JOB, FT_MODEL = "ft_job", "ft_model"
 EVAL_RUN, EVAL_MODELS = "eval_run", "eval_models"
 MODELS_JOB, MODELS_CONFIRM = "models_job", "models_confirm"
+MODELS_EXPORT_JOB = "models_export_job"      # the export (GGUF) or push job this session follows
 DS_STATE = "ds_state"                     # per-dataset results (validation, convert, split, stats job)
 
 

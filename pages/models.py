@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend import models, paths, users
+from backend import export, models, paths, users
 from pages import keys, ui
 
 S_JOB = keys.MODELS_JOB             # the download job this session follows
@@ -114,6 +114,29 @@ with tab_reg:
             open_page("pages/evaluate.py", picked, keys.EVAL_MODELS, [picked])
         if c[3].button(ui.t("models.delete"), key="models_delete"):
             st.session_state[keys.MODELS_CONFIRM] = picked
+        if meta.get("format") != "gguf":
+            with st.container(key="models_export"):
+                c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+                outtype = c1.selectbox(ui.t("models.export.outtype"), export.OUTTYPES, key="models_export_outtype",
+                                       help=ui.t("models.export.help"))
+                if c2.button(ui.t("models.export.go"), key="models_export_go"):
+                    job_id = ui.submit("export", {"model": picked, "outtype": outtype})
+                    if job_id:
+                        st.session_state[keys.MODELS_EXPORT_JOB] = job_id
+        with st.expander(ui.t("models.push")), st.container(key="models_push"):
+            c0, c1, c2 = st.columns([1, 2, 1], vertical_alignment="bottom")
+            hub = c0.selectbox(ui.t("models.push.hub"), ["huggingface", "modelscope"], format_func=SOURCES.get,
+                               key="models_push_hub")
+            repo = c1.text_input(ui.t("models.push.repo"), key=f"models_push_repo_{picked}",
+                                 placeholder=f"your-name/{picked}")
+            private = c2.checkbox(ui.t("models.push.private"), value=True, key="models_push_private")
+            hf_token = st.text_input(ui.t("models.push.token"), type="password", key="models_push_token",
+                                     help=ui.t("models.push.token.help"))
+            if st.button(ui.t("models.push.go"), key="models_push_go"):
+                job_id = ui.submit("push", {"type": "model", "source": picked, "repo_id": repo, "private": private,
+                                            "hub": hub}, secrets=secrets_for(hub, hf_token))
+                if job_id:
+                    st.session_state[keys.MODELS_EXPORT_JOB] = job_id
         remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
                              key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"),
                              disabled=not users.may_change("", ui.user()))
@@ -131,6 +154,8 @@ with tab_reg:
                     else:
                         st.success(ui.t("models.deleted", name=picked))
                         st.rerun()
+        if st.session_state.get(keys.MODELS_EXPORT_JOB):
+            ui.job_view(st.session_state[keys.MODELS_EXPORT_JOB], show_spec=False)
         with st.expander(ui.t("models.config")):
             st.json(d["config"], expanded=False)
         with st.expander(ui.t("models.generation_config")):

@@ -13,7 +13,7 @@ import streamlit as st
 import yaml
 from streamlit import config
 
-from backend import chat, defaults, errors, executors, i18n, live, ownership, queue, users
+from backend import chat, defaults, errors, executors, i18n, live, ownership, paths, queue, users
 from backend.states import JobState
 from pages import keys
 
@@ -343,6 +343,8 @@ def _charts(job_id: int) -> None:
     if ev.metrics:
         with st.expander(t("job.metrics"), expanded=True):
             series_charts(ev.series)
+            if (folder := paths.job_dir(job_id) / defaults.TENSORBOARD_DIR).is_dir():
+                st.caption(t("job.tensorboard", folder=folder))
 
 
 def _num(x) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from backend import datasets as ds
 from backend import finetune as ft
-from backend import logs, queue
+from backend import defaults, logs, paths, queue
 from backend.specs.finetune import Spec
 from backend.store import open_store
 from tests.conftest import run_burst
@@ -358,6 +358,10 @@ def test_dpo_run_raises_the_chosen_vs_rejected_margin(ws_pairs):
     points = [e for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
     assert len(points) == 8 and {"loss", "margin", "reward_chosen", "reward_rejected", "lr"} <= set(points[0])
     assert points[-1]["margin"] > points[0]["margin"] + 0.1 and points[-1]["loss"] < points[0]["loss"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator   # TRL's rewards: TensorBoard too
+    acc = EventAccumulator(str(paths.job_dir(job_id, ws_pairs) / defaults.TENSORBOARD_DIR))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("margin")] == pytest.approx([p["margin"] for p in points], rel=1e-6)
     assert open_store(ws_pairs).get("adapter", "tiny-dpo")["meta"]["spec"]["objective"] == "dpo"
     # an SFT run on the same pairs is refused with the way to train them
     with pytest.raises(queue.SubmitError, match="objective dpo, orpo or kto"):

@@ -1,0 +1,100 @@
+"""GGUF export: real export jobs through a real worker run llama.cpp's own converter (unpacked from the
+llama-cpp-python sdist into .cache/llama.cpp once per machine); the files load back through transformers'
+GGUF loader (the bundled model's path), registered with their lineage and their owner; (slow) SmolLM2
+merged with a CPU-demo adapter answers the same after export."""
+from __future__ import annotations
+
+import pytest
+
+from backend import logs, queue, users
+from backend.store import open_store
+from tests.conftest import ROOT, run_burst
+
+PROMPT = [{"role": "user", "content": "Who are you?"}]
+
+
+@pytest.fixture(autouse=True)
+def converter_cache(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_LLAMA_CPP_DIR", str(ROOT / ".cache" / "llama.cpp"))
+
+
+def load_gguf(entry):
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(Path(entry["path"]), gguf_file=entry["meta"]["gguf_file"])
+
+
+def test_export_f16_and_q8_0_load_back_with_their_lineage(home, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.fixtures.tiny_model import make_tiny_llama_spm
+    src = make_tiny_llama_spm(tmp_path / "tiny-spm")
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    users.add("ann")
+    users.add("bob")
+    open_store(home).put("model", "tiny", str(src), {"lineage": {"base_model": "base", "datasets": ["id.jsonl"]}},
+                         owner="ann")
+    with pytest.raises(queue.Refused, match="another student's"):
+        queue.submit("export", {"model": "tiny"}, owner="bob")
+    ids = [queue.submit("export", {"model": "tiny", "outtype": t}, owner="ann") for t in ("f16", "q8_0")]
+    run_burst(home, timeout=600)
+    for job_id in ids:
+        assert queue.get(job_id, home)["state"] == "succeeded", logs.tail(job_id, 40, home)
+    f16, q8 = (open_store(home).get("model", f"tiny-{t}-gguf") for t in ("f16", "q8_0"))
+    assert f16["owner"] == q8["owner"] == "ann"
+    assert f16["meta"]["lineage"] == {"base_model": "base", "exported_from": "tiny", "method": "gguf f16",
+                                      "converter": "llama.cpp convert_hf_to_gguf.py (llama-cpp-python==0.3.36)",
+                                      "datasets": ["id.jsonl"], "export_job": ids[0]}
+    assert q8["meta"]["size_bytes"] < 0.7 * f16["meta"]["size_bytes"]
+    with pytest.raises(queue.SubmitError, match="already exists"):
+        queue.submit("export", {"model": "tiny"}, owner="ann")
+    with pytest.raises(queue.SubmitError, match="is a GGUF file already"):
+        queue.submit("export", {"model": "tiny-f16-gguf"}, owner="ann")
+
+    # loaded back: the source's weights (to f16 / q8_0 precision) and its logits; a random tiny model's top
+    # tokens are near ties, so the same-answer check is SmolLM2's (below)
+    tok = AutoTokenizer.from_pretrained(src)
+    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ref = AutoModelForCausalLM.from_pretrained(src)
+    want = ref(ids).logits
+    for entry, tol in ((f16, 1e-3), (q8, 2e-2)):
+        model = load_gguf(entry)
+        got = model.state_dict()
+        for k, v in ref.state_dict().items():
+            assert torch.allclose(got[k], v, atol=tol * v.abs().max().item()), (entry["name"], k)
+        assert (model(ids).logits - want).abs().max() < 0.05 * want.abs().max()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)      # ~2.5 min on a quiet machine; the 10-step fine-tune took 8 min on 2 busy cores
+def test_smollm2_merged_with_a_cpu_demo_adapter_answers_the_same_after_export(home):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend import models
+    models.ensure_bundled(home)
+    ft = queue.submit("finetune", {"base_model": models.BUNDLED_NAME, "datasets": ["shubot_self_cognition"],
+                                   "preset": "cpu_demo", "max_steps": 10, "name": "demo"})
+    run_burst(home, timeout=600)
+    assert queue.get(ft, home)["state"] == "succeeded", logs.tail(ft, 40, home)
+    queue.submit("merge", {"adapter": "demo"})
+    run_burst(home, timeout=600)
+    export = queue.submit("export", {"model": "demo-merged", "outtype": "q8_0"})
+    run_burst(home, timeout=600)
+    assert queue.get(export, home)["state"] == "succeeded", logs.tail(export, 40, home)
+    entry = open_store(home).get("model", "demo-merged-q8_0-gguf")
+    assert entry["meta"]["lineage"]["base_model"] == models.BUNDLED_NAME
+
+    def answer(tok, model):
+        ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    merged = open_store(home).get("model", "demo-merged")["path"]
+    want = answer(AutoTokenizer.from_pretrained(merged), AutoModelForCausalLM.from_pretrained(merged))
+    from pathlib import Path
+    folder, name = Path(entry["path"]), entry["meta"]["gguf_file"]
+    got = answer(AutoTokenizer.from_pretrained(folder, gguf_file=name), load_gguf(entry))
+    print(want, "|", got)
+    assert got == want and want.strip()
