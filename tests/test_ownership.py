@@ -207,8 +207,8 @@ def test_evaluate_by_path_of_a_private_adapter_is_refused(home, things):
     spec = {"models": [{"name": "x", "path": model.path, "peft_path": adapter.path}],
             "datasets": [{"name": "q", "path": str(ROOT / "assets" / "datasets" / "easy_qa.jsonl")}]}
     with pytest.raises(users.Refused, match="another student's"):
-        queue.check_uses(queue.validate("evaluate", spec)[1], "bob", home)
-    queue.check_uses(queue.validate("evaluate", spec)[1], "ann", home)
+        queue.check_uses(*queue.validate("evaluate", spec), "bob", home)
+    queue.check_uses(*queue.validate("evaluate", spec), "ann", home)
 
 
 # -- the disk quota counts job folders ---------------------------------------------------------------------------
