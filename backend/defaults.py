@@ -69,6 +69,9 @@ SETTINGS = {s.name: s for s in [
     Setting("SERVER_HOST", "", "address model servers (serve, vlm) bind and register (empty: 127.0.0.1 with the local "
             "executor, the node's address on a cluster; 0.0.0.0: every interface, registering the node's address)"),
     Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
+    Setting("BWRAP", "bwrap", "the bubblewrap binary that sandboxes student code (a name looked up in PATH, or a path)"),
+    Setting("UNSAFE_UNSANDBOXED_CODE", 0, "1: on a single-user box (AUTH=none) run student code without the sandbox "
+            "when bubblewrap cannot run, under rlimits only (ignored in accounts and header mode)"),
 ]}
 
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
@@ -83,6 +86,7 @@ HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 DB_BUSY_TIMEOUT_MS = 10_000
+SANDBOX_READ_MAX_MB = 16         # most the app reads of one file a sandboxed run wrote, when a user opens it
 
 
 def env(name: str, default):

@@ -900,6 +900,24 @@ STRINGS: dict[str, dict[str, str]] = {
                           "zh": "{executor} 集群：{total} 个 GPU 中 {free} 个空闲"},
     "home.cluster_unknown": {"en": "{executor} cluster: free GPUs unknown right now",
                              "zh": "{executor} 集群：暂时无法得知空闲 GPU"},
+    "err.sandbox.no_bwrap": {"en": "student code is refused: the sandbox program {bwrap!r} (bubblewrap) is not installed; "
+                             "install it with `apt-get install bubblewrap` (or set WORKBENCH_BWRAP to its path)",
+                             "zh": "已拒绝运行学生代码：未安装沙箱程序 {bwrap!r}（bubblewrap）；请用 `apt-get install bubblewrap` "
+                             "安装（或把 WORKBENCH_BWRAP 设为它的路径）"},
+    "err.sandbox.no_userns": {"en": "student code is refused: bubblewrap cannot create its sandbox here ({detail}); "
+                              "turn on user namespaces with `sysctl -w kernel.unprivileged_userns_clone=1` and "
+                              "`sysctl -w user.max_user_namespaces=10000` (in a container, allow them in its runtime)",
+                              "zh": "已拒绝运行学生代码：bubblewrap 无法在此创建沙箱（{detail}）；请用 "
+                              "`sysctl -w kernel.unprivileged_userns_clone=1` 和 `sysctl -w user.max_user_namespaces=10000` "
+                              "开启用户命名空间（容器内请在容器运行时中允许）"},
+    "err.sandbox.bind": {"en": "student code is refused: its Python lives in {path}, a folder that holds the workspace "
+                         "or the repository, which the sandbox never shows; install the engine outside them",
+                         "zh": "已拒绝运行学生代码：其 Python 位于 {path}，该目录包含工作区或代码仓库，沙箱绝不暴露它们；"
+                         "请把引擎安装到它们之外"},
+    "err.sandbox.arch": {"en": "student code is refused: the sandbox's process filter knows x86_64 and aarch64, not {arch}",
+                         "zh": "已拒绝运行学生代码：沙箱的进程过滤器只支持 x86_64 和 aarch64，不支持 {arch}"},
+    "agent.file_unreadable": {"en": "{name} cannot be opened: it is a link, has other hard links or is gone",
+                              "zh": "无法打开 {name}：它是链接、有其他硬链接或已不存在"},
     # ---- end of table ----
 }
 

@@ -367,6 +367,7 @@ class Worker:
             return
         env = job_env.environment(
             os.environ, d, secrets, PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job.id),
+            WORKBENCH_AUTH=defaults.setting("AUTH"),        # not a secret: the sandbox's bare mode is for AUTH=none only
             PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), os.environ.get("PYTHONPATH")])),
             CUDA_VISIBLE_DEVICES=",".join(map(str, job.given.get("gpus", []))))
         cmd = [str(engines.python(job.asked.get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]

@@ -1,5 +1,5 @@
 """The agent job's spec (jobs/agent.py): a Lagent ReAct agent against a live workbench endpoint or an
-outside OpenAI-compatible URL, with a Python interpreter that runs under hard limits (jobs/sandbox.py)."""
+outside OpenAI-compatible URL, with a Python interpreter that runs in the sandbox (backend/sandbox.py)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import chat, engines
+from backend import chat, engines, sandbox
 from backend.errors import UserError
 
 KEY_SECRET = "OPENAI_API_KEY"      # an outside URL's key: passed as a secret, never in the spec
@@ -51,4 +51,7 @@ def resources(spec: Spec) -> dict:
     target(spec)
     if not engines.installed("lagent"):
         raise UserError("err.agent.engine_missing")
+    why = sandbox.refusal() if "python" in spec.tools else None
+    if why is not None and not sandbox.bare_allowed():
+        raise why
     return {"cpu_slots": 0}
