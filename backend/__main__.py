@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults, errors, logs, queue, users
+from backend import defaults, errors, logs, paths, queue, users
 from backend.procs import AlreadyRunning
 from backend.states import JobState
 from backend.store import open_store
@@ -260,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    os.umask(paths.PRIVATE_UMASK)
     a = parser().parse_args(argv)
     if a.cmd != "init" and (problem := queue.workspace_problem()):
         return _err(problem)

@@ -5,17 +5,19 @@ folder beside app.py as an old-style multipage app until the first run of app.py
 visit straight to ``/jobs?job=3`` would run that page without app.py. Declaring up front that this
 app does not use the pages folder keeps every URL on app.py's registry.
 """
+import os
 import sys
 from pathlib import Path
 
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.web import cli
 
-from backend import defaults, queue
+from backend import defaults, paths, queue
 
 PagesManager.uses_pages_directory = False
 
 if __name__ == "__main__":
+    os.umask(paths.PRIVATE_UMASK)            # the app's files (uploads, converted datasets) are its user's only
     if problem := queue.workspace_problem():
         sys.exit(f"error: {problem}")
     app = str(Path(__file__).resolve().parent.parent / "app.py")
