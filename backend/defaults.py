@@ -20,7 +20,9 @@ class Setting:
 
 SETTINGS = {s.name: s for s in [
     Setting("HOME", ROOT / "workspace", "the workspace: database, jobs, models, datasets, adapters, engines"),
-    Setting("ADDRESS", "127.0.0.1", "address the app binds"),
+    Setting("ADDRESS", "127.0.0.1", "address the app binds (AUTH=none: a loopback address only)"),
+    Setting("ALLOWED_HOSTS", "", "more host names (comma-separated) the app answers besides localhost, 127.0.0.1 and ::1, "
+            "e.g. the login proxy's public name: any other Host is refused (DNS rebinding)"),
     Setting("PORT", 6006, "port of the app"),
     Setting("BASE_URL_PATH", "", "serve the app under a path prefix"),
     Setting("SSH_PORT", 22, "port printed in the tunnel line"),
@@ -42,7 +44,9 @@ SETTINGS = {s.name: s for s in [
     Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
     Setting("AUTH", "none", "none: one person, no login; accounts: class mode with logins; header: a trusted proxy names the user"),
     Setting("AUTH_HEADER", "X-Forwarded-User", "the header a trusted proxy names the user in (AUTH=header)"),
-    Setting("TRUSTED_PROXIES", "127.0.0.1", "comma-separated addresses whose user header is believed"),
+    Setting("TRUSTED_PROXIES", "127.0.0.1", "comma-separated addresses whose user header is believed (with the secret)"),
+    Setting("AUTH_PROXY_SECRET", "", "AUTH=header: a shared secret (16+ characters) the login proxy sends in the "
+            "X-Workbench-Proxy-Secret header; without it no user header is believed and the app does not start"),
     Setting("SESSION_HOURS", 12.0, "how long a login lasts"),
     Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),

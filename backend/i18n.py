@@ -918,6 +918,14 @@ STRINGS: dict[str, dict[str, str]] = {
                          "zh": "已拒绝运行学生代码：沙箱的进程过滤器只支持 x86_64 和 aarch64，不支持 {arch}"},
     "agent.file_unreadable": {"en": "{name} cannot be opened: it is a link, has other hard links or is gone",
                               "zh": "无法打开 {name}：它是链接、有其他硬链接或已不存在"},
+    "err.users.proxy_secret": {"en": "WORKBENCH_AUTH=header needs WORKBENCH_AUTH_PROXY_SECRET (at least {chars} characters) "
+                               "that only the login proxy sends in the {header} header (docs/CLASS.md)",
+                               "zh": "WORKBENCH_AUTH=header 需要设置 WORKBENCH_AUTH_PROXY_SECRET（至少 {chars} 个字符），"
+                               "并且只由登录代理在 {header} 头中发送（见 docs/CLASS.md）"},
+    "err.users.bind_none": {"en": "WORKBENCH_AUTH=none serves one person without a login, so it binds a loopback address "
+                            "only, not {address}: use 127.0.0.1 and an SSH tunnel, or turn on accounts for a class",
+                            "zh": "WORKBENCH_AUTH=none 只服务一个人且无需登录，因此只能绑定回环地址，不能绑定 {address}："
+                            "请使用 127.0.0.1 和 SSH 隧道，或为课堂开启账号模式"},
     # ---- end of table ----
 }
 

@@ -7,7 +7,9 @@ WORKBENCH_AUTH picks the mode:
   hashed with argon2id (argon2-cffi); a login gives a signed, expiring token (itsdangerous, secret in
   ``<workspace>/secret.key``, mode 0600) naming a server-side session that Logout revokes.
 - ``header``: a proxy in front (oauth2-proxy, nginx auth_request, JupyterHub) logs people in and names
-  them in WORKBENCH_AUTH_HEADER; the header is believed only from WORKBENCH_TRUSTED_PROXIES.
+  them in WORKBENCH_AUTH_HEADER; the header is believed only with the shared secret only the proxy sets
+  (WORKBENCH_AUTH_PROXY_SECRET in the ``X-Workbench-Proxy-Secret`` header, compared in constant time) and
+  only from WORKBENCH_TRUSTED_PROXIES (the TCP peer: X-Forwarded-For is never read).
 
 Backend functions take the acting ``User`` and refuse what it may not do (``Refused``, a readable
 message); pages pass the logged-in user and never decide permissions themselves.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import hmac
+import ipaddress
 import os
 import re
 import secrets
@@ -404,13 +408,40 @@ def logout(token: str | None, home: Path | None = None) -> None:
         audit(s["user"], "logout", s["user"], home=home)
 
 
+PROXY_SECRET_HEADER = "X-Workbench-Proxy-Secret"
+PROXY_SECRET_MIN = 16          # characters: WORKBENCH_AUTH_PROXY_SECRET shorter than this is no secret
+
+
+def serve_problem(address: str) -> UserError | None:
+    """Why the app must not start on ``address`` in this mode, else None: AUTH=header without a usable
+    shared secret; AUTH=none (one person, no login) on an address other machines reach."""
+    if mode() == "header" and len(defaults.setting("AUTH_PROXY_SECRET")) < PROXY_SECRET_MIN:
+        return UserError("err.users.proxy_secret", header=PROXY_SECRET_HEADER, chars=PROXY_SECRET_MIN)
+    if mode() == "none" and not is_loopback(address):
+        return UserError("err.users.bind_none", address=address or "(every address)")
+    return None
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return address == "localhost" or ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def header_user(headers: dict, address: str | None, home: Path | None = None) -> User | None:
-    """AUTH=header: the user a trusted proxy names. Unknown names get a student account (no password);
-    headers from any other address are ignored."""
+    """AUTH=header: the user a trusted proxy names. Unknown names get a student account (no password).
+    Believed only when the request carries the proxy's shared secret and comes from a trusted address
+    (``address`` is the TCP peer; X-Forwarded-For is never read): anything else is ignored."""
+    def header(name: str) -> str:
+        return next((v for k, v in headers.items() if k.lower() == name.lower()), "")
+    secret = defaults.setting("AUTH_PROXY_SECRET")
+    if len(secret) < PROXY_SECRET_MIN or not hmac.compare_digest(header(PROXY_SECRET_HEADER).encode(), secret.encode()):
+        return None
     trusted = {a.strip() for a in defaults.setting("TRUSTED_PROXIES").split(",") if a.strip()}
     if (address or "127.0.0.1") not in trusted:
         return None
-    name = next((v for k, v in headers.items() if k.lower() == defaults.setting("AUTH_HEADER").lower()), "")
+    name = header(defaults.setting("AUTH_HEADER"))
     name = name.strip()
     if not NAME.fullmatch(name):
         return None

@@ -190,11 +190,21 @@ def test_queued_jobs_quota_is_refused_at_submit_with_current_usage(home, klass, 
 def test_a_trusted_proxy_names_the_user_and_nobody_else_can(home, monkeypatch):
     monkeypatch.setenv("WORKBENCH_AUTH", "header")
     monkeypatch.setenv("WORKBENCH_TRUSTED_PROXIES", "10.0.0.1")
-    assert users.header_user({"x-forwarded-user": "ann"}, "10.0.0.1") == users.User("ann", "student")
-    assert users.header_user({"X-Forwarded-User": "teach"}, "10.0.0.66") is None
-    assert users.header_user({"X-Forwarded-User": "bad name!"}, "10.0.0.1") is None
+    # no shared secret configured: no header is believed, from anywhere
+    assert users.header_user({"X-Forwarded-User": "ann", "X-Workbench-Proxy-Secret": ""}, "10.0.0.1") is None
+    secret = "s3cret-only-the-proxy-knows"
+    monkeypatch.setenv("WORKBENCH_AUTH_PROXY_SECRET", secret)
+    proxy = {"X-Workbench-Proxy-Secret": secret}
+    assert users.header_user({"x-forwarded-user": "ann", **proxy}, "10.0.0.1") == users.User("ann", "student")
+    assert users.header_user({"x-forwarded-user": "ann", "x-workbench-proxy-secret": secret}, "10.0.0.1").name == "ann"
+    # a student who reaches the app's port (an SSH tunnel arrives from a trusted address) has no secret
+    assert users.header_user({"X-Forwarded-User": "teach"}, "10.0.0.1") is None
+    assert users.header_user({"X-Forwarded-User": "teach", "X-Workbench-Proxy-Secret": secret[:-1]}, "10.0.0.1") is None
+    # X-Forwarded-For is not believed: the address is the connection's
+    assert users.header_user({"X-Forwarded-User": "teach", "X-Forwarded-For": "10.0.0.1", **proxy}, "10.0.0.66") is None
+    assert users.header_user({"X-Forwarded-User": "bad name!", **proxy}, "10.0.0.1") is None
     assert cli(home, "users", "role", "ann", "instructor").returncode == 0
-    assert users.header_user({"X-Forwarded-User": "ann"}, "10.0.0.1").instructor
+    assert users.header_user({"X-Forwarded-User": "ann", **proxy}, "10.0.0.1").instructor
 
 
 def test_fair_share_puts_whoever_ran_less_lately_first(home, klass):
