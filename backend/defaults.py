@@ -28,6 +28,8 @@ SETTINGS = {s.name: s for s in [
     Setting("SSH_PORT", 22, "port printed in the tunnel line"),
     Setting("CPU_SLOTS", 1, "heavy jobs at once when there is no GPU"),
     Setting("USER_MAX_RUNNING", 0, "per-user cap on running jobs (0: none)"),
+    Setting("USER_MAX_LIGHT_RUNNING", 20, "per-user cap on running light jobs (agent, download, stats, imports: "
+            "no GPU, no CPU slot); more wait in the queue (0: none)"),
     Setting("POLL_S", 0.5, "worker loop period"),
     Setting("LOST_AFTER_S", 30.0, "a running job whose heartbeat is older than this is lost"),
     Setting("CANCEL_GRACE_S", 10.0, "seconds between SIGTERM and SIGKILL on cancel"),
@@ -90,6 +92,7 @@ HEARTBEAT_S = 2.0                # worker and job heartbeat period
 LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 DB_BUSY_TIMEOUT_MS = 10_000
+QUEUED_JOB_ESTIMATE_H = 0.25    # a waiting job counts as this many hours (or its timeout) x its GPUs against GPU-hours
 SANDBOX_READ_MAX_MB = 16         # most the app reads of one file a sandboxed run wrote, when a user opens it
 
 

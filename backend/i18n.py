@@ -926,6 +926,10 @@ STRINGS: dict[str, dict[str, str]] = {
                             "only, not {address}: use 127.0.0.1 and an SSH tunnel, or turn on accounts for a class",
                             "zh": "WORKBENCH_AUTH=none 只服务一个人且无需登录，因此只能绑定回环地址，不能绑定 {address}："
                             "请使用 127.0.0.1 和 SSH 隧道，或为课堂开启账号模式"},
+    "err.queue.gpu_quota_queued": {"en": "you have used {used} of your {cap} GPU-hours for today, and your {n} waiting "
+                                   "job(s) count as {queued} more until they run: wait for them, or cancel one",
+                                   "zh": "你今天已用 {used} GPU 时（每日上限 {cap}），另有 {n} 个排队任务在运行前按 {queued} "
+                                   "GPU 时计入：请等待它们完成，或取消其中一个"},
     # ---- end of table ----
 }
 
