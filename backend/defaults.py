@@ -50,7 +50,8 @@ SETTINGS = {s.name: s for s in [
     Setting("AUTH_PROXY_SECRET", "", "AUTH=header: a shared secret (16+ characters) the login proxy sends in the "
             "X-Workbench-Proxy-Secret header; without it no user header is believed and the app does not start"),
     Setting("SESSION_HOURS", 12.0, "how long a login lasts"),
-    Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
+    Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account and address within the window before each next try "
+            "waits a doubling delay (an address failing 4x this on any accounts waits out the window)"),
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
     Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
     Setting("USER_DISK_QUOTA_GB", 0.0, "class mode: most a student's datasets, adapters, models and gallery images "

@@ -740,8 +740,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "auth.hint": {"en": "Your instructor gave you a name and a one-time password.",
                   "zh": "讲师会给你用户名和一次性密码。"},
     "auth.failed": {"en": "Wrong name or password.", "zh": "用户名或密码错误。"},
-    "auth.throttled": {"en": "Too many failed logins: wait a few minutes, or ask the instructor to reset your password.",
-                       "zh": "登录失败次数过多：请等几分钟再试，或请讲师重置密码。"},
+    "auth.throttled": {"en": "Too many failed logins from here: wait a little (each failure doubles the wait), or ask the instructor to reset your password.",
+                       "zh": "此处登录失败次数过多：请稍等再试（每次失败等待时间翻倍），或请讲师重置密码。"},
     "auth.change.title": {"en": "Choose your own password", "zh": "设置你自己的密码"},
     "auth.change.why": {"en": "This was a one-time password: choose a new one (at least 8 characters) to go on.",
                         "zh": "这是一次性密码：请设置新密码（至少 8 个字符）后继续。"},
@@ -930,6 +930,9 @@ STRINGS: dict[str, dict[str, str]] = {
                                    "job(s) count as {queued} more until they run: wait for them, or cancel one",
                                    "zh": "你今天已用 {used} GPU 时（每日上限 {cap}），另有 {n} 个排队任务在运行前按 {queued} "
                                    "GPU 时计入：请等待它们完成，或取消其中一个"},
+    "err.users.wait": {"en": "too many failed logins for this account from here: wait {seconds} seconds and try again "
+                       "(each failure doubles the wait), or ask the instructor to reset your password",
+                       "zh": "此账号在此处登录失败次数过多：请等待 {seconds} 秒后再试（每次失败等待时间翻倍），或请讲师重置你的密码"},
     # ---- end of table ----
 }
 

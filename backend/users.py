@@ -362,24 +362,45 @@ def session_seconds() -> int:
 
 
 def login(name: str, password: str, address: str = "", home: Path | None = None) -> tuple[User, str]:
-    """Check a password; returns the user and a session token. Failed tries per account and per address are
-    limited (WORKBENCH_LOGIN_MAX_FAILS in WORKBENCH_LOGIN_WINDOW_S); every try is in the audit log."""
+    """Check a password; returns the user and a session token. Past WORKBENCH_LOGIN_MAX_FAILS failed tries in
+    WORKBENCH_LOGIN_WINDOW_S for one (account, address), each next try there waits a delay that doubles
+    (``login_delay``), so a student guessing from one place never locks the account out elsewhere; one
+    address failing on many accounts waits out the window. Every try is in the audit log."""
     store = open_store(home)
-    since = time.time() - defaults.setting("LOGIN_WINDOW_S")
+    now, window = time.time(), defaults.setting("LOGIN_WINDOW_S")
     limit = defaults.setting("LOGIN_MAX_FAILS")
     shared = address in LOOPBACK       # everyone who comes through an SSH tunnel arrives from here
-    if (store.count_audit("login_failed", since, target=name) >= limit
-            or not shared and store.count_audit("login_failed", since, address=address) >= limit * ADDRESS_FAILS_FACTOR):
+    delay = login_delay(store.count_audit("login_failed", now - window, target=name, address=address))
+    if delay and store.count_audit("login_failed", now - delay, target=name, address=address):
         audit(name, "login_throttled", name, address, home=home)
-        raise Throttled("err.users.throttled", minutes=int(defaults.setting('LOGIN_WINDOW_S') // 60) or 1)
+        raise Throttled("err.users.wait", seconds=int(delay))
+    if not shared and store.count_audit("login_failed", now - window, address=address) >= limit * ADDRESS_FAILS_FACTOR:
+        audit(name, "login_throttled", name, address, home=home)
+        raise Throttled("err.users.throttled", minutes=int(window // 60) or 1)
     row = store.user(name)
-    if row is None or row["disabled"] or not _verify(row["password_hash"], password):
+    if row is None or row["disabled"]:
+        _verify(_unknown_hash(), password)            # the same work as a known name: no timing tells them apart
+        audit(name, "login_failed", name, address, home=home)
+        raise Refused("err.users.wrong_login")
+    if not _verify(row["password_hash"], password):
         audit(name, "login_failed", name, address, home=home)
         raise Refused("err.users.wrong_login")
     if _hasher().check_needs_rehash(row["password_hash"]):
         store.update_user(name, password_hash=_hasher().hash(password))
     audit(name, "login", name, address, home=home)
     return _user(row), start_session(name, home)
+
+
+def login_delay(fails: int) -> float:
+    """Seconds to wait after the last failed try once an (account, address) has ``fails`` in the window: none
+    up to WORKBENCH_LOGIN_MAX_FAILS, then 2, 4, 8... seconds, at most the window."""
+    over = fails - defaults.setting("LOGIN_MAX_FAILS")
+    return 0.0 if over < 0 else min(2.0 ** min(over + 1, 30), defaults.setting("LOGIN_WINDOW_S"))
+
+
+@functools.cache
+def _unknown_hash() -> str:
+    return _hasher().hash(secrets.token_urlsafe(16))
 
 
 def start_session(name: str, home: Path | None = None) -> str:
