@@ -75,7 +75,10 @@ SETTINGS = {s.name: s for s in [
             "kills for it is out_of_memory (empty: jobs stay in the worker's cgroup)"),
     Setting("SERVER_HOST", "", "address model servers (serve, vlm) bind and register (empty: 127.0.0.1 with the local "
             "executor, the node's address on a cluster; 0.0.0.0: every interface, registering the node's address)"),
-    Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
+    Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let user URLs (imports, outside chat/agent URLs, evaluate "
+            "endpoints) reach 127.0.0.1 (never on a shared server)"),
+    Setting("URL_ALLOW", "", "private networks (comma-separated CIDRs or addresses) a user's URL may reach besides public "
+            "addresses, e.g. a class's own model server (empty: public addresses only)"),
     Setting("BWRAP", "bwrap", "the bubblewrap binary that sandboxes student code (a name looked up in PATH, or a path)"),
     Setting("UNSAFE_UNSANDBOXED_CODE", 0, "1: on a single-user box (AUTH=none) run student code without the sandbox "
             "when bubblewrap cannot run, under rlimits only (ignored in accounts and header mode)"),

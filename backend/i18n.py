@@ -933,6 +933,13 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.users.wait": {"en": "too many failed logins for this account from here: wait {seconds} seconds and try again "
                        "(each failure doubles the wait), or ask the instructor to reset your password",
                        "zh": "此账号在此处登录失败次数过多：请等待 {seconds} 秒后再试（每次失败等待时间翻倍），或请讲师重置你的密码"},
+    "err.url.blocked": {"en": "{url} is refused: {reason} (a user's URL reaches public addresses only; the operator can "
+                        "allow a class's private network with WORKBENCH_URL_ALLOW)",
+                        "zh": "{url} 被拒绝：{reason}（用户给出的 URL 只能访问公网地址；管理员可用 WORKBENCH_URL_ALLOW "
+                        "放行课堂的内网）"},
+    "err.chat.blocked_url": {"en": "{url} is refused: {reason} (an outside URL reaches public addresses only; the operator "
+                             "can allow a class's private network with WORKBENCH_URL_ALLOW)",
+                             "zh": "{url} 被拒绝：{reason}（外部 URL 只能访问公网地址；管理员可用 WORKBENCH_URL_ALLOW 放行课堂的内网）"},
     # ---- end of table ----
 }
 

@@ -113,7 +113,8 @@ def test_transcripts():
 
 
 @pytest.fixture
-def fake():
+def fake(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK", "1")          # an outside URL, here on loopback
     f = FakeOpenAI()
     yield f
     f.close()
