@@ -174,8 +174,9 @@ def gpu_hours_cap(owner: str, home: Path | None = None) -> float:
 
 def over_gpu_hours(owners: set[str], home: Path | None = None) -> set[str]:
     """Those of ``owners`` whose GPU-hours today reached their cap: the worker starts no heavy job of theirs."""
-    used = gpu_hours_today(home) if owners else {}
-    return {o for o in owners if (most := gpu_hours_cap(o, home)) and used.get(o, 0.0) >= most}
+    caps = {o: gpu_hours_cap(o, home) for o in owners}
+    used = gpu_hours_today(home) if any(caps.values()) else {}
+    return {o for o, most in caps.items() if most and used.get(o, 0.0) >= most}
 
 
 def gpu_hours_today(home: Path | None = None) -> dict[str, float]:

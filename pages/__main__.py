@@ -17,7 +17,6 @@ from backend import defaults, paths, queue, users
 PagesManager.uses_pages_directory = False
 
 
-
 def option(name: str) -> str | None:
     """The value of ``--name VALUE`` or ``--name=VALUE`` on this command line."""
     args = sys.argv[1:]
