@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults, errors, logs, ownership, queue, users
+from backend import defaults, errors, logs, ownership, paths, queue, users
 from backend.registry import RegistryType
 from backend.procs import AlreadyRunning
 from backend.states import JobState
@@ -290,6 +290,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    os.umask(paths.PRIVATE_UMASK)
     a = parser().parse_args(argv)
     if a.cmd != "init" and (problem := queue.workspace_problem()):
         return _err(problem)

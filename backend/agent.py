@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from backend import chat, live, logs, queue, users
+from backend import chat, defaults, live, logs, queue, sandbox, users
 from backend.paths import job_dir
 from backend.specs.agent import KEY_SECRET
 
@@ -78,22 +78,27 @@ def files_dir(job_id: int, home: Path | None = None) -> Path:
     return job_dir(job_id, home) / "artifacts" / "files"
 
 
-def files(job_id: int, home: Path | None = None) -> list[Path]:
-    """The files the run's interpreter wrote (plots, CSVs), by name."""
+def files(job_id: int, home: Path | None = None) -> list[str]:
+    """The names of the files the run's interpreter wrote (plots, CSVs), listed with lstat: never a link."""
     folder = files_dir(job_id, home)
-    return sorted((p for p in folder.rglob("*") if p.is_file() and ".matplotlib" not in p.relative_to(folder).parts),
-                  key=lambda p: str(p.relative_to(folder))) if folder.is_dir() else []
+    return list(sandbox.files(folder)) if folder.is_dir() else []
+
+
+def file_bytes(job_id: int, name: str, by: users.User | str | None, home: Path | None = None) -> bytes:
+    """File ``name`` of run ``job_id`` (one ``by`` may see), read when a user opens it: never through a
+    link, never a file with other hard links, at most SANDBOX_READ_MAX_MB (OSError when it cannot be read)."""
+    run(job_id, by, home)
+    return sandbox.read(files_dir(job_id, home), name, defaults.SANDBOX_READ_MAX_MB * 2**20)
 
 
 def trace(job_id: int, by: users.User | str | None, home: Path | None = None) -> dict:
     """The run as one record: its question, the turns before it, every step, its state and files."""
     job = run(job_id, by, home)
-    folder = files_dir(job_id, home)
     return {"job": job_id, "state": job.state, "owner": job.owner,
             "target": job.spec.get("endpoint") or f"{job.spec.get('model')} @ {job.spec.get('url')}",
             "history": job.spec.get("history", []), "prompt": job.spec["prompt"],
             "steps": [{k: v for k, v in s.items() if k != "t"} for s in steps(job_id, home)],
-            "files": [str(p.relative_to(folder)) for p in files(job_id, home)]}
+            "files": files(job_id, home)}
 
 
 def trace_json(record: dict) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from backend import ownership, users
+from backend import ownership, url_guard, users
 from backend.errors import UserError
 from backend.states import JobState
 from backend.store import open_store
@@ -106,9 +106,12 @@ def uptime_s(endpoint: dict) -> float:
 
 
 def _client(endpoint: dict, api_key: str | None = None):
-    from openai import OpenAI, Timeout
+    """An OpenAI client for ``endpoint``; an outside one connects only through the URL guard."""
+    from openai import OpenAI, Timeout, _base_client
+    http = getattr(_base_client, "httpx2", None) or _base_client.httpx      # the HTTP library openai speaks
     return OpenAI(base_url=endpoint["url"], api_key=api_key or endpoint.get("api_key") or "none", max_retries=0,
-                  timeout=Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+                  timeout=Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+                  http_client=url_guard.http_client(http) if endpoint.get("external") else None)
 
 
 def external(url: str, api_key: str = "", model: str = "", name: str = "") -> dict:
@@ -129,7 +132,9 @@ def external(url: str, api_key: str = "", model: str = "", name: str = "") -> di
         raise ChatError("err.chat.key_refused", where=parsed.netloc) from None
     except openai.PermissionDeniedError:
         raise ChatError("err.chat.key_forbidden", where=parsed.netloc) from None
-    except openai.APIConnectionError:
+    except openai.APIConnectionError as e:
+        if why := url_guard.blocked(e):
+            raise ChatError("err.chat.blocked_url", url=url, reason=str(why)) from None
         raise ChatError("err.chat.unreachable_url", url=url) from None
     except openai.APIStatusError as e:
         if not ep["model"]:

@@ -20,12 +20,16 @@ class Setting:
 
 SETTINGS = {s.name: s for s in [
     Setting("HOME", ROOT / "workspace", "the workspace: database, jobs, models, datasets, adapters, engines"),
-    Setting("ADDRESS", "127.0.0.1", "address the app binds"),
+    Setting("ADDRESS", "127.0.0.1", "address the app binds (AUTH=none: a loopback address only)"),
+    Setting("ALLOWED_HOSTS", "", "more host names (comma-separated) the app answers besides localhost, 127.0.0.1 and ::1, "
+            "e.g. the login proxy's public name: any other Host is refused (DNS rebinding)"),
     Setting("PORT", 6006, "port of the app"),
     Setting("BASE_URL_PATH", "", "serve the app under a path prefix"),
     Setting("SSH_PORT", 22, "port printed in the tunnel line"),
     Setting("CPU_SLOTS", 1, "heavy jobs at once when there is no GPU"),
     Setting("USER_MAX_RUNNING", 0, "per-user cap on running jobs (0: none)"),
+    Setting("USER_MAX_LIGHT_RUNNING", 20, "per-user cap on running light jobs (agent, download, stats, imports: "
+            "no GPU, no CPU slot); more wait in the queue (0: none)"),
     Setting("POLL_S", 0.5, "worker loop period"),
     Setting("LOST_AFTER_S", 30.0, "a running job whose heartbeat is older than this is lost"),
     Setting("CANCEL_GRACE_S", 10.0, "seconds between SIGTERM and SIGKILL on cancel"),
@@ -44,9 +48,12 @@ SETTINGS = {s.name: s for s in [
     Setting("ENGINES_DIR", "", "where engine environments live (empty: $WORKBENCH_HOME/envs)"),
     Setting("AUTH", "none", "none: one person, no login; accounts: class mode with logins; header: a trusted proxy names the user"),
     Setting("AUTH_HEADER", "X-Forwarded-User", "the header a trusted proxy names the user in (AUTH=header)"),
-    Setting("TRUSTED_PROXIES", "127.0.0.1", "comma-separated addresses whose user header is believed"),
+    Setting("TRUSTED_PROXIES", "127.0.0.1", "comma-separated addresses whose user header is believed (with the secret)"),
+    Setting("AUTH_PROXY_SECRET", "", "AUTH=header: a shared secret (16+ characters) the login proxy sends in the "
+            "X-Workbench-Proxy-Secret header; without it no user header is believed and the app does not start"),
     Setting("SESSION_HOURS", 12.0, "how long a login lasts"),
-    Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account (4x per address) within the window before logins wait"),
+    Setting("LOGIN_MAX_FAILS", 5, "wrong passwords per account and address within the window before each next try "
+            "waits a doubling delay (an address failing 4x this on any accounts waits out the window)"),
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
     Setting("API_RATE_PER_MIN", 60, "requests a minute one API key may send to the /v1 gateway (0: no limit)"),
     Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
@@ -71,7 +78,13 @@ SETTINGS = {s.name: s for s in [
             "kills for it is out_of_memory (empty: jobs stay in the worker's cgroup)"),
     Setting("SERVER_HOST", "", "address model servers (serve, vlm) bind and register (empty: 127.0.0.1 with the local "
             "executor, the node's address on a cluster; 0.0.0.0: every interface, registering the node's address)"),
-    Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let URL imports reach 127.0.0.1 (never on a shared server)"),
+    Setting("URL_IMPORT_ALLOW_LOOPBACK", 0, "tests only: let user URLs (imports, outside chat/agent URLs, evaluate "
+            "endpoints) reach 127.0.0.1 (never on a shared server)"),
+    Setting("URL_ALLOW", "", "private networks (comma-separated CIDRs or addresses) a user's URL may reach besides public "
+            "addresses, e.g. a class's own model server (empty: public addresses only)"),
+    Setting("BWRAP", "bwrap", "the bubblewrap binary that sandboxes student code (a name looked up in PATH, or a path)"),
+    Setting("UNSAFE_UNSANDBOXED_CODE", 0, "1: on a single-user box (AUTH=none) run student code without the sandbox "
+            "when bubblewrap cannot run, under rlimits only (ignored in accounts and header mode)"),
 ]}
 
 # Variables the workbench sets for itself, never an operator: the worker tells a job its id and home;
@@ -88,6 +101,8 @@ DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 DB_BUSY_TIMEOUT_MS = 10_000
 TENSORBOARD_DIR = "tensorboard"  # a training job's TensorBoard event files: <job folder>/tensorboard (jobs/tracking.py)
 TENSORBOARD_PORT = 6007          # `python -m backend tensorboard` serves every job's events here, on 127.0.0.1
+QUEUED_JOB_ESTIMATE_H = 0.25    # a waiting job counts as this many hours (or its timeout) x its GPUs against GPU-hours
+SANDBOX_READ_MAX_MB = 16         # most the app reads of one file a sandboxed run wrote, when a user opens it
 
 
 def env(name: str, default):

@@ -159,7 +159,7 @@ def problems(spec: dict, home: Path | None = None, api_key: str = "") -> list[Us
     problems = []
     for m in model.models:
         key = server_auth.key_for_url(m.url, home) or api_key if m.url else ""
-        problem = opencompass.endpoint_problem(m.url, key, timeout=3.0) if m.url else None
+        problem = opencompass.endpoint_problem(m.url, key, timeout=3.0, home=home) if m.url else None
         if problem:
             problems.append(UserError("err.eval.endpoint", name=m.name, problem=problem))
     pkg = package_dir(home)

@@ -740,8 +740,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "auth.hint": {"en": "Your instructor gave you a name and a one-time password.",
                   "zh": "讲师会给你用户名和一次性密码。"},
     "auth.failed": {"en": "Wrong name or password.", "zh": "用户名或密码错误。"},
-    "auth.throttled": {"en": "Too many failed logins: wait a few minutes, or ask the instructor to reset your password.",
-                       "zh": "登录失败次数过多：请等几分钟再试，或请讲师重置密码。"},
+    "auth.throttled": {"en": "Too many failed logins from here: wait a little (each failure doubles the wait), or ask the instructor to reset your password.",
+                       "zh": "此处登录失败次数过多：请稍等再试（每次失败等待时间翻倍），或请讲师重置密码。"},
     "auth.change.title": {"en": "Choose your own password", "zh": "设置你自己的密码"},
     "auth.change.why": {"en": "This was a one-time password: choose a new one (at least 8 characters) to go on.",
                         "zh": "这是一次性密码：请设置新密码（至少 8 个字符）后继续。"},
@@ -973,6 +973,46 @@ STRINGS: dict[str, dict[str, str]] = {
                                      "or shown again (a retry asks for it again)",
                                "zh": "你自己账号的写权限令牌：只交给这个作业，不保存、不再显示（重试时需要重新输入）"},
     "models.push.go": {"en": "Push", "zh": "推送"},
+    "err.sandbox.no_bwrap": {"en": "student code is refused: the sandbox program {bwrap!r} (bubblewrap) is not installed; "
+                             "install it with `apt-get install bubblewrap` (or set WORKBENCH_BWRAP to its path)",
+                             "zh": "已拒绝运行学生代码：未安装沙箱程序 {bwrap!r}（bubblewrap）；请用 `apt-get install bubblewrap` "
+                             "安装（或把 WORKBENCH_BWRAP 设为它的路径）"},
+    "err.sandbox.no_userns": {"en": "student code is refused: bubblewrap cannot create its sandbox here ({detail}); "
+                              "turn on user namespaces with `sysctl -w kernel.unprivileged_userns_clone=1` and "
+                              "`sysctl -w user.max_user_namespaces=10000` (in a container, allow them in its runtime)",
+                              "zh": "已拒绝运行学生代码：bubblewrap 无法在此创建沙箱（{detail}）；请用 "
+                              "`sysctl -w kernel.unprivileged_userns_clone=1` 和 `sysctl -w user.max_user_namespaces=10000` "
+                              "开启用户命名空间（容器内请在容器运行时中允许）"},
+    "err.sandbox.bind": {"en": "student code is refused: its Python lives in {path}, a folder that holds the workspace "
+                         "or the repository, which the sandbox never shows; install the engine outside them",
+                         "zh": "已拒绝运行学生代码：其 Python 位于 {path}，该目录包含工作区或代码仓库，沙箱绝不暴露它们；"
+                         "请把引擎安装到它们之外"},
+    "err.sandbox.arch": {"en": "student code is refused: the sandbox's process filter knows x86_64 and aarch64, not {arch}",
+                         "zh": "已拒绝运行学生代码：沙箱的进程过滤器只支持 x86_64 和 aarch64，不支持 {arch}"},
+    "agent.file_unreadable": {"en": "{name} cannot be opened: it is a link, has other hard links or is gone",
+                              "zh": "无法打开 {name}：它是链接、有其他硬链接或已不存在"},
+    "err.users.proxy_secret": {"en": "WORKBENCH_AUTH=header needs WORKBENCH_AUTH_PROXY_SECRET (at least {chars} characters) "
+                               "that only the login proxy sends in the {header} header (docs/CLASS.md)",
+                               "zh": "WORKBENCH_AUTH=header 需要设置 WORKBENCH_AUTH_PROXY_SECRET（至少 {chars} 个字符），"
+                               "并且只由登录代理在 {header} 头中发送（见 docs/CLASS.md）"},
+    "err.users.bind_none": {"en": "WORKBENCH_AUTH=none serves one person without a login, so it binds a loopback address "
+                            "only, not {address}: use 127.0.0.1 and an SSH tunnel, or turn on accounts for a class",
+                            "zh": "WORKBENCH_AUTH=none 只服务一个人且无需登录，因此只能绑定回环地址，不能绑定 {address}："
+                            "请使用 127.0.0.1 和 SSH 隧道，或为课堂开启账号模式"},
+    "err.queue.gpu_quota_queued": {"en": "you have used {used} of your {cap} GPU-hours for today, and your {n} waiting "
+                                   "job(s) count as {queued} more until they run: wait for them, or cancel one",
+                                   "zh": "你今天已用 {used} GPU 时（每日上限 {cap}），另有 {n} 个排队任务在运行前按 {queued} "
+                                   "GPU 时计入：请等待它们完成，或取消其中一个"},
+    "err.users.wait": {"en": "too many failed logins for this account from here: wait {seconds} seconds and try again "
+                       "(each failure doubles the wait), or ask the instructor to reset your password",
+                       "zh": "此账号在此处登录失败次数过多：请等待 {seconds} 秒后再试（每次失败等待时间翻倍），或请讲师重置你的密码"},
+    "err.url.blocked": {"en": "{url} is refused: {reason} (a user's URL reaches public addresses only; the operator can "
+                        "allow a class's private network with WORKBENCH_URL_ALLOW)",
+                        "zh": "{url} 被拒绝：{reason}（用户给出的 URL 只能访问公网地址；管理员可用 WORKBENCH_URL_ALLOW "
+                        "放行课堂的内网）"},
+    "err.chat.blocked_url": {"en": "{url} is refused: {reason} (an outside URL reaches public addresses only; the operator "
+                             "can allow a class's private network with WORKBENCH_URL_ALLOW)",
+                             "zh": "{url} 被拒绝：{reason}（外部 URL 只能访问公网地址；管理员可用 WORKBENCH_URL_ALLOW 放行课堂的内网）"},
     # ---- end of table ----
 }
 

@@ -19,6 +19,19 @@ class OutsideError(UserError):
     """A path that leaves every folder it was allowed in; the message (a key and fields) names it."""
 
 
+PRIVATE_UMASK = 0o077            # the launcher, the worker, the app, the CLI and every job create files only their user reads
+
+
+def private_workspace(db: Path) -> None:
+    """The workspace folder 0700 and its database 0600 (with its WAL files), also when made before."""
+    db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db.parent.chmod(0o700)
+    os.close(os.open(db, os.O_RDONLY | os.O_CREAT, 0o600))
+    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            p.chmod(0o600)
+
+
 def job_dir(job_id: int, home: Path | None = None) -> Path:
     return (home or defaults.home()) / "jobs" / str(job_id)
 

@@ -136,11 +136,43 @@ def check_quota(owner: str, asked: dict, home: Path | None = None) -> None:
         queued = len(open_store(home).jobs(states=[JobState.QUEUED], owner=owner, limit=most + 1))
         if queued >= most:
             users.refuse(owner, "submit", owner, Refused("err.queue.quota", queued=queued, cap=most))
-    most = cap("max_gpu_hours", "USER_GPU_HOURS_PER_DAY")
-    if most and (asked.get("gpus") or asked.get("cpu_slots")) and not users.is_instructor(owner):
+    most = gpu_hours_cap(owner, home)
+    if most and heavy(asked):
         used = gpu_hours_today(home).get(owner, 0.0)
         if used >= most:
             users.refuse(owner, "submit", owner, Refused("err.queue.gpu_quota", used=f"{used:.2f}", cap=f"{most:g}"))
+        waiting = [j for j in open_store(home).queued() if j.owner == owner and heavy(j.asked)]
+        ahead = sum(estimated_gpu_hours(j.asked) for j in waiting)
+        if used + ahead >= most:
+            users.refuse(owner, "submit", owner, Refused("err.queue.gpu_quota_queued", used=f"{used:.2f}",
+                                                         cap=f"{most:g}", n=len(waiting), queued=f"{ahead:.2f}"))
+
+
+def heavy(asked: dict) -> bool:
+    """A job that holds a GPU or a CPU slot (what GPU-hours count); the others are light jobs."""
+    return bool(asked.get("gpus") or asked.get("cpu_slots"))
+
+
+def estimated_gpu_hours(asked: dict) -> float:
+    """What a waiting job is counted as against GPU-hours before it ran: its GPUs (or CPU slots) times its
+    timeout, at most defaults.QUEUED_JOB_ESTIMATE_H."""
+    hours = min(filter(None, [(asked.get("timeout_s") or 0) / 3600, defaults.QUEUED_JOB_ESTIMATE_H]))
+    return (int(asked.get("gpus") or 0) or int(asked.get("cpu_slots") or 0)) * hours
+
+
+def gpu_hours_cap(owner: str, home: Path | None = None) -> float:
+    """``owner``'s GPU-hours a day: their account's override, else the class default (0: none; instructors: none)."""
+    if users.is_instructor(owner):
+        return 0.0
+    row = open_store(home).user(owner) if users.mode() != "none" else None
+    return row["max_gpu_hours"] if row and row["max_gpu_hours"] is not None else defaults.setting("USER_GPU_HOURS_PER_DAY")
+
+
+def over_gpu_hours(owners: set[str], home: Path | None = None) -> set[str]:
+    """Those of ``owners`` whose GPU-hours today reached their cap: the worker starts no heavy job of theirs."""
+    caps = {o: gpu_hours_cap(o, home) for o in owners}
+    used = gpu_hours_today(home) if any(caps.values()) else {}
+    return {o for o, most in caps.items() if most and used.get(o, 0.0) >= most}
 
 
 def midnight(now: float) -> float:

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from backend import defaults
+from backend import defaults, paths
 from backend.errors import CANCELLED
 from backend.job import Job
 from backend.registry import Entry, RegistryType
@@ -145,7 +145,7 @@ class Taken(ValueError):
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        paths.private_workspace(self.path)
         try:
             self._migrate()
         except sqlite3.DatabaseError as e:

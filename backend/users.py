@@ -7,7 +7,9 @@ WORKBENCH_AUTH picks the mode:
   hashed with argon2id (argon2-cffi); a login gives a signed, expiring token (itsdangerous, secret in
   ``<workspace>/secret.key``, mode 0600) naming a server-side session that Logout revokes.
 - ``header``: a proxy in front (oauth2-proxy, nginx auth_request, JupyterHub) logs people in and names
-  them in WORKBENCH_AUTH_HEADER; the header is believed only from WORKBENCH_TRUSTED_PROXIES.
+  them in WORKBENCH_AUTH_HEADER; the header is believed only with the shared secret only the proxy sets
+  (WORKBENCH_AUTH_PROXY_SECRET in the ``X-Workbench-Proxy-Secret`` header, compared in constant time) and
+  only from WORKBENCH_TRUSTED_PROXIES (the TCP peer: X-Forwarded-For is never read).
 
 Backend functions take the acting ``User`` and refuse what it may not do (``Refused``, a readable
 message); pages pass the logged-in user and never decide permissions themselves.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import hmac
+import ipaddress
 import os
 import re
 import secrets
@@ -375,24 +379,45 @@ def session_seconds() -> int:
 
 
 def login(name: str, password: str, address: str = "", home: Path | None = None) -> tuple[User, str]:
-    """Check a password; returns the user and a session token. Failed tries per account and per address are
-    limited (WORKBENCH_LOGIN_MAX_FAILS in WORKBENCH_LOGIN_WINDOW_S); every try is in the audit log."""
+    """Check a password; returns the user and a session token. Past WORKBENCH_LOGIN_MAX_FAILS failed tries in
+    WORKBENCH_LOGIN_WINDOW_S for one (account, address), each next try there waits a delay that doubles
+    (``login_delay``), so a student guessing from one place never locks the account out elsewhere; one
+    address failing on many accounts waits out the window. Every try is in the audit log."""
     store = open_store(home)
-    since = time.time() - defaults.setting("LOGIN_WINDOW_S")
+    now, window = time.time(), defaults.setting("LOGIN_WINDOW_S")
     limit = defaults.setting("LOGIN_MAX_FAILS")
     shared = address in LOOPBACK       # everyone who comes through an SSH tunnel arrives from here
-    if (store.count_audit("login_failed", since, target=name) >= limit
-            or not shared and store.count_audit("login_failed", since, address=address) >= limit * ADDRESS_FAILS_FACTOR):
+    delay = login_delay(store.count_audit("login_failed", now - window, target=name, address=address))
+    if delay and store.count_audit("login_failed", now - delay, target=name, address=address):
         audit(name, "login_throttled", name, address, home=home)
-        raise Throttled("err.users.throttled", minutes=int(defaults.setting('LOGIN_WINDOW_S') // 60) or 1)
+        raise Throttled("err.users.wait", seconds=int(delay))
+    if not shared and store.count_audit("login_failed", now - window, address=address) >= limit * ADDRESS_FAILS_FACTOR:
+        audit(name, "login_throttled", name, address, home=home)
+        raise Throttled("err.users.throttled", minutes=int(window // 60) or 1)
     row = store.user(name)
-    if row is None or row["disabled"] or not _verify(row["password_hash"], password):
+    if row is None or row["disabled"]:
+        _verify(_unknown_hash(), password)            # the same work as a known name: no timing tells them apart
+        audit(name, "login_failed", name, address, home=home)
+        raise Refused("err.users.wrong_login")
+    if not _verify(row["password_hash"], password):
         audit(name, "login_failed", name, address, home=home)
         raise Refused("err.users.wrong_login")
     if _hasher().check_needs_rehash(row["password_hash"]):
         store.update_user(name, password_hash=_hasher().hash(password))
     audit(name, "login", name, address, home=home)
     return _user(row), start_session(name, home)
+
+
+def login_delay(fails: int) -> float:
+    """Seconds to wait after the last failed try once an (account, address) has ``fails`` in the window: none
+    up to WORKBENCH_LOGIN_MAX_FAILS, then 2, 4, 8... seconds, at most the window."""
+    over = fails - defaults.setting("LOGIN_MAX_FAILS")
+    return 0.0 if over < 0 else min(2.0 ** min(over + 1, 30), defaults.setting("LOGIN_WINDOW_S"))
+
+
+@functools.cache
+def _unknown_hash() -> str:
+    return _hasher().hash(secrets.token_urlsafe(16))
 
 
 def start_session(name: str, home: Path | None = None) -> str:
@@ -421,13 +446,40 @@ def logout(token: str | None, home: Path | None = None) -> None:
         audit(s["user"], "logout", s["user"], home=home)
 
 
+PROXY_SECRET_HEADER = "X-Workbench-Proxy-Secret"
+PROXY_SECRET_MIN = 16          # characters: WORKBENCH_AUTH_PROXY_SECRET shorter than this is no secret
+
+
+def serve_problem(address: str) -> UserError | None:
+    """Why the app must not start on ``address`` in this mode, else None: AUTH=header without a usable
+    shared secret; AUTH=none (one person, no login) on an address other machines reach."""
+    if mode() == "header" and len(defaults.setting("AUTH_PROXY_SECRET")) < PROXY_SECRET_MIN:
+        return UserError("err.users.proxy_secret", header=PROXY_SECRET_HEADER, chars=PROXY_SECRET_MIN)
+    if mode() == "none" and not is_loopback(address):
+        return UserError("err.users.bind_none", address=address or "(every address)")
+    return None
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return address == "localhost" or ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def header_user(headers: dict, address: str | None, home: Path | None = None) -> User | None:
-    """AUTH=header: the user a trusted proxy names. Unknown names get a student account (no password);
-    headers from any other address are ignored."""
+    """AUTH=header: the user a trusted proxy names. Unknown names get a student account (no password).
+    Believed only when the request carries the proxy's shared secret and comes from a trusted address
+    (``address`` is the TCP peer; X-Forwarded-For is never read): anything else is ignored."""
+    def header(name: str) -> str:
+        return next((v for k, v in headers.items() if k.lower() == name.lower()), "")
+    secret = defaults.setting("AUTH_PROXY_SECRET")
+    if len(secret) < PROXY_SECRET_MIN or not hmac.compare_digest(header(PROXY_SECRET_HEADER).encode(), secret.encode()):
+        return None
     trusted = {a.strip() for a in defaults.setting("TRUSTED_PROXIES").split(",") if a.strip()}
     if (address or "127.0.0.1") not in trusted:
         return None
-    name = next((v for k, v in headers.items() if k.lower() == defaults.setting("AUTH_HEADER").lower()), "")
+    name = header(defaults.setting("AUTH_HEADER"))
     name = name.strip()
     if not NAME.fullmatch(name):
         return None

@@ -313,11 +313,18 @@ class Worker:
 
     def schedule(self) -> None:
         cap, caps = defaults.setting("USER_MAX_RUNNING"), queue.running_caps(self.home)
-        active = self.store.active()
+        light_cap = defaults.setting("USER_MAX_LIGHT_RUNNING")
+        active, waiting = self.store.active(), self.store.queued()
         per_owner = Counter(j.owner for j in active)
-        for job in queue.consider_order(self.store.queued(), active, queue.recent_usage(self.home)):
+        light = Counter(j.owner for j in active if not queue.heavy(j.asked))
+        spent = queue.over_gpu_hours({j.owner for j in waiting if queue.heavy(j.asked)}, self.home)
+        for job in queue.consider_order(waiting, active, queue.recent_usage(self.home)):
             owner_cap = caps.get(job.owner, cap)
             if owner_cap and per_owner[job.owner] >= owner_cap:
+                continue
+            if queue.heavy(job.asked) and job.owner in spent:
+                continue                  # GPU-hours used up today: it waits (new submits are refused)
+            if not queue.heavy(job.asked) and light_cap and light[job.owner] >= light_cap:
                 continue
             engine = job.asked.get("engine", "core")
             if not engines.installed(engine, self.home):
@@ -340,6 +347,7 @@ class Worker:
             self._guard(f"job {job.id}", self.launch, job, job_id=job.id)
             active.append(job)
             per_owner[job.owner] += 1
+            light[job.owner] += not queue.heavy(job.asked)
 
     def _engine_install_pending(self, engine: str) -> bool:
         return any(j.spec.get("engine") == engine
@@ -368,6 +376,7 @@ class Worker:
             return
         env = job_env.environment(
             os.environ, d, secrets, PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job.id),
+            WORKBENCH_AUTH=defaults.setting("AUTH"),        # not a secret: the sandbox's bare mode is for AUTH=none only
             PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), os.environ.get("PYTHONPATH")])),
             CUDA_VISIBLE_DEVICES=",".join(map(str, job.given.get("gpus", []))))
         cmd = [str(engines.python(job.asked.get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]

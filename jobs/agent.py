@@ -1,5 +1,5 @@
 """agent: a Lagent ReAct agent (lagent engine) that talks to an OpenAI-compatible endpoint and calls a
-Python interpreter (jobs/sandbox.py: a separate process in the job's folder, with hard limits).
+Python interpreter (backend/sandbox.py: bubblewrap, only the run's folder writable, no network, hard limits).
 
 Each step goes to events.jsonl as it happens (``model``: what the model said; ``tool``: the code it ran
 and the observation; ``answer``), the whole trace to artifacts/trace.json, and the files the code wrote
@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 
+from backend.sandbox import Limits, run as run_code
 from backend.specs.agent import KEY_SECRET, Spec, target
 from jobs.common import Job, JobError, run
-from jobs.sandbox import Limits, run_code
 from backend.errors import BAD_INPUT
 
 
@@ -42,8 +42,8 @@ def build(spec: Spec, job: Job, ep: dict, key: str, trace: list):
             return text
 
     class PythonSandbox(BaseAction):
-        """Runs Python code in its own folder and returns what it printed. Use print() for results and
-        plt.savefig('name.png') for plots; files written there are kept."""
+        """Runs Python code in a sandbox (its own folder, no network, no other processes) and returns what it
+        printed. Use print() for results and plt.savefig('name.png') for plots; files written there are kept."""
 
         @tool_api
         def run(self, command: str) -> ActionReturn:

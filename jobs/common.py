@@ -25,7 +25,7 @@ from typing import Callable
 
 from backend import ownership
 from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, classify_exception
-from backend.paths import atomic_write
+from backend.paths import PRIVATE_UMASK, atomic_write
 from backend.registry import Entry, RegistryType
 from backend.store import open_store
 
@@ -111,6 +111,7 @@ def run(main: Callable, spec_model) -> None:
     Validates the spec, calls ``main(spec, job)`` (which returns a dict for result.json), and
     turns the outcome into result.json and an exit code.
     """
+    os.umask(PRIVATE_UMASK)                  # also on a cluster node, where the worker's umask does not reach
     spec_path = Path(sys.argv[1])
     job = Job(spec_path.parent)
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -76,17 +76,23 @@ def free_memory(device: str) -> tuple[int, int]:
     return vm.available, vm.total
 
 
-def command(spec: Spec, paths: list[Path], host: str, port: int, device: str, served: str, remote: bool, key: str,
+# LMDeploy takes its API keys on the command line only, where any user's `ps` reads them: the key goes in by
+# environment and joins the arguments inside the process (/proc/<pid>/cmdline keeps the ones it was started with)
+LMDEPLOY_KEYED = ("import os, sys; from lmdeploy.cli import run; "
+                  f"sys.argv = ['lmdeploy', *sys.argv[1:], '--api-keys', os.environ[{server_auth.KEY_ENV!r}]]; run()")
+
+
+def command(spec: Spec, paths: list[Path], host: str, port: int, device: str, served: str, remote: bool,
             cb_percent: float = 0.0) -> list[str]:
     """The server's command line. transformers serves one model forced, or several on demand (requests
     name the folder), none unloaded while the job runs; LMDeploy serves the first (it loads tokenizers
     with remote code and has no switch for it: a model with its own code is refused without the opt-in)."""
     path = paths[0]
-    if spec.engine == "lmdeploy":
-        return [str(engines.env_dir("lmdeploy") / "bin" / "lmdeploy"), "serve", "api_server", str(path),
+    if spec.engine == "lmdeploy":          # its --api-keys is added inside the process, from the environment
+        return [str(engines.env_dir("lmdeploy") / "bin" / "python"), "-c", LMDEPLOY_KEYED, "serve", "api_server", str(path),
                 "--server-name", host, "--server-port", str(port), "--backend", "turbomind",
                 "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
-                "--quant-policy", str(QUANT_POLICY[spec.kv_quant]), "--log-level", "INFO", "--api-keys", key]
+                "--quant-policy", str(QUANT_POLICY[spec.kv_quant]), "--log-level", "INFO"]
     models = [str(path)] if len(paths) == 1 else ["--model-timeout", str(10**9)]
     cmd = [sys.executable, "-m", "jobs.serve_keyed", "serve", *models, "--host", host,
            "--port", str(port), "--device", device, "--dtype", spec.dtype,
@@ -247,8 +253,7 @@ def main(spec: Spec, job: Job) -> dict:
             job.message(f"continuous batching: KV cache and batch buffers sized within {kv / 2**30:.1f} GB "
                         f"({spec.cb_memory_share:.0%} of the memory free now)" +
                         (f", {spec.cb_blocks} blocks asked" if spec.cb_blocks else ""))
-        server = Server(command(spec, [path for _, path, _ in served], host, port, device, ids[0], remote, key,
-                                cb_percent),
+        server = Server(command(spec, [path for _, path, _ in served], host, port, device, ids[0], remote, cb_percent),
                         job, key, ids)
         t0 = time.monotonic()
         wait_ready(server, base, ids, spec.engine, t0 + spec.ready_timeout_s)

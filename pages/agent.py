@@ -93,12 +93,16 @@ def follow(job_id: int, every: float | None) -> None:
     made = agent.files(job_id)
     if made:
         with st.container(key="agent_files", border=True):
-            st.caption(ui.t("agent.files"))
-            for path in made:
-                if path.suffix.lower() in agent.IMAGES:
-                    st.image(str(path), caption=path.name, width=520)
-                else:
-                    st.download_button(path.name, path.read_bytes(), path.name, key=f"agent_file_{path.name}")
+            name = st.selectbox(ui.t("agent.files"), made, index=None, key=f"agent_file_{job_id}")
+            try:
+                data = agent.file_bytes(job_id, name, by=me) if name else None   # read only once opened
+            except OSError:
+                data = None
+                st.warning(ui.t("agent.file_unreadable", name=name))
+            if data is not None and name.lower().endswith(agent.IMAGES):
+                st.image(data, caption=name, width=520)
+            elif data is not None:
+                st.download_button(name, data, name.rsplit("/", 1)[-1], key="agent_file_download")
 
 
 if job:

@@ -75,6 +75,8 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("WORKBENCH_POLL_S", "0.1")
     monkeypatch.setenv("WORKBENCH_CANCEL_GRACE_S", "3")
     monkeypatch.setenv("WORKBENCH_ENGINES_DIR", str(ENGINES_DIR))
+    # the tests' fake servers listen on 127.0.0.1: user URLs may reach loopback (the URL guard's tests turn it off)
+    monkeypatch.setenv("WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK", "1")
     return h
 
 

@@ -1,6 +1,5 @@
-"""The agent job: the interpreter's limits for real (a separate process: CPU, memory, wall time, output,
-no network, no files outside its folder), and the real Lagent ReAct loop (lagent engine) against a
-scripted OpenAI-compatible server whose answers are tool calls."""
+"""The agent job: the real Lagent ReAct loop (lagent engine) against a scripted OpenAI-compatible server whose
+answers are tool calls, its interpreter in the sandbox (tests/test_sandbox.py tries the escapes)."""
 from __future__ import annotations
 
 import json
@@ -8,29 +7,8 @@ import json
 import pytest
 
 from backend import agent, engines, logs, queue
-from jobs.sandbox import Limits, run_code
 from tests.conftest import run_burst
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
-
-
-def test_interpreter_limits_end_with_a_sentence(tmp_path):
-    folder = tmp_path / "files"
-    limits = Limits(cpu_s=1, memory_mb=256, wall_s=20, output_kb=1)
-    assert run_code("print(6 * 7)", folder, limits) == {"ok": True, "output": "42\n", "error": None, "files": []}
-    assert run_code("while True: pass", folder, limits)["error"].startswith("stopped: the code used more than 1 s of CPU")
-    assert run_code("import time; time.sleep(60)", folder, Limits(wall_s=2))["error"] == \
-        "stopped: the code ran longer than 2 s of wall time"
-    assert run_code("x = bytearray(2 * 1024**3)", folder, limits)["error"] == \
-        "stopped: the code used more than 256 MB of memory"
-    assert "no network access" in run_code("import socket; socket.create_connection(('1.1.1.1', 80), 3)",
-                                           folder, limits)["error"]
-    outside = tmp_path / "secret.txt"
-    outside.write_text("secret")
-    got = run_code(f"print(open({str(outside)!r}).read())", folder, limits)
-    assert "only use files inside its folder" in got["error"] and "secret\n" not in got["output"]
-    assert "may not start other programs" in run_code("import os; os.system('ls')", folder, limits)["error"]
-    assert run_code("print('x' * 5000)", folder, limits)["output"].endswith("[output cut at 1 KB]")
-    assert run_code("open('t.csv', 'w').write('a,b\\n1,2\\n')", folder, limits)["files"] == ["t.csv"]
 
 
 def test_agent_refused_without_a_target_or_the_engine(home):
@@ -79,12 +57,12 @@ def test_lagent_loop_runs_the_interpreter_against_a_scripted_server(home):
     tools = [s for s in trace if s["type"] == "tool"]
     assert tools[0]["output"] == "45\n" and tools[1]["error"].startswith("stopped: the code used more than 2 s")
     assert tools[2]["error"] == "stopped: the code used more than 256 MB of memory"
-    assert "no network access" in tools[3]["error"]
-    assert "only use files inside its folder" in tools[4]["error"] and "the workspace's secret" not in tools[4]["output"]
+    assert "Connection refused" in tools[3]["error"]
+    assert "No such file" in tools[4]["error"] and "the workspace's secret" not in tools[4]["output"]
     assert (home / "jobs" / str(job_id) / "artifacts" / "files" / "plot.png").stat().st_size > 1000
     # the model read every observation: the last request carries each limit's sentence
     sent = json.dumps(fake.requests[-1]["messages"])
-    assert all(s in sent for s in ("45", "more than 2 s of CPU", "256 MB", "no network", "inside its folder"))
+    assert all(s in sent for s in ("45", "more than 2 s of CPU", "256 MB", "Connection refused", "No such file"))
     md = agent.trace_markdown(agent.trace(job_id, by=None, home=home))
     assert "```python\nwhile True: pass\n```" in md and md.rstrip().endswith("the sum is 45")
 

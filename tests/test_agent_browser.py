@@ -8,7 +8,7 @@ import json
 import pytest
 
 from backend import agent, engines, queue
-from tests.conftest import shot, wait_for
+from tests.conftest import pick, shot, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 from tests.test_agent import ANSWER, PLOT, step
 
@@ -42,10 +42,11 @@ def test_agent_page_computes_plots_continues_and_stops(home, page):
         steps.get_by_text("I compute it and draw it.").wait_for()          # the thought
         steps.get_by_text("plt.savefig('plot.png')").wait_for()            # the tool call
         assert steps.locator("[data-testid='stCode']").nth(1).inner_text().strip() == "45"    # its observation
+        first = queue.list_jobs(kind="agent", home=home)[0]["id"]
+        pick(page, f"agent_file_{first}", "plot.png")                        # a file is read once opened
         img = page.locator(".st-key-agent_files img").first
         img.wait_for()
         wait_for(lambda: img.evaluate("i => i.complete && i.naturalWidth > 100"), 30, 0.2, "the plot to load")
-        first = queue.list_jobs(kind="agent", home=home)[0]["id"]
         trace = agent.trace(first, by=None, home=home)
         assert [s["type"] for s in trace["steps"]] == ["model", "tool", "model", "answer"] and trace["files"] == ["plot.png"]
         page.set_viewport_size({"width": 1400, "height": 2400})

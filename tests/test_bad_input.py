@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import compose, datasets, models, queue, vlm
+from backend import chat, compose, datasets, models, queue, vlm
 from backend.errors import UserError
 from backend.store import open_store
 from backend.specs import evaluate as evaluate_job
@@ -82,6 +82,11 @@ CASES = {
     "dataset_import: no id": submit("dataset_import", {"source": "url"}),
     "dataset_stats: 1 bin": submit("dataset_stats", {"dataset": "d", "bins": 1}),
     "engine_install: no engine": submit("engine_install", {}),
+    "agent: an outside URL on a private network": submit("agent", {"prompt": "hi", "url": "http://10.1.2.3/v1", "model": "m"}),
+    "agent: an outside URL on the metadata address": submit("agent", {"prompt": "hi", "url": "http://169.254.169.254/v1",
+                                                                       "model": "m"}),
+    "chat: an outside URL on a private network": lambda home: chat.external("http://192.168.0.1/v1"),
+    "evaluate: an endpoint on a link-local address": lambda home: str(evaluate_job.endpoint_problem("http://[fe80::1]/v1")),
     # -- backend entry points the pages call -------------------------------------------------------
     "model name with a trailing newline": lambda home: [models.check_name("model\n")],
     "model name ..": lambda home: [models.check_name("..")],

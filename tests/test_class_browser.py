@@ -48,7 +48,7 @@ def test_two_students_and_an_instructor_at_once(page, home):
     bob_job = queue.submit("sleepy", {"steps": 1}, owner="bob", label="bob's run")
     browser = page.context.browser
 
-    # the login page; wrong passwords are throttled (per account), and the right one then waits too
+    # the login page; wrong passwords are throttled (per account and address), and the right one then waits too
     page.goto(page.base_url)
     page.get_by_text("Log in to Lab Workbench").wait_for()
     shot(page, "class-login")

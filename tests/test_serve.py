@@ -2,8 +2,10 @@
 concurrent clients, cancel removes the endpoint and the server; bad inputs are refused clearly."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +57,10 @@ def test_serve_answers_streams_and_cancel_cleans_up(home, worker, tiny_registere
     assert all(isinstance(results.get(i), str) for i in range(2)), results
 
     wait_for(lambda: (chat.endpoints(home) or [{}])[0].get("requests", 0) >= 4, 10, 0.2, "requests to be counted")
+    key = open_store(home).items("endpoint")[0].meta["api_key"].encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):          # the server's key is on no command line
+        with contextlib.suppress(OSError):
+            assert key not in cmdline.read_bytes(), cmdline
 
     # stop: the endpoint goes away and the server's process group is gone
     pid = queue.get(job_id, home)["pid"]
@@ -107,7 +113,8 @@ def test_transcripts():
 
 
 @pytest.fixture
-def fake():
+def fake(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK", "1")          # an outside URL, here on loopback
     f = FakeOpenAI()
     yield f
     f.close()
@@ -204,7 +211,8 @@ def test_lmdeploy_command_carries_kv_quant_and_cache_share(tmp_path):
     from jobs.serve import command
     from backend.specs.serve import Spec
     cmd = command(Spec(model="m", engine="lmdeploy", kv_quant="int4", cache_max_entry_count=0.3), [tmp_path],
-                  "127.0.0.1", 8000, "cuda", "m #1", False, "k")
+                  "127.0.0.1", 8000, "cuda", "m #1", False)
     assert cmd[cmd.index("--quant-policy") + 1] == "4" and cmd[cmd.index("--cache-max-entry-count") + 1] == "0.3"
-    cmd = command(Spec(model="m", continuous_batching=True), [tmp_path], "127.0.0.1", 8000, "cpu", "m", False, "k", 0.05)
+    assert "--api-keys" not in cmd and "WORKBENCH_SERVER_KEY" in cmd[2]        # the key joins inside, from the env
+    cmd = command(Spec(model="m", continuous_batching=True), [tmp_path], "127.0.0.1", 8000, "cpu", "m", False, 0.05)
     assert cmd[cmd.index("--cb-max-memory-percent") + 1] == "0.05" and "--cb-num-blocks" not in cmd

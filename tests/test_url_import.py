@@ -72,14 +72,16 @@ def imported(home, url: str, name: str, **env) -> tuple[dict, dict]:
     return queue.get(job, home), logs.result(job, home)
 
 
-def test_loopback_private_and_link_local_are_refused_at_every_hop(home, hostile):
+def test_loopback_private_and_link_local_are_refused_at_every_hop(home, hostile, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK", "0")
     job, res = imported(home, f"{hostile}/ok.jsonl", "direct")               # loopback without the test setting
     assert job["state"] == "failed" and "127.0.0.1 is a loopback, private or link-local address" in job["error_message"]
     job, res = imported(home, "http://localhost:1/ok.jsonl", "byname")
     assert job["state"] == "failed" and "link-local address" in job["error_message"], job
     allow = {"WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK": 1}
     for i, target in enumerate(["http://169.254.169.254/latest/meta-data/x.jsonl", "http://10.1.2.3/x.jsonl",
-                                "http://192.168.0.1/x.jsonl", "http://[fe80::1]/x.jsonl", "http://0.0.0.0/x.jsonl"]):
+                                "http://192.168.0.1/x.jsonl", "http://[fe80::1]/x.jsonl", "http://0.0.0.0/x.jsonl",
+                                f"ftp://127.0.0.1:{hostile.rsplit(':', 1)[1]}/x.jsonl"]):
         job, res = imported(home, f"{hostile}/to/{target}", f"hop{i}", **allow)
         assert job["state"] == "failed" and "imports may not reach" in job["error_message"], (target, job)
         assert res["error"]["suggestion"] == "give a URL on the public internet"

@@ -84,13 +84,14 @@ def test_failed_logins_are_throttled_per_account_and_per_address(home, klass, mo
     for _ in range(3):
         with pytest.raises(users.Refused, match="wrong name or password"):
             users.login("ann", "guess", "10.0.0.9")
-    with pytest.raises(users.Throttled):                        # even the right password, for now
-        users.login("ann", klass["ann"], "10.0.0.8")
+    assert users.login("ann", klass["ann"], "10.0.0.8")         # from elsewhere the account is not locked
+    with pytest.raises(users.Throttled, match="wait 2 seconds"):  # from there each next try waits, even the right one
+        users.login("ann", klass["ann"], "10.0.0.9")
     assert users.login("bob", klass["bob"], "10.0.0.9")         # another account from that address is fine
     for i in range(3 * users.ADDRESS_FAILS_FACTOR - 3):          # one address guessing many accounts
         with pytest.raises(users.Refused):
             users.login(f"x{i}", "guess", "10.0.0.9")
-    with pytest.raises(users.Throttled):
+    with pytest.raises(users.Throttled, match="minutes"):
         users.login("teach", klass["teach"], "10.0.0.9")
     assert users.login("teach", klass["teach"], "10.0.0.7")
     for i in range(3 * users.ADDRESS_FAILS_FACTOR):              # a class behind SSH tunnels shares 127.0.0.1
@@ -100,6 +101,29 @@ def test_failed_logins_are_throttled_per_account_and_per_address(home, klass, mo
     monkeypatch.setenv("WORKBENCH_LOGIN_WINDOW_S", "0.001")    # the window passed
     assert users.login("ann", klass["ann"], "10.0.0.9")
     assert open_store(home).count_audit("login_throttled", 0) == 2
+
+
+def test_a_student_guessing_the_instructors_password_only_slows_their_own_tries(home, klass, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_LOGIN_MAX_FAILS", "2")
+    assert [users.login_delay(n) for n in range(6)] == [0, 0, 2, 4, 8, 16]
+    for _ in range(2):                                           # a student, through the tunnel (127.0.0.1)
+        with pytest.raises(users.Refused, match="wrong name or password"):
+            users.login("teach", "guess", "127.0.0.1")
+    assert users.login("teach", klass["teach"], "10.0.0.7")      # the instructor from their own address
+    with pytest.raises(users.Throttled, match="wait 2 seconds"):   # through the tunnel: a short wait, then in
+        users.login("teach", klass["teach"], "127.0.0.1")
+    assert wait_for(lambda: _login_or_none("teach", klass["teach"], "127.0.0.1"), 15, 0.5, "the delay to pass")
+    started = time.monotonic()                                   # an unknown name costs a hash like a known one
+    with pytest.raises(users.Refused):
+        users.login("nobody-here", "guess", "10.0.0.5")
+    assert time.monotonic() - started > 0.01
+
+
+def _login_or_none(name: str, password: str, address: str):
+    try:
+        return users.login(name, password, address)
+    except users.Throttled:
+        return None
 
 
 def test_sessions_are_signed_expire_and_end_at_logout(home, klass, monkeypatch):
@@ -190,11 +214,21 @@ def test_queued_jobs_quota_is_refused_at_submit_with_current_usage(home, klass, 
 def test_a_trusted_proxy_names_the_user_and_nobody_else_can(home, monkeypatch):
     monkeypatch.setenv("WORKBENCH_AUTH", "header")
     monkeypatch.setenv("WORKBENCH_TRUSTED_PROXIES", "10.0.0.1")
-    assert users.header_user({"x-forwarded-user": "ann"}, "10.0.0.1") == users.User("ann", "student")
-    assert users.header_user({"X-Forwarded-User": "teach"}, "10.0.0.66") is None
-    assert users.header_user({"X-Forwarded-User": "bad name!"}, "10.0.0.1") is None
+    # no shared secret configured: no header is believed, from anywhere
+    assert users.header_user({"X-Forwarded-User": "ann", "X-Workbench-Proxy-Secret": ""}, "10.0.0.1") is None
+    secret = "s3cret-only-the-proxy-knows"
+    monkeypatch.setenv("WORKBENCH_AUTH_PROXY_SECRET", secret)
+    proxy = {"X-Workbench-Proxy-Secret": secret}
+    assert users.header_user({"x-forwarded-user": "ann", **proxy}, "10.0.0.1") == users.User("ann", "student")
+    assert users.header_user({"x-forwarded-user": "ann", "x-workbench-proxy-secret": secret}, "10.0.0.1").name == "ann"
+    # a student who reaches the app's port (an SSH tunnel arrives from a trusted address) has no secret
+    assert users.header_user({"X-Forwarded-User": "teach"}, "10.0.0.1") is None
+    assert users.header_user({"X-Forwarded-User": "teach", "X-Workbench-Proxy-Secret": secret[:-1]}, "10.0.0.1") is None
+    # X-Forwarded-For is not believed: the address is the connection's
+    assert users.header_user({"X-Forwarded-User": "teach", "X-Forwarded-For": "10.0.0.1", **proxy}, "10.0.0.66") is None
+    assert users.header_user({"X-Forwarded-User": "bad name!", **proxy}, "10.0.0.1") is None
     assert cli(home, "users", "role", "ann", "instructor").returncode == 0
-    assert users.header_user({"X-Forwarded-User": "ann"}, "10.0.0.1").instructor
+    assert users.header_user({"X-Forwarded-User": "ann", **proxy}, "10.0.0.1").instructor
 
 
 def test_fair_share_puts_whoever_ran_less_lately_first(home, klass):

@@ -12,7 +12,8 @@ path = sys.argv[1]
 with open(path, encoding="utf-8") as f:
     spec = json.load(f)
 os.unlink(path)
-log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.umask(0o077)                     # the job's files are its user's only, on every node
+log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 os.dup2(log, 1)
 os.dup2(log, 2)
 os.close(log)

@@ -1,5 +1,5 @@
 """The agent job's spec (jobs/agent.py): a Lagent ReAct agent against a live workbench endpoint or an
-outside OpenAI-compatible URL, with a Python interpreter that runs under hard limits (jobs/sandbox.py)."""
+outside OpenAI-compatible URL, with a Python interpreter that runs in the sandbox (backend/sandbox.py)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import chat, engines
+from backend import chat, engines, sandbox, url_guard
 from backend.errors import UserError
 
 KEY_SECRET = "OPENAI_API_KEY"      # an outside URL's key: passed as a secret, never in the spec
@@ -40,6 +40,10 @@ def target(spec: Spec) -> dict:
             raise UserError("err.spec.url", value=spec.url)
         if not spec.model:
             raise UserError("err.agent.model")
+        try:
+            url_guard.check_url(spec.url)        # lagent connects by itself: checked here, at submit and at start
+        except url_guard.BlockedAddress as e:
+            raise UserError("err.url.blocked", url=spec.url, reason=str(e)) from None
         return {"url": spec.url.rstrip("/"), "model": spec.model, "api_key": ""}
     ep = next((e for e in chat.endpoints() if e["name"] == spec.endpoint), None)
     if ep is None:
@@ -51,4 +55,7 @@ def resources(spec: Spec) -> dict:
     target(spec)
     if not engines.installed("lagent"):
         raise UserError("err.agent.engine_missing")
+    why = sandbox.refusal() if "python" in spec.tools else None
+    if why is not None and not sandbox.bare_allowed():
+        raise why
     return {"cpu_slots": 0}

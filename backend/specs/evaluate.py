@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend import server_auth, url_guard
 from backend.errors import UserError
 
 
@@ -210,19 +211,23 @@ def compass_data_cache(home: Path) -> Path:
     return Path(os.environ.get("COMPASS_DATA_CACHE") or home / "opencompass_data")
 
 
-def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0) -> UserError | None:
+def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0, home: Path | None = None) -> UserError | None:
     """Why the OpenAI-compatible endpoint at ``url`` (…/v1) cannot be evaluated, or None when it answers
-    ``GET /models``. The key goes in the request header only."""
+    ``GET /models``. The key goes in the request header only. A URL that is not one of the workbench's own
+    endpoints is asked through the URL guard (public addresses only, http(s) at every hop)."""
     req = urllib.request.Request(url.rstrip("/") + "/models",
                                  headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
+    ours = bool(server_auth.key_for_url(url, home))
     try:
-        with urllib.request.urlopen(req, timeout=timeout):
+        with (urllib.request.urlopen(req, timeout=timeout) if ours else url_guard.open_url(req, timeout=timeout)):
             return None
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             return UserError("err.eval.endpoint_key", url=url, code=e.code)
         return None     # it answers; some servers have no model list
     except (OSError, ValueError) as e:
+        if why := url_guard.blocked(e):
+            return UserError("err.url.blocked", url=url, reason=str(why))
         reason = getattr(e, "reason", e)
         return UserError("err.eval.endpoint_down", url=url, reason=reason)
 
