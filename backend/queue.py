@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, i18n, job_env, kinds, remote_code, users
+from backend import defaults, i18n, job_env, kinds, rag, remote_code, users
 from backend.errors import UserError
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
@@ -67,6 +67,8 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
         asked = kinds.asked(k, model)
     except ValueError as e:
         raise SubmitError.of(e) from None
+    if getattr(model, "kb", ""):            # a knowledge base (rag_serve): another student's private one is refused
+        rag.check_kb(model.kb, owner, home, Refused)
     check_quota(owner, asked, home)
     if kind == "dataset_import":              # its size is known only once fetched: refused when already full
         users.check_disk(owner, 0, Refused, home)
