@@ -63,12 +63,15 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     if why:
         raise SubmitError.of(why)
     check_datasets(model, owner, home)
+    if getattr(model, "kb", ""):            # a knowledge base (rag_serve): another student's private one is refused
+        try:
+            rag.check_kb(model.kb, owner, home, Refused)
+        except rag.RagError as e:
+            raise SubmitError.of(e) from None
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:
         raise SubmitError.of(e) from None
-    if getattr(model, "kb", ""):            # a knowledge base (rag_serve): another student's private one is refused
-        rag.check_kb(model.kb, owner, home, Refused)
     check_quota(owner, asked, home)
     if kind == "dataset_import":              # its size is known only once fetched: refused when already full
         users.check_disk(owner, 0, Refused, home)

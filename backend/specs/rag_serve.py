@@ -6,7 +6,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend import chat
 from backend.errors import UserError
-from backend.store import open_store
 
 
 class Spec(BaseModel):
@@ -25,8 +24,7 @@ def upstream(spec: Spec, home=None) -> dict:
     return ep
 
 
-def resources(spec: Spec, home=None) -> dict:
-    if open_store(home).get("kb", spec.kb) is None:
-        raise UserError("err.rag.no_kb", name=spec.kb)
-    upstream(spec, home)
+def resources(spec: Spec) -> dict:
+    """The knowledge base is checked (it exists, its owner may use it) by queue.submit; the model endpoint here."""
+    upstream(spec)
     return {}
