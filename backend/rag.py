@@ -27,6 +27,7 @@ DEMO = "demo"
 ZIP_MAX_FILES = 2000
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 TOKEN_PATTERN = r"(?u)\b\w+\b"                       # single characters too: a cut Chinese word may be one
+SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[。！？；])")   # after . ! ? and a space, or after 。！？；
 PROMPT = {"en": "Answer the question using only the context below.\n\nContext:\n{context}\n\nQuestion: {question}",
           "zh": "请只根据下面的资料回答问题。\n\n资料：\n{context}\n\n问题：{question}"}
 
@@ -222,6 +223,12 @@ def segment(text: str) -> str:
     return CJK.sub(lambda m: " " + " ".join(jieba.cut(m.group(0))) + " ", text)
 
 
+def sentences(text: str) -> list[str]:
+    """Sentences for the splitter, the text kept whole (whitespace included): ends of English and Chinese
+    sentences alike, where the default (NLTK's English punkt) misses 。 and took most of an index's time."""
+    return [s for s in SENTENCE_END.split(text) if s]
+
+
 def split(units: list[dict], chunk_size: int, chunk_overlap: int) -> list:
     """LlamaIndex nodes (passages) of every unit, each with its source, page or row, and first line."""
     from llama_index.core import Document
@@ -229,7 +236,8 @@ def split(units: list[dict], chunk_size: int, chunk_overlap: int) -> list:
     keys = ["source", "page", "row", "line"]
     docs = [Document(text=u["text"], metadata={k: u[k] for k in ("source", "page", "row") if u.get(k)},
                      excluded_embed_metadata_keys=keys, excluded_llm_metadata_keys=keys) for u in units]
-    nodes = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap).get_nodes_from_documents(docs)
+    nodes = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunking_tokenizer_fn=sentences
+                             ).get_nodes_from_documents(docs)
     texts = {d.doc_id: d.text for d in docs}
     for node in nodes:
         start = node.start_char_idx
@@ -267,12 +275,13 @@ def build(nodes: list, folder: Path, top_k: int) -> None:
     bm25 = bm25s.BM25()
     bm25.index(tokens, show_progress=False)
     bm25.corpus = [node_to_metadata_dict(n) | {"node_id": n.node_id} for n in nodes]
-    retriever_class()(existing_bm25=bm25, stemmer=stemmer, similarity_top_k=top_k).persist(str(folder))
+    retriever = retriever_class()(existing_bm25=bm25, stemmer=stemmer, similarity_top_k=top_k)
+    retriever.persist(str(folder), show_progress=False)
 
 
 def load(folder: str | Path, top_k: int = 3):
     """The persisted retriever, answering ``top_k`` passages (at most as many as it holds)."""
-    retriever = retriever_class().from_persist_dir(str(folder))
+    retriever = retriever_class().from_persist_dir(str(folder), show_progress=False)
     retriever.similarity_top_k = min(top_k, int(retriever.bm25.scores["num_docs"]))
     return retriever
 
