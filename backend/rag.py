@@ -58,7 +58,8 @@ def new_folder(owner: str, home: Path | None = None) -> Path:
             n += 1
 
 
-def save_upload(files: list[tuple[str, bytes]], owner: str = "", home: Path | None = None) -> tuple[Path, list[RagError]]:
+def save_upload(files: list[tuple[str, bytes]], owner: str = "",
+                home: Path | None = None) -> tuple[Path, list[RagError]]:
     """Save uploaded documents (and zips of them, extracted) into a new folder: (the folder, the problems).
     A file over UPLOAD_MAX_MB, of another type, or a zip entry that climbs out is left out with its reason."""
     folder, problems = new_folder(owner, home), []
@@ -180,7 +181,8 @@ def pdf_pages(path: Path, name: str) -> list[dict]:
         reader = PdfReader(str(path))
         if reader.is_encrypted and not reader.decrypt(""):
             raise RagError("err.rag.pdf_encrypted", name=name)
-        return [{"source": name, "page": i + 1, "text": page.extract_text() or ""} for i, page in enumerate(reader.pages)]
+        return [{"source": name, "page": i + 1, "text": page.extract_text() or ""}
+                for i, page in enumerate(reader.pages)]
     except RagError:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, OSError, NotImplementedError):

@@ -25,7 +25,8 @@ from backend import rag  # noqa: E402
 
 WORDS = ("the model learns from data and answers questions about language tokens training evaluation harbour "
          "island capital mascot course project lantern mountain currency heron retrieval passage index").split()
-ZH = "书生浦语大模型在数据上学习并回答关于语言的问题。青岚镇的桂花节在九月举办。检索增强生成把段落放进提示词。"
+ZH = ("书生浦语大模型在数据上学习并回答关于语言的问题。青岚镇的桂花节在九月举办。"
+      "检索增强生成把段落放进提示词。")
 
 
 def generate(folder: Path, pages: int) -> list[str]:
@@ -38,7 +39,7 @@ def generate(folder: Path, pages: int) -> list[str]:
             rnd.shuffle(words)
             page = ". ".join(" ".join(words[i:i + 15]) for i in range(0, len(words), 15)) + "."
             text.append(page + ("\n" + ZH * 3 if p % 10 == 3 else ""))
-            queries.append(f"what about fact{p} and the {rnd.choice(WORDS)}?" if p % 10 != 3 else "青岚镇的桂花节在几月？")
+            queries.append("青岚镇的桂花节在几月？" if p % 10 == 3 else f"what about fact{p} and the {rnd.choice(WORDS)}?")
         (folder / f"doc{f // 10:04d}.txt").write_text("\n\n".join(text), encoding="utf-8")
     return queries
 
@@ -97,7 +98,8 @@ def main() -> None:
             hits += bool(found) and word in found[0]["text"]
         times.sort()
         print(f"retrieval over {n_ours} passages, {len(times)} queries: median {statistics.median(times):.2f} ms, "
-              f"p95 {times[int(len(times) * 0.95) - 1]:.2f} ms; top passage holds the query's fact: {hits / len(times):.0%}")
+              f"p95 {times[int(len(times) * 0.95) - 1]:.2f} ms; "
+              f"top passage holds the query's fact: {hits / len(times):.0%}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ def main(spec: Spec, job: Job) -> dict:
             source = spec.folder
         else:
             path = datasets.resolve(spec.dataset, job.home)
-            units, problems, source = rag.dataset_units(path, spec.text_field, spec.dataset), [], f"dataset {spec.dataset}"
+            units, problems = rag.dataset_units(path, spec.text_field, spec.dataset), []
+            source = f"dataset {spec.dataset}"
     except UserError as e:
-        raise JobError(str(e), BAD_INPUT, "upload documents (txt, md, pdf, docx, html or a zip of them) and retry") from None
+        raise JobError(str(e), BAD_INPUT,
+                       "upload documents (txt, md, pdf, docx, html or a zip of them), or name the dataset's text field") from None
     for problem in problems:
         job.message(f"left out: {problem}", level="warning")
     if not units:

@@ -102,7 +102,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return self.wfile.write(data)
         except OSError as e:
-            return self.refuse(502, f"the model endpoint {self.app.upstream['name']} did not answer: {e}", "server_error")
+            return self.refuse(502, f"the model endpoint {self.app.upstream['name']} did not answer: {e}",
+                               "server_error")
         with upstream_reply:
             if not body.get("stream"):
                 answer = json.loads(upstream_reply.read())
@@ -149,10 +150,11 @@ def main(spec: Spec, job: Job) -> dict:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = server_host.url(address, server.server_address[1]) + "/v1"
-    meta = endpoint_meta(url, app.name, "rag", model.get("device", "cpu"), job_id, f"{spec.kb} + {model.get('source') or model['name']}",
-                         time.monotonic() - t0, model.get("context_len"), tokenizer=model.get("tokenizer", ""),
-                         generation=model.get("generation") or {}, api_key=app.key, kb=spec.kb, upstream_engine=model.get("engine"),
-                         upstream=model["name"], top_k=spec.top_k)
+    source = f"{spec.kb} + {model.get('source') or model['name']}"
+    meta = endpoint_meta(url, app.name, "rag", model.get("device", "cpu"), job_id, source, time.monotonic() - t0,
+                         model.get("context_len"), tokenizer=model.get("tokenizer", ""),
+                         generation=model.get("generation") or {}, api_key=app.key, kb=spec.kb, top_k=spec.top_k,
+                         upstream=model["name"], upstream_engine=model.get("engine"))
     try:
         store.put("endpoint", app.name, path=kb.path, meta=meta, job_id=job_id, owner=owner)
         job.progress(1, 1, "", "ready", force=True)

@@ -27,7 +27,8 @@ with st.container(key="kb_new", border=True):
     c1, c2 = st.columns(2)
     size = c1.number_input(ui.t("kb.chunk_size"), 32, 8192, 256, key="kb_chunk_size", help=ui.t("kb.chunk_size.help"))
     overlap = c2.number_input(ui.t("kb.chunk_overlap"), 0, 4096, 32, key="kb_chunk_overlap")
-    if st.button(ui.t("kb.build"), key="kb_build", type="primary", disabled=not name.strip()):
+    if st.button(ui.t("kb.build"), key="kb_build", type="primary",
+                 disabled=not name.strip() or (source == "upload" and not files)):
         spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap)}
         if source == "upload":
             folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner())

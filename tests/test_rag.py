@@ -39,7 +39,8 @@ def test_bad_uploads_are_left_out_with_a_sentence_each_and_the_rest_is_indexed(h
     files = [("good.md", "Velmora's currency is the tessel.\n".encode()), ("empty.txt", b""),
              ("big.txt", b"a" * (2 * 2**20)), ("latin1.txt", "caf\xe9 cr\xe8me ".encode("latin-1") * 3),
              ("locked.pdf", encrypted_pdf()), ("broken.pdf", b"%PDF-1.4 not really"),
-             ("zh.txt", "青岚镇最有名的小吃是桂花糯米糍。".encode("gb18030")), ("docs.zip", archive.getvalue())]
+             ("zh.txt", "青岚镇最有名的小吃是桂花糯米糍。".encode("gb18030")),          # a Windows Chinese file
+             ("docs.zip", archive.getvalue())]
     folder, problems = rag.save_upload(files, "ann", home)
     assert sorted(p.key for p in problems) == ["err.rag.too_big", "err.rag.zip_outside", "err.rag.zip_outside"]
     assert not (home / "documents" / "climb.md").exists() and not list(home.rglob("absolute.md"))
@@ -115,7 +116,8 @@ def test_the_bundled_model_is_wrong_alone_and_right_with_retrieval(home, worker,
     assert ANSWER not in alone and ANSWER in answer.choices[0].message.content, (alone, answer)
     passages = answer.model_extra["passages"]
     assert passages[0]["source"] == "velmora.md" and ANSWER in passages[0]["text"] and passages[0]["line"] == 1
-    assert any(e["name"] == kb["name"] and e["engine"] == "rag" for e in chat.endpoints(home))   # Chat, Agent, Evaluate list it
+    # listed like any endpoint: the Chat, Agent and Evaluate pages and the gateway offer it
+    assert any(e["name"] == kb["name"] and e["engine"] == "rag" for e in chat.endpoints(home))
 
     # streamed through the backend's chat client (the Chat page's): the passages come in the last chunk
     stats: dict = {}
