@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from backend import chat, rag, server_auth, server_host, users
+from backend import chat, rag, server_auth, server_host
 from backend.errors import BAD_INPUT, UserError
 from backend.registry import endpoint_meta
 from backend.specs.rag_serve import Spec, upstream
@@ -141,7 +141,7 @@ def main(spec: Spec, job: Job) -> dict:
         kb = rag.check_kb(spec.kb, owner, job.home)
         model = upstream(spec, job.home)
         chat.check_use(model, owner, home=job.home)
-    except (UserError, users.Refused) as e:
+    except UserError as e:                  # no such base or endpoint, or one the owner may not use (audited)
         raise JobError(str(e), BAD_INPUT, "pick a knowledge base and a model endpoint you may use") from None
     job.progress(0, 1, "", f"loading the index of {spec.kb}", force=True)
     app = App(spec.name or f"{spec.kb} + {spec.endpoint}", server_auth.new_key(), rag.load(kb.path, spec.top_k), model)
