@@ -61,7 +61,9 @@ def new_folder(owner: str, home: Path | None = None) -> Path:
 def save_upload(files: list[tuple[str, bytes]], owner: str = "",
                 home: Path | None = None) -> tuple[Path, list[RagError]]:
     """Save uploaded documents (and zips of them, extracted) into a new folder: (the folder, the problems).
-    A file over UPLOAD_MAX_MB, of another type, or a zip entry that climbs out is left out with its reason."""
+    A file over UPLOAD_MAX_MB, of another type, or a zip entry that climbs out is left out with its reason; an
+    upload past the owner's disk quota is refused whole (RagRefused, audited)."""
+    users.check_disk(owner, sum(len(data) for _, data in files), RagRefused, home)
     folder, problems = new_folder(owner, home), []
     limit = defaults.setting("UPLOAD_MAX_MB") * 2**20
     for name, data in files:

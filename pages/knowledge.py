@@ -31,7 +31,11 @@ with st.container(key="kb_new", border=True):
                  disabled=not name.strip() or (source == "upload" and not files)):
         spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap)}
         if source == "upload":
-            folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner())
+            try:
+                folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner())
+            except rag.RagError as e:           # past the disk quota
+                ui.error(e)
+                st.stop()
             for problem in problems:
                 st.warning(ui.error_text(problem))
             spec["folder"] = str(folder.relative_to(rag.docs_dir()))

@@ -134,7 +134,7 @@ def test_compare_on_the_chat_page_shows_the_answer_with_and_without_retrieval(ho
     page.goto(page.base_url + "/knowledge")
     page.locator(".st-key-kb_list").get_by_text("demo", exact=True).wait_for(timeout=60_000)
     page.goto(page.base_url + "/chat")
-    page.locator(".st-key-chat_temperature [role='slider']").press("Home")       # greedy: the same answer each time
+    page.locator(".st-key-chat_temperature").get_by_role("slider").press("Home")     # greedy: the same answer each time
     page.locator(".st-key-chat_max_tokens input").fill("24")
     page.locator(".st-key-chat_max_tokens input").press("Enter")
     page.get_by_role("tab", name="Compare").click()
