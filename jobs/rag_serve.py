@@ -145,6 +145,7 @@ def main(spec: Spec, job: Job) -> dict:
         raise JobError(str(e), BAD_INPUT, "pick a knowledge base and a model endpoint you may use") from None
     job.progress(0, 1, "", f"loading the index of {spec.kb}", force=True)
     app = App(spec.name or f"{spec.kb} + {spec.endpoint}", server_auth.new_key(), rag.load(kb.path, spec.top_k), model)
+    rag.segment("知识库")                  # jieba loads its dictionary now, not at the first Chinese question
     host, address = server_host.bind()
     server = ThreadingHTTPServer((host, 0), type("RagHandler", (Handler,), {"app": app}))
     server.daemon_threads = True
