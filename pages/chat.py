@@ -39,7 +39,7 @@ def show(message: dict) -> None:
             with st.expander(ui.t("chat.passages", n=len(message["passages"])), expanded=True):
                 for p in message["passages"]:
                     st.markdown(f"**{rag.place(p)}**")
-                    st.caption(p.get("text", ""))
+                    st.code(p.get("text", ""), language=None, wrap_lines=True)     # as written, not as markdown
 
 
 keep_interrupted()

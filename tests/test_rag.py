@@ -145,7 +145,7 @@ def test_compare_on_the_chat_page_shows_the_answer_with_and_without_retrieval(ho
     left, right = page.locator(".st-key-compare_left"), page.locator(".st-key-compare_right")
     wait_for(lambda: "velmora.md · line 1" in right.inner_text() and len(left.inner_text()) > len(model["name"]) + 20
              and not page.locator(".st-key-chat_cmp_stop").count(), 180, 0.3, "both answers and the passages")
-    left.scroll_into_view_if_needed()
+    right.get_by_text("velmora.md · line 1").scroll_into_view_if_needed()     # the answers and the passage
     shot(page, "rag-compare")
     assert ANSWER not in left.inner_text().replace(QUESTION, "")
     assert ANSWER in right.inner_text().split("Passages used")[0].replace(QUESTION, "")
