@@ -17,6 +17,7 @@ PAGES = {
         st.Page("pages/models.py", title=ui.t("nav.models"), icon=":material/deployed_code:", url_path="models"),
         st.Page("pages/finetune.py", title=ui.t("nav.finetune"), icon=":material/tune:", url_path="finetune"),
         st.Page("pages/evaluate.py", title=ui.t("nav.evaluate"), icon=":material/leaderboard:", url_path="evaluate"),
+        st.Page("pages/knowledge.py", title=ui.t("nav.kb"), icon=":material/menu_book:", url_path="knowledge"),
         st.Page("pages/chat.py", title=ui.t("nav.chat"), icon=":material/chat:", url_path="chat"),
         st.Page("pages/deploy.py", title=ui.t("nav.deploy"), icon=":material/rocket_launch:", url_path="deploy"),
         st.Page("pages/agent.py", title=ui.t("nav.agent"), icon=":material/smart_toy:", url_path="agent"),

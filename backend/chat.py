@@ -191,7 +191,7 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
                 stats: dict | None = None, by: users.User | str | None = None) -> Iterator[str]:
     """Yield the answer's text deltas. Raises ChatError (with ``partial``) on any failure, ``Refused`` when
     the endpoint is a server ``by`` may not use. ``stats``, if given, receives ttft_s, tokens (chunks with
-    text), seconds and finish_reason."""
+    text), seconds and finish_reason, and from a knowledge-base endpoint the ``passages`` it used."""
     import openai
     check_use(endpoint, by)
     check_prompt(endpoint, messages, max_tokens)
@@ -199,7 +199,7 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
               "temperature": max(0.0, float(temperature))}
     if temperature > 0:                 # greedy when 0: top_p would only draw a warning
         params["top_p"] = float(top_p)
-        if endpoint.get("engine") == "transformers":   # it never switches sampling on by itself
+        if "transformers" in (endpoint.get("engine"), endpoint.get("upstream_engine")):   # never switches sampling on by itself
             gen = {**(endpoint.get("generation") or {}), "do_sample": True, "temperature": float(temperature),
                    "top_p": float(top_p), "max_new_tokens": int(max_tokens)}
             params["extra_body"] = {"generation_config": json.dumps(gen)}
@@ -228,6 +228,8 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
     try:
         with stream:
             for chunk in stream:
+                if "passages" in (chunk.model_extra or {}):    # a knowledge-base endpoint's (jobs/rag_serve.py)
+                    stats["passages"] = chunk.model_extra["passages"]
                 if not chunk.choices:
                     continue
                 choice = chunk.choices[0]

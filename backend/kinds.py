@@ -50,6 +50,10 @@ KINDS = {k.name: k for k in [
          doc="uploads a model, adapter or dataset to Hugging Face or ModelScope with a card carrying its lineage"),
     Kind("agent", "jobs.agent", engine="lagent", cpu_slots=0,
          doc="a Lagent ReAct agent with a limited Python interpreter, against a workbench endpoint or an OpenAI URL"),
+    Kind("index", "jobs.index", cpu_slots=0,
+         doc="a knowledge base: documents or a dataset's text split into passages and indexed (BM25, jieba for Chinese)"),
+    Kind("rag_serve", "jobs.rag_serve", cpu_slots=0, long_lived=True,
+         doc="a knowledge base + a model endpoint served as an OpenAI-compatible endpoint that answers with retrieved passages"),
     Kind("vlm", "jobs.vlm", long_lived=True, doc="an image-text model (LLaVA-style, or XComposer with opt-in) loaded once and served as a streaming endpoint"),
 ]}
 

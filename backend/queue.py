@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, i18n, job_env, kinds, ownership, remote_code, users
+from backend import defaults, i18n, job_env, kinds, ownership, rag, remote_code, users
 from backend.errors import UserError
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
@@ -63,6 +63,11 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
     if why:
         raise SubmitError.of(why)
     check_uses(k, model, owner, home)
+    if getattr(model, "kb", ""):            # a knowledge base that exists (check_uses asked the use rule)
+        try:
+            rag.check_kb(model.kb, owner, home, Refused)
+        except rag.RagError as e:
+            raise SubmitError.of(e) from None
     try:
         asked = kinds.asked(k, model)
     except ValueError as e:

@@ -6,6 +6,7 @@
   endpoint  a running server (serve / vlm job)    meta: url, model, kind ("chat" | "vlm"), base_of?, ...
   eval      an evaluation run's results           meta: models, datasets, table
   announcement  the instructor's banner           meta: text
+  kb        a knowledge base (index job)          meta: source, documents, chunks, size_bytes, chunk_size, ...
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class RegistryType(StrEnum):
     ENDPOINT = "endpoint"
     EVAL = "eval"
     ANNOUNCEMENT = "announcement"     # the class announcement (backend/classroom.py), one entry
+    KB = "kb"                         # a knowledge base: a BM25 index in an index job's artifacts (backend/rag.py)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ external URLs live only in this browser session.
 """
 import streamlit as st
 
-from backend import chat, errors, queue
+from backend import chat, errors, queue, rag
 from backend.live import Viewer
 from pages import keys, ui
 
@@ -35,6 +35,11 @@ def show(message: dict) -> None:
         st.markdown(message["content"] or " ")
         if message.get("note"):
             st.caption(message["note"])
+        if message.get("passages"):         # from a knowledge-base endpoint: where the answer's context came from
+            with st.expander(ui.t("chat.passages", n=len(message["passages"])), expanded=True):
+                for p in message["passages"]:
+                    st.markdown(f"**{rag.place(p)}**")
+                    st.code(p.get("text", ""), language=None, wrap_lines=True)     # as written, not as markdown
 
 
 keep_interrupted()
@@ -206,7 +211,7 @@ with tab_chat:
             history.pop()
             st.session_state[S_ERROR] = note
         else:
-            history.append({"role": "assistant", "content": text, "note": note})
+            history.append({"role": "assistant", "content": text, "note": note, "passages": stats.get("passages")})
         st.rerun()
 
 # -- Compare: each column keeps its own history with its endpoint --------------------------------------
@@ -254,8 +259,8 @@ with tab_compare:
                     slots.append(st.empty())
         b[1].button(ui.t("chat.stop"), key="chat_cmp_stop", type="primary")     # any click ends this run
         pending = st.session_state[S_PENDING] = {"kind": "compare", "texts": ["", ""]}
-        failed = []
-        for i, delta, err in chat.stream_many([answer_kwargs(pair[i], sends[i]) for i in range(2)]):
+        failed, stats = [], [{}, {}]
+        for i, delta, err in chat.stream_many([answer_kwargs(pair[i], sends[i], stats[i]) for i in range(2)]):
             if delta:
                 pending["texts"][i] += delta
                 slots[i].markdown(pending["texts"][i] + " ▌")
@@ -266,7 +271,8 @@ with tab_compare:
                 histories[i].pop()
                 failed.append(f"{pair[i]}: {ui.error_text(err)}")
             else:
-                histories[i].append({"role": "assistant", "content": text, "note": ui.error_text(err) if err else ""})
+                histories[i].append({"role": "assistant", "content": text, "note": ui.error_text(err) if err else "",
+                                     "passages": stats[i].get("passages")})
         st.session_state.pop(S_PENDING, None)
         st.session_state[S_CMP_ERRORS] = failed
         st.rerun()

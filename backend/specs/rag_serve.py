@@ -1,0 +1,30 @@
+"""The rag_serve job's spec (jobs/rag_serve.py): a knowledge base and a live model endpoint served together as
+an OpenAI-compatible endpoint whose answers come with the passages they were given."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend import chat
+from backend.errors import UserError
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kb: str = Field(..., min_length=1)          # a knowledge base (registry type kb)
+    endpoint: str = Field(..., min_length=1)    # a live model endpoint (Chat page) that writes the answers
+    name: str = Field("", max_length=120)      # the endpoint's name; default "<kb> + <endpoint>"
+    top_k: int = Field(3, ge=1, le=20)          # passages put into each prompt
+
+
+def upstream(spec: Spec, home=None) -> dict:
+    """The live model endpoint the answers come from (not another knowledge-base endpoint)."""
+    ep = next((e for e in chat.endpoints(home) if e["name"] == spec.endpoint and e.get("engine") != "rag"), None)
+    if ep is None:
+        raise UserError("err.rag.no_endpoint", name=spec.endpoint)
+    return ep
+
+
+def resources(spec: Spec) -> dict:
+    """The knowledge base is checked (it exists, its owner may use it) by queue.submit; the model endpoint here."""
+    upstream(spec)
+    return {}

@@ -1,0 +1,52 @@
+"""index: a knowledge base from documents (an upload's folder, the bundled demo) or a dataset's text column:
+read, split into passages, indexed with BM25 (backend/rag.py) in the job's artifacts/index, and registered
+as ``kb/<name>`` owned by the job's owner. Documents that can't be read are reported and left out."""
+from __future__ import annotations
+
+import time
+
+from backend import datasets, rag
+from backend.errors import BAD_INPUT, UserError
+from backend.paths import human_size
+from backend.specs.index import Spec
+from jobs.common import Job, JobError, run
+
+
+def main(spec: Spec, job: Job) -> dict:
+    t0 = time.monotonic()
+    job.progress(0, 3, "steps", "reading documents", force=True)
+    try:
+        if spec.folder:
+            units, problems = rag.read_folder(rag.source_folder(spec.folder, job.home))
+            source = spec.folder
+        else:
+            path = datasets.resolve(spec.dataset, job.home)
+            units, problems = rag.dataset_units(path, spec.text_field, spec.dataset), []
+            source = f"dataset {spec.dataset}"
+    except UserError as e:
+        raise JobError(str(e), BAD_INPUT,
+                       "upload documents (txt, md, pdf, docx, html or a zip of them), or name the dataset's text field") from None
+    for problem in problems:
+        job.message(f"left out: {problem}", level="warning")
+    if not units:
+        raise JobError("no readable document with text", BAD_INPUT, "upload documents with text and retry")
+    job.progress(1, 3, "steps", f"splitting {len(units)} documents or pages", force=True)
+    nodes = rag.split(units, spec.chunk_size, spec.chunk_overlap)
+    job.progress(2, 3, "steps", f"indexing {len(nodes)} passages (BM25)", force=True)
+    folder = job.dir / "artifacts" / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    rag.build(nodes, folder, top_k=3)
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    files = sorted({u["source"] for u in units})
+    meta = {"source": source, "documents": len(files), "files": files[:200], "chunks": len(nodes),
+            "size_bytes": size, "chunk_size": spec.chunk_size, "chunk_overlap": spec.chunk_overlap,
+            "retrieval": "bm25", "left_out": [str(p) for p in problems][:50]}
+    job.register("kb", spec.name, folder, meta)
+    job.progress(3, 3, "steps", "done", force=True)
+    job.message(f"knowledge base {spec.name!r}: {len(files)} documents, {len(nodes)} passages, "
+                f"{human_size(size)} index, in {time.monotonic() - t0:.1f} s")
+    return {"kb": spec.name, **meta}
+
+
+if __name__ == "__main__":
+    run(main, Spec)

@@ -1,0 +1,151 @@
+"""Knowledge bases (RAG): bad uploads each left out with a sentence (the rest indexed by the real index job),
+another student's knowledge base refused, and (slow) the CPU demo: the bundled SmolLM2 answers a question about
+the bundled documents wrongly alone and rightly through its knowledge-base endpoint, with the passage shown,
+through the `openai` client and the Chat page's Compare."""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import openai
+import pytest
+
+from backend import chat, queue, rag, users
+from backend.i18n import t
+from backend.store import open_store
+from tests.conftest import endpoint_of, pick, run_burst, shot, wait_for
+from tests.test_chat_page import BUNDLED, smollm2  # noqa: F401 - the converted bundled model (a fixture)
+
+QUESTION, ANSWER = "What is the capital of Velmora?", "Tarrin"       # assets/rag/velmora.md
+
+
+def encrypted_pdf() -> bytes:
+    from pypdf import PdfWriter
+    writer = PdfWriter()
+    writer.add_blank_page(200, 200)
+    writer.encrypt("secret")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_bad_uploads_are_left_out_with_a_sentence_each_and_the_rest_is_indexed(home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_UPLOAD_MAX_MB", "1")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("notes/inner.md", "The harbour of Tarrin has a red lighthouse.")
+        z.writestr("../../climb.md", "written outside")
+        z.writestr("/etc/absolute.md", "written outside")
+    files = [("good.md", "Velmora's currency is the tessel.\n".encode()), ("empty.txt", b""),
+             ("big.txt", b"a" * (2 * 2**20)), ("latin1.txt", "caf\xe9 cr\xe8me ".encode("latin-1") * 3),
+             ("locked.pdf", encrypted_pdf()), ("broken.pdf", b"%PDF-1.4 not really"),
+             ("zh.txt", "青岚镇最有名的小吃是桂花糯米糍。".encode("gb18030")),          # a Windows Chinese file
+             ("docs.zip", archive.getvalue())]
+    folder, problems = rag.save_upload(files, "ann", home)
+    assert sorted(p.key for p in problems) == ["err.rag.too_big", "err.rag.zip_outside", "err.rag.zip_outside"]
+    assert not (home / "documents" / "climb.md").exists() and not list(home.rglob("absolute.md"))
+    units, problems = rag.read_folder(folder)
+    assert {p.key: p.fields["name"] for p in problems} == {
+        "err.rag.empty": "empty.txt", "err.rag.encoding": "latin1.txt", "err.rag.pdf_encrypted": "locked.pdf",
+        "err.rag.unreadable": "broken.pdf"}
+    for p in problems:          # a sentence in each language
+        assert p.fields["name"] in p.text("zh") and p.text("zh") != p.text("en")
+    assert sorted(u["source"] for u in units) == ["good.md", "notes/inner.md", "zh.txt"]
+
+    # the real index job: what could be read becomes a knowledge base owned by the job's owner
+    job_id = queue.submit("index", {"name": "mine", "folder": str(folder.relative_to(home / "documents"))},
+                          owner="ann", home=home)
+    run_burst(home)
+    job = queue.get(job_id, home)
+    assert job.state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
+    kb = open_store(home).get("kb", "mine")
+    assert kb.owner == "ann" and kb.meta["documents"] == 3 and kb.meta["chunks"] >= 3 and len(kb.meta["left_out"]) == 4
+    hits = rag.retrieve(rag.load(kb.path, 2), "青岚镇最有名的小吃是什么？")
+    assert hits[0]["source"] == "zh.txt" and "桂花糯米糍" in hits[0]["text"] and hits[0]["line"] == 1
+    assert "left out: locked.pdf is an encrypted PDF" in (home / "jobs" / str(job_id) / "run.log").read_text()
+
+    # refused before queueing: a folder outside documents/, an overlap as large as a passage
+    for spec, key in [({"name": "x", "folder": "../jobs"}, "err.rag.no_folder"),
+                      ({"name": "x", "folder": "demo", "chunk_size": 64, "chunk_overlap": 64}, "err.rag.overlap")]:
+        with pytest.raises(queue.SubmitError) as e:
+            queue.submit("index", spec, owner="ann", home=home)
+        assert e.value.key == key
+
+
+def test_another_students_knowledge_base_is_refused_and_audited(home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    for name, role in (("ann", "student"), ("bob", "student"), ("teach", "instructor")):
+        users.add(name, role, home=home)
+    store = open_store(home)
+    store.put("kb", "ann-notes", str(home), {"chunks": 1}, owner="ann")
+    store.put("kb", "class-notes", str(home), {"chunks": 1}, owner="teach")
+    assert [e.name for e in rag.list_kbs(home, "bob")] == ["class-notes"]
+    with pytest.raises(rag.RagRefused) as e:
+        rag.check_kb("ann-notes", "bob", home)
+    assert "ann-notes" in e.value.text("zh")
+    with pytest.raises(queue.Refused) as e:
+        queue.submit("rag_serve", {"kb": "ann-notes", "endpoint": "any"}, owner="bob", home=home)
+    assert e.value.key == "err.users.kb_not_yours"
+    refusals = users.audit_log("refused", home=home)
+    assert len(refusals) == 2 and all(r["actor"] == "bob" and r["target"] == "kb ann-notes" for r in refusals)
+    for who, kb in (("ann", "ann-notes"), ("bob", "class-notes"), ("teach", "ann-notes")):    # theirs, the class's
+        with pytest.raises(queue.SubmitError) as e:
+            queue.submit("rag_serve", {"kb": kb, "endpoint": "any"}, owner=who, home=home)
+        assert e.value.key == "err.rag.no_endpoint"          # past the knowledge base: there is no such model server
+
+
+def demo_endpoints(home, model_path) -> tuple[dict, dict]:
+    """The bundled model served, the demo documents indexed, and the two served together: (model, kb) endpoints."""
+    open_store(home).put("model", BUNDLED, str(model_path), {"source": "bundled"})
+    index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home)
+    model = endpoint_of(home, queue.submit("serve", {"model": BUNDLED}, home=home), 300)
+    wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
+    assert queue.get(index, home).state == "succeeded", (home / "jobs" / str(index) / "run.log").read_text()
+    kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo", "endpoint": model["name"], "top_k": 2},
+                                        home=home), 120)
+    return model, kb
+
+
+@pytest.mark.slow
+def test_the_bundled_model_is_wrong_alone_and_right_with_retrieval(home, worker, smollm2):  # noqa: F811
+    model, kb = demo_endpoints(home, smollm2)
+    ask = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 24, "temperature": 0}
+    alone = openai.OpenAI(base_url=model["url"], api_key=model["api_key"]).chat.completions.create(
+        model=model["model"], **ask).choices[0].message.content
+    answer = openai.OpenAI(base_url=kb["url"], api_key=kb["api_key"]).chat.completions.create(model=kb["model"], **ask)
+    assert ANSWER not in alone and ANSWER in answer.choices[0].message.content, (alone, answer)
+    passages = answer.model_extra["passages"]
+    assert passages[0]["source"] == "velmora.md" and ANSWER in passages[0]["text"] and passages[0]["line"] == 1
+    # listed like any endpoint: the Chat, Agent and Evaluate pages and the gateway offer it
+    assert any(e["name"] == kb["name"] and e["engine"] == "rag" for e in chat.endpoints(home))
+
+    # streamed through the backend's chat client (the Chat page's): the passages come in the last chunk
+    stats: dict = {}
+    text = "".join(chat.stream_chat(kb, ask["messages"], temperature=0, max_tokens=24, stats=stats))
+    assert ANSWER in text and stats["passages"] == passages
+    with pytest.raises(openai.AuthenticationError):         # its own key only
+        openai.OpenAI(base_url=kb["url"], api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_compare_on_the_chat_page_shows_the_answer_with_and_without_retrieval(home, smollm2, page):  # noqa: F811
+    model, kb = demo_endpoints(home, smollm2)
+    page.goto(page.base_url + "/knowledge")
+    page.locator(".st-key-kb_list").get_by_text("demo", exact=True).wait_for(timeout=60_000)
+    page.goto(page.base_url + "/chat")
+    page.locator(".st-key-chat_temperature").get_by_role("slider").press("Home")     # greedy: the same answer each time
+    page.locator(".st-key-chat_max_tokens input").fill("24")
+    page.locator(".st-key-chat_max_tokens input").press("Enter")
+    page.get_by_role("tab", name="Compare").click()
+    pick(page, "chat_cmp_left", model["name"])
+    pick(page, "chat_cmp_right", kb["name"])
+    page.locator(".st-key-chat_cmp_prompt textarea").fill(QUESTION)
+    page.get_by_role("button", name="Send to both").click()
+    left, right = page.locator(".st-key-compare_left"), page.locator(".st-key-compare_right")
+    wait_for(lambda: "velmora.md · line 1" in right.inner_text() and len(left.inner_text()) > len(model["name"]) + 20
+             and not page.locator(".st-key-chat_cmp_stop").count(), 180, 0.3, "both answers and the passages")
+    right.get_by_text("velmora.md · line 1").scroll_into_view_if_needed()     # the answers and the passage
+    shot(page, "rag-compare")
+    assert ANSWER not in left.inner_text().replace(QUESTION, "")
+    assert ANSWER in right.inner_text().split("Passages used")[0].replace(QUESTION, "")
