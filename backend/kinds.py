@@ -46,6 +46,8 @@ KINDS = {k.name: k for k in [
          doc="a 4-bit copy of a model (LMDeploy AWQ W4A16 on GPU, bitsandbytes NF4 anywhere) registered with its lineage"),
     Kind("agent", "jobs.agent", engine="lagent", cpu_slots=0,
          doc="a Lagent ReAct agent with a limited Python interpreter, against a workbench endpoint or an OpenAI URL"),
+    Kind("lab_check", "jobs.lab_check", cpu_slots=0,
+         doc="runs a lab's checks on its owner's artifacts and writes signed evidence when they pass (docs/labs.md)"),
     Kind("vlm", "jobs.vlm", long_lived=True, doc="an image-text model (LLaVA-style, or XComposer with opt-in) loaded once and served as a streaming endpoint"),
 ]}
 

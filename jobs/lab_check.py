@@ -1,0 +1,28 @@
+"""lab_check: run a lab's checks on its owner's artifacts (backend/labs.py) and, when they pass, write the
+signed evidence into ``artifacts/evidence.json``. A lab not passed yet is a successful job whose result says
+what is missing (``passed: false``)."""
+from __future__ import annotations
+
+import json
+import os
+
+from backend import labs
+from backend.specs.lab_check import Spec
+from backend.store import open_store
+from jobs.common import Job, run
+
+
+def main(spec: Spec, job: Job) -> dict:
+    job_id = int(os.environ.get("WORKBENCH_JOB_ID", "0") or 0) or int(job.dir.name)
+    student = open_store(job.home).job(job_id).owner
+    job.message(f"checking lab {spec.lab} for {student}")
+    result = labs.run(spec.lab, student, job.home, job_id=job_id, log=job.message)
+    if result["passed"]:
+        (job.dir / "artifacts" / labs.EVIDENCE).write_text(json.dumps(result["evidence"], ensure_ascii=False,
+                                                                      indent=2), encoding="utf-8")
+    job.message("passed" if result["passed"] else "not passed yet")
+    return result
+
+
+if __name__ == "__main__":
+    run(main, Spec)
