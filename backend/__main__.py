@@ -197,10 +197,10 @@ def cmd_labs(a) -> int:
         if a.action == "list":
             for row in labs.status(a.actor):
                 lab = row["lab"]
-                print(f"{lab.id:<18} {row['state']:<12} {'' if lab.available else '(no check: hidden) '}{lab.title.en}")
+                print(f"{lab.id:<18} {row['state']:<12} {lab.title.en}")
             if users.acting(a.actor).instructor:
-                for problem in labs.load()[1]:
-                    print(f"refused: {problem}")
+                for problem in labs.problems():
+                    print(f"not shown to students: {problem}")
         elif a.action == "check":
             ids = labs.recheck_all(a.target, a.actor) if a.all else [labs.submit_check(a.target, a.actor, a.student)]
             print("\n".join(map(str, ids)))

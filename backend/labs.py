@@ -196,14 +196,23 @@ def visible(by, home: Path | None = None) -> list[Lab]:
     return [lab for lab in load(home)[0].values() if lab.available or user is None or user.instructor]
 
 
+def _no_check(lab: Lab) -> LabError:
+    return LabError("err.lab.no_check", lab=lab.id, checks=", ".join(c.check for c in lab.checks if c.check not in CHECKS))
+
+
 def get(lab_id: str, home: Path | None = None) -> Lab:
     lab = load(home)[0].get(lab_id)
     if lab is None:
         raise LabError("err.lab.unknown", lab=lab_id, known=", ".join(load(home)[0]) or "-")
     if not lab.available:
-        raise LabError("err.lab.no_check", lab=lab_id, checks=", ".join(c.check for c in lab.checks
-                                                                         if c.check not in CHECKS))
+        raise _no_check(lab)
     return lab
+
+
+def problems(home: Path | None = None) -> list[LabError]:
+    """What keeps a lab from students: files refused, and labs whose check does not exist (for instructors)."""
+    found, refused = load(home)
+    return refused + [_no_check(lab) for lab in found.values() if not lab.available]
 
 
 # -- whose is it -------------------------------------------------------------------------------------
@@ -628,8 +637,15 @@ def status(by, home: Path | None = None) -> list[dict]:
         state = "passed" if passed else "in_progress" if mine_ or any(done) else "not_started"
         nxt = next((i for i, d in enumerate(done) if not d), None)
         out.append({"lab": lab, "state": state, "done": done, "next": nxt, "latest": mine_[0] if mine_ else None,
-                    "passed": passed, "checking": any(not JobState(a["state"]).finished for a in mine_)})
+                    "passed": passed, "checking": any(not JobState(a["state"]).finished for a in mine_),
+                    "busy": any(_busy(s.kind, student, home) for s in lab.steps if s.kind)})
     return out
+
+
+def _busy(kind: str, student: str, home: Path | None) -> bool:
+    """A job of ``kind`` of the student's is on its way (a server: until it runs)."""
+    states = [JobState.QUEUED, JobState.STARTING] + ([] if kind in ("serve", "vlm") else [JobState.RUNNING])
+    return bool(open_store(home).jobs(kind=kind, owner=student, states=states, limit=1))
 
 
 def grid(by, home: Path | None = None) -> tuple[list[Lab], list[dict]]:
