@@ -337,8 +337,9 @@ class Ctx:
 
     def live(self) -> list[dict]:
         """Live endpoints that are the student's."""
-        return [e for e in chat.endpoints(self.home) if owner_of(self.store.get("endpoint", e["name"]), self.home)
-                == self.student]
+        entries = {e.name: e for e in self.store.items("endpoint")}
+        return [e for e in chat.endpoints(self.home)
+                if e["name"] in entries and owner_of(entries[e["name"]], self.home) == self.student]
 
     def ask(self, ep: dict, prompt: str, max_tokens: int = 48) -> str:
         try:
@@ -411,7 +412,7 @@ def check_self_cognition(c: Ctx, prompts: tuple[str, ...] = ("Who are you?", "ä½
     said = [p for p, a in base_answers.items() if name.lower() in a.lower()]
     if said:
         raise Missing("err.lab.base_knows", name=name, prompt=said[0])
-    served = tuned[0] if ep["source"] in names else next(e for e in tuned if e.name == ep["source"].partition("+")[2])
+    served = next(e for e in tuned if e.name in (ep["source"], ep["source"].partition("+")[2]))
     c.artifact(served.type.value, served.name, served.id, served.path,
                ("adapter_config.json", "adapter_model.safetensors", "config.json", "*.index.json"))
     c.artifact("dataset", ds.name, ds.id, Path(ds.path).parent, (Path(ds.path).name,))
