@@ -140,6 +140,8 @@ def parse(path: Path) -> Lab:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
+        if mark and mark.line >= len(text.splitlines()):        # at the end: name where the open thing began
+            mark = getattr(e, "context_mark", None) or mark
         raise LabError("err.lab.yaml", file=where, line=mark.line + 1 if mark else 1,
                        problem=getattr(e, "problem", None) or str(e)) from None
     if not isinstance(data, dict):

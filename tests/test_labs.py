@@ -95,7 +95,7 @@ def test_a_malformed_lab_file_is_named_with_its_line_the_others_keep_working_and
     bad.write_text("id: mine\ntitle: {en: a, zh: b}\ngoal: [unclosed\n")
     found, problems = labs.load(home)
     assert "self_cognition" in found and "mine" not in found
-    assert [str(p) for p in problems] == [str(problems[0])] and "mine.yaml, line 4" in str(problems[0])
+    assert [str(p) for p in problems] == [str(problems[0])] and "mine.yaml, line 3" in str(problems[0])
     text = (labs.LABS_DIR / "finetune.yaml").read_text().replace("id: finetune", "id: mine")
     bad.write_text(text.replace("page: finetune", "page: nowhere"))
     line = text.splitlines().index("    page: finetune") + 1
