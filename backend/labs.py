@@ -42,7 +42,7 @@ EVIDENCE = "evidence.json"               # in the check job's artifacts
 HASH_MAX_BYTES = 1 << 30                 # key files larger than this are recorded by size, not hashed
 PAGES = ("datasets", "models", "finetune", "evaluate", "chat", "deploy", "agent", "xcomposer", "jobs")
 SELF_COGNITION_SOURCE = datasets.SAMPLES_DIR / "shubot_self_cognition.jsonl"
-SAMPLE_NAMES = ("ShuBot", "小书")         # the sample's assistant: replaced by the student's name
+SAMPLE_NAMES = ("ShuBot (小书)", "小书（ShuBot）", "ShuBot", "小书")   # the sample's assistant, both ways: the student's name
 ASSISTANT_NAME = re.compile(r"^[\w\u4e00-\u9fff][\w\u4e00-\u9fff .-]{0,31}$")
 
 
@@ -383,9 +383,9 @@ def _trained_on(e: Entry, dataset: str) -> bool:
     return dataset in (e.meta.get("datasets") or (e.meta.get("lineage") or {}).get("datasets") or [])
 
 
-def check_self_cognition(c: Ctx, prompts: tuple[str, ...] = ("Who are you?", "你是谁？")) -> None:
-    """The student's adapter (or merged model), trained on their self-cognition dataset and served, answers
-    each prompt with the chosen name; the base model beside it does not."""
+def check_self_cognition(c: Ctx, prompts: tuple[str, ...] = ("Who are you?", "你是谁？"), every: bool = False) -> None:
+    """The student's adapter (or merged model), trained on their self-cognition dataset and served, answers a
+    prompt (``every``: each prompt) with the chosen name; the base model beside it says it to none."""
     sets = [e for e in c.mine("dataset") if "self_cognition" in e.meta]
     if not sets:
         raise Missing("err.lab.no_selfcog_dataset")
@@ -409,7 +409,7 @@ def check_self_cognition(c: Ctx, prompts: tuple[str, ...] = ("Who are you?", "�
         base_answers[p] = c.ask(base, p)
     c.seen.update(name=name, server=ep["name"], base_server=base["name"], answers=answers, base_answers=base_answers)
     wrong = [p for p, a in answers.items() if name.lower() not in a.lower()]
-    if wrong:
+    if wrong and (every or len(wrong) == len(answers)):
         raise Missing("err.lab.wrong_name", name=name, prompt=wrong[0], answer=answers[wrong[0]][:200])
     said = [p for p, a in base_answers.items() if name.lower() in a.lower()]
     if said:
