@@ -343,7 +343,7 @@ class Ctx:
         return [e for e in chat.endpoints(self.home)
                 if e["name"] in entries and owner_of(entries[e["name"]], self.home) == self.student]
 
-    def ask(self, ep: dict, prompt: str, max_tokens: int = 48) -> str:
+    def ask(self, ep: dict, prompt: str, max_tokens: int = 32) -> str:
         try:
             return "".join(chat.stream_chat(ep, [{"role": "user", "content": prompt}], temperature=0,
                                             max_tokens=max_tokens, by=self.student)).strip()

@@ -67,7 +67,7 @@ def sizes(name: str, method: str, home: Path) -> dict:
     serve_spec.gpus = lambda: [resources.GPU(0, "simulated", GPU_GB, 0.0)]      # the simulated GPU, for resources()
     serve_gb = kinds.asked(kinds.get("serve"), serve_spec.Spec(adapter=f"{name}-lora"))["gpu_mem_gb"]
     prompts = labs.get("self_cognition", home).checks[0].args["prompts"]
-    check_s = CHECK_START_S + 2 * len(prompts) * 48 / DECODE_TOKENS_S    # tuned and base, 48 tokens each
+    check_s = CHECK_START_S + 2 * len(prompts) * 32 / DECODE_TOKENS_S    # tuned and base, 32 tokens each
     return {"finetune": (ft_gb, ft_s), "serve": (serve_gb, SERVE_READY_S), "lab_check": (0.0, check_s)}
 
 
