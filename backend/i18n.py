@@ -917,9 +917,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.lab.bad_name": {"en": "{name!r} can't be an assistant's name: 1 to 32 letters, digits, spaces, '.' or '-', "
                                "and not ShuBot/小书 (the sample's own)",
                          "zh": "{name!r} 不能作为助手名字：1 到 32 个字母、数字、空格、“.”或“-”，且不能是样例自带的 ShuBot/小书"},
-    "err.lab.step_needs": {"en": "step \"{step}\" needs your {what} first: do the step before it",
-                           "zh": "步骤“{step}”需要先有你的 {what}：请先完成上一步"},
-    "err.lab.by_hand": {"en": "step \"{step}\" is done on its page", "zh": "步骤“{step}”请在对应页面上完成"},
+    "err.lab.step_needs": {"en": "step {n} needs your {what} first: do the step before it",
+                           "zh": "第 {n} 步需要先有你的 {what}：请先完成上一步"},
+    "err.lab.by_hand": {"en": "step {n} is done on its page: open it from the link", "zh": "第 {n} 步请在对应页面上完成：点链接打开它"},
     "err.lab.server_failed": {"en": "your server {server} did not answer: {error}",
                               "zh": "你的服务 {server} 没有回答：{error}"},
     "err.lab.no_model": {"en": "no model of yours is in the registry (repository: {repo}): download one on the Models page",

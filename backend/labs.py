@@ -154,10 +154,10 @@ def parse(path: Path) -> Lab:
                        field=".".join(map(str, err["loc"])) or "-", problem=err["msg"]) from None
     if lab.id != path.stem:
         raise LabError("err.lab.id_mismatch", file=where, line=_line(text, ("id",)), id=lab.id)
-    for i, c in enumerate(lab.checks):
-        fn = CHECKS.get(c.check)
+    for i, c in enumerate(lab.checks):          # args a check does not take (a check not here yet: unchecked)
         try:
-            fn and inspect.signature(fn).bind(None, **c.args)
+            if c.check in CHECKS:
+                inspect.signature(CHECKS[c.check]).bind(None, **c.args)
         except TypeError as te:
             raise LabError("err.lab.invalid", file=where, line=_line(text, ("checks", i, "args")),
                            field=f"checks.{i}.args", problem=str(te)) from None
@@ -253,21 +253,25 @@ def self_cognition_dataset(name: str, by, home: Path | None = None) -> Entry:
     return entry
 
 
+def _newest(type: str, student: str, home: Path | None, pred=None) -> str | None:
+    return next((e.name for e in mine(type, student, home) if pred is None or pred(e)), None)
+
+
 def context(student: str, params: dict | None = None, home: Path | None = None) -> dict:
     """What a step's spec may name: {user}, {bundled}, {preset}, the student's newest {dataset} (self-cognition),
-    {adapter}, {model}, {quantized}, {endpoint}, and the lab's params."""
-    newest = lambda type, pred=lambda e: True: next((e.name for e in mine(type, student, home) if pred(e)), None)  # noqa: E731
+    {adapter}, {model}, {quantized}, their live {endpoint}, and the lab's params."""
+    theirs = {e.name for e in mine("endpoint", student, home)}
     ctx = {"user": student, "bundled": models.BUNDLED_NAME, "preset": finetune.default_preset(),
-           "dataset": newest("dataset", lambda e: "self_cognition" in e.meta),
-           "adapter": newest("adapter"), "model": newest("model"),
-           "quantized": newest("model", lambda e: bool(e.meta.get("quantized_from"))),
-           "endpoint": next((e["name"] for e in chat.endpoints(home) if e["owner"] == student
-                             and not e.get("base_of")), None)}
+           "dataset": _newest("dataset", student, home, lambda e: "self_cognition" in e.meta),
+           "adapter": _newest("adapter", student, home), "model": _newest("model", student, home),
+           "quantized": _newest("model", student, home, lambda e: bool(e.meta.get("quantized_from"))),
+           "endpoint": next((e["name"] for e in chat.endpoints(home) if e["name"] in theirs and not e.get("base_of")),
+                            None)}
     ctx.update({k: v for k, v in (params or {}).items() if v})
     return ctx
 
 
-def fill(value, ctx: dict, step: str):
+def fill(value, ctx: dict, step: int):
     """``value`` with every ``{name}`` in its strings filled from ``ctx``; LabError naming what is missing."""
     if isinstance(value, dict):
         return {k: fill(v, ctx, step) for k, v in value.items()}
@@ -277,14 +281,15 @@ def fill(value, ctx: dict, step: str):
         return value
     for _, name, _, _ in string.Formatter().parse(value):
         if name and not ctx.get(name):
-            raise LabError("err.lab.step_needs", step=step, what=name)
+            raise LabError("err.lab.step_needs", n=step, what=name)
     return value.format(**ctx)
 
 
 def step_spec(lab: Lab, index: int, by, params: dict | None = None, home: Path | None = None) -> dict:
+    """Step ``index``'s spec filled in for ``by`` (LabError when something it names is missing)."""
     user = users.acting(by)
     return fill(lab.steps[index].spec, context(user.name if user else defaults.setting("USER"), params, home),
-                lab.steps[index].title.en)
+                index + 1)
 
 
 def start_step(lab_id: str, index: int, by, params: dict | None = None, home: Path | None = None):
@@ -295,7 +300,7 @@ def start_step(lab_id: str, index: int, by, params: dict | None = None, home: Pa
     if step.action == "self_cognition_dataset":
         return self_cognition_dataset(spec.get("name", ""), by, home)
     if not step.kind:
-        raise LabError("err.lab.by_hand", step=step.title.en)
+        raise LabError("err.lab.by_hand", n=index + 1)
     user = users.acting(by)
     return queue.submit(step.kind, spec, owner=user.name if user else None, label=f"lab {lab.id}", home=home)
 
