@@ -85,7 +85,7 @@ def lab_outcome(row: dict, lang: str) -> None:
 def my_labs() -> list[dict]:
     me, lang = ui.user(), ui.lang()
     rows = labs.status(me)
-    if note := st.session_state.pop(keys.LAB_NOTE, None):
+    if note := st.session_state.get(keys.LAB_NOTE):           # kept until the next step (reruns don't lose it)
         st.success(note)
     if not rows:
         st.caption(ui.t("labs.none"))

@@ -23,7 +23,7 @@ FT_JOB, FT_MODEL = "ft_job", "ft_model"
 EVAL_RUN, EVAL_MODELS = "eval_run", "eval_models"
 MODELS_JOB, MODELS_CONFIRM = "models_job", "models_confirm"
 DS_STATE = "ds_state"                     # per-dataset results (validation, convert, split, stats job)
-LAB_NOTE = "lab_note"                     # Home: what the last "Start this step" did, shown once
+LAB_NOTE = "lab_note"                     # Home: what the last "Start this step" did
 
 
 def job_view(job_id: int) -> str:
