@@ -1,4 +1,4 @@
-"""Home: the pipeline, the machine's hardware, the queue at a glance."""
+"""Home: the pipeline, My labs (steps, checks, evidence), the machine's hardware, the queue at a glance."""
 import streamlit as st
 
 from backend import defaults, errors, labs, queue, resources
