@@ -609,10 +609,10 @@ def submit_check(lab_id: str, by, student: str | None = None, home: Path | None 
 
 
 def students(home: Path | None = None) -> list[str]:
-    """The class: students with accounts, else everybody who has submitted a job."""
+    """The class: students with accounts, else everybody but the instructors who has submitted a job."""
     store = open_store(home)
     names = [u["name"] for u in store.users() if u["role"] == "student" and not u["disabled"]]
-    return names or sorted({j.owner for j in store.jobs(limit=100_000)})
+    return names or sorted({j.owner for j in store.jobs(limit=100_000) if not users.is_instructor(j.owner)})
 
 
 def recheck_all(lab_id: str, by, home: Path | None = None) -> list[int]:

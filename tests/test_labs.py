@@ -168,6 +168,10 @@ def test_a_students_check_never_reads_another_students_artifacts(home, fake, mon
     monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teach")
     job_id = labs.submit_check("self_cognition", "teach", student="ann", home=home)
     assert queue.get(job_id, home)["owner"] == "ann"
+    ids = labs.recheck_all("self_cognition", "teach", home)             # one check per student, each theirs
+    assert sorted(queue.get(i, home)["owner"] for i in ids) == ["ann", "bob"]
+    with pytest.raises(labs.Refused, match="only an instructor"):
+        labs.recheck_all("self_cognition", "bob", home)
 
 
 def model_folder(home, name: str, *files: str) -> Path:
