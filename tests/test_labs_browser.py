@@ -41,8 +41,9 @@ def test_a_student_passes_the_self_cognition_lab_and_the_instructor_sees_it(page
     card.get_by_text("in progress").wait_for()
     step(1, "Queued as job")                                         # the CPU demo fine-tune on the bundled model
     card.get_by_text("Next step: Serve your adapter").wait_for(timeout=2_400_000)
-    step(2, "Queued as job")
-    endpoint_of(home, queue.list_jobs(kind="serve", owner="ann", home=home)[0]["id"], 300)
+    card.locator(".st-key-lab-self_cognition-step-2 button").click()
+    serve = wait_for(lambda: queue.list_jobs(kind="serve", owner="ann", home=home), 60, what="the serve job")
+    endpoint_of(home, serve[0]["id"], 600)
     card.get_by_role("button", name="Check my lab").click()
     passed = page.locator(".st-key-lab-self_cognition-passed")
     passed.wait_for(timeout=300_000)
