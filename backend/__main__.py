@@ -14,6 +14,8 @@
     python -m backend users add NAME [--role student|instructor] | import roster.csv | reset NAME
                             | disable NAME | role NAME ROLE | quota NAME [--running N] [--queued N] [--gpu-hours H]
                             | list | audit
+    python -m backend labs list --as NAME | check LAB --as NAME [--student S | --all] | verify FILE
+                           | export --as NAME
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults, errors, logs, ownership, paths, queue, users
+from backend import defaults, errors, labs, logs, ownership, paths, queue, users
 from backend.registry import RegistryType
 from backend.procs import AlreadyRunning
 from backend.states import JobState
@@ -206,6 +208,37 @@ def cmd_users(a) -> int:
     return 0
 
 
+def cmd_labs(a) -> int:
+    """Labs with an explicit actor (``--as``): list them with the actor's state, queue a check, verify an evidence
+    file, export the class grid as CSV."""
+    if a.action != "verify" and not a.actor:
+        return _err(f"labs {a.action} needs --as NAME (the person acting)")
+    if a.action in ("check", "verify") and not a.target:
+        return _err("labs check needs a lab id" if a.action == "check" else "labs verify needs the evidence file")
+    try:
+        if a.action == "list":
+            for row in labs.status(a.actor):
+                lab = row["lab"]
+                print(f"{lab.id:<18} {row['state']:<12} {lab.title.en}")
+            if users.acting(a.actor).instructor:
+                for problem in labs.problems():
+                    print(f"not shown to students: {problem}")
+        elif a.action == "check":
+            ids = labs.recheck_all(a.target, a.actor) if a.all else [labs.submit_check(a.target, a.actor, a.student)]
+            print("\n".join(map(str, ids)))
+        elif a.action == "verify":
+            record = labs.verify(Path(a.target).read_bytes())
+            print(f"genuine and unchanged: lab {record['lab']}, student {record['student']}, "
+                  f"checked {_fmt_time(record['checked_at'])}")
+        elif a.action == "export":
+            sys.stdout.write(labs.grid_csv(a.actor))
+    except errors.UserError as e:
+        return _err(str(e))
+    except OSError as e:
+        return _err(str(e))
+    return 0
+
+
 def _caps(u: dict) -> str:
     return (f"running {_cap(u['max_running'], 'USER_MAX_RUNNING')}, queued {_cap(u['max_queued'], 'USER_MAX_QUEUED')}, "
             f"GPU-hours a day {_cap(u['max_gpu_hours'], 'USER_GPU_HOURS_PER_DAY')}")
@@ -284,6 +317,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tensorboard", help="serve TensorBoard over every job's events on 127.0.0.1")
     s.add_argument("--port", type=int, default=defaults.TENSORBOARD_PORT)
     s.set_defaults(fn=cmd_tensorboard)
+    s = sub.add_parser("labs", help="labs: list, check, verify evidence, export the class grid")
+    s.add_argument("action", choices=["list", "check", "verify", "export"])
+    s.add_argument("target", nargs="?", help="for check: the lab id; for verify: the evidence file")
+    s.add_argument("--as", dest="actor", help="the person acting (a student, or an instructor)")
+    s.add_argument("--student", help="for check: whose lab (an instructor's choice; default: the actor)")
+    s.add_argument("--all", action="store_true", help="for check: re-check every student (instructors)")
+    s.set_defaults(fn=cmd_labs)
     s = sub.add_parser("init", help="create the workspace")
     s.set_defaults(fn=cmd_init)
     return p

@@ -1,9 +1,10 @@
 """Class console (instructors only; app.py registers it for them): the roster with each person's jobs,
-stopping any job, the announcement every page shows, and lab progress as a table and a CSV."""
+stopping any job, the announcement every page shows, lab progress as a table and a CSV, and the student x lab
+grid of lab checks (CSV, evidence, re-check everyone)."""
 import pandas as pd
 import streamlit as st
 
-from backend import classroom, queue
+from backend import classroom, labs, queue
 from backend.paths import human_size
 from backend.states import ACTIVE
 from pages import ui
@@ -55,3 +56,24 @@ st.dataframe(pd.DataFrame([{ui.t("console.col.name"): r["name"],
                            for r in progress]), hide_index=True, width="stretch", key="console_progress")
 st.download_button(ui.t("console.progress.csv"), classroom.progress_csv(by=me), file_name="lab-progress.csv",
                    mime="text/csv", key="console_csv")
+
+st.subheader(ui.t("console.labs"))
+lang = ui.lang()
+lab_list, grid = labs.grid(by=me)
+cell = lambda c: ui.t(f"console.labs.cell.{c['state']}", when=ui.when(c["when"]))     # noqa: E731
+st.dataframe(pd.DataFrame([{ui.t("console.col.name"): r["student"], **{lab.id: cell(r[lab.id]) for lab in lab_list}}
+                           for r in grid]), hide_index=True, width="stretch", key="console_labs")
+st.download_button(ui.t("console.labs.csv"), labs.grid_csv(by=me), file_name="lab-grid.csv", mime="text/csv",
+                   key="console_labs_csv")
+c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+lab_id = c1.selectbox(ui.t("console.labs.pick"), [lab.id for lab in lab_list], key="console_labs_pick",
+                      format_func=lambda i: next(f"{i} · {lab.title(lang)}" for lab in lab_list if lab.id == i))
+if lab_id and c2.button(ui.t("console.labs.recheck"), key="console_labs_recheck"):
+    st.success(ui.t("console.labs.rechecked", n=len(labs.recheck_all(lab_id, by=me))))
+passes = {f"{r['student']} · {lab.id}": r[lab.id]["job"] for r in grid for lab in lab_list
+          if r[lab.id]["state"] == "passed"}
+if passes:
+    shown = st.selectbox(ui.t("console.labs.evidence"), list(passes), key="console_labs_evidence")
+    st.json(labs.evidence_of(passes[shown], by=me), expanded=False)
+for problem in labs.problems():
+    st.caption(ui.t("labs.hidden", error=ui.error_text(problem)))

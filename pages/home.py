@@ -1,9 +1,9 @@
-"""Home: the pipeline, the machine's hardware, the queue at a glance."""
+"""Home: the pipeline, My labs (steps, checks, evidence), the machine's hardware, the queue at a glance."""
 import streamlit as st
 
-from backend import defaults, queue, resources
+from backend import defaults, errors, labs, queue, resources
 from backend.states import JobState
-from pages import ui
+from pages import keys, ui
 
 st.title(ui.t("app.title"))
 st.write(ui.t("home.intro"))
@@ -16,6 +16,98 @@ for col, (name, icon) in zip(cols, steps):
     with col.container(border=True, key=f"step-{name}"):
         st.page_link(f"pages/{name}.py", label=ui.t(f"nav.{name}"), icon=icon)
         st.caption(ui.t(f"home.step.{name}"))
+
+
+def lab_card(row: dict, me, lang: str) -> None:
+    """One lab: its state, goal, steps (page link, "Start this step"), "Check my lab" and the newest outcome."""
+    lab = row["lab"]
+    with st.container(border=True, key=f"lab-{lab.id}"):
+        st.markdown(f"**{lab.title(lang)}** · `{ui.t('labs.state.' + row['state'])}`")
+        st.caption(ui.t("labs.camp", camp=lab.camp(lang)))
+        st.write(lab.goal(lang))
+        params = {p.id: st.text_input(p.label(lang), p.default, key=f"lab-{lab.id}-{p.id}") for p in lab.params}
+        for i, (step, done) in enumerate(zip(lab.steps, row["done"])):
+            c1, c2, c3 = st.columns([5, 2, 2], vertical_alignment="center")
+            mark = "✓" if done else "→" if i == row["next"] else "○"
+            c1.markdown(f"{mark} {i + 1}. {step.title(lang)}")
+            c2.page_link(f"pages/{step.page}.py", label=ui.t("labs.open_page", page=ui.t(f"nav.{step.page}")))
+            if (step.kind or step.action) and c3.button(ui.t("labs.start_step"), key=f"lab-{lab.id}-step-{i}"):
+                try:
+                    made = labs.start_step(lab.id, i, me, params)
+                    st.session_state[keys.LAB_NOTE] = ui.t("labs.step_started", id=made) if isinstance(made, int) \
+                        else ui.t("labs.dataset_made", name=made.name)
+                    st.rerun(scope="app")
+                except errors.UserError as e:
+                    ui.error(e)
+        st.caption(ui.t("labs.next", step=lab.steps[row["next"]].title(lang)) if row["next"] is not None
+                   else ui.t("labs.all_done"))
+        if st.button(ui.t("labs.check"), key=f"lab-{lab.id}-check", type="primary", disabled=row["checking"]):
+            try:
+                labs.submit_check(lab.id, me)
+                st.rerun(scope="app")
+            except errors.UserError as e:
+                ui.error(e)
+        lab_outcome(row, lang)
+
+
+def lab_outcome(row: dict, lang: str) -> None:
+    latest, passed = row["latest"], row["passed"]
+    if row["checking"]:
+        st.info(ui.t("labs.checking", id=latest["job"]))
+    elif latest and not latest["passed"]:
+        if latest["result"] is None:
+            st.error(ui.t("labs.check_error", error=latest["error"] or latest["state"]))
+        else:
+            with st.container(key=f"lab-{row['lab'].id}-missing"):
+                st.warning(ui.t("labs.failed", when=ui.when(latest["when"])))
+                for c in latest["result"]["checks"]:
+                    if not c["passed"]:
+                        st.markdown("- " + labs.as_error(c["problem"]).text(lang))
+    if passed:
+        with st.container(key=f"lab-{row['lab'].id}-passed"):
+            st.success(ui.t("labs.passed", when=ui.when(passed["when"])))
+            for c in passed["result"]["checks"]:
+                seen = c["seen"]
+                for q, a in (seen.get("answers") or {}).items():
+                    st.markdown(f"> **{q}** → {a}")
+                for k in ("answer", "score", "memory_gb", "final_loss"):
+                    if k in seen:
+                        st.markdown(f"- {k}: `{seen[k]}`")
+                if seen.get("gpu_only"):
+                    st.caption(seen["gpu_only"][lang])
+            with st.expander(ui.t("labs.saw")):
+                st.json(passed["result"]["checks"], expanded=False)
+            st.download_button(ui.t("labs.evidence"), labs.evidence_json(passed["result"]),
+                               file_name=f"evidence-{row['lab'].id}-{passed['student']}.json",
+                               mime="application/json", key=f"lab-{row['lab'].id}-evidence")
+
+
+def my_labs() -> list[dict]:
+    me, lang = ui.user(), ui.lang()
+    rows = labs.status(me)
+    if note := st.session_state.get(keys.LAB_NOTE):           # kept until the next step (reruns don't lose it)
+        st.success(note)
+    if not rows:
+        st.caption(ui.t("labs.none"))
+    for row in rows:
+        lab_card(row, me, lang)
+    return rows
+
+
+st.subheader(ui.t("labs.title"))
+pace = keys.list_every("labs")
+
+
+def labs_fragment() -> None:
+    """Polls while a check or a step's job is on its way; reruns the page once when that changes."""
+    rows = my_labs()
+    now = 2.0 if any(r["checking"] or r["busy"] for r in rows) else None
+    if now != st.session_state.get(pace):
+        st.session_state[pace] = now
+        st.rerun(scope="app")
+
+
+st.fragment(labs_fragment, run_every=st.session_state.get(pace))()
 
 
 def status() -> list[dict]:

