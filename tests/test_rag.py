@@ -85,7 +85,7 @@ def test_another_students_knowledge_base_is_refused_and_audited(home, monkeypatc
     assert "ann-notes" in e.value.text("zh")
     with pytest.raises(queue.Refused) as e:
         queue.submit("rag_serve", {"kb": "ann-notes", "endpoint": "any"}, owner="bob", home=home)
-    assert e.value.key == "err.users.kb_not_yours"
+    assert e.value.key == "err.registry.not_yours" and "kb ann-notes" in str(e.value)   # the one use rule at submit
     refusals = users.audit_log("refused", home=home)
     assert len(refusals) == 2 and all(r["actor"] == "bob" and r["target"] == "kb ann-notes" for r in refusals)
     for who, kb in (("ann", "ann-notes"), ("bob", "class-notes"), ("teach", "ann-notes")):    # theirs, the class's
