@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend import defaults, finetune as ft, kinds, labs, queue, resources  # noqa: E402
+from backend import defaults, finetune as ft, kinds, labs, queue, resources, users  # noqa: E402
 from backend.specs import finetune as ft_spec, serve as serve_spec  # noqa: E402
 from backend.store import open_store  # noqa: E402
 
@@ -62,8 +62,8 @@ def sizes(name: str, method: str, home: Path) -> dict:
         f.truncate(i["params"] * 2)
     (home / "adapters" / name).mkdir(parents=True, exist_ok=True)
     store = open_store(home)
-    store.put("model", name, str(folder))
-    store.put("adapter", f"{name}-lora", str(home / "adapters" / name), {"base_model": name})
+    store.put("model", name, str(folder), owner=users.OPERATOR_NAME, shared=True)
+    store.put("adapter", f"{name}-lora", str(home / "adapters" / name), {"base_model": name}, owner=users.OPERATOR_NAME)
     serve_spec.gpus = lambda: [resources.GPU(0, "simulated", GPU_GB, 0.0)]      # the simulated GPU, for resources()
     serve_gb = kinds.asked(kinds.get("serve"), serve_spec.Spec(adapter=f"{name}-lora"))["gpu_mem_gb"]
     prompts = labs.get("self_cognition", home).checks[0].args["prompts"]

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets, labs, logs, queue
+from backend import datasets, labs, logs, queue, users
 from backend.paths import job_dir
 from backend.registry import endpoint_meta
 from backend.states import JobState
 from backend.store import open_store
+from jobs.common import Job
 from jobs.serve import register
 from tests.conftest import cli, endpoint_of, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
@@ -55,19 +56,21 @@ def serve(home, fake, owner: str, tuned_model: str, base_model: str, source: str
     name = f"{source} #{job_id}"
     meta = lambda model, src, **x: endpoint_meta(fake.url + "/v1", model, "transformers", "cpu", job_id, src, 1.0,  # noqa: E731
                                                  2048, api_key=KEY, **x)
-    register(open_store(home), {name: (home, meta(tuned_model, source)),
-                                f"{BASE} #{job_id}": (home, meta(base_model, BASE, base_of=name))}, job_id, owner)
+    job_dir(job_id, home).mkdir(parents=True, exist_ok=True)
+    register(Job(job_dir(job_id, home)), {name: (home, meta(tuned_model, source)),
+                                          f"{BASE} #{job_id}": (home, meta(base_model, BASE, base_of=name))})
     return job_id
 
 
 def adapter(home, owner: str, name: str, dataset: str) -> None:
-    """An adapter as jobs/finetune.py registers it today: no owner on the row, the job's owner is the student's."""
+    """An adapter as jobs/finetune.py registers it: the job's owner's."""
     ft = job(home, "finetune", owner, result={"first_loss": 3.0, "final_loss": 0.5, "adapter": name})
     folder = home / "adapters" / name
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "adapter_model.safetensors").write_bytes(b"weights of " + name.encode())
-    open_store(home).put("adapter", name, str(folder), {"base_model": BASE, "datasets": [dataset]}, job_id=ft)
+    open_store(home).put("adapter", name, str(folder), {"base_model": BASE, "datasets": [dataset]}, job_id=ft,
+                         owner=owner)
 
 
 def failed(result: dict) -> str:
@@ -185,11 +188,11 @@ def model_folder(home, name: str, *files: str) -> Path:
 def test_download_check(home):
     dl = job(home, "download", "bob")
     open_store(home).put("model", "bobs", str(model_folder(home, "bobs", "config.json", "model.safetensors.index.json")),
-                         {"id": "internlm/internlm2_5-7b-chat"}, job_id=dl)
+                         {"id": "internlm/internlm2_5-7b-chat"}, job_id=dl, owner="bob")
     assert "no model of yours is in the registry" in failed(labs.run("download", "ann", home))
     dl = job(home, "download", "ann")
     store = open_store(home)
-    store.put("model", "anns", str(model_folder(home, "anns", "tokenizer.json")), job_id=dl)
+    store.put("model", "anns", str(model_folder(home, "anns", "tokenizer.json")), job_id=dl, owner="ann")
     assert "has no config.json" in failed(labs.run("download", "ann", home))
     (home / "models" / "anns" / "config.json").write_text("{}")
     assert "neither a weight index" in failed(labs.run("download", "ann", home))
@@ -205,10 +208,10 @@ def test_evaluate_check(home):
     ev = job(home, "evaluate", "ann", result={})
     row = {"dataset": "easy_mcq", "metric": "accuracy", "mode": "gen", "model": "m"}
     store.put("eval", "e1", str(job_dir(ev, home)), {"models": ["m"], "datasets": ["easy_mcq"],
-                                                     "table": [{**row, "score": "-"}]}, job_id=ev)
+                                                     "table": [{**row, "score": "-"}]}, job_id=ev, owner="ann")
     assert "has no score on easy_mcq" in failed(labs.run("evaluate", "ann", home))
     store.put("eval", "e1", str(job_dir(ev, home)), {"models": ["m"], "datasets": ["easy_mcq"],
-                                                     "table": [{**row, "score": 62.5}]}, job_id=ev)
+                                                     "table": [{**row, "score": 62.5}]}, job_id=ev, owner="ann")
     result = labs.run("evaluate", "ann", home)
     assert result["passed"] and result["checks"][0]["seen"]["score"] == 62.5
     assert not labs.run("evaluate", "bob", home)["passed"]
@@ -230,7 +233,7 @@ def test_quantize_deploy_check_names_the_gpu_only_part_on_the_cpu(home, fake):
     assert "no quantized model of yours" in failed(labs.run("quantize_deploy", "ann", home))
     q = job(home, "quantize", "ann")
     open_store(home).put("model", "q4", str(model_folder(home, "q4", "config.json", "model.safetensors")),
-                         {"quantized_from": BASE, "quant_method": "bnb_nf4"}, job_id=q)
+                         {"quantized_from": BASE, "quant_method": "bnb_nf4"}, job_id=q, owner="ann")
     assert "your quantized q4 is not being served" in failed(labs.run("quantize_deploy", "ann", home))
     serve(home, fake, "ann", "q4", BASE, "q4")
     result = labs.run("quantize_deploy", "ann", home)
@@ -289,7 +292,7 @@ def test_the_check_job_writes_evidence_that_verify_accepts_and_refuses_after_one
 def test_a_real_tiny_adapter_served_for_real_fails_with_what_it_answered(home, worker, tiny_model):
     """The real fine-tune, serve and lab_check jobs on the tiny random model: it can't have learnt the name, and
     the check says what it answered instead."""
-    open_store(home).put("model", BASE, str(tiny_model))             # the lab's base, here the tiny model
+    open_store(home).put("model", BASE, str(tiny_model), owner=users.OPERATOR_NAME, shared=True)   # the lab's base
     datasets.ensure_samples(home)
     labs.start_step("self_cognition", 0, "ann", {"assistant_name": "Nova"}, home)
     spec = labs.step_spec(labs.get("self_cognition", home), 1, "ann", home=home)

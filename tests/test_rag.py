@@ -96,7 +96,8 @@ def test_another_students_knowledge_base_is_refused_and_audited(home, monkeypatc
 
 def demo_endpoints(home, model_path) -> tuple[dict, dict]:
     """The bundled model served, the demo documents indexed, and the two served together: (model, kb) endpoints."""
-    open_store(home).put("model", BUNDLED, str(model_path), {"source": "bundled"})
+    open_store(home).put("model", BUNDLED, str(model_path), {"source": "bundled"}, owner=users.OPERATOR_NAME,
+                         shared=True)
     index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home)
     model = endpoint_of(home, queue.submit("serve", {"model": BUNDLED}, home=home), 300)
     wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
