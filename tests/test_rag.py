@@ -5,6 +5,7 @@ through the `openai` client and the Chat page's Compare."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import openai
@@ -150,3 +151,32 @@ def test_compare_on_the_chat_page_shows_the_answer_with_and_without_retrieval(ho
     shot(page, "rag-compare")
     assert ANSWER not in left.inner_text().replace(QUESTION, "")
     assert ANSWER in right.inner_text().split("Passages used")[0].replace(QUESTION, "")
+
+
+@pytest.mark.slow
+def test_an_agent_consults_a_knowledge_base_through_its_endpoint(home, worker):
+    """The real Lagent agent job pointed at a knowledge-base endpoint: each question it sends is answered with
+    the retrieved passages in the prompt (the model behind is a scripted server)."""
+    from backend import engines
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_agent import step
+    from tests.test_gateway import placeholder
+    if not engines.installed("lagent"):
+        pytest.skip("the lagent engine is not installed (./workbench test installs it)")
+    fake = FakeOpenAI(script=[step("I look it up.", "print('Tarrin'.upper())"),
+                              "Thought: the notes say so.\nFinal Answer: Tarrin"])
+    try:
+        placeholder(home, "local", "scripted", fake)
+        index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home)
+        wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
+        kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo", "endpoint": "scripted", "top_k": 2},
+                                            home=home), 120)
+        job = queue.submit("agent", {"endpoint": kb["name"], "prompt": QUESTION, "max_turns": 4}, home=home)
+        wait_for(lambda: queue.get(job, home).state.finished, 300, 0.5, "the agent job")
+    finally:
+        fake.close()
+    assert queue.get(job, home).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
+    from backend import logs
+    assert logs.result(job, home)["answer"].strip() == "Tarrin"
+    sent = [json.dumps(r["messages"], ensure_ascii=False) for r in fake.requests]
+    assert len(sent) == 2 and all("capital of Velmora is Tarrin" in s for s in sent)     # retrieved for each turn
