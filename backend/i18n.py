@@ -1184,6 +1184,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "console.labs.pick": {"en": "Lab", "zh": "实验"},
     "console.labs.evidence": {"en": "Open evidence of", "zh": "查看凭证"},
     "console.labs.problems": {"en": "Lab files refused", "zh": "被拒绝的实验文件"},
+    "auth.ended": {"en": "Your session has ended (logged out, a new password, or the account was disabled): reload the "
+                         "page to log in again.",
+                   "zh": "你的会话已结束（已退出、修改了密码或账号被停用）：请刷新页面重新登录。"},
     # ---- end of table ----
 }
 

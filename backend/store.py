@@ -450,12 +450,12 @@ class Store:
         return self._one("SELECT * FROM sessions WHERE id=? AND revoked_at IS NULL AND expires_at>?",
                          (sid, time.time()))
 
-    def revoke_sessions(self, sid: str | None = None, user: str | None = None) -> int:
-        """End one session, or every session of ``user`` (a reset or a disabled account)."""
+    def revoke_sessions(self, sid: str | None = None, user: str | None = None, keep: str | None = None) -> int:
+        """End one session, or every session of ``user`` (a reset or a disabled account) but ``keep``'s."""
         col, value = ("id", sid) if sid is not None else ("user", user)
         return self._run(lambda con: con.execute(
-            f"UPDATE sessions SET revoked_at=? WHERE {col}=? AND revoked_at IS NULL",
-            (time.time(), value)).rowcount)
+            f"UPDATE sessions SET revoked_at=? WHERE {col}=? AND revoked_at IS NULL AND id IS NOT ?",
+            (time.time(), value, keep)).rowcount)
 
     # -- API keys (backend/apikeys.py decides; only their hashes are stored) --
     def add_api_key(self, owner: str, name: str, hash_: str, prefix: str) -> int:

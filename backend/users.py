@@ -323,8 +323,9 @@ def set_lang(user: User, lang: str, home: Path | None = None) -> None:
     open_store(home).update_user(user.name, lang=lang)
 
 
-def change_password(user: User, old: str, new: str, home: Path | None = None) -> User:
-    """The account's own password change (also the forced one at first login)."""
+def change_password(user: User, old: str, new: str, home: Path | None = None, keep: str | None = None) -> User:
+    """The account's own password change (also the forced one at first login): every other session of the
+    account ends (``keep``: the token of the one that changed it)."""
     row = _row(user.name, home)
     if not _verify(row["password_hash"], old):
         raise Refused("err.users.wrong_password")
@@ -333,6 +334,7 @@ def change_password(user: User, old: str, new: str, home: Path | None = None) ->
     if new == old:
         raise Refused("err.users.same_password")
     open_store(home).update_user(user.name, password_hash=_hasher().hash(new), must_change=0)
+    open_store(home).revoke_sessions(user=user.name, keep=_session_id(keep, home) if keep else None)
     audit(user.name, "password_change", user.name, home=home)
     return _user(_row(user.name, home))
 

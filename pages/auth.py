@@ -81,7 +81,7 @@ def _change_form(me: users.User) -> None:
         st.error(ui.t("auth.change.mismatch"))
         return
     try:
-        st.session_state[keys.USER] = users.change_password(me, old, new)
+        st.session_state[keys.USER] = users.change_password(me, old, new, keep=st.session_state.get(keys.TOKEN))
     except users.Refused as e:
         st.error(ui.t("auth.change.refused", why=ui.error_text(e)))
         return

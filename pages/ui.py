@@ -58,7 +58,16 @@ def user() -> users.User:
     """Who this browser session is. With accounts (or a login proxy) the logged-in user (pages/auth.py set it
     before any page ran); without, the name typed in the sidebar, declared, not proven."""
     logged_in = st.session_state.get(keys.USER)
-    return logged_in if logged_in is not None else users.acting(owner())
+    if logged_in is None:
+        return users.acting(owner())
+    if users.mode() == "accounts":        # each call asks the store again: a logout, reset, disable or a new role
+        now = users.session_user(st.session_state.get(keys.TOKEN))     # reaches an open fragment's next action
+        if now is None:
+            st.session_state.pop(keys.USER, None)
+            st.warning(t("auth.ended"))
+            st.stop()
+        st.session_state[keys.USER] = logged_in = now
+    return logged_in
 
 
 def owner() -> str:

@@ -172,3 +172,17 @@ def test_httponly_login_sticks_twenty_times_and_a_key_s_snippet_runs(page, home)
         assert out.returncode == 0 and out.stdout.strip() == "fake-model answer 1: Who are you?", out.stderr
     finally:
         fake.close()
+
+
+def test_a_disabled_students_open_page_cannot_retry(page, home):
+    """An open job view keeps running its fragment; once the account is disabled, its Retry acts for nobody."""
+    password = cli(home, "users", "add", "ann").stdout.strip().split("\t")[1]
+    job = queue.submit("sleepy", {"steps": 1}, owner="ann")
+    first_login(page, "ann", password, f"jobs?job={job}")
+    wait_for(lambda: queue.get(job).state.finished, 60, 0.2, "ann's job to end")
+    retry = page.locator(f".st-key-retry-{job} button")
+    retry.wait_for()
+    users.disable("ann")
+    retry.click()
+    page.get_by_text("Your session has ended").wait_for()
+    assert [j.id for j in queue.list_jobs()] == [job]          # nothing was queued in her name

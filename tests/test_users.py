@@ -67,13 +67,16 @@ def test_cli_creates_resets_disables_and_changes_roles(home, klass):
 
 
 def test_first_login_forces_a_new_password(home, klass):
-    me, _ = users.login("bob", klass["bob"])
+    me, here = users.login("bob", klass["bob"])
+    _, elsewhere = users.login("bob", klass["bob"])                 # another browser, logged in too
     assert me.must_change
     with pytest.raises(users.Refused, match="at least 8"):
         users.change_password(me, klass["bob"], "short")
     with pytest.raises(users.Refused, match="current password is wrong"):
         users.change_password(me, "guess", "a-long-new-one")
-    assert not users.change_password(me, klass["bob"], "a-long-new-one").must_change
+    assert users.session_user(elsewhere).name == "bob"
+    assert not users.change_password(me, klass["bob"], "a-long-new-one", keep=here).must_change
+    assert users.session_user(here).name == "bob" and users.session_user(elsewhere) is None   # only this one goes on
     assert not users.login("bob", "a-long-new-one")[0].must_change
     users.set_lang(me, "zh")                                   # the language goes with the account
     assert users.login("bob", "a-long-new-one")[0].lang == "zh"
