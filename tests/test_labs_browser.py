@@ -58,8 +58,35 @@ def test_a_student_passes_the_self_cognition_lab_and_the_instructor_sees_it(page
 
     teach = page.context.browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
     teach.base_url = page.base_url
-    first_login(teach, "teach", pw["teach"], "console")
+    first_login(teach, "teach", pw["teach"])          # /console exists only once an instructor is logged in
+    teach.goto(f"{page.base_url}/console")
     teach.get_by_role("columnheader", name="self_cognition", include_hidden=True).wait_for(state="attached")
     teach.get_by_text(re.compile(r"^passed \d\d-\d\d")).first.wait_for(state="attached")
     teach.get_by_role("button", name="Download the lab grid (CSV)").wait_for()
     shot(teach, "labs-console")
+
+
+@pytest.mark.slow
+def test_the_instructors_grid_shows_a_pass_and_its_evidence(page, home):
+    """The console part alone, on a check passed against the fake server (tests/test_labs.py's helpers)."""
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_labs import BASE, adapter, serve
+    pw = {name: cli(home, "users", "add", name, "--role", role).stdout.strip().split("\t")[1]
+          for name, role in (("ann", "student"), ("teach", "instructor"))}
+    fake = FakeOpenAI()
+    try:
+        ds = labs.self_cognition_dataset("Nova", "ann", home)
+        adapter(home, "ann", "ann-nova", ds.name)
+        holder = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", home=home)
+        wait_for(lambda: queue.get(holder, home)["state"] == "running", 60, what="the server's job running")
+        serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova", holder)
+        check = labs.submit_check("self_cognition", "ann", home=home)
+        wait_for(lambda: queue.get(check, home)["state"] == "succeeded", 120, 0.2, "the check")
+        first_login(page, "teach", pw["teach"])
+        page.goto(f"{page.base_url}/console")
+        page.get_by_role("columnheader", name="self_cognition", include_hidden=True).wait_for(state="attached")
+        page.get_by_text(re.compile(r"^passed \d\d-\d\d")).first.wait_for(state="attached")
+        shot(page, "labs-console")
+        queue.cancel(holder, home)
+    finally:
+        fake.close()
