@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from backend import datasets, queue, users
+from backend.paths import human_size
 from backend.store import open_store
 from jobs.common import Job
 from jobs.serve import register
@@ -112,7 +113,9 @@ def test_two_students_and_an_instructor_at_once(page, home):
     teach.goto(f"{page.base_url}/console")
     for column in ("GPU-hours today", "Disk used"):                # in the data grid's accessible table
         teach.get_by_role("columnheader", name=column, include_hidden=True).wait_for(state="attached")
-    teach.get_by_text("43.9 KB", exact=True).wait_for(state="attached")     # ann's upload
+    used = users.disk_usage()["ann"]                               # her upload and her (cancelled) job's folder
+    assert used >= 3000 * 15
+    teach.get_by_text(human_size(used), exact=True).wait_for(state="attached")
     teach.locator(".st-key-console_announce_text textarea").fill("Lab 3: fine-tune by 11:00")
     teach.get_by_role("button", name="Post").click()
     teach.get_by_text("Lab 3: fine-tune by 11:00").nth(1).wait_for()
