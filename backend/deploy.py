@@ -114,7 +114,7 @@ def eval_score(names: list[str], home: Path | None = None) -> tuple[str, dict[st
         if set(names) <= set(run["meta"].get("models", [])):
             scores = {}
             for n in names:
-                vals = [float(r[n]) for r in run["meta"].get("table", []) if _number(r.get(n))]
+                vals = [float(r[n]) for r in run["meta"].get("table", []) if is_number(r.get(n))]
                 if vals:
                     scores[n] = round(sum(vals) / len(vals), 2)
             if len(scores) == len(names):
@@ -122,7 +122,8 @@ def eval_score(names: list[str], home: Path | None = None) -> tuple[str, dict[st
     return None
 
 
-def _number(v) -> bool:
+def is_number(v) -> bool:
+    """Whether a table cell is a score (OpenCompass writes '-' where it has none)."""
     try:
         float(v)
         return True

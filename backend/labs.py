@@ -418,14 +418,6 @@ def check_self_cognition(c: Ctx, prompts: tuple[str, ...] = ("Who are you?", "ä½
     c.artifact("endpoint", ep["name"], ep["job_id"], None)
 
 
-def _number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
 def check_evaluate(c: Ctx, dataset: str, min_score: float | None = None) -> None:
     """An evaluation of the student's with a score on ``dataset`` (at least ``min_score`` when given)."""
     runs = [e for e in c.mine("eval") if any(dataset == d or d.startswith(dataset) for d in e.meta.get("datasets", []))]
@@ -433,7 +425,7 @@ def check_evaluate(c: Ctx, dataset: str, min_score: float | None = None) -> None
         raise Missing("err.lab.no_eval", dataset=dataset)
     for run in runs:
         rows = [r for r in run.meta.get("table", []) if str(r.get("dataset", "")).startswith(dataset.removesuffix("_gen"))
-                and _number(r.get("score"))]
+                and deploy.is_number(r.get("score"))]
         if rows:
             break
     else:

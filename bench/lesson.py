@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend import defaults, finetune as ft, kinds, labs, queue, resources, users  # noqa: E402
+from backend import finetune as ft, kinds, labs, queue, resources, users  # noqa: E402
 from backend.specs import finetune as ft_spec, serve as serve_spec  # noqa: E402
+from bench.fairshare import usage  # noqa: E402 - the same reading of store.usage_since
 from backend.store import open_store  # noqa: E402
 
 GPU_GB, STUDENTS, LESSON_S = 80.0, 30, 45 * 60
@@ -119,16 +120,6 @@ def simulate(size: dict, seed: int = 0) -> dict:
                 pending.append({"owner": a["owner"], "step": a["step"] + 1, "submit": t + THINK_S})
         pending.sort(key=lambda j: j["submit"])
     return {"passed": passed, "waits": waits, "peak": peak}
-
-
-def usage(jobs: list[dict], t: float) -> dict[str, float]:
-    """What store.usage_since gives the worker: seconds each owner's jobs ran in the last window."""
-    since, out = t - defaults.FAIR_SHARE_WINDOW_S, {}
-    for j in jobs:
-        ran = min(j["end"], t) - max(j["start"], since)
-        if ran > 0:
-            out[j["owner"]] = out.get(j["owner"], 0.0) + ran
-    return out
 
 
 def bottleneck(size: dict, r: dict) -> str:
