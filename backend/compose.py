@@ -68,7 +68,7 @@ def gallery(home: Path | None = None, by: users.User | str | None = None) -> lis
                   ) if folder.is_dir() else []
 
 
-def add_to_gallery(name: str, data: bytes, home: Path | None = None, owner: str = "") -> str:
+def add_to_gallery(name: str, data: bytes, home: Path | None = None, *, owner: str) -> str:
     """Check an uploaded image and keep it (named by its content, so a second upload of the same image is the
     same file) in gallery/uploads, or for a student in class mode in their own gallery/users/<owner>; its
     workspace-relative path. VLMError/ComposeError if refused."""
@@ -78,7 +78,7 @@ def add_to_gallery(name: str, data: bytes, home: Path | None = None, owner: str 
         raise ComposeError("err.ds.too_big", name=name, mb=len(data) / 2**20, limit=limit_mb)
     check_image(data, name)
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
-    mine = owner and users.mode() != "none" and not users.is_instructor(owner)
+    mine = users.mode() != "none" and owner != users.OPERATOR_NAME and not users.is_instructor(owner)
     if mine:
         users.check_disk(owner, len(data), ComposeRefused, root)
     folder = paths.user_gallery(owner, root) if mine else paths.gallery_dir(root) / "uploads"
@@ -220,7 +220,7 @@ def drafts_dir(home: Path | None = None) -> Path:
     return (home or defaults.home()) / "compose"
 
 
-def new_draft(instruction: str, images: list[str], owner: str = "") -> dict:
+def new_draft(instruction: str, images: list[str], *, owner: str) -> dict:
     article_prompt(instruction)
     now = time.time()
     return {"id": time.strftime("%Y%m%d-%H%M%S") + f"-{int(now * 1000) % 1000:03d}", "owner": owner,

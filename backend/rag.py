@@ -58,7 +58,7 @@ def new_folder(owner: str, home: Path | None = None) -> Path:
             n += 1
 
 
-def save_upload(files: list[tuple[str, bytes]], owner: str = "",
+def save_upload(files: list[tuple[str, bytes]], owner: str,
                 home: Path | None = None) -> tuple[Path, list[RagError]]:
     """Save uploaded documents (and zips of them, extracted) into a new folder: (the folder, the problems).
     A file over UPLOAD_MAX_MB, of another type, or a zip entry that climbs out is left out with its reason; an

@@ -93,10 +93,10 @@ MIGRATIONS = [
     # users.OPERATOR_NAME), shared with the class; sharing is a flag on the row
     """
     ALTER TABLE registry ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
-    UPDATE registry SET owner='(operator)', shared=1 WHERE owner='' AND json_extract(meta, '$.source') IN ('bundled', 'sample');
+    UPDATE registry SET owner='(operator)', shared=1 WHERE length(owner)=0 AND json_extract(meta, '$.source') IN ('bundled', 'sample');
     UPDATE registry SET owner=(SELECT jobs.owner FROM jobs WHERE jobs.id=registry.job_id)
-        WHERE owner='' AND COALESCE((SELECT jobs.owner FROM jobs WHERE jobs.id=registry.job_id), '')!='';
-    UPDATE registry SET owner='(operator)', shared=1 WHERE owner=''
+        WHERE length(owner)=0 AND COALESCE((SELECT jobs.owner FROM jobs WHERE jobs.id=registry.job_id), '')!='';
+    UPDATE registry SET owner='(operator)', shared=1 WHERE length(owner)=0
     """,
     """
     CREATE TABLE api_keys (

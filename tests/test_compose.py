@@ -54,14 +54,14 @@ def test_prompts_refuse_bad_input():
 
 
 def test_gallery_checks_keep_images_inside_the_workspace(home, monkeypatch):
-    rel = compose.add_to_gallery("cat.png", png(20, 20, "orange"), home)
+    rel = compose.add_to_gallery("cat.png", png(20, 20, "orange"), home, owner="local")
     assert rel.startswith("gallery/uploads/") and compose.gallery(home) == [rel]
-    assert compose.add_to_gallery("again.png", png(20, 20, "orange"), home) == rel      # same bytes, same file
+    assert compose.add_to_gallery("again.png", png(20, 20, "orange"), home, owner="local") == rel      # same bytes, same file
     with pytest.raises(vlm.VLMError, match="not an image"):
-        compose.add_to_gallery("notes.png", b"just text", home)
+        compose.add_to_gallery("notes.png", b"just text", home, owner="local")
     monkeypatch.setenv("WORKBENCH_UPLOAD_MAX_MB", "0")
     with pytest.raises(compose.ComposeError, match="upload limit is 0 MB"):
-        compose.add_to_gallery("big.png", png(), home)
+        compose.add_to_gallery("big.png", png(), home, owner="local")
     (home.parent / "outside.png").write_bytes(png())
     for bad in ("../outside.png", str(home.parent / "outside.png"), "gallery/missing.png"):
         with pytest.raises(compose.ComposeError, match="not an image in this workspace"):
@@ -70,8 +70,8 @@ def test_gallery_checks_keep_images_inside_the_workspace(home, monkeypatch):
 
 
 def test_draft_rerank_and_exports(home):
-    lake = compose.add_to_gallery("lake.png", png(30, 20, "blue"), home)
-    cat = compose.add_to_gallery("cat.png", png(20, 20, "orange"), home)
+    lake = compose.add_to_gallery("lake.png", png(30, 20, "blue"), home, owner="local")
+    cat = compose.add_to_gallery("cat.png", png(20, 20, "orange"), home, owner="local")
     caps = {compose.image_key(lake, home): "a calm lake at dawn", compose.image_key(cat, home): "a cat on a bridge"}
     (home / "gallery" / ".captions.json").write_text(json.dumps(caps))
     draft = compose.new_draft("Write about West Lake", [], owner="ann")
