@@ -30,7 +30,7 @@ def test_light_jobs_past_the_cap_wait(home):
         stop(worker)
 
 
-def test_waiting_jobs_count_against_gpu_hours(home, monkeypatch):
+def test_waiting_jobs_count_against_gpu_hours(home, monkeypatch, local_noon):
     monkeypatch.setenv("WORKBENCH_USER_GPU_HOURS_PER_DAY", "0.1")
     store, now = open_store(home), time.time()
     ran = queue.submit("sleepy", {"steps": 1}, owner="ann", home=home)                    # 0.09 h of one CPU slot
