@@ -5,7 +5,7 @@ from backend import queue
 from pages import auth, ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")
-if problem := queue.workspace_problem(lang=ui.lang()):
+if problem := queue.workspace_problem(ui.home(), lang=ui.lang()):
     st.error(problem)
     st.stop()
 allowed = auth.gate()          # class mode: False while it shows the login page

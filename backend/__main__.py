@@ -50,7 +50,7 @@ def cmd_submit(a) -> int:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         return _err(f"{a.spec} is not valid YAML/JSON: {e}")
     try:
-        job_id = queue.submit(a.kind, spec or {}, owner=a.owner, priority=a.priority, label=a.label or "")
+        job_id = queue.submit(a.kind, spec or {}, owner=a.owner or defaults.setting("USER"), priority=a.priority, label=a.label or "", home=a.home)
     except queue.SubmitError as e:
         return _err(str(e))
     print(job_id)
@@ -58,7 +58,7 @@ def cmd_submit(a) -> int:
 
 
 def cmd_list(a) -> int:
-    rows = queue.list_jobs(states=[a.state] if a.state else None, kind=a.kind, owner=a.owner, limit=a.limit)
+    rows = queue.list_jobs(states=[a.state] if a.state else None, kind=a.kind, owner=a.owner, limit=a.limit, home=a.home, by=users.OPERATOR)
     print(f"{'id':>5}  {'kind':<15} {'state':<10} {'owner':<10} {'queued':<19}  label")
     for j in rows:
         print(f"{j['id']:>5}  {j['kind']:<15} {j['state']:<10} {j['owner']:<10} {_fmt_time(j['created_at']):<19}  {j['label']}")
@@ -66,7 +66,7 @@ def cmd_list(a) -> int:
 
 
 def cmd_show(a) -> int:
-    job = _job(a.id)
+    job = _job(a.id, a.home)
     if job is None:
         return _err(f"no job {a.id}")
     for key in ("id", "kind", "state", "owner", "label", "priority", "asked", "given", "exit_code",
@@ -76,28 +76,28 @@ def cmd_show(a) -> int:
     for key in ("created_at", "started_at", "finished_at"):
         print(f"{key:>14}: {_fmt_time(job[key])}")
     print(f"{'spec':>14}: {json.dumps(job['spec'], ensure_ascii=False)}")
-    ev = logs.EventState().update(a.id)
+    ev = logs.EventState().update(a.id, a.home)
     if ev.progress:
         p = ev.progress
         print(f"{'progress':>14}: {p['done']}/{p.get('total')} {p.get('unit', '')} {p.get('message', '')}")
     if job.state in (JobState.FAILED, JobState.LOST):
-        tip = errors.job_suggestion(logs.result(a.id))
+        tip = errors.job_suggestion(logs.result(a.id, home=a.home))
         if tip:
             print(f"{'suggestion':>14}: {tip}")
         print("--- last log lines ---")
-        print(logs.tail(a.id, 20))
+        print(logs.tail(a.id, 20, home=a.home))
     return 0
 
 
 def cmd_logs(a) -> int:
     """Stream the log a chunk at a time (it may be large); with -f, until the job ends."""
-    if _job(a.id) is None:
+    if _job(a.id, a.home) is None:
         return _err(f"no job {a.id}")
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
     offset = 0
     while True:
-        ended = JobState(_job(a.id)["state"]).finished       # before the read: nothing written after it is missed
-        for data, offset in logs.chunks(a.id, offset):
+        ended = JobState(_job(a.id, a.home)["state"]).finished       # before the read: nothing written after it is missed
+        for data, offset in logs.chunks(a.id, offset, home=a.home):
             sys.stdout.write(decode(data))
         sys.stdout.flush()
         if not a.follow or ended:
@@ -107,7 +107,7 @@ def cmd_logs(a) -> int:
 
 def cmd_cancel(a) -> int:
     try:
-        job = queue.cancel(a.id)
+        job = queue.cancel(a.id, home=a.home, by=users.OPERATOR)
     except KeyError:
         return _err(f"no job {a.id}")
     print(f"job {a.id}: {job.state}" + (" (stopping)" if job.cancel_requested and not job.finished else ""))
@@ -116,7 +116,7 @@ def cmd_cancel(a) -> int:
 
 def cmd_retry(a) -> int:
     try:
-        print(queue.retry(a.id))
+        print(queue.retry(a.id, home=a.home, by=users.OPERATOR))
     except (KeyError, queue.SubmitError) as e:
         return _err(str(e).strip("'\""))
     return 0
@@ -124,23 +124,23 @@ def cmd_retry(a) -> int:
 
 def cmd_next(a) -> int:
     try:
-        queue.run_next(a.id)
+        queue.run_next(a.id, by=users.OPERATOR, home=a.home)
     except (KeyError, queue.SubmitError) as e:
         return _err(str(e).strip("'\""))
-    print(f"job {a.id}: place {queue.place_in_queue(a.id)} in the queue")
+    print(f"job {a.id}: place {queue.place_in_queue(a.id, home=a.home)} in the queue")
     return 0
 
 
 def cmd_worker(a) -> int:
     try:
-        Worker(burst=a.burst, cpu_slots=a.cpu_slots).run()
+        Worker(a.home, burst=a.burst, cpu_slots=a.cpu_slots).run()
     except AlreadyRunning as e:
         return _err(str(e))
     return 0
 
 
 def cmd_init(a) -> int:
-    home = defaults.home()
+    home = a.home
     for sub in ("jobs", "models", "datasets", "adapters", "evals", "envs", "uploads"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     store = open_store(home)
@@ -151,7 +151,7 @@ def cmd_init(a) -> int:
 def cmd_share(a) -> int:
     """The operator shares a registry entry with the class (or stops sharing it); audited."""
     try:
-        e = ownership.share(a.type, a.name, not a.off, by=users.OPERATOR)
+        e = ownership.share(a.type, a.name, not a.off, by=users.OPERATOR, home=a.home)
     except KeyError as e:
         return _err(e.args[0])
     print(f"{e.type} {e.name} ({e.owner}): {'shared' if e.shared else 'private'}")
@@ -161,7 +161,7 @@ def cmd_share(a) -> int:
 def cmd_tensorboard(a) -> int:
     """TensorBoard over the workspace's runs: each job's ``<id>/tensorboard`` folder under jobs/ is one run,
     found while it serves (new jobs appear), on the loopback address (reach it through the SSH tunnel)."""
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(defaults.home() / "jobs"), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(a.home / "jobs"), "--host", "127.0.0.1",
            "--port", str(a.port)]
     print("$ " + " ".join(cmd), flush=True)
     os.execv(sys.executable, cmd)            # this process becomes TensorBoard: Ctrl-C or a signal stops it
@@ -175,30 +175,30 @@ def cmd_users(a) -> int:
         return _err("users role needs the name and the new role: student or instructor")
     try:
         if a.action == "add":
-            print(f"{a.name}\t{users.add(a.name, a.role)}")
+            print(f"{a.name}\t{users.add(a.name, a.role, home=a.home)}")
         elif a.action == "import":
-            created = users.import_roster(a.name)
+            created = users.import_roster(a.name, home=a.home)
             print("name\tone-time password")
             for name, password in created:
                 print(f"{name}\t{password}")
             print(f"{len(created)} accounts created", file=sys.stderr)
         elif a.action == "reset":
-            print(f"{a.name}\t{users.reset(a.name)}")
+            print(f"{a.name}\t{users.reset(a.name, home=a.home)}")
         elif a.action == "disable":
-            users.disable(a.name)
+            users.disable(a.name, home=a.home)
             print(f"{a.name}: disabled, logged out everywhere")
         elif a.action == "role":
-            users.set_role(a.name, a.role_arg)
+            users.set_role(a.name, a.role_arg, home=a.home)
             print(f"{a.name}: {a.role_arg}")
         elif a.action == "quota":
-            users.set_quota(a.name, a.running, a.queued, a.gpu_hours)
-            u = next(u for u in users.accounts() if u["name"] == a.name)
+            users.set_quota(a.name, a.running, a.queued, a.gpu_hours, home=a.home)
+            u = next(u for u in users.accounts(home=a.home) if u["name"] == a.name)
             print(f"{a.name}: {_caps(u)}")
         elif a.action == "list":
-            for u in users.accounts():
+            for u in users.accounts(home=a.home):
                 print(f"{u['name']:<20} {u['role']:<11} {'disabled' if u['disabled'] else 'active':<9} {_caps(u)}")
         elif a.action == "audit":
-            for r in reversed(users.audit_log(limit=a.limit)):
+            for r in reversed(users.audit_log(limit=a.limit, home=a.home)):
                 print(f"{_fmt_time(r['at'])}  {r['actor']:<12} {r['action']:<16} {r['target']:<16} "
                       f"{r['address']:<15} {r['detail']}")
     except KeyError as e:
@@ -217,21 +217,21 @@ def cmd_labs(a) -> int:
         return _err("labs check needs a lab id" if a.action == "check" else "labs verify needs the evidence file")
     try:
         if a.action == "list":
-            for row in labs.status(a.actor):
+            for row in labs.status(a.actor, home=a.home):
                 lab = row["lab"]
                 print(f"{lab.id:<18} {row['state']:<12} {lab.title.en}")
-            if users.acting(a.actor).instructor:
-                for problem in labs.problems():
+            if users.acting(a.actor, home=a.home).instructor:
+                for problem in labs.problems(home=a.home):
                     print(f"not shown to students: {problem}")
         elif a.action == "check":
-            ids = labs.recheck_all(a.target, a.actor) if a.all else [labs.submit_check(a.target, a.actor, a.student)]
+            ids = labs.recheck_all(a.target, a.actor, home=a.home) if a.all else [labs.submit_check(a.target, a.actor, a.student, home=a.home)]
             print("\n".join(map(str, ids)))
         elif a.action == "verify":
-            record = labs.verify(Path(a.target).read_bytes())
+            record = labs.verify(Path(a.target).read_bytes(), home=a.home)
             print(f"genuine and unchanged: lab {record['lab']}, student {record['student']}, "
                   f"checked {_fmt_time(record['checked_at'])}")
         elif a.action == "export":
-            sys.stdout.write(labs.grid_csv(a.actor))
+            sys.stdout.write(labs.grid_csv(a.actor, home=a.home))
     except errors.UserError as e:
         return _err(str(e))
     except OSError as e:
@@ -260,8 +260,8 @@ def _job_id(text: str) -> int:
     return job_id
 
 
-def _job(job_id):
-    return open_store().job(job_id)
+def _job(job_id: int, home: Path):
+    return open_store(home).job(job_id)
 
 
 def _err(msg: str) -> int:
@@ -332,7 +332,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.umask(paths.PRIVATE_UMASK)
     a = parser().parse_args(argv)
-    if a.cmd != "init" and (problem := queue.workspace_problem()):
+    a.home = defaults.home()         # the operator's context: this workspace, acting as users.OPERATOR
+    if a.cmd != "init" and (problem := queue.workspace_problem(home=a.home)):
         return _err(problem)
     try:
         return a.fn(a)

@@ -13,23 +13,23 @@ from pathlib import Path
 
 from backend import chat, defaults, live, logs, queue, sandbox, users
 from backend.paths import job_dir
-from backend.specs.agent import KEY_SECRET
+from backend.kinds.agent import KEY_SECRET
 
 IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 
 
-def endpoints(by: users.User | str | None, home: Path | None = None) -> list[dict]:
+def endpoints(by: users.Actor, home: Path) -> list[dict]:
     """The live endpoints ``by`` may ask: their own servers and the class's (as on the Chat page)."""
     return chat.endpoints(home, by=by)
 
 
-def runs(by: users.User | str | None, home: Path | None = None, limit: int = 50) -> list:
+def runs(by: users.Actor, home: Path, limit: int = 50) -> list:
     """``by``'s own agent runs, newest first."""
-    user = users.acting(by)
-    return queue.list_jobs(kind="agent", owner=user.name if user else None, limit=limit, home=home, by=by)
+    user = users.acting(by, home=home)
+    return queue.list_jobs(kind="agent", owner=None if user is users.OPERATOR else user.name, limit=limit, home=home, by=by)
 
 
-def run(job_id: int, by: users.User | str | None, home: Path | None = None):
+def run(job_id: int, by: users.Actor, home: Path):
     """Agent run ``job_id`` if ``by`` may see it (KeyError when there is no such run; ``queue.Refused``)."""
     job = queue.get(job_id, home, by=by)
     if job.kind != "agent":
@@ -37,33 +37,32 @@ def run(job_id: int, by: users.User | str | None, home: Path | None = None):
     return job
 
 
-def conversation(job_id: int, by: users.User | str | None, home: Path | None = None) -> list[dict]:
+def conversation(job_id: int, by: users.Actor, home: Path) -> list[dict]:
     """The turns up to and with run ``job_id`` (what a follow-up carries): only from ``by``'s own run. A run
     stopped before it answered adds its question only."""
-    job = queue.get(job_id, home)
-    user = users.acting(by)
-    if job.kind != "agent" or (user is not None and user.name != job.owner):
-        users.refuse(by, "continue", f"job {job_id}", queue.Refused("err.agent.not_yours", job=job_id))
+    job = queue.get(job_id, home, by=by)
+    user = users.acting(by, home=home)
+    if job.kind != "agent" or (user is not users.OPERATOR and user.name != job.owner):
+        users.refuse(by, "continue", f"job {job_id}", queue.Refused("err.agent.not_yours", job=job_id), home=home)
     answer = (logs.result(job_id, home) or {}).get("answer")
     turn = [{"role": "user", "content": job.spec["prompt"]}]
     return [*job.spec.get("history", []), *turn, *([{"role": "assistant", "content": answer}] if answer else [])]
 
 
-def ask(prompt: str, by: users.User | str | None, endpoint: str = "", url: str = "", model: str = "",
-        key: str = "", tools: tuple[str, ...] = ("python",), after: int | None = None,
-        home: Path | None = None) -> int:
+def ask(prompt: str, by: users.Actor, endpoint: str = "", url: str = "", model: str = "",
+        key: str = "", tools: tuple[str, ...] = ("python",), after: int | None = None, *, home: Path) -> int:
     """Queue an agent run against live ``endpoint`` (one ``by`` may use) or an outside ``url`` (``key`` goes to
     the job as a secret, never into the spec); ``after``: the run this one follows in the conversation."""
     if endpoint:
         chat.check_use({"name": endpoint}, by, home=home)
     spec = {"prompt": prompt, "tools": list(tools), "history": conversation(after, by, home) if after else [],
             **({"endpoint": endpoint} if endpoint else {"url": url, "model": model})}
-    user = users.acting(by)
-    return queue.submit("agent", spec, owner=user.name if user else None, home=home,
+    user = users.acting(by, home=home)
+    return queue.submit("agent", spec, owner=user.name, home=home,
                         secrets={KEY_SECRET: key} if key and not endpoint else None)
 
 
-def steps(job_id: int, home: Path | None = None) -> tuple[dict, ...]:
+def steps(job_id: int, home: Path) -> tuple[dict, ...]:
     """The run's steps so far (``model``, ``tool``, ``answer`` events), parsed once for every viewer."""
     return live.events(job_id, home=home).steps
 
@@ -73,25 +72,25 @@ def thought(text: str) -> str:
     return re.split(r"(?m)^\s*(?:Action:|Final Answer:)", text)[0].replace("Thought:", "", 1).strip()
 
 
-def files_dir(job_id: int, home: Path | None = None) -> Path:
+def files_dir(job_id: int, home: Path) -> Path:
     """The run's interpreter folder: what its code wrote."""
     return job_dir(job_id, home) / "artifacts" / "files"
 
 
-def files(job_id: int, home: Path | None = None) -> list[str]:
+def files(job_id: int, home: Path) -> list[str]:
     """The names of the files the run's interpreter wrote (plots, CSVs), listed with lstat: never a link."""
     folder = files_dir(job_id, home)
     return list(sandbox.files(folder)) if folder.is_dir() else []
 
 
-def file_bytes(job_id: int, name: str, by: users.User | str | None, home: Path | None = None) -> bytes:
+def file_bytes(job_id: int, name: str, by: users.Actor, home: Path) -> bytes:
     """File ``name`` of run ``job_id`` (one ``by`` may see), read when a user opens it: never through a
     link, never a file with other hard links, at most SANDBOX_READ_MAX_MB (OSError when it cannot be read)."""
     run(job_id, by, home)
     return sandbox.read(files_dir(job_id, home), name, defaults.SANDBOX_READ_MAX_MB * 2**20)
 
 
-def trace(job_id: int, by: users.User | str | None, home: Path | None = None) -> dict:
+def trace(job_id: int, by: users.Actor, home: Path) -> dict:
     """The run as one record: its question, the turns before it, every step, its state and files."""
     job = run(job_id, by, home)
     return {"job": job_id, "state": job.state, "owner": job.owner,

@@ -42,7 +42,7 @@ class Refused(ChatError, users.Refused):
 
 
 # -- endpoints ----------------------------------------------------------------------------------
-def live_endpoints(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def live_endpoints(home: Path, by: users.Actor) -> list[dict]:
     """Every registered endpoint whose job is running (serve and vlm), newest first. Entries whose job
     ended without removing them (killed first) are skipped here and removed by the worker's sweep. With
     ``by``, only those that user may use: a student's own servers and those an instructor started."""
@@ -50,18 +50,17 @@ def live_endpoints(home: Path | None = None, by: users.User | str | None = None)
     out = []
     for e in store.items("endpoint"):
         job = store.job(e.job_id) if e.job_id else None
-        if job is not None and job.state == JobState.RUNNING and users.may_use(e, by):
+        if job is not None and job.state == JobState.RUNNING and users.may_use(e, by, home=home):
             out.append({"name": e.name, **e.meta, "owner": e.owner})
     return out
 
 
-def endpoints(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def endpoints(home: Path, by: users.Actor) -> list[dict]:
     """Live OpenAI-compatible endpoints ``by`` may use (vlm ones speak their own protocol: backend/vlm.py)."""
     return [{**e, "external": False} for e in live_endpoints(home, by) if e.get("engine") != "vlm"]
 
 
-def check_use(endpoint: dict, by: users.User | str | None, error: type[ChatError] = Refused,
-              home: Path | None = None) -> None:
+def check_use(endpoint: dict, by: users.Actor, error: type[ChatError] = Refused, *, home: Path) -> None:
     """Refuse (``error``, audited) a workbench server ``by`` may not use: one another student started.
     The owner comes from the registry, found by the endpoint's URL (or, for one of ours, its name), never
     from the dict the caller passed; outside URLs that are not workbench servers are the caller's own."""
@@ -69,11 +68,11 @@ def check_use(endpoint: dict, by: users.User | str | None, error: type[ChatError
     for e in open_store(home).items("endpoint"):
         ours = str(e.meta.get("url") or "").rstrip("/")
         if (url and ours == url) or (not endpoint.get("external") and e.name == endpoint.get("name")):
-            if not users.may_use(e, by):
-                users.refuse(by, "chat", f"endpoint {e.name}", error("err.users.endpoint_not_yours", name=e.name))
+            if not users.may_use(e, by, home=home):
+                users.refuse(by, "chat", f"endpoint {e.name}", error("err.users.endpoint_not_yours", name=e.name), home=home)
 
 
-def servable(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def servable(home: Path, by: users.Actor) -> list[dict]:
     """What a serve job can start: registry models, and adapters on a registered base model (those ``by`` may
     use). Each item: {"label", "spec"} where spec is the serve job's spec."""
     models = {m["name"] for m in ownership.items("model", by, home)}
@@ -85,20 +84,20 @@ def servable(home: Path | None = None, by: users.User | str | None = None) -> li
     return out
 
 
-def serve_job_endpoint(job_id: int, home: Path | None = None) -> dict | None:
+def serve_job_endpoint(job_id: int, home: Path) -> dict | None:
     """The endpoint a serve job was asked for (with an adapter, not the base it also serves)."""
-    return next((e for e in endpoints(home) if e.get("job_id") == job_id and not e.get("base_of")), None)
+    return next((e for e in endpoints(home, by=users.OPERATOR) if e.get("job_id") == job_id and not e.get("base_of")), None)
 
 
-def serving(model: str, adapter: str = "", home: Path | None = None) -> dict | None:
+def serving(model: str, adapter: str = "", *, home: Path) -> dict | None:
     """A live endpoint that already serves this registry model (with this adapter), if any."""
     source = model + (f"+{adapter}" if adapter else "")
-    return next((e for e in endpoints(home) if e.get("source") == source and not e.get("base_of")), None)
+    return next((e for e in endpoints(home, by=users.OPERATOR) if e.get("source") == source and not e.get("base_of")), None)
 
 
-def base_endpoint(endpoint: dict, home: Path | None = None) -> dict | None:
+def base_endpoint(endpoint: dict, home: Path) -> dict | None:
     """The base model served beside a fine-tuned endpoint by the same job, if any."""
-    return next((e for e in endpoints(home) if e.get("base_of") == endpoint["name"]), None)
+    return next((e for e in endpoints(home, by=users.OPERATOR) if e.get("base_of") == endpoint["name"]), None)
 
 
 def uptime_s(endpoint: dict) -> float:
@@ -188,12 +187,12 @@ def check_prompt(endpoint: dict, messages: list[dict], max_tokens: int) -> None:
 # -- answering ----------------------------------------------------------------------------------
 def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, top_p: float = 0.9,
                 max_tokens: int = 256, stop: list[str] | None = None, api_key: str | None = None,
-                stats: dict | None = None, by: users.User | str | None = None) -> Iterator[str]:
+                stats: dict | None = None, *, by: users.Actor, home: Path) -> Iterator[str]:
     """Yield the answer's text deltas. Raises ChatError (with ``partial``) on any failure, ``Refused`` when
     the endpoint is a server ``by`` may not use. ``stats``, if given, receives ttft_s, tokens (chunks with
     text), seconds and finish_reason, and from a knowledge-base endpoint the ``passages`` it used."""
     import openai
-    check_use(endpoint, by)
+    check_use(endpoint, by, home=home)
     check_prompt(endpoint, messages, max_tokens)
     params = {"model": endpoint["model"], "messages": messages, "max_tokens": int(max_tokens), "stream": True,
               "temperature": max(0.0, float(temperature))}
@@ -253,7 +252,7 @@ def stream_chat(endpoint: dict, messages: list[dict], temperature: float = 0.7, 
         stats["finish_reason"] = finish
     if finish is None:
         raise ChatError("err.chat.unfinished", text, where=where)
-    users.audit(users.actor(by), "chat", f"endpoint {where}")    # lab progress: "chatted with a server"
+    users.audit(users.actor(by, home), "chat", f"endpoint {where}", home=home)    # lab progress: "chatted with a server"
 
 
 def stream_many(jobs: list[dict]) -> Iterator[tuple[int, str | None, ChatError | None]]:

@@ -20,14 +20,14 @@ STEPS = {"dataset": ("dataset_import", {JobState.SUCCEEDED}),
          "chat": None}
 
 
-def _instructor(by, what: str) -> None:
-    users.require_instructor(by, what, "class", users.Refused("err.class.console"))
+def _instructor(by: users.Actor, what: str, home: Path) -> None:
+    users.require_instructor(by, what, "class", users.Refused("err.class.console"), home)
 
 
-def roster(by, home: Path | None = None) -> list[dict]:
+def roster(by, home: Path) -> list[dict]:
     """One row per account: role, running and queued jobs, GPU memory held, GPU-hours today
     (queue.gpu_hours_today), disk used (users.disk_usage), last activity."""
-    _instructor(by, "roster")
+    _instructor(by, "roster", home)
     store = open_store(home)
     active = store.jobs(states=[JobState.QUEUED, JobState.STARTING, JobState.RUNNING], limit=10_000)
     running = Counter(j["owner"] for j in active if j["state"] != JobState.QUEUED.value)
@@ -46,9 +46,9 @@ def roster(by, home: Path | None = None) -> list[dict]:
             for u in store.users()]
 
 
-def progress(by, home: Path | None = None) -> list[dict]:
+def progress(by, home: Path) -> list[dict]:
     """One row per student: which pipeline steps they reached (True/False)."""
-    _instructor(by, "progress")
+    _instructor(by, "progress", home)
     store = open_store(home)
     reached: dict[str, set[str]] = {}
     for step, job in STEPS.items():
@@ -63,7 +63,7 @@ def progress(by, home: Path | None = None) -> list[dict]:
             for u in store.users() if u["role"] == "student"]
 
 
-def progress_csv(by, home: Path | None = None) -> str:
+def progress_csv(by, home: Path) -> str:
     rows = progress(by, home)
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=["name", *STEPS])
@@ -72,18 +72,18 @@ def progress_csv(by, home: Path | None = None) -> str:
     return out.getvalue()
 
 
-def announcement(home: Path | None = None) -> str:
+def announcement(home: Path) -> str:
     """The class announcement every page shows ('' for none)."""
     row = open_store(home).get(*ANNOUNCEMENT)
     return row["meta"].get("text", "") if row else ""
 
 
-def set_announcement(text: str, by, home: Path | None = None) -> None:
-    users.require_instructor(by, "announce", "class", users.Refused("err.class.announce"))
+def set_announcement(text: str, by, home: Path) -> None:
+    users.require_instructor(by, "announce", "class", users.Refused("err.class.announce"), home=home)
     text = text.strip()[:500]
     store = open_store(home)
     if text:
-        store.put(*ANNOUNCEMENT, meta={"text": text}, owner=users.actor(by))
+        store.put(*ANNOUNCEMENT, meta={"text": text}, owner=users.actor(by, home=home))
     else:
         store.delete(*ANNOUNCEMENT)
-    users.audit(users.actor(by), "announce", "class", detail=text, home=home)
+    users.audit(users.actor(by, home=home), "announce", "class", detail=text, home=home)

@@ -44,61 +44,61 @@ class ComposeRefused(ComposeError, users.Refused):
 
 
 # -- the gallery --------------------------------------------------------------------------------
-def image_owner(path: Path, home: Path | None = None) -> str:
+def image_owner(path: Path, home: Path) -> str:
     """The student whose gallery folder (paths.user_gallery) holds ``path`` (resolved), else '' (the class's)."""
-    folders = paths.user_gallery("", home).resolve()
+    folders = paths.user_gallery("", home=home).resolve()
     return path.relative_to(folders).parts[0] if folders in path.parents and path.parent != folders else ""
 
 
-def may_use_image(path: Path, by, home: Path | None = None) -> bool:
+def may_use_image(path: Path, by, home: Path) -> bool:
     """A student (class mode) uses gallery images only: the class's and their own; others use any."""
-    user = users.acting(by)
-    if user is None or user.instructor or users.mode() == "none":
+    user = users.acting(by, home=home)
+    if user.instructor or users.mode() == "none":
         return True
-    return paths.is_inside(path, paths.gallery_dir(home).resolve()) and users.may_use(image_owner(path, home), by)
+    return paths.is_inside(path, paths.gallery_dir(home).resolve()) and users.may_use(image_owner(path, home), by, home=home)
 
 
-def gallery(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+def gallery(home: Path, by: users.Actor) -> list[str]:
     """Workspace-relative paths of the gallery images ``by`` may use, sorted (a student: the class's and
     their own; an instructor or the operator: all)."""
-    root = home or defaults.home()
+    root = home
     folder = paths.gallery_dir(root)
     return sorted(str(p.relative_to(root)) for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_EXTS and p.is_file() and may_use_image(p.resolve(), by, root)
                   ) if folder.is_dir() else []
 
 
-def add_to_gallery(name: str, data: bytes, home: Path | None = None, *, owner: str) -> str:
+def add_to_gallery(name: str, data: bytes, home: Path, *, owner: str) -> str:
     """Check an uploaded image and keep it (named by its content, so a second upload of the same image is the
     same file) in gallery/uploads, or for a student in class mode in their own gallery/users/<owner>; its
     workspace-relative path. VLMError/ComposeError if refused."""
-    root = home or defaults.home()
+    root = home
     limit_mb = defaults.setting("UPLOAD_MAX_MB")
     if len(data) > limit_mb * 2**20:
         raise ComposeError("err.ds.too_big", name=name, mb=len(data) / 2**20, limit=limit_mb)
     check_image(data, name)
     ext = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else ".png"
-    mine = users.mode() != "none" and owner != users.OPERATOR_NAME and not users.is_instructor(owner)
+    mine = users.mode() != "none" and owner != users.OPERATOR_NAME and not users.is_instructor(owner, home=home)
     if mine:
         users.check_disk(owner, len(data), ComposeRefused, root)
-    folder = paths.user_gallery(owner, root) if mine else paths.gallery_dir(root) / "uploads"
+    folder = paths.user_gallery(owner, home=root) if mine else paths.gallery_dir(root) / "uploads"
     target = folder / (hashlib.sha256(data).hexdigest()[:16] + ext)
     if not target.exists():
         paths.atomic_write(target, data)
     return str(target.relative_to(root))
 
 
-def resolve(rel: str, home: Path | None = None, by: users.User | str | None = None) -> Path:
+def resolve(rel: str, home: Path, by: users.Actor) -> Path:
     """A gallery path from a draft or a request, refused when it leaves the workspace, or (audited) when
     ``by`` is a student and it is not a gallery image of the class's or theirs."""
     try:
-        p = paths.inside(home or defaults.home(), rel)
+        p = paths.inside(home, rel)
     except paths.OutsideError:
         p = None
     if p is None or not p.is_file():
         raise ComposeError("err.compose.not_image", path=rel)
     if not may_use_image(p, by, home):
-        users.refuse(by, "see", f"image {rel}", ComposeRefused("err.compose.image_not_yours", path=rel))
+        users.refuse(by, "see", f"image {rel}", ComposeRefused("err.compose.image_not_yours", path=rel), home=home)
     return p
 
 
@@ -107,7 +107,7 @@ def _captions_file(home: Path | None) -> Path:
     return paths.gallery_dir(home) / ".captions.json"
 
 
-def captions(home: Path | None = None) -> dict:
+def captions(home: Path) -> dict:
     """{content hash: caption} of every image the endpoint has captioned so far."""
     try:
         return json.loads(_captions_file(home).read_text(encoding="utf-8"))
@@ -115,21 +115,21 @@ def captions(home: Path | None = None) -> dict:
         return {}
 
 
-def image_key(rel: str, home: Path | None = None) -> str:
-    return hashlib.sha256(resolve(rel, home).read_bytes()).hexdigest()[:16]
+def image_key(rel: str, home: Path) -> str:
+    return hashlib.sha256(resolve(rel, home, by=users.OPERATOR).read_bytes()).hexdigest()[:16]
 
 
-def gallery_captions(home: Path | None = None, by: users.User | str | None = None) -> dict[str, str | None]:
+def gallery_captions(home: Path, by: users.Actor) -> dict[str, str | None]:
     """{gallery path ``by`` may use: its caption, or None when not captioned yet}, reading the cache once."""
     cache = captions(home)
     return {p: cache.get(image_key(p, home)) for p in gallery(home, by)}
 
 
-def caption(endpoint: dict, rel: str, home: Path | None = None, max_new_tokens: int = 48) -> str:
+def caption(endpoint: dict, rel: str, home: Path, max_new_tokens: int = 48) -> str:
     """The endpoint's one-sentence caption of a gallery image (asked once, then cached)."""
     key, cache = image_key(rel, home), captions(home)
     if key not in cache:
-        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home)], max_new_tokens=max_new_tokens)).strip()
+        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home, by=users.OPERATOR)], max_new_tokens=max_new_tokens)).strip()
         paths.atomic_write(_captions_file(home), json.dumps(cache, ensure_ascii=False, indent=1).encode())
     return cache[key]
 
@@ -216,8 +216,8 @@ def ask(endpoint: dict, prompt: str, images: list | None = None, **kw):
 
 
 # -- drafts ------------------------------------------------------------------------------------------
-def drafts_dir(home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "compose"
+def drafts_dir(home: Path) -> Path:
+    return home / "compose"
 
 
 def new_draft(instruction: str, images: list[str], *, owner: str) -> dict:
@@ -228,15 +228,15 @@ def new_draft(instruction: str, images: list[str], *, owner: str) -> dict:
             "created": now, "updated": now}
 
 
-def save(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> None:
+def save(draft: dict, home: Path, by: users.Actor) -> None:
     """Write a draft; only its owner or an instructor may (a student reads an instructor's, never changes it)."""
-    if not users.may_manage(draft.get("owner", ""), by):
-        users.refuse(by, "save", f"draft {draft['id']}", ComposeRefused("err.users.draft_not_yours", id=draft["id"]))
+    if not users.may_manage(draft.get("owner", ""), by, home=home):
+        users.refuse(by, "save", f"draft {draft['id']}", ComposeRefused("err.users.draft_not_yours", id=draft["id"]), home=home)
     draft["updated"] = time.time()
     paths.atomic_write(drafts_dir(home) / f"{draft['id']}.json", json.dumps(draft, ensure_ascii=False, indent=1).encode())
 
 
-def drafts(home: Path | None = None, owner: str | None = None, by: users.User | str | None = None) -> list[dict]:
+def drafts(home: Path, owner: str | None = None, *, by: users.Actor) -> list[dict]:
     """Saved drafts, newest first: only ``owner``'s when given; only those ``by`` may see (a student: their
     own and the instructors')."""
     out = []
@@ -245,25 +245,24 @@ def drafts(home: Path | None = None, owner: str | None = None, by: users.User | 
             d = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if (owner is None or d.get("owner", "") == owner) and users.may_use(d.get("owner", ""), by):
+        if (owner is None or d.get("owner", "") == owner) and users.may_use(d.get("owner", ""), by, home=home):
             out.append(d)
     return sorted(out, key=lambda d: -d.get("updated", 0))
 
 
-def draft(draft_id: str, home: Path | None = None, by: users.User | str | None = None) -> dict:
+def draft(draft_id: str, home: Path, by: users.Actor) -> dict:
     """One saved draft (``?draft=`` in a link); KeyError when there is none, refused (audited) when it is
     another student's."""
     path = drafts_dir(home) / f"{draft_id}.json"
     if not re.fullmatch(r"[\w-]{1,64}", draft_id or "") or not path.is_file():
         raise KeyError(f"no draft {draft_id!r}")
     d = json.loads(path.read_text(encoding="utf-8"))
-    if not users.may_use(d.get("owner", ""), by):
-        users.refuse(by, "see", f"draft {draft_id}", ComposeRefused("err.users.draft_not_yours", id=draft_id))
+    if not users.may_use(d.get("owner", ""), by, home=home):
+        users.refuse(by, "see", f"draft {draft_id}", ComposeRefused("err.users.draft_not_yours", id=draft_id), home=home)
     return d
 
 
-def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=None,
-                    by: users.User | str | None = None) -> None:
+def caption_gallery(endpoint: dict | None, home: Path, on_caption=None, *, by: users.Actor) -> None:
     """Caption every gallery image ``by`` may use not captioned yet; ``on_caption(done, total)`` reports progress."""
     todo = [p for p, c in gallery_captions(home, by).items() if c is None]
     if todo and endpoint is None:
@@ -274,7 +273,7 @@ def caption_gallery(endpoint: dict | None, home: Path | None = None, on_caption=
             on_caption(k, len(todo))
 
 
-def rerank(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> None:
+def rerank(draft: dict, home: Path, by: users.Actor) -> None:
     """Rank the gallery images ``by`` may use for every place by the captions known so far, and suggest the
     best match where the user has not chosen an image."""
     known = {p: c or "" for p, c in gallery_captions(home, by).items()}
@@ -293,7 +292,7 @@ def _blocks(draft: dict):
         yield p, (s or {}).get("image"), (s or {}).get("caption", "")
 
 
-def export_markdown(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> bytes:
+def export_markdown(draft: dict, home: Path, by: users.Actor) -> bytes:
     """A zip: article.md with relative image links and the images beside it in images/."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -309,7 +308,7 @@ def export_markdown(draft: dict, home: Path | None = None, by: users.User | str 
     return buf.getvalue()
 
 
-def export_html(draft: dict, home: Path | None = None, by: users.User | str | None = None) -> str:
+def export_html(draft: dict, home: Path, by: users.Actor) -> str:
     """One self-contained HTML file (images embedded as data URIs; the model's text escaped)."""
     mime = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".webp": "webp", ".bmp": "bmp"}
     body = []

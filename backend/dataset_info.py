@@ -69,15 +69,15 @@ def _problem(name: str, entry, home: Path | None, owner: str) -> tuple[DatasetEr
     held = next((e for e in open_store(home).items("dataset") if Path(e.path).resolve() == path), None)
     if held is None or not path.is_file():
         return DatasetError("err.dsinfo.file_missing", name=name, file=file_name), None
-    if not users.may_use(held, owner):
+    if not users.may_use(held, owner, home=home):
         return users.refusal(owner, "dataset_info", f"dataset {held.name}",
-                             datasets.DatasetRefused("err.dsinfo.not_yours", name=name, file=file_name)), None
+                             datasets.DatasetRefused("err.dsinfo.not_yours", name=name, file=file_name), home=home), None
     if entry.get("formatting", "alpaca") not in ("alpaca", "sharegpt"):
         return DatasetError("err.dsinfo.formatting", name=name, formatting=entry["formatting"]), None
     return None, path
 
 
-def import_dataset_info(data: bytes | str | dict, home: Path | None = None, *, owner: str) -> dict:
+def import_dataset_info(data: bytes | str | dict, home: Path, *, owner: str) -> dict:
     """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
     folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}."""
     if not isinstance(data, dict):

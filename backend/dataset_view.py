@@ -21,8 +21,8 @@ CHUNK = 16 << 20            # bytes read at a time while indexing or searching
 CELL_LIMIT = 1 << 20        # a row longer than this is shown as a note, not parsed
 
 
-def cache_dir(home: Path | None = None) -> Path:
-    d = (home or defaults.home()) / ".cache" / "datasets"
+def cache_dir(home: Path) -> Path:
+    d = home / ".cache" / "datasets"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -35,7 +35,7 @@ def _key(path: Path) -> str:
 class View:
     """A dataset opened for browsing: ``len(view)`` rows, ``view.page(n)``, ``view.search(q)``."""
 
-    def __init__(self, path: str | Path, home: Path | None = None):
+    def __init__(self, path: str | Path, home: Path):
         self.path = Path(path)
         problem = records.sniff(self.path)
         if problem:
@@ -197,5 +197,5 @@ def _write(out, starts, ends, lines, chunk: bytes, pos: int, prev_last: bytes) -
     out.write(np.ascontiguousarray(trip, dtype=np.int64).tobytes())
 
 
-def open_view(path: str | Path, home: Path | None = None) -> View:
+def open_view(path: str | Path, home: Path) -> View:
     return View(path, home)

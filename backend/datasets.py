@@ -390,13 +390,13 @@ def validate(path: str | Path, fmt: str | None = None, max_errors: int = 1000, l
 NAME_RE = re.compile(r"[^\w.\-\u4e00-\u9fff]+")
 
 
-def datasets_dir(home: Path | None = None) -> Path:
-    d = (home or defaults.home()) / "datasets"
+def datasets_dir(home: Path) -> Path:
+    d = home / "datasets"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def resolve(path_or_name: str | Path, home: Path | None = None) -> Path:
+def resolve(path_or_name: str | Path, home: Path) -> Path:
     """A dataset's file from its registered name or a path; the path must stay inside the
     workspace's datasets folder or the bundled samples."""
     entry = open_store(home).get("dataset", str(path_or_name))
@@ -417,7 +417,7 @@ def safe_name(name: str) -> str:
     return stem[:100]
 
 
-def unique_name(stem: str, home: Path | None = None) -> str:
+def unique_name(stem: str, home: Path) -> str:
     store, d = open_store(home), datasets_dir(home)
     taken = lambda n: store.get("dataset", n) or any((d / (n + e)).exists() for e in EXTENSIONS)  # noqa: E731
     name, i = stem, 2
@@ -426,8 +426,8 @@ def unique_name(stem: str, home: Path | None = None) -> str:
     return name
 
 
-def register(path: Path, name: str, source: str, home: Path | None = None, job_id: int | None = None, *,
-             owner: str, shared: bool = False, **meta) -> dict:
+def register(path: Path, name: str, source: str, home: Path, job_id: int | None = None, *, owner: str,
+             shared: bool = False, **meta) -> dict:
     """Put a dataset file in the registry with its format, size and row count (builds its index), as ``owner``'s
     (ownership.register)."""
     path = Path(path)
@@ -439,7 +439,7 @@ def register(path: Path, name: str, source: str, home: Path | None = None, job_i
     return ownership.register("dataset", name, str(path), meta, owner=owner, job_id=job_id, shared=shared, home=home)
 
 
-def ensure_samples(home: Path | None = None) -> None:
+def ensure_samples(home: Path) -> None:
     """Register the bundled samples (assets/datasets) once per workspace: the operator's, shared with the class."""
     store = open_store(home)
     for path in sorted(SAMPLES_DIR.glob("*")):
@@ -449,14 +449,14 @@ def ensure_samples(home: Path | None = None) -> None:
                 register(path, path.stem, "sample", home, owner=users.OPERATOR_NAME, shared=True)
 
 
-def list_datasets(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def list_datasets(home: Path, by: users.Actor) -> list[dict]:
     """Registered datasets (bundled samples included), newest first; with ``by``, those that user may use
     (a student: their own uploads and imports, the samples and class datasets, the instructors')."""
     ensure_samples(home)
-    return [e for e in open_store(home).items("dataset") if users.may_use(e, by)]
+    return [e for e in open_store(home).items("dataset") if users.may_use(e, by, home=home)]
 
 
-def save_upload(filename: str, data, home: Path | None = None, *, owner: str) -> dict:
+def save_upload(filename: str, data, home: Path, *, owner: str) -> dict:
     """Save uploaded bytes (or a binary file object) as a new dataset; refuses a too-big file, an
     unknown extension or a name already taken, and never overwrites."""
     suffix = Path(filename).suffix.lower()
@@ -520,19 +520,18 @@ def _new_target(src: Path, name: str | None, suffix: str, default: str, home: Pa
     return name, datasets_dir(home) / (name + suffix)
 
 
-def check_source(src: str | Path, owner: str, action: str, home: Path | None = None) -> Path:
+def check_source(src: str | Path, owner: str, action: str, home: Path) -> Path:
     """The dataset file a new one is made from, refused (audited) when it is another student's private
     dataset: ``owner`` may use their own, the samples, the class's and the instructors' (users.may_use)."""
     src = Path(src)
     entry = next((e for e in open_store(home).items("dataset") if Path(e["path"]).resolve() == src.resolve()), None)
-    if entry is not None and not users.may_use(entry, owner):
+    if entry is not None and not users.may_use(entry, owner, home=home):
         users.refuse(owner, action, f"dataset {entry['name']}",
-                     DatasetRefused("err.users.dataset_not_yours", name=entry["name"]))
+                     DatasetRefused("err.users.dataset_not_yours", name=entry["name"]), home=home)
     return src
 
 
-def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | None = None, *,
-            owner: str) -> dict:
+def convert(src: str | Path, to_fmt: str, name: str | None = None, *, owner: str, home: Path) -> dict:
     """Write a new JSONL dataset in ``to_fmt`` (a training format) from ``src``; bad rows, and rows
     ``to_fmt`` can't hold without changing what is trained (loss flags, tool calls), are skipped and
     reported, so the new file always validates. Returns {"name", "path", "rows", "skipped", "errors"}, each
@@ -576,8 +575,7 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, home: Path | 
     return {"name": name, "path": str(target), "rows": rows, "skipped": len(errors), "errors": errors[:100]}
 
 
-def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, home: Path | None = None, *,
-          owner: str) -> dict:
+def split(src: str | Path, val_fraction: float = 0.1, seed: int = 42, *, owner: str, home: Path) -> dict:
     """Split ``src`` into new ``<name>-train`` and ``<name>-val`` datasets (seeded, rows copied as
     they are). Returns {"train": {...}, "val": {...}}."""
     import numpy as np
@@ -621,7 +619,7 @@ def row_image(dataset: Path, item: str) -> Path | None:
     return img if img.is_file() else None
 
 
-def delete(name: str, home: Path | None = None, by=None) -> None:
+def delete(name: str, home: Path, by) -> None:
     """Forget a dataset; its file is removed only when the workbench made it for this entry (ownership.made_here:
     never a sample). Only its owner or an instructor (the operator's datasets only an instructor)."""
     if open_store(home).get("dataset", name) is None:

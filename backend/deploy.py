@@ -80,7 +80,7 @@ def weights_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in files if f.suffix in WEIGHT_SUFFIXES)
 
 
-def measure(ep: dict, tokens: int = 32, clients: int = 8, repeat: int = 1, home: Path | None = None) -> dict:
+def measure(ep: dict, tokens: int = 32, clients: int = 8, repeat: int = 1, *, home: Path) -> dict:
     """Figures for one live endpoint (warm-up first); raises chat.ChatError if the server fails."""
     stream_once(ep, 2)
     tps1, ttft = median_of(repeat, lambda: concurrent(ep, tokens, 1))
@@ -92,7 +92,7 @@ def measure(ep: dict, tokens: int = 32, clients: int = 8, repeat: int = 1, home:
             "engine": ep.get("engine"), "device": ep.get("device"), "tokens": tokens, "when": time.time()}
 
 
-def family(model: str, home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+def family(model: str, home: Path, by: users.Actor) -> list[str]:
     """The model's root (what it was quantised from, followed up) and every model quantised from it that ``by``
     may use."""
     store = open_store(home)
@@ -108,7 +108,7 @@ def family(model: str, home: Path | None = None, by: users.User | str | None = N
     return out
 
 
-def eval_score(names: list[str], home: Path | None = None) -> tuple[str, dict[str, float]] | None:
+def eval_score(names: list[str], home: Path) -> tuple[str, dict[str, float]] | None:
     """(eval run, {model: mean score}) of the newest evaluation run that measured every one of ``names``."""
     for run in open_store(home).items("eval"):
         if set(names) <= set(run["meta"].get("models", [])):
@@ -131,18 +131,18 @@ def is_number(v) -> bool:
         return False
 
 
-def serving(model: str, home: Path | None = None, by: users.User | str | None = None) -> dict | None:
+def serving(model: str, home: Path, by: users.Actor) -> dict | None:
     """A live endpoint ``by`` may use serving exactly ``model`` (not base + adapter), continuous batching first."""
     eps = [e for e in chat.endpoints(home, by) if e.get("source") == model]
     return next((e for e in eps if e.get("continuous_batching")), eps[0] if eps else None)
 
 
-def table(model: str, home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def table(model: str, home: Path, by: users.Actor) -> list[dict]:
     """One row per variant ``by`` may use: name, method, weights on disk, its live endpoint, the last figures
     measured."""
     store = open_store(home)
     ownership.get("model", model, by, home)
-    names = [n for n in family(model, home, by) if (e := store.get("model", n)) is not None and users.may_use(e, by)]
+    names = [n for n in family(model, home, by) if (e := store.get("model", n)) is not None and users.may_use(e, by, home=home)]
     score = eval_score(names, home)
     rows = []
     for n in names:
@@ -157,8 +157,7 @@ def table(model: str, home: Path | None = None, by: users.User | str | None = No
     return rows
 
 
-def measure_variant(model: str, tokens: int = 32, clients: int = 8, home: Path | None = None,
-                    by: users.User | str | None = None) -> dict:
+def measure_variant(model: str, tokens: int = 32, clients: int = 8, *, home: Path, by: users.Actor) -> dict:
     """Measure the live server of ``model`` (one ``by`` may use) and keep the figures with the model's entry."""
     ownership.get("model", model, by, home, "measure")
     ep = serving(model, home, by)
@@ -171,7 +170,7 @@ def measure_variant(model: str, tokens: int = 32, clients: int = 8, home: Path |
     return figures
 
 
-def models(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+def models(home: Path, by: users.Actor) -> list[str]:
     """Registry models ``by`` may use to compare, those with quantised copies first."""
     entries = ownership.items("model", by, home)
     roots = {e["meta"].get("quantized_from") for e in entries}

@@ -50,14 +50,14 @@ ENGINES: dict[str, dict] = {
 }
 
 
-def env_dir(engine: str, home: Path | None = None) -> Path:
+def env_dir(engine: str, home: Path) -> Path:
     """``<WORKBENCH_HOME>/envs/<engine>``, or ``$WORKBENCH_ENGINES_DIR/<engine>`` when that is set
     (CI and tests share engines installed once, for example in ``.cache/envs``)."""
     shared = defaults.setting("ENGINES_DIR")
-    return (Path(shared).resolve() if shared else (home or defaults.home()) / "envs") / engine
+    return (Path(shared).resolve() if shared else home / "envs") / engine
 
 
-def python(engine: str, home: Path | None = None) -> Path:
+def python(engine: str, home: Path) -> Path:
     """The interpreter that runs jobs of ``engine``."""
     if engine == "core":
         return Path(os.environ.get("WORKBENCH_CORE_PYTHON", sys.executable))
@@ -69,7 +69,7 @@ def requirements(engine: str) -> list[str]:
     return info["requirements"] + info.get("no_deps", [])
 
 
-def installed(engine: str, home: Path | None = None) -> bool:
+def installed(engine: str, home: Path) -> bool:
     """True when the engine's venv was completed for its current requirement list."""
     if engine == "core":
         return True

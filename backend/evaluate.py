@@ -10,13 +10,13 @@ import io
 import re
 from pathlib import Path
 
-from backend import defaults, engines, logs, ownership, queue, server_auth, users
+from backend import engines, logs, ownership, queue, server_auth, users
 from backend.chat import check_use, endpoints
 from backend.datasets import list_datasets
 from backend.errors import UserError
 from backend.states import PENDING
 from backend.store import open_store
-from backend.specs import evaluate as opencompass
+from backend.kinds import evaluate as opencompass
 
 ENGINE = "opencompass"
 KIND = "evaluate"
@@ -27,35 +27,35 @@ STANDARD = ["ceval_gen", "cmmlu_gen", "mmlu_gen", "gsm8k_gen", "math_gen", "ARC_
 
 
 # -- the engine ---------------------------------------------------------------------------------
-def engine_ready(home: Path | None = None) -> bool:
+def engine_ready(home: Path) -> bool:
     return engines.installed(ENGINE, home)
 
 
-def engine_install_job(home: Path | None = None) -> int | None:
+def engine_install_job(home: Path) -> int | None:
     """The queued or running engine_install job for OpenCompass, if any."""
-    for j in queue.list_jobs(states=PENDING, kind="engine_install", home=home):
+    for j in queue.list_jobs(states=PENDING, kind="engine_install", home=home, by=users.OPERATOR):
         if j.spec.get("engine") == ENGINE:
             return j.id
     return None
 
 
-def install_engine(owner: str | None = None, home: Path | None = None) -> int:
+def install_engine(owner: str | None = None, *, home: Path) -> int:
     """Queue the OpenCompass engine install (or return the one already queued)."""
     return engine_install_job(home) or queue.submit("engine_install", {"engine": ENGINE}, owner=owner, home=home)
 
 
-def package_dir(home: Path | None = None) -> Path | None:
+def package_dir(home: Path) -> Path | None:
     """The installed ``opencompass`` package folder of the engine, if installed."""
     hits = sorted(engines.env_dir(ENGINE, home).glob("lib/python*/site-packages/opencompass"))
     return hits[0] if hits else None
 
 
-def data_cache(home: Path | None = None) -> Path:
-    return opencompass.compass_data_cache(home or defaults.home())
+def data_cache(home: Path) -> Path:
+    return opencompass.compass_data_cachehome
 
 
 # -- what can be evaluated ----------------------------------------------------------------------
-def model_choices(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def model_choices(home: Path, by: users.Actor) -> list[dict]:
     """Registry models, adapters (on their base model) and live endpoints, each as
     ``{"name", "kind", "ref"}`` where ``ref`` is the ModelRef dict the job takes (None when unusable,
     with ``problem`` saying why)."""
@@ -103,7 +103,7 @@ def endpoint_ref(e: dict, store=None) -> dict:
     return {"name": abbr(e["name"]), "url": e["url"], "api_model": model, "tokenizer_path": tok}
 
 
-def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", home: Path | None = None) -> dict:
+def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", *, home: Path) -> dict:
     """The ModelRef of an outside OpenAI-compatible URL; ``tokenizer_model`` names a registry model whose
     tokenizer counts tokens (offline, OpenCompass cannot fetch tiktoken's). Its API key is not part of it:
     pass it to ``submit(api_key=...)``."""
@@ -115,7 +115,7 @@ def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", home:
             "api_model": api_model.strip(), "tokenizer_path": entry["path"] if entry else ""}
 
 
-def dataset_choices(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def dataset_choices(home: Path, by: users.Actor) -> list[dict]:
     """Registered datasets (bundled samples included) with their OpenCompass format:
     ``{"name", "path", "format": "mcq"|"qa"|"", "problem", "ref"}``."""
     try:
@@ -130,7 +130,7 @@ def dataset_choices(home: Path | None = None, by: users.User | str | None = None
     return out
 
 
-def standard_choices(home: Path | None = None) -> list[dict]:
+def standard_choices(home: Path) -> list[dict]:
     """Standard dataset configs of the installed engine: ``{"name", "missing": [data folders]}``."""
     pkg = package_dir(home)
     if pkg is None:
@@ -144,12 +144,12 @@ def standard_choices(home: Path | None = None) -> list[dict]:
 
 
 # -- checks and submitting ----------------------------------------------------------------------
-def check(spec: dict, home: Path | None = None, api_key: str = "") -> list[str]:
+def check(spec: dict, home: Path, api_key: str = "") -> list[str]:
     """Problems that would make the run fail, in English words; empty when it can be queued."""
     return [str(p) for p in problems(spec, home, api_key)]
 
 
-def problems(spec: dict, home: Path | None = None, api_key: str = "") -> list[UserError]:
+def problems(spec: dict, home: Path, api_key: str = "") -> list[UserError]:
     """Problems that would make the run fail (keyed errors); empty when it can be queued. Endpoints are
     asked for their model list (with ``api_key``), so a stopped server is caught here."""
     try:
@@ -179,17 +179,17 @@ def problems(spec: dict, home: Path | None = None, api_key: str = "") -> list[Us
     return problems
 
 
-def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool = False,
-           api_key: str = "", home: Path | None = None) -> int:
+def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool = False, api_key: str = "", *,
+           home: Path) -> int:
     """Queue an evaluation. With ``install_engine_if_missing`` a missing engine is installed first
     (the worker keeps the evaluation queued until then); otherwise it is a SubmitError. ``api_key``
     (for endpoints that need one) reaches the job as the secret OPENAI_API_KEY: never the spec or log."""
     for m in spec.get("models") or [] if isinstance(spec, dict) else []:      # its key is not theirs to use
         if isinstance(m, dict) and m.get("url"):
-            check_use({"url": m["url"], "external": True}, owner, queue.Refused, home)
+            check_use({"url": m["url"], "external": True}, owner, queue.Refused, home=home)
     found = problems(spec, home, api_key)
     if install_engine_if_missing and any(p.key == ENGINE_MISSING for p in found):
-        install_engine(owner, home)
+        install_engine(owner, home=home)
         found = [p for p in found if p.key != ENGINE_MISSING]
     if found:
         raise queue.SubmitError("err.eval.problems", problems=found)
@@ -198,7 +198,7 @@ def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool
 
 
 # -- past runs and results ----------------------------------------------------------------------
-def runs(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def runs(home: Path, by: users.Actor) -> list[dict]:
     """Evaluate jobs ``by`` may see (a student: their own and the instructors'), newest first, with their
     registry entry when they finished:
     ``{"job_id", "state", "name", "models", "datasets", "created_at", "error"}``."""
@@ -206,7 +206,7 @@ def runs(home: Path | None = None, by: users.User | str | None = None) -> list[d
     out = []
     for j in open_store(home).jobs(kind=KIND, limit=500):
         e = entries.get(j.id)
-        if not users.may_use(e or j.owner, by):           # a shared run is listed too
+        if not users.may_use(e or j.owner, by, home=home):           # a shared run is listed too
             continue
         out.append({"job_id": j.id, "state": j.state, "name": e["name"] if e else j.label,
                     "models": [m["name"] for m in j.spec.get("models", [])],
@@ -215,13 +215,13 @@ def runs(home: Path | None = None, by: users.User | str | None = None) -> list[d
     return out
 
 
-def result(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict | None:
+def result(job_id: int, home: Path, by: users.Actor) -> dict | None:
     """The result.json of a finished, successful evaluate job; refused (audited) when ``by`` may not see it."""
     store = open_store(home)
     job = store.job(job_id)
     run = next((e for e in store.items("eval") if e.job_id == job_id), None)
-    if job is not None and not users.may_use(run or job.owner, by):
-        users.refuse(by, "see", f"evaluation {job_id}", queue.Refused("err.users.eval_not_yours", job=job_id))
+    if job is not None and not users.may_use(run or job.owner, by, home=home):
+        users.refuse(by, "see", f"evaluation {job_id}", queue.Refused("err.users.eval_not_yours", job=job_id), home=home)
     r = logs.result(job_id, home)
     return r if r and r.get("ok") and "table" in r else None
 

@@ -24,12 +24,12 @@ MEMBERS = (SCRIPT, "conversion/", "gguf-py/", "LICENSE")   # what is kept of ven
 OUTTYPES = ("f16", "q8_0", "bf16", "f32")
 
 
-def converter_dir(home: Path | None = None) -> Path:
+def converter_dir(home: Path) -> Path:
     given = defaults.setting("LLAMA_CPP_DIR")
     return Path(given).expanduser() if given else models.cache_dir(home) / f"llama.cpp-{LLAMA_CPP_REQUIREMENT.split('==')[1]}"
 
 
-def converter(home: Path | None = None, log=print) -> Path:
+def converter(home: Path, log=print) -> Path:
     """The folder holding llama.cpp's convert_hf_to_gguf.py, fetched and unpacked on first use (one at a time)."""
     dest = converter_dir(home)
     with models.fetch_lock("llama.cpp", home):

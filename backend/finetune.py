@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, defaults, formats, live, logs, ownership, paths, preference, queue, resources, users
+from backend import datasets, formats, live, logs, ownership, paths, preference, resources, users
 from backend.errors import UserError
 from backend.paths import job_dir
+from backend.states import JobState
 from backend.store import open_store
 
 
@@ -39,9 +40,9 @@ CUDA_CONTEXT_GB = 0.8                                    # CUDA context + alloca
 
 
 # -- resolving names ---------------------------------------------------------------------------
-def resolve_model(name: str, home: Path | None = None) -> tuple[Path, dict]:
+def resolve_model(name: str, home: Path) -> tuple[Path, dict]:
     """A registry model name (or a folder inside the workspace) → (folder, registry meta)."""
-    home = home or defaults.home()
+    home = home
     entry = open_store(home).get("model", name)
     if entry:
         path, meta = Path(entry["path"]), entry["meta"] or {}
@@ -55,7 +56,7 @@ def resolve_model(name: str, home: Path | None = None) -> tuple[Path, dict]:
     return path, meta
 
 
-def resolve_dataset(name: str, home: Path | None = None) -> Path:
+def resolve_dataset(name: str, home: Path) -> Path:
     """A registry dataset name, or a file in the workspace's datasets folder or the bundled samples."""
     try:
         return datasets.resolve(name, home)
@@ -239,11 +240,11 @@ def device_problem(method: str, device: str, has_gpu: bool) -> UserError | None:
     return None
 
 
-def check(spec, home: Path | None = None, gpu_list=None) -> dict:
+def check(spec, home: Path, gpu_list=None) -> dict:
     """Everything that can be checked before a fine-tune is queued (``spec``: a validated
-    ``backend.specs.finetune.Spec``). Returns the plan (model path, device, memory estimate, warnings);
+    ``backend.kinds.finetune.Spec``). Returns the plan (model path, device, memory estimate, warnings);
     raises ValueError with a message meant for the user."""
-    home = home or defaults.home()
+    home = home
     gpu_list = resources.gpus() if gpu_list is None else gpu_list
     method, device = spec.method, spec.device
     problem = device_problem(method, device, bool(gpu_list))
@@ -340,19 +341,18 @@ def train_tokens(spec: dict, rows: int, mean_tokens: float) -> int:
     return int(per_epoch / steps_per_epoch * steps)
 
 
-def measured_throughput(base_model: str, on_gpu: bool, home: Path | None = None) -> float | None:
+def measured_throughput(base_model: str, on_gpu: bool, home: Path) -> float | None:
     """Median tokens/s of this machine's latest finished fine-tunes of ``base_model`` on the same kind of
     device (from their result.json); None when there is none."""
     rates = []
-    for job in queue.list_jobs(states=["succeeded"], kind="finetune", limit=10, home=home):
+    for job in open_store(home).jobs(states=[JobState.SUCCEEDED], kind="finetune", limit=10):
         rate = (logs.result(job["id"], home) or {}).get("tokens_per_s")
         if rate and job["spec"].get("base_model") == base_model and bool((job["given"] or {}).get("gpus")) == on_gpu:
             rates.append(float(rate))
     return sorted(rates)[len(rates) // 2] if rates else None
 
 
-def estimate_duration(spec: dict, rows: int, mean_tokens: float, params: int, on_gpu: bool,
-                      home: Path | None = None) -> dict:
+def estimate_duration(spec: dict, rows: int, mean_tokens: float, params: int, on_gpu: bool, home: Path) -> dict:
     """Seconds a run should take here: its tokens at this machine's measured throughput (or the calibration)."""
     where = "gpu" if on_gpu else "cpu"
     tokens = train_tokens(spec, rows, mean_tokens)
@@ -371,14 +371,14 @@ def spec_differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
 
 
-def checkpoints(job_id: int, home: Path | None = None) -> list[Path]:
+def checkpoints(job_id: int, home: Path) -> list[Path]:
     """A fine-tune job's saved checkpoints, oldest first."""
     d = job_dir(job_id, home) / "checkpoints"
     found = [p for p in d.glob("step-*") if (p / "state.json").exists()] if d.exists() else []
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
+def check_resume(spec: dict, job_id: int, home: Path) -> Path:
     old = open_store(home).job(job_id)
     if old is None or old["kind"] != "finetune":
         raise UserError("err.ft.resume_none", job=job_id)
@@ -391,8 +391,7 @@ def check_resume(spec: dict, job_id: int, home: Path | None = None) -> Path:
     return ckpts[-1]
 
 
-def find_resumable(spec: dict, home: Path | None = None, exclude: int | None = None,
-                   owner: str | None = None) -> int | None:
+def find_resumable(spec: dict, home: Path, exclude: int | None = None, owner: str | None = None) -> int | None:
     """For ``resume: true``: the newest of ``owner``'s fine-tune jobs with the same spec that left a checkpoint."""
     for job in open_store(home).jobs(kind="finetune", owner=owner, limit=200):
         if job.id != exclude and not spec_differences(spec, job.spec) and checkpoints(job.id, home):
@@ -412,17 +411,17 @@ def cli_command(spec_file: str = "spec.yaml") -> str:
 METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
 
 
-def compare(job_ids: list[int], metric: str = "loss", home: Path | None = None) -> dict[str, dict[int, float]]:
+def compare(job_ids: list[int], metric: str = "loss", *, home: Path) -> dict[str, dict[int, float]]:
     """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart (from the parse
     of each run's events that live views share)."""
     return {f"job {job_id}": {e["step"]: e[metric] for e in live.events(job_id, home=home).metrics if metric in e}
             for job_id in job_ids}
 
 
-def adapters(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def adapters(home: Path, by: users.Actor) -> list[dict]:
     """Registered adapters ``by`` may use, newest first."""
     return ownership.items("adapter", by, home)
 
 
-def resumable(job: dict, home: Path | None = None) -> bool:
+def resumable(job: dict, home: Path) -> bool:
     return job.kind == "finetune" and job.state.unsuccessful and bool(checkpoints(job.id, home))

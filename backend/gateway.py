@@ -60,8 +60,9 @@ def _key(request: Request) -> str:
 
 def _lookup(key: str):
     """Who the key acts as, its id, and the endpoints they may use: one trip to the store (one thread hop)."""
-    found = apikeys.person(key)
-    return (*found, chat.endpoints(None, found[0])) if found else None
+    home = defaults.home()             # the app's workspace: the boundary's context, as ui.home() for pages
+    found = apikeys.person(key, home)
+    return (*found, chat.endpoints(home, by=found[0])) if found else None
 
 
 async def _person(request: Request):

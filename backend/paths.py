@@ -11,7 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from backend import defaults
 from backend.errors import UserError
 
 
@@ -32,21 +31,21 @@ def private_workspace(db: Path) -> None:
             p.chmod(0o600)
 
 
-def job_dir(job_id: int, home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "jobs" / str(job_id)
+def job_dir(job_id: int, home: Path) -> Path:
+    return home / "jobs" / str(job_id)
 
 
-def queue_wake_file(home: Path | None = None) -> Path:
+def queue_wake_file(home: Path) -> Path:
     """Touched on every submit so an idle worker starts the job at once instead of at its next poll."""
-    return (home or defaults.home()) / "jobs" / ".wake"
+    return home / "jobs" / ".wake"
 
 
-def gallery_dir(home: Path | None = None) -> Path:
+def gallery_dir(home: Path) -> Path:
     """The workspace's image gallery: the only images a model server is sent (vlm) and composes with."""
-    return (home or defaults.home()) / "gallery"
+    return home / "gallery"
 
 
-def user_gallery(name: str = "", home: Path | None = None) -> Path:
+def user_gallery(name: str = "", *, home: Path) -> Path:
     """A student's own images (XComposer uploads in class mode), seen by them and the instructors only; with
     no name, the folder that holds every student's."""
     folders = gallery_dir(home) / "users"

@@ -17,7 +17,7 @@ REPO_TYPE = {"model": "model", "adapter": "model", "dataset": "dataset"}
 CARD_KEYS = ("base_model", "adapter", "datasets", "method", "exported_from", "quantized_from", "source", "id")
 
 
-def lineage(entry: Entry, home: Path | None = None) -> dict:
+def lineage(entry: Entry, home: Path) -> dict:
     """What the entry came from, gathered from its own meta and, for a merged model, its adapter's."""
     meta = entry["meta"] or {}
     lin = {**{k: meta[k] for k in CARD_KEYS if meta.get(k)}, **(meta.get("lineage") or {})}
@@ -33,7 +33,7 @@ def lineage(entry: Entry, home: Path | None = None) -> dict:
             "metrics": {k: v for k, v in metrics.items() if v is not None}, "evaluations": evals}
 
 
-def card(entry: Entry, repo_id: str, home: Path | None = None) -> str:
+def card(entry: Entry, repo_id: str, home: Path) -> str:
     """README.md for the repository: huggingface_hub's ModelCard/DatasetCard metadata (YAML) + a short text."""
     from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
     info = lineage(entry, home)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend import defaults, i18n, job_env, kinds, ownership, rag, remote_code, users
+from backend import defaults, i18n, job_env, ownership, rag, remote_code, users
+from backend.kinds import catalog as kinds
 from backend.errors import UserError
+from backend.job import Job
 from backend.paths import job_dir, queue_wake_file
 from backend.states import JobState
 from backend.store import CorruptStore, open_store
@@ -43,7 +45,7 @@ def validate(kind: str, spec: dict):
     if not isinstance(spec, dict):
         raise SubmitError("err.queue.not_mapping")
     try:
-        model = kinds.specs(k).Spec.model_validate(spec)
+        model = kinds.module(k).Spec.model_validate(spec)
     except ValidationError as e:
         raise SubmitError("err.queue.invalid_spec", kind=kind, detail=validation_errors(e)) from None
     except ValueError as e:
@@ -51,14 +53,14 @@ def validate(kind: str, spec: dict):
     return k, model
 
 
-def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, label: str = "",
-           parent_id: int | None = None, secrets: dict[str, str] | None = None,
-           home: Path | None = None) -> int:
+def submit(kind: str, spec: dict, owner: str, priority: int = 0, label: str = "",
+           parent_id: int | None = None, secrets: dict[str, str] | None = None, *, home: Path) -> int:
     """Validate and queue a job. ``secrets`` (tokens, API keys) reach the job as environment
     variables through a private file (backend/job_env.py) written before the job can be claimed and
     deleted at launch or whenever the job ends otherwise: never the spec, DB or log."""
+    if not owner or not isinstance(owner, str):
+        raise TypeError(f"a job needs its owner's name, not {owner!r}")
     k, model = validate(kind, spec)
-    owner = owner or defaults.setting("USER")
     why = remote_code.refusal(model.model_dump(mode="json"), home) or resume_refusal(model, owner, home)
     if why:
         raise SubmitError.of(why)
@@ -69,7 +71,7 @@ def submit(kind: str, spec: dict, owner: str | None = None, priority: int = 0, l
         except rag.RagError as e:
             raise SubmitError.of(e) from None
     try:
-        asked = kinds.asked(k, model)
+        asked = kinds.asked(k, model, home, owner)
     except ValueError as e:
         raise SubmitError.of(e) from None
     check_quota(owner, asked, home)
@@ -102,20 +104,20 @@ def resume_refusal(spec, owner: str, home: Path | None) -> UserError | None:
     return None
 
 
-def check_uses(kind, spec, owner: str, home: Path | None = None) -> None:
+def check_uses(kind, spec, owner: str, home: Path) -> None:
     """A job uses only what its owner may use (users.may_use): their own, shared ones, the class's and the
     instructors'; another student's private model, adapter, endpoint, dataset or job folder is refused (audited),
     whether the spec names it or gives its path or URL (ownership.uses), or its kind declares it (the spec
     module's ``uses(spec) -> [(type, name)]``, e.g. push's source)."""
     things = ownership.uses(spec.model_dump(mode="json"), home)
-    mod = kinds.specs(kind)
+    mod = kinds.module(kind)
     for type_, name in mod.uses(spec) if hasattr(mod, "uses") else []:
         things += [e for e in [open_store(home).get(type_, name)] if e is not None]
     for thing in things:
-        ownership.check_use(thing, owner, "submit", Refused)
+        ownership.check_use(thing, owner, "submit", Refused, home=home)
 
 
-def workspace_problem(home: Path | None = None, lang: str = "en") -> str | None:
+def workspace_problem(home: Path, lang: str = "en") -> str | None:
     """One sentence when the workspace's database cannot be opened (corrupt, unreadable), else None."""
     try:
         open_store(home)
@@ -130,7 +132,7 @@ def parse_job_id(text) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def check_quota(owner: str, asked: dict, home: Path | None = None) -> None:
+def check_quota(owner: str, asked: dict, home: Path) -> None:
     """Refuse a submit past the owner's caps (their account's override, else the class default): jobs waiting,
     and for a job that needs a GPU or a CPU slot, GPU-hours used today (instructors have no GPU-hours cap)."""
     row = open_store(home).user(owner) if users.mode() != "none" else None
@@ -140,17 +142,17 @@ def check_quota(owner: str, asked: dict, home: Path | None = None) -> None:
     if most := cap("max_queued", "USER_MAX_QUEUED"):
         queued = len(open_store(home).jobs(states=[JobState.QUEUED], owner=owner, limit=most + 1))
         if queued >= most:
-            users.refuse(owner, "submit", owner, Refused("err.queue.quota", queued=queued, cap=most))
+            users.refuse(owner, "submit", owner, Refused("err.queue.quota", queued=queued, cap=most), home=home)
     most = gpu_hours_cap(owner, home)
     if most and heavy(asked):
         used = gpu_hours_today(home).get(owner, 0.0)
         if used >= most:
-            users.refuse(owner, "submit", owner, Refused("err.queue.gpu_quota", used=f"{used:.2f}", cap=f"{most:g}"))
+            users.refuse(owner, "submit", owner, Refused("err.queue.gpu_quota", used=f"{used:.2f}", cap=f"{most:g}"), home=home)
         waiting = [j for j in open_store(home).queued() if j.owner == owner and heavy(j.asked)]
         ahead = sum(estimated_gpu_hours(j.asked) for j in waiting)
         if used + ahead >= most:
             users.refuse(owner, "submit", owner, Refused("err.queue.gpu_quota_queued", used=f"{used:.2f}",
-                                                         cap=f"{most:g}", n=len(waiting), queued=f"{ahead:.2f}"))
+                                                         cap=f"{most:g}", n=len(waiting), queued=f"{ahead:.2f}"), home=home)
 
 
 def heavy(asked: dict) -> bool:
@@ -165,15 +167,15 @@ def estimated_gpu_hours(asked: dict) -> float:
     return (int(asked.get("gpus") or 0) or int(asked.get("cpu_slots") or 0)) * hours
 
 
-def gpu_hours_cap(owner: str, home: Path | None = None) -> float:
+def gpu_hours_cap(owner: str, home: Path) -> float:
     """``owner``'s GPU-hours a day: their account's override, else the class default (0: none; instructors: none)."""
-    if users.is_instructor(owner):
+    if users.is_instructor(owner, home=home):
         return 0.0
     row = open_store(home).user(owner) if users.mode() != "none" else None
     return row["max_gpu_hours"] if row and row["max_gpu_hours"] is not None else defaults.setting("USER_GPU_HOURS_PER_DAY")
 
 
-def over_gpu_hours(owners: set[str], home: Path | None = None) -> set[str]:
+def over_gpu_hours(owners: set[str], home: Path) -> set[str]:
     """Those of ``owners`` whose GPU-hours today reached their cap: the worker starts no heavy job of theirs."""
     caps = {o: gpu_hours_cap(o, home) for o in owners}
     used = gpu_hours_today(home) if any(caps.values()) else {}
@@ -185,7 +187,7 @@ def midnight(now: float) -> float:
     return time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
 
 
-def gpu_hours_today(home: Path | None = None, now: float | None = None) -> dict[str, float]:
+def gpu_hours_today(home: Path, now: float | None = None) -> dict[str, float]:
     """GPU-hours each owner's jobs used from local midnight to ``now`` (default: the clock; running ones up to
     ``now``): hours times the share of a GPU's memory held, so a job holding a whole GPU for an hour costs 1; on a
     machine without GPUs, CPU-slot hours (resources.place records each job's weight). A job that ran across
@@ -194,28 +196,28 @@ def gpu_hours_today(home: Path | None = None, now: float | None = None) -> dict[
     return {o: s / 3600 for o, s in open_store(home).usage_since(midnight(now), weighted=True, now=now).items()}
 
 
-def get(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:
+def get(job_id: int, home: Path, by: users.Actor) -> dict:
     """A job; with ``by``, only one that user may see (a student: their own, with accounts)."""
     job = open_store(home).job(job_id)
     if job is None:
         raise KeyError(f"no job {job_id}")
-    if not users.may_see(job.owner, by):
-        users.refuse(by, "see", f"job {job_id}", Refused("err.queue.not_visible", job=job_id))
+    if not users.may_see(job.owner, by, home=home):
+        users.refuse(by, "see", f"job {job_id}", Refused("err.queue.not_visible", job=job_id), home=home)
     return job
 
 
-def list_jobs(states=None, kind: str | None = None, owner: str | None = None, limit: int = 500,
-              home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def list_jobs(states=None, kind: str | None = None, owner: str | None = None, limit: int = 500, *, home: Path,
+              by: users.Actor) -> list[dict]:
     jobs = open_store(home).jobs(states=states, kind=kind, owner=owner, limit=limit)
-    return [j for j in jobs if users.may_see(j.owner, by)]
+    return [j for j in jobs if users.may_see(j.owner, by, home=home)]
 
 
-def jobs_page(page: int = 1, per_page: int = 50, states=None, kind: str | None = None, owner: str | None = None,
-              home: Path | None = None, by: users.User | str | None = None) -> tuple[list, int]:
+def jobs_page(page: int = 1, per_page: int = 50, states=None, kind: str | None = None, owner: str | None = None, *,
+              home: Path, by: users.Actor) -> tuple[list, int]:
     """One page of the jobs ``by`` may see (newest first) that pass the filters, and how many pass them:
     paged and filtered in SQL, so a store of many thousands of jobs costs what one page costs."""
-    user = users.acting(by)
-    owners = None if users.mode() == "none" or user is None or user.instructor else [user.name, ""]  # may_see
+    user = users.acting(by, home=home)
+    owners = None if users.mode() == "none" or user.instructor else [user.name, ""]  # may_see
     store = open_store(home)
     total = store.count_jobs(states=states, kind=kind, owner=owner, owners=owners)
     page = min(max(1, page), max(1, -(-total // per_page)))
@@ -223,12 +225,12 @@ def jobs_page(page: int = 1, per_page: int = 50, states=None, kind: str | None =
                       offset=(page - 1) * per_page), total
 
 
-def counts(home: Path | None = None) -> dict[str, int]:
+def counts(home: Path) -> dict[str, int]:
     """Jobs per state."""
     return open_store(home).counts()
 
 
-def live_workers(home: Path | None = None) -> list[dict]:
+def live_workers(home: Path) -> list[dict]:
     """Workers whose heartbeat is recent (WORKBENCH_LOST_AFTER_S): the one rule for "a worker is alive"."""
     return [w for w in open_store(home).workers() if worker_fresh(w)]
 
@@ -242,46 +244,46 @@ def instructors() -> set[str]:
     return users.declared_instructors()
 
 
-def may_manage(job: dict, user: users.User | str | None) -> bool:
-    """A job is stopped by its owner or an instructor; ``None`` is the operator's shell (the CLI).
+def may_manage(job: Job, user: users.Actor, home: Path) -> bool:
+    """A job is stopped by its owner or an instructor (or the operator's shell, the CLI).
     Without accounts, names are declared, not authenticated (see backend/users.py)."""
-    return users.may_manage(job.owner, user)
+    return users.may_manage(job.owner, user, home)
 
 
 NOT_YOURS = {"stop": "err.queue.not_yours_stop", "retry": "err.queue.not_yours_retry"}
 
 
-def _manage(job: dict, by, action: str) -> None:
-    if not may_manage(job, by):
-        users.refuse(by, action, f"job {job.id}", Refused(NOT_YOURS[action], job=job.id, owner=job.owner))
+def _manage(job: Job, by: users.Actor, action: str, home: Path) -> None:
+    if not may_manage(job, by, home):
+        users.refuse(by, action, f"job {job.id}", Refused(NOT_YOURS[action], job=job.id, owner=job.owner), home)
 
 
-def cancel(job_id: int, home: Path | None = None, by: users.User | str | None = None) -> dict:
+def cancel(job_id: int, home: Path, by: users.Actor) -> dict:
     """Queued jobs end at once; running ones get SIGTERM, then SIGKILL after a grace period."""
-    job = get(job_id, home)
-    _manage(job, by, "stop")
-    users.audit(users.actor(by), "cancel", f"job {job_id}", home=home)
+    job = get(job_id, home, by=users.OPERATOR)        # the row; may_manage decides (audited)
+    _manage(job, by, "stop", home)
+    users.audit(users.actor(by, home=home), "cancel", f"job {job_id}", home=home)
     job = open_store(home).request_cancel(job_id)
     if job.finished:                                # ended while queued: its secrets are of no more use
         job_env.discard(job_dir(job_id, home))
     return job
 
 
-def retry(job_id: int, owner: str | None = None, home: Path | None = None,
-          by: users.User | str | None = None, secrets: dict[str, str] | None = None) -> int:
+def retry(job_id: int, owner: str | None = None, secrets: dict[str, str] | None = None, *, home: Path,
+          by: users.Actor) -> int:
     """Queue the same spec again as a new job (the old one's record stays). Secrets are never kept: a job that
     needs one (a push's token) is given it again."""
-    job = get(job_id, home)
-    _manage(job, by, "retry")
+    job = get(job_id, home, by=users.OPERATOR)        # the row; may_manage decides (audited)
+    _manage(job, by, "retry", home)
     if not job.finished:
         raise SubmitError("err.queue.still_active", job=job_id, state=job.state)
     return submit(job.kind, job.spec, owner=owner or job.owner, priority=job.priority,
                   label=job.label, parent_id=job_id, secrets=secrets, home=home)
 
 
-def clone(job_id: int, home: Path | None = None) -> tuple[str, dict]:
+def clone(job_id: int, home: Path, by: users.Actor) -> tuple[str, dict]:
     """The kind and spec of a job, to edit and submit as a new one."""
-    job = get(job_id, home)
+    job = get(job_id, home, by)
     return job.kind, dict(job.spec)
 
 
@@ -293,26 +295,26 @@ def consider_order(queued: list[dict], active: list[dict], usage: dict[str, floa
     return sorted(queued, key=lambda j: (-j.priority, running[j.owner], usage.get(j.owner, 0.0), j.id))
 
 
-def recent_usage(home: Path | None = None) -> dict[str, float]:
+def recent_usage(home: Path) -> dict[str, float]:
     return open_store(home).usage_since(time.time() - defaults.FAIR_SHARE_WINDOW_S)
 
 
-def running_caps(home: Path | None = None) -> dict[str, int]:
+def running_caps(home: Path) -> dict[str, int]:
     """Per-account overrides of WORKBENCH_USER_MAX_RUNNING (0: no cap for that account)."""
     return {u["name"]: u["max_running"] for u in open_store(home).users() if u["max_running"] is not None}
 
 
-def place_in_queue(job_id: int, home: Path | None = None) -> int | None:
+def place_in_queue(job_id: int, home: Path) -> int | None:
     """1 for the queued job the worker considers next, 2 for the one after...; None when not queued."""
     store = open_store(home)
     ids = [j.id for j in consider_order(store.queued(), store.active(), recent_usage(home))]
     return ids.index(job_id) + 1 if job_id in ids else None
 
 
-def run_next(job_id: int, by: str | None = None, home: Path | None = None) -> None:
+def run_next(job_id: int, by: str, home: Path) -> None:
     """An instructor (or the operator's shell) moves a queued job to the front: above every queued priority."""
-    users.require_instructor(by, "run next", f"job {job_id}", Refused("err.queue.run_next_instructor"))
-    job = get(job_id, home)
+    users.require_instructor(by, "run next", f"job {job_id}", Refused("err.queue.run_next_instructor"), home=home)
+    job = get(job_id, home, by=users.OPERATOR)        # the row; may_manage decides (audited)
     if job.state != JobState.QUEUED.value:
         raise SubmitError("err.queue.not_queued", job=job_id, state=job.state)
     store = open_store(home)

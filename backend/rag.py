@@ -41,11 +41,11 @@ class RagRefused(RagError, users.Refused):
 
 
 # -- uploads ------------------------------------------------------------------------------------------
-def docs_dir(home: Path | None = None) -> Path:
-    return (home or defaults.home()) / "documents"
+def docs_dir(home: Path) -> Path:
+    return home / "documents"
 
 
-def new_folder(owner: str, home: Path | None = None) -> Path:
+def new_folder(owner: str, home: Path) -> Path:
     """A fresh folder for one upload: ``documents/<owner>/<n>``."""
     root = paths.inside(docs_dir(home), owner or "_shared")
     root.mkdir(parents=True, exist_ok=True)
@@ -58,8 +58,7 @@ def new_folder(owner: str, home: Path | None = None) -> Path:
             n += 1
 
 
-def save_upload(files: list[tuple[str, bytes]], owner: str,
-                home: Path | None = None) -> tuple[Path, list[RagError]]:
+def save_upload(files: list[tuple[str, bytes]], owner: str, home: Path) -> tuple[Path, list[RagError]]:
     """Save uploaded documents (and zips of them, extracted) into a new folder: (the folder, the problems).
     A file over UPLOAD_MAX_MB, of another type, or a zip entry that climbs out is left out with its reason; an
     upload past the owner's disk quota is refused whole (RagRefused, audited)."""
@@ -317,23 +316,22 @@ def augment(messages: list[dict], passages: list[dict]) -> list[dict]:
 
 
 # -- the registry -------------------------------------------------------------------------------------
-def list_kbs(home: Path | None = None, by: users.User | str | None = None) -> list:
+def list_kbs(home: Path, by: users.Actor) -> list:
     """Knowledge bases ``by`` may use (their own, the instructors', shared ones), newest first."""
-    return [e for e in open_store(home).items("kb") if users.may_use(e, by)]
+    return [e for e in open_store(home).items("kb") if users.may_use(e, by, home=home)]
 
 
-def check_kb(name: str, by: users.User | str | None, home: Path | None = None,
-             error: type[users.Refused] = RagRefused):
+def check_kb(name: str, by: users.Actor, home: Path, error: type[users.Refused] = RagRefused):
     """The kb entry ``by`` may use; RagError when there is none, ``error`` (audited) for another student's."""
     entry = open_store(home).get("kb", name)
     if entry is None:
         raise RagError("err.rag.no_kb", name=name)
-    if not users.may_use(entry, by):
-        users.refuse(by, "use", f"kb {name}", error("err.users.kb_not_yours", name=name))
+    if not users.may_use(entry, by, home=home):
+        users.refuse(by, "use", f"kb {name}", error("err.users.kb_not_yours", name=name), home=home)
     return entry
 
 
-def source_folder(folder: str, home: Path | None = None) -> Path:
+def source_folder(folder: str, home: Path) -> Path:
     """An index job's documents folder: the bundled demo (``demo``) or an upload under ``documents/``."""
     if folder == DEMO:
         return DEMO_DIR

@@ -32,7 +32,7 @@ def has_remote_code(folder: str | Path) -> bool:
     return False
 
 
-def allowed(folder: str | Path, home: Path | None = None) -> bool:
+def allowed(folder: str | Path, home: Path) -> bool:
     """True only when a registry model in ``folder`` carries the opt-in."""
     try:
         target = Path(folder).resolve()
@@ -71,7 +71,7 @@ def _folders(spec, home: Path | None) -> list[tuple[str, Path]]:
     return out
 
 
-def refusal(spec: dict, home: Path | None = None) -> UserError | None:
+def refusal(spec: dict, home: Path) -> UserError | None:
     """Why a spec must not be queued (None when it may): it names a model with its own code and no opt-in."""
     for label, folder in _folders(spec, home):
         if has_remote_code(folder) and not allowed(folder, home):

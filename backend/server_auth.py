@@ -38,7 +38,7 @@ def idle_too_long(last_request: float, device: str, now: float) -> bool:
     return bool(limit) and now - last_request > limit
 
 
-def key_for_url(url: str, home=None) -> str:
+def key_for_url(url: str, home) -> str:
     """The key of the workbench endpoint at ``url`` ('' when it is not one of ours)."""
     want = url.rstrip("/")
     return next((e["meta"].get("api_key", "") for e in open_store(home).items("endpoint")

@@ -20,7 +20,7 @@ TEST_ENGINES_DIR = defaults.ROOT / ".cache" / "envs"
 
 def bundled() -> int:
     try:
-        path = models.ensure_bundled()
+        path = models.ensure_bundled(defaults.home())     # the launcher: the operator's workspace
     except models.ModelError as e:      # no network, a bad WORKBENCH_SMOLLM2_GGUF...: a sentence, not a traceback
         print(f"bundled model: {e}", file=sys.stderr)
         return 1
@@ -32,7 +32,7 @@ def test_engines() -> int:
     """Install missing test engines through the product's own path: submit + a burst worker."""
     os.environ["WORKBENCH_ENGINES_DIR"] = str(TEST_ENGINES_DIR)
     env = dict(os.environ)
-    missing = [e for e in TEST_ENGINES if e in engines.ENGINES and not engines.installed(e)]
+    missing = [e for e in TEST_ENGINES if e in engines.ENGINES and not engines.installed(e, defaults.home())]
     if not missing:
         return 0
     with tempfile.TemporaryDirectory() as home:
@@ -44,7 +44,7 @@ def test_engines() -> int:
             subprocess.run([sys.executable, "-m", "backend", "submit", "engine_install", str(spec)],
                            env=env, check=True, cwd=defaults.ROOT, stdout=subprocess.DEVNULL)
         subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], env=env, cwd=defaults.ROOT, check=True)
-        failed = [e for e in missing if not engines.installed(e)]
+        failed = [e for e in missing if not engines.installed(e, home=home)]
         for job_log in sorted(Path(home, "jobs").glob("*/run.log")):
             if failed:
                 print(job_log.read_text(errors="replace")[-4000:])

@@ -515,9 +515,9 @@ class Store:
 _stores: dict[Path, Store] = {}
 
 
-def open_store(home: Path | None = None) -> Store:
+def open_store(home: Path) -> Store:
     """The store of a workspace (default: WORKBENCH_HOME), created and migrated on first use."""
-    path = (home or defaults.home()) / "workbench.db"
+    path = home / "workbench.db"
     if path not in _stores:
         _stores[path] = Store(path)
     return _stores[path]

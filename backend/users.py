@@ -67,12 +67,15 @@ class User:
 
     @property
     def instructor(self) -> bool:
-        return self.role == "instructor"
+        """Instructors, and the operator's shell, may see and change everything."""
+        return self.role in ("instructor", "operator")
 
 
-OPERATOR = None          # the operator's shell (CLI): ``by=None`` may do anything
 OPERATOR_NAME = "(operator)"    # the operator's name in rows and the audit log: owner of the bundled model and samples
                                 # (shared with the class); no account can take it (NAME has no parentheses)
+OPERATOR = User(OPERATOR_NAME, "operator")    # the operator's shell (CLI, worker, launcher): may do anything; every
+                                              # call names its actor, so a forgotten one is an error, never the operator
+Actor = User | str             # who acts: a User, or a name looked up in the workspace (an account, or declared)
 
 
 def mode() -> str:
@@ -87,84 +90,83 @@ def declared_instructors() -> set[str]:
     return {n.strip() for n in defaults.setting("INSTRUCTORS").split(",") if n.strip()}
 
 
-def acting(who: User | str | None) -> User | None:
-    """The acting user from what a caller passed: a User, a declared name (AUTH=none), or None (operator)."""
-    if who is None or isinstance(who, User):
+def acting(who: Actor, home: Path) -> User:
+    """The acting user from what a caller passed: a User (``OPERATOR`` for the operator's shell), or a name:
+    an account in ``home``'s workspace, or declared (AUTH=none)."""
+    if isinstance(who, User):
         return who
+    if not isinstance(who, str):
+        raise TypeError(f"the acting user must be a User or a name, not {who!r} (OPERATOR for the operator)")
     if mode() != "none":
-        row = open_store().user(who)
+        row = open_store(home).user(who)
         return _user(row) if row and not row["disabled"] else User(who, "student")
     return User(who, "instructor" if who in declared_instructors() else "student")
 
 
-def may_manage(owner: str, who: User | str | None) -> bool:
+def may_manage(owner: str, who: Actor, home: Path) -> bool:
     """Owner, instructor or the operator's shell."""
-    user = acting(who)
-    return user is None or user.instructor or user.name == owner
+    user = acting(who, home)
+    return user.instructor or user.name == owner
 
 
-def may_see(owner: str, who: User | str | None) -> bool:
+def may_see(owner: str, who: Actor, home: Path) -> bool:
     """With accounts, a student sees only their own things (and shared ones, ``owner == ''``); without, all."""
-    return may_manage(owner, who) or owner == "" or mode() == "none"
+    return may_manage(owner, who, home) or owner == "" or mode() == "none"
 
 
-def is_instructor(name: str) -> bool:
+def is_instructor(name: str, home: Path) -> bool:
     """Whether ``name`` acts as an instructor (an account's role; without accounts, WORKBENCH_INSTRUCTORS)."""
-    user = acting(name) if name else None
-    return bool(user and user.instructor)
+    return bool(name) and acting(name, home).instructor
 
 
-def may_use(thing, who: User | str | None) -> bool:
+def may_use(thing, who: Actor, home: Path) -> bool:
     """The one use rule, for every registry type (dataset, model, adapter, endpoint, eval), drafts and gallery
     images: listing, opening, serving, evaluating, merging, quantizing, deploying, fine-tuning. A student may use
     their own things, shared ones (the row's ``shared`` flag), an instructor's (the class's) and the operator's;
     instructors and the operator's shell use everything; without accounts everybody may. ``thing``: a registry
     entry (anything with ``owner`` and ``shared``) or an owner's name (drafts, images)."""
     owner, shared = (thing, False) if isinstance(thing, str) else (thing["owner"], bool(thing.get("shared")))
-    return shared or owner == OPERATOR_NAME or may_see(owner, who) or is_instructor(owner)
+    return shared or owner == OPERATOR_NAME or may_see(owner, who, home) or is_instructor(owner, home)
 
 
-def refusal(who: User | str | None, action: str, target: str, error: Refused) -> Refused:
+def refusal(who: Actor, action: str, target: str, error: Refused, home: Path) -> Refused:
     """Record a refusal in the audit log (in English) and return it, for a caller that goes on (one of many)."""
-    audit(actor(who), "refused", target, detail=f"{action}: {error}")
+    audit(actor(who, home), "refused", target, detail=f"{action}: {error}", home=home)
     return error
 
 
-def refuse(who: User | str | None, action: str, target: str, error: Refused):
+def refuse(who: Actor, action: str, target: str, error: Refused, home: Path):
     """Record a refusal in the audit log (in English) and raise it (``error``: a Refused with its key)."""
-    raise refusal(who, action, target, error)
+    raise refusal(who, action, target, error, home)
 
 
-def require_instructor(who: User | str | None, action: str, target: str, error: Refused) -> None:
-    user = acting(who)
-    if user is not None and not user.instructor:
-        refuse(user, action, target, error)
+def require_instructor(who: Actor, action: str, target: str, error: Refused, home: Path) -> None:
+    if not acting(who, home).instructor:
+        refuse(who, action, target, error, home)
 
 
-def require_owner(who: User | str | None, owner: str, action: str, target: str, error: Refused) -> None:
+def require_owner(who: Actor, owner: str, action: str, target: str, error: Refused, home: Path) -> None:
     """Registry things (models, datasets): their owner or an instructor; shared ones (owner '') an instructor
     only. Without accounts everybody may (names are declared, as before class mode existed)."""
-    if not may_change(owner, who):
-        refuse(who, action, target, error)
+    if not may_change(owner, who, home):
+        refuse(who, action, target, error, home)
 
 
-def may_change(owner: str, who: User | str | None) -> bool:
-    user = acting(who)
-    return user is None or user.instructor or bool(owner and owner == user.name) or mode() == "none"
+def may_change(owner: str, who: Actor, home: Path) -> bool:
+    user = acting(who, home)
+    return user.instructor or bool(owner and owner == user.name) or mode() == "none"
 
 
-def actor(who: User | str | None) -> str:
+def actor(who: Actor, home: Path) -> str:
     """The name the audit log records for ``who``."""
-    user = acting(who)
-    return user.name if user else OPERATOR_NAME
+    return acting(who, home).name
 
 
-def audit(actor: str, action: str, target: str = "", address: str = "", detail: str = "",
-          home: Path | None = None) -> None:
+def audit(actor: str, action: str, target: str = "", address: str = "", detail: str = "", *, home: Path) -> None:
     open_store(home).audit(actor, action, str(target), address or "", detail)
 
 
-def audit_log(action: str | None = None, limit: int = 1000, home: Path | None = None) -> list[dict]:
+def audit_log(action: str | None = None, limit: int = 1000, *, home: Path) -> list[dict]:
     return open_store(home).audit_rows(action, limit=limit)
 
 
@@ -179,7 +181,7 @@ def _check_role(role: str) -> str:
     return role
 
 
-def _row(name: str, home: Path | None = None) -> dict:
+def _row(name: str, home: Path) -> dict:
     row = open_store(home).user(name)
     if row is None:
         raise KeyError(f"no account {name!r}")
@@ -190,7 +192,7 @@ def new_password() -> str:
     return secrets.token_urlsafe(9)          # 12 characters, ~72 bits: a one-time password to hand out
 
 
-def add(name: str, role: str = "student", password: str | None = None, home: Path | None = None) -> str:
+def add(name: str, role: str = "student", password: str | None = None, *, home: Path) -> str:
     """Create an account; returns its one-time password (changed at first login)."""
     if not NAME.fullmatch(name or ""):
         raise UserError("err.users.bad_name", name=name)
@@ -203,7 +205,7 @@ def add(name: str, role: str = "student", password: str | None = None, home: Pat
     return password
 
 
-def import_roster(path: str | Path, home: Path | None = None) -> list[tuple[str, str]]:
+def import_roster(path: str | Path, home: Path) -> list[tuple[str, str]]:
     """Accounts from a CSV with a ``name`` column and an optional ``role`` column; returns (name, password)
     for each new one. Names that exist already are skipped."""
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -218,7 +220,7 @@ def import_roster(path: str | Path, home: Path | None = None) -> list[tuple[str,
     return out
 
 
-def reset(name: str, home: Path | None = None) -> str:
+def reset(name: str, home: Path) -> str:
     """A new one-time password; every session of the account ends."""
     _row(name, home)
     password = new_password()
@@ -229,7 +231,7 @@ def reset(name: str, home: Path | None = None) -> str:
     return password
 
 
-def disable(name: str, home: Path | None = None) -> None:
+def disable(name: str, home: Path) -> None:
     _row(name, home)
     store = open_store(home)
     store.update_user(name, disabled=1)
@@ -237,14 +239,14 @@ def disable(name: str, home: Path | None = None) -> None:
     audit(OPERATOR_NAME, "user_disable", name, home=home)
 
 
-def set_role(name: str, role: str, home: Path | None = None) -> None:
+def set_role(name: str, role: str, home: Path) -> None:
     _row(name, home)
     open_store(home).update_user(name, role=_check_role(role))
     audit(OPERATOR_NAME, "user_role", name, detail=role, home=home)
 
 
 def set_quota(name: str, max_running: int | None = None, max_queued: int | None = None,
-              max_gpu_hours: float | None = None, home: Path | None = None) -> None:
+              max_gpu_hours: float | None = None, *, home: Path) -> None:
     """Per-account overrides of WORKBENCH_USER_MAX_RUNNING / _QUEUED / _GPU_HOURS_PER_DAY (-1: back to the
     class default)."""
     _row(name, home)
@@ -274,13 +276,13 @@ def _bytes(path: Path) -> int:
     return size
 
 
-def disk_usage(home: Path | None = None) -> dict[str, int]:
+def disk_usage(home: Path) -> dict[str, int]:
     """Bytes each owner's datasets, adapters and models take in the workspace (the bundled samples are outside
     it), from one pass over the registry, plus each account's own gallery folder and every byte their jobs wrote
     in their job folders (checkpoints, merged copies, downloads in progress, agent files)."""
-    root = (home or defaults.home()).resolve()
+    root = home.resolve()
     store = open_store(home)
-    total = {u["name"]: _bytes(paths.user_gallery(u["name"], root)) for u in store.users()}
+    total = {u["name"]: _bytes(paths.user_gallery(u["name"], home=root)) for u in store.users()}
     owners = store.job_owners()
     for folder in (root / "jobs").iterdir() if (root / "jobs").is_dir() else ():
         owner = owners.get(int(folder.name)) if folder.name.isdigit() else None
@@ -294,36 +296,36 @@ def disk_usage(home: Path | None = None) -> dict[str, int]:
     return total
 
 
-def disk_used(name: str, home: Path | None = None) -> int:
+def disk_used(name: str, home: Path) -> int:
     return disk_usage(home).get(name, 0)
 
 
-def check_disk(owner: str | None, adding: int, error: type[Refused], home: Path | None = None) -> None:
+def check_disk(owner: str | None, adding: int, error: type[Refused], home: Path) -> None:
     """Refuse (``error``, audited) what would take ``owner`` past WORKBENCH_USER_DISK_QUOTA_GB (disk_usage): with accounts,
     for students (instructors' files are the class's). The refusal shows what they use now."""
     cap = defaults.setting("USER_DISK_QUOTA_GB") * 2**30
-    if not cap or not owner or mode() == "none" or is_instructor(owner):
+    if not cap or not owner or mode() == "none" or is_instructor(owner, home=home):
         return
     used = disk_used(owner, home)
     from backend.paths import human_size
     if not adding and used >= cap:            # an import, whose size is known only once fetched
-        refuse(owner, "add files", owner, error("err.users.disk_full", used=human_size(used), cap=human_size(cap)))
+        refuse(owner, "add files", owner, error("err.users.disk_full", used=human_size(used), cap=human_size(cap)), home=home)
     if adding and used + adding > cap:
         refuse(owner, "add files", owner, error("err.users.disk_quota", used=human_size(used),
-                                                 adding=human_size(adding), cap=human_size(cap)))
+                                                 adding=human_size(adding), cap=human_size(cap)), home=home)
 
 
-def accounts(home: Path | None = None) -> list[dict]:
+def accounts(home: Path) -> list[dict]:
     return [{k: r[k] for k in ("name", "role", "disabled", "must_change", "lang", "max_running", "max_queued",
                                "max_gpu_hours", "created_at")}
             for r in open_store(home).users()]
 
 
-def set_lang(user: User, lang: str, home: Path | None = None) -> None:
+def set_lang(user: User, lang: str, home: Path) -> None:
     open_store(home).update_user(user.name, lang=lang)
 
 
-def change_password(user: User, old: str, new: str, home: Path | None = None, keep: str | None = None) -> User:
+def change_password(user: User, old: str, new: str, home: Path, keep: str | None = None) -> User:
     """The account's own password change (also the forced one at first login): every other session of the
     account ends (``keep``: the token of the one that changed it)."""
     row = _row(user.name, home)
@@ -348,9 +350,9 @@ def _verify(hash_: str, password: str) -> bool:
 
 
 # -- logins and sessions ----------------------------------------------------------------------------
-def _secret(home: Path | None = None) -> bytes:
+def _secret(home: Path) -> bytes:
     """The signing key, made once per workspace, readable by its owner only."""
-    path = (home or defaults.home()) / "secret.key"
+    path = home / "secret.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -362,7 +364,7 @@ def _secret(home: Path | None = None) -> bytes:
     return path.read_bytes()
 
 
-def _signer(home: Path | None = None):
+def _signer(home: Path):
     from itsdangerous import URLSafeTimedSerializer
     return URLSafeTimedSerializer(_secret(home), salt="workbench-session")
 
@@ -380,7 +382,7 @@ def session_seconds() -> int:
     return int(defaults.setting("SESSION_HOURS") * 3600)
 
 
-def login(name: str, password: str, address: str = "", home: Path | None = None) -> tuple[User, str]:
+def login(name: str, password: str, address: str = "", *, home: Path) -> tuple[User, str]:
     """Check a password; returns the user and a session token. Past WORKBENCH_LOGIN_MAX_FAILS failed tries in
     WORKBENCH_LOGIN_WINDOW_S for one (account, address), each next try there waits a delay that doubles
     (``login_delay``), so a student guessing from one place never locks the account out elsewhere; one
@@ -422,13 +424,13 @@ def _unknown_hash() -> str:
     return _hasher().hash(secrets.token_urlsafe(16))
 
 
-def start_session(name: str, home: Path | None = None) -> str:
+def start_session(name: str, home: Path) -> str:
     sid = secrets.token_urlsafe(24)
     open_store(home).add_session(sid, name, time.time() + session_seconds())
     return _signer(home).dumps(sid)
 
 
-def session_user(token: str | None, home: Path | None = None) -> User | None:
+def session_user(token: str | None, home: Path) -> User | None:
     """The user of a live session token: signature good, not expired, not revoked, account enabled."""
     sid = _session_id(token, home, max_age=session_seconds()) if token else None
     if sid is None:
@@ -439,7 +441,7 @@ def session_user(token: str | None, home: Path | None = None) -> User | None:
     return _user(row) if row and not row["disabled"] else None
 
 
-def logout(token: str | None, home: Path | None = None) -> None:
+def logout(token: str | None, home: Path) -> None:
     sid = _session_id(token or "", home)
     if sid is None:
         return
@@ -469,7 +471,7 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def header_user(headers: dict, address: str | None, home: Path | None = None) -> User | None:
+def header_user(headers: dict, address: str | None, home: Path) -> User | None:
     """AUTH=header: the user a trusted proxy names. Unknown names get a student account (no password).
     Believed only when the request carries the proxy's shared secret and comes from a trusted address
     (``address`` is the TCP peer; X-Forwarded-For is never read): anything else is ignored."""

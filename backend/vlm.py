@@ -27,7 +27,7 @@ from backend import defaults, paths, server_auth, users
 from backend.chat import check_use, live_endpoints
 from backend.errors import UserError
 from backend.models import list_models
-from backend.specs.vlm import image_text
+from backend.kinds.vlm import image_text
 
 MAX_PIXELS = 50_000_000          # 50 megapixels: larger images are refused, not resized behind the user's back
 MAX_IMAGES = 4                   # default per conversation; the endpoint says its own (meta max_images)
@@ -82,11 +82,11 @@ def check_image(data: bytes, name: str | UserError = UserError("err.vlm.the_imag
     return {"width": im.width, "height": im.height}
 
 
-def image_file(name: str | Path, home: Path | None = None) -> Path:
+def image_file(name: str | Path, home: Path) -> Path:
     """An image a user names (workspace-relative or absolute) that is a file in the workspace's gallery
     folder and no larger than UPLOAD_MAX_MB; VLMError for anything else (/etc/passwd, a dataset, the
     database, a missing or oversized file). Which gallery images a student may use, compose.resolve says."""
-    root = home or defaults.home()
+    root = home
     try:
         p = paths.inside(paths.gallery_dir(root), Path(root, name), must_exist=True)
     except paths.OutsideError:
@@ -99,8 +99,7 @@ def image_file(name: str | Path, home: Path | None = None) -> Path:
     return p
 
 
-def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS,
-                 home: Path | None = None) -> list[bytes]:
+def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS, *, home: Path) -> list[bytes]:
     """Read (bytes, or gallery paths through ``image_file``) and check every image; their bytes, or
     VLMError for the first bad one."""
     if len(images) > max_images:
@@ -118,10 +117,10 @@ def check_images(images: list, max_images: int = MAX_IMAGES, max_pixels: int = M
 
 
 # -- endpoints ----------------------------------------------------------------------------------
-def startable(home: Path | None = None) -> list[str]:
+def startable(home: Path, by: users.Actor) -> list[str]:
     """Registry models a vlm job can serve (image-text ones), by name."""
     out = []
-    for m in list_models(home):
+    for m in list_models(home, by=by):
         try:
             config = json.loads((Path(m["path"]) / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -131,7 +130,7 @@ def startable(home: Path | None = None) -> list[str]:
     return sorted(out)
 
 
-def endpoints(home: Path | None = None, by: users.User | str | None = None) -> list[dict]:
+def endpoints(home: Path, by: users.Actor) -> list[dict]:
     """Live image-text endpoints (their vlm job still running) ``by`` may use, newest first."""
     return [e for e in live_endpoints(home, by) if e.get("engine") == "vlm"]
 
@@ -152,12 +151,11 @@ def _wire(messages: list[dict], max_images: int, home: Path | None) -> list[dict
 
 # -- answering ----------------------------------------------------------------------------------
 def stream(endpoint: dict, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float = 0.9, num_beams: int = 1, stats: dict | None = None,
-           by: users.User | str | None = None, home: Path | None = None) -> Iterator[str]:
+           top_p: float = 0.9, num_beams: int = 1, stats: dict | None = None, *, by: users.Actor, home: Path) -> Iterator[str]:
     """Yield the answer's text deltas. ``messages``: [{"role", "content", "images": [bytes | gallery path]}].
     Raises VLMError (with ``partial``) on any failure, ``Refused`` for a server ``by`` may not use;
     ``stats`` receives tokens, ttft_s, seconds."""
-    check_use(endpoint, by, Refused)
+    check_use(endpoint, by, Refused, home=home)
     body = {"messages": _wire(messages, int(endpoint.get("max_images") or MAX_IMAGES), home),
             "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p),
             "num_beams": int(num_beams)}

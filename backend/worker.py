@@ -34,12 +34,12 @@ from backend import (
     errors,
     executors,
     job_env,
-    kinds,
     logs,
     procs,
     queue,
     resources,
 )
+from backend.kinds import catalog as kinds
 from backend.errors import (
     BAD_INPUT,
     CANCELLED,
@@ -88,9 +88,8 @@ class Running:
 
 
 class Worker:
-    def __init__(self, home: Path | None = None, cpu_slots: int | None = None, burst: bool = False,
-                 gpu_source=resources.gpus):
-        self.home = home or defaults.home()
+    def __init__(self, home: Path, cpu_slots: int | None = None, burst: bool = False, gpu_source=resources.gpus):
+        self.home = home
         self.store: Store = open_store(self.home)
         self.cpu_slots = defaults.setting("CPU_SLOTS") if cpu_slots is None else cpu_slots
         self.burst = burst
@@ -482,7 +481,7 @@ class Worker:
             oom = None
             if code in (-signal.SIGKILL, None) and ident:
                 oom = procs.killed_by_oom(ident)
-            cls, msg = errors.classify(code, result, logs.tail(job_id, 40, self.home), oom)
+            cls, msg = errors.classify(code, result, logs.tail(job_id, 40, home=self.home), oom)
             state, fields = JobState.FAILED, {"error_class": cls, "error_message": msg}
         self.store.transition(job_id, state, exit_code=code, **fields)
         print(f"job {job_id}: {state.value} (exit {code})", flush=True)
@@ -492,4 +491,4 @@ SHUTDOWN_MESSAGE = "stopped with the workbench by the operator: retry it once th
 
 
 def main(burst: bool = False) -> None:
-    Worker(burst=burst).run()
+    Worker(defaults.home(), burst=burst).run()

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would shadow the standard library
 from backend.deploy import PROMPT, median_of
 from backend.deploy import concurrent as through_server
+from backend import users
 
 
 def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
@@ -60,7 +61,7 @@ def serve(home: Path, model: str, cb: bool) -> tuple[subprocess.Popen, dict]:
 def serve_many(home: Path, models: list[str], cb: bool) -> tuple[subprocess.Popen, list[dict]]:
     """A serve job per model and one worker with a CPU slot for each; their endpoints once all are live."""
     from backend import chat, queue
-    ids = [queue.submit("serve", {"model": m, "continuous_batching": cb}, home=home) for m in models]
+    ids = [queue.submit("serve", {"model": m, "continuous_batching": cb}, home=home, owner="local") for m in models]
     worker = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.STDOUT, start_new_session=True,
                               env=dict(os.environ, WORKBENCH_HOME=str(home), WORKBENCH_CPU_SLOTS=str(len(ids))))
@@ -69,13 +70,13 @@ def serve_many(home: Path, models: list[str], cb: bool) -> tuple[subprocess.Pope
         eps = [chat.serve_job_endpoint(i, home) for i in ids]
         if all(eps):
             return worker, eps
-        failed = [i for i in ids if queue.get(i, home)["state"] in ("failed", "cancelled", "lost")]
+        failed = [i for i in ids if queue.get(i, home, by=users.OPERATOR)["state"] in ("failed", "cancelled", "lost")]
         if failed:
             break
         time.sleep(0.5)
     worker.terminate()
     raise SystemExit(f"serve jobs {ids} did not come up: " + "; ".join(
-        str(queue.get(i, home)["error_message"]) for i in ids))
+        str(queue.get(i, home, by=users.OPERATOR)["error_message"]) for i in ids))
 
 
 def stop(worker: subprocess.Popen) -> None:

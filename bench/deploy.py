@@ -20,14 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files would shadow the standard library
 
 from bench.chat import serve_many, setup, stop
+from backend import users
 
 
 def quantize(home: Path, model: str) -> str:
     from backend import queue
-    job_id = queue.submit("quantize", {"model": model}, home=home)
+    job_id = queue.submit("quantize", {"model": model}, home=home, owner="local")
     subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, check=True,
                    env=dict(os.environ, WORKBENCH_HOME=str(home)), stdout=subprocess.DEVNULL)
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     if job["state"] != "succeeded":
         raise SystemExit(f"quantize failed: {job['error_message']}")
     return f"{model}-bnb-nf4"
@@ -45,7 +46,7 @@ def main() -> None:
     try:
         for _ in range(args.repeat):
             for name, ep in zip(variants, eps):
-                runs[name].append(deploy.measure(ep, args.tokens, args.clients, 1, home))
+                runs[name].append(deploy.measure(ep, args.tokens, args.clients, 1, home=home))
     finally:
         stop(worker)
     rows = {name: {**{k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))

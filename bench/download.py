@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from backend import users
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,7 +45,7 @@ def main() -> None:
         snapshot_download("bench/model", local_dir=tmp / "raw", endpoint=hub.url)
         raw = time.perf_counter() - t
         t = time.perf_counter()
-        job = queue.submit("download", {"source": "huggingface", "repo_id": "bench/model", "endpoint": hub.url})
+        job = queue.submit("download", {"source": "huggingface", "repo_id": "bench/model", "endpoint": hub.url}, home=home, owner="local")
         burst()
         wall = time.perf_counter() - t
         result = json.loads((home / "jobs" / str(job) / "result.json").read_text())
@@ -63,18 +64,18 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             job = queue.submit("download", {"source": "huggingface", "repo_id": "bench/model", "endpoint": hub.url,
-                                            "name": "model-resume"})
+                                            "name": "model-resume"}, home=home, owner="local")
             while hub.bytes_sent - sent0 < total / 2:
                 time.sleep(0.05)
-            queue.cancel(job)
-            while queue.get(job)["state"] != "cancelled":
+            queue.cancel(job, home=home, by=users.OPERATOR)
+            while queue.get(job, home=home, by=users.OPERATOR)["state"] != "cancelled":
                 time.sleep(0.05)
             first = hub.bytes_sent - sent0
             hub.throttle = 0
-            retry = queue.retry(job)
-            while queue.get(retry)["state"] not in ("succeeded", "failed"):
+            retry = queue.retry(job, home=home, by=users.OPERATOR)
+            while queue.get(retry, home=home, by=users.OPERATOR)["state"] not in ("succeeded", "failed"):
                 time.sleep(0.1)
-            assert queue.get(retry)["state"] == "succeeded", queue.get(retry)
+            assert queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", queue.get(retry, home=home, by=users.OPERATOR)
         finally:
             worker.terminate()
             worker.wait()

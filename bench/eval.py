@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from backend import users
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py) would shadow the stdlib
@@ -47,7 +48,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         job_times.append(time.perf_counter() - t0)
-        job = queue.get(job_id, home)
+        job = queue.get(job_id, home, by=users.OPERATOR)
         assert job["state"] == "succeeded", job["error_message"]
         # the same config, run directly (the job folder's config.py; the compat tokenizer it points to)
         config = home / "jobs" / str(job_id) / "config.py"

@@ -24,6 +24,7 @@ os.environ.update(WORKBENCH_EXTRA_KINDS="sleepy=tests.fixtures.jobs_sleepy", WOR
 
 from backend import queue  # noqa: E402
 from tests import clusters  # noqa: E402
+from backend import users
 
 
 def one_job(executor: str, env: dict, seconds: float) -> tuple[float, float, float, float]:
@@ -38,9 +39,9 @@ def one_job(executor: str, env: dict, seconds: float) -> tuple[float, float, flo
                 raise RuntimeError(f"{executor}: the worker did not start; see {home}/worker.log")
             time.sleep(0.05)
         time.sleep(5)            # a just-started cluster settles (its daemons' start-up work is no job's cost)
-        job_id = queue.submit("sleepy", {"steps": int(seconds * 10), "interval_s": 0.1}, home=home)
+        job_id = queue.submit("sleepy", {"steps": int(seconds * 10), "interval_s": 0.1}, home=home, owner="local")
         deadline = time.monotonic() + seconds * 3 + 120
-        while not (job := queue.get(job_id, home)).finished:
+        while not (job := queue.get(job_id, home, by=users.OPERATOR)).finished:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{executor}: the job did not end; see {home}/worker.log")
             time.sleep(0.05)

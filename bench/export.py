@@ -43,7 +43,7 @@ def main() -> None:
         subprocess.run(export.command(conv, src, raw, outtype), check=True, capture_output=True)
         direct = time.perf_counter() - t
         t = time.perf_counter()
-        job = queue.submit("export", {"model": models.BUNDLED_NAME, "outtype": outtype})
+        job = queue.submit("export", {"model": models.BUNDLED_NAME, "outtype": outtype}, home=home, owner="local")
         subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         wall = time.perf_counter() - t

@@ -209,14 +209,14 @@ def run_job(home: Path, spec: dict) -> dict:
     from backend import logs, queue
     env = dict(os.environ, WORKBENCH_HOME=str(home), PYTHONPATH=str(ROOT))
     os.environ["WORKBENCH_HOME"] = str(home)
-    job_id = queue.submit("finetune", spec, home=home)
+    job_id = queue.submit("finetune", spec, home=home, owner="local")
     subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     events, _ = logs.read_events(job_id, home=home)
     m = [e for e in events if e["type"] == "metric" and "loss" in e]
     result = logs.result(job_id, home) if len(m) > 2 else None
     if not result:
-        raise SystemExit(f"job {job_id} failed:\n" + logs.tail(job_id, 30, home))
+        raise SystemExit(f"job {job_id} failed:\n" + logs.tail(job_id, 30, home=home))
     out = {"s_per_step": (m[-1]["t"] - m[0]["t"]) / (len(m) - 1), "rss_mb": result["peak_rss_mb"]}
     m = [e for e in m if "tokens_per_s" in e][1:]
     if m:   # tokens/s over the timed steps: tokens = rate × step time summed, so weight by time

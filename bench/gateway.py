@@ -31,7 +31,7 @@ def main() -> None:
     app = start_app(home, port, WORKBENCH_API_RATE_PER_MIN=0)           # the bench measures, not the limit
     try:
         wait_for(lambda: app_healthy(f"http://127.0.0.1:{port}"), 120, 0.5, "the app to answer")
-        via = {"url": f"http://127.0.0.1:{port}/v1", "model": ep["name"], "api_key": apikeys.create("bench", "local")}
+        via = {"url": f"http://127.0.0.1:{port}/v1", "model": ep["name"], "api_key": apikeys.create("bench", "local", home=home)}
         for e in (ep, via):
             concurrent(e, 4, 1)                                           # warm-up, both paths
         for clients in (1, args.clients):

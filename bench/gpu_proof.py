@@ -40,6 +40,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from backend import defaults, users
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py, datasets.py) would shadow real ones
@@ -90,7 +91,7 @@ class Proof:
         ids = [queue.submit(kind, s, owner="proof", home=self.home) for s in specs]
         proc = self.worker()
         self.until(lambda: proc.poll() is not None, f"the {kind} jobs {ids}", proc)
-        return [queue.get(i, self.home) for i in ids]
+        return [queue.get(i, self.home, by=users.OPERATOR) for i in ids]
 
     def served(self, kind: str, spec: dict, ask) -> dict:
         """Start a server job (serve, vlm) under a burst worker, ``ask(endpoint)`` it, stop it."""
@@ -99,14 +100,14 @@ class Proof:
         proc = self.worker()
 
         def endpoint():
-            job = queue.get(job_id, self.home)
+            job = queue.get(job_id, self.home, by=users.OPERATOR)
             assert job["state"] in ("queued", "starting", "running"), f"{kind} job {job['state']}: {job['error_message']}"
-            return next((e for e in chat.live_endpoints(self.home) if e["job_id"] == job_id and not e.get("base_of")), None)
+            return next((e for e in chat.live_endpoints(self.home, by=users.OPERATOR) if e["job_id"] == job_id and not e.get("base_of")), None)
         try:
             ep = self.until(endpoint, f"the {kind} endpoint", proc)
             figures = ask(ep)
         finally:
-            queue.cancel(job_id, self.home)
+            queue.cancel(job_id, self.home, by=users.OPERATOR)
             self.until(lambda: proc.poll() is not None, "the worker to end", proc)
         assert ep["device"] == self.device, f"served on {ep['device']}, not {self.device}"
         return {"device": ep["device"], "load_s": ep.get("load_s"), **figures}
@@ -142,7 +143,7 @@ class Proof:
         """A fine-tune job that succeeded, lowered its loss and saved its adapter: its result."""
         from backend import logs
         assert job["state"] == "succeeded", f"job {job['id']} {job['state']}: {job['error_message']}\n" \
-                                            + logs.tail(job["id"], 15, self.home)
+                                            + logs.tail(job["id"], 15, home=self.home)
         r = logs.result(job["id"], self.home)
         assert r["final_loss"] < r["first_loss"], f"loss did not fall: {r['first_loss']} → {r['final_loss']}"
         assert (Path(r["path"]) / "adapter_model.safetensors").exists(), f"no adapter saved in {r['path']}"
@@ -227,7 +228,7 @@ def chat_figures(ep: dict) -> dict:
     from backend import chat
     stats: dict = {}
     text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hello, who are you?"), temperature=0.0,
-                                    max_tokens=64, stats=stats))
+                                    max_tokens=64, stats=stats, by=users.OPERATOR, home=defaults.home()))
     assert stats["tokens"] >= 1 and stats["finish_reason"], f"no streamed answer: {stats}"
     gen_s = stats["seconds"] - stats["ttft_s"]
     return {"tokens": stats["tokens"], "ttft_s": round(stats["ttft_s"], 3),
@@ -251,7 +252,7 @@ def vlm(p: Proof) -> dict:
     def ask(ep):
         stats: dict = {}
         text = "".join(client.stream(ep, [{"role": "user", "content": "What is in this picture?",
-                                           "images": [buf.getvalue()]}], max_new_tokens=16, stats=stats))
+                                           "images": [buf.getvalue()]}], max_new_tokens=16, stats=stats, by=users.OPERATOR, home=defaults.home()))
         assert text.strip() and stats["tokens"] >= 1, f"no answer about the image: {stats}"
         return {"tokens": stats["tokens"], "ttft_s": round(stats["ttft_s"], 3), "answer": text[:40]}
     return p.served("vlm", {"model": "proof-vlm", "name": "proof-vlm", "device": p.device}, ask)
@@ -262,11 +263,11 @@ def awq(p: Proof) -> dict:
     """``lmdeploy lite auto_awq`` through the quantize job. Its calibration set comes from the Hugging Face hub
     (or the datasets cache): a machine with neither fails this step with lmdeploy's own error."""
     from backend import logs
-    from backend.specs.serve import weights_gb
+    from backend.kinds.serve import weights_gb
     from backend.store import open_store
     p.lmdeploy()
     job = p.run("quantize", {"model": "proof-llm", "method": "awq_w4a16", "calib_samples": 16, "calib_seqlen": 256})[0]
-    assert job["state"] == "succeeded", f"quantize {job['state']}: {job['error_message']}\n" + logs.tail(job["id"], 15, p.home)
+    assert job["state"] == "succeeded", f"quantize {job['state']}: {job['error_message']}\n" + logs.tail(job["id"], 15, home=p.home)
     r = p.results["7 lmdeploy awq w4a16"] = logs.result(job["id"], p.home)
     meta = open_store(p.home).get("model", r["model"])["meta"]
     assert meta["quant_method"] == "awq_w4a16" and meta["quantized_from"] == "proof-llm", meta

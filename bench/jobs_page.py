@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.update(WORKBENCH_HOME=tempfile.mkdtemp(prefix="wb-bench-"))
 
-from backend import queue
+from backend import defaults, queue, users
 from backend.store import open_store
 
 N = 10_000
@@ -29,11 +29,11 @@ def ms(fn, repeat: int = 20) -> float:
 
 
 def main() -> None:
-    store = open_store()
+    store = open_store(home=defaults.home())
     spec = {"steps": 5, "interval_s": 0.1, "note": "x" * 200}
     for i in range(N):
         store.insert_job("sleepy", f"user{i % 30}", spec, {"cpu_slots": 1}, label=f"run {i}")
-    everything = ms(lambda: queue.list_jobs(limit=N), 3)
+    everything = ms(lambda: queue.list_jobs(limit=N, home=defaults.home(), by=users.OPERATOR), 3)
     for what, kw in [("page 1", {}), ("page 100", {"page": 100}), ("owner filter, page 3", {"page": 3, "owner": "user7"}),
                      ("state filter", {"states": ["queued"]})]:
         page = ms(lambda kw=kw: queue.jobs_page(per_page=50, **kw))

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend import chat, datasets, labs, logs, models, queue  # noqa: E402
+from backend import users
 
 GOAL_S = 5 * 60
 
@@ -53,15 +54,15 @@ def main() -> None:
         return value
 
     try:
-        labs.start_step("self_cognition", 0, "ann", {"assistant_name": a.name}, home)
+        labs.start_step("self_cognition", 0, "ann", {"assistant_name": a.name}, home=home)
         mark("dataset made")
         ft = labs.start_step("self_cognition", 1, "ann", home=home)
-        until(lambda: queue.get(ft, home)["state"] in ("succeeded", "failed"), "fine-tune ended")
-        assert queue.get(ft, home)["state"] == "succeeded", logs.tail(ft, 30, home)
+        until(lambda: queue.get(ft, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), "fine-tune ended")
+        assert queue.get(ft, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(ft, 30, home=home)
         srv = labs.start_step("self_cognition", 2, "ann", home=home)
         until(lambda: chat.serve_job_endpoint(srv, home), "server ready")
         check = labs.submit_check("self_cognition", "ann", home=home)
-        until(lambda: queue.get(check, home)["state"] in ("succeeded", "failed"), "check ended")
+        until(lambda: queue.get(check, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), "check ended")
         result = logs.result(check, home) or {}
         seen = (result.get("checks") or [{}])[0].get("seen", {})
         print("answers:", seen.get("answers"), "base:", seen.get("base_answers"))
@@ -69,7 +70,7 @@ def main() -> None:
         print(f"{'passed' if result.get('passed') else 'NOT passed'} in {total:.0f} s "
               f"({total / GOAL_S:.2f}x the {GOAL_S // 60}-minute goal); fine-tune "
               f"{(logs.result(ft, home) or {}).get('tokens_per_s')} tokens/s")
-        queue.cancel(srv, home)
+        queue.cancel(srv, home, by=users.OPERATOR)
     finally:
         worker.terminate()
         worker.wait(30)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend import finetune as ft, kinds, labs, queue, resources, users  # noqa: E402
-from backend.specs import finetune as ft_spec, serve as serve_spec  # noqa: E402
+from backend import finetune as ft, labs, queue, resources, users
+from backend.kinds import catalog as kinds  # noqa: E402
+from backend.kinds import finetune as ft_spec, serve as serve_spec  # noqa: E402
 from bench.fairshare import usage  # noqa: E402 - the same reading of store.usage_since
 from backend.store import open_store  # noqa: E402
 
@@ -66,7 +67,7 @@ def sizes(name: str, method: str, home: Path) -> dict:
     store.put("model", name, str(folder), owner=users.OPERATOR_NAME, shared=True)
     store.put("adapter", f"{name}-lora", str(home / "adapters" / name), {"base_model": name}, owner=users.OPERATOR_NAME)
     serve_spec.gpus = lambda: [resources.GPU(0, "simulated", GPU_GB, 0.0)]      # the simulated GPU, for resources()
-    serve_gb = kinds.asked(kinds.get("serve"), serve_spec.Spec(adapter=f"{name}-lora"))["gpu_mem_gb"]
+    serve_gb = kinds.asked(kinds.get("serve"), serve_spec.Spec(adapter=f"{name}-lora"), home=home, owner="local")["gpu_mem_gb"]
     prompts = labs.get("self_cognition", home).checks[0].args["prompts"]
     check_s = CHECK_START_S + 2 * len(prompts) * 32 / DECODE_TOKENS_S    # tuned and base, 32 tokens each
     return {"finetune": (ft_gb, ft_s), "serve": (serve_gb, SERVE_READY_S), "lab_check": (0.0, check_s)}

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 HOME = Path(tempfile.mkdtemp(prefix="wb-bench-"))
 os.environ.update(WORKBENCH_HOME=str(HOME), WORKBENCH_EXTRA_KINDS="sleepy=tests.fixtures.jobs_sleepy")
 
-from backend import logs, paths, queue  # noqa: E402
+from backend import defaults, logs, paths, queue, users  # noqa: E402
 
 SPEC = {"steps": 20, "interval_s": 0.1}
 
@@ -27,7 +27,7 @@ SPEC = {"steps": 20, "interval_s": 0.1}
 def wait(job_id, states, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = queue.get(job_id)
+        job = queue.get(job_id, home=defaults.home(), by=users.OPERATOR)
         if job["state"] in states:
             return job
         time.sleep(0.005)
@@ -42,7 +42,7 @@ def main() -> None:
         latencies, via_queue = [], []
         for _ in range(5):
             t0 = time.monotonic()
-            job = queue.submit("sleepy", SPEC)
+            job = queue.submit("sleepy", SPEC, owner="local", home=defaults.home())
             wait(job, {"running"})
             latencies.append(time.monotonic() - t0)
             wait(job, {"succeeded"})
@@ -66,13 +66,13 @@ def main() -> None:
     ratio = statistics.median(via_queue) / statistics.median(direct)
     print(f"job wall time submit→succeeded {statistics.median(via_queue):.2f} s vs direct "
           f"{statistics.median(direct):.2f} s: ratio {ratio:.3f} (goal ≤ 1.05 for the run itself, see below)")
-    run_times = [j["finished_at"] - j["started_at"] for j in queue.list_jobs(states=["succeeded"])]
+    run_times = [j["finished_at"] - j["started_at"] for j in queue.list_jobs(states=["succeeded"], home=defaults.home(), by=users.OPERATOR)]
     print(f"job wall time started→finished {statistics.median(run_times):.2f} s vs direct: ratio "
           f"{statistics.median(run_times) / statistics.median(direct):.3f} (goal ≤ 1.05)")
 
     small, big = 900001, 900002
     for job_id, size in ((small, 1024), (big, 100 * 2**20)):
-        d = paths.job_dir(job_id)
+        d = paths.job_dir(job_id, home=defaults.home())
         d.mkdir(parents=True)
         line = b"x" * 99 + b"\n"
         with open(d / "run.log", "wb") as f:
@@ -81,13 +81,13 @@ def main() -> None:
 
     def refresh_cost(job_id):
         """A page's refresh: read what is new since its offset after one new line was written."""
-        _, offset = logs.read_log(job_id, 0)
+        _, offset = logs.read_log(job_id, 0, home=defaults.home())
         samples = []
         for _ in range(200):
-            with open(paths.job_dir(job_id) / "run.log", "ab") as f:
+            with open(paths.job_dir(job_id, home=defaults.home()) / "run.log", "ab") as f:
                 f.write(b"step line\n")
             t0 = time.perf_counter()
-            _, offset = logs.read_log(job_id, offset)
+            _, offset = logs.read_log(job_id, offset, home=defaults.home())
             samples.append(time.perf_counter() - t0)
         return statistics.median(samples)
 
@@ -95,7 +95,7 @@ def main() -> None:
         samples = []
         for _ in range(50):
             t0 = time.perf_counter()
-            logs.read_log(job_id, 0)
+            logs.read_log(job_id, 0, home=defaults.home())
             samples.append(time.perf_counter() - t0)
         return statistics.median(samples)
 

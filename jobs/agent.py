@@ -11,7 +11,7 @@ import json
 import os
 
 from backend.sandbox import Limits, run as run_code
-from backend.specs.agent import KEY_SECRET, Spec, target
+from backend.kinds.agent import KEY_SECRET, Spec, target
 from jobs.common import Job, JobError, run
 from backend.errors import BAD_INPUT
 
@@ -73,7 +73,7 @@ def build(spec: Spec, job: Job, ep: dict, key: str, trace: list):
 
 def main(spec: Spec, job: Job) -> dict:
     try:
-        ep = target(spec)
+        ep = target(spec, job.home, job.owner)
     except ValueError as e:
         raise JobError(str(e), BAD_INPUT, "start the endpoint again, or name another") from None
     key = ep.get("api_key") or os.environ.get(KEY_SECRET, "")

@@ -1,7 +1,7 @@
 """The job protocol: what a job process reads and writes in its folder.
 
 A job runs as ``<engine python> -m jobs.<kind> <job_dir>/spec.json``. At top level it imports only the
-standard library, pydantic, this module and light backend modules (its spec in ``backend/specs``,
+standard library, pydantic, this module and light backend modules (its spec in ``backend/kinds``,
 errors, paths, the store); heavy imports (torch, transformers) go inside ``main``, so that engine
 environments need nothing else. The backend never imports a job module.
 

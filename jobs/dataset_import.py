@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backend import datasets, defaults, url_guard
 from backend.errors import BAD_INPUT, DOWNLOAD
-from backend.specs.dataset_import import Spec
+from backend.kinds.dataset_import import Spec
 from jobs.common import Job, JobError, run
 
 DATA_PATTERNS = ["*.jsonl", "*.json", "*.csv", "*.parquet", "*.txt"]

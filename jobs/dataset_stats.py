@@ -9,7 +9,7 @@ from pathlib import Path
 from backend import datasets, remote_code
 from backend.dataset_view import open_view
 from backend.errors import BAD_INPUT
-from backend.specs.dataset_stats import Spec
+from backend.kinds.dataset_stats import Spec
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
-from backend import defaults, models, paths
+from backend import defaults, models, paths, users
 from backend.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
 from backend.job_env import CREDENTIALS_DIR
 from backend.paths import human_size
-from backend.specs.download import Spec
+from backend.kinds.download import Spec
 from jobs.common import Job, JobError, run
 
 MARKER = ".cache/workbench-download.json"       # which repo a models/<name> folder is a download of
@@ -418,7 +418,7 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
     dest = models.models_dir(job.home) / spec.name
     job.check_name("model", spec.name)
     if models.get(spec.name, job.home):       # the trust_remote_code opt-in was for the files about to change
-        models.set_trust_remote_code(spec.name, False, job.home)
+        models.set_trust_remote_code(spec.name, False, job.home, by=users.OPERATOR)
     prepare(dest, spec)
     endpoint = spec.endpoint or os.environ.get(ENDPOINT_ENV[spec.source]) or None
     token = os.environ.get(TOKEN_ENV[spec.source]) or None

@@ -9,7 +9,7 @@ import venv
 
 from backend import engines
 from backend.errors import MISSING_ENGINE
-from backend.specs.engine_install import Spec
+from backend.kinds.engine_install import Spec
 from jobs.common import Job, JobError, run
 
 

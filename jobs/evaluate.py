@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 
-from backend import remote_code, server_auth
+from backend import defaults, remote_code, server_auth
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.procs import become_subreaper
-from backend.specs.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
+from backend.kinds.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
                                     config_variable, custom_format, endpoint_problem, find_standard_config,
                                     first_record, missing_data)
 from jobs.common import Cancelled, Job, JobError, run
@@ -100,14 +100,14 @@ def model_cfg(m: ModelRef, spec: Spec, tokenizer_path: str = "") -> dict:
         # tokenizer_path: token counts for max_seq_len; without one OpenCompass falls back to tiktoken's
         # gpt-4 encoding, which it downloads (fails offline).
         return {"type": "opencompass.models.OpenAISDK", "path": m.api_model or m.name,
-                "key": server_auth.key_for_url(m.url) or "ENV",
+                "key": server_auth.key_for_url(m.url, defaults.home()) or "ENV",
                 "openai_api_base": m.url.rstrip("/"), "tokenizer_path": tokenizer_path or m.tokenizer_path or None,
                 "temperature": 0.0, "query_per_second": API_QPS, "retry": API_RETRIES, "timeout": API_TIMEOUT_S,
                 "meta_template": {"round": [{"role": "HUMAN", "api_role": "HUMAN"},
                                             {"role": "BOT", "api_role": "BOT", "generate": True}]},
                 "run_cfg": {"num_gpus": 0}, **common}
     # OpenCompass loads tokenizer and model with trust_remote_code=True unless told: pass the registry's opt-in
-    remote = remote_code.allowed(m.path)
+    remote = remote_code.allowed(m.path, defaults.home())
     return {"type": "opencompass.models.HuggingFacewithChatTemplate", "path": m.path,
             "tokenizer_path": tokenizer_path or None, "peft_path": m.peft_path or None,
             "tokenizer_kwargs": {"trust_remote_code": remote},
@@ -333,7 +333,7 @@ def main(spec: Spec, job: Job) -> dict:
                                "unpack OpenCompass's data archive there, or set DATASET_SOURCE=ModelScope")
 
     for m in spec.models:
-        problem = endpoint_problem(m.url, server_auth.key_for_url(m.url) or os.environ.get("OPENAI_API_KEY", "")) \
+        problem = endpoint_problem(m.url, server_auth.key_for_url(m.url, home=job.home) or os.environ.get("OPENAI_API_KEY", ""), home=job.home) \
             if m.url else ""
         if problem:
             raise JobError(f"model {m.name}: {problem}", BAD_INPUT, ENDPOINT_SUGGESTION)

@@ -10,7 +10,7 @@ import time
 
 from backend import export
 from backend.errors import BAD_INPUT
-from backend.specs.export import Spec, out_name
+from backend.kinds.export import Spec, out_name
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from backend import finetune as ft, formats, models, preference
 from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
-from backend.specs.finetune import Spec
+from backend.kinds.finetune import Spec
 from backend.store import open_store
 from jobs import preference as trl_preference, tracking
 from jobs.common import Cancelled, Job, JobError, run

@@ -8,7 +8,7 @@ import time
 from backend import datasets, rag
 from backend.errors import BAD_INPUT, UserError
 from backend.paths import human_size
-from backend.specs.index import Spec
+from backend.kinds.index import Spec
 from jobs.common import Job, JobError, run
 
 

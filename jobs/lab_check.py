@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from backend import labs
-from backend.specs.lab_check import Spec
+from backend.kinds.lab_check import Spec
 from jobs.common import Job, run
 
 

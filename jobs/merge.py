@@ -11,7 +11,7 @@ import shutil
 
 from backend import finetune as ft, models
 from backend.errors import BAD_INPUT
-from backend.specs.merge import Spec
+from backend.kinds.merge import Spec
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 

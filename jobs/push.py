@@ -11,7 +11,7 @@ from pathlib import Path
 
 from backend import push
 from backend.errors import BAD_INPUT, DOWNLOAD, UserError
-from backend.specs.push import Spec
+from backend.kinds.push import Spec
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backend import models
 from backend.errors import BAD_INPUT, CRASH
-from backend.specs.quantize import Spec, out_name
+from backend.kinds.quantize import Spec, out_name
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 

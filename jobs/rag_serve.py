@@ -16,10 +16,10 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from backend import chat, rag, server_auth, server_host
+from backend import chat, rag, server_auth, server_host, users
 from backend.errors import BAD_INPUT, UserError
 from backend.registry import endpoint_meta
-from backend.specs.rag_serve import Spec, upstream
+from backend.kinds.rag_serve import Spec, upstream
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 
@@ -136,7 +136,7 @@ def main(spec: Spec, job: Job) -> dict:
     t0 = time.monotonic()
     try:
         kb = rag.check_kb(spec.kb, owner, job.home)
-        model = upstream(spec, job.home)
+        model = upstream(spec, job.home, job.owner)
         chat.check_use(model, owner, home=job.home)
     except UserError as e:                  # no such base or endpoint, or one the owner may not use (audited)
         raise JobError(str(e), BAD_INPUT, "pick a knowledge base and a model endpoint you may use") from None
@@ -160,7 +160,7 @@ def main(spec: Spec, job: Job) -> dict:
         job.message(f"ready: endpoint {app.name!r} at {url}: {spec.kb} ({kb.meta.get('chunks')} passages, top "
                     f"{spec.top_k}) answered by {model['name']}")
         counted = 0
-        while any(e["name"] == model["name"] for e in chat.live_endpoints(job.home)):
+        while any(e["name"] == model["name"] for e in chat.live_endpoints(job.home, by=users.OPERATOR)):
             if app.requests != counted:
                 counted = meta["requests"] = app.requests
                 job.register("endpoint", app.name, kb.path, meta)

@@ -23,11 +23,11 @@ import urllib.request
 from pathlib import Path
 
 
-from backend import engines, remote_code, server_auth, server_host
+from backend import defaults, engines, remote_code, server_auth, server_host
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.registry import endpoint_meta
 from backend.resources import gpus
-from backend.specs.serve import QUANT_POLICY, Spec, kv_budget, resolve
+from backend.kinds.serve import QUANT_POLICY, Spec, kv_budget, resolve
 from backend.store import open_store
 from jobs.common import Job, JobError, run
 
@@ -89,7 +89,7 @@ def command(spec: Spec, paths: list[Path], host: str, port: int, device: str, se
     with remote code and has no switch for it: a model with its own code is refused without the opt-in)."""
     path = paths[0]
     if spec.engine == "lmdeploy":          # its --api-keys is added inside the process, from the environment
-        return [str(engines.env_dir("lmdeploy") / "bin" / "python"), "-c", LMDEPLOY_KEYED, "serve", "api_server", str(path),
+        return [str(engines.env_dir("lmdeploy", defaults.home()) / "bin" / "python"), "-c", LMDEPLOY_KEYED, "serve", "api_server", str(path),
                 "--server-name", host, "--server-port", str(port), "--backend", "turbomind",
                 "--model-name", served, "--cache-max-entry-count", str(spec.cache_max_entry_count),
                 "--quant-policy", str(QUANT_POLICY[spec.kv_quant]), "--log-level", "INFO"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from backend import paths, server_auth, server_host
 from backend.errors import BAD_INPUT, CRASH
 from backend.registry import endpoint_meta
-from backend.specs.vlm import Spec, resolve
+from backend.kinds.vlm import Spec, resolve
 from backend.store import open_store
 from backend.vlm import open_image
 from jobs.common import Job, JobError, run

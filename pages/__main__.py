@@ -33,7 +33,7 @@ if __name__ == "__main__":
     os.umask(paths.PRIVATE_UMASK)            # the app's files (uploads, converted datasets) are its user's only
     address = option("server.address")
     address = defaults.setting("ADDRESS") if address is None else address
-    if problem := queue.workspace_problem() or users.serve_problem(address):
+    if problem := queue.workspace_problem(home=defaults.home()) or users.serve_problem(address):
         sys.exit(f"error: {problem}")
     app = str(Path(__file__).resolve().parent.parent / "webapp.py")
     # the server refuses a bigger upload before holding it (the widgets' own limit is the same setting)

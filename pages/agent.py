@@ -16,7 +16,7 @@ me = ui.user()
 added = ui.external_form("agent", st.session_state[keys.AGENT_EXTERNAL])
 if added:
     st.session_state["agent_target"] = added
-targets = {ep["name"]: (ep, "") for ep in agent.endpoints(by=me)}
+targets = {ep["name"]: (ep, "") for ep in agent.endpoints(by=me, home=ui.home())}
 targets.update({n: (x["endpoint"], x["key"]) for n, x in st.session_state[keys.AGENT_EXTERNAL].items()})
 c1, c2 = st.columns([3, 2])
 target = c1.selectbox(ui.t("agent.endpoint"), list(targets), key="agent_target")
@@ -33,7 +33,7 @@ def open_run(job_id: int | None) -> None:
         st.query_params.pop("run", None)
 
 
-mine = agent.runs(by=me)
+mine = agent.runs(by=me, home=ui.home())
 current = queue.parse_job_id(st.query_params.get("run"))
 c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
 if mine:
@@ -46,7 +46,7 @@ if mine:
         st.rerun()
 c2.button(ui.t("agent.new"), key="agent_new", on_click=open_run, args=(None,))
 try:
-    job = agent.run(current, by=me) if current else None
+    job = agent.run(current, by=me, home=ui.home()) if current else None
 except (KeyError, users.Refused):
     job = None
 
@@ -72,7 +72,7 @@ def step(s: dict) -> None:
 
 def follow(job_id: int, every: float | None) -> None:
     """The run as it goes: its steps from the job's events (read only when they changed: backend.live)."""
-    view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id))
+    view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id, ui.home()))
     view.poll()
     if view.interval() != every:              # started or ended: the page reruns once at the new pace
         st.rerun(scope="app")
@@ -85,17 +85,17 @@ def follow(job_id: int, every: float | None) -> None:
         view.poll()
     if view.job.state.unsuccessful and view.job["error_message"]:
         st.error(ui.t("job.error", cls=view.job["error_class"] or "crash", message=view.job["error_message"]))
-    record = agent.trace(job_id, by=me)
+    record = agent.trace(job_id, by=me, home=ui.home())
     c3.download_button(ui.t("agent.export.json"), agent.trace_json(record), f"agent-{job_id}.json",
                        "application/json", key="agent_export_json")
     c4.download_button(ui.t("agent.export.md"), agent.trace_markdown(record), f"agent-{job_id}.md",
                        "text/markdown", key="agent_export_md")
-    made = agent.files(job_id)
+    made = agent.files(job_id, home=ui.home())
     if made:
         with st.container(key="agent_files", border=True):
             name = st.selectbox(ui.t("agent.files"), made, index=None, key=f"agent_file_{job_id}")
             try:
-                data = agent.file_bytes(job_id, name, by=me) if name else None   # read only once opened
+                data = agent.file_bytes(job_id, name, by=me, home=ui.home()) if name else None   # read only once opened
             except OSError:
                 data = None
                 st.warning(ui.t("agent.file_unreadable", name=name))
@@ -109,7 +109,7 @@ if job:
     for m in job["spec"].get("history", []) + [{"role": "user", "content": job["spec"]["prompt"]}]:
         with st.chat_message(m["role"]):
             st.markdown(m["content"])
-    view = st.session_state.setdefault(keys.job_view(job["id"]), Viewer(job["id"]))
+    view = st.session_state.setdefault(keys.job_view(job["id"]), Viewer(job["id"], ui.home()))
     view.poll()
     every = view.interval()
     st.fragment(follow, run_every=every)(job["id"], every)

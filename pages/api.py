@@ -12,7 +12,7 @@ with st.form("api_create", border=True):
     name = st.text_input(ui.t("api.key_name"), key="api_key_name", max_chars=40, placeholder="laptop")
     if st.form_submit_button(ui.t("api.create"), type="primary"):
         try:
-            st.session_state[keys.API_NEW_KEY] = apikeys.create(name or "key", by=me)
+            st.session_state[keys.API_NEW_KEY] = apikeys.create(name or "key", by=me, home=ui.home())
         except apikeys.Refused as e:
             ui.error(e)
 if new := st.session_state.get(keys.API_NEW_KEY):
@@ -20,7 +20,7 @@ if new := st.session_state.get(keys.API_NEW_KEY):
         st.success(ui.t("api.shown_once"))
         st.code(new, language=None)
 
-rows = apikeys.listed(by=me)
+rows = apikeys.listed(by=me, home=ui.home())
 if not rows:
     st.info(ui.t("api.none"))
 for r in rows:
@@ -30,11 +30,11 @@ for r in rows:
         left.markdown(ui.t("api.row", name=r["name"], prefix=r["prefix"], owner=r["owner"], state=state,
                            requests=r["requests"], tokens=r["tokens"], used=ui.when(r["last_used_at"]) or "-"))
         if not r["revoked_at"] and right.button(ui.t("api.revoke"), key=f"api_revoke_{r['id']}"):
-            apikeys.revoke(r["id"], by=me)
+            apikeys.revoke(r["id"], by=me, home=ui.home())
             st.rerun()
 
 st.subheader(ui.t("api.use_from_code"))
-models = [e["name"] for e in chat.endpoints(by=me)]
+models = [e["name"] for e in chat.endpoints(by=me, home=ui.home())]
 model = st.selectbox(ui.t("api.model"), models or ["<model>"], key="api_model")
 base = ui.gateway_url()
 st.caption(ui.t("api.tunnel", url=base))

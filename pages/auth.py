@@ -33,7 +33,7 @@ def class_mode() -> bool:
 
 
 def announcement() -> None:
-    if class_mode() and (text := classroom.announcement()):
+    if class_mode() and (text := classroom.announcement(home=ui.home())):
         st.info(text, icon=":material/campaign:")
 
 
@@ -43,14 +43,14 @@ def gate() -> bool:
     if mode == "none":
         return True
     if mode == "header":
-        me = users.header_user(dict(st.context.headers), st.context.ip_address)
+        me = users.header_user(dict(st.context.headers), st.context.ip_address, home=ui.home())
         if me is None:
             st.error(ui.t("auth.no_header"))
             return False
         _become(me, None)
         return True
     token = st.context.cookies.get(users.COOKIE)
-    me = users.session_user(token)
+    me = users.session_user(token, home=ui.home())
     if me is None:                 # logged out, reset or disabled since this page opened: log in again
         st.session_state.pop(keys.USER, None)
         st.session_state.pop(keys.TOKEN, None)
@@ -81,7 +81,7 @@ def _change_form(me: users.User) -> None:
         st.error(ui.t("auth.change.mismatch"))
         return
     try:
-        st.session_state[keys.USER] = users.change_password(me, old, new, keep=st.session_state.get(keys.TOKEN))
+        st.session_state[keys.USER] = users.change_password(me, old, new, keep=st.session_state.get(keys.TOKEN), home=ui.home())
     except users.Refused as e:
         st.error(ui.t("auth.change.refused", why=ui.error_text(e)))
         return

@@ -49,15 +49,15 @@ keep_interrupted()
 @st.fragment(run_every=1.0)
 def starting(job_id: int) -> None:
     """A serve job coming up: its progress and last log lines, until its endpoint is live."""
-    job = queue.get(job_id)
-    ep = chat.serve_job_endpoint(job_id)
+    job = queue.get(job_id, home=ui.home(), by=ui.user())
+    ep = chat.serve_job_endpoint(job_id, home=ui.home())
     if ep:
         st.session_state.pop(S_STARTING, None)
         ui.open_chat_on(ep)
         st.rerun(scope="app")
     with st.container(key="chat_starting", border=True):
         st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))
-        view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id))
+        view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id, ui.home()))
         view.poll()                                           # reads only what changed (backend.live)
         p = view.events.progress
         if p and p.get("total"):
@@ -72,7 +72,7 @@ def starting(job_id: int) -> None:
         st.code("\n".join(view.text.splitlines()[-8:]) or " ", language=None)
 
 
-live = chat.endpoints(by=ui.user())
+live = chat.endpoints(by=ui.user(), home=ui.home())
 with st.container(key="chat_endpoints"):
     st.subheader(ui.t("chat.endpoints"))
     if not live:
@@ -89,7 +89,7 @@ with st.container(key="chat_endpoints"):
         c[5].page_link("pages/jobs.py", label=ui.t("chat.job", id=ep["job_id"]), query_params={"job": ep["job_id"]})
         if ep.get("base_of"):       # served by the same job as the fine-tuned one: one Stop, on that row
             c[6].caption(ui.t("chat.base_of"))
-        elif ui.cancel_button(c[6], queue.get(ep["job_id"]), ui.t("chat.stop_server"),
+        elif ui.cancel_button(c[6], queue.get(ep["job_id"], home=ui.home(), by=ui.user()), ui.t("chat.stop_server"),
                               f"chat_stop_server_{ep['job_id']}"):
             st.rerun()
     idle = max((ep.get("idle_stop_s") or 0 for ep in live), default=0)
@@ -98,7 +98,7 @@ with st.container(key="chat_endpoints"):
 
     with st.expander(ui.t("chat.start"), expanded=(not live or keys.CHAT_MODEL in st.session_state)
                      and not st.session_state.get(S_STARTING)):
-        options = chat.servable(by=ui.user())
+        options = chat.servable(by=ui.user(), home=ui.home())
         if not options:
             st.info(ui.t("chat.no_models"))
         else:

@@ -13,17 +13,17 @@ me = ui.user()
 st.title(ui.t("nav.console"))
 
 with st.container(key="console_announce", border=True):
-    text = st.text_area(ui.t("console.announce"), value=classroom.announcement(), max_chars=500,
+    text = st.text_area(ui.t("console.announce"), value=classroom.announcement(home=ui.home()), max_chars=500,
                         key="console_announce_text")
     if st.button(ui.t("console.announce.post"), key="console_announce_post"):
-        classroom.set_announcement(text, by=me)
+        classroom.set_announcement(text, by=me, home=ui.home())
         st.rerun()
 
 
 @st.fragment(run_every=3)
 def roster() -> None:
     st.subheader(ui.t("console.roster"))
-    rows = classroom.roster(by=me)
+    rows = classroom.roster(by=me, home=ui.home())
     if not rows:
         st.info(ui.t("console.none"))
         return
@@ -34,7 +34,7 @@ def roster() -> None:
         ui.t("console.col.disk"): human_size(r["disk_bytes"]), ui.t("console.col.last"): ui.when(r["last_activity"]),
     } for r in rows]), hide_index=True, width="stretch", key="console_roster")
     st.caption(ui.t("console.hours.help"))
-    active = queue.list_jobs(states=list(ACTIVE) + ["queued"], by=me)
+    active = queue.list_jobs(states=list(ACTIVE) + ["queued"], by=me, home=ui.home())
     ui.cluster_gpus_line()
     if active:
         st.dataframe(ui.jobs_frame_cached(active, "console"), hide_index=True, width="stretch", key="console_jobs")
@@ -50,30 +50,30 @@ def roster() -> None:
 roster()
 
 st.subheader(ui.t("console.progress"))
-progress = classroom.progress(by=me)
+progress = classroom.progress(by=me, home=ui.home())
 st.dataframe(pd.DataFrame([{ui.t("console.col.name"): r["name"],
                             **{ui.t(f"console.step.{s}"): "✓" if r[s] else "·" for s in classroom.STEPS}}
                            for r in progress]), hide_index=True, width="stretch", key="console_progress")
-st.download_button(ui.t("console.progress.csv"), classroom.progress_csv(by=me), file_name="lab-progress.csv",
+st.download_button(ui.t("console.progress.csv"), classroom.progress_csv(by=me, home=ui.home()), file_name="lab-progress.csv",
                    mime="text/csv", key="console_csv")
 
 st.subheader(ui.t("console.labs"))
 lang = ui.lang()
-lab_list, grid = labs.grid(by=me)
+lab_list, grid = labs.grid(by=me, home=ui.home())
 cell = lambda c: ui.t(f"console.labs.cell.{c['state']}", when=ui.when(c["when"]))     # noqa: E731
 st.dataframe(pd.DataFrame([{ui.t("console.col.name"): r["student"], **{lab.id: cell(r[lab.id]) for lab in lab_list}}
                            for r in grid]), hide_index=True, width="stretch", key="console_labs")
-st.download_button(ui.t("console.labs.csv"), labs.grid_csv(by=me), file_name="lab-grid.csv", mime="text/csv",
+st.download_button(ui.t("console.labs.csv"), labs.grid_csv(by=me, home=ui.home()), file_name="lab-grid.csv", mime="text/csv",
                    key="console_labs_csv")
 c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
 lab_id = c1.selectbox(ui.t("console.labs.pick"), [lab.id for lab in lab_list], key="console_labs_pick",
                       format_func=lambda i: next(f"{i} · {lab.title(lang)}" for lab in lab_list if lab.id == i))
 if lab_id and c2.button(ui.t("console.labs.recheck"), key="console_labs_recheck"):
-    st.success(ui.t("console.labs.rechecked", n=len(labs.recheck_all(lab_id, by=me))))
+    st.success(ui.t("console.labs.rechecked", n=len(labs.recheck_all(lab_id, by=me, home=ui.home()))))
 passes = {f"{r['student']} · {lab.id}": r[lab.id]["job"] for r in grid for lab in lab_list
           if r[lab.id]["state"] == "passed"}
 if passes:
     shown = st.selectbox(ui.t("console.labs.evidence"), list(passes), key="console_labs_evidence")
-    st.json(labs.evidence_of(passes[shown], by=me), expanded=False)
-for problem in labs.problems():
+    st.json(labs.evidence_of(passes[shown], by=me, home=ui.home()), expanded=False)
+for problem in labs.problems(home=ui.home()):
     st.caption(ui.t("labs.hidden", error=ui.error_text(problem)))

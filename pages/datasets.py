@@ -25,7 +25,7 @@ def state(name: str) -> dict:
 
 
 # -- list, upload, import --------------------------------------------------------------------
-entries = ds.list_datasets(by=ui.user())
+entries = ds.list_datasets(by=ui.user(), home=ui.home())
 names = [e["name"] for e in entries]
 with st.container(key="ds_list"):
     st.dataframe(pd.DataFrame([{
@@ -52,10 +52,10 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                 try:
                     if up.name == "dataset_info.json":
                         made = st.session_state[INFO_REPORT] = dataset_info.import_dataset_info(up.getvalue(),
-                                                                                                 owner=ui.owner())
+                                                                                                 owner=ui.owner(), home=ui.home())
                         opened = next((m["name"] for m in made["imported"]), opened)
                     else:
-                        opened = ds.save_upload(up.name, up, owner=ui.owner())["name"]
+                        opened = ds.save_upload(up.name, up, owner=ui.owner(), home=ui.home())["name"]
                 except ds.DatasetError as e:
                     ui.error(e)
                     failed = True
@@ -88,8 +88,8 @@ entry = next(e for e in entries if e["name"] == name)
 
 # -- one dataset -----------------------------------------------------------------------------
 try:
-    path = ds.resolve(name)
-    view = open_view(path)
+    path = ds.resolve(name, home=ui.home())
+    view = open_view(path, home=ui.home())
 except ds.DatasetError as e:
     ui.error(e)
     st.stop()
@@ -110,7 +110,7 @@ value = c3.text_input(ui.t("ds.filter.value"), key=f"ds_fv_{name}", disabled=not
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def matches(p: str, mtime: float, q: str, f: str, v: str):
-    return open_view(p).search(q, {f: v} if f and v else None)
+    return open_view(p, home=ui.home()).search(q, {f: v} if f and v else None)
 
 
 rows_idx = None
@@ -235,7 +235,7 @@ with t_conv:
         out_name = c2.text_input(ui.t("ds.convert.name"), key="ds_conv_name", placeholder=f"{path.stem}-{target}")
         if st.button(ui.t("ds.convert.go"), key="ds_convert"):
             try:
-                out = ds.convert(path, target, out_name.strip() or None, owner=ui.owner())
+                out = ds.convert(path, target, out_name.strip() or None, owner=ui.owner(), home=ui.home())
             except ds.DatasetError as e:
                 ui.error(e)
             else:
@@ -250,7 +250,7 @@ with t_split:
     seed = c2.number_input(ui.t("ds.split.seed"), value=42, step=1, key="ds_split_seed")
     if st.button(ui.t("ds.split.go"), key="ds_split"):
         try:
-            out = ds.split(path, frac, int(seed), owner=ui.owner())
+            out = ds.split(path, frac, int(seed), owner=ui.owner(), home=ui.home())
         except ds.DatasetError as e:
             ui.error(e)
         else:
@@ -258,7 +258,7 @@ with t_split:
                             val=out["val"]["name"], n_val=out["val"]["rows"]))
 
 with t_stats:
-    models = models_.names()
+    models = models_.names(home=ui.home(), by=ui.user())
     c1, c2 = st.columns(2)
     model = c1.selectbox(ui.t("ds.stats.model"), [""] + models, key="ds_stats_model",
                          format_func=lambda m: m or ui.t("ds.stats.chars"))
@@ -270,7 +270,7 @@ with t_stats:
     if mine.get("stats_job"):
         job_id = mine["stats_job"]
         ui.job_view(job_id, show_spec=False)
-        res = logs.result(job_id)
+        res = logs.result(job_id, home=ui.home())
         if res and res.get("ok") and res.get("histogram", {}).get("counts"):
             h = res["histogram"]
             st.markdown(f"**{ui.t('ds.stats.histogram', unit=res['unit'])}**")
@@ -291,7 +291,7 @@ with t_del:
         st.info(ui.t("ds.delete.sample"))
     elif st.button(ui.t("ds.delete.go", name=name), key="ds_delete", type="primary"):
         try:
-            ds.delete(name, by=ui.user())
+            ds.delete(name, by=ui.user(), home=ui.home())
         except ds.DatasetError as e:
             ui.error(e)
         else:

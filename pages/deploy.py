@@ -8,7 +8,7 @@ from pages import ui
 
 st.title(ui.t("nav.deploy"))
 st.caption(ui.t("deploy.intro"))
-names = deploy.models(by=ui.user())
+names = deploy.models(by=ui.user(), home=ui.home())
 if not names:
     st.info(ui.t("chat.no_models"))
     st.stop()
@@ -26,7 +26,7 @@ with st.expander(ui.t("deploy.quantize")), st.container(key="deploy_quantize"):
     if st.button(ui.t("deploy.quantize.go"), key="deploy_quantize_go"):
         ui.submit("quantize", spec)
 
-rows = deploy.table(model, by=ui.user())
+rows = deploy.table(model, by=ui.user(), home=ui.home())
 base = rows[0]["figures"] if rows else {}
 
 
@@ -59,7 +59,7 @@ for r in rows:
         if c[1].button(ui.t("deploy.measure"), key=f"deploy_measure_{r['model']}"):
             with st.spinner(ui.t("deploy.measuring", model=r["model"])):
                 try:
-                    deploy.measure_variant(r["model"], by=ui.user())
+                    deploy.measure_variant(r["model"], by=ui.user(), home=ui.home())
                 except chat.ChatError as e:
                     st.error(str(e))
                 else:

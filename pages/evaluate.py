@@ -9,18 +9,18 @@ from pages import keys, ui
 st.title(ui.t("nav.evaluate"))
 
 # -- the engine --------------------------------------------------------------------------------
-ready = ev.engine_ready()
-pending = ev.engine_install_job()
+ready = ev.engine_ready(home=ui.home())
+pending = ev.engine_install_job(home=ui.home())
 if pending:
     st.info(ui.t("eval.engine_pending", id=pending))
 elif not ready:
     st.warning(ui.t("eval.engine_missing"))
     if st.button(ui.t("eval.engine_install"), key="eval_install"):
-        st.info(ui.t("eval.engine_pending", id=ev.install_engine(owner=ui.owner())))
+        st.info(ui.t("eval.engine_pending", id=ev.install_engine(owner=ui.owner(), home=ui.home())))
 
 # -- a new run ---------------------------------------------------------------------------------
-with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user())), st.container(key="eval_form"):
-    models = {m["name"]: m for m in ev.model_choices(by=ui.user())}
+with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user(), home=ui.home())), st.container(key="eval_form"):
+    models = {m["name"]: m for m in ev.model_choices(by=ui.user(), home=ui.home())}
     usable_models = [n for n, m in models.items() if m["ref"]]
     picked_models = st.multiselect(ui.t("eval.models"), usable_models, key=keys.EVAL_MODELS,
                                    format_func=lambda n: f"{n} ({models[n]['kind']}"
@@ -33,7 +33,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user())), st.conta
         ext_key = c[2].text_input(ui.t("eval.external.key"), type="password", key="eval_ext_key")
         ext_tok = c[3].selectbox(ui.t("eval.external.tokenizer"), [""] + [n for n, m in models.items()
                                  if m["kind"] == "model"], key="eval_ext_tokenizer", format_func=lambda n: n or "-")
-    data = {d["name"]: d for d in ev.dataset_choices(by=ui.user())}
+    data = {d["name"]: d for d in ev.dataset_choices(by=ui.user(), home=ui.home())}
     picked_data = st.multiselect(ui.t("eval.datasets"), [n for n, d in data.items() if d["ref"]], key="eval_datasets",
                                  format_func=lambda n: f"{n} ({data[n]['format'].upper()})")
     unusable = [f"{n}: {d['problem']}" for n, d in data.items() if not d["ref"]]
@@ -41,11 +41,11 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user())), st.conta
     if unusable:
         with st.expander(ui.t("eval.not_usable", items=len(unusable))):
             st.markdown("\n".join(f"- {u}" for u in unusable))
-    standard = {s["name"]: s for s in ev.standard_choices()}
+    standard = {s["name"]: s for s in ev.standard_choices(home=ui.home())}
     picked_std = st.multiselect(ui.t("eval.standard"), list(standard), key="eval_standard",
                                 format_func=lambda n: n + (" ⚠" if standard[n]["missing"] else ""))
     if standard:
-        st.caption(ui.t("eval.data_cache", path=ev.data_cache()))
+        st.caption(ui.t("eval.data_cache", path=ev.data_cache(home=ui.home())))
     c = st.columns(5)
     limit = c[0].number_input(ui.t("eval.limit"), 0, 100_000, 20, key="eval_limit")
     max_out_len = c[1].number_input(ui.t("eval.max_out_len"), 1, 32768, 64, key="eval_max_out_len")
@@ -54,12 +54,12 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user())), st.conta
     name = c[4].text_input(ui.t("eval.name"), key="eval_name")
     if st.button(ui.t("eval.submit"), key="eval_submit", type="primary"):
         spec = {"models": [models[n]["ref"] for n in picked_models]
-                + ([ev.external_ref(ext_url, ext_model, ext_tok)] if ext_url.strip() else []),
+                + ([ev.external_ref(ext_url, ext_model, ext_tok, home=ui.home())] if ext_url.strip() else []),
                 "datasets": [dict(data[n]["ref"], limit=int(limit)) for n in picked_data]
                 + [{"name": n, "config": n, "limit": int(limit)} for n in picked_std],
                 "max_out_len": int(max_out_len), "batch_size": int(batch_size), "gpus": int(gpus), "name": name.strip()}
         try:
-            job_id = ev.submit(spec, owner=ui.owner(), install_engine_if_missing=True, api_key=ext_key.strip())
+            job_id = ev.submit(spec, owner=ui.owner(), install_engine_if_missing=True, api_key=ext_key.strip(), home=ui.home())
         except queue.SubmitError as e:
             ui.error(e)
         else:
@@ -68,7 +68,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user())), st.conta
 
 # -- past runs and results ---------------------------------------------------------------------
 st.header(ui.t("eval.runs"))
-runs = ev.runs(by=ui.user())
+runs = ev.runs(by=ui.user(), home=ui.home())
 if not runs:
     st.caption(ui.t("eval.no_runs"))
     st.stop()
@@ -78,7 +78,7 @@ ids = list(labels)
 current = st.session_state.get(keys.EVAL_RUN)
 job_id = st.selectbox(ui.t("eval.pick_run"), ids, index=ids.index(current) if current in ids else 0,
                       format_func=labels.get, key="eval_pick")
-res = ev.result(job_id, by=ui.user())
+res = ev.result(job_id, by=ui.user(), home=ui.home())
 if res is None:
     ui.job_view(job_id)
     st.stop()

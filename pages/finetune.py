@@ -7,14 +7,14 @@ from backend import datasets, logs, queue
 from backend.states import JobState
 from backend import finetune as ft
 from backend import models as models_
-from backend.specs import finetune as ft_spec
+from backend.kinds import finetune as ft_spec
 from pages import keys, ui
 
 S_JOB = keys.FT_JOB
 
 st.title(ui.t("nav.finetune"))
-models = models_.names()
-all_sets = datasets.list_datasets(by=ui.user())
+models = models_.names(home=ui.home(), by=ui.user())
+all_sets = datasets.list_datasets(by=ui.user(), home=ui.home())
 if not models:
     st.info(ui.t("ft.no_models"))
     st.page_link("pages/models.py", label=ui.t("nav.models"))
@@ -65,7 +65,7 @@ with st.container(key="ft-form", border=True):
     plan = None
     if picked:
         try:
-            plan = ft.check(queue.validate("finetune", spec)[1])
+            plan = ft.check(queue.validate("finetune", spec)[1], home=ui.home())
         except queue.SubmitError as e:
             ui.error(e)
         except ValueError as e:
@@ -105,10 +105,10 @@ with st.container(key="ft-form", border=True):
 def run_actions(job_id: int) -> None:
     """Resume, Merge and Chat with it, beside the job's own Cancel/Retry/Clone (they appear when the run ends:
     the job view reruns the page then)."""
-    job = queue.get(job_id)
-    result = logs.result(job["id"]) or {}
+    job = queue.get(job_id, home=ui.home(), by=ui.user())
+    result = logs.result(job["id"], home=ui.home()) or {}
     c1, c2, c3 = st.columns(3)
-    if ft.resumable(job) and c1.button(ui.t("ft.resume"), key=f"ft_resume_{job['id']}", type="primary"):
+    if ft.resumable(job, home=ui.home()) and c1.button(ui.t("ft.resume"), key=f"ft_resume_{job['id']}", type="primary"):
         new = ui.submit("finetune", {**job["spec"], "resume_from": job["id"], "resume": False})
         if new:
             st.session_state[S_JOB] = new
@@ -129,7 +129,7 @@ def run_actions(job_id: int) -> None:
 job_id = st.query_params.get("job") or st.session_state.get(S_JOB)
 if job_id:
     try:
-        job = queue.get(int(job_id), by=ui.user())
+        job = queue.get(int(job_id), by=ui.user(), home=ui.home())
     except (KeyError, ValueError):      # no such job, not a number, or not this student's
         job = None
     if job and job["kind"] == "finetune":
@@ -139,7 +139,7 @@ if job_id:
 
 # -- several runs on one chart ------------------------------------------------------------------------
 def compare_runs() -> list[dict]:
-    runs = queue.list_jobs(kind="finetune", limit=50, by=ui.user())
+    runs = queue.list_jobs(kind="finetune", limit=50, by=ui.user(), home=ui.home())
     if not runs:
         return runs
     with st.container(key="ft-compare", border=True):
@@ -148,7 +148,7 @@ def compare_runs() -> list[dict]:
         ids = c1.multiselect(ui.t("ft.compare.runs"), [r["id"] for r in runs], default=[r["id"] for r in runs[:3]],
                              format_func=lambda i: f"job {i}", key="ft_compare_runs")
         metric = c2.selectbox(ui.t("ft.compare.metric"), ft.METRICS, key="ft_compare_metric")
-        series = ft.compare(ids, metric)
+        series = ft.compare(ids, metric, home=ui.home())
         if any(series.values()):
             ui.line_chart({run: sorted(points.items()) for run, points in series.items()}, height=260)
     return runs
@@ -156,7 +156,7 @@ def compare_runs() -> list[dict]:
 
 ui.list_fragment(compare_runs, "ft_compare")
 
-adapters = ft.adapters(by=ui.user())
+adapters = ft.adapters(by=ui.user(), home=ui.home())
 if adapters:
     st.subheader(ui.t("ft.adapters"))
     st.dataframe(pd.DataFrame([{

@@ -33,7 +33,7 @@ def lab_card(row: dict, me, lang: str) -> None:
             c2.page_link(f"pages/{step.page}.py", label=ui.t("labs.open_page", page=ui.t(f"nav.{step.page}")))
             if (step.kind or step.action) and c3.button(ui.t("labs.start_step"), key=f"lab-{lab.id}-step-{i}"):
                 try:
-                    made = labs.start_step(lab.id, i, me, params)
+                    made = labs.start_step(lab.id, i, me, params, home=ui.home())
                     st.session_state[keys.LAB_NOTE] = ui.t("labs.step_started", id=made) if isinstance(made, int) \
                         else ui.t("labs.dataset_made", name=made.name)
                     st.rerun(scope="app")
@@ -43,7 +43,7 @@ def lab_card(row: dict, me, lang: str) -> None:
                    else ui.t("labs.all_done"))
         if st.button(ui.t("labs.check"), key=f"lab-{lab.id}-check", type="primary", disabled=row["checking"]):
             try:
-                labs.submit_check(lab.id, me)
+                labs.submit_check(lab.id, me, home=ui.home())
                 st.rerun(scope="app")
             except errors.UserError as e:
                 ui.error(e)
@@ -84,7 +84,7 @@ def lab_outcome(row: dict, lang: str) -> None:
 
 def my_labs() -> list[dict]:
     me, lang = ui.user(), ui.lang()
-    rows = labs.status(me)
+    rows = labs.status(me, home=ui.home())
     if note := st.session_state.get(keys.LAB_NOTE):           # kept until the next step (reruns don't lose it)
         st.success(note)
     if not rows:
@@ -121,18 +121,18 @@ def status() -> list[dict]:
                             text=ui.t("home.gpu_line", index=g.index, name=g.name, used=g.used_gb, total=g.total_gb))
             if not gpus:
                 st.info(ui.t("home.cpu_only", slots=defaults.setting("CPU_SLOTS")))
-        live = queue.live_workers()
+        live = queue.live_workers(home=ui.home())
         if live:
             st.success(ui.t("home.worker_ok", pid=live[0]["pid"]))
         else:
             st.warning(ui.t("home.no_worker"))
     with right.container(key="queue"):
         st.subheader(ui.t("home.queue"))
-        counts = queue.counts()
+        counts = queue.counts(home=ui.home())
         mcols = st.columns(4)
         for c, state in zip(mcols, (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED)):
             c.metric(ui.state_label(state), counts.get(state, 0))
-        recent = queue.list_jobs(limit=8, by=ui.user())
+        recent = queue.list_jobs(limit=8, by=ui.user(), home=ui.home())
         if recent:
             st.caption(ui.t("home.recent"))
             st.dataframe(ui.jobs_frame_cached(recent, "home"), hide_index=True, width="stretch")

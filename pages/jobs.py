@@ -1,7 +1,8 @@
 """Jobs: every job with filters; one job's live view (``?job=<id>`` survives reloads and links)."""
 import streamlit as st
 
-from backend import kinds, queue
+from backend import queue
+from backend.kinds import catalog as kinds
 from backend.states import JobState
 from pages import ui
 
@@ -19,7 +20,7 @@ def job_table() -> list[dict]:
     owner = c3.text_input(ui.t("jobs.filter.owner"), key="f_owner")
     page = int(c4.number_input(ui.t("jobs.page"), min_value=1, value=1, step=1, key="f_page"))
     jobs, total = queue.jobs_page(page, PER_PAGE, states=states or None, kind=kind or None,
-                                  owner=owner.strip() or None, by=ui.user())
+                                  owner=owner.strip() or None, by=ui.user(), home=ui.home())
     if not jobs:
         st.info(ui.t("jobs.none"))
         return jobs

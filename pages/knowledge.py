@@ -21,7 +21,7 @@ with st.container(key="kb_new", border=True):
                                  accept_multiple_files=True, key="kb_files")
     elif source == "dataset":
         c1, c2 = st.columns(2)
-        dataset = c1.selectbox(ui.t("kb.dataset"), [d["name"] for d in datasets.list_datasets(by=ui.user())],
+        dataset = c1.selectbox(ui.t("kb.dataset"), [d["name"] for d in datasets.list_datasets(by=ui.user(), home=ui.home())],
                                key="kb_dataset")
         field = c2.text_input(ui.t("kb.text_field"), "text", key="kb_text_field")
     c1, c2 = st.columns(2)
@@ -32,13 +32,13 @@ with st.container(key="kb_new", border=True):
         spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap)}
         if source == "upload":
             try:
-                folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner())
+                folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner(), home=ui.home())
             except rag.RagError as e:           # past the disk quota
                 ui.error(e)
                 st.stop()
             for problem in problems:
                 st.warning(ui.error_text(problem))
-            spec["folder"] = str(folder.relative_to(rag.docs_dir()))
+            spec["folder"] = str(folder.relative_to(rag.docs_dir(home=ui.home())))
         elif source == "demo":
             spec["folder"] = rag.DEMO
         else:
@@ -50,8 +50,8 @@ with st.container(key="kb_new", border=True):
         ui.job_view(st.session_state[keys.KB_JOB], show_spec=False)
 
 # -- the knowledge bases this person may use, and serving one with a model -------------------------------
-kbs = rag.list_kbs(by=ui.user())
-models = [e["name"] for e in chat.endpoints(by=ui.user()) if e.get("engine") != "rag"]
+kbs = rag.list_kbs(by=ui.user(), home=ui.home())
+models = [e["name"] for e in chat.endpoints(by=ui.user(), home=ui.home()) if e.get("engine") != "rag"]
 with st.container(key="kb_list"):
     st.subheader(ui.t("kb.list"))
     if not kbs:

@@ -74,13 +74,13 @@ with tab_imp:
         imp_name = st.text_input(ui.t("models.name"), key="imp_name")
         if st.form_submit_button(ui.t("models.import.go")):
             try:
-                row = models.import_folder(path.strip(), imp_name.strip() or None, owner=ui.owner())
+                row = models.import_folder(path.strip(), imp_name.strip() or None, owner=ui.owner(), home=ui.home())
                 st.success(ui.t("models.import.done", name=row["name"]))
             except models.ModelError as e:
                 ui.error(e)
 
 with tab_reg:
-    rows = models.list_models(by=ui.user())
+    rows = models.list_models(by=ui.user(), home=ui.home())
     if not rows:
         st.info(ui.t("models.none"))
     else:
@@ -97,7 +97,7 @@ with tab_reg:
         names = [m["name"] for m in rows]
         picked = st.selectbox(ui.t("models.detail"), names, key="models_pick",
                               index=names.index(st.query_params["model"]) if st.query_params.get("model") in names else 0)
-        d = models.detail(picked, by=ui.user())
+        d = models.detail(picked, by=ui.user(), home=ui.home())
         ui.share_toggle(models.TYPE, d, "models_shared")
         meta = d["meta"]
         st.caption(ui.t("models.lineage", source=meta.get("source", ""), id=meta.get("id", ""),
@@ -139,16 +139,16 @@ with tab_reg:
                     st.session_state[keys.MODELS_EXPORT_JOB] = job_id
         remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
                              key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"),
-                             disabled=not users.may_change("", ui.user()))
+                             disabled=not users.may_change("", ui.user(), home=ui.home()))
         if remote != bool(meta.get("trust_remote_code")):
-            models.set_trust_remote_code(picked, remote, by=ui.user())
+            models.set_trust_remote_code(picked, remote, by=ui.user(), home=ui.home())
         if st.session_state.get(keys.MODELS_CONFIRM) == picked:
             with st.container(key="models_confirm_box", border=True):
                 st.warning(ui.t("models.delete.confirm", name=picked))
                 if st.button(ui.t("models.delete.yes"), type="primary", key="models_delete_yes"):
                     st.session_state.pop(keys.MODELS_CONFIRM, None)
                     try:
-                        models.delete(picked, by=ui.user())
+                        models.delete(picked, by=ui.user(), home=ui.home())
                     except models.ModelError as e:
                         ui.error(e)
                     else:

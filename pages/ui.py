@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -39,10 +40,10 @@ def error_text(e: BaseException) -> str:
 def share_toggle(type: str, entry, key: str) -> None:
     """The owner's (or an instructor's) decision to share a registry entry with the class (ownership.share)."""
     shared = st.toggle(t("registry.shared"), value=bool(entry["shared"]), key=key, help=t("registry.shared_help"),
-                       disabled=not ownership.may_share(entry, user()))
+                       disabled=not ownership.may_share(entry, user(), home=home()))
     if shared != bool(entry["shared"]):
         try:
-            ownership.share(type, entry["name"], shared, by=user())
+            ownership.share(type, entry["name"], shared, by=user(), home=home())
         except users.Refused as e:
             error(e)
         else:
@@ -54,14 +55,19 @@ def error(e: BaseException, where=None) -> None:
     (where or st).error(error_text(e))
 
 
+def home() -> Path:
+    """This app's workspace: the one place pages get it (the context every backend call is given)."""
+    return defaults.home()
+
+
 def user() -> users.User:
     """Who this browser session is. With accounts (or a login proxy) the logged-in user (pages/auth.py set it
     before any page ran); without, the name typed in the sidebar, declared, not proven."""
     logged_in = st.session_state.get(keys.USER)
     if logged_in is None:
-        return users.acting(owner())
+        return users.acting(owner(), home=home())
     if users.mode() == "accounts":        # each call asks the store again: a logout, reset, disable or a new role
-        now = users.session_user(st.session_state.get(keys.TOKEN))     # reaches an open fragment's next action
+        now = users.session_user(st.session_state.get(keys.TOKEN), home=home())     # reaches an open fragment's next action
         if now is None:
             st.session_state.pop(keys.USER, None)
             st.warning(t("auth.ended"))
@@ -94,7 +100,7 @@ def _lang_changed() -> None:
     """The language is remembered with the account; without accounts, in the URL (like the name)."""
     me = st.session_state.get(keys.USER)
     if me is not None:
-        users.set_lang(me, st.session_state[keys.LANG])
+        users.set_lang(me, st.session_state[keys.LANG], home=home())
     else:
         st.query_params["lang"] = st.session_state[keys.LANG]
 
@@ -128,12 +134,12 @@ def sidebar() -> None:
 
 def cancel_button(col, job: dict, label: str, key: str, kind: str = "secondary") -> bool:
     """A Stop/Cancel button that only the job's owner or an instructor can press; True once it was pressed."""
-    allowed = queue.may_manage(job, user())
+    allowed = queue.may_manage(job, user(), home=home())
     if not col.button(label, key=key, type=kind, disabled=not allowed,
                       help=None if allowed else t("job.not_yours", owner=job["owner"])):
         return False
     try:
-        queue.cancel(job["id"], by=user())
+        queue.cancel(job["id"], by=user(), home=home())
     except queue.SubmitError as e:          # the instructors changed since the page was drawn
         error(e)
         return False
@@ -237,7 +243,7 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
     any reload because everything is read from the store and the job's files. It polls only while the job
     can change (less often while it is queued or quiet) and reads only what changed (backend.live)."""
     try:
-        job = queue.get(job_id, by=user())
+        job = queue.get(job_id, by=user(), home=home())
     except KeyError:
         st.warning(t("job.not_found", id=job_id))
         return
@@ -258,7 +264,7 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
 def _viewer(job_id: int) -> live.Viewer:
     key = keys.job_view(job_id)
     if key not in st.session_state:
-        st.session_state[key] = live.Viewer(job_id)
+        st.session_state[key] = live.Viewer(job_id, home())
     return st.session_state[key]
 
 
@@ -272,23 +278,23 @@ def _actions(job) -> bool:
         if state is JobState.QUEUED and user().instructor \
                 and cols[2].button(t("job.run_next"), key=f"next-{job['id']}"):
             try:
-                queue.run_next(job["id"], by=user())
+                queue.run_next(job["id"], by=user(), home=home())
                 acted = True
             except queue.SubmitError as e:        # it started meanwhile
                 error(e)
-        if not queue.may_manage(job, user()):
+        if not queue.may_manage(job, user(), home=home()):
             st.caption(t("job.not_yours", owner=job["owner"]))
     else:
         if cols[0].button(t("job.retry"), key=f"retry-{job['id']}"):
             try:
-                new_id = queue.retry(job["id"], owner=owner(), by=user())
+                new_id = queue.retry(job["id"], owner=owner(), by=user(), home=home())
             except queue.SubmitError as e:
                 error(e)
             else:
                 st.query_params["job"] = str(new_id)
                 st.rerun(scope="app")
     if cols[1].button(t("job.clone"), key=f"clone-{job['id']}"):
-        kind, spec = queue.clone(job["id"])
+        kind, spec = queue.clone(job["id"], home=home(), by=user())
         st.info(t("job.cloned", id=job["id"]))
         st.code(f"# python -m backend submit {kind} spec.yaml\n" + yaml.safe_dump(spec, allow_unicode=True,
                                                                                  sort_keys=False), language="yaml")
@@ -348,11 +354,11 @@ def _live(job_id: int, every: float | None) -> None:
 def _charts(job_id: int) -> None:
     """The metric charts: a fragment of their own that redraws less often than the log (a chart is the
     costliest thing a view sends and draws), from the parse every session shares."""
-    ev = live.events(job_id)
+    ev = live.events(job_id, home=home())
     if ev.metrics:
         with st.expander(t("job.metrics"), expanded=True):
             series_charts(ev.series)
-            if (folder := paths.job_dir(job_id) / defaults.TENSORBOARD_DIR).is_dir():
+            if (folder := paths.job_dir(job_id, home=home()) / defaults.TENSORBOARD_DIR).is_dir():
                 st.caption(t("job.tensorboard", folder=folder))
 
 
@@ -391,7 +397,7 @@ def open_chat_on(ep: dict) -> None:
     """Have the Chat page pick endpoint ``ep``; with its base served beside it, Compare opens on base
     (left) vs ``ep`` (right)."""
     st.session_state[keys.CHAT_PICK] = ep["name"]
-    base = chat.base_endpoint(ep)
+    base = chat.base_endpoint(ep, home=home())
     if base:
         st.session_state[keys.CHAT_CMP_LEFT], st.session_state[keys.CHAT_CMP_RIGHT] = base["name"], ep["name"]
 
@@ -399,7 +405,7 @@ def open_chat_on(ep: dict) -> None:
 def chat_if_served(model: str, adapter: str = "") -> None:
     """If a live endpoint already serves ``model`` (with ``adapter``), open the Chat page on it (and do not
     return): "Chat with it" then needs no second server, which on CPU would wait for the first to end."""
-    ep = chat.serving(model, adapter)
+    ep = chat.serving(model, adapter, home=home())
     if ep:
         open_chat_on(ep)
         st.switch_page("pages/chat.py")

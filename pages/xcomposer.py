@@ -18,8 +18,8 @@ st.session_state.setdefault(S_HISTORY, [])
 @st.fragment(run_every=1.0)
 def starting(job_id: int) -> None:
     """A vlm job coming up: its state until its endpoint is live."""
-    job = queue.get(job_id)
-    if any(e["job_id"] == job_id for e in vlm.endpoints(by=ui.user())):
+    job = queue.get(job_id, home=ui.home(), by=ui.user())
+    if any(e["job_id"] == job_id for e in vlm.endpoints(by=ui.user(), home=ui.home())):
         st.session_state.pop(S_STARTING, None)
         st.rerun(scope="app")
     with st.container(key="xc_starting", border=True):
@@ -31,7 +31,7 @@ def starting(job_id: int) -> None:
                 st.rerun(scope="app")
 
 
-live = vlm.endpoints(by=ui.user())
+live = vlm.endpoints(by=ui.user(), home=ui.home())
 with st.container(key="xc_endpoint", border=True):
     if live:
         names = [e["name"] for e in live]
@@ -41,7 +41,7 @@ with st.container(key="xc_endpoint", border=True):
     else:
         ep = None
         st.info(ui.t("xc.none"))
-    startable = vlm.startable()
+    startable = vlm.startable(ui.home(), ui.user())
     if not startable:
         st.warning(ui.t("xc.no_models"))
         st.page_link("pages/models.py", label=ui.t("xc.to_models"), icon=":material/deployed_code:")
@@ -69,15 +69,15 @@ uploads = st.file_uploader(ui.t("xc.upload"), accept_multiple_files=True, key="x
 images, bad = [], False
 for f in uploads or []:
     try:
-        images.append(compose.add_to_gallery(f.name, f.getvalue(), owner=ui.owner()))
+        images.append(compose.add_to_gallery(f.name, f.getvalue(), owner=ui.owner(), home=ui.home()))
     except (vlm.VLMError, compose.ComposeError) as e:
         st.error(ui.t("xc.bad_image", message=ui.error_text(e)))
         bad = True
-picked = st.multiselect(ui.t("xc.gallery"), [p for p in compose.gallery(by=ui.user()) if p not in images], key="xc_gallery",
+picked = st.multiselect(ui.t("xc.gallery"), [p for p in compose.gallery(by=ui.user(), home=ui.home()) if p not in images], key="xc_gallery",
                         help=ui.t("xc.gallery.help"))
 images += picked
 if images:
-    st.image([str(compose.resolve(p, by=ui.user())) for p in images], width=120, caption=[p.rsplit("/", 1)[-1] for p in images])
+    st.image([str(compose.resolve(p, by=ui.user(), home=ui.home())) for p in images], width=120, caption=[p.rsplit("/", 1)[-1] for p in images])
 
 mode = st.radio(ui.t("xc.mode"), ["chat", "compose"], format_func=lambda m: ui.t("xc.mode." + m),
                 index=int("draft" in st.query_params), horizontal=True, key="xc_mode")
@@ -88,7 +88,7 @@ def image_chat() -> None:
         for m in st.session_state[S_HISTORY]:
             with st.chat_message(m["role"]):
                 if m.get("images"):
-                    st.image([str(compose.resolve(p, by=ui.user())) for p in m["images"]], width=120)
+                    st.image([str(compose.resolve(p, by=ui.user(), home=ui.home())) for p in m["images"]], width=120)
                 st.markdown(m["content"])
     prompt = st.chat_input(ui.t("xc.ask"), key="xc_input", disabled=ep is None or bad)
     if prompt and ep is not None:
@@ -96,10 +96,10 @@ def image_chat() -> None:
         user = {"role": "user", "content": prompt, "images": images}
         with st.chat_message("user"):
             if images:
-                st.image([str(compose.resolve(p, by=ui.user())) for p in images], width=120)
+                st.image([str(compose.resolve(p, by=ui.user(), home=ui.home())) for p in images], width=120)
             st.markdown(prompt)
         with st.chat_message("assistant"), st.container(key="xc_answer"):
-            text = shown(lambda: vlm.stream(ep, [{**m, "images": [compose.resolve(p, by=ui.user()) for p in m.get("images") or []]}
+            text = shown(lambda: vlm.stream(ep, [{**m, "images": [compose.resolve(p, by=ui.user(), home=ui.home()) for p in m.get("images") or []]}
                                                  for m in history + [user]], by=ui.user(), **sampling))
             if text is not None:
                 history += [user, {"role": "assistant", "content": text}]
@@ -117,17 +117,17 @@ def shown(answer) -> str | None:
 
 def streamed(prompt: str, pics: list | None = None) -> str | None:
     """The endpoint's answer to one prompt, streamed on the page; None (error shown) on failure."""
-    return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p, by=ui.user()) for p in pics or []], by=ui.user(),
+    return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p, by=ui.user(), home=ui.home()) for p in pics or []], by=ui.user(),
                                        **sampling))
 
 
 def composer() -> None:
-    drafts = {d["id"]: d for d in compose.drafts(by=ui.user())}
+    drafts = {d["id"]: d for d in compose.drafts(by=ui.user(), home=ui.home())}
     ids = ["", *drafts]
     current = st.query_params.get("draft", "")
     if current and current not in drafts:           # a link to a draft this user may not open: say why
         try:
-            compose.draft(current, by=ui.user())
+            compose.draft(current, by=ui.user(), home=ui.home())
         except compose.ComposeError as e:
             ui.error(e)
         except KeyError:
@@ -168,14 +168,14 @@ def composer() -> None:
             save(draft)
             st.rerun()
     if cols[2].button(ui.t("xc.match"), key="xc_match", disabled=not draft["slots"]):
-        if not compose.gallery(by=ui.user()):
+        if not compose.gallery(by=ui.user(), home=ui.home()):
             st.warning(ui.t("xc.no_gallery"))
         else:
             bar = st.progress(0.0)
             try:
                 compose.caption_gallery(ep, on_caption=lambda d, t: bar.progress(
-                    d / t, ui.t("xc.captioning", done=d, total=t)), by=ui.user())
-                compose.rerank(draft, by=ui.user())
+                    d / t, ui.t("xc.captioning", done=d, total=t)), by=ui.user(), home=ui.home())
+                compose.rerank(draft, by=ui.user(), home=ui.home())
                 save(draft)
                 st.rerun()
             except (vlm.VLMError, compose.ComposeError) as e:
@@ -199,9 +199,9 @@ def composer() -> None:
             slot_view(draft, slots[i], i)
     if draft["paragraphs"]:
         b = st.columns(2)
-        b[0].download_button(ui.t("xc.export.md"), compose.export_markdown(draft, by=ui.user()), f"article-{draft['id']}.zip",
+        b[0].download_button(ui.t("xc.export.md"), compose.export_markdown(draft, by=ui.user(), home=ui.home()), f"article-{draft['id']}.zip",
                              "application/zip", key="xc_export_md")
-        b[1].download_button(ui.t("xc.export.html"), compose.export_html(draft, by=ui.user()), f"article-{draft['id']}.html",
+        b[1].download_button(ui.t("xc.export.html"), compose.export_html(draft, by=ui.user(), home=ui.home()), f"article-{draft['id']}.html",
                              "text/html", key="xc_export_html")
 
 
@@ -209,7 +209,7 @@ def save(draft: dict) -> None:
     """Keep a draft; a student changing an instructor's draft (read-only to them) is told so, and the
     page stops there."""
     try:
-        compose.save(draft, by=ui.user())
+        compose.save(draft, by=ui.user(), home=ui.home())
     except compose.ComposeRefused as e:
         ui.error(e)
         st.stop()
@@ -221,7 +221,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
         cap = st.text_input(ui.t("xc.slot.caption"), slot["caption"], key=f"xc_cap_{i}")
         if cap != slot["caption"]:                    # a new caption re-ranks with the captions already known
             slot["caption"] = cap
-            compose.rerank(draft, by=ui.user())
+            compose.rerank(draft, by=ui.user(), home=ui.home())
             save(draft)
         options = ["", *[p for p, _ in slot["ranked"]]]
         scores = dict(map(tuple, slot["ranked"]))
@@ -233,7 +233,7 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
             save(draft)
             st.rerun()
         if slot["image"]:
-            st.image(str(compose.resolve(slot["image"], by=ui.user())), caption=slot["caption"], width=320)
+            st.image(str(compose.resolve(slot["image"], by=ui.user(), home=ui.home())), caption=slot["caption"], width=320)
 
 
 if mode == "chat":

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from backend import users
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -36,10 +37,10 @@ def endpoint_of(home: Path, job_id: int, timeout: float = 120) -> dict:
     from backend import chat, queue
 
     def ready():
-        job = queue.get(job_id, home)
+        job = queue.get(job_id, home, by=users.OPERATOR)
         assert job["state"] in ("queued", "starting", "running"), \
             f"{job['kind']} job {job['state']}: {job['error_message']}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
-        return next((e for e in chat.live_endpoints(home) if e["job_id"] == job_id and not e.get("base_of")), None)
+        return next((e for e in chat.live_endpoints(home, by=users.OPERATOR) if e["job_id"] == job_id and not e.get("base_of")), None)
     return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
 
 

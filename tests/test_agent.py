@@ -6,18 +6,18 @@ import json
 
 import pytest
 
-from backend import agent, engines, logs, queue
+from backend import agent, engines, logs, queue, users
 from tests.conftest import run_burst
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 
 
 def test_agent_refused_without_a_target_or_the_engine(home):
     with pytest.raises(queue.SubmitError, match="name either a live endpoint or an outside URL"):
-        queue.submit("agent", {"prompt": "hi"}, home=home)
+        queue.submit("agent", {"prompt": "hi"}, home=home, owner="local")
     with pytest.raises(queue.SubmitError, match="no live endpoint named 'gone'"):
-        queue.submit("agent", {"prompt": "hi", "endpoint": "gone"}, home=home)
+        queue.submit("agent", {"prompt": "hi", "endpoint": "gone"}, home=home, owner="local")
     with pytest.raises(queue.SubmitError, match="not an http"):
-        queue.submit("agent", {"prompt": "hi", "url": "ftp://x", "model": "m"}, home=home)
+        queue.submit("agent", {"prompt": "hi", "url": "ftp://x", "model": "m"}, home=home, owner="local")
 
 
 def step(thought: str, code: str) -> str:
@@ -32,7 +32,7 @@ ANSWER = "Thought: 45 it is.\nFinal Answer: the sum is 45"
 
 @pytest.mark.slow
 def test_lagent_loop_runs_the_interpreter_against_a_scripted_server(home):
-    if not engines.installed("lagent"):
+    if not engines.installed("lagent", home=home):
         pytest.skip("the lagent engine is not installed (./workbench test installs it)")
     secret = home / "secret.txt"
     secret.write_text("the workspace's secret")
@@ -45,11 +45,11 @@ def test_lagent_loop_runs_the_interpreter_against_a_scripted_server(home):
     try:
         job_id = queue.submit("agent", {"url": fake.url + "/v1", "model": "fake-model", "prompt": "Sum 0..9, plot it",
                                         "cpu_s": 2, "memory_mb": 256, "wall_s": 60, "max_turns": 8},
-                              home=home, secrets={"OPENAI_API_KEY": KEY})
+                              home=home, secrets={"OPENAI_API_KEY": KEY}, owner="local")
         run_burst(home, timeout=300)
     finally:
         fake.close()
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     assert job["state"] == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
     result = logs.result(job_id, home)
     assert result["answer"].strip() == "the sum is 45" and result["steps"] == 5 and result["files"] == ["plot.png"]
@@ -63,12 +63,12 @@ def test_lagent_loop_runs_the_interpreter_against_a_scripted_server(home):
     # the model read every observation: the last request carries each limit's sentence
     sent = json.dumps(fake.requests[-1]["messages"])
     assert all(s in sent for s in ("45", "more than 2 s of CPU", "256 MB", "Connection refused", "No such file"))
-    md = agent.trace_markdown(agent.trace(job_id, by=None, home=home))
+    md = agent.trace_markdown(agent.trace(job_id, by=users.OPERATOR, home=home))
     assert "```python\nwhile True: pass\n```" in md and md.rstrip().endswith("the sum is 45")
 
 
 def test_agent_runs_are_their_owners(home):
-    if not engines.installed("lagent"):
+    if not engines.installed("lagent", home=home):
         pytest.skip("the lagent engine is not installed (./workbench test installs it)")
     where = {"url": "http://127.0.0.1:9/v1", "model": "m", "home": home}
     first = agent.ask("hi", by="alice", **where)
@@ -76,4 +76,4 @@ def test_agent_runs_are_their_owners(home):
     with pytest.raises(queue.Refused, match="not one of your agent runs"):
         agent.ask("more", by="bob", after=first, **where)
     second = agent.ask("more", by="alice", after=first, **where)
-    assert queue.get(second, home)["spec"]["history"] == [{"role": "user", "content": "hi"}]  # unanswered: its question
+    assert queue.get(second, home, by=users.OPERATOR)["spec"]["history"] == [{"role": "user", "content": "hi"}]  # unanswered: its question

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backend import agent, engines, queue
+from backend import agent, engines, queue, users
 from tests.conftest import pick, shot, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 from tests.test_agent import ANSWER, PLOT, step
@@ -24,7 +24,7 @@ def ask(page, text: str) -> None:
 @pytest.mark.slow
 @pytest.mark.browser
 def test_agent_page_computes_plots_continues_and_stops(home, page):
-    if not engines.installed("lagent"):
+    if not engines.installed("lagent", home=home):
         pytest.skip("the lagent engine is not installed (./workbench test installs it)")
     fake = FakeOpenAI(script=SCRIPT)
     try:
@@ -42,25 +42,25 @@ def test_agent_page_computes_plots_continues_and_stops(home, page):
         steps.get_by_text("I compute it and draw it.").wait_for()          # the thought
         steps.get_by_text("plt.savefig('plot.png')").wait_for()            # the tool call
         assert steps.locator("[data-testid='stCode']").nth(1).inner_text().strip() == "45"    # its observation
-        first = queue.list_jobs(kind="agent", home=home)[0]["id"]
+        first = queue.list_jobs(kind="agent", home=home, by=users.OPERATOR)[0]["id"]
         pick(page, f"agent_file_{first}", "plot.png")                        # a file is read once opened
         img = page.locator(".st-key-agent_files img").first
         img.wait_for()
         wait_for(lambda: img.evaluate("i => i.complete && i.naturalWidth > 100"), 30, 0.2, "the plot to load")
-        trace = agent.trace(first, by=None, home=home)
+        trace = agent.trace(first, by=users.OPERATOR, home=home)
         assert [s["type"] for s in trace["steps"]] == ["model", "tool", "model", "answer"] and trace["files"] == ["plot.png"]
         page.set_viewport_size({"width": 1400, "height": 2400})
         shot(page, "agent")
         page.set_viewport_size({"width": 1400, "height": 1000})
 
         ask(page, "Now wait forever")                    # a follow-up: the model gets the first turn with it
-        wait_for(lambda: len(queue.list_jobs(kind="agent", home=home)) == 2, 30, 0.2, "the follow-up run")
+        wait_for(lambda: len(queue.list_jobs(kind="agent", home=home, by=users.OPERATOR)) == 2, 30, 0.2, "the follow-up run")
         page.locator(".st-key-agent_steps").get_by_text("I wait.").wait_for(timeout=120_000)
         sent = json.dumps(fake.requests[-1]["messages"])
         assert "Sum 0..9 and plot it" in sent and "the sum is 45" in sent
         page.locator(".st-key-agent_stop button").click()
-        second = queue.list_jobs(kind="agent", home=home)[0]["id"]
-        wait_for(lambda: queue.get(second, home)["state"] == "cancelled", 25, 0.2, "Stop to end the run")
+        second = queue.list_jobs(kind="agent", home=home, by=users.OPERATOR)[0]["id"]
+        wait_for(lambda: queue.get(second, home, by=users.OPERATOR)["state"] == "cancelled", 25, 0.2, "Stop to end the run")
         page.get_by_text(f"Run {second}: cancelled").wait_for()
     finally:
         fake.close()

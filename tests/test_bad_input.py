@@ -8,21 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, compose, datasets, models, queue, vlm
+from backend import chat, compose, datasets, defaults, models, queue, users, vlm
 from backend.errors import UserError
 from backend.store import open_store
-from backend.specs import evaluate as evaluate_job
+from backend.kinds import evaluate as evaluate_job
 from tests.conftest import ROOT, cli, run_burst
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
 
 def submit(kind, spec):
-    return lambda home: queue.submit(kind, spec)
+    return lambda home: queue.submit(kind, spec, home=home, owner="local")
 
 
 def upload(name, data):
-    return lambda home: datasets.save_upload(name, data, owner="local")
+    return lambda home: datasets.save_upload(name, data, owner="local", home=home)
 
 
 def write(home, name, data: bytes) -> Path:
@@ -32,7 +32,7 @@ def write(home, name, data: bytes) -> Path:
 
 
 def good_dataset(home) -> Path:
-    return Path(datasets.save_upload("good.jsonl", (json.dumps(CHAT) + "\n").encode() * 3, owner="local")["path"])
+    return Path(datasets.save_upload("good.jsonl", (json.dumps(CHAT) + "\n").encode() * 3, owner="local", home=home)["path"])
 
 
 def command(*args):
@@ -86,29 +86,29 @@ CASES = {
     "agent: an outside URL on the metadata address": submit("agent", {"prompt": "hi", "url": "http://169.254.169.254/v1",
                                                                        "model": "m"}),
     "chat: an outside URL on a private network": lambda home: chat.external("http://192.168.0.1/v1"),
-    "evaluate: an endpoint on a link-local address": lambda home: str(evaluate_job.endpoint_problem("http://[fe80::1]/v1")),
+    "evaluate: an endpoint on a link-local address": lambda home: str(evaluate_job.endpoint_problem("http://[fe80::1]/v1", home=home)),
     # -- backend entry points the pages call -------------------------------------------------------
     "model name with a trailing newline": lambda home: [models.check_name("model\n")],
     "model name ..": lambda home: [models.check_name("..")],
     "model name with a slash": lambda home: [models.check_name("a/b")],
-    "model import from /etc": lambda home: models.import_folder("/etc", owner="local"),
+    "model import from /etc": lambda home: models.import_folder("/etc", owner="local", home=home),
     "upload: an .exe": upload("x.exe", b"MZ"),
     "upload: a name of dots only": upload("....jsonl", b"{}\n"),
-    "upload: a name taken": lambda home: (good_dataset(home), datasets.save_upload("good.jsonl", b"{}\n", owner="local")),
-    "convert to an unknown format": lambda home: datasets.convert(good_dataset(home), "nope", owner="local"),
-    "split with a fraction of 1.5": lambda home: datasets.split(good_dataset(home), 1.5, owner="local"),
-    "delete a dataset that is not there": lambda home: datasets.delete("nope"),
-    "job id past SQLite's integers": lambda home: queue.get(99999999999999999999),
-    "cancel job id 2**70": lambda home: queue.cancel(2 ** 70),
+    "upload: a name taken": lambda home: (good_dataset(home), datasets.save_upload("good.jsonl", b"{}\n", owner="local", home=home)),
+    "convert to an unknown format": lambda home: datasets.convert(good_dataset(home), "nope", owner="local", home=home),
+    "split with a fraction of 1.5": lambda home: datasets.split(good_dataset(home), 1.5, owner="local", home=home),
+    "delete a dataset that is not there": lambda home: datasets.delete("nope", home=home, by=users.OPERATOR),
+    "job id past SQLite's integers": lambda home: queue.get(99999999999999999999, home=home, by=users.OPERATOR),
+    "cancel job id 2**70": lambda home: queue.cancel(2 ** 70, home=home, by=users.OPERATOR),
     "JSON array cut short": lambda home: datasets.load_messages(
         write(home, "cut.json", b"[" + json.dumps(CHAT).encode() + b', {"messages": [')),
     "JSON array with text after its end": lambda home: datasets.load_messages(
         write(home, "after.json", b"[" + json.dumps(CHAT).encode() + b"] and more")),
     "JSON array holding a number": lambda home: datasets.load_messages(
         write(home, "num.json", b"[" + json.dumps(CHAT).encode() + b", 5]")),
-    "image chat: /etc/passwd as an image": lambda home: vlm.image_file("/etc/passwd"),
-    "image chat: a file outside the gallery": lambda home: vlm.image_file(write(home, "other.png", b"\x89PNG")),
-    "compose: a gallery path climbing out": lambda home: compose.resolve("gallery/../../../etc/hostname"),
+    "image chat: /etc/passwd as an image": lambda home: vlm.image_file("/etc/passwd", home=home),
+    "image chat: a file outside the gallery": lambda home: vlm.image_file(write(home, "other.png", b"\x89PNG"), home=home),
+    "compose: a gallery path climbing out": lambda home: compose.resolve("gallery/../../../etc/hostname", home=home, by=users.OPERATOR),
     # -- the Evaluate page's dataset check --------------------------------------------------------
     "CSV field over csv's limit": custom_format("big.csv", b'question,answer\n"' + b"x" * 200_000 + b'",A\n'),
     "JSONL of binary bytes": custom_format("bin.jsonl", b"\xff\xfe\x00garbage\n"),
@@ -136,7 +136,7 @@ def message_of(fn, home) -> str:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gets_a_clear_sentence_and_loses_nothing(home, case):
-    store = open_store()
+    store = open_store(home=home)
     jobs_before = store.counts()
     msg = message_of(CASES[case], home)
     assert msg and len(msg) < 800, msg
@@ -149,7 +149,7 @@ def test_a_leftover_temp_upload_does_not_block_the_upload(home):
     d = home / "datasets"
     d.mkdir()
     (d / ".notes.jsonl.upload").write_bytes(b"half of an earlier upload")      # a crash mid-upload left it
-    entry = datasets.save_upload("notes.jsonl", (json.dumps(CHAT) + "\n").encode(), owner="local")
+    entry = datasets.save_upload("notes.jsonl", (json.dumps(CHAT) + "\n").encode(), owner="local", home=home)
     assert entry["name"] == "notes" and Path(entry["path"]).read_bytes().startswith(b"{")
 
 
@@ -161,7 +161,7 @@ def test_names_are_nfkc_normalised(home):
 def test_job_ids_from_links_are_ascii_digits():
     assert queue.parse_job_id("²") is None and queue.parse_job_id("") is None and queue.parse_job_id("3x") is None
     assert queue.parse_job_id(" 12 ") == 12
-    assert queue.get.__module__ and open_store().job(99999999999999999999) is None
+    assert queue.get.__module__ and open_store(home=defaults.home()).job(99999999999999999999) is None
 
 
 def test_streamlit_config_hides_error_details_and_binds_localhost():
@@ -175,11 +175,11 @@ def test_streamlit_config_hides_error_details_and_binds_localhost():
 def test_jobs_that_fail_on_bad_data_say_why_in_one_sentence(home):
     """Specs that pass the submit checks but whose data is bad: the job fails with a sentence, not a crash."""
     write(home, "datasets/garbage.jsonl", b"\xff\xfe\x00\x01 not json\n") if (home / "datasets").mkdir() is None else None
-    stats = queue.submit("dataset_stats", {"dataset": "garbage.jsonl"})
-    sleepy = queue.submit("sleepy", {"steps": 1, "write_to": "/dev/full"})
+    stats = queue.submit("dataset_stats", {"dataset": "garbage.jsonl"}, home=home, owner="local")
+    sleepy = queue.submit("sleepy", {"steps": 1, "write_to": "/dev/full"}, home=home, owner="local")
     run_burst(home)
     for job_id in (stats, sleepy):
-        j = queue.get(job_id)
+        j = queue.get(job_id, home=home, by=users.OPERATOR)
         assert j["state"] == "failed" and j["error_class"] != "crash", j
         assert "Traceback" not in j["error_message"] and j["error_message"], j
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, queue
+from backend import chat, queue, users
 from backend.store import open_store
 from tests.conftest import endpoint_of, free_port, pick, shot, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
@@ -40,7 +40,7 @@ def test_chat_page_streams_stops_and_compares(home, smollm2, page):
     page.locator(".st-key-chat_serve_go button").click()
     page.locator(".st-key-chat_starting").wait_for(timeout=30_000)
     page.locator(".st-key-chat_pick").wait_for(timeout=240_000)
-    ep = chat.endpoints(home)[0]
+    ep = chat.endpoints(home, by=users.OPERATOR)[0]
     assert ep["source"] == BUNDLED and ep["device"] == "cpu"
 
     page.locator(".st-key-chat_max_tokens input").fill("12")
@@ -111,8 +111,8 @@ def _rest(home, ep):
     assert "sk-not-logged" not in (home / "workbench.db").read_bytes().decode("latin-1")
     assert "sk-not-logged" not in (home / "streamlit.log").read_text(errors="replace")
     assert ep["api_key"] not in (home / "streamlit.log").read_text(errors="replace")
-    queue.cancel(ep["job_id"], home)
-    wait_for(lambda: not chat.endpoints(home), 30, 0.2, "the endpoint to go away")
+    queue.cancel(ep["job_id"], home, by=users.OPERATOR)
+    wait_for(lambda: not chat.endpoints(home, by=users.OPERATOR), 30, 0.2, "the endpoint to go away")
 
 
 # -- faults, multi-turn Compare and two sessions: the fake server, and the tiny model where a real one counts --
@@ -150,7 +150,7 @@ def compare(page, text: str) -> None:
 def test_chat_faults_multi_turn_compare_and_two_sessions(home, tiny_model, fake, browser, page):
     # a real server for the context check comes up while the fake-server cases run
     open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"}, owner="local")
-    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
+    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home, owner="local")
     page.goto(page.base_url + "/chat")
     page.get_by_text("Add an external OpenAI-compatible URL").click()
 
@@ -283,11 +283,11 @@ def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page)
     page.locator(".st-key-chat_serve_go button").click()
     page.locator(".st-key-chat_pick").wait_for(timeout=120_000)
     # one server (one CPU slot) serves the merged copy and, beside it, the base: compare needs no second job
-    ep = chat.serve_job_endpoint(queue.list_jobs(kind="serve", home=home)[0]["id"], home)
+    ep = chat.serve_job_endpoint(queue.list_jobs(kind="serve", home=home, by=users.OPERATOR)[0]["id"], home)
     base_ep = chat.base_endpoint(ep, home)
     assert ep["name"].startswith("tiny+tiny-lora") and ep["source"] == "tiny+tiny-lora"
     assert base_ep["source"] == "tiny" and base_ep["url"] == ep["url"] and base_ep["model"] == str(tiny_model)
-    assert chat.serving("tiny", "tiny-lora", home) == ep and chat.serving("tiny", home=home) is None
+    assert chat.serving("tiny", "tiny-lora", home=home) == ep and chat.serving("tiny", home=home) is None
     # what the server loaded is the merged copy: q_proj = base + B·A·scale, o_proj untouched
     merged = load_file(home / "jobs" / str(ep["job_id"]) / "merged" / "model.safetensors")
     base = load_file(Path(tiny_model) / "model.safetensors")
@@ -310,9 +310,9 @@ def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page)
              and messages(page, ".st-key-compare_right").count() == 2
              and not page.locator(".st-key-chat_cmp_stop").count(), 60, 0.2, "both answers")
     # one server answered all: 2 warm-ups, the chat turn and the two compare requests
-    wait_for(lambda: {e["requests"] for e in chat.endpoints(home)} == {5}, 10, 0.2, "5 requests on both rows")
-    queue.cancel(ep["job_id"], home)
-    wait_for(lambda: not (home / "jobs" / str(ep["job_id"]) / "merged").exists() and not chat.endpoints(home), 30, 0.2,
+    wait_for(lambda: {e["requests"] for e in chat.endpoints(home, by=users.OPERATOR)} == {5}, 10, 0.2, "5 requests on both rows")
+    queue.cancel(ep["job_id"], home, by=users.OPERATOR)
+    wait_for(lambda: not (home / "jobs" / str(ep["job_id"]) / "merged").exists() and not chat.endpoints(home, by=users.OPERATOR), 30, 0.2,
              "the merged copy and both endpoints removed")
 
 

@@ -45,8 +45,8 @@ def test_two_students_and_an_instructor_at_once(page, home):
     for name, role in (("ann", "student"), ("bob", "student"), ("teach", "instructor"), ("carl", "student")):
         out = cli(home, "users", "add", name, "--role", role)
         pw[name] = out.stdout.strip().split("\t")[1]
-    ann_job = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", label="ann's run")
-    bob_job = queue.submit("sleepy", {"steps": 1}, owner="bob", label="bob's run")
+    ann_job = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", label="ann's run", home=home)
+    bob_job = queue.submit("sleepy", {"steps": 1}, owner="bob", label="bob's run", home=home)
     browser = page.context.browser
 
     # the login page; wrong passwords are throttled (per account and address), and the right one then waits too
@@ -101,19 +101,19 @@ def test_two_students_and_an_instructor_at_once(page, home):
     teach.goto(f"{page.base_url}/jobs?job={ann_job}")
     teach.locator(f".st-key-joblog-{ann_job}").get_by_text("step").first.wait_for()
     teach.get_by_role("button", name="Cancel").click()
-    wait_for(lambda: queue.get(ann_job)["state"] == "cancelled", 30, what="ann's job cancelled")
-    assert queue.get(bob_job)["owner"] == "bob"
-    refused = [r for r in users.audit_log("refused") if r["actor"] == "bob"]
+    wait_for(lambda: queue.get(ann_job, home=home, by=users.OPERATOR)["state"] == "cancelled", 30, what="ann's job cancelled")
+    assert queue.get(bob_job, home=home, by=users.OPERATOR)["owner"] == "bob"
+    refused = [r for r in users.audit_log("refused", home=home) if r["actor"] == "bob"]
     assert refused and refused[0]["target"] == f"job {ann_job}"
-    assert any(r["actor"] == "teach" and r["action"] == "cancel" for r in users.audit_log())
+    assert any(r["actor"] == "teach" and r["action"] == "cancel" for r in users.audit_log(home=home))
 
     # the instructor's console: the roster (with GPU-hours today and disk used), lab progress, and an
     # announcement every page shows
-    datasets.save_upload("ann-notes.jsonl", io.BytesIO(b'{"text": "hi"}\n' * 3000), owner="ann")
+    datasets.save_upload("ann-notes.jsonl", io.BytesIO(b'{"text": "hi"}\n' * 3000), owner="ann", home=home)
     teach.goto(f"{page.base_url}/console")
     for column in ("GPU-hours today", "Disk used"):                # in the data grid's accessible table
         teach.get_by_role("columnheader", name=column, include_hidden=True).wait_for(state="attached")
-    used = users.disk_usage()["ann"]                               # her upload and her (cancelled) job's folder
+    used = users.disk_usage(home=home)["ann"]                               # her upload and her (cancelled) job's folder
     assert used >= 3000 * 15
     teach.get_by_text(human_size(used), exact=True).wait_for(state="attached")
     teach.locator(".st-key-console_announce_text textarea").fill("Lab 3: fine-tune by 11:00")
@@ -139,7 +139,7 @@ def test_two_students_and_an_instructor_at_once(page, home):
     page.get_by_text("Log in to Lab Workbench").wait_for()
     page.reload()
     page.get_by_text("Log in to Lab Workbench").wait_for()
-    assert users.session_user(cookie["value"]) is None
+    assert users.session_user(cookie["value"], home=home) is None
 
 
 def test_httponly_login_sticks_twenty_times_and_a_key_s_snippet_runs(page, home):
@@ -158,7 +158,7 @@ def test_httponly_login_sticks_twenty_times_and_a_key_s_snippet_runs(page, home)
         page.get_by_text("Signed in as ann").wait_for()
         cookie = next(c for c in page.context.cookies() if c["name"] == users.COOKIE)
         assert cookie["httpOnly"] and users.COOKIE not in page.evaluate("document.cookie")
-    assert len([r for r in users.audit_log("login") if r["actor"] == "ann"]) == 20
+    assert len([r for r in users.audit_log("login", home=home) if r["actor"] == "ann"]) == 20
 
     fake = FakeOpenAI()
     try:
@@ -180,12 +180,12 @@ def test_httponly_login_sticks_twenty_times_and_a_key_s_snippet_runs(page, home)
 def test_a_disabled_students_open_page_cannot_retry(page, home):
     """An open job view keeps running its fragment; once the account is disabled, its Retry acts for nobody."""
     password = cli(home, "users", "add", "ann").stdout.strip().split("\t")[1]
-    job = queue.submit("sleepy", {"steps": 1}, owner="ann")
+    job = queue.submit("sleepy", {"steps": 1}, owner="ann", home=home)
     first_login(page, "ann", password, f"jobs?job={job}")
-    wait_for(lambda: queue.get(job).state.finished, 60, 0.2, "ann's job to end")
+    wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR).state.finished, 60, 0.2, "ann's job to end")
     retry = page.locator(f".st-key-retry-{job} button")
     retry.wait_for()
-    users.disable("ann")
+    users.disable("ann", home=home)
     retry.click()
     page.get_by_text("Your session has ended").wait_for()
-    assert [j.id for j in queue.list_jobs()] == [job]          # nothing was queued in her name
+    assert [j.id for j in queue.list_jobs(home=home, by=users.OPERATOR)] == [job]          # nothing was queued in her name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import queue
+from backend import queue, users
 from backend.store import open_store
 from tests.conftest import ROOT, app_healthy, cli, free_port, run_burst, wait_for
 from tests.test_worker import gone
@@ -18,7 +18,7 @@ def test_submit_list_show_logs_cancel(home, tmp_path):
     out = cli(home, "submit", "sleepy", str(spec), "--label", "first")
     assert out.returncode == 0, out.stderr
     job = int(out.stdout)
-    assert queue.get(job)["label"] == "first"
+    assert queue.get(job, home=home, by=users.OPERATOR)["label"] == "first"
     assert "sleepy" in cli(home, "list").stdout
     run_burst(home)
     shown = cli(home, "show", str(job)).stdout
@@ -39,7 +39,7 @@ def test_bad_input_is_a_clear_message_and_nothing_is_queued(home, tmp_path):
     (tmp_path / "broken.yaml").write_text("steps: [1,\n")
     out = cli(home, "submit", "sleepy", str(tmp_path / "broken.yaml"))
     assert out.returncode == 2 and "not valid YAML" in out.stderr
-    assert queue.list_jobs() == []
+    assert queue.list_jobs(home=home, by=users.OPERATOR) == []
 
 
 def test_engine_install_spec_is_validated(home, tmp_path):
@@ -57,7 +57,7 @@ def test_output_cut_short_by_the_reader_is_no_traceback(home):
     import os
     import subprocess
     from tests.conftest import PY, ROOT, env_for
-    queue.submit("sleepy", {"steps": 1})
+    queue.submit("sleepy", {"steps": 1}, home=home, owner="local")
     read, write = os.pipe()
     os.close(read)                           # the reader left before the first line
     proc = subprocess.run([PY, "-m", "backend", "list"], cwd=ROOT, env=env_for(home), stdout=write,

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from backend import compose, vlm
+from backend import compose, users, vlm
 from tests.test_vlm import png
 
 ARTICLE = "# West Lake\n\nThe lake is calm at dawn.\n\nA cat sleeps on the bridge. It <b>purrs</b>.\n\nBoats drift home."
@@ -55,7 +55,7 @@ def test_prompts_refuse_bad_input():
 
 def test_gallery_checks_keep_images_inside_the_workspace(home, monkeypatch):
     rel = compose.add_to_gallery("cat.png", png(20, 20, "orange"), home, owner="local")
-    assert rel.startswith("gallery/uploads/") and compose.gallery(home) == [rel]
+    assert rel.startswith("gallery/uploads/") and compose.gallery(home, by=users.OPERATOR) == [rel]
     assert compose.add_to_gallery("again.png", png(20, 20, "orange"), home, owner="local") == rel      # same bytes, same file
     with pytest.raises(vlm.VLMError, match="not an image"):
         compose.add_to_gallery("notes.png", b"just text", home, owner="local")
@@ -65,8 +65,8 @@ def test_gallery_checks_keep_images_inside_the_workspace(home, monkeypatch):
     (home.parent / "outside.png").write_bytes(png())
     for bad in ("../outside.png", str(home.parent / "outside.png"), "gallery/missing.png"):
         with pytest.raises(compose.ComposeError, match="not an image in this workspace"):
-            compose.resolve(bad, home)
-    assert compose.gallery(home) == [rel], "refused uploads leave nothing behind"
+            compose.resolve(bad, home, by=users.OPERATOR)
+    assert compose.gallery(home, by=users.OPERATOR) == [rel], "refused uploads leave nothing behind"
 
 
 def test_draft_rerank_and_exports(home):
@@ -77,18 +77,18 @@ def test_draft_rerank_and_exports(home):
     draft = compose.new_draft("Write about West Lake", [], owner="ann")
     draft["paragraphs"] = compose.paragraphs(ARTICLE)
     draft["slots"] = compose.parse_slots("2: the calm lake\n3: a sleeping cat on the bridge", draft["paragraphs"], 2)
-    compose.rerank(draft, home)
+    compose.rerank(draft, home, by=users.OPERATOR)
     assert [s["image"] for s in draft["slots"]] == [lake, cat]
     draft["slots"][0].update(image=cat, chosen=True)              # the user's pick survives a re-rank
-    compose.rerank(draft, home)
+    compose.rerank(draft, home, by=users.OPERATOR)
     assert draft["slots"][0]["image"] == cat
-    compose.save(draft, home)
-    assert compose.drafts(home, owner="ann")[0]["slots"][0]["image"] == cat and compose.drafts(home, owner="bob") == []
+    compose.save(draft, home, by=users.OPERATOR)
+    assert compose.drafts(home, owner="ann", by=users.OPERATOR)[0]["slots"][0]["image"] == cat and compose.drafts(home, owner="bob", by=users.OPERATOR) == []
 
-    page = compose.export_html(draft, home)
+    page = compose.export_html(draft, home, by=users.OPERATOR)
     assert page.count("data:image/png;base64,") == 2 and "<h1>West Lake</h1>" in page
     assert "&lt;b&gt;purrs&lt;/b&gt;" in page and "<b>purrs" not in page, "the model's text is escaped"
-    with zipfile.ZipFile(io.BytesIO(compose.export_markdown(draft, home))) as z:
+    with zipfile.ZipFile(io.BytesIO(compose.export_markdown(draft, home, by=users.OPERATOR))) as z:
         md = z.read("article.md").decode()
         images = [n for n in z.namelist() if n.startswith("images/")]
         assert len(images) == 2 and all(f"]({n})" in md for n in images)

@@ -8,7 +8,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend import datasets as ds, paths
+from backend import datasets as ds, paths, users
 from backend import logs, queue
 from backend.store import open_store
 from jobs.dataset_import import pick_files, place
@@ -16,7 +16,7 @@ from tests.conftest import run_burst
 
 
 def result(home, job_id):
-    return queue.get(job_id, home), logs.result(job_id, home)
+    return queue.get(job_id, home, by=users.OPERATOR), logs.result(job_id, home)
 
 
 @pytest.fixture
@@ -43,9 +43,9 @@ def test_stats_with_a_tokenizer_and_chat_template(home, tiny_model):
     rows += [rows[0], {"messages": [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是小书。"}]}]
     (src / "chat.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + "{bad\n")
     ds.register(src / "chat.jsonl", "chat", "upload", home, owner="local")
-    job_id = queue.submit("dataset_stats", {"dataset": "chat", "model": "tiny", "max_length": 40, "bins": 5}, home=home)
-    no_model = queue.submit("dataset_stats", {"dataset": "shubot_self_cognition"}, home=home)
-    missing = queue.submit("dataset_stats", {"dataset": "nope"}, home=home)
+    job_id = queue.submit("dataset_stats", {"dataset": "chat", "model": "tiny", "max_length": 40, "bins": 5}, home=home, owner="local")
+    no_model = queue.submit("dataset_stats", {"dataset": "shubot_self_cognition"}, home=home, owner="local")
+    missing = queue.submit("dataset_stats", {"dataset": "nope"}, home=home, owner="local")
     ds.ensure_samples(home)
     run_burst(home)
     job, res = result(home, job_id)
@@ -67,8 +67,8 @@ def test_stats_with_a_tokenizer_and_chat_template(home, tiny_model):
 def test_import_from_a_url_through_the_worker(home, http_dir):
     folder, base = http_dir
     (folder / "tiny_alpaca.jsonl").write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n" * 2)
-    ok = queue.submit("dataset_import", {"source": "url", "id": f"{base}/tiny_alpaca.jsonl"}, home=home)
-    gone = queue.submit("dataset_import", {"source": "url", "id": f"{base}/missing.jsonl", "name": "m"}, home=home)
+    ok = queue.submit("dataset_import", {"source": "url", "id": f"{base}/tiny_alpaca.jsonl"}, home=home, owner="local")
+    gone = queue.submit("dataset_import", {"source": "url", "id": f"{base}/missing.jsonl", "name": "m"}, home=home, owner="local")
     run_burst(home, WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK=1)
     job, res = result(home, ok)
     assert job["state"] == "succeeded", res
@@ -77,7 +77,7 @@ def test_import_from_a_url_through_the_worker(home, http_dir):
     assert entry["meta"]["source"] == "url" and entry["job_id"] == ok
     job, res = result(home, gone)
     assert job["state"] == "failed" and res["error"]["class"] == "download_error"
-    again = queue.submit("dataset_import", {"source": "url", "id": f"{base}/tiny_alpaca.jsonl"}, home=home)
+    again = queue.submit("dataset_import", {"source": "url", "id": f"{base}/tiny_alpaca.jsonl"}, home=home, owner="local")
     run_burst(home, WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK=1)
     job, res = result(home, again)
     assert job["state"] == "failed" and "already exists" in res["error"]["message"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets as ds
+from backend import datasets as ds, users
 from backend.dataset_view import open_view
 from backend.store import open_store
 
@@ -218,7 +218,7 @@ def test_upload_limits_duplicates_and_paths(home, monkeypatch):
 
 
 def test_bundled_samples_are_listed_and_valid(home):
-    names = {d["name"]: d for d in ds.list_datasets(home)}
+    names = {d["name"]: d for d in ds.list_datasets(home, by=users.OPERATOR)}
     assert {"shubot_self_cognition", "mini_instructions", "easy_mcq", "easy_qa"} <= set(names)
     shubot = names["shubot_self_cognition"]
     assert shubot["meta"]["format"] == "messages" and 60 <= shubot["meta"]["rows"] <= 120
@@ -240,14 +240,14 @@ def test_a_large_json_array_upload_is_read_in_pieces_and_imports(home):
     del rows
     tracemalloc.start()
     try:
-        entry = ds.save_upload("big.json", data, owner="local")
+        entry = ds.save_upload("big.json", data, owner="local", home=home)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert entry["meta"]["rows"] == 12_000 and entry["meta"]["format"] == "messages"
     assert peak < len(data) / 3, (peak, len(data))
-    view = open_view(entry["path"])
+    view = open_view(entry["path"], home=home)
     assert view.row(11_999)["record"]["messages"][0]["content"].startswith("question 11999 ")
     broken = data[:len(data) // 2]                    # cut mid-array: the records before the cut, then why
-    problems = [str(err) for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken, owner="local")["path"])) if err]
+    problems = [str(err) for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken, owner="local", home=home)["path"])) if err]
     assert len(problems) == 1 and "cut.json: record" in problems[0], problems

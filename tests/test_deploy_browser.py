@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import queue
+from backend import queue, users
 from backend.store import open_store
 from tests.conftest import shot, wait_for
 
@@ -16,10 +16,10 @@ def measured(home, name: str) -> dict:
 
 
 def serve_and_measure(page, home, name: str) -> None:
-    before = len(queue.list_jobs(kind="serve", home=home))
+    before = len(queue.list_jobs(kind="serve", home=home, by=users.OPERATOR))
     page.reload()
     page.locator(f".st-key-deploy_start_{name} button").click()
-    wait_for(lambda: len(queue.list_jobs(kind="serve", home=home)) > before, 30, 0.2, f"a serve job for {name}")
+    wait_for(lambda: len(queue.list_jobs(kind="serve", home=home, by=users.OPERATOR)) > before, 30, 0.2, f"a serve job for {name}")
     def live():
         page.reload()
         page.locator(".st-key-deploy_table").wait_for()
@@ -27,9 +27,9 @@ def serve_and_measure(page, home, name: str) -> None:
     wait_for(live, 300, 2, f"a server for {name}")
     page.locator(f".st-key-deploy_measure_{name} button").click()
     wait_for(lambda: measured(home, name).get("tps_8"), 300, 1, f"{name} to be measured")
-    job_id = next(j["id"] for j in queue.list_jobs(home=home) if j["kind"] == "serve" and j["state"] == "running")
-    queue.cancel(job_id, home)
-    wait_for(lambda: queue.get(job_id, home)["state"] == "cancelled", 60, 0.5, "the server to stop")
+    job_id = next(j["id"] for j in queue.list_jobs(home=home, by=users.OPERATOR) if j["kind"] == "serve" and j["state"] == "running")
+    queue.cancel(job_id, home, by=users.OPERATOR)
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 60, 0.5, "the server to stop")
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 import re
 from pathlib import Path
 
-from backend import defaults, kinds
+from backend import defaults
+from backend.kinds import catalog as kinds
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from backend import logs, models, queue
+from backend import logs, models, queue, users
 from backend.store import open_store
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub
@@ -21,15 +21,15 @@ def hub(tiny_model):
 
 
 def events(job_id, home):
-    return logs.read_events(job_id, 0, home)[0]
+    return logs.read_events(job_id, 0, home, home=home)[0]
 
 
 def test_huggingface_download_registers_with_lineage_and_no_token_anywhere(home, hub):
     job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny"},
-                          secrets={"HF_TOKEN": "hf_SECRETtoken123"})
+                          secrets={"HF_TOKEN": "hf_SECRETtoken123"}, home=home, owner="local")
     out = run_burst(home, HF_ENDPOINT=hub.url)
-    job = queue.get(job_id)
-    assert job["state"] == "succeeded", (job, logs.tail(job_id, 30, home), out.stdout)
+    job = queue.get(job_id, home=home, by=users.OPERATOR)
+    assert job["state"] == "succeeded", (job, logs.tail(job_id, 30, home=home), out.stdout)
     row = models.get("tiny", home)
     meta = row["meta"]
     assert (meta["source"], meta["id"], meta["revision"], meta["job_id"]) == \
@@ -49,10 +49,10 @@ def test_huggingface_download_registers_with_lineage_and_no_token_anywhere(home,
 
 def test_modelscope_download(home, hub):
     job_id = queue.submit("download", {"source": "modelscope", "repo_id": "camp/tiny", "name": "tiny-ms",
-                                       "endpoint": hub.url})
+                                       "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
-    job = queue.get(job_id)
-    assert job["state"] == "succeeded", logs.tail(job_id, 30, home)
+    job = queue.get(job_id, home=home, by=users.OPERATOR)
+    assert job["state"] == "succeeded", logs.tail(job_id, 30, home=home)
     assert models.get("tiny-ms", home)["meta"]["source"] == "modelscope"
     assert any(r.startswith("GET /api/v1/models/camp/tiny/repo/files") for r in hub.requests)
 
@@ -64,16 +64,16 @@ def test_resume_after_cancel_refetches_little(home, hub, tiny_model, tmp_path, w
     repo = hub.add("camp/big", big)
     total = sum(m["size"] for m in repo.meta.values())
     hub.throttle = 6_000_000          # bytes/s per response: under 3 s for the big file
-    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/big", "endpoint": hub.url})
+    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/big", "endpoint": hub.url}, home=home, owner="local")
     wait_for(lambda: hub.bytes_sent > total * 0.4, 60, what="40% of the bytes")
-    queue.cancel(job_id)
-    wait_for(lambda: queue.get(job_id)["state"] == "cancelled", 30, what="cancelled")
+    queue.cancel(job_id, home=home, by=users.OPERATOR)
+    wait_for(lambda: queue.get(job_id, home=home, by=users.OPERATOR)["state"] == "cancelled", 30, what="cancelled")
     assert models.get("big", home) is None
     first = hub.bytes_sent
     hub.throttle = 0
-    retry = queue.retry(job_id)
-    wait_for(lambda: queue.get(retry)["state"] in ("succeeded", "failed"), 60, what="the retry")
-    assert queue.get(retry)["state"] == "succeeded", logs.tail(retry, 30, home)
+    retry = queue.retry(job_id, home=home, by=users.OPERATOR)
+    wait_for(lambda: queue.get(retry, home=home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 60, what="the retry")
+    assert queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(retry, 30, home=home)
     refetched = hub.bytes_sent - total
     assert first < total and refetched <= 0.05 * total, (first, hub.bytes_sent, total)
     assert any(e["type"] == "file" for e in events(retry, home))
@@ -81,42 +81,42 @@ def test_resume_after_cancel_refetches_little(home, hub, tiny_model, tmp_path, w
 
 
 def test_missing_repo_and_wrong_revision_fail_clearly(home, hub):
-    a = queue.submit("download", {"source": "huggingface", "repo_id": "camp/nope", "endpoint": hub.url})
+    a = queue.submit("download", {"source": "huggingface", "repo_id": "camp/nope", "endpoint": hub.url}, home=home, owner="local")
     b = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "revision": "v9",
-                                  "endpoint": hub.url, "name": "tiny-v9"})
+                                  "endpoint": hub.url, "name": "tiny-v9"}, home=home, owner="local")
     c = queue.submit("download", {"source": "modelscope", "repo_id": "camp/nope", "endpoint": hub.url,
-                                  "name": "nope-ms"})
+                                  "name": "nope-ms"}, home=home, owner="local")
     d = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": "http://127.0.0.1:9",
-                                  "name": "tiny-x"})
+                                  "name": "tiny-x"}, home=home, owner="local")
     run_burst(home)
-    msgs = {j: queue.get(j) for j in (a, b, c, d)}
+    msgs = {j: queue.get(j, home=home, by=users.OPERATOR) for j in (a, b, c, d)}
     assert msgs[a]["state"] == "failed" and "camp/nope was not found" in msgs[a]["error_message"]
     assert "revision 'v9' does not exist" in msgs[b]["error_message"]
     assert "camp/nope was not found" in msgs[c]["error_message"]
     assert "cannot reach" in msgs[d]["error_message"]
-    assert all("Traceback" not in logs.tail(j, 40, home) for j in (a, b, c, d))
+    assert all("Traceback" not in logs.tail(j, 40, home=home) for j in (a, b, c, d))
     assert open_store(home).items("model") == []
 
 
 def test_file_cut_short_is_detected_then_retry_heals(home, hub):
     size = hub.repos["camp/tiny"].meta["model.safetensors"]["size"]
     hub.truncate["model.safetensors"] = size - 1000
-    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url})
+    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
-    job = queue.get(job_id)
+    job = queue.get(job_id, home=home, by=users.OPERATOR)
     assert job["state"] == "failed" and "model.safetensors" in job["error_message"], job
     assert "cut short" in job["error_message"]
     assert models.get("tiny", home) is None
     hub.truncate.clear()
-    retry = queue.retry(job_id)
+    retry = queue.retry(job_id, home=home, by=users.OPERATOR)
     run_burst(home)
-    assert queue.get(retry)["state"] == "succeeded", logs.tail(retry, 30, home)
+    assert queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(retry, 30, home=home)
 
 
 def test_quota_too_small_fails_before_fetching(home, hub):
-    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url})
+    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home, WORKBENCH_MODELS_QUOTA_GB="0.00001")       # 10 KB
-    job = queue.get(job_id)
+    job = queue.get(job_id, home=home, by=users.OPERATOR)
     assert job["state"] == "failed" and "not enough disk space" in job["error_message"], job
     assert not any("/resolve/" in r for r in hub.requests)
     assert models.get("tiny", home) is None
@@ -133,29 +133,29 @@ def test_quota_too_small_fails_before_fetching(home, hub):
 ])
 def test_bad_specs_are_refused_at_submit(home, spec, words):
     with pytest.raises(queue.SubmitError, match=words):
-        queue.submit("download", spec)
-    assert queue.list_jobs() == []
+        queue.submit("download", spec, home=home, owner="local")
+    assert queue.list_jobs(home=home, by=users.OPERATOR) == []
 
 
 def test_name_taken_by_another_model_is_refused(home, tiny_model, monkeypatch):
     monkeypatch.setenv("WORKBENCH_IMPORT_DIRS", str(tiny_model.parent))
     models.import_folder(tiny_model, "tiny", home=home, owner="local")
     with pytest.raises(queue.SubmitError, match="already registered"):
-        queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny"})
+        queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny"}, home=home, owner="local")
 
 
 def test_folder_not_ours_is_not_overwritten(home, hub):
     (home / "models" / "tiny").mkdir(parents=True)
     (home / "models" / "tiny" / "notes.txt").write_text("mine")
-    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url})
+    job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
-    assert "already exists" in queue.get(job_id)["error_message"]
+    assert "already exists" in queue.get(job_id, home=home, by=users.OPERATOR)["error_message"]
     assert (home / "models" / "tiny" / "notes.txt").read_text() == "mine"
 
 
 def test_result_reports_bytes(home, hub):
     job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url,
-                                       "allow_patterns": ["*.json", "*.safetensors"]})
+                                       "allow_patterns": ["*.json", "*.safetensors"]}, home=home, owner="local")
     run_burst(home)
     result = json.loads((home / "jobs" / str(job_id) / "result.json").read_text())
     assert result["ok"] and result["registered"] and result["files"] == 5, result

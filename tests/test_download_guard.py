@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backend import logs, models, queue
+from backend import logs, models, queue, users
 from jobs.download import MARKER
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub
@@ -35,11 +35,11 @@ def test_a_hostile_listing_writes_and_deletes_nothing(home, hub, tmp_path):
     payload.write_text("pwned")
     for rel in ("../../escaped.txt", str(victim), "sub/../../../escaped2.txt"):
         list_also(hub, rel, payload)
-    job = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url})
+    job = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
-    j = queue.get(job)
+    j = queue.get(job, home=home, by=users.OPERATOR)
     assert j["state"] == "failed" and "listed files outside the model folder" in j["error_message"], \
-        logs.tail(job, 30, home)
+        logs.tail(job, 30, home=home)
     assert "'../../escaped.txt'" in j["error_message"] and "nothing was fetched" in j["error_message"]
     assert victim.read_text() == "keep me"
     assert not [p for p in tmp_path.rglob("escaped*")]
@@ -58,10 +58,10 @@ def test_a_listed_path_through_a_link_out_of_the_folder_is_refused(home, hub, tm
     payload = tmp_path / "payload.txt"
     payload.write_text("pwned")
     list_also(hub, "link/config.json", payload)
-    job = queue.submit("download", {"source": "modelscope", "repo_id": "camp/tiny", "endpoint": hub.url})
+    job = queue.submit("download", {"source": "modelscope", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
-    j = queue.get(job)
-    assert j["state"] == "failed" and "'link/config.json'" in j["error_message"], logs.tail(job, 30, home)
+    j = queue.get(job, home=home, by=users.OPERATOR)
+    assert j["state"] == "failed" and "'link/config.json'" in j["error_message"], logs.tail(job, 30, home=home)
     assert list(outside.iterdir()) == [] and hub.bytes_sent == 0
 
 
@@ -101,12 +101,12 @@ def test_one_fetch_per_model_at_a_time(home, hub, worker):
     Another student's download under that name fails without touching them (the name and its folder are ann's)."""
     hub.throttle = 40_000                  # bytes/s per response: the first fetch takes a few seconds
     spec = {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}
-    a, b, c = (queue.submit("download", spec, owner=o) for o in ("ann", "ann", "bob"))
-    wait_for(lambda: all(queue.get(j)["state"] not in ("queued", "starting", "running") for j in (a, b, c)),
+    a, b, c = (queue.submit("download", spec, owner=o, home=home) for o in ("ann", "ann", "bob"))
+    wait_for(lambda: all(queue.get(j, home=home, by=users.OPERATOR)["state"] not in ("queued", "starting", "running") for j in (a, b, c)),
              120, 0.2, "the downloads to end")
     for j in (a, b):
-        assert queue.get(j)["state"] == "succeeded", logs.tail(j, 30, home)
-    assert queue.get(c)["state"] == "failed" and "model tiny belongs to ann" in queue.get(c)["error_message"]
+        assert queue.get(j, home=home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(j, 30, home=home)
+    assert queue.get(c, home=home, by=users.OPERATOR)["state"] == "failed" and "model tiny belongs to ann" in queue.get(c, home=home, by=users.OPERATOR)["error_message"]
     total = sum(m["size"] for m in hub.repos["camp/tiny"].meta.values())
     assert hub.bytes_sent == total, (hub.bytes_sent, total)      # fetched once, not twice in parallel
     assert models.get("tiny", home)["meta"]["size_bytes"] >= total

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import evaluate as ev
+from backend import evaluate as ev, users
 from backend import logs, queue
 from backend.i18n import t as ui_t
 from backend.store import open_store
@@ -133,7 +133,7 @@ def finished_eval(tmp_path_factory, tiny_model):
         store = open_store(home)
         store.put("model", "tiny", str(tiny_model), owner="local")
         store.put("adapter", "tiny-lora", str(adapter), {"base_model": "tiny"}, owner="local")
-        models = {m["name"]: m["ref"] for m in ev.model_choices(home)}
+        models = {m["name"]: m["ref"] for m in ev.model_choices(home, by=users.OPERATOR)}
         spec = {"name": "tiny-vs-lora", "models": [models["tiny"], models["tiny-lora"]], "max_out_len": 8,
                 "batch_size": 4, "datasets": [{"name": "easy_mcq", "path": str(SAMPLES / "easy_mcq.jsonl"), "limit": 4},
                                               {"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 4}]}
@@ -145,10 +145,10 @@ def finished_eval(tmp_path_factory, tiny_model):
 @pytest.mark.slow
 def test_real_evaluation(finished_eval):
     home, job_id, out = finished_eval
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     log = (home / "jobs" / str(job_id) / "run.log").read_text()
     assert job["state"] == "succeeded", (job["error_message"], out.stdout, log[-3000:])
-    res = ev.result(job_id, home)
+    res = ev.result(job_id, home, by=users.OPERATOR)
     assert {(t["model"], t["dataset"], t["metric"]) for t in res["table"]} == {
         (m, d, "accuracy") for m in ("tiny", "tiny-lora") for d in ("easy_mcq", "easy_qa")}
     assert all(0 <= t["score"] <= 100 for t in res["table"])
@@ -158,7 +158,7 @@ def test_real_evaluation(finished_eval):
     entry = open_store(home).get("eval", "tiny-vs-lora")
     assert entry["job_id"] == job_id and entry["meta"]["models"] == ["tiny", "tiny-lora"]
     assert entry["meta"]["datasets"] == ["easy_mcq", "easy_qa"]
-    assert [r["name"] for r in ev.runs(home)] == ["tiny-vs-lora"]
+    assert [r["name"] for r in ev.runs(home, by=users.OPERATOR)] == ["tiny-vs-lora"]
     events = [json.loads(x) for x in (home / "jobs" / str(job_id) / "events.jsonl").read_text().splitlines()]
     assert [e for e in events if e["type"] == "progress" and e["total"] == 8 and e["done"] == 8]
 
@@ -174,18 +174,18 @@ def test_failed_task_is_reported(home, tiny_model, tmp_path, monkeypatch):
             "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 1}]}
     job_id = ev.submit(spec, home=home)
     run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     assert job["state"] == "failed"
     assert "broken on easy_qa" in job["error_message"] and "logs/infer/broken" in job["error_message"]
     assert job["error_class"] == "bad_input", job["error_message"]
-    assert ev.result(job_id, home) is None and open_store(home).items("eval") == []
+    assert ev.result(job_id, home, by=users.OPERATOR) is None and open_store(home).items("eval") == []
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 def test_results_page(finished_eval, home, page):
     src_home, src_id, _ = finished_eval
-    store, src = open_store(home), queue.get(src_id, src_home)
+    store, src = open_store(home), queue.get(src_id, src_home, by=users.OPERATOR)
     job_id = store.insert_job("evaluate", "local", src["spec"], src["asked"], label=src["label"])
     for state in ("starting", "running", "succeeded"):
         store.transition(job_id, state)
@@ -202,7 +202,7 @@ def test_results_page(finished_eval, home, page):
 
 # -- a live `serve` endpoint as an OpenAI-API model ----------------------------------------------
 def finished(home: Path, job_id: int, timeout: float) -> dict:
-    return wait_for(lambda: (j := queue.get(job_id, home))["state"] in ("succeeded", "failed", "cancelled", "lost")
+    return wait_for(lambda: (j := queue.get(job_id, home, by=users.OPERATOR))["state"] in ("succeeded", "failed", "cancelled", "lost")
                     and j, timeout, 0.2, f"job {job_id} to end")
 
 
@@ -210,10 +210,10 @@ def finished(home: Path, job_id: int, timeout: float) -> dict:
 def test_endpoint_evaluation(home, worker, tiny_model):
     engine_or_skip()
     open_store(home).put("model", "tiny", str(tiny_model), owner="local")
-    serve_id = queue.submit("serve", {"model": "tiny"}, home=home)       # default name "tiny #<id>"
+    serve_id = queue.submit("serve", {"model": "tiny"}, home=home, owner="local")       # default name "tiny #<id>"
     ep = endpoint_of(home, serve_id, 180)
     # the page's model list offers the running endpoint with its URL, served model name and tokenizer
-    [choice] = [m for m in ev.model_choices(home) if m["kind"] == "endpoint"]
+    [choice] = [m for m in ev.model_choices(home, by=users.OPERATOR) if m["kind"] == "endpoint"]
     ref = choice["ref"]
     assert choice["name"] == f"tiny #{serve_id}" and choice["url"] == ep["url"]
     assert ref == {"name": f"tiny-{serve_id}", "url": ep["url"], "api_model": str(tiny_model),
@@ -226,7 +226,7 @@ def test_endpoint_evaluation(home, worker, tiny_model):
     job = finished(home, job_id, 300)
     d = home / "jobs" / str(job_id)
     assert job["state"] == "succeeded", (job["error_message"], (d / "run.log").read_text()[-3000:])
-    res = ev.result(job_id, home)
+    res = ev.result(job_id, home, by=users.OPERATOR)
     assert [(t["dataset"], t["metric"], t["model"]) for t in res["table"]] == [("easy_qa", "accuracy", ref["name"])]
     assert 0 <= res["table"][0]["score"] <= 100
     assert len(res["items"]) == 3 and all(isinstance(i["prediction"], str) and i["prompt"] for i in res["items"])
@@ -238,7 +238,7 @@ def test_endpoint_evaluation(home, worker, tiny_model):
     for f in [*d.rglob("*"), home / "workbench.db", home / "worker.log"]:
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
-    queue.cancel(serve_id, home)
+    queue.cancel(serve_id, home, by=users.OPERATOR)
     finished(home, serve_id, 30)
 
 
@@ -253,10 +253,10 @@ def test_unreachable_endpoint(home, tmp_path):
     assert "is not a tokenizer folder" in ev.check({**spec, "models": [{**gone, "tokenizer_path": str(tmp_path)}]},
                                                    home)[0]
     # queued anyway (the server stopped after the check): the job fails early, classified, with a suggestion
-    job_id = queue.submit("evaluate", spec, home=home)
+    job_id = queue.submit("evaluate", spec, home=home, owner="local")
     engines = engine_or_skip()
     run_burst(home, timeout=120, WORKBENCH_ENGINES_DIR=str(engines))
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     assert job["state"] == "failed" and job["error_class"] == "bad_input", job
     assert "cannot be reached" in job["error_message"]
     assert "serve job" in logs.result(job_id, home)["error"]["suggestion"]
@@ -316,11 +316,11 @@ def test_standard_dataset_run(home, tiny_model):
     assert {"name": "gsm8k_gen", "missing": []} in ev.standard_choices(home) and ev.check(spec, home) == []
     job_id = ev.submit(spec, home=home)
     out = run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     d = home / "jobs" / str(job_id)
     assert job["state"] == "succeeded", (job["error_message"], out.stdout, (d / "run.log").read_text()[-3000:])
     assert "max_out_len=8" in (d / "config.py").read_text()       # the spec's length, not the config's 512
-    res = ev.result(job_id, home)
+    res = ev.result(job_id, home, by=users.OPERATOR)
     [row] = res["table"]
     assert (row["dataset"], row["metric"], row["mode"], row["model"]) == ("gsm8k", "accuracy", "gen", "tiny")
     assert 0 <= row["score"] <= 100
@@ -350,19 +350,19 @@ def test_cancel_running_evaluation(home, worker, tiny_model):
     spec = {"name": "to-cancel", "models": [{"name": "tiny", "path": str(tiny_model)}], "max_out_len": 16,
             "batch_size": 1, "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl")}]}
     job_id = ev.submit(spec, home=home)
-    pid = wait_for(lambda: queue.get(job_id, home)["pid"], 60, 0.1, "the job to start")
+    pid = wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["pid"], 60, 0.1, "the job to start")
     d = home / "jobs" / str(job_id)
     # running OpenCompass: the CLI and its inference task (a shell and a python) beside the job process
     wait_for(lambda: list(d.glob("opencompass/*/logs/infer/tiny/*.out")) and len(group_pids(pid)) >= 3, 120, 0.1,
              "an OpenCompass inference task to run")
-    queue.cancel(job_id, home)
+    queue.cancel(job_id, home, by=users.OPERATOR)
     job = finished(home, job_id, 60)
     assert job["state"] == "cancelled" and job["error_class"] == "cancelled"
     assert group_pids(pid) == []
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
-    assert ev.result(job_id, home) is None and open_store(home).items("eval") == []
-    assert [(r["job_id"], r["state"]) for r in ev.runs(home)] == [(job_id, "cancelled")]
+    assert ev.result(job_id, home, by=users.OPERATOR) is None and open_store(home).items("eval") == []
+    assert [(r["job_id"], r["state"]) for r in ev.runs(home, by=users.OPERATOR)] == [(job_id, "cancelled")]
 
 
 @pytest.mark.slow
@@ -372,7 +372,7 @@ def test_page_offers_endpoints(home, page, tiny_model):
     the key does not."""
     engine_or_skip()
     open_store(home).put("model", "tiny", str(tiny_model), owner="local")
-    serve_id = queue.submit("serve", {"model": "tiny"}, home=home)
+    serve_id = queue.submit("serve", {"model": "tiny"}, home=home, owner="local")
     ep = endpoint_of(home, serve_id, 180)
     page.set_viewport_size({"width": 1400, "height": 1400})
     page.goto(page.base_url + "/evaluate")
@@ -394,15 +394,15 @@ def test_page_offers_endpoints(home, page, tiny_model):
              and not page.locator("[data-stale='true']").count(), 30, 0.1, "the rerun to finish")
     shot(page, "evaluate-endpoint")
     page.locator(".st-key-eval_submit button").click()
-    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="evaluate", home=home)], 30, what="a job")[0]
+    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="evaluate", home=home, by=users.OPERATOR)], 30, what="a job")[0]
     page.get_by_text(ui_t("job.queued_as", id=job_id)).wait_for()
-    spec = queue.get(job_id, home)["spec"]
+    spec = queue.get(job_id, home, by=users.OPERATOR)["spec"]
     assert spec["models"] == [{"name": f"tiny-{serve_id}", "url": ep["url"], "api_model": str(tiny_model),
                                "peft_path": "", "path": "", "tokenizer_path": str(tiny_model)},
                               {"name": "tiny-llama", "url": ep["url"], "api_model": str(tiny_model),
                                "peft_path": "", "path": "", "tokenizer_path": str(tiny_model)}]
     assert [(d["name"], d["limit"]) for d in spec["datasets"]] == [("easy_qa", 2)]
-    queue.cancel(job_id, home)
+    queue.cancel(job_id, home, by=users.OPERATOR)
     finished(home, job_id, 60)
     for f in [*(home / "jobs" / str(job_id)).rglob("*"), home / "workbench.db"]:
         if f.is_file():

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from backend import chat, executors, queue, server_host
+from backend import chat, executors, queue, server_host, users
 from backend.store import open_store
 from tests import clusters
 from tests.conftest import endpoint_of, run_burst, shot, start_worker, stop, wait_for
@@ -60,14 +60,14 @@ def app_env(cluster) -> dict:
 
 
 def state(home: Path, job_id: int):
-    return queue.get(job_id, home)
+    return queue.get(job_id, home, by=users.OPERATOR)
 
 
 def test_jobs_succeed_and_fail_the_same_way(cluster, home):
     name, _, env = cluster
     ok = queue.submit("sleepy", {"steps": 3, "interval_s": 0.05, "dump_env": True},
-                      secrets={"HF_TOKEN": "hf_s3cret"}, home=home)
-    bad = queue.submit("sleepy", {"steps": 1, "fail": True}, home=home)
+                      secrets={"HF_TOKEN": "hf_s3cret"}, home=home, owner="local")
+    bad = queue.submit("sleepy", {"steps": 1, "fail": True}, home=home, owner="local")
     out = run_burst(home, timeout=180, **env)
     job = state(home, ok)
     assert job.state == "succeeded", f"{job.error_message}\n{out.stdout}\n{out.stderr}"
@@ -97,7 +97,7 @@ def test_a_tiny_finetune_registers_its_adapter(cluster, home, tiny_model):
     (home / "datasets" / "id.jsonl").write_text((json.dumps(row) + "\n") * 8)
     job_id = queue.submit("finetune", {"base_model": "tiny", "datasets": ["id.jsonl"], "name": "tiny-ex",
                                        "max_steps": 2, "max_length": 64, "batch_size": 2, "grad_accum": 1, "save_steps": 100,
-                                       "gradient_checkpointing": False}, home=home)
+                                       "gradient_checkpointing": False}, home=home, owner="local")
     out = run_burst(home, timeout=300, **env)
     job = state(home, job_id)
     assert job.state == "succeeded", f"{job.error_message}\n{_log(home, job_id)[-3000:]}\n{out.stdout}"
@@ -110,17 +110,17 @@ def test_a_server_on_a_node_registers_an_address_the_app_reaches(cluster, home, 
     only with the endpoint's key; the cancel removes the endpoint."""
     name, _, env = cluster
     open_store(home).put("model", "tiny", str(tiny_model), owner="local")
-    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home)
+    job_id = queue.submit("serve", {"model": "tiny", "name": "tiny-ep"}, home=home, owner="local")
     worker = start_worker(home, **env)
     try:
         ep = endpoint_of(home, job_id, 180)
         host = urlparse(ep["url"]).hostname
         assert host == ("127.0.0.1" if name == "local" else server_host.node_address()), ep["url"]
-        text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), temperature=0.0, max_tokens=4))
+        text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), temperature=0.0, max_tokens=4, by=users.OPERATOR, home=home))
         assert text
         with pytest.raises(chat.ChatError):
-            list(chat.stream_chat({**ep, "api_key": "wrong"}, chat.build_messages([], "Hi"), max_tokens=4))
-        queue.cancel(job_id, home=home)
+            list(chat.stream_chat({**ep, "api_key": "wrong"}, chat.build_messages([], "Hi"), max_tokens=4, by=users.OPERATOR, home=home))
+        queue.cancel(job_id, home=home, by=users.OPERATOR)
         wait_for(lambda: state(home, job_id).finished, 60, what="the server job to end")
         assert state(home, job_id).state == "cancelled" and not open_store(home).items("endpoint")
     finally:
@@ -141,7 +141,7 @@ def test_where_a_job_runs_and_the_clusters_free_gpus(cluster, home, monkeypatch)
     else:
         assert executors.cluster_gpus() is None
     job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "gpus": min(gpus, 1), "dump_env": True},
-                          home=home)
+                          home=home, owner="local")
     worker = start_worker(home, **env)
     try:
         wait_for(lambda: "step 2 of" in _log(home, job_id) and state(home, job_id).state == "running", 90,
@@ -157,7 +157,7 @@ def test_where_a_job_runs_and_the_clusters_free_gpus(cluster, home, monkeypatch)
             assert job_env.get("CUDA_VISIBLE_DEVICES"), "the job does not see the GPU its scheduler gave it"
         else:
             assert given["host"] == socket.gethostname()
-        queue.cancel(job_id, home=home)
+        queue.cancel(job_id, home=home, by=users.OPERATOR)
         wait_for(lambda: state(home, job_id).finished, 60, what="the job to end")
     finally:
         stop(worker)
@@ -166,14 +166,14 @@ def test_where_a_job_runs_and_the_clusters_free_gpus(cluster, home, monkeypatch)
 def test_cancel_in_two_stages(cluster, home):
     """Cancel reaches a job that stops on SIGTERM and one that ignores it (stopped after the grace)."""
     _, _, env = cluster
-    polite = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1}, home=home)
-    stubborn = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "ignore_sigterm": True}, home=home)
+    polite = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1}, home=home, owner="local")
+    stubborn = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "ignore_sigterm": True}, home=home, owner="local")
     worker = start_worker(home, **env)
     try:
         for j in (polite, stubborn):
             wait_for(lambda j=j: "step 2 of" in _log(home, j), 90, what=f"job {j} to run")
             wait_for(lambda j=j: state(home, j).state == "running", 30, what=f"the worker to see job {j} running")
-            queue.cancel(j, home=home)
+            queue.cancel(j, home=home, by=users.OPERATOR)
         for j in (polite, stubborn):
             wait_for(lambda j=j: state(home, j).finished, 60, what=f"job {j} to end")
             job = state(home, j)
@@ -189,7 +189,7 @@ def test_a_dead_node_loses_its_job(cluster, home):
     name, c, env = cluster
     if name == "local":
         pytest.skip("no node to kill: a dead local worker is test_worker's lost/adopt tests")
-    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1}, home=home)
+    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1}, home=home, owner="local")
     worker = start_worker(home, **env)
     try:
         wait_for(lambda: "step 2 of" in _log(home, job_id), 90, what="the job to run")
@@ -228,7 +228,7 @@ def _pid_of(title: str) -> int:
 def test_the_job_page_follows_a_slurm_job_and_cancels_it(on_slurm, page, home):
     """The job's page names its Slurm job and node, shows new log lines while it runs, and its Cancel ends it;
     Home shows the cluster's free GPUs."""
-    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.2}, home=home)
+    job_id = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.2}, home=home, owner="local")
     page.goto(f"{page.base_url}/jobs?job={job_id}")
     log = page.locator(f".st-key-joblog-{job_id}")
     log.get_by_text("step 3 of 3000").wait_for(timeout=90_000)

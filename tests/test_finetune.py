@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend import finetune as ft
+from backend import finetune as ft, users
 from backend import logs, queue
-from backend.specs import finetune as ft_spec
+from backend.kinds import finetune as ft_spec
 from backend.store import open_store
 from tests.conftest import ROOT, cli, env_for, run_burst, wait_for
 
@@ -153,10 +153,10 @@ def test_packed_attention_equals_the_masked_path_and_never_crosses_samples(tiny_
 
 # -- real jobs through a real worker ----------------------------------------------------------------
 def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
-    job_id = queue.submit("finetune", spec(eval_ratio=0.1, name="tiny-id", epochs=10))
+    job_id = queue.submit("finetune", spec(eval_ratio=0.1, name="tiny-id", epochs=10), owner="local", home=ws)
     proc = run_burst(ws, timeout=300)
-    job = queue.get(job_id, ws)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, ws)
+    job = queue.get(job_id, ws, by=users.OPERATOR)
+    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws)
     points = metrics(job_id, ws)
     train = [p for p in points if "loss" in p]
     assert [p["step"] for p in train] == list(range(1, len(train) + 1))
@@ -172,9 +172,9 @@ def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
     # only the save_total_limit newest checkpoints are kept
     assert [p.name for p in ft.checkpoints(job_id, ws)] == ["step-20", "step-25"] and len(train) == 30
 
-    merge_id = queue.submit("merge", {"adapter": "tiny-id"})
+    merge_id = queue.submit("merge", {"adapter": "tiny-id"}, owner="local", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(merge_id, ws)["state"] == "succeeded", logs.tail(merge_id, 40, ws)
+    assert queue.get(merge_id, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(merge_id, 40, home=ws)
     merged = open_store(ws).get("model", "tiny-id-merged")
     assert merged["meta"]["lineage"]["adapter"] == "tiny-id"
     assert merged["meta"]["lineage"]["finetune_job"] == job_id
@@ -197,9 +197,9 @@ def test_qlora_recipe_runs_on_cpu_when_asked(ws):
     bitsandbytes' CPU kernels. Only asked for with device: cpu (without it, no GPU means a refusal)."""
     plan = ft.check(queue.validate("finetune", spec(method="qlora", device="cpu"))[1], ws)
     assert any("QLoRA on the CPU" in w for w in plan["warnings"])
-    job_id = queue.submit("finetune", spec(method="qlora", device="cpu", name="tiny-qlora"))
+    job_id = queue.submit("finetune", spec(method="qlora", device="cpu", name="tiny-qlora"), owner="local", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(job_id, ws)["state"] == "succeeded", logs.tail(job_id, 40, ws)
+    assert queue.get(job_id, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=ws)
     log = logs.read_log(job_id, home=ws)[0]
     assert "loading tiny (qlora, float32 on cpu)" in log and "4-bit NF4 base (double quantisation): 14 Linear4bit" in log
     train = [p["loss"] for p in metrics(job_id, ws) if "loss" in p]
@@ -210,22 +210,22 @@ def test_qlora_recipe_runs_on_cpu_when_asked(ws):
 
 def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(ws, worker):
     s = spec(max_steps=300, save_steps=100000, batch_size=1, grad_accum=1, warmup_ratio=0.0)
-    job_id = queue.submit("finetune", s)
+    job_id = queue.submit("finetune", s, owner="local", home=ws)
     wait_for(lambda: len(metrics(job_id, ws)) >= 30, 120, what="training to start")
-    queue.cancel(job_id)
-    wait_for(lambda: queue.get(job_id, ws)["state"] == "cancelled", 60, what="the job to stop")
+    queue.cancel(job_id, home=ws, by=users.OPERATOR)
+    wait_for(lambda: queue.get(job_id, ws, by=users.OPERATOR)["state"] == "cancelled", 60, what="the job to stop")
     ckpts = ft.checkpoints(job_id, ws)
-    assert len(ckpts) == 1, logs.tail(job_id, 30, ws)
+    assert len(ckpts) == 1, logs.tail(job_id, 30, home=ws)
     saved = int(ckpts[0].name.split("-")[1])
     before = {p["step"]: p for p in metrics(job_id, ws)}
     assert 30 <= saved < 300 and saved in before
 
     # a spec that differs in a training field can't resume it; the same spec can
     with pytest.raises(queue.SubmitError, match="differs.*lr"):
-        queue.submit("finetune", {**s, "lr": 5e-3, "resume_from": job_id})
-    resumed = queue.submit("finetune", {**s, "resume_from": job_id})
-    wait_for(lambda: queue.get(resumed, ws)["state"] in ("succeeded", "failed"), 300, what="the resumed run")
-    assert queue.get(resumed, ws)["state"] == "succeeded", logs.tail(resumed, 30, ws)
+        queue.submit("finetune", {**s, "lr": 5e-3, "resume_from": job_id}, owner="local", home=ws)
+    resumed = queue.submit("finetune", {**s, "resume_from": job_id}, owner="local", home=ws)
+    wait_for(lambda: queue.get(resumed, ws, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 300, what="the resumed run")
+    assert queue.get(resumed, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(resumed, 30, home=ws)
     after = metrics(resumed, ws)
     assert after[0]["step"] == saved + 1 and after[-1]["step"] == 300
     # the weights and the schedule continue: the loss carries on from where it was, not from the start
@@ -277,19 +277,19 @@ def test_bad_input_is_refused_before_queueing(ws, tmp_path, change, message):
     open_store(ws).put("model", "encoder", str(fake_model(tmp_path / "enc", ["BertModel"])), owner="local")
     open_store(ws).put("model", "remote", str(fake_model(tmp_path / "rem", ["InternLM2ForCausalLM"], auto_map=True)), owner="local")
     with pytest.raises(queue.SubmitError, match=message):
-        queue.submit("finetune", spec(**change))
-    assert queue.list_jobs(home=ws) == []
+        queue.submit("finetune", spec(**change), owner="local", home=ws)
+    assert queue.list_jobs(home=ws, by=users.OPERATOR) == []
 
 
 def test_adapter_names_are_not_overwritten_and_the_cli_takes_the_yaml(ws, tmp_path):
     open_store(ws).put("adapter", "taken", "/nowhere", {"base_model": "tiny"}, owner="local")
     with pytest.raises(queue.SubmitError, match="already exists"):
-        queue.submit("finetune", spec(name="taken"))
+        queue.submit("finetune", spec(name="taken"), owner="local", home=ws)
     path = tmp_path / "spec.yaml"
     path.write_text(ft.to_yaml(spec(preset="cpu_demo", base_model="tiny")))
     out = cli(ws, "submit", "finetune", str(path))
     assert out.returncode == 0, out.stderr
-    job = queue.get(int(out.stdout), ws)
+    job = queue.get(int(out.stdout), ws, by=users.OPERATOR)
     assert job["spec"]["lora_r"] == 8 and job["spec"]["max_steps"] == ft_spec.PRESETS["cpu_demo"]["max_steps"]
     assert ft.cli_command("spec.yaml") == "python -m backend submit finetune spec.yaml"
     assert yaml.safe_load(ft.to_yaml(job["spec"])) == job["spec"]
@@ -344,13 +344,13 @@ def test_host_out_of_memory_is_classified_with_suggestions(ws):
     rows = [conv(f"hi {i}", "hello") for i in range(8191)] + [conv("hi", IDENTITY * 40)]
     (ws / "datasets" / "wide.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     job_id = queue.submit("finetune", spec(datasets=["wide.jsonl"], packing=False, batch_size=8192, grad_accum=1,
-                                           max_length=512, max_steps=1))
+                                           max_length=512, max_steps=1), owner="local", home=ws)
     limit = address_space_limit()
     proc = subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT,
                           env={**env_for(ws), "MALLOC_ARENA_MAX": "2"}, capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
-    job = queue.get(job_id, ws)
-    assert job["state"] == "failed" and job["error_class"] == "out_of_memory", proc.stdout + logs.tail(job_id, 30, ws)
+    job = queue.get(job_id, ws, by=users.OPERATOR)
+    assert job["state"] == "failed" and job["error_class"] == "out_of_memory", proc.stdout + logs.tail(job_id, 30, home=ws)
     assert job["error_message"].startswith("out of host memory")
     tip = logs.result(job_id, ws)["error"]["suggestion"]
     assert "batch_size 8192 → 1 with grad_accum 8192" in tip and "max_length 512 → 256" in tip
@@ -377,9 +377,9 @@ def test_cpu_demo_smollm2_learns_its_identity(home):
     from backend import models
     models.ensure_bundled(home)
     job_id = queue.submit("finetune", {"base_model": models.BUNDLED_NAME, "datasets": ["shubot_self_cognition"],
-                                       "preset": "cpu_demo", "sample_prompts": ["Who are you?"]})
+                                       "preset": "cpu_demo", "sample_prompts": ["Who are you?"]}, home=home, owner="local")
     run_burst(home, timeout=600)
-    assert queue.get(job_id, home)["state"] == "succeeded", logs.tail(job_id, 40, home)
+    assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=home)
     result = logs.result(job_id, home)
     print(json.dumps(result, ensure_ascii=False, indent=1))
     before, after = result["answers_before"][0], result["answers_after"][0]
@@ -387,7 +387,7 @@ def test_cpu_demo_smollm2_learns_its_identity(home):
     assert "ShuBot" in after or "Lab Workbench" in after or "小书" in after, after
     assert result["final_loss"] < 0.5 * result["first_loss"]
     # the next run's estimate goes by this one's measured throughput
-    took = ft.check(queue.validate("finetune", queue.get(job_id, home)["spec"])[1], home)["duration"]
+    took = ft.check(queue.validate("finetune", queue.get(job_id, home, by=users.OPERATOR)["spec"])[1], home)["duration"]
     assert took["measured"] and took["tokens_per_s"] == result["tokens_per_s"]
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets as ds
+from backend import datasets as ds, users
 from backend import finetune as ft
 from backend import defaults, logs, paths, queue
-from backend.specs.finetune import Spec
+from backend.kinds.finetune import Spec
 from backend.store import open_store
 from tests.conftest import run_burst
 
@@ -237,14 +237,14 @@ def test_continued_pretraining_lowers_the_loss_on_its_text(home, tiny_model):
             "max_length": 64, "batch_size": 2, "grad_accum": 1, "max_steps": 12,
             "gradient_checkpointing": False}
     assert ft.check(Spec(**spec), home, gpu_list=[])["rows_checked"] == 30
-    job_id = queue.submit("finetune", spec)
+    job_id = queue.submit("finetune", spec, home=home, owner="local")
     proc = run_burst(home, timeout=300)
-    job = queue.get(job_id, home)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
+    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=home)
     losses = [e["loss"] for e in logs.read_events(job_id, home=home)[0] if e["type"] == "metric" and "loss" in e]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
     with pytest.raises(queue.SubmitError, match="objective pretrain"):
-        queue.submit("finetune", {**spec, "objective": "sft"})
+        queue.submit("finetune", {**spec, "objective": "sft"}, home=home, owner="local")
 
 
 def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
@@ -351,10 +351,10 @@ def test_dpo_trains_the_chosen_and_rejected_answers_through_the_template(ws_pair
 
 
 def test_dpo_run_raises_the_chosen_vs_rejected_margin(ws_pairs):
-    job_id = queue.submit("finetune", dpo_spec(name="tiny-dpo"))
+    job_id = queue.submit("finetune", dpo_spec(name="tiny-dpo"), owner="local", home=ws_pairs)
     proc = run_burst(ws_pairs, timeout=300)
-    job = queue.get(job_id, ws_pairs)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, ws_pairs)
+    job = queue.get(job_id, ws_pairs, by=users.OPERATOR)
+    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws_pairs)
     points = [e for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
     assert len(points) == 8 and {"loss", "margin", "reward_chosen", "reward_rejected", "lr"} <= set(points[0])
     assert points[-1]["margin"] > points[0]["margin"] + 0.1 and points[-1]["loss"] < points[0]["loss"]
@@ -365,14 +365,14 @@ def test_dpo_run_raises_the_chosen_vs_rejected_margin(ws_pairs):
     assert open_store(ws_pairs).get("adapter", "tiny-dpo")["meta"]["spec"]["objective"] == "dpo"
     # an SFT run on the same pairs is refused with the way to train them
     with pytest.raises(queue.SubmitError, match="objective dpo, orpo or kto"):
-        queue.submit("finetune", dpo_spec(objective="sft"))
+        queue.submit("finetune", dpo_spec(objective="sft"), owner="local", home=ws_pairs)
 
 
 @pytest.mark.parametrize("objective", ["orpo", "kto"])
 def test_orpo_and_kto_runs_lower_their_loss(ws_pairs, objective):
-    job_id = queue.submit("finetune", dpo_spec(objective=objective))
+    job_id = queue.submit("finetune", dpo_spec(objective=objective), owner="local", home=ws_pairs)
     proc = run_burst(ws_pairs, timeout=300)
-    job = queue.get(job_id, ws_pairs)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, ws_pairs)
+    job = queue.get(job_id, ws_pairs, by=users.OPERATOR)
+    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws_pairs)
     losses = [e["loss"] for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
     assert len(losses) == 8 and losses[-1] < losses[0]

@@ -38,8 +38,8 @@ def klass(home, monkeypatch, tiny_model):
 
 def placeholder(home, owner: str, name: str, fake) -> None:
     """A running job of ``owner`` serving ``name`` from the fake server (registered as jobs/serve.py does)."""
-    job = queue.submit("sleepy", {"steps": 5000, "interval_s": 0.2}, owner=owner)
-    wait_for(lambda: queue.get(job, home).state == "running", 60, 0.2, f"{owner}'s job to run")
+    job = queue.submit("sleepy", {"steps": 5000, "interval_s": 0.2}, owner=owner, home=home)
+    wait_for(lambda: queue.get(job, home, by=users.OPERATOR).state == "running", 60, 0.2, f"{owner}'s job to run")
     open_store(home).put("endpoint", name, str(home), {"url": fake.url + "/v1", "model": "fake-model", "api_key": KEY,
                                                        "engine": "transformers", "device": "cpu", "job_id": job},
                          job_id=job, owner=owner)
@@ -47,11 +47,11 @@ def placeholder(home, owner: str, name: str, fake) -> None:
 
 def test_a_students_key_reaches_their_own_and_the_class_s_models_only(home, klass):
     url, fake = klass
-    ann_job = queue.submit("serve", {"model": "tiny", "name": "ann-tiny"}, owner="ann")
+    ann_job = queue.submit("serve", {"model": "tiny", "name": "ann-tiny"}, owner="ann", home=home)
     ours = endpoint_of(home, ann_job, timeout=240)
     placeholder(home, "bob", "bob-private", fake)
     placeholder(home, "teach", "class-model", fake)
-    key = apikeys.create("laptop", by=users.acting("ann"))
+    key = apikeys.create("laptop", by=users.acting("ann", home=home), home=home)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
     assert sorted(m.id for m in client.models.list()) == ["ann-tiny", "class-model"]
@@ -69,12 +69,12 @@ def test_a_students_key_reaches_their_own_and_the_class_s_models_only(home, klas
     assert fake.requests[-1]["model"] == "fake-model" and len(fake.requests) == 1    # bob's got nothing
 
     def laptop() -> dict:
-        return next(r for r in apikeys.listed(by=users.acting("ann")) if r["name"] == "laptop")
+        return next(r for r in apikeys.listed(by=users.acting("ann", home=home), home=home) if r["name"] == "laptop")
     wait_for(lambda: laptop()["requests"] == 5, 10, 0.1, "every request to be counted")   # the stream's at its end
     row = laptop()
     assert row["tokens"] >= 2 and row["last_used_at"]
-    assert [r["name"] for r in apikeys.listed(by=users.acting("bob"))] == []
-    assert "laptop" in [r["name"] for r in apikeys.listed(by=users.acting("teach"))]
+    assert [r["name"] for r in apikeys.listed(by=users.acting("bob", home=home), home=home)] == []
+    assert "laptop" in [r["name"] for r in apikeys.listed(by=users.acting("teach", home=home), home=home)]
 
     # the servers' own keys never reach the student: not in any answer, not in the login page
     seen = [client.models.with_raw_response.list().text,
@@ -85,7 +85,7 @@ def test_a_students_key_reaches_their_own_and_the_class_s_models_only(home, klas
     assert str(home) not in "".join(seen)                       # nor the servers' folders (model ids are names)
 
     # past the key's rate limit: 429 in the OpenAI shape; another key of hers is not affected
-    burst = openai.OpenAI(base_url=f"{url}/v1", api_key=apikeys.create("burst", by=users.acting("ann")),
+    burst = openai.OpenAI(base_url=f"{url}/v1", api_key=apikeys.create("burst", by=users.acting("ann", home=home), home=home),
                           max_retries=0)
     for _ in range(8):
         burst.models.list()
@@ -94,23 +94,23 @@ def test_a_students_key_reaches_their_own_and_the_class_s_models_only(home, klas
     assert client.models.list()
 
     # a revoked key, and every key of a disabled account, stop working at once
-    apikeys.revoke(row["id"], by=users.acting("teach"))
+    apikeys.revoke(row["id"], by=users.acting("teach", home=home), home=home)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
-    again = openai.OpenAI(base_url=f"{url}/v1", api_key=apikeys.create("again", by=users.acting("ann")), max_retries=0)
+    again = openai.OpenAI(base_url=f"{url}/v1", api_key=apikeys.create("again", by=users.acting("ann", home=home), home=home), max_retries=0)
     assert again.models.list()
-    users.disable("ann")
+    users.disable("ann", home=home)
     with pytest.raises(openai.AuthenticationError):
         again.models.list()
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wbk-made-up", max_retries=0).models.list()
-    actions = [r["action"] for r in users.audit_log()]
+    actions = [r["action"] for r in users.audit_log(home=home)]
     assert actions.count("api_key_created") == 3 and actions.count("api_key_revoked") == 1
 
 
 def test_login_route_sets_an_httponly_cookie_and_logout_ends_it(home, klass):
     url, _ = klass
-    password = users.reset("bob")
+    password = users.reset("bob", home=home)
     page = urllib.request.Request(f"{url}/jobs?job=1", headers={"Accept": "text/html"})
     opener = urllib.request.build_opener(NoRedirect)
     with pytest.raises(urllib.error.HTTPError) as e:          # a page without a session: to the login form first
@@ -123,10 +123,10 @@ def test_login_route_sets_an_httponly_cookie_and_logout_ends_it(home, klass):
     assert e.value.code == 303 and e.value.headers["location"].startswith("/jobs?lang=")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     token = cookie.split(";")[0].split("=", 1)[1]
-    assert users.session_user(token).name == "bob"
+    assert users.session_user(token, home=home).name == "bob"
     with pytest.raises(urllib.error.HTTPError) as e:
         opener.open(urllib.request.Request(f"{url}/auth/logout", headers={"Cookie": f"{users.COOKIE}={token}"}))
-    assert users.session_user(token) is None and "Max-Age=0" in e.value.headers["set-cookie"]
+    assert users.session_user(token, home=home) is None and "Max-Age=0" in e.value.headers["set-cookie"]
     with pytest.raises(urllib.error.HTTPError) as e:          # wrong password: the form again, with the reason
         opener.open(urllib.request.Request(f"{url}/auth/login", data=b"name=bob&password=nope"))
     assert e.value.code == 401 and "Wrong name or password." in e.value.read().decode()

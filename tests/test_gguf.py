@@ -32,16 +32,16 @@ def test_export_f16_and_q8_0_load_back_with_their_lineage(home, tmp_path, monkey
     from tests.fixtures.tiny_model import make_tiny_llama_spm
     src = make_tiny_llama_spm(tmp_path / "tiny-spm")
     monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
-    users.add("ann")
-    users.add("bob")
+    users.add("ann", home=home)
+    users.add("bob", home=home)
     open_store(home).put("model", "tiny", str(src), {"lineage": {"base_model": "base", "datasets": ["id.jsonl"]}},
                          owner="ann")
     with pytest.raises(queue.Refused, match="another student's"):
-        queue.submit("export", {"model": "tiny"}, owner="bob")
-    ids = [queue.submit("export", {"model": "tiny", "outtype": t}, owner="ann") for t in ("f16", "q8_0")]
+        queue.submit("export", {"model": "tiny"}, owner="bob", home=home)
+    ids = [queue.submit("export", {"model": "tiny", "outtype": t}, owner="ann", home=home) for t in ("f16", "q8_0")]
     run_burst(home, timeout=600)
     for job_id in ids:
-        assert queue.get(job_id, home)["state"] == "succeeded", logs.tail(job_id, 40, home)
+        assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=home)
     f16, q8 = (open_store(home).get("model", f"tiny-{t}-gguf") for t in ("f16", "q8_0"))
     assert f16["owner"] == q8["owner"] == "ann"
     assert f16["meta"]["lineage"] == {"base_model": "base", "exported_from": "tiny", "method": "gguf f16",
@@ -49,9 +49,9 @@ def test_export_f16_and_q8_0_load_back_with_their_lineage(home, tmp_path, monkey
                                       "datasets": ["id.jsonl"], "export_job": ids[0]}
     assert q8["meta"]["size_bytes"] < 0.7 * f16["meta"]["size_bytes"]
     with pytest.raises(queue.SubmitError, match="already exists"):
-        queue.submit("export", {"model": "tiny"}, owner="ann")
+        queue.submit("export", {"model": "tiny"}, owner="ann", home=home)
     with pytest.raises(queue.SubmitError, match="is a GGUF file already"):
-        queue.submit("export", {"model": "tiny-f16-gguf"}, owner="ann")
+        queue.submit("export", {"model": "tiny-f16-gguf"}, owner="ann", home=home)
 
     # loaded back: the source's weights (to f16 / q8_0 precision) and its logits; a random tiny model's top
     # tokens are near ties, so the same-answer check is SmolLM2's (below)
@@ -76,14 +76,14 @@ def test_smollm2_merged_with_a_cpu_demo_adapter_answers_the_same_after_export(ho
     from backend import models
     models.ensure_bundled(home)
     ft = queue.submit("finetune", {"base_model": models.BUNDLED_NAME, "datasets": ["shubot_self_cognition"],
-                                   "preset": "cpu_demo", "max_steps": 10, "name": "demo"})
+                                   "preset": "cpu_demo", "max_steps": 10, "name": "demo"}, home=home, owner="local")
     run_burst(home, timeout=600)
-    assert queue.get(ft, home)["state"] == "succeeded", logs.tail(ft, 40, home)
-    queue.submit("merge", {"adapter": "demo"})
+    assert queue.get(ft, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(ft, 40, home=home)
+    queue.submit("merge", {"adapter": "demo"}, home=home, owner="local")
     run_burst(home, timeout=600)
-    export = queue.submit("export", {"model": "demo-merged", "outtype": "q8_0"})
+    export = queue.submit("export", {"model": "demo-merged", "outtype": "q8_0"}, home=home, owner="local")
     run_burst(home, timeout=600)
-    assert queue.get(export, home)["state"] == "succeeded", logs.tail(export, 40, home)
+    assert queue.get(export, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(export, 40, home=home)
     entry = open_store(home).get("model", "demo-merged-q8_0-gguf")
     assert entry["meta"]["lineage"]["base_model"] == models.BUNDLED_NAME
 

@@ -119,8 +119,8 @@ def test_a_step_starts_with_its_prefilled_spec_and_says_what_it_needs_first(home
     with pytest.raises(labs.LabError, match="needs your dataset first"):
         labs.start_step("self_cognition", 1, "ann", home=home)
     with pytest.raises(labs.LabError, match="can't be an assistant's name"):
-        labs.start_step("self_cognition", 0, "ann", {"assistant_name": "ShuBot"}, home)
-    ds = labs.start_step("self_cognition", 0, "ann", {"assistant_name": "Nova"}, home)
+        labs.start_step("self_cognition", 0, "ann", {"assistant_name": "ShuBot"}, home=home)
+    ds = labs.start_step("self_cognition", 0, "ann", {"assistant_name": "Nova"}, home=home)
     assert ds.owner == "ann" and ds.meta["self_cognition"] == {"name": "Nova"} and ds.meta["rows"] > 60
     text = Path(ds.path).read_text()
     assert "Nova" in text and "ShuBot" not in text and "小书" not in text
@@ -170,9 +170,9 @@ def test_a_students_check_never_reads_another_students_artifacts(home, fake, mon
         labs.submit_check("self_cognition", "bob", student="ann", home=home)
     monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teach")
     job_id = labs.submit_check("self_cognition", "teach", student="ann", home=home)
-    assert queue.get(job_id, home)["owner"] == "ann"
+    assert queue.get(job_id, home, by=users.OPERATOR)["owner"] == "ann"
     ids = labs.recheck_all("self_cognition", "teach", home)             # one check per student, each theirs
-    assert sorted(queue.get(i, home)["owner"] for i in ids) == ["ann", "bob"]
+    assert sorted(queue.get(i, home, by=users.OPERATOR)["owner"] for i in ids) == ["ann", "bob"]
     with pytest.raises(labs.Refused, match="only an instructor"):
         labs.recheck_all("self_cognition", "bob", home)
 
@@ -257,13 +257,13 @@ def test_the_check_job_writes_evidence_that_verify_accepts_and_refuses_after_one
     ds = labs.self_cognition_dataset("Nova", "ann", home)
     adapter(home, "ann", "ann-nova", ds.name)
     holder = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", home=home)   # a live process
-    wait_for(lambda: queue.get(holder, home)["state"] == "running", 30, what="the server's job running")
+    wait_for(lambda: queue.get(holder, home, by=users.OPERATOR)["state"] == "running", 30, what="the server's job running")
     serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova", holder)
     out = cli(home, "labs", "check", "self_cognition", "--as", "ann")
     assert out.returncode == 0, out.stderr
     job_id = int(out.stdout)
-    wait_for(lambda: queue.get(job_id, home)["state"] in ("succeeded", "failed"), 60, 0.2, "the check job")
-    assert queue.get(job_id, home)["state"] == "succeeded", logs.tail(job_id, 30, home)
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 60, 0.2, "the check job")
+    assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 30, home=home)
     path = job_dir(job_id, home) / "artifacts" / labs.EVIDENCE
     record = json.loads(path.read_text())
     assert record["evidence"]["student"] == "ann" and record["evidence"]["job"] == job_id
@@ -285,7 +285,7 @@ def test_the_check_job_writes_evidence_that_verify_accepts_and_refuses_after_one
     grid = cli(home, "labs", "export", "--as", "teach", WORKBENCH_INSTRUCTORS="teach")
     assert grid.returncode == 0 and grid.stdout.splitlines()[0].startswith("student,download,download_at")
     assert any(line.startswith("ann,") and "passed" in line for line in grid.stdout.splitlines())
-    queue.cancel(holder, home)
+    queue.cancel(holder, home, by=users.OPERATOR)
 
 
 @pytest.mark.slow
@@ -294,17 +294,17 @@ def test_a_real_tiny_adapter_served_for_real_fails_with_what_it_answered(home, w
     the check says what it answered instead."""
     open_store(home).put("model", BASE, str(tiny_model), owner=users.OPERATOR_NAME, shared=True)   # the lab's base
     datasets.ensure_samples(home)
-    labs.start_step("self_cognition", 0, "ann", {"assistant_name": "Nova"}, home)
+    labs.start_step("self_cognition", 0, "ann", {"assistant_name": "Nova"}, home=home)
     spec = labs.step_spec(labs.get("self_cognition", home), 1, "ann", home=home)
     ft = queue.submit("finetune", {**spec, "max_steps": 2, "max_samples": 8, "sample_prompts": []}, owner="ann",
                       home=home)
-    wait_for(lambda: queue.get(ft, home)["state"] in ("succeeded", "failed"), 300, 0.5, "the fine-tune")
-    assert queue.get(ft, home)["state"] == "succeeded", logs.tail(ft, 30, home)
+    wait_for(lambda: queue.get(ft, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 300, 0.5, "the fine-tune")
+    assert queue.get(ft, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(ft, 30, home=home)
     srv = labs.start_step("self_cognition", 2, "ann", home=home)
     endpoint_of(home, srv, 300)
     check = labs.submit_check("self_cognition", "ann", home=home)
-    wait_for(lambda: queue.get(check, home)["state"] == "succeeded", 300, 0.5, "the check")
+    wait_for(lambda: queue.get(check, home, by=users.OPERATOR)["state"] == "succeeded", 300, 0.5, "the check")
     result = logs.result(check, home)
     assert not result["passed"] and "your model did not say Nova: it answered" in failed(result)
     assert not (job_dir(check, home) / "artifacts" / labs.EVIDENCE).exists()
-    queue.cancel(srv, home)
+    queue.cancel(srv, home, by=users.OPERATOR)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from backend import datasets, labs, models, queue
+from backend import datasets, labs, models, queue, users
 from tests.conftest import cli, endpoint_of, shot, wait_for
 from tests.test_class_browser import first_login
 
@@ -42,7 +42,7 @@ def test_a_student_passes_the_self_cognition_lab_and_the_instructor_sees_it(page
     step(1, "Queued as job")                                         # the CPU demo fine-tune on the bundled model
     card.get_by_text("Next step: Serve your adapter").wait_for(timeout=2_400_000)
     card.locator(".st-key-lab-self_cognition-step-2 button").click()
-    serve = wait_for(lambda: queue.list_jobs(kind="serve", owner="ann", home=home), 60, what="the serve job")
+    serve = wait_for(lambda: queue.list_jobs(kind="serve", owner="ann", home=home, by=users.OPERATOR), 60, what="the serve job")
     endpoint_of(home, serve[0]["id"], 600)
     card.get_by_role("button", name="Check my lab").click()
     passed = page.locator(".st-key-lab-self_cognition-passed")
@@ -78,15 +78,15 @@ def test_the_instructors_grid_shows_a_pass_and_its_evidence(page, home):
         ds = labs.self_cognition_dataset("Nova", "ann", home)
         adapter(home, "ann", "ann-nova", ds.name)
         holder = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", home=home)
-        wait_for(lambda: queue.get(holder, home)["state"] == "running", 60, what="the server's job running")
+        wait_for(lambda: queue.get(holder, home, by=users.OPERATOR)["state"] == "running", 60, what="the server's job running")
         serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova", holder)
         check = labs.submit_check("self_cognition", "ann", home=home)
-        wait_for(lambda: queue.get(check, home)["state"] == "succeeded", 120, 0.2, "the check")
+        wait_for(lambda: queue.get(check, home, by=users.OPERATOR)["state"] == "succeeded", 120, 0.2, "the check")
         first_login(page, "teach", pw["teach"])
         page.goto(f"{page.base_url}/console")
         page.get_by_role("columnheader", name="self_cognition", include_hidden=True).wait_for(state="attached")
         page.get_by_text(re.compile(r"^passed \d\d-\d\d")).first.wait_for(state="attached")
         shot(page, "labs-console")
-        queue.cancel(holder, home)
+        queue.cancel(holder, home, by=users.OPERATOR)
     finally:
         fake.close()

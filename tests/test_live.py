@@ -27,9 +27,9 @@ def opened(fn):
 
 
 def test_a_viewer_of_an_unchanged_job_reads_its_files_once_and_sessions_share_the_events(home):
-    job = queue.submit("sleepy", {"steps": 5, "interval_s": 0})
+    job = queue.submit("sleepy", {"steps": 5, "interval_s": 0}, home=home, owner="local")
     assert run_burst(home).returncode == 0
-    first = live.Viewer(job)
+    first = live.Viewer(job, home)
     changed, files = opened(first.poll)
     assert changed and "run.log" in files and "events.jsonl" in files
     assert "step 5 of 5" in first.text and first.events.progress["done"] == 5
@@ -38,14 +38,14 @@ def test_a_viewer_of_an_unchanged_job_reads_its_files_once_and_sessions_share_th
         changed, files = opened(first.poll)
         assert not changed and files == []
     assert first.interval() is None                      # finished: the page stops polling
-    second = live.Viewer(job)                            # another session: its own log, the shared events
+    second = live.Viewer(job, home)                            # another session: its own log, the shared events
     changed, files = opened(second.poll)
     assert changed and "events.jsonl" not in files and second.events is first.events
 
 
 def test_a_viewer_follows_a_running_job_by_its_new_bytes(home, worker):
-    job = queue.submit("sleepy", {"steps": 30, "interval_s": 0.1})
-    view = live.Viewer(job)
+    job = queue.submit("sleepy", {"steps": 30, "interval_s": 0.1}, home=home, owner="local")
+    view = live.Viewer(job, home)
     view.poll()
     assert view.interval() in (live.POLL_LIVE_S, live.POLL_QUIET_S)
     wait_for(lambda: view.poll() and "step 3 of 30" in view.text, 30, 0.05, "step 3 in the view")

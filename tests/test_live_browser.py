@@ -8,7 +8,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_a_job_view_follows_a_job_to_its_end_then_goes_quiet(page, home):
-    job = queue.submit("sleepy", {"steps": 40, "interval_s": 0.1})
+    job = queue.submit("sleepy", {"steps": 40, "interval_s": 0.1}, home=home, owner="local")
     sent = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     page.goto(f"{page.base_url}/jobs?job={job}")

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from backend import models, queue
+from backend import models, queue, users
 from tests.conftest import run_burst
 
 
@@ -28,17 +28,17 @@ def test_import_list_detail_delete(home, tiny_model, monkeypatch):
     inside = home / "models" / "copy"
     shutil.copytree(tiny_model, inside)
     models.import_folder("models/copy", home=home, owner="local")            # relative to the workspace
-    assert {m["name"] for m in models.list_models(home)} == {"tiny", "copy"}
+    assert {m["name"] for m in models.list_models(home, by=users.OPERATOR)} == {"tiny", "copy"}
     assert "trust_remote_code" not in models.get("tiny", home)["meta"]     # off unless opted in
-    assert models.set_trust_remote_code("tiny", True, home)["meta"]["trust_remote_code"] is True
+    assert models.set_trust_remote_code("tiny", True, home, by=users.OPERATOR)["meta"]["trust_remote_code"] is True
     assert models.get("tiny", home)["meta"]["source"] == "local"              # the rest of the meta is kept
-    d = models.detail("tiny", home)
+    d = models.detail("tiny", home, by=users.OPERATOR)
     assert d["config"]["model_type"] == "llama" and any(f["file"] == "model.safetensors" for f in d["files"])
-    assert models.delete("tiny", home=home)["files_removed"] is False      # outside: entry only
+    assert models.delete("tiny", home=home, by=users.OPERATOR)["files_removed"] is False      # outside: entry only
     assert (tiny_model / "config.json").exists()
-    assert models.delete("copy", home=home)["files_removed"] is False     # imported: its files are not the entry's
+    assert models.delete("copy", home=home, by=users.OPERATOR)["files_removed"] is False     # imported: its files are not the entry's
     assert (inside / "config.json").exists()
-    assert models.list_models(home) == []
+    assert models.list_models(home, by=users.OPERATOR) == []
 
 
 def test_bad_folders_and_names_are_refused_clearly(home, tiny_model, tmp_path, monkeypatch):
@@ -53,8 +53,8 @@ def test_bad_folders_and_names_are_refused_clearly(home, tiny_model, tmp_path, m
     with pytest.raises(models.ModelError, match="outside the workspace"):
         models.import_folder("../../etc", home=home, owner="local")
     with pytest.raises(models.ModelError, match="no model named"):
-        models.delete("ghost", home=home)
-    assert models.list_models(home) == []
+        models.delete("ghost", home=home, by=users.OPERATOR)
+    assert models.list_models(home, by=users.OPERATOR) == []
 
 
 def test_catalog_has_every_hub_id():
@@ -82,9 +82,9 @@ def test_bundled_model_converts_once_and_chats(home):
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert len(text.strip()) > 3 and text.isascii(), text
     # idempotent, also through a download job with source "bundled"
-    job_id = queue.submit("download", {"source": "bundled"})
+    job_id = queue.submit("download", {"source": "bundled"}, home=home, owner="local")
     run_burst(home)
-    assert queue.get(job_id)["state"] == "succeeded"
+    assert queue.get(job_id, home=home, by=users.OPERATOR)["state"] == "succeeded"
     assert models.ensure_bundled(home) == path
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, datasets, finetune, models, queue, users
+from backend import chat, datasets, defaults, finetune, models, queue, users
 from backend.dataset_info import import_dataset_info
 from backend.store import open_store
 from tests.conftest import ROOT, endpoint_of, run_burst, start_worker, stop, wait_for
@@ -26,7 +26,7 @@ ROW = b'{"instruction": "hi", "output": "hello"}\n'
 
 
 def refusals(actor: str) -> int:
-    return sum(1 for r in users.audit_log("refused") if r["actor"] == actor)
+    return sum(1 for r in users.audit_log("refused", home=defaults.home()) if r["actor"] == actor)
 
 
 def copy_model(tiny_model: Path, dest: Path) -> Path:
@@ -36,7 +36,7 @@ def copy_model(tiny_model: Path, dest: Path) -> Path:
 
 # -- the three exploits (each failed on the code before ownership) -------------------------------------------------
 def test_dataset_info_cannot_copy_another_students_private_dataset(home, klass):
-    datasets.save_upload("ann-secret.jsonl", io.BytesIO(ROW * 3), owner="ann")
+    datasets.save_upload("ann-secret.jsonl", io.BytesIO(ROW * 3), owner="ann", home=home)
     before = refusals("bob")
     out = import_dataset_info(json.dumps({"stolen": {"file_name": "ann-secret.jsonl"}}), home, owner="bob")
     assert out["imported"] == [] and open_store(home).get("dataset", "stolen") is None
@@ -45,7 +45,7 @@ def test_dataset_info_cannot_copy_another_students_private_dataset(home, klass):
     assert why.text("zh") != str(why) and "另一位学生" in why.text("zh")
     assert refusals("bob") == before + 1
     # her own, a sample and the instructor's resolve through the registry as before
-    datasets.save_upload("teach-set.jsonl", io.BytesIO(ROW * 3), owner="teach")
+    datasets.save_upload("teach-set.jsonl", io.BytesIO(ROW * 3), owner="teach", home=home)
     out = import_dataset_info(json.dumps({"mine": {"file_name": "ann-secret.jsonl"},
                                           "class": {"file_name": "teach-set.jsonl"}}), home, owner="ann")
     assert {i["name"] for i in out["imported"]} == {"mine", "class"}
@@ -129,6 +129,32 @@ def test_every_registry_write_names_a_non_empty_owner():
     assert found >= 10 and bad == [], bad
 
 
+
+CONTEXT = {"home", "workspace", "by", "who", "actor"}        # the workspace and the acting user
+
+
+def test_no_backend_function_defaults_the_workspace_or_the_actor():
+    """AST: no function in backend/ gives the workspace (``home``) or the acting user (``by``/``who``/``actor``) a
+    default, nor falls back to the environment's workspace with ``home or defaults.home()``: a caller that forgets
+    either gets a TypeError, never the environment's workspace or the operator's rights. The CLI, the worker, the
+    launcher and pages (``ui.home()``/``ui.user()``) build their context once, explicitly."""
+    checked, bad = 0, []
+    for f in sorted((ROOT / "backend").rglob("*.py")):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) and "defaults.home()" in ast.unparse(node):
+                bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            positional = a.posonlyargs + a.args
+            defaults_ = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+            for arg, default in [*zip(positional, defaults_), *zip(a.kwonlyargs, a.kw_defaults)]:
+                if arg.arg in CONTEXT:
+                    checked += 1
+                    if default is not None:
+                        bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg}={ast.unparse(default)})")
+    assert checked >= 300 and bad == [], bad
 # -- the use rule on every type and action -----------------------------------------------------------------------
 @pytest.fixture
 def things(home, klass, tiny_model):
@@ -141,7 +167,7 @@ def things(home, klass, tiny_model):
         m = copy_model(tiny_model, home / "models" / name)
         models.register(name, m, "download", owner=owner, home=home)
         store.put("adapter", name, str(home / "adapters" / name), {"base_model": name}, owner=owner)
-        datasets.save_upload(f"{name}.jsonl", io.BytesIO(ROW * 3), owner=owner)
+        datasets.save_upload(f"{name}.jsonl", io.BytesIO(ROW * 3), owner=owner, home=home)
         job = queue.submit("sleepy", {"steps": 1}, owner=owner, home=home)
         assert store.claim(job, "w", {})
         store.transition(job, "running")
@@ -150,7 +176,7 @@ def things(home, klass, tiny_model):
         store.put("eval", name, str(home / "jobs" / str(job)), {"models": [name], "table": []}, owner=owner)
         if tag == "shared":
             for t in ("model", "adapter", "dataset", "endpoint", "eval"):
-                ownership.share(t, name, True, by="ann")
+                ownership.share(t, name, True, by="ann", home=home)
         made[tag] = name
     return made
 
@@ -162,7 +188,7 @@ USE = {"model": ("serve", "model"), "adapter": ("merge", "adapter"), "dataset": 
 @pytest.mark.parametrize("type", ["dataset", "model", "adapter", "endpoint", "eval"])
 def test_permission_matrix(home, things, type):
     from backend import ownership
-    bob = users.acting("bob")
+    bob = users.acting("bob", home=home)
 
     def refused(action) -> users.Refused | None:
         before = refusals("bob")
@@ -251,7 +277,7 @@ def test_every_row_a_students_jobs_make_is_theirs(home, klass, tiny_model, tmp_p
         server.shutdown()
         server.server_close()
     for j in ids:
-        assert queue.get(j, home)["state"] == "succeeded", (j, out.stdout[-2000:], (home / "jobs" / str(j) / "run.log").read_text()[-2000:])
+        assert queue.get(j, home, by=users.OPERATOR)["state"] == "succeeded", (j, out.stdout[-2000:], (home / "jobs" / str(j) / "run.log").read_text()[-2000:])
     made = [e for t in ("model", "adapter", "dataset", "eval") for e in store.items(t) if e.job_id in ids]
     assert {(e.type, e.name) for e in made} >= {("model", "tiny"), ("dataset", "qa"), ("adapter", "ann-lora"),
                                                  ("model", "ann-lora-merged")}
@@ -266,6 +292,6 @@ def test_every_row_a_students_jobs_make_is_theirs(home, klass, tiny_model, tmp_p
         assert eps and {(e.owner, e.shared) for e in eps} == {("ann", False)}, eps
         assert ep["name"] not in [e["name"] for e in chat.live_endpoints(home, by="bob")]
         queue.cancel(job, home, by="ann")
-        wait_for(lambda: queue.get(job, home)["state"] == "cancelled", 60)
+        wait_for(lambda: queue.get(job, home, by=users.OPERATOR)["state"] == "cancelled", 60)
     finally:
         stop(proc)

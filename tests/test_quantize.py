@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, queue
+from backend import chat, queue, users
 from backend.store import open_store
 from tests.conftest import endpoint_of, wait_for
 
@@ -22,15 +22,15 @@ def tiny_registered(home, tmp_path):
 
 def test_awq_is_refused_without_a_gpu(home, tiny_registered):
     with pytest.raises(queue.SubmitError, match="AWQ \\(W4A16\\) quantises on CUDA GPUs only"):
-        queue.submit("quantize", {"model": "tiny", "method": "awq_w4a16", "calib_samples": 64}, home=home)
+        queue.submit("quantize", {"model": "tiny", "method": "awq_w4a16", "calib_samples": 64}, home=home, owner="local")
     with pytest.raises(queue.SubmitError, match="no model named 'nope'"):
-        queue.submit("quantize", {"model": "nope"}, home=home)
+        queue.submit("quantize", {"model": "nope"}, home=home, owner="local")
     with pytest.raises(queue.SubmitError, match="group_size"):
-        queue.submit("quantize", {"model": "tiny", "group_size": 100}, home=home)
+        queue.submit("quantize", {"model": "tiny", "group_size": 100}, home=home, owner="local")
 
 
 def test_awq_command(tmp_path):
-    from backend.specs.quantize import Spec
+    from backend.kinds.quantize import Spec
     from jobs.quantize import awq_command
     cmd = awq_command(Spec(model="m", method="awq_w4a16", calib_samples=64, group_size=64), tmp_path / "s", tmp_path / "o")
     assert cmd[0].endswith("/lmdeploy") and cmd[1:4] == ["lite", "auto_awq", str(tmp_path / "s")]
@@ -40,20 +40,20 @@ def test_awq_command(tmp_path):
 
 @pytest.mark.slow
 def test_nf4_quantizes_registers_and_serves_on_cpu(home, worker, tiny_registered):
-    job_id = queue.submit("quantize", {"model": "tiny"}, home=home)
-    wait_for(lambda: queue.get(job_id, home)["state"] in ("succeeded", "failed"), 300, 0.5, "the quantize job")
-    job = queue.get(job_id, home)
+    job_id = queue.submit("quantize", {"model": "tiny"}, home=home, owner="local")
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 300, 0.5, "the quantize job")
+    job = queue.get(job_id, home, by=users.OPERATOR)
     assert job["state"] == "succeeded", job["error_message"]
     entry = open_store(home).get("model", "tiny-bnb-nf4")
     folder = Path(entry["path"])
     assert json.loads((folder / "config.json").read_text())["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
     assert entry["meta"]["quantized_from"] == "tiny" and entry["meta"]["lineage"]["quantize_job"] == job_id
     with pytest.raises(queue.SubmitError, match="already exists"):
-        queue.submit("quantize", {"model": "tiny"}, home=home)
+        queue.submit("quantize", {"model": "tiny"}, home=home, owner="local")
 
-    serve_id = queue.submit("serve", {"model": "tiny-bnb-nf4"}, home=home)
+    serve_id = queue.submit("serve", {"model": "tiny-bnb-nf4"}, home=home, owner="local")
     ep = endpoint_of(home, serve_id, timeout=300)
     stats: dict = {}
-    "".join(chat.stream_chat(ep, chat.build_messages([], "Hello"), temperature=0.0, max_tokens=4, stats=stats))
+    "".join(chat.stream_chat(ep, chat.build_messages([], "Hello"), temperature=0.0, max_tokens=4, stats=stats, by=users.OPERATOR, home=home))
     assert stats["tokens"] >= 1
-    queue.cancel(serve_id, home)
+    queue.cancel(serve_id, home, by=users.OPERATOR)

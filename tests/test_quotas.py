@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from backend import defaults, queue, resources
+from backend import defaults, queue, resources, users
 from backend.store import open_store
 from tests.conftest import start_worker, stop, wait_for
 
@@ -19,14 +19,14 @@ def test_light_jobs_past_the_cap_wait(home):
     bob = queue.submit("sleepy", light, owner="bob", home=home)
     worker = start_worker(home, WORKBENCH_USER_MAX_LIGHT_RUNNING="2")
     try:
-        wait_for(lambda: all(queue.get(j, home)["state"] == "running" for j in [*ann[:2], bob]), 60, 0.1,
+        wait_for(lambda: all(queue.get(j, home, by=users.OPERATOR)["state"] == "running" for j in [*ann[:2], bob]), 60, 0.1,
                  "two of ann's light jobs and bob's to run")
-        assert queue.get(ann[2], home)["state"] == "queued"             # ann's third waits for one of hers
-        queue.cancel(ann[0], home=home)
-        wait_for(lambda: queue.get(ann[2], home)["state"] == "running", 60, 0.1, "ann's third to start")
+        assert queue.get(ann[2], home, by=users.OPERATOR)["state"] == "queued"             # ann's third waits for one of hers
+        queue.cancel(ann[0], home=home, by=users.OPERATOR)
+        wait_for(lambda: queue.get(ann[2], home, by=users.OPERATOR)["state"] == "running", 60, 0.1, "ann's third to start")
     finally:
         for j in [*ann, bob]:
-            queue.cancel(j, home=home)
+            queue.cancel(j, home=home, by=users.OPERATOR)
         stop(worker)
 
 

@@ -57,7 +57,7 @@ def test_bad_uploads_are_left_out_with_a_sentence_each_and_the_rest_is_indexed(h
     job_id = queue.submit("index", {"name": "mine", "folder": str(folder.relative_to(home / "documents"))},
                           owner="ann", home=home)
     run_burst(home)
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     assert job.state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
     kb = open_store(home).get("kb", "mine")
     assert kb.owner == "ann" and kb.meta["documents"] == 3 and kb.meta["chunks"] >= 3 and len(kb.meta["left_out"]) == 4
@@ -99,12 +99,12 @@ def demo_endpoints(home, model_path) -> tuple[dict, dict]:
     """The bundled model served, the demo documents indexed, and the two served together: (model, kb) endpoints."""
     open_store(home).put("model", BUNDLED, str(model_path), {"source": "bundled"}, owner=users.OPERATOR_NAME,
                          shared=True)
-    index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home)
-    model = endpoint_of(home, queue.submit("serve", {"model": BUNDLED}, home=home), 300)
-    wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
-    assert queue.get(index, home).state == "succeeded", (home / "jobs" / str(index) / "run.log").read_text()
+    index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home, owner="local")
+    model = endpoint_of(home, queue.submit("serve", {"model": BUNDLED}, home=home, owner="local"), 300)
+    wait_for(lambda: queue.get(index, home, by=users.OPERATOR).state.finished, 180, 0.2, "the index job")
+    assert queue.get(index, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(index) / "run.log").read_text()
     kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo", "endpoint": model["name"], "top_k": 2},
-                                        home=home), 120)
+                                        home=home, owner="local"), 120)
     return model, kb
 
 
@@ -119,11 +119,11 @@ def test_the_bundled_model_is_wrong_alone_and_right_with_retrieval(home, worker,
     passages = answer.model_extra["passages"]
     assert passages[0]["source"] == "velmora.md" and ANSWER in passages[0]["text"] and passages[0]["line"] == 1
     # listed like any endpoint: the Chat, Agent and Evaluate pages and the gateway offer it
-    assert any(e["name"] == kb["name"] and e["engine"] == "rag" for e in chat.endpoints(home))
+    assert any(e["name"] == kb["name"] and e["engine"] == "rag" for e in chat.endpoints(home, by=users.OPERATOR))
 
     # streamed through the backend's chat client (the Chat page's): the passages come in the last chunk
     stats: dict = {}
-    text = "".join(chat.stream_chat(kb, ask["messages"], temperature=0, max_tokens=24, stats=stats))
+    text = "".join(chat.stream_chat(kb, ask["messages"], temperature=0, max_tokens=24, stats=stats, by=users.OPERATOR, home=home))
     assert ANSWER in text and stats["passages"] == passages
     with pytest.raises(openai.AuthenticationError):         # its own key only
         openai.OpenAI(base_url=kb["url"], api_key="wrong", max_retries=0).models.list()
@@ -161,21 +161,21 @@ def test_an_agent_consults_a_knowledge_base_through_its_endpoint(home, worker):
     from tests.fixtures.fake_openai import FakeOpenAI
     from tests.test_agent import step
     from tests.test_gateway import placeholder
-    if not engines.installed("lagent"):
+    if not engines.installed("lagent", home=home):
         pytest.skip("the lagent engine is not installed (./workbench test installs it)")
     fake = FakeOpenAI(script=[step("I look it up.", "print('Tarrin'.upper())"),
                               "Thought: the notes say so.\nFinal Answer: Tarrin"])
     try:
         placeholder(home, "local", "scripted", fake)
-        index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home)
-        wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
+        index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home, owner="local")
+        wait_for(lambda: queue.get(index, home, by=users.OPERATOR).state.finished, 180, 0.2, "the index job")
         kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo", "endpoint": "scripted", "top_k": 2},
-                                            home=home), 120)
-        job = queue.submit("agent", {"endpoint": kb["name"], "prompt": QUESTION, "max_turns": 4}, home=home)
-        wait_for(lambda: queue.get(job, home).state.finished, 300, 0.5, "the agent job")
+                                            home=home, owner="local"), 120)
+        job = queue.submit("agent", {"endpoint": kb["name"], "prompt": QUESTION, "max_turns": 4}, home=home, owner="local")
+        wait_for(lambda: queue.get(job, home, by=users.OPERATOR).state.finished, 300, 0.5, "the agent job")
     finally:
         fake.close()
-    assert queue.get(job, home).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
+    assert queue.get(job, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
     from backend import logs
     assert logs.result(job, home)["answer"].strip() == "Tarrin"
     sent = [json.dumps(r["messages"], ensure_ascii=False) for r in fake.requests]

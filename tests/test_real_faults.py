@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import logs, models, procs, queue
+from backend import defaults, logs, models, procs, queue, users
 from tests.conftest import start_worker, stop, wait_for
 from tests.hubserver import Hub
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def state(job_id: int) -> str:
-    return queue.get(job_id)["state"]
+    return queue.get(job_id, home=defaults.home(), by=users.OPERATOR)["state"]
 
 
 @pytest.fixture
@@ -64,11 +64,11 @@ def test_disk_full_during_a_download_is_disk_full_and_a_retry_resumes(home, tiny
         hub.throttle = 4_000_000                 # bytes/s: the big file takes ~4 s
         w = start_worker(home)
         try:
-            job = queue.submit("download", {"source": "huggingface", "repo_id": "camp/big", "endpoint": hub.url})
+            job = queue.submit("download", {"source": "huggingface", "repo_id": "camp/big", "endpoint": hub.url}, home=home, owner="local")
             wait_for(lambda: hub.bytes_sent > total * 0.3, 60, what="30% of the bytes")
             filler = fill(small_models_disk)     # the disk fills up under the running download
             wait_for(lambda: state(job) in ("failed", "succeeded"), 60, what="the download to end")
-            j = queue.get(job)
+            j = queue.get(job, home=home, by=users.OPERATOR)
             assert j["error_class"] == "disk_full" and "filled up" in j["error_message"], j
             assert "free some space, then retry" in logs.result(job, home)["error"]["suggestion"]
             partial = sum(p.stat().st_size for p in small_models_disk.rglob("*.incomplete"))
@@ -76,9 +76,9 @@ def test_disk_full_during_a_download_is_disk_full_and_a_retry_resumes(home, tiny
             first = hub.bytes_sent
             filler.unlink()
             hub.throttle = 0
-            retry = queue.retry(job)
+            retry = queue.retry(job, home=home, by=users.OPERATOR)
             wait_for(lambda: state(retry) in ("failed", "succeeded"), 60, what="the retry")
-            assert state(retry) == "succeeded", logs.tail(retry, 30, home)
+            assert state(retry) == "succeeded", logs.tail(retry, 30, home=home)
             refetched = hub.bytes_sent - first
             assert refetched <= total - partial + 2**20, (refetched, total, partial)     # Range resume
             assert models.get("big", home) is not None
@@ -107,19 +107,19 @@ def memory_cgroup():
 def test_the_kernel_oom_killer_is_out_of_memory_and_a_plain_kill_is_killed(home, memory_cgroup):
     w = start_worker(home, WORKBENCH_JOB_CGROUP=memory_cgroup)
     try:
-        hog = queue.submit("sleepy", {"steps": 1, "alloc_mb": 600})
+        hog = queue.submit("sleepy", {"steps": 1, "alloc_mb": 600}, home=home, owner="local")
         wait_for(lambda: state(hog) in ("failed", "succeeded"), 60, what="the hog to end")
-        j = queue.get(hog)
+        j = queue.get(hog, home=home, by=users.OPERATOR)
         assert j["error_class"] == "out_of_memory" and j["exit_code"] == -signal.SIGKILL, j
         ident = procs.recorded(home / "jobs" / str(hog))
         assert ident["oom_counter"].startswith(str(memory_cgroup)), ident     # the job's own cgroup was read
         assert procs.oom_kills(ident["oom_counter"]) > ident["oom_kills"]
 
-        victim = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05})
+        victim = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05}, home=home, owner="local")
         wait_for(lambda: state(victim) == "running", 30, what="running")
-        os.kill(queue.get(victim)["pid"], signal.SIGKILL)
+        os.kill(queue.get(victim, home=home, by=users.OPERATOR)["pid"], signal.SIGKILL)
         wait_for(lambda: state(victim) == "failed", 30, what="failed")
-        assert queue.get(victim)["error_class"] == "killed"
+        assert queue.get(victim, home=home, by=users.OPERATOR)["error_class"] == "killed"
     finally:
         stop(w)
     assert json.loads((home / "jobs" / str(victim) / "process.json").read_text())["oom_counter"]

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from backend import chat, logs, models, queue
+from backend import chat, logs, models, queue, users
 from backend.store import open_store
 from tests.conftest import ENGINES_DIR, ROOT, endpoint_of, env_for, run_burst, wait_for
 from tests.fixtures.remote_code_model import make_remote_code_model
@@ -29,7 +29,7 @@ def remote(home, tiny_model, tmp_path):
 
 
 def opt_in(allowed: bool, home) -> None:
-    models.set_trust_remote_code("remote", allowed, home)
+    models.set_trust_remote_code("remote", allowed, home, by=users.OPERATOR)
 
 
 def submit_all(home, folder) -> dict[str, dict]:
@@ -46,20 +46,20 @@ def test_a_model_with_its_own_code_is_refused_at_submit_without_the_opt_in(home,
     (home / "qa.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
     for kind, spec in submit_all(home, folder).items():
         with pytest.raises(queue.SubmitError, match="needs its own remote code.*trust_remote_code opt-in"):
-            queue.submit(kind, spec, home=home)
+            queue.submit(kind, spec, home=home, owner="local")
     open_store(home).put("adapter", "remote-lora", str(folder), {"base_model": "remote"}, owner="local")
     with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
-        queue.submit("merge", {"adapter": "remote-lora"}, home=home)
-    assert queue.list_jobs(home=home) == []
+        queue.submit("merge", {"adapter": "remote-lora"}, home=home, owner="local")
+    assert queue.list_jobs(home=home, by=users.OPERATOR) == []
 
 
 def test_a_re_download_clears_the_opt_in(home, remote, tmp_path):
     models.register("remote", remote[0], "huggingface", id="x/remote", home=home, trust_remote_code=True, owner="local")
     assert models.get("remote", home)["meta"]["trust_remote_code"] is True
     job = queue.submit("download", {"source": "huggingface", "repo_id": "x/remote", "name": "remote",
-                                    "endpoint": "http://127.0.0.1:9"}, home=home)
+                                    "endpoint": "http://127.0.0.1:9"}, home=home, owner="local")
     run_burst(home)
-    assert queue.get(job, home)["state"] == "failed"          # nothing listens there; the opt-in is gone anyway
+    assert queue.get(job, home, by=users.OPERATOR)["state"] == "failed"          # nothing listens there; the opt-in is gone anyway
     assert not models.get("remote", home)["meta"].get("trust_remote_code")
 
 
@@ -94,29 +94,29 @@ def test_no_job_kind_runs_the_models_code_when_the_opt_in_is_taken_back(home, re
     folder, marker = remote
     specs = submit_all(home, folder)
     opt_in(True, home)
-    stats = queue.submit("dataset_stats", specs["dataset_stats"], home=home)
-    tune = queue.submit("finetune", specs["finetune"], home=home)
+    stats = queue.submit("dataset_stats", specs["dataset_stats"], home=home, owner="local")
+    tune = queue.submit("finetune", specs["finetune"], home=home, owner="local")
     opt_in(False, home)                      # taken back while the jobs wait
     run_burst(home, timeout=300)
     for job_id in (stats, tune):
-        assert queue.get(job_id, home)["state"] == "succeeded", logs.tail(job_id, 30, home)
+        assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 30, home=home)
     opt_in(True, home)
-    merge = queue.submit("merge", {"adapter": "remote-lora"}, home=home)
-    serve = queue.submit("serve", specs["serve"], home=home)
+    merge = queue.submit("merge", {"adapter": "remote-lora"}, home=home, owner="local")
+    serve = queue.submit("serve", specs["serve"], home=home, owner="local")
     opt_in(False, home)
     from tests.conftest import start_worker, stop
     w = start_worker(home)
     try:
-        wait_for(lambda: queue.get(merge, home)["state"] == "succeeded", 120, 0.2, "the merge")
-        job = queue.get(serve, home)
+        wait_for(lambda: queue.get(merge, home, by=users.OPERATOR)["state"] == "succeeded", 120, 0.2, "the merge")
+        job = queue.get(serve, home, by=users.OPERATOR)
         # the server refuses to start a model with its own code without the opt-in
-        wait_for(lambda: queue.get(serve, home)["state"] == "failed", 120, 0.2, "serve to refuse")
-        assert "trust_remote_code opt-in" in queue.get(serve, home)["error_message"], job
+        wait_for(lambda: queue.get(serve, home, by=users.OPERATOR)["state"] == "failed", 120, 0.2, "serve to refuse")
+        assert "trust_remote_code opt-in" in queue.get(serve, home, by=users.OPERATOR)["error_message"], job
     finally:
         stop(w)
     assert not marker.exists(), "a job ran the model's code without the opt-in"
-    assert chat.endpoints(home) == []
+    assert chat.endpoints(home, by=users.OPERATOR) == []
     opt_in(True, home)                       # the positive control: with the opt-in, its code does run
-    again = queue.submit("dataset_stats", specs["dataset_stats"], home=home)
+    again = queue.submit("dataset_stats", specs["dataset_stats"], home=home, owner="local")
     run_burst(home)
-    assert queue.get(again, home)["state"] == "succeeded" and marker.exists()
+    assert queue.get(again, home, by=users.OPERATOR)["state"] == "succeeded" and marker.exists()

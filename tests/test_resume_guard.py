@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from backend import finetune as ft
+from backend import finetune as ft, users
 from backend import logs, queue
 from backend.store import open_store
 from tests.conftest import run_burst
@@ -26,24 +26,24 @@ def test_resume_from_someone_elses_job_is_refused_at_submit(ws):
     theirs = fake_checkpoint(ws, "ann", queue.validate("finetune", spec())[1].model_dump(mode="json"))
     assert ft.checkpoints(theirs, ws)
     with pytest.raises(queue.SubmitError, match=f"job {theirs} belongs to ann: resume only from your own jobs"):
-        queue.submit("finetune", spec(resume_from=theirs), owner="bob")
+        queue.submit("finetune", spec(resume_from=theirs), owner="bob", home=ws)
 
 
 @pytest.mark.slow
 def test_resume_true_never_picks_another_owners_checkpoint(ws):
     s = spec(epochs=1, resume=True)
     fake_checkpoint(ws, "ann", queue.validate("finetune", s)[1].model_dump(mode="json"))
-    mine = queue.submit("finetune", s, owner="bob")
+    mine = queue.submit("finetune", s, owner="bob", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(mine, ws)["state"] == "succeeded", logs.tail(mine, 30, ws)
+    assert queue.get(mine, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(mine, 30, home=ws)
     assert "no earlier run with this spec left a checkpoint" in logs.read_log(mine, home=ws)[0]
 
 
 @pytest.mark.slow
 def test_a_checkpoint_cannot_run_code_when_loaded(ws, tmp_path):
-    first = queue.submit("finetune", spec(epochs=1, name="mine", save_steps=1), owner="bob")
+    first = queue.submit("finetune", spec(epochs=1, name="mine", save_steps=1), owner="bob", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(first, ws)["state"] == "succeeded", logs.tail(first, 30, ws)
+    assert queue.get(first, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(first, 30, home=ws)
     marker = tmp_path / "PICKLE_RAN"
 
     class Evil:
@@ -51,7 +51,7 @@ def test_a_checkpoint_cannot_run_code_when_loaded(ws, tmp_path):
             return (open, (str(marker), "w"))
     import torch
     torch.save({"optimizer": Evil()}, ft.checkpoints(first, ws)[-1] / "trainer.pt")
-    again = queue.submit("finetune", spec(epochs=1, name="mine", save_steps=1, resume_from=first), owner="bob")
+    again = queue.submit("finetune", spec(epochs=1, name="mine", save_steps=1, resume_from=first), owner="bob", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(again, ws)["state"] == "failed"
+    assert queue.get(again, ws, by=users.OPERATOR)["state"] == "failed"
     assert not marker.exists(), "loading a checkpoint ran code from it"

@@ -75,17 +75,17 @@ def test_without_bubblewrap_the_interpreter_is_refused(home, tmp_path, monkeypat
         assert not sandbox.run("print('ran')", tmp_path / "files", Limits())["ok"]
     monkeypatch.setenv("WORKBENCH_AUTH", "none")
     assert sandbox.run("print('ran')", tmp_path / "files", Limits())["output"] == "ran\n"
-    if engines.installed("lagent"):                                               # refused at submit, too
+    if engines.installed("lagent", home=home):                                               # refused at submit, too
         monkeypatch.setenv("WORKBENCH_UNSAFE_UNSANDBOXED_CODE", "0")
         with pytest.raises(queue.SubmitError, match="apt-get install bubblewrap"):
-            queue.submit("agent", {"prompt": "hi", "url": "http://127.0.0.1:9/v1", "model": "m"}, home=home)
-        queue.submit("agent", {"prompt": "hi", "url": "http://127.0.0.1:9/v1", "model": "m", "tools": []}, home=home)
+            queue.submit("agent", {"prompt": "hi", "url": "http://127.0.0.1:9/v1", "model": "m"}, home=home, owner="local")
+        queue.submit("agent", {"prompt": "hi", "url": "http://127.0.0.1:9/v1", "model": "m", "tools": []}, home=home, owner="local")
 
 
 @needs_bwrap
 @pytest.mark.slow
 def test_escapes_fail_inside_the_agent_job(home):
-    if not engines.installed("lagent"):
+    if not engines.installed("lagent", home=home):
         pytest.skip("the lagent engine is not installed (./workbench test installs it)")
     users._secret(home)
     open_store(home)
@@ -111,7 +111,7 @@ def test_escapes_fail_inside_the_agent_job(home):
     try:
         job_id = queue.submit("agent", {"url": fake.url + "/v1", "model": "fake-model", "prompt": "escape",
                                         "memory_mb": 512, "wall_s": 60, "max_turns": 12},
-                              home=home, secrets={"OPENAI_API_KEY": KEY})
+                              home=home, secrets={"OPENAI_API_KEY": KEY}, owner="local")
         run_burst(home, timeout=300)
         listener.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -119,7 +119,7 @@ def test_escapes_fail_inside_the_agent_job(home):
     finally:
         fake.close()
         listener.close()
-    job = queue.get(job_id, home)
+    job = queue.get(job_id, home, by=users.OPERATOR)
     assert job["state"] == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
     trace = json.loads((home / "jobs" / str(job_id) / "artifacts" / "trace.json").read_text())
     got = dict(zip(escapes, [s for s in trace if s["type"] == "tool"]))
@@ -141,4 +141,4 @@ def test_escapes_fail_inside_the_agent_job(home):
     # the dangling link the code left is neither listed nor opened by the app
     assert "db.link" not in agent.files(job_id, home) and "db.link" not in logs.result(job_id, home)["files"]
     with pytest.raises(OSError):
-        agent.file_bytes(job_id, "db.link", by=None, home=home)
+        agent.file_bytes(job_id, "db.link", by=users.OPERATOR, home=home)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from backend import chat, logs, queue, vlm
+from backend import chat, logs, queue, users, vlm
 from backend.store import open_store
 from tests.conftest import endpoint_of, start_worker, stop, wait_for
 from tests.test_vlm import png
@@ -52,7 +52,7 @@ def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_
     open_store(home).put("model", "tiny", str(tiny_model), {"source": "test"}, owner="local")
     w = start_worker(home, WORKBENCH_CPU_SERVER_IDLE_S=8)
     try:
-        job_id = queue.submit("serve", {"model": "tiny"}, home=home)
+        job_id = queue.submit("serve", {"model": "tiny"}, home=home, owner="local")
         ep = endpoint_of(home, job_id)
         key, url = ep["api_key"], ep["url"]
         assert len(key) > 30 and ep["idle_stop_s"] == 8
@@ -61,7 +61,7 @@ def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_
         assert status(url + "/chat/completions", "wrong-key", ask) == 401
         assert status(url + "/models") == 401
         assert status(url + "/chat/completions", key, ask) == 200
-        assert "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), max_tokens=4)) is not None   # the Chat page's client
+        assert "".join(chat.stream_chat(ep, chat.build_messages([], "Hi"), max_tokens=4, by=users.OPERATOR, home=home)) is not None   # the Chat page's client
         assert key not in logs.read_log(job_id, home=home)[0]
         # only the model it was started with: another folder is never loaded, whatever the route
         other = shutil.copytree(tiny_model, tmp_path / "another-model")
@@ -79,8 +79,8 @@ def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_
         assert raw(url + "/chat/completions", {**auth, "Content-Length": "12abc"}) == 400
         assert status(url + "/chat/completions", key, ask) == 200
         # nothing more is asked: the CPU server stops itself and its endpoint goes away
-        wait_for(lambda: queue.get(job_id, home)["state"] == "succeeded", 90, 0.5, "the idle server to end itself")
-        assert logs.result(job_id, home)["stopped"] == "idle" and chat.endpoints(home) == []
+        wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", 90, 0.5, "the idle server to end itself")
+        assert logs.result(job_id, home)["stopped"] == "idle" and chat.endpoints(home, by=users.OPERATOR) == []
         assert "no request for" in logs.read_log(job_id, home=home)[0]
     finally:
         stop(w)
@@ -89,7 +89,7 @@ def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_
 @pytest.mark.slow
 def test_vlm_server_needs_its_key_caps_bodies_and_refuses_bad_lengths(home, worker, tiny_llava):
     open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"}, owner="local")
-    job_id = queue.submit("vlm", {"model": "tiny-llava"}, home=home)
+    job_id = queue.submit("vlm", {"model": "tiny-llava"}, home=home, owner="local")
     ep = endpoint_of(home, job_id, 90)
     chat_url, key = ep["url"] + "/chat", ep["api_key"]
     hello = {"messages": [{"role": "user", "content": "hi", "images": []}], "max_new_tokens": 2}
@@ -100,9 +100,9 @@ def test_vlm_server_needs_its_key_caps_bodies_and_refuses_bad_lengths(home, work
     assert raw(chat_url, auth) == 411
     assert raw(chat_url, {**auth, "Content-Length": str(10**12)}) == 413
     # the XComposer page's client sends the key: the server still answers
-    assert "".join(vlm.stream(ep, [{"role": "user", "content": "What is it?", "images": [png()]}], max_new_tokens=3))
-    queue.cancel(job_id, home)
-    wait_for(lambda: queue.get(job_id, home)["state"] == "cancelled", 30, 0.2, "the vlm job to stop")
+    assert "".join(vlm.stream(ep, [{"role": "user", "content": "What is it?", "images": [png()]}], max_new_tokens=3, by=users.OPERATOR, home=home))
+    queue.cancel(job_id, home, by=users.OPERATOR)
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 30, 0.2, "the vlm job to stop")
 
 
 @pytest.fixture(scope="session")

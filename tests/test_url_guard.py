@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from backend import chat, queue
-from backend.specs import evaluate as opencompass
+from backend.kinds import evaluate as opencompass
 
 BAD = ["http://10.1.2.3/v1", "http://172.16.0.5:8000/v1", "http://192.168.0.1/v1", "http://169.254.169.254/v1",
        "http://[fe80::1]/v1", "http://0.0.0.0:8000/v1", "http://127.0.0.1:9/v1", "http://localhost:9/v1"]
@@ -38,10 +38,10 @@ def test_private_link_local_and_loopback_urls_are_refused_before_any_connect(hom
         with pytest.raises(chat.ChatError, match="is refused: .*loopback, private or link-local"):
             chat.external(url, api_key="k")
         with pytest.raises(queue.SubmitError, match="is refused: .*loopback, private or link-local"):
-            queue.submit("agent", {"prompt": "hi", "url": url, "model": "m"}, home=home)
+            queue.submit("agent", {"prompt": "hi", "url": url, "model": "m"}, home=home, owner="local")
         assert opencompass.endpoint_problem(url, "k", timeout=3, home=home).key == "err.url.blocked"
     with pytest.raises(queue.SubmitError, match="not an http"):
-        queue.submit("agent", {"prompt": "hi", "url": "ftp://10.1.2.3/v1", "model": "m"}, home=home)
+        queue.submit("agent", {"prompt": "hi", "url": "ftp://10.1.2.3/v1", "model": "m"}, home=home, owner="local")
     assert connects == []
     monkeypatch.setenv("WORKBENCH_URL_ALLOW", "10.1.2.0/24")          # a class's own network, allowed by the operator
     with pytest.raises(chat.ChatError, match="cannot reach"):

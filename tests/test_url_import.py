@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend import logs, queue
+from backend import logs, queue, users
 from backend.store import open_store
 from tests.conftest import run_burst
 
@@ -67,9 +67,9 @@ def hostile():
 
 
 def imported(home, url: str, name: str, **env) -> tuple[dict, dict]:
-    job = queue.submit("dataset_import", {"source": "url", "id": url, "name": name}, home=home)
+    job = queue.submit("dataset_import", {"source": "url", "id": url, "name": name}, home=home, owner="local")
     run_burst(home, **env)
-    return queue.get(job, home), logs.result(job, home)
+    return queue.get(job, home, by=users.OPERATOR), logs.result(job, home)
 
 
 def test_loopback_private_and_link_local_are_refused_at_every_hop(home, hostile, monkeypatch):

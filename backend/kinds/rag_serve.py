@@ -2,10 +2,16 @@
 an OpenAI-compatible endpoint whose answers come with the passages they were given."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend import chat
 from backend.errors import UserError
+
+KIND = Kind("rag_serve", "jobs.rag_serve", cpu_slots=0, long_lived=True,
+           doc="a knowledge base + a model endpoint served as an OpenAI-compatible endpoint that answers with retrieved passages")
 
 
 class Spec(BaseModel):
@@ -16,15 +22,15 @@ class Spec(BaseModel):
     top_k: int = Field(3, ge=1, le=20)          # passages put into each prompt
 
 
-def upstream(spec: Spec, home=None) -> dict:
+def upstream(spec: Spec, home: Path, owner: str) -> dict:
     """The live model endpoint the answers come from (not another knowledge-base endpoint)."""
-    ep = next((e for e in chat.endpoints(home) if e["name"] == spec.endpoint and e.get("engine") != "rag"), None)
+    ep = next((e for e in chat.endpoints(home, by=owner) if e["name"] == spec.endpoint and e.get("engine") != "rag"), None)
     if ep is None:
         raise UserError("err.rag.no_endpoint", name=spec.endpoint)
     return ep
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     """The knowledge base is checked (it exists, its owner may use it) by queue.submit; the model endpoint here."""
-    upstream(spec)
+    upstream(spec, home, owner)
     return {}

@@ -8,15 +8,21 @@ Two methods, one per kind of machine:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend import engines
 from backend.errors import UserError
 from backend.resources import gpus
-from backend.specs.serve import weights_gb
+from backend.kinds.serve import weights_gb
 from backend.store import open_store
+
+KIND = Kind("quantize", "jobs.quantize",
+           doc="a 4-bit copy of a model (LMDeploy AWQ W4A16 on GPU, bitsandbytes NF4 anywhere) registered with its lineage")
 
 
 class Spec(BaseModel):
@@ -34,17 +40,17 @@ def out_name(spec: Spec) -> str:
     return spec.name or f"{spec.model}-{spec.method.replace('_', '-')}"
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     """The model exists and the name is free; AWQ needs a CUDA GPU and the lmdeploy engine."""
-    model = open_store().get("model", spec.model)
+    model = open_store(home=home).get("model", spec.model)
     if model is None:
         raise UserError("err.quantize.no_model", name=spec.model)
-    if open_store().get("model", out_name(spec)):
+    if open_store(home=home).get("model", out_name(spec)):
         raise UserError("err.quantize.name_taken", name=out_name(spec))
     if spec.method == "bnb_nf4":
         return {}
     if not gpus():
         raise UserError("err.quantize.awq_needs_gpu")
-    if not engines.installed("lmdeploy"):
+    if not engines.installed("lmdeploy", home=home):
         raise UserError("err.serve.lmdeploy_missing")
     return {"engine": "lmdeploy", "gpus": 1, "gpu_mem_gb": round(weights_gb(model["path"]) * 1.5 + 2, 1)}

@@ -2,10 +2,16 @@
 demo ``demo``) or a dataset's text column, split into passages and indexed with BM25 (backend/rag.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend import rag
 from backend.errors import UserError
+
+KIND = Kind("index", "jobs.index", cpu_slots=0,
+           doc="a knowledge base: documents or a dataset's text split into passages and indexed (BM25, jieba for Chinese)")
 
 
 class Spec(BaseModel):
@@ -18,7 +24,7 @@ class Spec(BaseModel):
     chunk_overlap: int = Field(32, ge=0)            # tokens shared by neighbouring passages
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     """Refuse what can't be indexed before queueing: no source or two, an overlap as large as a passage,
     a folder outside documents/."""
     if bool(spec.folder) == bool(spec.dataset):
@@ -26,5 +32,5 @@ def resources(spec: Spec) -> dict:
     if spec.chunk_overlap >= spec.chunk_size:
         raise UserError("err.rag.overlap", overlap=spec.chunk_overlap, size=spec.chunk_size)
     if spec.folder:
-        rag.source_folder(spec.folder)
+        rag.source_folder(spec.folder, home=home)
     return {}

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
+
+KIND = Kind("dataset_stats", "jobs.dataset_stats", cpu_slots=0,
+           doc="rows, fields, duplicates, languages and a token-length histogram of a dataset")
+
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -7,10 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend import engines
 from backend.errors import UserError
 from backend.resources import gpus
 from backend.store import open_store
+
+KIND = Kind("serve", "jobs.serve", long_lived=True,
+           doc="an OpenAI-compatible model server (transformers serve, or lmdeploy on GPU) registered as an endpoint")
 
 
 class Spec(BaseModel):
@@ -30,7 +34,7 @@ class Spec(BaseModel):
 
 
 # -- resolving registry entries (used at submit time by resources() and again in the job) -------------
-def resolve(spec: Spec, home: Path | None = None) -> tuple[dict, dict | None]:
+def resolve(spec: Spec, home: Path) -> tuple[dict, dict | None]:
     """(model entry, adapter entry or None) from the registry; ValueError with a readable reason."""
     store = open_store(home)
     adapter = None
@@ -70,16 +74,16 @@ def kv_budget(spec: Spec, device: str, free: int, total: int) -> tuple[float, in
     return round(max(percent, 1e-4), 4), budget
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     """CPU: one heavy slot. GPU: one GPU and a memory estimate. LMDeploy needs CUDA: refuse without it."""
-    model, _ = resolve(spec)
+    model, _ = resolve(spec, home=home)
     gpu_list = gpus() if spec.device != "cpu" else []
     if spec.engine == "lmdeploy":
         if not gpu_list:
             raise UserError("err.serve.lmdeploy_gpu")
         if spec.device == "cpu":
             raise UserError("err.serve.lmdeploy_cpu")
-        if not engines.installed("lmdeploy"):
+        if not engines.installed("lmdeploy", home=home):
             raise UserError("err.serve.lmdeploy_missing")
     lmdeploy_only = [f for f in ("kv_quant",) if getattr(spec, f) != Spec.model_fields[f].default]
     if lmdeploy_only and spec.engine != "lmdeploy":

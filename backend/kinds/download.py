@@ -1,13 +1,19 @@
 """The download job's spec (jobs/download.py): which hub, repository, revision and files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from backend.kinds import Kind
 from backend import models
 from backend.errors import UserError
+
+KIND = Kind("download", "jobs.download", cpu_slots=0,
+           doc="fetches a model from Hugging Face, ModelScope or OpenXLab (or the bundled one) and registers it")
 
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9._-]{1,96}$")
 
@@ -65,12 +71,13 @@ class Spec(BaseModel):
         if not REPO_RE.fullmatch(self.repo_id) or ".." in self.repo_id:
             raise UserError("err.spec.repo_id", value=self.repo_id)
         self.name = models.check_name(self.name or self.repo_id.split("/")[-1])
-        row = models.get(self.name)
-        if row and (row["meta"].get("source"), row["meta"].get("id")) != (self.source, self.repo_id):
-            raise UserError("err.spec.model_exists", name=self.name, source=row['meta'].get('source'),
-                            id=row['meta'].get('id') or row['path'])
         return self
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
+    """A name the registry holds for another model is refused."""
+    row = models.get(spec.name, home) if spec.source != "bundled" else None
+    if row and (row["meta"].get("source"), row["meta"].get("id")) != (spec.source, spec.repo_id):
+        raise UserError("err.spec.model_exists", name=spec.name, source=row['meta'].get('source'),
+                        id=row['meta'].get('id') or row['path'])
     return {"engine": "openxlab"} if spec.source == "openxlab" else {}

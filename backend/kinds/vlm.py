@@ -8,9 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend.errors import UserError
 from backend.resources import gpus
 from backend.store import open_store
+
+KIND = Kind("vlm", "jobs.vlm", long_lived=True, doc="an image-text model (LLaVA-style, or XComposer with opt-in) loaded once and served as a streaming endpoint")
 
 
 class Spec(BaseModel):
@@ -35,7 +38,7 @@ def image_text(config: dict, name: str) -> bool:
     return is_xcomposer(config, name) or "vision_config" in config or "vision_tower" in config
 
 
-def resolve(spec: Spec, home: Path | None = None) -> dict:
+def resolve(spec: Spec, home: Path) -> dict:
     """{"name", "path", "meta", "config", "xcomposer"}; ValueError with a readable reason."""
     if spec.model and spec.path:
         raise UserError("err.vlm.model_or_folder")
@@ -73,8 +76,8 @@ def is_7b(m: dict) -> bool:
     return "7b" in m["name"].lower() or "7b" in m["path"].name.lower() or weights_gb(m["path"]) > 8
 
 
-def resources(spec: Spec) -> dict:
-    m = resolve(spec)
+def check(spec: Spec, home: Path, owner: str) -> dict:
+    m = resolve(spec, home=home)
     gpu_list = gpus() if spec.device != "cpu" else []
     if spec.device == "cuda" and not gpu_list:
         raise UserError("err.spec.no_cuda")

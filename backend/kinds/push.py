@@ -2,14 +2,20 @@
 here: it is the job's secret (queue.submit(..., secrets={"HF_TOKEN" or "MODELSCOPE_API_TOKEN": ...}))."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from backend.kinds import Kind
 from backend.errors import UserError
-from backend.specs.download import REPO_RE
+from backend.kinds.download import REPO_RE
 from backend.store import open_store
+
+KIND = Kind("push", "jobs.push", cpu_slots=0,
+           doc="uploads a model, adapter or dataset to Hugging Face or ModelScope with a card carrying its lineage")
 
 
 class Spec(BaseModel):
@@ -42,7 +48,7 @@ def uses(spec: Spec) -> list[tuple[str, str]]:
     return [(spec.type, spec.source)]
 
 
-def resources(spec: Spec) -> dict:
-    if open_store().get(spec.type, spec.source) is None:
+def check(spec: Spec, home: Path, owner: str) -> dict:
+    if open_store(home=home).get(spec.type, spec.source) is None:
         raise UserError("err.push.no_entry", type=spec.type, name=spec.source)
     return {"cpu_slots": 0}

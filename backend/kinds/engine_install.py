@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from backend.kinds import Kind
 from backend.engines import ENGINES
 from backend.errors import UserError
+
+KIND = Kind("engine_install", "jobs.engine_install", cpu_slots=0,
+           doc="creates an engine's virtual environment with live pip output")
 
 
 class Spec(BaseModel):

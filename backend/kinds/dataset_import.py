@@ -5,7 +5,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from backend.kinds import Kind
 from backend.errors import UserError
+
+KIND = Kind("dataset_import", "jobs.dataset_import", cpu_slots=0,
+           doc="imports a dataset from Hugging Face, ModelScope or a URL into the workspace")
 
 
 class Spec(BaseModel):

@@ -14,8 +14,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.kinds import Kind
 from backend import server_auth, url_guard
 from backend.errors import UserError
+
+KIND = Kind("evaluate", "jobs.evaluate", engine="opencompass",
+           doc="OpenCompass evaluation of models x datasets: results table, per-item predictions")
 
 
 DATA_EXTS = (".jsonl", ".csv")  # what OpenCompass's CustomDataset reads
@@ -101,7 +105,7 @@ class Spec(BaseModel):
         return self
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     if all(m.url for m in spec.models):
         # every model is an endpoint: the server does the heavy work; this job only sends requests,
         # so it must not wait for the CPU slot a CPU `serve` job holds
@@ -211,7 +215,7 @@ def compass_data_cache(home: Path) -> Path:
     return Path(os.environ.get("COMPASS_DATA_CACHE") or home / "opencompass_data")
 
 
-def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0, home: Path | None = None) -> UserError | None:
+def endpoint_problem(url: str, api_key: str = "", timeout: float = 5.0, *, home: Path) -> UserError | None:
     """Why the OpenAI-compatible endpoint at ``url`` (…/v1) cannot be evaluated, or None when it answers
     ``GET /models``. The key goes in the request header only. A URL that is not one of the workbench's own
     endpoints is asked through the URL guard (public addresses only, http(s) at every hop)."""

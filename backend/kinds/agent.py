@@ -2,13 +2,19 @@
 outside OpenAI-compatible URL, with a Python interpreter that runs in the sandbox (backend/sandbox.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend import chat, engines, sandbox, url_guard
 from backend.errors import UserError
+
+KIND = Kind("agent", "jobs.agent", engine="lagent", cpu_slots=0,
+           doc="a Lagent ReAct agent with a limited Python interpreter, against a workbench endpoint or an OpenAI URL")
 
 KEY_SECRET = "OPENAI_API_KEY"      # an outside URL's key: passed as a secret, never in the spec
 
@@ -30,7 +36,7 @@ class Spec(BaseModel):
     output_kb: int = Field(64, ge=1, le=4096)
 
 
-def target(spec: Spec) -> dict:
+def target(spec: Spec, home: Path, owner: str) -> dict:
     """The endpoint the agent talks to: a live one from the store, or the outside URL as given."""
     if bool(spec.endpoint) == bool(spec.url):
         raise UserError("err.agent.target")
@@ -45,15 +51,15 @@ def target(spec: Spec) -> dict:
         except url_guard.BlockedAddress as e:
             raise UserError("err.url.blocked", url=spec.url, reason=str(e)) from None
         return {"url": spec.url.rstrip("/"), "model": spec.model, "api_key": ""}
-    ep = next((e for e in chat.endpoints() if e["name"] == spec.endpoint), None)
+    ep = next((e for e in chat.endpoints(home, by=owner) if e["name"] == spec.endpoint), None)
     if ep is None:
         raise UserError("err.agent.no_endpoint", name=spec.endpoint)
     return ep
 
 
-def resources(spec: Spec) -> dict:
-    target(spec)
-    if not engines.installed("lagent"):
+def check(spec: Spec, home: Path, owner: str) -> dict:
+    target(spec, home, owner)
+    if not engines.installed("lagent", home=home):
         raise UserError("err.agent.engine_missing")
     why = sandbox.refusal() if "python" in spec.tools else None
     if why is not None and not sandbox.bare_allowed():

@@ -1,13 +1,18 @@
 """The merge job's spec (jobs/merge.py) and its submit-time checks."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend import finetune as ft
 from backend.errors import UserError
 from backend.store import open_store
+
+KIND = Kind("merge", "jobs.merge", doc="merges a LoRA adapter into its base model and registers the result")
 
 
 class Spec(BaseModel):
@@ -17,13 +22,13 @@ class Spec(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: the base model's own dtype
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     """Submit-time checks: the adapter exists and its base model is still registered."""
-    entry = open_store().get("adapter", spec.adapter)
+    entry = open_store(home=home).get("adapter", spec.adapter)
     if entry is None:
         raise UserError("err.spec.no_adapter", name=spec.adapter)
-    ft.resolve_model(entry["meta"].get("base_model", ""))
+    ft.resolve_model(entry["meta"].get("base_model", ""), home=home)
     name = spec.name or f"{spec.adapter}-merged"
-    if open_store().get("model", name):
+    if open_store(home=home).get("model", name):
         raise UserError("err.spec.model_name_taken", name=name)
     return {"gpus": 0, "gpu_mem_gb": 0.0}

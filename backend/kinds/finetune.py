@@ -3,13 +3,18 @@ submit-time checks (``resources``). The Fine-tune page, ``queue.submit`` and ``j
 all read it from here."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.kinds import Kind
 from backend import finetune as ft
 from backend.errors import UserError
+
+KIND = Kind("finetune", "jobs.finetune", doc="LoRA / QLoRA / full fine-tune of a chat model (transformers + peft)")
 
 # XTuner's InternLM2 chat QLoRA/LoRA config (internlm2_chat_7b_qlora_oasst1_e3): the Spec defaults.
 XTUNER = dict(lora_r=64, lora_alpha=16, lora_dropout=0.1, target_modules=["all-linear"], lr=2e-4,
@@ -85,10 +90,10 @@ class Spec(BaseModel):
         return v
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     """Called once at submit time: the checks against the workspace (model, data, GPU) and the
     GPU memory the queue should reserve. Raises ValueError → SubmitError with a readable message."""
-    plan = ft.check(spec)
+    plan = ft.check(spec, home=home)
     if not plan["on_gpu"]:
         return {"gpus": 0, "gpu_mem_gb": 0.0}
     return {"gpus": 1, "gpu_mem_gb": spec.gpu_mem_gb or plan["estimate"]["total_gb"]}

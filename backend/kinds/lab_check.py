@@ -2,9 +2,15 @@
 never a field: a check reads only its owner's artifacts (backend/labs.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.kinds import Kind
 from backend import labs
+
+KIND = Kind("lab_check", "jobs.lab_check", cpu_slots=0,
+           doc="runs a lab's checks on its owner's artifacts and writes signed evidence when they pass (docs/labs.md)")
 
 TIMEOUT_S = 600          # asking a CPU server a few questions, twice (tuned and base)
 
@@ -14,7 +20,7 @@ class Spec(BaseModel):
     lab: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
 
 
-def resources(spec: Spec) -> dict:
+def check(spec: Spec, home: Path, owner: str) -> dict:
     """A light job (no slot); refused at submit when the lab does not exist or has no check."""
-    labs.get(spec.lab)
+    labs.get(spec.lab, home=home)
     return {"timeout_s": TIMEOUT_S}
