@@ -2,7 +2,7 @@
 import streamlit as st
 
 from backend import queue
-from pages import auth, ui
+from pages import auth, keys, ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")
 if problem := queue.workspace_problem(ui.home(), lang=ui.lang()):
@@ -37,5 +37,8 @@ nav = st.navigation(PAGES, position="sidebar" if allowed else "hidden")
 if not allowed:
     st.stop()
 ui.sidebar()
+if st.session_state.get(keys.USER) is not None:
+    with st.sidebar:
+        auth.signed_in()
 auth.announcement()            # the instructor's class announcement, on every page
 nav.run()

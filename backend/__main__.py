@@ -61,7 +61,7 @@ def cmd_list(a) -> int:
     rows = queue.list_jobs(states=[a.state] if a.state else None, kind=a.kind, owner=a.owner, limit=a.limit, home=a.home, by=users.OPERATOR)
     print(f"{'id':>5}  {'kind':<15} {'state':<10} {'owner':<10} {'queued':<19}  label")
     for j in rows:
-        print(f"{j['id']:>5}  {j['kind']:<15} {j['state']:<10} {j['owner']:<10} {_fmt_time(j['created_at']):<19}  {j['label']}")
+        print(f"{j.id:>5}  {j.kind:<15} {j.state:<10} {j.owner:<10} {_fmt_time(j.created_at):<19}  {j.label}")
     return 0
 
 
@@ -71,11 +71,11 @@ def cmd_show(a) -> int:
         return _err(f"no job {a.id}")
     for key in ("id", "kind", "state", "owner", "label", "priority", "asked", "given", "exit_code",
                 "error_class", "error_message"):
-        value = job[key]
+        value = getattr(job, key)
         print(f"{key:>14}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     for key in ("created_at", "started_at", "finished_at"):
-        print(f"{key:>14}: {_fmt_time(job[key])}")
-    print(f"{'spec':>14}: {json.dumps(job['spec'], ensure_ascii=False)}")
+        print(f"{key:>14}: {_fmt_time(getattr(job, key))}")
+    print(f"{'spec':>14}: {json.dumps(job.spec, ensure_ascii=False)}")
     ev = logs.EventState().update(a.id, a.home)
     if ev.progress:
         p = ev.progress
@@ -96,7 +96,7 @@ def cmd_logs(a) -> int:
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
     offset = 0
     while True:
-        ended = JobState(_job(a.id, a.home)["state"]).finished       # before the read: nothing written after it is missed
+        ended = JobState(_job(a.id, a.home).state).finished       # before the read: nothing written after it is missed
         for data, offset in logs.chunks(a.id, offset, home=a.home):
             sys.stdout.write(decode(data))
         sys.stdout.flush()

@@ -30,12 +30,12 @@ def roster(by, home: Path) -> list[dict]:
     _instructor(by, "roster", home)
     store = open_store(home)
     active = store.jobs(states=[JobState.QUEUED, JobState.STARTING, JobState.RUNNING], limit=10_000)
-    running = Counter(j["owner"] for j in active if j["state"] != JobState.QUEUED.value)
-    queued = Counter(j["owner"] for j in active if j["state"] == JobState.QUEUED.value)
+    running = Counter(j.owner for j in active if j.state != JobState.QUEUED.value)
+    queued = Counter(j.owner for j in active if j.state == JobState.QUEUED.value)
     gpu_mem = Counter()
     for j in active:
-        if j["given"] and j["given"].get("gpus"):
-            gpu_mem[j["owner"]] += float(j["given"].get("gpu_mem_gb") or 0)
+        if j.given and j.given.get("gpus"):
+            gpu_mem[j.owner] += float(j.given.get("gpu_mem_gb") or 0)
     today = queue.gpu_hours_today(home)
     disk = users.disk_usage(home)
     last = store.last_activity()
@@ -53,12 +53,12 @@ def progress(by, home: Path) -> list[dict]:
     reached: dict[str, set[str]] = {}
     for step, job in STEPS.items():
         for j in store.jobs(kind=job[0], states=list(job[1]), limit=100_000) if job else ():
-            reached.setdefault(j["owner"], set()).add(step)
+            reached.setdefault(j.owner, set()).add(step)
     for name in store.audit_actors("chat"):
         reached.setdefault(name, set()).add("chat")
     for d in store.items("dataset"):          # an upload or a conversion counts as a dataset too
-        if d["owner"]:
-            reached.setdefault(d["owner"], set()).add("dataset")
+        if d.owner:
+            reached.setdefault(d.owner, set()).add("dataset")
     return [{"name": u["name"], **{step: step in reached.get(u["name"], set()) for step in STEPS}}
             for u in store.users() if u["role"] == "student"]
 
@@ -75,7 +75,7 @@ def progress_csv(by, home: Path) -> str:
 def announcement(home: Path) -> str:
     """The class announcement every page shows ('' for none)."""
     row = open_store(home).get(*ANNOUNCEMENT)
-    return row["meta"].get("text", "") if row else ""
+    return row.meta.get("text", "") if row else ""
 
 
 def set_announcement(text: str, by, home: Path) -> None:

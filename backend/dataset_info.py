@@ -102,6 +102,6 @@ def import_dataset_info(data: bytes | str | dict, home: Path, *, owner: str) -> 
         target = datasets.datasets_dir(home) / f"{name}.jsonl"
         paths.atomic_write(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         entry_ = datasets.register(target, name, "dataset_info", home, owner=owner, parent=src.name)
-        imported.append({"name": name, "entry": key, "format": entry_["meta"]["format"],
-                         "rows": entry_["meta"]["rows"]})
+        imported.append({"name": name, "entry": key, "format": entry_.meta["format"],
+                         "rows": entry_.meta["rows"]})
     return {"imported": imported, "skipped": skipped}

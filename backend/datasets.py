@@ -401,7 +401,7 @@ def resolve(path_or_name: str | Path, home: Path) -> Path:
     workspace's datasets folder or the bundled samples."""
     entry = open_store(home).get("dataset", str(path_or_name))
     try:
-        real = paths.inside([datasets_dir(home), SAMPLES_DIR], entry["path"] if entry else path_or_name)
+        real = paths.inside([datasets_dir(home), SAMPLES_DIR], entry.path if entry else path_or_name)
     except paths.OutsideError:
         raise DatasetError("err.ds.outside", path=path_or_name) from None
     if not real.is_file():
@@ -445,7 +445,7 @@ def ensure_samples(home: Path) -> None:
     for path in sorted(SAMPLES_DIR.glob("*")):
         if path.suffix in EXTENSIONS:
             entry = store.get("dataset", path.stem)
-            if entry is None or entry["path"] != str(path) or entry["meta"].get("size") != path.stat().st_size:
+            if entry is None or entry.path != str(path) or entry.meta.get("size") != path.stat().st_size:
                 register(path, path.stem, "sample", home, owner=users.OPERATOR_NAME, shared=True)
 
 
@@ -524,10 +524,10 @@ def check_source(src: str | Path, owner: str, action: str, home: Path) -> Path:
     """The dataset file a new one is made from, refused (audited) when it is another student's private
     dataset: ``owner`` may use their own, the samples, the class's and the instructors' (users.may_use)."""
     src = Path(src)
-    entry = next((e for e in open_store(home).items("dataset") if Path(e["path"]).resolve() == src.resolve()), None)
+    entry = next((e for e in open_store(home).items("dataset") if Path(e.path).resolve() == src.resolve()), None)
     if entry is not None and not users.may_use(entry, owner, home=home):
-        users.refuse(owner, action, f"dataset {entry['name']}",
-                     DatasetRefused("err.users.dataset_not_yours", name=entry["name"]), home=home)
+        users.refuse(owner, action, f"dataset {entry.name}",
+                     DatasetRefused("err.users.dataset_not_yours", name=entry.name), home=home)
     return src
 
 

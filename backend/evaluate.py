@@ -39,7 +39,7 @@ def engine_install_job(home: Path) -> int | None:
     return None
 
 
-def install_engine(owner: str | None = None, *, home: Path) -> int:
+def install_engine(owner: str, *, home: Path) -> int:
     """Queue the OpenCompass engine install (or return the one already queued)."""
     return engine_install_job(home) or queue.submit("engine_install", {"engine": ENGINE}, owner=owner, home=home)
 
@@ -51,7 +51,7 @@ def package_dir(home: Path) -> Path | None:
 
 
 def data_cache(home: Path) -> Path:
-    return opencompass.compass_data_cachehome
+    return opencompass.compass_data_cache(home)
 
 
 # -- what can be evaluated ----------------------------------------------------------------------
@@ -124,9 +124,9 @@ def dataset_choices(home: Path, by: users.Actor) -> list[dict]:
         entries = ownership.items("dataset", by, home)
     out = []
     for d in entries:
-        fmt, problem = opencompass.custom_format(d["path"])
-        out.append({"name": d["name"], "path": d["path"], "format": fmt, "problem": problem,
-                    "ref": {"name": d["name"], "path": d["path"]} if fmt else None})
+        fmt, problem = opencompass.custom_format(d.path)
+        out.append({"name": d.name, "path": d.path, "format": fmt, "problem": problem,
+                    "ref": {"name": d.name, "path": d.path} if fmt else None})
     return out
 
 
@@ -179,7 +179,7 @@ def problems(spec: dict, home: Path, api_key: str = "") -> list[UserError]:
     return problems
 
 
-def submit(spec: dict, owner: str | None = None, install_engine_if_missing: bool = False, api_key: str = "", *,
+def submit(spec: dict, owner: str, install_engine_if_missing: bool = False, api_key: str = "", *,
            home: Path) -> int:
     """Queue an evaluation. With ``install_engine_if_missing`` a missing engine is installed first
     (the worker keeps the evaluation queued until then); otherwise it is a SubmitError. ``api_key``

@@ -45,7 +45,7 @@ def resolve_model(name: str, home: Path) -> tuple[Path, dict]:
     home = home
     entry = open_store(home).get("model", name)
     if entry:
-        path, meta = Path(entry["path"]), entry["meta"] or {}
+        path, meta = Path(entry.path), entry.meta or {}
     else:
         try:
             path, meta = paths.inside(home, name, must_exist=True), {}
@@ -380,18 +380,18 @@ def checkpoints(job_id: int, home: Path) -> list[Path]:
 
 def check_resume(spec: dict, job_id: int, home: Path) -> Path:
     old = open_store(home).job(job_id)
-    if old is None or old["kind"] != "finetune":
+    if old is None or old.kind != "finetune":
         raise UserError("err.ft.resume_none", job=job_id)
     ckpts = checkpoints(job_id, home)
     if not ckpts:
         raise UserError("err.ft.resume_no_ckpt", job=job_id)
-    diff = spec_differences(spec, old["spec"])
+    diff = spec_differences(spec, old.spec)
     if diff:
         raise UserError("err.ft.resume_differs", job=job_id, fields=", ".join(diff))
     return ckpts[-1]
 
 
-def find_resumable(spec: dict, home: Path, exclude: int | None = None, owner: str | None = None) -> int | None:
+def find_resumable(spec: dict, home: Path, exclude: int | None, owner: str) -> int | None:
     """For ``resume: true``: the newest of ``owner``'s fine-tune jobs with the same spec that left a checkpoint."""
     for job in open_store(home).jobs(kind="finetune", owner=owner, limit=200):
         if job.id != exclude and not spec_differences(spec, job.spec) and checkpoints(job.id, home):

@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from backend import logs, queue, users
+from backend.job import Job
 from backend.paths import job_dir
 from backend.states import JobState
 
@@ -42,7 +43,7 @@ def interval(state: str, quiet_s: float = 0.0) -> float | None:
 
 def list_interval(jobs: list[dict]) -> float:
     """Seconds between refreshes of a list of jobs: slower when all of them have finished."""
-    return POLL_LIST_S if any(not JobState(j["state"]).finished for j in jobs) else POLL_LIST_IDLE_S
+    return POLL_LIST_S if any(not JobState(j.state).finished for j in jobs) else POLL_LIST_IDLE_S
 
 
 def _size(path: Path) -> int:
@@ -115,8 +116,8 @@ def events(job_id: int, size: int | None = None, *, home: Path) -> Events:
         return parsed.snapshot
 
 
-def _shown(job: dict) -> tuple:
-    return tuple(str(job.get(k)) for k in _SHOWN)
+def _shown(job: Job) -> tuple:
+    return tuple(str(getattr(job, k)) for k in _SHOWN)
 
 
 class Viewer:
@@ -137,7 +138,7 @@ class Viewer:
         job = queue.get(self.job_id, self.home, by=users.OPERATOR)     # the page asked queue.get with its user first
         d = job_dir(self.job_id, self.home)
         log_size, events_size = _size(d / "run.log"), _size(d / "events.jsonl")
-        place = queue.place_in_queue(self.job_id, self.home) if job["state"] == JobState.QUEUED.value else None
+        place = queue.place_in_queue(self.job_id, self.home) if job.state == JobState.QUEUED.value else None
         sig = (_shown(job), place, log_size, events_size)
         self.job = job
         if sig == self._sig:
@@ -149,7 +150,7 @@ class Viewer:
             self.text = (self.text + text)[-LOG_KEEP_CHARS:]
         if events_size != self.events.size:
             self.events = events(self.job_id, events_size, home=self.home)
-        if JobState(job["state"]).finished and self.result is None:
+        if JobState(job.state).finished and self.result is None:
             self.result = logs.result(self.job_id, self.home)
         self.place, self._sig, self.changed_at = place, sig, time.monotonic()
         return True
@@ -158,4 +159,4 @@ class Viewer:
         return time.monotonic() - self.changed_at
 
     def interval(self) -> float | None:
-        return interval(self.job["state"], self.quiet_s()) if self.job else POLL_LIVE_S
+        return interval(self.job.state, self.quiet_s()) if self.job else POLL_LIVE_S

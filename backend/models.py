@@ -215,7 +215,7 @@ def import_folder(path: str | Path, name: str | None = None, *, owner: str, home
     folder = resolve_user_path(path, home)
     name = check_name(name or folder.name)
     existing = open_store(home).get(TYPE, name)
-    if existing and Path(existing["path"]) != folder:
+    if existing and Path(existing.path) != folder:
         raise ModelError("err.model.exists", name=name, path=existing['path'])
     ownership.check_import(folder, TYPE, name, owner, home)
     return register(name, folder, "local", id=str(folder), owner=owner, home=home)
@@ -236,17 +236,17 @@ def list_models(home: Path, by: users.Actor) -> list[dict]:
     adapters = _adapter_counts(home, by)
     out = []
     for row in ownership.items(TYPE, by, home):
-        meta = row.get("meta") or {}
-        out.append({"name": row["name"], "path": row["path"], "owner": row["owner"], "shared": row.shared,
-                    "job_id": row["job_id"],
-                    "created_at": row["created_at"], "adapters": adapters.get(row["name"], 0),
-                    "exists": Path(row["path"]).is_dir(), **meta})
+        meta = row.meta or {}
+        out.append({"name": row.name, "path": row.path, "owner": row.owner, "shared": row.shared,
+                    "job_id": row.job_id,
+                    "created_at": row.created_at, "adapters": adapters.get(row.name, 0),
+                    "exists": Path(row.path).is_dir(), **meta})
     return out
 
 
 def names(home: Path, by: users.Actor) -> list[str]:
     """Registered model names ``by`` may use, newest first."""
-    return [row["name"] for row in ownership.items(TYPE, by, home)]
+    return [row.name for row in ownership.items(TYPE, by, home)]
 
 
 def get(name: str, home: Path) -> dict | None:
@@ -258,7 +258,7 @@ def detail(name: str, home: Path, by: users.Actor) -> dict:
     row = ownership.get(TYPE, name, by, home)
     if row is None:
         raise ModelError("err.model.unknown", name=name)
-    folder = Path(row["path"])
+    folder = Path(row.path)
     out = {**row.as_dict(), "config": {}, "generation_config": {}, "files": []}
     if folder.is_dir():
         out.update(config=_read_json(folder / "config.json"),
@@ -274,8 +274,8 @@ def set_trust_remote_code(name: str, allowed: bool, home: Path, by) -> dict:
         raise ModelError("err.model.unknown", name=name)
     users.require_owner(by, "", "trust_remote_code", f"model {name}", ModelRefused("err.model.trust_instructor"), home=home)
     users.audit(users.actor(by, home=home), "trust_remote_code", f"model {name}", detail=str(bool(allowed)), home=home)
-    return open_store(home).put(TYPE, name, row["path"], {**row["meta"], "trust_remote_code": bool(allowed)},
-                                row["job_id"], owner=row["owner"])
+    return open_store(home).put(TYPE, name, row.path, {**row.meta, "trust_remote_code": bool(allowed)},
+                                row.job_id, owner=row.owner)
 
 
 def delete(name: str, delete_files: bool = True, *, home: Path, by) -> dict:

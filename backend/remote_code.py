@@ -38,7 +38,7 @@ def allowed(folder: str | Path, home: Path) -> bool:
         target = Path(folder).resolve()
     except (OSError, ValueError):
         return False
-    return any(row["meta"].get("trust_remote_code") is True and Path(row["path"]).resolve() == target
+    return any(row.meta.get("trust_remote_code") is True and Path(row.path).resolve() == target
                for row in open_store(home).items("model"))
 
 
@@ -60,12 +60,12 @@ def _folders(spec, home: Path | None) -> list[tuple[str, Path]]:
             continue
         if key in ADAPTER_KEYS:
             adapter = store.get("adapter", value)
-            value = (adapter or {}).get("meta", {}).get("base_model", "") if adapter else ""
+            value = adapter.meta.get("base_model", "") if adapter else ""
             key = "model"
         if key in MODEL_KEYS and value:
             row = store.get("model", value)
             if row:
-                out.append((value, Path(row["path"])))
+                out.append((value, Path(row.path)))
         elif key in FOLDER_KEYS and (Path(value) / "config.json").is_file():
             out.append((value, Path(value)))
     return out

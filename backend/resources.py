@@ -75,7 +75,7 @@ def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) 
     want = int(asked.get("cpu_slots") or 0)
     if want > cpu_slots:
         raise NeverFits("err.res.cpu_slots", n=want, have=cpu_slots)
-    used = sum(int((j.get("given") or {}).get("cpu_slots") or 0) for j in active)
+    used = sum(int((j.given or {}).get("cpu_slots") or 0) for j in active)
     if used + want > cpu_slots:
         return None
     return {"gpus": [], "gpu_mem_gb": 0.0, "cpu_slots": want, "weight": want}

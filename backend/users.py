@@ -125,7 +125,7 @@ def may_use(thing, who: Actor, home: Path) -> bool:
     their own things, shared ones (the row's ``shared`` flag), an instructor's (the class's) and the operator's;
     instructors and the operator's shell use everything; without accounts everybody may. ``thing``: a registry
     entry (anything with ``owner`` and ``shared``) or an owner's name (drafts, images)."""
-    owner, shared = (thing, False) if isinstance(thing, str) else (thing["owner"], bool(thing.get("shared")))
+    owner, shared = (thing, False) if isinstance(thing, str) else (thing.owner, bool(thing.shared))
     return shared or owner == OPERATOR_NAME or may_see(owner, who, home) or is_instructor(owner, home)
 
 
@@ -290,9 +290,9 @@ def disk_usage(home: Path) -> dict[str, int]:
             total[owner] = total.get(owner, 0) + _bytes(folder)
     for t in DISK_TYPES:
         for e in store.items(t):
-            path = Path(e["path"]).resolve() if e["path"] and e["owner"] else None
+            path = Path(e.path).resolve() if e.path and e.owner else None
             if path is not None and paths.is_inside(path, root):
-                total[e["owner"]] = total.get(e["owner"], 0) + _bytes(path)
+                total[e.owner] = total.get(e.owner, 0) + _bytes(path)
     return total
 
 

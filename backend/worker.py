@@ -404,7 +404,7 @@ class Worker:
                                           ident=ident, log=log)
         procs.record(d, ident)
         self.store.transition(job.id, JobState.RUNNING, pid=proc.pid)
-        print(f"job {job.id} ({job['kind']}): running as pid {proc.pid} on {job['given']}", flush=True)
+        print(f"job {job.id} ({job.kind}): running as pid {proc.pid} on {job.given}", flush=True)
 
     def launch_remote(self, job, d: Path, cmd: list[str], env: dict) -> None:
         """Submit the job to the cluster; it stays starting until the cluster runs it (the node's scheduler

@@ -44,7 +44,7 @@ def main() -> None:
     job_times, direct_times = [], []
     for i in range(a.repeat):
         t0 = time.perf_counter()
-        job_id = ev.submit(spec, home=home)
+        job_id = ev.submit(spec, home=home, owner="local")
         subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         job_times.append(time.perf_counter() - t0)

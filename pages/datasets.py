@@ -26,12 +26,12 @@ def state(name: str) -> dict:
 
 # -- list, upload, import --------------------------------------------------------------------
 entries = ds.list_datasets(by=ui.user(), home=ui.home())
-names = [e["name"] for e in entries]
+names = [e.name for e in entries]
 with st.container(key="ds_list"):
     st.dataframe(pd.DataFrame([{
-        ui.t("ds.col.name"): e["name"], ui.t("ds.col.format"): e["meta"].get("format", ""),
-        ui.t("ds.col.rows"): e["meta"].get("rows", 0), ui.t("ds.col.size"): paths.human_size(e["meta"].get("size", 0)),
-        ui.t("ds.col.source"): ui.t("ds.source." + e["meta"].get("source", "upload")),
+        ui.t("ds.col.name"): e.name, ui.t("ds.col.format"): e.meta.get("format", ""),
+        ui.t("ds.col.rows"): e.meta.get("rows", 0), ui.t("ds.col.size"): paths.human_size(e.meta.get("size", 0)),
+        ui.t("ds.col.source"): ui.t("ds.source." + e.meta.get("source", "upload")),
     } for e in entries]), hide_index=True, width="stretch", height=min(400, 38 + 35 * len(entries)))
 
 c_up, c_imp = st.columns(2)
@@ -55,7 +55,7 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                                                                                                  owner=ui.owner(), home=ui.home())
                         opened = next((m["name"] for m in made["imported"]), opened)
                     else:
-                        opened = ds.save_upload(up.name, up, owner=ui.owner(), home=ui.home())["name"]
+                        opened = ds.save_upload(up.name, up, owner=ui.owner(), home=ui.home()).name
                 except ds.DatasetError as e:
                     ui.error(e)
                     failed = True
@@ -84,7 +84,7 @@ picked = st.query_params.get("ds")
 name = st.selectbox(ui.t("ds.open"), names, index=names.index(picked) if picked in names else 0, key="ds_pick")
 if st.query_params.get("ds") != name:
     st.query_params["ds"] = name
-entry = next(e for e in entries if e["name"] == name)
+entry = next(e for e in entries if e.name == name)
 
 # -- one dataset -----------------------------------------------------------------------------
 try:
@@ -287,7 +287,7 @@ with t_stats:
                 st.caption(ui.t("ds.stats.missing") + ": " + ", ".join(f"{k} {v}" for k, v in res["missing"].items()))
 
 with t_del:
-    if entry["meta"].get("source") == "sample":
+    if entry.meta.get("source") == "sample":
         st.info(ui.t("ds.delete.sample"))
     elif st.button(ui.t("ds.delete.go", name=name), key="ds_delete", type="primary"):
         try:

@@ -28,7 +28,7 @@ with st.container(key="ft-form", border=True):
                          key="ft_objective", format_func=lambda o: ui.t("ft.objective." + o),
                          help=ui.t("ft.objective.help"))
     usable = datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
-    train_sets = [d["name"] for d in all_sets if (d["meta"] or {}).get("format") in usable]
+    train_sets = [d.name for d in all_sets if (d.meta or {}).get("format") in usable]
     picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}",
                             default=[d for d in train_sets if "self_cognition" in d][:1] if objective == "sft" else [])
     c1, c2, c3 = st.columns(3)

@@ -75,7 +75,7 @@ with tab_imp:
         if st.form_submit_button(ui.t("models.import.go")):
             try:
                 row = models.import_folder(path.strip(), imp_name.strip() or None, owner=ui.owner(), home=ui.home())
-                st.success(ui.t("models.import.done", name=row["name"]))
+                st.success(ui.t("models.import.done", name=row.name))
             except models.ModelError as e:
                 ui.error(e)
 

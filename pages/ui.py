@@ -39,9 +39,9 @@ def error_text(e: BaseException) -> str:
 
 def share_toggle(type: str, entry, key: str) -> None:
     """The owner's (or an instructor's) decision to share a registry entry with the class (ownership.share)."""
-    shared = st.toggle(t("registry.shared"), value=bool(entry["shared"]), key=key, help=t("registry.shared_help"),
+    shared = st.toggle(t("registry.shared"), value=bool(entry.shared), key=key, help=t("registry.shared_help"),
                        disabled=not ownership.may_share(entry, user(), home=home()))
-    if shared != bool(entry["shared"]):
+    if shared != bool(entry.shared):
         try:
             ownership.share(type, entry["name"], shared, by=user(), home=home())
         except users.Refused as e:
@@ -116,10 +116,7 @@ def language_picker() -> None:
 def sidebar() -> None:
     language_picker()
     if st.session_state.get(keys.USER) is not None:
-        from pages import auth
-        with st.sidebar:
-            auth.signed_in()
-        return
+        return                          # signed in: app.py shows who (pages/auth.py), not a name to type
     name = owner()
     if st.query_params.get("user", defaults.setting("USER")) != name:
         st.query_params["user"] = name
@@ -136,10 +133,10 @@ def cancel_button(col, job: dict, label: str, key: str, kind: str = "secondary")
     """A Stop/Cancel button that only the job's owner or an instructor can press; True once it was pressed."""
     allowed = queue.may_manage(job, user(), home=home())
     if not col.button(label, key=key, type=kind, disabled=not allowed,
-                      help=None if allowed else t("job.not_yours", owner=job["owner"])):
+                      help=None if allowed else t("job.not_yours", owner=job.owner)):
         return False
     try:
-        queue.cancel(job["id"], by=user(), home=home())
+        queue.cancel(job.id, by=user(), home=home())
     except queue.SubmitError as e:          # the instructors changed since the page was drawn
         error(e)
         return False
@@ -194,19 +191,19 @@ def cluster_gpus_line() -> bool:
 
 def jobs_frame(jobs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{
-        t("jobs.col.id"): j["id"], t("jobs.col.kind"): j["kind"], t("jobs.col.state"): state_label(j["state"]),
-        t("jobs.col.owner"): j["owner"], t("jobs.col.label"): j["label"],
-        t("jobs.col.asked"): resources_text(j["asked"]), t("jobs.col.given"): resources_text(j["given"]),
-        t("jobs.col.where"): where_text(j["given"]),
-        t("jobs.col.queued"): when(j["created_at"]), t("jobs.col.started"): when(j["started_at"]),
-        t("jobs.col.finished"): when(j["finished_at"]),
+        t("jobs.col.id"): j.id, t("jobs.col.kind"): j.kind, t("jobs.col.state"): state_label(j.state),
+        t("jobs.col.owner"): j.owner, t("jobs.col.label"): j.label,
+        t("jobs.col.asked"): resources_text(j.asked), t("jobs.col.given"): resources_text(j.given),
+        t("jobs.col.where"): where_text(j.given),
+        t("jobs.col.queued"): when(j.created_at), t("jobs.col.started"): when(j.started_at),
+        t("jobs.col.finished"): when(j.finished_at),
     } for j in jobs])
 
 
 def jobs_frame_cached(jobs: list, name: str = "jobs") -> pd.DataFrame:
     """``jobs_frame``, rebuilt only when what it shows changed since this session's last refresh (a
     heartbeat is no change): a list that stands still costs its query, not a new table."""
-    shown = [(j["id"], j["state"], j["owner"], j["label"], j["given"], j["started_at"], j["finished_at"]) for j in jobs]
+    shown = [(j.id, j.state, j.owner, j.label, j.given, j.started_at, j.finished_at) for j in jobs]
     shown.append(lang())
     cached = st.session_state.get(keys.jobs_frame(name))
     if not cached or cached[0] != shown:
@@ -250,7 +247,7 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
     except users.Refused:
         st.warning(t("job.not_visible", id=job_id))
         return
-    st.subheader(t("job.title", id=job_id, kind=job["kind"]))
+    st.subheader(t("job.title", id=job_id, kind=job.kind))
     view = _viewer(job_id)
     view.poll()
     every = view.interval()
@@ -258,7 +255,7 @@ def job_view(job_id: int, show_spec: bool = True) -> None:
     st.fragment(_charts, run_every=every and max(every, live.CHART_EVERY_S))(job_id)
     if show_spec:
         with st.expander(t("job.spec")):
-            st.code(yaml.safe_dump(job["spec"], allow_unicode=True, sort_keys=False), language="yaml")
+            st.code(yaml.safe_dump(job.spec, allow_unicode=True, sort_keys=False), language="yaml")
 
 
 def _viewer(job_id: int) -> live.Viewer:
@@ -274,26 +271,26 @@ def _actions(job) -> bool:
     cols = st.columns(6)
     acted = False
     if not state.finished:
-        acted = cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job['id']}", "primary")
+        acted = cancel_button(cols[0], job, t("job.cancel"), f"cancel-{job.id}", "primary")
         if state is JobState.QUEUED and user().instructor \
-                and cols[2].button(t("job.run_next"), key=f"next-{job['id']}"):
+                and cols[2].button(t("job.run_next"), key=f"next-{job.id}"):
             try:
-                queue.run_next(job["id"], by=user(), home=home())
+                queue.run_next(job.id, by=user(), home=home())
                 acted = True
             except queue.SubmitError as e:        # it started meanwhile
                 error(e)
         if not queue.may_manage(job, user(), home=home()):
-            st.caption(t("job.not_yours", owner=job["owner"]))
+            st.caption(t("job.not_yours", owner=job.owner))
     else:
-        if cols[0].button(t("job.retry"), key=f"retry-{job['id']}"):
+        if cols[0].button(t("job.retry"), key=f"retry-{job.id}"):
             try:
-                new_id = queue.retry(job["id"], owner=owner(), by=user(), home=home())
+                new_id = queue.retry(job.id, owner=owner(), by=user(), home=home())
             except queue.SubmitError as e:
                 error(e)
             else:
                 st.query_params["job"] = str(new_id)
                 st.rerun(scope="app")
-    if cols[1].button(t("job.clone"), key=f"clone-{job['id']}"):
+    if cols[1].button(t("job.clone"), key=f"clone-{job.id}"):
         kind, spec = queue.clone(job["id"], home=home(), by=user())
         st.info(t("job.cloned", id=job["id"]))
         st.code(f"# python -m backend submit {kind} spec.yaml\n" + yaml.safe_dump(spec, allow_unicode=True,
@@ -313,12 +310,12 @@ def _live(job_id: int, every: float | None) -> None:
 
     with st.container(key=f"jobstate-{job_id}"):
         c1, c2, c3 = st.columns(3)
-        c1.metric(t("job.state"), state_label(job["state"]))
-        given = resources_text(job["given"])
-        c2.metric(t("jobs.col.given") if given else t("jobs.col.asked"), given or resources_text(job["asked"]) or "-")
-        c3.metric(t("job.exit_code"), "-" if job["exit_code"] is None else job["exit_code"])
-        st.markdown(f"<span data-testid='job-state' data-state='{job['state']}'></span>", unsafe_allow_html=True)
-        if where := where_text(job["given"]):
+        c1.metric(t("job.state"), state_label(job.state))
+        given = resources_text(job.given)
+        c2.metric(t("jobs.col.given") if given else t("jobs.col.asked"), given or resources_text(job.asked) or "-")
+        c3.metric(t("job.exit_code"), "-" if job.exit_code is None else job.exit_code)
+        st.markdown(f"<span data-testid='job-state' data-state='{job.state}'></span>", unsafe_allow_html=True)
+        if where := where_text(job.given):
             st.caption(f"{t('jobs.col.where')}: {where}")
     if view.place:
         st.caption(t("job.place", n=view.place))
@@ -335,8 +332,8 @@ def _live(job_id: int, every: float | None) -> None:
                  else t("job.progress", done=_num(p["done"]), total=_num(p["total"]), unit=p.get("unit", "")))
         st.progress(frac, text=label + (f" · {p['message']}" if p.get("message") else ""))
     if job.state in (JobState.FAILED, JobState.LOST):
-        cls = job["error_class"] or "crash"
-        st.error(t("job.error", cls=cls, message=job["error_message"] or ""))
+        cls = job.error_class or "crash"
+        st.error(t("job.error", cls=cls, message=job.error_message or ""))
         specific = errors.job_suggestion(view.result)
         st.info(t(errors.SUGGESTIONS.get(cls, "err.crash")) + (f"\n\n{t('job.try', what=specific)}" if specific else ""))
     with st.container(key=f"joblog-{job_id}"):

@@ -72,8 +72,8 @@ def test_agent_runs_are_their_owners(home):
         pytest.skip("the lagent engine is not installed (./workbench test installs it)")
     where = {"url": "http://127.0.0.1:9/v1", "model": "m", "home": home}
     first = agent.ask("hi", by="alice", **where)
-    assert [j["id"] for j in agent.runs("alice", home)] == [first] and agent.runs("bob", home) == []
+    assert [j.id for j in agent.runs("alice", home)] == [first] and agent.runs("bob", home) == []
     with pytest.raises(queue.Refused, match="not one of your agent runs"):
         agent.ask("more", by="bob", after=first, **where)
     second = agent.ask("more", by="alice", after=first, **where)
-    assert queue.get(second, home, by=users.OPERATOR)["spec"]["history"] == [{"role": "user", "content": "hi"}]  # unanswered: its question
+    assert queue.get(second, home, by=users.OPERATOR).spec["history"] == [{"role": "user", "content": "hi"}]  # unanswered: its question

@@ -32,7 +32,7 @@ def write(home, name, data: bytes) -> Path:
 
 
 def good_dataset(home) -> Path:
-    return Path(datasets.save_upload("good.jsonl", (json.dumps(CHAT) + "\n").encode() * 3, owner="local", home=home)["path"])
+    return Path(datasets.save_upload("good.jsonl", (json.dumps(CHAT) + "\n").encode() * 3, owner="local", home=home).path)
 
 
 def command(*args):
@@ -150,7 +150,7 @@ def test_a_leftover_temp_upload_does_not_block_the_upload(home):
     d.mkdir()
     (d / ".notes.jsonl.upload").write_bytes(b"half of an earlier upload")      # a crash mid-upload left it
     entry = datasets.save_upload("notes.jsonl", (json.dumps(CHAT) + "\n").encode(), owner="local", home=home)
-    assert entry["name"] == "notes" and Path(entry["path"]).read_bytes().startswith(b"{")
+    assert entry.name == "notes" and Path(entry.path).read_bytes().startswith(b"{")
 
 
 def test_names_are_nfkc_normalised(home):
@@ -180,8 +180,8 @@ def test_jobs_that_fail_on_bad_data_say_why_in_one_sentence(home):
     run_burst(home)
     for job_id in (stats, sleepy):
         j = queue.get(job_id, home=home, by=users.OPERATOR)
-        assert j["state"] == "failed" and j["error_class"] != "crash", j
-        assert "Traceback" not in j["error_message"] and j["error_message"], j
+        assert j.state == "failed" and j.error_class != "crash", j
+        assert "Traceback" not in j.error_message and j.error_message, j
 
 
 @pytest.mark.browser

@@ -18,7 +18,7 @@ def test_submit_list_show_logs_cancel(home, tmp_path):
     out = cli(home, "submit", "sleepy", str(spec), "--label", "first")
     assert out.returncode == 0, out.stderr
     job = int(out.stdout)
-    assert queue.get(job, home=home, by=users.OPERATOR)["label"] == "first"
+    assert queue.get(job, home=home, by=users.OPERATOR).label == "first"
     assert "sleepy" in cli(home, "list").stdout
     run_burst(home)
     shown = cli(home, "show", str(job)).stdout

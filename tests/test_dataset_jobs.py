@@ -49,7 +49,7 @@ def test_stats_with_a_tokenizer_and_chat_template(home, tiny_model):
     ds.ensure_samples(home)
     run_burst(home)
     job, res = result(home, job_id)
-    assert job["state"] == "succeeded", res
+    assert job.state == "succeeded", res
     assert res["rows"] == 31 and res["bad_rows"] == 1 and res["bad_lines"] == [32]
     assert res["unit"] == "tokens" and res["duplicates"] == 1
     assert res["languages"] == {"en": 30, "zh": 1}
@@ -59,9 +59,9 @@ def test_stats_with_a_tokenizer_and_chat_template(home, tiny_model):
     events = (paths.job_dir(job_id, home) / "events.jsonl").read_text()
     assert '"type": "progress"' in events
     job, res = result(home, no_model)
-    assert job["state"] == "succeeded" and res["unit"] == "characters" and res["rows"] == 102
+    assert job.state == "succeeded" and res["unit"] == "characters" and res["rows"] == 102
     job, res = result(home, missing)
-    assert job["state"] == "failed" and "no dataset" in res["error"]["message"]
+    assert job.state == "failed" and "no dataset" in res["error"]["message"]
 
 
 def test_import_from_a_url_through_the_worker(home, http_dir):
@@ -71,16 +71,16 @@ def test_import_from_a_url_through_the_worker(home, http_dir):
     gone = queue.submit("dataset_import", {"source": "url", "id": f"{base}/missing.jsonl", "name": "m"}, home=home, owner="local")
     run_burst(home, WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK=1)
     job, res = result(home, ok)
-    assert job["state"] == "succeeded", res
+    assert job.state == "succeeded", res
     assert res["name"] == "tiny_alpaca" and res["format"] == "alpaca" and res["rows"] == 1
     entry = open_store(home).get("dataset", "tiny_alpaca")
-    assert entry["meta"]["source"] == "url" and entry["job_id"] == ok
+    assert entry.meta["source"] == "url" and entry.job_id == ok
     job, res = result(home, gone)
-    assert job["state"] == "failed" and res["error"]["class"] == "download_error"
+    assert job.state == "failed" and res["error"]["class"] == "download_error"
     again = queue.submit("dataset_import", {"source": "url", "id": f"{base}/tiny_alpaca.jsonl"}, home=home, owner="local")
     run_burst(home, WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK=1)
     job, res = result(home, again)
-    assert job["state"] == "failed" and "already exists" in res["error"]["message"]
+    assert job.state == "failed" and "already exists" in res["error"]["message"]
 
 
 def test_hub_download_file_handling(tmp_path):

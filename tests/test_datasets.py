@@ -188,7 +188,7 @@ def test_convert_and_split_never_overwrite(home):
     assert ds.convert(src, "sharegpt", home=home, owner="local")["name"] == "src-sharegpt-2"
     with pytest.raises(ds.DatasetError, match="already exists"):
         ds.convert(src, "messages", name="src-sharegpt", home=home, owner="local")
-    assert open_store(home).get("dataset", "src-sharegpt")["meta"]["format"] == "sharegpt"
+    assert open_store(home).get("dataset", "src-sharegpt").meta["format"] == "sharegpt"
     parts = ds.split(out["path"], 0.2, seed=1, home=home, owner="local")
     assert parts["train"]["rows"] == 7 and parts["val"]["rows"] == 2
     again = ds.split(out["path"], 0.2, seed=1, home=home, owner="local")
@@ -201,8 +201,8 @@ def test_convert_and_split_never_overwrite(home):
 def test_upload_limits_duplicates_and_paths(home, monkeypatch):
     data = (json.dumps(CHAT) + "\n").encode()
     entry = ds.save_upload("../../my data.jsonl", data, home=home, owner="local")
-    assert entry["name"] == "my_data" and Path(entry["path"]).parent == home / "datasets"
-    assert entry["meta"]["format"] == "messages" and entry["meta"]["rows"] == 1
+    assert entry.name == "my_data" and Path(entry.path).parent == home / "datasets"
+    assert entry.meta["format"] == "messages" and entry.meta["rows"] == 1
     with pytest.raises(ds.DatasetError, match="already exists"):
         ds.save_upload("my data.jsonl", data, home=home, owner="local")
     with pytest.raises(ds.DatasetError, match="unsupported file type"):
@@ -210,7 +210,7 @@ def test_upload_limits_duplicates_and_paths(home, monkeypatch):
     monkeypatch.setenv("WORKBENCH_UPLOAD_MAX_MB", "0")
     with pytest.raises(ds.DatasetError, match="upload limit"):
         ds.save_upload("big.jsonl", data, home=home, owner="local")
-    assert ds.resolve("my_data", home) == Path(entry["path"]).resolve()
+    assert ds.resolve("my_data", home) == Path(entry.path).resolve()
     with pytest.raises(ds.DatasetError, match="outside the workspace"):
         ds.resolve("../../etc/passwd", home)
     with pytest.raises(ds.DatasetError, match="outside the workspace"):
@@ -218,16 +218,16 @@ def test_upload_limits_duplicates_and_paths(home, monkeypatch):
 
 
 def test_bundled_samples_are_listed_and_valid(home):
-    names = {d["name"]: d for d in ds.list_datasets(home, by=users.OPERATOR)}
+    names = {d.name: d for d in ds.list_datasets(home, by=users.OPERATOR)}
     assert {"shubot_self_cognition", "mini_instructions", "easy_mcq", "easy_qa"} <= set(names)
     shubot = names["shubot_self_cognition"]
-    assert shubot["meta"]["format"] == "messages" and 60 <= shubot["meta"]["rows"] <= 120
-    assert names["mini_instructions"]["meta"]["format"] == "alpaca"
-    assert names["easy_mcq"]["meta"]["format"] == "mcq" and names["easy_qa"]["meta"]["format"] == "qa"
+    assert shubot.meta["format"] == "messages" and 60 <= shubot.meta["rows"] <= 120
+    assert names["mini_instructions"].meta["format"] == "alpaca"
+    assert names["easy_mcq"].meta["format"] == "mcq" and names["easy_qa"].meta["format"] == "qa"
     for d in names.values():
-        if d["meta"]["source"] == "sample":
-            assert ds.validate(d["path"])["ok"], d["name"]
-    text = " ".join(m["content"] for conv in ds.load_messages(shubot["path"]) for m in conv)
+        if d.meta["source"] == "sample":
+            assert ds.validate(d.path)["ok"], d["name"]
+    text = " ".join(m["content"] for conv in ds.load_messages(shubot.path) for m in conv)
     assert "ShuBot" in text and "小书" in text and "Lab Workbench" in text
 
 
@@ -244,10 +244,10 @@ def test_a_large_json_array_upload_is_read_in_pieces_and_imports(home):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert entry["meta"]["rows"] == 12_000 and entry["meta"]["format"] == "messages"
+    assert entry.meta["rows"] == 12_000 and entry.meta["format"] == "messages"
     assert peak < len(data) / 3, (peak, len(data))
-    view = open_view(entry["path"], home=home)
+    view = open_view(entry.path, home=home)
     assert view.row(11_999)["record"]["messages"][0]["content"].startswith("question 11999 ")
     broken = data[:len(data) // 2]                    # cut mid-array: the records before the cut, then why
-    problems = [str(err) for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken, owner="local", home=home)["path"])) if err]
+    problems = [str(err) for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken, owner="local", home=home).path)) if err]
     assert len(problems) == 1 and "cut.json: record" in problems[0], problems

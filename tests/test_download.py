@@ -21,7 +21,7 @@ def hub(tiny_model):
 
 
 def events(job_id, home):
-    return logs.read_events(job_id, 0, home, home=home)[0]
+    return logs.read_events(job_id, 0, home=home)[0]
 
 
 def test_huggingface_download_registers_with_lineage_and_no_token_anywhere(home, hub):
@@ -29,9 +29,9 @@ def test_huggingface_download_registers_with_lineage_and_no_token_anywhere(home,
                           secrets={"HF_TOKEN": "hf_SECRETtoken123"}, home=home, owner="local")
     out = run_burst(home, HF_ENDPOINT=hub.url)
     job = queue.get(job_id, home=home, by=users.OPERATOR)
-    assert job["state"] == "succeeded", (job, logs.tail(job_id, 30, home=home), out.stdout)
+    assert job.state == "succeeded", (job, logs.tail(job_id, 30, home=home), out.stdout)
     row = models.get("tiny", home)
-    meta = row["meta"]
+    meta = row.meta
     assert (meta["source"], meta["id"], meta["revision"], meta["job_id"]) == \
         ("huggingface", "camp/tiny", hub.repos["camp/tiny"].sha, job_id)
     assert meta["architecture"] == "LlamaForCausalLM" and meta["chat_template"]
@@ -52,8 +52,8 @@ def test_modelscope_download(home, hub):
                                        "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
     job = queue.get(job_id, home=home, by=users.OPERATOR)
-    assert job["state"] == "succeeded", logs.tail(job_id, 30, home=home)
-    assert models.get("tiny-ms", home)["meta"]["source"] == "modelscope"
+    assert job.state == "succeeded", logs.tail(job_id, 30, home=home)
+    assert models.get("tiny-ms", home).meta["source"] == "modelscope"
     assert any(r.startswith("GET /api/v1/models/camp/tiny/repo/files") for r in hub.requests)
 
 
@@ -67,13 +67,13 @@ def test_resume_after_cancel_refetches_little(home, hub, tiny_model, tmp_path, w
     job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/big", "endpoint": hub.url}, home=home, owner="local")
     wait_for(lambda: hub.bytes_sent > total * 0.4, 60, what="40% of the bytes")
     queue.cancel(job_id, home=home, by=users.OPERATOR)
-    wait_for(lambda: queue.get(job_id, home=home, by=users.OPERATOR)["state"] == "cancelled", 30, what="cancelled")
+    wait_for(lambda: queue.get(job_id, home=home, by=users.OPERATOR).state == "cancelled", 30, what="cancelled")
     assert models.get("big", home) is None
     first = hub.bytes_sent
     hub.throttle = 0
     retry = queue.retry(job_id, home=home, by=users.OPERATOR)
-    wait_for(lambda: queue.get(retry, home=home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 60, what="the retry")
-    assert queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(retry, 30, home=home)
+    wait_for(lambda: queue.get(retry, home=home, by=users.OPERATOR).state in ("succeeded", "failed"), 60, what="the retry")
+    assert queue.get(retry, home=home, by=users.OPERATOR).state == "succeeded", logs.tail(retry, 30, home=home)
     refetched = hub.bytes_sent - total
     assert first < total and refetched <= 0.05 * total, (first, hub.bytes_sent, total)
     assert any(e["type"] == "file" for e in events(retry, home))
@@ -90,10 +90,10 @@ def test_missing_repo_and_wrong_revision_fail_clearly(home, hub):
                                   "name": "tiny-x"}, home=home, owner="local")
     run_burst(home)
     msgs = {j: queue.get(j, home=home, by=users.OPERATOR) for j in (a, b, c, d)}
-    assert msgs[a]["state"] == "failed" and "camp/nope was not found" in msgs[a]["error_message"]
-    assert "revision 'v9' does not exist" in msgs[b]["error_message"]
-    assert "camp/nope was not found" in msgs[c]["error_message"]
-    assert "cannot reach" in msgs[d]["error_message"]
+    assert msgs[a].state == "failed" and "camp/nope was not found" in msgs[a].error_message
+    assert "revision 'v9' does not exist" in msgs[b].error_message
+    assert "camp/nope was not found" in msgs[c].error_message
+    assert "cannot reach" in msgs[d].error_message
     assert all("Traceback" not in logs.tail(j, 40, home=home) for j in (a, b, c, d))
     assert open_store(home).items("model") == []
 
@@ -104,20 +104,20 @@ def test_file_cut_short_is_detected_then_retry_heals(home, hub):
     job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
     job = queue.get(job_id, home=home, by=users.OPERATOR)
-    assert job["state"] == "failed" and "model.safetensors" in job["error_message"], job
-    assert "cut short" in job["error_message"]
+    assert job.state == "failed" and "model.safetensors" in job.error_message, job
+    assert "cut short" in job.error_message
     assert models.get("tiny", home) is None
     hub.truncate.clear()
     retry = queue.retry(job_id, home=home, by=users.OPERATOR)
     run_burst(home)
-    assert queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(retry, 30, home=home)
+    assert queue.get(retry, home=home, by=users.OPERATOR).state == "succeeded", logs.tail(retry, 30, home=home)
 
 
 def test_quota_too_small_fails_before_fetching(home, hub):
     job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home, WORKBENCH_MODELS_QUOTA_GB="0.00001")       # 10 KB
     job = queue.get(job_id, home=home, by=users.OPERATOR)
-    assert job["state"] == "failed" and "not enough disk space" in job["error_message"], job
+    assert job.state == "failed" and "not enough disk space" in job.error_message, job
     assert not any("/resolve/" in r for r in hub.requests)
     assert models.get("tiny", home) is None
 
@@ -149,7 +149,7 @@ def test_folder_not_ours_is_not_overwritten(home, hub):
     (home / "models" / "tiny" / "notes.txt").write_text("mine")
     job_id = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
-    assert "already exists" in queue.get(job_id, home=home, by=users.OPERATOR)["error_message"]
+    assert "already exists" in queue.get(job_id, home=home, by=users.OPERATOR).error_message
     assert (home / "models" / "tiny" / "notes.txt").read_text() == "mine"
 
 

@@ -38,9 +38,9 @@ def test_a_hostile_listing_writes_and_deletes_nothing(home, hub, tmp_path):
     job = queue.submit("download", {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["state"] == "failed" and "listed files outside the model folder" in j["error_message"], \
+    assert j.state == "failed" and "listed files outside the model folder" in j.error_message, \
         logs.tail(job, 30, home=home)
-    assert "'../../escaped.txt'" in j["error_message"] and "nothing was fetched" in j["error_message"]
+    assert "'../../escaped.txt'" in j.error_message and "nothing was fetched" in j.error_message
     assert victim.read_text() == "keep me"
     assert not [p for p in tmp_path.rglob("escaped*")]
     assert [p.name for p in (home / "models" / "tiny").iterdir()] == [MARKER.split("/")[0]]
@@ -61,7 +61,7 @@ def test_a_listed_path_through_a_link_out_of_the_folder_is_refused(home, hub, tm
     job = queue.submit("download", {"source": "modelscope", "repo_id": "camp/tiny", "endpoint": hub.url}, home=home, owner="local")
     run_burst(home)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["state"] == "failed" and "'link/config.json'" in j["error_message"], logs.tail(job, 30, home=home)
+    assert j.state == "failed" and "'link/config.json'" in j.error_message, logs.tail(job, 30, home=home)
     assert list(outside.iterdir()) == [] and hub.bytes_sent == 0
 
 

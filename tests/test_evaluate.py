@@ -61,11 +61,11 @@ def test_checks_before_queueing(home, tiny_model, tmp_path, monkeypatch):
             "datasets": [{"name": "q", "path": str(SAMPLES / "easy_qa.jsonl")}]}
     assert "engine is not installed" in ev.check(spec, home)[0]
     with pytest.raises(queue.SubmitError, match="engine is not installed"):
-        ev.submit(spec, home=home)
+        ev.submit(spec, home=home, owner="local")
     # offered install: the engine_install job is queued first and the evaluation waits for it
-    job_id = ev.submit(spec, install_engine_if_missing=True, home=home)
+    job_id = ev.submit(spec, install_engine_if_missing=True, home=home, owner="local")
     install = ev.engine_install_job(home)
-    assert install and install < job_id and ev.install_engine(home=home) == install
+    assert install and install < job_id and ev.install_engine(home=home, owner="local") == install
 
 
 def test_standard_dataset_without_data(home, tiny_model, tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def finished_eval(tmp_path_factory, tiny_model):
         spec = {"name": "tiny-vs-lora", "models": [models["tiny"], models["tiny-lora"]], "max_out_len": 8,
                 "batch_size": 4, "datasets": [{"name": "easy_mcq", "path": str(SAMPLES / "easy_mcq.jsonl"), "limit": 4},
                                               {"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 4}]}
-        job_id = ev.submit(spec, home=home)
+        job_id = ev.submit(spec, home=home, owner="local")
         out = run_burst(home, timeout=900, WORKBENCH_ENGINES_DIR=str(engines))
     return home, job_id, out
 
@@ -172,7 +172,7 @@ def test_failed_task_is_reported(home, tiny_model, tmp_path, monkeypatch):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     spec = {"models": [{"name": "broken", "path": str(broken)}], "max_out_len": 4,
             "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 1}]}
-    job_id = ev.submit(spec, home=home)
+    job_id = ev.submit(spec, home=home, owner="local")
     run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
     job = queue.get(job_id, home, by=users.OPERATOR)
     assert job["state"] == "failed"
@@ -222,7 +222,7 @@ def test_endpoint_evaluation(home, worker, tiny_model):
     spec = {"name": "served", "models": [ref], "max_out_len": 8, "batch_size": 2,
             "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 3}]}
     requests_before = ep["requests"]
-    job_id = ev.submit(spec, api_key=secret, home=home)
+    job_id = ev.submit(spec, api_key=secret, home=home, owner="local")
     job = finished(home, job_id, 300)
     d = home / "jobs" / str(job_id)
     assert job["state"] == "succeeded", (job["error_message"], (d / "run.log").read_text()[-3000:])
@@ -249,7 +249,7 @@ def test_unreachable_endpoint(home, tmp_path):
     assert any("model gone: the endpoint at http://127.0.0.1:9/v1 cannot be reached" in p
                and "serve job" in p for p in problems), problems
     with pytest.raises(queue.SubmitError, match="cannot be reached"):
-        ev.submit(spec, home=home)
+        ev.submit(spec, home=home, owner="local")
     assert "is not a tokenizer folder" in ev.check({**spec, "models": [{**gone, "tokenizer_path": str(tmp_path)}]},
                                                    home)[0]
     # queued anyway (the server stopped after the check): the job fails early, classified, with a suggestion
@@ -257,8 +257,8 @@ def test_unreachable_endpoint(home, tmp_path):
     engines = engine_or_skip()
     run_burst(home, timeout=120, WORKBENCH_ENGINES_DIR=str(engines))
     job = queue.get(job_id, home, by=users.OPERATOR)
-    assert job["state"] == "failed" and job["error_class"] == "bad_input", job
-    assert "cannot be reached" in job["error_message"]
+    assert job.state == "failed" and job.error_class == "bad_input", job
+    assert "cannot be reached" in job.error_message
     assert "serve job" in logs.result(job_id, home)["error"]["suggestion"]
 
 
@@ -314,7 +314,7 @@ def test_standard_dataset_run(home, tiny_model):
     assert any("gsm8k_gen is not in COMPASS_DATA_CACHE" in p for p in ev.check(spec, home))
     write_gsm8k(ev.data_cache(home))
     assert {"name": "gsm8k_gen", "missing": []} in ev.standard_choices(home) and ev.check(spec, home) == []
-    job_id = ev.submit(spec, home=home)
+    job_id = ev.submit(spec, home=home, owner="local")
     out = run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
     job = queue.get(job_id, home, by=users.OPERATOR)
     d = home / "jobs" / str(job_id)
@@ -349,7 +349,7 @@ def test_cancel_running_evaluation(home, worker, tiny_model):
     engine_or_skip()
     spec = {"name": "to-cancel", "models": [{"name": "tiny", "path": str(tiny_model)}], "max_out_len": 16,
             "batch_size": 1, "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl")}]}
-    job_id = ev.submit(spec, home=home)
+    job_id = ev.submit(spec, home=home, owner="local")
     pid = wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["pid"], 60, 0.1, "the job to start")
     d = home / "jobs" / str(job_id)
     # running OpenCompass: the CLI and its inference task (a shell and a python) beside the job process

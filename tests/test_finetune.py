@@ -156,7 +156,7 @@ def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
     job_id = queue.submit("finetune", spec(eval_ratio=0.1, name="tiny-id", epochs=10), owner="local", home=ws)
     proc = run_burst(ws, timeout=300)
     job = queue.get(job_id, ws, by=users.OPERATOR)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws)
+    assert job.state == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws)
     points = metrics(job_id, ws)
     train = [p for p in points if "loss" in p]
     assert [p["step"] for p in train] == list(range(1, len(train) + 1))
@@ -165,8 +165,8 @@ def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
     first, last = sum(p["loss"] for p in train[:3]) / 3, sum(p["loss"] for p in train[-3:]) / 3
     assert last < first - 0.3, (first, last)      # the random tiny model's logits are small: ~6.0 → ~5.5
     adapter = open_store(ws).get("adapter", "tiny-id")
-    assert adapter and (Path(adapter["path"]) / "adapter_model.safetensors").exists()
-    meta = adapter["meta"]
+    assert adapter and (Path(adapter.path) / "adapter_model.safetensors").exists()
+    meta = adapter.meta
     assert meta["base_model"] == "tiny" and meta["datasets"] == ["id.jsonl"] and meta["job"] == job_id
     assert meta["metrics"]["final_loss"] == train[-1]["loss"] and meta["spec"]["lora_r"] == 8
     # only the save_total_limit newest checkpoints are kept
@@ -174,21 +174,21 @@ def test_lora_lowers_the_loss_registers_the_adapter_and_merges(ws):
 
     merge_id = queue.submit("merge", {"adapter": "tiny-id"}, owner="local", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(merge_id, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(merge_id, 40, home=ws)
+    assert queue.get(merge_id, ws, by=users.OPERATOR).state == "succeeded", logs.tail(merge_id, 40, home=ws)
     merged = open_store(ws).get("model", "tiny-id-merged")
-    assert merged["meta"]["lineage"]["adapter"] == "tiny-id"
-    assert merged["meta"]["lineage"]["finetune_job"] == job_id
+    assert merged.meta["lineage"]["adapter"] == "tiny-id"
+    assert merged.meta["lineage"]["finetune_job"] == job_id
 
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(merged["path"])
+    tok = AutoTokenizer.from_pretrained(merged.path)
     ids = tok.apply_chat_template([{"role": "user", "content": "Hello, who are you?"}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
     gen = dict(max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=tok.pad_token_id)
-    out_merged = AutoModelForCausalLM.from_pretrained(merged["path"]).generate(ids, **gen)
-    base = AutoModelForCausalLM.from_pretrained(open_store(ws).get("model", "tiny")["path"])
-    out_adapter = PeftModel.from_pretrained(base, adapter["path"]).generate(input_ids=ids, **gen)
+    out_merged = AutoModelForCausalLM.from_pretrained(merged.path).generate(ids, **gen)
+    base = AutoModelForCausalLM.from_pretrained(open_store(ws).get("model", "tiny").path)
+    out_adapter = PeftModel.from_pretrained(base, adapter.path).generate(input_ids=ids, **gen)
     assert out_merged.shape[1] > ids.shape[1] and torch.equal(out_merged, out_adapter)
 
 
@@ -199,13 +199,13 @@ def test_qlora_recipe_runs_on_cpu_when_asked(ws):
     assert any("QLoRA on the CPU" in w for w in plan["warnings"])
     job_id = queue.submit("finetune", spec(method="qlora", device="cpu", name="tiny-qlora"), owner="local", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(job_id, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=ws)
+    assert queue.get(job_id, ws, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 40, home=ws)
     log = logs.read_log(job_id, home=ws)[0]
     assert "loading tiny (qlora, float32 on cpu)" in log and "4-bit NF4 base (double quantisation): 14 Linear4bit" in log
     train = [p["loss"] for p in metrics(job_id, ws) if "loss" in p]
     assert sum(train[-3:]) / 3 < sum(train[:3]) / 3 - 0.2, train
     adapter = open_store(ws).get("adapter", "tiny-qlora")
-    assert adapter["meta"]["method"] == "qlora" and (Path(adapter["path"]) / "adapter_model.safetensors").exists()
+    assert adapter.meta["method"] == "qlora" and (Path(adapter.path) / "adapter_model.safetensors").exists()
 
 
 def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(ws, worker):
@@ -213,7 +213,7 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(ws, worker):
     job_id = queue.submit("finetune", s, owner="local", home=ws)
     wait_for(lambda: len(metrics(job_id, ws)) >= 30, 120, what="training to start")
     queue.cancel(job_id, home=ws, by=users.OPERATOR)
-    wait_for(lambda: queue.get(job_id, ws, by=users.OPERATOR)["state"] == "cancelled", 60, what="the job to stop")
+    wait_for(lambda: queue.get(job_id, ws, by=users.OPERATOR).state == "cancelled", 60, what="the job to stop")
     ckpts = ft.checkpoints(job_id, ws)
     assert len(ckpts) == 1, logs.tail(job_id, 30, home=ws)
     saved = int(ckpts[0].name.split("-")[1])
@@ -224,8 +224,8 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(ws, worker):
     with pytest.raises(queue.SubmitError, match="differs.*lr"):
         queue.submit("finetune", {**s, "lr": 5e-3, "resume_from": job_id}, owner="local", home=ws)
     resumed = queue.submit("finetune", {**s, "resume_from": job_id}, owner="local", home=ws)
-    wait_for(lambda: queue.get(resumed, ws, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 300, what="the resumed run")
-    assert queue.get(resumed, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(resumed, 30, home=ws)
+    wait_for(lambda: queue.get(resumed, ws, by=users.OPERATOR).state in ("succeeded", "failed"), 300, what="the resumed run")
+    assert queue.get(resumed, ws, by=users.OPERATOR).state == "succeeded", logs.tail(resumed, 30, home=ws)
     after = metrics(resumed, ws)
     assert after[0]["step"] == saved + 1 and after[-1]["step"] == 300
     # the weights and the schedule continue: the loss carries on from where it was, not from the start
@@ -290,9 +290,9 @@ def test_adapter_names_are_not_overwritten_and_the_cli_takes_the_yaml(ws, tmp_pa
     out = cli(ws, "submit", "finetune", str(path))
     assert out.returncode == 0, out.stderr
     job = queue.get(int(out.stdout), ws, by=users.OPERATOR)
-    assert job["spec"]["lora_r"] == 8 and job["spec"]["max_steps"] == ft_spec.PRESETS["cpu_demo"]["max_steps"]
+    assert job.spec["lora_r"] == 8 and job.spec["max_steps"] == ft_spec.PRESETS["cpu_demo"]["max_steps"]
     assert ft.cli_command("spec.yaml") == "python -m backend submit finetune spec.yaml"
-    assert yaml.safe_load(ft.to_yaml(job["spec"])) == job["spec"]
+    assert yaml.safe_load(ft.to_yaml(job.spec)) == job.spec
 
 
 # -- memory estimate --------------------------------------------------------------------------------
@@ -350,8 +350,8 @@ def test_host_out_of_memory_is_classified_with_suggestions(ws):
                           env={**env_for(ws), "MALLOC_ARENA_MAX": "2"}, capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
     job = queue.get(job_id, ws, by=users.OPERATOR)
-    assert job["state"] == "failed" and job["error_class"] == "out_of_memory", proc.stdout + logs.tail(job_id, 30, home=ws)
-    assert job["error_message"].startswith("out of host memory")
+    assert job.state == "failed" and job.error_class == "out_of_memory", proc.stdout + logs.tail(job_id, 30, home=ws)
+    assert job.error_message.startswith("out of host memory")
     tip = logs.result(job_id, ws)["error"]["suggestion"]
     assert "batch_size 8192 → 1 with grad_accum 8192" in tip and "max_length 512 → 256" in tip
     assert "qlora" not in tip            # QLoRA needs a GPU: no use against host memory

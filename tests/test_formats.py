@@ -145,7 +145,7 @@ def test_file_problems_get_a_sentence(home, tmp_path):
     wrapped.write_text(json.dumps({"version": 1, "data": rows}, indent=2))
     assert ds.validate(wrapped)["ok"] and ds.detect_format(wrapped) == "messages"
     entry = ds.register(wrapped, "w", "upload", home, owner="local")
-    assert entry["meta"]["rows"] == 3 and entry["meta"]["format"] == "messages"
+    assert entry.meta["rows"] == 3 and entry.meta["format"] == "messages"
 
 
 def test_convert_keeps_what_is_trained_or_says_what_it_could_not(home):
@@ -240,7 +240,7 @@ def test_continued_pretraining_lowers_the_loss_on_its_text(home, tiny_model):
     job_id = queue.submit("finetune", spec, home=home, owner="local")
     proc = run_burst(home, timeout=300)
     job = queue.get(job_id, home, by=users.OPERATOR)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=home)
+    assert job.state == "succeeded", proc.stdout + logs.tail(job_id, 40, home=home)
     losses = [e["loss"] for e in logs.read_events(job_id, home=home)[0] if e["type"] == "metric" and "loss" in e]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
     with pytest.raises(queue.SubmitError, match="objective pretrain"):
@@ -354,7 +354,7 @@ def test_dpo_run_raises_the_chosen_vs_rejected_margin(ws_pairs):
     job_id = queue.submit("finetune", dpo_spec(name="tiny-dpo"), owner="local", home=ws_pairs)
     proc = run_burst(ws_pairs, timeout=300)
     job = queue.get(job_id, ws_pairs, by=users.OPERATOR)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws_pairs)
+    assert job.state == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws_pairs)
     points = [e for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
     assert len(points) == 8 and {"loss", "margin", "reward_chosen", "reward_rejected", "lr"} <= set(points[0])
     assert points[-1]["margin"] > points[0]["margin"] + 0.1 and points[-1]["loss"] < points[0]["loss"]
@@ -362,7 +362,7 @@ def test_dpo_run_raises_the_chosen_vs_rejected_margin(ws_pairs):
     acc = EventAccumulator(str(paths.job_dir(job_id, ws_pairs) / defaults.TENSORBOARD_DIR))
     acc.Reload()
     assert [e.value for e in acc.Scalars("margin")] == pytest.approx([p["margin"] for p in points], rel=1e-6)
-    assert open_store(ws_pairs).get("adapter", "tiny-dpo")["meta"]["spec"]["objective"] == "dpo"
+    assert open_store(ws_pairs).get("adapter", "tiny-dpo").meta["spec"]["objective"] == "dpo"
     # an SFT run on the same pairs is refused with the way to train them
     with pytest.raises(queue.SubmitError, match="objective dpo, orpo or kto"):
         queue.submit("finetune", dpo_spec(objective="sft"), owner="local", home=ws_pairs)
@@ -373,6 +373,6 @@ def test_orpo_and_kto_runs_lower_their_loss(ws_pairs, objective):
     job_id = queue.submit("finetune", dpo_spec(objective=objective), owner="local", home=ws_pairs)
     proc = run_burst(ws_pairs, timeout=300)
     job = queue.get(job_id, ws_pairs, by=users.OPERATOR)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws_pairs)
+    assert job.state == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws_pairs)
     losses = [e["loss"] for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
     assert len(losses) == 8 and losses[-1] < losses[0]

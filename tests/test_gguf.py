@@ -22,7 +22,7 @@ def load_gguf(entry):
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(Path(entry["path"]), gguf_file=entry["meta"]["gguf_file"])
+    return AutoModelForCausalLM.from_pretrained(Path(entry.path), gguf_file=entry.meta["gguf_file"])
 
 
 def test_export_f16_and_q8_0_load_back_with_their_lineage(home, tmp_path, monkeypatch):
@@ -41,13 +41,13 @@ def test_export_f16_and_q8_0_load_back_with_their_lineage(home, tmp_path, monkey
     ids = [queue.submit("export", {"model": "tiny", "outtype": t}, owner="ann", home=home) for t in ("f16", "q8_0")]
     run_burst(home, timeout=600)
     for job_id in ids:
-        assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=home)
+        assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 40, home=home)
     f16, q8 = (open_store(home).get("model", f"tiny-{t}-gguf") for t in ("f16", "q8_0"))
-    assert f16["owner"] == q8["owner"] == "ann"
-    assert f16["meta"]["lineage"] == {"base_model": "base", "exported_from": "tiny", "method": "gguf f16",
+    assert f16.owner == q8.owner == "ann"
+    assert f16.meta["lineage"] == {"base_model": "base", "exported_from": "tiny", "method": "gguf f16",
                                       "converter": "llama.cpp convert_hf_to_gguf.py (llama-cpp-python==0.3.36)",
                                       "datasets": ["id.jsonl"], "export_job": ids[0]}
-    assert q8["meta"]["size_bytes"] < 0.7 * f16["meta"]["size_bytes"]
+    assert q8.meta["size_bytes"] < 0.7 * f16.meta["size_bytes"]
     with pytest.raises(queue.SubmitError, match="already exists"):
         queue.submit("export", {"model": "tiny"}, owner="ann", home=home)
     with pytest.raises(queue.SubmitError, match="is a GGUF file already"):

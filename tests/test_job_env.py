@@ -4,7 +4,7 @@ import json
 import sqlite3
 import sys
 
-from backend import queue, users
+from backend import defaults, queue, users
 from tests.conftest import run_burst, wait_for
 
 OPERATOR = {"OPENAI_API_KEY": "sk-operator-1", "HF_TOKEN": "hf_operator_2", "MODELSCOPE_API_TOKEN": "ms-op-3",
@@ -13,7 +13,7 @@ OPERATOR = {"OPENAI_API_KEY": "sk-operator-1", "HF_TOKEN": "hf_operator_2", "MOD
 
 
 def dumped_env(job_id) -> dict:
-    return json.loads((queue.job_dir(job_id) / "artifacts" / "env.json").read_text())
+    return json.loads((queue.job_dir(job_id, home=defaults.home()) / "artifacts" / "env.json").read_text())
 
 
 def test_operator_secrets_never_reach_a_job_its_own_do(home, monkeypatch):
@@ -29,9 +29,9 @@ def test_operator_secrets_never_reach_a_job_its_own_do(home, monkeypatch):
     assert env["HF_ENDPOINT"] == "http://127.0.0.1:9/hub" and env["WORKBENCH_JOB_ID"] == str(mine)
     assert env["PATH"] and "WORKBENCH_EXTRA_KINDS" in env
     # the operator's stored hub logins are not read: token caches point into the job's own folder...
-    assert env["HF_TOKEN_PATH"].startswith(str(queue.job_dir(mine)))
+    assert env["HF_TOKEN_PATH"].startswith(str(queue.job_dir(mine, home=home)))
     # ...which is gone with the secrets once the job ends
-    assert not list(queue.job_dir(mine).glob(".credentials")) and not (queue.job_dir(mine) / "secrets.json").exists()
+    assert not list(queue.job_dir(mine, home=home).glob(".credentials")) and not (queue.job_dir(mine, home=home) / "secrets.json").exists()
 
 
 def test_secrets_file_exists_before_the_job_is_visible_to_a_worker(home):
@@ -52,25 +52,25 @@ def test_secrets_file_exists_before_the_job_is_visible_to_a_worker(home):
 
 def test_secrets_removed_when_cancelled_while_queued(home):
     job = queue.submit("sleepy", {"steps": 1}, secrets={"HF_TOKEN": "hf_x"}, home=home, owner="local")
-    assert (queue.job_dir(job) / "secrets.json").exists()
+    assert (queue.job_dir(job, home=home) / "secrets.json").exists()
     queue.cancel(job, home=home, by=users.OPERATOR)
     assert queue.get(job, home=home, by=users.OPERATOR)["state"] == "cancelled"
-    assert not (queue.job_dir(job) / "secrets.json").exists()
+    assert not (queue.job_dir(job, home=home) / "secrets.json").exists()
 
 
 def test_secrets_removed_when_the_job_is_never_placed(home):
     job = queue.submit("sleepy", {"steps": 1, "gpus": 64}, secrets={"HF_TOKEN": "hf_x"}, home=home, owner="local")
     run_burst(home)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["state"] == "failed" and "GPU" in j["error_message"]
-    assert not (queue.job_dir(job) / "secrets.json").exists()
+    assert j.state == "failed" and "GPU" in j["error_message"]
+    assert not (queue.job_dir(job, home=home) / "secrets.json").exists()
 
 
 def test_a_corrupt_secrets_file_fails_that_job_not_the_worker(home, worker):
     bad = queue.submit("sleepy", {"steps": 1, "interval_s": 0}, secrets={"HF_TOKEN": "hf_x"}, home=home, owner="local")
-    (queue.job_dir(bad) / "secrets.json").write_text("{not json")
+    (queue.job_dir(bad, home=home) / "secrets.json").write_text("{not json")
     good = queue.submit("sleepy", {"steps": 1, "interval_s": 0}, home=home, owner="local")
     wait_for(lambda: queue.get(good, home=home, by=users.OPERATOR)["state"] == "succeeded", 30, what="the next job to run")
     j = queue.get(bad, home=home, by=users.OPERATOR)
     assert j["state"] == "failed" and "secrets file" in j["error_message"], j
-    assert worker.poll() is None and not (queue.job_dir(bad) / "secrets.json").exists()
+    assert worker.poll() is None and not (queue.job_dir(bad, home=home) / "secrets.json").exists()

@@ -86,7 +86,7 @@ def test_the_shipped_labs_load_and_one_without_its_check_is_hidden_from_students
     assert all(lab.camp.zh and lab.camp.en for lab in found.values())
     assert not found["rag"].available                          # its check ships with the RAG feature
     assert "rag" not in [lab.id for lab in labs.visible("ann", home)]
-    assert "rag" in [lab.id for lab in labs.visible(None, home)]
+    assert "rag" in [lab.id for lab in labs.visible(users.OPERATOR, home)]
     with pytest.raises(queue.SubmitError, match="not open to students"):
         queue.submit("lab_check", {"lab": "rag"}, owner="ann", home=home)
 
@@ -170,9 +170,9 @@ def test_a_students_check_never_reads_another_students_artifacts(home, fake, mon
         labs.submit_check("self_cognition", "bob", student="ann", home=home)
     monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teach")
     job_id = labs.submit_check("self_cognition", "teach", student="ann", home=home)
-    assert queue.get(job_id, home, by=users.OPERATOR)["owner"] == "ann"
+    assert queue.get(job_id, home, by=users.OPERATOR).owner == "ann"
     ids = labs.recheck_all("self_cognition", "teach", home)             # one check per student, each theirs
-    assert sorted(queue.get(i, home, by=users.OPERATOR)["owner"] for i in ids) == ["ann", "bob"]
+    assert sorted(queue.get(i, home, by=users.OPERATOR).owner for i in ids) == ["ann", "bob"]
     with pytest.raises(labs.Refused, match="only an instructor"):
         labs.recheck_all("self_cognition", "bob", home)
 
@@ -257,13 +257,13 @@ def test_the_check_job_writes_evidence_that_verify_accepts_and_refuses_after_one
     ds = labs.self_cognition_dataset("Nova", "ann", home)
     adapter(home, "ann", "ann-nova", ds.name)
     holder = queue.submit("sleepy", {"steps": 2000, "interval_s": 0.2}, owner="ann", home=home)   # a live process
-    wait_for(lambda: queue.get(holder, home, by=users.OPERATOR)["state"] == "running", 30, what="the server's job running")
+    wait_for(lambda: queue.get(holder, home, by=users.OPERATOR).state == "running", 30, what="the server's job running")
     serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova", holder)
     out = cli(home, "labs", "check", "self_cognition", "--as", "ann")
     assert out.returncode == 0, out.stderr
     job_id = int(out.stdout)
-    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 60, 0.2, "the check job")
-    assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 30, home=home)
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state in ("succeeded", "failed"), 60, 0.2, "the check job")
+    assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 30, home=home)
     path = job_dir(job_id, home) / "artifacts" / labs.EVIDENCE
     record = json.loads(path.read_text())
     assert record["evidence"]["student"] == "ann" and record["evidence"]["job"] == job_id

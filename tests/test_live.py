@@ -53,6 +53,6 @@ def test_a_viewer_follows_a_running_job_by_its_new_bytes(home, worker):
     offset = view.offset
     wait_for(lambda: view.poll() and view.events.progress["done"] >= 10, 30, 0.05, "progress 10")
     assert view.offset > offset and view.text.startswith("step 1 of 30")       # appended, not re-read
-    wait_for(lambda: view.poll() and view.job["state"] == "succeeded", 30, 0.05, "the job to end")
+    wait_for(lambda: view.poll() and view.job.state == "succeeded", 30, 0.05, "the job to end")
     wait_for(lambda: view.poll() or view.result, 5, 0.05, "the result")
     assert "step 30 of 30" in view.text and view.result["steps"] == 30 and view.interval() is None

@@ -24,14 +24,14 @@ def test_import_list_detail_delete(home, tiny_model, monkeypatch):
         models.import_folder(tiny_model, home=home, owner="local")
     monkeypatch.setenv("WORKBENCH_IMPORT_DIRS", str(tiny_model.parent))
     row = models.import_folder(tiny_model, "tiny", home=home, owner="local")
-    assert row["meta"]["source"] == "local" and row["meta"]["id"] == str(tiny_model)
+    assert row.meta["source"] == "local" and row.meta["id"] == str(tiny_model)
     inside = home / "models" / "copy"
     shutil.copytree(tiny_model, inside)
     models.import_folder("models/copy", home=home, owner="local")            # relative to the workspace
     assert {m["name"] for m in models.list_models(home, by=users.OPERATOR)} == {"tiny", "copy"}
-    assert "trust_remote_code" not in models.get("tiny", home)["meta"]     # off unless opted in
-    assert models.set_trust_remote_code("tiny", True, home, by=users.OPERATOR)["meta"]["trust_remote_code"] is True
-    assert models.get("tiny", home)["meta"]["source"] == "local"              # the rest of the meta is kept
+    assert "trust_remote_code" not in models.get("tiny", home).meta     # off unless opted in
+    assert models.set_trust_remote_code("tiny", True, home, by=users.OPERATOR).meta["trust_remote_code"] is True
+    assert models.get("tiny", home).meta["source"] == "local"              # the rest of the meta is kept
     d = models.detail("tiny", home, by=users.OPERATOR)
     assert d["config"]["model_type"] == "llama" and any(f["file"] == "model.safetensors" for f in d["files"])
     assert models.delete("tiny", home=home, by=users.OPERATOR)["files_removed"] is False      # outside: entry only

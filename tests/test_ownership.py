@@ -74,11 +74,11 @@ def test_registering_the_same_name_and_path_never_rewrites_the_owner(home, klass
     models.import_folder("models/anns", "anns", owner="ann", home=home)
     with pytest.raises(users.Refused):
         models.import_folder("models/anns", "anns", owner="bob", home=home)
-    assert models.get("anns", home)["owner"] == "ann"
+    assert models.get("anns", home).owner == "ann"
     models.import_folder("models/anns", "anns", owner="ann", home=home)            # her own again: fine
     with pytest.raises(users.Refused, match="belongs to ann"):
         models.register("anns", folder, "merge", owner="bob", home=home)
-    assert models.get("anns", home)["owner"] == "ann"
+    assert models.get("anns", home).owner == "ann"
 
 
 # -- the store: migration and the owner rule ----------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_push_uploads_the_files_with_a_lineage_card_and_says_why_it_fails(home, 
         bad = push("ann/other", hub, token="hf_wrong", to=to)
         taken = push("bob/my-adapter", hub, to=to)
         run_burst(home, timeout=300)
-        assert queue.get(ok, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(ok, 40, home=home)
+        assert queue.get(ok, home, by=users.OPERATOR).state == "succeeded", logs.tail(ok, 40, home=home)
         repo = hub.repos["ann/my-adapter"]
         assert set(repo.files) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
         assert (repo.folder / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
@@ -61,15 +61,15 @@ def test_push_uploads_the_files_with_a_lineage_card_and_says_why_it_fails(home, 
 
         for job_id, sentence in ((bad, f"{to} refused the token"), (taken, "belongs to someone else")):
             job = queue.get(job_id, home, by=users.OPERATOR)
-            assert job["state"] == "failed" and sentence in job["error_message"], job["error_message"]
+            assert job.state == "failed" and sentence in job.error_message, job.error_message
             assert "Traceback" not in logs.tail(job_id, 40, home=home)
         hub.quota = 1000
         full = push("ann/big", hub, to=to)
         run_burst(home, timeout=300)
         if to == "huggingface":
-            assert "storage quota is full" in queue.get(full, home, by=users.OPERATOR)["error_message"]
+            assert "storage quota is full" in queue.get(full, home, by=users.OPERATOR).error_message
         else:        # modelscope's upload_folder logs each file's refusal and raises one summary
-            assert queue.get(full, home, by=users.OPERATOR)["state"] == "failed" and "Storage quota exceeded" in logs.tail(full, 60, home=home)
+            assert queue.get(full, home, by=users.OPERATOR).state == "failed" and "Storage quota exceeded" in logs.tail(full, 60, home=home)
     # the token is in no spec, row, log or event of any job, nor left in a job folder
     written = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
     assert TOKEN.encode() not in written
@@ -81,12 +81,12 @@ def test_a_cancelled_push_can_be_retried(home, adapter, worker):
         job_id = push("ann/retried", hub)
         wait_for(lambda: any("/preupload/" in r for r in hub.requests), 120, what="the push to reach the upload")
         queue.cancel(job_id, home=home, by=users.OPERATOR)
-        wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 60, what="the cancel")
+        wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "cancelled", 60, what="the cancel")
         hub.gate.set()
         assert "README.md" not in hub.repos["ann/retried"].files           # one commit: nothing half-pushed
         again = queue.retry(job_id, secrets={"HF_TOKEN": TOKEN}, home=home, by=users.OPERATOR)
-        wait_for(lambda: queue.get(again, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 120, what="the retried push")
-        assert queue.get(again, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(again, 40, home=home)
+        wait_for(lambda: queue.get(again, home, by=users.OPERATOR).state in ("succeeded", "failed"), 120, what="the retried push")
+        assert queue.get(again, home, by=users.OPERATOR).state == "succeeded", logs.tail(again, 40, home=home)
         assert {"adapter_model.safetensors", "README.md"} <= set(hub.repos["ann/retried"].files)
 
 

@@ -11,12 +11,12 @@ def test_only_the_owner_or_an_instructor_stops_a_job(home, monkeypatch):
     a, b, c = (queue.submit("sleepy", {"steps": 1}, owner="ann", home=home) for _ in range(3))
     with pytest.raises(queue.SubmitError, match="belongs to ann: only they or an instructor"):
         queue.cancel(a, by="bob", home=home)
-    assert queue.get(a, home=home, by=users.OPERATOR)["state"] == "queued" and not queue.get(a, home=home, by=users.OPERATOR)["cancel_requested"]
-    assert queue.cancel(a, by="ann", home=home)["state"] == "cancelled"
-    assert queue.cancel(b, by="老师", home=home)["state"] == "cancelled"
+    assert queue.get(a, home=home, by=users.OPERATOR).state == "queued" and not queue.get(a, home=home, by=users.OPERATOR).cancel_requested
+    assert queue.cancel(a, by="ann", home=home).state == "cancelled"
+    assert queue.cancel(b, by="老师", home=home).state == "cancelled"
     assert queue.instructors() == {"teacher", "老师"}
     out = cli(home, "cancel", str(c), WORKBENCH_USER="bob")        # the command line is the operator's
-    assert out.returncode == 0 and queue.get(c, home=home, by=users.OPERATOR)["state"] == "cancelled", out.stderr
+    assert out.returncode == 0 and queue.get(c, home=home, by=users.OPERATOR).state == "cancelled", out.stderr
     monkeypatch.delenv("WORKBENCH_INSTRUCTORS")
     assert not queue.may_manage(queue.get(c, home=home, by=users.OPERATOR), "teacher", home=home) and queue.may_manage(queue.get(c, home=home, by=users.OPERATOR), users.OPERATOR, home=home)
 
@@ -50,9 +50,9 @@ def test_jobs_page_is_paged_and_filtered_in_the_store(home, monkeypatch):
     store = open_store(home)
     ids = [store.insert_job("sleepy", "ann" if i % 3 else "bob", {}, {}) for i in range(120)]
     jobs, total = queue.jobs_page(2, 50, home=home, by=users.OPERATOR)
-    assert total == 120 and [j["id"] for j in jobs] == ids[::-1][50:100]
+    assert total == 120 and [j.id for j in jobs] == ids[::-1][50:100]
     jobs, total = queue.jobs_page(99, 50, owner="bob", home=home, by=users.OPERATOR)            # past the end: the last page
-    assert total == 40 and [j["id"] for j in jobs] == [i for k, i in enumerate(ids) if k % 3 == 0][::-1]
+    assert total == 40 and [j.id for j in jobs] == [i for k, i in enumerate(ids) if k % 3 == 0][::-1]
     queue.cancel(ids[0], home=home, by=users.OPERATOR)
     assert queue.jobs_page(1, 50, states=["cancelled"], home=home, by=users.OPERATOR) == ([queue.get(ids[0], home=home, by=users.OPERATOR)], 1)
     monkeypatch.setenv("WORKBENCH_AUTH", "accounts")              # a student sees their own jobs only

@@ -19,7 +19,7 @@ def test_light_jobs_past_the_cap_wait(home):
     bob = queue.submit("sleepy", light, owner="bob", home=home)
     worker = start_worker(home, WORKBENCH_USER_MAX_LIGHT_RUNNING="2")
     try:
-        wait_for(lambda: all(queue.get(j, home, by=users.OPERATOR)["state"] == "running" for j in [*ann[:2], bob]), 60, 0.1,
+        wait_for(lambda: all(queue.get(j, home, by=users.OPERATOR).state == "running" for j in [*ann[:2], bob]), 60, 0.1,
                  "two of ann's light jobs and bob's to run")
         assert queue.get(ann[2], home, by=users.OPERATOR)["state"] == "queued"             # ann's third waits for one of hers
         queue.cancel(ann[0], home=home, by=users.OPERATOR)

@@ -55,12 +55,12 @@ def test_a_model_with_its_own_code_is_refused_at_submit_without_the_opt_in(home,
 
 def test_a_re_download_clears_the_opt_in(home, remote, tmp_path):
     models.register("remote", remote[0], "huggingface", id="x/remote", home=home, trust_remote_code=True, owner="local")
-    assert models.get("remote", home)["meta"]["trust_remote_code"] is True
+    assert models.get("remote", home).meta["trust_remote_code"] is True
     job = queue.submit("download", {"source": "huggingface", "repo_id": "x/remote", "name": "remote",
                                     "endpoint": "http://127.0.0.1:9"}, home=home, owner="local")
     run_burst(home)
-    assert queue.get(job, home, by=users.OPERATOR)["state"] == "failed"          # nothing listens there; the opt-in is gone anyway
-    assert not models.get("remote", home)["meta"].get("trust_remote_code")
+    assert queue.get(job, home, by=users.OPERATOR).state == "failed"          # nothing listens there; the opt-in is gone anyway
+    assert not models.get("remote", home).meta.get("trust_remote_code")
 
 
 def test_evaluate_config_passes_the_opt_in_to_opencompass(home, remote, tmp_path):

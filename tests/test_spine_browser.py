@@ -38,10 +38,10 @@ def test_jobs_page_follows_a_cli_job_and_cancels_it(page, home, tmp_path):
     second.goto(f"{page.base_url}/jobs?job={job}")
     second.locator(f".st-key-joblog-{job}").get_by_text("of 400").first.wait_for(timeout=30_000)
     second.close()
-    pid = queue.get(job, home=home, by=users.OPERATOR)["pid"]
+    pid = queue.get(job, home=home, by=users.OPERATOR).pid
     child = int((paths.job_dir(job, home=home) / "child.pid").read_text())
     page.get_by_role("button", name="Cancel").click()
-    wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR)["state"] == "cancelled", 30, what="cancelled")
+    wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR).state == "cancelled", 30, what="cancelled")
     wait_for(lambda: gone(pid) and gone(child), 10, what="process group gone")
     page.locator("[data-state='cancelled']").wait_for(state="attached")
     shot(page, "jobs-cancelled")
@@ -49,9 +49,9 @@ def test_jobs_page_follows_a_cli_job_and_cancels_it(page, home, tmp_path):
     page.get_by_role("button", name="Retry").click()
     wait_for(lambda: len(queue.list_jobs(home=home, by=users.OPERATOR)) == 2, 30, what="retried job")
     retried = queue.list_jobs(home=home, by=users.OPERATOR)[0]
-    assert retried["parent_id"] == job and retried["spec"] == queue.get(job, home=home, by=users.OPERATOR)["spec"]
-    page.wait_for_url(f"**/jobs?job={retried['id']}")
-    queue.cancel(retried["id"], home=home, by=users.OPERATOR)
+    assert retried.parent_id == job and retried.spec == queue.get(job, home=home, by=users.OPERATOR).spec
+    page.wait_for_url(f"**/jobs?job={retried.id}")
+    queue.cancel(retried.id, home=home, by=users.OPERATOR)
     shot(page, "jobs-list")
 
 
@@ -59,7 +59,7 @@ def test_failed_job_shows_its_own_suggestion(page, home, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("steps: 1\ninterval_s: 0\nfail: true\n")
     job = int(cli(home, "submit", "sleepy", str(spec)).stdout)
-    wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR)["state"] == "failed", 30, what="the job to fail")
+    wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR).state == "failed", 30, what="the job to fail")
     page.goto(f"{page.base_url}/jobs?job={job}")
     page.get_by_text("Failed (bad_input): asked to fail").wait_for()
     page.get_by_text("For this job: do not ask it to fail").wait_for()     # the job's JobError suggestion
@@ -107,12 +107,12 @@ def test_names_in_a_class_own_jobs_and_only_owner_or_instructor_stops_them(class
     page.get_by_text("Place in the queue: 1").wait_for()
     page.goto(f"{page.base_url}/jobs?job={job}&user=teacher")
     page.get_by_role("button", name="Cancel").click()
-    wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR)["state"] == "cancelled", 30, what="cancelled by the instructor")
-    wait_for(lambda: queue.get(demo, home=home, by=users.OPERATOR)["state"] == "running", 30, what="the moved job to start")
-    assert queue.get(later, home=home, by=users.OPERATOR)["state"] == "queued"
+    wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR).state == "cancelled", 30, what="cancelled by the instructor")
+    wait_for(lambda: queue.get(demo, home=home, by=users.OPERATOR).state == "running", 30, what="the moved job to start")
+    assert queue.get(later, home=home, by=users.OPERATOR).state == "queued"
     page.get_by_role("button", name="Retry").click()
     wait_for(lambda: len(queue.list_jobs(home=home, by=users.OPERATOR)) == 4, 30, what="retried job")
     retried = queue.list_jobs(home=home, by=users.OPERATOR)[0]
-    assert retried["owner"] == "teacher" and queue.get(job, home=home, by=users.OPERATOR)["owner"] == "ann"
-    for j in (retried["id"], later, demo):
+    assert retried.owner == "teacher" and queue.get(job, home=home, by=users.OPERATOR).owner == "ann"
+    for j in (retried.id, later, demo):
         queue.cancel(j, home=home, by=users.OPERATOR)

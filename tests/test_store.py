@@ -28,7 +28,7 @@ def test_transitions_are_checked(store):
     assert store.claim(job, "w1", {"cpu_slots": 1})
     store.transition(job, JobState.RUNNING, pid=123)
     done = store.transition(job, JobState.SUCCEEDED, exit_code=0)
-    assert done["state"] == "succeeded" and done["finished_at"] and done["exit_code"] == 0
+    assert done.state == "succeeded" and done.finished_at and done.exit_code == 0
     with pytest.raises(InvalidTransition):
         store.transition(job, JobState.RUNNING)              # finished is final
 
@@ -41,7 +41,7 @@ def test_lost_is_final_and_every_state_change_is_checked(store):
     with pytest.raises(InvalidTransition):
         store.transition(job, JobState.QUEUED)               # Retry queues a new job instead
     assert store.claim(job, "w2", {}) is False                # claim only takes a queued job
-    assert store.request_cancel(job)["state"] == "lost"       # cancel never rewrites a finished job
+    assert store.request_cancel(job).state == "lost"       # cancel never rewrites a finished job
     with pytest.raises(ValueError):                          # not an assert: holds under python -O too
         store.update_job(job, state="queued")
 
@@ -50,31 +50,31 @@ def test_claim_is_atomic(store):
     job = store.insert_job("sleepy", "ann", {}, {})
     assert store.claim(job, "w1", {}) is True
     assert store.claim(job, "w2", {}) is False
-    assert store.job(job)["worker_id"] == "w1"
+    assert store.job(job).worker_id == "w1"
 
 
 def test_cancel_queued_ends_at_once_running_is_flagged(store):
     a = store.insert_job("sleepy", "ann", {}, {})
     b = store.insert_job("sleepy", "ann", {}, {})
-    assert store.request_cancel(a)["state"] == "cancelled"
+    assert store.request_cancel(a).state == "cancelled"
     store.claim(b, "w1", {})
     store.transition(b, JobState.RUNNING, pid=1)
     flagged = store.request_cancel(b)
-    assert flagged["state"] == "running" and flagged["cancel_requested"] == 1
+    assert flagged.state == "running" and flagged.cancel_requested == 1
 
 
 def test_queued_order_priority_then_age(store):
     a = store.insert_job("k", "ann", {}, {})
     b = store.insert_job("k", "bob", {}, {}, priority=5)
     c = store.insert_job("k", "cid", {}, {})
-    assert [j["id"] for j in store.queued()] == [b, a, c]
+    assert [j.id for j in store.queued()] == [b, a, c]
 
 
 def test_registry_put_get_update_delete(store):
     store.put("model", "m1", "/x", {"params": 1}, owner="local")
     store.put("model", "m1", "/y", {"params": 2}, owner="local")
-    assert store.get("model", "m1")["meta"] == {"params": 2}
-    assert [m["name"] for m in store.items("model")] == ["m1"]
+    assert store.get("model", "m1").meta == {"params": 2}
+    assert [m.name for m in store.items("model")] == ["m1"]
     assert store.delete("model", "m1") and store.get("model", "m1") is None
 
 

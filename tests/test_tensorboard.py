@@ -17,7 +17,7 @@ def test_finetune_writes_tensorboard_events_equal_to_its_metrics(ws):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     job_id = queue.submit("finetune", spec(max_steps=4, eval_ratio=0.1, eval_steps=2, name="tiny-tb"), owner="local", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(job_id, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=ws)
+    assert queue.get(job_id, ws, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 40, home=ws)
     points = metrics(job_id, ws)
     folder = paths.job_dir(job_id, ws) / defaults.TENSORBOARD_DIR
     acc = EventAccumulator(str(folder))

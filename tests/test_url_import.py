@@ -75,28 +75,28 @@ def imported(home, url: str, name: str, **env) -> tuple[dict, dict]:
 def test_loopback_private_and_link_local_are_refused_at_every_hop(home, hostile, monkeypatch):
     monkeypatch.setenv("WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK", "0")
     job, res = imported(home, f"{hostile}/ok.jsonl", "direct")               # loopback without the test setting
-    assert job["state"] == "failed" and "127.0.0.1 is a loopback, private or link-local address" in job["error_message"]
+    assert job.state == "failed" and "127.0.0.1 is a loopback, private or link-local address" in job.error_message
     job, res = imported(home, "http://localhost:1/ok.jsonl", "byname")
-    assert job["state"] == "failed" and "link-local address" in job["error_message"], job
+    assert job.state == "failed" and "link-local address" in job.error_message, job
     allow = {"WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK": 1}
     for i, target in enumerate(["http://169.254.169.254/latest/meta-data/x.jsonl", "http://10.1.2.3/x.jsonl",
                                 "http://192.168.0.1/x.jsonl", "http://[fe80::1]/x.jsonl", "http://0.0.0.0/x.jsonl",
                                 f"ftp://127.0.0.1:{hostile.rsplit(':', 1)[1]}/x.jsonl"]):
         job, res = imported(home, f"{hostile}/to/{target}", f"hop{i}", **allow)
-        assert job["state"] == "failed" and "imports may not reach" in job["error_message"], (target, job)
+        assert job.state == "failed" and "imports may not reach" in job.error_message, (target, job)
         assert res["error"]["suggestion"] == "give a URL on the public internet"
     job, res = imported(home, f"{hostile}/to/{hostile}/ok.jsonl", "fine", **allow)
-    assert job["state"] == "succeeded" and res["rows"] == 1
-    assert [d["name"] for d in open_store(home).items("dataset")] == ["fine"]
+    assert job.state == "succeeded" and res["rows"] == 1
+    assert [d.name for d in open_store(home).items("dataset")] == ["fine"]
 
 
 def test_bytes_and_time_are_capped(home, hostile):
     env = {"WORKBENCH_URL_IMPORT_ALLOW_LOOPBACK": 1, "WORKBENCH_UPLOAD_MAX_MB": 1, "WORKBENCH_URL_IMPORT_TIMEOUT_S": 2}
     for name in ("big", "big-nolen"):
         job, _ = imported(home, f"{hostile}/{name}.jsonl", name.replace("-", "_"), **env)
-        assert job["state"] == "failed" and "larger than 1 MB" in job["error_message"], job
+        assert job.state == "failed" and "larger than 1 MB" in job.error_message, job
     t0 = time.monotonic()
     job, _ = imported(home, f"{hostile}/slow.jsonl", "slow", **env)
-    assert job["state"] == "failed" and "took over 2 s" in job["error_message"], job
+    assert job.state == "failed" and "took over 2 s" in job.error_message, job
     assert time.monotonic() - t0 < 30
     assert not list((home / "datasets").glob("*")) if (home / "datasets").exists() else True

@@ -154,7 +154,7 @@ def test_students_are_isolated_and_instructors_are_not(home, klass):
     done = queue.submit("sleepy", {"steps": 1}, owner="ann", home=home)
     queue.cancel(done, by=ann, home=home)
     assert [j["id"] for j in queue.list_jobs(by=bob, home=home)] == []
-    assert {j["id"] for j in queue.list_jobs(by=ann, home=home)} == {job, done} == {j["id"] for j in queue.list_jobs(by=teach, home=home)}
+    assert {j.id for j in queue.list_jobs(by=ann, home=home)} == {job, done} == {j.id for j in queue.list_jobs(by=teach, home=home)}
     for call in (lambda: queue.get(job, by=bob, home=home), lambda: queue.cancel(job, by=bob, home=home),
                  lambda: queue.retry(done, by=bob, home=home), lambda: queue.run_next(job, by=bob, home=home),
                  lambda: queue.run_next(job, by=ann, home=home)):
@@ -162,12 +162,12 @@ def test_students_are_isolated_and_instructors_are_not(home, klass):
             call()
     with pytest.raises(queue.SubmitError):          # what pages catch
         queue.cancel(job, by="bob", home=home)                 # a typed name is no better than the account
-    assert queue.get(job, home=home, by=users.OPERATOR)["state"] == "queued"
+    assert queue.get(job, home=home, by=users.OPERATOR).state == "queued"
     queue.run_next(job, by=teach, home=home)
     assert queue.retry(done, owner="ann", by=ann, home=home)
-    assert queue.cancel(job, by=teach, home=home)["state"] == "cancelled"
+    assert queue.cancel(job, by=teach, home=home).state == "cancelled"
 
-    ds = datasets.save_upload("ann.jsonl", io.BytesIO(b'{"text": "hi"}\n'), owner="ann", home=home)["name"]
+    ds = datasets.save_upload("ann.jsonl", io.BytesIO(b'{"text": "hi"}\n'), owner="ann", home=home).name
     (home / "m").mkdir()
     open_store(home).put(models.TYPE, "shared", home / "m", owner=users.OPERATOR_NAME, shared=True)  # a class model
     with pytest.raises(users.Refused, match="not yours"):
@@ -176,7 +176,7 @@ def test_students_are_isolated_and_instructors_are_not(home, klass):
         models.set_trust_remote_code("shared", True, by=ann, home=home)
     with pytest.raises(users.Refused, match="not yours"):
         models.delete("shared", by=ann, home=home)
-    assert models.set_trust_remote_code("shared", True, by=teach, home=home)["meta"]["trust_remote_code"]
+    assert models.set_trust_remote_code("shared", True, by=teach, home=home).meta["trust_remote_code"]
     datasets.delete(ds, by=ann, home=home)
     models.delete("shared", by=teach, home=home)
 
@@ -191,7 +191,7 @@ def test_students_are_isolated_and_instructors_are_not(home, klass):
 def test_without_accounts_names_are_declared_as_before(home, monkeypatch):
     monkeypatch.setenv("WORKBENCH_INSTRUCTORS", "teacher")
     job = queue.submit("sleepy", {"steps": 1}, owner="ann", home=home)
-    assert queue.get(job, by="bob", home=home)["owner"] == "ann" and len(queue.list_jobs(by="bob", home=home)) == 1  # all see all
+    assert queue.get(job, by="bob", home=home).owner == "ann" and len(queue.list_jobs(by="bob", home=home)) == 1  # all see all
     with pytest.raises(queue.SubmitError):
         queue.cancel(job, by="bob", home=home)
     open_store(home).put(models.TYPE, "mine", home / "m", owner="local")
@@ -373,7 +373,7 @@ def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_dat
         datasets.save_upload(f"{owner}-set.jsonl", io.BytesIO(row), owner=owner, home=home)
     datasets.save_upload("ann-qa.jsonl", io.BytesIO(b'{"question": "2+2?", "answer": "4"}\n'), owner="ann", home=home)
     samples = {p.stem for p in (ROOT / "assets" / "datasets").iterdir() if p.suffix in datasets.EXTENSIONS}
-    names = lambda who: {e["name"] for e in datasets.list_datasets(by=who, home=home)}          # noqa: E731
+    names = lambda who: {e.name for e in datasets.list_datasets(by=who, home=home)}          # noqa: E731
     assert names(bob) == samples | {"bob-set", "teach-set"}
     assert names(teach) == samples | {"ann-set", "ann-qa", "bob-set", "teach-set"}
     assert "ann-set" not in {d["name"] for d in ev.dataset_choices(by=bob, home=home)}
@@ -384,7 +384,7 @@ def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_dat
     with pytest.raises(queue.SubmitError, match="dataset ann-set is another student's"):
         queue.submit("finetune", {**spec, "datasets": ["bob-set", "ann-set"]}, owner="bob", home=home)
     assert queue.submit("finetune", {**spec, "datasets": ["ann-set"]}, owner="teach", home=home)
-    ann_file = next(e["path"] for e in datasets.list_datasets(by=ann, home=home) if e["name"] == "ann-qa")
+    ann_file = next(e.path for e in datasets.list_datasets(by=ann, home=home) if e.name == "ann-qa")
     with pytest.raises(users.Refused, match="dataset ann-qa is another student's"):    # by its file, too
         queue.submit("evaluate", {"models": [{"name": "tiny", "path": str(tiny_model)}],
                                   "datasets": [{"name": "mine", "path": ann_file}]}, owner="bob", home=home)
@@ -404,7 +404,7 @@ def test_disk_quota_is_refused_at_upload_and_import_with_current_usage(home, kla
                            ) as e:
             datasets.save_upload("second.jsonl", data, owner="ann", home=home)
         assert isinstance(e.value, datasets.DatasetError)                       # what the Datasets page shows
-    assert [e["name"] for e in datasets.list_datasets(by="ann", home=home) if e["meta"]["source"] == "upload"] == ["first"]
+    assert [e.name for e in datasets.list_datasets(by="ann", home=home) if e.meta["source"] == "upload"] == ["first"]
     assert not list(datasets.datasets_dir(home=home).glob("*second*"))                   # nothing left behind
     datasets.save_upload("second.jsonl", io.BytesIO(line * 100), owner="bob", home=home)    # bob's own quota
     datasets.save_upload("class.jsonl", io.BytesIO(big * 2), owner="teach", home=home)     # instructors' files are the class's
@@ -492,7 +492,7 @@ def test_gpu_hours_today_count_only_the_part_after_local_midnight(home, timezone
 
 def test_students_convert_and_split_their_own_the_samples_and_the_instructors_datasets_only(home, klass):
     row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
-    path = {o: datasets.save_upload(f"{o}-set.jsonl", io.BytesIO(row * 4), owner=o, home=home)["path"] for o in ("ann", "teach")}
+    path = {o: datasets.save_upload(f"{o}-set.jsonl", io.BytesIO(row * 4), owner=o, home=home).path for o in ("ann", "teach")}
     for call in (lambda: datasets.convert(path["ann"], "sharegpt", owner="bob", home=home),
                  lambda: datasets.split(path["ann"], 0.5, owner="bob", home=home)):
         with pytest.raises(datasets.DatasetError, match="dataset ann-set is another student's") as e:   # the page shows it
@@ -502,7 +502,7 @@ def test_students_convert_and_split_their_own_the_samples_and_the_instructors_da
             datasets.split(ROOT / "assets" / "datasets" / "mini_instructions.jsonl", 0.5, owner="bob", home=home)["val"]["name"],
             datasets.convert(path["ann"], "alpaca", owner="ann", home=home)["name"],
             datasets.split(path["ann"], 0.5, owner="teach", home=home)["train"]["name"]]
-    owners = {e["name"]: e["owner"] for e in datasets.list_datasets(by="teach", home=home)}
+    owners = {e.name: e.owner for e in datasets.list_datasets(by="teach", home=home)}
     assert [owners[n] for n in made] == ["bob", "bob", "ann", "teach"]
     assert not [n for n in owners if n.startswith("ann-set") and owners[n] == "bob"]       # nothing made for bob
     refused = users.audit_log("refused", home=home)

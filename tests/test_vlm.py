@@ -128,12 +128,12 @@ def test_vlm_job_answers_about_images_and_cancel_cleans_up(home, worker, tiny_ll
     said = wait_for(lambda: re.search(r"client went away after (\d+) tokens", log.read_text()), 30, 0.2, "the stop")
     assert int(said[1]) < 400
     assert "".join(vlm.stream(ep, [{"role": "user", "content": "Next?"}], max_new_tokens=3, by=users.OPERATOR, home=home))
-    assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "running"
+    assert queue.get(job_id, home, by=users.OPERATOR).state == "running"
     wait_for(lambda: (vlm.endpoints(home, by=users.OPERATOR) or [{}])[0].get("requests", 0) >= 6, 10, 0.2, "requests to be counted")
 
-    pid = queue.get(job_id, home, by=users.OPERATOR)["pid"]
+    pid = queue.get(job_id, home, by=users.OPERATOR).pid
     queue.cancel(job_id, home, by=users.OPERATOR)
-    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 30, 0.2, "the job to be cancelled")
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "cancelled", 30, 0.2, "the job to be cancelled")
     assert vlm.endpoints(home, by=users.OPERATOR) == [] and open_store(home).items("endpoint") == []
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)

@@ -11,7 +11,7 @@ from tests.conftest import ROOT, cli, env_for, run_burst, start_worker, stop, wa
 
 
 def state(job_id):
-    return queue.get(job_id, home=defaults.home(), by=users.OPERATOR)["state"]
+    return queue.get(job_id, home=defaults.home(), by=users.OPERATOR).state
 
 
 def gone(pid: int) -> bool:
@@ -33,8 +33,8 @@ def test_burst_runs_jobs_in_order_and_records_results(home):
     out = run_burst(home)
     assert out.returncode == 0, out.stdout + out.stderr
     ja, jb = queue.get(a, home=home, by=users.OPERATOR), queue.get(b, home=home, by=users.OPERATOR)
-    assert ja["state"] == "succeeded" and ja["exit_code"] == 0 and ja["started_at"] <= jb["started_at"]
-    assert jb["state"] == "failed" and jb["error_class"] == "bad_input" and "asked to fail" in jb["error_message"]
+    assert ja.state == "succeeded" and ja.exit_code == 0 and ja.started_at <= jb.started_at
+    assert jb.state == "failed" and jb.error_class == "bad_input" and "asked to fail" in jb.error_message
     assert logs.result(a, home=home)["steps"] == 2
     text, _ = logs.read_log(a, home=home)
     assert "step 2 of 2" in text
@@ -45,12 +45,12 @@ def test_burst_runs_jobs_in_order_and_records_results(home):
 def test_cancel_running_job_kills_its_whole_group(home, worker):
     job = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05, "child": True}, home=home, owner="local")
     wait_for(lambda: state(job) == "running" and (paths.job_dir(job, home=home) / "child.pid").exists(), 30, what="job running")
-    pid = queue.get(job, home=home, by=users.OPERATOR)["pid"]
+    pid = queue.get(job, home=home, by=users.OPERATOR).pid
     child = int((paths.job_dir(job, home=home) / "child.pid").read_text())
     queue.cancel(job, home=home, by=users.OPERATOR)
     wait_for(lambda: state(job) == "cancelled", 30, what="cancelled")
     wait_for(lambda: gone(pid) and gone(child), 10, what="process group gone")
-    assert queue.get(job, home=home, by=users.OPERATOR)["error_class"] == "cancelled"
+    assert queue.get(job, home=home, by=users.OPERATOR).error_class == "cancelled"
 
 
 def test_what_a_job_leaves_behind_is_stopped_and_reaped(home, worker):
@@ -68,21 +68,21 @@ def test_sigterm_ignored_then_sigkill(home, worker):
     wait_for(lambda: "step 3" in logs.read_log(job, home=home)[0], 30, what="job printing")
     queue.cancel(job, home=home, by=users.OPERATOR)
     wait_for(lambda: state(job) == "cancelled", 30, what="cancelled after SIGKILL")
-    assert queue.get(job, home=home, by=users.OPERATOR)["exit_code"] == -signal.SIGKILL
+    assert queue.get(job, home=home, by=users.OPERATOR).exit_code == -signal.SIGKILL
 
 
 def test_timeout_fails_the_job(home):
     job = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05}, home=home, owner="local")
     run_burst(home, WORKBENCH_JOB_TIMEOUT_S=1)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["state"] == "failed" and j["error_class"] == "timeout"
+    assert j.state == "failed" and j.error_class == "timeout"
 
 
 def test_job_whose_process_died_with_its_worker_is_lost_and_its_group_stopped(home):
     w = start_worker(home)
     job = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05, "child": True}, home=home, owner="local")
     wait_for(lambda: state(job) == "running" and (paths.job_dir(job, home=home) / "child.pid").exists(), 30, what="running")
-    pid = queue.get(job, home=home, by=users.OPERATOR)["pid"]
+    pid = queue.get(job, home=home, by=users.OPERATOR).pid
     child = int((paths.job_dir(job, home=home) / "child.pid").read_text())
     os.kill(w.pid, signal.SIGKILL)
     w.wait()
@@ -105,7 +105,7 @@ def job_under_killed_worker(home, **spec) -> tuple[int, int]:
     wait_for(lambda: state(job) == "running", 30, what="running")
     os.kill(w.pid, signal.SIGKILL)
     w.wait()
-    return job, queue.get(job, home=home, by=users.OPERATOR)["pid"]
+    return job, queue.get(job, home=home, by=users.OPERATOR).pid
 
 
 def test_restarted_worker_adopts_a_live_job_and_enforces_its_cancel(home):
@@ -115,7 +115,7 @@ def test_restarted_worker_adopts_a_live_job_and_enforces_its_cancel(home):
     w2 = start_worker(home)
     try:
         new_id = wait_for(lambda: [x["id"] for x in open_store(home=home).workers() if x["pid"] == w2.pid], 30, what="w2 registered")[0]
-        wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR)["worker_id"] == new_id, 30, what="the job adopted")
+        wait_for(lambda: queue.get(job, home=home, by=users.OPERATOR).worker_id == new_id, 30, what="the job adopted")
         assert state(job) == "running" and not gone(pid)
         lines = logs.read_log(job, home=home)[0].count("\n")
         wait_for(lambda: logs.read_log(job, home=home)[0].count("\n") > lines + 5, 30, what="the adopted job still printing")
@@ -146,7 +146,7 @@ def test_job_that_finished_while_no_worker_ran_is_recorded_not_lost(home):
     finally:
         stop(w2)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["state"] == "succeeded", j
+    assert j.state == "succeeded", j
 
 
 def test_lost_sweep_does_not_kill_a_reused_pid(home):
@@ -181,7 +181,7 @@ def test_an_error_handling_one_job_fails_that_job_not_the_worker(home):
     good = queue.submit("sleepy", {"steps": 1, "interval_s": 0}, home=home, owner="local")
     out = run_burst(home)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert state(bad) == "failed" and "no_such_kind" in queue.get(bad, home=home, by=users.OPERATOR)["error_message"]
+    assert state(bad) == "failed" and "no_such_kind" in queue.get(bad, home=home, by=users.OPERATOR).error_message
     assert state(good) == "succeeded"
 
 
@@ -191,16 +191,16 @@ def test_cancel_landing_as_the_job_exits_0_records_succeeded(home, worker):
     wait_for(lambda: "step 3" in logs.read_log(job, home=home)[0], 30, what="job printing")
     queue.cancel(job, home=home, by=users.OPERATOR)
     wait_for(lambda: state(job) not in ("running", "starting"), 30, what="the job to end")
-    assert state(job) == "succeeded" and queue.get(job, home=home, by=users.OPERATOR)["exit_code"] == 0
+    assert state(job) == "succeeded" and queue.get(job, home=home, by=users.OPERATOR).exit_code == 0
 
 
 def test_sigkill_from_outside_is_killed_not_out_of_memory(home, worker):
     job = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05}, home=home, owner="local")
     wait_for(lambda: state(job) == "running", 30, what="running")
-    os.kill(queue.get(job, home=home, by=users.OPERATOR)["pid"], signal.SIGKILL)
+    os.kill(queue.get(job, home=home, by=users.OPERATOR).pid, signal.SIGKILL)
     wait_for(lambda: state(job) == "failed", 30, what="failed")
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["error_class"] == "killed" and "SIGKILL" in j["error_message"], j
+    assert j.error_class == "killed" and "SIGKILL" in j.error_message, j
 
 
 def test_sigkill_is_out_of_memory_only_when_the_kernel_says_so():
@@ -237,7 +237,7 @@ def test_full_disk_is_disk_full_with_a_suggestion(home):
     job = queue.submit("sleepy", {"steps": 1, "write_to": "/dev/full"}, home=home, owner="local")
     run_burst(home)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["state"] == "failed" and j["error_class"] == "disk_full", j
+    assert j.state == "failed" and j.error_class == "disk_full", j
     assert errors.SUGGESTIONS["disk_full"] == "err.disk_full"
 
 
@@ -277,7 +277,7 @@ def test_missing_engine_fails_with_clear_message(home, monkeypatch):
     job = store.insert_job("sleepy", "ann", {}, {"cpu_slots": 1, "engine": "lmdeploy"})
     run_burst(home)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j["state"] == "failed" and j["error_class"] == "missing_engine" and "engine_install" in j["error_message"]
+    assert j.state == "failed" and j.error_class == "missing_engine" and "engine_install" in j.error_message
 
 
 def test_non_utf8_log_is_shown_not_a_crash(home):

@@ -32,7 +32,7 @@ def check(spec: Spec, home: Path, owner: str) -> dict:
     model = open_store(home=home).get("model", spec.model)
     if model is None:
         raise UserError("err.quantize.no_model", name=spec.model)
-    if model["meta"].get("format") == "gguf":
+    if model.meta.get("format") == "gguf":
         raise UserError("err.export.already_gguf", name=spec.model)
     if open_store(home=home).get("model", out_name(spec)):
         raise UserError("err.quantize.name_taken", name=out_name(spec))

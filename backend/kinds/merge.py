@@ -27,7 +27,7 @@ def check(spec: Spec, home: Path, owner: str) -> dict:
     entry = open_store(home=home).get("adapter", spec.adapter)
     if entry is None:
         raise UserError("err.spec.no_adapter", name=spec.adapter)
-    ft.resolve_model(entry["meta"].get("base_model", ""), home=home)
+    ft.resolve_model(entry.meta.get("base_model", ""), home=home)
     name = spec.name or f"{spec.adapter}-merged"
     if open_store(home=home).get("model", name):
         raise UserError("err.spec.model_name_taken", name=name)

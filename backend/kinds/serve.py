@@ -50,7 +50,7 @@ def resolve(spec: Spec, home: Path) -> tuple[dict, dict | None]:
     if model is None:
         raise UserError("err.spec.no_model", name=model_name)
     for entry in filter(None, (model, adapter)):
-        if not Path(entry["path"]).is_dir():
+        if not Path(entry.path).is_dir():
             raise UserError("err.spec.folder_missing", type=entry['type'], name=entry['name'], path=entry['path'])
     return model, adapter
 

@@ -46,7 +46,7 @@ def resolve(spec: Spec, home: Path) -> dict:
         entry = open_store(home).get("model", spec.model)
         if entry is None:
             raise UserError("err.spec.no_model", name=spec.model)
-        name, path, meta = entry["name"], Path(entry["path"]), entry["meta"] or {}
+        name, path, meta = entry.name, Path(entry.path), entry.meta or {}
     elif spec.path:
         name, path, meta = Path(spec.path).name, Path(spec.path), {}
     else:
