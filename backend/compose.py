@@ -125,11 +125,12 @@ def gallery_captions(home: Path, by: users.Actor) -> dict[str, str | None]:
     return {p: cache.get(image_key(p, home)) for p in gallery(home, by)}
 
 
-def caption(endpoint: dict, rel: str, home: Path, max_new_tokens: int = 48) -> str:
+def caption(endpoint: dict, rel: str, home: Path, by: users.Actor, max_new_tokens: int = 48) -> str:
     """The endpoint's one-sentence caption of a gallery image (asked once, then cached)."""
     key, cache = image_key(rel, home), captions(home)
     if key not in cache:
-        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home, by=users.OPERATOR)], max_new_tokens=max_new_tokens)).strip()
+        cache[key] = "".join(ask(endpoint, CAPTION_PROMPT, [resolve(rel, home, by=by)], max_new_tokens=max_new_tokens,
+                                        by=by, home=home)).strip()
         paths.atomic_write(_captions_file(home), json.dumps(cache, ensure_ascii=False, indent=1).encode())
     return cache[key]
 
@@ -268,7 +269,7 @@ def caption_gallery(endpoint: dict | None, home: Path, on_caption=None, *, by: u
     if todo and endpoint is None:
         raise ComposeError("err.compose.no_model")
     for k, p in enumerate(todo, 1):
-        caption(endpoint, p, home)
+        caption(endpoint, p, home, by)
         if on_caption:
             on_caption(k, len(todo))
 

@@ -131,7 +131,7 @@ async def forward(request: Request) -> Response:
                 yield line + "\n"
         finally:
             await resp.aclose()
-            await run_in_threadpool(apikeys.used, key_id, count)
+            await run_in_threadpool(apikeys.used, key_id, count, defaults.home())
     return StreamingResponse(chunks(), resp.status_code, media_type=resp.headers.get("content-type"))
 
 

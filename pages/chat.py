@@ -139,7 +139,7 @@ settings = {"temperature": temperature, "top_p": top_p, "max_tokens": int(max_to
 
 def answer_kwargs(name: str, messages: list[dict], stats: dict | None = None) -> dict:
     ep, key = choices[name]
-    return {"endpoint": ep, "messages": messages, "api_key": key, "stats": stats, "by": ui.user(), **settings}
+    return {"endpoint": ep, "messages": messages, "api_key": key, "stats": stats, "by": ui.user(), "home": ui.home(), **settings}
 
 
 names = list(choices)

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend import export, models, paths, users
+from backend import export, models, ownership, paths, users
 from pages import keys, ui
 
 S_JOB = keys.MODELS_JOB             # the download job this session follows
@@ -98,7 +98,7 @@ with tab_reg:
         picked = st.selectbox(ui.t("models.detail"), names, key="models_pick",
                               index=names.index(st.query_params["model"]) if st.query_params.get("model") in names else 0)
         d = models.detail(picked, by=ui.user(), home=ui.home())
-        ui.share_toggle(models.TYPE, d, "models_shared")
+        ui.share_toggle(models.TYPE, ownership.get(models.TYPE, picked, ui.user(), ui.home()), "models_shared")
         meta = d["meta"]
         st.caption(ui.t("models.lineage", source=meta.get("source", ""), id=meta.get("id", ""),
                         revision=meta.get("revision") or "-", when=ui.when(meta.get("when")), job=meta.get("job_id") or "-"))

@@ -15,6 +15,7 @@ import yaml
 from streamlit import config
 
 from backend import chat, defaults, errors, executors, i18n, live, ownership, paths, queue, users
+from backend.registry import Entry
 from backend.states import JobState
 from pages import keys
 
@@ -37,13 +38,13 @@ def error_text(e: BaseException) -> str:
     return errors.text(e, lang())
 
 
-def share_toggle(type: str, entry, key: str) -> None:
+def share_toggle(type: str, entry: Entry, key: str) -> None:
     """The owner's (or an instructor's) decision to share a registry entry with the class (ownership.share)."""
     shared = st.toggle(t("registry.shared"), value=bool(entry.shared), key=key, help=t("registry.shared_help"),
                        disabled=not ownership.may_share(entry, user(), home=home()))
     if shared != bool(entry.shared):
         try:
-            ownership.share(type, entry["name"], shared, by=user(), home=home())
+            ownership.share(type, entry.name, shared, by=user(), home=home())
         except users.Refused as e:
             error(e)
         else:
@@ -227,7 +228,7 @@ def list_fragment(fn, name: str) -> None:
 def submit(kind: str, spec: dict, **kw) -> int | None:
     """Queue a job from a form; shows the error in the page instead of raising."""
     try:
-        job_id = queue.submit(kind, spec, owner=owner(), **kw)
+        job_id = queue.submit(kind, spec, owner=owner(), home=home(), **kw)
     except queue.SubmitError as e:
         error(e)
         return None

@@ -100,7 +100,7 @@ def image_chat() -> None:
             st.markdown(prompt)
         with st.chat_message("assistant"), st.container(key="xc_answer"):
             text = shown(lambda: vlm.stream(ep, [{**m, "images": [compose.resolve(p, by=ui.user(), home=ui.home()) for p in m.get("images") or []]}
-                                                 for m in history + [user]], by=ui.user(), **sampling))
+                                                 for m in history + [user]], by=ui.user(), home=ui.home(), **sampling))
             if text is not None:
                 history += [user, {"role": "assistant", "content": text}]
 
@@ -118,7 +118,7 @@ def shown(answer) -> str | None:
 def streamed(prompt: str, pics: list | None = None) -> str | None:
     """The endpoint's answer to one prompt, streamed on the page; None (error shown) on failure."""
     return shown(lambda: compose.ask(ep, prompt, [compose.resolve(p, by=ui.user(), home=ui.home()) for p in pics or []], by=ui.user(),
-                                       **sampling))
+                                       home=ui.home(), **sampling))
 
 
 def composer() -> None:
