@@ -85,7 +85,7 @@ def test_load_messages_names_the_bad_line(tmp_path):
     assert len(ds.load_messages(path, limit=2)) == 2
     with pytest.raises(ds.DatasetError, match="line 3: invalid JSON"):
         ds.load_messages(path)
-    with pytest.raises(ds.DatasetError, match="not a training format"):
+    with pytest.raises(ds.DatasetError, match="is an evaluation set"):
         ds.load_messages(jsonl(tmp_path / "q.jsonl", [RECORDS["qa"]]))
 
 

@@ -38,14 +38,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 # -- fast ---------------------------------------------------------------------------------------
 def test_custom_format(tmp_path):
-    assert custom_format(SAMPLES / "easy_mcq.jsonl") == ("mcq", "")
-    assert custom_format(SAMPLES / "easy_qa.jsonl") == ("qa", "")
+    assert custom_format(SAMPLES / "easy_mcq.jsonl") == ("mcq", None)
+    assert custom_format(SAMPLES / "easy_qa.jsonl") == ("qa", None)
     fmt, why = custom_format(write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "x"}]}]))
-    assert fmt == "" and "missing field(s) question, answer" in why and "found: messages" in why
+    assert fmt == "" and "missing field(s) question, answer" in str(why) and "found: messages" in str(why)
     fmt, why = custom_format(write_jsonl(tmp_path / "one.jsonl", [{"question": "q", "A": "a", "answer": "A"}]))
-    assert fmt == "" and "B" in why
+    assert fmt == "" and "B" in str(why)
     (tmp_path / "x.txt").write_text("hi")
-    assert "reads .jsonl or .csv" in custom_format(tmp_path / "x.txt")[1]
+    assert "reads .jsonl or .csv" in str(custom_format(tmp_path / "x.txt")[1])
 
 
 def test_checks_before_queueing(home, tiny_model, tmp_path, monkeypatch):
