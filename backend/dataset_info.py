@@ -93,8 +93,8 @@ def _problem(name: str, entry, home: Path | None, owner: str) -> tuple[DatasetEr
 
 def import_dataset_info(data: bytes | str | dict, home: Path | None = None, *, owner: str) -> dict:
     """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
-    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]} (entries not
-imported, and rows an imported entry left out)."""
+    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}: the
+    entries not imported, and the rows an imported entry left out."""
     if not isinstance(data, dict):
         try:
             data = json.loads(data)

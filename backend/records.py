@@ -249,14 +249,15 @@ def _stream_json_array(path: Path):
                 key, (line, column, why) = key + "_at", at
                 yield n + 1, None, DatasetError(key, name=path.name, record=n + 1, msg=why, line=line, column=column)
                 return
-            if key == "err.ds.array_utf8" and _head_looks_gbk(path):
+            if key == "err.ds.array_utf8" and head_looks_gbk(path):
                 key = "err.ds.array_gbk"
             yield n + 1, None, DatasetError(key, name=path.name, record=n + 1, msg=why)
         except DatasetError as e:
             yield n + 1, None, DatasetError("err.ds.array_record", name=path.name, record=n + 1, reason=e)
 
 
-def _head_looks_gbk(path: Path) -> bool:
+def head_looks_gbk(path: Path) -> bool:
+    """Whether the start of a file is Chinese text in GBK/GB18030 (``looks_gbk``)."""
     with open(path, "rb") as f:
         return looks_gbk(f.read(1 << 16).rstrip(bytes(range(128, 256))))     # not a character cut in half
 

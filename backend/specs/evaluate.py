@@ -121,8 +121,10 @@ def first_record(path: str | Path) -> dict | None:
     path = Path(path)
     if path.suffix == ".jsonl":
         with open(path, "rb") as f:
-            for n, raw in enumerate(records._lines(f, FIRST_RECORD_MAX), start=1):
-                if isinstance(raw, int):
+            n = 0
+            while raw := f.readline(FIRST_RECORD_MAX):
+                n += 1
+                if len(raw) >= FIRST_RECORD_MAX:
                     raise UserError("err.eval.first_record", mb=FIRST_RECORD_MAX >> 20)
                 if raw.strip():
                     rec, err = records.parse_line(raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw, n)
@@ -134,9 +136,8 @@ def first_record(path: str | Path) -> dict | None:
         with open(path, encoding="utf-8-sig", newline="") as f:
             return next(csv.DictReader(f), None)
     except UnicodeDecodeError:
-        with open(path, "rb") as f:
-            gbk = records.looks_gbk(f.read(1 << 16).rstrip(bytes(range(128, 256))))
-        raise (records.DatasetError("err.ds.gbk", where=path.name) if gbk else UserError("err.eval.not_utf8")) from None
+        raise (records.DatasetError("err.ds.gbk", where=path.name) if records.head_looks_gbk(path)
+               else UserError("err.eval.not_utf8")) from None
     except csv.Error as e:                             # a field over csv's limit, a NUL byte ...
         raise UserError("err.eval.csv", text=str(e)) from None
 
