@@ -1,7 +1,9 @@
 """LLaMA-Factory's ``dataset_info.json``: each entry names a data file and how its columns (and, for
 ShareGPT, its role/content tags) map to alpaca or sharegpt fields. Importing one writes, for every
 entry whose file is in the workspace, a new dataset with the fields renamed to the ones this
-workbench reads (docs/datasets.md), so each is read as LLaMA-Factory reads it.
+workbench reads (docs/datasets.md), so each is read as LLaMA-Factory reads it. A pre-training entry
+(only a ``prompt`` column, as ``c4_demo`` and ``wiki_demo``) becomes ``{"text"}`` rows (objective pretrain).
+Rows that can't be read are left out and said: how many, and why the first one.
 """
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import json
 from pathlib import Path
 
 from backend import datasets, paths, users
+from backend.errors import UserError
 from backend.store import open_store
-from backend.records import DatasetError, iter_records
+from backend.records import DatasetError, scan
 
 # LLaMA-Factory's defaults (data/README.md): alpaca columns, sharegpt columns and tags
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
@@ -22,10 +25,21 @@ ROLE_OF_TAG = {"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "
 PASSED_ON = ("system", "tools", "images", "videos", "audios", "kto_tag", "history")   # same name here
 
 
+def pretraining(entry: dict) -> bool:
+    """LLaMA-Factory's pre-training entry: alpaca formatting naming only the ``prompt`` column (the document)."""
+    cols = entry.get("columns") or {}
+    return entry.get("formatting", "alpaca") == "alpaca" and not entry.get("ranking") and set(cols) == {"prompt"}
+
+
 def _map_record(rec: dict, entry: dict) -> dict:
     """One row of an entry's file, its columns renamed to this workbench's field names."""
     cols = entry.get("columns") or {}
     out = {}
+    if pretraining(entry):
+        text = rec.get(cols["prompt"])
+        if not isinstance(text, str) or not text.strip():
+            raise UserError("err.dsinfo.no_text", column=cols["prompt"])
+        return {"text": text}
     if entry.get("formatting", "alpaca") == "sharegpt":
         tags = {**TAGS, **(entry.get("tags") or {})}
         roles = {tags[k]: v for k, v in ROLE_OF_TAG.items()}
@@ -79,7 +93,8 @@ def _problem(name: str, entry, home: Path | None, owner: str) -> tuple[DatasetEr
 
 def import_dataset_info(data: bytes | str | dict, home: Path, *, owner: str) -> dict:
     """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
-    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}."""
+    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}: the
+    entries not imported, and the rows an imported entry left out."""
     if not isinstance(data, dict):
         try:
             data = json.loads(data)
@@ -93,11 +108,22 @@ def import_dataset_info(data: bytes | str | dict, home: Path, *, owner: str) -> 
         if problem:
             skipped.append(problem)
             continue
-        try:
-            rows = [_map_record(rec, entry) for _, rec in iter_records(src, skip_bad=True)]
-        except DatasetError as e:
-            skipped.append(DatasetError("err.dsinfo.entry", name=key, reason=e))
+        rows, bad, first = [], 0, None
+        for n, rec, err in scan(src):                    # position 0: the whole file (empty, binary ...)
+            if err is None:
+                try:
+                    rows.append(_map_record(rec, entry))
+                    continue
+                except ValueError as e:
+                    err = UserError("err.ds.bad_record", line=n, reason=UserError.of(e))
+            bad, first = bad + 1, first or err
+        if not rows:
+            skipped.append(DatasetError("err.dsinfo.no_rows", name=key, file=src.name,
+                                        reason=first or DatasetError("err.ds.holds_none", name=src.name)))
             continue
+        if bad:
+            skipped.append(DatasetError("err.dsinfo.bad_rows", name=key, file=src.name, bad=bad,
+                                        total=bad + len(rows), reason=first))
         name = datasets.unique_name(datasets.safe_name(key), home)
         target = datasets.datasets_dir(home) / f"{name}.jsonl"
         paths.atomic_write(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -97,6 +97,9 @@ class View:
         line = int(self.index[i][2])
         raw = self._raw(i)
         out = {"row": i, "line": line}
+        if isinstance(raw, int) and raw <= records.max_line_bytes():     # readable, too long to show here
+            return {**out, "error": records.DatasetError("err.ds.row_long", line=line, mb=raw / 2**20,
+                                                         limit=CELL_LIMIT / 2**20)}
         rec, err = records.parse_line(raw.removeprefix(b"\xef\xbb\xbf") if isinstance(raw, bytes) else raw, line,
                                       self.text)
         if err is not None:

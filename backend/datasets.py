@@ -57,8 +57,8 @@ def record_format(rec: dict) -> str:
         return "sharegpt" if isinstance(first, dict) and "human" in first else "xtuner"   # ms-swift vs XTuner
     if ("instruction" in rec and "output" in rec) or ("query" in rec and "response" in rec):
         return "alpaca"
-    if "chosen" in rec and "rejected" in rec:
-        return "preference"
+    if ("chosen" in rec and "rejected" in rec) or ("chosen_messages" in rec and "rejected_messages" in rec):
+        return "preference"                                # the second: LLaMA-Factory v1's DPO rows
     if isinstance(rec.get("question"), list):
         return "chatml"
     if "question" in rec:
@@ -93,6 +93,8 @@ def _text(value, where: str, allow_empty: bool = False) -> str:
             value = "".join(parts)
     if value is None and allow_empty:
         return ""
+    if value is None:
+        raise UserError("err.rec.missing", where=where)
     if not isinstance(value, str):
         raise UserError("err.rec.not_string", where=where, type=type(value).__name__)
     if not allow_empty and not value.strip():
@@ -260,7 +262,8 @@ def _lost(msgs: formats.Chat, back: formats.Chat | None) -> UserError | None:
 def check_record(rec: dict, fmt: str) -> None:
     """Raise ValueError if ``rec`` is not a good record of ``fmt``."""
     if fmt in TRAIN_FORMATS:
-        to_messages(rec, fmt)
+        if not any(formats.trained(m) for m in to_messages(rec, fmt)):
+            raise UserError("err.rec.nothing_trained")       # the fine-tune would leave it out
     elif fmt == "mcq":
         _text(rec.get("question"), "question")
         options = [k for k in MCQ_LETTERS if k in rec]
@@ -297,8 +300,17 @@ def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = 
     if fmt == "preference":
         raise DatasetError("err.ds.is_preference", name=name)
     if fmt not in TRAIN_FORMATS:
-        raise DatasetError("err.ds.not_train_format", name=name, fmt=fmt, formats=", ".join(TRAIN_FORMATS))
-    return _read_all(path, lambda rec: to_messages(rec, fmt), limit)
+        raise DatasetError("err.ds.is_eval" if fmt in EVAL_FORMATS else "err.ds.no_train_format", name=name, fmt=fmt,
+                           formats=", ".join(TRAIN_FORMATS))
+    return _read_all(path, lambda rec: row_messages(rec, fmt), limit)
+
+
+def row_messages(rec: dict, fmt: str) -> formats.Chat:
+    """``to_messages`` for a row of a ``fmt`` file: a row in another known format says so."""
+    got = record_format(rec)
+    if got not in (fmt, "unknown"):
+        raise UserError("err.rec.other_format", got=got, fmt=fmt)
+    return to_messages(rec, fmt)
 
 
 def _read_all(path: str | Path, read, limit: int | None) -> list:
@@ -549,7 +561,7 @@ def convert(src: str | Path, to_fmt: str, name: str | None = None, *, owner: str
         for n, rec, err in scan(src):
             if err is None:
                 try:
-                    msgs = to_messages(rec, fmt)
+                    msgs = row_messages(rec, fmt)
                 except ValueError as e:
                     err = UserError("err.ds.bad_record", line=n, reason=UserError.of(e))
                 else:

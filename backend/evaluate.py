@@ -58,7 +58,7 @@ def data_cache(home: Path) -> Path:
 def model_choices(home: Path, by: users.Actor) -> list[dict]:
     """Registry models, adapters (on their base model) and live endpoints, each as
     ``{"name", "kind", "ref"}`` where ``ref`` is the ModelRef dict the job takes (None when unusable,
-    with ``problem`` saying why)."""
+    with ``problem``, a UserError, saying why)."""
     store = open_store(home)
     out = []
     for m in ownership.items("model", by, home):
@@ -70,7 +70,7 @@ def model_choices(home: Path, by: users.Actor) -> list[dict]:
         item = {"name": a["name"], "kind": "adapter", "base": base,
                 "ref": {"name": a["name"], "path": base_path, "peft_path": a["path"]} if base_path else None}
         if not base_path:
-            item["problem"] = f"its base model {base!r} is not in the registry"
+            item["problem"] = UserError("err.eval.base_missing", base=base)
         out.append(item)
     try:
         live = endpoints(home, by)
@@ -117,7 +117,7 @@ def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", *, ho
 
 def dataset_choices(home: Path, by: users.Actor) -> list[dict]:
     """Registered datasets (bundled samples included) with their OpenCompass format:
-    ``{"name", "path", "format": "mcq"|"qa"|"", "problem", "ref"}``."""
+    ``{"name", "path", "format": "mcq"|"qa"|"", "problem": a UserError or None, "ref"}``."""
     try:
         entries = list_datasets(home, by)
     except ImportError:

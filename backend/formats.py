@@ -52,9 +52,9 @@ def refusal(record: dict) -> UserError | None:
     for field in MEDIA_FIELDS:
         if record.get(field):
             return UserError("err.rec.media", field=field)
-    if "rejected" in record or "rejected_response" in record:
-        field = "rejected" if "rejected" in record else "rejected_response"
-        return UserError("err.rec.preference_pair", field=field)
+    for field in ("rejected", "rejected_response", "rejected_messages"):
+        if field in record:
+            return UserError("err.rec.preference_pair", field=field)
     for field in ("label", "kto_tag"):
         if record.get(field) is False:
             return UserError("err.rec.kto_false", field=field)

@@ -5,7 +5,8 @@ labelled rows ``{"prompt", "completion": [message], "label": bool}`` for KTO.
 Read: TRL's ``{"prompt", "chosen", "rejected"}`` / ``{"prompt", "completion", "label"}`` (strings or
 messages); LLaMA-Factory's ranking rows (alpaca ``{"instruction", "input", "chosen", "rejected"}``,
 ShareGPT ``{"conversations", "chosen": {"from", "value"}, "rejected": {...}}``) and KTO rows
-(``kto_tag``); ms-swift's ``{"messages", "rejected_response"}`` and ``{"messages", "label"}``.
+(``kto_tag``) and v1's ``{"chosen_messages", "rejected_messages"}``; ms-swift's ``{"messages", "rejected_response"}``
+and ``{"messages", "label"}``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from backend.errors import UserError
 
 PAIR_OBJECTIVES = ("dpo", "orpo")
 OBJECTIVES = PAIR_OBJECTIVES + ("kto",)
-FIELDS = ("chosen", "rejected", "rejected_response", "label", "kto_tag")
+FIELDS = ("chosen", "rejected", "rejected_response", "label", "kto_tag", "chosen_messages", "rejected_messages")
 
 
 def _as_messages(value, role: str, where: str) -> list[dict]:
@@ -56,6 +57,12 @@ def to_preference(rec: dict) -> dict:
             raise UserError("err.pref.prompt_row")
         return {"prompt": prompt, "chosen": _as_messages(rec["chosen"], "assistant", "chosen"),
                 "rejected": _as_messages(rec["rejected"], "assistant", "rejected")}
+    if "chosen_messages" in rec and "rejected_messages" in rec:     # LLaMA-Factory v1: two whole conversations
+        chosen = datasets.to_messages({"messages": rec["chosen_messages"]}, "messages")
+        rejected = datasets.to_messages({"messages": rec["rejected_messages"]}, "messages")
+        if list(chosen[:-1]) != list(rejected[:-1]):
+            raise UserError("err.pref.v1_prompts")
+        return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
     if "rejected_response" in rec:                        # ms-swift
         msgs = datasets.to_messages(base, datasets.record_format(base))
         return {"prompt": msgs[:-1], "chosen": msgs[-1:],

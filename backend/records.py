@@ -46,7 +46,21 @@ def _decode(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        if looks_gbk(raw):
+            raise DatasetError("err.ds.gbk", where=where) from None
         raise DatasetError("err.ds.not_utf8", where=where, byte=f"0x{raw[e.start]:02x}", column=e.start + 1) from None
+
+
+def looks_gbk(raw: bytes) -> bool:
+    """Bytes that aren't UTF-8 but read as Chinese text in GBK/GB18030 (what Windows tools in China save):
+    they decode strictly and nearly every non-ASCII character is a CJK ideograph or CJK punctuation."""
+    try:
+        text = raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return False
+    wide = [c for c in text if ord(c) > 127]
+    cjk = sum(1 for c in wide if "\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef")
+    return bool(wide) and cjk >= 0.9 * len(wide)
 
 
 def _json_cell(value):
@@ -230,9 +244,72 @@ def _stream_json_array(path: Path):
             why = str(e).removeprefix("b'").replace("\\n", "\n").splitlines()[0]
             key = ("err.ds.array_after" if "trailing garbage" in why else "err.ds.array_utf8" if "UTF8" in why
                    else "err.ds.array_cut" if "premature EOF" in why else "err.ds.array_json")
+            at = _array_error_at(path, max_line_bytes()) if key in ("err.ds.array_after", "err.ds.array_json") else None
+            if at:                                           # yajl says what, not where: say the line and column
+                key, (line, column, why) = key + "_at", at
+                yield n + 1, None, DatasetError(key, name=path.name, record=n + 1, msg=why, line=line, column=column)
+                return
+            if key == "err.ds.array_utf8" and head_looks_gbk(path):
+                key = "err.ds.array_gbk"
             yield n + 1, None, DatasetError(key, name=path.name, record=n + 1, msg=why)
         except DatasetError as e:
             yield n + 1, None, DatasetError("err.ds.array_record", name=path.name, record=n + 1, reason=e)
+
+
+def head_looks_gbk(path: Path) -> bool:
+    """Whether the start of a file is Chinese text in GBK/GB18030 (``looks_gbk``)."""
+    with open(path, "rb") as f:
+        return looks_gbk(f.read(1 << 16).rstrip(bytes(range(128, 256))))     # not a character cut in half
+
+
+def _array_error_at(path: Path, limit: int) -> tuple[int, int, str] | None:
+    """(line, column, what) of the first syntax error of a top-level JSON array, found with Python's json one
+    record at a time (memory: about one record; only when ijson found an error, which yajl places in no line)."""
+    dec, f = json.JSONDecoder(), open(path, encoding="utf-8-sig")
+    buf, i, line, col0, state = "", 0, 1, 0, "first"       # buf[0] is at line ``line``, column ``col0 + 1``
+
+    def fill() -> bool:
+        nonlocal buf
+        more = f.read(1 << 20)
+        buf += more
+        return bool(more)
+
+    def where(p: int) -> tuple[int, int]:
+        nl = buf.count("\n", 0, p)
+        return line + nl, (p - buf.rfind("\n", 0, p)) if nl else col0 + p + 1
+
+    with f:
+        try:
+            fill()
+            i = buf.index("[") + 1
+            while True:
+                while True:                                  # skip blanks, reading on
+                    while i < len(buf) and buf[i] in " \t\r\n":
+                        i += 1
+                    if i < len(buf) or not fill():
+                        break
+                if i >= len(buf):
+                    return None                              # cut short: said as such
+                if state == "end":
+                    return *where(i), "Extra data"
+                if state == "sep" or (state == "first" and buf[i] == "]"):
+                    if buf[i] not in ",]":
+                        return *where(i), "Expecting ',' delimiter"
+                    state, i = ("value" if buf[i] == "," else "end"), i + 1
+                    continue
+                try:
+                    _, end = dec.raw_decode(buf, i)
+                except json.JSONDecodeError as e:
+                    if len(buf) - i <= limit and fill():     # maybe the record is not all read yet
+                        continue
+                    return *where(e.pos), e.msg
+                if end == len(buf) and fill():
+                    continue
+                nl = buf.count("\n", 0, end)                # forget the record read
+                line, col0 = line + nl, (end - buf.rfind("\n", 0, end) - 1) if nl else col0 + end
+                buf, i, state = buf[end:], 0, "sep"
+        except (UnicodeDecodeError, ValueError, OSError):
+            return None
 
 
 def _scan_csv(path: Path):

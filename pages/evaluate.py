@@ -23,7 +23,7 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user(), home=ui.ho
     models = {m["name"]: m for m in ev.model_choices(by=ui.user(), home=ui.home())}
     usable_models = [n for n, m in models.items() if m["ref"]]
     picked_models = st.multiselect(ui.t("eval.models"), usable_models, key=keys.EVAL_MODELS,
-                                   format_func=lambda n: f"{n} ({models[n]['kind']}"
+                                   format_func=lambda n: f"{n} ({ui.t('eval.kind.' + models[n]['kind'])}"
                                    + (f" · {models[n]['url']})" if models[n]["kind"] == "endpoint" else ")"))
     ext_url = ext_model = ext_key = ext_tok = ""
     if st.toggle(ui.t("eval.external"), key="eval_ext"):
@@ -36,8 +36,8 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user(), home=ui.ho
     data = {d["name"]: d for d in ev.dataset_choices(by=ui.user(), home=ui.home())}
     picked_data = st.multiselect(ui.t("eval.datasets"), [n for n, d in data.items() if d["ref"]], key="eval_datasets",
                                  format_func=lambda n: f"{n} ({data[n]['format'].upper()})")
-    unusable = [f"{n}: {d['problem']}" for n, d in data.items() if not d["ref"]]
-    unusable += [f"{n}: {m['problem']}" for n, m in models.items() if not m["ref"]]
+    unusable = [f"{n}: {ui.error_text(d['problem'])}" for n, d in data.items() if not d["ref"]]
+    unusable += [f"{n}: {ui.error_text(m['problem'])}" for n, m in models.items() if not m["ref"]]
     if unusable:
         with st.expander(ui.t("eval.not_usable", items=len(unusable))):
             st.markdown("\n".join(f"- {u}" for u in unusable))
@@ -102,9 +102,9 @@ if deltas:
 with st.container(key="eval_items"):
     st.subheader(ui.t("eval.items"))
     c = st.columns(3)
-    model = c[0].selectbox("model", [None] + [m["name"] for m in res["models"]], key="eval_item_model",
+    model = c[0].selectbox(ui.t("eval.item_model"), [None] + [m["name"] for m in res["models"]], key="eval_item_model",
                            format_func=lambda x: x or "*")
-    dataset = c[1].selectbox("dataset", [None] + sorted({t["dataset"] for t in res["table"]}),
+    dataset = c[1].selectbox(ui.t("eval.item_dataset"), [None] + sorted({t["dataset"] for t in res["table"]}),
                              key="eval_item_dataset", format_func=lambda x: x or "*")
     wrong = c[2].toggle(ui.t("eval.wrong_only"), key="eval_wrong")
     st.dataframe(pd.DataFrame(ev.items(res, model, dataset, wrong)), hide_index=True,

@@ -48,7 +48,7 @@ def custom_format(name, data: bytes):
     def run(home):
         fmt, problem = evaluate_job.custom_format(write(home, name, data))
         assert fmt == ""
-        return problem
+        return str(problem)
     return run
 
 

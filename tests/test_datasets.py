@@ -85,7 +85,7 @@ def test_load_messages_names_the_bad_line(tmp_path):
     assert len(ds.load_messages(path, limit=2)) == 2
     with pytest.raises(ds.DatasetError, match="line 3: invalid JSON"):
         ds.load_messages(path)
-    with pytest.raises(ds.DatasetError, match="not a training format"):
+    with pytest.raises(ds.DatasetError, match="is an evaluation set"):
         ds.load_messages(jsonl(tmp_path / "q.jsonl", [RECORDS["qa"]]))
 
 
@@ -251,3 +251,57 @@ def test_a_large_json_array_upload_is_read_in_pieces_and_imports(home):
     broken = data[:len(data) // 2]                    # cut mid-array: the records before the cut, then why
     problems = [str(err) for _, _, err in ds.scan(Path(ds.save_upload("cut.json", broken, owner="local", home=home).path)) if err]
     assert len(problems) == 1 and "cut.json: record" in problems[0], problems
+
+
+# -- held-out published data (issue 30) ---------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_chinese_text_saved_as_gbk_is_said_to_be_gbk(tmp_path):
+    """LLaMA-Factory's alpaca_zh_demo saved by a Windows tool (GBK): each row says so, not 'byte 0xc4'."""
+    array = (FIXTURES / "llamafactory" / "alpaca_zh_demo.json").read_text(encoding="utf-8")
+    (tmp_path / "zh.json").write_bytes(array.encode("gbk"))
+    (tmp_path / "zh.jsonl").write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                for r in json.loads(array)).encode("gbk"))
+    for path in (tmp_path / "zh.json", tmp_path / "zh.jsonl"):
+        report = ds.validate(path)
+        assert not report["ok"] and "Chinese in GBK/GB18030 encoding, not UTF-8" in report["errors"][0]["reason"], report
+        assert "GBK/GB18030 编码的中文" in ds.validate(path, lang="zh")["errors"][0]["reason"]
+    latin1 = tmp_path / "latin1.jsonl"                 # other text that isn't UTF-8 is not taken for Chinese
+    latin1.write_bytes('{"text": "café crème"}\n'.encode("latin-1"))
+    assert "not UTF-8 (byte 0xe9" in ds.validate(latin1)["errors"][0]["reason"]
+
+
+def test_json_array_syntax_errors_say_their_line_and_column(tmp_path):
+    """A comma missing between two records of an indented array, far into the file (past the 1 MiB the
+    locator reads at a time), and text after the array: the line and column an editor shows."""
+    rows = [json.dumps(dict(CHAT, id=i), indent=2) for i in range(6000)]
+    text = "[\n" + ",\n".join(rows[:5000]) + "\n" + ",\n".join(rows[5000:]) + "\n]\n"    # no comma after 5000
+    path = tmp_path / "broken.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(json.JSONDecodeError) as want:
+        json.loads(text)
+    at = f"line {want.value.lineno} column {want.value.colno}"
+    reason = ds.validate(path)["errors"][0]["reason"]
+    assert path.stat().st_size > 1 << 20 and "record 5001" in reason and at in reason, reason
+    assert f"第 {want.value.lineno} 行第 {want.value.colno} 列" in ds.validate(path, lang="zh")["errors"][0]["reason"]
+    after = tmp_path / "after.json"
+    body = json.dumps([CHAT, CHAT], indent=2) + "\n\n"
+    after.write_text(body + "more notes\n", encoding="utf-8")
+    at = f"line {body.count(chr(10)) + 1} column 1"
+    assert f"text after the end of the JSON array, at {at}" in ds.validate(after)["errors"][0]["reason"]
+    with pytest.raises(ds.DatasetError, match=at):
+        ds.load_messages(after)
+
+
+def test_the_row_view_quotes_the_limit_it_cuts_at(tmp_path):
+    """A 2 MiB row is read by validation (DATASET_MAX_LINE_MB is 16) but not shown: the view says its own 1 MiB."""
+    path = tmp_path / "long.jsonl"
+    big = {"messages": [{"role": "user", "content": "x" * (2 << 20)}, {"role": "assistant", "content": "ok"}]}
+    jsonl(path, [CHAT, big])
+    assert ds.validate(path)["ok"]
+    row = open_view(path, tmp_path / "home").row(1)
+    assert row["line"] == 2 and "error" in row
+    text = str(row["error"])
+    assert "line 2 is 2.0 MiB: rows over 1 MiB are not shown here" in text and "16" not in text, text
+    assert "超过 1 MiB 的行不在此显示" in row["error"].text("zh")

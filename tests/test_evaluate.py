@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -38,14 +39,64 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 # -- fast ---------------------------------------------------------------------------------------
 def test_custom_format(tmp_path):
-    assert custom_format(SAMPLES / "easy_mcq.jsonl") == ("mcq", "")
-    assert custom_format(SAMPLES / "easy_qa.jsonl") == ("qa", "")
+    assert custom_format(SAMPLES / "easy_mcq.jsonl") == ("mcq", None)
+    assert custom_format(SAMPLES / "easy_qa.jsonl") == ("qa", None)
     fmt, why = custom_format(write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "x"}]}]))
-    assert fmt == "" and "missing field(s) question, answer" in why and "found: messages" in why
+    assert fmt == "" and "missing field(s) question, answer" in str(why) and "found: messages" in str(why)
     fmt, why = custom_format(write_jsonl(tmp_path / "one.jsonl", [{"question": "q", "A": "a", "answer": "A"}]))
-    assert fmt == "" and "B" in why
+    assert fmt == "" and "B" in str(why)
     (tmp_path / "x.txt").write_text("hi")
-    assert "reads .jsonl or .csv" in custom_format(tmp_path / "x.txt")[1]
+    assert "reads .jsonl or .csv" in str(custom_format(tmp_path / "x.txt")[1])
+
+
+CHATML = ROOT / "tests" / "fixtures" / "opencompass" / "chatml_demo.jsonl"
+
+
+def test_an_opencompass_chatml_file_is_not_evaluated_as_qa(home, tiny_model):
+    """Read as QA, the list of messages itself became the prompt: the file is refused with a sentence."""
+    fmt, why = custom_format(CHATML)
+    assert fmt == "" and str(why).startswith("chatml_demo.jsonl is in OpenCompass's ChatML form") and \
+        "ChatML 格式" in why.text("zh")
+    problems = ev.check({"models": [{"name": "tiny", "path": str(tiny_model)}],
+                         "datasets": [{"name": "chatml", "path": str(CHATML)}]}, home)
+    assert any("ChatML form" in p for p in problems), problems
+
+
+def unreadable_sets(home: Path) -> dict[str, str]:
+    """Datasets the Evaluate form can't use, each registered as the student's: name -> what the reason names."""
+    from backend import datasets as ds
+    d = ds.datasets_dir(home)
+    (d / "gbk_qa.jsonl").write_bytes('{"question": "中国的首都是哪里？", "answer": "北京"}\n'.encode("gbk"))
+    (d / "latin1.csv").write_bytes("question,answer\ncafé?,crème\n".encode("latin-1"))
+    (d / "chatml.jsonl").write_bytes(CHATML.read_bytes())
+    for f in ("gbk_qa.jsonl", "latin1.csv", "chatml.jsonl"):
+        ds.register(d / f, Path(f).stem, "upload", home, owner="local")
+    return {"gbk_qa": "GBK/GB18030 编码的中文", "latin1": "不是 UTF-8 文本", "chatml": "ChatML 格式"}
+
+
+def test_evaluate_problems_are_sentences_in_the_users_language(home):
+    """What the Evaluate form lists as not usable: keyed sentences, never "'utf-8' codec can't decode ..."."""
+    sets = unreadable_sets(home)
+    open_store(home).put("adapter", "orphan", str(home), {"base_model": "gone"}, owner="local")
+    choices = {d["name"]: d for d in ev.dataset_choices(home, by="local")}
+    for name, says in sets.items():
+        problem = choices[name]["problem"]
+        assert choices[name]["ref"] is None and says in problem.text("zh"), (name, problem.text("zh"))
+        assert "codec" not in problem.text("zh") and "could not be read" not in problem.text("zh")
+    [orphan] = [m for m in ev.model_choices(home, by="local") if m["name"] == "orphan"]
+    assert orphan["problem"].text("zh") == "其基座模型 'gone' 不在注册表中"
+
+
+@pytest.mark.browser
+def test_the_evaluate_page_lists_unusable_datasets_in_chinese(home, page):
+    unreadable_sets(home)
+    page.set_viewport_size({"width": 1400, "height": 1400})
+    page.goto(page.base_url + "/evaluate?lang=zh")
+    page.get_by_text(re.compile("^不可用：")).click()
+    for says in ("GBK/GB18030 编码的中文", "不是 UTF-8 文本", "ChatML 格式"):
+        page.get_by_text(says).first.wait_for()
+    assert not page.get_by_text("codec").count() and not page.get_by_text("could not be read").count()
+    shot(page, "evaluate-unusable-zh")
 
 
 def test_checks_before_queueing(home, tiny_model, tmp_path, monkeypatch):

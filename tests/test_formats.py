@@ -376,3 +376,116 @@ def test_orpo_and_kto_runs_lower_their_loss(ws_pairs, objective):
     assert job.state == "succeeded", proc.stdout + logs.tail(job_id, 40, home=ws_pairs)
     losses = [e["loss"] for e in logs.read_events(job_id, home=ws_pairs)[0] if e["type"] == "metric"]
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+# -- held-out published data (issue 30) ---------------------------------------------------------
+LLAMAFACTORY = Path(__file__).parent / "fixtures" / "llamafactory"
+
+
+def uploaded(home: Path, name: str, data: bytes | None = None) -> Path:
+    """A file of LLaMA-Factory's data/ folder uploaded to the workspace (as the Datasets page does)."""
+    path = ds.datasets_dir(home) / name
+    path.write_bytes(data if data is not None else (LLAMAFACTORY / name).read_bytes())
+    ds.register(path, Path(name).stem, "upload", home, owner="local")
+    return path
+
+
+def test_llamafactory_pretraining_entries_import_as_text_the_pretrain_objective_reads(home):
+    """c4_demo and wiki_demo (only a ``prompt`` column) are documents for pre-training, not instructions."""
+    from backend.dataset_info import import_dataset_info
+    for name in ("alpaca_zh_demo.json", "dpo_en_demo.json", "wiki_demo.txt", "c4_demo.jsonl"):
+        uploaded(home, name)
+    out = import_dataset_info((LLAMAFACTORY / "dataset_info.json").read_bytes(), home, owner="local")
+    assert out["skipped"] == []
+    got = {i["entry"]: (i["format"], i["rows"]) for i in out["imported"]}
+    assert list(got) == ["alpaca_zh_demo", "dpo_en_demo", "wiki_demo", "c4_demo"] and got["dpo_en_demo"][1] == 2
+    assert (got["alpaca_zh_demo"], got["wiki_demo"], got["c4_demo"]) == (("alpaca", 3), ("text", 3), ("text", 3))
+    made = {i["entry"]: ds.datasets_dir(home) / f"{i['name']}.jsonl" for i in out["imported"]}
+    wiki = (LLAMAFACTORY / "wiki_demo.txt").read_text(encoding="utf-8").splitlines()
+    assert ft.load_texts([made["wiki_demo"]]) == wiki
+    c4 = [json.loads(line)["text"] for line in (LLAMAFACTORY / "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert ft.load_texts([made["c4_demo"]]) == c4
+    assert ds.validate(made["c4_demo"])["ok"] and ds.validate(made["wiki_demo"])["ok"]
+
+
+def test_dataset_info_says_which_rows_it_left_out_and_why(home):
+    """A GBK copy of alpaca_zh_demo imported 0 rows with no reason; a file with one bad line lost it silently."""
+    from backend.dataset_info import import_dataset_info
+    uploaded(home, "alpaca_zh_demo.json", (LLAMAFACTORY / "alpaca_zh_demo.json").read_text(encoding="utf-8").encode("gbk"))
+    rows = [json.loads(line) for line in (LLAMAFACTORY / "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()]
+    uploaded(home, "c4_demo.jsonl", "\n".join([json.dumps(rows[0]), '{"text": "cut', json.dumps(rows[1]),
+                                                 json.dumps({"url": "no text"})]).encode())
+    info = json.loads((LLAMAFACTORY / "dataset_info.json").read_text())
+    out = import_dataset_info({k: info[k] for k in ("alpaca_zh_demo", "c4_demo")}, home, owner="local")
+    assert [(i["entry"], i["rows"]) for i in out["imported"]] == [("c4_demo", 2)]
+    gbk, c4 = (str(e) for e in out["skipped"])
+    assert gbk.startswith("alpaca_zh_demo: no row of alpaca_zh_demo.json could be read, nothing imported: ") and \
+        "Chinese in GBK/GB18030 encoding, not UTF-8; save the file as UTF-8" in gbk, gbk
+    assert c4.startswith("c4_demo: 2 of 4 rows of c4_demo.jsonl could not be read and were left out; the first: "
+                         "line 2: invalid JSON"), c4
+    assert "4 行中有 2 行无法读取" in out["skipped"][1].text("zh")
+
+
+def test_llamafactory_v1_dpo_rows_are_preference_pairs(tmp_path):
+    """LLaMA-Factory v1's DPOSample: chosen_messages / rejected_messages, content as [{"type": "text", "value"}]."""
+    from backend.preference import load_preferences
+    path = LLAMAFACTORY / "v1_dpo_demo.jsonl"
+    assert ds.detect_format(path) == "preference"
+    with pytest.raises(ds.DatasetError, match="objective dpo, orpo or kto"):
+        ds.load_messages(path)
+    published = json.loads((LLAMAFACTORY / "dpo_en_demo.json").read_text(encoding="utf-8"))
+    assert load_preferences(path, "dpo") == [
+        {"prompt": [U(r["conversations"][0]["value"])], "chosen": [A(r["chosen"]["value"])],
+         "rejected": [A(r["rejected"]["value"])]} for r in published]
+    assert len(load_preferences(path, "kto")) == 4
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    odd = {**first, "rejected_messages": [U("another question"), first["rejected_messages"][1]]}
+    with pytest.raises(ds.DatasetError, match="line 1: chosen_messages and rejected_messages must hold the same"):
+        load_preferences(jsonl(tmp_path / "odd.jsonl", [odd]), "dpo")
+    # for SFT a row carrying rejected_messages is a pair, not a row to learn every answer of
+    report = ds.validate(jsonl(tmp_path / "sft.jsonl", [{"messages": [U("hi"), A("hello")],
+                                                          "rejected_messages": [U("hi"), A("go away")]}]))
+    assert not report["ok"] and 'a "rejected_messages" answer' in report["errors"][0]["reason"]
+
+
+def test_rows_whose_every_reply_is_loss_false_fail_validation(tmp_path):
+    """The fine-tune leaves such a row out: validation says so instead of passing it."""
+    silent = {"messages": [U("hi"), {**A("hello"), "loss": False}, U("bye"), {**A("ciao"), "loss": False}]}
+    path = jsonl(tmp_path / "m.jsonl", [{"messages": [U("hi"), A("hello")]}, silent])
+    report = ds.validate(path)
+    assert not report["ok"] and report["good"] == 1 and [e["line"] for e in report["errors"]] == [2]
+    assert "every reply is marked loss: false, so the row trains nothing" in report["errors"][0]["reason"]
+    assert "没有可训练的内容" in ds.validate(path, lang="zh")["errors"][0]["reason"]
+    assert not ft.usable(ds.to_messages(silent, "messages"))          # what the fine-tune does with it
+
+
+def test_a_row_in_another_format_says_so_not_nonetype(tmp_path):
+    """An alpaca file with one messages row (and one row without an instruction): the fine-tune's reading says
+    which, not "instruction must be a string, not NoneType"."""
+    alpaca = {"instruction": "1+1?", "input": "", "output": "2"}
+    path = jsonl(tmp_path / "mix.jsonl", [alpaca, alpaca, {"messages": [U("hi"), A("hello")]}])
+    with pytest.raises(ds.DatasetError) as e:
+        ds.load_messages(path)
+    assert str(e.value) == "mix.jsonl line 3: this row is in messages format, but the file is alpaca: keep one format in a file"
+    assert "NoneType" not in e.value.text("zh") and "该行是 messages 格式" in e.value.text("zh")
+    out = ds.convert(path, "messages", home=tmp_path, owner="local")
+    assert out["rows"] == 2 and "this row is in messages format" in str(out["errors"][0]["reason"])
+    with pytest.raises(ds.DatasetError, match="line 3: instruction is missing"):
+        ds.load_messages(jsonl(tmp_path / "no_q.jsonl", [alpaca, alpaca, {"instruction": None, "output": "2"}]))
+
+
+def test_files_convert_cannot_handle_are_not_told_to_convert(tmp_path):
+    """An evaluation set, OpenCompass ChatML, or rows of no format: convert refuses them too, so the fine-tune's
+    refusal says what the file is instead of "convert it first"."""
+    chatml = Path(__file__).parent / "fixtures" / "opencompass" / "chatml_demo.jsonl"
+    mcq = jsonl(tmp_path / "mcq.jsonl", [{"question": "2+2?", "A": "3", "B": "4", "answer": "B"}] * 2)
+    odd = jsonl(tmp_path / "odd.jsonl", [{"prompt_text": "hi", "reply": "hello"}] * 2)
+    for path, says in ((mcq, "mcq.jsonl is an evaluation set (mcq: questions with reference answers): use it on the "
+                             "Evaluate page"),
+                       (chatml, "chatml_demo.jsonl is an evaluation set (chatml"),
+                       (odd, "odd.jsonl: its rows are in no training format; fine-tuning reads messages")):
+        with pytest.raises(ds.DatasetError) as e:
+            ds.load_messages(path)
+        assert str(e.value).startswith(says) and "convert" not in str(e.value) and "转换" not in e.value.text("zh")
+        with pytest.raises(ds.DatasetError, match="only messages, sharegpt, alpaca, xtuner can be converted"):
+            ds.convert(path, "messages", home=tmp_path, owner="local")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import os
 import re
 import urllib.error
@@ -14,8 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend import records, server_auth, url_guard
 from backend.kinds import Kind
-from backend import server_auth, url_guard
 from backend.errors import UserError
 
 KIND = Kind("evaluate", "jobs.evaluate", engine="opencompass",
@@ -79,9 +78,9 @@ class DatasetRef(BaseModel):
         if bool(self.path) == bool(self.config):
             raise UserError("err.eval.path_or_config", name=self.name)
         if self.path:
-            kind, missing = custom_format(self.path)
-            if missing:
-                raise UserError("err.eval.dataset", name=self.name, problem=missing)
+            kind, problem = custom_format(self.path)
+            if problem:
+                raise UserError("err.eval.dataset", name=self.name, problem=problem)
         return self
 
 
@@ -122,48 +121,62 @@ FIRST_RECORD_MAX = 16 * 2**20     # a first line longer than this is reported, n
 
 
 def first_record(path: str | Path) -> dict | None:
+    """The first record of a .jsonl or .csv file (None when it has none); a UserError saying why it can't be read."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8-sig") as f:
-            while line := f.readline(FIRST_RECORD_MAX):
-                if len(line) >= FIRST_RECORD_MAX:
+        with open(path, "rb") as f:
+            n = 0
+            while raw := f.readline(FIRST_RECORD_MAX):
+                n += 1
+                if len(raw) >= FIRST_RECORD_MAX:
                     raise UserError("err.eval.first_record", mb=FIRST_RECORD_MAX >> 20)
-                if line.strip():
-                    rec = json.loads(line)
-                    return rec if isinstance(rec, dict) else None
+                if raw.strip():
+                    rec, err = records.parse_line(raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw, n)
+                    if err:
+                        raise err
+                    return rec
         return None
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        return next(reader, None)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return next(csv.DictReader(f), None)
+    except UnicodeDecodeError:
+        raise (records.DatasetError("err.ds.gbk", where=path.name) if records.head_looks_gbk(path)
+               else UserError("err.eval.not_utf8")) from None
+    except csv.Error as e:                             # a field over csv's limit, a NUL byte ...
+        raise UserError("err.eval.csv", text=str(e)) from None
 
 
-def custom_format(path: str | Path) -> tuple[str, str]:
-    """("mcq" | "qa", "") when ``path`` is an OpenCompass custom dataset, else ("", what is wrong).
+def custom_format(path: str | Path) -> tuple[str, UserError | None]:
+    """("mcq" | "qa", None) when ``path`` is an OpenCompass custom dataset, else ("", why not: a UserError).
 
     OpenCompass's rule (datasets/custom.py): options are the columns A, B, C... in order; two or
-    more make it multiple choice; ``answer`` is the gold; ``question`` goes in the prompt.
+    more make it multiple choice; ``answer`` is the gold; ``question`` goes in the prompt. ChatML files
+    (``question`` a list of messages) are refused: read as QA, the list itself would be the prompt.
     """
     path = Path(path)
     if path.suffix not in DATA_EXTS:
-        return "", f"{path.name}: OpenCompass reads .jsonl or .csv files, not {path.suffix or 'this file'}"
+        return "", UserError("err.eval.ext", name=path.name, suffix=path.suffix or path.name)
     if not path.is_file():
-        return "", f"no such file: {path}"
+        return "", UserError("err.eval.no_file", path=path)
     try:
         rec = first_record(path)
-    except (OSError, ValueError, csv.Error) as e:      # csv.Error (a field over csv's limit) is no ValueError
-        return "", f"{path.name} could not be read: {e}"
+    except UserError as e:
+        return "", UserError("err.eval.unreadable", name=path.name, reason=e)
+    except OSError as e:
+        return "", UserError("err.eval.unreadable", name=path.name, reason=e.strerror or str(e))
     if not rec:
-        return "", f"{path.name} has no records"
+        return "", UserError("err.eval.no_records", name=path.name)
+    if isinstance(rec.get("question"), list):
+        return "", UserError("err.eval.chatml", name=path.name)
     options = [c for c in MCQ_OPTIONS if c in rec]
     options = options[:next((i for i, c in enumerate(options) if c != MCQ_OPTIONS[i]), len(options))]
     missing = [c for c in ("question", "answer") if c not in rec]
-    if len(options) == 1:
-        missing.append("B (a multiple-choice set needs options A, B, ...)")
     if missing:
-        return "", (f"{path.name} is not in an OpenCompass format: missing field(s) {', '.join(missing)} "
-                    f"(found: {', '.join(map(str, rec)) or 'none'}); MCQ needs question, A, B, ..., answer; "
-                    "QA needs question, answer")
-    return ("mcq" if options else "qa"), ""
+        return "", UserError("err.eval.fields", name=path.name, missing=", ".join(missing),
+                             found=", ".join(map(str, rec)) or "-")
+    if len(options) == 1:
+        return "", UserError("err.eval.one_option", name=path.name)
+    return ("mcq" if options else "qa"), None
 
 
 # -- standard OpenCompass dataset configs --------------------------------------------------------
