@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from backend import finetune as ft
 from backend.errors import UserError
+from backend.rewards import Reward
 
 # XTuner's InternLM2 chat QLoRA/LoRA config (internlm2_chat_7b_qlora_oasst1_e3): the Spec defaults.
 XTUNER = dict(lora_r=64, lora_alpha=16, lora_dropout=0.1, target_modules=["all-linear"], lr=2e-4,
@@ -24,6 +25,13 @@ PRESETS: dict[str, dict] = {
     "cpu_demo": dict(XTUNER, lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=2e-3, warmup_ratio=0.1,
                      max_length=256, packing=True, epochs=1.0, max_steps=30, batch_size=1, grad_accum=1,
                      save_steps=10, gradient_checkpointing=False, max_samples=64, device="cpu"),
+    # GRPO on SmolLM2-135M-Instruct + LoRA on CPU: 4 answers of ≤ 48 tokens per prompt, a length reward that
+    # rises within a few minutes (docs/finetune.md, GRPO)
+    "grpo_cpu_demo": dict(XTUNER, objective="grpo", lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=5e-4,
+                          warmup_ratio=0.0, scheduler="constant", max_length=256, epochs=1.0, max_steps=30,
+                          batch_size=4, grad_accum=1, save_steps=1000, gradient_checkpointing=False,
+                          max_samples=64, device="cpu", beta=0.0, num_generations=4, max_completion_length=48,
+                          temperature=1.0, rewards=[{"kind": "length", "target": 60}]),
 }
 
 
@@ -35,9 +43,14 @@ class Spec(BaseModel):
     method: Literal["lora", "qlora", "full"] = "lora"
     # sft: conversations; pretrain: plain text, packed, loss on every token, no template;
     # dpo / orpo: chosen/rejected pairs, kto: labelled answers (TRL)
-    objective: Literal["sft", "pretrain", "dpo", "orpo", "kto"] = "sft"
-    beta: float = Field(0.1, gt=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda)
-    preset: Literal["xtuner", "cpu_demo"] | None = None   # fills the fields the spec leaves out
+    # grpo: prompts answered num_generations times, scored by the rewards (TRL's GRPOTrainer)
+    objective: Literal["sft", "pretrain", "dpo", "orpo", "kto", "grpo"] = "sft"
+    beta: float = Field(0.1, ge=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda); grpo: the KL weight (0: no KL)
+    preset: Literal["xtuner", "cpu_demo", "grpo_cpu_demo"] | None = None   # fills the fields the spec leaves out
+    rewards: list[Reward] = []                      # grpo: the rewards and their weights (backend/rewards.py)
+    num_generations: int = Field(8, ge=2)           # grpo: answers per prompt (the group)
+    max_completion_length: int = Field(256, ge=1)   # grpo: tokens per answer
+    temperature: float = Field(1.0, gt=0)           # grpo: sampling temperature
     lora_r: int = Field(XTUNER["lora_r"], ge=1)
     lora_alpha: int = Field(XTUNER["lora_alpha"], ge=1)
     lora_dropout: float = Field(XTUNER["lora_dropout"], ge=0, lt=1)
@@ -76,6 +89,12 @@ class Spec(BaseModel):
                 raise UserError("err.ft.preset", preset=data['preset'], presets=", ".join(PRESETS))
             data = {**preset, **data}
         return data
+
+    @model_validator(mode="after")
+    def beta_for_objective(self):
+        if self.beta == 0 and self.objective not in ("grpo", "sft", "pretrain"):
+            raise UserError("err.ft.beta", objective=self.objective)
+        return self
 
     @field_validator("lr")
     @classmethod
