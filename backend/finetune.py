@@ -341,9 +341,12 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
 
 
 # -- the default preset and the duration estimate ------------------------------------------------
-def default_preset(gpu_list=None) -> str:
-    """The preset a new form starts on: XTuner's with a GPU, the CPU demo without one."""
-    return "xtuner" if (resources.gpus() if gpu_list is None else gpu_list) else "cpu_demo"
+def default_preset(gpu_list=None, objective: str = "sft") -> str:
+    """The preset a new form starts on: XTuner's (or GRPO's GPU one) with a GPU, the CPU demo without one."""
+    gpu = bool(resources.gpus() if gpu_list is None else gpu_list)
+    if objective == "grpo":
+        return "grpo_gpu" if gpu else "grpo_cpu_demo"
+    return "xtuner" if gpu else "cpu_demo"
 
 
 def train_tokens(spec: dict, rows: int, mean_tokens: float) -> int:

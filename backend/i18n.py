@@ -329,6 +329,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.eval.no_datasets_list": {"en": '{name} defines no *_datasets list', "zh": '{name} 没有定义 *_datasets 列表'},
     "err.eval.endpoint_key": {"en": 'the endpoint at {url} refused the API key (HTTP {code})', "zh": '{url} 的服务拒绝了该 API 密钥（HTTP {code}）'},
     "err.eval.endpoint_down": {"en": 'the endpoint at {url} cannot be reached ({reason})', "zh": '无法连接 {url} 的服务（{reason}）'},
+    "job.completions": {"en": "Sampled answers and their rewards", "zh": "采样的回答及其奖励"},
+    "job.completions.step": {"en": "Step", "zh": "步"},
+    "job.completions.prompt": {"en": "Prompt", "zh": "提示"},
+    "job.completions.completion": {"en": "Answer", "zh": "回答"},
+    "job.completions.reward": {"en": "Reward (weighted)", "zh": "奖励（加权）"},
     "err.ft.beta": {"en": 'beta 0 is only for grpo (no KL term); {objective} needs beta > 0', "zh": 'beta 为 0 只适用于 grpo（不计 KL）；{objective} 需要 beta > 0'},
     "err.grpo.no_rewards": {"en": 'GRPO needs at least one reward: add one (length, format, contains, answer, repetition or python)', "zh": 'GRPO 至少需要一个奖励：请添加一个（length、format、contains、answer、repetition 或 python）'},
     "err.grpo.pattern": {"en": 'reward {name}: the pattern is not a valid regular expression ({error})', "zh": '奖励 {name}：pattern 不是有效的正则表达式（{error}）'},
@@ -805,13 +810,29 @@ STRINGS: dict[str, dict[str, str]] = {
     "ft.objective.dpo": {"en": "DPO", "zh": "DPO"},
     "ft.objective.orpo": {"en": "ORPO", "zh": "ORPO"},
     "ft.objective.kto": {"en": "KTO", "zh": "KTO"},
+    "ft.objective.grpo": {"en": "GRPO (rewards)", "zh": "GRPO（奖励）"},
+    "ft.preset.grpo_cpu_demo": {"en": "GRPO CPU demo (SmolLM2 + LoRA, a length reward)", "zh": "GRPO CPU 演示（SmolLM2 + LoRA，长度奖励）"},
+    "ft.preset.grpo_gpu": {"en": "GRPO on a GPU (format + answer rewards)", "zh": "GPU 上的 GRPO（格式 + 答案奖励）"},
+    "ft.grpo.rewards": {"en": "Rewards (each answer's score is their weighted sum)", "zh": "奖励（每个回答的得分是它们的加权和）"},
+    "ft.grpo.kinds": {"en": "Rewards to use", "zh": "使用的奖励"},
+    "ft.grpo.kind.length": {"en": "length: 1 at the target number of characters", "zh": "length：字符数等于目标时为 1"},
+    "ft.grpo.kind.format": {"en": "format: 1 when the answer matches a regex", "zh": "format：回答匹配正则时为 1"},
+    "ft.grpo.kind.contains": {"en": "contains: the share of the words it contains", "zh": "contains：包含的词所占比例"},
+    "ft.grpo.kind.answer": {"en": "answer: 1 when it equals the row's answer", "zh": "answer：与该行答案一致时为 1"},
+    "ft.grpo.kind.repetition": {"en": "repetition: minus the share of repeated n-grams", "zh": "repetition：减去重复 n-gram 的比例"},
+    "ft.grpo.kind.python": {"en": "python: your own reward(completions, **columns), run in the sandbox", "zh": "python：你自己的 reward(completions, **columns)，在沙箱中运行"},
+    "ft.grpo.weight": {"en": "weight", "zh": "权重"},
+    "ft.grpo.settings": {"en": "GRPO settings", "zh": "GRPO 设置"},
     "ft.objective.help": {"en": "SFT trains the assistant replies of conversations through the model's chat template. "
                                 "Continued pre-training reads plain text ({\"text\"} rows or a .txt file), packs it and "
                                 "trains every token, with no template. DPO and ORPO learn from chosen/rejected answer "
-                                "pairs, KTO from answers labelled good or bad (TRL; live reward and margin charts).",
+                                "pairs, KTO from answers labelled good or bad (TRL; live reward and margin charts). GRPO answers each "
+                                "prompt several times, scores the answers with the rewards you pick and learns from "
+                                "those above their group's mean (prompts only).",
                           "zh": "SFT 通过模型的对话模板训练对话中的助手回复。增量预训练读取纯文本（{\"text\"} 行或 .txt 文件），"
                                 "打包后训练每个 token，不套用模板。DPO 与 ORPO 从 chosen/rejected 回答对中学习，"
-                                "KTO 从标注好坏的回答中学习（TRL；实时显示奖励与间隔曲线）。"},
+                                "KTO 从标注好坏的回答中学习（TRL；实时显示奖励与间隔曲线）。GRPO 让模型对每个提示生成多个回答，"
+                                "用你选的奖励打分，并向高于组内平均分的回答学习（仅需提示数据）。"},
     "ds.source.dataset_info": {"en": "dataset_info.json", "zh": "dataset_info.json"},
     "ds.info.imported": {"en": "dataset_info.json: {entry} → dataset {name} ({format}, {rows} rows)",
                          "zh": "dataset_info.json：{entry} → 数据集 {name}（{format}，{rows} 行）"},

@@ -152,3 +152,35 @@ def test_the_cpu_demo_preset_is_a_grpo_recipe_that_checks():
     s = ft_spec.Spec(base_model="x", datasets=["d"], preset="grpo_cpu_demo")
     assert s.objective == "grpo" and s.method == "lora" and s.num_generations == 4 and s.rewards[0].kind == "length"
     prompts.check_spec(s)
+
+
+# -- the page --------------------------------------------------------------------------------------------
+@pytest.mark.browser
+def test_the_grpo_cpu_demo_from_the_page_shows_the_reward_chart_and_the_answers(page, home, tiny_model):
+    from backend import datasets
+    from tests.conftest import pick, shot, wait_for
+    open_store(home).put("model", "tiny", str(tiny_model), owner="local")
+    (home / "datasets").mkdir(exist_ok=True)
+    (home / "datasets" / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Hello {i}"}) + "\n" for i in range(16)))
+    datasets.register(home / "datasets" / "prompts.jsonl", "prompts", "upload", home, owner="local")
+    page.set_viewport_size({"width": 1400, "height": 2400})
+    page.goto(f"{page.base_url}/finetune")
+    page.get_by_role("button", name="Start fine-tuning").wait_for(timeout=60_000)
+    form = page.locator(".st-key-ft-form")
+    form.locator("label").get_by_text("GRPO (rewards)", exact=True).click()
+    pick(page, "ft_datasets_grpo", "prompts")
+    page.keyboard.press("Escape")
+    form.get_by_text("preset: grpo_cpu_demo").wait_for()          # no GPU here: the CPU demo is the default
+    form.get_by_text("kind: length").wait_for()
+    page.locator(".st-key-ft-estimate").get_by_text("Estimated duration").wait_for()
+    page.locator(".st-key-ft_submit button").click()
+    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="finetune", home=home)], 30, what="a job")[0]
+    assert queue.get(job_id, home)["spec"]["objective"] == "grpo"
+    run = page.locator(".st-key-ft-run")
+    run.get_by_text("reward_length", exact=True).first.wait_for(timeout=180_000)
+    answers = run.locator(".st-key-grpo-completions [data-testid='stDataFrame']")
+    answers.wait_for(timeout=60_000)
+    run.locator("[data-testid='job-state'][data-state='succeeded']").wait_for(state="attached", timeout=300_000)
+    assert run.locator("[data-testid='stVegaLiteChart']").count() >= 3
+    page.wait_for_timeout(800)
+    shot(page, "finetune-grpo")
