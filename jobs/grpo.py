@@ -96,7 +96,7 @@ def load_rows(spec, home, tok) -> list[dict]:
 def train(run) -> dict:
     """Train ``run`` (a jobs.finetune.Run whose model and tokenizer are loaded) with GRPO."""
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOTrainer
     spec, job = run.spec, run.job
     if run.tok.pad_token is None:
@@ -125,6 +125,7 @@ def train(run) -> dict:
                           args=config(spec, job.dir / "trl", run.device.type == "cpu", str(run.dtype)),
                           train_dataset=Dataset.from_list(rows), processing_class=run.tok, callbacks=[live])
     live.trainer = trainer
+    trainer.remove_callback(PrinterCallback)          # its dict per step would fill the log; the charts show it
     t0 = time.monotonic()
     try:
         trainer.train()
