@@ -95,6 +95,7 @@ def load_rows(spec, home, tok) -> list[dict]:
 
 def train(run) -> dict:
     """Train ``run`` (a jobs.finetune.Run whose model and tokenizer are loaded) with GRPO."""
+    import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOTrainer
@@ -141,7 +142,8 @@ def train(run) -> dict:
               "first_loss": history[0].get("loss") if history else None,
               "final_loss": history[-1].get("loss") if history else None, "eval_loss": None,
               "tokens_per_s": round(tokens / seconds, 1) if tokens and seconds else None, "seconds": round(seconds, 1),
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+              "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if run.device.type == "cuda" else None}
     run.log(f"reward: {result['first_reward']} (first quarter of the steps) → {result['final_reward']} (last quarter)")
     result.update(run.publish(result))
     return result
