@@ -13,6 +13,7 @@ Formats (``detect_format``):
   chatml    {"question": [messages], "answer": [str]}        (OpenCompass ChatML)
   text      {"text"} or a .txt file, one document a line      (continued pre-training)
   preference {"prompt", "chosen", "rejected"} and the like   (objective dpo/orpo/kto: backend/preference.py)
+  prompt    {"prompt", <columns>...}                         (objective grpo: backend/prompts.py)
 
 Every record comes with its position: the line number for jsonl/txt/csv (1-based, as an editor shows
 it), the record number for a JSON array and the row number for parquet. Bad input never raises out
@@ -36,7 +37,7 @@ from backend.store import open_store
 
 TRAIN_FORMATS = ("messages", "sharegpt", "alpaca", "xtuner")
 EVAL_FORMATS = ("mcq", "qa", "chatml")
-FORMATS = TRAIN_FORMATS + EVAL_FORMATS + ("text", "preference")
+FORMATS = TRAIN_FORMATS + EVAL_FORMATS + ("text", "preference", "prompt")
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 SAMPLES_DIR = defaults.ROOT / "assets" / "datasets"
 DETECT_SAMPLE = 200                      # records looked at by detect_format
@@ -59,6 +60,8 @@ def record_format(rec: dict) -> str:
         return "alpaca"
     if ("chosen" in rec and "rejected" in rec) or ("chosen_messages" in rec and "rejected_messages" in rec):
         return "preference"                                # the second: LLaMA-Factory v1's DPO rows
+    if "prompt" in rec and not {"completion", "label", "chosen", "rejected", "rejected_response"} & set(rec):
+        return "prompt"
     if isinstance(rec.get("question"), list):
         return "chatml"
     if "question" in rec:
@@ -288,6 +291,9 @@ def check_record(rec: dict, fmt: str) -> None:
         _text(rec.get("text"), "text")
     elif fmt == "preference":
         raise UserError("err.rec.preference")
+    elif fmt == "prompt":
+        from backend import prompts
+        prompts.to_prompt(rec)
 
 
 def load_messages(path: str | Path, fmt: str | None = None, limit: int | None = None) -> list[formats.Chat]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, formats, live, logs, ownership, paths, preference, resources, users
+from backend import datasets, formats, live, logs, ownership, paths, preference, prompts, resources, users
 from backend.errors import UserError
 from backend.paths import job_dir
 from backend.states import JobState
@@ -90,6 +90,11 @@ def load_texts(paths: list[Path], limit: int = 0) -> list[str]:
 def load_preference_rows(paths: list[Path], objective: str, limit: int = 0) -> list[dict]:
     """Every row of every preference dataset in TRL's form for ``objective`` (dpo, orpo, kto)."""
     return _load_all(lambda p, limit: preference.load_preferences(p, objective, limit), paths, limit)
+
+
+def load_prompt_rows(paths: list[Path], limit: int = 0) -> list[dict]:
+    """Every row of every dataset as a GRPO prompt row (backend/prompts.py)."""
+    return _load_all(prompts.load, paths, limit)
 
 
 def usable(conv: list[dict]) -> bool:
@@ -183,6 +188,10 @@ def estimate(spec, info: dict, gpu: bool = True) -> dict:
         acts = tokens * L * per_layer
     logits = tokens * v * (b + 4 + 4)                      # logits, fp32 upcast, their gradient
     gb = 1 / 2**30
+    if getattr(spec, "objective", "") == "grpo":            # generation: the KV cache; a full model's reference copy
+        acts += 2 * L * h * b * tokens
+        if method == "full" and spec.beta > 0:
+            weights += n * b
     out = {"weights_gb": weights * gb, "trainable_gb": state * gb, "activations_gb": (acts + logits) * gb,
            "overhead_gb": CUDA_CONTEXT_GB if gpu else 0.0, "params": n, "trainable_params": trainable}
     out["total_gb"] = (out["weights_gb"] + out["trainable_gb"] + out["activations_gb"]) * 1.1 + out["overhead_gb"]
@@ -274,20 +283,26 @@ def check(spec, home: Path, gpu_list=None) -> dict:
     # data: usable rows and prompt length, on the first CHECK_ROWS rows of each dataset
     paths = [resolve_dataset(d, home) for d in spec.datasets]
     pretrain, prefer = spec.objective == "pretrain", spec.objective in preference.OBJECTIVES
-    if prefer and importlib.util.find_spec("trl") is None:
+    grpo = spec.objective == "grpo"
+    if grpo:
+        prompts.check_spec(spec)
+    if (prefer or grpo) and importlib.util.find_spec("trl") is None:
         raise UserError("err.ft.no_trl", objective=spec.objective)
     convs = []
     for name, p in zip(spec.datasets, paths):
         try:
-            rows = (load_texts([p], CHECK_ROWS) if pretrain else
+            rows = (load_texts([p], CHECK_ROWS) if pretrain else load_prompt_rows([p], CHECK_ROWS) if grpo else
                     load_preference_rows([p], spec.objective, CHECK_ROWS) if prefer else load_conversations([p], CHECK_ROWS))
         except (ValueError, OSError, KeyError) as e:
             raise UserError("err.ft.unreadable", name=name, error=UserError.of(e)) from None
-        good = rows if pretrain or prefer else [c for c in rows if usable(c)]
+        good = rows if pretrain or prefer or grpo else [c for c in rows if usable(c)]
         if not good:
             raise UserError("err.ft.no_rows", name=name, n=len(rows))
         convs += good
     count = None if pretrain or prefer else token_counter(model_path)
+    if grpo:
+        warnings += prompts.check_rows(spec, convs, count)
+        count = None
     if count is not None:
         check_tools(convs, count.template, spec.base_model)
         sample = convs[:200]
@@ -311,6 +326,8 @@ def check(spec, home: Path, gpu_list=None) -> dict:
                             "usable): use QLoRA, a smaller batch_size or max_length, or gradient checkpointing")
     rows = min(len(convs), spec.max_samples or len(convs))
     mean = sum(n for _, n in lengths) / len(lengths) if count is not None else spec.max_length
+    if grpo:
+        mean = prompts.MEAN_PROMPT_TOKENS + spec.max_completion_length
     duration = estimate_duration(spec.model_dump(), rows, mean, info["params"], on_gpu, home)
     if spec.name:
         kind = "model" if method == "full" else "adapter"
@@ -325,9 +342,12 @@ def check(spec, home: Path, gpu_list=None) -> dict:
 
 
 # -- the default preset and the duration estimate ------------------------------------------------
-def default_preset(gpu_list=None) -> str:
-    """The preset a new form starts on: XTuner's with a GPU, the CPU demo without one."""
-    return "xtuner" if (resources.gpus() if gpu_list is None else gpu_list) else "cpu_demo"
+def default_preset(gpu_list=None, objective: str = "sft") -> str:
+    """The preset a new form starts on: XTuner's (or GRPO's GPU one) with a GPU, the CPU demo without one."""
+    gpu = bool(resources.gpus() if gpu_list is None else gpu_list)
+    if objective == "grpo":
+        return "grpo_gpu" if gpu else "grpo_cpu_demo"
+    return "xtuner" if gpu else "cpu_demo"
 
 
 def train_tokens(spec: dict, rows: int, mean_tokens: float) -> int:
@@ -355,7 +375,8 @@ def measured_throughput(base_model: str, on_gpu: bool, home: Path) -> float | No
 def estimate_duration(spec: dict, rows: int, mean_tokens: float, params: int, on_gpu: bool, home: Path) -> dict:
     """Seconds a run should take here: its tokens at this machine's measured throughput (or the calibration)."""
     where = "gpu" if on_gpu else "cpu"
-    tokens = train_tokens(spec, rows, mean_tokens)
+    tokens = (prompts.grpo_tokens(spec, rows, mean_tokens) if spec.get("objective") == "grpo"
+              else train_tokens(spec, rows, mean_tokens))
     measured = measured_throughput(spec["base_model"], on_gpu, home)
     rate = measured or CALIBRATION_TOKEN_PARAMS_S[where] / max(params, 1)
     return {"seconds": round(tokens / rate + STARTUP_S[where]), "tokens": tokens, "tokens_per_s": round(rate, 1),

@@ -56,11 +56,13 @@ def _size(path: Path) -> int:
 class Events:
     """A job's events parsed up to ``size`` bytes of events.jsonl; shared, so treat it as read-only."""
 
-    def __init__(self, size: int = 0, progress=None, first_progress=None, metrics=(), messages=(), steps=()):
+    def __init__(self, size: int = 0, progress=None, first_progress=None, metrics=(), messages=(), steps=(),
+                 completions=()):
         self.size, self.progress, self.first_progress = size, progress, first_progress
         self.metrics: tuple[dict, ...] = tuple(metrics)
         self.messages: tuple[dict, ...] = tuple(messages)
         self.steps: tuple[dict, ...] = tuple(steps)
+        self.completions: tuple[dict, ...] = tuple(completions)     # GRPO's sampled answers, the latest steps
 
     def eta_s(self) -> float | None:
         return logs.eta_s(self.progress, self.first_progress)
@@ -112,7 +114,7 @@ def events(job_id: int, size: int | None = None, *, home: Path) -> Events:
         if size > st.offset:
             st.update(job_id, home=home)
             parsed.snapshot = Events(st.offset, st.progress, st.first_progress, st.metrics, st.messages[-20:],
-                                     st.steps)
+                                     st.steps, st.completions)
         return parsed.snapshot
 
 

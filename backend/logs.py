@@ -109,6 +109,7 @@ def result(job_id: int, home: Path) -> dict | None:
 
 
 STEP_TYPES = ("model", "tool", "answer")    # an agent's steps (jobs/agent.py), in the order they happened
+COMPLETIONS_KEPT = 20                       # a GRPO job's latest sampled-completion tables a viewer keeps
 
 
 class EventState:
@@ -121,6 +122,7 @@ class EventState:
         self.metrics: list[dict] = []
         self.messages: list[dict] = []
         self.steps: list[dict] = []
+        self.completions: list[dict] = []       # GRPO: {"step", "rows": [{prompt, completion, rewards, reward}]}
 
     def update(self, job_id: int, home: Path) -> "EventState":
         events, self.offset = read_events(job_id, self.offset, home=home)
@@ -136,7 +138,10 @@ class EventState:
                 self.messages.append(e)
             elif t in STEP_TYPES:
                 self.steps.append(e)
+            elif t == "completions":
+                self.completions.append(e)
         del self.messages[:-200]
+        del self.completions[:-COMPLETIONS_KEPT]
         return self
 
     def eta_s(self) -> float | None:

@@ -146,6 +146,42 @@ print(json.dumps({"tokens_per_s": per_step / dt, "s_per_step": dt, "tokens_per_s
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
+# GRPO: TRL's GRPOTrainer called directly with the job's own GRPOConfig (jobs/grpo.py's config()) and reward
+# (backend/rewards.py's length), on the same prompts; tokens/s = TRL's num_tokens between the first and last log
+PLAIN_GRPO = r'''
+import json, sys, time, torch, resource
+sys.path.insert(0, cfg_root := json.loads(sys.argv[1])["root"])
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from peft import LoraConfig, get_peft_model
+from trl import GRPOTrainer
+from backend import rewards
+from backend.specs.finetune import Spec
+from jobs.grpo import config
+cfg = json.loads(sys.argv[1])
+spec = Spec.model_validate(cfg["spec"])
+torch.manual_seed(spec.seed)
+tok = AutoTokenizer.from_pretrained(cfg["model"])
+model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+model.config.use_cache = False
+model = get_peft_model(model, LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=0.0,
+                                         target_modules="all-linear", task_type="CAUSAL_LM"))
+target = spec.rewards[0].target
+def length(prompts, completions, **kw):
+    return rewards.length([c[-1]["content"] for c in completions], target)
+seen = []
+class Times(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "num_tokens" in logs:
+            seen.append((time.monotonic(), float(logs["num_tokens"])))
+rows = [json.loads(l) for l in open(cfg["data"])][:spec.max_samples or None]
+tr = GRPOTrainer(model=model, reward_funcs=[length], args=config(spec, cfg["out"], True, "torch.float32"),
+                 train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Times()])
+tr.train()
+(t0, n0), (t1, n1) = seen[0], seen[-1]
+print(json.dumps({"tokens_per_s": (n1 - n0) / (t1 - t0), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
 # Qwen2.5's tool format (tools listed in the system turn, calls as <tool_call>{json}</tool_call>, results as
 # <tool_response> in a user turn) on SmolLM2's ChatML tokens: the bundled model's own template has no tools
 TOOL_TEMPLATE = r"""{%- if tools %}<|im_start|>system
@@ -218,6 +254,9 @@ def run_job(home: Path, spec: dict) -> dict:
     if not result:
         raise SystemExit(f"job {job_id} failed:\n" + logs.tail(job_id, 30, home=home))
     out = {"s_per_step": (m[-1]["t"] - m[0]["t"]) / (len(m) - 1), "rss_mb": result["peak_rss_mb"]}
+    if "tokens" in m[-1]:      # GRPO: TRL's cumulative num_tokens, between the first and the last log
+        out["tokens_per_s"] = (m[-1]["tokens"] - m[0]["tokens"]) / (m[-1]["t"] - m[0]["t"])
+        return out
     m = [e for e in m if "tokens_per_s" in e][1:]
     if m:   # tokens/s over the timed steps: tokens = rate × step time summed, so weight by time
         t = [m[i]["t"] - m[i - 1]["t"] for i in range(1, len(m))]
@@ -233,7 +272,7 @@ def run_plain(cfg: dict, script: str = PLAIN) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-OBJECTIVES = ("sft", "pretrain", "tools", "dpo", "orpo", "kto")
+OBJECTIVES = ("sft", "pretrain", "tools", "dpo", "orpo", "kto", "grpo")
 
 
 def tools_model(model: Path, folder: Path) -> Path:
@@ -332,6 +371,12 @@ def main() -> None:
             lines[o] = (f"TRL {o.upper()} trainer called directly", f"finetune job, objective {o}",
                         dict(plain_cfg, objective=o, data=str(d), batch=a.pref_batch), PLAIN_PREF,
                         dict(new, objective=o, datasets=[d.name], batch_size=a.pref_batch))
+    if "grpo" in wanted:            # the same prompts, 4 answers of <= 32 tokens each, a length reward, LoRA, no KL
+        prompts_ = write_jsonl(home / "datasets" / "prompts.jsonl", [{"prompt": c[:-1]} for c in convs])
+        grpo = dict(new, objective="grpo", datasets=[prompts_.name], batch_size=4, num_generations=4,
+                    max_completion_length=32, beta=0.0, scheduler="cosine", rewards=[{"kind": "length", "target": 60}])
+        lines["grpo"] = ("TRL GRPOTrainer called directly", "finetune job, objective grpo",
+                         dict(plain_cfg, root=str(ROOT), data=str(prompts_), spec=grpo), PLAIN_GRPO, grpo)
     rounds = []
     for _ in range(a.repeat):
         r = {}

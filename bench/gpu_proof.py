@@ -16,6 +16,8 @@ LLaVA-style image-text model (tests/fixtures/tiny_vlm.py), then proves, each ste
   6   the vlm job on CUDA answers about an image
   7   LMDeploy AWQ W4A16 (the quantize job, ``lmdeploy lite auto_awq``): a smaller model registered with its lineage
   8   LMDeploy serve (TurboMind) with the KV cache in int8 (``--quant-policy 8``) answers a streamed chat
+  9   GRPO (objective grpo, TRL's GRPOTrainer) with a length reward: generation and training on the device,
+      a reward logged per step and sampled answers in the events (on CPU: full, the reward rises ≥ 0.1)
 
 ``--cpu`` (the default where there is no GPU) runs the same at tiny scale on the CPU; the CUDA-only
 steps (1b, 2, 3, 4, 7, 8) are reported as ``skipped``, never passed; so are 7 and 8 on a GPU without
@@ -287,6 +289,28 @@ def lmdeploy_serve(p: Proof) -> dict:
 
 
 # -- setting up and reporting ----------------------------------------------------------------------------
+@step("9 grpo: length reward")
+def grpo(p: Proof) -> dict:
+    from backend import logs
+    spec = p.finetune(objective="grpo", datasets=["prompts.jsonl"], beta=0.04 if p.gpu else 0.0, num_generations=8,
+                      batch_size=8, max_completion_length=32 if p.gpu else 16, max_length=128 if p.gpu else 64,
+                      max_steps=10 if p.gpu else 40, rewards=[{"kind": "length", "target": 120}], name="proof-grpo",
+                      **({"dtype": "bf16"} if p.gpu else {"method": "full", "scheduler": "constant"}))
+    job = p.run("finetune", spec)[0]
+    assert job["state"] == "succeeded", f"job {job['id']} {job['state']}: {job['error_message']}\n" + \
+        logs.tail(job["id"], 15, home=p.home)
+    r = logs.result(job["id"], p.home)
+    events = logs.read_events(job["id"], home=p.home)[0]
+    shown = [e for e in events if e["type"] == "completions"]
+    assert len(shown) == r["steps"] and shown[-1]["rows"][0]["completion"], "no sampled answers in the events"
+    if not p.gpu:
+        assert r["final_reward"] - r["first_reward"] >= 0.1, f"reward did not rise: {r['first_reward']} → {r['final_reward']}"
+    kl = [e["kl"] for e in events if e["type"] == "metric" and "kl" in e]
+    assert not p.gpu or kl, "beta > 0 but no KL logged"
+    return {"reward": f"{r['first_reward']:.3f}→{r['final_reward']:.3f}", "tokens_per_s": r["tokens_per_s"],
+            **({"kl": kl[-1], "peak_gpu_gb": r.get("peak_gpu_gb")} if p.gpu else {})}
+
+
 def conv(user: str, answer: str) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
@@ -304,6 +328,7 @@ def prepare(home: Path, gpu: bool) -> None:
     (home / "datasets").mkdir(exist_ok=True)
     rows = [conv(f"Hello, who are you? {i}", IDENTITY) for i in range(64)]
     (home / "datasets" / "id.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (home / "datasets" / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Hello {i}"}) + "\n" for i in range(64)))
 
 
 def machine(gpu: bool) -> str:

@@ -29,7 +29,7 @@ from backend import finetune as ft, formats, models, preference
 from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.kinds.finetune import Spec
 from backend.store import open_store
-from jobs import preference as trl_preference, tracking
+from jobs import grpo as trl_grpo, preference as trl_preference, tracking
 from jobs.common import Cancelled, Job, JobError, run
 
 
@@ -276,7 +276,7 @@ class Run:
         else:
             self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
         self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote)
-        if self.tok.chat_template is None and spec.objective == "sft":
+        if self.tok.chat_template is None and spec.objective in ("sft", "grpo"):
             raise JobError(f"{spec.base_model} has no chat template: fine-tune an instruct/chat model "
                            "(or add a chat_template to its tokenizer_config.json)", BAD_INPUT)
         kwargs = {"trust_remote_code": remote, "dtype": self.dtype if spec.method != "full" else torch.float32}
@@ -299,7 +299,7 @@ class Run:
         # each sample attending only to itself; on CPU in pieces of
         # ≤ FLAT_TOKENS (a larger pass runs faster but holds more activations; the gradients add up the same);
         # pre-training rows are full max_length blocks: one block a piece halves the passes (docs/finetune.md)
-        self.flatten = spec.packing and spec.objective not in preference.OBJECTIVES and use_packed_attention(model)
+        self.flatten = spec.packing and spec.objective in ("sft", "pretrain") and use_packed_attention(model)
         cpu_piece = max(FLAT_TOKENS, spec.max_length) if spec.objective == "pretrain" else FLAT_TOKENS
         self.piece_tokens = cpu_piece if self.device.type == "cpu" else math.inf
         if spec.gradient_checkpointing:
@@ -514,6 +514,8 @@ class Run:
         self.load()
         if spec.objective in preference.OBJECTIVES:          # DPO / ORPO / KTO on TRL
             return trl_preference.train(self)
+        if spec.objective == "grpo":                          # GRPO on TRL, rewards from backend/rewards.py
+            return trl_grpo.train(self)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.data()
         self.opt = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))

@@ -3,7 +3,7 @@ spec as YAML + CLI, then the run's live view with Resume / Merge / Chat, and run
 import pandas as pd
 import streamlit as st
 
-from backend import datasets, logs, queue
+from backend import datasets, logs, prompts, queue, rewards as rewards_
 from backend.states import JobState
 from backend import finetune as ft
 from backend import models as models_
@@ -21,21 +21,74 @@ if not models:
     st.stop()
 
 # -- the form ---------------------------------------------------------------------------------------
+EXAMPLE_REWARD = ("def reward(completions, **columns):\n"
+                  "    # one number per answer; columns: the dataset's other columns (answer, ...), one value per answer\n"
+                  "    return [1.0 if 'InternLM' in c else 0.0 for c in completions]\n")
+
+
+def grpo_form(preset: str, values: dict) -> dict:
+    """The rewards (kinds, weights, settings) and the GRPO settings; only what differs from the preset."""
+    out = {}
+    with st.expander(ui.t("ft.grpo.settings"), expanded=True):
+        cols = st.columns(len(ft_spec.GRPO_FIELDS))
+        for col, field in zip(cols, ft_spec.GRPO_FIELDS):
+            v, key = values[field], f"ft_{field}_{preset}"
+            got = col.number_input(field, value=v, step=1 if isinstance(v, int) else None,
+                                   format=None if isinstance(v, int) else "%g", key=key)
+            if got != v:
+                out[field] = got
+    with st.container(key="ft-rewards", border=True):
+        st.caption(ui.t("ft.grpo.rewards"))
+        given = {r["kind"]: r for r in values["rewards"]}
+        kinds = st.multiselect(ui.t("ft.grpo.kinds"), list(rewards_.KINDS), default=list(given),
+                               format_func=lambda k: ui.t("ft.grpo.kind." + k), key=f"ft_rewards_{preset}")
+        base = rewards_.Reward
+        chosen = []
+        for kind in kinds:
+            r, key = {"kind": kind, **given.get(kind, {})}, f"ft_reward_{kind}_{preset}"
+            c1, c2 = st.columns([1, 4])
+            r["weight"] = c1.number_input(f"{kind}: {ui.t('ft.grpo.weight')}", value=float(r.get("weight", 1.0)),
+                                          format="%g", key=key + "_w")
+            if kind == "length":
+                r["target"] = int(c2.number_input("target", value=int(r.get("target", base.model_fields["target"].default)),
+                                                  step=1, min_value=1, key=key))
+            elif kind == "format":
+                r["pattern"] = c2.text_input("pattern", r.get("pattern", base.model_fields["pattern"].default), key=key)
+            elif kind == "contains":
+                r["words"] = [w.strip() for w in c2.text_input("words", ", ".join(r.get("words", [])), key=key).split(",")
+                              if w.strip()]
+            elif kind == "answer":
+                a, b = c2.columns(2)
+                r["column"] = a.text_input("column", r.get("column", "answer"), key=key)
+                options = ["math", "numeric", "exact"]
+                r["match"] = b.selectbox("match", options, index=options.index(r.get("match", "math")), key=key + "_m")
+            elif kind == "repetition":
+                r["ngram"] = int(c2.number_input("ngram", value=int(r.get("ngram", 3)), step=1, min_value=1, key=key))
+            else:
+                r["code"] = c2.text_area("reward(completions, **columns)", r.get("code") or EXAMPLE_REWARD, key=key,
+                                         height=120)
+            chosen.append(r)
+        out["rewards"] = chosen
+    return out
+
+
 with st.container(key="ft-form", border=True):
     c1, c2 = st.columns(2)
     base = c1.selectbox(ui.t("ft.base_model"), models, key=keys.FT_MODEL)
-    objective = c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto"], horizontal=True,
+    objective = c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto", "grpo"], horizontal=True,
                          key="ft_objective", format_func=lambda o: ui.t("ft.objective." + o),
                          help=ui.t("ft.objective.help"))
-    usable = datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
+    usable = prompts.FORMATS if objective == "grpo" else \
+        datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
     train_sets = [d.name for d in all_sets if (d.meta or {}).get("format") in usable]
     picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}",
                             default=[d for d in train_sets if "self_cognition" in d][:1] if objective == "sft" else [])
     c1, c2, c3 = st.columns(3)
     method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
                       help=ui.t("ft.method.help"))
-    preset = c2.selectbox(ui.t("ft.preset"), list(ft_spec.PRESETS), key="ft_preset",
-                          index=list(ft_spec.PRESETS).index(ft.default_preset()),   # CPU demo without a GPU
+    offered = ft_spec.presets_for(objective)
+    preset = c2.selectbox(ui.t("ft.preset"), offered, key="ft_preset_grpo" if objective == "grpo" else "ft_preset",
+                          index=offered.index(ft.default_preset(objective=objective)),   # CPU demo without a GPU
                           format_func=lambda p: ui.t("ft.preset." + p))
     name = c3.text_input(ui.t("ft.name"), key="ft_name", placeholder=ui.t("ft.name.auto"))
     values = ft_spec.preset_values(preset)
@@ -55,12 +108,15 @@ with st.container(key="ft-form", border=True):
                 chosen[field] = col.number_input(field, value=default, format="%g", key=key)
             else:
                 chosen[field] = int(col.number_input(field, value=int(default), step=1, key=key))
-        prompts = st.text_area(ui.t("ft.sample_prompts"), "Who are you?\n你是谁？", key="ft_prompts", height=68)
+        asked = st.text_area(ui.t("ft.sample_prompts"), "Who are you?\n你是谁？", key="ft_prompts", height=68)
+    grpo = {}
+    if objective == "grpo":
+        grpo = grpo_form(preset, values)
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
             **({"objective": objective} if objective != "sft" else {}),
             **({"name": name.strip()} if name.strip() else {}),
             **{k: v for k, v in chosen.items() if v != values[k]},
-            "sample_prompts": [p.strip() for p in prompts.splitlines() if p.strip()]}
+            **grpo, "sample_prompts": [p.strip() for p in asked.splitlines() if p.strip()]}
 
     plan = None
     if picked:

@@ -358,6 +358,18 @@ def _charts(job_id: int) -> None:
             series_charts(ev.series)
             if (folder := paths.job_dir(job_id, home=home()) / defaults.TENSORBOARD_DIR).is_dir():
                 st.caption(t("job.tensorboard", folder=folder))
+    if ev.completions:
+        completions_table(job_id, ev.completions)
+
+
+def completions_table(job_id: int, shown: tuple[dict, ...]) -> None:
+    """A GRPO job's sampled answers with their rewards, one logged step at a time (the latest first)."""
+    with st.expander(t("job.completions"), expanded=True), st.container(key="grpo-completions"):
+        steps = [e["step"] for e in reversed(shown)]
+        step = st.selectbox(t("job.completions.step"), steps, key=f"grpo_step_{job_id}") if len(steps) > 1 else steps[0]
+        rows = next(e["rows"] for e in shown if e["step"] == step)
+        st.dataframe([{t("job.completions.prompt"): r["prompt"], t("job.completions.completion"): r["completion"],
+                       t("job.completions.reward"): r["reward"], **r["rewards"]} for r in rows], hide_index=True)
 
 
 def _num(x) -> str:

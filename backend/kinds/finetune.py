@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from backend.kinds import Kind
 from backend import finetune as ft
 from backend.errors import UserError
+from backend.rewards import Reward
 
 KIND = Kind("finetune", "jobs.finetune", doc="LoRA / QLoRA / full fine-tune of a chat model (transformers + peft)")
 
@@ -29,7 +30,22 @@ PRESETS: dict[str, dict] = {
     "cpu_demo": dict(XTUNER, lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=2e-3, warmup_ratio=0.1,
                      max_length=256, packing=True, epochs=1.0, max_steps=30, batch_size=1, grad_accum=1,
                      save_steps=10, gradient_checkpointing=False, max_samples=64, device="cpu"),
+    # GRPO on SmolLM2-135M-Instruct + LoRA on CPU: 4 answers of ≤ 48 tokens per prompt, a length reward that
+    # rises within a few minutes (docs/finetune.md, GRPO)
+    "grpo_cpu_demo": dict(XTUNER, objective="grpo", lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=5e-4,
+                          warmup_ratio=0.0, scheduler="constant", max_length=256, epochs=1.0, max_steps=30,
+                          batch_size=4, grad_accum=1, save_steps=1000, gradient_checkpointing=False,
+                          max_samples=64, device="cpu", beta=0.0, num_generations=4, max_completion_length=48,
+                          temperature=1.0, rewards=[{"kind": "length", "target": 60}]),
+    # GRPO on a GPU (InternLM2.5-1.8B with LoRA; a 7B with method qlora): 8 answers of ≤ 512 tokens per prompt,
+    # rewarded for the <think>…</think><answer>…</answer> format and a right answer (GSM8K-style data)
+    "grpo_gpu": dict(XTUNER, objective="grpo", lora_r=16, lora_alpha=32, lora_dropout=0.05, lr=2e-5,
+                     warmup_ratio=0.0, scheduler="constant", max_length=1024, epochs=1.0, max_steps=200, batch_size=8,
+                     grad_accum=2, save_steps=100, gradient_checkpointing=True, beta=0.04, num_generations=8,
+                     max_completion_length=512, temperature=1.0,
+                     rewards=[{"kind": "format", "weight": 0.5}, {"kind": "answer", "match": "math"}]),
 }
+GRPO_FIELDS = ["num_generations", "max_completion_length", "temperature", "beta"]
 
 
 class Spec(BaseModel):
@@ -40,9 +56,14 @@ class Spec(BaseModel):
     method: Literal["lora", "qlora", "full"] = "lora"
     # sft: conversations; pretrain: plain text, packed, loss on every token, no template;
     # dpo / orpo: chosen/rejected pairs, kto: labelled answers (TRL)
-    objective: Literal["sft", "pretrain", "dpo", "orpo", "kto"] = "sft"
-    beta: float = Field(0.1, gt=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda)
-    preset: Literal["xtuner", "cpu_demo"] | None = None   # fills the fields the spec leaves out
+    # grpo: prompts answered num_generations times, scored by the rewards (TRL's GRPOTrainer)
+    objective: Literal["sft", "pretrain", "dpo", "orpo", "kto", "grpo"] = "sft"
+    beta: float = Field(0.1, ge=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda); grpo: the KL weight (0: no KL)
+    preset: Literal["xtuner", "cpu_demo", "grpo_cpu_demo", "grpo_gpu"] | None = None   # fills the fields the spec leaves out
+    rewards: list[Reward] = []                      # grpo: the rewards and their weights (backend/rewards.py)
+    num_generations: int = Field(8, ge=2)           # grpo: answers per prompt (the group)
+    max_completion_length: int = Field(256, ge=1)   # grpo: tokens per answer
+    temperature: float = Field(1.0, gt=0)           # grpo: sampling temperature
     lora_r: int = Field(XTUNER["lora_r"], ge=1)
     lora_alpha: int = Field(XTUNER["lora_alpha"], ge=1)
     lora_dropout: float = Field(XTUNER["lora_dropout"], ge=0, lt=1)
@@ -82,6 +103,12 @@ class Spec(BaseModel):
             data = {**preset, **data}
         return data
 
+    @model_validator(mode="after")
+    def beta_for_objective(self):
+        if self.beta == 0 and self.objective not in ("grpo", "sft", "pretrain"):
+            raise UserError("err.ft.beta", objective=self.objective)
+        return self
+
     @field_validator("lr")
     @classmethod
     def positive_lr(cls, v: float) -> float:
@@ -112,6 +139,12 @@ def choices(field: str) -> list[str]:
 
 
 def preset_values(preset: str) -> dict:
-    """Every advanced field's value under a preset (the Spec's own defaults fill the rest)."""
+    """Every advanced field's (and GRPO field's, and the rewards') value under a preset (the Spec's own
+    defaults fill the rest)."""
     defaults_ = {k: f.default for k, f in Spec.model_fields.items()}
-    return {k: PRESETS[preset].get(k, defaults_.get(k)) for k in ADVANCED}
+    return {k: PRESETS[preset].get(k, defaults_.get(k)) for k in ADVANCED + GRPO_FIELDS + ["rewards"]}
+
+
+def presets_for(objective: str) -> list[str]:
+    """The presets made for ``objective``: the GRPO ones for grpo, the others for the rest."""
+    return [p for p, v in PRESETS.items() if (v.get("objective") == "grpo") == (objective == "grpo")]
