@@ -54,6 +54,8 @@ KINDS = {k.name: k for k in [
          doc="a knowledge base: documents or a dataset's text split into passages and indexed (BM25, jieba for Chinese)"),
     Kind("rag_serve", "jobs.rag_serve", cpu_slots=0, long_lived=True,
          doc="a knowledge base + a model endpoint served as an OpenAI-compatible endpoint that answers with retrieved passages"),
+    Kind("rag_eval", "jobs.rag_eval", cpu_slots=0,
+         doc="a QA dataset asked of a model alone and through a knowledge-base endpoint: accuracy each way, retrieval hit rate"),
     Kind("lab_check", "jobs.lab_check", cpu_slots=0,
          doc="runs a lab's checks on its owner's artifacts and writes signed evidence when they pass (docs/labs.md)"),
     Kind("vlm", "jobs.vlm", long_lived=True, doc="an image-text model (LLaVA-style, or XComposer with opt-in) loaded once and served as a streaming endpoint"),

@@ -11,7 +11,7 @@ import zipfile
 import openai
 import pytest
 
-from backend import chat, queue, rag, users
+from backend import chat, defaults, queue, rag, users
 from backend.i18n import t
 from backend.store import open_store
 from tests.conftest import endpoint_of, pick, run_burst, shot, wait_for
@@ -180,3 +180,88 @@ def test_an_agent_consults_a_knowledge_base_through_its_endpoint(home, worker):
     assert logs.result(job, home)["answer"].strip() == "Tarrin"
     sent = [json.dumps(r["messages"], ensure_ascii=False) for r in fake.requests]
     assert len(sent) == 2 and all("capital of Velmora is Tarrin" in s for s in sent)     # retrieved for each turn
+
+
+def test_a_question_set_is_evaluated_with_and_without_retrieval_and_the_rag_lab_reads_it(home, worker, monkeypatch):
+    """The real index, rag_serve and rag_eval jobs (the model behind is the fake server, which says back its
+    prompt: alone the question, with retrieval the passages too): accuracy each way, the hit rate, an eval entry
+    of the owner's, and the RAG lab's check passing on it, for ann only."""
+    from backend import labs, logs, rag_eval
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_gateway import placeholder
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    for name in ("ann", "bob"):
+        users.add(name, "student", home=home)
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, "ann", "ann-model", fake)
+        index = queue.submit("index", {"name": "demo-ann", "folder": "demo"}, owner="ann", home=home)
+        wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
+        kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo-ann", "endpoint": "ann-model", "top_k": 2},
+                                            owner="ann", home=home), 120)
+        assert [e["name"] for e in rag_eval.kb_endpoints(home, "ann")] == [kb["name"]]
+        assert rag_eval.kb_endpoints(home, "bob") == [] and "rag_demo_qa" in rag_eval.qa_datasets(home, "bob")
+        with pytest.raises(queue.Refused):                  # another student's knowledge-base endpoint
+            queue.submit("rag_eval", {"endpoint": kb["name"], "dataset": "rag_demo_qa"}, owner="bob", home=home)
+        with pytest.raises(queue.SubmitError) as e:         # a model endpoint is no knowledge-base endpoint
+            queue.submit("rag_eval", {"endpoint": "ann-model", "dataset": "rag_demo_qa"}, owner="ann", home=home)
+        assert e.value.key == "err.rag_eval.no_kb_endpoint" and "ann-model" in e.value.text("zh")
+        job = queue.submit("rag_eval", {"endpoint": kb["name"], "dataset": "rag_demo_qa", "limit": 8}, owner="ann",
+                           home=home)
+        wait_for(lambda: queue.get(job, home).state.finished, 180, 0.3, "the rag_eval job")
+    finally:
+        fake.close()
+    assert queue.get(job, home).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
+    res = rag_eval.result(job, home, "ann")
+    s = res["summary"]
+    assert s["questions"] == 8 and s["alone_accuracy"] == 0.0 and s["rag_accuracy"] >= 75 and s["hit_rate"] >= 75
+    assert s["fixed"] == sum(it["rag_correct"] for it in res["items"]) and s["broke"] == 0
+    first = res["items"][0]
+    assert first["question"] == QUESTION and not first["alone_correct"] and first["rag_correct"] and first["hit"]
+    assert first["passages"][0]["source"] == "velmora.md" and ANSWER in first["passages"][0]["text"]
+    rows = rag_eval.side_by_side(res)
+    assert rows[0]["alone"].startswith("✗ ") and rows[0]["with_retrieval"].startswith("✓ ")
+    assert rows[0]["passage"] == "velmora.md · line 1"
+    entry = open_store(home).get("eval", f"rag-eval-{job}")
+    assert entry.owner == "ann" and entry.meta["rag"]["kb"] == "demo-ann"
+    assert {(r["model"], r["metric"]) for r in entry.meta["table"]} == {
+        ("ann-model", "accuracy"), (kb["name"], "accuracy"), (kb["name"], "retrieval hit rate")}
+    with pytest.raises(users.Refused):                      # bob may not read ann's run
+        rag_eval.result(job, home, "bob")
+    assert [r["job_id"] for r in rag_eval.runs(home, "ann")] == [job] and rag_eval.runs(home, "bob") == []
+
+    # the RAG lab's check reads ann's evaluation (bob has none), and passes with what proved it
+    check = labs.submit_check("rag", "ann", home=home)
+    wait_for(lambda: queue.get(check, home).state.finished, 120, 0.2, "the check")
+    result = logs.result(check, home)
+    assert result["passed"], result
+    seen = result["checks"][0]["seen"]
+    assert seen["question"] == QUESTION and seen["passage"] == "velmora.md · line 1" and ANSWER in seen["with_retrieval"]
+    assert ANSWER not in seen["alone"] and seen["summary"]["alone_accuracy"] == 0.0
+    assert {a["type"] for a in result["checks"][0]["artifacts"]} == {"eval", "kb"}
+    bob = labs.run("rag", "bob", home)
+    assert not bob["passed"] and "no finished evaluation of yours with and without retrieval" in str(
+        labs.as_error(bob["checks"][0]["problem"]))
+
+
+def test_uploaded_documents_and_indexes_count_in_the_owners_disk_quota(home, monkeypatch):
+    """A student's uploads (documents/<owner>/) and the index their job wrote count in their disk use; an upload past
+    the quota is refused whole, with what they use now."""
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    monkeypatch.setattr(defaults, "DISK_SIZE_CACHE_S", 0.0)          # every figure walked afresh
+    users.add("ann", "student", home=home)
+    before = users.disk_used("ann", home)
+    folder, problems = rag.save_upload([("notes.md", b"The harbour of Tarrin has a red lighthouse.\n" * 2000)], "ann",
+                                       home)
+    assert not problems and users.disk_used("ann", home) - before >= 88_000
+    job_id = queue.submit("index", {"name": "notes", "folder": str(folder.relative_to(home / "documents"))},
+                          owner="ann", home=home)
+    with_upload = users.disk_used("ann", home)
+    run_burst(home)
+    assert queue.get(job_id, home).state == "succeeded"
+    index = open_store(home).get("kb", "notes").meta["size_bytes"]
+    assert users.disk_used("ann", home) >= with_upload + index        # the index, in ann's job folder
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(users.disk_used("ann", home) / 2**30 + 50_000 / 2**30))
+    with pytest.raises(rag.RagRefused) as e:
+        rag.save_upload([("more.md", b"x" * 100_000)], "ann", home)
+    assert e.value.key == "err.users.disk_quota"
