@@ -194,11 +194,13 @@ def test_a_question_set_is_evaluated_with_and_without_retrieval_and_the_rag_lab_
         users.add(name, "student", home=home)
     fake = FakeOpenAI()
     try:
-        placeholder(home, "ann", "ann-model", fake)
-        index = queue.submit("index", {"name": "demo-ann", "folder": "demo"}, owner="ann", home=home)
+        placeholder(home, "ann", "ann-model", fake)                 # the lab's step 2 (serve), done by hand
+        index = labs.start_step("rag", 0, "ann", home=home)          # the lab's steps, prefilled for ann
+        assert queue.get(index, home).spec.items() >= {"name": "demo-ann", "folder": "demo"}.items()
         wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
-        kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo-ann", "endpoint": "ann-model", "top_k": 2},
-                                            owner="ann", home=home), 120)
+        serving = labs.start_step("rag", 2, "ann", home=home)
+        assert queue.get(serving, home).spec.items() >= {"kb": "demo-ann", "endpoint": "ann-model", "top_k": 2}.items()
+        kb = endpoint_of(home, serving, 120)
         assert [e["name"] for e in rag_eval.kb_endpoints(home, "ann")] == [kb["name"]]
         assert rag_eval.kb_endpoints(home, "bob") == [] and "rag_demo_qa" in rag_eval.qa_datasets(home, "bob")
         with pytest.raises(queue.Refused):                  # another student's knowledge-base endpoint
@@ -206,8 +208,8 @@ def test_a_question_set_is_evaluated_with_and_without_retrieval_and_the_rag_lab_
         with pytest.raises(queue.SubmitError) as e:         # a model endpoint is no knowledge-base endpoint
             queue.submit("rag_eval", {"endpoint": "ann-model", "dataset": "rag_demo_qa"}, owner="ann", home=home)
         assert e.value.key == "err.rag_eval.no_kb_endpoint" and "ann-model" in e.value.text("zh")
-        job = queue.submit("rag_eval", {"endpoint": kb["name"], "dataset": "rag_demo_qa", "limit": 8}, owner="ann",
-                           home=home)
+        job = labs.start_step("rag", 3, "ann", home=home)
+        assert queue.get(job, home).spec.items() >= {"endpoint": kb["name"], "dataset": "rag_demo_qa"}.items()
         wait_for(lambda: queue.get(job, home).state.finished, 180, 0.3, "the rag_eval job")
     finally:
         fake.close()
@@ -239,6 +241,8 @@ def test_a_question_set_is_evaluated_with_and_without_retrieval_and_the_rag_lab_
     assert seen["question"] == QUESTION and seen["passage"] == "velmora.md · line 1" and ANSWER in seen["with_retrieval"]
     assert ANSWER not in seen["alone"] and seen["summary"]["alone_accuracy"] == 0.0
     assert {a["type"] for a in result["checks"][0]["artifacts"]} == {"eval", "kb"}
+    mine = next(r for r in labs.status("ann", home) if r["lab"].id == "rag")
+    assert mine["state"] == "passed" and mine["done"] == [True, False, True, True]     # step 2 was not the serve job
     bob = labs.run("rag", "bob", home)
     assert not bob["passed"] and "no finished evaluation of yours with and without retrieval" in str(
         labs.as_error(bob["checks"][0]["problem"]))
