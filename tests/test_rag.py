@@ -130,6 +130,27 @@ def test_the_bundled_model_is_wrong_alone_and_right_with_retrieval(home, worker,
 
 
 @pytest.mark.slow
+def test_the_bundled_model_evaluated_with_and_without_retrieval_passes_the_rag_lab(home, worker, smollm2):  # noqa: F811
+    """The CPU demo's question set asked of SmolLM2 alone and through the demo knowledge base (real serve, index,
+    rag_serve and rag_eval jobs): retrieval fixes questions it can't know, and the RAG lab's check passes on it."""
+    from backend import datasets, labs, logs
+    datasets.ensure_samples(home)
+    model, kb = demo_endpoints(home, smollm2)
+    job = queue.submit("rag_eval", {"endpoint": kb["name"], "dataset": "rag_demo_qa"}, home=home)
+    wait_for(lambda: queue.get(job, home).state.finished, 600, 0.5, "the rag_eval job")
+    assert queue.get(job, home).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
+    res = logs.result(job, home)
+    s, first = res["summary"], res["items"][0]
+    print(json.dumps(s), *[(it["question"], it["alone"], it["rag"], it["hit"]) for it in res["items"]], sep="\n")
+    assert first["question"] == QUESTION and not first["alone_correct"] and first["rag_correct"] and first["hit"]
+    assert s["questions"] == 8 and s["alone_accuracy"] <= 25 and s["rag_accuracy"] >= s["alone_accuracy"] + 25
+    assert s["hit_rate"] >= 75
+    result = labs.run("rag", queue.get(job, home).owner, home)
+    assert result["passed"], result
+    assert result["checks"][0]["seen"]["passage"].endswith(" · line 1")
+
+
+@pytest.mark.slow
 @pytest.mark.browser
 def test_compare_on_the_chat_page_shows_the_answer_with_and_without_retrieval(home, smollm2, page):  # noqa: F811
     model, kb = demo_endpoints(home, smollm2)
