@@ -1033,6 +1033,15 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.rag.no_column": {"en": "dataset {name} has no text in a field {field!r}: pick its text field",
                           "zh": "数据集 {name} 的字段 {field!r} 中没有文字：请选择它的文本字段"},
     "err.rag.no_text": {"en": "there is no text to index", "zh": "没有可以建立索引的文字"},
+    "err.rag.not_embedder": {"en": "{name} is not a sentence-transformers model in the registry (its folder has no "
+                                   "modules.json): download one such as paraphrase-multilingual-MiniLM-L12-v2 or a bge model",
+                             "zh": "{name} 不是注册表中的 sentence-transformers 模型（文件夹里没有 modules.json）：请下载一个，"
+                                   "例如 paraphrase-multilingual-MiniLM-L12-v2 或 bge 模型"},
+    "err.rag.embedder_gone": {"en": "the embedding model {name} of this knowledge base is gone: build it again",
+                              "zh": "这个知识库使用的向量模型 {name} 已不存在：请重新建立索引"},
+    "kb.embedding": {"en": "Retrieval", "zh": "检索方式"},
+    "kb.embedding.bm25": {"en": "BM25 (keywords, offline)", "zh": "BM25（关键词，离线）"},
+    "kb.embedding.dense": {"en": "embeddings: {name}", "zh": "向量：{name}"},
     "err.rag.no_kb": {"en": "there is no knowledge base named {name}", "zh": "没有名为 {name} 的知识库"},
     "err.rag.no_folder": {"en": "no uploaded documents at {folder}: upload them again",
                           "zh": "{folder} 处没有上传的文档：请重新上传"},

@@ -27,12 +27,16 @@ with st.container(key="kb_new", border=True):
         dataset = c1.selectbox(ui.t("kb.dataset"), [d["name"] for d in datasets.list_datasets(by=ui.user())],
                                key="kb_dataset")
         field = c2.text_input(ui.t("kb.text_field"), "text", key="kb_text_field")
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
+    embedding = c3.selectbox(ui.t("kb.embedding"), [""] + [e.name for e in rag.embedders(home, ui.user())],
+                             key="kb_embedding", format_func=lambda n: ui.t("kb.embedding.dense", name=n) if n
+                             else ui.t("kb.embedding.bm25"))
     size = c1.number_input(ui.t("kb.chunk_size"), 32, 8192, 256, key="kb_chunk_size", help=ui.t("kb.chunk_size.help"))
     overlap = c2.number_input(ui.t("kb.chunk_overlap"), 0, 4096, 32, key="kb_chunk_overlap")
     if st.button(ui.t("kb.build"), key="kb_build", type="primary",
                  disabled=not name.strip() or (source == "upload" and not files)):
-        spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap)}
+        spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap),
+                "embedding_model": embedding or ""}
         if source == "upload":
             try:
                 folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner())

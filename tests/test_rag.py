@@ -290,3 +290,45 @@ def test_uploaded_documents_and_indexes_count_in_the_owners_disk_quota(home, mon
     with pytest.raises(rag.RagRefused) as e:
         rag.save_upload([("more.md", b"x" * 100_000)], "ann", home)
     assert e.value.key == "err.users.disk_quota"
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory):
+    from tests.fixtures.tiny_embedder import make_tiny_embedder
+    return make_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny-embedder")
+
+
+def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, tiny_embedder, tiny_model):
+    """The real index job with ``embedding_model``: LlamaIndex's vector index over a sentence-transformers model of
+    the registry (a tiny random one built offline); a passage's own text finds it. A model that is no
+    sentence-transformers model is refused before queueing; BM25 stays the default."""
+    store = open_store(home)
+    store.put("model", "tiny-embedder", str(tiny_embedder), owner=users.OPERATOR_NAME, shared=True)
+    store.put("model", "tiny-llama", str(tiny_model), owner=users.OPERATOR_NAME, shared=True)
+    assert [e.name for e in rag.embedders(home, "ann")] == ["tiny-embedder"]
+    with pytest.raises(queue.SubmitError) as e:
+        queue.submit("index", {"name": "x", "folder": "demo", "embedding_model": "tiny-llama"}, owner="ann", home=home)
+    assert e.value.key == "err.rag.not_embedder" and "modules.json" in str(e.value)
+    dense = queue.submit("index", {"name": "dense", "folder": "demo", "embedding_model": "tiny-embedder",
+                                   "chunk_size": 64, "chunk_overlap": 8}, owner="ann", home=home)
+    plain = queue.submit("index", {"name": "plain", "folder": "demo"}, owner="ann", home=home)
+    run_burst(home)
+    for job_id in (dense, plain):
+        assert queue.get(job_id, home).state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
+    kb, bm25 = store.get("kb", "dense"), store.get("kb", "plain")
+    assert kb.meta["retrieval"] == "dense" and kb.meta["embedding_model"] == "tiny-embedder" and kb.meta["chunks"] > 6
+    assert bm25.meta["retrieval"] == "bm25" and "embedding_model" not in bm25.meta
+    units, _ = rag.read_folder(rag.DEMO_DIR)
+    passage = next(n for n in rag.split(units, 64, 8) if "capital of Velmora" in n.get_content())
+    hits = rag.retrieve(rag.load(kb.path, 3), passage.get_content())
+    assert hits[0]["text"] == passage.get_content() and hits[0]["score"] == pytest.approx(1.0)
+    assert len(hits) == 3 and all(h["score"] < 0.999 for h in hits[1:])
+    assert hits[0]["source"] == "velmora.md" and hits[0]["line"] == passage.metadata["line"]
+    store.delete("model", "tiny-embedder")
+    with pytest.raises(rag.RagError, match="build it again"):       # its model moved away: a sentence, not a trace
+        import shutil
+        shutil.move(str(tiny_embedder), str(tiny_embedder) + ".moved")
+        try:
+            rag.load(kb.path, 3)
+        finally:
+            shutil.move(str(tiny_embedder) + ".moved", str(tiny_embedder))
