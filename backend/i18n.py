@@ -1096,6 +1096,12 @@ STRINGS: dict[str, dict[str, str]] = {
     "kb.eval.alone": {"en": "Accuracy alone ({model})", "zh": "不检索的准确率（{model}）"},
     "kb.eval.with": {"en": "Accuracy with retrieval", "zh": "检索后的准确率"},
     "kb.eval.hit": {"en": "Retrieval hit rate", "zh": "检索命中率"},
+    "kb.eval.col.question": {"en": "Question", "zh": "问题"},
+    "kb.eval.col.answer": {"en": "Answer", "zh": "答案"},
+    "kb.eval.col.alone": {"en": "Alone", "zh": "不检索"},
+    "kb.eval.col.with_retrieval": {"en": "With retrieval", "zh": "检索后"},
+    "kb.eval.col.hit": {"en": "Hit", "zh": "命中"},
+    "kb.eval.col.passage": {"en": "First passage", "zh": "第一个段落"},
     "kb.eval.fixed": {"en": "{fixed} of {n} questions answered only with retrieval; {broke} answered only without it.",
                       "zh": "{n} 个问题中有 {fixed} 个只有检索后才答对；{broke} 个只有不检索时答对。"},
     "err.rag_eval.no_kb_endpoint": {"en": "no live knowledge-base endpoint named {name}: serve a knowledge base with a "

@@ -86,7 +86,8 @@ with st.container(key="kb_eval", border=True):
     else:
         c = st.columns([4, 4, 2])
         endpoint = c[0].selectbox(ui.t("kb.eval.endpoint"), list(served), key="kb_eval_endpoint",
-                                  format_func=lambda n: f"{n} ({served[n].get('kb')} + {served[n].get('upstream')})")
+                                  format_func=lambda n: n if n == f"{served[n].get('kb')} + {served[n].get('upstream')}"
+                                  else f"{n} ({served[n].get('kb')} + {served[n].get('upstream')})")
         qa = rag_eval.qa_datasets(home, ui.user())
         dataset = c[1].selectbox(ui.t("kb.eval.dataset"), qa, key="kb_eval_dataset",
                                  index=qa.index("rag_demo_qa") if "rag_demo_qa" in qa else 0)
@@ -114,6 +115,8 @@ with st.container(key="kb_eval", border=True):
                         delta=round(s["rag_accuracy"] - s["alone_accuracy"], 2))
             c[2].metric(ui.t("kb.eval.hit"), f"{s['hit_rate']}%")
             st.caption(ui.t("kb.eval.fixed", fixed=s["fixed"], broke=s["broke"], n=s["questions"]))
-            st.dataframe(pd.DataFrame(rag_eval.side_by_side(res)), hide_index=True, key="kb_eval_items",
-                         column_config={"alone": st.column_config.TextColumn(width="large"),
-                                        "with_retrieval": st.column_config.TextColumn(width="large")})
+            with st.container(key="kb_eval_items"):
+                cols = ("question", "answer", "alone", "with_retrieval", "hit", "passage")
+                st.dataframe(pd.DataFrame(rag_eval.side_by_side(res)), hide_index=True, column_config={
+                    c: st.column_config.TextColumn(ui.t(f"kb.eval.col.{c}"), width="medium" if c in cols[:4] else "small")
+                    for c in cols})

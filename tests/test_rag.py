@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 
 import openai
@@ -332,3 +333,39 @@ def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, tiny_embed
             rag.load(kb.path, 3)
         finally:
             shutil.move(str(tiny_embedder) + ".moved", str(tiny_embedder))
+
+
+@pytest.mark.browser
+def test_the_knowledge_page_evaluates_with_and_without_retrieval_side_by_side(home, page):
+    """On the Knowledge page: pick the knowledge-base endpoint and the bundled question set, Evaluate;
+    the real rag_eval job runs, and the page shows the accuracy alone and with retrieval, the hit rate and each
+    question's two answers side by side (the model is the fake server, which says back its prompt)."""
+    from backend import defaults
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_gateway import placeholder
+    me = defaults.setting("USER")
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, me, "fake-model-server", fake)
+        index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home)
+        wait_for(lambda: queue.get(index, home).state.finished, 180, 0.2, "the index job")
+        kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo", "endpoint": "fake-model-server"}, home=home))
+        page.goto(page.base_url + "/knowledge")
+        form = page.locator(".st-key-kb_eval")
+        form.locator(".st-key-kb_eval_endpoint").wait_for(timeout=60_000)
+        pick(page, "kb_eval_endpoint", kb["name"], exact=False)
+        pick(page, "kb_eval_dataset", "rag_demo_qa")
+        form.get_by_role("button", name="Evaluate").click()
+        job = wait_for(lambda: next(iter(open_store(home).jobs(kind="rag_eval", limit=1)), None), 30, 0.2,
+                       "the rag_eval job queued")
+        wait_for(lambda: queue.get(job.id, home).state.finished, 180, 0.3, "the rag_eval job")
+        assert queue.get(job.id, home).state == "succeeded", (home / "jobs" / str(job.id) / "run.log").read_text()
+        page.reload()
+        page.locator(".st-key-kb_eval_items [data-testid='stDataFrame']").wait_for(timeout=60_000)
+    finally:
+        fake.close()
+    text = re.sub(r"\n+", "\n", form.inner_text())
+    assert "Accuracy alone (fake-model-server)\n0.0%" in text and "Accuracy with retrieval\n100.0%" in text
+    assert "Retrieval hit rate\n100.0%" in text and "8 of 8 questions answered only with retrieval" in text
+    page.locator(".st-key-kb_eval_items").scroll_into_view_if_needed()
+    shot(page, "rag-eval")
