@@ -1082,6 +1082,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "kb.to_chat": {"en": "Chat with it", "zh": "去对话"},
     "kb.start_model": {"en": "Start a model server on the Chat page first.", "zh": "请先在对话页面启动一个模型服务。"},
     "chat.passages": {"en": "Passages used ({n})", "zh": "引用的段落（{n}）"},
+    "eval.rag_link": {"en": "With and without retrieval (a question set through a knowledge base): Knowledge bases page",
+                      "zh": "有无检索的对比评测（通过知识库回答问题集）：见“知识库”页"},
     "kb.eval": {"en": "Evaluate with and without retrieval", "zh": "有无检索的对比评测"},
     "kb.eval.intro": {"en": "A question-and-answer dataset asked of the model alone and through a knowledge-base "
                             "endpoint: the accuracy of each, and how often the retrieved passages held the answer.",
