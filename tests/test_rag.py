@@ -299,7 +299,7 @@ def tiny_embedder(tmp_path_factory):
     return make_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny-embedder")
 
 
-def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, tiny_embedder, tiny_model):
+def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, worker, tiny_embedder, tiny_model):
     """The real index job with ``embedding_model``: LlamaIndex's vector index over a sentence-transformers model of
     the registry (a tiny random one built offline); a passage's own text finds it. A model that is no
     sentence-transformers model is refused before queueing; BM25 stays the default."""
@@ -313,8 +313,8 @@ def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, tiny_embed
     dense = queue.submit("index", {"name": "dense", "folder": "demo", "embedding_model": "tiny-embedder",
                                    "chunk_size": 64, "chunk_overlap": 8}, owner="ann", home=home)
     plain = queue.submit("index", {"name": "plain", "folder": "demo"}, owner="ann", home=home)
-    run_burst(home)
     for job_id in (dense, plain):
+        wait_for(lambda: queue.get(job_id, home).state.finished, 180, 0.2, "the index job")
         assert queue.get(job_id, home).state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
     kb, bm25 = store.get("kb", "dense"), store.get("kb", "plain")
     assert kb.meta["retrieval"] == "dense" and kb.meta["embedding_model"] == "tiny-embedder" and kb.meta["chunks"] > 6
@@ -325,6 +325,21 @@ def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, tiny_embed
     assert hits[0]["text"] == passage.get_content() and hits[0]["score"] == pytest.approx(1.0)
     assert len(hits) == 3 and all(h["score"] < 0.999 for h in hits[1:])
     assert hits[0]["source"] == "velmora.md" and hits[0]["line"] == passage.metadata["line"]
+
+    # served with a model: each question is embedded by the same model, and its passages come with the answer
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_gateway import placeholder
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, "ann", "ann-model", fake)
+        served = endpoint_of(home, queue.submit("rag_serve", {"kb": "dense", "endpoint": "ann-model", "top_k": 2},
+                                                owner="ann", home=home), 120)
+        answer = openai.OpenAI(base_url=served["url"], api_key=served["api_key"]).chat.completions.create(
+            model=served["model"], messages=[{"role": "user", "content": passage.get_content()}], max_tokens=8)
+    finally:
+        fake.close()
+    assert answer.model_extra["passages"][0]["text"] == passage.get_content()
+    assert passage.get_content() in fake.requests[-1]["messages"][-1]["content"]
     store.delete("model", "tiny-embedder")
     with pytest.raises(rag.RagError, match="build it again"):       # its model moved away: a sentence, not a trace
         import shutil
