@@ -57,8 +57,8 @@ SETTINGS = {s.name: s for s in [
     Setting("LOGIN_WINDOW_S", 300.0, "the window for LOGIN_MAX_FAILS"),
     Setting("API_RATE_PER_MIN", 60, "requests a minute one API key may send to the /v1 gateway (0: no limit)"),
     Setting("USER_MAX_QUEUED", 0, "per-user cap on waiting jobs, checked at submit (0: none; an account may override it)"),
-    Setting("USER_DISK_QUOTA_GB", 0.0, "class mode: most a student's datasets, adapters, models and gallery images "
-            "in the workspace may take, checked at upload and import (0: none)"),
+    Setting("USER_DISK_QUOTA_GB", 0.0, "class mode: most a student's datasets, adapters, models, gallery images, "
+            "uploaded documents and job folders in the workspace may take, checked at upload and import (0: none)"),
     Setting("USER_GPU_HOURS_PER_DAY", 0.0, "most GPU-hours a student's jobs may use per day, checked at submit of a job "
             "that needs a GPU or CPU slot (hours x GPU memory held / the GPU's memory; CPU-slot hours without a GPU; "
             "0: none; an account may override it)"),

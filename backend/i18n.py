@@ -1096,6 +1096,15 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.rag.no_column": {"en": "dataset {name} has no text in a field {field!r}: pick its text field",
                           "zh": "数据集 {name} 的字段 {field!r} 中没有文字：请选择它的文本字段"},
     "err.rag.no_text": {"en": "there is no text to index", "zh": "没有可以建立索引的文字"},
+    "err.rag.not_embedder": {"en": "{name} is not a sentence-transformers model in the registry (its folder has no "
+                                   "modules.json): download one such as paraphrase-multilingual-MiniLM-L12-v2 or a bge model",
+                             "zh": "{name} 不是注册表中的 sentence-transformers 模型（文件夹里没有 modules.json）：请下载一个，"
+                                   "例如 paraphrase-multilingual-MiniLM-L12-v2 或 bge 模型"},
+    "err.rag.embedder_gone": {"en": "the embedding model {name} of this knowledge base is gone: build it again",
+                              "zh": "这个知识库使用的向量模型 {name} 已不存在：请重新建立索引"},
+    "kb.embedding": {"en": "Retrieval", "zh": "检索方式"},
+    "kb.embedding.bm25": {"en": "BM25 (keywords, offline)", "zh": "BM25（关键词，离线）"},
+    "kb.embedding.dense": {"en": "embeddings: {name}", "zh": "向量：{name}"},
     "err.rag.no_kb": {"en": "there is no knowledge base named {name}", "zh": "没有名为 {name} 的知识库"},
     "err.rag.no_folder": {"en": "no uploaded documents at {folder}: upload them again",
                           "zh": "{folder} 处没有上传的文档：请重新上传"},
@@ -1108,6 +1117,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.users.kb_not_yours": {"en": "knowledge base {name} is another student's: use your own or the class's",
                                "zh": "知识库 {name} 属于另一位学生：请使用你自己的或班级的知识库"},
     "nav.kb": {"en": "Knowledge bases", "zh": "知识库"},
+    "nav.knowledge": {"en": "Knowledge bases", "zh": "知识库"},       # a lab step's page (labs/*.yaml)
     "kb.intro": {"en": "Documents split into passages and indexed (BM25, with jieba for Chinese). Serve a knowledge "
                        "base with a model, then compare answers with and without retrieval on the Chat page.",
                  "zh": "文档被切分成段落并建立索引（BM25，中文用 jieba 分词）。用一个模型服务知识库，再到对话页面对比有无检索的回答。"},
@@ -1135,6 +1145,33 @@ STRINGS: dict[str, dict[str, str]] = {
     "kb.to_chat": {"en": "Chat with it", "zh": "去对话"},
     "kb.start_model": {"en": "Start a model server on the Chat page first.", "zh": "请先在对话页面启动一个模型服务。"},
     "chat.passages": {"en": "Passages used ({n})", "zh": "引用的段落（{n}）"},
+    "eval.rag_link": {"en": "With and without retrieval (a question set through a knowledge base): Knowledge bases page",
+                      "zh": "有无检索的对比评测（通过知识库回答问题集）：见“知识库”页"},
+    "kb.eval": {"en": "Evaluate with and without retrieval", "zh": "有无检索的对比评测"},
+    "kb.eval.intro": {"en": "A question-and-answer dataset asked of the model alone and through a knowledge-base "
+                            "endpoint: the accuracy of each, and how often the retrieved passages held the answer.",
+                      "zh": "用一个问答数据集分别提问模型本身和知识库服务：比较两者的准确率，以及检索到的段落包含答案的比例。"},
+    "kb.eval.endpoint": {"en": "Knowledge-base endpoint", "zh": "知识库服务"},
+    "kb.eval.dataset": {"en": "Question set (question, answer)", "zh": "问题集（question、answer）"},
+    "kb.eval.limit": {"en": "Questions", "zh": "问题数"},
+    "kb.eval.run": {"en": "Evaluate", "zh": "开始评测"},
+    "kb.eval.no_endpoint": {"en": "Serve a knowledge base with a model above first.",
+                            "zh": "请先在上方把知识库与模型一起服务。"},
+    "kb.eval.pick": {"en": "Run", "zh": "评测记录"},
+    "kb.eval.alone": {"en": "Accuracy alone ({model})", "zh": "不检索的准确率（{model}）"},
+    "kb.eval.with": {"en": "Accuracy with retrieval", "zh": "检索后的准确率"},
+    "kb.eval.hit": {"en": "Retrieval hit rate", "zh": "检索命中率"},
+    "kb.eval.col.question": {"en": "Question", "zh": "问题"},
+    "kb.eval.col.answer": {"en": "Answer", "zh": "答案"},
+    "kb.eval.col.alone": {"en": "Alone", "zh": "不检索"},
+    "kb.eval.col.with_retrieval": {"en": "With retrieval", "zh": "检索后"},
+    "kb.eval.col.hit": {"en": "Hit", "zh": "命中"},
+    "kb.eval.col.passage": {"en": "First passage", "zh": "第一个段落"},
+    "kb.eval.fixed": {"en": "{fixed} of {n} questions answered only with retrieval; {broke} answered only without it.",
+                      "zh": "{n} 个问题中有 {fixed} 个只有检索后才答对；{broke} 个只有不检索时答对。"},
+    "err.rag_eval.no_kb_endpoint": {"en": "no live knowledge-base endpoint named {name}: serve a knowledge base with a "
+                                          "model on the Knowledge page",
+                                    "zh": "没有名为 {name} 的运行中的知识库服务：请在“知识库”页把知识库与模型一起服务"},
     "err.lab.too_big": {"en": "lab file {file} is larger than {max_kb} KB: not read",
                         "zh": "实验文件 {file} 超过 {max_kb} KB：未读取"},
     "err.lab.yaml": {"en": "lab file {file}, line {line}: not valid YAML ({problem})",
@@ -1185,6 +1222,17 @@ STRINGS: dict[str, dict[str, str]] = {
                          "zh": "你的评测 {run} 在 {dataset} 上没有分数：请在“任务”页查看它的日志"},
     "err.lab.low_score": {"en": "your best score on {dataset} is {score}, below the lab's {min}",
                           "zh": "你在 {dataset} 上的最好分数是 {score}，低于实验要求的 {min}"},
+    "err.lab.no_rag_eval": {"en": "no finished evaluation of yours with and without retrieval yet: run one on the "
+                                  "Knowledge page",
+                            "zh": "你还没有完成的有无检索对比评测：请在“知识库”页运行一次"},
+    "err.lab.rag_not_fixed": {"en": "in your evaluation {run}, no question was answered wrongly alone and rightly with "
+                                    "retrieval ({n} asked; with retrieval {rag}% right, alone {alone}%): try questions "
+                                    "about your documents that the model can't know",
+                              "zh": "在你的评测 {run} 中，没有一个问题是不检索答错、检索后答对的（共 {n} 题；检索后正确率 "
+                                    "{rag}%，不检索 {alone}%）：换一些模型不可能知道、只在你的文档里的问题"},
+    "err.lab.rag_no_hit": {"en": "in your evaluation {run}, \"{question}\" was answered rightly with retrieval, but no "
+                                 "retrieved passage held the answer: the model may have guessed",
+                           "zh": "在你的评测 {run} 中，“{question}”检索后答对了，但检索到的段落里没有答案：模型可能是猜的"},
     "err.lab.no_agent": {"en": "no finished agent run of yours yet: ask the agent on the Agent page",
                          "zh": "你还没有完成的智能体运行：请在“智能体”页提问"},
     "err.lab.agent_no_tool": {"en": "your agent runs (newest: job {job}) never used the Python interpreter and answered: "

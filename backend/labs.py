@@ -28,7 +28,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend import chat, datasets, defaults, deploy, finetune, i18n, live, logs, models, paths, queue, resources, users
+from backend import (chat, datasets, defaults, deploy, finetune, i18n, live, logs, models, paths, queue, rag, rag_eval,
+                     resources, users)
 from backend.errors import UserError
 from backend.paths import job_dir
 from backend.registry import Entry
@@ -40,7 +41,8 @@ MAX_BYTES = 64 * 1024                    # a lab file larger than this is refuse
 KIND = "lab_check"
 EVIDENCE = "evidence.json"               # in the check job's artifacts
 HASH_MAX_BYTES = 1 << 30                 # key files larger than this are recorded by size, not hashed
-PAGES = ("datasets", "models", "finetune", "evaluate", "chat", "deploy", "agent", "xcomposer", "jobs")
+PAGES = ("datasets", "models", "finetune", "evaluate", "chat", "deploy", "agent", "xcomposer", "jobs", "knowledge")
+SERVERS = ("serve", "vlm", "rag_serve")   # a step of these kinds is done while its server runs
 SELF_COGNITION_SOURCE = datasets.SAMPLES_DIR / "shubot_self_cognition.jsonl"
 SAMPLE_NAMES = ("ShuBot (小书)", "小书（ShuBot）", "ShuBot", "小书")   # the sample's assistant, both ways: the student's name
 ASSISTANT_NAME = re.compile(r"^[\w\u4e00-\u9fff][\w\u4e00-\u9fff .-]{0,31}$")
@@ -251,14 +253,17 @@ def _newest(type: str, student: str, home: Path | None, pred=None) -> str | None
 
 def context(student: str, params: dict | None = None, *, home: Path) -> dict:
     """What a step's spec may name: {user}, {bundled}, {preset}, the student's newest {dataset} (self-cognition),
-    {adapter}, {model}, {quantized}, their live {endpoint}, and the lab's params."""
+    {adapter}, {model}, {quantized}, {kb}, their live model {endpoint} and knowledge-base {rag_endpoint}, and the
+    lab's params."""
     theirs = {e.name for e in mine("endpoint", student, home)}
+    live_ = [e for e in chat.endpoints(home, by=users.OPERATOR) if e["name"] in theirs and not e.get("base_of")]
     ctx = {"user": student, "bundled": models.BUNDLED_NAME, "preset": finetune.default_preset(),
            "dataset": _newest("dataset", student, home, lambda e: "self_cognition" in e.meta),
            "adapter": _newest("adapter", student, home), "model": _newest("model", student, home),
            "quantized": _newest("model", student, home, lambda e: bool(e.meta.get("quantized_from"))),
-           "endpoint": next((e["name"] for e in chat.endpoints(home, by=users.OPERATOR) if e["name"] in theirs and not e.get("base_of")),
-                            None)}
+           "kb": _newest("kb", student, home),
+           "endpoint": next((e["name"] for e in live_ if e.get("engine") != "rag"), None),
+           "rag_endpoint": next((e["name"] for e in live_ if e.get("engine") == "rag"), None)}
     ctx.update({k: v for k, v in (params or {}).items() if v})
     return ctx
 
@@ -303,7 +308,7 @@ def step_done(step: Step, student: str, home: Path) -> bool:
         return any("self_cognition" in e.meta for e in mine("dataset", student, home))
     if not step.kind:
         return False
-    states = [JobState.SUCCEEDED, JobState.RUNNING] if step.kind in ("serve", "vlm") else [JobState.SUCCEEDED]
+    states = [JobState.SUCCEEDED, JobState.RUNNING] if step.kind in SERVERS else [JobState.SUCCEEDED]
     return bool(open_store(home).jobs(kind=step.kind, owner=student, states=states, limit=1))
 
 
@@ -420,7 +425,8 @@ def check_self_cognition(c: Ctx, prompts: tuple[str, ...] = ("Who are you?", "�
 
 def check_evaluate(c: Ctx, dataset: str, min_score: float | None = None) -> None:
     """An evaluation of the student's with a score on ``dataset`` (at least ``min_score`` when given)."""
-    runs = [e for e in c.mine("eval") if any(dataset == d or d.startswith(dataset) for d in e.meta.get("datasets", []))]
+    runs = [e for e in c.mine("eval") if not e.meta.get("rag")             # OpenCompass's, not a rag_eval's
+            and any(dataset == d or d.startswith(dataset) for d in e.meta.get("datasets", []))]
     if not runs:
         raise Missing("err.lab.no_eval", dataset=dataset)
     for run in runs:
@@ -436,6 +442,42 @@ def check_evaluate(c: Ctx, dataset: str, min_score: float | None = None) -> None
     c.artifact("eval", run.name, run.id, run.path, ("result.json",))
     c.seen.update(eval=run.name, dataset=best["dataset"], model=best.get("model"), metric=best.get("metric"),
                   score=float(best["score"]), scores={r.get("model"): r["score"] for r in rows})
+
+
+def check_rag(c: Ctx) -> None:
+    """An evaluation of the student's with and without retrieval (a rag_eval job) in which a question was answered
+    wrongly by the model alone and rightly through the knowledge base, with the answer in a retrieved passage."""
+    runs = [e for e in c.mine("eval") if e.meta.get("rag") and e.job_id
+            and getattr(c.store.job(e.job_id), "kind", "") == "rag_eval"]
+    if not runs:
+        raise Missing("err.lab.no_rag_eval")
+    guessed = None                              # a run where retrieval fixed a question but held no answer
+    for run in runs:
+        items = (logs.result(run.job_id, c.home) or {}).get("items") or []
+        fixed = [it for it in items if it.get("rag_correct") and not it.get("alone_correct")]
+        proved = next((it for it in fixed if it.get("hit")), None)
+        if proved is None:
+            guessed = guessed or (fixed and (run, fixed[0]))
+            continue
+        ev = run.meta["rag"]
+        answers = rag_eval.golds(proved["answer"])
+        passage = next(p for p in proved["passages"] if rag_eval.contains(p.get("text", ""), answers))
+        c.artifact("eval", run.name, run.id, run.path, ("result.json",))
+        kb = c.store.get("kb", ev.get("kb") or "")
+        if kb is not None:
+            c.artifact("kb", kb.name, kb.id, kb.path, ("retriever.json",))
+        c.seen.update(eval=run.name, job=run.job_id, kb=ev.get("kb"), endpoint=ev.get("endpoint"),
+                      model=ev.get("model"), question=proved["question"], answer=proved["answer"],
+                      alone=proved["alone"], with_retrieval=proved["rag"], passage=rag.place(passage),
+                      passage_text=passage.get("text", "")[:300],
+                      summary={k: ev.get(k) for k in ("questions", "alone_accuracy", "rag_accuracy", "hit_rate",
+                                                       "fixed", "broke")})
+        return
+    if guessed:
+        raise Missing("err.lab.rag_no_hit", run=guessed[0].name, question=guessed[1]["question"])
+    ev = runs[0].meta["rag"]
+    raise Missing("err.lab.rag_not_fixed", run=runs[0].name, n=ev.get("questions"), rag=ev.get("rag_accuracy"),
+                  alone=ev.get("alone_accuracy"))
 
 
 def check_agent(c: Ctx) -> None:
@@ -513,7 +555,8 @@ def both_languages(key: str, **fields) -> dict:
 
 
 CHECKS = {"download": check_download, "self_cognition": check_self_cognition, "evaluate": check_evaluate,
-          "agent": check_agent, "quantize_deploy": check_quantize_deploy, "finetune": check_finetune}
+          "agent": check_agent, "quantize_deploy": check_quantize_deploy, "finetune": check_finetune,
+          "rag": check_rag}
 
 
 # -- running a lab's checks ------------------------------------------------------------------------------
@@ -636,7 +679,7 @@ def status(by, home: Path) -> list[dict]:
 
 def _busy(kind: str, student: str, home: Path | None) -> bool:
     """A job of ``kind`` of the student's is on its way (a server: until it runs)."""
-    states = [JobState.QUEUED, JobState.STARTING] + ([] if kind in ("serve", "vlm") else [JobState.RUNNING])
+    states = [JobState.QUEUED, JobState.STARTING] + ([] if kind in SERVERS else [JobState.RUNNING])
     return bool(open_store(home).jobs(kind=kind, owner=student, states=states, limit=1))
 
 

@@ -1,5 +1,6 @@
 """Knowledge bases (RAG): documents read into text with their place, split into passages, indexed with BM25
-(LlamaIndex's SentenceSplitter and BM25Retriever over bm25s; Chinese words cut by jieba first), and the
+(LlamaIndex's SentenceSplitter and BM25Retriever over bm25s; Chinese words cut by jieba first) or, when a
+sentence-transformers model from the registry is named, embedded (LlamaIndex's VectorStoreIndex), and the
 passages a question retrieves put into its prompt.
 
 A knowledge base is a registry entry (type ``kb``) made by an ``index`` job: its path is the index folder in
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import html.parser
 import io
+import math
 import re
 import stat
 import zipfile
@@ -21,6 +23,7 @@ from backend import defaults, paths, users
 from backend.errors import UserError
 from backend.store import open_store
 
+EMBEDDING_FILE = "embedding.json"                   # in a dense index: the sentence-transformers model it used
 SUFFIXES = (".txt", ".md", ".pdf", ".docx", ".html", ".htm")
 DEMO_DIR = defaults.ROOT / "assets" / "rag"          # the bundled CPU demo documents (folder name "demo")
 DEMO = "demo"
@@ -263,6 +266,43 @@ def retriever_class():
     return Retriever
 
 
+def is_embedder(path: str | Path) -> bool:
+    """A sentence-transformers model folder (its ``modules.json``), e.g. paraphrase-multilingual-MiniLM or a bge model."""
+    return Path(path, "modules.json").is_file()
+
+
+def embedders(home: Path, by: users.Actor) -> list:
+    """Registry models ``by`` may use that are sentence-transformers models (dense retrieval)."""
+    return [e for e in open_store(home).items("model") if users.may_use(e, by, home=home) and is_embedder(e.path)]
+
+
+def embedder(name: str, home: Path) -> Path:
+    """The folder of the registry model ``name``, a sentence-transformers model; RagError when it is none."""
+    entry = open_store(home).get("model", name)
+    if entry is None or not is_embedder(entry.path):
+        raise RagError("err.rag.not_embedder", name=name)
+    return Path(entry.path)
+
+
+def embed_model(path: str | Path):
+    """LlamaIndex's HuggingFaceEmbedding (sentence-transformers) on a local folder, on the CPU, offline."""
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    return HuggingFaceEmbedding(model_name=str(path), device="cpu", show_progress_bar=False)
+
+
+def build_dense(nodes: list, folder: Path, name: str, path: Path) -> None:
+    """A vector index of ``nodes`` embedded by the sentence-transformers model at ``path`` (LlamaIndex's
+    VectorStoreIndex, persisted in ``folder`` with ``embedding.json`` naming the model)."""
+    import json
+
+    from llama_index.core import VectorStoreIndex
+    if not nodes:
+        raise RagError("err.rag.no_text")
+    index = VectorStoreIndex(nodes, embed_model=embed_model(path), show_progress=False)
+    index.storage_context.persist(persist_dir=str(folder))
+    (folder / EMBEDDING_FILE).write_text(json.dumps({"model": name, "path": str(path)}), encoding="utf-8")
+
+
 def build(nodes: list, folder: Path, top_k: int) -> None:
     """A BM25 index of ``nodes`` persisted in ``folder`` (LlamaIndex's format: bm25s files + retriever.json)."""
     import bm25s
@@ -283,7 +323,19 @@ def build(nodes: list, folder: Path, top_k: int) -> None:
 
 
 def load(folder: str | Path, top_k: int = 3):
-    """The persisted retriever, answering ``top_k`` passages (at most as many as it holds)."""
+    """The persisted retriever (dense when the index was embedded, else BM25), answering ``top_k`` passages (at most
+    as many as it holds)."""
+    folder = Path(folder)
+    if (folder / EMBEDDING_FILE).is_file():
+        import json
+
+        from llama_index.core import StorageContext, load_index_from_storage
+        info = json.loads((folder / EMBEDDING_FILE).read_text(encoding="utf-8"))
+        if not is_embedder(info["path"]):
+            raise RagError("err.rag.embedder_gone", name=info["model"])
+        index = load_index_from_storage(StorageContext.from_defaults(persist_dir=str(folder)),
+                                        embed_model=embed_model(info["path"]))
+        return index.as_retriever(similarity_top_k=top_k)
     retriever = retriever_class().from_persist_dir(str(folder), show_progress=False)
     retriever.similarity_top_k = min(top_k, int(retriever.bm25.scores["num_docs"]))
     return retriever
@@ -293,7 +345,13 @@ def retrieve(retriever, question: str) -> list[dict]:
     """The passages for a question, best first: ``{"source", "page"|"row"|"line", "text", "score"}``."""
     return [{**{k: v for k, v in hit.node.metadata.items() if k in ("source", "page", "row", "line")},
              "text": hit.node.get_content(), "score": round(float(hit.score), 3)}
-            for hit in retriever.retrieve(question) if hit.score > 0]
+            for hit in retriever.retrieve(question) if kept(retriever, float(hit.score))]
+
+
+def kept(retriever, score: float) -> bool:
+    """A BM25 passage shares a word with the question (score > 0); a dense one has a similarity (not NaN: an
+    embedding of nothing)."""
+    return score > 0 if hasattr(retriever, "bm25") else not math.isnan(score)
 
 
 # -- prompts ------------------------------------------------------------------------------------------

@@ -278,11 +278,16 @@ def _bytes(path: Path) -> int:
 
 def disk_usage(home: Path) -> dict[str, int]:
     """Bytes each owner's datasets, adapters and models take in the workspace (the bundled samples are outside
-    it), from one pass over the registry, plus each account's own gallery folder and every byte their jobs wrote
-    in their job folders (checkpoints, merged copies, downloads in progress, agent files)."""
+    it), from one pass over the registry, plus each account's own gallery folder, their uploaded documents
+    (``documents/<owner>/``) and every byte their jobs wrote in their job folders (checkpoints, merged copies,
+    downloads in progress, agent files, knowledge-base indexes)."""
     root = home.resolve()
     store = open_store(home)
     total = {u["name"]: _bytes(paths.user_gallery(u["name"], home=root)) for u in store.users()}
+    documents = root / "documents"                   # uploads for knowledge bases (backend/rag.py save_upload)
+    for folder in documents.iterdir() if documents.is_dir() else ():
+        if folder.is_dir() and not folder.is_symlink():
+            total[folder.name] = total.get(folder.name, 0) + _bytes(folder)
     owners = store.job_owners()
     for folder in (root / "jobs").iterdir() if (root / "jobs").is_dir() else ():
         owner = owners.get(int(folder.name)) if folder.name.isdigit() else None

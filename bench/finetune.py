@@ -156,7 +156,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from peft import LoraConfig, get_peft_model
 from trl import GRPOTrainer
 from backend import rewards
-from backend.specs.finetune import Spec
+from backend.kinds.finetune import Spec
 from jobs.grpo import config
 cfg = json.loads(sys.argv[1])
 spec = Spec.model_validate(cfg["spec"])

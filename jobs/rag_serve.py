@@ -141,7 +141,11 @@ def main(spec: Spec, job: Job) -> dict:
     except UserError as e:                  # no such base or endpoint, or one the owner may not use (audited)
         raise JobError(str(e), BAD_INPUT, "pick a knowledge base and a model endpoint you may use") from None
     job.progress(0, 1, "", f"loading the index of {spec.kb}", force=True)
-    app = App(spec.name or f"{spec.kb} + {spec.endpoint}", server_auth.new_key(), rag.load(kb.path, spec.top_k), model)
+    try:
+        retriever = rag.load(kb.path, spec.top_k)
+    except UserError as e:                  # a dense index whose embedding model is gone
+        raise JobError(str(e), BAD_INPUT, "build the knowledge base again") from None
+    app = App(spec.name or f"{spec.kb} + {spec.endpoint}", server_auth.new_key(), retriever, model)
     rag.segment("知识库")                  # jieba loads its dictionary now, not at the first Chinese question
     host, address = server_host.bind()
     server = ThreadingHTTPServer((host, 0), type("RagHandler", (Handler,), {"app": app}))

@@ -66,6 +66,8 @@ with st.expander(ui.t("eval.new"), expanded=not ev.runs(by=ui.user(), home=ui.ho
             st.session_state[keys.EVAL_RUN] = job_id
             st.success(ui.t("job.queued_as", id=job_id))
 
+st.page_link("pages/knowledge.py", label=ui.t("eval.rag_link"), icon=":material/menu_book:")
+
 # -- past runs and results ---------------------------------------------------------------------
 st.header(ui.t("eval.runs"))
 runs = ev.runs(by=ui.user(), home=ui.home())

@@ -25,6 +25,7 @@ MODELS_JOB, MODELS_CONFIRM = "models_job", "models_confirm"
 MODELS_EXPORT_JOB = "models_export_job"      # the export (GGUF) or push job this session follows
 DS_STATE = "ds_state"                     # per-dataset results (validation, convert, split, stats job)
 KB_JOB = "kb_job"                         # Knowledge bases: the index job just submitted
+KB_EVAL_RUN = "kb_eval_run"               # Knowledge bases: the rag_eval job just submitted
 LAB_NOTE = "lab_note"                     # Home: what the last "Start this step" did
 
 

@@ -1,8 +1,10 @@
 """Knowledge bases: upload documents (or take the bundled demo, or a dataset's text column), build the index
-with an ``index`` job, and serve a base with a model endpoint (``rag_serve``) to chat with it on the Chat page."""
+with an ``index`` job, serve a base with a model endpoint (``rag_serve``) to chat with it on the Chat page, and
+evaluate a question set with and without retrieval (``rag_eval``), the two side by side."""
+import pandas as pd
 import streamlit as st
 
-from backend import chat, datasets, rag
+from backend import chat, datasets, defaults, rag, rag_eval
 from backend.paths import human_size
 from pages import keys, ui
 
@@ -10,6 +12,7 @@ st.title(ui.t("nav.kb"))
 st.caption(ui.t("kb.intro"))
 
 # -- a new knowledge base ------------------------------------------------------------------------------
+home = defaults.home()
 with st.container(key="kb_new", border=True):
     st.subheader(ui.t("kb.new"))
     name = st.text_input(ui.t("kb.name"), key="kb_name")
@@ -24,12 +27,16 @@ with st.container(key="kb_new", border=True):
         dataset = c1.selectbox(ui.t("kb.dataset"), [d["name"] for d in datasets.list_datasets(by=ui.user(), home=ui.home())],
                                key="kb_dataset")
         field = c2.text_input(ui.t("kb.text_field"), "text", key="kb_text_field")
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
+    embedding = c3.selectbox(ui.t("kb.embedding"), [""] + [e.name for e in rag.embedders(home, ui.user())],
+                             key="kb_embedding", format_func=lambda n: ui.t("kb.embedding.dense", name=n) if n
+                             else ui.t("kb.embedding.bm25"))
     size = c1.number_input(ui.t("kb.chunk_size"), 32, 8192, 256, key="kb_chunk_size", help=ui.t("kb.chunk_size.help"))
     overlap = c2.number_input(ui.t("kb.chunk_overlap"), 0, 4096, 32, key="kb_chunk_overlap")
     if st.button(ui.t("kb.build"), key="kb_build", type="primary",
                  disabled=not name.strip() or (source == "upload" and not files)):
-        spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap)}
+        spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap),
+                "embedding_model": embedding or ""}
         if source == "upload":
             try:
                 folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner(), home=ui.home())
@@ -68,3 +75,48 @@ with st.container(key="kb_list"):
                 st.page_link("pages/chat.py", label=ui.t("kb.to_chat"), icon=":material/chat:")
     if kbs and not models:
         st.caption(ui.t("kb.start_model"))
+
+# -- a question set asked with and without retrieval (rag_eval), the two side by side ------------------------
+with st.container(key="kb_eval", border=True):
+    st.subheader(ui.t("kb.eval"))
+    st.caption(ui.t("kb.eval.intro"))
+    served = {e["name"]: e for e in rag_eval.kb_endpoints(home, ui.user())}
+    if not served:
+        st.caption(ui.t("kb.eval.no_endpoint"))
+    else:
+        c = st.columns([4, 4, 2])
+        endpoint = c[0].selectbox(ui.t("kb.eval.endpoint"), list(served), key="kb_eval_endpoint",
+                                  format_func=lambda n: n if n == f"{served[n].get('kb')} + {served[n].get('upstream')}"
+                                  else f"{n} ({served[n].get('kb')} + {served[n].get('upstream')})")
+        qa = rag_eval.qa_datasets(home, ui.user())
+        dataset = c[1].selectbox(ui.t("kb.eval.dataset"), qa, key="kb_eval_dataset",
+                                 index=qa.index("rag_demo_qa") if "rag_demo_qa" in qa else 0)
+        limit = c[2].number_input(ui.t("kb.eval.limit"), 1, 1000, 50, key="kb_eval_limit")
+        if st.button(ui.t("kb.eval.run"), key="kb_eval_run", type="primary", disabled=not dataset):
+            job_id = ui.submit("rag_eval", {"endpoint": endpoint, "dataset": dataset, "limit": int(limit)})
+            if job_id:
+                st.session_state[keys.KB_EVAL_RUN] = job_id
+    runs = rag_eval.runs(home, ui.user())
+    if runs:
+        ids = [r["job_id"] for r in runs]
+        current = st.session_state.get(keys.KB_EVAL_RUN)
+        job_id = st.selectbox(ui.t("kb.eval.pick"), ids, index=ids.index(current) if current in ids else 0,
+                              key="kb_eval_pick", format_func=lambda i: next(
+                                  f"#{r['job_id']} {r['endpoint']} × {r['dataset']} · {ui.state_label(r['state'])}"
+                                  for r in runs if r["job_id"] == i))
+        res = rag_eval.result(job_id, home, ui.user())
+        if res is None:
+            ui.job_view(job_id, show_spec=False)
+        else:
+            s = res["summary"]
+            c = st.columns(3)
+            c[0].metric(ui.t("kb.eval.alone", model=res["model"]), f"{s['alone_accuracy']}%")
+            c[1].metric(ui.t("kb.eval.with"), f"{s['rag_accuracy']}%",
+                        delta=round(s["rag_accuracy"] - s["alone_accuracy"], 2))
+            c[2].metric(ui.t("kb.eval.hit"), f"{s['hit_rate']}%")
+            st.caption(ui.t("kb.eval.fixed", fixed=s["fixed"], broke=s["broke"], n=s["questions"]))
+            with st.container(key="kb_eval_items"):
+                cols = ("question", "answer", "alone", "with_retrieval", "hit", "passage")
+                st.dataframe(pd.DataFrame(rag_eval.side_by_side(res)), hide_index=True, column_config={
+                    c: st.column_config.TextColumn(ui.t(f"kb.eval.col.{c}"), width="medium" if c in cols[:4] else "small")
+                    for c in cols})

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from backend import logs, prompts, queue, rewards, sandbox
+from backend import defaults, logs, prompts, queue, rewards, sandbox, users
 from backend.errors import UserError
-from backend.specs import finetune as ft_spec
+from backend.kinds import finetune as ft_spec
 from backend.store import open_store
 from tests.conftest import run_burst
 

@@ -82,13 +82,17 @@ def failed(result: dict) -> str:
 def test_the_shipped_labs_load_and_one_without_its_check_is_hidden_from_students(home):
     found, problems = labs.load(home)
     assert not problems, problems
-    assert {"download", "self_cognition", "evaluate", "agent", "quantize_deploy", "finetune"} <= set(found)
+    assert {"download", "self_cognition", "evaluate", "agent", "quantize_deploy", "finetune", "rag"} <= set(found)
     assert all(lab.camp.zh and lab.camp.en for lab in found.values())
-    assert not found["rag"].available                          # its check ships with the RAG feature
-    assert "rag" not in [lab.id for lab in labs.visible("ann", home)]
-    assert "rag" in [lab.id for lab in labs.visible(users.OPERATOR, home)]
+    assert all(lab.available for lab in found.values())
+    (home / "labs").mkdir()                                    # a lab whose check has not shipped yet
+    text = (labs.LABS_DIR / "rag.yaml").read_text().replace("id: rag", "id: grpo").replace("check: rag", "check: grpo")
+    (home / "labs" / "grpo.yaml").write_text(text)
+    assert not labs.load(home)[0]["grpo"].available
+    assert "grpo" not in [lab.id for lab in labs.visible("ann", home)]
+    assert "grpo" in [lab.id for lab in labs.visible(users.OPERATOR, home)]
     with pytest.raises(queue.SubmitError, match="not open to students"):
-        queue.submit("lab_check", {"lab": "rag"}, owner="ann", home=home)
+        queue.submit("lab_check", {"lab": "grpo"}, owner="ann", home=home)
 
 
 def test_a_malformed_lab_file_is_named_with_its_line_the_others_keep_working_and_a_fix_reloads(home):
@@ -217,6 +221,49 @@ def test_evaluate_check(home):
     assert not labs.run("evaluate", "bob", home)["passed"]
 
 
+def rag_eval(home, owner: str, items: list[dict], kb: str = "demo-ann") -> str:
+    """A finished rag_eval job of ``owner``'s with these items, registered as jobs/rag_eval.py does."""
+    from backend.rag_eval import summary
+    s = summary(items)
+    ev = job(home, "rag_eval", owner, result={"summary": s, "items": items})
+    name = f"rag-eval-{ev}"
+    open_store(home).put("eval", name, str(job_dir(ev, home)), {
+        "models": ["m", "m+kb"], "datasets": ["rag_demo_qa"], "table": [],
+        "rag": {"kb": kb, "endpoint": "m+kb", "model": "m", **s}}, job_id=ev, owner=owner)
+    return name
+
+
+def item(alone: str, rag: str, hit: bool, question="What is the capital of Velmora?", answer="Tarrin") -> dict:
+    passage = {"source": "velmora.md", "line": 1, "text": f"The capital of Velmora is {answer}." if hit else "Velmora."}
+    return {"question": question, "answer": answer, "source": "velmora.md", "alone": alone, "rag": rag,
+            "alone_correct": answer in alone, "rag_correct": answer in rag, "hit": hit, "passages": [passage]}
+
+
+def test_rag_check(home):
+    assert "no finished evaluation of yours with and without retrieval" in failed(labs.run("rag", "ann", home))
+    rag_eval(home, "ann", [item("Tarrin.", "Tarrin.", True), item("Velmarion.", "Velmarion.", True)])
+    assert "no question was answered wrongly alone and rightly with retrieval (2 asked; with retrieval 50.0% " \
+           "right, alone 50.0%)" in failed(labs.run("rag", "ann", home))
+    rag_eval(home, "ann", [item("Velmarion.", "Tarrin.", False)])                  # right, but not from a passage
+    assert '"What is the capital of Velmora?" was answered rightly with retrieval, but no retrieved passage held ' \
+           "the answer" in failed(labs.run("rag", "ann", home))
+    rag_eval(home, "bob", [item("Velmarion.", "The capital is Tarrin.", True)], kb="demo-bob")  # bob's: not ann's
+    assert not labs.run("rag", "ann", home)["passed"]
+    open_store(home).put("eval", "by-hand", str(home), {"rag": {"kb": "demo-ann"}}, owner="ann")  # no rag_eval job
+    assert not labs.run("rag", "ann", home)["passed"]
+    name = rag_eval(home, "ann", [item("Velmarion.", "Tarrin.", False),
+                                  item("Velmarion.", "The capital of Velmora is Tarrin.", True)])
+    result = labs.run("rag", "ann", home)
+    assert result["passed"], failed(result)
+    seen = result["checks"][0]["seen"]
+    assert seen["eval"] == name and seen["alone"] == "Velmarion." and seen["passage"] == "velmora.md · line 1"
+    assert seen["with_retrieval"] == "The capital of Velmora is Tarrin." and seen["summary"]["fixed"] == 2
+    assert result["checks"][0]["artifacts"][0]["files"] == {
+        "result.json": labs.sha256(job_dir(open_store(home).get("eval", name).job_id, home) / "result.json")}
+    assert labs.run("rag", "bob", home)["passed"]
+    assert "no evaluation of yours on easy_mcq" in failed(labs.run("evaluate", "ann", home))   # not OpenCompass's
+
+
 def test_agent_check(home):
     assert "no finished agent run of yours" in failed(labs.run("agent", "ann", home))
     job(home, "agent", "ann", result={"answer": "6765"}, spec={"prompt": "fib(20)?"},
@@ -278,7 +325,7 @@ def test_the_check_job_writes_evidence_that_verify_accepts_and_refuses_after_one
         bad = cli(home, "labs", "verify", str(forged))
         assert bad.returncode != 0 and ("NOT genuine" in bad.stderr or "not lab evidence" in bad.stderr), bad.stderr
     listed = cli(home, "labs", "list", "--as", "ann")
-    assert "self_cognition     passed" in listed.stdout and "rag" not in listed.stdout
+    assert "self_cognition     passed" in listed.stdout and "rag " in listed.stdout
     assert "needs --as NAME" in cli(home, "labs", "list").stderr
     refused = cli(home, "labs", "export", "--as", "ann")
     assert refused.returncode != 0 and "only an instructor" in refused.stderr

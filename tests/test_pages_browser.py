@@ -7,7 +7,7 @@ from backend import models
 from backend.i18n import STRINGS
 from tests.conftest import shot
 
-PAGES = ["", "jobs", "datasets", "models", "finetune", "evaluate", "chat", "deploy", "xcomposer"]
+PAGES = ["", "jobs", "datasets", "models", "finetune", "evaluate", "knowledge", "chat", "deploy", "xcomposer"]
 RAW_KEY = re.compile(r"\b(?:" + "|".join(sorted({k.split(".")[0] for k in STRINGS})) + r")\.[a-z_]+\.[a-z_.]+\b")
 
 

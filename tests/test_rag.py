@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 
 import openai
 import pytest
 
-from backend import chat, queue, rag, users
+from backend import chat, defaults, queue, rag, users
 from backend.i18n import t
 from backend.store import open_store
 from tests.conftest import endpoint_of, pick, run_burst, shot, wait_for
@@ -130,6 +131,27 @@ def test_the_bundled_model_is_wrong_alone_and_right_with_retrieval(home, worker,
 
 
 @pytest.mark.slow
+def test_the_bundled_model_evaluated_with_and_without_retrieval_passes_the_rag_lab(home, worker, smollm2):  # noqa: F811
+    """The CPU demo's question set asked of SmolLM2 alone and through the demo knowledge base (real serve, index,
+    rag_serve and rag_eval jobs): retrieval fixes questions it can't know, and the RAG lab's check passes on it."""
+    from backend import datasets, labs, logs
+    datasets.ensure_samples(home)
+    model, kb = demo_endpoints(home, smollm2)
+    job = queue.submit("rag_eval", {"endpoint": kb["name"], "dataset": "rag_demo_qa"}, home=home, owner="local")
+    wait_for(lambda: queue.get(job, home, by=users.OPERATOR).state.finished, 600, 0.5, "the rag_eval job")
+    assert queue.get(job, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
+    res = logs.result(job, home)
+    s, first = res["summary"], res["items"][0]
+    print(json.dumps(s), *[(it["question"], it["alone"], it["rag"], it["hit"]) for it in res["items"]], sep="\n")
+    assert first["question"] == QUESTION and not first["alone_correct"] and first["rag_correct"] and first["hit"]
+    assert s["questions"] == 8 and s["alone_accuracy"] <= 25 and s["rag_accuracy"] >= s["alone_accuracy"] + 25
+    assert s["hit_rate"] >= 75
+    result = labs.run("rag", queue.get(job, home, by=users.OPERATOR).owner, home)
+    assert result["passed"], result
+    assert result["checks"][0]["seen"]["passage"].endswith(" · line 1")
+
+
+@pytest.mark.slow
 @pytest.mark.browser
 def test_compare_on_the_chat_page_shows_the_answer_with_and_without_retrieval(home, smollm2, page):  # noqa: F811
     model, kb = demo_endpoints(home, smollm2)
@@ -180,3 +202,185 @@ def test_an_agent_consults_a_knowledge_base_through_its_endpoint(home, worker):
     assert logs.result(job, home)["answer"].strip() == "Tarrin"
     sent = [json.dumps(r["messages"], ensure_ascii=False) for r in fake.requests]
     assert len(sent) == 2 and all("capital of Velmora is Tarrin" in s for s in sent)     # retrieved for each turn
+
+
+def test_a_question_set_is_evaluated_with_and_without_retrieval_and_the_rag_lab_reads_it(home, worker, monkeypatch):
+    """The real index, rag_serve and rag_eval jobs (the model behind is the fake server, which says back its
+    prompt: alone the question, with retrieval the passages too): accuracy each way, the hit rate, an eval entry
+    of the owner's, and the RAG lab's check passing on it, for ann only."""
+    from backend import labs, logs, rag_eval
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_gateway import placeholder
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    for name in ("ann", "bob"):
+        users.add(name, "student", home=home)
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, "ann", "ann-model", fake)                 # the lab's step 2 (serve), done by hand
+        index = labs.start_step("rag", 0, "ann", home=home)          # the lab's steps, prefilled for ann
+        assert queue.get(index, home, by=users.OPERATOR).spec.items() >= {"name": "demo-ann", "folder": "demo"}.items()
+        wait_for(lambda: queue.get(index, home, by=users.OPERATOR).state.finished, 180, 0.2, "the index job")
+        serving = labs.start_step("rag", 2, "ann", home=home)
+        assert queue.get(serving, home, by=users.OPERATOR).spec.items() >= {"kb": "demo-ann", "endpoint": "ann-model", "top_k": 2}.items()
+        kb = endpoint_of(home, serving, 120)
+        assert [e["name"] for e in rag_eval.kb_endpoints(home, "ann")] == [kb["name"]]
+        assert rag_eval.kb_endpoints(home, "bob") == [] and "rag_demo_qa" in rag_eval.qa_datasets(home, "bob")
+        with pytest.raises(queue.Refused):                  # another student's knowledge-base endpoint
+            queue.submit("rag_eval", {"endpoint": kb["name"], "dataset": "rag_demo_qa"}, owner="bob", home=home)
+        with pytest.raises(queue.SubmitError) as e:         # a model endpoint is no knowledge-base endpoint
+            queue.submit("rag_eval", {"endpoint": "ann-model", "dataset": "rag_demo_qa"}, owner="ann", home=home)
+        assert e.value.key == "err.rag_eval.no_kb_endpoint" and "ann-model" in e.value.text("zh")
+        job = labs.start_step("rag", 3, "ann", home=home)
+        assert queue.get(job, home, by=users.OPERATOR).spec.items() >= {"endpoint": kb["name"], "dataset": "rag_demo_qa"}.items()
+        wait_for(lambda: queue.get(job, home, by=users.OPERATOR).state.finished, 180, 0.3, "the rag_eval job")
+    finally:
+        fake.close()
+    assert queue.get(job, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
+    res = rag_eval.result(job, home, "ann")
+    s = res["summary"]
+    assert s["questions"] == 8 and s["alone_accuracy"] == 0.0 and s["rag_accuracy"] >= 75 and s["hit_rate"] >= 75
+    assert s["fixed"] == sum(it["rag_correct"] for it in res["items"]) and s["broke"] == 0
+    first = res["items"][0]
+    assert first["question"] == QUESTION and not first["alone_correct"] and first["rag_correct"] and first["hit"]
+    assert first["passages"][0]["source"] == "velmora.md" and ANSWER in first["passages"][0]["text"]
+    rows = rag_eval.side_by_side(res)
+    assert rows[0]["alone"].startswith("✗ ") and rows[0]["with_retrieval"].startswith("✓ ")
+    assert rows[0]["passage"] == "velmora.md · line 1"
+    entry = open_store(home).get("eval", f"rag-eval-{job}")
+    assert entry.owner == "ann" and entry.meta["rag"]["kb"] == "demo-ann"
+    assert {(r["model"], r["metric"]) for r in entry.meta["table"]} == {
+        ("ann-model", "accuracy"), (kb["name"], "accuracy"), (kb["name"], "retrieval hit rate")}
+    with pytest.raises(users.Refused):                      # bob may not read ann's run
+        rag_eval.result(job, home, "bob")
+    assert [r["job_id"] for r in rag_eval.runs(home, "ann")] == [job] and rag_eval.runs(home, "bob") == []
+
+    # the RAG lab's check reads ann's evaluation (bob has none), and passes with what proved it
+    check = labs.submit_check("rag", "ann", home=home)
+    wait_for(lambda: queue.get(check, home, by=users.OPERATOR).state.finished, 120, 0.2, "the check")
+    result = logs.result(check, home)
+    assert result["passed"], result
+    seen = result["checks"][0]["seen"]
+    assert seen["question"] == QUESTION and seen["passage"] == "velmora.md · line 1" and ANSWER in seen["with_retrieval"]
+    assert ANSWER not in seen["alone"] and seen["summary"]["alone_accuracy"] == 0.0
+    assert {a["type"] for a in result["checks"][0]["artifacts"]} == {"eval", "kb"}
+    mine = next(r for r in labs.status("ann", home) if r["lab"].id == "rag")
+    assert mine["state"] == "passed" and mine["done"] == [True, False, True, True]     # step 2 was not the serve job
+    bob = labs.run("rag", "bob", home)
+    assert not bob["passed"] and "no finished evaluation of yours with and without retrieval" in str(
+        labs.as_error(bob["checks"][0]["problem"]))
+
+
+def test_uploaded_documents_and_indexes_count_in_the_owners_disk_quota(home, monkeypatch):
+    """A student's uploads (documents/<owner>/) and the index their job wrote count in their disk use; an upload past
+    the quota is refused whole, with what they use now."""
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    monkeypatch.setattr(defaults, "DISK_SIZE_CACHE_S", 0.0)          # every figure walked afresh
+    users.add("ann", "student", home=home)
+    before = users.disk_used("ann", home)
+    folder, problems = rag.save_upload([("notes.md", b"The harbour of Tarrin has a red lighthouse.\n" * 2000)], "ann",
+                                       home)
+    assert not problems and users.disk_used("ann", home) - before >= 88_000
+    job_id = queue.submit("index", {"name": "notes", "folder": str(folder.relative_to(home / "documents"))},
+                          owner="ann", home=home)
+    with_upload = users.disk_used("ann", home)
+    run_burst(home)
+    assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded"
+    index = open_store(home).get("kb", "notes").meta["size_bytes"]
+    assert users.disk_used("ann", home) >= with_upload + index        # the index, in ann's job folder
+    monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(users.disk_used("ann", home) / 2**30 + 50_000 / 2**30))
+    with pytest.raises(rag.RagRefused) as e:
+        rag.save_upload([("more.md", b"x" * 100_000)], "ann", home)
+    assert e.value.key == "err.users.disk_quota"
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory):
+    from tests.fixtures.tiny_embedder import make_tiny_embedder
+    return make_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny-embedder")
+
+
+def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, worker, tiny_embedder, tiny_model):
+    """The real index job with ``embedding_model``: LlamaIndex's vector index over a sentence-transformers model of
+    the registry (a tiny random one built offline); a passage's own text finds it. A model that is no
+    sentence-transformers model is refused before queueing; BM25 stays the default."""
+    store = open_store(home)
+    store.put("model", "tiny-embedder", str(tiny_embedder), owner=users.OPERATOR_NAME, shared=True)
+    store.put("model", "tiny-llama", str(tiny_model), owner=users.OPERATOR_NAME, shared=True)
+    assert [e.name for e in rag.embedders(home, "ann")] == ["tiny-embedder"]
+    with pytest.raises(queue.SubmitError) as e:
+        queue.submit("index", {"name": "x", "folder": "demo", "embedding_model": "tiny-llama"}, owner="ann", home=home)
+    assert e.value.key == "err.rag.not_embedder" and "modules.json" in str(e.value)
+    dense = queue.submit("index", {"name": "dense", "folder": "demo", "embedding_model": "tiny-embedder",
+                                   "chunk_size": 64, "chunk_overlap": 8}, owner="ann", home=home)
+    plain = queue.submit("index", {"name": "plain", "folder": "demo"}, owner="ann", home=home)
+    for job_id in (dense, plain):
+        wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state.finished, 180, 0.2, "the index job")
+        assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
+    kb, bm25 = store.get("kb", "dense"), store.get("kb", "plain")
+    assert kb.meta["retrieval"] == "dense" and kb.meta["embedding_model"] == "tiny-embedder" and kb.meta["chunks"] > 6
+    assert bm25.meta["retrieval"] == "bm25" and "embedding_model" not in bm25.meta
+    units, _ = rag.read_folder(rag.DEMO_DIR)
+    passage = next(n for n in rag.split(units, 64, 8) if "capital of Velmora" in n.get_content())
+    hits = rag.retrieve(rag.load(kb.path, 3), passage.get_content())
+    assert hits[0]["text"] == passage.get_content() and hits[0]["score"] == pytest.approx(1.0)
+    assert len(hits) == 3 and all(h["score"] < 0.999 for h in hits[1:])
+    assert hits[0]["source"] == "velmora.md" and hits[0]["line"] == passage.metadata["line"]
+
+    # served with a model: each question is embedded by the same model, and its passages come with the answer
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_gateway import placeholder
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, "ann", "ann-model", fake)
+        served = endpoint_of(home, queue.submit("rag_serve", {"kb": "dense", "endpoint": "ann-model", "top_k": 2},
+                                                owner="ann", home=home), 120)
+        answer = openai.OpenAI(base_url=served["url"], api_key=served["api_key"]).chat.completions.create(
+            model=served["model"], messages=[{"role": "user", "content": passage.get_content()}], max_tokens=8)
+    finally:
+        fake.close()
+    assert answer.model_extra["passages"][0]["text"] == passage.get_content()
+    assert passage.get_content() in fake.requests[-1]["messages"][-1]["content"]
+    store.delete("model", "tiny-embedder")
+    with pytest.raises(rag.RagError, match="build it again"):       # its model moved away: a sentence, not a trace
+        import shutil
+        shutil.move(str(tiny_embedder), str(tiny_embedder) + ".moved")
+        try:
+            rag.load(kb.path, 3)
+        finally:
+            shutil.move(str(tiny_embedder) + ".moved", str(tiny_embedder))
+
+
+@pytest.mark.browser
+def test_the_knowledge_page_evaluates_with_and_without_retrieval_side_by_side(home, page):
+    """On the Knowledge page: pick the knowledge-base endpoint and the bundled question set, Evaluate;
+    the real rag_eval job runs, and the page shows the accuracy alone and with retrieval, the hit rate and each
+    question's two answers side by side (the model is the fake server, which says back its prompt)."""
+    from backend import defaults
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.test_gateway import placeholder
+    me = defaults.setting("USER")
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, me, "fake-model-server", fake)
+        index = queue.submit("index", {"name": "demo", "folder": "demo"}, home=home, owner="local")
+        wait_for(lambda: queue.get(index, home, by=users.OPERATOR).state.finished, 180, 0.2, "the index job")
+        kb = endpoint_of(home, queue.submit("rag_serve", {"kb": "demo", "endpoint": "fake-model-server"}, home=home, owner="local"))
+        page.goto(page.base_url + "/knowledge")
+        form = page.locator(".st-key-kb_eval")
+        form.locator(".st-key-kb_eval_endpoint").wait_for(timeout=60_000)
+        pick(page, "kb_eval_endpoint", kb["name"], exact=False)
+        pick(page, "kb_eval_dataset", "rag_demo_qa")
+        form.get_by_role("button", name="Evaluate").click()
+        job = wait_for(lambda: next(iter(open_store(home).jobs(kind="rag_eval", limit=1)), None), 30, 0.2,
+                       "the rag_eval job queued")
+        wait_for(lambda: queue.get(job.id, home, by=users.OPERATOR).state.finished, 180, 0.3, "the rag_eval job")
+        assert queue.get(job.id, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(job.id) / "run.log").read_text()
+        page.reload()
+        page.locator(".st-key-kb_eval_items [data-testid='stDataFrame']").wait_for(timeout=60_000)
+    finally:
+        fake.close()
+    text = re.sub(r"\n+", "\n", form.inner_text())
+    assert "Accuracy alone (fake-model-server)\n0.0%" in text and "Accuracy with retrieval\n100.0%" in text
+    assert "Retrieval hit rate\n100.0%" in text and "8 of 8 questions answered only with retrieval" in text
+    page.locator(".st-key-kb_eval_items").scroll_into_view_if_needed()
+    shot(page, "rag-eval")

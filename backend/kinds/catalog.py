@@ -12,10 +12,10 @@ from types import ModuleType
 
 from backend.errors import UserError
 from backend.kinds import (Kind, agent, dataset_import, dataset_stats, download, engine_install, evaluate, export,
-                           finetune, index, lab_check, merge, push, quantize, rag_serve, serve, vlm)
+                           finetune, index, lab_check, merge, push, quantize, rag_eval, rag_serve, serve, vlm)
 
 MODULES: tuple[ModuleType, ...] = (engine_install, download, serve, evaluate, dataset_import, dataset_stats, finetune,
-                                   merge, quantize, export, push, agent, index, rag_serve, lab_check, vlm)
+                                   merge, quantize, export, push, agent, index, rag_serve, rag_eval, lab_check, vlm)
 KINDS: dict[str, Kind] = {m.KIND.name: m.KIND for m in MODULES}
 
 

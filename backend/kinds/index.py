@@ -22,15 +22,18 @@ class Spec(BaseModel):
     text_field: str = "text"
     chunk_size: int = Field(256, ge=32, le=8192)    # tokens a passage holds: ~190 English words or ~250 汉字
     chunk_overlap: int = Field(32, ge=0)            # tokens shared by neighbouring passages
+    embedding_model: str = ""      # a registry sentence-transformers model: dense retrieval instead of BM25
 
 
 def check(spec: Spec, home: Path, owner: str) -> dict:
     """Refuse what can't be indexed before queueing: no source or two, an overlap as large as a passage,
-    a folder outside documents/."""
+    a folder outside documents/, an embedding model that is no sentence-transformers model."""
     if bool(spec.folder) == bool(spec.dataset):
         raise UserError("err.rag.one_source")
     if spec.chunk_overlap >= spec.chunk_size:
         raise UserError("err.rag.overlap", overlap=spec.chunk_overlap, size=spec.chunk_size)
     if spec.folder:
         rag.source_folder(spec.folder, home=home)
+    if spec.embedding_model:
+        rag.embedder(spec.embedding_model, home)
     return {}
