@@ -1187,6 +1187,25 @@ STRINGS: dict[str, dict[str, str]] = {
     "auth.ended": {"en": "Your session has ended (logged out, a new password, or the account was disabled): reload the "
                          "page to log in again.",
                    "zh": "你的会话已结束（已退出、修改了密码或账号被停用）：请刷新页面重新登录。"},
+    # image-text datasets and fine-tune (backend/image_text.py, jobs/finetune_image.py)
+    "err.it.image_field": {"en": 'the "{field}" field must be an image path or a list of image paths', "zh": '"{field}" 字段必须是图片路径或图片路径列表'},
+    "err.it.marker_reply": {"en": 'an assistant reply holds an <image> marker: images go in user turns', "zh": '助手回复中含有 <image> 标记：图片只能放在用户轮次中'},
+    "err.it.markers": {"en": 'the row has {marks} <image> markers but {images} images: give one image per marker', "zh": '该行有 {marks} 个 <image> 标记，但只有 {images} 张图片：每个标记需要一张图片'},
+    "err.it.image_outside": {"en": 'image {image!r} is outside the dataset\'s folder: image paths are relative to the folder of the dataset file', "zh": '图片 {image!r} 不在数据集文件夹内：图片路径相对于数据集文件所在的文件夹'},
+    "err.it.image_missing": {"en": 'image {image!r} is missing from the dataset\'s folder', "zh": '数据集文件夹中缺少图片 {image!r}'},
+    "err.it.image_big": {"en": 'image {image!r} is {mb:.1f} MB; an image may be at most {limit} MB', "zh": '图片 {image!r} 大小为 {mb:.1f} MB；单张图片最多 {limit} MB'},
+    "err.it.image_unreadable": {"en": 'image {image!r} cannot be read: {error}', "zh": '无法读取图片 {image!r}：{error}'},
+    "err.it.no_data_file": {"en": 'the upload holds no .json or .jsonl data file beside its images', "zh": '上传内容中除图片外没有 .json 或 .jsonl 数据文件'},
+    "err.it.bad_zip": {"en": '{name} is not a zip file that can be read', "zh": '{name} 不是可读取的 zip 文件'},
+    "err.it.zip_big": {"en": '{name} holds {n} files, {mb:.0f} MB unpacked; the limit is {limit} MB (WORKBENCH_UPLOAD_MAX_MB) and 100000 files', "zh": '{name} 含 {n} 个文件，解压后 {mb:.0f} MB；上限为 {limit} MB（WORKBENCH_UPLOAD_MAX_MB）和 100000 个文件'},
+    "err.it.zip_member": {"en": '{name} holds {member!r}, which would land outside the dataset\'s folder (an absolute path, .. or a link): refused', "zh": '{name} 含有 {member!r}，它会落到数据集文件夹之外（绝对路径、.. 或链接）：已拒绝'},
+    "err.it.import_outside": {"en": '{path} is not a folder in the import folders (WORKBENCH_IMPORT_DIRS: {dirs})', "zh": '{path} 不是导入目录（WORKBENCH_IMPORT_DIRS：{dirs}）中的文件夹'},
+    "err.it.objective": {"en": 'image-text fine-tuning trains conversations (objective sft), not {objective}', "zh": '图文微调训练对话（objective sft），不支持 {objective}'},
+    "err.it.text_fields": {"en": 'sample_images and train_projector are for modality image_text', "zh": 'sample_images 和 train_projector 只用于 modality image_text'},
+    "err.it.not_image_model": {"en": '{model} ({arch}) is not an image-text model: pick one with a vision tower (LLaVA, InternVL2 -hf, Qwen2-VL), or fine-tune it with modality text', "zh": '{model}（{arch}）不是图文模型：请选择带视觉塔的模型（LLaVA、InternVL2 -hf、Qwen2-VL），或用 modality text 微调它'},
+    "err.it.no_images": {"en": 'dataset {name!r} has no images: upload a zip with its images, or fine-tune with modality text', "zh": '数据集 {name!r} 没有图片：请上传含图片的 zip，或用 modality text 微调'},
+    "err.it.max_length": {"en": 'max_length {max_length} is too short: a row\'s images alone take {tokens} tokens ({per_image} per image); raise max_length', "zh": 'max_length {max_length} 太短：一行的图片就占 {tokens} 个 token（每张图 {per_image} 个）；请调大 max_length'},
+    "it.summary": {"en": '{good} good rows, {bad} with problems; {images} images checked', "zh": '{good} 行正常，{bad} 行有问题；已检查 {images} 张图片'},
     # ---- end of table ----
 }
 
