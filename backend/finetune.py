@@ -335,7 +335,7 @@ def fits(spec, est: dict, on_gpu: bool, gpu_list, warnings: list) -> None:
 def check_names(spec, home: Path) -> None:
     """The adapter / model name is free (unless resuming) and a resumed job matches."""
     if spec.name:
-        kind = "model" if method == "full" else "adapter"
+        kind = "model" if spec.method == "full" else "adapter"
         existing = open_store(home).get(kind, spec.name)
         if existing and not (spec.resume or spec.resume_from):
             raise UserError("err.ft.exists", kind=kind, name=spec.name)

@@ -1206,6 +1206,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.it.no_images": {"en": 'dataset {name!r} has no images: upload a zip with its images, or fine-tune with modality text', "zh": '数据集 {name!r} 没有图片：请上传含图片的 zip，或用 modality text 微调'},
     "err.it.max_length": {"en": 'max_length {max_length} is too short: a row\'s images alone take {tokens} tokens ({per_image} per image); raise max_length', "zh": 'max_length {max_length} 太短：一行的图片就占 {tokens} 个 token（每张图 {per_image} 个）；请调大 max_length'},
     "it.summary": {"en": '{good} good rows, {bad} with problems; {images} images checked', "zh": '{good} 行正常，{bad} 行有问题；已检查 {images} 张图片'},
+    "err.vlm.no_adapter": {"en": 'no adapter named {name!r} is registered', "zh": '没有名为 {name!r} 的已注册适配器'},
+    "err.vlm.adapter_base": {"en": 'adapter {name!r} was trained on {base!r}: serve it on that model (an image-text model in the transformers format)', "zh": '适配器 {name!r} 是在 {base!r} 上训练的：请在该模型（transformers 格式的图文模型）上部署它'},
     # ---- end of table ----
 }
 

@@ -1,0 +1,261 @@
+"""Image-text fine-tune end to end on a tiny random LLaVA built offline: image-text datasets as people
+publish them (LLaMA-Factory, ShareGPT with <image>, XTuner LLaVA, InternVL jsonl), uploaded as a zip with
+their images and resolved inside the dataset's folder only; validation naming rows with bad images; token
+ids and loss masks per format (image tokens never trained, only assistant turns); a real fine-tune job
+through a real worker that lowers the loss and registers an adapter with its lineage; the vlm job serving the
+tuned adapter, answering differently from the base on a training image; the Datasets and Fine-tune pages."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from backend import datasets, finetune as ft, image_text, logs, queue, vlm
+from backend.errors import UserError
+from backend.specs.finetune import Spec
+from backend.store import open_store
+from tests.conftest import endpoint_of, run_burst
+from tests.test_vlm import png, png_header_only
+
+COLOURS = {"red": (220, 20, 20), "blue": (20, 20, 220), "green": (20, 200, 20), "yellow": (230, 220, 20)}
+QUESTION = "What colour is this picture?"
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    from tests.fixtures.tiny_vlm import make_tiny_llava
+    return make_tiny_llava(tmp_path_factory.mktemp("tinyvlm-ft") / "tiny-llava")
+
+
+def image(colour: str, size: int = 32) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), COLOURS[colour]).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# one row each format publishes, all asking about images/red.png
+def llamafactory(img: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": f"<image>{QUESTION}"}, {"role": "assistant", "content": answer}],
+            "images": [img]}
+
+
+def sharegpt(img: str, answer: str) -> dict:
+    return {"conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": answer}],
+            "images": [img], "system": "You look at pictures."}
+
+
+def xtuner_llava(img: str, answer: str) -> dict:     # XTuner's LLaVA JSON (LLaVA-Instruct's own form)
+    return {"id": "000001", "image": img,
+            "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": answer}]}
+
+
+def internvl(img: str, answer: str) -> dict:        # InternVL's jsonl: no marker in the text → one added in front
+    return {"id": 0, "image": img, "width": 32, "height": 32,
+            "conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": answer},
+                              {"from": "human", "value": "Are you sure?"}, {"from": "gpt", "value": "Yes."}]}
+
+
+FORMATS = {"llamafactory": llamafactory, "sharegpt": sharegpt, "xtuner_llava": xtuner_llava, "internvl": internvl}
+
+
+def dataset_zip(rows: list[dict], images: dict[str, bytes], data_name: str = "data.jsonl", top: str = "") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(top + data_name, "\n".join(json.dumps(r) for r in rows) + "\n" if data_name.endswith(".jsonl")
+                   else json.dumps(rows))
+        for name, data in images.items():
+            z.writestr(top + name, data)
+    return buf.getvalue()
+
+
+def colour_zip(n: int = 16) -> bytes:
+    names = list(COLOURS)
+    rows = [llamafactory(f"images/{names[i % 4]}.png", f"It is {names[i % 4]}.") for i in range(n)]
+    return dataset_zip(rows, {f"images/{c}.png": image(c) for c in names})
+
+
+# -- data: formats, folders, validation ----------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_published_form_reads_as_messages_with_its_images(home, fmt):
+    entry = image_text.save_zip(f"{fmt}.zip", dataset_zip([FORMATS[fmt]("images/red.png", "Red.")],
+                                                          {"images/red.png": image("red")}), home, owner="ann")
+    assert entry.owner == "ann" and entry.meta["images"] == 1 and entry.meta["source"] == "upload"
+    path = datasets.resolve(entry.name, home)
+    assert path.parent == home / "datasets" / fmt and image_text.has_images(path)
+    [(chat, files)] = image_text.load_rows(path)
+    assert files == [path.parent / "images" / "red.png"]
+    user = next(m for m in chat if m["role"] == "user")
+    assert user["content"].count("<image>") == 1 and QUESTION in user["content"]
+    assert [m["role"] for m in chat if m["role"] != "system"][:2] == ["user", "assistant"]
+
+
+def test_internvl_meta_and_a_root_folder(home):
+    """InternVL's meta file names the annotation; image paths relative to the folder above it resolve too."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("meta.json", json.dumps({"food": {"root": "images/", "annotation": "ann/food.jsonl"}}))
+        z.writestr("ann/food.jsonl", json.dumps(internvl("images/red.png", "Red.")) + "\n")
+        z.writestr("images/red.png", image("red"))
+    entry = image_text.save_zip("food.zip", buf.getvalue(), home, owner="ann")
+    assert entry.path.endswith("ann/food.jsonl")
+    assert image_text.load_rows(entry.path)[0][1] == [home / "datasets" / "food" / "images" / "red.png"]
+
+
+def test_images_stay_inside_the_dataset_folder(home, tmp_path):
+    secret = home / "datasets" / "bob" / "private.png"
+    secret.parent.mkdir(parents=True)
+    secret.write_bytes(image("red"))
+    for bad in ("../bob/private.png", str(secret), "/etc/passwd"):
+        entry = image_text.save_zip(f"x{len(bad)}.zip", dataset_zip([llamafactory(bad, "Red.")], {}), home, owner="ann")
+        with pytest.raises(datasets.DatasetError, match="outside the dataset's folder"):
+            image_text.load_rows(entry.path)
+        assert image_text.thumbnails(entry.path, llamafactory(bad, "x")) == []
+    # a zip member that would land outside its folder is refused whole
+    for member in ("../evil.png", "/abs/evil.png"):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("data.jsonl", json.dumps(llamafactory("a.png", "x")))
+            z.writestr(member, b"x")
+        with pytest.raises(datasets.DatasetError, match="outside the dataset's folder"):
+            image_text.save_zip("evil.zip", buf.getvalue(), home, owner="ann")
+    assert not (home / "evil.png").exists() and not (home / "datasets" / "evil").exists()
+    with pytest.raises(datasets.DatasetError, match="not a zip"):
+        image_text.save_zip("nozip.zip", b"hello", home, owner="ann")
+    with pytest.raises(datasets.DatasetError, match="no .json or .jsonl"):
+        image_text.save_zip("noimg.zip", _zip_of({"a.png": image("red")}), home, owner="ann")
+
+
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for k, v in files.items():
+            z.writestr(k, v)
+    return buf.getvalue()
+
+
+def test_validation_names_each_row_with_a_bad_image_and_stats_count_images(home, monkeypatch):
+    monkeypatch.setattr(image_text, "IMAGE_MAX_MB", 0.001)        # ~1 KB: the big image is "too large"
+    rows = [llamafactory("ok.png", "Fine."), llamafactory("gone.png", "Missing."), llamafactory("cut.png", "Cut."),
+            llamafactory("notes.png", "Text."), llamafactory("big.png", "Big."), llamafactory("huge.png", "Pixels."),
+            {"messages": [{"role": "user", "content": "<image><image>Two?"}, {"role": "assistant", "content": "x"}],
+             "images": ["ok.png"]}]
+    big = bytes(png(400, 400, "blue")) + b"\0" * 2048
+    files = {"ok.png": png(), "cut.png": png(200, 200, "blue")[:120], "notes.png": b"hello, I am a text file",
+             "big.png": big, "huge.png": png_header_only(10_000, 10_000)}
+    entry = image_text.save_zip("checks.zip", dataset_zip(rows, files), home, owner="ann")
+    report = image_text.validate(entry.path)
+    assert (report["rows"], report["good"], report["bad"], report["images"]) == (7, 1, 6, 1)
+    reasons = {e["line"]: e["reason"] for e in report["errors"]}
+    assert "'gone.png' is missing" in reasons[2]
+    assert "cut.png looks like an image but is corrupt" in reasons[3]
+    assert "notes.png is not an image" in reasons[4]
+    assert "'big.png' is" in reasons[5] and "an image may be at most" in reasons[5]
+    assert "huge.png is 10000 x 10000" in reasons[6] or "100 megapixels" in reasons[6], reasons[6]
+    assert "2 <image> markers but 1 images" in reasons[7]
+    assert "缺少图片 'gone.png'" in image_text.validate(entry.path, lang="zh")["errors"][0]["reason"]
+    monkeypatch.setattr(image_text, "IMAGE_MAX_MB", 20)
+    stats = image_text.stats(entry.path)
+    assert stats["rows"] == 7 and stats["images"] == 2 and stats["per_row"] == {1: 2} and stats["bad"] == 5
+    assert stats["width"] == [40, 400] and stats["bytes"] == len(png()) + len(big)
+
+
+# -- token ids and loss masks --------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_only_assistant_tokens_train_and_image_tokens_never(home, tiny_llava, fmt):
+    from transformers import AutoProcessor
+
+    from jobs.finetune_image import image_token_ids, load_images, tokenize
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    tok = processor.tokenizer
+    entry = image_text.save_zip(f"{fmt}.zip", dataset_zip([FORMATS[fmt]("images/red.png", "It is red.")],
+                                                          {"images/red.png": image("red")}), home, owner="ann")
+    [(chat, files)] = image_text.load_rows(entry.path)
+    ids, labels, text = tokenize(processor, chat, load_images(files), 512)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert image_token_ids(processor) == {image_id}
+    assert ids.count(image_id) == 16                     # the processor's expansion: (32 / 8) ** 2 image tokens
+    assert all(lab == -100 for t, lab in zip(ids, labels) if t == image_id)
+    trained = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    expected = "It is red.<|im_end|>\n" + ("Yes.<|im_end|>\n" if fmt == "internvl" else "")
+    assert trained == expected
+    assert [lab for lab in labels if lab != -100] == [t for t, lab in zip(ids, labels) if lab != -100]
+    # the ids are exactly what the processor gives the model for this text and image
+    assert ids == processor(text=[text], images=load_images(files), return_tensors="pt")["input_ids"][0].tolist()
+    # too short for the image tokens: dropped, never cut through an image
+    assert tokenize(processor, chat, load_images(files), 10) is None
+
+
+# -- the job, the adapter, serving it --------------------------------------------------------------
+@pytest.fixture
+def vws(home, tiny_llava):
+    open_store(home).put("model", "tiny-llava", str(tiny_llava), {"source": "test"}, owner="local")
+    image_text.save_zip("colours.zip", colour_zip(), home, owner="local")
+    return home
+
+
+def ft_spec(**kw) -> dict:
+    return {"base_model": "tiny-llava", "datasets": ["colours"], "preset": "vlm_cpu_demo", "max_steps": 30,
+            "lr": 1e-2, "lora_r": 8, "batch_size": 4, "save_steps": 10, "name": "tiny-colours",
+            "sample_prompts": [QUESTION], "sample_images": ["images/red.png"], **kw}
+
+
+def test_submit_checks_count_image_tokens_and_refuse_what_cannot_train(vws, tiny_model):
+    plan = ft.check(Spec(**ft_spec()), vws, gpu_list=[])
+    est = plan["estimate"]
+    assert est["image_tokens_per_image"] == 16 and est["row_tokens"] > 16 and plan["images_checked"] == 16
+    longer = ft.check(Spec(**ft_spec(max_length=2048)), vws, gpu_list=[])["estimate"]
+    assert longer["activations_gb"] == est["activations_gb"], "rows are far shorter than max_length: no change"
+    with pytest.raises(UserError, match="images alone take 16 tokens"):
+        ft.check(Spec(**ft_spec(max_length=16)), vws, gpu_list=[])
+    open_store(vws).put("model", "tiny-text", str(tiny_model), owner="local")
+    with pytest.raises(UserError, match="not an image-text model"):
+        ft.check(Spec(**ft_spec(base_model="tiny-text")), vws, gpu_list=[])
+    with pytest.raises(UserError, match="outside the dataset's folder"):
+        ft.check(Spec(**ft_spec(sample_images=["../colours/images/red.png", "/etc/passwd"][1:])), vws, gpu_list=[])
+    with pytest.raises(ValueError, match="objective sft"):
+        Spec(**ft_spec(objective="dpo"))
+    with pytest.raises(ValueError, match="modality image_text"):
+        Spec(base_model="x", datasets=["y"], sample_images=["a.png"])
+
+
+@pytest.mark.slow
+def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_differently(vws):
+    job_id = queue.submit("finetune", ft_spec(), owner="local", home=vws)
+    proc = run_burst(vws, timeout=400)
+    job = queue.get(job_id, vws)
+    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 60, vws)
+    events, _ = logs.read_events(job_id, home=vws)
+    losses = [e["loss"] for e in events if e["type"] == "metric" and "loss" in e]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    result = logs.result(job_id, vws)
+    assert result["answers_before"] != result["answers_after"] and "red" in result["answers_after"][0]
+    adapter = open_store(vws).get("adapter", "tiny-colours")
+    assert adapter.owner == "local"
+    meta = adapter.meta
+    assert meta["base_model"] == "tiny-llava" and meta["datasets"] == ["colours"] and meta["job"] == job_id
+    assert meta["modality"] == "image_text" and (Path(adapter.path) / "adapter_model.safetensors").exists()
+    assert (Path(adapter.path) / "processor_config.json").exists()
+    from safetensors import safe_open
+    with safe_open(str(Path(adapter.path) / "adapter_model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and all("language_model" in n for n in names), "LoRA on the language model only"
+
+    # the base and the tuned adapter served side by side answer differently on a training image
+    base_job = queue.submit("vlm", {"model": "tiny-llava", "name": "base"}, owner="local", home=vws)
+    tuned_job = queue.submit("vlm", {"adapter": "tiny-colours", "name": "tuned"}, owner="local", home=vws)
+    from tests.conftest import start_worker, stop
+    worker = start_worker(vws)
+    try:
+        base, tuned = endpoint_of(vws, base_job, 120), endpoint_of(vws, tuned_job, 120)
+        assert tuned["adapter"] == "tiny-colours" and tuned["base_model"] == "tiny-llava"
+        ask = [{"role": "user", "content": QUESTION, "images": [image("red")]}]
+        answers = {ep["name"]: "".join(vlm.stream(ep, ask, max_new_tokens=8)) for ep in (base, tuned)}
+        assert answers["tuned"] != answers["base"] and "red" in answers["tuned"], answers
+    finally:
+        for j in (base_job, tuned_job):
+            queue.cancel(j, home=vws)
+        stop(worker)
