@@ -392,9 +392,12 @@ def check_image_text(spec, home: Path, model_path: Path, info: dict, on_gpu: boo
 
 
 # -- the default preset and the duration estimate ------------------------------------------------
-def default_preset(gpu_list=None) -> str:
-    """The preset a new form starts on: XTuner's with a GPU, the CPU demo without one."""
-    return "xtuner" if (resources.gpus() if gpu_list is None else gpu_list) else "cpu_demo"
+def default_preset(gpu_list=None, image_text: bool = False) -> str:
+    """The preset a new form starts on: XTuner's (image-text: InternVL2-2B's) with a GPU, the CPU demo without one."""
+    gpu = resources.gpus() if gpu_list is None else gpu_list
+    if image_text:
+        return "internvl2_2b" if gpu else "vlm_cpu_demo"
+    return "xtuner" if gpu else "cpu_demo"
 
 
 def train_tokens(spec: dict, rows: int, mean_tokens: float) -> int:

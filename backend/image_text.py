@@ -31,6 +31,7 @@ IMAGE_MARK = "<image>"
 IMAGE_FIELDS = ("images", "image")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 IMAGE_MAX_MB = 20                 # one image file; larger ones are named by validation, never trained
+IMAGE_PROBLEMS = ("err.it.image_outside", "err.it.image_missing", "err.it.image_big", "err.it.image_unreadable")
 ZIP_MAX_FILES = 100_000
 DATA_EXT = (".jsonl", ".json")
 SAMPLE_ROWS = 200                 # rows looked at to tell an image-text dataset from a text one
@@ -207,7 +208,8 @@ def validate(path: str | Path, lang: str = "en", max_errors: int = 1000) -> dict
             images += len(items)
         except ValueError as e:
             bad += 1
-            kind = "image" if isinstance(e, UserError) and e.key.startswith(("err.it.image", "err.vlm.")) else "bad_record"
+            kind = "image" if getattr(e, "key", "") in IMAGE_PROBLEMS or getattr(e, "key", "").startswith("err.vlm.") \
+                else "bad_record"
             reasons[kind] += 1
             if len(errors) < max_errors:
                 errors.append({"line": n, "reason": UserError("err.ds.bad_record", line=n, reason=UserError.of(e)).text(lang)})

@@ -24,25 +24,31 @@ if not models:
 with st.container(key="ft-form", border=True):
     c1, c2 = st.columns(2)
     base = c1.selectbox(ui.t("ft.base_model"), models, key=keys.FT_MODEL)
-    objective = c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto"], horizontal=True,
-                         key="ft_objective", format_func=lambda o: ui.t("ft.objective." + o),
-                         help=ui.t("ft.objective.help"))
+    modality = c1.radio(ui.t("ft.modality"), ["text", "image_text"], horizontal=True, key="ft_modality",
+                        format_func=lambda m: ui.t("ft.modality." + m), help=ui.t("ft.modality.help"))
+    images = modality == "image_text"
+    objective = "sft" if images else c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto"],
+                                               horizontal=True, key="ft_objective",
+                                               format_func=lambda o: ui.t("ft.objective." + o),
+                                               help=ui.t("ft.objective.help"))
     usable = datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
-    train_sets = [d["name"] for d in all_sets if (d["meta"] or {}).get("format") in usable]
-    picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}",
+    train_sets = [d["name"] for d in all_sets if (d["meta"] or {}).get("format") in usable
+                  and bool((d["meta"] or {}).get("images")) == images]
+    picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}_{modality}",
                             default=[d for d in train_sets if "self_cognition" in d][:1] if objective == "sft" else [])
     c1, c2, c3 = st.columns(3)
     method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
                       help=ui.t("ft.method.help"))
-    preset = c2.selectbox(ui.t("ft.preset"), list(ft_spec.PRESETS), key="ft_preset",
-                          index=list(ft_spec.PRESETS).index(ft.default_preset()),   # CPU demo without a GPU
+    presets = [p for p in ft_spec.PRESETS if (ft_spec.PRESETS[p].get("modality", "text") == "image_text") == images]
+    first = ft.default_preset(image_text=images)                               # CPU demos without a GPU
+    preset = c2.selectbox(ui.t("ft.preset"), presets, key=f"ft_preset_{modality}", index=presets.index(first),
                           format_func=lambda p: ui.t("ft.preset." + p))
     name = c3.text_input(ui.t("ft.name"), key="ft_name", placeholder=ui.t("ft.name.auto"))
     values = ft_spec.preset_values(preset)
     chosen = {}
     with st.expander(ui.t("ft.advanced")):
         cols = st.columns(4)
-        for i, field in enumerate(ft_spec.ADVANCED):
+        for i, field in enumerate(f for f in ft_spec.ADVANCED if images or f != "train_projector"):
             default, col, key = values[field], cols[i % 4], f"ft_{field}_{preset}"   # a preset change resets them
             if isinstance(default, bool):
                 chosen[field] = col.checkbox(field, default, key=key)
@@ -55,8 +61,11 @@ with st.container(key="ft-form", border=True):
                 chosen[field] = col.number_input(field, value=default, format="%g", key=key)
             else:
                 chosen[field] = int(col.number_input(field, value=int(default), step=1, key=key))
-        prompts = st.text_area(ui.t("ft.sample_prompts"), "Who are you?\n你是谁？", key="ft_prompts", height=68)
+        prompts = st.text_area(ui.t("ft.sample_prompts"), "" if images else "Who are you?\n你是谁？",
+                               key=f"ft_prompts_{modality}", height=68)
+        shots = st.text_input(ui.t("ft.sample_images"), key="ft_sample_images") if images else ""
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
+            **({"sample_images": [p.strip() for p in shots.split(",") if p.strip()]} if images else {}),
             **({"objective": objective} if objective != "sft" else {}),
             **({"name": name.strip()} if name.strip() else {}),
             **{k: v for k, v in chosen.items() if v != values[k]},
@@ -115,7 +124,19 @@ def run_actions(job_id: int) -> None:
             st.query_params["job"] = str(new)
             st.rerun(scope="app")
     adapter = result.get("adapter")
-    if job.state == JobState.SUCCEEDED and adapter:
+    for before, after in zip(result.get("answers_before") or [], result.get("answers_after") or []):
+        with st.container(key=f"ft_before_after_{job['id']}", border=True):    # the sample answers, side by side
+            b, a = st.columns(2)
+            b.caption(ui.t("ft.before"))
+            b.markdown(before or "∅")
+            a.caption(ui.t("ft.after"))
+            a.markdown(after or "∅")
+    if job.state == JobState.SUCCEEDED and adapter and job["spec"].get("modality") == "image_text":
+        if c2.button(ui.t("ft.compare_images"), key=f"ft_vlm_{job['id']}"):    # base and tuned, side by side
+            for spec_ in ({"model": job["spec"]["base_model"]}, {"adapter": adapter}):
+                ui.submit("vlm", spec_)
+            st.switch_page("pages/xcomposer.py")
+    elif job.state == JobState.SUCCEEDED and adapter:
         if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job['id']}"):
             ui.submit("merge", {"adapter": adapter})
         if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job['id']}"):
