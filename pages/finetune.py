@@ -65,6 +65,7 @@ with st.container(key="ft-form", border=True):
                                key=f"ft_prompts_{modality}", height=68)
         shots = st.text_input(ui.t("ft.sample_images"), key="ft_sample_images") if images else ""
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
+            **({"modality": "image_text"} if images else {}),
             **({"sample_images": [p.strip() for p in shots.split(",") if p.strip()]} if images else {}),
             **({"objective": objective} if objective != "sft" else {}),
             **({"name": name.strip()} if name.strip() else {}),
@@ -124,8 +125,9 @@ def run_actions(job_id: int) -> None:
             st.query_params["job"] = str(new)
             st.rerun(scope="app")
     adapter = result.get("adapter")
-    for before, after in zip(result.get("answers_before") or [], result.get("answers_after") or []):
-        with st.container(key=f"ft_before_after_{job['id']}", border=True):    # the sample answers, side by side
+    pairs = list(zip(result.get("answers_before") or [], result.get("answers_after") or []))
+    with st.container(key=f"ft_before_after_{job['id']}", border=bool(pairs)):    # the sample answers, side by side
+        for before, after in pairs:
             b, a = st.columns(2)
             b.caption(ui.t("ft.before"))
             b.markdown(before or "∅")
