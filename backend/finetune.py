@@ -263,6 +263,8 @@ def check(spec, home: Path | None = None, gpu_list=None) -> dict:
         config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
         if not is_image_text_model(config, spec.base_model):
             raise UserError("err.it.not_image_model", model=spec.base_model, arch=arch)
+        if not any((model_path / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
+            raise UserError("err.it.no_processor", model=spec.base_model)
         info["linears"] = {m: s for m, s in info["linears"].items() if image_text.part_of(m) == "language"}
     elif not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in info["architectures"]) and not info["auto_map"]:
         raise UserError("err.ft.not_causal", model=spec.base_model, arch=arch)
