@@ -1229,6 +1229,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "xc.compare.question": {"en": "Question about the images above", "zh": "关于上方图片的问题"},
     "xc.compare.go": {"en": "Ask both", "zh": "同时提问"},
     "err.it.no_processor": {"en": '{model} has no processor in the transformers format (processor_config.json / preprocessor_config.json): image-text fine-tuning here takes LLaVA, InternVL2 -hf, Qwen2-VL-style models; XComposer\'s remote code trains only through its own scripts for now', "zh": '{model} 没有 transformers 格式的处理器（processor_config.json / preprocessor_config.json）：这里的图文微调支持 LLaVA、InternVL2 -hf、Qwen2-VL 式模型；XComposer 的远程代码目前只能用其自带脚本训练'},
+    "ds.folder": {"en": "Or a dataset folder (a JSON/JSONL file and its images) in the import folders ({dirs})", "zh": "或导入目录（{dirs}）中的数据集文件夹（JSON/JSONL 文件及其图片）"},
+    "ds.folder.go": {"en": "Import the folder", "zh": "导入文件夹"},
     # ---- end of table ----
 }
 

@@ -355,7 +355,9 @@ def import_folder(src: str | Path, name: str | None, home: Path, *, owner: str) 
     ``datasets/<name>/``; links are not followed (a link in it is skipped)."""
     dirs = models.import_dirs()
     try:
-        folder = paths.inside(dirs or [Path(home) / "imports"], src, must_exist=True)
+        if not dirs:
+            raise paths.OutsideError("err.it.import_outside", path=str(src), dirs="-")
+        folder = paths.inside(dirs, src, must_exist=True)
     except paths.OutsideError:
         raise DatasetError("err.it.import_outside", path=str(src), dirs=defaults.setting("IMPORT_DIRS") or "-") from None
     if not folder.is_dir():

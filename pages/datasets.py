@@ -65,6 +65,17 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                 st.query_params["ds"] = st.session_state["ds_pick"] = opened
             if not failed:
                 st.rerun()
+    if defaults.setting("IMPORT_DIRS"):        # an image-text dataset folder (JSON + images) from an import folder
+        with st.form("ds_folder_form", clear_on_submit=True):
+            folder = st.text_input(ui.t("ds.folder", dirs=defaults.setting("IMPORT_DIRS")), key="ds_folder")
+            if st.form_submit_button(ui.t("ds.folder.go")) and folder.strip():
+                try:
+                    made = image_text.import_folder(folder.strip(), None, defaults.home(), owner=ui.owner())
+                except ds.DatasetError as e:
+                    ui.error(e)
+                else:
+                    st.query_params["ds"] = st.session_state["ds_pick"] = made["name"]
+                    st.rerun()
 with c_imp.expander(ui.t("ds.import")):
     with st.form("ds_import_form"):
         source = st.selectbox(ui.t("ds.import.source"), ["huggingface", "modelscope", "url"], key="ds_imp_source")

@@ -137,6 +137,25 @@ def _zip_of(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def test_a_folder_is_imported_from_an_import_folder_only_and_links_are_skipped(home, tmp_path, monkeypatch):
+    src = tmp_path / "imports" / "food"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "red.png").write_bytes(image("red"))
+    (src / "data.json").write_text(json.dumps([xtuner_llava("images/red.png", "Red.")]))
+    (src / "images" / "passwd.png").symlink_to("/etc/passwd")
+    monkeypatch.setenv("WORKBENCH_IMPORT_DIRS", str(tmp_path / "imports"))
+    entry = image_text.import_folder(src, "food", home, owner="bob")
+    assert entry.owner == "bob" and entry.meta["source"] == "import" and entry.meta["images"] == 1
+    assert (home / "datasets" / "food" / "images" / "red.png").is_file()
+    assert not (home / "datasets" / "food" / "images" / "passwd.png").exists()
+    with pytest.raises(datasets.DatasetError, match="already exists"):
+        image_text.import_folder(src, "food", home, owner="bob")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(datasets.DatasetError, match="not a folder in the import folders"):
+        image_text.import_folder(elsewhere, "x", home, owner="bob")
+
+
 def test_validation_names_each_row_with_a_bad_image_and_stats_count_images(home, monkeypatch):
     monkeypatch.setattr(image_text, "IMAGE_MAX_MB", 0.001)        # ~1 KB: the big image is "too large"
     rows = [llamafactory("ok.png", "Fine."), llamafactory("gone.png", "Missing."), llamafactory("cut.png", "Cut."),
@@ -220,6 +239,15 @@ def test_submit_checks_count_image_tokens_and_refuse_what_cannot_train(vws, tiny
         Spec(**ft_spec(objective="dpo"))
     with pytest.raises(ValueError, match="modality image_text"):
         Spec(base_model="x", datasets=["y"], sample_images=["a.png"])
+
+
+def test_stats_job_counts_images_per_row(vws):
+    job_id = queue.submit("dataset_stats", {"dataset": "colours"}, owner="local", home=vws)
+    run_burst(vws, timeout=120)
+    result = logs.result(job_id, vws)
+    assert result["rows"] == 16 and result["bad_rows"] == 0, logs.tail(job_id, 30, vws)
+    assert result["images"] == {"rows": 16, "images": 16, "per_row": {"1": 16}, "bytes": result["images"]["bytes"],
+                                "width": [32, 32], "height": [32, 32], "bad": 0}
 
 
 @pytest.mark.slow
