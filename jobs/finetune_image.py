@@ -17,7 +17,7 @@ import difflib
 import random
 import warnings
 
-from backend import finetune as ft, image_text
+from backend import finetune as ft, formats, image_text
 from backend.errors import BAD_INPUT, MISSING_ENGINE
 from backend.vlm import open_image
 from jobs.common import JobError
@@ -67,9 +67,7 @@ def tokenize(processor, conv: list[dict], images: list, max_length: int):
     full = render(processor, msgs)
     spans = []
     for k, m in enumerate(conv):
-        if m["role"] != "assistant" and not m.get("loss"):
-            continue
-        if not m.get("loss", True):
+        if not formats.trained(m):
             continue
         upto = render(processor, msgs[:k + 1])
         before = render(processor, msgs[:k], gen=m["role"] == "assistant") if k else ""

@@ -288,6 +288,25 @@ def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_dif
             queue.cancel(j, home=vws)
         stop(worker)
 
+    # merged: a whole image-text model (its processor beside it) that answers as the adapter did
+    merge_id = queue.submit("merge", {"adapter": "tiny-colours"}, owner="local", home=vws)
+    run_burst(vws, timeout=200)
+    assert queue.get(merge_id, vws)["state"] == "succeeded", logs.tail(merge_id, 40, vws)
+    merged = open_store(vws).get("model", "tiny-colours-merged")
+    assert merged.meta["lineage"]["adapter"] == "tiny-colours" and merged.owner == "local"
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from jobs.finetune_image import load_images, render
+    processor = AutoProcessor.from_pretrained(merged.path)
+    prompt = render(processor, [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+                    gen=True)
+    red = Path(merged.path).parent.parent / "datasets" / "colours" / "images" / "red.png"
+    inputs = processor(text=[prompt], images=load_images([red]), return_tensors="pt")
+    out = AutoModelForImageTextToText.from_pretrained(merged.path).generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).startswith("It is")
+    assert torch.equal(out[0, :inputs["input_ids"].shape[1]], inputs["input_ids"][0])
+
 
 # -- the pages -------------------------------------------------------------------------------------
 @pytest.mark.browser
