@@ -308,10 +308,11 @@ def image_text_lora(p: Proof) -> dict:
 
     def ask(ep):
         assert ep.get("adapter") == "proof-vlm-lora", ep
+        stats: dict = {}
         text = "".join(client.stream(ep, [{"role": "user", "content": "What colour is this picture?",
-                                           "images": [buf.getvalue()]}], max_new_tokens=8))
-        assert text.strip(), "no answer from the tuned model"
-        return {"tuned_answer": text[:40]}
+                                           "images": [buf.getvalue()]}], max_new_tokens=8, stats=stats))
+        assert stats["finish_reason"], f"no finished answer from the tuned model: {stats}"
+        return {"tuned_tokens": stats["tokens"], "tuned_answer": text[:40]}
     return {**out, **p.served("vlm", {"adapter": "proof-vlm-lora", "name": "proof-vlm-tuned", "device": p.device}, ask)}
 
 
