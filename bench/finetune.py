@@ -19,6 +19,8 @@ packing with pieces of <= 384 tokens, short set 1.61x the Trainer's tokens/s at 
 (goal >= 1.5x at <= 1.2x); ShuBot 1.27x at 1.12x (the ceiling there is ~1.37x at equal math); the job
 unpacked 1.17x / 0.99x. Other lines (ShuBot, medians of 2-3 rounds): pretrain 1.13x, tools 1.01x, DPO 0.99x,
 ORPO 0.94x (0.91-1.07 by round), KTO 0.99x.
+Image-text (2026-12-07, 2 busy shared cores): samples/s 1.00x the Trainer's at 0.90x its peak RSS (one
+round), 1.21x / 0.91x (medians of 3 busy rounds) (goal >= 1.0x at <= 1.2x).
 """
 from __future__ import annotations
 

@@ -309,6 +309,15 @@ def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_dif
 
 
 # -- the pages -------------------------------------------------------------------------------------
+@pytest.fixture
+def worker(home):
+    """The app's worker with room for two CPU servers (the base and the tuned model side by side)."""
+    from tests.conftest import start_worker, stop
+    proc = start_worker(home, WORKBENCH_CPU_SLOTS=3)
+    yield proc
+    stop(proc)
+
+
 @pytest.mark.browser
 def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home, tiny_llava, tmp_path):
     from tests.conftest import pick, shot, wait_for
@@ -348,5 +357,25 @@ def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home
     result = logs.result(job_id, home)
     assert result["answers_before"] != result["answers_after"]
     assert queue.get(job_id, home)["spec"]["modality"] == "image_text"
-    run.get_by_role("button", name="Compare base and tuned on images").wait_for()
     shot(page, "image-text-finetune")
+
+    # base and tuned side by side on the XComposer page, on a training image
+    run.get_by_role("button", name="Compare base and tuned on images").click()
+    page.wait_for_url("**/xcomposer**")
+    wait_for(lambda: len(vlm.endpoints(home)) == 2, 180, 0.5, "the base and the tuned servers")
+    page.reload()
+    page.locator(".st-key-xc_pick").wait_for(timeout=60_000)
+    (tmp_path / "red.png").write_bytes(image("red"))
+    page.locator(".st-key-xc_upload input[type=file]").set_input_files([str(tmp_path / "red.png")])
+    page.get_by_text("Compare two").click()
+    page.locator(".st-key-xc_compare_q input").fill(QUESTION)
+    page.locator(".st-key-xc_compare_q input").press("Enter")
+    page.locator(".st-key-xc_compare_go button").click()
+    a, b = page.locator(".st-key-xc_compare_a"), page.locator(".st-key-xc_compare_b")
+    wait_for(lambda: len(a.inner_text().strip().splitlines()) >= 2 and len(b.inner_text().strip().splitlines()) >= 2,
+             60, 0.3, "both answers")
+    answers = {a.inner_text().splitlines()[0]: a.inner_text(), b.inner_text().splitlines()[0]: b.inner_text()}
+    tuned = next(t for name, t in answers.items() if "-lora-job" in name)        # "tiny-llava-lora-job1 #3"
+    base = next(t for name, t in answers.items() if "-lora-job" not in name)     # "tiny-llava #2"
+    assert "It is" in tuned and "It is" not in base, answers
+    shot(page, "image-text-compare")
