@@ -150,6 +150,8 @@ def test_a_folder_is_imported_from_an_import_folder_only_and_links_are_skipped(h
     assert not (home / "datasets" / "food" / "images" / "passwd.png").exists()
     with pytest.raises(datasets.DatasetError, match="already exists"):
         image_text.import_folder(src, "food", home, owner="bob")
+    datasets.delete("food", home, by="bob")                # the data file and its images
+    assert not (home / "datasets" / "food").exists() and (src / "images" / "red.png").exists()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     with pytest.raises(datasets.DatasetError, match="not a folder in the import folders"):
@@ -379,3 +381,29 @@ def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home
     base = next(t for name, t in answers.items() if "-lora-job" not in name)     # "tiny-llava #2"
     assert "It is" in tuned and "It is" not in base, answers
     shot(page, "image-text-compare")
+
+
+@pytest.mark.slow
+def test_the_vision_tower_stays_frozen_and_the_projector_trains_when_asked(vws):
+    """LoRA + train_projector: the adapter holds the projector; full: the language model and projector change,
+    the vision tower does not."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    lora = queue.submit("finetune", ft_spec(name="with-proj", train_projector=True, max_steps=3), owner="local", home=vws)
+    full = queue.submit("finetune", ft_spec(name="full-lm", method="full", train_projector=True, max_steps=3),
+                        owner="local", home=vws)
+    run_burst(vws, timeout=400)
+    for j in (lora, full):
+        assert queue.get(j, vws)["state"] == "succeeded", logs.tail(j, 40, vws)
+    adapter = open_store(vws).get("adapter", "with-proj")
+    with safe_open(str(Path(adapter.path) / "adapter_model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert any("multi_modal_projector" in n for n in names) and not any("vision_tower" in n for n in names)
+    model = open_store(vws).get("model", "full-lm")
+    assert model.owner == "local" and model.meta["lineage"]["base_model"] == "tiny-llava"
+    base = load_file(str(Path(open_store(vws).get("model", "tiny-llava").path) / "model.safetensors"))
+    tuned = load_file(str(Path(model.path) / "model.safetensors"))
+    changed = {k.split(".")[1] for k in base if k in tuned and not (base[k] == tuned[k]).all()}
+    assert not any("vision_tower" in k and not (base[k] == tuned[k]).all() for k in base if k in tuned)
+    assert any("multi_modal_projector" in k and not (base[k] == tuned[k]).all() for k in base if k in tuned)
+    assert any("language_model" in k and not (base[k] == tuned[k]).all() for k in base if k in tuned), changed
