@@ -407,3 +407,19 @@ def test_the_vision_tower_stays_frozen_and_the_projector_trains_when_asked(vws):
     assert not any("vision_tower" in k and not (base[k] == tuned[k]).all() for k in base if k in tuned)
     assert any("multi_modal_projector" in k and not (base[k] == tuned[k]).all() for k in base if k in tuned)
     assert any("language_model" in k and not (base[k] == tuned[k]).all() for k in base if k in tuned), changed
+
+
+@pytest.mark.slow
+def test_an_image_text_run_resumes_from_its_checkpoint(vws):
+    first = queue.submit("finetune", ft_spec(name="part-1", max_steps=10, save_steps=5), owner="local", home=vws)
+    run_burst(vws, timeout=300)
+    assert queue.get(first, vws)["state"] == "succeeded", logs.tail(first, 40, vws)
+    assert [p.name for p in ft.checkpoints(first, vws)] == ["step-5"]
+    again = queue.submit("finetune", ft_spec(name="part-2", max_steps=10, save_steps=5, resume_from=first),
+                         owner="local", home=vws)
+    run_burst(vws, timeout=300)
+    assert queue.get(again, vws)["state"] == "succeeded", logs.tail(again, 40, vws)
+    result = logs.result(again, vws)
+    assert result["resumed_from_step"] == 5 and result["steps"] == 10
+    events, _ = logs.read_events(again, home=vws)
+    assert [e["step"] for e in events if e["type"] == "metric" and "loss" in e] == list(range(6, 11))
