@@ -34,15 +34,16 @@ with st.container(key="ft-form", border=True):
     usable = datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
     train_sets = [d["name"] for d in all_sets if (d["meta"] or {}).get("format") in usable
                   and bool((d["meta"] or {}).get("images")) == images]
-    picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}_{modality}",
+    picked = c2.multiselect(ui.t("ft.datasets"), train_sets,
+                            key="ft_datasets_image_text" if images else f"ft_datasets_{objective}",
                             default=[d for d in train_sets if "self_cognition" in d][:1] if objective == "sft" else [])
     c1, c2, c3 = st.columns(3)
     method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
                       help=ui.t("ft.method.help"))
     presets = [p for p in ft_spec.PRESETS if (ft_spec.PRESETS[p].get("modality", "text") == "image_text") == images]
     first = ft.default_preset(image_text=images)                               # CPU demos without a GPU
-    preset = c2.selectbox(ui.t("ft.preset"), presets, key=f"ft_preset_{modality}", index=presets.index(first),
-                          format_func=lambda p: ui.t("ft.preset." + p))
+    preset = c2.selectbox(ui.t("ft.preset"), presets, key="ft_preset_image_text" if images else "ft_preset",
+                          index=presets.index(first), format_func=lambda p: ui.t("ft.preset." + p))
     name = c3.text_input(ui.t("ft.name"), key="ft_name", placeholder=ui.t("ft.name.auto"))
     values = ft_spec.preset_values(preset)
     chosen = {}
@@ -62,7 +63,7 @@ with st.container(key="ft-form", border=True):
             else:
                 chosen[field] = int(col.number_input(field, value=int(default), step=1, key=key))
         prompts = st.text_area(ui.t("ft.sample_prompts"), "" if images else "Who are you?\n你是谁？",
-                               key=f"ft_prompts_{modality}", height=68)
+                               key="ft_prompts_image_text" if images else "ft_prompts", height=68)
         shots = st.text_input(ui.t("ft.sample_images"), key="ft_sample_images") if images else ""
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
             **({"modality": "image_text"} if images else {}),

@@ -340,7 +340,7 @@ def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home
     page.get_by_role("button", name="Start fine-tuning").wait_for(timeout=60_000)
     form = page.locator(".st-key-ft-form")
     form.locator("label").get_by_text("Image-text", exact=True).click()
-    pick(page, "ft_datasets_sft_image_text", "colours")
+    pick(page, "ft_datasets_image_text", "colours")
     page.keyboard.press("Escape")
     form.get_by_text("preset: vlm_cpu_demo").wait_for()
     page.locator(".st-key-ft-estimate").get_by_text("Estimated peak").wait_for()
