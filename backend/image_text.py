@@ -264,9 +264,10 @@ def thumbnails(path: str | Path, record: dict) -> list[Path]:
 
 # -- bringing one in: a zip, or a folder from an import folder --------------------------------
 def _data_file(folder: Path) -> Path:
-    """The one JSON / JSONL data file of a dataset folder (the shallowest; an InternVL meta file that only
-    names ``root`` and ``annotation`` is followed to its annotation)."""
+    """The data file of a dataset folder: an InternVL meta file's annotation, else the shallowest JSON / JSONL
+    whose rows name images, else the shallowest one (LLaMA-Factory's dataset_info.json is never the data)."""
     found = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DATA_EXT
+                    and p.name != "dataset_info.json"
                     and not any(part.startswith((".", "__MACOSX")) for part in p.relative_to(folder).parts)),
                    key=lambda p: (len(p.relative_to(folder).parts), p.name))
     if not found:
@@ -274,10 +275,13 @@ def _data_file(folder: Path) -> Path:
     for p in found:
         meta = _internvl_meta(p)
         if meta:
-            ann = paths.inside(folder, p.parent / meta["annotation"])
+            try:
+                ann = paths.inside(folder, p.parent / meta["annotation"])
+            except paths.OutsideError:
+                continue
             if ann.is_file():
                 return ann
-    return found[0]
+    return next((p for p in found if has_images(p)), found[0])
 
 
 def _internvl_meta(p: Path) -> dict | None:

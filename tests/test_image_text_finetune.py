@@ -105,6 +105,15 @@ def test_internvl_meta_and_a_root_folder(home):
     assert image_text.load_rows(entry.path)[0][1] == [home / "datasets" / "food" / "images" / "red.png"]
 
 
+def test_llamafactory_demo_layout_picks_the_data_file_not_dataset_info(home):
+    """LLaMA-Factory's mllm_demo: dataset_info.json beside mllm_demo.json and its mllm_demo_data/ images."""
+    files = {"dataset_info.json": json.dumps({"mllm_demo": {"file_name": "mllm_demo.json", "formatting": "sharegpt"}}),
+             "mllm_demo.json": json.dumps([sharegpt("mllm_demo_data/1.jpg", "Red.")]),
+             "mllm_demo_data/1.jpg": image("red")}
+    entry = image_text.save_zip("mllm_demo.zip", _zip_of(files), home, owner="ann")
+    assert entry.path.endswith("mllm_demo/mllm_demo.json") and entry.meta["images"] == 1
+
+
 def test_images_stay_inside_the_dataset_folder(home, tmp_path):
     secret = home / "datasets" / "bob" / "private.png"
     secret.parent.mkdir(parents=True)
