@@ -96,9 +96,10 @@ def tokenize(processor, conv: list[dict], images: list, max_length: int):
 
 
 def image_token_ids(processor) -> set[int]:
-    """Every token id a processor puts where an image goes (the image token, InternVL's context/start/end)."""
-    tok, out = processor.tokenizer, set()
-    for attr in ("image_token", "image_start_token", "image_end_token", "image_context_token",
+    """Every token id a processor puts where an image goes: the image token, and InternVL's ``<img>`` /
+    ``</img>`` around its context tokens, Qwen2-VL's vision start/end, Gemma's begin/end of image."""
+    tok, out = processor.tokenizer, set(getattr(processor, "image_token_ids", None) or [])
+    for attr in ("image_token", "start_image_token", "end_image_token", "image_start_token", "image_end_token",
                  "boi_token", "eoi_token", "vision_start_token", "vision_end_token"):
         value = getattr(processor, attr, None) or getattr(tok, attr, None)
         if isinstance(value, str):
