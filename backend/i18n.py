@@ -1231,6 +1231,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.it.no_processor": {"en": '{model} has no processor in the transformers format (processor_config.json / preprocessor_config.json): image-text fine-tuning here takes LLaVA, InternVL2 -hf, Qwen2-VL-style models; XComposer\'s remote code trains only through its own scripts for now', "zh": '{model} 没有 transformers 格式的处理器（processor_config.json / preprocessor_config.json）：这里的图文微调支持 LLaVA、InternVL2 -hf、Qwen2-VL 式模型；XComposer 的远程代码目前只能用其自带脚本训练'},
     "ds.folder": {"en": "Or a dataset folder (a JSON/JSONL file and its images) in the import folders ({dirs})", "zh": "或导入目录（{dirs}）中的数据集文件夹（JSON/JSONL 文件及其图片）"},
     "ds.folder.go": {"en": "Import the folder", "zh": "导入文件夹"},
+    "ft.est.images": {"en": "Image tokens counted: {per_image} per image; activations at the longest sampled row, {row} tokens with its images", "zh": "已计入图像 token：每张图 {per_image} 个；激活按抽样中最长的一行计算，含图片共 {row} 个 token"},
     # ---- end of table ----
 }
 

@@ -96,6 +96,8 @@ with st.container(key="ft-form", border=True):
             cols[5].metric(ui.t("ft.est.duration"), ui.duration(took["seconds"]), help=ui.t(
                 "ft.est.duration.help", tokens=f"{took['tokens']:,}", rate=f"{took['tokens_per_s']:,.0f}",
                 source=ui.t("ft.est.measured" if took["measured"] else "ft.est.calibrated")))
+            if est.get("image_tokens_per_image"):          # image-text: what the activations were counted at
+                st.caption(ui.t("ft.est.images", per_image=est["image_tokens_per_image"], row=est["row_tokens"]))
             if took["seconds"] > ft.LONG_RUN_S:
                 st.warning(ui.t("ft.est.long", minutes=round(took["seconds"] / 60)))
             for w in plan["warnings"]:

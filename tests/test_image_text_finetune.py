@@ -324,6 +324,7 @@ def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_dif
 def worker(home):
     """The app's worker with room for two CPU servers (the base and the tuned model side by side)."""
     from tests.conftest import start_worker, stop
+    open_store(home)              # the database made before the worker and the app open it at once
     proc = start_worker(home, WORKBENCH_CPU_SLOTS=3)
     yield proc
     stop(proc)
@@ -353,6 +354,7 @@ def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home
     page.keyboard.press("Escape")
     form.get_by_text("preset: vlm_cpu_demo").wait_for()
     page.locator(".st-key-ft-estimate").get_by_text("Estimated peak").wait_for()
+    page.locator(".st-key-ft-estimate").get_by_text("Image tokens counted: 16 per image").wait_for()
     form.get_by_text("Advanced settings").click()
     page.locator(".st-key-ft_prompts_image_text textarea").fill(QUESTION)
     page.locator(".st-key-ft_sample_images input").fill("images/red.png")
