@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 from collections import Counter
@@ -640,6 +641,12 @@ def row_image(dataset: Path, item: str) -> Path | None:
 def delete(name: str, home: Path, by) -> None:
     """Forget a dataset; its file is removed only when the workbench made it for this entry (ownership.made_here:
     never a sample). Only its owner or an instructor (the operator's datasets only an instructor)."""
-    if open_store(home).get("dataset", name) is None:
+    entry = open_store(home).get("dataset", name)
+    if entry is None:
         raise DatasetError("err.ds.unknown", name=name)
     ownership.delete("dataset", name, by, home, error=DatasetRefused("err.ds.delete_not_yours", name=name))
+    folder = (entry.meta or {}).get("folder")        # an image-text dataset's own folder (backend/image_text.py)
+    if folder and not Path(entry.path).exists():     # its data file went with the entry: its images go too
+        folder = Path(folder).resolve()
+        if folder.parent == datasets_dir(home).resolve():
+            shutil.rmtree(folder, ignore_errors=True)

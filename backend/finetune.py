@@ -14,8 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, formats, live, logs, ownership, paths, preference, prompts, resources, users
+from backend import (datasets, formats, image_text, live, logs, ownership, paths, preference, prompts, resources,
+                     users)
 from backend.errors import UserError
+from backend.kinds.vlm import image_text as is_image_text_model
 from backend.paths import job_dir
 from backend.states import JobState
 from backend.store import open_store
@@ -23,7 +25,7 @@ from backend.store import open_store
 
 # Fields that may differ between a run and the run it resumes (they don't change the trajectory).
 RESUME_FREE = {"name", "resume", "resume_from", "save_steps", "save_total_limit", "gpu_mem_gb", "device",
-               "sample_prompts", "preset"}
+               "sample_prompts", "sample_images", "preset"}
 
 # Training throughput to estimate a run's duration by when this machine has finished no run of the model yet,
 # as tokens/s × parameters (a model half the size trains about twice as fast, roughly). CPU: cpu_demo on
@@ -160,9 +162,10 @@ def lora_targets(info: dict, targets: list[str]) -> dict[str, tuple[int, int]]:
 
 
 # -- memory estimate ---------------------------------------------------------------------------
-def estimate(spec, info: dict, gpu: bool = True) -> dict:
+def estimate(spec, info: dict, gpu: bool = True, row_tokens: int | None = None) -> dict:
     """Peak memory (GB) of a run: weights, trainable state (params + grads + AdamW), activations at
-    batch × max_length, logits, and the CUDA context. Rough but on the safe side."""
+    batch × max_length (or ``row_tokens``: an image-text row's longest, image tokens counted), logits, and the
+    CUDA context. Rough but on the safe side."""
     b = 2 if gpu else 4                                    # compute dtype bytes: bf16/fp16 on GPU, fp32 on CPU
     n = info["params"]
     method = spec.method
@@ -180,7 +183,7 @@ def estimate(spec, info: dict, gpu: bool = True) -> dict:
     state = trainable * (4 + 4 + 8)                        # fp32 params/grads + AdamW moments
     if method == "full":
         state = n * (4 + 8)                                # grads + moments (weights counted above)
-    tokens = spec.batch_size * spec.max_length
+    tokens = spec.batch_size * (row_tokens or spec.max_length)
     per_layer = b * (12 * h + 5 * i)                       # saved tensors per token in one decoder layer
     if spec.gradient_checkpointing:
         acts = tokens * (L * b * h + per_layer)            # layer inputs + one layer recomputed
@@ -265,7 +268,15 @@ def check(spec, home: Path, gpu_list=None) -> dict:
     arch = " ".join(info["architectures"]) or info["model_type"] or "?"
     if info["auto_map"] and not meta.get("trust_remote_code"):
         raise UserError("err.ft.remote_code", model=spec.base_model, arch=arch)
-    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in info["architectures"]) and not info["auto_map"]:
+    images = spec.modality == "image_text"
+    if images:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+        if not is_image_text_model(config, spec.base_model):
+            raise UserError("err.it.not_image_model", model=spec.base_model, arch=arch)
+        if not any((model_path / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
+            raise UserError("err.it.no_processor", model=spec.base_model)
+        info["linears"] = {m: s for m, s in info["linears"].items() if image_text.part_of(m) == "language"}
+    elif not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in info["architectures"]) and not info["auto_map"]:
         raise UserError("err.ft.not_causal", model=spec.base_model, arch=arch)
     if info["linears"] and not lora_targets(info, ["all-linear"]):
         raise UserError("err.ft.no_linears", model=spec.base_model, arch=arch)
@@ -288,6 +299,8 @@ def check(spec, home: Path, gpu_list=None) -> dict:
         prompts.check_spec(spec)
     if (prefer or grpo) and importlib.util.find_spec("trl") is None:
         raise UserError("err.ft.no_trl", objective=spec.objective)
+    if images:
+        return check_image_text(spec, home, model_path, info, on_gpu, gpu_list, paths, warnings)
     convs = []
     for name, p in zip(spec.datasets, paths):
         try:
@@ -319,32 +332,92 @@ def check(spec, home: Path, gpu_list=None) -> dict:
         if longer:
             warnings.append(f"{longer} of {len(lengths)} sampled rows are longer than max_length and will be cut")
     est = estimate(spec, info, gpu=on_gpu)
-    if on_gpu:
-        largest = max(g.total_gb for g in gpu_list) - resources.GPU_HEADROOM_GB
-        if (spec.gpu_mem_gb or est["total_gb"]) > largest:
-            warnings.append(f"estimated {est['total_gb']:.1f} GB does not fit the largest GPU here ({largest:.1f} GB "
-                            "usable): use QLoRA, a smaller batch_size or max_length, or gradient checkpointing")
+    fits(spec, est, on_gpu, gpu_list, warnings)
     rows = min(len(convs), spec.max_samples or len(convs))
     mean = sum(n for _, n in lengths) / len(lengths) if count is not None else spec.max_length
     if grpo:
         mean = prompts.MEAN_PROMPT_TOKENS + spec.max_completion_length
     duration = estimate_duration(spec.model_dump(), rows, mean, info["params"], on_gpu, home)
-    if spec.name:
-        kind = "model" if method == "full" else "adapter"
-        existing = open_store(home).get(kind, spec.name)
-        if existing and not (spec.resume or spec.resume_from):
-            raise UserError("err.ft.exists", kind=kind, name=spec.name)
-    if spec.resume_from:
-        check_resume(spec.model_dump(mode="json"), spec.resume_from, home)
+    check_names(spec, home)
     return {"model_path": str(model_path), "on_gpu": on_gpu, "estimate": est, "duration": duration, "warnings": warnings,
             "info": {k: info[k] for k in ("architectures", "params", "hidden", "layers", "vocab")},
             "rows_checked": len(convs)}
 
 
+def fits(spec, est: dict, on_gpu: bool, gpu_list, warnings: list) -> None:
+    if on_gpu:
+        largest = max(g.total_gb for g in gpu_list) - resources.GPU_HEADROOM_GB
+        if (spec.gpu_mem_gb or est["total_gb"]) > largest:
+            warnings.append(f"estimated {est['total_gb']:.1f} GB does not fit the largest GPU here ({largest:.1f} GB "
+                            "usable): use QLoRA, a smaller batch_size or max_length, or gradient checkpointing")
+
+
+def check_names(spec, home: Path) -> None:
+    """The adapter / model name is free (unless resuming) and a resumed job matches."""
+    if spec.name:
+        kind = "model" if spec.method == "full" else "adapter"
+        existing = open_store(home).get(kind, spec.name)
+        if existing and not (spec.resume or spec.resume_from):
+            raise UserError("err.ft.exists", kind=kind, name=spec.name)
+    if spec.resume_from:
+        check_resume(spec.model_dump(mode="json"), spec.resume_from, home)
+
+
+CHECK_IMAGES = 32            # rows whose images are opened per submit (all of them are resolved)
+
+
+def check_image_text(spec, home: Path, model_path: Path, info: dict, on_gpu: bool, gpu_list, paths: list[Path],
+                     warnings: list) -> dict:
+    """check() for ``modality: image_text``: rows with images (each resolved inside its dataset's folder, the
+    first CHECK_IMAGES rows' opened), sample images, and the memory estimate with the image tokens counted."""
+    rows = []
+    for name, p in zip(spec.datasets, paths):
+        if not image_text.has_images(p):
+            raise UserError("err.it.no_images", name=name)
+        try:
+            got = image_text.load_rows(p, CHECK_ROWS, check=False)
+            for _, files in got[:CHECK_IMAGES]:
+                for f in files:
+                    image_text.check_image(f, f.name)
+        except (ValueError, OSError) as e:
+            raise UserError("err.ft.unreadable", name=name, error=UserError.of(e)) from None
+        good = [r for r in got if usable(r[0])]
+        if not good:
+            raise UserError("err.ft.no_rows", name=name, n=len(got))
+        rows += good
+    roots = image_text.root_of(paths[0])
+    for item in spec.sample_images:
+        image_text.check_image(image_text.resolve_image(roots, item), item)
+    per_image = image_text.image_tokens(model_path)
+    count = token_counter(model_path)
+    lengths = [(count(c)[1] if count else 0) + len(files) * (per_image - 1) for c, files in rows[:200]]
+    image_only = min(len(files) for _, files in rows[:200]) * per_image
+    if image_only >= spec.max_length:
+        raise UserError("err.it.max_length", max_length=spec.max_length, tokens=image_only, per_image=per_image)
+    longer = sum(1 for n in lengths if n > spec.max_length)
+    if longer:
+        warnings.append(f"{longer} of {len(lengths)} sampled rows are longer than max_length {spec.max_length} with "
+                        f"their image tokens ({per_image} an image): they are cut after their last image, or skipped")
+    longest = min(spec.max_length, max(lengths))
+    est = estimate(spec, info, gpu=on_gpu, row_tokens=longest)
+    est["image_tokens_per_image"], est["row_tokens"] = per_image, longest
+    fits(spec, est, on_gpu, gpu_list, warnings)
+    n = min(len(rows), spec.max_samples or len(rows))
+    mean = sum(lengths) / len(lengths)
+    duration = estimate_duration(spec.model_dump(), n, mean, info["params"], on_gpu, home)
+    check_names(spec, home)
+    return {"model_path": str(model_path), "on_gpu": on_gpu, "estimate": est, "duration": duration, "warnings": warnings,
+            "info": {k: info[k] for k in ("architectures", "params", "hidden", "layers", "vocab")},
+            "rows_checked": len(rows), "images_checked": sum(len(f) for _, f in rows)}
+
+
 # -- the default preset and the duration estimate ------------------------------------------------
-def default_preset(gpu_list=None, objective: str = "sft") -> str:
-    """The preset a new form starts on: XTuner's (or GRPO's GPU one) with a GPU, the CPU demo without one."""
+def default_preset(gpu_list=None, objective: str = "sft", image_text: bool = False) -> str:
+    """The preset a new form starts on: XTuner's (GRPO's GPU one; image-text: InternVL2-2B's) with a GPU, the CPU
+    demo without one."""
     gpu = bool(resources.gpus() if gpu_list is None else gpu_list)
+    if image_text:
+        return "internvl2_2b" if gpu else "vlm_cpu_demo"
     if objective == "grpo":
         return "grpo_gpu" if gpu else "grpo_cpu_demo"
     return "xtuner" if gpu else "cpu_demo"

@@ -18,6 +18,9 @@ LLaVA-style image-text model (tests/fixtures/tiny_vlm.py), then proves, each ste
   8   LMDeploy serve (TurboMind) with the KV cache in int8 (``--quant-policy 8``) answers a streamed chat
   9   GRPO (objective grpo, TRL's GRPOTrainer) with a length reward: generation and training on the device,
       a reward logged per step and sampled answers in the events (on CPU: full, the reward rises ≥ 0.1)
+ 10   image-text fine-tune (``modality: image_text``) of the LLaVA-style model on rows with images: LoRA on its
+      language model, the vision tower frozen; loss falls, peak GPU memory against the estimate (image tokens
+      counted); the vlm job serves the adapter on its base and answers about a training image
 
 ``--cpu`` (the default where there is no GPU) runs the same at tiny scale on the CPU; the CUDA-only
 steps (1b, 2, 3, 4, 7, 8) are reported as ``skipped``, never passed; so are 7 and 8 on a GPU without
@@ -153,7 +156,8 @@ class Proof:
 
     def estimate_gb(self, spec: dict) -> float:
         from backend import finetune as ft
-        return ft.check(spec, self.home)["estimate"]["total_gb"]
+        from backend.kinds.finetune import Spec
+        return ft.check(Spec(**spec), self.home)["estimate"]["total_gb"]
 
 
 def train_figures(r: dict) -> dict:
@@ -288,6 +292,36 @@ def lmdeploy_serve(p: Proof) -> dict:
     return {"model": model, "kv_quant": "int8", **p.served("serve", spec, chat_figures)}
 
 
+@step("10 image-text lora")
+def image_text_lora(p: Proof) -> dict:
+    spec = {"base_model": "proof-vlm-ft", "datasets": ["colours/data.jsonl"], "modality": "image_text",
+            "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lr": 5e-3 if p.gpu else 1e-2, "warmup_ratio": 0.0,
+            "max_length": 256, "batch_size": 8 if p.gpu else 2, "grad_accum": 1, "max_steps": 20 if p.gpu else 6,
+            "save_steps": 1000, "gradient_checkpointing": p.gpu, "device": "gpu" if p.gpu else "cpu",
+            "dtype": "bf16" if p.gpu else "fp32", "name": "proof-vlm-lora"}
+    r = p.trained(p.run("finetune", spec)[0])
+    out = {**train_figures(r), **({"estimate_gb": p.estimate_gb(spec)} if p.gpu else {})}
+    if p.gpu:
+        assert r["peak_gpu_gb"] <= out["estimate_gb"], f"peak {r['peak_gpu_gb']} GB above the estimate {out['estimate_gb']} GB"
+    from PIL import Image
+
+    from backend import vlm as client
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), COLOURS["red"]).save(buf, "PNG")
+
+    def ask(ep):
+        assert ep.get("adapter") == "proof-vlm-lora", ep
+        stats: dict = {}
+        text = "".join(client.stream(ep, [{"role": "user", "content": "What colour is this picture?",
+                                           "images": [buf.getvalue()]}], max_new_tokens=8, stats=stats, by=users.OPERATOR, home=defaults.home()))
+        assert stats["finish_reason"], f"no finished answer from the tuned model: {stats}"
+        return {"tuned_tokens": stats["tokens"], "tuned_answer": text[:40]}
+    return {**out, **p.served("vlm", {"adapter": "proof-vlm-lora", "name": "proof-vlm-tuned", "device": p.device}, ask)}
+
+
+COLOURS = {"red": (220, 20, 20), "blue": (20, 20, 220), "green": (20, 200, 20), "yellow": (230, 220, 20)}
+
+
 # -- setting up and reporting ----------------------------------------------------------------------------
 @step("9 grpo: length reward")
 def grpo(p: Proof) -> dict:
@@ -325,10 +359,21 @@ def prepare(home: Path, gpu: bool) -> None:
     store = open_store(home)
     store.put("model", "proof-llm", str(make_tiny_llama(home / "models" / "proof-llm", **size)), {"source": "gpu_proof"}, owner="local")
     store.put("model", "proof-vlm", str(make_tiny_llava(home / "models" / "proof-vlm")), {"source": "gpu_proof"}, owner="local")
+    store.put("model", "proof-vlm-ft", str(make_tiny_llava(home / "models" / "proof-vlm-ft", hidden=512 if gpu else 32)),
+              {"source": "gpu_proof"}, owner="local")
     (home / "datasets").mkdir(exist_ok=True)
     rows = [conv(f"Hello, who are you? {i}", IDENTITY) for i in range(64)]
     (home / "datasets" / "id.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (home / "datasets" / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Hello {i}"}) + "\n" for i in range(64)))
+    from PIL import Image                       # an image-text dataset in its own folder: rows + images
+    (home / "datasets" / "colours" / "images").mkdir(parents=True)
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (32, 32), rgb).save(home / "datasets" / "colours" / "images" / f"{name}.png")
+    names = list(COLOURS)
+    rows = [{"messages": [{"role": "user", "content": "<image>What colour is this picture?"},
+                          {"role": "assistant", "content": f"It is {names[i % 4]}."}],
+             "images": [f"images/{names[i % 4]}.png"]} for i in range(64)]
+    (home / "datasets" / "colours" / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
 def machine(gpu: bool) -> str:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 
-from backend import datasets, remote_code
+from backend import datasets, image_text, remote_code
 from backend.dataset_view import open_view
 from backend.errors import BAD_INPUT
 from backend.kinds.dataset_stats import Spec
@@ -49,7 +49,8 @@ def load_tokenizer(name: str, home: Path):
 def render(rec: dict, fmt: str, tokenizer) -> str:
     """The text the model sees for a row: the chat template for conversations, else the fields."""
     if fmt in datasets.TRAIN_FORMATS:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in datasets.to_messages(rec, fmt)]
+        chat = image_text.to_chat(rec, fmt)[0] if image_text.image_fields(rec) else datasets.to_messages(rec, fmt)
+        msgs = [{"role": m["role"], "content": m["content"]} for m in chat]
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(msgs, tokenize=False)
         return "\n".join(m["content"] for m in msgs)
@@ -138,6 +139,8 @@ def main(spec: Spec, job: Job) -> dict:
         "max_length": spec.max_length, "over_max": int(over.sum()), "over_max_lines": line_arr[over][:100].tolist(),
         "histogram": {"counts": [int(c) for c in counts], "edges": [round(float(e), 1) for e in edges]},
     }
+    if image_text.has_images(path):                 # images per row and their sizes (the text counts above)
+        stats["images"] = image_text.stats(path, spec.limit)
     (job.dir / "artifacts" / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
     job.message(f"{rows} rows ({bad} bad), {stats['over_max']} over {spec.max_length} {unit}, "
                 f"{dupes} duplicates, languages {langs}")

@@ -29,7 +29,7 @@ from backend import finetune as ft, formats, models, preference
 from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.kinds.finetune import Spec
 from backend.store import open_store
-from jobs import grpo as trl_grpo, preference as trl_preference, tracking
+from jobs import finetune_image, grpo as trl_grpo, preference as trl_preference, tracking
 from jobs.common import Cancelled, Job, JobError, run
 
 
@@ -235,7 +235,7 @@ def oom_error(spec: Spec, e: BaseException) -> JobError:
 def main(spec: Spec, job: Job) -> dict:
     try:
         with tracking.tensorboard(job):
-            return Run(spec, job).train()
+            return (ImageRun if spec.modality == "image_text" else Run)(spec, job).train()
     except (RuntimeError, MemoryError) as e:          # torch.OutOfMemoryError is a RuntimeError
         if is_oom(e):
             raise oom_error(spec, e) from None
@@ -614,7 +614,7 @@ class Run:
         self.tok.save_pretrained(tmp)
         metrics = {k: result[k] for k in ("steps", "final_loss", "eval_loss", "tokens_per_s")}
         meta = {"base_model": spec.base_model, "base_path": str(self.model_path), "datasets": spec.datasets,
-                "method": spec.method, "spec": spec.model_dump(mode="json"), "metrics": metrics, "job": self.job_id}
+                "method": spec.method, "modality": spec.modality, "spec": spec.model_dump(mode="json"), "metrics": metrics, "job": self.job_id}
         (tmp / "workbench.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.replace(folder)
@@ -626,6 +626,10 @@ class Run:
             self.job.register(kind, name, folder, meta)
         self.log(f"{kind} {name!r} saved to {folder}")
         return {kind: name, "path": str(folder)}
+
+
+class ImageRun(finetune_image.ImageText, Run):
+    """The run on an image-text model (``modality: image_text``): jobs/finetune_image.py."""
 
 
 if __name__ == "__main__":

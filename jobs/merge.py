@@ -19,7 +19,7 @@ from jobs.common import Job, JobError, run
 def main(spec: Spec, job: Job) -> dict:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     store = open_store(job.home)
     entry = store.get("adapter", spec.adapter)
@@ -34,7 +34,9 @@ def main(spec: Spec, job: Job) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(spec.dtype, "auto")
     name = spec.name or f"{spec.adapter}-merged"
     job.progress(0, 3, "steps", f"loading {meta.get('base_model')}", force=True)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=remote)
+    images = meta.get("modality") == "image_text"           # an image-text fine-tune: the whole VLM, its processor
+    loader = AutoModelForImageTextToText if images else AutoModelForCausalLM
+    model = loader.from_pretrained(base_path, dtype=dtype, trust_remote_code=remote)
     job.progress(1, 3, "steps", f"applying {spec.adapter}", force=True)
     model = PeftModel.from_pretrained(model, entry["path"]).merge_and_unload()
     folder = job.home / "models" / name
@@ -43,7 +45,7 @@ def main(spec: Spec, job: Job) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     job.progress(2, 3, "steps", f"saving {folder}", force=True)
     model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(entry["path"], trust_remote_code=remote).save_pretrained(tmp)
+    (AutoProcessor if images else AutoTokenizer).from_pretrained(entry["path"], trust_remote_code=remote).save_pretrained(tmp)
     lineage = {"base_model": meta.get("base_model"), "adapter": spec.adapter, "datasets": meta.get("datasets", []),
                "finetune_job": meta.get("job"), "merge_job": job.id}
     (tmp / "workbench.json").write_text(json.dumps({"lineage": lineage}, ensure_ascii=False, indent=2))

@@ -54,6 +54,9 @@ class Model:
             self.tokenizer = self.processor.tokenizer
             self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
                                                                      trust_remote_code=remote).to(device).eval()
+            if m.get("adapter"):                    # an image-text fine-tune's adapter on its base model
+                from peft import PeftModel
+                self.model = PeftModel.from_pretrained(self.model, str(m["adapter"])).to(device).eval()
         cfg = m["config"]
         self.context_len = (cfg.get("text_config") or {}).get("max_position_embeddings") or \
             cfg.get("max_position_embeddings") or cfg.get("max_length")
@@ -327,7 +330,8 @@ def main(spec: Spec, job: Job) -> dict:
         job.progress(2, 2, "steps", "ready", force=True)
         meta = endpoint_meta(base, m["name"], "vlm", device, job_id, m["name"], time.monotonic() - t0,
                              model.context_len, mode="xcomposer" if m["xcomposer"] else "transformers",
-                             max_images=spec.max_images, api_key=key, idle_stop_s=server_auth.idle_limit_s(device))
+                             max_images=spec.max_images, api_key=key, idle_stop_s=server_auth.idle_limit_s(device),
+                             **({"adapter": m["name"], "base_model": m["base"]} if m.get("adapter") else {}))
         job.register("endpoint", name, m["path"], meta)
         job.event("ready", endpoint=name, url=base)
         job.message(f"ready: image-text endpoint {name!r} at {base} ({meta['load_s']} s to load)")

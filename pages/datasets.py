@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from backend import dataset_info
+from backend import dataset_info, image_text
 from backend import datasets as ds
 from backend import defaults, logs, paths
 from backend import models as models_
@@ -44,7 +44,7 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
             st.warning(ui.error_text(reason))
     with st.form("ds_upload_form", clear_on_submit=True):
         ups = st.file_uploader(ui.t("ds.upload.file", mb=defaults.setting("UPLOAD_MAX_MB")),
-                               type=[e.lstrip(".") for e in ds.EXTENSIONS], key="ds_upload",
+                               type=[e.lstrip(".") for e in ds.EXTENSIONS] + ["zip"], key="ds_upload",
                                max_upload_size=defaults.setting("UPLOAD_MAX_MB"), accept_multiple_files=True)
         if st.form_submit_button(ui.t("ds.upload.save")) and ups:
             failed, opened = False, None
@@ -54,6 +54,8 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                         made = st.session_state[INFO_REPORT] = dataset_info.import_dataset_info(up.getvalue(),
                                                                                                  owner=ui.owner(), home=ui.home())
                         opened = next((m["name"] for m in made["imported"]), opened)
+                    elif up.name.lower().endswith(".zip"):      # a dataset file with its images
+                        opened = image_text.save_zip(up.name, up, defaults.home(), owner=ui.owner())["name"]
                     else:
                         opened = ds.save_upload(up.name, up, owner=ui.owner(), home=ui.home()).name
                 except ds.DatasetError as e:
@@ -63,6 +65,17 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                 st.query_params["ds"] = st.session_state["ds_pick"] = opened
             if not failed:
                 st.rerun()
+    if defaults.setting("IMPORT_DIRS"):        # an image-text dataset folder (JSON + images) from an import folder
+        with st.form("ds_folder_form", clear_on_submit=True):
+            folder = st.text_input(ui.t("ds.folder", dirs=defaults.setting("IMPORT_DIRS")), key="ds_folder")
+            if st.form_submit_button(ui.t("ds.folder.go")) and folder.strip():
+                try:
+                    made = image_text.import_folder(folder.strip(), None, defaults.home(), owner=ui.owner())
+                except ds.DatasetError as e:
+                    ui.error(e)
+                else:
+                    st.query_params["ds"] = st.session_state["ds_pick"] = made["name"]
+                    st.rerun()
 with c_imp.expander(ui.t("ds.import")):
     with st.form("ds_import_form"):
         source = st.selectbox(ui.t("ds.import.source"), ["huggingface", "modelscope", "url"], key="ds_imp_source")
@@ -167,6 +180,11 @@ with st.container(key="ds_table"):
                          key=f"ds_grid_{name}",
                          on_select="rerun", selection_mode="single-row")
     st.caption(ui.t("ds.showing", first=page_no * size + 1 if rows else 0, last=page_no * size + len(rows), total=total))
+if entry["meta"].get("images"):               # an image-text dataset: the page's rows as thumbnails
+    thumbs = [(r["row"] + 1, f) for r in rows if "record" in r for f in image_text.thumbnails(path, r["record"])[:1]]
+    if thumbs:
+        with st.container(key="ds_thumbs"):
+            st.image([str(f) for _, f in thumbs], caption=[f"#{n}" for n, _ in thumbs], width=72)
 sel = event.selection.rows if event and event.selection else []
 if sel:
     mine["row"] = rows[sel[0]]["row"]
@@ -176,6 +194,11 @@ if rows and mine.get("row") not in ids:
 
 # -- row detail ------------------------------------------------------------------------------
 def show_images(record: dict) -> None:
+    if any(record.get(f) for f in image_text.IMAGE_FIELDS):       # an image-text row: its dataset folder's images
+        files = image_text.thumbnails(path, record)
+        if files:
+            st.image([str(f) for f in files], caption=[f.name for f in files], width=320)
+        return
     for k, v in record.items():
         for item in (v if isinstance(v, list) else [v]):
             if not isinstance(item, str):
@@ -197,7 +220,8 @@ if rows and mine.get("row") is not None:
             row_fmt = ds.record_format(record)
             if row_fmt in ds.TRAIN_FORMATS:
                 try:
-                    for m in ds.to_messages(record, row_fmt):
+                    with_images = any(record.get(f) for f in image_text.IMAGE_FIELDS)
+                    for m in (image_text.to_chat(record, row_fmt)[0] if with_images else ds.to_messages(record, row_fmt)):
                         with st.chat_message(m["role"], avatar={"system": "⚙️"}.get(m["role"])):
                             st.markdown(m["content"])
                             if m.get("loss") is False:
@@ -214,7 +238,7 @@ t_val, t_conv, t_split, t_stats, t_del = st.tabs([ui.t("ds.validate"), ui.t("ds.
 with t_val:
     if st.button(ui.t("ds.validate.go"), key="ds_validate"):
         with st.spinner(ui.t("ds.validate.running")):
-            mine["validation"] = ds.validate(path, lang=ui.lang())
+            mine["validation"] = image_text.validate(path, lang=ui.lang())     # with its images, if it has any
     report = mine.get("validation")
     if report:
         (st.success if report["ok"] else st.error)(report["summary"])
@@ -285,6 +309,10 @@ with t_stats:
             st.caption(ui.t("ds.stats.languages") + ": " + ", ".join(f"{k} {v}" for k, v in res["languages"].items()))
             if res["missing"]:
                 st.caption(ui.t("ds.stats.missing") + ": " + ", ".join(f"{k} {v}" for k, v in res["missing"].items()))
+            if res.get("images"):
+                im = res["images"]
+                st.caption(ui.t("it.stats", images=im["images"], per_row=", ".join(f"{k}: {v}" for k, v in im["per_row"].items()),
+                                size=paths.human_size(im["bytes"]), w=im["width"], h=im["height"], bad=im["bad"]))
 
 with t_del:
     if entry.meta.get("source") == "sample":

@@ -75,27 +75,34 @@ def grpo_form(preset: str, values: dict) -> dict:
 with st.container(key="ft-form", border=True):
     c1, c2 = st.columns(2)
     base = c1.selectbox(ui.t("ft.base_model"), models, key=keys.FT_MODEL)
-    objective = c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto", "grpo"], horizontal=True,
-                         key="ft_objective", format_func=lambda o: ui.t("ft.objective." + o),
-                         help=ui.t("ft.objective.help"))
+    modality = c1.radio(ui.t("ft.modality"), ["text", "image_text"], horizontal=True, key="ft_modality",
+                        format_func=lambda m: ui.t("ft.modality." + m), help=ui.t("ft.modality.help"))
+    images = modality == "image_text"
+    objective = "sft" if images else c1.radio(ui.t("ft.objective"), ["sft", "pretrain", "dpo", "orpo", "kto", "grpo"],
+                                               horizontal=True, key="ft_objective",
+                                               format_func=lambda o: ui.t("ft.objective." + o),
+                                               help=ui.t("ft.objective.help"))
     usable = prompts.FORMATS if objective == "grpo" else \
         datasets.TRAIN_FORMATS + {"pretrain": ("text",), "sft": ()}.get(objective, ("preference",))
-    train_sets = [d.name for d in all_sets if (d.meta or {}).get("format") in usable]
-    picked = c2.multiselect(ui.t("ft.datasets"), train_sets, key=f"ft_datasets_{objective}",
+    train_sets = [d.name for d in all_sets if (d.meta or {}).get("format") in usable
+                  and bool((d.meta or {}).get("images")) == images]
+    picked = c2.multiselect(ui.t("ft.datasets"), train_sets,
+                            key="ft_datasets_image_text" if images else f"ft_datasets_{objective}",
                             default=[d for d in train_sets if "self_cognition" in d][:1] if objective == "sft" else [])
     c1, c2, c3 = st.columns(3)
     method = c1.radio(ui.t("ft.method"), ["lora", "qlora", "full"], horizontal=True, key="ft_method",
                       help=ui.t("ft.method.help"))
-    offered = ft_spec.presets_for(objective)
-    preset = c2.selectbox(ui.t("ft.preset"), offered, key="ft_preset_grpo" if objective == "grpo" else "ft_preset",
-                          index=offered.index(ft.default_preset(objective=objective)),   # CPU demo without a GPU
+    offered = ft_spec.presets_for(objective, images)
+    preset = c2.selectbox(ui.t("ft.preset"), offered,
+                          key="ft_preset_image_text" if images else "ft_preset_grpo" if objective == "grpo" else "ft_preset",
+                          index=offered.index(ft.default_preset(objective=objective, image_text=images)),  # CPU demos without a GPU
                           format_func=lambda p: ui.t("ft.preset." + p))
     name = c3.text_input(ui.t("ft.name"), key="ft_name", placeholder=ui.t("ft.name.auto"))
     values = ft_spec.preset_values(preset)
     chosen = {}
     with st.expander(ui.t("ft.advanced")):
         cols = st.columns(4)
-        for i, field in enumerate(ft_spec.ADVANCED):
+        for i, field in enumerate(f for f in ft_spec.ADVANCED if images or f != "train_projector"):
             default, col, key = values[field], cols[i % 4], f"ft_{field}_{preset}"   # a preset change resets them
             if isinstance(default, bool):
                 chosen[field] = col.checkbox(field, default, key=key)
@@ -108,11 +115,15 @@ with st.container(key="ft-form", border=True):
                 chosen[field] = col.number_input(field, value=default, format="%g", key=key)
             else:
                 chosen[field] = int(col.number_input(field, value=int(default), step=1, key=key))
-        asked = st.text_area(ui.t("ft.sample_prompts"), "Who are you?\n你是谁？", key="ft_prompts", height=68)
+        asked = st.text_area(ui.t("ft.sample_prompts"), "" if images else "Who are you?\n你是谁？",
+                             key="ft_prompts_image_text" if images else "ft_prompts", height=68)
+        shots = st.text_input(ui.t("ft.sample_images"), key="ft_sample_images") if images else ""
     grpo = {}
     if objective == "grpo":
         grpo = grpo_form(preset, values)
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
+            **({"modality": "image_text"} if images else {}),
+            **({"sample_images": [p.strip() for p in shots.split(",") if p.strip()]} if images else {}),
             **({"objective": objective} if objective != "sft" else {}),
             **({"name": name.strip()} if name.strip() else {}),
             **{k: v for k, v in chosen.items() if v != values[k]},
@@ -141,6 +152,8 @@ with st.container(key="ft-form", border=True):
             cols[5].metric(ui.t("ft.est.duration"), ui.duration(took["seconds"]), help=ui.t(
                 "ft.est.duration.help", tokens=f"{took['tokens']:,}", rate=f"{took['tokens_per_s']:,.0f}",
                 source=ui.t("ft.est.measured" if took["measured"] else "ft.est.calibrated")))
+            if est.get("image_tokens_per_image"):          # image-text: what the activations were counted at
+                st.caption(ui.t("ft.est.images", per_image=est["image_tokens_per_image"], row=est["row_tokens"]))
             if took["seconds"] > ft.LONG_RUN_S:
                 st.warning(ui.t("ft.est.long", minutes=round(took["seconds"] / 60)))
             for w in plan["warnings"]:
@@ -171,7 +184,20 @@ def run_actions(job_id: int) -> None:
             st.query_params["job"] = str(new)
             st.rerun(scope="app")
     adapter = result.get("adapter")
-    if job.state == JobState.SUCCEEDED and adapter:
+    pairs = list(zip(result.get("answers_before") or [], result.get("answers_after") or []))
+    with st.container(key=f"ft_before_after_{job['id']}", border=bool(pairs)):    # the sample answers, side by side
+        for before, after in pairs:
+            b, a = st.columns(2)
+            b.caption(ui.t("ft.before"))
+            b.markdown(before or "∅")
+            a.caption(ui.t("ft.after"))
+            a.markdown(after or "∅")
+    if job.state == JobState.SUCCEEDED and adapter and job["spec"].get("modality") == "image_text":
+        if c2.button(ui.t("ft.compare_images"), key=f"ft_vlm_{job['id']}"):    # base and tuned, side by side
+            for spec_ in ({"model": job["spec"]["base_model"]}, {"adapter": adapter}):
+                ui.submit("vlm", spec_)
+            st.switch_page("pages/xcomposer.py")
+    elif job.state == JobState.SUCCEEDED and adapter:
         if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job['id']}"):
             ui.submit("merge", {"adapter": adapter})
         if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job['id']}"):

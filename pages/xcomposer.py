@@ -6,7 +6,7 @@ workspace gallery before anything is sent.
 """
 import streamlit as st
 
-from backend import compose, defaults, queue, vlm
+from backend import compose, defaults, finetune, queue, vlm
 from pages import keys, ui
 
 S_HISTORY, S_STARTING = keys.XC_HISTORY, keys.XC_STARTING
@@ -51,6 +51,14 @@ with st.container(key="xc_endpoint", border=True):
         job_id = ui.submit("vlm", {"model": model})      # refusals (no GPU, not image-text...) show here
         if job_id:
             st.session_state[S_STARTING] = job_id
+    tuned = [a["name"] for a in finetune.adapters(by=ui.user(), home=ui.home()) if a["meta"].get("modality") == "image_text"]
+    if tuned:                                             # an image-text fine-tune's adapter on its base model
+        cols = st.columns([3, 1])
+        adapter = cols[0].selectbox(ui.t("xc.adapter"), tuned, key="xc_adapter")
+        if cols[1].button(ui.t("xc.start_adapter"), key="xc_start_adapter"):
+            job_id = ui.submit("vlm", {"adapter": adapter})
+            if job_id:
+                st.session_state[S_STARTING] = job_id
 if st.session_state.get(S_STARTING):
     starting(st.session_state[S_STARTING])
 
@@ -79,7 +87,7 @@ images += picked
 if images:
     st.image([str(compose.resolve(p, by=ui.user(), home=ui.home())) for p in images], width=120, caption=[p.rsplit("/", 1)[-1] for p in images])
 
-mode = st.radio(ui.t("xc.mode"), ["chat", "compose"], format_func=lambda m: ui.t("xc.mode." + m),
+mode = st.radio(ui.t("xc.mode"), ["chat", "compose", "compare"], format_func=lambda m: ui.t("xc.mode." + m),
                 index=int("draft" in st.query_params), horizontal=True, key="xc_mode")
 
 
@@ -236,7 +244,27 @@ def slot_view(draft: dict, slot: dict, i: int) -> None:
             st.image(str(compose.resolve(slot["image"], by=ui.user(), home=ui.home())), caption=slot["caption"], width=320)
 
 
+def compare() -> None:
+    """The same images and question to two endpoints side by side (a base model and its fine-tune)."""
+    others = [e for e in live if ep is not None and e["name"] != ep["name"]]
+    with st.container(key="xc_compare"):
+        if not others:
+            st.info(ui.t("xc.compare.need_two"))
+            return
+        names = [e["name"] for e in others]
+        other = others[names.index(st.selectbox(ui.t("xc.compare.with"), names, key="xc_compare_with"))]
+        question = st.text_input(ui.t("xc.compare.question"), key="xc_compare_q")
+        if st.button(ui.t("xc.compare.go"), key="xc_compare_go", disabled=bad or not question.strip()):
+            ask = [{"role": "user", "content": question, "images": [compose.resolve(p, by=ui.user(), home=ui.home()) for p in images]}]
+            for col, e, key in zip(st.columns(2), (ep, other), ("xc_compare_a", "xc_compare_b")):
+                with col, st.container(key=key, border=True):
+                    st.markdown(f"**{e['name']}**")
+                    shown(lambda e=e: vlm.stream(e, ask, by=ui.user(), **sampling))
+
+
 if mode == "chat":
     image_chat()
+elif mode == "compare":
+    compare()
 else:
     composer()

@@ -44,6 +44,21 @@ PRESETS: dict[str, dict] = {
                      grad_accum=2, save_steps=100, gradient_checkpointing=True, beta=0.04, num_generations=8,
                      max_completion_length=512, temperature=1.0,
                      rewards=[{"kind": "format", "weight": 0.5}, {"kind": "answer", "match": "math"}]),
+    # image-text (modality image_text, docs/finetune.md "Image-text"): the camp's InternVL lab (InternVL2-2B,
+    # transformers format, on one GPU), XComposer2-VL-1.8B (remote code: the registry's opt-in), a LLaVA-style
+    # model, and a CPU demo that proves the loop on a tiny model
+    "internvl2_2b": dict(XTUNER, modality="image_text", method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                         lr=1e-4, max_length=4096, packing=False, epochs=1.0, batch_size=1, grad_accum=8,
+                         save_steps=100, gradient_checkpointing=True, device="gpu"),
+    "xcomposer2_vl": dict(XTUNER, modality="image_text", method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                          lr=1e-4, max_length=4096, packing=False, epochs=1.0, batch_size=1, grad_accum=8,
+                          save_steps=100, gradient_checkpointing=True, device="gpu"),
+    "llava": dict(XTUNER, modality="image_text", method="lora", lora_r=64, lora_alpha=16, lora_dropout=0.05, lr=2e-4,
+                  max_length=2048, packing=False, epochs=1.0, batch_size=4, grad_accum=4, save_steps=200,
+                  gradient_checkpointing=True, train_projector=True),
+    "vlm_cpu_demo": dict(XTUNER, modality="image_text", lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=5e-3,
+                         warmup_ratio=0.0, max_length=256, packing=False, epochs=1.0, max_steps=20, batch_size=2,
+                         grad_accum=1, save_steps=10, gradient_checkpointing=False, max_samples=64, device="cpu"),
 }
 GRPO_FIELDS = ["num_generations", "max_completion_length", "temperature", "beta"]
 
@@ -64,6 +79,12 @@ class Spec(BaseModel):
     num_generations: int = Field(8, ge=2)           # grpo: answers per prompt (the group)
     max_completion_length: int = Field(256, ge=1)   # grpo: tokens per answer
     temperature: float = Field(1.0, gt=0)           # grpo: sampling temperature
+    objective: Literal["sft", "pretrain", "dpo", "orpo", "kto"] = "sft"
+    beta: float = Field(0.1, gt=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda)
+    preset: Literal["xtuner", "cpu_demo", "internvl2_2b", "xcomposer2_vl", "llava", "vlm_cpu_demo"] | None = None
+    # text: chat / text rows; image_text: rows with images on an image-text model (vision tower frozen)
+    modality: Literal["text", "image_text"] = "text"
+    train_projector: bool = False                     # image_text: also train the projector/aligner
     lora_r: int = Field(XTUNER["lora_r"], ge=1)
     lora_alpha: int = Field(XTUNER["lora_alpha"], ge=1)
     lora_dropout: float = Field(XTUNER["lora_dropout"], ge=0, lt=1)
@@ -90,6 +111,7 @@ class Spec(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: bf16 (else fp16) on GPU, fp32 on CPU
     gpu_mem_gb: float | None = Field(None, gt=0)              # ask the queue for this instead of the estimate
     sample_prompts: list[str] = []                            # answered greedily before and after training
+    sample_images: list[str] = []                             # image_text: the k-th prompt's image (in the first dataset's folder)
     resume: bool = False
     resume_from: int | None = None
 
@@ -107,6 +129,16 @@ class Spec(BaseModel):
     def beta_for_objective(self):
         if self.beta == 0 and self.objective not in ("grpo", "sft", "pretrain"):
             raise UserError("err.ft.beta", objective=self.objective)
+        return self
+
+    @model_validator(mode="after")
+    def image_text_rules(self):
+        if self.modality == "image_text" and self.objective != "sft":
+            raise UserError("err.it.objective", objective=self.objective)
+        if self.modality == "image_text":
+            self.packing = False                      # each row's image features go where its image tokens are
+        elif self.sample_images or self.train_projector:
+            raise UserError("err.it.text_fields")
         return self
 
     @field_validator("lr")
@@ -130,7 +162,7 @@ def check(spec: Spec, home: Path, owner: str) -> dict:
 ADVANCED = ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "lr", "epochs", "max_steps", "batch_size",
             "grad_accum", "max_length", "packing", "gradient_checkpointing", "save_steps", "save_total_limit",
             "eval_ratio", "eval_steps", "max_samples", "seed", "scheduler", "warmup_ratio", "weight_decay",
-            "max_grad_norm", "device", "dtype"]
+            "max_grad_norm", "device", "dtype", "train_projector"]
 
 
 def choices(field: str) -> list[str]:
@@ -145,6 +177,7 @@ def preset_values(preset: str) -> dict:
     return {k: PRESETS[preset].get(k, defaults_.get(k)) for k in ADVANCED + GRPO_FIELDS + ["rewards"]}
 
 
-def presets_for(objective: str) -> list[str]:
-    """The presets made for ``objective``: the GRPO ones for grpo, the others for the rest."""
-    return [p for p, v in PRESETS.items() if (v.get("objective") == "grpo") == (objective == "grpo")]
+def presets_for(objective: str, image_text: bool = False) -> list[str]:
+    """The presets made for ``objective`` (GRPO's for grpo) and the modality (image-text's for image_text)."""
+    return [p for p, v in PRESETS.items() if (v.get("objective") == "grpo") == (objective == "grpo")
+            and (v.get("modality", "text") == "image_text") == image_text]

@@ -20,6 +20,7 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = ""                        # registry model name
     path: str = ""                         # or a model folder (no trust_remote_code opt-in possible then)
+    adapter: str = ""                      # or a registered image-text adapter: its base model served with it
     name: str = Field("", max_length=120)  # endpoint name; default "<model> #<job id>"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -39,9 +40,21 @@ def image_text(config: dict, name: str) -> bool:
 
 
 def resolve(spec: Spec, home: Path) -> dict:
-    """{"name", "path", "meta", "config", "xcomposer"}; ValueError with a readable reason."""
+    """{"name", "path", "meta", "config", "xcomposer", "adapter"}; ValueError with a readable reason. An
+    adapter (a fine-tune's, ``modality: image_text``) names its base model by its lineage."""
     if spec.model and spec.path:
         raise UserError("err.vlm.model_or_folder")
+    if spec.adapter:
+        adapter = open_store(home).get("adapter", spec.adapter)
+        if adapter is None:
+            raise UserError("err.vlm.no_adapter", name=spec.adapter)
+        base = (adapter["meta"] or {}).get("base_model", "")
+        if spec.path or (spec.model and spec.model != base):
+            raise UserError("err.vlm.adapter_base", name=spec.adapter, base=base)
+        m = resolve(Spec(**{**spec.model_dump(), "adapter": "", "model": base}), home)
+        if m["xcomposer"]:
+            raise UserError("err.vlm.adapter_base", name=spec.adapter, base=base)
+        return {**m, "name": spec.adapter, "base": m["name"], "adapter": Path(adapter["path"])}
     if spec.model:
         entry = open_store(home).get("model", spec.model)
         if entry is None:
@@ -64,7 +77,7 @@ def resolve(spec: Spec, home: Path) -> dict:
             raise UserError("err.vlm.xcomposer_trust", name=name)
     elif not image_text(config, name):
         raise UserError("err.vlm.not_image_text", name=name, model_type=model_type or '?')
-    return {"name": name, "path": path, "meta": meta, "config": config, "xcomposer": xcomposer}
+    return {"name": name, "path": path, "meta": meta, "config": config, "xcomposer": xcomposer, "adapter": None}
 
 
 def weights_gb(path: str | Path) -> float:
