@@ -165,7 +165,7 @@ def load_rows(path: str | Path, limit: int | None = None, check: bool = True) ->
     path = Path(path)
     fmt, root, out = datasets.detect_format(path), root_of(path), []
     if fmt not in datasets.TRAIN_FORMATS:
-        raise DatasetError("err.ds.not_train_format", name=path.name, fmt=fmt, formats=", ".join(datasets.TRAIN_FORMATS))
+        raise DatasetError("err.ds.no_train_format", name=path.name, formats=", ".join(datasets.TRAIN_FORMATS))
     for n, rec in iter_records(path):
         try:
             chat, items = to_chat(rec, fmt)

@@ -74,14 +74,12 @@ class Spec(BaseModel):
     # grpo: prompts answered num_generations times, scored by the rewards (TRL's GRPOTrainer)
     objective: Literal["sft", "pretrain", "dpo", "orpo", "kto", "grpo"] = "sft"
     beta: float = Field(0.1, ge=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda); grpo: the KL weight (0: no KL)
-    preset: Literal["xtuner", "cpu_demo", "grpo_cpu_demo", "grpo_gpu"] | None = None   # fills the fields the spec leaves out
+    preset: Literal["xtuner", "cpu_demo", "grpo_cpu_demo", "grpo_gpu", "internvl2_2b", "xcomposer2_vl", "llava",
+                    "vlm_cpu_demo"] | None = None   # fills the fields the spec leaves out
     rewards: list[Reward] = []                      # grpo: the rewards and their weights (backend/rewards.py)
     num_generations: int = Field(8, ge=2)           # grpo: answers per prompt (the group)
     max_completion_length: int = Field(256, ge=1)   # grpo: tokens per answer
     temperature: float = Field(1.0, gt=0)           # grpo: sampling temperature
-    objective: Literal["sft", "pretrain", "dpo", "orpo", "kto"] = "sft"
-    beta: float = Field(0.1, gt=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda)
-    preset: Literal["xtuner", "cpu_demo", "internvl2_2b", "xcomposer2_vl", "llava", "vlm_cpu_demo"] | None = None
     # text: chat / text rows; image_text: rows with images on an image-text model (vision tower frozen)
     modality: Literal["text", "image_text"] = "text"
     train_projector: bool = False                     # image_text: also train the projector/aligner
