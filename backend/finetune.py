@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from backend import datasets, formats, live, logs, ownership, paths, preference, resources, users
+from backend import datasets, formats, live, logs, ownership, paths, preference, remote_code, resources, users
 from backend.errors import UserError
 from backend.paths import job_dir
 from backend.states import JobState
@@ -254,7 +254,7 @@ def check(spec, home: Path, gpu_list=None) -> dict:
     model_path, meta = resolve_model(spec.base_model, home)
     info = model_info(model_path)
     arch = " ".join(info["architectures"]) or info["model_type"] or "?"
-    if info["auto_map"] and not meta.get("trust_remote_code"):
+    if info["auto_map"] and not remote_code.allowed(model_path, home):
         raise UserError("err.ft.remote_code", model=spec.base_model, arch=arch)
     if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in info["architectures"]) and not info["auto_map"]:
         raise UserError("err.ft.not_causal", model=spec.base_model, arch=arch)

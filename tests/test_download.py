@@ -21,7 +21,7 @@ def hub(tiny_model):
 
 
 def events(job_id, home):
-    return logs.read_events(job_id, 0, home, home=home)[0]
+    return logs.read_events(job_id, 0, home=home)[0]
 
 
 def test_huggingface_download_registers_with_lineage_and_no_token_anywhere(home, hub):
