@@ -5,10 +5,14 @@ workbench reads (docs/datasets.md), so each is read as LLaMA-Factory reads it.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
-from backend import datasets, paths, users
+import ijson
+
+from backend import datasets, defaults, paths, users
 from backend.store import open_store
 from backend.records import DatasetError, iter_records
 
@@ -77,31 +81,68 @@ def _problem(name: str, entry, home: Path | None, owner: str) -> tuple[DatasetEr
     return None, path
 
 
-def import_dataset_info(data: bytes | str | dict, home: Path, *, owner: str) -> dict:
+class _Capped(io.RawIOBase):
+    """A reader that refuses to read past ``cap`` bytes of ``f`` (a sentence, not a memory spike)."""
+
+    def __init__(self, f: BinaryIO, cap: int):
+        self.f, self.cap, self.seen = f, cap, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.f.read(min(len(b), self.cap + 1 - self.seen))
+        self.seen += len(data)
+        if self.seen > self.cap:
+            raise DatasetError("err.dsinfo.too_big", mb=self.cap // 2**20)
+        b[:len(data)] = data
+        return len(data)
+
+
+def _entries(data: bytes | str | dict | BinaryIO) -> Iterator[tuple[str, object]]:
+    """(name, entry) of a dataset_info.json one at a time, from a file, bytes or text: at most
+    DATASET_INFO_MAX_BYTES are read; ijson parses the stream, so no more than one entry is held at once."""
+    if isinstance(data, dict):
+        yield from data.items()
+        return
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    cap = defaults.DATASET_INFO_MAX_BYTES
+    if isinstance(data, bytes):
+        data = io.BytesIO(data)
+    if data.seekable() and data.seek(0, 2) > cap:           # known too big: refused before anything is made
+        raise DatasetError("err.dsinfo.too_big", mb=cap // 2**20)
+    if data.seekable():
+        data.seek(0)
+    f = _Capped(data, cap)
+    try:                                  # anything but an object yields nothing: the caller says so
+        yield from ijson.kvitems(io.BufferedReader(f, 65536), "", use_float=True)
+    except ijson.JSONError as e:
+        raise DatasetError("err.dsinfo.json", error=e) from None
+
+
+def import_dataset_info(data: bytes | str | dict | BinaryIO, home: Path, *, owner: str) -> dict:
     """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
-    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}."""
-    if not isinstance(data, dict):
-        try:
-            data = json.loads(data)
-        except ValueError as e:
-            raise DatasetError("err.dsinfo.json", error=e) from None
-    if not isinstance(data, dict) or not data:
-        raise DatasetError("err.dsinfo.shape")
+    folder, read as a stream (a file, bytes or text, at most DATASET_INFO_MAX_BYTES) and each entry's rows
+    written as they are read. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [...]}."""
     imported, skipped = [], []
-    for key, entry in data.items():
+    for key, entry in _entries(data):
         problem, src = _problem(key, entry, home, owner)
         if problem:
             skipped.append(problem)
             continue
+        name = datasets.unique_name(datasets.safe_name(key), home)
+        target = datasets.datasets_dir(home) / f"{name}.jsonl"
         try:
-            rows = [_map_record(rec, entry) for _, rec in iter_records(src, skip_bad=True)]
+            with paths.atomic_file(target) as out:        # row by row: the file is never held whole
+                for _, rec in iter_records(src, skip_bad=True):
+                    out.write((json.dumps(_map_record(rec, entry), ensure_ascii=False) + "\n").encode("utf-8"))
         except DatasetError as e:
             skipped.append(DatasetError("err.dsinfo.entry", name=key, reason=e))
             continue
-        name = datasets.unique_name(datasets.safe_name(key), home)
-        target = datasets.datasets_dir(home) / f"{name}.jsonl"
-        paths.atomic_write(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         entry_ = datasets.register(target, name, "dataset_info", home, owner=owner, parent=src.name)
         imported.append({"name": name, "entry": key, "format": entry_["meta"]["format"],
                          "rows": entry_["meta"]["rows"]})
+    if not imported and not skipped:
+        raise DatasetError("err.dsinfo.shape")
     return {"imported": imported, "skipped": skipped}

@@ -414,8 +414,7 @@ METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
 def compare(job_ids: list[int], metric: str = "loss", *, home: Path) -> dict[str, dict[int, float]]:
     """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart (from the parse
     of each run's events that live views share)."""
-    return {f"job {job_id}": {e["step"]: e[metric] for e in live.events(job_id, home=home).metrics if metric in e}
-            for job_id in job_ids}
+    return {f"job {job_id}": dict(live.events(job_id, home=home).series.get(metric, [])) for job_id in job_ids}
 
 
 def adapters(home: Path, by: users.Actor) -> list[dict]:

@@ -379,6 +379,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.pref.not_preference": {"en": 'not preference data: no "chosen"/"rejected" answers, "rejected_response" or KTO "label"', "zh": '不是偏好数据：没有 "chosen"/"rejected" 回答、"rejected_response" 或 KTO 的 "label"'},
     "err.pref.label": {"en": 'label must be true or false, not {value!r}', "zh": 'label 必须为 true 或 false，而不是 {value!r}'},
     "err.pref.kto_rows": {"en": '{name} has KTO rows (one answer with a label): {objective} needs chosen and rejected answers; use objective kto', "zh": '{name} 含有 KTO 行（单个回答加标签）：{objective} 需要 chosen 和 rejected 回答；请使用训练目标 kto'},
+    "err.dsinfo.too_big": {"en": "dataset_info.json is larger than {mb} MB, more than any list of datasets needs: upload the "
+                                 "data files themselves, or a dataset_info.json that only describes them",
+                           "zh": "dataset_info.json 超过 {mb} MB，远超任何数据集清单所需：请直接上传数据文件，或上传只描述这些文件的 dataset_info.json"},
     "err.dsinfo.json": {"en": 'dataset_info.json is not valid JSON: {error}', "zh": 'dataset_info.json 不是有效的 JSON：{error}'},
     "err.dsinfo.shape": {"en": 'dataset_info.json must be an object of dataset entries ({"name": {"file_name": ..., "formatting": ..., "columns": {...}}})', "zh": 'dataset_info.json 必须是由数据集条目组成的对象（{"name": {"file_name": ..., "formatting": ..., "columns": {...}}}）'},
     "err.rec.media": {"en": 'the row has {field} (the "{field}" field): fine-tuning here trains text-only models, so image/video/audio rows are refused; remove those rows or the field', "zh": '该行含有 {field}（"{field}" 字段）：这里的微调只训练纯文本模型，因此含图片/视频/音频的行会被拒绝；请删除这些行或该字段'},
