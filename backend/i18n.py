@@ -169,6 +169,14 @@ STRINGS: dict[str, dict[str, str]] = {
                                     "for this model on the Models page, or pick another model",
                               "zh": "模型 {model} 需要运行它自带的远程代码（配置中的 auto_map：会在本服务器上执行的 Python 代码），"
                                     "只有开启 trust_remote_code 后才能运行：请在模型页为该模型勾选此项，或换一个模型"},
+    "err.ray.no_token": {"en": "the Ray executor has no token for the cluster at {address}, and on a shared box Ray's Jobs "
+                               "API must not run code for anyone who reaches it: start the cluster with RAY_AUTH_MODE=token "
+                               "and give the worker its token (ray get-auth-token --generate writes ~/.ray/auth_token)",
+                         "zh": "Ray 执行器没有 {address} 集群的令牌；在多人共用的机器上，Ray 的作业接口不能替任何能访问它的人运行代码："
+                               "请以 RAY_AUTH_MODE=token 启动集群，并把令牌交给 worker（ray get-auth-token --generate 会写入 ~/.ray/auth_token）"},
+    "err.ray.open": {"en": "the Ray cluster at {address} runs jobs for anyone who reaches it (it answered without a token): "
+                           "on a shared box restart it with RAY_AUTH_MODE=token",
+                     "zh": "{address} 的 Ray 集群会替任何能访问它的人运行作业（不带令牌也得到了应答）：在多人共用的机器上请以 RAY_AUTH_MODE=token 重启它"},
     "err.model.code_changed": {"en": "the code of model {model} changed since its trust_remote_code opt-in was given (a "
                                      "re-download or a file replaced in its folder), so the opt-in no longer holds: look at "
                                      "the new code, then tick the opt-in again on the Models page",
