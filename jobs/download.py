@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
-from backend import defaults, models, paths
+from backend import defaults, models, ownership, paths
+from backend.registry import RegistryType
+from backend.states import ACTIVE
+from backend.store import open_store
 from backend.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
 from backend.job_env import CREDENTIALS_DIR
 from backend.paths import human_size
@@ -429,6 +432,13 @@ def seed(dest: Path, final: Path, files: list[RemoteFile]) -> None:
             continue                    # fetched instead
 
 
+def users_of(name: str, home: Path, me: int | None) -> list[int]:
+    """The running jobs (but this one) whose spec names model ``name``."""
+    store = open_store(home)
+    return [j.id for j in store.jobs(states=ACTIVE) if j.id != me
+            and any(e.type == RegistryType.MODEL and e.name == name for e in ownership.uses(j.spec, home))]
+
+
 def exchange(a: Path, b: Path) -> None:
     """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); where the filesystem can't, in two
     renames (the moment between them the name is absent, never half-written)."""
@@ -514,6 +524,9 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
         raise JobError("; ".join(problems[:5]) + " (bad files were removed: retry to fetch them again)", DOWNLOAD)
     old = models.get(spec.name, job.home)
     if dest != final:                   # complete and checked: swap it in, then drop the old files
+        if busy := users_of(spec.name, job.home, job_id):
+            raise JobError(f"model {spec.name} is in use by running job {', '.join(map(str, busy))}: its new files wait "
+                           f"in {dest.name}; retry this download when that job has finished", BAD_INPUT)
         exchange(dest, final)
         shutil.rmtree(dest, ignore_errors=True)
         dest = final
