@@ -52,8 +52,7 @@ def rss(field):
 
 home = Path(sys.argv[1])
 base = rss('VmRSS:')
-with open(sys.argv[2], 'rb') as f:
-    out = import_dataset_info(f, home, owner='local')
+out = import_dataset_info(Path(sys.argv[2]).read_bytes(), home, owner='local')
 print(out['imported'][0]['rows'], (rss('VmHWM:') - base) // 2**20)
 """
 
