@@ -9,8 +9,8 @@ checksum against the listing. A token comes only through the environment (``subm
 
 A download into the name of a registered model never writes under that model's folder: it fills
 ``models/.incoming-<name>`` (resumable the same way; files the model already has with the listed size are
-hard-linked in and checked like the rest), and only when every file is there and checked are the two
-folders exchanged in one rename (``renameat2(RENAME_EXCHANGE)``). A loader sees the old files or the new
+hard-linked in and checked like the rest), and only when every file is there and checked, and the files
+it did not bring linked over, are the two folders exchanged in one rename (``renameat2(RENAME_EXCHANGE)``). A loader sees the old files or the new
 ones, never a mix; the model's ``trust_remote_code`` opt-in stays bound to the code it was given for
 (backend/remote_code.py), so new code voids it.
 """
@@ -432,6 +432,19 @@ def seed(dest: Path, final: Path, files: list[RemoteFile]) -> None:
             continue                    # fetched instead
 
 
+def carry(final: Path, dest: Path) -> None:
+    """Hard-link into ``dest`` the files of ``final`` the download did not bring (outside the listing or the
+    patterns, added by hand), so the swap changes only what was downloaded, as an in-place download did."""
+    for top, dirs, names in os.walk(final):
+        dirs[:] = [d for d in dirs if not (Path(top) == final and d == ".cache")]
+        for n in names:
+            src = Path(top) / n
+            out = dest / src.relative_to(final)
+            if not os.path.lexists(out):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, out, follow_symlinks=False)
+
+
 def users_of(name: str, home: Path, me: int | None) -> list[int]:
     """The running jobs (but this one) whose spec names model ``name``."""
     store = open_store(home)
@@ -449,7 +462,7 @@ def exchange(a: Path, b: Path) -> None:
     err = ctypes.get_errno() if fn is not None else errno.ENOSYS
     if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         raise OSError(err, os.strerror(err), str(b))
-    aside = b.with_name(b.name + ".old")
+    aside = b.with_name(f".old-{b.name}")
     os.rename(b, aside)
     os.rename(a, b)
     os.rename(aside, a)
@@ -527,6 +540,7 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
         if busy := users_of(spec.name, job.home, job_id):
             raise JobError(f"model {spec.name} is in use by running job {', '.join(map(str, busy))}: its new files wait "
                            f"in {dest.name}; retry this download when that job has finished", BAD_INPUT)
+        carry(final, dest)
         exchange(dest, final)
         shutil.rmtree(dest, ignore_errors=True)
         dest = final

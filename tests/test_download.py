@@ -226,6 +226,7 @@ def test_a_re_download_waits_for_the_running_job_that_uses_the_model(home, hub, 
     shutil.copytree(tiny_model, v2)
     (v2 / "README.md").write_text("version 2")
     hub.add("camp/tiny", v2)
+    (folder / "notes.txt").write_text("mine")            # not the hub's: kept through the swap
     w = start_worker(home)
     try:
         user = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "model": "tiny"}, home=home, owner="local")
@@ -241,3 +242,4 @@ def test_a_re_download_waits_for_the_running_job_that_uses_the_model(home, hub, 
     finally:
         stop(w)
     assert (folder / "README.md").read_text() == "version 2" and not (home / "models" / ".incoming-tiny").exists()
+    assert (folder / "notes.txt").read_text() == "mine"
