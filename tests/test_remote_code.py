@@ -108,6 +108,11 @@ def test_a_re_download_fills_a_new_folder_swaps_it_in_whole_and_new_code_voids_t
         folder = home / "models" / "remote"
         opt_in(True, home)
         assert remote_code.refusal({"model": "remote"}, home) is None
+        same = queue.submit("download", spec, home=home, owner="local")     # the same code again: the opt-in holds
+        run_burst(home)
+        assert queue.get(same, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(same, 30, home=home)
+        assert remote_code.refusal({"model": "remote"}, home) is None
+        assert models.get("remote", home)["meta"]["trust_remote_code"] is True
         v2 = make_remote_code_model(tiny_model, tmp_path / "v2", tmp_path / "RAN22")       # other code, same weights
         hub.add("x/remote", v2)
         hub.truncate["marker_code.py"] = 40                  # the first try arrives cut short
