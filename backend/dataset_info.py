@@ -7,10 +7,14 @@ Rows that can't be read are left out and said: how many, and why the first one.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
-from backend import datasets, paths, users
+import ijson
+
+from backend import datasets, defaults, paths, users
 from backend.errors import UserError
 from backend.store import open_store
 from backend.records import DatasetError, scan
@@ -91,43 +95,80 @@ def _problem(name: str, entry, home: Path | None, owner: str) -> tuple[DatasetEr
     return None, path
 
 
-def import_dataset_info(data: bytes | str | dict, home: Path, *, owner: str) -> dict:
+class _Capped(io.RawIOBase):
+    """A reader that refuses to read past ``cap`` bytes of ``f`` (a sentence, not a memory spike)."""
+
+    def __init__(self, f: BinaryIO, cap: int):
+        self.f, self.cap, self.seen = f, cap, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.f.read(min(len(b), self.cap + 1 - self.seen))
+        self.seen += len(data)
+        if self.seen > self.cap:
+            raise DatasetError("err.dsinfo.too_big", mb=self.cap // 2**20)
+        b[:len(data)] = data
+        return len(data)
+
+
+def _entries(data: bytes | str | dict | BinaryIO) -> Iterator[tuple[str, object]]:
+    """(name, entry) of a dataset_info.json one at a time, from a file, bytes or text: at most
+    DATASET_INFO_MAX_BYTES are read; ijson parses the stream, so no more than one entry is held at once."""
+    if isinstance(data, dict):
+        yield from data.items()
+        return
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    cap = defaults.DATASET_INFO_MAX_BYTES
+    if isinstance(data, bytes):
+        data = io.BytesIO(data)
+    if data.seekable() and data.seek(0, 2) > cap:           # known too big: refused before anything is made
+        raise DatasetError("err.dsinfo.too_big", mb=cap // 2**20)
+    if data.seekable():
+        data.seek(0)
+    f = _Capped(data, cap)
+    try:                                  # anything but an object yields nothing: the caller says so
+        yield from ijson.kvitems(io.BufferedReader(f, 65536), "", use_float=True)
+    except ijson.JSONError as e:
+        raise DatasetError("err.dsinfo.json", error=e) from None
+
+
+def import_dataset_info(data: bytes | str | dict | BinaryIO, home: Path, *, owner: str) -> dict:
     """One new dataset per entry of a ``dataset_info.json`` whose file is in the workspace's datasets
-    folder. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError, ...]}: the
-    entries not imported, and the rows an imported entry left out."""
-    if not isinstance(data, dict):
-        try:
-            data = json.loads(data)
-        except ValueError as e:
-            raise DatasetError("err.dsinfo.json", error=e) from None
-    if not isinstance(data, dict) or not data:
-        raise DatasetError("err.dsinfo.shape")
+    folder, read as a stream (a file, bytes or text, at most DATASET_INFO_MAX_BYTES) and each entry's rows
+    written as they are read. Returns {"imported": [{"name", "entry", "format", "rows"}], "skipped": [DatasetError,
+    ...]}: the entries not imported, and the rows an imported entry left out."""
     imported, skipped = [], []
-    for key, entry in data.items():
+    for key, entry in _entries(data):
         problem, src = _problem(key, entry, home, owner)
         if problem:
             skipped.append(problem)
             continue
-        rows, bad, first = [], 0, None
-        for n, rec, err in scan(src):                    # position 0: the whole file (empty, binary ...)
-            if err is None:
-                try:
-                    rows.append(_map_record(rec, entry))
-                    continue
-                except ValueError as e:
-                    err = UserError("err.ds.bad_record", line=n, reason=UserError.of(e))
-            bad, first = bad + 1, first or err
-        if not rows:
+        name = datasets.unique_name(datasets.safe_name(key), home)
+        target = datasets.datasets_dir(home) / f"{name}.jsonl"
+        good, bad, first = 0, 0, None
+        with paths.atomic_file(target) as out:           # row by row: the file is never held whole
+            for n, rec, err in scan(src):                # position 0: the whole file (empty, binary ...)
+                if err is None:
+                    try:
+                        out.write((json.dumps(_map_record(rec, entry), ensure_ascii=False) + "\n").encode("utf-8"))
+                        good += 1
+                        continue
+                    except ValueError as e:
+                        err = UserError("err.ds.bad_record", line=n, reason=UserError.of(e))
+                bad, first = bad + 1, first or err
+        if not good:
+            target.unlink(missing_ok=True)
             skipped.append(DatasetError("err.dsinfo.no_rows", name=key, file=src.name,
                                         reason=first or DatasetError("err.ds.holds_none", name=src.name)))
             continue
         if bad:
             skipped.append(DatasetError("err.dsinfo.bad_rows", name=key, file=src.name, bad=bad,
-                                        total=bad + len(rows), reason=first))
-        name = datasets.unique_name(datasets.safe_name(key), home)
-        target = datasets.datasets_dir(home) / f"{name}.jsonl"
-        paths.atomic_write(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                                        total=bad + good, reason=first))
         entry_ = datasets.register(target, name, "dataset_info", home, owner=owner, parent=src.name)
-        imported.append({"name": name, "entry": key, "format": entry_.meta["format"],
-                         "rows": entry_.meta["rows"]})
+        imported.append({"name": name, "entry": key, "format": entry_.meta["format"], "rows": entry_.meta["rows"]})
+    if not imported and not skipped:
+        raise DatasetError("err.dsinfo.shape")
     return {"imported": imported, "skipped": skipped}

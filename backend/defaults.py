@@ -102,6 +102,8 @@ DB_BUSY_TIMEOUT_MS = 10_000
 TENSORBOARD_DIR = "tensorboard"  # a training job's TensorBoard event files: <job folder>/tensorboard (jobs/tracking.py)
 TENSORBOARD_PORT = 6007          # `python -m backend tensorboard` serves every job's events here, on 127.0.0.1
 QUEUED_JOB_ESTIMATE_H = 0.25    # a waiting job counts as this many hours (or its timeout) x its GPUs against GPU-hours
+PASSWORD_HASHES_AT_ONCE = max(1, len(os.sched_getaffinity(0)))   # argon2 hashes at once (64 MiB each), one a core
+DATASET_INFO_MAX_BYTES = 4 * 2**20   # most of a dataset_info.json the app reads (LLaMA-Factory's own is ~20 KB)
 SANDBOX_READ_MAX_MB = 16         # most the app reads of one file a sandboxed run wrote, when a user opens it
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from backend import (datasets, formats, image_text, live, logs, ownership, paths, preference, prompts, resources,
-                     users)
+from backend import (datasets, formats, image_text, live, logs, ownership, paths, preference, prompts, remote_code,
+                     resources, users)
 from backend.errors import UserError
 from backend.kinds.vlm import image_text as is_image_text_model
 from backend.paths import job_dir
@@ -266,7 +266,7 @@ def check(spec, home: Path, gpu_list=None) -> dict:
     model_path, meta = resolve_model(spec.base_model, home)
     info = model_info(model_path)
     arch = " ".join(info["architectures"]) or info["model_type"] or "?"
-    if info["auto_map"] and not meta.get("trust_remote_code"):
+    if info["auto_map"] and not remote_code.allowed(model_path, home):
         raise UserError("err.ft.remote_code", model=spec.base_model, arch=arch)
     images = spec.modality == "image_text"
     if images:
@@ -508,8 +508,7 @@ METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
 def compare(job_ids: list[int], metric: str = "loss", *, home: Path) -> dict[str, dict[int, float]]:
     """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart (from the parse
     of each run's events that live views share)."""
-    return {f"job {job_id}": {e["step"]: e[metric] for e in live.events(job_id, home=home).metrics if metric in e}
-            for job_id in job_ids}
+    return {f"job {job_id}": dict(live.events(job_id, home=home).series.get(metric, [])) for job_id in job_ids}
 
 
 def adapters(home: Path, by: users.Actor) -> list[dict]:

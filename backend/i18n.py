@@ -169,6 +169,19 @@ STRINGS: dict[str, dict[str, str]] = {
                                     "for this model on the Models page, or pick another model",
                               "zh": "模型 {model} 需要运行它自带的远程代码（配置中的 auto_map：会在本服务器上执行的 Python 代码），"
                                     "只有开启 trust_remote_code 后才能运行：请在模型页为该模型勾选此项，或换一个模型"},
+    "err.ray.no_token": {"en": "the Ray executor has no token for the cluster at {address}, and on a shared box Ray's Jobs "
+                               "API must not run code for anyone who reaches it: start the cluster with RAY_AUTH_MODE=token "
+                               "and give the worker its token (ray get-auth-token --generate writes ~/.ray/auth_token)",
+                         "zh": "Ray 执行器没有 {address} 集群的令牌；在多人共用的机器上，Ray 的作业接口不能替任何能访问它的人运行代码："
+                               "请以 RAY_AUTH_MODE=token 启动集群，并把令牌交给 worker（ray get-auth-token --generate 会写入 ~/.ray/auth_token）"},
+    "err.ray.open": {"en": "the Ray cluster at {address} runs jobs for anyone who reaches it (it answered without a token): "
+                           "on a shared box restart it with RAY_AUTH_MODE=token",
+                     "zh": "{address} 的 Ray 集群会替任何能访问它的人运行作业（不带令牌也得到了应答）：在多人共用的机器上请以 RAY_AUTH_MODE=token 重启它"},
+    "err.model.code_changed": {"en": "the code of model {model} changed since its trust_remote_code opt-in was given (a "
+                                     "re-download or a file replaced in its folder), so the opt-in no longer holds: look at "
+                                     "the new code, then tick the opt-in again on the Models page",
+                               "zh": "模型 {model} 的代码在开启 trust_remote_code 之后发生了变化（重新下载或其文件夹中的文件被替换），"
+                                     "因此该授权已失效：请先检查新代码，然后在模型页重新勾选此项"},
     "err.model.bad_name": {"en": "invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, no '..', no '/')", "zh": '模型名 {name!r} 无效：只能使用字母、数字、“.”、“_”和“-”（最多 100 个字符，不能含“..”或“/”）'},
     "err.model.outside": {"en": '{path} is outside the workspace and the import folders (WORKBENCH_IMPORT_DIRS: {dirs})', "zh": '{path} 不在工作区或导入目录内（WORKBENCH_IMPORT_DIRS：{dirs}）'},
     "err.model.not_safetensors": {"en": '{name} is not a safetensors file', "zh": '{name} 不是 safetensors 文件'},
@@ -421,6 +434,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.pref.not_preference": {"en": 'not preference data: no "chosen"/"rejected" answers, "rejected_response" or KTO "label"', "zh": '不是偏好数据：没有 "chosen"/"rejected" 回答、"rejected_response" 或 KTO 的 "label"'},
     "err.pref.label": {"en": 'label must be true or false, not {value!r}', "zh": 'label 必须为 true 或 false，而不是 {value!r}'},
     "err.pref.kto_rows": {"en": '{name} has KTO rows (one answer with a label): {objective} needs chosen and rejected answers; use objective kto', "zh": '{name} 含有 KTO 行（单个回答加标签）：{objective} 需要 chosen 和 rejected 回答；请使用训练目标 kto'},
+    "err.dsinfo.too_big": {"en": "dataset_info.json is larger than {mb} MB, more than any list of datasets needs: upload the "
+                                 "data files themselves, or a dataset_info.json that only describes them",
+                           "zh": "dataset_info.json 超过 {mb} MB，远超任何数据集清单所需：请直接上传数据文件，或上传只描述这些文件的 dataset_info.json"},
     "err.dsinfo.json": {"en": 'dataset_info.json is not valid JSON: {error}', "zh": 'dataset_info.json 不是有效的 JSON：{error}'},
     "err.dsinfo.shape": {"en": 'dataset_info.json must be an object of dataset entries ({"name": {"file_name": ..., "formatting": ..., "columns": {...}}})', "zh": 'dataset_info.json 必须是由数据集条目组成的对象（{"name": {"file_name": ..., "formatting": ..., "columns": {...}}}）'},
     "err.rec.media": {"en": 'the row has {field} (the "{field}" field): a text fine-tune cannot train image/video/audio rows; for images, upload the data as a zip with its images and fine-tune with Data → Image-text (modality image_text), or remove those rows or the field', "zh": '该行含有 {field}（"{field}" 字段）：文本微调不能训练含图片/视频/音频的行；若是图片，请将数据连同图片打包为 zip 上传，并以“数据 → 图文”（modality image_text）微调，或删除这些行或该字段'},

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from functools import cached_property
 from pathlib import Path
 
 from backend import logs, queue, users
@@ -20,6 +19,7 @@ from backend.states import JobState
 
 LOG_KEEP_CHARS = 64 * 1024          # what a viewer keeps of the log: the refresh cost stays constant
 CHART_POINTS = 400                  # most points per metric series sent to a chart
+CATCH_UP_BYTES = 32 * 1024 * 1024   # most events.jsonl one poll parses (a long backlog takes a few polls)
 POLL_LIVE_S = 1.5                   # a running job whose files moved in the last IDLE_AFTER_S (a new line shows within 2 s)
 POLL_QUIET_S = 3.0                  # a queued job, or a running one that has been quiet that long
 IDLE_AFTER_S = 20.0
@@ -56,10 +56,10 @@ def _size(path: Path) -> int:
 class Events:
     """A job's events parsed up to ``size`` bytes of events.jsonl; shared, so treat it as read-only."""
 
-    def __init__(self, size: int = 0, progress=None, first_progress=None, metrics=(), messages=(), steps=(),
+    def __init__(self, size: int = 0, progress=None, first_progress=None, series=None, messages=(), steps=(),
                  completions=()):
         self.size, self.progress, self.first_progress = size, progress, first_progress
-        self.metrics: tuple[dict, ...] = tuple(metrics)
+        self.series: dict[str, list[tuple[float, float]]] = {name: _thin(points) for name, points in (series or {}).items()}
         self.messages: tuple[dict, ...] = tuple(messages)
         self.steps: tuple[dict, ...] = tuple(steps)
         self.completions: tuple[dict, ...] = tuple(completions)     # GRPO's sampled answers, the latest steps
@@ -67,23 +67,12 @@ class Events:
     def eta_s(self) -> float | None:
         return logs.eta_s(self.progress, self.first_progress)
 
-    @cached_property
-    def series(self) -> dict[str, list[tuple[float, float]]]:
-        """(step, value) per numeric metric, the last value per step, at most CHART_POINTS evenly kept."""
-        by_name: dict[str, dict[float, float]] = {}
-        for m in self.metrics:
-            step = m.get("step")
-            if not isinstance(step, (int, float)):
-                continue
-            for k, v in m.items():
-                if k not in ("t", "type", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    by_name.setdefault(k, {})[step] = v
-        out = {}
-        for name, points in by_name.items():
-            pts = sorted(points.items())
-            stride = -(-len(pts) // CHART_POINTS)
-            out[name] = pts[::-stride][::-1] if stride > 1 else pts        # keeps the latest point
-        return out
+
+
+def _thin(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most CHART_POINTS of a series' points, evenly kept, the latest among them."""
+    stride = -(-len(pts) // CHART_POINTS)
+    return pts[::-stride][::-1] if stride > 1 else pts
 
 
 class _Parsed:
@@ -112,9 +101,15 @@ def events(job_id: int, size: int | None = None, *, home: Path) -> Events:
             st = parsed.state = logs.EventState()
             parsed.snapshot = Events()
         if size > st.offset:
-            st.update(job_id, home=home)
-            parsed.snapshot = Events(st.offset, st.progress, st.first_progress, st.metrics, st.messages[-20:],
-                                     st.steps, st.completions)
+            start = st.offset
+            while st.offset < size and st.offset - start < CATCH_UP_BYTES:     # a big backlog: over a few polls
+                before = st.offset
+                st.update(job_id, home=home)
+                if st.offset == before:
+                    break
+            parsed.snapshot = Events(st.offset, st.progress, st.first_progress,
+                                     {name: s.view() for name, s in st.series.items()}, st.messages[-20:], st.steps,
+                                     st.completions)
         return parsed.snapshot
 
 

@@ -108,18 +108,55 @@ def result(job_id: int, home: Path) -> dict | None:
         return None
 
 
+SERIES_KEEP = 500           # points a metric series keeps at least (at most twice this), evenly thinned
+
+
+class Series:
+    """One metric's (step, value) points, bounded however long the run: past 2 * SERIES_KEEP points every
+    other one is dropped and from then on only every ``stride``-th new one kept, so the points stay evenly
+    spread over the run; the latest is always kept."""
+
+    def __init__(self):
+        self.points: list[tuple[float, float]] = []
+        self.stride, self.seen = 1, 0
+        self.last: tuple[float, float] | None = None
+
+    def add(self, step: float, value: float) -> None:
+        if self.last is not None and self.last[0] == step:       # the same step again: its last value counts
+            self.last = (step, value)
+            if self.points and self.points[-1][0] == step:
+                self.points[-1] = self.last
+            return
+        self.last = (step, value)
+        if self.seen % self.stride == 0:
+            self.points.append(self.last)
+            if len(self.points) >= 2 * SERIES_KEEP:
+                del self.points[1::2]
+                self.stride *= 2
+        self.seen += 1
+
+    def view(self) -> list[tuple[float, float]]:
+        """The points by step (the last value of each step), the latest included."""
+        return sorted(dict(self.points + ([self.last] if self.last else [])).items())
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 STEP_TYPES = ("model", "tool", "answer")    # an agent's steps (jobs/agent.py), in the order they happened
 COMPLETIONS_KEPT = 20                       # a GRPO job's latest sampled-completion tables a viewer keeps
 
 
 class EventState:
-    """What a viewer keeps between refreshes: the offset, the latest progress, the metric points, the steps."""
+    """What a viewer keeps between refreshes: the offset, the latest progress, each metric's points (bounded:
+    Series), the last messages, the steps."""
 
     def __init__(self):
         self.offset = 0
         self.progress: dict | None = None
         self.first_progress: dict | None = None
-        self.metrics: list[dict] = []
+        self.series: dict[str, Series] = {}
         self.messages: list[dict] = []
         self.steps: list[dict] = []
         self.completions: list[dict] = []       # GRPO: {"step", "rows": [{prompt, completion, rewards, reward}]}
@@ -132,8 +169,10 @@ class EventState:
                 self.progress = e
                 if self.first_progress is None:
                     self.first_progress = e
-            elif t == "metric":
-                self.metrics.append(e)
+            elif t == "metric" and _number(step := e.get("step")):
+                for k, v in e.items():
+                    if k not in ("t", "type", "step") and _number(v):
+                        self.series.setdefault(k, Series()).add(step, v)
             elif t == "message":
                 self.messages.append(e)
             elif t in STEP_TYPES:

@@ -25,7 +25,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-from backend import defaults, ownership, paths, users
+from backend import defaults, ownership, paths, remote_code, users
 from backend.errors import UserError
 from backend.store import open_store
 
@@ -203,6 +203,8 @@ def register(name: str, path: str | Path, source: str, id: str = "", revision: s
     facts = inspect(path)
     meta = {**facts, "source": source, "id": id, "revision": revision, "when": time.time(),
             "job_id": job_id, **extra}
+    if meta.get("trust_remote_code") is True and "code_sha256" not in extra:   # a job's output, opted in as its input
+        meta["code_sha256"] = remote_code.code_hash(path)
     return ownership.register(TYPE, name, str(Path(path).resolve()), meta, owner=owner, job_id=job_id,
                               shared=shared, home=home)
 
@@ -274,7 +276,10 @@ def set_trust_remote_code(name: str, allowed: bool, home: Path, by) -> dict:
         raise ModelError("err.model.unknown", name=name)
     users.require_owner(by, "", "trust_remote_code", f"model {name}", ModelRefused("err.model.trust_instructor"), home=home)
     users.audit(users.actor(by, home=home), "trust_remote_code", f"model {name}", detail=str(bool(allowed)), home=home)
-    return open_store(home).put(TYPE, name, row.path, {**row.meta, "trust_remote_code": bool(allowed)},
+    meta = {k: v for k, v in row.meta.items() if k != "code_sha256"}
+    if allowed:           # bound to the code it was given for (remote_code.trust compares before each load)
+        meta["code_sha256"] = remote_code.code_hash(row.path)
+    return open_store(home).put(TYPE, name, row.path, {**meta, "trust_remote_code": bool(allowed)},
                                 row.job_id, owner=row.owner)
 
 

@@ -3,13 +3,18 @@
 A model folder whose config names its own Python classes (``auto_map`` in config.json,
 tokenizer_config.json or a processor config) runs that code when a loader is told
 ``trust_remote_code=True``. The opt-in is the registry's ``trust_remote_code`` on one model entry
-(Models page), and a re-download clears it. Submitting a job that would load such a model without
-the opt-in is refused; every loader in a job passes ``allowed(folder)`` explicitly, so an opt-in taken
-back while the job waited still holds.
+(Models page), bound to the content of the code it was given for: ``code_sha256``, a hash of every
+``*.py`` in the folder and of each config that names ``auto_map``. Code that changed since (a
+re-download that brought other code, a file swapped in the folder) voids the opt-in with a sentence.
+Submitting a job that would load such a model without a valid opt-in is refused; every loader in a job
+passes ``trust(folder, home)`` explicitly, checked right before it loads, so an opt-in taken back or
+voided while the job waited still holds.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 from backend.errors import UserError
@@ -22,24 +27,72 @@ FOLDER_KEYS = ("path", "tokenizer_path", "model_path")    # ... a model folder
 
 
 def has_remote_code(folder: str | Path) -> bool:
-    for name in CODE_CONFIGS:
+    return any(has_remote_code_in(Path(folder) / name) for name in CODE_CONFIGS)
+
+
+def code_files(folder: str | Path) -> list[Path]:
+    """The files whose content the opt-in is bound to: every ``*.py`` below ``folder`` (not the download's
+    own ``.cache``) and each code config that names ``auto_map``."""
+    root = Path(folder)
+    out = [root / name for name in CODE_CONFIGS if has_remote_code_in(root / name)]
+    for top, dirs, names in os.walk(root):          # links to folders are not followed
+        dirs[:] = sorted(d for d in dirs if not (top == str(root) and d == ".cache"))
+        out += [Path(top) / n for n in sorted(names) if n.endswith(".py")]
+    return out
+
+
+def has_remote_code_in(config: Path) -> bool:
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data.get("auto_map"))
+
+
+def code_hash(folder: str | Path) -> str:
+    """sha256 over the code files' relative paths and contents (what a loader would read)."""
+    root, h = Path(folder), hashlib.sha256()
+    for path in code_files(root):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
         try:
-            data = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("auto_map"):
-            return True
-    return False
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            h.update(b"\0unreadable")
+        h.update(b"\0")
+    return h.hexdigest()
 
 
-def allowed(folder: str | Path, home: Path) -> bool:
-    """True only when a registry model in ``folder`` carries the opt-in."""
+def _opted_in(folder: str | Path, home: Path) -> dict | None:
+    """The registry model in ``folder`` that carries the opt-in (None when none does)."""
     try:
         target = Path(folder).resolve()
     except (OSError, ValueError):
+        return None
+    return next((row for row in open_store(home).items("model")
+                 if row["meta"].get("trust_remote_code") is True and Path(row["path"]).resolve() == target), None)
+
+
+def _changed(row: dict, folder: str | Path) -> bool:
+    return row["meta"].get("code_sha256") != code_hash(folder)
+
+
+def allowed(folder: str | Path, home: Path) -> bool:
+    """True only when a registry model in ``folder`` carries the opt-in and its code is what the opt-in saw."""
+    row = _opted_in(folder, home)
+    return row is not None and not _changed(row, folder)
+
+
+def trust(folder: str | Path, home: Path) -> bool:
+    """The ``trust_remote_code`` a loader passes, decided right before it loads: True with a valid opt-in,
+    False without one; a UserError when the opt-in was given for other code than the folder holds now."""
+    row = _opted_in(folder, home)
+    if row is None:
         return False
-    return any(row.meta.get("trust_remote_code") is True and Path(row.path).resolve() == target
-               for row in open_store(home).items("model"))
+    if _changed(row, folder):
+        raise UserError("err.model.code_changed", model=row.name)
+    return True
 
 
 def _folders(spec, home: Path | None) -> list[tuple[str, Path]]:
@@ -74,6 +127,11 @@ def _folders(spec, home: Path | None) -> list[tuple[str, Path]]:
 def refusal(spec: dict, home: Path) -> UserError | None:
     """Why a spec must not be queued (None when it may): it names a model with its own code and no opt-in."""
     for label, folder in _folders(spec, home):
-        if has_remote_code(folder) and not allowed(folder, home):
+        if not has_remote_code(folder):
+            continue
+        row = _opted_in(folder, home)
+        if row is None:
             return UserError("err.model.remote_code", model=label)
+        if _changed(row, folder):
+            return UserError("err.model.code_changed", model=label)
     return None

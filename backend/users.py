@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,14 @@ def _hasher():
     through the permission checks but never log anyone in, and those environments don't carry them."""
     from argon2 import PasswordHasher
     return PasswordHasher()
+
+
+_HASHING = threading.BoundedSemaphore(defaults.PASSWORD_HASHES_AT_ONCE)
+
+
+def _hash(password: str) -> str:
+    with _HASHING:            # each argon2 hash takes its memory_cost (64 MiB): only so many at once
+        return _hasher().hash(password)
 
 
 class Refused(UserError):
@@ -198,7 +207,7 @@ def add(name: str, role: str = "student", password: str | None = None, *, home: 
         raise UserError("err.users.bad_name", name=name)
     password = password or new_password()
     try:
-        open_store(home).add_user(name, _check_role(role), _hasher().hash(password))
+        open_store(home).add_user(name, _check_role(role), _hash(password))
     except sqlite3.IntegrityError:
         raise UserError("err.users.exists", name=name) from None
     audit(OPERATOR_NAME, "user_add", name, detail=role, home=home)
@@ -225,7 +234,7 @@ def reset(name: str, home: Path) -> str:
     _row(name, home)
     password = new_password()
     store = open_store(home)
-    store.update_user(name, password_hash=_hasher().hash(password), must_change=1, disabled=0)
+    store.update_user(name, password_hash=_hash(password), must_change=1, disabled=0)
     store.revoke_sessions(user=name)
     audit(OPERATOR_NAME, "user_reset", name, home=home)
     return password
@@ -340,7 +349,7 @@ def change_password(user: User, old: str, new: str, home: Path, keep: str | None
         raise Refused("err.users.short_password", n=MIN_PASSWORD)
     if new == old:
         raise Refused("err.users.same_password")
-    open_store(home).update_user(user.name, password_hash=_hasher().hash(new), must_change=0)
+    open_store(home).update_user(user.name, password_hash=_hash(new), must_change=0)
     open_store(home).revoke_sessions(user=user.name, keep=_session_id(keep, home) if keep else None)
     audit(user.name, "password_change", user.name, home=home)
     return _user(_row(user.name, home))
@@ -349,7 +358,10 @@ def change_password(user: User, old: str, new: str, home: Path, keep: str | None
 def _verify(hash_: str, password: str) -> bool:
     from argon2.exceptions import InvalidHashError, VerificationError
     try:
-        return bool(hash_) and _hasher().verify(hash_, password)
+        if not hash_:
+            return False
+        with _HASHING:
+            return _hasher().verify(hash_, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -387,7 +399,17 @@ def session_seconds() -> int:
     return int(defaults.setting("SESSION_HOURS") * 3600)
 
 
+_TRIES = [threading.Lock() for _ in range(64)]      # tries on one (account, address) one after another
+
+
 def login(name: str, password: str, address: str = "", *, home: Path) -> tuple[User, str]:
+    """A login try, after the previous one on the same (account, address) has been counted (so parallel wrong
+    tries can't all slip under the limit); see ``_login``."""
+    with _TRIES[hash((name, address)) % len(_TRIES)]:
+        return _login(name, password, address, home=home)
+
+
+def _login(name: str, password: str, address: str = "", *, home: Path) -> tuple[User, str]:
     """Check a password; returns the user and a session token. Past WORKBENCH_LOGIN_MAX_FAILS failed tries in
     WORKBENCH_LOGIN_WINDOW_S for one (account, address), each next try there waits a delay that doubles
     (``login_delay``), so a student guessing from one place never locks the account out elsewhere; one
@@ -412,7 +434,7 @@ def login(name: str, password: str, address: str = "", *, home: Path) -> tuple[U
         audit(name, "login_failed", name, address, home=home)
         raise Refused("err.users.wrong_login")
     if _hasher().check_needs_rehash(row["password_hash"]):
-        store.update_user(name, password_hash=_hasher().hash(password))
+        store.update_user(name, password_hash=_hash(password))
     audit(name, "login", name, address, home=home)
     return _user(row), start_session(name, home)
 
@@ -426,7 +448,7 @@ def login_delay(fails: int) -> float:
 
 @functools.cache
 def _unknown_hash() -> str:
-    return _hasher().hash(secrets.token_urlsafe(16))
+    return _hash(secrets.token_urlsafe(16))
 
 
 def start_session(name: str, home: Path) -> str:

@@ -85,7 +85,8 @@ def routes(base: str = "") -> list[Route]:
         name = form.get("name", "").strip()
         address = request.client.host if request.client else ""
         try:
-            user, token = await run_in_threadpool(users.login, name, form.get("password", ""), address, home=defaults.home())
+            user, token = await run_in_threadpool(lambda: users.login(name, form.get("password", ""), address,
+                                                                      home=defaults.home()))
         except users.Throttled:
             return _page(request, prefix, lang, next_, name, i18n.t("auth.throttled", lang), 429)
         except users.Refused:
@@ -94,7 +95,7 @@ def routes(base: str = "") -> list[Route]:
         return _cookie(RedirectResponse(target, 303), request, token, users.session_seconds())
 
     async def logout(request: Request) -> Response:
-        await run_in_threadpool(users.logout, request.cookies.get(users.COOKIE), home=defaults.home())
+        await run_in_threadpool(users.logout, request.cookies.get(users.COOKIE), defaults.home())
         return _cookie(RedirectResponse(f"{prefix}/auth/login", 303), request, "", 0)
 
     return [Route(f"{prefix}/auth/login", login, methods=["GET", "POST"]),
@@ -113,7 +114,8 @@ class LoginRedirect:
             request = Request(scope)
             path = scope["path"][len(self.prefix):] if scope["path"].startswith(self.prefix) else scope["path"]
             if (not path.startswith(OPEN) and "text/html" in request.headers.get("accept", "")
-                    and await run_in_threadpool(users.session_user, request.cookies.get(users.COOKIE), defaults.home()) is None):
+                    and await run_in_threadpool(users.session_user, request.cookies.get(users.COOKIE),
+                                                    defaults.home()) is None):
                 here = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
                 await RedirectResponse(f"{self.prefix}/auth/login?next={quote(here)}", 303)(scope, receive, send)
                 return

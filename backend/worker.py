@@ -48,6 +48,7 @@ from backend.errors import (
     LOST,
     MISSING_ENGINE,
     TIMEOUT,
+    UserError,
 )
 from backend.paths import job_dir, queue_wake_file
 from backend.procs import become_subreaper, children, kill_group, pid_alive
@@ -139,7 +140,8 @@ class Worker:
                 self.running.pop(job_id, None)
                 try:
                     self.store.transition(job_id, JobState.FAILED, error_class=CRASH,
-                                          error_message=f"the worker could not handle this job: {type(e).__name__}: {e}")
+                                          error_message="the worker could not handle this job: "
+                                          + (str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
                 except Exception:  # noqa: BLE001 - already finished, or the store is down: the sweep sees it later
                     pass
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend import ownership
-from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, classify_exception
+from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, UserError, classify_exception
 from backend.paths import PRIVATE_UMASK, atomic_write
 from backend.registry import Entry, RegistryType
 from backend.store import open_store
@@ -125,7 +125,9 @@ def run(main: Callable, spec_model) -> None:
         job.write_result({"ok": False, "error": {"class": CANCELLED, "message": "cancelled"}})
         print("job cancelled", flush=True)
         code = EXIT_CANCELLED
-    except JobError as e:
+    except (JobError, UserError) as e:          # a UserError is a refusal the backend put in a sentence
+        if isinstance(e, UserError):
+            e = JobError(str(e), BAD_INPUT)
         job.write_result({"ok": False, "error": {"class": e.error_class, "message": str(e),
                                                  "suggestion": e.suggestion}})
         print(f"error [{e.error_class}]: {e}", file=sys.stderr, flush=True)

@@ -43,7 +43,7 @@ def load_tokenizer(name: str, home: Path):
     if not path.is_dir():
         raise JobError(f"no model {name!r} in the registry", BAD_INPUT, "pick a model from the Models page")
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote_code.allowed(path, home))
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote_code.trust(path, home))
 
 
 def render(rec: dict, fmt: str, tokenizer) -> str:

@@ -6,9 +6,17 @@ partial files (``.incomplete``) and resumes them with HTTP Range requests, so a 
 retried job fetches only what is missing. Before it starts, the job lists the repository, checks the
 disk space (and the models quota) for what is left; afterwards it checks every file's size and
 checksum against the listing. A token comes only through the environment (``submit(secrets=...)``).
+
+A download into the name of a registered model never writes under that model's folder: it fills
+``models/.incoming-<name>`` (resumable the same way; files the model already has with the listed size are
+hard-linked in and checked like the rest), and only when every file is there and checked, and the files
+it did not bring linked over, are the two folders exchanged in one rename (``renameat2(RENAME_EXCHANGE)``). A loader sees the old files or the new
+ones, never a mix; the model's ``trust_remote_code`` opt-in stays bound to the code it was given for
+(backend/remote_code.py), so new code voids it.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fnmatch
 import hashlib
@@ -22,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
-from backend import defaults, models, paths, users
+from backend import defaults, models, ownership, paths
+from backend.registry import RegistryType
+from backend.states import ACTIVE
+from backend.store import open_store
 from backend.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
 from backend.job_env import CREDENTIALS_DIR
 from backend.paths import human_size
@@ -400,6 +411,63 @@ def prepare(dest: Path, spec: Spec) -> None:
     marker.write_text(json.dumps({**mine, "revision": spec.revision}))
 
 
+def staging(final: Path, home: Path, name: str) -> Path:
+    """Where this download writes: ``final`` itself unless a registered model lives there (then a new folder)."""
+    row = models.get(name, home)
+    if row is None or not final.is_dir() or Path(row["path"]).resolve() != final.resolve():
+        return final
+    return final.with_name(f".incoming-{name}")
+
+
+def seed(dest: Path, final: Path, files: list[RemoteFile]) -> None:
+    """Hard-link the files ``final`` already has with the listed size into ``dest`` (checked like the rest)."""
+    for f in files:
+        src, out = final / f.path, dest / f.path
+        try:
+            if src.is_symlink() or not src.is_file() or out.exists() or src.stat().st_size != f.size:
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, out)
+        except OSError:
+            continue                    # fetched instead
+
+
+def carry(final: Path, dest: Path) -> None:
+    """Hard-link into ``dest`` the files of ``final`` the download did not bring (outside the listing or the
+    patterns, added by hand), so the swap changes only what was downloaded, as an in-place download did."""
+    for top, dirs, names in os.walk(final):
+        dirs[:] = [d for d in dirs if not (Path(top) == final and d == ".cache")]
+        for n in names:
+            src = Path(top) / n
+            out = dest / src.relative_to(final)
+            if not os.path.lexists(out):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, out, follow_symlinks=False)
+
+
+def users_of(name: str, home: Path, me: int | None) -> list[int]:
+    """The running jobs (but this one) whose spec names model ``name``."""
+    store = open_store(home)
+    return [j.id for j in store.jobs(states=ACTIVE) if j.id != me
+            and any(e.type == RegistryType.MODEL and e.name == name for e in ownership.uses(j.spec, home))]
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); where the filesystem can't, in two
+    renames (the moment between them the name is absent, never half-written)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None and fn(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:   # AT_FDCWD, RENAME_EXCHANGE
+        return
+    err = ctypes.get_errno() if fn is not None else errno.ENOSYS
+    if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        raise OSError(err, os.strerror(err), str(b))
+    aside = b.with_name(f".old-{b.name}")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+
+
 def main(spec: Spec, job: Job) -> dict:
     job_id = job.id
     if spec.source == "bundled":
@@ -415,10 +483,11 @@ def main(spec: Spec, job: Job) -> dict:
 
 def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
     """The download itself, while this job holds the model's fetch lock."""
-    dest = models.models_dir(job.home) / spec.name
+    final = models.models_dir(job.home) / spec.name
     job.check_name("model", spec.name)
-    if models.get(spec.name, job.home):       # the trust_remote_code opt-in was for the files about to change
-        models.set_trust_remote_code(spec.name, False, job.home, by=users.OPERATOR)
+    dest = staging(final, job.home, spec.name)
+    if dest != final:
+        job.message(f"{spec.name} is registered: the files go to {dest.name} and replace it once all are here")
     prepare(dest, spec)
     endpoint = spec.endpoint or os.environ.get(ENDPOINT_ENV[spec.source]) or None
     token = os.environ.get(TOKEN_ENV[spec.source]) or None
@@ -433,6 +502,8 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
             job.message(f"listing {spec.repo_id} on {spec.source}" + (f" ({endpoint})" if endpoint else ""))
             revision, files = lister(spec, endpoint, token)
             check_listing(spec, dest, files)
+            if dest != final:
+                seed(dest, final, files)
             if not files:
                 raise JobError(f"no file of {spec.repo_id} matches {', '.join(spec.allow_patterns) or 'anything'}",
                                BAD_INPUT, "check the file patterns (for example *.safetensors, *.json)")
@@ -464,9 +535,22 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
         raise err from None
     if problems:
         raise JobError("; ".join(problems[:5]) + " (bad files were removed: retry to fetch them again)", DOWNLOAD)
+    old = models.get(spec.name, job.home)
+    if dest != final:                   # complete and checked: swap it in, then drop the old files
+        if busy := users_of(spec.name, job.home, job_id):
+            raise JobError(f"model {spec.name} is in use by running job {', '.join(map(str, busy))}: its new files wait "
+                           f"in {dest.name}; retry this download when that job has finished", BAD_INPUT)
+        carry(final, dest)
+        exchange(dest, final)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest = final
+    # the opt-in stays with the code it was given for: new code voids it (remote_code.trust)
+    kept = ({"trust_remote_code": True, "code_sha256": old["meta"].get("code_sha256", "")}
+            if old and old["meta"].get("trust_remote_code") is True else {})
     try:
         row = models.register(spec.name, dest, spec.source, id=spec.repo_id, revision=revision, job_id=job_id,
-                              owner=job.owner, home=job.home, endpoint=endpoint or "", patterns=spec.allow_patterns)
+                              owner=job.owner, home=job.home, endpoint=endpoint or "", patterns=spec.allow_patterns,
+                              **kept)
     except models.ModelError as e:
         if spec.allow_patterns:      # a partial download (only some files) is kept but can't be a model
             job.message(f"downloaded, not registered: {e}")

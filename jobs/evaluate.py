@@ -107,7 +107,7 @@ def model_cfg(m: ModelRef, spec: Spec, tokenizer_path: str = "") -> dict:
                                             {"role": "BOT", "api_role": "BOT", "generate": True}]},
                 "run_cfg": {"num_gpus": 0}, **common}
     # OpenCompass loads tokenizer and model with trust_remote_code=True unless told: pass the registry's opt-in
-    remote = remote_code.allowed(m.path, defaults.home())
+    remote = remote_code.trust(m.path, defaults.home())
     return {"type": "opencompass.models.HuggingFacewithChatTemplate", "path": m.path,
             "tokenizer_path": tokenizer_path or None, "peft_path": m.peft_path or None,
             "tokenizer_kwargs": {"trust_remote_code": remote},

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 
-from backend import finetune as ft, formats, models, preference
+from backend import finetune as ft, formats, models, preference, remote_code
 from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.kinds.finetune import Spec
 from backend.store import open_store
@@ -265,7 +265,7 @@ class Run:
             model_path, meta = ft.resolve_model(spec.base_model, self.job.home)
         except ValueError as e:
             raise JobError(str(e), BAD_INPUT) from None
-        self.model_path, remote = model_path, bool(meta.get("trust_remote_code"))
+        self.model_path, remote = model_path, remote_code.trust(model_path, self.job.home)
         on_gpu = torch.cuda.is_available() and spec.device != "cpu"
         problem = ft.device_problem(spec.method, spec.device, torch.cuda.is_available())
         if problem:

@@ -9,7 +9,7 @@ import json
 import shutil
 
 
-from backend import finetune as ft, models
+from backend import finetune as ft, models, remote_code
 from backend.errors import BAD_INPUT
 from backend.kinds.merge import Spec
 from backend.store import open_store
@@ -30,7 +30,7 @@ def main(spec: Spec, job: Job) -> dict:
         base_path, base_meta = ft.resolve_model(meta.get("base_model", ""), job.home)
     except ValueError as e:
         raise JobError(str(e), BAD_INPUT, "register the adapter's base model again") from None
-    remote = bool(base_meta.get("trust_remote_code"))
+    remote = remote_code.trust(base_path, job.home)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(spec.dtype, "auto")
     name = spec.name or f"{spec.adapter}-merged"
     job.progress(0, 3, "steps", f"loading {meta.get('base_model')}", force=True)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backend import models
+from backend import models, remote_code
 from backend.errors import BAD_INPUT, CRASH
 from backend.kinds.quantize import Spec, out_name
 from backend.store import open_store
@@ -54,7 +54,7 @@ def main(spec: Spec, job: Job) -> dict:
     job.check_name("model", name)
     tmp = folder.with_name(f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    remote = bool(entry["meta"].get("trust_remote_code"))
+    remote = remote_code.trust(entry["path"], job.home)
     job.progress(0, 2, "steps", f"quantizing {spec.model} ({spec.method})", force=True)
     if spec.method == "awq_w4a16":
         awq(spec, Path(entry["path"]), tmp)

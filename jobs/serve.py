@@ -229,7 +229,7 @@ def main(spec: Spec, job: Job) -> dict:
     label = model["name"] + (f"+{adapter['name']}" if adapter else "")
     name = spec.name or f"{label} #{job_id}"
     merged = job.dir / "merged"
-    remote = remote_code.allowed(model["path"], job.home)
+    remote = remote_code.trust(model["path"], job.home)
     if remote_code.has_remote_code(model["path"]) and not remote:
         raise JobError(remote_code.refusal({"model": model["name"]}, job.home), BAD_INPUT)
     endpoints: dict[str, tuple[Path, dict]] = {}      # name -> (folder, meta)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 
-from backend import paths, server_auth, server_host
+from backend import paths, remote_code, server_auth, server_host
 from backend.errors import BAD_INPUT, CRASH
 from backend.registry import endpoint_meta
 from backend.kinds.vlm import Spec, resolve
@@ -42,7 +42,7 @@ class Model:
         dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
         path = str(m["path"])
-        remote = m["meta"].get("trust_remote_code") is True        # the registry's opt-in (checked at submit too)
+        remote = remote_code.trust(path, job.home)          # the registry's opt-in, for this code (checked at submit too)
         if m["xcomposer"]:
             from transformers import AutoModel, AutoTokenizer
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)

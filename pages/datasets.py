@@ -51,7 +51,7 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
             for up in sorted(ups, key=lambda f: f.name == "dataset_info.json"):   # its data files first
                 try:
                     if up.name == "dataset_info.json":
-                        made = st.session_state[INFO_REPORT] = dataset_info.import_dataset_info(up.getvalue(),
+                        made = st.session_state[INFO_REPORT] = dataset_info.import_dataset_info(up,
                                                                                                  owner=ui.owner(), home=ui.home())
                         opened = next((m["name"] for m in made["imported"]), opened)
                     elif up.name.lower().endswith(".zip"):      # a dataset file with its images

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend import export, models, ownership, paths, users
+from backend import export, models, ownership, paths, remote_code, users
 from pages import keys, ui
 
 S_JOB = keys.MODELS_JOB             # the download job this session follows
@@ -137,10 +137,13 @@ with tab_reg:
                                             "hub": hub}, secrets=secrets_for(hub, hf_token))
                 if job_id:
                     st.session_state[keys.MODELS_EXPORT_JOB] = job_id
-        remote = st.checkbox(ui.t("models.trust_remote_code"), value=bool(meta.get("trust_remote_code")),
+        trusted = bool(meta.get("trust_remote_code")) and remote_code.allowed(d["path"], ui.home())   # for this code
+        if meta.get("trust_remote_code") and not trusted:
+            st.warning(ui.t("err.model.code_changed", model=picked))
+        remote = st.checkbox(ui.t("models.trust_remote_code"), value=trusted,
                              key=f"models_trust_{picked}", help=ui.t("models.trust_remote_code.help"),
                              disabled=not users.may_change("", ui.user(), home=ui.home()))
-        if remote != bool(meta.get("trust_remote_code")):
+        if remote != trusted:
             models.set_trust_remote_code(picked, remote, by=ui.user(), home=ui.home())
         if st.session_state.get(keys.MODELS_CONFIRM) == picked:
             with st.container(key="models_confirm_box", border=True):

@@ -353,7 +353,7 @@ def _charts(job_id: int) -> None:
     """The metric charts: a fragment of their own that redraws less often than the log (a chart is the
     costliest thing a view sends and draws), from the parse every session shares."""
     ev = live.events(job_id, home=home())
-    if ev.metrics:
+    if ev.series:
         with st.expander(t("job.metrics"), expanded=True):
             series_charts(ev.series)
             if (folder := paths.job_dir(job_id, home=home()) / defaults.TENSORBOARD_DIR).is_dir():

@@ -124,7 +124,7 @@ class Ray:
     """A Ray head (``ray start --head --block`` from this interpreter's venv) with its dashboard on a free
     port; ``env``: WORKBENCH_RAY_ADDRESS for a worker."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, token: str = ""):
         ray = Path(sys.executable).with_name("ray")
         if not ray.exists():
             raise Unavailable('ray is not installed in the venv: pip install "ray[default]" (requirements-dev.txt)')
@@ -132,18 +132,26 @@ class Ray:
         root.mkdir(parents=True, exist_ok=True)
         port, self.dashboard = _free_port(), _free_port()
         self.address = f"http://127.0.0.1:{self.dashboard}"
+        # token: Ray's token authentication on (RAY_AUTH_MODE=token); the token reaches Ray through its environment
+        auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {"RAY_AUTH_MODE": "disabled"}
         log = open(root / "ray.out", "ab")
         self.proc = subprocess.Popen(
             [str(ray), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={self.dashboard}", "--num-cpus=2", f"--num-gpus={GPUS}", "--include-dashboard=true",
-             f"--temp-dir={root / 'ray'}", "--disable-usage-stats"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             f"--temp-dir={root / 'ray'}", "--disable-usage-stats",
+             # every other port free too, so two heads can run side by side (one with token authentication)
+             *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "metrics-export-port", "runtime-env-agent-port",
+                                                      "ray-client-server-port", "node-manager-port",
+                                                      "object-manager-port"))],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **auth})
         self.env = {"WORKBENCH_RAY_ADDRESS": self.address}
         from ray.job_submission import JobSubmissionClient
 
         def up():        # the dashboard answers before its agent takes jobs: up once a job can be submitted
             try:
-                return JobSubmissionClient(self.address).submit_job(entrypoint="true")
+                return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {token}"} if token else None
+                                           ).submit_job(entrypoint="true")
             except Exception:  # noqa: BLE001 - not up yet
                 assert self.proc.poll() is None, (root / "ray.out").read_text()[-3000:]
                 return False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, compose, datasets, defaults, models, queue, users, vlm
+from backend import chat, compose, dataset_info, datasets, defaults, models, queue, users, vlm
 from backend.errors import UserError
 from backend.store import open_store
 from backend.kinds import evaluate as evaluate_job
@@ -50,6 +50,59 @@ def custom_format(name, data: bytes):
         assert fmt == ""
         return str(problem)
     return run
+
+
+def changed_code(home):
+    """A model with its own code, opted in, whose code then changed: a job that would load it is refused."""
+    folder = home / "models" / "rem"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                    "auto_map": {"AutoConfig": "code.C"}}))
+    (folder / "code.py").write_text("C = None\n")
+    open_store(home).put("model", "rem", str(folder), {"source": "test"}, owner="local")
+    models.set_trust_remote_code("rem", True, home, by=users.OPERATOR)
+    (folder / "code.py").write_text("import os\nC = None\n")
+    return queue.submit("serve", {"model": "rem"}, home=home, owner="local")
+
+
+def ray_cluster(status: int):
+    """The Ray executor on a shared box, given a Jobs API on loopback that answers ``status`` without a token."""
+    def run(home):
+        import os
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from backend.executors import ray_jobs
+
+        class Jobs(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Jobs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        env = {"WORKBENCH_AUTH": "accounts", "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(home / "no-token")}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return ray_jobs.client(f"http://127.0.0.1:{server.server_address[1]}")
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            server.shutdown()
+            server.server_close()
+    return run
+
+
+# refusals issue 27 added: each is also checked as a sentence in both languages (test_new_refusals_speak_both)
+BOTH_LANGUAGES = {
+    "a model whose code changed after its trust_remote_code opt-in": (changed_code, "err.model.code_changed"),
+    "dataset_info.json past its size cap": (lambda home: dataset_info.import_dataset_info(
+        b" " * (defaults.DATASET_INFO_MAX_BYTES + 1), home=home, owner="local"), "err.dsinfo.too_big"),
+    "Ray executor on a shared box: a cluster that runs jobs for anyone": (ray_cluster(200), "err.ray.open"),
+    "Ray executor on a shared box: no token for the cluster": (ray_cluster(401), "err.ray.no_token"),
+}
 
 
 CASES = {
@@ -120,6 +173,7 @@ CASES = {
     "CLI: logs of a job that does not exist": command("logs", "4242"),
     "CLI: submit a spec that is not YAML": lambda home: command("submit", "finetune", str(write(home, "bad.yaml", b"a: [1, 2\n")))(home),
     "CLI: submit a spec file that is not there": command("submit", "finetune", "/nonexistent/spec.yaml"),
+    **{name: fn for name, (fn, _) in BOTH_LANGUAGES.items()},
 }
 
 
@@ -143,6 +197,16 @@ def test_bad_input_gets_a_clear_sentence_and_loses_nothing(home, case):
     assert "Traceback" not in msg and 'File "' not in msg, msg
     assert store.counts() == jobs_before, "a bad input queued a job"
     assert not list((home / "datasets").glob(".*.upload")) if (home / "datasets").exists() else True
+
+
+@pytest.mark.parametrize("case", list(BOTH_LANGUAGES))
+def test_new_refusals_speak_both_languages(home, case):
+    fn, key = BOTH_LANGUAGES[case]
+    with pytest.raises(UserError) as e:
+        fn(home)
+    assert e.value.key == key
+    en, zh = e.value.text("en"), e.value.text("zh")
+    assert en != zh and any("\u4e00" <= c <= "\u9fff" for c in zh) and "{" not in en + zh, (en, zh)
 
 
 def test_a_leftover_temp_upload_does_not_block_the_upload(home):

@@ -211,3 +211,35 @@ def test_openxlab_client_against_the_local_hub(home, hub, tmp_path):
     assert "FILES ['chat_template.jinja', 'config.json', 'generation_config.json', 'model.safetensors'," in out.stdout, out
     assert "ERROR OpenXLab could not download camp/nope" in out.stdout, out.stdout + out.stderr
     assert any(r.startswith("POST /model-center/api/v1/cli/repository/getFileDownloadUrl") for r in hub.requests)
+
+
+def test_a_re_download_waits_for_the_running_job_that_uses_the_model(home, hub, tiny_model, tmp_path):
+    """A registered model's new files are swapped in only when no running job names the model: while one does,
+    the download ends with a sentence and keeps the files; its retry after that job swaps them in."""
+    from tests.conftest import start_worker, stop
+    spec = {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}
+    first = queue.submit("download", spec, home=home, owner="local")
+    run_burst(home)
+    assert queue.get(first, home=home, by=users.OPERATOR)["state"] == "succeeded"
+    folder = home / "models" / "tiny"
+    v2 = tmp_path / "v2"
+    shutil.copytree(tiny_model, v2)
+    (v2 / "README.md").write_text("version 2")
+    hub.add("camp/tiny", v2)
+    (folder / "notes.txt").write_text("mine")            # not the hub's: kept through the swap
+    w = start_worker(home)
+    try:
+        user = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "model": "tiny"}, home=home, owner="local")
+        wait_for(lambda: queue.get(user, home=home, by=users.OPERATOR)["state"] == "running", 60, 0.1, "the user to run")
+        again = queue.submit("download", spec, home=home, owner="local")
+        wait_for(lambda: queue.get(again, home=home, by=users.OPERATOR)["state"] == "failed", 120, 0.1, "the download")
+        assert f"model tiny is in use by running job {user}" in queue.get(again, home=home, by=users.OPERATOR)["error_message"]
+        assert not (folder / "README.md").exists() and (home / "models" / ".incoming-tiny" / "README.md").is_file()
+        queue.cancel(user, home=home, by=users.OPERATOR)
+        wait_for(lambda: queue.get(user, home=home, by=users.OPERATOR)["state"] == "cancelled", 60, 0.1, "the cancel")
+        retry = queue.retry(again, home=home, by=users.OPERATOR)
+        wait_for(lambda: queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", 120, 0.1, "the retry")
+    finally:
+        stop(w)
+    assert (folder / "README.md").read_text() == "version 2" and not (home / "models" / ".incoming-tiny").exists()
+    assert (folder / "notes.txt").read_text() == "mine"

@@ -242,3 +242,35 @@ def test_the_job_page_follows_a_slurm_job_and_cancels_it(on_slurm, page, home):
     page.goto(page.base_url)                                    # Home: the cluster's GPUs, beside the queue
     free = f"Slurm cluster: {clusters.GPUS} of {clusters.GPUS} GPU(s) free"
     page.locator(".st-key-hardware").get_by_text(free).wait_for()
+
+
+def test_ray_jobs_api_needs_the_token_on_a_shared_box(cluster, home, tmp_path, tmp_path_factory):
+    """On a shared box (accounts) the Ray executor refuses a cluster that runs jobs for anyone (the session's
+    head, without token authentication) and one it has no token for; with Ray's token authentication on
+    (RAY_AUTH_MODE=token) and the token in a file (RAY_AUTH_TOKEN_PATH), jobs run, and the cluster refuses
+    a request without it."""
+    import secrets
+    from backend.executors import ray_jobs
+    name, open_head, env = cluster
+    if name != "ray":
+        pytest.skip("Ray's token authentication")
+    none = {"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token")}
+    shared = {**env, **none, "WORKBENCH_AUTH": "accounts"}
+    first = queue.submit("sleepy", {"steps": 1}, home=home, owner="local")
+    run_burst(home, timeout=180, **shared)
+    assert "runs jobs for anyone who reaches it" in state(home, first).error_message
+    token = secrets.token_hex(32)                   # what `ray get-auth-token --generate` makes
+    head = clusters.Ray(tmp_path_factory.mktemp("raytok"), token=token)      # short: Ray's sockets live under it
+    try:
+        assert not ray_jobs.open_to_anyone(head.address)
+        shared = {**shared, **head.env}
+        second = queue.submit("sleepy", {"steps": 1}, home=home, owner="local")
+        run_burst(home, timeout=180, **shared)
+        assert "has no token for the cluster" in state(home, second).error_message
+        (tmp_path / "token").write_text(token + "\n")
+        third = queue.submit("sleepy", {"steps": 2, "interval_s": 0.05}, home=home, owner="local")
+        out = run_burst(home, timeout=180, **{**shared, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")})
+        assert state(home, third).state == "succeeded", f"{state(home, third).error_message}\n{out.stdout}"
+        assert json.loads((home / "jobs" / str(third) / "process.json").read_text())["executor"] == "ray"
+    finally:
+        head.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets, finetune as ft, image_text, logs, queue, vlm
+from backend import datasets, defaults, finetune as ft, image_text, logs, queue, users, vlm
 from backend.errors import UserError
 from backend.kinds.finetune import Spec
 from backend.store import open_store

@@ -8,10 +8,12 @@ import subprocess
 
 import pytest
 
-from backend import chat, logs, models, queue, users
+from backend import chat, logs, models, queue, remote_code, users
+from backend.errors import UserError
 from backend.store import open_store
 from tests.conftest import ENGINES_DIR, ROOT, endpoint_of, env_for, run_burst, wait_for
 from tests.fixtures.remote_code_model import make_remote_code_model
+from tests.hubserver import Hub
 
 ROWS = [{"messages": [{"role": "user", "content": f"Hello, who are you? {i}"},
                       {"role": "assistant", "content": "I am a helpful assistant."}]} for i in range(8)]
@@ -53,14 +55,84 @@ def test_a_model_with_its_own_code_is_refused_at_submit_without_the_opt_in(home,
     assert queue.list_jobs(home=home, by=users.OPERATOR) == []
 
 
-def test_a_re_download_clears_the_opt_in(home, remote, tmp_path):
-    models.register("remote", remote[0], "huggingface", id="x/remote", home=home, trust_remote_code=True, owner="local")
-    assert models.get("remote", home).meta["trust_remote_code"] is True
-    job = queue.submit("download", {"source": "huggingface", "repo_id": "x/remote", "name": "remote",
-                                    "endpoint": "http://127.0.0.1:9"}, home=home, owner="local")
+CHANGED = "the code of model remote changed since its trust_remote_code opt-in was given"
+
+
+def test_the_opt_in_is_bound_to_the_code_files_and_configs_that_name_auto_map(home, remote):
+    folder, _ = remote
+    before = remote_code.code_hash(folder)
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())     # weights: not code
+    (folder / "README.md").write_text("notes")
+    assert remote_code.code_hash(folder) == before
+    for change in (lambda: (folder / "sub").mkdir() or (folder / "sub" / "helper.py").write_text("x = 1"),
+                   lambda: (folder / "config.json").write_text((folder / "config.json").read_text() + " "),
+                   lambda: (folder / "marker_code.py").write_text("print('other code')")):
+        opt_in(True, home)
+        assert remote_code.refusal({"model": "remote"}, home) is None and remote_code.trust(folder, home) is True
+        change()
+        why = remote_code.refusal({"model": "remote"}, home)
+        assert why is not None and why.key == "err.model.code_changed"
+        with pytest.raises(UserError, match=CHANGED):
+            remote_code.trust(folder, home)
+    opt_in(False, home)
+    assert remote_code.trust(folder, home) is False
+
+
+def test_code_swapped_in_after_the_opt_in_is_refused_at_load(home, remote, tmp_path):
+    """The opt-in was given, the job queued; then a file is swapped in the folder: the job refuses to load it."""
+    folder, marker = remote
+    opt_in(True, home)
+    job = queue.submit("dataset_stats", {"dataset": "chat.jsonl", "model": "remote"}, home=home, owner="local")
+    other = tmp_path / "OTHER_CODE_RAN"
+    (folder / "marker_code.py").write_text((folder / "marker_code.py").read_text().replace(str(marker), str(other)))
     run_burst(home)
-    assert queue.get(job, home, by=users.OPERATOR).state == "failed"          # nothing listens there; the opt-in is gone anyway
-    assert not models.get("remote", home).meta.get("trust_remote_code")
+    row = queue.get(job, home, by=users.OPERATOR)
+    assert row["state"] == "failed" and CHANGED in row["error_message"], (row, logs.tail(job, 30, home=home))
+    assert "Traceback" not in logs.tail(job, 30, home=home)
+    assert not marker.exists() and not other.exists()
+    with pytest.raises(queue.SubmitError, match=CHANGED):
+        queue.submit("dataset_stats", {"dataset": "chat.jsonl", "model": "remote"}, home=home, owner="local")
+    opt_in(True, home)                       # looked at again: the opt-in for the new code
+    again = queue.submit("dataset_stats", {"dataset": "chat.jsonl", "model": "remote"}, home=home, owner="local")
+    run_burst(home)
+    assert queue.get(again, home, by=users.OPERATOR)["state"] == "succeeded" and other.exists()
+
+
+def test_a_re_download_fills_a_new_folder_swaps_it_in_whole_and_new_code_voids_the_opt_in(home, tiny_model, tmp_path):
+    v1 = make_remote_code_model(tiny_model, tmp_path / "v1", tmp_path / "RAN1")
+    with Hub({"x/remote": v1}) as hub:
+        spec = {"source": "huggingface", "repo_id": "x/remote", "name": "remote", "endpoint": hub.url}
+        first = queue.submit("download", spec, home=home, owner="local")
+        run_burst(home)
+        assert queue.get(first, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(first, 30, home=home)
+        folder = home / "models" / "remote"
+        opt_in(True, home)
+        assert remote_code.refusal({"model": "remote"}, home) is None
+        same = queue.submit("download", spec, home=home, owner="local")     # the same code again: the opt-in holds
+        run_burst(home)
+        assert queue.get(same, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(same, 30, home=home)
+        assert remote_code.refusal({"model": "remote"}, home) is None
+        assert models.get("remote", home)["meta"]["trust_remote_code"] is True
+        v2 = make_remote_code_model(tiny_model, tmp_path / "v2", tmp_path / "RAN22")       # other code, same weights
+        hub.add("x/remote", v2)
+        hub.truncate["marker_code.py"] = 40                  # the first try arrives cut short
+        again = queue.submit("download", spec, home=home, owner="local")
+        run_burst(home)
+        assert queue.get(again, home, by=users.OPERATOR)["state"] == "failed"
+        # nothing of the unfinished download is under the registered model: its code, its opt-in hold
+        assert (folder / "marker_code.py").read_text() == (v1 / "marker_code.py").read_text()
+        assert not [p for p in folder.rglob("*") if p.name.endswith(".incomplete")]
+        assert remote_code.refusal({"model": "remote"}, home) is None
+        assert (home / "models" / ".incoming-remote" / "model.safetensors").is_file()     # kept for the retry
+        hub.truncate.clear()
+        retry = queue.retry(again, home=home, by=users.OPERATOR)
+        run_burst(home)
+        assert queue.get(retry, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(retry, 30, home=home)
+    assert (folder / "marker_code.py").read_text() == (v2 / "marker_code.py").read_text()
+    assert not (home / "models" / ".incoming-remote").exists()
+    assert models.get("remote", home)["path"] == str(folder.resolve())
+    with pytest.raises(queue.SubmitError, match=CHANGED):
+        queue.submit("dataset_stats", {"dataset": "chat.jsonl", "model": "remote"}, home=home, owner="local")
 
 
 def test_evaluate_config_passes_the_opt_in_to_opencompass(home, remote, tmp_path):

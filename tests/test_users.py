@@ -543,3 +543,55 @@ def test_a_students_gallery_is_their_own_images_and_the_class_s(home, klass, mon
     monkeypatch.setenv("WORKBENCH_USER_DISK_QUOTA_GB", str(150 / 2**30))              # 85 bytes used
     with pytest.raises(compose.ComposeRefused, match="would pass your disk quota"):
         compose.add_to_gallery("big.png", png(40, 40, "red"), home, owner="ann")
+
+
+PARALLEL_LOGINS = """
+import sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from backend import users
+
+def rss(field):
+    return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024
+
+home, name, password, n = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+try:                                # warm: the library loaded, one hash's memory seen
+    users.login(name, password, '127.0.0.1', home=home)
+except users.Refused:
+    pass
+base = rss('VmRSS:')
+gate = threading.Barrier(n)
+
+def wrong(i):
+    gate.wait()
+    try:
+        users.login(name if name != '-' else f'nobody{i}', 'guess', '127.0.0.1', home=home)
+    except users.Refused as e:
+        return type(e).__name__
+
+with ThreadPoolExecutor(n) as pool:
+    outcomes = list(pool.map(wrong, range(n)))
+print(outcomes.count('Refused'), outcomes.count('Throttled'), (rss('VmHWM:') - base) // 2**20)
+"""
+
+
+def parallel_logins(home, name, password, n=50):
+    out = subprocess.run([sys.executable, "-c", PARALLEL_LOGINS, str(home), name, password, str(n)], cwd=ROOT,
+                         env=env_for(home), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tuple(map(int, out.stdout.split()))
+
+
+def test_fifty_parallel_wrong_logins_verify_at_most_the_limit_in_bounded_memory(home, klass, monkeypatch):
+    """50 wrong tries at once on one account: only the first LOGIN_MAX_FAILS are verified (each try on an
+    account and address waits for the one before it), the rest wait their delay; 50 at once on 50 names all
+    verify, but no more than PASSWORD_HASHES_AT_ONCE argon2 hashes (64 MiB each) are in memory together.
+    The instructor still logs in."""
+    monkeypatch.setenv("WORKBENCH_LOGIN_MAX_FAILS", "5")
+    verified, throttled, _ = parallel_logins(home, "ann", klass["ann"])
+    assert (verified, throttled) == (5, 45)
+    assert open_store(home).count_audit("login_failed", 0, target="ann") == 5
+    verified, throttled, grown = parallel_logins(home, "-", klass["ann"])        # 50 names: each is verified
+    assert (verified, throttled) == (50, 0)
+    assert grown < (defaults.PASSWORD_HASHES_AT_ONCE + 1) * 64 + 40, f"50 logins grew the app by {grown} MB"
+    assert users.login("teach", klass["teach"], "127.0.0.1", home=home)[0].role == "instructor"

@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from backend import chat, defaults, queue, users, vlm
+from backend import chat, defaults, models, queue, users, vlm
 from backend.store import open_store
 from tests.conftest import endpoint_of, wait_for
 
@@ -156,7 +156,7 @@ def test_xcomposer_chat_api_through_the_job(home, worker, tiny_xcomposer):
     store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test"}, owner="local")
     with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
         queue.submit("vlm", {"model": "tiny-xcomposer"}, home=home, owner="local")
-    store.put("model", "tiny-xcomposer", str(tiny_xcomposer), {"source": "test", "trust_remote_code": True}, owner="local")
+    models.set_trust_remote_code("tiny-xcomposer", True, home, by=users.OPERATOR)
     job_id = queue.submit("vlm", {"model": "tiny-xcomposer", "max_images": 3}, home=home, owner="local")
     ep = endpoint_of(home, job_id, 90)
     assert ep["mode"] == "xcomposer"
@@ -200,7 +200,7 @@ def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, 
     store.put("model", "internlm-xcomposer2-7b", str(xc), {"source": "test"}, owner="local")
     with pytest.raises(queue.SubmitError, match="trust_remote_code opt-in"):
         queue.submit("vlm", {"model": "internlm-xcomposer2-7b"}, home=home, owner="local")
-    store.put("model", "internlm-xcomposer2-7b", str(xc), {"source": "test", "trust_remote_code": True}, owner="local")
+    models.set_trust_remote_code("internlm-xcomposer2-7b", True, home, by=users.OPERATOR)
     with pytest.raises(queue.SubmitError, match="7B XComposer model and needs a GPU; this machine has none"):
         queue.submit("vlm", {"model": "internlm-xcomposer2-7b"}, home=home, owner="local")
     llava = tmp_path / "llava-like"

@@ -1,29 +1,65 @@
 """The Ray executor: each job is a Ray job (the Jobs API's JobSubmissionClient) whose entrypoint is the
 job's command, GPUs as ``entrypoint_num_gpus``; ``stop_job`` cancels (Ray sends SIGTERM, then SIGKILL);
 Ray's job states map to ours. The job writes run.log itself on the shared filesystem (launch.py), so
-the log is the same file on every executor and nothing has to copy it back."""
+the log is the same file on every executor and nothing has to copy it back.
+
+Ray's Jobs API runs any command it is sent as the cluster's user. Ray (2.52+) can require a token on it
+(``RAY_AUTH_MODE=token`` on the cluster); the executor sends the token from where Ray's own tools look for
+it (``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) on every request. On a
+shared box (``WORKBENCH_AUTH`` accounts or header) it refuses a cluster that answers without a token, or
+having no token to send: anyone on the box could otherwise run code as the workbench."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import urllib.error
 import urllib.request
 import uuid
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from backend import defaults
-from backend.errors import KILLED, LOST
+from backend import defaults, users
+from backend.errors import KILLED, LOST, UserError
 from backend.executors.base import Handle, Status
 from backend.states import JobState
 
 NAME = "ray"
 
 
+def token() -> str:
+    """The cluster's token where Ray's own tools find it; "" when there is none."""
+    if value := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return value
+    try:
+        return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").read_text().strip()
+    except OSError:
+        return ""
+
+
+def headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {t}"} if (t := token()) else {}
+
+
+def open_to_anyone(address: str) -> bool:
+    """Whether the Jobs API at ``address`` answers a request that carries no token."""
+    try:
+        with urllib.request.urlopen(address.rstrip("/") + "/api/jobs/", timeout=10):
+            return True
+    except urllib.error.HTTPError as e:
+        return e.code not in (401, 403)
+
+
 @cache
 def client(address: str):
+    if users.mode() != "none":         # a shared box: only a cluster that asks for the token, and with it
+        if open_to_anyone(address):
+            raise UserError("err.ray.open", address=address)
+        if not token():
+            raise UserError("err.ray.no_token", address=address)
     from ray.job_submission import JobSubmissionClient       # noqa: PLC0415 - heavy; only for this executor
-    return JobSubmissionClient(address)
+    return JobSubmissionClient(address, headers=headers())
 
 
 def warm() -> None:
@@ -46,7 +82,8 @@ def free_gpus() -> tuple[int, int] | None:
     """(GPUs free, GPUs in all) from the dashboard's cluster status (what ``ray status`` prints); None until
     its first report."""
     address = defaults.setting("RAY_ADDRESS").rstrip("/")
-    with urllib.request.urlopen(address + "/api/cluster_status", timeout=10) as r:
+    with urllib.request.urlopen(urllib.request.Request(address + "/api/cluster_status", headers=headers()),
+                                timeout=10) as r:
         usage = json.load(r)["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
     if not usage:
         return None

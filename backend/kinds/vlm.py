@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend import remote_code
 from backend.kinds import Kind
 from backend.errors import UserError
 from backend.resources import gpus
@@ -73,7 +74,7 @@ def resolve(spec: Spec, home: Path) -> dict:
     model_type = str(config.get("model_type", ""))
     xcomposer = is_xcomposer(config, name)
     if xcomposer:
-        if meta.get("trust_remote_code") is not True:
+        if not remote_code.allowed(path, home):
             raise UserError("err.vlm.xcomposer_trust", name=name)
     elif not image_text(config, name):
         raise UserError("err.vlm.not_image_text", name=name, model_type=model_type or '?')
