@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from backend import chat, defaults, live, logs, queue, sandbox, users
+from backend import chat, defaults, events, logs, queue, sandbox, users
 from backend.paths import job_dir
 from backend.kinds.agent import KEY_SECRET
 
@@ -64,7 +64,7 @@ def ask(prompt: str, by: users.Actor, endpoint: str = "", url: str = "", model: 
 
 def steps(job_id: int, home: Path) -> tuple[dict, ...]:
     """The run's steps so far (``model``, ``tool``, ``answer`` events), parsed once for every viewer."""
-    return live.events(job_id, home=home).steps
+    return events.events(job_id, home=home).steps
 
 
 def thought(text: str) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from backend import (datasets, formats, image_text, live, logs, ownership, paths, preference, prompts, remote_code,
-                     resources, users)
+from backend import (datasets, events, formats, image_text, logs, ownership, paths, preference, prompts,
+                     remote_code, resources, users)
 from backend.errors import UserError
 from backend.kinds.vlm import image_text as is_image_text_model
 from backend.paths import job_dir
@@ -508,7 +508,7 @@ METRICS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
 def compare(job_ids: list[int], metric: str = "loss", *, home: Path) -> dict[str, dict[int, float]]:
     """One series per run, ``{"job 7": {step: value}}``, to draw several runs on one chart (from the parse
     of each run's events that live views share)."""
-    return {f"job {job_id}": dict(live.events(job_id, home=home).series.get(metric, [])) for job_id in job_ids}
+    return {f"job {job_id}": dict(events.events(job_id, home=home).series.get(metric, [])) for job_id in job_ids}
 
 
 def adapters(home: Path, by: users.Actor) -> list[dict]:

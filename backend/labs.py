@@ -28,8 +28,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend import (chat, datasets, defaults, deploy, finetune, i18n, live, logs, models, paths, queue, rag, rag_eval,
-                     resources, users)
+from backend import (chat, datasets, defaults, deploy, events, finetune, i18n, logs, models, paths, queue, rag,
+                     rag_eval, resources, users)
 from backend.errors import UserError
 from backend.paths import job_dir
 from backend.registry import Entry
@@ -486,7 +486,7 @@ def check_agent(c: Ctx) -> None:
     if not runs:
         raise Missing("err.lab.no_agent")
     for job in runs:
-        steps = live.events(job.id, home=c.home).steps
+        steps = events.events(job.id, home=c.home).steps
         tools = [s for s in steps if s.get("type") == "tool"]
         answer = (logs.result(job.id, c.home) or {}).get("answer")
         if tools and answer:
@@ -573,7 +573,6 @@ def as_error(p: dict) -> Missing:
 
 def run(lab_id: str, student: str, home: Path, job_id: int | None = None, log=print) -> dict:
     """Run every check of ``lab_id`` on ``student``'s artifacts: ``{"passed", "checks": [...], "evidence"?}``."""
-    home = home
     lab = get(lab_id, home)
     out = []
     for ref in lab.checks:

@@ -14,7 +14,7 @@ import streamlit as st
 import yaml
 from streamlit import config
 
-from backend import chat, defaults, errors, executors, i18n, live, ownership, paths, queue, users
+from backend import chat, defaults, errors, events, executors, i18n, live, ownership, paths, queue, users
 from backend.registry import Entry
 from backend.states import JobState
 from pages import keys
@@ -352,7 +352,7 @@ def _live(job_id: int, every: float | None) -> None:
 def _charts(job_id: int) -> None:
     """The metric charts: a fragment of their own that redraws less often than the log (a chart is the
     costliest thing a view sends and draws), from the parse every session shares."""
-    ev = live.events(job_id, home=home())
+    ev = events.events(job_id, home=home())
     if ev.series:
         with st.expander(t("job.metrics"), expanded=True):
             series_charts(ev.series)

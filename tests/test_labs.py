@@ -91,8 +91,8 @@ def test_the_shipped_labs_load_and_one_without_its_check_is_hidden_from_students
     assert not labs.load(home)[0]["grpo"].available
     assert "grpo" not in [lab.id for lab in labs.visible("ann", home)]
     assert "grpo" in [lab.id for lab in labs.visible(users.OPERATOR, home)]
-    with pytest.raises(queue.SubmitError, match="not open to students"):
-        queue.submit("lab_check", {"lab": "grpo"}, owner="ann", home=home)
+    with pytest.raises(labs.LabError, match="not open to students"):
+        labs.submit_check("grpo", "ann", home=home)
 
 
 def test_a_malformed_lab_file_is_named_with_its_line_the_others_keep_working_and_a_fix_reloads(home):

@@ -1,7 +1,7 @@
 """Live views: a viewer reads a job's files only when they changed, and the events' parse is shared."""
 import sys
 
-from backend import live, queue
+from backend import events, live, queue
 from tests.conftest import run_burst, wait_for
 
 _opened: list[str] = []
@@ -61,7 +61,7 @@ def test_a_viewer_follows_a_running_job_by_its_new_bytes(home, worker):
 VIEW_RSS = """
 import sys
 from pathlib import Path
-from backend import live, logs
+from backend import events, live, logs
 
 def rss(field):
     return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024
@@ -75,7 +75,7 @@ while view.events.size < size and polls < 100:
     view.poll()
     view._sig = None                  # the page's next refresh
     polls += 1
-series = live.events(job, home=home).series
+series = events.events(job, home=home).series
 print(len(series['loss']), series['loss'][-1][0], polls, len(view.text), repr(view.text[-30:]))
 print((rss('VmHWM:') - base) // 2**20)
 """
@@ -103,6 +103,6 @@ def test_a_2gb_log_and_a_long_metric_stream_are_viewed_in_bounded_memory(home):
     assert out.returncode == 0, out.stderr[-3000:]
     first, grown = out.stdout.splitlines()
     points, last_step, polls, kept, tail = first.split(" ", 4)
-    assert int(points) <= live.CHART_POINTS and int(last_step) == n - 1, first
+    assert int(points) <= events.CHART_POINTS and int(last_step) == n - 1, first
     assert "line 999 of the long log" in tail and int(kept) <= live.LOG_KEEP_CHARS
     assert int(grown) < 100, f"viewing grew the process by {grown} MB"
