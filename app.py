@@ -1,7 +1,7 @@
 """Lab Workbench: the Streamlit entry point and the one page registry."""
 import streamlit as st
 
-from backend import queue
+from backend.runtime import queue
 from pages import auth, keys, ui
 
 st.set_page_config(page_title="Lab Workbench", page_icon="🧪", layout="wide")

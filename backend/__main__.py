@@ -29,12 +29,15 @@ from pathlib import Path
 
 import yaml
 
-from backend import defaults, errors, labs, logs, ownership, paths, queue, users
-from backend.registry import RegistryType
-from backend.procs import AlreadyRunning
-from backend.states import JobState
-from backend.store import open_store
-from backend.worker import Worker
+from backend.access import ownership, users
+from backend.core import defaults, errors, paths
+from backend.pipeline import labs
+from backend.runtime import logs, queue
+from backend.core.registry import RegistryType
+from backend.runtime.procs import AlreadyRunning
+from backend.core.states import JobState
+from backend.core.store import open_store
+from backend.runtime.worker import Worker
 
 
 def _fmt_time(t):

@@ -6,7 +6,7 @@ Prints, on the same model and prompt, greedy decoding (each figure the median of
   single-stream tokens/s through the serve job vs in-process `model.generate`  (goal >= 0.9x)
   aggregate tokens/s with N concurrent clients vs 1, continuous batching on     (goal >= 2x)
   time to first token for both.
-Default model: the bundled SmolLM2-135M-Instruct (backend.models.ensure_bundled).
+Default model: the bundled SmolLM2-135M-Instruct (backend.workspace.models.ensure_bundled).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would shadow the standard library
-from backend.deploy import PROMPT, median_of
-from backend.deploy import concurrent as through_server
-from backend import users
+from backend.pipeline.deploy import PROMPT, median_of
+from backend.pipeline.deploy import concurrent as through_server
+from backend.access import users
 
 
 def in_process(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
@@ -60,7 +60,8 @@ def serve(home: Path, model: str, cb: bool) -> tuple[subprocess.Popen, dict]:
 
 def serve_many(home: Path, models: list[str], cb: bool) -> tuple[subprocess.Popen, list[dict]]:
     """A serve job per model and one worker with a CPU slot for each; their endpoints once all are live."""
-    from backend import chat, queue
+    from backend.pipeline import chat
+    from backend.runtime import queue
     ids = [queue.submit("serve", {"model": m, "continuous_batching": cb}, home=home, owner="local") for m in models]
     worker = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.STDOUT, start_new_session=True,
@@ -94,11 +95,11 @@ def setup(prog: str, tokens: int, repeat: int):
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix=f"bench-{prog}-"))
     os.environ["WORKBENCH_HOME"] = str(home)
-    from backend.store import open_store
+    from backend.core.store import open_store
     if args.model:
         path = Path(args.model).resolve()
     else:
-        from backend.models import ensure_bundled
+        from backend.workspace.models import ensure_bundled
         path = ensure_bundled(home=home, log=lambda *a: None)
     open_store(home).put("model", "bench", str(path), owner="local")
     return args, home, path

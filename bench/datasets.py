@@ -42,7 +42,7 @@ def generate(path: Path, rows: int) -> None:
 
 # -- measurements, each run in a fresh subprocess: prints {"s": seconds, "rss_mb": peak, ...} -----
 def m_ours(path: str, cache: str) -> dict:
-    from backend.dataset_view import open_view
+    from backend.workspace.dataset_view import open_view
     t = time.perf_counter()
     view = open_view(path, Path(cache))
     rows = view.page(0, 50)
@@ -50,14 +50,14 @@ def m_ours(path: str, cache: str) -> dict:
 
 
 def m_ours_count(path: str, cache: str) -> dict:
-    from backend.dataset_view import open_view
+    from backend.workspace.dataset_view import open_view
     t = time.perf_counter()
     n = len(open_view(path, Path(cache)))
     return {"s": time.perf_counter() - t, "count": n}
 
 
 def m_ours_search(path: str, cache: str) -> dict:
-    from backend.dataset_view import open_view
+    from backend.workspace.dataset_view import open_view
     view = open_view(path, Path(cache))
     t = time.perf_counter()
     hits = view.search(NEEDLE)

@@ -1,5 +1,5 @@
 """Deploy benchmark: the bundled SmolLM2 against its bitsandbytes NF4 copy (the quantize job), each served
-by a real serve job with continuous batching and measured with backend.deploy (the Deploy page's code).
+by a real serve job with continuous batching and measured with backend.pipeline.deploy (the Deploy page's code).
 
     .venv/bin/python bench/deploy.py [--model DIR] [--tokens 32] [--clients 8] [--repeat 3]
 
@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files would shadow the standard library
 
 from bench.chat import serve_many, setup, stop
-from backend import users
+from backend.access import users
 
 
 def quantize(home: Path, model: str) -> str:
-    from backend import queue
+    from backend.runtime import queue
     job_id = queue.submit("quantize", {"model": model}, home=home, owner="local")
     subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, check=True,
                    env=dict(os.environ, WORKBENCH_HOME=str(home)), stdout=subprocess.DEVNULL)
@@ -36,8 +36,8 @@ def quantize(home: Path, model: str) -> str:
 
 def main() -> None:
     args, home, _ = setup("deploy", 32, 3)
-    from backend import deploy
-    from backend.store import open_store
+    from backend.pipeline import deploy
+    from backend.core.store import open_store
     t0 = time.monotonic()
     variants = ["bench", quantize(home, "bench")]
     print(f"quantized (bitsandbytes NF4) in {time.monotonic() - t0:.0f} s")

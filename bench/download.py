@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from backend import users
+from backend.access import users
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,7 +31,7 @@ def main() -> None:
     repo = make_tiny_llama(tmp / "repo")
     for i in range(4):                                   # weights-like shards
         (repo / f"shard-{i}.bin").write_bytes(os.urandom(a.mb * 1024 * 1024 // 4))
-    from backend import queue
+    from backend.runtime import queue
     from huggingface_hub import snapshot_download
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 

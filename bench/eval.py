@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from backend import users
+from backend.access import users
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py) would shadow the stdlib
@@ -31,7 +31,8 @@ def main() -> None:
     home = tmp / "workspace"
     home.mkdir()
     os.environ["WORKBENCH_HOME"] = str(home)
-    from backend import engines, evaluate as ev, queue
+    from backend.pipeline import evaluate as ev
+    from backend.runtime import engines, queue
     from tests.fixtures.tiny_model import make_tiny_llama
     if not ev.engine_ready(home):
         sys.exit(f"the opencompass engine is not installed in {engines.env_dir('opencompass', home)}")

@@ -22,9 +22,9 @@ sys.path[0] = str(ROOT)         # not bench/: its queue.py would hide the stdlib
 os.environ.update(WORKBENCH_EXTRA_KINDS="sleepy=tests.fixtures.jobs_sleepy", WORKBENCH_POLL_S="0.1",
                   WORKBENCH_ENGINES_DIR=str(ROOT / ".cache" / "envs"))
 
-from backend import queue  # noqa: E402
+from backend.runtime import queue  # noqa: E402
 from tests import clusters  # noqa: E402
-from backend import users
+from backend.access import users
 
 
 def one_job(executor: str, env: dict, seconds: float) -> tuple[float, float, float, float]:

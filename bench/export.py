@@ -32,7 +32,9 @@ def main() -> None:
     home = tmp / "workspace"
     os.environ.update(WORKBENCH_HOME=str(home), WORKBENCH_POLL_S="0.1",
                       WORKBENCH_LLAMA_CPP_DIR=os.environ.get("WORKBENCH_LLAMA_CPP_DIR", str(ROOT / ".cache" / "llama.cpp")))
-    from backend import export, models, queue
+    from backend.pipeline import export
+    from backend.runtime import queue
+    from backend.workspace import models
     src = models.ensure_bundled(home, log=lambda *a: None)
     conv = export.converter(home)
     env = dict(os.environ, PYTHONUNBUFFERED="1")

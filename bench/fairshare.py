@@ -1,5 +1,5 @@
 """Fair-share simulation: 30 students on one simulated 80 GB GPU, in simulated time, through the worker's own
-ordering (backend.queue.consider_order) and placement (backend.resources.place). One student submits ten
+ordering (backend.runtime.queue.consider_order) and placement (backend.placement.place). One student submits ten
 fine-tunes at once; everybody else works through the lab: fine-tune, then evaluate, then serve and chat.
 
 Prints each policy's waits against the class's fair share (the median student's mean wait under that policy):
@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend import defaults, queue, resources  # noqa: E402
+from backend.core import defaults
+from backend.runtime import placement, queue  # noqa: E402
 
 GPU_GB = 80.0
 STUDENTS = 30
@@ -39,7 +40,7 @@ class SimJob(dict):
 def simulate(order) -> tuple[dict[str, list[float]], float]:
     rng = random.Random(0)
     pending = sorted(arrivals(rng), key=lambda j: j["submit"])
-    gpu = [resources.GPU(0, "simulated", GPU_GB, 0.0)]
+    gpu = [placement.GPU(0, "simulated", GPU_GB, 0.0)]
     queued, active, done, waits, peak, t, next_id = [], [], [], {}, 0.0, 0.0, 1
     while pending or queued or active:
         while pending and pending[0]["submit"] <= t:
@@ -49,7 +50,7 @@ def simulate(order) -> tuple[dict[str, list[float]], float]:
                                  asked={"gpus": 1, "gpu_mem_gb": gb}))
             next_id += 1
         for j in order(queued, active, done, t):
-            given = resources.place(j["asked"], gpu, active, 0)
+            given = placement.place(j["asked"], gpu, active, 0)
             if given:
                 queued.remove(j)
                 active.append(SimJob(j, given=given, start=t, end=t + j["secs"]))
@@ -92,7 +93,7 @@ def main() -> None:
         worst = max((o for o in means if o != "s00"), key=means.get)
         first = statistics.mean(w[0] for o, w in waits.items() if o != "s00")      # others' fine-tune
         rows[name] = (fair, worst, means[worst] / fair, means["s00"] / fair, first, peak)
-        assert peak <= GPU_GB - resources.GPU_HEADROOM_GB, f"{name}: GPU over-committed ({peak} GB)"
+        assert peak <= GPU_GB - placement.GPU_HEADROOM_GB, f"{name}: GPU over-committed ({peak} GB)"
     print(f"{'policy':<28} {'fair share':>10}  {'worst other student':>20}  {'greedy s00':>10}  "
           f"{'others first step':>17}  {'peak GB':>7}")
     base = rows["age only (FIFO)"][4]

@@ -8,7 +8,7 @@ same model, data and settings, in one run. Prints tokens/s ratios and peak RSS o
   2. the job with packing vs the Trainer without it,    (goal: ≥ 1.5×, short samples: padding is waste)
      both counting only real (non-pad) tokens
 
-Without --model it uses the bundled SmolLM2-135M (backend.models.ensure_bundled) in a scratch workspace.
+Without --model it uses the bundled SmolLM2-135M (backend.workspace.models.ensure_bundled) in a scratch workspace.
 --data: the bundled ShuBot identity set (answers of 30-100 tokens), or `short`, the bundled
 mini_instructions set (one-line Alpaca instructions, answers of a few tokens) repeated to --rows.
 Each side runs in its own process; peak RSS is each process's own ru_maxrss. --repeat N runs the three
@@ -149,7 +149,7 @@ print(json.dumps({"tokens_per_s": per_step / dt, "s_per_step": dt, "tokens_per_s
 '''
 
 # GRPO: TRL's GRPOTrainer called directly with the job's own GRPOConfig (jobs/grpo.py's config()) and reward
-# (backend/rewards.py's length), on the same prompts; tokens/s = TRL's num_tokens between the first and last log
+# (backend/pipeline/rewards.py's length), on the same prompts; tokens/s = TRL's num_tokens between the first and last log
 PLAIN_GRPO = r'''
 import json, sys, time, torch, resource
 sys.path.insert(0, cfg_root := json.loads(sys.argv[1])["root"])
@@ -283,7 +283,7 @@ def tool_rows(n: int) -> list[dict]:
 def run_job(home: Path, spec: dict) -> dict:
     """One finetune job through the real worker; tokens/s from its metrics (first step left out), and the
     mean time of a step between the first and the last metric point (preference runs log no tokens/s)."""
-    from backend import logs, queue
+    from backend.runtime import logs, queue
     env = dict(os.environ, WORKBENCH_HOME=str(home), PYTHONPATH=str(ROOT))
     os.environ["WORKBENCH_HOME"] = str(home)
     job_id = queue.submit("finetune", spec, home=home, owner="local")
@@ -324,11 +324,12 @@ def image_text_line(home: Path, scratch: Path, convs: list, a, new: dict) -> tup
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from backend import finetune as ft, image_text
+    from backend.pipeline import finetune as ft
+    from backend.workspace import image_text
     from jobs.finetune_image import load_images, lora_modules, tokenize
     from tests.fixtures.tiny_vlm import make_tiny_llava
     model = make_tiny_llava(scratch / "llava", hidden=VLM_HIDDEN)
-    from backend.store import open_store
+    from backend.core.store import open_store
     open_store(home).put("model", "vlm", str(model), owner="local")
     folder = home / "datasets" / "vlm"
     (folder / "images").mkdir(parents=True)
@@ -392,15 +393,15 @@ def main() -> None:
     home = scratch / "home"
     home.mkdir()
     os.environ["WORKBENCH_HOME"] = str(home)
-    from backend import models
-    from backend.store import open_store
+    from backend.workspace import models
+    from backend.core.store import open_store
     if a.model:
         model = Path(a.model).resolve()
     else:
         shared = Path(os.environ.get("BENCH_FT_HOME", ROOT / "workspace"))
         model = models.ensure_bundled(shared, log=lambda *x: None)
     open_store(home).put("model", "m", str(model), owner="local")
-    from backend import datasets
+    from backend.workspace import datasets
     source = ROOT / "assets" / "datasets" / ("shubot_self_cognition.jsonl" if a.data == "shubot"
                                              else "mini_instructions.jsonl")
     convs = datasets.load_messages(source)
@@ -422,7 +423,7 @@ def main() -> None:
                              dict(plain_cfg, kind="clm", data=str(texts)), PLAIN_FEATS,
                              dict(new, objective="pretrain", datasets=["text.jsonl"], packing=True))
     if "tools" in wanted:           # tool calls rendered by a tool-aware template, the same rows on both sides
-        from backend import finetune as ft
+        from backend.pipeline import finetune as ft
         from jobs.finetune import tokenize
         from transformers import AutoTokenizer
         tmodel = tools_model(model, scratch / "m-tools")

@@ -3,7 +3,7 @@
     .venv/bin/python bench/gateway.py [--model DIR] [--tokens 48] [--clients 8] [--repeat 3]
 
 A real serve job (continuous batching, the bundled SmolLM2 by default), the real app (st.App under
-uvicorn) on a free port and a key made with backend.apikeys. Rounds alternate direct / gateway so load
+uvicorn) on a free port and a key made with backend.access.apikeys. Rounds alternate direct / gateway so load
 drifts hit both alike; each figure is the median of --repeat rounds. Prints, for 1 and N clients:
 aggregate tokens/s (goal: gateway >= 0.95x direct) and time to first token (goal: <= +20 ms), and the
 app's CPU seconds per token streamed through it.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)            # not bench/: its files (queue.py...) would shadow the standard library
-from backend import apikeys
-from backend.deploy import concurrent
+from backend.access import apikeys
+from backend.pipeline.deploy import concurrent
 from bench.chat import serve, setup, stop
 from bench.viewers import cpu_s
 from tests.conftest import app_healthy, free_port, start_app, wait_for

@@ -10,7 +10,7 @@ LLaVA-style image-text model (tests/fixtures/tiny_vlm.py), then proves, each ste
   1b  LoRA on CUDA in fp16 with the grad scaler: the same
   2   QLoRA (NF4, double quantisation): trains, adapter saved, peak GPU memory below 1a's
   3   two fine-tunes placed on the GPU at once by their memory asks, a third waiting until one ends;
-      the estimate (backend.finetune.estimate) vs the measured peak (torch.cuda.max_memory_allocated)
+      the estimate (backend.pipeline.finetune.estimate) vs the measured peak (torch.cuda.max_memory_allocated)
   4   a fine-tune sized past the GPU's memory fails as out_of_memory with the QLoRA/batch/length tips
   5   a serve job on CUDA answers a streamed chat completion (tokens/s)
   6   the vlm job on CUDA answers about an image
@@ -45,7 +45,8 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from backend import defaults, users
+from backend.access import users
+from backend.core import defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py, datasets.py) would shadow real ones
@@ -92,7 +93,7 @@ class Proof:
 
     def run(self, kind: str, *specs: dict) -> list[dict]:
         """Submit the jobs, run a burst worker until the queue is empty; the jobs' rows."""
-        from backend import queue
+        from backend.runtime import queue
         ids = [queue.submit(kind, s, owner="proof", home=self.home) for s in specs]
         proc = self.worker()
         self.until(lambda: proc.poll() is not None, f"the {kind} jobs {ids}", proc)
@@ -100,7 +101,8 @@ class Proof:
 
     def served(self, kind: str, spec: dict, ask) -> dict:
         """Start a server job (serve, vlm) under a burst worker, ``ask(endpoint)`` it, stop it."""
-        from backend import chat, queue
+        from backend.pipeline import chat
+        from backend.runtime import queue
         job_id = queue.submit(kind, spec, owner="proof", home=self.home)
         proc = self.worker()
 
@@ -120,7 +122,7 @@ class Proof:
     def lmdeploy(self) -> None:
         """Make sure the lmdeploy engine exists for this workspace: installed (WORKBENCH_ENGINES_DIR), or this
         Python with ``lmdeploy`` importable, linked in as the engine; else Skip with the reason."""
-        from backend import engines
+        from backend.runtime import engines
         if engines.installed("lmdeploy", self.home):
             return
         if importlib.util.find_spec("lmdeploy") is None:
@@ -146,7 +148,7 @@ class Proof:
 
     def trained(self, job: dict) -> dict:
         """A fine-tune job that succeeded, lowered its loss and saved its adapter: its result."""
-        from backend import logs
+        from backend.runtime import logs
         assert job["state"] == "succeeded", f"job {job['id']} {job['state']}: {job['error_message']}\n" \
                                             + logs.tail(job["id"], 15, home=self.home)
         r = logs.result(job["id"], self.home)
@@ -155,7 +157,7 @@ class Proof:
         return r
 
     def estimate_gb(self, spec: dict) -> float:
-        from backend import finetune as ft
+        from backend.pipeline import finetune as ft
         from backend.kinds.finetune import Spec
         return ft.check(Spec(**spec), self.home)["estimate"]["total_gb"]
 
@@ -194,9 +196,9 @@ def qlora(p: Proof) -> dict:
 
 @step("3 placement: 2 share the GPU, 3rd waits", cuda_only=True)
 def placement(p: Proof) -> dict:
-    from backend import resources
-    gpu = resources.gpus()[0]
-    ask = round(0.45 * (gpu.total_gb - gpu.used_gb - resources.GPU_HEADROOM_GB), 1)   # two fit, three don't
+    from backend.runtime import placement
+    gpu = placement.gpus()[0]
+    ask = round(0.45 * (gpu.total_gb - gpu.used_gb - placement.GPU_HEADROOM_GB), 1)   # two fit, three don't
     specs = [p.finetune(gpu_mem_gb=ask, max_steps=20, name=f"proof-share-{i}") for i in range(3)]
     jobs = p.run("finetune", *specs)
     results = [p.trained(j) for j in jobs]
@@ -213,7 +215,7 @@ def placement(p: Proof) -> dict:
 def out_of_memory(p: Proof) -> dict:
     """1023 short rows and one of 2048 tokens, unpacked, in one micro-batch: 1024 × 2048 tokens of activations
     (about 1 MB a token without checkpointing) are far more than any GPU holds; the queue is asked for 2 GB."""
-    from backend import logs
+    from backend.runtime import logs
     rnd = random.Random(0)
     long_text = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789 ") for _ in range(12000))
     rows = [conv(f"hi {i}", "hello") for i in range(1023)] + [conv("hi", long_text)]
@@ -231,7 +233,7 @@ def out_of_memory(p: Proof) -> dict:
 
 def chat_figures(ep: dict) -> dict:
     """Ask a served endpoint one streamed question: tokens, time to first token, tokens/s."""
-    from backend import chat
+    from backend.pipeline import chat
     stats: dict = {}
     text = "".join(chat.stream_chat(ep, chat.build_messages([], "Hello, who are you?"), temperature=0.0,
                                     max_tokens=64, stats=stats, by=users.OPERATOR, home=defaults.home()))
@@ -251,7 +253,7 @@ def serve(p: Proof) -> dict:
 def vlm(p: Proof) -> dict:
     from PIL import Image
 
-    from backend import vlm as client
+    from backend.pipeline import vlm as client
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), "red").save(buf, "PNG")
 
@@ -268,9 +270,9 @@ def vlm(p: Proof) -> dict:
 def awq(p: Proof) -> dict:
     """``lmdeploy lite auto_awq`` through the quantize job. Its calibration set comes from the Hugging Face hub
     (or the datasets cache): a machine with neither fails this step with lmdeploy's own error."""
-    from backend import logs
+    from backend.runtime import logs
     from backend.kinds.serve import weights_gb
-    from backend.store import open_store
+    from backend.core.store import open_store
     p.lmdeploy()
     job = p.run("quantize", {"model": "proof-llm", "method": "awq_w4a16", "calib_samples": 16, "calib_seqlen": 256})[0]
     assert job["state"] == "succeeded", f"quantize {job['state']}: {job['error_message']}\n" + logs.tail(job["id"], 15, home=p.home)
@@ -305,7 +307,7 @@ def image_text_lora(p: Proof) -> dict:
         assert r["peak_gpu_gb"] <= out["estimate_gb"], f"peak {r['peak_gpu_gb']} GB above the estimate {out['estimate_gb']} GB"
     from PIL import Image
 
-    from backend import vlm as client
+    from backend.pipeline import vlm as client
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), COLOURS["red"]).save(buf, "PNG")
 
@@ -325,7 +327,7 @@ COLOURS = {"red": (220, 20, 20), "blue": (20, 20, 220), "green": (20, 200, 20), 
 # -- setting up and reporting ----------------------------------------------------------------------------
 @step("9 grpo: length reward")
 def grpo(p: Proof) -> dict:
-    from backend import logs
+    from backend.runtime import logs
     spec = p.finetune(objective="grpo", datasets=["prompts.jsonl"], beta=0.04 if p.gpu else 0.0, num_generations=8,
                       batch_size=8, max_completion_length=32 if p.gpu else 16, max_length=128 if p.gpu else 64,
                       max_steps=10 if p.gpu else 40, rewards=[{"kind": "length", "target": 120}], name="proof-grpo",
@@ -351,7 +353,7 @@ def conv(user: str, answer: str) -> dict:
 
 def prepare(home: Path, gpu: bool) -> None:
     """The models (random weights, built from configs) and the identity dataset, registered in the workspace."""
-    from backend.store import open_store
+    from backend.core.store import open_store
     from tests.fixtures.tiny_model import make_tiny_llama
     from tests.fixtures.tiny_vlm import make_tiny_llava
     size = dict(hidden=1024, layers=32, num_attention_heads=16, num_key_value_heads=8,
@@ -377,8 +379,8 @@ def prepare(home: Path, gpu: bool) -> None:
 
 
 def machine(gpu: bool) -> str:
-    from backend import resources
-    gpus = resources.gpus()
+    from backend.runtime import placement
+    gpus = placement.gpus()
     where = f"{gpus[0].name}, {gpus[0].total_gb:.0f} GiB" if gpus and gpu else f"CPU ({os.cpu_count()} cores)"
     return f"{where}; Python {platform.python_version()}"
 
@@ -398,8 +400,8 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="tiny scale on the CPU; CUDA-only steps are skipped")
     ap.add_argument("--only", nargs="*", default=[], help="run only the steps whose names start with these")
     args = ap.parse_args()
-    from backend import resources
-    gpu = bool(resources.gpus()) and not args.cpu
+    from backend.runtime import placement
+    gpu = bool(placement.gpus()) and not args.cpu
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpu-proof-") as tmp:
         home = Path(tmp) / "workspace"

@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.update(WORKBENCH_HOME=tempfile.mkdtemp(prefix="wb-bench-"))
 
-from backend import defaults, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.runtime import queue
+from backend.core.store import open_store
 
 N = 10_000
 

@@ -1,5 +1,5 @@
 """The CPU demo's self-cognition lab from "start lab" to "passed", on this machine: a real worker, the lab's own steps
-(labs/self_cognition.yaml through backend.labs.start_step: the dataset with the assistant's name, the cpu_demo
+(labs/self_cognition.yaml through backend.pipeline.labs.start_step: the dataset with the assistant's name, the cpu_demo
 fine-tune of the bundled SmolLM2, serving the adapter) and the real lab_check job. The bundled model is set up
 before the clock starts (`./workbench up` does that). Goal: under 5 minutes.
 
@@ -19,8 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend import chat, datasets, labs, logs, models, queue  # noqa: E402
-from backend import users
+from backend.pipeline import chat, labs
+from backend.runtime import logs, queue
+from backend.workspace import datasets, models  # noqa: E402
+from backend.access import users
 
 GOAL_S = 5 * 60
 

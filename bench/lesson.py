@@ -1,9 +1,9 @@
 """A lesson, simulated: 30 students do the self-cognition lab (labs/self_cognition.yaml: make the dataset, fine-tune,
 serve, check) on one simulated 80 GB GPU, in simulated time, through the worker's own ordering
-(backend.queue.consider_order, with recent use) and placement (backend.resources.place).
+(backend.runtime.queue.consider_order, with recent use) and placement (backend.placement.place).
 
 Job sizes and durations come from the workbench's own estimates: the fine-tune's memory from
-backend.finetune.estimate and its duration from backend.finetune.estimate_duration (the GPU calibration: no GPU
+backend.pipeline.finetune.estimate and its duration from backend.pipeline.finetune.estimate_duration (the GPU calibration: no GPU
 proof has measured a GPU run yet), the server's memory from the serve spec's own resources() (an adapter is merged
 into a copy of the model and the base is served beside it) on a registry model whose weights file has the real
 size (a sparse file), a check from the lab's prompts at an assumed decoding speed. Assumptions (printed): students
@@ -24,11 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend import finetune as ft, labs, queue, resources, users
+from backend.access import users
+from backend.pipeline import finetune as ft, labs
+from backend.runtime import placement, queue
 from backend.kinds import catalog as kinds  # noqa: E402
 from backend.kinds import finetune as ft_spec, serve as serve_spec  # noqa: E402
 from bench.fairshare import usage  # noqa: E402 - the same reading of store.usage_since
-from backend.store import open_store  # noqa: E402
+from backend.core.store import open_store  # noqa: E402
 
 GPU_GB, STUDENTS, LESSON_S = 80.0, 30, 45 * 60
 ARRIVE_S, THINK_S = 300.0, 20.0          # students start within 5 minutes; 20 s from a step's end to the next
@@ -66,7 +68,7 @@ def sizes(name: str, method: str, home: Path) -> dict:
     store = open_store(home)
     store.put("model", name, str(folder), owner=users.OPERATOR_NAME, shared=True)
     store.put("adapter", f"{name}-lora", str(home / "adapters" / name), {"base_model": name}, owner=users.OPERATOR_NAME)
-    serve_spec.gpus = lambda: [resources.GPU(0, "simulated", GPU_GB, 0.0)]      # the simulated GPU, for resources()
+    serve_spec.gpus = lambda: [placement.GPU(0, "simulated", GPU_GB, 0.0)]      # the simulated GPU, for resources()
     serve_gb = kinds.asked(kinds.get("serve"), serve_spec.Spec(adapter=f"{name}-lora"), home=home, owner="local")["gpu_mem_gb"]
     prompts = labs.get("self_cognition", home).checks[0].args["prompts"]
     check_s = CHECK_START_S + 2 * len(prompts) * 32 / DECODE_TOKENS_S    # tuned and base, 32 tokens each
@@ -82,7 +84,7 @@ STEPS = ["finetune", "serve", "lab_check"]
 
 def simulate(size: dict, seed: int = 0) -> dict:
     rng = random.Random(seed)
-    gpu = [resources.GPU(0, "simulated", GPU_GB, 0.0)]
+    gpu = [placement.GPU(0, "simulated", GPU_GB, 0.0)]
     pending = sorted(({"owner": f"s{i:02d}", "step": 0, "submit": rng.uniform(0, ARRIVE_S)} for i in range(STUDENTS)),
                      key=lambda j: j["submit"])
     queued, active, done, passed, waits, peak, t, next_id = [], [], [], {}, {k: [] for k in STEPS}, 0.0, 0.0, 1
@@ -95,7 +97,7 @@ def simulate(size: dict, seed: int = 0) -> dict:
                                  asked={"gpus": 1, "gpu_mem_gb": gb} if gb else {"cpu_slots": 0}))
             next_id += 1
         for j in queue.consider_order(queued, active, usage(done + active, t)):
-            given = resources.place(j["asked"], gpu, active, 0)
+            given = placement.place(j["asked"], gpu, active, 0)
             if given:
                 queued.remove(j)
                 # a server holds its memory until its owner's check passed (it ends then: see below)
@@ -126,7 +128,7 @@ def simulate(size: dict, seed: int = 0) -> dict:
 def bottleneck(size: dict, r: dict) -> str:
     """Why the last student passed late: where the time went."""
     ft_gb, serve_gb = size["finetune"][0], size["serve"][0]
-    room = GPU_GB - resources.GPU_HEADROOM_GB
+    room = GPU_GB - placement.GPU_HEADROOM_GB
     mean_wait = {k: statistics.mean(w) if w else 0.0 for k, w in r["waits"].items()}
     worst = max(mean_wait, key=mean_wait.get)
     return (f"GPU memory: a server holds {serve_gb:.1f} GB (the merged copy and the base), a fine-tune {ft_gb:.1f} GB; "
@@ -147,7 +149,7 @@ def main() -> None:
         size = sizes(name, method, home)
         r = simulate(size)
         times = sorted(r["passed"].values())
-        assert len(times) == STUDENTS and r["peak"] <= GPU_GB - resources.GPU_HEADROOM_GB
+        assert len(times) == STUDENTS and r["peak"] <= GPU_GB - placement.GPU_HEADROOM_GB
         median, last = statistics.median(times), times[-1]
         print(f"{name + ' ' + method:<34} {size['finetune'][0]:>5.1f} GB {size['finetune'][1]:>4.0f} s "
               f"{size['serve'][0]:>5.1f} GB {size['lab_check'][1]:>4.0f} s  {median / 60:>9.1f} m {last / 60:>7.1f} m "

@@ -34,7 +34,7 @@ def rss(field: str) -> int:
 def one_run(home: Path, n: int, unbounded: bool) -> dict:
     import os
     os.environ["WORKBENCH_HOME"], os.environ["WORKBENCH_AUTH"] = str(home), "accounts"
-    from backend import users
+    from backend.access import users
     if unbounded:
         users._HASHING = threading.BoundedSemaphore(n)
     names = [f"s{i}" for i in range(n)]
@@ -66,7 +66,7 @@ def main() -> None:
     if a.child:
         print(json.dumps(one_run(Path(a.home), a.n, a.child == "unbounded")))
         return
-    from backend import defaults
+    from backend.core import defaults
     print(f"{a.n} logins at once; PASSWORD_HASHES_AT_ONCE = {defaults.PASSWORD_HASHES_AT_ONCE}")
     for mode in ("bounded", "unbounded"):
         with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,9 @@ sys.path.insert(0, str(ROOT))
 HOME = Path(tempfile.mkdtemp(prefix="wb-bench-"))
 os.environ.update(WORKBENCH_HOME=str(HOME), WORKBENCH_EXTRA_KINDS="sleepy=tests.fixtures.jobs_sleepy")
 
-from backend import defaults, logs, paths, queue, users  # noqa: E402
+from backend.access import users
+from backend.core import defaults, paths
+from backend.runtime import logs, queue  # noqa: E402
 
 SPEC = {"steps": 20, "interval_s": 0.1}
 

@@ -1,4 +1,4 @@
-"""Knowledge-base benchmark: building the index of 1,000 pages with the index job's code (backend/rag.py: read,
+"""Knowledge-base benchmark: building the index of 1,000 pages with the index job's code (backend/pipeline/rag.py: read,
 SentenceSplitter, BM25 with jieba for Chinese) against a plain LlamaIndex script on the same documents
 (SimpleDirectoryReader, SentenceSplitter, BM25Retriever.from_defaults, persist), and retrieval latency per query.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)             # not bench/ itself: its queue.py would hide the standard library's
 
-from backend import rag  # noqa: E402
+from backend.pipeline import rag  # noqa: E402
 
 WORDS = ("the model learns from data and answers questions about language tokens training evaluation harbour "
          "island capital mascot course project lantern mountain currency heron retrieval passage index").split()
@@ -85,7 +85,7 @@ def main() -> None:
         t_plain, n_plain = timed(plain, tmp / "docs", tmp / "plain", 256, 32)
         t_ours, n_ours = timed(ours, tmp / "docs", tmp / "ours", 256, 32)
         print(f"plain LlamaIndex script: {t_plain:6.2f} s, {n_plain} passages")
-        print(f"index job (backend/rag): {t_ours:6.2f} s, {n_ours} passages (with jieba for Chinese)")
+        print(f"index job (backend/pipeline/rag): {t_ours:6.2f} s, {n_ours} passages (with jieba for Chinese)")
         print(f"speed ratio ours/plain: {t_plain / t_ours:.2f}x (goal >= 1.0x)")
         retriever = rag.load(tmp / "ours", 3)
         picked = random.Random(1).choices(queries, k=args.queries)

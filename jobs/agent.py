@@ -1,5 +1,5 @@
 """agent: a Lagent ReAct agent (lagent engine) that talks to an OpenAI-compatible endpoint and calls a
-Python interpreter (backend/sandbox.py: bubblewrap, only the run's folder writable, no network, hard limits).
+Python interpreter (backend/runtime/sandbox.py: bubblewrap, only the run's folder writable, no network, hard limits).
 
 Each step goes to events.jsonl as it happens (``model``: what the model said; ``tool``: the code it ran
 and the observation; ``answer``), the whole trace to artifacts/trace.json, and the files the code wrote
@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 
-from backend.sandbox import Limits, run as run_code
+from backend.runtime.sandbox import Limits, run as run_code
 from backend.kinds.agent import KEY_SECRET, Spec, target
 from jobs.common import Job, JobError, run
-from backend.errors import BAD_INPUT
+from backend.core.errors import BAD_INPUT
 
 
 def build(spec: Spec, job: Job, ep: dict, key: str, trace: list):

@@ -23,11 +23,11 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from backend import ownership
-from backend.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, UserError, classify_exception
-from backend.paths import PRIVATE_UMASK, atomic_write
-from backend.registry import Entry, RegistryType
-from backend.store import open_store
+from backend.access import ownership
+from backend.core.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, UserError, classify_exception
+from backend.core.paths import PRIVATE_UMASK, atomic_write
+from backend.core.registry import Entry, RegistryType
+from backend.core.store import open_store
 
 
 class JobError(Exception):

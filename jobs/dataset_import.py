@@ -12,8 +12,9 @@ import urllib.parse
 from pathlib import Path
 
 
-from backend import datasets, defaults, url_guard
-from backend.errors import BAD_INPUT, DOWNLOAD
+from backend.core import defaults, url_guard
+from backend.workspace import datasets
+from backend.core.errors import BAD_INPUT, DOWNLOAD
 from backend.kinds.dataset_import import Spec
 from jobs.common import Job, JobError, run
 
@@ -69,7 +70,7 @@ def place(files: list[Path], target_dir: Path, name: str, max_rows: int = 0) -> 
 
 
 def download_url(url: str, folder: Path, job: Job) -> list[Path]:
-    """Fetch ``url`` through backend/url_guard.py (public addresses only, at every redirect), at most
+    """Fetch ``url`` through backend/core/url_guard.py (public addresses only, at every redirect), at most
     WORKBENCH_UPLOAD_MAX_MB bytes within WORKBENCH_URL_IMPORT_TIMEOUT_S seconds."""
     if not url.startswith(("http://", "https://")):
         raise JobError(f"{url} is not an http(s) URL", BAD_INPUT)

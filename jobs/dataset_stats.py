@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 
-from backend import datasets, image_text, remote_code
-from backend.dataset_view import open_view
-from backend.errors import BAD_INPUT
+from backend.workspace import datasets, image_text, remote_code
+from backend.workspace.dataset_view import open_view
+from backend.core.errors import BAD_INPUT
 from backend.kinds.dataset_stats import Spec
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs.common import Job, JobError, run
 
 BATCH = 512            # rows tokenized at once

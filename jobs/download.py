@@ -12,7 +12,7 @@ A download into the name of a registered model never writes under that model's f
 hard-linked in and checked like the rest), and only when every file is there and checked, and the files
 it did not bring linked over, are the two folders exchanged in one rename (``renameat2(RENAME_EXCHANGE)``). A loader sees the old files or the new
 ones, never a mix; the model's ``trust_remote_code`` opt-in stays bound to the code it was given for
-(backend/remote_code.py), so new code voids it.
+(backend/workspace/remote_code.py), so new code voids it.
 """
 from __future__ import annotations
 
@@ -30,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
-from backend import defaults, models, ownership, paths
-from backend.registry import RegistryType
-from backend.states import ACTIVE
-from backend.store import open_store
-from backend.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
-from backend.job_env import CREDENTIALS_DIR
-from backend.paths import human_size
+from backend.access import ownership
+from backend.core import defaults, paths
+from backend.workspace import models
+from backend.core.registry import RegistryType
+from backend.core.states import ACTIVE
+from backend.core.store import open_store
+from backend.core.errors import BAD_INPUT, DISK_FULL, DOWNLOAD
+from backend.runtime.job_env import CREDENTIALS_DIR
+from backend.core.paths import human_size
 from backend.kinds.download import Spec
 from jobs.common import Job, JobError, run
 

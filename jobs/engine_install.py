@@ -7,8 +7,8 @@ import sys
 import venv
 
 
-from backend import engines
-from backend.errors import MISSING_ENGINE
+from backend.runtime import engines
+from backend.core.errors import MISSING_ENGINE
 from backend.kinds.engine_install import Spec
 from jobs.common import Job, JobError, run
 

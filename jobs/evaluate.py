@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 
-from backend import defaults, remote_code, server_auth
-from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
-from backend.procs import become_subreaper
+from backend.core import defaults
+from backend.runtime import server_auth
+from backend.workspace import remote_code
+from backend.core.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
+from backend.runtime.procs import become_subreaper
 from backend.kinds.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
                                     config_variable, custom_format, endpoint_problem, find_standard_config,
                                     first_record, missing_data)

@@ -1,4 +1,4 @@
-"""export: a registry model written as one GGUF file by llama.cpp's own convert_hf_to_gguf.py (backend/export.py),
+"""export: a registry model written as one GGUF file by llama.cpp's own convert_hf_to_gguf.py (backend/pipeline/export.py),
 registered as a model with its lineage and its job owner's name. Writes ``<home>/models/<name>/<name>.gguf``,
 which transformers loads back with ``from_pretrained(folder, gguf_file=...)`` (as the bundled model is read)."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ import shutil
 import subprocess
 import time
 
-from backend import export
-from backend.errors import BAD_INPUT
+from backend.pipeline import export
+from backend.core.errors import BAD_INPUT
 from backend.kinds.export import Spec, out_name
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs.common import Job, JobError, run
 
 

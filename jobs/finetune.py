@@ -25,10 +25,11 @@ import warnings
 from pathlib import Path
 
 
-from backend import finetune as ft, formats, models, preference, remote_code
-from backend.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
+from backend.pipeline import finetune as ft, preference
+from backend.workspace import formats, models, remote_code
+from backend.core.errors import BAD_INPUT, DISK_FULL, classify_exception, is_oom, MISSING_ENGINE, OUT_OF_MEMORY
 from backend.kinds.finetune import Spec
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs import finetune_image, grpo as trl_grpo, preference as trl_preference, tracking
 from jobs.common import Cancelled, Job, JobError, run
 
@@ -514,7 +515,7 @@ class Run:
         self.load()
         if spec.objective in preference.OBJECTIVES:          # DPO / ORPO / KTO on TRL
             return trl_preference.train(self)
-        if spec.objective == "grpo":                          # GRPO on TRL, rewards from backend/rewards.py
+        if spec.objective == "grpo":                          # GRPO on TRL, rewards from backend/pipeline/rewards.py
             return trl_grpo.train(self)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.data()

@@ -17,9 +17,10 @@ import difflib
 import random
 import warnings
 
-from backend import finetune as ft, formats, image_text
-from backend.errors import BAD_INPUT, MISSING_ENGINE
-from backend.vlm import open_image
+from backend.pipeline import finetune as ft
+from backend.workspace import formats, image_text
+from backend.core.errors import BAD_INPUT, MISSING_ENGINE
+from backend.workspace.images import open_image
 from jobs.common import JobError
 
 DEFAULT_QUESTION = "Describe the image."

@@ -1,5 +1,5 @@
 """GRPO inside the finetune job (objective grpo) on TRL's GRPOTrainer: each prompt is answered
-``num_generations`` times, the rewards (backend/rewards.py; a student's own code only in the sandbox)
+``num_generations`` times, the rewards (backend/pipeline/rewards.py; a student's own code only in the sandbox)
 score each answer, and the model moves towards the answers that scored above their group's mean. The
 model (LoRA, QLoRA or full) is loaded as for SFT; with beta > 0 the KL is measured against the base
 (the model without the adapter under LoRA).
@@ -12,8 +12,8 @@ from __future__ import annotations
 import resource
 import time
 
-from backend import finetune as ft, rewards as rw
-from backend.errors import BAD_INPUT, UserError
+from backend.pipeline import finetune as ft, rewards as rw
+from backend.core.errors import BAD_INPUT, UserError
 from jobs.common import JobError
 
 SHOWN_COMPLETIONS = 8            # sampled answers written per logged step

@@ -1,14 +1,15 @@
 """index: a knowledge base from documents (an upload's folder, the bundled demo) or a dataset's text column:
-read, split into passages, indexed with BM25 or embedded by a registry sentence-transformers model (backend/rag.py)
+read, split into passages, indexed with BM25 or embedded by a registry sentence-transformers model (backend/pipeline/rag.py)
 in the job's artifacts/index, and registered
 as ``kb/<name>`` owned by the job's owner. Documents that can't be read are reported and left out."""
 from __future__ import annotations
 
 import time
 
-from backend import datasets, rag
-from backend.errors import BAD_INPUT, UserError
-from backend.paths import human_size
+from backend.pipeline import rag
+from backend.workspace import datasets
+from backend.core.errors import BAD_INPUT, UserError
+from backend.core.paths import human_size
 from backend.kinds.index import Spec
 from jobs.common import Job, JobError, run
 

@@ -1,11 +1,11 @@
-"""lab_check: run a lab's checks on its owner's artifacts (backend/labs.py) and, when they pass, write the
+"""lab_check: run a lab's checks on its owner's artifacts (backend/pipeline/labs.py) and, when they pass, write the
 signed evidence into ``artifacts/evidence.json``. A lab not passed yet is a successful job whose result says
 what is missing (``passed: false``)."""
 from __future__ import annotations
 
 import json
 
-from backend import labs
+from backend.pipeline import labs
 from backend.kinds.lab_check import Spec
 from jobs.common import Job, run
 

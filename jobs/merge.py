@@ -9,10 +9,11 @@ import json
 import shutil
 
 
-from backend import finetune as ft, models, remote_code
-from backend.errors import BAD_INPUT
+from backend.pipeline import finetune as ft
+from backend.workspace import models, remote_code
+from backend.core.errors import BAD_INPUT
 from backend.kinds.merge import Spec
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs.common import Job, JobError, run
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import resource
 import time
 
-from backend import finetune as ft
-from backend.errors import BAD_INPUT
+from backend.pipeline import finetune as ft
+from backend.core.errors import BAD_INPUT
 from jobs.common import JobError
 
 # TRL's log keys → the metric names the page charts

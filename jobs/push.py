@@ -1,5 +1,5 @@
 """push: a registry model, adapter or dataset uploaded to a Hugging Face or ModelScope repository with a
-generated card (backend/push.py) through the hub's own client: huggingface_hub (whoami, create_repo,
+generated card (backend/pipeline/push.py) through the hub's own client: huggingface_hub (whoami, create_repo,
 upload_folder) or modelscope's HubApi (create_repo, upload_folder). Hugging Face commits once: a cancelled or
 broken push leaves the repository as it was and a retry sends it again; ModelScope's client skips the blobs the
 hub already holds. The token is the job's secret (in its environment only), never written anywhere."""
@@ -9,10 +9,10 @@ import os
 import shutil
 from pathlib import Path
 
-from backend import push
-from backend.errors import BAD_INPUT, DOWNLOAD, UserError
+from backend.pipeline import push
+from backend.core.errors import BAD_INPUT, DOWNLOAD, UserError
 from backend.kinds.push import Spec
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs.common import Job, JobError, run
 
 

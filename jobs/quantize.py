@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backend import models, remote_code
-from backend.errors import BAD_INPUT, CRASH
+from backend.workspace import models, remote_code
+from backend.core.errors import BAD_INPUT, CRASH
 from backend.kinds.quantize import Spec, out_name
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs.common import Job, JobError, run
 
 

@@ -3,7 +3,7 @@
 For each of the first ``limit`` rows it asks the knowledge-base endpoint's model endpoint the question (greedy),
 then the knowledge-base endpoint itself, which answers with the passages it retrieved; each answer is correct
 when it says the row's answer, and the retrieval is a hit when a passage (from the row's ``source`` document,
-when given) holds it (backend/rag_eval.py). result.json: the summary (accuracy alone and with retrieval, hit
+when given) holds it (backend/pipeline/rag_eval.py). result.json: the summary (accuracy alone and with retrieval, hit
 rate, questions fixed and broken by retrieval) and every item; registered as ``eval/<name>`` with a table like
 the evaluate job's. Light: the endpoints do the inference (cpu_slots 0).
 """
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend import chat, datasets
-from backend import rag_eval as score
-from backend.errors import BAD_INPUT, UserError
-from backend.records import scan
+from backend.pipeline import chat
+from backend.workspace import datasets
+from backend.pipeline import rag_eval as score
+from backend.core.errors import BAD_INPUT, UserError
+from backend.workspace.rows import scan
 from backend.kinds.rag_eval import Spec, endpoints
 from jobs.common import Job, JobError, run
 

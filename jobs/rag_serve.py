@@ -1,7 +1,7 @@
 """rag_serve: a knowledge base + a live model endpoint, served as an OpenAI-compatible endpoint.
 
 For each chat request it retrieves the passages of the last user message from the knowledge base, puts them
-into that message (backend/rag.py ``augment``), forwards the request to the model endpoint with that
+into that message (backend/pipeline/rag.py ``augment``), forwards the request to the model endpoint with that
 endpoint's key, and answers with the model's reply plus ``passages`` (source, place, text, score): a field of
 the response, or, when streaming, a last chunk before ``[DONE]``. It answers only with its own key (401
 otherwise), registers ``endpoint/<name>`` (engine ``rag``) while it runs, and ends when its model endpoint
@@ -16,11 +16,13 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from backend import chat, rag, server_auth, server_host, users
-from backend.errors import BAD_INPUT, UserError
-from backend.registry import endpoint_meta
+from backend.access import users
+from backend.pipeline import chat, rag
+from backend.runtime import server_auth, server_host
+from backend.core.errors import BAD_INPUT, UserError
+from backend.core.registry import endpoint_meta
 from backend.kinds.rag_serve import Spec, upstream
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs.common import Job, JobError, run
 
 MAX_BODY_BYTES = 16 * 2**20

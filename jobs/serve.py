@@ -1,4 +1,4 @@
-"""serve: an OpenAI-compatible model server on a port of its machine (backend/server_host.py), registered as an
+"""serve: an OpenAI-compatible model server on a port of its machine (backend/runtime/server_host.py), registered as an
 endpoint while it runs.
 
 The job resolves a registry model (and optionally a LoRA adapter, merged into a copy in the job
@@ -23,12 +23,14 @@ import urllib.request
 from pathlib import Path
 
 
-from backend import defaults, engines, remote_code, server_auth, server_host
-from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
-from backend.registry import endpoint_meta
-from backend.resources import gpus
+from backend.core import defaults
+from backend.runtime import engines, server_auth, server_host
+from backend.workspace import remote_code
+from backend.core.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
+from backend.core.registry import endpoint_meta
+from backend.runtime.placement import gpus
 from backend.kinds.serve import QUANT_POLICY, Spec, kv_budget, resolve
-from backend.store import open_store
+from backend.core.store import open_store
 from jobs.common import Job, JobError, run
 
 READY_POLL_S = 0.5

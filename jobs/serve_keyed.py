@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from backend.server_auth import KEY_ENV, MODELS_ENV, authorized
+from backend.runtime.server_auth import KEY_ENV, MODELS_ENV, authorized
 
 ROUTES = {("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
           ("POST", "/v1/responses")}

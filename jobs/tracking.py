@@ -1,13 +1,13 @@
 """Experiment trackers for training jobs: every metric point a job reports (``job.metric``: loss, lr,
 grad_norm, tokens/s, eval_loss, TRL's rewards) also goes to TensorBoard event files in the job folder
-(``<job_dir>/tensorboard/``, backend.defaults.TENSORBOARD_DIR), written offline by
+(``<job_dir>/tensorboard/``, backend.core.defaults.TENSORBOARD_DIR), written offline by
 torch.utils.tensorboard. ``python -m backend tensorboard`` serves every job's folder.
 """
 from __future__ import annotations
 
 import contextlib
 
-from backend.defaults import TENSORBOARD_DIR
+from backend.core.defaults import TENSORBOARD_DIR
 from jobs.common import Job
 
 

@@ -1,11 +1,11 @@
-"""vlm: an image-text model loaded once and served on a port of its machine (backend/server_host.py), registered
+"""vlm: an image-text model loaded once and served on a port of its machine (backend/runtime/server_host.py), registered
 as an endpoint while it runs.
 
 Standard transformers image-text-to-text models (LLaVA, Qwen2-VL, InternVL...) go through their
 processor and chat template; InternLM-XComposer (remote code) goes through its own
 ``model.chat(tokenizer, query, image=[...], history=...)`` and only when the registry entry has the
 explicit opt-in ``trust_remote_code: true``. The HTTP server (stdlib, in this process) answers
-``GET /health`` and ``POST /chat`` (newline-delimited JSON; see backend/vlm.py for the wire format).
+``GET /health`` and ``POST /chat`` (newline-delimited JSON; see backend/pipeline/vlm.py for the wire format).
 One answer is generated at a time; bad requests get a clear error and never end the job.
 """
 from __future__ import annotations
@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 
 
-from backend import paths, remote_code, server_auth, server_host
-from backend.errors import BAD_INPUT, CRASH
-from backend.registry import endpoint_meta
+from backend.core import paths
+from backend.runtime import server_auth, server_host
+from backend.workspace import remote_code
+from backend.core.errors import BAD_INPUT, CRASH
+from backend.core.registry import endpoint_meta
 from backend.kinds.vlm import Spec, resolve
-from backend.store import open_store
-from backend.vlm import open_image
+from backend.core.store import open_store
+from backend.workspace.images import open_image
 from jobs.common import Job, JobError, run
 from jobs.serve import idle_stop
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.web import cli
 
-from backend import defaults, paths, queue, users
+from backend.access import users
+from backend.core import defaults, paths
+from backend.runtime import queue
 
 PagesManager.uses_pages_directory = False
 

@@ -1,10 +1,12 @@
 """Agent: pick an endpoint and tools, ask, and watch the agent job's steps stream in (thought, tool call,
 observation, answer); follow-ups continue the conversation; Stop; export the trace; the files its
-interpreter wrote. The page never runs the agent: agent jobs do (jobs/agent.py), backend/agent.py answers."""
+interpreter wrote. The page never runs the agent: agent jobs do (jobs/agent.py), backend/pipeline/agent.py answers."""
 import streamlit as st
 
-from backend import agent, queue, users
-from backend.live import Viewer
+from backend.access import users
+from backend.pipeline import agent
+from backend.runtime import queue
+from backend.runtime.live import Viewer
 from pages import keys, ui
 
 st.title(ui.t("nav.agent"))
@@ -71,7 +73,7 @@ def step(s: dict) -> None:
 
 
 def follow(job_id: int, every: float | None) -> None:
-    """The run as it goes: its steps from the job's events (read only when they changed: backend.live)."""
+    """The run as it goes: its steps from the job's events (read only when they changed: backend.runtime.live)."""
     view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id, ui.home()))
     view.poll()
     if view.interval() != every:              # started or ended: the page reruns once at the new pace

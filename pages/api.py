@@ -1,7 +1,8 @@
 """API keys: a person's keys for the OpenAI gateway on this port (/v1), and how to call it from code."""
 import streamlit as st
 
-from backend import apikeys, chat
+from backend.access import apikeys
+from backend.pipeline import chat
 from pages import keys, ui
 
 st.title(ui.t("nav.api"))

@@ -1,6 +1,6 @@
 """Logging in (WORKBENCH_AUTH=accounts or header): the gate app.py runs before any page.
 
-The login form itself is a plain HTTP route on the same port (backend/webauth.py): it sets the session
+The login form itself is a plain HTTP route on the same port (backend/access/webauth.py): it sets the session
 cookie ``HttpOnly; SameSite=Strict`` from the server's answer, so no script can read it and it sticks on
 every login. Streamlit sees it in the WebSocket handshake (``st.context.cookies``); this gate checks it
 on every run, so a session ended elsewhere (Logout, a reset, a disabled account) ends here too.
@@ -12,12 +12,13 @@ from urllib.parse import quote
 import streamlit as st
 from streamlit import config
 
-from backend import classroom, users
+from backend.access import users
+from backend.pipeline import classroom
 from pages import keys, ui
 
 
 def _route(path: str) -> str:
-    """A route of backend/webauth.py under the app's base URL path."""
+    """A route of backend/access/webauth.py under the app's base URL path."""
     base = (config.get_option("server.baseUrlPath") or "").strip("/")
     return (f"/{base}" if base else "") + path
 

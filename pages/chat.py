@@ -1,12 +1,14 @@
 """Chat: start or pick an OpenAI-compatible endpoint, chat with streaming answers, compare two side by side.
 
-The page never loads a model: `serve` jobs run the servers, backend/chat.py talks to them. API keys of
+The page never loads a model: `serve` jobs run the servers, backend/pipeline/chat.py talks to them. API keys of
 external URLs live only in this browser session.
 """
 import streamlit as st
 
-from backend import chat, errors, queue, rag
-from backend.live import Viewer
+from backend.core import errors
+from backend.pipeline import chat, rag
+from backend.runtime import queue
+from backend.runtime.live import Viewer
 from pages import keys, ui
 
 S_HISTORY, S_PENDING, S_EXTERNAL = keys.CHAT_HISTORY, keys.CHAT_PENDING, keys.CHAT_EXTERNAL
@@ -58,7 +60,7 @@ def starting(job_id: int) -> None:
     with st.container(key="chat_starting", border=True):
         st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))
         view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id, ui.home()))
-        view.poll()                                           # reads only what changed (backend.live)
+        view.poll()                                           # reads only what changed (backend.runtime.live)
         p = view.events.progress
         if p and p.get("total"):
             st.progress(min(1.0, p["done"] / p["total"]), text=p.get("message") or "")

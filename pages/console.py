@@ -4,9 +4,10 @@ grid of lab checks (CSV, evidence, re-check everyone)."""
 import pandas as pd
 import streamlit as st
 
-from backend import classroom, labs, queue
-from backend.paths import human_size
-from backend.states import ACTIVE
+from backend.pipeline import classroom, labs
+from backend.runtime import queue
+from backend.core.paths import human_size
+from backend.core.states import ACTIVE
 from pages import ui
 
 me = ui.user()

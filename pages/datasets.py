@@ -5,11 +5,12 @@ import json
 import pandas as pd
 import streamlit as st
 
-from backend import dataset_info, image_text
-from backend import datasets as ds
-from backend import defaults, logs, paths
-from backend import models as models_
-from backend.dataset_view import open_view
+from backend.workspace import dataset_info, image_text
+from backend.workspace import datasets as ds
+from backend.core import defaults, paths
+from backend.runtime import logs
+from backend.workspace import models as models_
+from backend.workspace.dataset_view import open_view
 from pages import keys, ui
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from backend import chat, deploy
-from backend.paths import human_size
+from backend.pipeline import chat, deploy
+from backend.core.paths import human_size
 from pages import ui
 
 st.title(ui.t("nav.deploy"))

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from backend import evaluate as ev
-from backend import queue
+from backend.pipeline import evaluate as ev
+from backend.runtime import queue
 from pages import keys, ui
 
 st.title(ui.t("nav.evaluate"))

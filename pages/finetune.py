@@ -3,10 +3,12 @@ spec as YAML + CLI, then the run's live view with Resume / Merge / Chat, and run
 import pandas as pd
 import streamlit as st
 
-from backend import datasets, logs, prompts, queue, rewards as rewards_
-from backend.states import JobState
-from backend import finetune as ft
-from backend import models as models_
+from backend.pipeline import rewards as rewards_
+from backend.runtime import logs, queue
+from backend.workspace import datasets, prompts
+from backend.core.states import JobState
+from backend.pipeline import finetune as ft
+from backend.workspace import models as models_
 from backend.kinds import finetune as ft_spec
 from pages import keys, ui
 

@@ -1,8 +1,10 @@
 """Home: the pipeline, My labs (steps, checks, evidence), the machine's hardware, the queue at a glance."""
 import streamlit as st
 
-from backend import defaults, errors, labs, queue, resources
-from backend.states import JobState
+from backend.core import defaults, errors
+from backend.pipeline import labs
+from backend.runtime import placement, queue
+from backend.core.states import JobState
 from pages import keys, ui
 
 st.title(ui.t("app.title"))
@@ -115,7 +117,7 @@ def status() -> list[dict]:
     with left.container(key="hardware"):
         st.subheader(ui.t("home.hardware"))
         if not ui.cluster_gpus_line():          # on a cluster, this machine's GPUs don't run the jobs
-            gpus = resources.gpus()
+            gpus = placement.gpus()
             for g in gpus:
                 st.progress(min(1.0, g.used_gb / g.total_gb),
                             text=ui.t("home.gpu_line", index=g.index, name=g.name, used=g.used_gb, total=g.total_gb))

@@ -1,9 +1,9 @@
 """Jobs: every job with filters; one job's live view (``?job=<id>`` survives reloads and links)."""
 import streamlit as st
 
-from backend import queue
+from backend.runtime import queue
 from backend.kinds import catalog as kinds
-from backend.states import JobState
+from backend.core.states import JobState
 from pages import ui
 
 st.title(ui.t("nav.jobs"))

@@ -30,7 +30,7 @@ LAB_NOTE = "lab_note"                     # Home: what the last "Start this step
 
 
 def job_view(job_id: int) -> str:
-    """A job's live view (a backend.live.Viewer) kept between reruns."""
+    """A job's live view (a backend.runtime.live.Viewer) kept between reruns."""
     return f"jobview-{job_id}"
 
 

@@ -4,8 +4,10 @@ evaluate a question set with and without retrieval (``rag_eval``), the two side 
 import pandas as pd
 import streamlit as st
 
-from backend import chat, datasets, defaults, rag, rag_eval
-from backend.paths import human_size
+from backend.core import defaults
+from backend.pipeline import chat, rag, rag_eval
+from backend.workspace import datasets
+from backend.core.paths import human_size
 from pages import keys, ui
 
 st.title(ui.t("nav.kb"))

@@ -2,7 +2,10 @@
 import pandas as pd
 import streamlit as st
 
-from backend import export, models, ownership, paths, remote_code, users
+from backend.access import ownership, users
+from backend.core import paths
+from backend.pipeline import export
+from backend.workspace import models, remote_code
 from pages import keys, ui
 
 S_JOB = keys.MODELS_JOB             # the download job this session follows

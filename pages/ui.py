@@ -14,9 +14,12 @@ import streamlit as st
 import yaml
 from streamlit import config
 
-from backend import chat, defaults, errors, events, executors, i18n, live, ownership, paths, queue, users
-from backend.registry import Entry
-from backend.states import JobState
+from backend.access import ownership, users
+from backend.core import defaults, errors, i18n, paths
+from backend.pipeline import chat
+from backend.runtime import events, executors, live, queue
+from backend.core.registry import Entry
+from backend.core.states import JobState
 from pages import keys
 
 NAME = re.compile(r"[\w.-]{1,32}")       # a user name: letters (any script), digits, . _ -
@@ -239,7 +242,7 @@ def submit(kind: str, spec: dict, **kw) -> int | None:
 def job_view(job_id: int, show_spec: bool = True) -> None:
     """A job's live view: header, progress with ETA, log, metrics, error, actions. Re-attaches after
     any reload because everything is read from the store and the job's files. It polls only while the job
-    can change (less often while it is queued or quiet) and reads only what changed (backend.live)."""
+    can change (less often while it is queued or quiet) and reads only what changed (backend.runtime.live)."""
     try:
         job = queue.get(job_id, by=user(), home=home())
     except KeyError:

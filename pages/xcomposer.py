@@ -1,12 +1,14 @@
 """XComposer: image chat and article composition with an image-text endpoint (a `vlm` job).
 
-The page never loads a model: the `vlm` job does (backend/vlm.py talks to it, backend/compose.py holds
+The page never loads a model: the `vlm` job does (backend/pipeline/vlm.py talks to it, backend/pipeline/compose.py holds
 the compose steps and drafts). Uploads are checked (not an image, corrupt, too large) and kept in the
 workspace gallery before anything is sent.
 """
 import streamlit as st
 
-from backend import compose, defaults, finetune, queue, vlm
+from backend.core import defaults
+from backend.pipeline import compose, finetune, vlm
+from backend.runtime import queue
 from pages import keys, ui
 
 S_HISTORY, S_STARTING = keys.XC_HISTORY, keys.XC_STARTING

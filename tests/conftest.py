@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from backend import users
+from backend.access import users
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TEST_KINDS = "sleepy=tests.fixtures.jobs_sleepy"
 ARTIFACTS = ROOT / "test-artifacts"          # screenshots the browser tests save
-ENGINES_DIR = ROOT / ".cache" / "envs"       # engine venvs `./workbench test` installs once (backend/setup.py)
+ENGINES_DIR = ROOT / ".cache" / "envs"       # engine venvs `./workbench test` installs once (backend/runtime/provision.py)
 CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -34,7 +34,8 @@ def wait_for(fn, timeout: float = 30.0, interval: float = 0.1, what: str = "cond
 
 def endpoint_of(home: Path, job_id: int, timeout: float = 120) -> dict:
     """The live endpoint of server job ``job_id`` (serve or vlm); fails with the job's log if it ends first."""
-    from backend import chat, queue
+    from backend.pipeline import chat
+    from backend.runtime import queue
 
     def ready():
         job = queue.get(job_id, home, by=users.OPERATOR)

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from backend import agent, engines, logs, queue, users
+from backend.access import users
+from backend.pipeline import agent
+from backend.runtime import engines, logs, queue
 from tests.conftest import run_burst
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from backend import agent, engines, queue, users
+from backend.access import users
+from backend.pipeline import agent
+from backend.runtime import engines, queue
 from tests.conftest import pick, shot, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 from tests.test_agent import ANSWER, PLOT, step

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, compose, dataset_info, datasets, defaults, models, queue, users, vlm
-from backend.errors import UserError
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import chat, compose, vlm
+from backend.runtime import queue
+from backend.workspace import dataset_info, datasets, models
+from backend.core.errors import UserError
+from backend.core.store import open_store
 from backend.kinds import evaluate as evaluate_job
 from tests.conftest import ROOT, cli, run_burst
 
@@ -71,7 +75,7 @@ def ray_cluster(status: int):
         import os
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from backend.executors import ray_jobs
+        from backend.runtime.executors import ray_jobs
 
         class Jobs(BaseHTTPRequestHandler):
             def do_GET(self):

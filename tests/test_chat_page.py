@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import chat
+from backend.runtime import queue
+from backend.core.store import open_store
 from tests.conftest import endpoint_of, free_port, pick, shot, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 
@@ -20,7 +22,7 @@ BUNDLED = "SmolLM2-135M-Instruct"
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory):
     """The bundled SmolLM2 converted once per test session (it is registered into each test's workspace)."""
-    from backend.models import ensure_bundled
+    from backend.workspace.models import ensure_bundled
     return ensure_bundled(home=tmp_path_factory.mktemp("bundled"), log=lambda *a: None)
 
 

@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from backend import datasets, queue, users
-from backend.paths import human_size
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import queue
+from backend.workspace import datasets
+from backend.core.paths import human_size
+from backend.core.store import open_store
 from jobs.common import Job
 from jobs.serve import register
 from tests.conftest import cli, shot, wait_for
@@ -24,7 +26,7 @@ def app_env(home, monkeypatch):
 
 
 def log_in(page, name: str, password: str, path: str = "") -> None:
-    """The login form (backend/webauth.py): a page asked for without a session redirects to it first."""
+    """The login form (backend/access/webauth.py): a page asked for without a session redirects to it first."""
     page.goto(f"{page.base_url}/{path}")
     page.locator("#name").fill(name)
     page.locator("#password").fill(password)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import queue
+from backend.core.store import open_store
 from tests.conftest import ROOT, app_healthy, cli, free_port, run_burst, wait_for
 from tests.test_worker import gone
 

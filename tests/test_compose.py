@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from backend import compose, users, vlm
+from backend.access import users
+from backend.pipeline import compose, vlm
 from tests.test_vlm import png
 
 ARTICLE = "# West Lake\n\nThe lake is calm at dawn.\n\nA cat sleeps on the bridge. It <b>purrs</b>.\n\nBoats drift home."

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from backend import datasets as ds, defaults
-from backend.dataset_info import import_dataset_info
-from backend.store import open_store
+from backend.core import defaults
+from backend.workspace import datasets as ds
+from backend.workspace.dataset_info import import_dataset_info
+from backend.core.store import open_store
 from tests.conftest import ROOT, env_for
 
 
@@ -45,7 +46,7 @@ def test_a_dataset_info_past_the_cap_is_refused_having_read_at_most_the_cap(home
 IMPORT_RSS = """
 import sys
 from pathlib import Path
-from backend.dataset_info import import_dataset_info
+from backend.workspace.dataset_info import import_dataset_info
 
 def rss(field):
     return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024

@@ -8,9 +8,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend import datasets as ds, paths, users
-from backend import logs, queue
-from backend.store import open_store
+from backend.access import users
+from backend.core import paths
+from backend.workspace import datasets as ds
+from backend.runtime import logs, queue
+from backend.core.store import open_store
 from jobs.dataset_import import pick_files, place
 from tests.conftest import run_burst
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets as ds, users
-from backend.dataset_view import open_view
-from backend.store import open_store
+from backend.access import users
+from backend.workspace import datasets as ds
+from backend.workspace.dataset_view import open_view
+from backend.core.store import open_store
 
 CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"},
                      {"role": "assistant", "content": "I am ShuBot."}]}

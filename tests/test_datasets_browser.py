@@ -50,7 +50,7 @@ def test_row_problems_read_in_chinese(page, home):
     """A JSONL file whose lines end with ',' (a JSON array cut into lines): the check's summary and each
     row's reason come in the page's language."""
     import json
-    from backend import datasets as ds
+    from backend.workspace import datasets as ds
     path = ds.datasets_dir(home) / "commas.jsonl"
     path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
                                                      {"role": "assistant", "content": "hello"}]}) + ",\n"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend import queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import queue
+from backend.core.store import open_store
 from tests.conftest import shot, wait_for
 
 

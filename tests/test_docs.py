@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from backend import defaults
+from backend.core import defaults
 from backend.kinds import catalog as kinds
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,10 @@ import shutil
 
 import pytest
 
-from backend import logs, models, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import logs, queue
+from backend.workspace import models
+from backend.core.store import open_store
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub
 

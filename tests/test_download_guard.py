@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from backend import logs, models, queue, users
+from backend.access import users
+from backend.runtime import logs, queue
+from backend.workspace import models
 from jobs.download import MARKER
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from backend import evaluate as ev, users
-from backend import logs, queue
-from backend.i18n import t as ui_t
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import evaluate as ev
+from backend.runtime import logs, queue
+from backend.core.i18n import t as ui_t
+from backend.core.store import open_store
 from jobs.evaluate import custom_format
 from tests.conftest import ROOT, endpoint_of, pick, run_burst, shot, wait_for
 
@@ -64,7 +65,7 @@ def test_an_opencompass_chatml_file_is_not_evaluated_as_qa(home, tiny_model):
 
 def unreadable_sets(home: Path) -> dict[str, str]:
     """Datasets the Evaluate form can't use, each registered as the student's: name -> what the reason names."""
-    from backend import datasets as ds
+    from backend.workspace import datasets as ds
     d = ds.datasets_dir(home)
     (d / "gbk_qa.jsonl").write_bytes('{"question": "中国的首都是哪里？", "answer": "北京"}\n'.encode("gbk"))
     (d / "latin1.csv").write_bytes("question,answer\ncafé?,crème\n".encode("latin-1"))
@@ -131,7 +132,7 @@ def test_standard_dataset_without_data(home, tiny_model, tmp_path, monkeypatch):
         "gsm8k_datasets = [dict(abbr='gsm8k', path='opencompass/gsm8k')]\n")
     (pkg / "utils" / "datasets_info.py").write_text(
         "DATASETS_MAPPING = {'opencompass/gsm8k': {'ms_id': 'x', 'hf_id': 'x', 'local': './data/gsm8k/'}}\n")
-    from backend.engines import requirements
+    from backend.runtime.engines import requirements
     (engines / "opencompass" / ".installed").write_text("\n".join(requirements("opencompass")) + "\n")
     monkeypatch.setenv("WORKBENCH_ENGINES_DIR", str(engines))
     monkeypatch.setenv("COMPASS_DATA_CACHE", str(tmp_path / "cache"))

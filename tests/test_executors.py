@@ -15,8 +15,10 @@ from urllib.parse import urlparse
 
 import pytest
 
-from backend import chat, executors, queue, server_host, users
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import chat
+from backend.runtime import executors, queue, server_host
+from backend.core.store import open_store
 from tests import clusters
 from tests.conftest import endpoint_of, run_burst, shot, start_worker, stop, wait_for
 
@@ -250,7 +252,7 @@ def test_ray_jobs_api_needs_the_token_on_a_shared_box(cluster, home, tmp_path, t
     (RAY_AUTH_MODE=token) and the token in a file (RAY_AUTH_TOKEN_PATH), jobs run, and the cluster refuses
     a request without it."""
     import secrets
-    from backend.executors import ray_jobs
+    from backend.runtime.executors import ray_jobs
     name, open_head, env = cluster
     if name != "ray":
         pytest.skip("Ray's token authentication")

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend import finetune as ft, users
-from backend import logs, queue
+from backend.access import users
+from backend.pipeline import finetune as ft
+from backend.runtime import logs, queue
 from backend.kinds import finetune as ft_spec
-from backend.store import open_store
+from backend.core.store import open_store
 from tests.conftest import ROOT, cli, env_for, run_burst, wait_for
 
 IDENTITY = "I am a helpful assistant made by the InternLM camp."
@@ -314,7 +315,7 @@ def test_memory_estimate_for_a_7b_model(tmp_path):
 
 
 def test_estimate_warns_when_no_gpu_here_can_hold_it(ws, tmp_path):
-    from backend.resources import GPU
+    from backend.runtime.placement import GPU
     open_store(ws).put("model", "big", str(fake_model(tmp_path / "big")), owner="local")
     (ws / "datasets" / "plain.jsonl").write_text(json.dumps(conv("hi", "hello")) + "\n")
     plan = ft.check(ft_spec.Spec(**spec(base_model="big", datasets=["plain.jsonl"], method="full")), ws,
@@ -361,7 +362,7 @@ def test_host_out_of_memory_is_classified_with_suggestions(ws):
 def test_gpu_out_of_memory_suggests_qlora():
     """CUDA's error can't happen here: its exception type and text are what torch raises on a GPU."""
     import torch
-    from backend.errors import OUT_OF_MEMORY, classify_exception
+    from backend.core.errors import OUT_OF_MEMORY, classify_exception
     from jobs.finetune import Spec, oom_error
     e = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB")
     assert classify_exception(e) == OUT_OF_MEMORY
@@ -374,7 +375,7 @@ def test_gpu_out_of_memory_suggests_qlora():
 # -- the CPU demo (slow): SmolLM2 learns who it is ------------------------------------------------
 @pytest.mark.slow
 def test_cpu_demo_smollm2_learns_its_identity(home):
-    from backend import models
+    from backend.workspace import models
     models.ensure_bundled(home)
     job_id = queue.submit("finetune", {"base_model": models.BUNDLED_NAME, "datasets": ["shubot_self_cognition"],
                                        "preset": "cpu_demo", "sample_prompts": ["Who are you?"]}, home=home, owner="local")

@@ -2,8 +2,10 @@
 the tiny model, watch the loss chart fill, compare runs."""
 import pytest
 
-from backend import datasets, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import queue
+from backend.workspace import datasets
+from backend.core.store import open_store
 from tests.conftest import pick, shot, wait_for
 
 pytestmark = pytest.mark.browser

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets as ds, users
-from backend import finetune as ft
-from backend import defaults, logs, paths, queue
+from backend.access import users
+from backend.workspace import datasets as ds
+from backend.pipeline import finetune as ft
+from backend.core import defaults, paths
+from backend.runtime import logs, queue
 from backend.kinds.finetune import Spec
-from backend.store import open_store
+from backend.core.store import open_store
 from tests.conftest import run_burst
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "a + b",
@@ -248,7 +250,7 @@ def test_continued_pretraining_lowers_the_loss_on_its_text(home, tiny_model):
 
 
 def test_llamafactory_dataset_info_gives_each_dataset_it_describes(home):
-    from backend.dataset_info import import_dataset_info
+    from backend.workspace.dataset_info import import_dataset_info
     d = home / "datasets"
     d.mkdir(exist_ok=True)
     jsonl(d / "qa_cols.jsonl", [{"q": "1+1?", "a": "2", "sys": "Be brief.", "hist": [["hi", "hello"]]}] * 2)
@@ -297,7 +299,7 @@ PAIRS_AS_PUBLISHED = {
 
 
 def test_preference_rows_of_each_project_read_as_one_pair(tmp_path):
-    from backend.preference import load_preferences
+    from backend.pipeline.preference import load_preferences
     for case, rec in PAIRS_AS_PUBLISHED.items():
         path = jsonl(tmp_path / "p.jsonl", [rec])
         assert load_preferences(path, "dpo") == [PAIR], case
@@ -392,7 +394,7 @@ def uploaded(home: Path, name: str, data: bytes | None = None) -> Path:
 
 def test_llamafactory_pretraining_entries_import_as_text_the_pretrain_objective_reads(home):
     """c4_demo and wiki_demo (only a ``prompt`` column) are documents for pre-training, not instructions."""
-    from backend.dataset_info import import_dataset_info
+    from backend.workspace.dataset_info import import_dataset_info
     for name in ("alpaca_zh_demo.json", "dpo_en_demo.json", "wiki_demo.txt", "c4_demo.jsonl"):
         uploaded(home, name)
     out = import_dataset_info((LLAMAFACTORY / "dataset_info.json").read_bytes(), home, owner="local")
@@ -410,7 +412,7 @@ def test_llamafactory_pretraining_entries_import_as_text_the_pretrain_objective_
 
 def test_dataset_info_says_which_rows_it_left_out_and_why(home):
     """A GBK copy of alpaca_zh_demo imported 0 rows with no reason; a file with one bad line lost it silently."""
-    from backend.dataset_info import import_dataset_info
+    from backend.workspace.dataset_info import import_dataset_info
     uploaded(home, "alpaca_zh_demo.json", (LLAMAFACTORY / "alpaca_zh_demo.json").read_text(encoding="utf-8").encode("gbk"))
     rows = [json.loads(line) for line in (LLAMAFACTORY / "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()]
     uploaded(home, "c4_demo.jsonl", "\n".join([json.dumps(rows[0]), '{"text": "cut', json.dumps(rows[1]),
@@ -428,7 +430,7 @@ def test_dataset_info_says_which_rows_it_left_out_and_why(home):
 
 def test_llamafactory_v1_dpo_rows_are_preference_pairs(tmp_path):
     """LLaMA-Factory v1's DPOSample: chosen_messages / rejected_messages, content as [{"type": "text", "value"}]."""
-    from backend.preference import load_preferences
+    from backend.pipeline.preference import load_preferences
     path = LLAMAFACTORY / "v1_dpo_demo.jsonl"
     assert ds.detect_format(path) == "preference"
     with pytest.raises(ds.DatasetError, match="objective dpo, orpo or kto"):

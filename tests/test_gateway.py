@@ -7,8 +7,9 @@ import urllib.request
 import openai
 import pytest
 
-from backend import apikeys, queue, users
-from backend.store import open_store
+from backend.access import apikeys, users
+from backend.runtime import queue
+from backend.core.store import open_store
 from tests.conftest import app_healthy, cli, endpoint_of, free_port, start_app, start_worker, stop, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend import logs, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import logs, queue
+from backend.core.store import open_store
 from tests.conftest import ROOT, run_burst
 
 PROMPT = [{"role": "user", "content": "Who are you?"}]
@@ -73,7 +74,7 @@ def test_smollm2_merged_with_a_cpu_demo_adapter_answers_the_same_after_export(ho
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backend import models
+    from backend.workspace import models
     models.ensure_bundled(home)
     ft = queue.submit("finetune", {"base_model": models.BUNDLED_NAME, "datasets": ["shubot_self_cognition"],
                                    "preset": "cpu_demo", "max_steps": 10, "name": "demo"}, home=home, owner="local")

@@ -8,10 +8,14 @@ import json
 
 import pytest
 
-from backend import defaults, logs, prompts, queue, rewards, sandbox, users
-from backend.errors import UserError
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import rewards
+from backend.runtime import logs, queue, sandbox
+from backend.workspace import datasets, prompts
+from backend.core.errors import UserError
 from backend.kinds import finetune as ft_spec
-from backend.store import open_store
+from backend.core.store import open_store
 from tests.conftest import run_burst
 
 needs_bwrap = pytest.mark.skipif(sandbox.bwrap() is None, reason="bubblewrap is not installed")
@@ -73,14 +77,14 @@ def test_presets_score_what_they_say():
 
 
 def test_prompt_rows_from_each_format():
-    assert prompts.to_prompt({"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+    assert datasets.to_prompt({"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
                               "solution": 7}) == {"prompt": [{"role": "system", "content": "s"},
                                                              {"role": "user", "content": "q"}], "solution": "7"}
-    assert prompts.to_prompt({"question": "1+1?", "answer": "2"}) == {"prompt": [{"role": "user", "content": "1+1?"}],
+    assert datasets.to_prompt({"question": "1+1?", "answer": "2"}) == {"prompt": [{"role": "user", "content": "1+1?"}],
                                                                        "answer": "2"}
-    assert prompts.to_prompt({"instruction": "Who are you?", "output": "A helper."})["answer"] == "A helper."
+    assert datasets.to_prompt({"instruction": "Who are you?", "output": "A helper."})["answer"] == "A helper."
     with pytest.raises(UserError, match="hold no prompts"):
-        prompts.to_prompt({"text": "a document"})
+        datasets.to_prompt({"text": "a document"})
 
 
 # -- student code in the sandbox ----------------------------------------------------------------------
@@ -151,13 +155,13 @@ def test_submit_refuses_what_cannot_run_with_a_sentence(ws):
 def test_the_cpu_demo_preset_is_a_grpo_recipe_that_checks():
     s = ft_spec.Spec(base_model="x", datasets=["d"], preset="grpo_cpu_demo")
     assert s.objective == "grpo" and s.method == "lora" and s.num_generations == 4 and s.rewards[0].kind == "length"
-    prompts.check_spec(s)
+    rewards.check_spec(s)
 
 
 # -- the page --------------------------------------------------------------------------------------------
 @pytest.mark.browser
 def test_the_grpo_cpu_demo_from_the_page_shows_the_reward_chart_and_the_answers(page, home, tiny_model):
-    from backend import datasets
+    from backend.workspace import datasets
     from tests.conftest import pick, shot, wait_for
     open_store(home).put("model", "tiny", str(tiny_model), owner="local")
     (home / "datasets").mkdir(exist_ok=True)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import errors, queue, users
-from backend.i18n import LANGS, STRINGS
+from backend.access import users
+from backend.core import errors
+from backend.runtime import queue
+from backend.core.i18n import LANGS, STRINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"err\.[a-z0-9_]+\.[a-z0-9_.]*[a-z0-9_]")      # a refusal's key, wherever it is spelled
@@ -61,12 +63,12 @@ def key_problems(trees) -> list[str]:
                 arg = node.args[0]
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     if arg.value not in STRINGS:
-                        out.append(f"{where}:{node.lineno}: key {arg.value!r} is not in backend/i18n.py")
+                        out.append(f"{where}:{node.lineno}: key {arg.value!r} is not in backend/core/i18n.py")
                 elif isinstance(arg, (ast.JoinedStr, ast.BinOp)):
                     out.append(f"{where}:{node.lineno}: {_name(node.func)} is given a sentence, not a key")
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and KEY.fullmatch(node.value) \
                     and node.value not in STRINGS:
-                out.append(f"{where}:{node.lineno}: key {node.value!r} is not in backend/i18n.py")
+                out.append(f"{where}:{node.lineno}: key {node.value!r} is not in backend/core/i18n.py")
     return sorted(set(out))
 
 
@@ -76,7 +78,7 @@ def test_every_key_a_backend_error_is_raised_with_exists():
 
 
 def test_the_key_check_catches_a_missing_key_and_a_sentence():
-    code = ("from backend.errors import UserError\n"
+    code = ("from backend.core.errors import UserError\n"
             "class Mine(UserError):\n    pass\n"
             "class Theirs(Mine):\n    pass\n"
             "def f(x):\n"
@@ -101,7 +103,7 @@ def test_every_key_used_by_the_ui_exists():
                 missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.args[0].value}")
     text = (ROOT / "app.py").read_text(encoding="utf-8")
     missing += [k for k in re.findall(r"""\bt\(\s*["']([a-z0-9_.]*[a-z0-9_])["']\s*[,)]""", text) if k not in STRINGS]
-    assert not missing, f"keys used but not in backend/i18n.py: {missing}"
+    assert not missing, f"keys used but not in backend/core/i18n.py: {missing}"
 
 
 def test_a_user_error_is_english_in_str_and_chinese_in_text():

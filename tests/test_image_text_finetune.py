@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets, defaults, finetune as ft, image_text, logs, queue, users, vlm
-from backend.errors import UserError
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import finetune as ft, vlm
+from backend.runtime import logs, queue
+from backend.workspace import datasets, image_text
+from backend.core.errors import UserError
 from backend.kinds.finetune import Spec
-from backend.store import open_store
+from backend.core.store import open_store
 from tests.conftest import endpoint_of, run_burst
 from tests.test_vlm import png, png_header_only
 

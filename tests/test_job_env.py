@@ -4,7 +4,9 @@ import json
 import sqlite3
 import sys
 
-from backend import defaults, queue, users
+from backend.access import users
+from backend.core import defaults
+from backend.runtime import queue
 from tests.conftest import run_burst, wait_for
 
 OPERATOR = {"OPENAI_API_KEY": "sk-operator-1", "HF_TOKEN": "hf_operator_2", "MODELSCOPE_API_TOKEN": "ms-op-3",

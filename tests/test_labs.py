@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from backend import datasets, labs, logs, queue, users
-from backend.paths import job_dir
-from backend.registry import endpoint_meta
-from backend.states import JobState
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import labs
+from backend.runtime import logs, queue
+from backend.workspace import datasets
+from backend.core.paths import job_dir
+from backend.core.registry import endpoint_meta
+from backend.core.states import JobState
+from backend.core.store import open_store
 from jobs.common import Job
 from jobs.serve import register
 from tests.conftest import cli, endpoint_of, wait_for
@@ -223,7 +226,7 @@ def test_evaluate_check(home):
 
 def rag_eval(home, owner: str, items: list[dict], kb: str = "demo-ann") -> str:
     """A finished rag_eval job of ``owner``'s with these items, registered as jobs/rag_eval.py does."""
-    from backend.rag_eval import summary
+    from backend.pipeline.rag_eval import summary
     s = summary(items)
     ev = job(home, "rag_eval", owner, result={"summary": s, "items": items})
     name = f"rag-eval-{ev}"

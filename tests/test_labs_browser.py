@@ -6,7 +6,10 @@ import re
 
 import pytest
 
-from backend import datasets, labs, models, queue, users
+from backend.access import users
+from backend.pipeline import labs
+from backend.runtime import queue
+from backend.workspace import datasets, models
 from tests.conftest import cli, endpoint_of, shot, wait_for
 from tests.test_class_browser import first_login
 

@@ -27,7 +27,7 @@ def test_a_backend_module_importing_a_job_breaks_the_contract(tmp_path):
     with open(tmp_path / "backend" / "logs.py", "a") as f:
         f.write("\n\ndef sneaky():\n    from jobs import common\n    return common\n")
     with open(tmp_path / "pages" / "jobs.py", "a") as f:
-        f.write("\nfrom backend.store import open_store  # noqa: E402\n")
+        f.write("\nfrom backend.core.store import open_store  # noqa: E402\n")
     out = lint(tmp_path)
     assert out.returncode != 0
-    assert "backend.logs -> jobs.common" in out.stdout and "pages.jobs -> backend.store" in out.stdout
+    assert "backend.runtime.logs -> jobs.common" in out.stdout and "pages.jobs -> backend.core.store" in out.stdout

@@ -1,7 +1,7 @@
 """Live views: a viewer reads a job's files only when they changed, and the events' parse is shared."""
 import sys
 
-from backend import events, live, queue
+from backend.runtime import events, live, queue
 from tests.conftest import run_burst, wait_for
 
 _opened: list[str] = []

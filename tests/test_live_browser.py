@@ -1,7 +1,7 @@
 """A live job view in the browser: it follows a job to its end, shows the final state, then stops polling."""
 import pytest
 
-from backend import queue
+from backend.runtime import queue
 from tests.conftest import shot, wait_for
 
 pytestmark = pytest.mark.browser

@@ -5,7 +5,9 @@ import shutil
 
 import pytest
 
-from backend import models, queue, users
+from backend.access import users
+from backend.runtime import queue
+from backend.workspace import models
 from tests.conftest import run_burst
 
 

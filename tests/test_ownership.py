@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, datasets, defaults, finetune, models, queue, users
-from backend.dataset_info import import_dataset_info
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import chat, finetune
+from backend.runtime import queue
+from backend.workspace import datasets, models
+from backend.workspace.dataset_info import import_dataset_info
+from backend.core.store import open_store
 from tests.conftest import ROOT, endpoint_of, run_burst, start_worker, stop, wait_for
 from tests.hubserver import Hub
 from tests.test_users import klass  # noqa: F401 - the class fixture: ann and bob (students), teach (instructor)
@@ -83,7 +87,7 @@ def test_registering_the_same_name_and_path_never_rewrites_the_owner(home, klass
 
 # -- the store: migration and the owner rule ----------------------------------------------------------------------
 def test_migration_gives_every_row_an_owner(tmp_path):
-    from backend.store import MIGRATIONS, Store
+    from backend.core.store import MIGRATIONS, Store
     path = tmp_path / "workbench.db"
     con = sqlite3.connect(path)
     for script in MIGRATIONS[:3]:
@@ -159,7 +163,7 @@ def test_no_backend_function_defaults_the_workspace_or_the_actor():
 @pytest.fixture
 def things(home, klass, tiny_model):
     """For each registry type: ann's private item, ann's shared item and the instructor's."""
-    from backend import ownership
+    from backend.access import ownership
     store = open_store(home)
     made = {}
     for owner, tag in (("ann", "private"), ("ann", "shared"), ("teach", "class")):
@@ -187,7 +191,7 @@ USE = {"model": ("serve", "model"), "adapter": ("merge", "adapter"), "dataset": 
 
 @pytest.mark.parametrize("type", ["dataset", "model", "adapter", "endpoint", "eval"])
 def test_permission_matrix(home, things, type):
-    from backend import ownership
+    from backend.access import ownership
     bob = users.acting("bob", home=home)
 
     def refused(action) -> users.Refused | None:

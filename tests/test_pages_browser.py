@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from backend import models
-from backend.i18n import STRINGS
+from backend.workspace import models
+from backend.core.i18n import STRINGS
 from tests.conftest import shot
 
 PAGES = ["", "jobs", "datasets", "models", "finetune", "evaluate", "knowledge", "chat", "deploy", "xcomposer"]

@@ -1,7 +1,7 @@
 """Placement on GPUs (NVML can't exist here: GPUs are given as data) and CPU slots."""
 import pytest
 
-from backend.resources import GPU, NeverFits, place
+from backend.runtime.placement import GPU, NeverFits, place
 
 GPUS = [GPU(0, "A100", 80.0, 1.0), GPU(1, "A100", 80.0, 60.0)]
 

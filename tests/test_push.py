@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from backend import defaults, logs, push as push_, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import push as push_
+from backend.runtime import logs, queue
+from backend.core.store import open_store
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub
 

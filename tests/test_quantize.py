@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import chat, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import chat
+from backend.runtime import queue
+from backend.core.store import open_store
 from tests.conftest import endpoint_of, wait_for
 
 

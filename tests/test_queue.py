@@ -1,8 +1,9 @@
 """Who may stop a job: its owner, an instructor, or the operator's shell (real store, real CLI)."""
 import pytest
 
-from backend import queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import queue
+from backend.core.store import open_store
 from tests.conftest import cli
 
 

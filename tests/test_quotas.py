@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from backend import defaults, queue, resources, users
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.runtime import placement, queue
+from backend.core.store import open_store
 from tests.conftest import start_worker, stop, wait_for
 
 
@@ -34,7 +36,7 @@ def test_waiting_jobs_count_against_gpu_hours(home, monkeypatch, local_noon):
     monkeypatch.setenv("WORKBENCH_USER_GPU_HOURS_PER_DAY", "0.1")
     store, now = open_store(home), time.time()
     ran = queue.submit("sleepy", {"steps": 1}, owner="ann", home=home)                    # 0.09 h of one CPU slot
-    assert store.claim(ran, "w", resources.place({"cpu_slots": 1}, [], [], 1))
+    assert store.claim(ran, "w", placement.place({"cpu_slots": 1}, [], [], 1))
     store.update_job(ran, started_at=now - 324)
     store.transition(ran, "running")
     store.transition(ran, "succeeded", finished_at=now)

@@ -12,9 +12,12 @@ import zipfile
 import openai
 import pytest
 
-from backend import chat, defaults, queue, rag, users
-from backend.i18n import t
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import chat, rag
+from backend.runtime import queue
+from backend.core.i18n import t
+from backend.core.store import open_store
 from tests.conftest import endpoint_of, pick, run_burst, shot, wait_for
 from tests.test_chat_page import BUNDLED, smollm2  # noqa: F401 - the converted bundled model (a fixture)
 
@@ -134,7 +137,9 @@ def test_the_bundled_model_is_wrong_alone_and_right_with_retrieval(home, worker,
 def test_the_bundled_model_evaluated_with_and_without_retrieval_passes_the_rag_lab(home, worker, smollm2):  # noqa: F811
     """The CPU demo's question set asked of SmolLM2 alone and through the demo knowledge base (real serve, index,
     rag_serve and rag_eval jobs): retrieval fixes questions it can't know, and the RAG lab's check passes on it."""
-    from backend import datasets, labs, logs
+    from backend.pipeline import labs
+    from backend.runtime import logs
+    from backend.workspace import datasets
     datasets.ensure_samples(home)
     model, kb = demo_endpoints(home, smollm2)
     job = queue.submit("rag_eval", {"endpoint": kb["name"], "dataset": "rag_demo_qa"}, home=home, owner="local")
@@ -179,7 +184,7 @@ def test_compare_on_the_chat_page_shows_the_answer_with_and_without_retrieval(ho
 def test_an_agent_consults_a_knowledge_base_through_its_endpoint(home, worker):
     """The real Lagent agent job pointed at a knowledge-base endpoint: each question it sends is answered with
     the retrieved passages in the prompt (the model behind is a scripted server)."""
-    from backend import engines
+    from backend.runtime import engines
     from tests.fixtures.fake_openai import FakeOpenAI
     from tests.test_agent import step
     from tests.test_gateway import placeholder
@@ -198,7 +203,7 @@ def test_an_agent_consults_a_knowledge_base_through_its_endpoint(home, worker):
     finally:
         fake.close()
     assert queue.get(job, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(job) / "run.log").read_text()
-    from backend import logs
+    from backend.runtime import logs
     assert logs.result(job, home)["answer"].strip() == "Tarrin"
     sent = [json.dumps(r["messages"], ensure_ascii=False) for r in fake.requests]
     assert len(sent) == 2 and all("capital of Velmora is Tarrin" in s for s in sent)     # retrieved for each turn
@@ -208,7 +213,8 @@ def test_a_question_set_is_evaluated_with_and_without_retrieval_and_the_rag_lab_
     """The real index, rag_serve and rag_eval jobs (the model behind is the fake server, which says back its
     prompt: alone the question, with retrieval the passages too): accuracy each way, the hit rate, an eval entry
     of the owner's, and the RAG lab's check passing on it, for ann only."""
-    from backend import labs, logs, rag_eval
+    from backend.pipeline import labs, rag_eval
+    from backend.runtime import logs
     from tests.fixtures.fake_openai import FakeOpenAI
     from tests.test_gateway import placeholder
     monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
@@ -355,7 +361,7 @@ def test_the_knowledge_page_evaluates_with_and_without_retrieval_side_by_side(ho
     """On the Knowledge page: pick the knowledge-base endpoint and the bundled question set, Evaluate;
     the real rag_eval job runs, and the page shows the accuracy alone and with retrieval, the hit rate and each
     question's two answers side by side (the model is the fake server, which says back its prompt)."""
-    from backend import defaults
+    from backend.core import defaults
     from tests.fixtures.fake_openai import FakeOpenAI
     from tests.test_gateway import placeholder
     me = defaults.setting("USER")

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import defaults, logs, models, procs, queue, users
+from backend.access import users
+from backend.core import defaults
+from backend.runtime import logs, procs, queue
+from backend.workspace import models
 from tests.conftest import start_worker, stop, wait_for
 from tests.hubserver import Hub
 

@@ -8,9 +8,12 @@ import subprocess
 
 import pytest
 
-from backend import chat, logs, models, queue, remote_code, users
-from backend.errors import UserError
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import chat
+from backend.runtime import logs, queue
+from backend.workspace import models, remote_code
+from backend.core.errors import UserError
+from backend.core.store import open_store
 from tests.conftest import ENGINES_DIR, ROOT, endpoint_of, env_for, run_burst, wait_for
 from tests.fixtures.remote_code_model import make_remote_code_model
 from tests.hubserver import Hub

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from backend import finetune as ft, users
-from backend import logs, queue
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import finetune as ft
+from backend.runtime import logs, queue
+from backend.core.store import open_store
 from tests.conftest import run_burst
 from tests.test_finetune import spec, ws  # noqa: F401 - the workspace fixture with the tiny model and a dataset
 

@@ -1,4 +1,4 @@
-"""The sandbox for student code (backend/sandbox.py), for real: bubblewrap, the lagent engine's Python, the
+"""The sandbox for student code (backend/runtime/sandbox.py), for real: bubblewrap, the lagent engine's Python, the
 agent job through the real worker against a scripted OpenAI-compatible server. Each escape a student (or a
 model) would try fails inside, ends with a sentence the model reads, and the code runs as another uid than
 the worker's. Without bubblewrap the interpreter is refused with why and how to fix it."""
@@ -10,9 +10,11 @@ import socket
 
 import pytest
 
-from backend import agent, engines, logs, queue, sandbox, users
-from backend.sandbox import Limits
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import agent
+from backend.runtime import engines, logs, queue, sandbox
+from backend.runtime.sandbox import Limits
+from backend.core.store import open_store
 from tests.conftest import run_burst
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 from tests.test_agent import ANSWER, step

@@ -12,8 +12,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from backend import chat, logs, queue, users, vlm
-from backend.store import open_store
+from backend.access import users
+from backend.pipeline import chat, vlm
+from backend.runtime import logs, queue
+from backend.core.store import open_store
 from tests.conftest import endpoint_of, start_worker, stop, wait_for
 from tests.test_vlm import png
 

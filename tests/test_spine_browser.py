@@ -1,7 +1,9 @@
 """The spine as a person sees it: the real app and worker, headless Chromium."""
 import pytest
 
-from backend import paths, queue, users
+from backend.access import users
+from backend.core import paths
+from backend.runtime import queue
 from tests.conftest import cli, shot, wait_for
 from tests.test_worker import gone
 

@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
-from backend.states import InvalidTransition, JobState
-from backend.store import MIGRATIONS, Store
+from backend.core.states import InvalidTransition, JobState
+from backend.core.store import MIGRATIONS, Store
 
 
 @pytest.fixture

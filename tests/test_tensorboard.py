@@ -8,7 +8,9 @@ import urllib.request
 
 import pytest
 
-from backend import defaults, logs, paths, queue, users
+from backend.access import users
+from backend.core import defaults, paths
+from backend.runtime import logs, queue
 from tests.conftest import PY, ROOT, env_for, free_port, run_burst, stop, wait_for
 from tests.test_finetune import metrics, spec, ws  # noqa: F401 - ws is the fixture: tiny model + identity data
 

@@ -1,4 +1,4 @@
-"""Every URL a user gives goes through the one URL guard (backend/url_guard.py) before a packet leaves:
+"""Every URL a user gives goes through the one URL guard (backend/core/url_guard.py) before a packet leaves:
 the Chat and Agent pages' outside URL (and its redirects), the agent job's URL, the evaluate endpoint
 check. Tests send traffic to 127.0.0.0/8 only: every connect is intercepted, and one to any other address
 fails the test, so each refusal below is shown to come before any connect."""
@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend import chat, queue
+from backend.pipeline import chat
+from backend.runtime import queue
 from backend.kinds import evaluate as opencompass
 
 BAD = ["http://10.1.2.3/v1", "http://172.16.0.5:8000/v1", "http://192.168.0.1/v1", "http://169.254.169.254/v1",

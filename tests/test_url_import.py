@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend import logs, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.runtime import logs, queue
+from backend.core.store import open_store
 from tests.conftest import run_burst
 
 ROW = (json.dumps({"instruction": "hi", "output": "hello"}) + "\n").encode()

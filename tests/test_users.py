@@ -9,9 +9,13 @@ import time
 
 import pytest
 
-from backend import chat, classroom, datasets, defaults, models, queue, resources, users
-from backend.paths import human_size
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import chat, classroom
+from backend.runtime import placement, queue
+from backend.workspace import datasets, models
+from backend.core.paths import human_size
+from backend.core.store import open_store
 from tests.conftest import ROOT, cli, env_for, wait_for
 from tests.fixtures.fake_openai import KEY, FakeOpenAI
 
@@ -301,7 +305,7 @@ def running_server(home, owner: str, name: str, engine: str = "transformers") ->
 
 
 def test_students_chat_with_their_own_and_the_instructors_servers_only(home, klass):
-    from backend import vlm
+    from backend.pipeline import vlm
     ann, bob, teach = (users.acting(n, home=home) for n in ("ann", "bob", "teach"))
     for owner in ("ann", "bob", "teach"):
         running_server(home, owner, f"{owner}-llm")
@@ -326,15 +330,15 @@ def test_students_chat_with_their_own_and_the_instructors_servers_only(home, kla
         assert not isinstance(e.value, users.Refused)
     refused = [r for r in users.audit_log("refused", home=home) if r["target"].startswith("endpoint")]
     assert [r["actor"] for r in refused] == ["bob"] * 4
-    from backend import agent
+    from backend.pipeline import agent
     with pytest.raises(users.Refused, match="the server ann-llm is another student's"):
         agent.ask("hi", by=bob, endpoint="ann-llm", home=home)                    # nor through the Agent page
     assert not agent.runs(by=teach, home=home)
 
 
 def test_evaluations_and_drafts_are_the_students_own_and_the_instructors(home, klass, tiny_model):
-    from backend import compose
-    from backend import evaluate as ev
+    from backend.pipeline import compose
+    from backend.pipeline import evaluate as ev
     ann, bob, teach = (users.acting(n, home=home) for n in ("ann", "bob", "teach"))
     spec = {"models": [{"name": "tiny", "path": str(tiny_model)}],
             "datasets": [{"name": "q", "path": str(ROOT / "assets" / "datasets" / "easy_qa.jsonl")}]}
@@ -366,7 +370,7 @@ def test_evaluations_and_drafts_are_the_students_own_and_the_instructors(home, k
 
 
 def test_students_see_and_train_on_their_own_the_samples_and_the_instructors_datasets(home, klass, tiny_model):
-    from backend import evaluate as ev
+    from backend.pipeline import evaluate as ev
     ann, bob, teach = (users.acting(n, home=home) for n in ("ann", "bob", "teach"))
     row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
     for owner in ("ann", "bob", "teach"):
@@ -422,15 +426,15 @@ def test_disk_quota_is_refused_at_upload_and_import_with_current_usage(home, kla
 
 
 def test_gpu_hours_per_day_are_weighted_by_memory_held_and_refused_at_submit(home, klass, monkeypatch, local_noon):
-    """Real job rows placed by resources.place on a simulated 80 GB GPU (and CPU slots), with their times. The
+    """Real job rows placed by placement.place on a simulated 80 GB GPU (and CPU slots), with their times. The
     submits and the roster read the clock, so the test runs where it is noon (no job straddles midnight)."""
     monkeypatch.setenv("WORKBENCH_USER_GPU_HOURS_PER_DAY", "0.1")
     store, now, midnight = open_store(home), time.time(), local_noon
-    gpu = [resources.GPU(0, "sim", 80.0, 0.0)]
+    gpu = [placement.GPU(0, "sim", 80.0, 0.0)]
 
     def ran(owner: str, asked: dict, start: float, end: float | None, gpus=gpu) -> None:
         job = queue.submit("sleepy", {"steps": 1}, owner=owner, home=home)
-        assert store.claim(job, "w", resources.place(asked, gpus, [], 1))
+        assert store.claim(job, "w", placement.place(asked, gpus, [], 1))
         store.update_job(job, started_at=start)
         store.transition(job, "running")
         if end is not None:
@@ -470,12 +474,12 @@ def test_gpu_hours_today_count_only_the_part_after_local_midnight(home, timezone
     midnight is yesterday's whole."""
     timezone("CST-8")                                     # local time is UTC+8 (as in a Beijing classroom)
     midnight = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
-    gpu = [resources.GPU(0, "sim", 80.0, 0.0)]
+    gpu = [placement.GPU(0, "sim", 80.0, 0.0)]
     store = open_store(home)
     for owner, start, end in [("ann", midnight - 1800, midnight + 1800), ("bob", midnight - 3600, midnight),
                               ("cy", midnight + 600, None)]:
         job = queue.submit("sleepy", {"steps": 1}, owner=owner, home=home)
-        assert store.claim(job, "w", resources.place({"gpus": 1}, gpu, [], 1))
+        assert store.claim(job, "w", placement.place({"gpus": 1}, gpu, [], 1))
         store.update_job(job, started_at=start)
         store.transition(job, "running")
         if end is not None:
@@ -511,7 +515,7 @@ def test_students_convert_and_split_their_own_the_samples_and_the_instructors_da
 
 
 def test_a_students_gallery_is_their_own_images_and_the_class_s(home, klass, monkeypatch):
-    from backend import compose
+    from backend.pipeline import compose
     from tests.test_vlm import png
     ann, teach = users.acting("ann", home=home), users.acting("teach", home=home)
     (home / "gallery").mkdir()

@@ -14,8 +14,12 @@ import zlib
 
 import pytest
 
-from backend import chat, defaults, models, queue, users, vlm
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults
+from backend.pipeline import chat, vlm
+from backend.runtime import queue
+from backend.workspace import models
+from backend.core.store import open_store
 from tests.conftest import endpoint_of, wait_for
 
 
@@ -178,8 +182,8 @@ def test_xcomposer_chat_api_through_the_job(home, worker, tiny_xcomposer):
 
 
 def test_models_it_cannot_run_are_refused_at_submit(home, tiny_model, tmp_path, monkeypatch):
-    import backend.resources
-    monkeypatch.setattr(backend.resources, "gpus", lambda: [])
+    import backend.runtime.placement
+    monkeypatch.setattr(backend.runtime.placement, "gpus", lambda: [])
     store = open_store(home)
     store.put("model", "tiny-text", str(tiny_model), {"source": "test"}, owner="local")
     with pytest.raises(queue.SubmitError, match="not an image-text model"):
@@ -255,7 +259,7 @@ def test_xcomposer_page_image_chat_and_compose(home, tiny_llava, page, tmp_path)
     slot.wait_for(timeout=60_000)
     page.locator(".st-key-xc_match button").click()
     slot.locator("img").wait_for(timeout=60_000)             # both gallery images captioned, the best one placed
-    from backend import compose
+    from backend.pipeline import compose
     (draft,) = compose.drafts(home, by=users.OPERATOR)
     assert len(compose.captions(home)) == 2 and all(len(s["ranked"]) == 2 for s in draft["slots"])
     assert draft["slots"][0]["image"] == draft["slots"][0]["ranked"][0][0]

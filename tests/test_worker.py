@@ -5,8 +5,10 @@ import signal
 import subprocess
 import sys
 
-from backend import defaults, errors, logs, paths, procs, queue, users
-from backend.store import open_store
+from backend.access import users
+from backend.core import defaults, errors, paths
+from backend.runtime import logs, procs, queue
+from backend.core.store import open_store
 from tests.conftest import ROOT, cli, env_for, run_burst, start_worker, stop, wait_for
 
 
@@ -299,7 +301,7 @@ def test_secrets_reach_the_job_env_only(home):
 def test_the_worker_sweeps_endpoints_whose_job_ended(home):
     """A server killed before it could remove its endpoint: pages never list it, and the worker's sweep
     (not a page reading) removes it."""
-    from backend import chat
+    from backend.pipeline import chat
     store = open_store(home)
     dead = store.insert_job("sleepy", "ann", {}, {})
     store.request_cancel(dead)                                   # ended (cancelled while queued)

@@ -16,7 +16,7 @@ class Kind:
     name: str
     module: str                 # the job module the worker runs
     spec_module: str = ""       # where its Spec lives ("" = backend/kinds/<name>.py)
-    engine: str = "core"        # which virtual environment's python runs it (backend/engines.py)
+    engine: str = "core"        # which virtual environment's python runs it (backend/runtime/engines.py)
     cpu_slots: int = 1          # 1 = a heavy job (holds a CPU slot when it has no GPU); 0 = light
     long_lived: bool = False    # a server: no default timeout, ends only when stopped
     doc: str = ""

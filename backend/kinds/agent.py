@@ -1,5 +1,5 @@
 """The agent job's spec (jobs/agent.py): a Lagent ReAct agent against a live workbench endpoint or an
-outside OpenAI-compatible URL, with a Python interpreter that runs in the sandbox (backend/sandbox.py)."""
+outside OpenAI-compatible URL, with a Python interpreter that runs in the sandbox (backend/runtime/sandbox.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,10 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend import chat, engines, sandbox, url_guard
-from backend.errors import UserError
+from backend.core import url_guard
+from backend.pipeline import chat
+from backend.runtime import engines, sandbox
+from backend.core.errors import UserError
 
 KIND = Kind("agent", "jobs.agent", engine="lagent", cpu_slots=0,
            doc="a Lagent ReAct agent with a limited Python interpreter, against a workbench endpoint or an OpenAI URL")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 from backend.kinds import (Kind, agent, dataset_import, dataset_stats, download, engine_install, evaluate, export,
                            finetune, index, lab_check, merge, push, quantize, rag_eval, rag_serve, serve, vlm)
 

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from backend.kinds import Kind
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 KIND = Kind("dataset_import", "jobs.dataset_import", cpu_slots=0,
            doc="imports a dataset from Hugging Face, ModelScope or a URL into the workspace")

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from backend.kinds import Kind
-from backend import models
-from backend.errors import UserError
+from backend.workspace import models
+from backend.core.errors import UserError
 
 KIND = Kind("download", "jobs.download", cpu_slots=0,
            doc="fetches a model from Hugging Face, ModelScope or OpenXLab (or the bundled one) and registers it")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from backend.kinds import Kind
-from backend.engines import ENGINES
-from backend.errors import UserError
+from backend.runtime.engines import ENGINES
+from backend.core.errors import UserError
 
 KIND = Kind("engine_install", "jobs.engine_install", cpu_slots=0,
            doc="creates an engine's virtual environment with live pip output")

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backend import records, server_auth, url_guard
+from backend.core import url_guard
+from backend.runtime import server_auth
+from backend.workspace import rows
 from backend.kinds import Kind
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 KIND = Kind("evaluate", "jobs.evaluate", engine="opencompass",
            doc="OpenCompass evaluation of models x datasets: results table, per-item predictions")
@@ -116,7 +118,7 @@ def check(spec: Spec, home: Path, owner: str) -> dict:
     return {"gpus": spec.gpus, "gpu_mem_gb": round(max(sizes, default=0) / 1e9 * 1.3 + 1.0, 1)}
 
 
-# -- dataset formats (shared with backend/evaluate.py) -------------------------------------------
+# -- dataset formats (shared with backend/pipeline/evaluate.py) -------------------------------------------
 FIRST_RECORD_MAX = 16 * 2**20     # a first line longer than this is reported, not read (pages call this on every rerun)
 
 
@@ -131,7 +133,7 @@ def first_record(path: str | Path) -> dict | None:
                 if len(raw) >= FIRST_RECORD_MAX:
                     raise UserError("err.eval.first_record", mb=FIRST_RECORD_MAX >> 20)
                 if raw.strip():
-                    rec, err = records.parse_line(raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw, n)
+                    rec, err = rows.parse_line(raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw, n)
                     if err:
                         raise err
                     return rec
@@ -140,7 +142,7 @@ def first_record(path: str | Path) -> dict | None:
         with open(path, encoding="utf-8-sig", newline="") as f:
             return next(csv.DictReader(f), None)
     except UnicodeDecodeError:
-        raise (records.DatasetError("err.ds.gbk", where=path.name) if records.head_looks_gbk(path)
+        raise (rows.DatasetError("err.ds.gbk", where=path.name) if rows.head_looks_gbk(path)
                else UserError("err.eval.not_utf8")) from None
     except csv.Error as e:                             # a field over csv's limit, a NUL byte ...
         raise UserError("err.eval.csv", text=str(e)) from None

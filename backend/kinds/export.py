@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend.errors import UserError
-from backend.store import open_store
+from backend.core.errors import UserError
+from backend.core.store import open_store
 
 KIND = Kind("export", "jobs.export",
            doc="a model as one GGUF file (f16, q8_0, bf16, f32) by llama.cpp's own converter, registered with its lineage")
@@ -19,7 +19,7 @@ KIND = Kind("export", "jobs.export",
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str                                        # registry model name
-    outtype: Literal["f16", "q8_0", "bf16", "f32"] = "f16"   # backend.export.OUTTYPES
+    outtype: Literal["f16", "q8_0", "bf16", "f32"] = "f16"   # backend.pipeline.export.OUTTYPES
     name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # "" = <model>-<outtype>-gguf
 
 

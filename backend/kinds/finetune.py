@@ -11,9 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.kinds import Kind
-from backend import finetune as ft
-from backend.errors import UserError
-from backend.rewards import Reward
+from backend.pipeline import finetune as ft
+from backend.core.errors import UserError
+from backend.pipeline.rewards import Reward
 
 KIND = Kind("finetune", "jobs.finetune", doc="LoRA / QLoRA / full fine-tune of a chat model (transformers + peft)")
 
@@ -76,7 +76,7 @@ class Spec(BaseModel):
     beta: float = Field(0.1, ge=0)                  # dpo/orpo/kto: how far from the reference (ORPO: its lambda); grpo: the KL weight (0: no KL)
     preset: Literal["xtuner", "cpu_demo", "grpo_cpu_demo", "grpo_gpu", "internvl2_2b", "xcomposer2_vl", "llava",
                     "vlm_cpu_demo"] | None = None   # fills the fields the spec leaves out
-    rewards: list[Reward] = []                      # grpo: the rewards and their weights (backend/rewards.py)
+    rewards: list[Reward] = []                      # grpo: the rewards and their weights (backend/pipeline/rewards.py)
     num_generations: int = Field(8, ge=2)           # grpo: answers per prompt (the group)
     max_completion_length: int = Field(256, ge=1)   # grpo: tokens per answer
     temperature: float = Field(1.0, gt=0)           # grpo: sampling temperature

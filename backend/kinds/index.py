@@ -1,5 +1,5 @@
 """The index job's spec (jobs/index.py): a knowledge base from a documents folder (an upload, or the bundled
-demo ``demo``) or a dataset's text column, split into passages and indexed with BM25 (backend/rag.py)."""
+demo ``demo``) or a dataset's text column, split into passages and indexed with BM25 (backend/pipeline/rag.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend import rag
-from backend.errors import UserError
+from backend.pipeline import rag
+from backend.core.errors import UserError
 
 KIND = Kind("index", "jobs.index", cpu_slots=0,
            doc="a knowledge base: documents or a dataset's text split into passages and indexed (BM25, jieba for Chinese)")

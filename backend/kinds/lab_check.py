@@ -1,5 +1,5 @@
 """The lab_check job's spec (jobs/lab_check.py): which lab to check. The student checked is the job's owner,
-never a field: a check reads only its owner's artifacts (backend/labs.py)."""
+never a field: a check reads only its owner's artifacts (backend/pipeline/labs.py)."""
 from __future__ import annotations
 
 from pathlib import Path

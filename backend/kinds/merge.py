@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend import finetune as ft
-from backend.errors import UserError
-from backend.store import open_store
+from backend.pipeline import finetune as ft
+from backend.core.errors import UserError
+from backend.core.store import open_store
 
 KIND = Kind("merge", "jobs.merge", doc="merges a LoRA adapter into its base model and registers the result")
 

@@ -10,9 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from backend.kinds import Kind
-from backend.errors import UserError
+from backend.core.errors import UserError
 from backend.kinds.download import REPO_RE
-from backend.store import open_store
+from backend.core.store import open_store
 
 KIND = Kind("push", "jobs.push", cpu_slots=0,
            doc="uploads a model, adapter or dataset to Hugging Face or ModelScope with a card carrying its lineage")

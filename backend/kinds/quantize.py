@@ -15,11 +15,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend import engines
-from backend.errors import UserError
-from backend.resources import gpus
+from backend.runtime import engines
+from backend.core.errors import UserError
+from backend.runtime.placement import gpus
 from backend.kinds.serve import weights_gb
-from backend.store import open_store
+from backend.core.store import open_store
 
 KIND = Kind("quantize", "jobs.quantize",
            doc="a 4-bit copy of a model (LMDeploy AWQ W4A16 on GPU, bitsandbytes NF4 anywhere) registered with its lineage")

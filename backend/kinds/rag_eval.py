@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import chat
-from backend.errors import UserError
+from backend.pipeline import chat
+from backend.core.errors import UserError
 from backend.kinds import Kind
 
 KIND = Kind("rag_eval", "jobs.rag_eval", cpu_slots=0,

@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend import chat
-from backend.errors import UserError
+from backend.pipeline import chat
+from backend.core.errors import UserError
 
 KIND = Kind("rag_serve", "jobs.rag_serve", cpu_slots=0, long_lived=True,
            doc="a knowledge base + a model endpoint served as an OpenAI-compatible endpoint that answers with retrieved passages")

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend import engines
-from backend.errors import UserError
-from backend.resources import gpus
-from backend.store import open_store
+from backend.runtime import engines
+from backend.core.errors import UserError
+from backend.runtime.placement import gpus
+from backend.core.store import open_store
 
 KIND = Kind("serve", "jobs.serve", long_lived=True,
            doc="an OpenAI-compatible model server (transformers serve, or lmdeploy on GPU) registered as an endpoint")

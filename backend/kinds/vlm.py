@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import remote_code
+from backend.workspace import remote_code
 from backend.kinds import Kind
-from backend.errors import UserError
-from backend.resources import gpus
-from backend.store import open_store
+from backend.core.errors import UserError
+from backend.runtime.placement import gpus
+from backend.core.store import open_store
 
 KIND = Kind("vlm", "jobs.vlm", long_lived=True, doc="an image-text model (LLaVA-style, or XComposer with opt-in) loaded once and served as a streaming endpoint")
 

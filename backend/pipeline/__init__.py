@@ -1,0 +1,1 @@
+"""The camp's pipeline, one module per area: fine-tune, preference data, evaluate, deploy, chat and the OpenAI gateway, agents, image-text, compose, RAG, export, push, labs, and the class console (roster, progress, announcement)."""

@@ -1,0 +1,1 @@
+"""Running jobs: the queue (submit, list, cancel, order), the worker and its executors, placement on GPUs and CPU slots, processes, logs and live views, engines (virtual environments), the sandbox, and model servers' keys and hosts."""
