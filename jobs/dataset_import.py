@@ -145,8 +145,8 @@ def main(spec: Spec, job: Job) -> dict:
     entry = datasets.register(target, name, spec.source, job.home, job_id=job.id,   # the importer's (class mode: private)
                               owner=job.owner, id=spec.id, revision=spec.revision, split=spec.split)
     report = datasets.validate(target, max_errors=20)
-    job.message(f"imported {name}: {entry['meta']['rows']} rows, format {entry['meta']['format']}; {report['summary']}")
-    return {"name": name, "path": str(target), "format": entry["meta"]["format"], "rows": entry["meta"]["rows"],
+    job.message(f"imported {name}: {entry.meta['rows']} rows, format {entry.meta['format']}; {report['summary']}")
+    return {"name": name, "path": str(target), "format": entry.meta["format"], "rows": entry.meta["rows"],
             "validation": report["summary"]}
 
 

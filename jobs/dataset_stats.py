@@ -39,7 +39,7 @@ def strings(value) -> list[str]:
 
 def load_tokenizer(name: str, home: Path):
     entry = open_store(home).get("model", name)
-    path = Path(entry["path"]) if entry else (home / "models" / name)
+    path = Path(entry.path) if entry else (home / "models" / name)
     if not path.is_dir():
         raise JobError(f"no model {name!r} in the registry", BAD_INPUT, "pick a model from the Models page")
     from transformers import AutoTokenizer

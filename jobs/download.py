@@ -547,8 +547,8 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
         shutil.rmtree(dest, ignore_errors=True)
         dest = final
     # the opt-in stays with the code it was given for: new code voids it (remote_code.trust)
-    kept = ({"trust_remote_code": True, "code_sha256": old["meta"].get("code_sha256", "")}
-            if old and old["meta"].get("trust_remote_code") is True else {})
+    kept = ({"trust_remote_code": True, "code_sha256": old.meta.get("code_sha256", "")}
+            if old and old.meta.get("trust_remote_code") is True else {})
     try:
         row = models.register(spec.name, dest, spec.source, id=spec.repo_id, revision=revision, job_id=job_id,
                               owner=job.owner, home=job.home, endpoint=endpoint or "", patterns=spec.allow_patterns,

@@ -31,7 +31,7 @@ def main(spec: Spec, job: Job) -> dict:
     conv = export.converter(job.home)
     job.progress(1, 2, "steps", f"converting {spec.model} to GGUF {spec.outtype}", force=True)
     gguf = tmp / f"{name}.gguf"
-    cmd = export.command(conv, entry["path"], gguf, spec.outtype)
+    cmd = export.command(conv, entry.path, gguf, spec.outtype)
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.monotonic()
     if subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode != 0 or not gguf.is_file():
@@ -39,7 +39,7 @@ def main(spec: Spec, job: Job) -> dict:
                        "llama.cpp converts the architectures and tokenizers it knows: export a merged model of a "
                        "supported family (Llama, Qwen, InternLM2 ...), or try outtype f16")
     seconds = round(time.monotonic() - t0, 1)
-    src = entry["meta"] or {}
+    src = entry.meta or {}
     lineage = {"base_model": (src.get("lineage") or {}).get("base_model") or spec.model, "exported_from": spec.model,
                "method": f"gguf {spec.outtype}", "converter": f"llama.cpp {export.SCRIPT} ({export.LLAMA_CPP_REQUIREMENT})",
                "datasets": (src.get("lineage") or {}).get("datasets", []), "export_job": job_id}

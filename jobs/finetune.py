@@ -440,7 +440,7 @@ class Run:
         store = open_store(self.job.home)
         owner = self.job.owner
         job_id = spec.resume_from
-        if job_id is not None and (store.job(job_id) or {}).get("owner") != owner:
+        if job_id is not None and getattr(store.job(job_id), "owner", None) != owner:
             raise JobError(f"resume_from: job {job_id} is not one of your fine-tune jobs", BAD_INPUT,
                            "resume from one of your own jobs (Jobs page), or leave resume_from empty")
         if job_id is None and spec.resume:

@@ -26,7 +26,7 @@ def main(spec: Spec, job: Job) -> dict:
     entry = store.get("adapter", spec.adapter)
     if entry is None:
         raise JobError(f"no adapter {spec.adapter!r} in the registry", BAD_INPUT)
-    meta = entry["meta"] or {}
+    meta = entry.meta or {}
     try:
         base_path, base_meta = ft.resolve_model(meta.get("base_model", ""), job.home)
     except ValueError as e:
@@ -39,14 +39,14 @@ def main(spec: Spec, job: Job) -> dict:
     loader = AutoModelForImageTextToText if images else AutoModelForCausalLM
     model = loader.from_pretrained(base_path, dtype=dtype, trust_remote_code=remote)
     job.progress(1, 3, "steps", f"applying {spec.adapter}", force=True)
-    model = PeftModel.from_pretrained(model, entry["path"]).merge_and_unload()
+    model = PeftModel.from_pretrained(model, entry.path).merge_and_unload()
     folder = job.home / "models" / name
     job.check_name("model", name)
     tmp = folder.with_name(f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     job.progress(2, 3, "steps", f"saving {folder}", force=True)
     model.save_pretrained(tmp)
-    (AutoProcessor if images else AutoTokenizer).from_pretrained(entry["path"], trust_remote_code=remote).save_pretrained(tmp)
+    (AutoProcessor if images else AutoTokenizer).from_pretrained(entry.path, trust_remote_code=remote).save_pretrained(tmp)
     lineage = {"base_model": meta.get("base_model"), "adapter": spec.adapter, "datasets": meta.get("datasets", []),
                "finetune_job": meta.get("job"), "merge_job": job.id}
     (tmp / "workbench.json").write_text(json.dumps({"lineage": lineage}, ensure_ascii=False, indent=2))

@@ -70,7 +70,7 @@ def main(spec: Spec, job: Job) -> dict:
     folder = job.dir / "upload"
     try:
         job.progress(0, 3, "steps", "writing the card", force=True)
-        size = stage(Path(entry["path"]), folder, push.card(entry, spec.repo_id, job.home))
+        size = stage(Path(entry.path), folder, push.card(entry, spec.repo_id, job.home))
         job.progress(1, 3, "steps", f"repository {spec.repo_id} ({'private' if spec.private else 'public'}), "
                                     f"{size / 1e6:.1f} MB", force=True)
         url, commit = (to_huggingface if spec.hub == "huggingface" else to_modelscope)(spec, token, folder, job)

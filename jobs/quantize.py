@@ -54,12 +54,12 @@ def main(spec: Spec, job: Job) -> dict:
     job.check_name("model", name)
     tmp = folder.with_name(f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    remote = remote_code.trust(entry["path"], job.home)
+    remote = remote_code.trust(entry.path, job.home)
     job.progress(0, 2, "steps", f"quantizing {spec.model} ({spec.method})", force=True)
     if spec.method == "awq_w4a16":
-        awq(spec, Path(entry["path"]), tmp)
+        awq(spec, Path(entry.path), tmp)
     else:
-        nf4(Path(entry["path"]), tmp, remote)
+        nf4(Path(entry.path), tmp, remote)
     job_id = job.id
     lineage = {"base_model": spec.model, "quantized_from": spec.model, "method": spec.method, "quantize_job": job_id,
                **({"calib_dataset": spec.calib_dataset, "calib_samples": spec.calib_samples,

@@ -39,8 +39,8 @@ mine = agent.runs(by=me, home=ui.home())
 current = queue.parse_job_id(st.query_params.get("run"))
 c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
 if mine:
-    ids = [j["id"] for j in mine]
-    prompts = {j["id"]: j["spec"]["prompt"][:60] for j in mine}
+    ids = [j.id for j in mine]
+    prompts = {j.id: j.spec["prompt"][:60] for j in mine}
     picked = c1.selectbox(ui.t("agent.runs"), ids, index=ids.index(current) if current in ids else None,
                           key=f"agent_runs_{current}", format_func=lambda i: ui.t("agent.run", id=i, prompt=prompts[i]))
     if picked and picked != current:
@@ -82,11 +82,11 @@ def follow(job_id: int, every: float | None) -> None:
         for s in view.events.steps:
             step(s)
     c1, c2, c3, c4 = st.columns([3, 1, 2, 2], vertical_alignment="center")
-    c1.markdown(ui.t("agent.state", id=job_id, state=ui.state_label(view.job["state"])))
+    c1.markdown(ui.t("agent.state", id=job_id, state=ui.state_label(view.job.state)))
     if not view.job.finished and ui.cancel_button(c2, view.job, ui.t("agent.stop"), "agent_stop", "primary"):
         view.poll()
-    if view.job.state.unsuccessful and view.job["error_message"]:
-        st.error(ui.t("job.error", cls=view.job["error_class"] or "crash", message=view.job["error_message"]))
+    if view.job.state.unsuccessful and view.job.error_message:
+        st.error(ui.t("job.error", cls=view.job.error_class or "crash", message=view.job.error_message))
     record = agent.trace(job_id, by=me, home=ui.home())
     c3.download_button(ui.t("agent.export.json"), agent.trace_json(record), f"agent-{job_id}.json",
                        "application/json", key="agent_export_json")
@@ -108,13 +108,13 @@ def follow(job_id: int, every: float | None) -> None:
 
 
 if job:
-    for m in job["spec"].get("history", []) + [{"role": "user", "content": job["spec"]["prompt"]}]:
+    for m in job.spec.get("history", []) + [{"role": "user", "content": job.spec["prompt"]}]:
         with st.chat_message(m["role"]):
             st.markdown(m["content"])
-    view = st.session_state.setdefault(keys.job_view(job["id"]), Viewer(job["id"], ui.home()))
+    view = st.session_state.setdefault(keys.job_view(job.id), Viewer(job.id, ui.home()))
     view.poll()
     every = view.interval()
-    st.fragment(follow, run_every=every)(job["id"], every)
+    st.fragment(follow, run_every=every)(job.id, every)
     if not job.finished:
         st.caption(ui.t("agent.wait"))
 
@@ -122,7 +122,7 @@ prompt = st.chat_input(ui.t("agent.ask"), key="agent_prompt", disabled=not targe
 if prompt:
     ep, secret = targets[target]
     try:
-        new = agent.ask(prompt, by=me, tools=tuple(tools), after=job["id"] if job else None,
+        new = agent.ask(prompt, by=me, tools=tuple(tools), after=job.id if job else None, home=ui.home(),
                         **({"url": ep["url"], "model": ep["model"], "key": secret} if ep.get("external")
                            else {"endpoint": ep["name"]}))
     except (queue.SubmitError, users.Refused) as e:

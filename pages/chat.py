@@ -58,15 +58,15 @@ def starting(job_id: int) -> None:
         ui.open_chat_on(ep)
         st.rerun(scope="app")
     with st.container(key="chat_starting", border=True):
-        st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job["state"])))
+        st.markdown(ui.t("chat.starting", id=job_id, state=ui.state_label(job.state)))
         view = st.session_state.setdefault(keys.job_view(job_id), Viewer(job_id, ui.home()))
         view.poll()                                           # reads only what changed (backend.runtime.live)
         p = view.events.progress
         if p and p.get("total"):
             st.progress(min(1.0, p["done"] / p["total"]), text=p.get("message") or "")
         if job.state.unsuccessful:
-            cls = job["error_class"] or "crash"
-            st.error(ui.t("job.error", cls=cls, message=job["error_message"] or ""))
+            cls = job.error_class or "crash"
+            st.error(ui.t("job.error", cls=cls, message=job.error_message or ""))
             st.info(ui.t(errors.SUGGESTIONS.get(cls, "err.crash")))
             if st.button(ui.t("chat.dismiss"), key="chat_dismiss"):
                 st.session_state.pop(S_STARTING, None)

@@ -40,10 +40,10 @@ def roster() -> None:
     if active:
         st.dataframe(ui.jobs_frame_cached(active, "console"), hide_index=True, width="stretch", key="console_jobs")
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-        by_id = {j["id"]: j for j in active}
+        by_id = {j.id: j for j in active}
         pick = c1.selectbox(ui.t("console.cancel_pick"), list(by_id), key="console_pick",
-                            format_func=lambda i: f"{i} · {by_id[i]['owner']} · {by_id[i]['kind']} · "
-                                                  f"{ui.state_label(by_id[i]['state'])} {by_id[i]['label']}")
+                            format_func=lambda i: f"{i} · {by_id[i].owner} · {by_id[i].kind} · "
+                                                  f"{ui.state_label(by_id[i].state)} {by_id[i].label}")
         if ui.cancel_button(c2, by_id[pick], ui.t("job.cancel"), "console_cancel", "primary"):
             st.rerun(scope="fragment")
 

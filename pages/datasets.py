@@ -181,7 +181,7 @@ with st.container(key="ds_table"):
                          key=f"ds_grid_{name}",
                          on_select="rerun", selection_mode="single-row")
     st.caption(ui.t("ds.showing", first=page_no * size + 1 if rows else 0, last=page_no * size + len(rows), total=total))
-if entry["meta"].get("images"):               # an image-text dataset: the page's rows as thumbnails
+if entry.meta.get("images"):               # an image-text dataset: the page's rows as thumbnails
     thumbs = [(r["row"] + 1, f) for r in rows if "record" in r for f in image_text.thumbnails(path, r["record"])[:1]]
     if thumbs:
         with st.container(key="ds_thumbs"):

@@ -177,10 +177,10 @@ def run_actions(job_id: int) -> None:
     """Resume, Merge and Chat with it, beside the job's own Cancel/Retry/Clone (they appear when the run ends:
     the job view reruns the page then)."""
     job = queue.get(job_id, home=ui.home(), by=ui.user())
-    result = logs.result(job["id"], home=ui.home()) or {}
+    result = logs.result(job.id, home=ui.home()) or {}
     c1, c2, c3 = st.columns(3)
     if ft.resumable(job, home=ui.home()) and c1.button(ui.t("ft.resume"), key=f"ft_resume_{job['id']}", type="primary"):
-        new = ui.submit("finetune", {**job["spec"], "resume_from": job["id"], "resume": False})
+        new = ui.submit("finetune", {**job.spec, "resume_from": job.id, "resume": False})
         if new:
             st.session_state[S_JOB] = new
             st.query_params["job"] = str(new)
@@ -194,17 +194,17 @@ def run_actions(job_id: int) -> None:
             b.markdown(before or "∅")
             a.caption(ui.t("ft.after"))
             a.markdown(after or "∅")
-    if job.state == JobState.SUCCEEDED and adapter and job["spec"].get("modality") == "image_text":
+    if job.state == JobState.SUCCEEDED and adapter and job.spec.get("modality") == "image_text":
         if c2.button(ui.t("ft.compare_images"), key=f"ft_vlm_{job['id']}"):    # base and tuned, side by side
-            for spec_ in ({"model": job["spec"]["base_model"]}, {"adapter": adapter}):
+            for spec_ in ({"model": job.spec["base_model"]}, {"adapter": adapter}):
                 ui.submit("vlm", spec_)
             st.switch_page("pages/xcomposer.py")
     elif job.state == JobState.SUCCEEDED and adapter:
         if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job['id']}"):
             ui.submit("merge", {"adapter": adapter})
         if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job['id']}"):
-            ui.chat_if_served(job["spec"]["base_model"], adapter)
-            serve = ui.submit("serve", {"model": job["spec"]["base_model"], "adapter": adapter})
+            ui.chat_if_served(job.spec["base_model"], adapter)
+            serve = ui.submit("serve", {"model": job.spec["base_model"], "adapter": adapter})
             if serve:
                 st.session_state[keys.CHAT_STARTING] = serve       # the Chat page follows the starting server
                 st.switch_page("pages/chat.py")
@@ -216,10 +216,10 @@ if job_id:
         job = queue.get(int(job_id), by=ui.user(), home=ui.home())
     except (KeyError, ValueError):      # no such job, not a number, or not this student's
         job = None
-    if job and job["kind"] == "finetune":
+    if job and job.kind == "finetune":
         with st.container(key="ft-run", border=True):
-            run_actions(job["id"])
-            ui.job_view(job["id"])
+            run_actions(job.id)
+            ui.job_view(job.id)
 
 # -- several runs on one chart ------------------------------------------------------------------------
 def compare_runs() -> list[dict]:
@@ -244,7 +244,7 @@ adapters = ft.adapters(by=ui.user(), home=ui.home())
 if adapters:
     st.subheader(ui.t("ft.adapters"))
     st.dataframe(pd.DataFrame([{
-        ui.t("ft.col.name"): a["name"], ui.t("ft.base_model"): a["meta"].get("base_model"),
-        ui.t("ft.datasets"): ", ".join(a["meta"].get("datasets", [])), ui.t("ft.method"): a["meta"].get("method"),
-        ui.t("ft.col.loss"): (a["meta"].get("metrics") or {}).get("final_loss"), ui.t("ft.col.job"): a["job_id"],
-        ui.t("ft.col.when"): ui.when(a["created_at"])} for a in adapters]), hide_index=True)
+        ui.t("ft.col.name"): a.name, ui.t("ft.base_model"): a.meta.get("base_model"),
+        ui.t("ft.datasets"): ", ".join(a.meta.get("datasets", [])), ui.t("ft.method"): a.meta.get("method"),
+        ui.t("ft.col.loss"): (a.meta.get("metrics") or {}).get("final_loss"), ui.t("ft.col.job"): a.job_id,
+        ui.t("ft.col.when"): ui.when(a.created_at)} for a in adapters]), hide_index=True)

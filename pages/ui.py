@@ -295,8 +295,8 @@ def _actions(job) -> bool:
                 st.query_params["job"] = str(new_id)
                 st.rerun(scope="app")
     if cols[1].button(t("job.clone"), key=f"clone-{job.id}"):
-        kind, spec = queue.clone(job["id"], home=home(), by=user())
-        st.info(t("job.cloned", id=job["id"]))
+        kind, spec = queue.clone(job.id, home=home(), by=user())
+        st.info(t("job.cloned", id=job.id))
         st.code(f"# python -m backend submit {kind} spec.yaml\n" + yaml.safe_dump(spec, allow_unicode=True,
                                                                                  sort_keys=False), language="yaml")
     return acted

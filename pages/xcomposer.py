@@ -25,9 +25,9 @@ def starting(job_id: int) -> None:
         st.session_state.pop(S_STARTING, None)
         st.rerun(scope="app")
     with st.container(key="xc_starting", border=True):
-        st.markdown(ui.t("xc.starting", id=job_id, state=ui.state_label(job["state"])))
+        st.markdown(ui.t("xc.starting", id=job_id, state=ui.state_label(job.state)))
         if job.state.unsuccessful:
-            st.error(ui.t("job.error", cls=job["error_class"] or "crash", message=job["error_message"] or ""))
+            st.error(ui.t("job.error", cls=job.error_class or "crash", message=job.error_message or ""))
             if st.button(ui.t("xc.dismiss"), key="xc_dismiss"):
                 st.session_state.pop(S_STARTING, None)
                 st.rerun(scope="app")
@@ -53,7 +53,7 @@ with st.container(key="xc_endpoint", border=True):
         job_id = ui.submit("vlm", {"model": model})      # refusals (no GPU, not image-text...) show here
         if job_id:
             st.session_state[S_STARTING] = job_id
-    tuned = [a["name"] for a in finetune.adapters(by=ui.user(), home=ui.home()) if a["meta"].get("modality") == "image_text"]
+    tuned = [a.name for a in finetune.adapters(by=ui.user(), home=ui.home()) if a.meta.get("modality") == "image_text"]
     if tuned:                                             # an image-text fine-tune's adapter on its base model
         cols = st.columns([3, 1])
         adapter = cols[0].selectbox(ui.t("xc.adapter"), tuned, key="xc_adapter")
@@ -261,7 +261,7 @@ def compare() -> None:
             for col, e, key in zip(st.columns(2), (ep, other), ("xc_compare_a", "xc_compare_b")):
                 with col, st.container(key=key, border=True):
                     st.markdown(f"**{e['name']}**")
-                    shown(lambda e=e: vlm.stream(e, ask, by=ui.user(), **sampling))
+                    shown(lambda e=e: vlm.stream(e, ask, by=ui.user(), home=ui.home(), **sampling))
 
 
 if mode == "chat":

@@ -21,7 +21,7 @@ from tests.fixtures.fake_openai import FakeOpenAI
 def answer(ep: dict, prompt: str = "Hello, who are you?", **kw) -> tuple[str, dict]:
     stats: dict = {}
     text = "".join(chat.stream_chat(ep, chat.build_messages([], prompt), temperature=0.0, max_tokens=8,
-                                    stats=stats, **kw))
+                                    stats=stats, by=users.OPERATOR, home=defaults.home(), **kw))
     return text, stats
 
 

@@ -55,7 +55,7 @@ def resolve(spec: Spec, home: Path) -> dict:
         m = resolve(Spec(**{**spec.model_dump(), "adapter": "", "model": base}), home)
         if m["xcomposer"]:
             raise UserError("err.vlm.adapter_base", name=spec.adapter, base=base)
-        return {**m, "name": spec.adapter, "base": m["name"], "adapter": Path(adapter["path"])}
+        return {**m, "name": spec.adapter, "base": m["name"], "adapter": Path(adapter.path)}
     if spec.model:
         entry = open_store(home).get("model", spec.model)
         if entry is None:

@@ -79,9 +79,9 @@ def servable(home: Path, by: users.Actor) -> list[dict]:
     models = {m["name"] for m in ownership.items("model", by, home)}
     out = [{"label": f"{m} (model)", "spec": {"model": m}} for m in sorted(models)]
     for a in ownership.items("adapter", by, home):
-        base = a["meta"].get("base_model", "")
+        base = a.meta.get("base_model", "")
         if base in models:
-            out.append({"label": f"{base} + {a['name']} (adapter)", "spec": {"model": base, "adapter": a["name"]}})
+            out.append({"label": f"{base} + {a.name} (adapter)", "spec": {"model": base, "adapter": a.name}})
     return out
 
 

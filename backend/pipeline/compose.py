@@ -212,9 +212,10 @@ def edit_prompt(action: str, paragraph: str, context: str) -> str:
             f"Paragraph:\n{paragraph}")
 
 
-def ask(endpoint: dict, prompt: str, images: list | None = None, **kw):
-    """Stream one single-turn request (text deltas); VLMError on failure."""
-    return stream(endpoint, [{"role": "user", "content": prompt, "images": list(images or [])}], **kw)
+def ask(endpoint: dict, prompt: str, images: list | None = None, *, by: users.Actor, home: Path, **sampling):
+    """Stream one single-turn request (text deltas) as ``by``; VLMError on failure."""
+    return stream(endpoint, [{"role": "user", "content": prompt, "images": list(images or [])}], by=by, home=home,
+                  **sampling)
 
 
 # -- drafts ------------------------------------------------------------------------------------------

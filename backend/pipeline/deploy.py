@@ -88,7 +88,7 @@ def measure(ep: dict, tokens: int = 32, clients: int = 8, repeat: int = 1, *, ho
     tpsn, ttftn = median_of(repeat, lambda: concurrent(ep, tokens, clients))
     job = open_store(home).job(ep["job_id"])
     return {"ttft_ms": round(ttft * 1000), "tps_1": round(tps1, 1), f"tps_{clients}": round(tpsn, 1),
-            "clients": clients, "ttft_ms_n": round(ttftn * 1000), "memory_gb": server_memory_gb(job["pid"] if job else None),
+            "clients": clients, "ttft_ms_n": round(ttftn * 1000), "memory_gb": server_memory_gb(job.pid if job else None),
             "continuous_batching": bool(ep.get("continuous_batching")), "kv_cache_gb": ep.get("kv_cache_gb"),
             "engine": ep.get("engine"), "device": ep.get("device"), "tokens": tokens, "when": time.time()}
 
@@ -99,12 +99,12 @@ def family(model: str, home: Path, by: users.Actor) -> list[str]:
     store = open_store(home)
     seen = {model}
     root = model
-    while (e := store.get("model", root)) and e["meta"].get("quantized_from") and e["meta"]["quantized_from"] not in seen:
-        root = e["meta"]["quantized_from"]
+    while (e := store.get("model", root)) and e.meta.get("quantized_from") and e.meta["quantized_from"] not in seen:
+        root = e.meta["quantized_from"]
         seen.add(root)
     out = [root]
     for e in ownership.items("model", by, home):
-        if e["meta"].get("quantized_from") in out and e["name"] not in out:
+        if e.meta.get("quantized_from") in out and e.name not in out:
             out.append(e["name"])
     return out
 
@@ -112,14 +112,14 @@ def family(model: str, home: Path, by: users.Actor) -> list[str]:
 def eval_score(names: list[str], home: Path) -> tuple[str, dict[str, float]] | None:
     """(eval run, {model: mean score}) of the newest evaluation run that measured every one of ``names``."""
     for run in open_store(home).items("eval"):
-        if set(names) <= set(run["meta"].get("models", [])):
+        if set(names) <= set(run.meta.get("models", [])):
             scores = {}
             for n in names:
-                vals = [float(r[n]) for r in run["meta"].get("table", []) if is_number(r.get(n))]
+                vals = [float(r[n]) for r in run.meta.get("table", []) if is_number(r.get(n))]
                 if vals:
                     scores[n] = round(sum(vals) / len(vals), 2)
             if len(scores) == len(names):
-                return run["name"], scores
+                return run.name, scores
     return None
 
 
@@ -151,9 +151,9 @@ def table(model: str, home: Path, by: users.Actor) -> list[dict]:
         if e is None:
             continue
         ep = serving(n, home, by)
-        rows.append({"model": n, "method": e["meta"].get("quant_method") or "original",
+        rows.append({"model": n, "method": e.meta.get("quant_method") or "original",
                      "weights": weights_bytes(e["path"]), "endpoint": ep["name"] if ep else None,
-                     "figures": e["meta"].get("deploy") or {},
+                     "figures": e.meta.get("deploy") or {},
                      "score": score[1][n] if score else None, "eval_run": score[0] if score else None})
     return rows
 
@@ -167,13 +167,13 @@ def measure_variant(model: str, tokens: int = 32, clients: int = 8, *, home: Pat
     figures = measure(ep, tokens, clients, home=home)
     store = open_store(home)
     e = store.get("model", model)
-    store.put("model", model, e["path"], {**e["meta"], "deploy": figures}, job_id=e["job_id"], owner=e["owner"])
+    store.put("model", model, e.path, {**e.meta, "deploy": figures}, job_id=e.job_id, owner=e.owner)
     return figures
 
 
 def models(home: Path, by: users.Actor) -> list[str]:
     """Registry models ``by`` may use to compare, those with quantised copies first."""
     entries = ownership.items("model", by, home)
-    roots = {e["meta"].get("quantized_from") for e in entries}
-    return sorted((e["name"] for e in entries if not e["meta"].get("quantized_from")),
+    roots = {e.meta.get("quantized_from") for e in entries}
+    return sorted((e.name for e in entries if not e.meta.get("quantized_from")),
                   key=lambda n: (n not in roots, n))

@@ -63,20 +63,20 @@ def model_choices(home: Path, by: users.Actor) -> list[dict]:
     store = open_store(home)
     out = []
     for m in ownership.items("model", by, home):
-        out.append({"name": m["name"], "kind": "model", "ref": {"name": m["name"], "path": m["path"]}})
+        out.append({"name": m.name, "kind": "model", "ref": {"name": m.name, "path": m.path}})
     for a in ownership.items("adapter", by, home):
-        base = (a["meta"] or {}).get("base_model", "")
+        base = (a.meta or {}).get("base_model", "")
         entry = store.get("model", base) if base else None
-        base_path = entry["path"] if entry else base if base and Path(base, "config.json").is_file() else ""
-        item = {"name": a["name"], "kind": "adapter", "base": base,
-                "ref": {"name": a["name"], "path": base_path, "peft_path": a["path"]} if base_path else None}
+        base_path = entry.path if entry else base if base and Path(base, "config.json").is_file() else ""
+        item = {"name": a.name, "kind": "adapter", "base": base,
+                "ref": {"name": a.name, "path": base_path, "peft_path": a.path} if base_path else None}
         if not base_path:
             item["problem"] = UserError("err.eval.base_missing", base=base)
         out.append(item)
     try:
         live = endpoints(home, by)
     except ImportError:
-        live = [{"name": e["name"], **e["meta"]} for e in ownership.items("endpoint", by, home)]
+        live = [{"name": e.name, **e.meta} for e in ownership.items("endpoint", by, home)]
     for e in live:
         if not e.get("url"):
             continue
@@ -113,7 +113,7 @@ def external_ref(url: str, api_model: str = "", tokenizer_model: str = "", *, ho
     entry = open_store(home).get("model", tokenizer_model) if tokenizer_model else None
     name = api_model.strip().rstrip("/").rsplit("/", 1)[-1] or urlparse(url).netloc or "external"
     return {"name": abbr(name), "url": url,
-            "api_model": api_model.strip(), "tokenizer_path": entry["path"] if entry else ""}
+            "api_model": api_model.strip(), "tokenizer_path": entry.path if entry else ""}
 
 
 def dataset_choices(home: Path, by: users.Actor) -> list[dict]:

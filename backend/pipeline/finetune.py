@@ -442,8 +442,8 @@ def measured_throughput(base_model: str, on_gpu: bool, home: Path) -> float | No
     device (from their result.json); None when there is none."""
     rates = []
     for job in open_store(home).jobs(states=[JobState.SUCCEEDED], kind="finetune", limit=10):
-        rate = (logs.result(job["id"], home) or {}).get("tokens_per_s")
-        if rate and job["spec"].get("base_model") == base_model and bool((job["given"] or {}).get("gpus")) == on_gpu:
+        rate = (logs.result(job.id, home) or {}).get("tokens_per_s")
+        if rate and job.spec.get("base_model") == base_model and bool((job.given or {}).get("gpus")) == on_gpu:
             rates.append(float(rate))
     return sorted(rates)[len(rates) // 2] if rates else None
 

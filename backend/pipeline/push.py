@@ -19,7 +19,7 @@ CARD_KEYS = ("base_model", "adapter", "datasets", "method", "exported_from", "qu
 
 def lineage(entry: Entry, home: Path) -> dict:
     """What the entry came from, gathered from its own meta and, for a merged model, its adapter's."""
-    meta = entry["meta"] or {}
+    meta = entry.meta or {}
     lin = {**{k: meta[k] for k in CARD_KEYS if meta.get(k)}, **(meta.get("lineage") or {})}
     adapter = open_store(home).get("adapter", lin["adapter"]) if lin.get("adapter") else None
     spec = meta.get("spec") or ((adapter["meta"] or {}).get("spec") if adapter else None) or {}
@@ -28,7 +28,7 @@ def lineage(entry: Entry, home: Path) -> dict:
              if spec.get(k) not in (None, "")}
     metrics = meta.get("metrics") or ((adapter["meta"] or {}).get("metrics") if adapter else None) or {}
     evals = [{"eval": e["name"], **row} for e in open_store(home).items("eval")
-             for row in (e["meta"] or {}).get("table", []) if row.get("model") == entry["name"]]
+             for row in (e.meta or {}).get("table", []) if row.get("model") == entry.name]
     return {"lineage": {k: v for k, v in lin.items() if v not in (None, "", [])}, "hyperparameters": hyper,
             "metrics": {k: v for k, v in metrics.items() if v is not None}, "evaluations": evals}
 
@@ -38,15 +38,15 @@ def card(entry: Entry, repo_id: str, home: Path) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
     info = lineage(entry, home)
     lin = info["lineage"]
-    tags = ["lab-workbench", *(t for t in (lin.get("method"), entry["meta"].get("format")) if t)]
-    extra = {"workbench": {"name": entry["name"], "type": str(entry["type"]), **info}}
-    if entry["type"] == "dataset":
+    tags = ["lab-workbench", *(t for t in (lin.get("method"), entry.meta.get("format")) if t)]
+    extra = {"workbench": {"name": entry.name, "type": str(entry.type), **info}}
+    if entry.type == "dataset":
         data = DatasetCardData(tags=tags, **extra)
         kind, cls = "dataset", DatasetCard
     else:
         data = ModelCardData(base_model=lin.get("base_model"), datasets=lin.get("datasets") or None, tags=tags,
-                             library_name="peft" if entry["type"] == "adapter" else
-                             "gguf" if entry["meta"].get("format") == "gguf" else "transformers", **extra)
+                             library_name="peft" if entry.type == "adapter" else
+                             "gguf" if entry.meta.get("format") == "gguf" else "transformers", **extra)
         kind, cls = "model", ModelCard
     rows = "\n".join(f"| {k} | {v} |" for k, v in {**lin, **info["hyperparameters"], **info["metrics"]}.items())
     text = (f"---\n{data.to_yaml()}\n---\n\n# {repo_id.split('/')[-1]}\n\nThis {kind} ({entry['type']} "

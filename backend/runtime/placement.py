@@ -61,7 +61,7 @@ def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) 
             raise NeverFits("err.res.gpu_mem", mem=mem, largest=max(g.total_gb for g in gpu_list))
         reserved = {g.index: 0.0 for g in gpu_list}
         for job in active:
-            given = job.get("given") or {}
+            given = job.given or {}
             for i in given.get("gpus", []):
                 reserved[i] = reserved.get(i, 0.0) + float(given.get("gpu_mem_gb") or 0)
         free = {g.index: g.total_gb - max(g.used_gb, reserved[g.index]) - GPU_HEADROOM_GB for g in gpu_list}

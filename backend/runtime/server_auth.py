@@ -41,5 +41,5 @@ def idle_too_long(last_request: float, device: str, now: float) -> bool:
 def key_for_url(url: str, home) -> str:
     """The key of the workbench endpoint at ``url`` ('' when it is not one of ours)."""
     want = url.rstrip("/")
-    return next((e["meta"].get("api_key", "") for e in open_store(home).items("endpoint")
-                 if str(e["meta"].get("url", "")).rstrip("/") == want), "")
+    return next((e.meta.get("api_key", "") for e in open_store(home).items("endpoint")
+                 if str(e.meta.get("url", "")).rstrip("/") == want), "")

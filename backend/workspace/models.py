@@ -228,7 +228,7 @@ def import_folder(path: str | Path, name: str | None = None, *, owner: str, home
 def _adapter_counts(home: Path | None, by) -> dict[str, int]:
     counts: dict[str, int] = {}
     for a in ownership.items("adapter", by, home):
-        base = (a.get("meta") or {}).get("base_model")
+        base = (a.meta or {}).get("base_model")
         if base:
             counts[base] = counts.get(base, 0) + 1
     return counts
