@@ -8,13 +8,8 @@ from backend.core.states import ACTIVE, JobState
 
 
 class Record:
-    """Read access by field name too (``job["owner"]``), for code that shows rows as tables."""
-
-    def __getitem__(self, name: str):
-        return getattr(self, name)
-
-    def get(self, name: str, default=None):
-        return getattr(self, name, default)
+    """A store row with typed fields (``job.owner``, ``entry.meta``); ``as_dict`` for code that shows rows as
+    tables. No dict access: one spelling per field."""
 
     def as_dict(self) -> dict:
         return asdict(self)
