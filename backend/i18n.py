@@ -946,6 +946,15 @@ STRINGS: dict[str, dict[str, str]] = {
     "job.tensorboard": {"en": "TensorBoard event files: `{folder}` (the operator serves every job's with "
                                "`python -m backend tensorboard`)",
                         "zh": "TensorBoard 事件文件：`{folder}`（管理员可用 `python -m backend tensorboard` 查看所有作业的曲线）"},
+    "job.wandb": {"en": "Weights & Biases offline run: `{folder}` (upload it with your own key: `wandb sync {folder}/wandb/offline-run-*`)",
+                  "zh": "Weights & Biases 离线运行：`{folder}`（用你自己的密钥上传：`wandb sync {folder}/wandb/offline-run-*`）"},
+    "job.swanlab": {"en": "SwanLab offline run: `{folder}` (upload it with your own key: `swanlab sync {folder}/run-*`)",
+                    "zh": "SwanLab 离线运行：`{folder}`（用你自己的密钥上传：`swanlab sync {folder}/run-*`）"},
+    "ft.trackers": {"en": "Also track in", "zh": "同时记录到"},
+    "ft.trackers.help": {"en": "TensorBoard always records the run. W&B and SwanLab record it offline in the job's folder "
+                                 "(no network, no key); sync the folder later with your own account.",
+                         "zh": "TensorBoard 总会记录本次训练。W&B 与 SwanLab 以离线模式记录在作业文件夹中（无需网络和密钥），"
+                               "之后可用你自己的账号同步上传。"},
     "err.export.already_gguf": {"en": "{name} is a GGUF file already: export the transformers model it came from",
                                 "zh": "{name} 已经是 GGUF 文件：请导出它所来自的 transformers 模型"},
     "models.export.outtype": {"en": "GGUF type", "zh": "GGUF 类型"},

@@ -234,7 +234,7 @@ def oom_error(spec: Spec, e: BaseException) -> JobError:
 
 def main(spec: Spec, job: Job) -> dict:
     try:
-        with tracking.tensorboard(job):
+        with tracking.trackers(job, spec.trackers, spec.model_dump(mode="json")):
             return Run(spec, job).train()
     except (RuntimeError, MemoryError) as e:          # torch.OutOfMemoryError is a RuntimeError
         if is_oom(e):

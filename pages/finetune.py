@@ -56,9 +56,13 @@ with st.container(key="ft-form", border=True):
             else:
                 chosen[field] = int(col.number_input(field, value=int(default), step=1, key=key))
         prompts = st.text_area(ui.t("ft.sample_prompts"), "Who are you?\n你是谁？", key="ft_prompts", height=68)
+        trackers = st.multiselect(ui.t("ft.trackers"), ["wandb", "swanlab"], key="ft_trackers",
+                                  format_func={"wandb": "Weights & Biases", "swanlab": "SwanLab"}.get,
+                                  help=ui.t("ft.trackers.help"))
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
             **({"objective": objective} if objective != "sft" else {}),
             **({"name": name.strip()} if name.strip() else {}),
+            **({"trackers": trackers} if trackers else {}),
             **{k: v for k, v in chosen.items() if v != values[k]},
             "sample_prompts": [p.strip() for p in prompts.splitlines() if p.strip()]}
 

@@ -360,6 +360,9 @@ def _charts(job_id: int) -> None:
             series_charts(ev.series)
             if (folder := paths.job_dir(job_id, home=home()) / defaults.TENSORBOARD_DIR).is_dir():
                 st.caption(t("job.tensorboard", folder=folder))
+            for tracker, sub in defaults.TRACKER_DIRS.items():
+                if (folder := paths.job_dir(job_id, home=home()) / sub).is_dir():
+                    st.caption(t(f"job.{tracker}", folder=folder))
 
 
 def _num(x) -> str:
