@@ -963,6 +963,17 @@ STRINGS: dict[str, dict[str, str]] = {
                            "zh": "由 llama.cpp 自带的转换脚本写出一个 .gguf 文件，可用于 llama.cpp、Ollama、LM Studio："
                                  "f16 保留原权重，q8_0 约为一半大小"},
     "models.export.go": {"en": "Export to GGUF", "zh": "导出为 GGUF"},
+    "err.push.hub": {"en": "{hub} refused the upload: {error}", "zh": "{hub} 拒绝了上传：{error}"},
+    "err.push.hub.tip": {"en": "the log above names each file's reason (a full quota, a refused token); retry the job: "
+                               "files the hub already holds are skipped",
+                         "zh": "上方日志写明了每个文件的原因（配额已满、令牌被拒等）；重试该作业即可，仓库中已有的文件会被跳过"},
+    "err.export.no_model": {"en": "no model named {name!r} in the registry", "zh": "注册表中没有名为 {name!r} 的模型"},
+    "err.export.convert_failed": {"en": "llama.cpp's {script} failed (see the log above)",
+                                  "zh": "llama.cpp 的 {script} 转换失败（见上方日志）"},
+    "err.export.convert_failed.tip": {"en": "llama.cpp converts the architectures and tokenizers it knows: export a merged "
+                                            "model of a supported family (Llama, Qwen, InternLM2 ...), or try outtype f16",
+                                      "zh": "llama.cpp 只能转换它支持的架构与分词器：请导出受支持系列（Llama、Qwen、InternLM2 等）"
+                                            "的合并模型，或改用 outtype f16"},
     "err.push.no_entry": {"en": "no {type} named {name!r} in the registry", "zh": "注册表中没有名为 {name!r} 的{type}"},
     "err.push.no_token": {"en": "pushing to {hub} needs your access token (a write token from your account's settings)",
                           "zh": "推送到 {hub} 需要你的访问令牌（在账号设置中创建一个有写权限的令牌）"},

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import logs, queue, users
+from backend import errors, logs, queue, users
 from backend.store import open_store
 from tests.conftest import ROOT, run_burst
 
@@ -98,3 +98,19 @@ def test_smollm2_merged_with_a_cpu_demo_adapter_answers_the_same_after_export(ho
     got = answer(AutoTokenizer.from_pretrained(folder, gguf_file=name), load_gguf(entry))
     print(want, "|", got)
     assert got == want and want.strip()
+
+
+def test_a_failed_conversion_says_so_in_the_readers_language(home, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}')
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    open_store(home).put("model", "odd", str(folder), {}, owner="local")
+    job_id = queue.submit("export", {"model": "odd"}, owner="local", home=home)
+    run_burst(home, timeout=300)
+    job, result = queue.get(job_id, home, by=users.OPERATOR), logs.result(job_id, home)
+    assert job["state"] == "failed" and job["error_class"] == "bad_input"
+    assert job["error_message"] == "llama.cpp's convert_hf_to_gguf.py failed (see the log above)"
+    assert errors.job_message(result, "zh") == "llama.cpp 的 convert_hf_to_gguf.py 转换失败（见上方日志）"
+    assert errors.job_suggestion(result, "zh").startswith("llama.cpp 只能转换它支持的架构")
+    assert errors.job_suggestion(result, "en").startswith("llama.cpp converts the architectures")

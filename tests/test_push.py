@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import defaults, logs, push as push_, queue, users
+from backend import defaults, errors, logs, push as push_, queue, users
 from backend.store import open_store
 from tests.conftest import run_burst, wait_for
 from tests.hubserver import Hub
@@ -63,6 +63,8 @@ def test_push_uploads_the_files_with_a_lineage_card_and_says_why_it_fails(home, 
             job = queue.get(job_id, home, by=users.OPERATOR)
             assert job["state"] == "failed" and sentence in job["error_message"], job["error_message"]
             assert "Traceback" not in logs.tail(job_id, 40, home=home)
+        zh = errors.job_message(logs.result(bad, home), "zh")        # the job's sentence, keyed: in the reader's language
+        assert zh == f"{to} 拒绝了该令牌：请确认令牌属于你、未过期且有写权限"
         hub.quota = 1000
         full = push("ann/big", hub, to=to)
         run_burst(home, timeout=300)
