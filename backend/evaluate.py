@@ -10,7 +10,7 @@ import io
 import re
 from pathlib import Path
 
-from backend import engines, logs, ownership, queue, server_auth, users
+from backend import engines, logs, models, ownership, queue, server_auth, users
 from backend.chat import check_use, endpoints
 from backend.datasets import list_datasets
 from backend.errors import UserError
@@ -62,7 +62,9 @@ def model_choices(home: Path, by: users.Actor) -> list[dict]:
     store = open_store(home)
     out = []
     for m in ownership.items("model", by, home):
-        out.append({"name": m["name"], "kind": "model", "ref": {"name": m["name"], "path": m["path"]}})
+        gguf = models.gguf_of(m)
+        out.append({"name": m["name"], "kind": "model", "ref": {"name": m["name"], "path": m["path"],
+                                                                **({"gguf_file": gguf.name} if gguf else {})}})
     for a in ownership.items("adapter", by, home):
         base = (a["meta"] or {}).get("base_model", "")
         entry = store.get("model", base) if base else None

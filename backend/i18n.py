@@ -967,6 +967,17 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.push.hub.tip": {"en": "the log above names each file's reason (a full quota, a refused token); retry the job: "
                                "files the hub already holds are skipped",
                          "zh": "上方日志写明了每个文件的原因（配额已满、令牌被拒等）；重试该作业即可，仓库中已有的文件会被跳过"},
+    "err.gguf.dequantize": {"en": "transformers' GGUF loader could not read {name} (see the log above): it reads the "
+                                  "architectures it knows (Llama, Qwen2, Mistral ...)",
+                            "zh": "transformers 的 GGUF 加载器无法读取 {name}（见上方日志）：它只能读取已知架构（Llama、Qwen2、Mistral 等）"},
+    "err.serve.gguf_adapter": {"en": "{name} is a GGUF file: an adapter goes on the transformers model it was trained on",
+                               "zh": "{name} 是 GGUF 文件：适配器请加载到它训练时所用的 transformers 模型上"},
+    "err.eval.not_gguf": {"en": "{name}: {path} is not a GGUF file (or has an adapter, which a GGUF cannot take)",
+                          "zh": "{name}：{path} 不是 GGUF 文件（或带有适配器，而 GGUF 不能加载适配器）"},
+    "models.gguf.note": {"en": "A GGUF file for llama.cpp, Ollama or LM Studio. Chat and Evaluate read it with transformers' "
+                               "GGUF loader, dequantized (the exported weights, at the speed of the unquantized model).",
+                         "zh": "供 llama.cpp、Ollama、LM Studio 使用的 GGUF 文件。聊天与评测用 transformers 的 GGUF 加载器"
+                               "读取并反量化（即导出的权重，速度与未量化模型相同）。"},
     "err.export.no_model": {"en": "no model named {name!r} in the registry", "zh": "注册表中没有名为 {name!r} 的模型"},
     "err.export.convert_failed": {"en": "llama.cpp's {script} failed (see the log above)",
                                   "zh": "llama.cpp 的 {script} 转换失败（见上方日志）"},

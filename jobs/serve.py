@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 
-from backend import defaults, engines, remote_code, server_auth, server_host
+from backend import defaults, engines, models, remote_code, server_auth, server_host
+from backend.errors import UserError
 from backend.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.registry import endpoint_meta
 from backend.resources import gpus
@@ -237,7 +238,14 @@ def main(spec: Spec, job: Job) -> dict:
     try:
         # (endpoint name, folder, source); with an adapter, transformers also serves the base beside the
         # merged copy, so base and fine-tuned compare on one server (one CPU slot)
-        served = [(name, merge_adapter(model, adapter, merged, job, remote) if adapter else Path(model["path"]), label)]
+        model_path = Path(model["path"])
+        if (gguf := models.gguf_of(model)) is not None:   # a GGUF export (no adapter: refused at submit)
+            job.message(f"{model['name']}: dequantizing {gguf.name} with transformers' GGUF loader")
+            model_path = job.dir / "gguf-model"
+            if subprocess.run(models.dequantize_command(gguf, model_path, job.home),
+                              stdin=subprocess.DEVNULL, check=False).returncode != 0:
+                raise JobError(UserError("err.gguf.dequantize", name=model["name"]), BAD_INPUT)
+        served = [(name, merge_adapter(model, adapter, merged, job, remote) if adapter else model_path, label)]
         if adapter and spec.engine == "transformers":
             served.append((f"{spec.name} (base)" if spec.name else f"{model['name']} #{job_id}",
                            Path(model["path"]), model["name"]))

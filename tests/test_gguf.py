@@ -4,6 +4,8 @@ GGUF loader (the bundled model's path), registered with their lineage and their 
 merged with a CPU-demo adapter answers the same after export."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backend import errors, logs, queue, users
@@ -114,3 +116,47 @@ def test_a_failed_conversion_says_so_in_the_readers_language(home, tmp_path):
     assert errors.job_message(result, "zh") == "llama.cpp 的 convert_hf_to_gguf.py 转换失败（见上方日志）"
     assert errors.job_suggestion(result, "zh").startswith("llama.cpp 只能转换它支持的架构")
     assert errors.job_suggestion(result, "en").startswith("llama.cpp converts the architectures")
+
+
+@pytest.mark.slow
+def test_a_gguf_export_is_served_for_chat_and_evaluated(home, worker, tmp_path):
+    """The Models page's Chat and Evaluate on a GGUF entry: the serve job and the evaluate job read the .gguf with
+    transformers' GGUF loader (dequantized into the job folder); the served answer is the GGUF's own."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend import chat, evaluate as ev
+    from tests.conftest import endpoint_of
+    from tests.fixtures.tiny_model import make_tiny_llama_spm
+    from tests.test_evaluate import SAMPLES, engine_or_skip, finished
+    open_store(home).put("model", "tiny", str(make_tiny_llama_spm(tmp_path / "tiny-spm")), owner="local")
+    export_id = queue.submit("export", {"model": "tiny", "outtype": "q8_0"}, owner="local", home=home)
+    assert finished(home, export_id, 300)["state"] == "succeeded", logs.tail(export_id, 40, home=home)
+    entry = open_store(home).get("model", "tiny-q8_0-gguf")
+    open_store(home).put("adapter", "a", str(tmp_path), {"base_model": "tiny-q8_0-gguf"}, owner="local")
+    with pytest.raises(queue.SubmitError, match="is a GGUF file"):            # an adapter goes on a transformers model
+        queue.submit("serve", {"adapter": "a"}, owner="local", home=home)
+
+    serve_id = queue.submit("serve", {"model": "tiny-q8_0-gguf", "name": "gguf-ep"}, owner="local", home=home)
+    ep = endpoint_of(home, serve_id, 240)
+    served = "".join(chat.stream_chat(ep, chat.build_messages([], "Who are you?"), temperature=0.0, max_tokens=6,
+                                      by=users.OPERATOR, home=home))
+    folder, name = Path(entry["path"]), entry["meta"]["gguf_file"]
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = load_gguf(entry).generate(ids, max_new_tokens=6, do_sample=False)
+    assert served == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) and served
+    assert "dequantizing" in logs.tail(serve_id, 80, home=home)
+    queue.cancel(serve_id, home, by=users.OPERATOR)
+    finished(home, serve_id, 30)
+
+    engine_or_skip()
+    [ref] = [m["ref"] for m in ev.model_choices(home, by=users.OPERATOR) if m["name"] == "tiny-q8_0-gguf"]
+    assert ref == {"name": "tiny-q8_0-gguf", "path": entry["path"], "gguf_file": name}
+    job_id = ev.submit({"name": "gguf-eval", "models": [ref], "max_out_len": 4, "batch_size": 2,
+                        "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 2}]}, owner="local", home=home)
+    job = finished(home, job_id, 600)
+    assert job["state"] == "succeeded", (job["error_message"], logs.tail(job_id, 60, home=home))
+    res = ev.result(job_id, home, by=users.OPERATOR)
+    assert [(t["dataset"], t["model"]) for t in res["table"]] == [("easy_qa", "tiny-q8_0-gguf")]

@@ -49,6 +49,8 @@ def resolve(spec: Spec, home: Path) -> tuple[dict, dict | None]:
     model = store.get("model", model_name)
     if model is None:
         raise UserError("err.spec.no_model", name=model_name)
+    if adapter and (model["meta"] or {}).get("format") == "gguf":
+        raise UserError("err.serve.gguf_adapter", name=model["name"])
     for entry in filter(None, (model, adapter)):
         if not Path(entry["path"]).is_dir():
             raise UserError("err.spec.folder_missing", type=entry['type'], name=entry['name'], path=entry['path'])
