@@ -28,7 +28,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend import chat, datasets, defaults, deploy, finetune, i18n, live, logs, models, paths, queue, resources, users
+from backend import chat, datasets, defaults, deploy, evidence_page, finetune, i18n, live, logs, models, paths, queue, resources, users
 from backend.errors import UserError
 from backend.paths import job_dir
 from backend.registry import Entry
@@ -565,7 +565,15 @@ def sign(record: dict, home: Path) -> dict:
 
 
 def verify(data: bytes, home: Path) -> dict:
-    """The evidence record when ``data`` is genuine and unchanged; LabError saying why not."""
+    """The evidence record when ``data`` (the JSON, or the HTML page that carries it) is genuine and unchanged;
+    LabError saying why not. A page must also be exactly the page its record renders: its visible text
+    cannot be edited apart from the signed record."""
+    inner = evidence_page.embedded(data)
+    if inner is not None:
+        record = verify(inner, home)
+        if data not in {evidence_page.page(json.loads(inner), lang).encode() for lang in i18n.LANGS}:
+            raise LabError("err.lab.evidence_page_changed")
+        return record
     try:
         doc = json.loads(data)
         record, signature = doc["evidence"], doc["signature"]
@@ -578,6 +586,11 @@ def verify(data: bytes, home: Path) -> dict:
 
 def evidence_json(result: dict) -> str:
     return json.dumps(result["evidence"], ensure_ascii=False, indent=2)
+
+
+def evidence_html(result: dict, lang: str) -> str:
+    """The same signed evidence as a printable page (backend/evidence_page.py); ``labs verify`` accepts it too."""
+    return evidence_page.page(result["evidence"], lang)
 
 
 # -- submitting and reading checks ---------------------------------------------------------------------------

@@ -308,3 +308,30 @@ def test_a_real_tiny_adapter_served_for_real_fails_with_what_it_answered(home, w
     assert not result["passed"] and "your model did not say Nova: it answered" in failed(result)
     assert not (job_dir(check, home) / "artifacts" / labs.EVIDENCE).exists()
     queue.cancel(srv, home, by=users.OPERATOR)
+
+
+def test_the_evidence_page_shows_what_the_check_saw_and_verify_accepts_it_but_not_an_edited_copy(home, fake, tmp_path):
+    """The printable HTML page of a passed lab: the answers (base beside tuned), the signature, the student's
+    language; `labs verify` accepts the page itself and refuses it after one visible byte or one signed byte changes."""
+    ds = labs.self_cognition_dataset("Nova", "ann", home)
+    adapter(home, "ann", "ann-nova", ds.name)
+    serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova")
+    result = labs.run("self_cognition", "ann", home, job_id=41)
+    assert result["passed"], failed(result)
+    en, zh = labs.evidence_html(result, "en"), labs.evidence_html(result, "zh")
+    assert "<h1>Lab evidence: self_cognition, ann</h1>" in en and "<h1>实验凭证：self_cognition，ann</h1>" in zh
+    assert "<td>Who are you?</td><td>Nova answer 1: Who are you?</td>" in en and "基座模型的回答" in zh
+    assert result["evidence"]["signature"] in en and "<script src" not in en and "http" not in en.split("<body>")[1]
+    for text in (en, zh):
+        page = tmp_path / "evidence.html"
+        page.write_text(text, encoding="utf-8")
+        ok = cli(home, "labs", "verify", str(page))
+        assert ok.returncode == 0 and "genuine and unchanged: lab self_cognition, student ann" in ok.stdout, ok.stderr
+    data = en.encode()
+    shown = data.index(b"<td>Nova answer 1: Who")            # the visible table, not the record inside
+    signed = data.index(b'"Nova answer 1: Who')              # the signed record inside the page
+    for at, why in ((shown + 4, "its text differs from the signed record"), (signed + 1, "NOT genuine")):
+        forged = tmp_path / "forged.html"
+        forged.write_bytes(data[:at] + b"M" + data[at + 1:])
+        bad = cli(home, "labs", "verify", str(forged))
+        assert bad.returncode != 0 and why in bad.stderr, bad.stderr
