@@ -20,7 +20,8 @@ from backend import i18n
 EMBED_ID = "workbench-evidence"
 _EMBED = re.compile(rb'<script type="application/json" id="' + EMBED_ID.encode() + rb'">(.*?)</script>', re.S)
 _SCALARS = ("model", "name", "server", "base_server", "eval", "dataset", "metric", "score", "answer", "memory_gb",
-            "method", "quantized_from", "job", "steps", "first_loss", "final_loss", "adapter", "prompt", "source", "repo")
+            "method", "quantized_from", "job", "steps", "first_loss", "final_loss", "adapter", "prompt", "source", "repo",
+            "base", "base_score", "gain")
 CSS = """body{font-family:system-ui,"Noto Sans CJK SC",sans-serif;max-width:52rem;margin:2rem auto;color:#111;line-height:1.45}
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.1rem;border-bottom:1px solid #ccc;margin-top:1.6rem}
 table{border-collapse:collapse;width:100%;margin:.4rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;

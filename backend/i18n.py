@@ -1174,6 +1174,15 @@ STRINGS: dict[str, dict[str, str]] = {
                         "zh": "你还没有在 {dataset} 上的评测：请在“评测”页运行一次"},
     "err.lab.no_score": {"en": "your evaluation {run} has no score on {dataset}: see its log on the Jobs page",
                          "zh": "你的评测 {run} 在 {dataset} 上没有分数：请在“任务”页查看它的日志"},
+    "err.lab.no_base_vs_tuned": {"en": "no evaluation of yours scores one of your adapters and its base model side by side "
+                                       "on {dataset}: on the Evaluate page pick both (the adapter and the model it was "
+                                       "trained on) in one run",
+                                 "zh": "你还没有在 {dataset} 上把你的某个适配器与其基座模型放在同一次评测中比较：请在“评测”页"
+                                       "同时选择两者（适配器及其训练所用的模型）运行一次"},
+    "err.lab.low_gain": {"en": "on {dataset} your adapter {adapter} scored {tuned} and its base {base} {base_score}: "
+                               "the lab asks for at least {min} points more; train longer or on more rows",
+                         "zh": "在 {dataset} 上你的适配器 {adapter} 得分 {tuned}，其基座 {base} 得分 {base_score}："
+                               "实验要求至少高 {min} 分；请训练更久或使用更多数据"},
     "err.lab.low_score": {"en": "your best score on {dataset} is {score}, below the lab's {min}",
                           "zh": "你在 {dataset} 上的最好分数是 {score}，低于实验要求的 {min}"},
     "err.lab.no_agent": {"en": "no finished agent run of yours yet: ask the agent on the Agent page",
