@@ -24,19 +24,25 @@ from pathlib import Path
 from typing import Callable
 
 from backend.access import ownership
-from backend.core.errors import BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, UserError, classify_exception
+from backend.core.errors import (BAD_INPUT, CANCELLED, CRASH, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, UserError,
+                            classify_exception)
 from backend.core.paths import PRIVATE_UMASK, atomic_write
 from backend.core.registry import Entry, RegistryType
 from backend.core.store import open_store
 
 
 class JobError(Exception):
-    """A failure the job understands: reported with its class and a human message."""
+    """A failure the job understands: reported with its class and a human message. The message and the
+    suggestion may be UserErrors (a key and fields in backend/core/i18n.py): result.json then also carries the
+    keys, so the job page says them in the reader's language (backend.core.errors.job_message)."""
 
-    def __init__(self, message: str, error_class: str = CRASH, suggestion: str = ""):
-        super().__init__(message)
+    def __init__(self, message: str | UserError, error_class: str = CRASH, suggestion: str | UserError = ""):
+        super().__init__(str(message))
         self.error_class = error_class
-        self.suggestion = suggestion
+        self.suggestion = str(suggestion)
+        self.keyed = {name: {"key": v.key, "fields": {k: f if isinstance(f, (str, int, float, bool, type(None))) else str(f)
+                                                      for k, f in v.fields.items()}}
+                      for name, v in (("message_key", message), ("suggestion_key", suggestion)) if isinstance(v, UserError)}
 
 
 class Cancelled(BaseException):
@@ -129,7 +135,7 @@ def run(main: Callable, spec_model) -> None:
         if isinstance(e, UserError):
             e = JobError(str(e), BAD_INPUT)
         job.write_result({"ok": False, "error": {"class": e.error_class, "message": str(e),
-                                                 "suggestion": e.suggestion}})
+                                                 "suggestion": e.suggestion, **e.keyed}})
         print(f"error [{e.error_class}]: {e}", file=sys.stderr, flush=True)
         code = EXIT_ERROR
     except BaseException as e:  # noqa: BLE001 - everything else is a crash, with its traceback

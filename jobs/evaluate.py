@@ -24,7 +24,8 @@ from pathlib import Path
 
 from backend.core import defaults
 from backend.runtime import server_auth
-from backend.workspace import remote_code
+from backend.workspace import models, remote_code
+from backend.core.errors import UserError
 from backend.core.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.runtime.procs import become_subreaper
 from backend.kinds.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
@@ -317,6 +318,19 @@ def opencompass_env(job: Job) -> dict:
     return env
 
 
+def dequantized(m: ModelRef, job: Job) -> ModelRef:
+    """A GGUF export as a model folder OpenCompass loads: transformers' GGUF loader, run in the core environment
+    (this engine's has no gguf package), writes it into the job folder."""
+    if not m.gguf_file:
+        return m
+    out = job.dir / "gguf" / m.name
+    job.message(f"{m.name}: dequantizing {m.gguf_file} with transformers' GGUF loader")
+    cmd = models.dequantize_command(Path(m.path) / m.gguf_file, out, job.home)
+    if subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode != 0:
+        raise JobError(UserError("err.gguf.dequantize", name=m.name), BAD_INPUT)
+    return m.model_copy(update={"path": str(out), "gguf_file": ""})
+
+
 def main(spec: Spec, job: Job) -> dict:
     import importlib.util
     found = importlib.util.find_spec("opencompass")
@@ -340,6 +354,7 @@ def main(spec: Spec, job: Job) -> dict:
         if problem:
             raise JobError(f"model {m.name}: {problem}", BAD_INPUT, ENDPOINT_SUGGESTION)
 
+    spec = spec.model_copy(update={"models": [dequantized(m, job) for m in spec.models]})
     config = write_config(spec, job.dir / "config.py", package_dir)
     work = job.dir / "opencompass"
     env = opencompass_env(job)

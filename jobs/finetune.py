@@ -235,7 +235,7 @@ def oom_error(spec: Spec, e: BaseException) -> JobError:
 
 def main(spec: Spec, job: Job) -> dict:
     try:
-        with tracking.tensorboard(job):
+        with tracking.trackers(job, spec.trackers, spec.model_dump(mode="json")):
             return (ImageRun if spec.modality == "image_text" else Run)(spec, job).train()
     except (RuntimeError, MemoryError) as e:          # torch.OutOfMemoryError is a RuntimeError
         if is_oom(e):

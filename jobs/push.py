@@ -63,10 +63,10 @@ def main(spec: Spec, job: Job) -> dict:
 
     entry = open_store(job.home).get(spec.type, spec.source)
     if entry is None:
-        raise JobError(str(UserError("err.push.no_entry", type=spec.type, name=spec.source)), BAD_INPUT)
+        raise JobError(UserError("err.push.no_entry", type=spec.type, name=spec.source), BAD_INPUT)
     token = os.environ.get(push.TOKEN_ENV[spec.hub], "")
     if not token:
-        raise JobError(str(UserError("err.push.no_token", hub=spec.hub)), BAD_INPUT)
+        raise JobError(UserError("err.push.no_token", hub=spec.hub), BAD_INPUT)
     folder = job.dir / "upload"
     try:
         job.progress(0, 3, "steps", "writing the card", force=True)
@@ -79,9 +79,9 @@ def main(spec: Spec, job: Job) -> dict:
         status = response.status_code if response is not None else getattr(e, "status_code", 0) or 0
         why = push.refusal(status, str(e), spec.hub, spec.repo_id)
         if why is None:
-            raise JobError(f"{spec.hub}: {str(e)[:300]}", DOWNLOAD, "the log above names each file's reason (a full "
-                           "quota, a refused token); retry the job: files the hub already holds are skipped") from None
-        raise JobError(str(why), BAD_INPUT) from None
+            raise JobError(UserError("err.push.hub", hub=spec.hub, error=str(e)[:300]), DOWNLOAD,
+                           UserError("err.push.hub.tip")) from None
+        raise JobError(why, BAD_INPUT) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     job.progress(3, 3, "steps", "pushed", force=True)

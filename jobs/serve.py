@@ -25,7 +25,8 @@ from pathlib import Path
 
 from backend.core import defaults
 from backend.runtime import engines, server_auth, server_host
-from backend.workspace import remote_code
+from backend.workspace import models, remote_code
+from backend.core.errors import UserError
 from backend.core.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
 from backend.core.registry import endpoint_meta
 from backend.runtime.placement import gpus
@@ -53,16 +54,16 @@ def merge_adapter(model: dict, adapter: dict, out: Path, job: Job, remote: bool)
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    job.message(f"merging adapter {adapter['name']} into {model['name']}")
-    base = AutoModelForCausalLM.from_pretrained(model["path"], dtype=torch.float32, trust_remote_code=remote)
+    job.message(f"merging adapter {adapter.name} into {model.name}")
+    base = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32, trust_remote_code=remote)
     try:
-        merged = PeftModel.from_pretrained(base, adapter["path"]).merge_and_unload()
+        merged = PeftModel.from_pretrained(base, adapter.path).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:
-        raise JobError(f"adapter {adapter['name']} does not fit model {model['name']}: {e}", BAD_INPUT,
+        raise JobError(f"adapter {adapter.name} does not fit model {model.name}: {e}", BAD_INPUT,
                        "pick the base model the adapter was trained on") from None
     merged.save_pretrained(out)
-    AutoTokenizer.from_pretrained(adapter["path"] if (Path(adapter["path"]) / "tokenizer_config.json").exists()
-                                  else model["path"], trust_remote_code=remote).save_pretrained(out)
+    AutoTokenizer.from_pretrained(adapter.path if (Path(adapter.path) / "tokenizer_config.json").exists()
+                                  else model.path, trust_remote_code=remote).save_pretrained(out)
     del base, merged
     return out
 
@@ -228,21 +229,28 @@ def main(spec: Spec, job: Job) -> dict:
     except ValueError as e:
         raise JobError(str(e), BAD_INPUT, "register the model (Models page) and submit again") from None
     device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
-    label = model["name"] + (f"+{adapter['name']}" if adapter else "")
+    label = model.name + (f"+{adapter.name}" if adapter else "")
     name = spec.name or f"{label} #{job_id}"
     merged = job.dir / "merged"
-    remote = remote_code.trust(model["path"], job.home)
-    if remote_code.has_remote_code(model["path"]) and not remote:
-        raise JobError(remote_code.refusal({"model": model["name"]}, job.home), BAD_INPUT)
+    remote = remote_code.trust(model.path, job.home)
+    if remote_code.has_remote_code(model.path) and not remote:
+        raise JobError(remote_code.refusal({"model": model.name}, job.home), BAD_INPUT)
     endpoints: dict[str, tuple[Path, dict]] = {}      # name -> (folder, meta)
     server = None
     try:
         # (endpoint name, folder, source); with an adapter, transformers also serves the base beside the
         # merged copy, so base and fine-tuned compare on one server (one CPU slot)
-        served = [(name, merge_adapter(model, adapter, merged, job, remote) if adapter else Path(model["path"]), label)]
+        model_path = Path(model.path)
+        if (gguf := models.gguf_of(model)) is not None:   # a GGUF export (no adapter: refused at submit)
+            job.message(f"{model.name}: dequantizing {gguf.name} with transformers' GGUF loader")
+            model_path = job.dir / "gguf-model"
+            if subprocess.run(models.dequantize_command(gguf, model_path, job.home),
+                              stdin=subprocess.DEVNULL, check=False).returncode != 0:
+                raise JobError(UserError("err.gguf.dequantize", name=model.name), BAD_INPUT)
+        served = [(name, merge_adapter(model, adapter, merged, job, remote) if adapter else model_path, label)]
         if adapter and spec.engine == "transformers":
-            served.append((f"{spec.name} (base)" if spec.name else f"{model['name']} #{job_id}",
-                           Path(model["path"]), model["name"]))
+            served.append((f"{spec.name} (base)" if spec.name else f"{model.name} #{job_id}",
+                           Path(model.path), model.name))
         ids = [name if spec.engine == "lmdeploy" else str(path) for _, path, _ in served]   # what requests name
         host, address = server_host.bind()
         port = free_port(host)

@@ -75,6 +75,11 @@ passes = {f"{r['student']} · {lab.id}": r[lab.id]["job"] for r in grid for lab 
           if r[lab.id]["state"] == "passed"}
 if passes:
     shown = st.selectbox(ui.t("console.labs.evidence"), list(passes), key="console_labs_evidence")
-    st.json(labs.evidence_of(passes[shown], by=me, home=ui.home()), expanded=False)
+    signed = labs.evidence_of(passes[shown], by=me, home=ui.home())
+    st.json(signed, expanded=False)
+    if signed:
+        st.download_button(ui.t("labs.evidence_html"), labs.evidence_html({"evidence": signed}, lang),
+                           file_name=f"evidence-{shown.replace(' · ', '-')}.html", mime="text/html",
+                           key="console_labs_evidence_html")
 for problem in labs.problems(home=ui.home()):
     st.caption(ui.t("labs.hidden", error=ui.error_text(problem)))

@@ -123,11 +123,15 @@ with st.container(key="ft-form", border=True):
     grpo = {}
     if objective == "grpo":
         grpo = grpo_form(preset, values)
+        trackers = st.multiselect(ui.t("ft.trackers"), ["wandb", "swanlab"], key="ft_trackers",
+                                  format_func={"wandb": "Weights & Biases", "swanlab": "SwanLab"}.get,
+                                  help=ui.t("ft.trackers.help"))
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
             **({"modality": "image_text"} if images else {}),
             **({"sample_images": [p.strip() for p in shots.split(",") if p.strip()]} if images else {}),
             **({"objective": objective} if objective != "sft" else {}),
             **({"name": name.strip()} if name.strip() else {}),
+            **({"trackers": trackers} if trackers else {}),
             **{k: v for k, v in chosen.items() if v != values[k]},
             **grpo, "sample_prompts": [p.strip() for p in asked.splitlines() if p.strip()]}
 

@@ -79,9 +79,13 @@ def lab_outcome(row: dict, lang: str) -> None:
                     st.caption(seen["gpu_only"][lang])
             with st.expander(ui.t("labs.saw")):
                 st.json(passed["result"]["checks"], expanded=False)
-            st.download_button(ui.t("labs.evidence"), labs.evidence_json(passed["result"]),
+            c1, c2 = st.columns(2)
+            c1.download_button(ui.t("labs.evidence"), labs.evidence_json(passed["result"]),
                                file_name=f"evidence-{row['lab'].id}-{passed['student']}.json",
                                mime="application/json", key=f"lab-{row['lab'].id}-evidence")
+            c2.download_button(ui.t("labs.evidence_html"), labs.evidence_html(passed["result"], lang),
+                               file_name=f"evidence-{row['lab'].id}-{passed['student']}.html",
+                               mime="text/html", key=f"lab-{row['lab'].id}-evidence-html")
 
 
 def my_labs() -> list[dict]:

@@ -107,17 +107,20 @@ with tab_reg:
                         revision=meta.get("revision") or "-", when=ui.when(meta.get("when")), job=meta.get("job_id") or "-"))
         if not d["files"]:
             st.warning(ui.t("models.missing_files"))
+        is_gguf = meta.get("format") == "gguf"
+        if is_gguf:
+            st.caption(ui.t("models.gguf.note"))
         c = st.columns(4)
         if c[0].button(ui.t("models.chat"), key="models_chat"):
             ui.chat_if_served(picked)
             open_page("pages/chat.py", picked, keys.CHAT_MODEL, picked)
-        if c[1].button(ui.t("models.finetune"), key="models_finetune"):
+        if not is_gguf and c[1].button(ui.t("models.finetune"), key="models_finetune"):
             open_page("pages/finetune.py", picked, keys.FT_MODEL, picked)
         if c[2].button(ui.t("models.evaluate"), key="models_evaluate"):
             open_page("pages/evaluate.py", picked, keys.EVAL_MODELS, [picked])
         if c[3].button(ui.t("models.delete"), key="models_delete"):
             st.session_state[keys.MODELS_CONFIRM] = picked
-        if meta.get("format") != "gguf":
+        if not is_gguf:
             with st.container(key="models_export"):
                 c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
                 outtype = c1.selectbox(ui.t("models.export.outtype"), export.OUTTYPES, key="models_export_outtype",

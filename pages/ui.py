@@ -337,8 +337,8 @@ def _live(job_id: int, every: float | None) -> None:
         st.progress(frac, text=label + (f" · {p['message']}" if p.get("message") else ""))
     if job.state in (JobState.FAILED, JobState.LOST):
         cls = job.error_class or "crash"
-        st.error(t("job.error", cls=cls, message=job.error_message or ""))
-        specific = errors.job_suggestion(view.result)
+        st.error(t("job.error", cls=cls, message=errors.job_message(view.result, lang()) or job.error_message or ""))
+        specific = errors.job_suggestion(view.result, lang())
         st.info(t(errors.SUGGESTIONS.get(cls, "err.crash")) + (f"\n\n{t('job.try', what=specific)}" if specific else ""))
     with st.container(key=f"joblog-{job_id}"):
         st.caption(t("job.log"))
@@ -361,6 +361,9 @@ def _charts(job_id: int) -> None:
             series_charts(ev.series)
             if (folder := paths.job_dir(job_id, home=home()) / defaults.TENSORBOARD_DIR).is_dir():
                 st.caption(t("job.tensorboard", folder=folder))
+            for tracker, sub in defaults.TRACKER_DIRS.items():
+                if (folder := paths.job_dir(job_id, home=home()) / sub).is_dir():
+                    st.caption(t(f"job.{tracker}", folder=folder))
     if ev.completions:
         completions_table(job_id, ev.completions)
 

@@ -4,9 +4,12 @@ GGUF loader (the bundled model's path), registered with their lineage and their 
 merged with a CPU-demo adapter answers the same after export."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backend.access import users
+from backend.core import errors
 from backend.runtime import logs, queue
 from backend.core.store import open_store
 from tests.conftest import ROOT, run_burst
@@ -99,3 +102,63 @@ def test_smollm2_merged_with_a_cpu_demo_adapter_answers_the_same_after_export(ho
     got = answer(AutoTokenizer.from_pretrained(folder, gguf_file=name), load_gguf(entry))
     print(want, "|", got)
     assert got == want and want.strip()
+
+
+def test_a_failed_conversion_says_so_in_the_readers_language(home, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}')
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    open_store(home).put("model", "odd", str(folder), {}, owner="local")
+    job_id = queue.submit("export", {"model": "odd"}, owner="local", home=home)
+    run_burst(home, timeout=300)
+    job, result = queue.get(job_id, home, by=users.OPERATOR), logs.result(job_id, home)
+    assert job["state"] == "failed" and job["error_class"] == "bad_input"
+    assert job["error_message"] == "llama.cpp's convert_hf_to_gguf.py failed (see the log above)"
+    assert errors.job_message(result, "zh") == "llama.cpp 的 convert_hf_to_gguf.py 转换失败（见上方日志）"
+    assert errors.job_suggestion(result, "zh").startswith("llama.cpp 只能转换它支持的架构")
+    assert errors.job_suggestion(result, "en").startswith("llama.cpp converts the architectures")
+
+
+@pytest.mark.slow
+def test_a_gguf_export_is_served_for_chat_and_evaluated(home, worker, tmp_path):
+    """The Models page's Chat and Evaluate on a GGUF entry: the serve job and the evaluate job read the .gguf with
+    transformers' GGUF loader (dequantized into the job folder); the served answer is the GGUF's own."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend.pipeline import chat, evaluate as ev
+    from tests.conftest import endpoint_of
+    from tests.fixtures.tiny_model import make_tiny_llama_spm
+    from tests.test_evaluate import SAMPLES, engine_or_skip, finished
+    open_store(home).put("model", "tiny", str(make_tiny_llama_spm(tmp_path / "tiny-spm")), owner="local")
+    export_id = queue.submit("export", {"model": "tiny", "outtype": "q8_0"}, owner="local", home=home)
+    assert finished(home, export_id, 300)["state"] == "succeeded", logs.tail(export_id, 40, home=home)
+    entry = open_store(home).get("model", "tiny-q8_0-gguf")
+    open_store(home).put("adapter", "a", str(tmp_path), {"base_model": "tiny-q8_0-gguf"}, owner="local")
+    with pytest.raises(queue.SubmitError, match="is a GGUF file"):            # an adapter goes on a transformers model
+        queue.submit("serve", {"adapter": "a"}, owner="local", home=home)
+
+    serve_id = queue.submit("serve", {"model": "tiny-q8_0-gguf", "name": "gguf-ep"}, owner="local", home=home)
+    ep = endpoint_of(home, serve_id, 240)
+    served = "".join(chat.stream_chat(ep, chat.build_messages([], "Who are you?"), temperature=0.0, max_tokens=6,
+                                      by=users.OPERATOR, home=home))
+    folder, name = Path(entry["path"]), entry["meta"]["gguf_file"]
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = load_gguf(entry).generate(ids, max_new_tokens=6, do_sample=False)
+    assert served == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) and served
+    assert "dequantizing" in logs.tail(serve_id, 80, home=home)
+    queue.cancel(serve_id, home, by=users.OPERATOR)
+    finished(home, serve_id, 30)
+
+    engine_or_skip()
+    [ref] = [m["ref"] for m in ev.model_choices(home, by=users.OPERATOR) if m["name"] == "tiny-q8_0-gguf"]
+    assert ref == {"name": "tiny-q8_0-gguf", "path": entry["path"], "gguf_file": name}
+    job_id = ev.submit({"name": "gguf-eval", "models": [ref], "max_out_len": 4, "batch_size": 2,
+                        "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 2}]}, owner="local", home=home)
+    job = finished(home, job_id, 600)
+    assert job["state"] == "succeeded", (job["error_message"], logs.tail(job_id, 60, home=home))
+    res = ev.result(job_id, home, by=users.OPERATOR)
+    assert [(t["dataset"], t["model"]) for t in res["table"]] == [("easy_qa", "tiny-q8_0-gguf")]

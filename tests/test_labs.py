@@ -299,7 +299,37 @@ def test_finetune_check(home):
     assert "did not fall" in failed(labs.run("finetune", "ann", home))
     job(home, "finetune", "ann", result={"first_loss": 2.0, "final_loss": 0.9})
     result = labs.run("finetune", "ann", home)
-    assert result["passed"] and result["checks"][0]["seen"]["final_loss"] == 0.9
+    assert result["checks"][0]["passed"] and result["checks"][0]["seen"]["final_loss"] == 0.9
+    assert not result["passed"] and "no evaluation of yours on easy_mcq" in failed(result)
+
+
+def eval_run(home, owner: str, name: str, scores: dict, peft: dict) -> None:
+    ev = job(home, "evaluate", owner, result={})
+    open_store(home).put("eval", name, str(job_dir(ev, home)), {
+        "models": list(scores), "datasets": ["easy_mcq"], "peft": peft,
+        "table": [{"dataset": "easy_mcq", "metric": "accuracy", "mode": "gen", "model": m, "score": s}
+                  for m, s in scores.items()]}, job_id=ev, owner=owner)
+
+
+def test_the_finetune_labs_base_vs_tuned_evaluation(home):
+    """The fine-tune lab's second check: one evaluation run scored an adapter of the student's and its base model."""
+    job(home, "finetune", "ann", result={"first_loss": 2.0, "final_loss": 0.9})
+    adapter(home, "ann", "ann-ft", "mini_instructions")
+    adapter(home, "bob", "bob-ft", "mini_instructions")
+    eval_run(home, "ann", "only-tuned", {"ann-ft": 50.0}, {"ann-ft": "/x"})                  # no base beside it
+    eval_run(home, "ann", "bobs-adapter", {BASE: 25.0, "bob-ft": 75.0}, {"bob-ft": "/x"})   # not ann's adapter
+    assert "side by side on easy_mcq" in failed(labs.run("finetune", "ann", home))
+    eval_run(home, "ann", "ann-vs-base", {BASE: 25.0, "ann-ft": 37.5}, {"ann-ft": "/x"})
+    result = labs.run("finetune", "ann", home)
+    assert result["passed"], failed(result)
+    seen = result["checks"][1]["seen"]
+    assert (seen["base"], seen["base_score"], seen["model"], seen["score"], seen["gain"]) == (BASE, 25.0, "ann-ft", 37.5, 12.5)
+    assert {a["name"] for a in result["checks"][1]["artifacts"]} == {"ann-vs-base", "ann-ft"}
+    assert "<td>gain</td><td><code>12.5</code></td>" in labs.evidence_html(result, "en")
+    c = labs.Ctx("ann", home, {}, [])
+    with pytest.raises(labs.Missing, match="scored 37.5 and its base SmolLM2-135M-Instruct 25.0: the lab asks for at least 20"):
+        labs.check_evaluate(c, "easy_mcq", vs_base=True, min_gain=20)
+    assert not labs.run("finetune", "bob", home)["passed"]                 # ann's runs prove nothing for bob
 
 
 # -- the job, the evidence and the CLI ------------------------------------------------------------------------
@@ -358,3 +388,57 @@ def test_a_real_tiny_adapter_served_for_real_fails_with_what_it_answered(home, w
     assert not result["passed"] and "your model did not say Nova: it answered" in failed(result)
     assert not (job_dir(check, home) / "artifacts" / labs.EVIDENCE).exists()
     queue.cancel(srv, home, by=users.OPERATOR)
+
+
+def test_the_evidence_page_shows_what_the_check_saw_and_verify_accepts_it_but_not_an_edited_copy(home, fake, tmp_path):
+    """The printable HTML page of a passed lab: the answers (base beside tuned), the signature, the student's
+    language; `labs verify` accepts the page itself and refuses it after one visible byte or one signed byte changes."""
+    ds = labs.self_cognition_dataset("Nova", "ann", home)
+    adapter(home, "ann", "ann-nova", ds.name)
+    serve(home, fake, "ann", "Nova", BASE, f"{BASE}+ann-nova")
+    result = labs.run("self_cognition", "ann", home, job_id=41)
+    assert result["passed"], failed(result)
+    en, zh = labs.evidence_html(result, "en"), labs.evidence_html(result, "zh")
+    assert "<h1>Lab evidence: self_cognition, ann</h1>" in en and "<h1>实验凭证：self_cognition，ann</h1>" in zh
+    assert "<td>Who are you?</td><td>Nova answer 1: Who are you?</td>" in en and "基座模型的回答" in zh
+    assert result["evidence"]["signature"] in en and "<script src" not in en and "http" not in en.split("<body>")[1]
+    for text in (en, zh):
+        page = tmp_path / "evidence.html"
+        page.write_text(text, encoding="utf-8")
+        ok = cli(home, "labs", "verify", str(page))
+        assert ok.returncode == 0 and "genuine and unchanged: lab self_cognition, student ann" in ok.stdout, ok.stderr
+    data = en.encode()
+    shown = data.index(b"<td>Nova answer 1: Who")            # the visible table, not the record inside
+    signed = data.index(b'"Nova answer 1: Who')              # the signed record inside the page
+    for at, why in ((shown + 4, "its text differs from the signed record"), (signed + 1, "NOT genuine")):
+        forged = tmp_path / "forged.html"
+        forged.write_bytes(data[:at] + b"M" + data[at + 1:])
+        bad = cli(home, "labs", "verify", str(forged))
+        assert bad.returncode != 0 and why in bad.stderr, bad.stderr
+
+
+@pytest.mark.slow
+def test_base_vs_tuned_on_a_real_evaluation_of_a_tiny_adapter(home, tiny_model):
+    """A real OpenCompass run (worker in burst mode) of ann's tiny adapter beside its base passes the check."""
+    from backend.pipeline import evaluate as ev
+    from tests.conftest import run_burst
+    from tests.test_evaluate import SAMPLES, engine_or_skip, make_adapter
+    engines = engine_or_skip()
+    store = open_store(home)
+    store.put("model", "tiny", str(tiny_model), owner="ann")
+    store.put("adapter", "ann-lora", str(make_adapter(tiny_model, home / "adapters" / "ann-lora")), {"base_model": "tiny"},
+              owner="ann")
+    refs = {m["name"]: m["ref"] for m in ev.model_choices(home, by="ann")}
+    job_id = ev.submit({"name": "ann-vs-base", "models": [refs["tiny"], refs["ann-lora"]], "max_out_len": 4,
+                        "batch_size": 4, "datasets": [{"name": "easy_mcq", "path": str(SAMPLES / "easy_mcq.jsonl"),
+                                                       "limit": 4}]}, owner="ann", home=home)
+    run_burst(home, timeout=900, WORKBENCH_ENGINES_DIR=str(engines))
+    assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=home)
+    c = labs.Ctx("ann", home, {}, [])
+    labs.check_evaluate(c, "easy_mcq", vs_base=True)
+    table = {r["model"]: r["score"] for r in store.get("eval", "ann-vs-base").meta["table"]}
+    assert (c.seen["base"], c.seen["model"]) == ("tiny", "ann-lora")
+    assert (c.seen["base_score"], c.seen["score"]) == (table["tiny"], table["ann-lora"])
+    assert c.seen["gain"] == round(table["ann-lora"] - table["tiny"], 4)
+    with pytest.raises(labs.Missing, match="no evaluation of yours"):        # ann's run is not bob's
+        labs.check_evaluate(labs.Ctx("bob", home, {}, []), "easy_mcq", vs_base=True)

@@ -57,6 +57,10 @@ def test_a_student_passes_the_self_cognition_lab_and_the_instructor_sees_it(page
     assert record["student"] == "ann" and record["lab"] == "self_cognition"
     answers = record["checks"][0]["seen"]["answers"]
     assert any("nova" in a.lower() for a in answers.values()), answers
+    with page.expect_download() as download:                    # the printable page carries the same signed record
+        passed.get_by_role("button", name="Download the evidence page (HTML, printable)").click()
+    assert download.value.suggested_filename == "evidence-self_cognition-ann.html"
+    assert labs.verify(open(download.value.path(), "rb").read(), home) == record
     shot(page, "labs-passed")
 
     teach = page.context.browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
@@ -89,6 +93,10 @@ def test_the_instructors_grid_shows_a_pass_and_its_evidence(page, home):
         page.goto(f"{page.base_url}/console")
         page.get_by_role("columnheader", name="self_cognition", include_hidden=True).wait_for(state="attached")
         page.get_by_text(re.compile(r"^passed \d\d-\d\d")).first.wait_for(state="attached")
+        with page.expect_download() as download:                # the evidence picked in the console, as its page
+            page.get_by_role("button", name="Download the evidence page (HTML, printable)").click()
+        html = open(download.value.path(), "rb").read()
+        assert labs.verify(html, home)["student"] == "ann" and b"<td>Who are you?</td><td>Nova answer" in html
         shot(page, "labs-console")
         queue.cancel(holder, home, by=users.OPERATOR)
     finally:

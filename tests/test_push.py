@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from backend.access import users
-from backend.core import defaults
+from backend.core import defaults, errors
 from backend.pipeline import push as push_
 from backend.runtime import logs, queue
 from backend.core.store import open_store
@@ -66,6 +66,8 @@ def test_push_uploads_the_files_with_a_lineage_card_and_says_why_it_fails(home, 
             job = queue.get(job_id, home, by=users.OPERATOR)
             assert job.state == "failed" and sentence in job.error_message, job.error_message
             assert "Traceback" not in logs.tail(job_id, 40, home=home)
+        zh = errors.job_message(logs.result(bad, home), "zh")        # the job's sentence, keyed: in the reader's language
+        assert zh == f"{to} 拒绝了该令牌：请确认令牌属于你、未过期且有写权限"
         hub.quota = 1000
         full = push("ann/big", hub, to=to)
         run_burst(home, timeout=300)

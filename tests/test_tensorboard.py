@@ -45,3 +45,72 @@ def test_finetune_writes_tensorboard_events_equal_to_its_metrics(ws):
         assert wait_for(runs, 60, 0.3, "TensorBoard to list the job's run") == [f"{job_id}/{defaults.TENSORBOARD_DIR}"]
     finally:
         stop(proc)
+
+
+# -- W&B and SwanLab, offline ------------------------------------------------------------------------
+def wandb_history(run_file) -> list[dict]:
+    """The history rows of an offline W&B run file: a LevelDB log (7-byte ':W&B' header, 32 KiB blocks,
+    records of crc32 + length + type, FIRST/MIDDLE/LAST chunks joined) of wandb_internal_pb2.Record."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+    data, i, rows, chunk = run_file.read_bytes(), 7, [], b""
+    assert data[:4] == b":W&B"
+    while i + 7 <= len(data):
+        if 32768 - i % 32768 < 7:                               # block tail too short for a header: padding
+            i += 32768 - i % 32768
+            continue
+        _, n, kind = struct.unpack("<IHB", data[i:i + 7])
+        chunk, i = chunk + data[i + 7:i + 7 + n], i + 7 + n
+        if kind in (1, 4):                                      # FULL or LAST: one record is complete
+            rec = pb.Record()
+            rec.ParseFromString(chunk)
+            chunk = b""
+            if rec.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item})
+    return rows
+
+
+def swanlab_scalars(run_file) -> list[tuple[str, int, float]]:
+    """(key, step, value) of every scalar in an offline SwanLab run file, read by SwanLab's own reader."""
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+    reader = DataStoreReader()
+    reader.open(run_file)
+    out = []
+    for raw in reader:
+        rec = Record()
+        rec.ParseFromString(raw)
+        if rec.HasField("scalar"):
+            out.append((rec.scalar.key, rec.scalar.step, rec.scalar.value.number))
+    return out
+
+
+def test_finetune_writes_offline_wandb_and_swanlab_runs_with_its_metrics(ws):
+    job_id = queue.submit("finetune", spec(max_steps=3, eval_ratio=0.1, name="tiny-trk", trackers=["wandb", "swanlab"]),
+                          owner="local", home=ws)
+    run_burst(ws, timeout=300)
+    assert queue.get(job_id, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=ws)
+    points = metrics(job_id, ws)
+    folder = paths.job_dir(job_id, ws)
+    names = ("loss", "lr", "grad_norm", "tokens_per_s", "eval_loss")
+
+    [run_file] = (folder / defaults.TRACKER_DIRS["wandb"] / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = wandb_history(run_file)
+    for name in names:
+        ours = [(p["step"], p[name]) for p in points if name in p]
+        theirs = [(r["_step"], r[name]) for r in rows if name in r]
+        assert theirs == ours and ours, name        # the same float64 values
+
+    [run_file] = (folder / defaults.TRACKER_DIRS["swanlab"]).glob("run-*/run-*.swanlab")
+    scalars = swanlab_scalars(run_file)
+    for name in names:
+        ours = [(p["step"], p[name]) for p in points if name in p]
+        assert [(s, v) for k, s, v in scalars if k == name] == ours and ours, name
+    config = next(folder.glob("swanlog/run-*/files/config.yaml")).read_text()
+    assert "tiny-trk" in config                                     # the spec is the run's config
+
+
+def test_an_unknown_tracker_is_refused_at_submit(ws):
+    with pytest.raises(queue.SubmitError, match="trackers"):
+        queue.submit("finetune", spec(trackers=["mlflow"]), owner="local", home=ws)

@@ -100,6 +100,7 @@ LOG_TAIL_BYTES = 64 * 1024       # how much of a log a page reads at once
 DATASET_PAGE_ROWS = 50           # rows in one page of the Datasets table
 DB_BUSY_TIMEOUT_MS = 10_000
 TENSORBOARD_DIR = "tensorboard"  # a training job's TensorBoard event files: <job folder>/tensorboard (jobs/tracking.py)
+TRACKER_DIRS = {"wandb": "wandb", "swanlab": "swanlog"}   # a fine-tune's offline W&B / SwanLab run: <job folder>/<dir> (jobs/tracking.py)
 TENSORBOARD_PORT = 6007          # `python -m backend tensorboard` serves every job's events here, on 127.0.0.1
 QUEUED_JOB_ESTIMATE_H = 0.25    # a waiting job counts as this many hours (or its timeout) x its GPUs against GPU-hours
 PASSWORD_HASHES_AT_ONCE = max(1, len(os.sched_getaffinity(0)))   # argon2 hashes at once (64 MiB each), one a core

@@ -141,7 +141,22 @@ def classify(exit_code: int | None, result: dict | None, log_tail: str, oom: boo
     return CRASH, f"exited with code {exit_code}" + (f": {last.strip()}" if last else "")
 
 
-def job_suggestion(result: dict | None) -> str:
-    """What the job itself suggested for its failure (e.g. the spec changes that fit memory), or ""."""
+def _job_text(result: dict | None, name: str, lang: str) -> str:
     err = (result or {}).get("error")
-    return (err.get("suggestion") or "") if isinstance(err, dict) else ""
+    if not isinstance(err, dict):
+        return ""
+    keyed = err.get(f"{name}_key")
+    if isinstance(keyed, dict) and keyed.get("key") in i18n.STRINGS:
+        return UserError(keyed["key"], **(keyed.get("fields") or {})).text(lang)
+    return err.get(name) or ""
+
+
+def job_suggestion(result: dict | None, lang: str = "en") -> str:
+    """What the job itself suggested for its failure (e.g. the spec changes that fit memory), or "";
+    in ``lang`` when the job gave it as a key (jobs.common.JobError with a UserError)."""
+    return _job_text(result, "suggestion", lang)
+
+
+def job_message(result: dict | None, lang: str) -> str:
+    """The job's own failure message in ``lang`` when it gave a key, else as it wrote it, or ""."""
+    return _job_text(result, "message", lang)

@@ -1025,6 +1025,15 @@ STRINGS: dict[str, dict[str, str]] = {
     "job.tensorboard": {"en": "TensorBoard event files: `{folder}` (the operator serves every job's with "
                                "`python -m backend tensorboard`)",
                         "zh": "TensorBoard 事件文件：`{folder}`（管理员可用 `python -m backend tensorboard` 查看所有作业的曲线）"},
+    "job.wandb": {"en": "Weights & Biases offline run: `{folder}` (upload it with your own key: `wandb sync {folder}/wandb/offline-run-*`)",
+                  "zh": "Weights & Biases 离线运行：`{folder}`（用你自己的密钥上传：`wandb sync {folder}/wandb/offline-run-*`）"},
+    "job.swanlab": {"en": "SwanLab offline run: `{folder}` (upload it with your own key: `swanlab sync {folder}/run-*`)",
+                    "zh": "SwanLab 离线运行：`{folder}`（用你自己的密钥上传：`swanlab sync {folder}/run-*`）"},
+    "ft.trackers": {"en": "Also track in", "zh": "同时记录到"},
+    "ft.trackers.help": {"en": "TensorBoard always records the run. W&B and SwanLab record it offline in the job's folder "
+                                 "(no network, no key); sync the folder later with your own account.",
+                         "zh": "TensorBoard 总会记录本次训练。W&B 与 SwanLab 以离线模式记录在作业文件夹中（无需网络和密钥），"
+                               "之后可用你自己的账号同步上传。"},
     "err.export.already_gguf": {"en": "{name} is a GGUF file already: export the transformers model it came from",
                                 "zh": "{name} 已经是 GGUF 文件：请导出它所来自的 transformers 模型"},
     "models.export.outtype": {"en": "GGUF type", "zh": "GGUF 类型"},
@@ -1033,6 +1042,51 @@ STRINGS: dict[str, dict[str, str]] = {
                            "zh": "由 llama.cpp 自带的转换脚本写出一个 .gguf 文件，可用于 llama.cpp、Ollama、LM Studio："
                                  "f16 保留原权重，q8_0 约为一半大小"},
     "models.export.go": {"en": "Export to GGUF", "zh": "导出为 GGUF"},
+    "err.push.hub": {"en": "{hub} refused the upload: {error}", "zh": "{hub} 拒绝了上传：{error}"},
+    "err.push.hub.tip": {"en": "the log above names each file's reason (a full quota, a refused token); retry the job: "
+                               "files the hub already holds are skipped",
+                         "zh": "上方日志写明了每个文件的原因（配额已满、令牌被拒等）；重试该作业即可，仓库中已有的文件会被跳过"},
+    "err.gguf.dequantize": {"en": "transformers' GGUF loader could not read {name} (see the log above): it reads the "
+                                  "architectures it knows (Llama, Qwen2, Mistral ...)",
+                            "zh": "transformers 的 GGUF 加载器无法读取 {name}（见上方日志）：它只能读取已知架构（Llama、Qwen2、Mistral 等）"},
+    "err.serve.gguf_adapter": {"en": "{name} is a GGUF file: an adapter goes on the transformers model it was trained on",
+                               "zh": "{name} 是 GGUF 文件：适配器请加载到它训练时所用的 transformers 模型上"},
+    "err.eval.not_gguf": {"en": "{name}: {path} is not a GGUF file (or has an adapter, which a GGUF cannot take)",
+                          "zh": "{name}：{path} 不是 GGUF 文件（或带有适配器，而 GGUF 不能加载适配器）"},
+    "models.gguf.note": {"en": "A GGUF file for llama.cpp, Ollama or LM Studio. Chat and Evaluate read it with transformers' "
+                               "GGUF loader, dequantized (the exported weights, at the speed of the unquantized model).",
+                         "zh": "供 llama.cpp、Ollama、LM Studio 使用的 GGUF 文件。聊天与评测用 transformers 的 GGUF 加载器"
+                               "读取并反量化（即导出的权重，速度与未量化模型相同）。"},
+    "err.lab.evidence_page_changed": {"en": "this evidence page is NOT genuine: its text differs from the signed record inside it",
+                                      "zh": "该凭证页面不真实：页面文字与其中签名的记录不一致"},
+    "evidence.page_title": {"en": "Lab evidence: {lab}, {student}", "zh": "实验凭证：{lab}，{student}"},
+    "evidence.student": {"en": "Student", "zh": "学生"},
+    "evidence.lab": {"en": "Lab", "zh": "实验"},
+    "evidence.camp": {"en": "Camp task", "zh": "训练营任务"},
+    "evidence.checked_at": {"en": "Checked at", "zh": "检查时间"},
+    "evidence.job": {"en": "Check job", "zh": "检查作业"},
+    "evidence.signature": {"en": "Signature (workspace key)", "zh": "签名（工作区密钥）"},
+    "evidence.passed": {"en": "passed", "zh": "通过"},
+    "evidence.not_passed": {"en": "not passed", "zh": "未通过"},
+    "evidence.question": {"en": "Question", "zh": "问题"},
+    "evidence.answer": {"en": "Answer", "zh": "回答"},
+    "evidence.base_answer": {"en": "Base model's answer", "zh": "基座模型的回答"},
+    "evidence.scores": {"en": "{metric} on {dataset}, per model:", "zh": "各模型在 {dataset} 上的 {metric}："},
+    "evidence.loss": {"en": "Training loss:", "zh": "训练损失："},
+    "evidence.loss.first": {"en": "first step", "zh": "第一步"},
+    "evidence.loss.final": {"en": "last step", "zh": "最后一步"},
+    "evidence.artifact": {"en": "Artifact", "zh": "产物"},
+    "evidence.verify_hint": {"en": "This page carries its signed record. The instructor checks that both are genuine and "
+                                   "unchanged with: python -m backend labs verify THIS_FILE.html",
+                             "zh": "本页面内含签名记录。讲师可用以下命令检查两者真实且未被修改：python -m backend labs verify 本文件.html"},
+    "labs.evidence_html": {"en": "Download the evidence page (HTML, printable)", "zh": "下载凭证页面（HTML，可打印）"},
+    "err.export.no_model": {"en": "no model named {name!r} in the registry", "zh": "注册表中没有名为 {name!r} 的模型"},
+    "err.export.convert_failed": {"en": "llama.cpp's {script} failed (see the log above)",
+                                  "zh": "llama.cpp 的 {script} 转换失败（见上方日志）"},
+    "err.export.convert_failed.tip": {"en": "llama.cpp converts the architectures and tokenizers it knows: export a merged "
+                                            "model of a supported family (Llama, Qwen, InternLM2 ...), or try outtype f16",
+                                      "zh": "llama.cpp 只能转换它支持的架构与分词器：请导出受支持系列（Llama、Qwen、InternLM2 等）"
+                                            "的合并模型，或改用 outtype f16"},
     "err.push.no_entry": {"en": "no {type} named {name!r} in the registry", "zh": "注册表中没有名为 {name!r} 的{type}"},
     "err.push.no_token": {"en": "pushing to {hub} needs your access token (a write token from your account's settings)",
                           "zh": "推送到 {hub} 需要你的访问令牌（在账号设置中创建一个有写权限的令牌）"},
@@ -1236,6 +1290,15 @@ STRINGS: dict[str, dict[str, str]] = {
                         "zh": "你还没有在 {dataset} 上的评测：请在“评测”页运行一次"},
     "err.lab.no_score": {"en": "your evaluation {run} has no score on {dataset}: see its log on the Jobs page",
                          "zh": "你的评测 {run} 在 {dataset} 上没有分数：请在“任务”页查看它的日志"},
+    "err.lab.no_base_vs_tuned": {"en": "no evaluation of yours scores one of your adapters and its base model side by side "
+                                       "on {dataset}: on the Evaluate page pick both (the adapter and the model it was "
+                                       "trained on) in one run",
+                                 "zh": "你还没有在 {dataset} 上把你的某个适配器与其基座模型放在同一次评测中比较：请在“评测”页"
+                                       "同时选择两者（适配器及其训练所用的模型）运行一次"},
+    "err.lab.low_gain": {"en": "on {dataset} your adapter {adapter} scored {tuned} and its base {base} {base_score}: "
+                               "the lab asks for at least {min} points more; train longer or on more rows",
+                         "zh": "在 {dataset} 上你的适配器 {adapter} 得分 {tuned}，其基座 {base} 得分 {base_score}："
+                               "实验要求至少高 {min} 分；请训练更久或使用更多数据"},
     "err.lab.low_score": {"en": "your best score on {dataset} is {score}, below the lab's {min}",
                           "zh": "你在 {dataset} 上的最好分数是 {score}，低于实验要求的 {min}"},
     "err.lab.no_rag_eval": {"en": "no finished evaluation of yours with and without retrieval yet: run one on the "

@@ -36,6 +36,7 @@ class ModelRef(BaseModel):
     url: str = ""                                     # OpenAI-compatible endpoint base URL (…/v1)
     api_model: str = ""                               # the model's name at that endpoint
     tokenizer_path: str = ""                          # endpoint: local tokenizer for token counts
+    gguf_file: str = ""                               # a .gguf in ``path`` (a GGUF export): dequantized by the job first
 
     @field_validator("name")
     @classmethod
@@ -52,7 +53,10 @@ class ModelRef(BaseModel):
             raise UserError("err.eval.url_scheme", name=self.name)
         if self.tokenizer_path and not (Path(self.tokenizer_path) / "tokenizer_config.json").is_file():
             raise UserError("err.eval.not_tokenizer", name=self.name, path=self.tokenizer_path)
-        if self.path:
+        if self.gguf_file:
+            if not (Path(self.path) / self.gguf_file).is_file() or self.peft_path:
+                raise UserError("err.eval.not_gguf", name=self.name, path=Path(self.path) / self.gguf_file)
+        elif self.path:
             if not (Path(self.path) / "config.json").is_file():
                 raise UserError("err.eval.not_model", name=self.name, path=self.path)
             if self.peft_path and not (Path(self.peft_path) / "adapter_config.json").is_file():

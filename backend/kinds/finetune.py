@@ -108,6 +108,8 @@ class Spec(BaseModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"   # auto: bf16 (else fp16) on GPU, fp32 on CPU
     gpu_mem_gb: float | None = Field(None, gt=0)              # ask the queue for this instead of the estimate
+    # besides TensorBoard (always): W&B / SwanLab offline runs in the job folder (wandb/, swanlog/), synced later
+    trackers: list[Literal["wandb", "swanlab"]] = Field([], max_length=2)
     sample_prompts: list[str] = []                            # answered greedily before and after training
     sample_images: list[str] = []                             # image_text: the k-th prompt's image (in the first dataset's folder)
     resume: bool = False

@@ -11,6 +11,7 @@ from backend.kinds import Kind
 from backend.runtime import engines
 from backend.core.errors import UserError
 from backend.runtime.placement import gpus
+from backend.core.registry import Entry
 from backend.core.store import open_store
 
 KIND = Kind("serve", "jobs.serve", long_lived=True,
@@ -34,7 +35,7 @@ class Spec(BaseModel):
 
 
 # -- resolving registry entries (used at submit time by resources() and again in the job) -------------
-def resolve(spec: Spec, home: Path) -> tuple[dict, dict | None]:
+def resolve(spec: Spec, home: Path) -> tuple[Entry, Entry | None]:
     """(model entry, adapter entry or None) from the registry; ValueError with a readable reason."""
     store = open_store(home)
     adapter = None
@@ -43,15 +44,17 @@ def resolve(spec: Spec, home: Path) -> tuple[dict, dict | None]:
         adapter = store.get("adapter", spec.adapter)
         if adapter is None:
             raise UserError("err.spec.no_adapter", name=spec.adapter)
-        model_name = model_name or adapter["meta"].get("base_model", "")
+        model_name = model_name or adapter.meta.get("base_model", "")
     if not model_name:
         raise UserError("err.serve.no_model")
     model = store.get("model", model_name)
     if model is None:
         raise UserError("err.spec.no_model", name=model_name)
+    if adapter and (model.meta or {}).get("format") == "gguf":
+        raise UserError("err.serve.gguf_adapter", name=model.name)
     for entry in filter(None, (model, adapter)):
         if not Path(entry.path).is_dir():
-            raise UserError("err.spec.folder_missing", type=entry['type'], name=entry['name'], path=entry['path'])
+            raise UserError("err.spec.folder_missing", type=entry.type, name=entry.name, path=entry.path)
     return model, adapter
 
 
@@ -92,7 +95,7 @@ def check(spec: Spec, home: Path, owner: str) -> dict:
         raise UserError("err.spec.no_cuda")
     if not gpu_list:
         return {"cpu_slots": 1}
-    w = weights_gb(model["path"])
+    w = weights_gb(model.path)
     if spec.engine == "lmdeploy":
         total = max(g.total_gb for g in gpu_list)
         mem = w + spec.cache_max_entry_count * max(total - w, 0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from backend.access import ownership, users
 from backend.runtime import engines, logs, queue, server_auth
+from backend.workspace import models
 from backend.pipeline.chat import check_use, endpoints
 from backend.workspace.datasets import list_datasets
 from backend.core.errors import UserError
@@ -63,7 +64,9 @@ def model_choices(home: Path, by: users.Actor) -> list[dict]:
     store = open_store(home)
     out = []
     for m in ownership.items("model", by, home):
-        out.append({"name": m.name, "kind": "model", "ref": {"name": m.name, "path": m.path}})
+        gguf = models.gguf_of(m)
+        out.append({"name": m.name, "kind": "model", "ref": {"name": m.name, "path": m.path,
+                                                             **({"gguf_file": gguf.name} if gguf else {})}})
     for a in ownership.items("adapter", by, home):
         base = (a.meta or {}).get("base_model", "")
         entry = store.get("model", base) if base else None

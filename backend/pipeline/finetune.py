@@ -28,7 +28,7 @@ from backend.core.store import open_store
 
 # Fields that may differ between a run and the run it resumes (they don't change the trajectory).
 RESUME_FREE = {"name", "resume", "resume_from", "save_steps", "save_total_limit", "gpu_mem_gb", "device",
-               "sample_prompts", "sample_images", "preset"}
+               "sample_prompts", "sample_images", "preset", "trackers"}
 
 # Training throughput to estimate a run's duration by when this machine has finished no run of the model yet,
 # as tokens/s × parameters (a model half the size trains about twice as fast, roughly). CPU: cpu_demo on

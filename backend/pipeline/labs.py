@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.access import users
 from backend.core import defaults, i18n, paths
-from backend.pipeline import chat, deploy, finetune, rag, rag_eval
+from backend.pipeline import chat, deploy, evidence_page, finetune, rag, rag_eval
 from backend.runtime import events, logs, placement, queue
 from backend.workspace import datasets, models
 from backend.core.errors import UserError
@@ -426,12 +426,17 @@ def check_self_cognition(c: Ctx, prompts: tuple[str, ...] = ("Who are you?", "ä½
     c.artifact("endpoint", ep["name"], ep["job_id"], None)
 
 
-def check_evaluate(c: Ctx, dataset: str, min_score: float | None = None) -> None:
-    """An evaluation of the student's with a score on ``dataset`` (at least ``min_score`` when given)."""
+def check_evaluate(c: Ctx, dataset: str, min_score: float | None = None, vs_base: bool = False,
+                   min_gain: float | None = None) -> None:
+    """An evaluation of the student's with a score on ``dataset`` (at least ``min_score`` when given). ``vs_base``:
+    one run scored an adapter of theirs and its base model side by side (``min_gain``: the adapter's score at
+    least that many points above the base's); the evidence keeps both scores and the change."""
     runs = [e for e in c.mine("eval") if not e.meta.get("rag")             # OpenCompass's, not a rag_eval's
             and any(dataset == d or d.startswith(dataset) for d in e.meta.get("datasets", []))]
     if not runs:
         raise Missing("err.lab.no_eval", dataset=dataset)
+    if vs_base:
+        return _check_vs_base(c, runs, dataset, min_gain)
     for run in runs:
         rows = [r for r in run.meta.get("table", []) if str(r.get("dataset", "")).startswith(dataset.removesuffix("_gen"))
                 and deploy.is_number(r.get("score"))]
@@ -481,6 +486,31 @@ def check_rag(c: Ctx) -> None:
     ev = runs[0].meta["rag"]
     raise Missing("err.lab.rag_not_fixed", run=runs[0].name, n=ev.get("questions"), rag=ev.get("rag_accuracy"),
                   alone=ev.get("alone_accuracy"))
+
+
+def _check_vs_base(c: Ctx, runs: list[Entry], dataset: str, min_gain: float | None) -> None:
+    """The newest run holding, on ``dataset``, the score of an adapter of the student's and of its base model."""
+    for run in runs:
+        scores = {r.get("model"): float(r["score"]) for r in run.meta.get("table", [])
+                  if str(r.get("dataset", "")).startswith(dataset.removesuffix("_gen")) and deploy.is_number(r.get("score"))}
+        for name in run.meta.get("peft") or {}:
+            adapter = c.store.get("adapter", name)
+            base = (adapter.meta or {}).get("base_model") if adapter is not None and adapter.owner == c.student else None
+            if name in scores and base in scores:
+                break
+        else:
+            continue
+        gain = round(scores[name] - scores[base], 4)
+        if min_gain is not None and gain < min_gain:
+            raise Missing("err.lab.low_gain", dataset=dataset, adapter=name, tuned=scores[name], base=base,
+                          base_score=scores[base], min=min_gain)
+        c.artifact("eval", run.name, run.id, run.path, ("result.json",))
+        c.artifact("adapter", adapter.name, adapter.id, adapter.path, ("adapter_config.json", "adapter_model.safetensors"))
+        metric = next((r.get("metric") for r in run.meta.get("table", []) if r.get("model") == name), None)
+        c.seen.update(eval=run.name, dataset=dataset, metric=metric, model=name, score=scores[name],
+                      base=base, base_score=scores[base], gain=gain, scores={base: scores[base], name: scores[name]})
+        return
+    raise Missing("err.lab.no_base_vs_tuned", dataset=dataset)
 
 
 def check_agent(c: Ctx) -> None:
@@ -610,7 +640,15 @@ def sign(record: dict, home: Path) -> dict:
 
 
 def verify(data: bytes, home: Path) -> dict:
-    """The evidence record when ``data`` is genuine and unchanged; LabError saying why not."""
+    """The evidence record when ``data`` (the JSON, or the HTML page that carries it) is genuine and unchanged;
+    LabError saying why not. A page must also be exactly the page its record renders: its visible text
+    cannot be edited apart from the signed record."""
+    inner = evidence_page.embedded(data)
+    if inner is not None:
+        record = verify(inner, home)
+        if data not in {evidence_page.page(json.loads(inner), lang).encode() for lang in i18n.LANGS}:
+            raise LabError("err.lab.evidence_page_changed")
+        return record
     try:
         doc = json.loads(data)
         record, signature = doc["evidence"], doc["signature"]
@@ -623,6 +661,11 @@ def verify(data: bytes, home: Path) -> dict:
 
 def evidence_json(result: dict) -> str:
     return json.dumps(result["evidence"], ensure_ascii=False, indent=2)
+
+
+def evidence_html(result: dict, lang: str) -> str:
+    """The same signed evidence as a printable page (backend/pipeline/evidence_page.py); ``labs verify`` accepts it too."""
+    return evidence_page.page(result["evidence"], lang)
 
 
 # -- submitting and reading checks ---------------------------------------------------------------------------

@@ -368,7 +368,8 @@ class Worker:
             return
         env = job_env.environment(
             os.environ, d, secrets, PYTHONUNBUFFERED="1", WORKBENCH_HOME=str(self.home), WORKBENCH_JOB_ID=str(job.id),
-            WORKBENCH_AUTH=defaults.setting("AUTH"),        # not a secret: the sandbox's bare mode is for AUTH=none only
+            WORKBENCH_AUTH=defaults.setting("AUTH"),
+            WORKBENCH_CORE_PYTHON=str(engines.python("core", self.home)),   # an engine's job may run a core step (GGUF)        # not a secret: the sandbox's bare mode is for AUTH=none only
             PYTHONPATH=os.pathsep.join(filter(None, [str(defaults.ROOT), os.environ.get("PYTHONPATH")])),
             CUDA_VISIBLE_DEVICES=",".join(map(str, job.given.get("gpus", []))))
         cmd = [str(engines.python(job.asked.get("engine", "core"), self.home)), "-m", kind.module, str(spec_path)]

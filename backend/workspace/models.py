@@ -29,6 +29,7 @@ from backend.access import ownership, users
 from backend.core import defaults, paths
 from backend.workspace import remote_code
 from backend.core.errors import UserError
+from backend.core.registry import Entry
 from backend.core.store import open_store
 
 TYPE = "model"                                    # registry type of every entry here
@@ -393,6 +394,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     tok.save_pretrained(tmp)
     tok_config = json.loads((tmp / "tokenizer_config.json").read_text())
     tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"     # a name transformers 4.x knows too
+    tok_config["model_input_names"] = ["input_ids", "attention_mask"]   # a causal LM takes no token_type_ids
     for key in ("is_local", "local_files_only"):
         tok_config.pop(key, None)
     (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
@@ -402,6 +404,18 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def gguf_of(entry: Entry) -> Path | None:
+    """The .gguf file of a registry model that is one (an export job's result), else None."""
+    meta = entry.meta or {}
+    return Path(entry.path) / meta["gguf_file"] if meta.get("format") == "gguf" and meta.get("gguf_file") else None
+
+
+def dequantize_command(gguf: Path, out: Path, home: Path) -> list[str]:
+    """``convert_gguf`` in the core environment (transformers 5 + gguf), for a job of another engine's."""
+    from backend.runtime import engines
+    return [str(engines.python("core", home)), "-m", "backend.workspace.models", "dequantize", str(gguf), str(out)]
 
 
 def ensure_bundled(home: Path, job_id: int | None = None, log=print) -> Path:
@@ -437,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="register a local model folder")
     imp.add_argument("folder")
     imp.add_argument("--name")
+    deq = sub.add_parser("dequantize", help="a .gguf file as a safetensors model folder (transformers' GGUF loader)")
+    deq.add_argument("gguf")
+    deq.add_argument("out")
     a = p.parse_args(argv)
     home = defaults.home()           # the operator's context
     try:
@@ -448,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{paths.human_size(m.get('size_bytes')):>9}  {m['path']}")
         elif a.cmd == "inspect":
             print(json.dumps(inspect(a.folder), indent=2))
+        elif a.cmd == "dequantize":
+            print(convert_gguf(Path(a.gguf), Path(a.out)))
         elif a.cmd == "import":
             print(import_folder(a.folder, a.name, owner=users.OPERATOR_NAME, home=home)["path"])
     except ModelError as e:
