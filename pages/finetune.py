@@ -183,7 +183,7 @@ def run_actions(job_id: int) -> None:
     job = queue.get(job_id, home=ui.home(), by=ui.user())
     result = logs.result(job.id, home=ui.home()) or {}
     c1, c2, c3 = st.columns(3)
-    if ft.resumable(job, home=ui.home()) and c1.button(ui.t("ft.resume"), key=f"ft_resume_{job['id']}", type="primary"):
+    if ft.resumable(job, home=ui.home()) and c1.button(ui.t("ft.resume"), key=f"ft_resume_{job.id}", type="primary"):
         new = ui.submit("finetune", {**job.spec, "resume_from": job.id, "resume": False})
         if new:
             st.session_state[S_JOB] = new
@@ -191,7 +191,7 @@ def run_actions(job_id: int) -> None:
             st.rerun(scope="app")
     adapter = result.get("adapter")
     pairs = list(zip(result.get("answers_before") or [], result.get("answers_after") or []))
-    with st.container(key=f"ft_before_after_{job['id']}", border=bool(pairs)):    # the sample answers, side by side
+    with st.container(key=f"ft_before_after_{job.id}", border=bool(pairs)):    # the sample answers, side by side
         for before, after in pairs:
             b, a = st.columns(2)
             b.caption(ui.t("ft.before"))
@@ -199,14 +199,14 @@ def run_actions(job_id: int) -> None:
             a.caption(ui.t("ft.after"))
             a.markdown(after or "∅")
     if job.state == JobState.SUCCEEDED and adapter and job.spec.get("modality") == "image_text":
-        if c2.button(ui.t("ft.compare_images"), key=f"ft_vlm_{job['id']}"):    # base and tuned, side by side
+        if c2.button(ui.t("ft.compare_images"), key=f"ft_vlm_{job.id}"):    # base and tuned, side by side
             for spec_ in ({"model": job.spec["base_model"]}, {"adapter": adapter}):
                 ui.submit("vlm", spec_)
             st.switch_page("pages/xcomposer.py")
     elif job.state == JobState.SUCCEEDED and adapter:
-        if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job['id']}"):
+        if c2.button(ui.t("ft.merge"), key=f"ft_merge_{job.id}"):
             ui.submit("merge", {"adapter": adapter})
-        if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job['id']}"):
+        if c3.button(ui.t("ft.chat"), key=f"ft_chat_{job.id}"):
             ui.chat_if_served(job.spec["base_model"], adapter)
             serve = ui.submit("serve", {"model": job.spec["base_model"], "adapter": adapter})
             if serve:

@@ -26,7 +26,7 @@ with st.container(key="kb_new", border=True):
                                  accept_multiple_files=True, key="kb_files")
     elif source == "dataset":
         c1, c2 = st.columns(2)
-        dataset = c1.selectbox(ui.t("kb.dataset"), [d["name"] for d in datasets.list_datasets(by=ui.user(), home=ui.home())],
+        dataset = c1.selectbox(ui.t("kb.dataset"), [d.name for d in datasets.list_datasets(by=ui.user(), home=ui.home())],
                                key="kb_dataset")
         field = c2.text_input(ui.t("kb.text_field"), "text", key="kb_text_field")
     c1, c2, c3 = st.columns(3)

@@ -53,4 +53,4 @@ def check(spec: Spec, home: Path, owner: str) -> dict:
         raise UserError("err.quantize.awq_needs_gpu")
     if not engines.installed("lmdeploy", home=home):
         raise UserError("err.serve.lmdeploy_missing")
-    return {"engine": "lmdeploy", "gpus": 1, "gpu_mem_gb": round(weights_gb(model["path"]) * 1.5 + 2, 1)}
+    return {"engine": "lmdeploy", "gpus": 1, "gpu_mem_gb": round(weights_gb(model.path) * 1.5 + 2, 1)}

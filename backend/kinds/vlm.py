@@ -49,7 +49,7 @@ def resolve(spec: Spec, home: Path) -> dict:
         adapter = open_store(home).get("adapter", spec.adapter)
         if adapter is None:
             raise UserError("err.vlm.no_adapter", name=spec.adapter)
-        base = (adapter["meta"] or {}).get("base_model", "")
+        base = (adapter.meta or {}).get("base_model", "")
         if spec.path or (spec.model and spec.model != base):
             raise UserError("err.vlm.adapter_base", name=spec.adapter, base=base)
         m = resolve(Spec(**{**spec.model_dump(), "adapter": "", "model": base}), home)

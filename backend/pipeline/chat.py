@@ -76,7 +76,7 @@ def check_use(endpoint: dict, by: users.Actor, error: type[ChatError] = Refused,
 def servable(home: Path, by: users.Actor) -> list[dict]:
     """What a serve job can start: registry models, and adapters on a registered base model (those ``by`` may
     use). Each item: {"label", "spec"} where spec is the serve job's spec."""
-    models = {m["name"] for m in ownership.items("model", by, home)}
+    models = {m.name for m in ownership.items("model", by, home)}
     out = [{"label": f"{m} (model)", "spec": {"model": m}} for m in sorted(models)]
     for a in ownership.items("adapter", by, home):
         base = a.meta.get("base_model", "")

@@ -105,7 +105,7 @@ def family(model: str, home: Path, by: users.Actor) -> list[str]:
     out = [root]
     for e in ownership.items("model", by, home):
         if e.meta.get("quantized_from") in out and e.name not in out:
-            out.append(e["name"])
+            out.append(e.name)
     return out
 
 
@@ -152,7 +152,7 @@ def table(model: str, home: Path, by: users.Actor) -> list[dict]:
             continue
         ep = serving(n, home, by)
         rows.append({"model": n, "method": e.meta.get("quant_method") or "original",
-                     "weights": weights_bytes(e["path"]), "endpoint": ep["name"] if ep else None,
+                     "weights": weights_bytes(e.path), "endpoint": ep["name"] if ep else None,
                      "figures": e.meta.get("deploy") or {},
                      "score": score[1][n] if score else None, "eval_run": score[0] if score else None})
     return rows

@@ -206,13 +206,13 @@ def runs(home: Path, by: users.Actor) -> list[dict]:
     """Evaluate jobs ``by`` may see (a student: their own and the instructors'), newest first, with their
     registry entry when they finished:
     ``{"job_id", "state", "name", "models", "datasets", "created_at", "error"}``."""
-    entries = {e["job_id"]: e for e in open_store(home).items("eval")}
+    entries = {e.job_id: e for e in open_store(home).items("eval")}
     out = []
     for j in open_store(home).jobs(kind=KIND, limit=500):
         e = entries.get(j.id)
         if not users.may_use(e or j.owner, by, home=home):           # a shared run is listed too
             continue
-        out.append({"job_id": j.id, "state": j.state, "name": e["name"] if e else j.label,
+        out.append({"job_id": j.id, "state": j.state, "name": e.name if e else j.label,
                     "models": [m["name"] for m in j.spec.get("models", [])],
                     "datasets": [d["name"] for d in j.spec.get("datasets", [])],
                     "created_at": j.created_at, "error": j.error_message or ""})

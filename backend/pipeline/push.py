@@ -22,12 +22,12 @@ def lineage(entry: Entry, home: Path) -> dict:
     meta = entry.meta or {}
     lin = {**{k: meta[k] for k in CARD_KEYS if meta.get(k)}, **(meta.get("lineage") or {})}
     adapter = open_store(home).get("adapter", lin["adapter"]) if lin.get("adapter") else None
-    spec = meta.get("spec") or ((adapter["meta"] or {}).get("spec") if adapter else None) or {}
+    spec = meta.get("spec") or ((adapter.meta or {}).get("spec") if adapter else None) or {}
     hyper = {k: spec[k] for k in ("objective", "method", "lr", "epochs", "max_steps", "batch_size", "grad_accum",
                                   "max_length", "lora_r", "lora_alpha", "lora_dropout", "scheduler", "seed")
              if spec.get(k) not in (None, "")}
-    metrics = meta.get("metrics") or ((adapter["meta"] or {}).get("metrics") if adapter else None) or {}
-    evals = [{"eval": e["name"], **row} for e in open_store(home).items("eval")
+    metrics = meta.get("metrics") or ((adapter.meta or {}).get("metrics") if adapter else None) or {}
+    evals = [{"eval": e.name, **row} for e in open_store(home).items("eval")
              for row in (e.meta or {}).get("table", []) if row.get("model") == entry.name]
     return {"lineage": {k: v for k, v in lin.items() if v not in (None, "", [])}, "hyperparameters": hyper,
             "metrics": {k: v for k, v in metrics.items() if v is not None}, "evaluations": evals}
@@ -49,8 +49,8 @@ def card(entry: Entry, repo_id: str, home: Path) -> str:
                              "gguf" if entry.meta.get("format") == "gguf" else "transformers", **extra)
         kind, cls = "model", ModelCard
     rows = "\n".join(f"| {k} | {v} |" for k, v in {**lin, **info["hyperparameters"], **info["metrics"]}.items())
-    text = (f"---\n{data.to_yaml()}\n---\n\n# {repo_id.split('/')[-1]}\n\nThis {kind} ({entry['type']} "
-            f"`{entry['name']}`) was made with Lab Workbench.\n\n| | |\n|---|---|\n{rows}\n")
+    text = (f"---\n{data.to_yaml()}\n---\n\n# {repo_id.split('/')[-1]}\n\nThis {kind} ({entry.type} "
+            f"`{entry.name}`) was made with Lab Workbench.\n\n| | |\n|---|---|\n{rows}\n")
     if info["evaluations"]:
         text += "\n## Evaluation\n\n| dataset | metric | score |\n|---|---|---|\n" + "\n".join(
             f"| {r.get('dataset')} | {r.get('metric')} | {r.get('score')} |" for r in info["evaluations"]) + "\n"

@@ -79,9 +79,9 @@ def qa_datasets(home: Path, by: users.Actor) -> list[str]:
     """Datasets ``by`` may use whose first record has a question and an answer."""
     out = []
     for d in list_datasets(home, by):
-        first = next((rec for _, rec, _ in scan(d["path"])), None) if Path(d["path"]).is_file() else None
+        first = next((rec for _, rec, _ in scan(d.path)), None) if Path(d.path).is_file() else None
         if isinstance(first, dict) and "question" in first and "answer" in first:
-            out.append(d["name"])
+            out.append(d.name)
     return out
 
 
