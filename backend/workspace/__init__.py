@@ -1,0 +1,1 @@
+"""What the workspace holds: models and datasets, their formats, rows and views, imports, and the remote-code opt-in."""
