@@ -416,7 +416,7 @@ def prepare(dest: Path, spec: Spec) -> None:
 def staging(final: Path, home: Path, name: str) -> Path:
     """Where this download writes: ``final`` itself unless a registered model lives there (then a new folder)."""
     row = models.get(name, home)
-    if row is None or not final.is_dir() or Path(row["path"]).resolve() != final.resolve():
+    if row is None or not final.is_dir() or Path(row.path).resolve() != final.resolve():
         return final
     return final.with_name(f".incoming-{name}")
 
@@ -559,7 +559,7 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
             return {"name": spec.name, "path": str(dest), "registered": False, "reason": str(e)}
         raise JobError(f"downloaded, but {e}", BAD_INPUT) from None
     seconds = time.monotonic() - t0
-    size = row["meta"]["size_bytes"]
+    size = row.meta["size_bytes"]
     job.message(f"registered {spec.name}: {human_size(size)} in {seconds:.1f} s")
     return {"name": spec.name, "path": str(dest), "registered": True, "revision": revision, "files": len(files),
             "bytes": size, "fetched_bytes": fetched, "seconds": round(seconds, 2)}

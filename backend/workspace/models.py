@@ -221,7 +221,7 @@ def import_folder(path: str | Path, name: str | None = None, *, owner: str, home
     name = check_name(name or folder.name)
     existing = open_store(home).get(TYPE, name)
     if existing and Path(existing.path) != folder:
-        raise ModelError("err.model.exists", name=name, path=existing['path'])
+        raise ModelError("err.model.exists", name=name, path=existing.path)
     ownership.check_import(folder, TYPE, name, owner, home)
     return register(name, folder, "local", id=str(folder), owner=owner, home=home)
 
@@ -425,7 +425,7 @@ def ensure_bundled(home: Path, job_id: int | None = None, log=print) -> Path:
     out = models_dir(home) / BUNDLED_NAME
     with _lock(cache_dir(home) / "bundled.lock"):
         row = get(BUNDLED_NAME, home)
-        if row and Path(row["path"]) == out and (out / "config.json").is_file():
+        if row and Path(row.path) == out and (out / "config.json").is_file():
             log(f"{BUNDLED_NAME} is already registered at {out}")
             return out
         if not (out / "model.safetensors").is_file():

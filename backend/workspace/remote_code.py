@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from backend.core.errors import UserError
+from backend.core.registry import Entry
 from backend.core.store import open_store
 
 CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
@@ -71,11 +72,11 @@ def _opted_in(folder: str | Path, home: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return next((row for row in open_store(home).items("model")
-                 if row["meta"].get("trust_remote_code") is True and Path(row["path"]).resolve() == target), None)
+                 if row.meta.get("trust_remote_code") is True and Path(row.path).resolve() == target), None)
 
 
-def _changed(row: dict, folder: str | Path) -> bool:
-    return row["meta"].get("code_sha256") != code_hash(folder)
+def _changed(row: Entry, folder: str | Path) -> bool:
+    return row.meta.get("code_sha256") != code_hash(folder)
 
 
 def allowed(folder: str | Path, home: Path) -> bool:
