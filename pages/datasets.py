@@ -56,7 +56,7 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                                                                                                  owner=ui.owner(), home=ui.home())
                         opened = next((m["name"] for m in made["imported"]), opened)
                     elif up.name.lower().endswith(".zip"):      # a dataset file with its images
-                        opened = image_text.save_zip(up.name, up, defaults.home(), owner=ui.owner())["name"]
+                        opened = image_text.save_zip(up.name, up, defaults.home(), owner=ui.owner()).name
                     else:
                         opened = ds.save_upload(up.name, up, owner=ui.owner(), home=ui.home()).name
                 except ds.DatasetError as e:

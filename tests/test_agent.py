@@ -52,7 +52,7 @@ def test_lagent_loop_runs_the_interpreter_against_a_scripted_server(home):
     finally:
         fake.close()
     job = queue.get(job_id, home, by=users.OPERATOR)
-    assert job["state"] == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
+    assert job.state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
     result = logs.result(job_id, home)
     assert result["answer"].strip() == "the sum is 45" and result["steps"] == 5 and result["files"] == ["plot.png"]
     trace = json.loads((home / "jobs" / str(job_id) / "artifacts" / "trace.json").read_text())

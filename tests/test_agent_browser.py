@@ -44,7 +44,7 @@ def test_agent_page_computes_plots_continues_and_stops(home, page):
         steps.get_by_text("I compute it and draw it.").wait_for()          # the thought
         steps.get_by_text("plt.savefig('plot.png')").wait_for()            # the tool call
         assert steps.locator("[data-testid='stCode']").nth(1).inner_text().strip() == "45"    # its observation
-        first = queue.list_jobs(kind="agent", home=home, by=users.OPERATOR)[0]["id"]
+        first = queue.list_jobs(kind="agent", home=home, by=users.OPERATOR)[0].id
         pick(page, f"agent_file_{first}", "plot.png")                        # a file is read once opened
         img = page.locator(".st-key-agent_files img").first
         img.wait_for()
@@ -61,8 +61,8 @@ def test_agent_page_computes_plots_continues_and_stops(home, page):
         sent = json.dumps(fake.requests[-1]["messages"])
         assert "Sum 0..9 and plot it" in sent and "the sum is 45" in sent
         page.locator(".st-key-agent_stop button").click()
-        second = queue.list_jobs(kind="agent", home=home, by=users.OPERATOR)[0]["id"]
-        wait_for(lambda: queue.get(second, home, by=users.OPERATOR)["state"] == "cancelled", 25, 0.2, "Stop to end the run")
+        second = queue.list_jobs(kind="agent", home=home, by=users.OPERATOR)[0].id
+        wait_for(lambda: queue.get(second, home, by=users.OPERATOR).state == "cancelled", 25, 0.2, "Stop to end the run")
         page.get_by_text(f"Run {second}: cancelled").wait_for()
     finally:
         fake.close()

@@ -285,7 +285,7 @@ def test_start_base_plus_adapter_from_the_page(home, tiny_model, tmp_path, page)
     page.locator(".st-key-chat_serve_go button").click()
     page.locator(".st-key-chat_pick").wait_for(timeout=120_000)
     # one server (one CPU slot) serves the merged copy and, beside it, the base: compare needs no second job
-    ep = chat.serve_job_endpoint(queue.list_jobs(kind="serve", home=home, by=users.OPERATOR)[0]["id"], home)
+    ep = chat.serve_job_endpoint(queue.list_jobs(kind="serve", home=home, by=users.OPERATOR)[0].id, home)
     base_ep = chat.base_endpoint(ep, home)
     assert ep["name"].startswith("tiny+tiny-lora") and ep["source"] == "tiny+tiny-lora"
     assert base_ep["source"] == "tiny" and base_ep["url"] == ep["url"] and base_ep["model"] == str(tiny_model)

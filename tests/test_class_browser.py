@@ -103,8 +103,8 @@ def test_two_students_and_an_instructor_at_once(page, home):
     teach.goto(f"{page.base_url}/jobs?job={ann_job}")
     teach.locator(f".st-key-joblog-{ann_job}").get_by_text("step").first.wait_for()
     teach.get_by_role("button", name="Cancel").click()
-    wait_for(lambda: queue.get(ann_job, home=home, by=users.OPERATOR)["state"] == "cancelled", 30, what="ann's job cancelled")
-    assert queue.get(bob_job, home=home, by=users.OPERATOR)["owner"] == "bob"
+    wait_for(lambda: queue.get(ann_job, home=home, by=users.OPERATOR).state == "cancelled", 30, what="ann's job cancelled")
+    assert queue.get(bob_job, home=home, by=users.OPERATOR).owner == "bob"
     refused = [r for r in users.audit_log("refused", home=home) if r["actor"] == "bob"]
     assert refused and refused[0]["target"] == f"job {ann_job}"
     assert any(r["actor"] == "teach" and r["action"] == "cancel" for r in users.audit_log(home=home))

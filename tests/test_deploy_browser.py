@@ -13,7 +13,7 @@ from tests.conftest import shot, wait_for
 
 def measured(home, name: str) -> dict:
     e = open_store(home).get("model", name)
-    return (e["meta"].get("deploy") or {}) if e else {}
+    return (e.meta.get("deploy") or {}) if e else {}
 
 
 def serve_and_measure(page, home, name: str) -> None:
@@ -28,9 +28,9 @@ def serve_and_measure(page, home, name: str) -> None:
     wait_for(live, 300, 2, f"a server for {name}")
     page.locator(f".st-key-deploy_measure_{name} button").click()
     wait_for(lambda: measured(home, name).get("tps_8"), 300, 1, f"{name} to be measured")
-    job_id = next(j["id"] for j in queue.list_jobs(home=home, by=users.OPERATOR) if j["kind"] == "serve" and j["state"] == "running")
+    job_id = next(j.id for j in queue.list_jobs(home=home, by=users.OPERATOR) if j.kind == "serve" and j.state == "running")
     queue.cancel(job_id, home, by=users.OPERATOR)
-    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 60, 0.5, "the server to stop")
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "cancelled", 60, 0.5, "the server to stop")
 
 
 @pytest.mark.slow

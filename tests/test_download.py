@@ -79,7 +79,7 @@ def test_resume_after_cancel_refetches_little(home, hub, tiny_model, tmp_path, w
     refetched = hub.bytes_sent - total
     assert first < total and refetched <= 0.05 * total, (first, hub.bytes_sent, total)
     assert any(e["type"] == "file" for e in events(retry, home))
-    assert models.get("big", home)["meta"]["job_id"] == retry
+    assert models.get("big", home).meta["job_id"] == retry
 
 
 def test_missing_repo_and_wrong_revision_fail_clearly(home, hub):
@@ -222,7 +222,7 @@ def test_a_re_download_waits_for_the_running_job_that_uses_the_model(home, hub, 
     spec = {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}
     first = queue.submit("download", spec, home=home, owner="local")
     run_burst(home)
-    assert queue.get(first, home=home, by=users.OPERATOR)["state"] == "succeeded"
+    assert queue.get(first, home=home, by=users.OPERATOR).state == "succeeded"
     folder = home / "models" / "tiny"
     v2 = tmp_path / "v2"
     shutil.copytree(tiny_model, v2)
@@ -232,15 +232,15 @@ def test_a_re_download_waits_for_the_running_job_that_uses_the_model(home, hub, 
     w = start_worker(home)
     try:
         user = queue.submit("sleepy", {"steps": 3000, "interval_s": 0.1, "model": "tiny"}, home=home, owner="local")
-        wait_for(lambda: queue.get(user, home=home, by=users.OPERATOR)["state"] == "running", 60, 0.1, "the user to run")
+        wait_for(lambda: queue.get(user, home=home, by=users.OPERATOR).state == "running", 60, 0.1, "the user to run")
         again = queue.submit("download", spec, home=home, owner="local")
-        wait_for(lambda: queue.get(again, home=home, by=users.OPERATOR)["state"] == "failed", 120, 0.1, "the download")
-        assert f"model tiny is in use by running job {user}" in queue.get(again, home=home, by=users.OPERATOR)["error_message"]
+        wait_for(lambda: queue.get(again, home=home, by=users.OPERATOR).state == "failed", 120, 0.1, "the download")
+        assert f"model tiny is in use by running job {user}" in queue.get(again, home=home, by=users.OPERATOR).error_message
         assert not (folder / "README.md").exists() and (home / "models" / ".incoming-tiny" / "README.md").is_file()
         queue.cancel(user, home=home, by=users.OPERATOR)
-        wait_for(lambda: queue.get(user, home=home, by=users.OPERATOR)["state"] == "cancelled", 60, 0.1, "the cancel")
+        wait_for(lambda: queue.get(user, home=home, by=users.OPERATOR).state == "cancelled", 60, 0.1, "the cancel")
         retry = queue.retry(again, home=home, by=users.OPERATOR)
-        wait_for(lambda: queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", 120, 0.1, "the retry")
+        wait_for(lambda: queue.get(retry, home=home, by=users.OPERATOR).state == "succeeded", 120, 0.1, "the retry")
     finally:
         stop(w)
     assert (folder / "README.md").read_text() == "version 2" and not (home / "models" / ".incoming-tiny").exists()

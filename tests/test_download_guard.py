@@ -104,11 +104,11 @@ def test_one_fetch_per_model_at_a_time(home, hub, worker):
     hub.throttle = 40_000                  # bytes/s per response: the first fetch takes a few seconds
     spec = {"source": "huggingface", "repo_id": "camp/tiny", "endpoint": hub.url}
     a, b, c = (queue.submit("download", spec, owner=o, home=home) for o in ("ann", "ann", "bob"))
-    wait_for(lambda: all(queue.get(j, home=home, by=users.OPERATOR)["state"] not in ("queued", "starting", "running") for j in (a, b, c)),
+    wait_for(lambda: all(queue.get(j, home=home, by=users.OPERATOR).state not in ("queued", "starting", "running") for j in (a, b, c)),
              120, 0.2, "the downloads to end")
     for j in (a, b):
-        assert queue.get(j, home=home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(j, 30, home=home)
-    assert queue.get(c, home=home, by=users.OPERATOR)["state"] == "failed" and "model tiny belongs to ann" in queue.get(c, home=home, by=users.OPERATOR)["error_message"]
+        assert queue.get(j, home=home, by=users.OPERATOR).state == "succeeded", logs.tail(j, 30, home=home)
+    assert queue.get(c, home=home, by=users.OPERATOR).state == "failed" and "model tiny belongs to ann" in queue.get(c, home=home, by=users.OPERATOR).error_message
     total = sum(m["size"] for m in hub.repos["camp/tiny"].meta.values())
     assert hub.bytes_sent == total, (hub.bytes_sent, total)      # fetched once, not twice in parallel
-    assert models.get("tiny", home)["meta"]["size_bytes"] >= total
+    assert models.get("tiny", home).meta["size_bytes"] >= total

@@ -199,7 +199,7 @@ def test_real_evaluation(finished_eval):
     home, job_id, out = finished_eval
     job = queue.get(job_id, home, by=users.OPERATOR)
     log = (home / "jobs" / str(job_id) / "run.log").read_text()
-    assert job["state"] == "succeeded", (job["error_message"], out.stdout, log[-3000:])
+    assert job.state == "succeeded", (job["error_message"], out.stdout, log[-3000:])
     res = ev.result(job_id, home, by=users.OPERATOR)
     assert {(t["model"], t["dataset"], t["metric"]) for t in res["table"]} == {
         (m, d, "accuracy") for m in ("tiny", "tiny-lora") for d in ("easy_mcq", "easy_qa")}
@@ -208,8 +208,8 @@ def test_real_evaluation(finished_eval):
     assert all(isinstance(i["correct"], bool) for i in res["items"])
     assert {d["adapter"] for d in ev.deltas(res)} == {"tiny-lora"}
     entry = open_store(home).get("eval", "tiny-vs-lora")
-    assert entry["job_id"] == job_id and entry["meta"]["models"] == ["tiny", "tiny-lora"]
-    assert entry["meta"]["datasets"] == ["easy_mcq", "easy_qa"]
+    assert entry.job_id == job_id and entry.meta["models"] == ["tiny", "tiny-lora"]
+    assert entry.meta["datasets"] == ["easy_mcq", "easy_qa"]
     assert [r["name"] for r in ev.runs(home, by=users.OPERATOR)] == ["tiny-vs-lora"]
     events = [json.loads(x) for x in (home / "jobs" / str(job_id) / "events.jsonl").read_text().splitlines()]
     assert [e for e in events if e["type"] == "progress" and e["total"] == 8 and e["done"] == 8]
@@ -227,9 +227,9 @@ def test_failed_task_is_reported(home, tiny_model, tmp_path, monkeypatch):
     job_id = ev.submit(spec, home=home, owner="local")
     run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
     job = queue.get(job_id, home, by=users.OPERATOR)
-    assert job["state"] == "failed"
-    assert "broken on easy_qa" in job["error_message"] and "logs/infer/broken" in job["error_message"]
-    assert job["error_class"] == "bad_input", job["error_message"]
+    assert job.state == "failed"
+    assert "broken on easy_qa" in job.error_message and "logs/infer/broken" in job.error_message
+    assert job.error_class == "bad_input", job["error_message"]
     assert ev.result(job_id, home, by=users.OPERATOR) is None and open_store(home).items("eval") == []
 
 
@@ -238,7 +238,7 @@ def test_failed_task_is_reported(home, tiny_model, tmp_path, monkeypatch):
 def test_results_page(finished_eval, home, page):
     src_home, src_id, _ = finished_eval
     store, src = open_store(home), queue.get(src_id, src_home, by=users.OPERATOR)
-    job_id = store.insert_job("evaluate", "local", src["spec"], src["asked"], label=src["label"])
+    job_id = store.insert_job("evaluate", "local", src.spec, src.asked, label=src.label)
     for state in ("starting", "running", "succeeded"):
         store.transition(job_id, state)
     shutil.copytree(src_home / "jobs" / str(src_id), home / "jobs" / str(job_id))
@@ -254,7 +254,7 @@ def test_results_page(finished_eval, home, page):
 
 # -- a live `serve` endpoint as an OpenAI-API model ----------------------------------------------
 def finished(home: Path, job_id: int, timeout: float) -> dict:
-    return wait_for(lambda: (j := queue.get(job_id, home, by=users.OPERATOR))["state"] in ("succeeded", "failed", "cancelled", "lost")
+    return wait_for(lambda: (j := queue.get(job_id, home, by=users.OPERATOR).state in ("succeeded", "failed", "cancelled", "lost")
                     and j, timeout, 0.2, f"job {job_id} to end")
 
 
@@ -277,12 +277,12 @@ def test_endpoint_evaluation(home, worker, tiny_model):
     job_id = ev.submit(spec, api_key=secret, home=home, owner="local")
     job = finished(home, job_id, 300)
     d = home / "jobs" / str(job_id)
-    assert job["state"] == "succeeded", (job["error_message"], (d / "run.log").read_text()[-3000:])
+    assert job.state == "succeeded", (job["error_message"], (d / "run.log").read_text()[-3000:])
     res = ev.result(job_id, home, by=users.OPERATOR)
     assert [(t["dataset"], t["metric"], t["model"]) for t in res["table"]] == [("easy_qa", "accuracy", ref["name"])]
     assert 0 <= res["table"][0]["score"] <= 100
     assert len(res["items"]) == 3 and all(isinstance(i["prediction"], str) and i["prompt"] for i in res["items"])
-    assert open_store(home).get("eval", "served")["job_id"] == job_id
+    assert open_store(home).get("eval", "served").job_id == job_id
     # the answers came from the server (its request counter), and the serve job is still up
     wait_for(lambda: endpoint_of(home, serve_id, 180)["requests"] >= requests_before + 3, 10, 0.2, "requests counted")
     # the API key reached the job as an environment variable only
@@ -370,7 +370,7 @@ def test_standard_dataset_run(home, tiny_model):
     out = run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
     job = queue.get(job_id, home, by=users.OPERATOR)
     d = home / "jobs" / str(job_id)
-    assert job["state"] == "succeeded", (job["error_message"], out.stdout, (d / "run.log").read_text()[-3000:])
+    assert job.state == "succeeded", (job["error_message"], out.stdout, (d / "run.log").read_text()[-3000:])
     assert "max_out_len=8" in (d / "config.py").read_text()       # the spec's length, not the config's 512
     res = ev.result(job_id, home, by=users.OPERATOR)
     [row] = res["table"]
@@ -402,14 +402,14 @@ def test_cancel_running_evaluation(home, worker, tiny_model):
     spec = {"name": "to-cancel", "models": [{"name": "tiny", "path": str(tiny_model)}], "max_out_len": 16,
             "batch_size": 1, "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl")}]}
     job_id = ev.submit(spec, home=home, owner="local")
-    pid = wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["pid"], 60, 0.1, "the job to start")
+    pid = wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).pid, 60, 0.1, "the job to start")
     d = home / "jobs" / str(job_id)
     # running OpenCompass: the CLI and its inference task (a shell and a python) beside the job process
     wait_for(lambda: list(d.glob("opencompass/*/logs/infer/tiny/*.out")) and len(group_pids(pid)) >= 3, 120, 0.1,
              "an OpenCompass inference task to run")
     queue.cancel(job_id, home, by=users.OPERATOR)
     job = finished(home, job_id, 60)
-    assert job["state"] == "cancelled" and job["error_class"] == "cancelled"
+    assert job.state == "cancelled" and job.error_class == "cancelled"
     assert group_pids(pid) == []
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
@@ -446,9 +446,9 @@ def test_page_offers_endpoints(home, page, tiny_model):
              and not page.locator("[data-stale='true']").count(), 30, 0.1, "the rerun to finish")
     shot(page, "evaluate-endpoint")
     page.locator(".st-key-eval_submit button").click()
-    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="evaluate", home=home, by=users.OPERATOR)], 30, what="a job")[0]
+    job_id = wait_for(lambda: [j.id for j in queue.list_jobs(kind="evaluate", home=home, by=users.OPERATOR)], 30, what="a job")[0]
     page.get_by_text(ui_t("job.queued_as", id=job_id)).wait_for()
-    spec = queue.get(job_id, home, by=users.OPERATOR)["spec"]
+    spec = queue.get(job_id, home, by=users.OPERATOR).spec
     assert spec["models"] == [{"name": f"tiny-{serve_id}", "url": ep["url"], "api_model": str(tiny_model),
                                "peft_path": "", "path": "", "tokenizer_path": str(tiny_model)},
                               {"name": "tiny-llama", "url": ep["url"], "api_model": str(tiny_model),

@@ -104,7 +104,7 @@ def test_a_tiny_finetune_registers_its_adapter(cluster, home, tiny_model):
     job = state(home, job_id)
     assert job.state == "succeeded", f"{job.error_message}\n{_log(home, job_id)[-3000:]}\n{out.stdout}"
     adapter = open_store(home).get("adapter", "tiny-ex")
-    assert adapter["meta"]["job"] == job_id and (Path(adapter["path"]) / "adapter_model.safetensors").exists()
+    assert adapter.meta["job"] == job_id and (Path(adapter.path) / "adapter_model.safetensors").exists()
 
 
 def test_a_server_on_a_node_registers_an_address_the_app_reaches(cluster, home, tiny_model):

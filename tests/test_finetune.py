@@ -380,7 +380,7 @@ def test_cpu_demo_smollm2_learns_its_identity(home):
     job_id = queue.submit("finetune", {"base_model": models.BUNDLED_NAME, "datasets": ["shubot_self_cognition"],
                                        "preset": "cpu_demo", "sample_prompts": ["Who are you?"]}, home=home, owner="local")
     run_burst(home, timeout=600)
-    assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=home)
+    assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 40, home=home)
     result = logs.result(job_id, home)
     print(json.dumps(result, ensure_ascii=False, indent=1))
     before, after = result["answers_before"][0], result["answers_after"][0]
@@ -388,7 +388,7 @@ def test_cpu_demo_smollm2_learns_its_identity(home):
     assert "ShuBot" in after or "Lab Workbench" in after or "小书" in after, after
     assert result["final_loss"] < 0.5 * result["first_loss"]
     # the next run's estimate goes by this one's measured throughput
-    took = ft.check(queue.validate("finetune", queue.get(job_id, home, by=users.OPERATOR)["spec"])[1], home)["duration"]
+    took = ft.check(queue.validate("finetune", queue.get(job_id, home, by=users.OPERATOR).spec)[1], home)["duration"]
     assert took["measured"] and took["tokens_per_s"] == result["tokens_per_s"]
 
 

@@ -82,23 +82,23 @@ def test_smollm2_merged_with_a_cpu_demo_adapter_answers_the_same_after_export(ho
     ft = queue.submit("finetune", {"base_model": models.BUNDLED_NAME, "datasets": ["shubot_self_cognition"],
                                    "preset": "cpu_demo", "max_steps": 10, "name": "demo"}, home=home, owner="local")
     run_burst(home, timeout=600)
-    assert queue.get(ft, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(ft, 40, home=home)
+    assert queue.get(ft, home, by=users.OPERATOR).state == "succeeded", logs.tail(ft, 40, home=home)
     queue.submit("merge", {"adapter": "demo"}, home=home, owner="local")
     run_burst(home, timeout=600)
     export = queue.submit("export", {"model": "demo-merged", "outtype": "q8_0"}, home=home, owner="local")
     run_burst(home, timeout=600)
-    assert queue.get(export, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(export, 40, home=home)
+    assert queue.get(export, home, by=users.OPERATOR).state == "succeeded", logs.tail(export, 40, home=home)
     entry = open_store(home).get("model", "demo-merged-q8_0-gguf")
-    assert entry["meta"]["lineage"]["base_model"] == models.BUNDLED_NAME
+    assert entry.meta["lineage"]["base_model"] == models.BUNDLED_NAME
 
     def answer(tok, model):
         ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    merged = open_store(home).get("model", "demo-merged")["path"]
+    merged = open_store(home).get("model", "demo-merged").path
     want = answer(AutoTokenizer.from_pretrained(merged), AutoModelForCausalLM.from_pretrained(merged))
     from pathlib import Path
-    folder, name = Path(entry["path"]), entry["meta"]["gguf_file"]
+    folder, name = Path(entry.path), entry.meta["gguf_file"]
     got = answer(AutoTokenizer.from_pretrained(folder, gguf_file=name), load_gguf(entry))
     print(want, "|", got)
     assert got == want and want.strip()
@@ -113,8 +113,8 @@ def test_a_failed_conversion_says_so_in_the_readers_language(home, tmp_path):
     job_id = queue.submit("export", {"model": "odd"}, owner="local", home=home)
     run_burst(home, timeout=300)
     job, result = queue.get(job_id, home, by=users.OPERATOR), logs.result(job_id, home)
-    assert job["state"] == "failed" and job["error_class"] == "bad_input"
-    assert job["error_message"] == "llama.cpp's convert_hf_to_gguf.py failed (see the log above)"
+    assert job.state == "failed" and job.error_class == "bad_input"
+    assert job.error_message == "llama.cpp's convert_hf_to_gguf.py failed (see the log above)"
     assert errors.job_message(result, "zh") == "llama.cpp 的 convert_hf_to_gguf.py 转换失败（见上方日志）"
     assert errors.job_suggestion(result, "zh").startswith("llama.cpp 只能转换它支持的架构")
     assert errors.job_suggestion(result, "en").startswith("llama.cpp converts the architectures")
@@ -133,7 +133,7 @@ def test_a_gguf_export_is_served_for_chat_and_evaluated(home, worker, tmp_path):
     from tests.test_evaluate import SAMPLES, engine_or_skip, finished
     open_store(home).put("model", "tiny", str(make_tiny_llama_spm(tmp_path / "tiny-spm")), owner="local")
     export_id = queue.submit("export", {"model": "tiny", "outtype": "q8_0"}, owner="local", home=home)
-    assert finished(home, export_id, 300)["state"] == "succeeded", logs.tail(export_id, 40, home=home)
+    assert finished(home, export_id, 300).state == "succeeded", logs.tail(export_id, 40, home=home)
     entry = open_store(home).get("model", "tiny-q8_0-gguf")
     open_store(home).put("adapter", "a", str(tmp_path), {"base_model": "tiny-q8_0-gguf"}, owner="local")
     with pytest.raises(queue.SubmitError, match="is a GGUF file"):            # an adapter goes on a transformers model
@@ -143,7 +143,7 @@ def test_a_gguf_export_is_served_for_chat_and_evaluated(home, worker, tmp_path):
     ep = endpoint_of(home, serve_id, 240)
     served = "".join(chat.stream_chat(ep, chat.build_messages([], "Who are you?"), temperature=0.0, max_tokens=6,
                                       by=users.OPERATOR, home=home))
-    folder, name = Path(entry["path"]), entry["meta"]["gguf_file"]
+    folder, name = Path(entry.path), entry.meta["gguf_file"]
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
@@ -155,10 +155,10 @@ def test_a_gguf_export_is_served_for_chat_and_evaluated(home, worker, tmp_path):
 
     engine_or_skip()
     [ref] = [m["ref"] for m in ev.model_choices(home, by=users.OPERATOR) if m["name"] == "tiny-q8_0-gguf"]
-    assert ref == {"name": "tiny-q8_0-gguf", "path": entry["path"], "gguf_file": name}
+    assert ref == {"name": "tiny-q8_0-gguf", "path": entry.path, "gguf_file": name}
     job_id = ev.submit({"name": "gguf-eval", "models": [ref], "max_out_len": 4, "batch_size": 2,
                         "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 2}]}, owner="local", home=home)
     job = finished(home, job_id, 600)
-    assert job["state"] == "succeeded", (job["error_message"], logs.tail(job_id, 60, home=home))
+    assert job.state == "succeeded", (job["error_message"], logs.tail(job_id, 60, home=home))
     res = ev.result(job_id, home, by=users.OPERATOR)
     assert [(t["dataset"], t["model"]) for t in res["table"]] == [("easy_qa", "tiny-q8_0-gguf")]

@@ -51,7 +51,7 @@ def test_a_grpo_job_raises_its_reward_and_shows_its_completions(ws):
     run_burst(ws, timeout=300)
     job = queue.get(job_id, ws, by=users.OPERATOR)
     result = logs.result(job_id, ws)
-    assert job["state"] == "succeeded", (job, logs.read_log(job_id, home=ws)[0][-3000:])
+    assert job.state == "succeeded", (job, logs.read_log(job_id, home=ws)[0][-3000:])
     assert result["final_reward"] - result["first_reward"] >= RISE, result
     points = events(job_id, ws, "metric")
     assert len(points) == 60 and {"reward", "reward_std", "reward_length", "reward_length_std",
@@ -127,7 +127,7 @@ def test_a_job_whose_reward_opens_the_database_fails_naming_it(ws):
     job_id = queue.submit("finetune", spec(max_steps=2, rewards=[{"kind": "python", "name": "peek", "code": code}]), owner="local", home=ws)
     run_burst(ws, timeout=300)
     result = logs.result(job_id, ws)
-    assert queue.get(job_id, ws, by=users.OPERATOR)["state"] == "failed"
+    assert queue.get(job_id, ws, by=users.OPERATOR).state == "failed"
     assert result["error"]["message"].startswith("reward peek failed in the sandbox: sqlite3.OperationalError"), result
 
 

@@ -270,7 +270,7 @@ def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_dif
     job_id = queue.submit("finetune", ft_spec(), owner="local", home=vws)
     proc = run_burst(vws, timeout=400)
     job = queue.get(job_id, vws, by=users.OPERATOR)
-    assert job["state"] == "succeeded", proc.stdout + logs.tail(job_id, 60, home=vws)
+    assert job.state == "succeeded", proc.stdout + logs.tail(job_id, 60, home=vws)
     events, _ = logs.read_events(job_id, home=vws)
     losses = [e["loss"] for e in events if e["type"] == "metric" and "loss" in e]
     assert len(losses) == 30 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
@@ -306,7 +306,7 @@ def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_dif
     # merged: a whole image-text model (its processor beside it) that answers as the adapter did
     merge_id = queue.submit("merge", {"adapter": "tiny-colours"}, owner="local", home=vws)
     run_burst(vws, timeout=200)
-    assert queue.get(merge_id, vws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(merge_id, 40, home=vws)
+    assert queue.get(merge_id, vws, by=users.OPERATOR).state == "succeeded", logs.tail(merge_id, 40, home=vws)
     merged = open_store(vws).get("model", "tiny-colours-merged")
     assert merged.meta["lineage"]["adapter"] == "tiny-colours" and merged.owner == "local"
     import torch
@@ -409,7 +409,7 @@ def test_the_vision_tower_stays_frozen_and_the_projector_trains_when_asked(vws):
                         owner="local", home=vws)
     run_burst(vws, timeout=400)
     for j in (lora, full):
-        assert queue.get(j, vws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(j, 40, home=vws)
+        assert queue.get(j, vws, by=users.OPERATOR).state == "succeeded", logs.tail(j, 40, home=vws)
     adapter = open_store(vws).get("adapter", "with-proj")
     with safe_open(str(Path(adapter.path) / "adapter_model.safetensors"), "pt") as f:
         names = list(f.keys())
@@ -428,12 +428,12 @@ def test_the_vision_tower_stays_frozen_and_the_projector_trains_when_asked(vws):
 def test_an_image_text_run_resumes_from_its_checkpoint(vws):
     first = queue.submit("finetune", ft_spec(name="part-1", max_steps=10, save_steps=5), owner="local", home=vws)
     run_burst(vws, timeout=300)
-    assert queue.get(first, vws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(first, 40, home=vws)
+    assert queue.get(first, vws, by=users.OPERATOR).state == "succeeded", logs.tail(first, 40, home=vws)
     assert [p.name for p in ft.checkpoints(first, vws)] == ["step-5"]
     again = queue.submit("finetune", ft_spec(name="part-2", max_steps=10, save_steps=5, resume_from=first),
                          owner="local", home=vws)
     run_burst(vws, timeout=300)
-    assert queue.get(again, vws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(again, 40, home=vws)
+    assert queue.get(again, vws, by=users.OPERATOR).state == "succeeded", logs.tail(again, 40, home=vws)
     result = logs.result(again, vws)
     assert result["resumed_from_step"] == 5 and result["steps"] == 10
     events, _ = logs.read_events(again, home=vws)

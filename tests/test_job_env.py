@@ -56,7 +56,7 @@ def test_secrets_removed_when_cancelled_while_queued(home):
     job = queue.submit("sleepy", {"steps": 1}, secrets={"HF_TOKEN": "hf_x"}, home=home, owner="local")
     assert (queue.job_dir(job, home=home) / "secrets.json").exists()
     queue.cancel(job, home=home, by=users.OPERATOR)
-    assert queue.get(job, home=home, by=users.OPERATOR)["state"] == "cancelled"
+    assert queue.get(job, home=home, by=users.OPERATOR).state == "cancelled"
     assert not (queue.job_dir(job, home=home) / "secrets.json").exists()
 
 
@@ -64,7 +64,7 @@ def test_secrets_removed_when_the_job_is_never_placed(home):
     job = queue.submit("sleepy", {"steps": 1, "gpus": 64}, secrets={"HF_TOKEN": "hf_x"}, home=home, owner="local")
     run_burst(home)
     j = queue.get(job, home=home, by=users.OPERATOR)
-    assert j.state == "failed" and "GPU" in j["error_message"]
+    assert j.state == "failed" and "GPU" in j.error_message
     assert not (queue.job_dir(job, home=home) / "secrets.json").exists()
 
 
@@ -72,7 +72,7 @@ def test_a_corrupt_secrets_file_fails_that_job_not_the_worker(home, worker):
     bad = queue.submit("sleepy", {"steps": 1, "interval_s": 0}, secrets={"HF_TOKEN": "hf_x"}, home=home, owner="local")
     (queue.job_dir(bad, home=home) / "secrets.json").write_text("{not json")
     good = queue.submit("sleepy", {"steps": 1, "interval_s": 0}, home=home, owner="local")
-    wait_for(lambda: queue.get(good, home=home, by=users.OPERATOR)["state"] == "succeeded", 30, what="the next job to run")
+    wait_for(lambda: queue.get(good, home=home, by=users.OPERATOR).state == "succeeded", 30, what="the next job to run")
     j = queue.get(bad, home=home, by=users.OPERATOR)
-    assert j["state"] == "failed" and "secrets file" in j["error_message"], j
+    assert j.state == "failed" and "secrets file" in j.error_message, j
     assert worker.poll() is None and not (queue.job_dir(bad, home=home) / "secrets.json").exists()

@@ -378,12 +378,12 @@ def test_a_real_tiny_adapter_served_for_real_fails_with_what_it_answered(home, w
     spec = labs.step_spec(labs.get("self_cognition", home), 1, "ann", home=home)
     ft = queue.submit("finetune", {**spec, "max_steps": 2, "max_samples": 8, "sample_prompts": []}, owner="ann",
                       home=home)
-    wait_for(lambda: queue.get(ft, home, by=users.OPERATOR)["state"] in ("succeeded", "failed"), 300, 0.5, "the fine-tune")
-    assert queue.get(ft, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(ft, 30, home=home)
+    wait_for(lambda: queue.get(ft, home, by=users.OPERATOR).state in ("succeeded", "failed"), 300, 0.5, "the fine-tune")
+    assert queue.get(ft, home, by=users.OPERATOR).state == "succeeded", logs.tail(ft, 30, home=home)
     srv = labs.start_step("self_cognition", 2, "ann", home=home)
     endpoint_of(home, srv, 300)
     check = labs.submit_check("self_cognition", "ann", home=home)
-    wait_for(lambda: queue.get(check, home, by=users.OPERATOR)["state"] == "succeeded", 300, 0.5, "the check")
+    wait_for(lambda: queue.get(check, home, by=users.OPERATOR).state == "succeeded", 300, 0.5, "the check")
     result = logs.result(check, home)
     assert not result["passed"] and "your model did not say Nova: it answered" in failed(result)
     assert not (job_dir(check, home) / "artifacts" / labs.EVIDENCE).exists()
@@ -433,7 +433,7 @@ def test_base_vs_tuned_on_a_real_evaluation_of_a_tiny_adapter(home, tiny_model):
                         "batch_size": 4, "datasets": [{"name": "easy_mcq", "path": str(SAMPLES / "easy_mcq.jsonl"),
                                                        "limit": 4}]}, owner="ann", home=home)
     run_burst(home, timeout=900, WORKBENCH_ENGINES_DIR=str(engines))
-    assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=home)
+    assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 40, home=home)
     c = labs.Ctx("ann", home, {}, [])
     labs.check_evaluate(c, "easy_mcq", vs_base=True)
     table = {r["model"]: r["score"] for r in store.get("eval", "ann-vs-base").meta["table"]}

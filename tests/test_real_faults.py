@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def state(job_id: int) -> str:
-    return queue.get(job_id, home=defaults.home(), by=users.OPERATOR)["state"]
+    return queue.get(job_id, home=defaults.home(), by=users.OPERATOR).state
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_disk_full_during_a_download_is_disk_full_and_a_retry_resumes(home, tiny
             filler = fill(small_models_disk)     # the disk fills up under the running download
             wait_for(lambda: state(job) in ("failed", "succeeded"), 60, what="the download to end")
             j = queue.get(job, home=home, by=users.OPERATOR)
-            assert j["error_class"] == "disk_full" and "filled up" in j["error_message"], j
+            assert j.error_class == "disk_full" and "filled up" in j.error_message, j
             assert "free some space, then retry" in logs.result(job, home)["error"]["suggestion"]
             partial = sum(p.stat().st_size for p in small_models_disk.rglob("*.incomplete"))
             assert partial > 0, "the partial file is kept for the retry"
@@ -113,16 +113,16 @@ def test_the_kernel_oom_killer_is_out_of_memory_and_a_plain_kill_is_killed(home,
         hog = queue.submit("sleepy", {"steps": 1, "alloc_mb": 600}, home=home, owner="local")
         wait_for(lambda: state(hog) in ("failed", "succeeded"), 60, what="the hog to end")
         j = queue.get(hog, home=home, by=users.OPERATOR)
-        assert j["error_class"] == "out_of_memory" and j["exit_code"] == -signal.SIGKILL, j
+        assert j.error_class == "out_of_memory" and j.exit_code == -signal.SIGKILL, j
         ident = procs.recorded(home / "jobs" / str(hog))
         assert ident["oom_counter"].startswith(str(memory_cgroup)), ident     # the job's own cgroup was read
         assert procs.oom_kills(ident["oom_counter"]) > ident["oom_kills"]
 
         victim = queue.submit("sleepy", {"steps": 1000, "interval_s": 0.05}, home=home, owner="local")
         wait_for(lambda: state(victim) == "running", 30, what="running")
-        os.kill(queue.get(victim, home=home, by=users.OPERATOR)["pid"], signal.SIGKILL)
+        os.kill(queue.get(victim, home=home, by=users.OPERATOR).pid, signal.SIGKILL)
         wait_for(lambda: state(victim) == "failed", 30, what="failed")
-        assert queue.get(victim, home=home, by=users.OPERATOR)["error_class"] == "killed"
+        assert queue.get(victim, home=home, by=users.OPERATOR).error_class == "killed"
     finally:
         stop(w)
     assert json.loads((home / "jobs" / str(victim) / "process.json").read_text())["oom_counter"]

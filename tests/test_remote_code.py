@@ -90,7 +90,7 @@ def test_code_swapped_in_after_the_opt_in_is_refused_at_load(home, remote, tmp_p
     (folder / "marker_code.py").write_text((folder / "marker_code.py").read_text().replace(str(marker), str(other)))
     run_burst(home)
     row = queue.get(job, home, by=users.OPERATOR)
-    assert row["state"] == "failed" and CHANGED in row["error_message"], (row, logs.tail(job, 30, home=home))
+    assert row.state == "failed" and CHANGED in row.error_message, (row, logs.tail(job, 30, home=home))
     assert "Traceback" not in logs.tail(job, 30, home=home)
     assert not marker.exists() and not other.exists()
     with pytest.raises(queue.SubmitError, match=CHANGED):
@@ -98,7 +98,7 @@ def test_code_swapped_in_after_the_opt_in_is_refused_at_load(home, remote, tmp_p
     opt_in(True, home)                       # looked at again: the opt-in for the new code
     again = queue.submit("dataset_stats", {"dataset": "chat.jsonl", "model": "remote"}, home=home, owner="local")
     run_burst(home)
-    assert queue.get(again, home, by=users.OPERATOR)["state"] == "succeeded" and other.exists()
+    assert queue.get(again, home, by=users.OPERATOR).state == "succeeded" and other.exists()
 
 
 def test_a_re_download_fills_a_new_folder_swaps_it_in_whole_and_new_code_voids_the_opt_in(home, tiny_model, tmp_path):
@@ -107,21 +107,21 @@ def test_a_re_download_fills_a_new_folder_swaps_it_in_whole_and_new_code_voids_t
         spec = {"source": "huggingface", "repo_id": "x/remote", "name": "remote", "endpoint": hub.url}
         first = queue.submit("download", spec, home=home, owner="local")
         run_burst(home)
-        assert queue.get(first, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(first, 30, home=home)
+        assert queue.get(first, home, by=users.OPERATOR).state == "succeeded", logs.tail(first, 30, home=home)
         folder = home / "models" / "remote"
         opt_in(True, home)
         assert remote_code.refusal({"model": "remote"}, home) is None
         same = queue.submit("download", spec, home=home, owner="local")     # the same code again: the opt-in holds
         run_burst(home)
-        assert queue.get(same, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(same, 30, home=home)
+        assert queue.get(same, home, by=users.OPERATOR).state == "succeeded", logs.tail(same, 30, home=home)
         assert remote_code.refusal({"model": "remote"}, home) is None
-        assert models.get("remote", home)["meta"]["trust_remote_code"] is True
+        assert models.get("remote", home).meta["trust_remote_code"] is True
         v2 = make_remote_code_model(tiny_model, tmp_path / "v2", tmp_path / "RAN22")       # other code, same weights
         hub.add("x/remote", v2)
         hub.truncate["marker_code.py"] = 40                  # the first try arrives cut short
         again = queue.submit("download", spec, home=home, owner="local")
         run_burst(home)
-        assert queue.get(again, home, by=users.OPERATOR)["state"] == "failed"
+        assert queue.get(again, home, by=users.OPERATOR).state == "failed"
         # nothing of the unfinished download is under the registered model: its code, its opt-in hold
         assert (folder / "marker_code.py").read_text() == (v1 / "marker_code.py").read_text()
         assert not [p for p in folder.rglob("*") if p.name.endswith(".incomplete")]
@@ -130,10 +130,10 @@ def test_a_re_download_fills_a_new_folder_swaps_it_in_whole_and_new_code_voids_t
         hub.truncate.clear()
         retry = queue.retry(again, home=home, by=users.OPERATOR)
         run_burst(home)
-        assert queue.get(retry, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(retry, 30, home=home)
+        assert queue.get(retry, home, by=users.OPERATOR).state == "succeeded", logs.tail(retry, 30, home=home)
     assert (folder / "marker_code.py").read_text() == (v2 / "marker_code.py").read_text()
     assert not (home / "models" / ".incoming-remote").exists()
-    assert models.get("remote", home)["path"] == str(folder.resolve())
+    assert models.get("remote", home).path == str(folder.resolve())
     with pytest.raises(queue.SubmitError, match=CHANGED):
         queue.submit("dataset_stats", {"dataset": "chat.jsonl", "model": "remote"}, home=home, owner="local")
 
@@ -174,7 +174,7 @@ def test_no_job_kind_runs_the_models_code_when_the_opt_in_is_taken_back(home, re
     opt_in(False, home)                      # taken back while the jobs wait
     run_burst(home, timeout=300)
     for job_id in (stats, tune):
-        assert queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 30, home=home)
+        assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 30, home=home)
     opt_in(True, home)
     merge = queue.submit("merge", {"adapter": "remote-lora"}, home=home, owner="local")
     serve = queue.submit("serve", specs["serve"], home=home, owner="local")
@@ -182,11 +182,11 @@ def test_no_job_kind_runs_the_models_code_when_the_opt_in_is_taken_back(home, re
     from tests.conftest import start_worker, stop
     w = start_worker(home)
     try:
-        wait_for(lambda: queue.get(merge, home, by=users.OPERATOR)["state"] == "succeeded", 120, 0.2, "the merge")
+        wait_for(lambda: queue.get(merge, home, by=users.OPERATOR).state == "succeeded", 120, 0.2, "the merge")
         job = queue.get(serve, home, by=users.OPERATOR)
         # the server refuses to start a model with its own code without the opt-in
-        wait_for(lambda: queue.get(serve, home, by=users.OPERATOR)["state"] == "failed", 120, 0.2, "serve to refuse")
-        assert "trust_remote_code opt-in" in queue.get(serve, home, by=users.OPERATOR)["error_message"], job
+        wait_for(lambda: queue.get(serve, home, by=users.OPERATOR).state == "failed", 120, 0.2, "serve to refuse")
+        assert "trust_remote_code opt-in" in queue.get(serve, home, by=users.OPERATOR).error_message, job
     finally:
         stop(w)
     assert not marker.exists(), "a job ran the model's code without the opt-in"
@@ -194,4 +194,4 @@ def test_no_job_kind_runs_the_models_code_when_the_opt_in_is_taken_back(home, re
     opt_in(True, home)                       # the positive control: with the opt-in, its code does run
     again = queue.submit("dataset_stats", specs["dataset_stats"], home=home, owner="local")
     run_burst(home)
-    assert queue.get(again, home, by=users.OPERATOR)["state"] == "succeeded" and marker.exists()
+    assert queue.get(again, home, by=users.OPERATOR).state == "succeeded" and marker.exists()

@@ -36,7 +36,7 @@ def test_resume_true_never_picks_another_owners_checkpoint(ws):
     fake_checkpoint(ws, "ann", queue.validate("finetune", s)[1].model_dump(mode="json"))
     mine = queue.submit("finetune", s, owner="bob", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(mine, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(mine, 30, home=ws)
+    assert queue.get(mine, ws, by=users.OPERATOR).state == "succeeded", logs.tail(mine, 30, home=ws)
     assert "no earlier run with this spec left a checkpoint" in logs.read_log(mine, home=ws)[0]
 
 
@@ -44,7 +44,7 @@ def test_resume_true_never_picks_another_owners_checkpoint(ws):
 def test_a_checkpoint_cannot_run_code_when_loaded(ws, tmp_path):
     first = queue.submit("finetune", spec(epochs=1, name="mine", save_steps=1), owner="bob", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(first, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(first, 30, home=ws)
+    assert queue.get(first, ws, by=users.OPERATOR).state == "succeeded", logs.tail(first, 30, home=ws)
     marker = tmp_path / "PICKLE_RAN"
 
     class Evil:
@@ -54,5 +54,5 @@ def test_a_checkpoint_cannot_run_code_when_loaded(ws, tmp_path):
     torch.save({"optimizer": Evil()}, ft.checkpoints(first, ws)[-1] / "trainer.pt")
     again = queue.submit("finetune", spec(epochs=1, name="mine", save_steps=1, resume_from=first), owner="bob", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(again, ws, by=users.OPERATOR)["state"] == "failed"
+    assert queue.get(again, ws, by=users.OPERATOR).state == "failed"
     assert not marker.exists(), "loading a checkpoint ran code from it"

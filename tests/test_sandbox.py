@@ -122,7 +122,7 @@ def test_escapes_fail_inside_the_agent_job(home):
         fake.close()
         listener.close()
     job = queue.get(job_id, home, by=users.OPERATOR)
-    assert job["state"] == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
+    assert job.state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
     trace = json.loads((home / "jobs" / str(job_id) / "artifacts" / "trace.json").read_text())
     got = dict(zip(escapes, [s for s in trace if s["type"] == "tool"]))
     assert got["uid"]["output"] == "uid 65534 65534\n" and os.getuid() != 65534          # not the worker's uid

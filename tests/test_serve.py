@@ -66,9 +66,9 @@ def test_serve_answers_streams_and_cancel_cleans_up(home, worker, tiny_registere
             assert key not in cmdline.read_bytes(), cmdline
 
     # stop: the endpoint goes away and the server's process group is gone
-    pid = queue.get(job_id, home, by=users.OPERATOR)["pid"]
+    pid = queue.get(job_id, home, by=users.OPERATOR).pid
     queue.cancel(job_id, home, by=users.OPERATOR)
-    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 30, 0.2, "the job to be cancelled")
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "cancelled", 30, 0.2, "the job to be cancelled")
     assert chat.endpoints(home, by=users.OPERATOR) == [] and open_store(home).items("endpoint") == []
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
@@ -187,13 +187,13 @@ def test_continuous_batching_sized_from_free_memory_answers_8_clients(home, work
     assert [results.get(i) for i in range(8)] and all(isinstance(results.get(i), int) and results[i] >= 1
                                                      for i in range(8)), results
     queue.cancel(job_id, home, by=users.OPERATOR)
-    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 30, 0.2, "the job to be cancelled")
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "cancelled", 30, 0.2, "the job to be cancelled")
 
     job_id = queue.submit("serve", {"model": "tiny", "continuous_batching": True, "cb_blocks": 10**7,
                                     "cb_memory_share": 0.01}, home=home, owner="local")
-    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "failed", 300, 0.5, "the oversized cache to fail")
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "failed", 300, 0.5, "the oversized cache to fail")
     job = queue.get(job_id, home, by=users.OPERATOR)
-    assert job["error_class"] == "out_of_memory" and "could not fit its KV cache" in job["error_message"]
+    assert job.error_class == "out_of_memory" and "could not fit its KV cache" in job.error_message
 
 
 def test_kv_budget_and_lmdeploy_settings():

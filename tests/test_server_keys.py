@@ -81,7 +81,7 @@ def test_serve_answers_only_with_its_key_and_models_and_an_idle_cpu_server_ends_
         assert raw(url + "/chat/completions", {**auth, "Content-Length": "12abc"}) == 400
         assert status(url + "/chat/completions", key, ask) == 200
         # nothing more is asked: the CPU server stops itself and its endpoint goes away
-        wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "succeeded", 90, 0.5, "the idle server to end itself")
+        wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", 90, 0.5, "the idle server to end itself")
         assert logs.result(job_id, home)["stopped"] == "idle" and chat.endpoints(home, by=users.OPERATOR) == []
         assert "no request for" in logs.read_log(job_id, home=home)[0]
     finally:
@@ -104,7 +104,7 @@ def test_vlm_server_needs_its_key_caps_bodies_and_refuses_bad_lengths(home, work
     # the XComposer page's client sends the key: the server still answers
     assert "".join(vlm.stream(ep, [{"role": "user", "content": "What is it?", "images": [png()]}], max_new_tokens=3, by=users.OPERATOR, home=home))
     queue.cancel(job_id, home, by=users.OPERATOR)
-    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR)["state"] == "cancelled", 30, 0.2, "the vlm job to stop")
+    wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state == "cancelled", 30, 0.2, "the vlm job to stop")
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_finetune_writes_offline_wandb_and_swanlab_runs_with_its_metrics(ws):
     job_id = queue.submit("finetune", spec(max_steps=3, eval_ratio=0.1, name="tiny-trk", trackers=["wandb", "swanlab"]),
                           owner="local", home=ws)
     run_burst(ws, timeout=300)
-    assert queue.get(job_id, ws, by=users.OPERATOR)["state"] == "succeeded", logs.tail(job_id, 40, home=ws)
+    assert queue.get(job_id, ws, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 40, home=ws)
     points = metrics(job_id, ws)
     folder = paths.job_dir(job_id, ws)
     names = ("loss", "lr", "grad_norm", "tokens_per_s", "eval_loss")
