@@ -23,10 +23,9 @@ from pathlib import Path
 
 
 from backend.core import defaults
-from backend.runtime import server_auth
-from backend.workspace import models, remote_code
-from backend.core.errors import UserError
-from backend.core.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
+from backend.runtime import engines, server_auth
+from backend.workspace import remote_code
+from backend.core.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY, UserError
 from backend.runtime.procs import become_subreaper
 from backend.kinds.evaluate import (ENDPOINT_SUGGESTION, MCQ_OPTIONS, DatasetRef, ModelRef, Spec, compass_data_cache,
                                     config_variable, custom_format, endpoint_problem, find_standard_config,
@@ -325,7 +324,7 @@ def dequantized(m: ModelRef, job: Job) -> ModelRef:
         return m
     out = job.dir / "gguf" / m.name
     job.message(f"{m.name}: dequantizing {m.gguf_file} with transformers' GGUF loader")
-    cmd = models.dequantize_command(Path(m.path) / m.gguf_file, out, job.home)
+    cmd = engines.dequantize_command(Path(m.path) / m.gguf_file, out, job.home)
     if subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode != 0:
         raise JobError(UserError("err.gguf.dequantize", name=m.name), BAD_INPUT)
     return m.model_copy(update={"path": str(out), "gguf_file": ""})

@@ -253,20 +253,27 @@ class Run:
         self.job.message(text)
 
     # -- setup ------------------------------------------------------------------------------------
-    def load(self):
+    def prepare(self) -> tuple:
+        """The start of every load (text or image-text): quiet library logs, the seeds, the base model's folder and
+        whether its remote code may run (the opt-in, bound to that code's hash)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
-        spec = self.spec
-        torch.manual_seed(spec.seed)
-        random.seed(spec.seed)
+        torch.manual_seed(self.spec.seed)
+        random.seed(self.spec.seed)
         try:
-            model_path, meta = ft.resolve_model(spec.base_model, self.job.home)
+            model_path, _ = ft.resolve_model(self.spec.base_model, self.job.home)
         except ValueError as e:
             raise JobError(str(e), BAD_INPUT) from None
-        self.model_path, remote = model_path, remote_code.trust(model_path, self.job.home)
+        self.model_path = model_path
+        return model_path, remote_code.trust(model_path, self.job.home)
+
+    def load(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        spec = self.spec
+        model_path, remote = self.prepare()
         on_gpu = torch.cuda.is_available() and spec.device != "cpu"
         problem = ft.device_problem(spec.method, spec.device, torch.cuda.is_available())
         if problem:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import random
-import warnings
 
 from backend.pipeline import finetune as ft
 from backend.workspace import formats, image_text
@@ -121,17 +120,8 @@ class ImageText:
     def load(self):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-        warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
         spec = self.spec
-        torch.manual_seed(spec.seed)
-        random.seed(spec.seed)
-        try:
-            model_path, meta = ft.resolve_model(spec.base_model, self.job.home)
-        except ValueError as e:
-            raise JobError(str(e), BAD_INPUT) from None
-        self.model_path, remote = model_path, meta.get("trust_remote_code") is True
+        model_path, remote = self.prepare()
         problem = ft.device_problem(spec.method, spec.device, torch.cuda.is_available())
         if problem:
             raise JobError(problem, BAD_INPUT)

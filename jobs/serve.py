@@ -244,7 +244,7 @@ def main(spec: Spec, job: Job) -> dict:
         if (gguf := models.gguf_of(model)) is not None:   # a GGUF export (no adapter: refused at submit)
             job.message(f"{model.name}: dequantizing {gguf.name} with transformers' GGUF loader")
             model_path = job.dir / "gguf-model"
-            if subprocess.run(models.dequantize_command(gguf, model_path, job.home),
+            if subprocess.run(engines.dequantize_command(gguf, model_path, job.home),
                               stdin=subprocess.DEVNULL, check=False).returncode != 0:
                 raise JobError(UserError("err.gguf.dequantize", name=model.name), BAD_INPUT)
         served = [(name, merge_adapter(model, adapter, merged, job, remote) if adapter else model_path, label)]

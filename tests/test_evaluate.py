@@ -450,9 +450,9 @@ def test_page_offers_endpoints(home, page, tiny_model):
     page.get_by_text(ui_t("job.queued_as", id=job_id)).wait_for()
     spec = queue.get(job_id, home, by=users.OPERATOR).spec
     assert spec["models"] == [{"name": f"tiny-{serve_id}", "url": ep["url"], "api_model": str(tiny_model),
-                               "peft_path": "", "path": "", "tokenizer_path": str(tiny_model)},
+                               "peft_path": "", "path": "", "tokenizer_path": str(tiny_model), "gguf_file": ""},
                               {"name": "tiny-llama", "url": ep["url"], "api_model": str(tiny_model),
-                               "peft_path": "", "path": "", "tokenizer_path": str(tiny_model)}]
+                               "peft_path": "", "path": "", "tokenizer_path": str(tiny_model), "gguf_file": ""}]
     assert [(d["name"], d["limit"]) for d in spec["datasets"]] == [("easy_qa", 2)]
     queue.cancel(job_id, home, by=users.OPERATOR)
     finished(home, job_id, 60)

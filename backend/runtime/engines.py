@@ -78,3 +78,9 @@ def installed(engine: str, home: Path) -> bool:
     except FileNotFoundError:
         return False
     return set(requirements(engine)) <= set(done)
+
+
+def dequantize_command(gguf: Path, out: Path, home: Path) -> list[str]:
+    """A GGUF export back into a transformers folder (backend/workspace/models.py ``convert_gguf``), run in the core
+    environment (transformers + gguf) for a job of any engine's."""
+    return [str(python("core", home)), "-m", "backend.workspace.models", "dequantize", str(gguf), str(out)]

