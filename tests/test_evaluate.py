@@ -254,7 +254,7 @@ def test_results_page(finished_eval, home, page):
 
 # -- a live `serve` endpoint as an OpenAI-API model ----------------------------------------------
 def finished(home: Path, job_id: int, timeout: float) -> dict:
-    return wait_for(lambda: (j := queue.get(job_id, home, by=users.OPERATOR).state in ("succeeded", "failed", "cancelled", "lost")
+    return wait_for(lambda: (j := queue.get(job_id, home, by=users.OPERATOR)).state in ("succeeded", "failed", "cancelled", "lost")
                     and j, timeout, 0.2, f"job {job_id} to end")
 
 
