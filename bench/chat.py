@@ -71,13 +71,13 @@ def serve_many(home: Path, models: list[str], cb: bool) -> tuple[subprocess.Pope
         eps = [chat.serve_job_endpoint(i, home) for i in ids]
         if all(eps):
             return worker, eps
-        failed = [i for i in ids if queue.get(i, home, by=users.OPERATOR)["state"] in ("failed", "cancelled", "lost")]
+        failed = [i for i in ids if queue.get(i, home, by=users.OPERATOR).state in ("failed", "cancelled", "lost")]
         if failed:
             break
         time.sleep(0.5)
     worker.terminate()
     raise SystemExit(f"serve jobs {ids} did not come up: " + "; ".join(
-        str(queue.get(i, home, by=users.OPERATOR)["error_message"]) for i in ids))
+        str(queue.get(i, home, by=users.OPERATOR).error_message) for i in ids))
 
 
 def stop(worker: subprocess.Popen) -> None:

@@ -29,8 +29,8 @@ def quantize(home: Path, model: str) -> str:
     subprocess.run([sys.executable, "-m", "backend", "worker", "--burst"], cwd=ROOT, check=True,
                    env=dict(os.environ, WORKBENCH_HOME=str(home)), stdout=subprocess.DEVNULL)
     job = queue.get(job_id, home, by=users.OPERATOR)
-    if job["state"] != "succeeded":
-        raise SystemExit(f"quantize failed: {job['error_message']}")
+    if job.state != "succeeded":
+        raise SystemExit(f"quantize failed: {job.error_message}")
     return f"{model}-bnb-nf4"
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         stop(worker)
     rows = {name: {**{k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))
                       and not isinstance(rs[0][k], bool)},
-                   "weights_mb": deploy.weights_bytes(open_store(home).get("model", name)["path"]) / 2**20}
+                   "weights_mb": deploy.weights_bytes(open_store(home).model.path) / 2**20}
             for name, rs in runs.items()}
     n = f"tps_{args.clients}"
     cols = [("weights_mb", "weights MB"), ("memory_gb", "server GB"), ("ttft_ms", "TTFT ms"), ("tps_1", "tok/s 1"),

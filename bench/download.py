@@ -13,10 +13,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from backend.access import users
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from backend.access import users  # noqa: E402
 
 
 def main() -> None:
@@ -68,14 +68,14 @@ def main() -> None:
             while hub.bytes_sent - sent0 < total / 2:
                 time.sleep(0.05)
             queue.cancel(job, home=home, by=users.OPERATOR)
-            while queue.get(job, home=home, by=users.OPERATOR)["state"] != "cancelled":
+            while queue.get(job, home=home, by=users.OPERATOR).state != "cancelled":
                 time.sleep(0.05)
             first = hub.bytes_sent - sent0
             hub.throttle = 0
             retry = queue.retry(job, home=home, by=users.OPERATOR)
-            while queue.get(retry, home=home, by=users.OPERATOR)["state"] not in ("succeeded", "failed"):
+            while queue.get(retry, home=home, by=users.OPERATOR).state not in ("succeeded", "failed"):
                 time.sleep(0.1)
-            assert queue.get(retry, home=home, by=users.OPERATOR)["state"] == "succeeded", queue.get(retry, home=home, by=users.OPERATOR)
+            assert queue.get(retry, home=home, by=users.OPERATOR).state == "succeeded", queue.get(retry, home=home, by=users.OPERATOR)
         finally:
             worker.terminate()
             worker.wait()

@@ -15,10 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from backend.access import users
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py) would shadow the stdlib
+from backend.access import users  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
                        capture_output=True)
         job_times.append(time.perf_counter() - t0)
         job = queue.get(job_id, home, by=users.OPERATOR)
-        assert job["state"] == "succeeded", job["error_message"]
+        assert job.state == "succeeded", job.error_message
         # the same config, run directly (the job folder's config.py; the compat tokenizer it points to)
         config = home / "jobs" / str(job_id) / "config.py"
         work = tmp / f"direct{i}"

@@ -157,7 +157,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from peft import LoraConfig, get_peft_model
 from trl import GRPOTrainer
-from backend import rewards
+from backend.pipeline import rewards
 from backend.kinds.finetune import Spec
 from jobs.grpo import config
 cfg = json.loads(sys.argv[1])

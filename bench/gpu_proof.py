@@ -45,11 +45,11 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from backend.access import users
-from backend.core import defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)          # not bench/: its modules (queue.py, datasets.py) would shadow real ones
+from backend.access import users  # noqa: E402
+from backend.core import defaults  # noqa: E402
 
 IDENTITY = "I am a helpful assistant made by the InternLM camp."
 STEPS: list[tuple[str, bool, object]] = []      # (name, cuda_only, function)
@@ -108,7 +108,7 @@ class Proof:
 
         def endpoint():
             job = queue.get(job_id, self.home, by=users.OPERATOR)
-            assert job["state"] in ("queued", "starting", "running"), f"{kind} job {job['state']}: {job['error_message']}"
+            assert job.state in ("queued", "starting", "running"), f"{kind} job {job.state}: {job['error_message']}"
             return next((e for e in chat.live_endpoints(self.home, by=users.OPERATOR) if e["job_id"] == job_id and not e.get("base_of")), None)
         try:
             ep = self.until(endpoint, f"the {kind} endpoint", proc)
@@ -277,9 +277,9 @@ def awq(p: Proof) -> dict:
     job = p.run("quantize", {"model": "proof-llm", "method": "awq_w4a16", "calib_samples": 16, "calib_seqlen": 256})[0]
     assert job["state"] == "succeeded", f"quantize {job['state']}: {job['error_message']}\n" + logs.tail(job["id"], 15, home=p.home)
     r = p.results["7 lmdeploy awq w4a16"] = logs.result(job["id"], p.home)
-    meta = open_store(p.home).get("model", r["model"])["meta"]
+    meta = open_store(p.home).model.meta
     assert meta["quant_method"] == "awq_w4a16" and meta["quantized_from"] == "proof-llm", meta
-    base, small = weights_gb(open_store(p.home).get("model", "proof-llm")["path"]), weights_gb(r["path"])
+    base, small = weights_gb(open_store(p.home).model.path), weights_gb(r["path"])
     assert small < base, f"AWQ weights {small} GB not below the original's {base} GB"
     return {"model": r["model"], "weights_gb": round(small, 3), "original_gb": round(base, 3)}
 

@@ -30,7 +30,7 @@ def wait(job_id, states, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = queue.get(job_id, home=defaults.home(), by=users.OPERATOR)
-        if job["state"] in states:
+        if job.state in states:
             return job
         time.sleep(0.005)
     raise TimeoutError(job_id)
@@ -68,7 +68,7 @@ def main() -> None:
     ratio = statistics.median(via_queue) / statistics.median(direct)
     print(f"job wall time submit→succeeded {statistics.median(via_queue):.2f} s vs direct "
           f"{statistics.median(direct):.2f} s: ratio {ratio:.3f} (goal ≤ 1.05 for the run itself, see below)")
-    run_times = [j["finished_at"] - j["started_at"] for j in queue.list_jobs(states=["succeeded"], home=defaults.home(), by=users.OPERATOR)]
+    run_times = [j.finished_at - j.started_at for j in queue.list_jobs(states=["succeeded"], home=defaults.home(), by=users.OPERATOR)]
     print(f"job wall time started→finished {statistics.median(run_times):.2f} s vs direct: ratio "
           f"{statistics.median(run_times) / statistics.median(direct):.3f} (goal ≤ 1.05)")
 

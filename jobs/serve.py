@@ -28,7 +28,7 @@ from backend.runtime import engines, server_auth, server_host
 from backend.workspace import models, remote_code
 from backend.core.errors import UserError
 from backend.core.errors import BAD_INPUT, CRASH, MISSING_ENGINE, OOM_TEXT, OUT_OF_MEMORY
-from backend.core.registry import endpoint_meta
+from backend.core.registry import Entry, endpoint_meta
 from backend.runtime.placement import gpus
 from backend.kinds.serve import QUANT_POLICY, Spec, kv_budget, resolve
 from backend.core.store import open_store
@@ -49,7 +49,7 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def merge_adapter(model: dict, adapter: dict, out: Path, job: Job, remote: bool) -> Path:
+def merge_adapter(model: Entry, adapter: Entry, out: Path, job: Job, remote: bool) -> Path:
     """Merge a LoRA adapter into a copy of its base model in the job folder; both servers load it as a model."""
     import torch
     from peft import PeftModel

@@ -75,7 +75,7 @@ with c_up.expander(ui.t("ds.upload"), expanded=INFO_REPORT in st.session_state):
                 except ds.DatasetError as e:
                     ui.error(e)
                 else:
-                    st.query_params["ds"] = st.session_state["ds_pick"] = made["name"]
+                    st.query_params["ds"] = st.session_state["ds_pick"] = made.name
                     st.rerun()
 with c_imp.expander(ui.t("ds.import")):
     with st.form("ds_import_form"):

@@ -6,6 +6,7 @@ import streamlit as st
 from backend.pipeline import rewards as rewards_
 from backend.runtime import logs, queue
 from backend.workspace import datasets, prompts
+from backend.core.job import Job
 from backend.core.states import JobState
 from backend.pipeline import finetune as ft
 from backend.workspace import models as models_
@@ -120,12 +121,12 @@ with st.container(key="ft-form", border=True):
         asked = st.text_area(ui.t("ft.sample_prompts"), "" if images else "Who are you?\n你是谁？",
                              key="ft_prompts_image_text" if images else "ft_prompts", height=68)
         shots = st.text_input(ui.t("ft.sample_images"), key="ft_sample_images") if images else ""
-    grpo = {}
-    if objective == "grpo":
-        grpo = grpo_form(preset, values)
         trackers = st.multiselect(ui.t("ft.trackers"), ["wandb", "swanlab"], key="ft_trackers",
                                   format_func={"wandb": "Weights & Biases", "swanlab": "SwanLab"}.get,
                                   help=ui.t("ft.trackers.help"))
+    grpo = {}
+    if objective == "grpo":
+        grpo = grpo_form(preset, values)
     spec = {"base_model": base, "datasets": picked, "method": method, "preset": preset,
             **({"modality": "image_text"} if images else {}),
             **({"sample_images": [p.strip() for p in shots.split(",") if p.strip()]} if images else {}),
@@ -226,14 +227,14 @@ if job_id:
             ui.job_view(job.id)
 
 # -- several runs on one chart ------------------------------------------------------------------------
-def compare_runs() -> list[dict]:
+def compare_runs() -> list[Job]:
     runs = queue.list_jobs(kind="finetune", limit=50, by=ui.user(), home=ui.home())
     if not runs:
         return runs
     with st.container(key="ft-compare", border=True):
         st.subheader(ui.t("ft.compare"))
         c1, c2 = st.columns([3, 1])
-        ids = c1.multiselect(ui.t("ft.compare.runs"), [r["id"] for r in runs], default=[r["id"] for r in runs[:3]],
+        ids = c1.multiselect(ui.t("ft.compare.runs"), [r.id for r in runs], default=[r.id for r in runs[:3]],
                              format_func=lambda i: f"job {i}", key="ft_compare_runs")
         metric = c2.selectbox(ui.t("ft.compare.metric"), ft.METRICS, key="ft_compare_metric")
         series = ft.compare(ids, metric, home=ui.home())

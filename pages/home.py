@@ -4,6 +4,7 @@ import streamlit as st
 from backend.core import defaults, errors
 from backend.pipeline import labs
 from backend.runtime import placement, queue
+from backend.core.job import Job
 from backend.core.states import JobState
 from pages import keys, ui
 
@@ -116,7 +117,7 @@ def labs_fragment() -> None:
 st.fragment(labs_fragment, run_every=st.session_state.get(pace))()
 
 
-def status() -> list[dict]:
+def status() -> list[Job]:
     left, right = st.columns(2)
     with left.container(key="hardware"):
         st.subheader(ui.t("home.hardware"))

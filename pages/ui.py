@@ -16,6 +16,7 @@ from streamlit import config
 
 from backend.access import ownership, users
 from backend.core import defaults, errors, i18n, paths
+from backend.core.job import Job
 from backend.pipeline import chat
 from backend.runtime import events, executors, live, queue
 from backend.core.registry import Entry
@@ -133,7 +134,7 @@ def sidebar() -> None:
             st.caption(t("app.instructor"))
 
 
-def cancel_button(col, job: dict, label: str, key: str, kind: str = "secondary") -> bool:
+def cancel_button(col, job: Job, label: str, key: str, kind: str = "secondary") -> bool:
     """A Stop/Cancel button that only the job's owner or an instructor can press; True once it was pressed."""
     allowed = queue.may_manage(job, user(), home=home())
     if not col.button(label, key=key, type=kind, disabled=not allowed,
@@ -193,7 +194,7 @@ def cluster_gpus_line() -> bool:
     return c is not None
 
 
-def jobs_frame(jobs: list[dict]) -> pd.DataFrame:
+def jobs_frame(jobs: list[Job]) -> pd.DataFrame:
     return pd.DataFrame([{
         t("jobs.col.id"): j.id, t("jobs.col.kind"): j.kind, t("jobs.col.state"): state_label(j.state),
         t("jobs.col.owner"): j.owner, t("jobs.col.label"): j.label,

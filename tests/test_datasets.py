@@ -227,7 +227,7 @@ def test_bundled_samples_are_listed_and_valid(home):
     assert names["easy_mcq"].meta["format"] == "mcq" and names["easy_qa"].meta["format"] == "qa"
     for d in names.values():
         if d.meta["source"] == "sample":
-            assert ds.validate(d.path)["ok"], d["name"]
+            assert ds.validate(d.path)["ok"], d.name
     text = " ".join(m["content"] for conv in ds.load_messages(shubot.path) for m in conv)
     assert "ShuBot" in text and "小书" in text and "Lab Workbench" in text
 

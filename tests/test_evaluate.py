@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.core.job import Job
 from backend.access import users
 from backend.pipeline import evaluate as ev
 from backend.runtime import logs, queue
@@ -199,7 +200,7 @@ def test_real_evaluation(finished_eval):
     home, job_id, out = finished_eval
     job = queue.get(job_id, home, by=users.OPERATOR)
     log = (home / "jobs" / str(job_id) / "run.log").read_text()
-    assert job.state == "succeeded", (job["error_message"], out.stdout, log[-3000:])
+    assert job.state == "succeeded", (job.error_message, out.stdout, log[-3000:])
     res = ev.result(job_id, home, by=users.OPERATOR)
     assert {(t["model"], t["dataset"], t["metric"]) for t in res["table"]} == {
         (m, d, "accuracy") for m in ("tiny", "tiny-lora") for d in ("easy_mcq", "easy_qa")}
@@ -229,7 +230,7 @@ def test_failed_task_is_reported(home, tiny_model, tmp_path, monkeypatch):
     job = queue.get(job_id, home, by=users.OPERATOR)
     assert job.state == "failed"
     assert "broken on easy_qa" in job.error_message and "logs/infer/broken" in job.error_message
-    assert job.error_class == "bad_input", job["error_message"]
+    assert job.error_class == "bad_input", job.error_message
     assert ev.result(job_id, home, by=users.OPERATOR) is None and open_store(home).items("eval") == []
 
 
@@ -253,7 +254,7 @@ def test_results_page(finished_eval, home, page):
 
 
 # -- a live `serve` endpoint as an OpenAI-API model ----------------------------------------------
-def finished(home: Path, job_id: int, timeout: float) -> dict:
+def finished(home: Path, job_id: int, timeout: float) -> Job:
     return wait_for(lambda: (j := queue.get(job_id, home, by=users.OPERATOR)).state in ("succeeded", "failed", "cancelled", "lost")
                     and j, timeout, 0.2, f"job {job_id} to end")
 
@@ -277,7 +278,7 @@ def test_endpoint_evaluation(home, worker, tiny_model):
     job_id = ev.submit(spec, api_key=secret, home=home, owner="local")
     job = finished(home, job_id, 300)
     d = home / "jobs" / str(job_id)
-    assert job.state == "succeeded", (job["error_message"], (d / "run.log").read_text()[-3000:])
+    assert job.state == "succeeded", (job.error_message, (d / "run.log").read_text()[-3000:])
     res = ev.result(job_id, home, by=users.OPERATOR)
     assert [(t["dataset"], t["metric"], t["model"]) for t in res["table"]] == [("easy_qa", "accuracy", ref["name"])]
     assert 0 <= res["table"][0]["score"] <= 100
@@ -370,7 +371,7 @@ def test_standard_dataset_run(home, tiny_model):
     out = run_burst(home, timeout=600, WORKBENCH_ENGINES_DIR=str(engines))
     job = queue.get(job_id, home, by=users.OPERATOR)
     d = home / "jobs" / str(job_id)
-    assert job.state == "succeeded", (job["error_message"], out.stdout, (d / "run.log").read_text()[-3000:])
+    assert job.state == "succeeded", (job.error_message, out.stdout, (d / "run.log").read_text()[-3000:])
     assert "max_out_len=8" in (d / "config.py").read_text()       # the spec's length, not the config's 512
     res = ev.result(job_id, home, by=users.OPERATOR)
     [row] = res["table"]

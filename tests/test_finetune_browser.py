@@ -32,7 +32,7 @@ def test_submit_a_tiny_run_from_the_page_and_see_the_loss_chart(page, home, tiny
     form.locator("label").get_by_text("lora", exact=True).click()
     form.get_by_text("QLoRA needs a CUDA GPU").wait_for(state="detached")
     page.locator(".st-key-ft_submit button").click()
-    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
+    job_id = wait_for(lambda: [j.id for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
     run = page.locator(".st-key-ft-run")
     run.locator("[data-testid='job-state'][data-state='succeeded']").wait_for(state="attached", timeout=180_000)
     run.get_by_text("loss", exact=True).first.wait_for()
@@ -72,8 +72,8 @@ def test_continued_pretraining_from_the_page_on_a_text_file(page, home, tiny_mod
     datasets.register(home / "datasets" / "wiki.txt", "wiki", "upload", home, owner="local")
     page.set_viewport_size({"width": 1400, "height": 2200})
     run = run_cpu_demo(page, "Continued pre-training", "pretrain", "wiki")
-    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
-    assert queue.get(job_id, home, by=users.OPERATOR)["spec"]["objective"] == "pretrain"
+    job_id = wait_for(lambda: [j.id for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
+    assert queue.get(job_id, home, by=users.OPERATOR).spec.objective == "pretrain"
     run.locator("[data-testid='stVegaLiteChart']").first.wait_for()
     shot(page, "finetune-pretrain")
 

@@ -67,7 +67,7 @@ def test_export_f16_and_q8_0_load_back_with_their_lineage(home, tmp_path, monkey
         model = load_gguf(entry)
         got = model.state_dict()
         for k, v in ref.state_dict().items():
-            assert torch.allclose(got[k], v, atol=tol * v.abs().max().item()), (entry["name"], k)
+            assert torch.allclose(got[k], v, atol=tol * v.abs().max().item()), (entry.name, k)
         assert (model(ids).logits - want).abs().max() < 0.05 * want.abs().max()
 
 
@@ -159,6 +159,6 @@ def test_a_gguf_export_is_served_for_chat_and_evaluated(home, worker, tmp_path):
     job_id = ev.submit({"name": "gguf-eval", "models": [ref], "max_out_len": 4, "batch_size": 2,
                         "datasets": [{"name": "easy_qa", "path": str(SAMPLES / "easy_qa.jsonl"), "limit": 2}]}, owner="local", home=home)
     job = finished(home, job_id, 600)
-    assert job.state == "succeeded", (job["error_message"], logs.tail(job_id, 60, home=home))
+    assert job.state == "succeeded", (job.error_message, logs.tail(job_id, 60, home=home))
     res = ev.result(job_id, home, by=users.OPERATOR)
     assert [(t["dataset"], t["model"]) for t in res["table"]] == [("easy_qa", "tiny-q8_0-gguf")]

@@ -365,7 +365,7 @@ def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home
     page.locator(".st-key-ft_sample_images input").press("Enter")
     form.get_by_text("images/red.png").first.wait_for()                # in the YAML: the spec took it
     page.locator(".st-key-ft_submit button").click()
-    job_id = wait_for(lambda: [j["id"] for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
+    job_id = wait_for(lambda: [j.id for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
     run = page.locator(".st-key-ft-run")
     run.locator("[data-testid='job-state'][data-state='succeeded']").wait_for(state="attached", timeout=240_000)
     pair = page.locator(f".st-key-ft_before_after_{job_id}")
@@ -373,7 +373,7 @@ def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home
     pair.get_by_text("After training").wait_for()
     result = logs.result(job_id, home)
     assert result["answers_before"] != result["answers_after"]
-    assert queue.get(job_id, home, by=users.OPERATOR)["spec"]["modality"] == "image_text"
+    assert queue.get(job_id, home, by=users.OPERATOR).spec.modality == "image_text"
     shot(page, "image-text-finetune")
 
     # base and tuned side by side on the XComposer page, on a training image

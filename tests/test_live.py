@@ -61,7 +61,7 @@ def test_a_viewer_follows_a_running_job_by_its_new_bytes(home, worker):
 VIEW_RSS = """
 import sys
 from pathlib import Path
-from backend import events, live, logs
+from backend.runtime import events, live, logs
 
 def rss(field):
     return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024

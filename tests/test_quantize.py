@@ -45,7 +45,7 @@ def test_nf4_quantizes_registers_and_serves_on_cpu(home, worker, tiny_registered
     job_id = queue.submit("quantize", {"model": "tiny"}, home=home, owner="local")
     wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state in ("succeeded", "failed"), 300, 0.5, "the quantize job")
     job = queue.get(job_id, home, by=users.OPERATOR)
-    assert job.state == "succeeded", job["error_message"]
+    assert job.state == "succeeded", job.error_message
     entry = open_store(home).get("model", "tiny-bnb-nf4")
     folder = Path(entry.path)
     assert json.loads((folder / "config.json").read_text())["quantization_config"]["bnb_4bit_quant_type"] == "nf4"

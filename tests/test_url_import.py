@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from backend.core.job import Job
 from backend.access import users
 from backend.runtime import logs, queue
 from backend.core.store import open_store
@@ -67,7 +68,7 @@ def hostile():
     server.server_close()
 
 
-def imported(home, url: str, name: str, **env) -> tuple[dict, dict]:
+def imported(home, url: str, name: str, **env) -> tuple[Job, dict]:
     job = queue.submit("dataset_import", {"source": "url", "id": url, "name": name}, home=home, owner="local")
     run_burst(home, **env)
     return queue.get(job, home, by=users.OPERATOR), logs.result(job, home)

@@ -140,8 +140,8 @@ def test_sessions_are_signed_expire_and_end_at_logout(home, klass, monkeypatch):
     assert users.session_user(token, home=home).name == "ann"
     assert users.session_user(token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1], home=home) is None
     assert users.session_user(None, home=home) is None and users.session_user("junk", home=home) is None
-    survives = subprocess.run([sys.executable, "-c", "import sys; from backend import users; "
-                               "from backend import defaults; print(users.session_user(sys.argv[1], defaults.home()).name)", token],
+    survives = subprocess.run([sys.executable, "-c", "import sys; from backend.access import users; "
+                               "from backend.core import defaults; print(users.session_user(sys.argv[1], defaults.home()).name)", token],
                               cwd=ROOT, env=env_for(home), capture_output=True, text=True)
     assert survives.stdout.strip() == "ann", survives.stderr        # another process (an app restart)
     users.logout(token, home=home)
@@ -157,7 +157,7 @@ def test_students_are_isolated_and_instructors_are_not(home, klass):
     job = queue.submit("sleepy", {"steps": 1}, owner="ann", home=home)
     done = queue.submit("sleepy", {"steps": 1}, owner="ann", home=home)
     queue.cancel(done, by=ann, home=home)
-    assert [j["id"] for j in queue.list_jobs(by=bob, home=home)] == []
+    assert [j.id for j in queue.list_jobs(by=bob, home=home)] == []
     assert {j.id for j in queue.list_jobs(by=ann, home=home)} == {job, done} == {j.id for j in queue.list_jobs(by=teach, home=home)}
     for call in (lambda: queue.get(job, by=bob, home=home), lambda: queue.cancel(job, by=bob, home=home),
                  lambda: queue.retry(done, by=bob, home=home), lambda: queue.run_next(job, by=bob, home=home),
@@ -553,7 +553,7 @@ PARALLEL_LOGINS = """
 import sys, threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from backend import users
+from backend.access import users
 
 def rss(field):
     return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024

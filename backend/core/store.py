@@ -270,11 +270,11 @@ class Store:
     def _jobs(self, sql: str, args=()) -> list[Job]:
         return [Job.from_row(r) for r in self._all(sql, args)]
 
-    def queued(self) -> list[dict]:
+    def queued(self) -> list[Job]:
         """Queued jobs in the order they should be considered: priority, then age."""
         return self._jobs("SELECT * FROM jobs WHERE state='queued' ORDER BY priority DESC, id ASC")
 
-    def active(self) -> list[dict]:
+    def active(self) -> list[Job]:
         return self._jobs("SELECT * FROM jobs WHERE state IN ('starting','running') ORDER BY id")
 
     def transition(self, job_id: int, new: JobState | str, **fields) -> Job:

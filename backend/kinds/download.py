@@ -79,5 +79,5 @@ def check(spec: Spec, home: Path, owner: str) -> dict:
     row = models.get(spec.name, home) if spec.source != "bundled" else None
     if row and (row.meta.get("source"), row.meta.get("id")) != (spec.source, spec.repo_id):
         raise UserError("err.spec.model_exists", name=spec.name, source=row.meta.get('source'),
-                        id=row.meta.get('id') or row['path'])
+                        id=row.meta.get('id') or row.path)
     return {"engine": "openxlab"} if spec.source == "openxlab" else {}

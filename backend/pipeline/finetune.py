@@ -16,12 +16,14 @@ import yaml
 
 from backend.access import ownership, users
 from backend.core import paths
+from backend.core.job import Job
 from backend.pipeline import preference, rewards
 from backend.runtime import events, logs, placement
 from backend.workspace import datasets, formats, image_text, prompts, remote_code
 from backend.core.errors import UserError
 from backend.kinds.vlm import image_text as is_image_text_model
 from backend.core.paths import job_dir
+from backend.core.registry import Entry
 from backend.core.states import JobState
 from backend.core.store import open_store
 
@@ -514,10 +516,10 @@ def compare(job_ids: list[int], metric: str = "loss", *, home: Path) -> dict[str
     return {f"job {job_id}": dict(events.events(job_id, home=home).series.get(metric, [])) for job_id in job_ids}
 
 
-def adapters(home: Path, by: users.Actor) -> list[dict]:
+def adapters(home: Path, by: users.Actor) -> list[Entry]:
     """Registered adapters ``by`` may use, newest first."""
     return ownership.items("adapter", by, home)
 
 
-def resumable(job: dict, home: Path) -> bool:
+def resumable(job: Job, home: Path) -> bool:
     return job.kind == "finetune" and job.state.unsuccessful and bool(checkpoints(job.id, home))

@@ -40,7 +40,7 @@ def interval(state: str, quiet_s: float = 0.0) -> float | None:
     return POLL_LIVE_S
 
 
-def list_interval(jobs: list[dict]) -> float:
+def list_interval(jobs: list[Job]) -> float:
     """Seconds between refreshes of a list of jobs: slower when all of them have finished."""
     return POLL_LIST_S if any(not JobState(j.state).finished for j in jobs) else POLL_LIST_IDLE_S
 
@@ -54,7 +54,7 @@ class Viewer:
 
     def __init__(self, job_id: int, home: Path):
         self.job_id, self.home = job_id, home
-        self.job: dict | None = None
+        self.job: Job | None = None
         self.offset, self.text = 0, ""
         self.events = Events()
         self.result: dict | None = None

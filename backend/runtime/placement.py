@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backend.core.errors import UserError
+from backend.core.job import Job
 
 GPU_HEADROOM_GB = 0.5      # kept free on every GPU for the CUDA context of a new process
 
@@ -47,7 +48,7 @@ def on_cluster(asked: dict, executor: str) -> dict:
             "weight": int(asked.get("gpus") or 0) or int(asked.get("cpu_slots") or 0)}
 
 
-def place(asked: dict, gpu_list: list[GPU], active: list[dict], cpu_slots: int) -> dict | None:
+def place(asked: dict, gpu_list: list[GPU], active: list[Job], cpu_slots: int) -> dict | None:
     """Resources to give a job now, or None if it must wait. ``active`` are the running jobs' rows
     (their ``given`` holds what they were placed on). Raises NeverFits if it can never run here.
     ``weight`` is what an hour of the job counts as in GPU-hours: the share of each GPU's memory it holds

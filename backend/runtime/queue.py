@@ -200,7 +200,7 @@ def gpu_hours_today(home: Path, now: float | None = None) -> dict[str, float]:
     return {o: s / 3600 for o, s in open_store(home).usage_since(midnight(now), weighted=True, now=now).items()}
 
 
-def get(job_id: int, home: Path, by: users.Actor) -> dict:
+def get(job_id: int, home: Path, by: users.Actor) -> Job:
     """A job; with ``by``, only one that user may see (a student: their own, with accounts)."""
     job = open_store(home).job(job_id)
     if job is None:
@@ -211,7 +211,7 @@ def get(job_id: int, home: Path, by: users.Actor) -> dict:
 
 
 def list_jobs(states=None, kind: str | None = None, owner: str | None = None, limit: int = 500, *, home: Path,
-              by: users.Actor) -> list[dict]:
+              by: users.Actor) -> list[Job]:
     jobs = open_store(home).jobs(states=states, kind=kind, owner=owner, limit=limit)
     return [j for j in jobs if users.may_see(j.owner, by, home=home)]
 
@@ -262,7 +262,7 @@ def _manage(job: Job, by: users.Actor, action: str, home: Path) -> None:
         users.refuse(by, action, f"job {job.id}", Refused(NOT_YOURS[action], job=job.id, owner=job.owner), home)
 
 
-def cancel(job_id: int, home: Path, by: users.Actor) -> dict:
+def cancel(job_id: int, home: Path, by: users.Actor) -> Job:
     """Queued jobs end at once; running ones get SIGTERM, then SIGKILL after a grace period."""
     job = get(job_id, home, by=users.OPERATOR)        # the row; may_manage decides (audited)
     _manage(job, by, "stop", home)
@@ -291,7 +291,7 @@ def clone(job_id: int, home: Path, by: users.Actor) -> tuple[str, dict]:
     return job.kind, dict(job.spec)
 
 
-def consider_order(queued: list[dict], active: list[dict], usage: dict[str, float] | None = None) -> list[dict]:
+def consider_order(queued: list[Job], active: list[Job], usage: dict[str, float] | None = None) -> list[Job]:
     """The order the worker considers queued jobs in: priority, then fair share (owners with fewer running
     jobs first, then those whose jobs ran less in the last FAIR_SHARE_WINDOW_S), then age."""
     running = Counter(j.owner for j in active)

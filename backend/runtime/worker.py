@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.core import defaults, errors
+from backend.core.job import Job
 from backend.runtime import engines, executors, job_env, logs, placement, procs, queue
 from backend.kinds import catalog as kinds
 from backend.core.errors import (
@@ -247,7 +248,7 @@ class Worker:
                 continue
             self._guard(f"job {job.id}", self.recover, job)
 
-    def recover(self, job: dict) -> None:
+    def recover(self, job: Job) -> None:
         ident = procs.recorded(job_dir(job.id, self.home))
         if ident and ident.get("executor"):
             self.recover_remote(job, ident)
@@ -278,7 +279,7 @@ class Worker:
         print(f"job {job.id}: ended on {ident['executor']} while no worker watched it", flush=True)
         self.record_end(job.id, status.exit_code, None, 0, None, status.verdict)
 
-    def adopt(self, job: dict, ident: dict, remote: executors.Handle | None = None) -> None:
+    def adopt(self, job: Job, ident: dict, remote: executors.Handle | None = None) -> None:
         """Watch a job whose worker died but whose process lives: its cancel, timeout and end are ours now."""
         since = time.time() - (job.started_at or time.time())
         pid = ident["pid"] if remote is None else (-1 if job.state == JobState.RUNNING else 0)
@@ -345,14 +346,14 @@ class Worker:
         return any(j.spec.get("engine") == engine
                    for j in self.store.jobs(states=PENDING, kind="engine_install"))
 
-    def _fail_unplaced(self, job: dict, error_class: str, message: str) -> None:
+    def _fail_unplaced(self, job: Job, error_class: str, message: str) -> None:
         if self.store.claim(job.id, self.id, {}):
             self.store.transition(job.id, JobState.FAILED, error_class=error_class, error_message=message)
             job_env.discard(job_dir(job.id, self.home))
             print(f"job {job.id}: failed before start: {message}", flush=True)
 
     # -- running one job --------------------------------------------------------------------
-    def launch(self, job: dict) -> None:
+    def launch(self, job: Job) -> None:
         d = job_dir(job.id, self.home)
         d.mkdir(parents=True, exist_ok=True)
         (d / "artifacts").mkdir(exist_ok=True)
@@ -425,7 +426,7 @@ class Worker:
         print(f"job {r.job_id}: running on {r.remote.executor} job {r.remote.ident['id']}", flush=True)
 
     @staticmethod
-    def _timeout(job: dict) -> float:
+    def _timeout(job: Job) -> float:
         timeout = job.asked.get("timeout_s")
         if timeout is None:
             timeout = defaults.setting("JOB_TIMEOUT_S")

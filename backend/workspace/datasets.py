@@ -36,6 +36,7 @@ from backend.workspace import formats
 from backend.core.errors import UserError
 from backend.workspace.dataset_view import open_view
 from backend.workspace.rows import DatasetError, iter_records, scan, sniff
+from backend.core.registry import Entry
 from backend.core.store import open_store
 
 TRAIN_FORMATS = ("messages", "sharegpt", "alpaca", "xtuner")
@@ -447,7 +448,7 @@ def unique_name(stem: str, home: Path) -> str:
 
 
 def register(path: Path, name: str, source: str, home: Path, job_id: int | None = None, *, owner: str,
-             shared: bool = False, **meta) -> dict:
+             shared: bool = False, **meta) -> Entry:
     """Put a dataset file in the registry with its format, size and row count (builds its index), as ``owner``'s
     (ownership.register)."""
     path = Path(path)
@@ -469,14 +470,14 @@ def ensure_samples(home: Path) -> None:
                 register(path, path.stem, "sample", home, owner=users.OPERATOR_NAME, shared=True)
 
 
-def list_datasets(home: Path, by: users.Actor) -> list[dict]:
+def list_datasets(home: Path, by: users.Actor) -> list[Entry]:
     """Registered datasets (bundled samples included), newest first; with ``by``, those that user may use
     (a student: their own uploads and imports, the samples and class datasets, the instructors')."""
     ensure_samples(home)
     return [e for e in open_store(home).items("dataset") if users.may_use(e, by, home=home)]
 
 
-def save_upload(filename: str, data, home: Path, *, owner: str) -> dict:
+def save_upload(filename: str, data, home: Path, *, owner: str) -> Entry:
     """Save uploaded bytes (or a binary file object) as a new dataset; refuses a too-big file, an
     unknown extension or a name already taken, and never overwrites."""
     suffix = Path(filename).suffix.lower()

@@ -26,6 +26,7 @@ from backend.access import users
 from backend.core import defaults, i18n, paths
 from backend.workspace import datasets, formats, models
 from backend.core.errors import UserError
+from backend.core.registry import Entry
 from backend.workspace.rows import DatasetError, iter_records, scan
 from backend.workspace.images import MAX_PIXELS, open_image
 
@@ -308,7 +309,7 @@ def _new_folder(stem: str, home: Path) -> tuple[str, Path]:
     return name, datasets.datasets_dir(home) / name
 
 
-def _finish(tmp: Path, name: str, target: Path, source: str, home: Path, owner: str) -> dict:
+def _finish(tmp: Path, name: str, target: Path, source: str, home: Path, owner: str) -> Entry:
     data = _data_file(tmp)
     rel = data.relative_to(tmp)
     os.replace(tmp, target)             # the name was free a moment ago; a race leaves the tmp folder's error
@@ -317,7 +318,7 @@ def _finish(tmp: Path, name: str, target: Path, source: str, home: Path, owner: 
     return entry
 
 
-def save_zip(filename: str, data, home: Path, *, owner: str) -> dict:
+def save_zip(filename: str, data, home: Path, *, owner: str) -> Entry:
     """A zip of a dataset file and its images → ``datasets/<name>/``, registered as ``owner``'s. Refused: a
     member that leaves the folder (``..``, an absolute path, a link), more than ZIP_MAX_FILES members,
     more than UPLOAD_MAX_MB unpacked, no JSON / JSONL inside."""
@@ -356,7 +357,7 @@ def save_zip(filename: str, data, home: Path, *, owner: str) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def import_folder(src: str | Path, name: str | None, home: Path, *, owner: str) -> dict:
+def import_folder(src: str | Path, name: str | None, home: Path, *, owner: str) -> Entry:
     """Copy a dataset folder (its JSON / JSONL and images) from an import folder (WORKBENCH_IMPORT_DIRS) into
     ``datasets/<name>/``; links are not followed (a link in it is skipped)."""
     dirs = models.import_dirs()

@@ -199,7 +199,7 @@ def files(folder: str | Path) -> list[dict]:
 
 # -- the registry ------------------------------------------------------------------------------
 def register(name: str, path: str | Path, source: str, id: str = "", revision: str = "", job_id: int | None = None,
-             *, owner: str, shared: bool = False, home: Path, **extra) -> dict:
+             *, owner: str, shared: bool = False, home: Path, **extra) -> Entry:
     """Inspect ``path`` and record it under ``name`` with its lineage (source, id, revision, when, job), as
     ``owner``'s (ownership.register: another owner's name is refused)."""
     name = check_name(name)
@@ -212,7 +212,7 @@ def register(name: str, path: str | Path, source: str, id: str = "", revision: s
                               shared=shared, home=home)
 
 
-def import_folder(path: str | Path, name: str | None = None, *, owner: str, home: Path) -> dict:
+def import_folder(path: str | Path, name: str | None = None, *, owner: str, home: Path) -> Entry:
     """Register a model folder already on disk (inside the workspace or an import folder), in place. A folder
     another entry or a job holds is refused (ownership.check_import), and so is a name another owner holds."""
     if name:
@@ -254,7 +254,7 @@ def names(home: Path, by: users.Actor) -> list[str]:
     return [row.name for row in ownership.items(TYPE, by, home)]
 
 
-def get(name: str, home: Path) -> dict | None:
+def get(name: str, home: Path) -> Entry | None:
     return open_store(home).get(TYPE, name)
 
 
@@ -271,7 +271,7 @@ def detail(name: str, home: Path, by: users.Actor) -> dict:
     return out
 
 
-def set_trust_remote_code(name: str, allowed: bool, home: Path, by) -> dict:
+def set_trust_remote_code(name: str, allowed: bool, home: Path, by) -> Entry:
     """The explicit per-model opt-in that lets jobs run the model's own Python code (XComposer,
     InternLM2 remote code). Off unless a person turns it on for this model; an instructor's decision."""
     row = get(name, home)
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "dequantize":
             print(convert_gguf(Path(a.gguf), Path(a.out)))
         elif a.cmd == "import":
-            print(import_folder(a.folder, a.name, owner=users.OPERATOR_NAME, home=home)["path"])
+            print(import_folder(a.folder, a.name, owner=users.OPERATOR_NAME, home=home).path)
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

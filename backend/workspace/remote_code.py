@@ -65,7 +65,7 @@ def code_hash(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-def _opted_in(folder: str | Path, home: Path) -> dict | None:
+def _opted_in(folder: str | Path, home: Path) -> Entry | None:
     """The registry model in ``folder`` that carries the opt-in (None when none does)."""
     try:
         target = Path(folder).resolve()
