@@ -51,7 +51,7 @@ def main() -> None:
         stop(worker)
     rows = {name: {**{k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))
                       and not isinstance(rs[0][k], bool)},
-                   "weights_mb": deploy.weights_bytes(open_store(home).model.path) / 2**20}
+                   "weights_mb": deploy.weights_bytes(open_store(home).get("model", name).path) / 2**20}
             for name, rs in runs.items()}
     n = f"tps_{args.clients}"
     cols = [("weights_mb", "weights MB"), ("memory_gb", "server GB"), ("ttft_ms", "TTFT ms"), ("tps_1", "tok/s 1"),

@@ -108,7 +108,7 @@ class Proof:
 
         def endpoint():
             job = queue.get(job_id, self.home, by=users.OPERATOR)
-            assert job.state in ("queued", "starting", "running"), f"{kind} job {job.state}: {job['error_message']}"
+            assert job.state in ("queued", "starting", "running"), f"{kind} job {job.state}: {job.error_message}"
             return next((e for e in chat.live_endpoints(self.home, by=users.OPERATOR) if e["job_id"] == job_id and not e.get("base_of")), None)
         try:
             ep = self.until(endpoint, f"the {kind} endpoint", proc)
@@ -146,12 +146,12 @@ class Proof:
                 "save_steps": 1000, "gradient_checkpointing": self.gpu, "device": "gpu" if self.gpu else "cpu"}
         return {**spec, **kw}
 
-    def trained(self, job: dict) -> dict:
+    def trained(self, job) -> dict:
         """A fine-tune job that succeeded, lowered its loss and saved its adapter: its result."""
         from backend.runtime import logs
-        assert job["state"] == "succeeded", f"job {job['id']} {job['state']}: {job['error_message']}\n" \
-                                            + logs.tail(job["id"], 15, home=self.home)
-        r = logs.result(job["id"], self.home)
+        assert job.state == "succeeded", f"job {job.id} {job.state}: {job.error_message}\n" \
+                                            + logs.tail(job.id, 15, home=self.home)
+        r = logs.result(job.id, self.home)
         assert r["final_loss"] < r["first_loss"], f"loss did not fall: {r['first_loss']} → {r['final_loss']}"
         assert (Path(r["path"]) / "adapter_model.safetensors").exists(), f"no adapter saved in {r['path']}"
         return r
@@ -187,7 +187,7 @@ def lora_fp16(p: Proof) -> dict:
 def qlora(p: Proof) -> dict:
     job = p.run("finetune", p.finetune(method="qlora", dtype="bf16"))[0]
     r = p.trained(job)
-    log = (p.home / "jobs" / str(job["id"]) / "run.log").read_text()
+    log = (p.home / "jobs" / str(job.id) / "run.log").read_text()
     assert "Linear4bit layers" in log and "double quantisation" in log, "no 4-bit layers reported in the log"
     lora_peak = p.results.get("1a lora", {}).get("peak_gpu_gb")
     assert lora_peak and r["peak_gpu_gb"] < lora_peak, f"QLoRA peak {r['peak_gpu_gb']} GB not below LoRA's {lora_peak}"
@@ -203,11 +203,11 @@ def placement(p: Proof) -> dict:
     jobs = p.run("finetune", *specs)
     results = [p.trained(j) for j in jobs]
     a, b, c = jobs
-    assert a["given"]["gpus"] == b["given"]["gpus"] == [gpu.index], f"not placed on GPU {gpu.index}: {a['given']}, {b['given']}"
-    assert max(a["started_at"], b["started_at"]) < min(a["finished_at"], b["finished_at"]), "the first two did not overlap"
-    assert c["started_at"] >= min(a["finished_at"], b["finished_at"]), "the third started before one of the two ended"
+    assert a.given["gpus"] == b.given["gpus"] == [gpu.index], f"not placed on GPU {gpu.index}: {a.given}, {b.given}"
+    assert max(a.started_at, b.started_at) < min(a.finished_at, b.finished_at), "the first two did not overlap"
+    assert c.started_at >= min(a.finished_at, b.finished_at), "the third started before one of the two ended"
     est = p.estimate_gb(specs[0])
-    return {"ask_gb": ask, "gpu_gb": round(gpu.total_gb, 1), "waited_s": round(c["started_at"] - a["started_at"], 1),
+    return {"ask_gb": ask, "gpu_gb": round(gpu.total_gb, 1), "waited_s": round(c.started_at - a.started_at, 1),
             "estimate_gb": est, "peak_gpu_gb": [r["peak_gpu_gb"] for r in results]}
 
 
@@ -222,13 +222,13 @@ def out_of_memory(p: Proof) -> dict:
     (p.home / "datasets" / "wide.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     job = p.run("finetune", p.finetune(datasets=["wide.jsonl"], packing=False, batch_size=1024, max_length=2048,
                                        gradient_checkpointing=False, max_steps=1, gpu_mem_gb=2))[0]
-    assert job["state"] == "failed" and job["error_class"] == "out_of_memory", \
-        f"job {job['state']} ({job['error_class']}): {job['error_message']}"
-    assert job["error_message"].startswith("out of GPU memory"), job["error_message"]
-    tip = logs.result(job["id"], p.home)["error"]["suggestion"]
+    assert job.state == "failed" and job.error_class == "out_of_memory", \
+        f"job {job.state} ({job.error_class}): {job.error_message}"
+    assert job.error_message.startswith("out of GPU memory"), job.error_message
+    tip = logs.result(job.id, p.home)["error"]["suggestion"]
     for want in ("method: qlora", "batch_size 1024 → 1", "max_length 2048 → 1024", "gradient_checkpointing: true"):
         assert want in tip, f"suggestion lacks {want!r}: {tip}"
-    return {"error_class": job["error_class"], "suggestion": tip}
+    return {"error_class": job.error_class, "suggestion": tip}
 
 
 def chat_figures(ep: dict) -> dict:
@@ -275,11 +275,11 @@ def awq(p: Proof) -> dict:
     from backend.core.store import open_store
     p.lmdeploy()
     job = p.run("quantize", {"model": "proof-llm", "method": "awq_w4a16", "calib_samples": 16, "calib_seqlen": 256})[0]
-    assert job["state"] == "succeeded", f"quantize {job['state']}: {job['error_message']}\n" + logs.tail(job["id"], 15, home=p.home)
-    r = p.results["7 lmdeploy awq w4a16"] = logs.result(job["id"], p.home)
-    meta = open_store(p.home).model.meta
+    assert job.state == "succeeded", f"quantize {job.state}: {job.error_message}\n" + logs.tail(job.id, 15, home=p.home)
+    r = p.results["7 lmdeploy awq w4a16"] = logs.result(job.id, p.home)
+    meta = open_store(p.home).get("model", r["model"]).meta
     assert meta["quant_method"] == "awq_w4a16" and meta["quantized_from"] == "proof-llm", meta
-    base, small = weights_gb(open_store(p.home).model.path), weights_gb(r["path"])
+    base, small = weights_gb(open_store(p.home).get("model", "proof-llm").path), weights_gb(r["path"])
     assert small < base, f"AWQ weights {small} GB not below the original's {base} GB"
     return {"model": r["model"], "weights_gb": round(small, 3), "original_gb": round(base, 3)}
 
@@ -333,10 +333,10 @@ def grpo(p: Proof) -> dict:
                       max_steps=10 if p.gpu else 40, rewards=[{"kind": "length", "target": 120}], name="proof-grpo",
                       **({"dtype": "bf16"} if p.gpu else {"method": "full", "scheduler": "constant"}))
     job = p.run("finetune", spec)[0]
-    assert job["state"] == "succeeded", f"job {job['id']} {job['state']}: {job['error_message']}\n" + \
-        logs.tail(job["id"], 15, home=p.home)
-    r = logs.result(job["id"], p.home)
-    events = logs.read_events(job["id"], home=p.home)[0]
+    assert job.state == "succeeded", f"job {job.id} {job.state}: {job.error_message}\n" + \
+        logs.tail(job.id, 15, home=p.home)
+    r = logs.result(job.id, p.home)
+    events = logs.read_events(job.id, home=p.home)[0]
     shown = [e for e in events if e["type"] == "completions"]
     assert len(shown) == r["steps"] and shown[-1]["rows"][0]["completion"], "no sampled answers in the events"
     if not p.gpu:

@@ -73,7 +73,7 @@ def test_continued_pretraining_from_the_page_on_a_text_file(page, home, tiny_mod
     page.set_viewport_size({"width": 1400, "height": 2200})
     run = run_cpu_demo(page, "Continued pre-training", "pretrain", "wiki")
     job_id = wait_for(lambda: [j.id for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
-    assert queue.get(job_id, home, by=users.OPERATOR).spec.objective == "pretrain"
+    assert queue.get(job_id, home, by=users.OPERATOR).spec["objective"] == "pretrain"
     run.locator("[data-testid='stVegaLiteChart']").first.wait_for()
     shot(page, "finetune-pretrain")
 

@@ -179,7 +179,7 @@ def test_the_grpo_cpu_demo_from_the_page_shows_the_reward_chart_and_the_answers(
     page.locator(".st-key-ft-estimate").get_by_text("Estimated duration").wait_for()
     page.locator(".st-key-ft_submit button").click()
     job_id = wait_for(lambda: [j.id for j in queue.list_jobs(kind="finetune", home=home, by=users.OPERATOR)], 30, what="a job")[0]
-    assert queue.get(job_id, home, by=users.OPERATOR).spec.objective == "grpo"
+    assert queue.get(job_id, home, by=users.OPERATOR).spec["objective"] == "grpo"
     run = page.locator(".st-key-ft-run")
     run.get_by_text("reward_length", exact=True).first.wait_for(timeout=180_000)
     answers = run.locator(".st-key-grpo-completions [data-testid='stDataFrame']")

@@ -373,7 +373,7 @@ def test_upload_the_zip_see_thumbnails_fine_tune_and_see_before_after(page, home
     pair.get_by_text("After training").wait_for()
     result = logs.result(job_id, home)
     assert result["answers_before"] != result["answers_after"]
-    assert queue.get(job_id, home, by=users.OPERATOR).spec.modality == "image_text"
+    assert queue.get(job_id, home, by=users.OPERATOR).spec["modality"] == "image_text"
     shot(page, "image-text-finetune")
 
     # base and tuned side by side on the XComposer page, on a training image
