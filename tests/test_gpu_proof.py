@@ -34,6 +34,6 @@ def test_cpu_mode_passes_the_cpu_steps_and_skips_the_cuda_ones(tmp_path):
     assert figures["6 vlm: answer about an image"]["tokens"] >= 1
     loss = figures["1a lora"]["loss"].split("→")
     assert float(loss[1]) < float(loss[0])
-    assert figures["9 image-text lora"]["device"] == "cpu" and "→" in figures["9 image-text lora"]["loss"]
+    assert figures["10 image-text lora"]["device"] == "cpu" and "→" in figures["10 image-text lora"]["loss"]
     assert "| step | result | figures |" in proc.stdout
     assert "| 2 qlora nf4 double-quant | skipped | needs CUDA |" in proc.stdout

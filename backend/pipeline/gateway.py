@@ -86,7 +86,7 @@ async def models(request: Request) -> Response:
     _, key_id, eps = found
     return JSONResponse({"object": "list", "data": [
         {"id": e["name"], "object": "model", "created": int(e.get("started") or 0), "owned_by": e["owner"]}
-        for e in eps]}, background=BackgroundTask(apikeys.used, key_id, 0))
+        for e in eps]}, background=BackgroundTask(apikeys.used, key_id, 0, defaults.home()))
 
 
 async def forward(request: Request) -> Response:
@@ -107,7 +107,7 @@ async def forward(request: Request) -> Response:
     ep = next((e for e in eps if e["name"] == name), None)
     if ep is None:           # another student's server and one that doesn't exist answer alike
         refusal = error(404, f"The model '{name}' does not exist or you do not have access to it.", "model_not_found")
-        refusal.background = BackgroundTask(apikeys.used, key_id, 0)
+        refusal.background = BackgroundTask(apikeys.used, key_id, 0, defaults.home())
         return refusal
     body["model"] = ep["model"]
     url = str(ep["url"]).rstrip("/") + "/" + route
@@ -121,7 +121,7 @@ async def forward(request: Request) -> Response:
         data = await resp.aread()
         await resp.aclose()
         return Response(_renamed(data, name), resp.status_code, media_type="application/json",
-                        background=BackgroundTask(apikeys.used, key_id, _usage(data)))
+                        background=BackgroundTask(apikeys.used, key_id, _usage(data), defaults.home()))
     theirs, ours = json.dumps(ep["model"]), json.dumps(name)
 
     async def chunks():

@@ -315,7 +315,7 @@ def place_in_queue(job_id: int, home: Path) -> int | None:
     return ids.index(job_id) + 1 if job_id in ids else None
 
 
-def run_next(job_id: int, by: str, home: Path) -> None:
+def run_next(job_id: int, by: users.Actor, home: Path) -> None:
     """An instructor (or the operator's shell) moves a queued job to the front: above every queued priority."""
     users.require_instructor(by, "run next", f"job {job_id}", Refused("err.queue.run_next_instructor"), home=home)
     job = get(job_id, home, by=users.OPERATOR)        # the row; may_manage decides (audited)
