@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -130,6 +131,8 @@ class Ray:
             raise Unavailable('ray is not installed in the venv: pip install "ray[default]" (requirements-dev.txt)')
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        # Ray's sockets live under its temp dir, and a socket path may not pass 107 bytes: a short one in /tmp
+        self.temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         port, self.dashboard = _free_port(), _free_port()
         self.address = f"http://127.0.0.1:{self.dashboard}"
         # token: Ray's token authentication on (RAY_AUTH_MODE=token); the token reaches Ray through its environment
@@ -138,7 +141,7 @@ class Ray:
         self.proc = subprocess.Popen(
             [str(ray), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={self.dashboard}", "--num-cpus=2", f"--num-gpus={GPUS}", "--include-dashboard=true",
-             f"--temp-dir={root / 'ray'}", "--disable-usage-stats",
+             f"--temp-dir={self.temp}", "--disable-usage-stats",
              # every other port free too, so two heads can run side by side (one with token authentication)
              *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                       "metrics-export-port", "runtime-env-agent-port",
@@ -169,3 +172,4 @@ class Ray:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        shutil.rmtree(self.temp, ignore_errors=True)

@@ -262,7 +262,7 @@ def test_ray_jobs_api_needs_the_token_on_a_shared_box(cluster, home, tmp_path, t
     run_burst(home, timeout=180, **shared)
     assert "runs jobs for anyone who reaches it" in state(home, first).error_message
     token = secrets.token_hex(32)                   # what `ray get-auth-token --generate` makes
-    head = clusters.Ray(tmp_path_factory.mktemp("raytok"), token=token)      # short: Ray's sockets live under it
+    head = clusters.Ray(tmp_path_factory.mktemp("raytok"), token=token)
     try:
         assert not ray_jobs.open_to_anyone(head.address)
         shared = {**shared, **head.env}
