@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 
-from backend.core import paths
 from backend.runtime import server_auth, server_host
 from backend.workspace import remote_code
 from backend.core.errors import BAD_INPUT, CRASH

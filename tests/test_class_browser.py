@@ -10,7 +10,6 @@ from backend.access import users
 from backend.runtime import queue
 from backend.workspace import datasets
 from backend.core.paths import human_size
-from backend.core.store import open_store
 from jobs.common import Job
 from jobs.serve import register
 from tests.conftest import cli, shot, wait_for

@@ -125,7 +125,7 @@ def test_a_gguf_export_is_served_for_chat_and_evaluated(home, worker, tmp_path):
     """The Models page's Chat and Evaluate on a GGUF entry: the serve job and the evaluate job read the .gguf with
     transformers' GGUF loader (dequantized into the job folder); the served answer is the GGUF's own."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from backend.pipeline import chat, evaluate as ev
     from tests.conftest import endpoint_of

@@ -12,7 +12,7 @@ from backend.access import users
 from backend.core import defaults
 from backend.pipeline import rewards
 from backend.runtime import logs, queue, sandbox
-from backend.workspace import datasets, prompts
+from backend.workspace import datasets
 from backend.core.errors import UserError
 from backend.kinds import finetune as ft_spec
 from backend.core.store import open_store

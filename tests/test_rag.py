@@ -16,7 +16,6 @@ from backend.access import users
 from backend.core import defaults
 from backend.pipeline import chat, rag
 from backend.runtime import queue
-from backend.core.i18n import t
 from backend.core.store import open_store
 from tests.conftest import endpoint_of, pick, run_burst, shot, wait_for
 from tests.test_chat_page import BUNDLED, smollm2  # noqa: F401 - the converted bundled model (a fixture)

@@ -14,7 +14,7 @@ from backend.runtime import logs, queue
 from backend.workspace import models, remote_code
 from backend.core.errors import UserError
 from backend.core.store import open_store
-from tests.conftest import ENGINES_DIR, ROOT, endpoint_of, env_for, run_burst, wait_for
+from tests.conftest import ENGINES_DIR, ROOT, env_for, run_burst, wait_for
 from tests.fixtures.remote_code_model import make_remote_code_model
 from tests.hubserver import Hub
 
