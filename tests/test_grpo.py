@@ -10,7 +10,7 @@ import pytest
 
 from backend.access import users
 from backend.core import defaults
-from backend.pipeline import rewards
+from backend.pipeline import labs, rewards
 from backend.runtime import logs, queue, sandbox
 from backend.workspace import datasets
 from backend.core.errors import UserError
@@ -62,6 +62,15 @@ def test_a_grpo_job_raises_its_reward_and_shows_its_completions(ws):
     assert row["prompt"].startswith("Hello, who are you?") and row["completion"] and set(row["rewards"]) == {"length"}
     assert row["reward"] == row["rewards"]["length"]
     assert result["model"] == "tiny-grpo"
+
+    # the GRPO lab's check reads this run: passed, with the rise and the last step's best answer
+    done = labs.run("grpo", "local", ws)
+    assert done["passed"] and done["evidence"], done
+    seen = done["checks"][0]["seen"]
+    assert seen["job"] == job_id and seen["rise"] >= RISE and seen["completion"] and seen["rewards"][0]["kind"] == "length"
+    with pytest.raises(labs.Missing, match=r"did not rise by 5"):
+        labs.check_grpo(labs.Ctx("local", ws, {}, []), min_rise=5)
+    assert labs.run("grpo", "bob", ws)["checks"][0]["problem"]["key"] == "err.lab.no_grpo"   # not another's run
 
 
 def test_presets_score_what_they_say():

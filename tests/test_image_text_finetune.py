@@ -15,7 +15,7 @@ import pytest
 
 from backend.access import users
 from backend.core import defaults
-from backend.pipeline import finetune as ft, vlm
+from backend.pipeline import finetune as ft, labs, vlm
 from backend.runtime import logs, queue
 from backend.workspace import datasets, image_text
 from backend.core.errors import UserError
@@ -286,6 +286,20 @@ def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_dif
     with safe_open(str(Path(adapter.path) / "adapter_model.safetensors"), "pt") as f:
         names = list(f.keys())
     assert names and all("language_model" in n for n in names), "LoRA on the language model only"
+
+    # the image-text lab: its fine-tune step filled for this student (their dataset with images, its first photo),
+    # and its check passed on this run with the photo's answers before and after; not on another student's
+    lab = labs.get("image_text", vws)
+    step = labs.step_spec(lab, 1, "local", {"vlm_model": "tiny-llava"}, home=vws)
+    assert step["datasets"] == ["colours"] and step["sample_images"] == ["images/red.png"]
+    assert step["preset"] == "vlm_cpu_demo" and step["modality"] == "image_text"
+    done = labs.run("image_text", "local", vws)
+    assert done["passed"], done
+    sample = done["checks"][0]["seen"]["samples"][0]
+    assert sample["image"] == "images/red.png" and sample["before"] != sample["after"] and sample["after"].startswith("It is")
+    with pytest.raises(labs.Missing, match="did not fall"):
+        labs.check_image_text(labs.Ctx("local", vws, {}, []), min_drop=0.99)
+    assert labs.run("image_text", "bob", vws)["checks"][0]["problem"]["key"] == "err.lab.no_image_text"
 
     # the base and the tuned adapter served side by side answer differently on a training image
     base_job = queue.submit("vlm", {"model": "tiny-llava", "name": "base"}, owner="local", home=vws)

@@ -85,17 +85,18 @@ def failed(result: dict) -> str:
 def test_the_shipped_labs_load_and_one_without_its_check_is_hidden_from_students(home):
     found, problems = labs.load(home)
     assert not problems, problems
-    assert {"download", "self_cognition", "evaluate", "agent", "quantize_deploy", "finetune", "rag"} <= set(found)
+    assert {"download", "self_cognition", "evaluate", "agent", "quantize_deploy", "finetune", "rag", "grpo",
+            "image_text"} <= set(found)
     assert all(lab.camp.zh and lab.camp.en for lab in found.values())
     assert all(lab.available for lab in found.values())
     (home / "labs").mkdir()                                    # a lab whose check has not shipped yet
-    text = (labs.LABS_DIR / "rag.yaml").read_text().replace("id: rag", "id: grpo").replace("check: rag", "check: grpo")
-    (home / "labs" / "grpo.yaml").write_text(text)
-    assert not labs.load(home)[0]["grpo"].available
-    assert "grpo" not in [lab.id for lab in labs.visible("ann", home)]
-    assert "grpo" in [lab.id for lab in labs.visible(users.OPERATOR, home)]
+    text = (labs.LABS_DIR / "rag.yaml").read_text().replace("id: rag", "id: dpo").replace("check: rag", "check: dpo")
+    (home / "labs" / "dpo.yaml").write_text(text)
+    assert not labs.load(home)[0]["dpo"].available
+    assert "dpo" not in [lab.id for lab in labs.visible("ann", home)]
+    assert "dpo" in [lab.id for lab in labs.visible(users.OPERATOR, home)]
     with pytest.raises(labs.LabError, match="not open to students"):
-        labs.submit_check("grpo", "ann", home=home)
+        labs.submit_check("dpo", "ann", home=home)
 
 
 def test_a_malformed_lab_file_is_named_with_its_line_the_others_keep_working_and_a_fix_reloads(home):

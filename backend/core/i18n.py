@@ -1333,6 +1333,20 @@ STRINGS: dict[str, dict[str, str]] = {
                             "zh": "你还没有完成的微调：请在“微调”页开始一次"},
     "err.lab.loss_flat": {"en": "the loss of your fine-tunes (newest: job {job}) did not fall: raise lr or steps",
                           "zh": "你的微调（最新：任务 {job}）损失没有下降：请调高 lr 或步数"},
+    "err.lab.no_grpo": {"en": "no finished GRPO run of yours yet: start one on the Fine-tune page (objective GRPO)",
+                        "zh": "你还没有完成的 GRPO 训练：请在微调页选择目标 GRPO 开始一次"},
+    "err.lab.reward_flat": {"en": "the mean reward of your GRPO runs (newest: job {job}, {first} → {final}) did not rise "
+                                  "by {min}: train more steps or raise lr",
+                            "zh": "你的 GRPO 训练（最新：任务 {job}，{first} → {final}）平均奖励的上升不足 {min}：请增加步数或调高 lr"},
+    "err.lab.no_image_text": {"en": "no finished image-text fine-tune of yours yet: pick an image-text model and your "
+                                    "dataset with images on the Fine-tune page",
+                              "zh": "你还没有完成的图文微调：请在微调页选择图文模型和你的带图片数据集"},
+    "err.lab.it_no_samples": {"en": "your image-text fine-tune (job {job}) had no sample image to answer before and "
+                                    "after: name one under Advanced → sample images",
+                              "zh": "你的图文微调（任务 {job}）没有用于前后对比的示例图片：请在“高级设置 → 示例图片”中填写一张"},
+    "err.lab.it_unchanged": {"en": "the answers of your image-text fine-tune (job {job}) on its sample images did not "
+                                   "change: train more steps or raise lr",
+                             "zh": "你的图文微调（任务 {job}）在示例图片上的回答没有变化：请增加步数或调高 lr"},
     "err.lab.evidence_unreadable": {"en": "not lab evidence: the file is not the JSON a check wrote",
                                     "zh": "不是实验凭证：该文件不是检查生成的 JSON"},
     "err.lab.evidence_forged": {"en": "NOT genuine: the evidence was changed or signed by another workspace",

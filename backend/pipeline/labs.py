@@ -32,7 +32,7 @@ from backend.access import users
 from backend.core import defaults, i18n, paths
 from backend.pipeline import chat, deploy, evidence_page, finetune, rag, rag_eval
 from backend.runtime import events, logs, placement, queue
-from backend.workspace import datasets, models
+from backend.workspace import datasets, image_text, models
 from backend.core.errors import UserError
 from backend.core.paths import job_dir
 from backend.core.registry import Entry
@@ -265,10 +265,27 @@ def context(student: str, params: dict | None = None, *, home: Path) -> dict:
            "adapter": _newest("adapter", student, home), "model": _newest("model", student, home),
            "quantized": _newest("model", student, home, lambda e: bool(e.meta.get("quantized_from"))),
            "kb": _newest("kb", student, home),
+           "image_dataset": _newest("dataset", student, home, lambda e: bool(e.meta.get("images"))),
+           "vlm_preset": "internvl2_2b" if placement.gpus() else "vlm_cpu_demo",
            "endpoint": next((e["name"] for e in live_ if e.get("engine") != "rag"), None),
            "rag_endpoint": next((e["name"] for e in live_ if e.get("engine") == "rag"), None)}
+    ctx["first_image"] = _first_image(ctx["image_dataset"], home)
     ctx.update({k: v for k, v in (params or {}).items() if v})
     return ctx
+
+
+def _first_image(dataset: str | None, home: Path) -> str | None:
+    """The first image of an image-text dataset, as its rows name it (relative to the dataset's folder)."""
+    entry = open_store(home).get("dataset", dataset) if dataset else None
+    if entry is None:
+        return None
+    try:
+        rows = image_text.load_rows(entry.path, limit=1, check=False)
+    except (UserError, OSError):
+        return None
+    files = rows[0][1]
+    roots = image_text.root_of(Path(entry.path))
+    return next((str(files[0].relative_to(r)) for r in roots if files and files[0].is_relative_to(r)), None)
 
 
 def fill(value, ctx: dict, step: int):
@@ -570,16 +587,74 @@ def check_finetune(c: Ctx, min_drop: float = 0.0) -> None:
         r = logs.result(job.id, c.home) or {}
         first, final = r.get("first_loss"), r.get("final_loss")
         if first is not None and final is not None and final < first * (1 - min_drop):
-            name = r.get("adapter") or r.get("model")
-            entry = c.store.get("adapter" if r.get("adapter") else "model", name) if name else None
-            if entry is not None and entry.owner == c.student:
-                c.artifact(entry.type.value, entry.name, entry.id, entry.path,
-                           ("adapter_config.json", "adapter_model.safetensors", "config.json"))
+            _tuned_artifact(c, r)
             c.artifact("job", f"finetune job {job.id}", job.id, job_dir(job.id, c.home), ("result.json",))
             c.seen.update(job=job.id, first_loss=round(first, 4), final_loss=round(final, 4), steps=r.get("steps"),
-                          adapter=name, answers_after=r.get("answers_after"))
+                          adapter=r.get("adapter") or r.get("model"), answers_after=r.get("answers_after"))
             return
     raise Missing("err.lab.loss_flat", job=runs[0].id)
+
+
+def check_grpo(c: Ctx, min_rise: float = 0.05) -> None:
+    """A finished GRPO run of the student's whose mean reward rose (last quarter of the steps against the first)
+    by at least ``min_rise``; the evidence keeps the rewards, the rise and the best answer of the last step."""
+    runs = [j for j in c.jobs("finetune") if j.spec.get("objective") == "grpo"]
+    if not runs:
+        raise Missing("err.lab.no_grpo")
+    for job in runs:
+        r = logs.result(job.id, c.home) or {}
+        first, final = r.get("first_reward"), r.get("final_reward")
+        if first is None or final is None or final - first < min_rise:
+            continue
+        shown = [e for e in logs.read_events(job.id, home=c.home)[0] if e.get("type") == "completions" and e.get("rows")]
+        best = max(shown[-1]["rows"], key=lambda row: row.get("reward", 0.0)) if shown else {}
+        _tuned_artifact(c, r)
+        c.artifact("job", f"finetune job {job.id}", job.id, job_dir(job.id, c.home), ("result.json",))
+        c.seen.update(job=job.id, rewards=job.spec.get("rewards"), first_reward=first, final_reward=final,
+                      rise=round(final - first, 4), steps=r.get("steps"), prompt=best.get("prompt"),
+                      completion=best.get("completion"), reward=best.get("reward"))
+        return
+    r = logs.result(runs[0].id, c.home) or {}
+    raise Missing("err.lab.reward_flat", job=runs[0].id, first=r.get("first_reward"), final=r.get("final_reward"),
+                  min=min_rise)
+
+
+def check_image_text(c: Ctx, min_drop: float = 0.0) -> None:
+    """A finished image-text fine-tune of the student's whose loss fell and whose answers on its sample images
+    changed (the base model's before the run, the tuned one's after); the evidence keeps each pair."""
+    runs = [j for j in c.jobs("finetune") if j.spec.get("modality") == "image_text"]
+    if not runs:
+        raise Missing("err.lab.no_image_text")
+    why = None
+    for job in runs:
+        r = logs.result(job.id, c.home) or {}
+        first, final = r.get("first_loss"), r.get("final_loss")
+        images = job.spec.get("sample_images") or []
+        prompts = job.spec.get("sample_prompts") or []
+        pairs = [{"image": img, "question": prompts[k] if k < len(prompts) else "", "before": b, "after": a}
+                 for k, (img, b, a) in enumerate(zip(images, r.get("answers_before") or [], r.get("answers_after") or []))]
+        if first is None or final is None or final >= first * (1 - min_drop):
+            why = why or Missing("err.lab.loss_flat", job=job.id)
+        elif not images:
+            why = why or Missing("err.lab.it_no_samples", job=job.id)
+        elif not any(p["before"] != p["after"] for p in pairs):
+            why = why or Missing("err.lab.it_unchanged", job=job.id)
+        else:
+            _tuned_artifact(c, r)
+            c.artifact("job", f"finetune job {job.id}", job.id, job_dir(job.id, c.home), ("result.json",))
+            c.seen.update(job=job.id, base_model=job.spec.get("base_model"), datasets=job.spec.get("datasets"),
+                          first_loss=round(first, 4), final_loss=round(final, 4), steps=r.get("steps"), samples=pairs)
+            return
+    raise why
+
+
+def _tuned_artifact(c: Ctx, r: dict) -> None:
+    """The adapter (or model) a fine-tune's result names, when it is the student's."""
+    name = r.get("adapter") or r.get("model")
+    entry = c.store.get("adapter" if r.get("adapter") else "model", name) if name else None
+    if entry is not None and entry.owner == c.student:
+        c.artifact(entry.type.value, entry.name, entry.id, entry.path,
+                   ("adapter_config.json", "adapter_model.safetensors", "config.json"))
 
 
 def both_languages(key: str, **fields) -> dict:
@@ -589,7 +664,7 @@ def both_languages(key: str, **fields) -> dict:
 
 CHECKS = {"download": check_download, "self_cognition": check_self_cognition, "evaluate": check_evaluate,
           "agent": check_agent, "quantize_deploy": check_quantize_deploy, "finetune": check_finetune,
-          "rag": check_rag}
+          "rag": check_rag, "grpo": check_grpo, "image_text": check_image_text}
 
 
 # -- running a lab's checks ------------------------------------------------------------------------------
