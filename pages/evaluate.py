@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from backend.pipeline import evaluate as ev
+from backend.pipeline import evaluate as ev, rag_eval
 from backend.runtime import queue
 from pages import keys, ui
 
@@ -100,6 +100,15 @@ if deltas:
     with st.container(key="eval_delta"):
         st.subheader(ui.t("eval.delta"))
         st.dataframe(pd.DataFrame(deltas), hide_index=True)
+
+if "summary" in res:                  # with and without retrieval: each question's two answers side by side
+    with st.container(key="eval_items"):
+        st.subheader(ui.t("eval.items"))
+        st.dataframe(pd.DataFrame(rag_eval.side_by_side(res)), hide_index=True,
+                     column_config={"question": st.column_config.TextColumn(width="medium")})
+    with st.expander(ui.t("job.title", id=job_id, kind=rag_eval.KIND)):
+        ui.job_view(job_id, show_spec=False)
+    st.stop()
 
 with st.container(key="eval_items"):
     st.subheader(ui.t("eval.items"))

@@ -258,6 +258,9 @@ def test_a_question_set_is_evaluated_with_and_without_retrieval_and_the_rag_lab_
     with pytest.raises(users.Refused):                      # bob may not read ann's run
         rag_eval.result(job, home, "bob")
     assert [r["job_id"] for r in rag_eval.runs(home, "ann")] == [job] and rag_eval.runs(home, "bob") == []
+    from backend.pipeline import evaluate as ev            # and in the Evaluate page's list and comparison: ann's only
+    assert [(r["job_id"], r["rag"], r["models"]) for r in ev.runs(home, "ann")] == [(job, True, [kb["name"]])]
+    assert ev.runs(home, "bob") == [] and ev.result(job, home, "ann")["table"] == entry.meta["table"]
 
     # the RAG lab's check reads ann's evaluation (bob has none), and passes with what proved it
     check = labs.submit_check("rag", "ann", home=home)
@@ -389,3 +392,12 @@ def test_the_knowledge_page_evaluates_with_and_without_retrieval_side_by_side(ho
     assert "Retrieval hit rate\n100.0%" in text and "8 of 8 questions answered only with retrieval" in text
     page.locator(".st-key-kb_eval_items").scroll_into_view_if_needed()
     shot(page, "rag-eval")
+
+    # the Evaluate page lists the run beside OpenCompass's: its table compares the model alone with the knowledge
+    # base's endpoint, and its answers show side by side
+    page.goto(page.base_url + "/evaluate")
+    results = page.locator(".st-key-eval_results")
+    results.locator("[data-testid='stDataFrame']").wait_for(timeout=60_000)
+    page.locator(".st-key-eval_items [data-testid='stDataFrame']").wait_for(timeout=60_000)
+    assert page.locator(".st-key-eval_pick input").input_value().endswith("· succeeded · demo + fake-model-server × rag_demo_qa")
+    shot(page, "rag-eval-on-evaluate")

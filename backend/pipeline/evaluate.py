@@ -14,6 +14,7 @@ from backend.access import ownership, users
 from backend.runtime import engines, logs, queue, server_auth
 from backend.workspace import models
 from backend.pipeline.chat import check_use, endpoints
+from backend.pipeline.rag_eval import KIND as RAG_KIND     # with and without retrieval: listed here too
 from backend.workspace.datasets import list_datasets
 from backend.core.errors import UserError
 from backend.core.states import PENDING
@@ -203,24 +204,29 @@ def submit(spec: dict, owner: str, install_engine_if_missing: bool = False, api_
 
 # -- past runs and results ----------------------------------------------------------------------
 def runs(home: Path, by: users.Actor) -> list[dict]:
-    """Evaluate jobs ``by`` may see (a student: their own and the instructors'), newest first, with their
-    registry entry when they finished:
-    ``{"job_id", "state", "name", "models", "datasets", "created_at", "error"}``."""
-    entries = {e.job_id: e for e in open_store(home).items("eval")}
+    """Evaluations ``by`` may see (a student: their own and the instructors'), newest first, with their registry
+    entry when they finished: OpenCompass's and the with/without-retrieval ones (``rag``: a rag_eval job, its
+    model is the knowledge-base endpoint):
+    ``{"job_id", "state", "name", "models", "datasets", "created_at", "error", "rag"}``."""
+    store = open_store(home)
+    entries = {e.job_id: e for e in store.items("eval")}
     out = []
-    for j in open_store(home).jobs(kind=KIND, limit=500):
+    jobs = sorted(store.jobs(kind=KIND, limit=500) + store.jobs(kind=RAG_KIND, limit=500), key=lambda j: -j.id)
+    for j in jobs:
         e = entries.get(j.id)
         if not users.may_use(e or j.owner, by, home=home):           # a shared run is listed too
             continue
+        rag = j.kind == RAG_KIND
         out.append({"job_id": j.id, "state": j.state, "name": e.name if e else j.label,
-                    "models": [m["name"] for m in j.spec.get("models", [])],
-                    "datasets": [d["name"] for d in j.spec.get("datasets", [])],
-                    "created_at": j.created_at, "error": j.error_message or ""})
+                    "models": [j.spec.get("endpoint", "")] if rag else [m["name"] for m in j.spec.get("models", [])],
+                    "datasets": [j.spec.get("dataset", "")] if rag else [d["name"] for d in j.spec.get("datasets", [])],
+                    "created_at": j.created_at, "error": j.error_message or "", "rag": rag})
     return out
 
 
 def result(job_id: int, home: Path, by: users.Actor) -> dict | None:
-    """The result.json of a finished, successful evaluate job; refused (audited) when ``by`` may not see it."""
+    """The result.json of a finished, successful evaluation (OpenCompass's or a rag_eval's: both hold a ``table``);
+    refused (audited) when ``by`` may not see it."""
     store = open_store(home)
     job = store.job(job_id)
     run = next((e for e in store.items("eval") if e.job_id == job_id), None)
