@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)            # not bench/: its queue.py and datasets.py would shadow real modules
 from backend.access import users  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[0] = str(Path(__file__).resolve().parent.parent)   # not bench/ (its queue.py)
 
 from backend.core import defaults
 from backend.runtime import placement, queue  # noqa: E402

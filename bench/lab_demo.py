@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)            # not bench/: its queue.py and datasets.py would shadow real modules
 
 from backend.pipeline import chat, labs
 from backend.runtime import logs, queue

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[0] = str(Path(__file__).resolve().parent.parent)   # not bench/ (its queue.py)
 
 from backend.access import users
 from backend.pipeline import finetune as ft, labs

@@ -40,7 +40,7 @@ def endpoint_of(home: Path, job_id: int, timeout: float = 120) -> dict:
     def ready():
         job = queue.get(job_id, home, by=users.OPERATOR)
         assert job.state in ("queued", "starting", "running"), \
-            f"{job.kind} job {job.state}: {job['error_message']}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
+            f"{job.kind} job {job.state}: {job.error_message}\n{(home / 'jobs' / str(job_id) / 'run.log').read_text()}"
         return next((e for e in chat.live_endpoints(home, by=users.OPERATOR) if e["job_id"] == job_id and not e.get("base_of")), None)
     return wait_for(ready, timeout, 0.2, "the endpoint to become ready")
 
