@@ -11,7 +11,7 @@ import pytest
 from backend.access import users
 from backend.core import defaults, paths
 from backend.runtime import logs, queue
-from tests.conftest import PY, ROOT, env_for, free_port, run_burst, stop, wait_for
+from tests.conftest import PY, ROOT, env_for, free_port, run_burst, shot, stop, wait_for
 from tests.test_finetune import metrics, spec, ws  # noqa: F401 - ws is the fixture: tiny model + identity data
 
 
@@ -86,10 +86,11 @@ def swanlab_scalars(run_file) -> list[tuple[str, int, float]]:
     return out
 
 
-def test_finetune_writes_offline_wandb_and_swanlab_runs_with_its_metrics(ws):
+@pytest.mark.browser
+def test_finetune_writes_offline_wandb_and_swanlab_runs_with_its_metrics(ws, page):
     job_id = queue.submit("finetune", spec(max_steps=3, eval_ratio=0.1, name="tiny-trk", trackers=["wandb", "swanlab"]),
                           owner="local", home=ws)
-    run_burst(ws, timeout=300)
+    wait_for(lambda: queue.get(job_id, ws, by=users.OPERATOR).state.finished, 300, 0.5, "the run (the app's worker)")
     assert queue.get(job_id, ws, by=users.OPERATOR).state == "succeeded", logs.tail(job_id, 40, home=ws)
     points = metrics(job_id, ws)
     folder = paths.job_dir(job_id, ws)
@@ -109,6 +110,14 @@ def test_finetune_writes_offline_wandb_and_swanlab_runs_with_its_metrics(ws):
         assert [(s, v) for k, s, v in scalars if k == name] == ours and ours, name
     config = next(folder.glob("swanlog/run-*/files/config.yaml")).read_text()
     assert "tiny-trk" in config                                     # the spec is the run's config
+
+    # the job page names both offline runs, with the command that uploads each with the student's own key
+    page.set_viewport_size({"width": 1400, "height": 2600})
+    page.goto(f"{page.base_url}/jobs?job={job_id}")
+    page.get_by_text("Weights & Biases offline run").wait_for(timeout=60_000)
+    page.get_by_text("SwanLab offline run").wait_for()
+    assert f"swanlab sync {folder / 'swanlog'}/run-*" in page.inner_text("body")
+    shot(page, "job-trackers")
 
 
 def test_an_unknown_tracker_is_refused_at_submit(ws):
