@@ -260,13 +260,14 @@ def context(student: str, params: dict | None = None, *, home: Path) -> dict:
     lab's params."""
     theirs = {e.name for e in mine("endpoint", student, home)}
     live_ = [e for e in chat.endpoints(home, by=users.OPERATOR) if e["name"] in theirs and not e.get("base_of")]
-    ctx = {"user": student, "bundled": models.BUNDLED_NAME, "preset": finetune.default_preset(),
+    gpu = placement.gpus()
+    ctx = {"user": student, "bundled": models.BUNDLED_NAME, "preset": finetune.default_preset(gpu),
            "dataset": _newest("dataset", student, home, lambda e: "self_cognition" in e.meta),
            "adapter": _newest("adapter", student, home), "model": _newest("model", student, home),
            "quantized": _newest("model", student, home, lambda e: bool(e.meta.get("quantized_from"))),
            "kb": _newest("kb", student, home),
            "image_dataset": _newest("dataset", student, home, lambda e: bool(e.meta.get("images"))),
-           "vlm_preset": "internvl2_2b" if placement.gpus() else "vlm_cpu_demo",
+           "vlm_preset": finetune.default_preset(gpu, image_text=True),
            "endpoint": next((e["name"] for e in live_ if e.get("engine") != "rag"), None),
            "rag_endpoint": next((e["name"] for e in live_ if e.get("engine") == "rag"), None)}
     ctx["first_image"] = _first_image(ctx["image_dataset"], home)
@@ -284,8 +285,10 @@ def _first_image(dataset: str | None, home: Path) -> str | None:
     except (UserError, OSError):
         return None
     files = rows[0][1]
-    roots = image_text.root_of(Path(entry.path))
-    return next((str(files[0].relative_to(r)) for r in roots if files and files[0].is_relative_to(r)), None)
+    if not files:
+        return None
+    return next((str(files[0].relative_to(r)) for r in image_text.root_of(Path(entry.path))
+                 if files[0].is_relative_to(r)), None)
 
 
 def fill(value, ctx: dict, step: int):
@@ -587,8 +590,7 @@ def check_finetune(c: Ctx, min_drop: float = 0.0) -> None:
         r = logs.result(job.id, c.home) or {}
         first, final = r.get("first_loss"), r.get("final_loss")
         if first is not None and final is not None and final < first * (1 - min_drop):
-            _tuned_artifact(c, r)
-            c.artifact("job", f"finetune job {job.id}", job.id, job_dir(job.id, c.home), ("result.json",))
+            _run_artifacts(c, job, r)
             c.seen.update(job=job.id, first_loss=round(first, 4), final_loss=round(final, 4), steps=r.get("steps"),
                           adapter=r.get("adapter") or r.get("model"), answers_after=r.get("answers_after"))
             return
@@ -608,8 +610,7 @@ def check_grpo(c: Ctx, min_rise: float = 0.05) -> None:
             continue
         shown = [e for e in logs.read_events(job.id, home=c.home)[0] if e.get("type") == "completions" and e.get("rows")]
         best = max(shown[-1]["rows"], key=lambda row: row.get("reward", 0.0)) if shown else {}
-        _tuned_artifact(c, r)
-        c.artifact("job", f"finetune job {job.id}", job.id, job_dir(job.id, c.home), ("result.json",))
+        _run_artifacts(c, job, r)
         c.seen.update(job=job.id, rewards=job.spec.get("rewards"), first_reward=first, final_reward=final,
                       rise=round(final - first, 4), steps=r.get("steps"), prompt=best.get("prompt"),
                       completion=best.get("completion"), reward=best.get("reward"))
@@ -640,21 +641,21 @@ def check_image_text(c: Ctx, min_drop: float = 0.0) -> None:
         elif not any(p["before"] != p["after"] for p in pairs):
             why = why or Missing("err.lab.it_unchanged", job=job.id)
         else:
-            _tuned_artifact(c, r)
-            c.artifact("job", f"finetune job {job.id}", job.id, job_dir(job.id, c.home), ("result.json",))
+            _run_artifacts(c, job, r)
             c.seen.update(job=job.id, base_model=job.spec.get("base_model"), datasets=job.spec.get("datasets"),
                           first_loss=round(first, 4), final_loss=round(final, 4), steps=r.get("steps"), samples=pairs)
             return
     raise why
 
 
-def _tuned_artifact(c: Ctx, r: dict) -> None:
-    """The adapter (or model) a fine-tune's result names, when it is the student's."""
+def _run_artifacts(c: Ctx, job, r: dict) -> None:
+    """A fine-tune's artifacts: the adapter (or model) its result names, when it is the student's, and the job."""
     name = r.get("adapter") or r.get("model")
     entry = c.store.get("adapter" if r.get("adapter") else "model", name) if name else None
     if entry is not None and entry.owner == c.student:
         c.artifact(entry.type.value, entry.name, entry.id, entry.path,
                    ("adapter_config.json", "adapter_model.safetensors", "config.json"))
+    c.artifact("job", f"finetune job {job.id}", job.id, job_dir(job.id, c.home), ("result.json",))
 
 
 def both_languages(key: str, **fields) -> dict:
