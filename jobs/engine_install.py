@@ -39,9 +39,10 @@ def main(spec: Spec, job: Job) -> dict:
     venv.EnvBuilder(with_pip=True, clear=False).create(target)
     python = target / "bin" / "python"
     pip(job, python, ["--upgrade", "pip"], 1, steps)
-    pip(job, python, [*info["requirements"], *spec.extra_requirements], 2, steps)
+    held = [] if spec.extra_requirements else engines.lock(spec.engine)    # extra packages: the user moves off the lock
+    pip(job, python, [*held, *info["requirements"], *spec.extra_requirements], 2, steps)
     if info.get("no_deps"):
-        pip(job, python, ["--no-deps", *info["no_deps"]], 3, steps)
+        pip(job, python, ["--no-deps", *held, *info["no_deps"]], 3, steps)
     (target / ".installed").write_text("\n".join(engines.requirements(spec.engine) + spec.extra_requirements) + "\n")
     job.progress(steps, steps, "steps", "installed", force=True)
     return {"engine": spec.engine, "python": str(python)}

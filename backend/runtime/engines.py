@@ -69,6 +69,13 @@ def requirements(engine: str) -> list[str]:
     return info["requirements"] + info.get("no_deps", [])
 
 
+def lock(engine: str) -> list[str]:
+    """pip arguments that hold an engine to the versions the suite passed with (``constraints/<engine>.txt``, written
+    by ``python -m backend.runtime.provision lock``): a package released since does not change a fresh install."""
+    path = defaults.ROOT / "constraints" / f"{engine}.txt"
+    return ["-c", str(path)] if path.is_file() else []
+
+
 def installed(engine: str, home: Path) -> bool:
     """True when the engine's venv was completed for its current requirement list."""
     if engine == "core":

