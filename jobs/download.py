@@ -539,11 +539,16 @@ def fetch(spec: Spec, job: Job, job_id: int | None) -> dict:
         raise JobError("; ".join(problems[:5]) + " (bad files were removed: retry to fetch them again)", DOWNLOAD)
     old = models.get(spec.name, job.home)
     if dest != final:                   # complete and checked: swap it in, then drop the old files
-        if busy := users_of(spec.name, job.home, job_id):
+        carry(final, dest)
+
+        def swap() -> list[int]:        # under the store's write lock: no job starts between the check and the swap
+            busy = users_of(spec.name, job.home, job_id)
+            if not busy:
+                exchange(dest, final)
+            return busy
+        if busy := open_store(job.home).exclusive(swap):
             raise JobError(f"model {spec.name} is in use by running job {', '.join(map(str, busy))}: its new files wait "
                            f"in {dest.name}; retry this download when that job has finished", BAD_INPUT)
-        carry(final, dest)
-        exchange(dest, final)
         shutil.rmtree(dest, ignore_errors=True)
         dest = final
     # the opt-in stays with the code it was given for: new code voids it (remote_code.trust)

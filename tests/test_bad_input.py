@@ -69,6 +69,17 @@ def changed_code(home):
     return queue.submit("serve", {"model": "rem"}, home=home, owner="local")
 
 
+def opted_in_before_hashes(home):
+    """An opt-in from before code hashes were kept (no code_sha256 in its row): asked again, never trusted as is."""
+    folder = home / "models" / "old"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                    "auto_map": {"AutoConfig": "code.C"}}))
+    (folder / "code.py").write_text("C = None\n")
+    open_store(home).put("model", "old", str(folder), {"source": "test", "trust_remote_code": True}, owner="local")
+    return queue.submit("serve", {"model": "old"}, home=home, owner="local")
+
+
 def ray_cluster(status: int):
     """The Ray executor on a shared box, given a Jobs API on loopback that answers ``status`` without a token."""
     def run(home):
@@ -90,7 +101,7 @@ def ray_cluster(status: int):
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            return ray_jobs.client(f"http://127.0.0.1:{server.server_address[1]}")
+            return ray_jobs.guard(f"http://127.0.0.1:{server.server_address[1]}")
         finally:
             for k, v in saved.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -102,6 +113,7 @@ def ray_cluster(status: int):
 # refusals issue 27 added: each is also checked as a sentence in both languages (test_new_refusals_speak_both)
 BOTH_LANGUAGES = {
     "a model whose code changed after its trust_remote_code opt-in": (changed_code, "err.model.code_changed"),
+    "a trust_remote_code opt-in given before code hashes were kept": (opted_in_before_hashes, "err.model.code_unverified"),
     "dataset_info.json past its size cap": (lambda home: dataset_info.import_dataset_info(
         b" " * (defaults.DATASET_INFO_MAX_BYTES + 1), home=home, owner="local"), "err.dsinfo.too_big"),
     "Ray executor on a shared box: a cluster that runs jobs for anyone": (ray_cluster(200), "err.ray.open"),

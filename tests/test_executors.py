@@ -263,6 +263,7 @@ def test_ray_jobs_api_needs_the_token_on_a_shared_box(cluster, home, tmp_path, t
     assert "runs jobs for anyone who reaches it" in state(home, first).error_message
     token = secrets.token_hex(32)                   # what `ray get-auth-token --generate` makes
     head = clusters.Ray(tmp_path_factory.mktemp("raytok"), token=token)
+    daemon = None
     try:
         assert not ray_jobs.open_to_anyone(head.address)
         shared = {**shared, **head.env}
@@ -270,9 +271,16 @@ def test_ray_jobs_api_needs_the_token_on_a_shared_box(cluster, home, tmp_path, t
         run_burst(home, timeout=180, **shared)
         assert "has no token for the cluster" in state(home, second).error_message
         (tmp_path / "token").write_text(token + "\n")
+        daemon = start_worker(home, **{**shared, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")})
         third = queue.submit("sleepy", {"steps": 2, "interval_s": 0.05}, home=home, owner="local")
-        out = run_burst(home, timeout=180, **{**shared, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")})
-        assert state(home, third).state == "succeeded", f"{state(home, third).error_message}\n{out.stdout}"
+        wait_for(lambda: state(home, third).state in ("succeeded", "failed"), 180)
+        assert state(home, third).state == "succeeded", state(home, third).error_message
         assert json.loads((home / "jobs" / str(third) / "process.json").read_text())["executor"] == "ray"
+        (tmp_path / "token").unlink()               # the token taken away: the same worker's next job is refused
+        fourth = queue.submit("sleepy", {"steps": 1}, home=home, owner="local")
+        wait_for(lambda: state(home, fourth).state == "failed", 60)
+        assert "has no token for the cluster" in state(home, fourth).error_message
     finally:
+        if daemon:
+            stop(daemon)
         head.stop()

@@ -102,3 +102,27 @@ def test_concurrent_writers_never_see_locked(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert len(Store(path).jobs(limit=1000)) == 240
+
+
+def test_no_job_is_claimed_while_an_exclusive_check_and_act_runs(store):
+    """A model's re-download checks that no running job uses it, then swaps its folder: a worker (here a thread
+    with its own connection, as a worker is) cannot claim a job between the two."""
+    import threading
+    job = store.insert_job("sleepy", "ann", {"steps": 1}, {"cpu_slots": 1})
+    inside, release, claimed = threading.Event(), threading.Event(), threading.Event()
+
+    def check_and_act():
+        inside.set()
+        release.wait(30)
+        return [j.id for j in store.jobs(states=[JobState.STARTING])]    # what the check sees, still inside
+    seen = []
+    holder = threading.Thread(target=lambda: seen.append(store.exclusive(check_and_act)))
+    holder.start()
+    assert inside.wait(30)
+    worker = threading.Thread(target=lambda: store.claim(job, "w1", {}) and claimed.set())
+    worker.start()
+    assert not claimed.wait(1.0)          # the claim waits on the lock (a bound on how long it may wrongly run)
+    release.set()
+    holder.join(30)
+    worker.join(30)
+    assert seen == [[]] and claimed.is_set() and store.job(job).state == JobState.STARTING

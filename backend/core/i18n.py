@@ -182,6 +182,11 @@ STRINGS: dict[str, dict[str, str]] = {
                                      "the new code, then tick the opt-in again on the Models page",
                                "zh": "模型 {model} 的代码在开启 trust_remote_code 之后发生了变化（重新下载或其文件夹中的文件被替换），"
                                      "因此该授权已失效：请先检查新代码，然后在模型页重新勾选此项"},
+    "err.model.code_unverified": {"en": "model {model}'s trust_remote_code opt-in was given before the workbench kept a hash "
+                                        "of the code it trusts, so it names no code: look at the code, then tick the opt-in "
+                                        "again on the Models page",
+                                  "zh": "模型 {model} 的 trust_remote_code 授权是在工作台记录代码哈希之前给出的，无法确认所授权的代码："
+                                        "请先检查代码，然后在模型页重新勾选此项"},
     "err.model.bad_name": {"en": "invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, no '..', no '/')", "zh": '模型名 {name!r} 无效：只能使用字母、数字、“.”、“_”和“-”（最多 100 个字符，不能含“..”或“/”）'},
     "err.model.outside": {"en": '{path} is outside the workspace and the import folders (WORKBENCH_IMPORT_DIRS: {dirs})', "zh": '{path} 不在工作区或导入目录内（WORKBENCH_IMPORT_DIRS：{dirs}）'},
     "err.model.not_safetensors": {"en": '{name} is not a safetensors file', "zh": '{name} 不是 safetensors 文件'},

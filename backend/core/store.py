@@ -313,6 +313,11 @@ class Store:
             return True
         return self._run(tx)
 
+    def exclusive(self, fn):
+        """``fn()`` while this database's write lock is held: no job is claimed and no row written until it returns
+        (a check-then-act on the files jobs read, such as a model's folder swap). Keep ``fn`` short."""
+        return self._run(lambda con: fn())
+
     def update_job(self, job_id: int, **fields) -> None:
         """Set fields that are not the state (pid, heartbeat, priority, cancel flag...)."""
         if "state" in fields:

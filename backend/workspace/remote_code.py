@@ -75,8 +75,12 @@ def _opted_in(folder: str | Path, home: Path) -> Entry | None:
                  if row.meta.get("trust_remote_code") is True and Path(row.path).resolve() == target), None)
 
 
-def _changed(row: Entry, folder: str | Path) -> bool:
-    return row.meta.get("code_sha256") != code_hash(folder)
+def _changed(row: Entry, folder: str | Path) -> str | None:
+    """Why the opt-in does not hold for the code ``folder`` has now (an error key), or None when it does. An opt-in
+    given before hashes were kept names no code at all: it is asked again, never bound to whatever is there now."""
+    if not row.meta.get("code_sha256"):
+        return "err.model.code_unverified"
+    return "err.model.code_changed" if row.meta["code_sha256"] != code_hash(folder) else None
 
 
 def allowed(folder: str | Path, home: Path) -> bool:
@@ -91,8 +95,8 @@ def trust(folder: str | Path, home: Path) -> bool:
     row = _opted_in(folder, home)
     if row is None:
         return False
-    if _changed(row, folder):
-        raise UserError("err.model.code_changed", model=row.name)
+    if why := _changed(row, folder):
+        raise UserError(why, model=row.name)
     return True
 
 
@@ -133,6 +137,6 @@ def refusal(spec: dict, home: Path) -> UserError | None:
         row = _opted_in(folder, home)
         if row is None:
             return UserError("err.model.remote_code", model=label)
-        if _changed(row, folder):
-            return UserError("err.model.code_changed", model=label)
+        if why := _changed(row, folder):
+            return UserError(why, model=label)
     return None

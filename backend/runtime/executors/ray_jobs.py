@@ -52,20 +52,30 @@ def open_to_anyone(address: str) -> bool:
         return e.code not in (401, 403)
 
 
-@cache
-def client(address: str):
-    if users.mode() != "none":         # a shared box: only a cluster that asks for the token, and with it
+def guard(address: str) -> None:
+    """On a shared box, before every job: the cluster asks for a token and we have one. Asked each time, not once
+    per worker: a cluster restarted without token mode, or a token taken away, stops the next job."""
+    if users.mode() != "none":
         if open_to_anyone(address):
             raise UserError("err.ray.open", address=address)
         if not token():
             raise UserError("err.ray.no_token", address=address)
+
+
+def client(address: str):
+    return _client(address, token())           # a new token (rotated) gets a new client
+
+
+@cache
+def _client(address: str, secret: str):
     from ray.job_submission import JobSubmissionClient       # noqa: PLC0415 - heavy; only for this executor
-    return JobSubmissionClient(address, headers=headers())
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {secret}"} if secret else {})
 
 
 def warm() -> None:
     """Load Ray's client and reach the dashboard when the worker starts, not at its first job's submit."""
-    client(defaults.setting("RAY_ADDRESS"))
+    guard(address := defaults.setting("RAY_ADDRESS"))
+    client(address)
 
 
 def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_s: float, grace_s: float) -> Handle:
@@ -74,6 +84,7 @@ def submit(job_id: int, job_dir: Path, command: list[str], asked: dict, timeout_
     options = {"entrypoint_num_gpus": int(asked["gpus"])} if asked.get("gpus") else {}
     if asked.get("mem_gb"):
         options["entrypoint_memory"] = int(float(asked["mem_gb"]) * 2**30)
+    guard(address)
     client(address).submit_job(entrypoint=shlex.join(command), submission_id=ray_id,
                                metadata={"workbench_job": str(job_id)}, **options)
     return RayJob({"executor": NAME, "id": ray_id, "address": address})
