@@ -300,6 +300,9 @@ def test_fine_tune_from_a_zip_lowers_the_loss_and_the_served_adapter_answers_dif
     with pytest.raises(labs.Missing, match="did not fall"):
         labs.check_image_text(labs.Ctx("local", vws, {}, []), min_drop=0.99)
     assert labs.run("image_text", "bob", vws)["checks"][0]["problem"]["key"] == "err.lab.no_image_text"
+    upload, tune = labs.get("image_text", vws).steps           # the by-hand upload step is done by the upload
+    assert labs.step_done(upload, "local", vws) and labs.step_done(tune, "local", vws)
+    assert not labs.step_done(upload, "bob", vws)
 
     # the base and the tuned adapter served side by side answer differently on a training image
     base_job = queue.submit("vlm", {"model": "tiny-llava", "name": "base"}, owner="local", home=vws)

@@ -87,6 +87,7 @@ class Step(BaseModel):
     kind: str = ""                                          # a job kind "Start this step" queues with ``spec``
     action: Literal["", "self_cognition_dataset"] = ""      # or a backend action (instant)
     spec: dict = {}                                         # strings may name {user}, {adapter}, a param...
+    done_when: Literal["", "image_dataset"] = ""            # a by-hand step: done once the student has this artifact
 
 
 class CheckRef(BaseModel):
@@ -254,6 +255,11 @@ def _newest(type: str, student: str, home: Path | None, pred=None) -> str | None
     return next((e.name for e in mine(type, student, home) if pred is None or pred(e)), None)
 
 
+def _image_dataset(student: str, home: Path) -> str | None:
+    """The student's newest image-text dataset (an upload whose rows name images)."""
+    return _newest("dataset", student, home, lambda e: bool(e.meta.get("images")))
+
+
 def context(student: str, params: dict | None = None, *, home: Path) -> dict:
     """What a step's spec may name: {user}, {bundled}, {preset}, the student's newest {dataset} (self-cognition),
     {adapter}, {model}, {quantized}, {kb}, their live model {endpoint} and knowledge-base {rag_endpoint}, and the
@@ -266,7 +272,7 @@ def context(student: str, params: dict | None = None, *, home: Path) -> dict:
            "adapter": _newest("adapter", student, home), "model": _newest("model", student, home),
            "quantized": _newest("model", student, home, lambda e: bool(e.meta.get("quantized_from"))),
            "kb": _newest("kb", student, home),
-           "image_dataset": _newest("dataset", student, home, lambda e: bool(e.meta.get("images"))),
+           "image_dataset": _image_dataset(student, home),
            "vlm_preset": finetune.default_preset(gpu, image_text=True),
            "endpoint": next((e["name"] for e in live_ if e.get("engine") != "rag"), None),
            "rag_endpoint": next((e["name"] for e in live_ if e.get("engine") == "rag"), None)}
@@ -329,6 +335,8 @@ def step_done(step: Step, student: str, home: Path) -> bool:
     """A step is done when its action's artifact exists, or a job of its kind succeeded (a server: runs)."""
     if step.action == "self_cognition_dataset":
         return any("self_cognition" in e.meta for e in mine("dataset", student, home))
+    if step.done_when == "image_dataset":
+        return _image_dataset(student, home) is not None
     if not step.kind:
         return False
     states = [JobState.SUCCEEDED, JobState.RUNNING] if step.kind in SERVERS else [JobState.SUCCEEDED]
