@@ -1,6 +1,6 @@
 """index: a knowledge base from documents (an upload's folder, the bundled demo) or a dataset's text column:
-read, split into passages, indexed with BM25 or embedded by a registry sentence-transformers model (backend/pipeline/rag.py)
-in the job's artifacts/index, and registered
+read, split into passages, indexed with BM25, or embedded by a registry sentence-transformers model (by default beside
+BM25, the two fused: hybrid; backend/pipeline/rag.py) in the job's artifacts/index, and registered
 as ``kb/<name>`` owned by the job's owner. Documents that can't be read are reported and left out."""
 from __future__ import annotations
 
@@ -43,14 +43,17 @@ def main(spec: Spec, job: Job) -> dict:
             raise JobError(str(e), BAD_INPUT, "pick a sentence-transformers model, or none for BM25") from None
         job.progress(2, 3, "steps", f"embedding {len(nodes)} passages ({spec.embedding_model})", force=True)
         rag.build_dense(nodes, folder, spec.embedding_model, embedder)
+        if spec.hybrid:         # the words a question shares with a passage, beside what it means
+            rag.build(nodes, folder / rag.HYBRID_BM25, top_k=3)
     else:
         job.progress(2, 3, "steps", f"indexing {len(nodes)} passages (BM25)", force=True)
         rag.build(nodes, folder, top_k=3)
-    size = sum(p.stat().st_size for p in folder.iterdir())
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    retrieval = ("hybrid" if spec.hybrid else "dense") if spec.embedding_model else "bm25"
     files = sorted({u["source"] for u in units})
     meta = {"source": source, "documents": len(files), "files": files[:200], "chunks": len(nodes),
             "size_bytes": size, "chunk_size": spec.chunk_size, "chunk_overlap": spec.chunk_overlap,
-            "retrieval": "dense" if spec.embedding_model else "bm25", "left_out": [str(p) for p in problems][:50],
+            "retrieval": retrieval, "left_out": [str(p) for p in problems][:50],
             **({"embedding_model": spec.embedding_model} if spec.embedding_model else {})}
     job.register("kb", spec.name, folder, meta)
     job.progress(3, 3, "steps", "done", force=True)

@@ -33,12 +33,13 @@ with st.container(key="kb_new", border=True):
     embedding = c3.selectbox(ui.t("kb.embedding"), [""] + [e.name for e in rag.embedders(home, ui.user())],
                              key="kb_embedding", format_func=lambda n: ui.t("kb.embedding.dense", name=n) if n
                              else ui.t("kb.embedding.bm25"))
+    hybrid = c3.checkbox(ui.t("kb.hybrid"), True, key="kb_hybrid", help=ui.t("kb.hybrid.help")) if embedding else False
     size = c1.number_input(ui.t("kb.chunk_size"), 32, 8192, 256, key="kb_chunk_size", help=ui.t("kb.chunk_size.help"))
     overlap = c2.number_input(ui.t("kb.chunk_overlap"), 0, 4096, 32, key="kb_chunk_overlap")
     if st.button(ui.t("kb.build"), key="kb_build", type="primary",
                  disabled=not name.strip() or (source == "upload" and not files)):
         spec = {"name": name.strip(), "chunk_size": int(size), "chunk_overlap": int(overlap),
-                "embedding_model": embedding or ""}
+                "embedding_model": embedding or "", "hybrid": hybrid}
         if source == "upload":
             try:
                 folder, problems = rag.save_upload([(f.name, f.getvalue()) for f in files or []], ui.owner(), home=ui.home())
@@ -69,6 +70,7 @@ with st.container(key="kb_list"):
         c = st.columns([3, 4, 3, 2], vertical_alignment="center")
         c[0].markdown(f"**{kb.name}**")
         c[1].caption(ui.t("kb.facts", docs=kb.meta.get("documents", 0), chunks=kb.meta.get("chunks", 0),
+                          retrieval=ui.t(f"kb.retrieval.{kb.meta.get('retrieval', 'bm25')}"),
                           size=human_size(kb.meta.get("size_bytes")), owner=kb.owner or "-"))
         model = c[2].selectbox(ui.t("kb.model"), models, key=f"kb_model_{kb.id}", label_visibility="collapsed",
                                placeholder=ui.t("kb.no_model"))

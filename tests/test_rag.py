@@ -8,6 +8,7 @@ import io
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import openai
 import pytest
@@ -319,9 +320,12 @@ def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, worker, ti
         queue.submit("index", {"name": "x", "folder": "demo", "embedding_model": "tiny-llama"}, owner="ann", home=home)
     assert e.value.key == "err.rag.not_embedder" and "modules.json" in str(e.value)
     dense = queue.submit("index", {"name": "dense", "folder": "demo", "embedding_model": "tiny-embedder",
-                                   "chunk_size": 64, "chunk_overlap": 8}, owner="ann", home=home)
-    plain = queue.submit("index", {"name": "plain", "folder": "demo"}, owner="ann", home=home)
-    for job_id in (dense, plain):
+                                   "chunk_size": 64, "chunk_overlap": 8, "hybrid": False}, owner="ann", home=home)
+    hybrid = queue.submit("index", {"name": "hybrid", "folder": "demo", "embedding_model": "tiny-embedder",
+                                    "chunk_size": 64, "chunk_overlap": 8}, owner="ann", home=home)
+    plain = queue.submit("index", {"name": "plain", "folder": "demo", "chunk_size": 64, "chunk_overlap": 8},
+                         owner="ann", home=home)
+    for job_id in (dense, hybrid, plain):
         wait_for(lambda: queue.get(job_id, home, by=users.OPERATOR).state.finished, 180, 0.2, "the index job")
         assert queue.get(job_id, home, by=users.OPERATOR).state == "succeeded", (home / "jobs" / str(job_id) / "run.log").read_text()
     kb, bm25 = store.get("kb", "dense"), store.get("kb", "plain")
@@ -333,6 +337,16 @@ def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, worker, ti
     assert hits[0]["text"] == passage.get_content() and hits[0]["score"] == pytest.approx(1.0)
     assert len(hits) == 3 and all(h["score"] < 0.999 for h in hits[1:])
     assert hits[0]["source"] == "velmora.md" and hits[0]["line"] == passage.metadata["line"]
+
+    # hybrid (the default with an embedding model): both lists fused by reciprocal rank, so the keyword match BM25
+    # ranks first and the passage the embeddings rank first are both among its top 3, each list's order kept
+    both = store.get("kb", "hybrid")
+    assert both.meta["retrieval"] == "hybrid" and (Path(both.path) / rag.HYBRID_BM25).is_dir()
+    question = "glass heron wings"          # words of one passage that the (random) embeddings do not rank
+    by_words, by_vectors = (rag.retrieve(rag.load(k.path, 3), question) for k in (bm25, kb))
+    fused = [h["text"] for h in rag.retrieve(rag.load(both.path, 3), question)]
+    assert "glass heron" in by_words[0]["text"] and by_words[0]["text"] not in [h["text"] for h in by_vectors]
+    assert len(fused) == 3 and {by_words[0]["text"], by_vectors[0]["text"]} <= set(fused)
 
     # served with a model: each question is embedded by the same model, and its passages come with the answer
     from tests.fixtures.fake_openai import FakeOpenAI

@@ -22,7 +22,8 @@ class Spec(BaseModel):
     text_field: str = "text"
     chunk_size: int = Field(256, ge=32, le=8192)    # tokens a passage holds: ~190 English words or ~250 汉字
     chunk_overlap: int = Field(32, ge=0)            # tokens shared by neighbouring passages
-    embedding_model: str = ""      # a registry sentence-transformers model: dense retrieval instead of BM25
+    embedding_model: str = ""      # a registry sentence-transformers model: dense retrieval beside (or instead of) BM25
+    hybrid: bool = True            # with an embedding model: BM25 too, the two fused by reciprocal rank
 
 
 def check(spec: Spec, home: Path, owner: str) -> dict:

@@ -1,7 +1,8 @@
 """Knowledge bases (RAG): documents read into text with their place, split into passages, indexed with BM25
 (LlamaIndex's SentenceSplitter and BM25Retriever over bm25s; Chinese words cut by jieba first) or, when a
-sentence-transformers model from the registry is named, embedded (LlamaIndex's VectorStoreIndex), and the
-passages a question retrieves put into its prompt.
+sentence-transformers model from the registry is named, embedded (LlamaIndex's VectorStoreIndex), by default with
+BM25 beside it, the two lists fused by reciprocal rank (LlamaIndex's QueryFusionRetriever: hybrid retrieval), and
+the passages a question retrieves put into its prompt.
 
 A knowledge base is a registry entry (type ``kb``) made by an ``index`` job: its path is the index folder in
 the job's artifacts, its meta the documents, chunk settings and counts. Uploads land in
@@ -25,6 +26,7 @@ from backend.core.errors import UserError
 from backend.core.store import open_store
 
 EMBEDDING_FILE = "embedding.json"                   # in a dense index: the sentence-transformers model it used
+HYBRID_BM25 = "bm25"                                # in a hybrid index: the BM25 index beside the vectors
 SUFFIXES = (".txt", ".md", ".pdf", ".docx", ".html", ".htm")
 DEMO_DIR = defaults.ROOT / "assets" / "rag"          # the bundled CPU demo documents (folder name "demo")
 DEMO = "demo"
@@ -262,8 +264,8 @@ def retriever_class():
         def __init__(self, *args, token_pattern: str = TOKEN_PATTERN, **kwargs):
             super().__init__(*args, token_pattern=token_pattern, **kwargs)
 
-        def _retrieve(self, query_bundle):
-            return super()._retrieve(QueryBundle(segment(query_bundle.query_str)))
+        def _retrieve(self, query_bundle):     # a passage that shares no word with the question is no hit
+            return [n for n in super()._retrieve(QueryBundle(segment(query_bundle.query_str))) if (n.score or 0) > 0]
     return Retriever
 
 
@@ -336,7 +338,14 @@ def load(folder: str | Path, top_k: int = 3):
             raise RagError("err.rag.embedder_gone", name=info["model"])
         index = load_index_from_storage(StorageContext.from_defaults(persist_dir=str(folder)),
                                         embed_model=embed_model(info["path"]))
-        return index.as_retriever(similarity_top_k=top_k)
+        dense = index.as_retriever(similarity_top_k=top_k)
+        if not (folder / HYBRID_BM25).is_dir():
+            return dense
+        from llama_index.core.llms import MockLLM
+        from llama_index.core.retrievers import QueryFusionRetriever
+        # hybrid: each retriever's top_k, merged by reciprocal rank (RRF); one query, no LLM rewriting it
+        return QueryFusionRetriever([dense, load(folder / HYBRID_BM25, top_k)], llm=MockLLM(), num_queries=1,
+                                    mode="reciprocal_rerank", similarity_top_k=top_k, use_async=False)
     retriever = retriever_class().from_persist_dir(str(folder), show_progress=False)
     retriever.similarity_top_k = min(top_k, int(retriever.bm25.scores["num_docs"]))
     return retriever
@@ -346,13 +355,12 @@ def retrieve(retriever, question: str) -> list[dict]:
     """The passages for a question, best first: ``{"source", "page"|"row"|"line", "text", "score"}``."""
     return [{**{k: v for k, v in hit.node.metadata.items() if k in ("source", "page", "row", "line")},
              "text": hit.node.get_content(), "score": round(float(hit.score), 3)}
-            for hit in retriever.retrieve(question) if kept(retriever, float(hit.score))]
+            for hit in retriever.retrieve(question) if kept(float(hit.score))]
 
 
-def kept(retriever, score: float) -> bool:
-    """A BM25 passage shares a word with the question (score > 0); a dense one has a similarity (not NaN: an
-    embedding of nothing)."""
-    return score > 0 if hasattr(retriever, "bm25") else not math.isnan(score)
+def kept(score: float) -> bool:
+    """A dense passage has a similarity (not NaN: an embedding of nothing); BM25 drops its own zero scores."""
+    return not math.isnan(score)
 
 
 # -- prompts ------------------------------------------------------------------------------------------
