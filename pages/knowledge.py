@@ -62,6 +62,7 @@ with st.container(key="kb_new", border=True):
 # -- the knowledge bases this person may use, and serving one with a model -------------------------------
 kbs = rag.list_kbs(by=ui.user(), home=ui.home())
 models = [e["name"] for e in chat.endpoints(by=ui.user(), home=ui.home()) if e.get("engine") != "rag"]
+rerankers = [e.name for e in rag.rerankers(home=ui.home(), by=ui.user())]
 with st.container(key="kb_list"):
     st.subheader(ui.t("kb.list"))
     if not kbs:
@@ -74,8 +75,11 @@ with st.container(key="kb_list"):
                           size=human_size(kb.meta.get("size_bytes")), owner=kb.owner or "-"))
         model = c[2].selectbox(ui.t("kb.model"), models, key=f"kb_model_{kb.id}", label_visibility="collapsed",
                                placeholder=ui.t("kb.no_model"))
+        reranker = c[2].selectbox(ui.t("kb.reranker"), [""] + rerankers, key=f"kb_reranker_{kb.id}",
+                                  label_visibility="collapsed", format_func=lambda n: n or ui.t("kb.no_reranker"),
+                                  ) if rerankers else ""
         if c[3].button(ui.t("kb.serve"), key=f"kb_serve_{kb.id}", disabled=not model):
-            if ui.submit("rag_serve", {"kb": kb.name, "endpoint": model}):
+            if ui.submit("rag_serve", {"kb": kb.name, "endpoint": model, "reranker": reranker}):
                 st.page_link("pages/chat.py", label=ui.t("kb.to_chat"), icon=":material/chat:")
     if kbs and not models:
         st.caption(ui.t("kb.start_model"))

@@ -372,6 +372,52 @@ def test_a_knowledge_base_with_embeddings_from_a_registry_model(home, worker, ti
             shutil.move(str(tiny_embedder) + ".moved", str(tiny_embedder))
 
 
+def test_a_reranker_reorders_the_served_passages(home, worker, tiny_model, tmp_path, monkeypatch):
+    """rag_serve with ``reranker`` (a registry cross-encoder; a tiny random one built offline): the endpoint's passages
+    are the top_k of 4 × top_k BM25 candidates in the order the cross-encoder scores them, with its scores. A model
+    that is no cross-encoder, and another student's private one, are refused before queueing."""
+    from sentence_transformers import CrossEncoder
+
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.fixtures.tiny_reranker import make_tiny_reranker
+    from tests.test_gateway import placeholder
+    monkeypatch.setenv("WORKBENCH_AUTH", "accounts")
+    for name in ("ann", "bob"):
+        users.add(name, "student", home=home)
+    store = open_store(home)
+    path = make_tiny_reranker(tmp_path / "tiny-reranker")
+    store.put("model", "tiny-reranker", str(path), owner=users.OPERATOR_NAME, shared=True)
+    store.put("model", "bobs-reranker", str(make_tiny_reranker(tmp_path / "bob", seed=1)), owner="bob")
+    store.put("model", "tiny-llama", str(tiny_model), owner=users.OPERATOR_NAME, shared=True)
+    assert [e.name for e in rag.rerankers(home, "ann")] == ["tiny-reranker"]
+    kb_job = queue.submit("index", {"name": "plain", "folder": "demo", "chunk_size": 64, "chunk_overlap": 8},
+                          owner="ann", home=home)
+    wait_for(lambda: queue.get(kb_job, home, by=users.OPERATOR).state == "succeeded", 180, 0.2, "the index job")
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, "ann", "ann-model", fake)
+        for name, key in (("tiny-llama", "err.rag.not_reranker"), ("bobs-reranker", "err.registry.not_yours")):
+            with pytest.raises(queue.SubmitError) as e:
+                queue.submit("rag_serve", {"kb": "plain", "endpoint": "ann-model", "reranker": name}, owner="ann", home=home)
+            assert e.value.key == key, e.value
+        served = endpoint_of(home, queue.submit("rag_serve", {"kb": "plain", "endpoint": "ann-model", "top_k": 2,
+                                                              "reranker": "tiny-reranker"}, owner="ann", home=home), 120)
+        question = "What is the capital of Velmora?"
+        answer = openai.OpenAI(base_url=served["url"], api_key=served["api_key"]).chat.completions.create(
+            model=served["model"], messages=[{"role": "user", "content": question}], max_tokens=8)
+    finally:
+        fake.close()
+    store_kb = store.get("kb", "plain")
+    pool = rag.retrieve(rag.load(store_kb.path, 2 * rag.RERANK_POOL), question)
+    scores = CrossEncoder(str(path), device="cpu").predict([(question, h["text"]) for h in pool])
+    best = sorted(zip(scores, range(len(pool))), reverse=True)[:2]
+    got = answer.model_extra["passages"]
+    assert [p["text"] for p in got] == [pool[i]["text"] for _, i in best]
+    assert [p["score"] for p in got] == [round(float(s), 3) for s, _ in best]
+    assert [p["text"] for p in got] != [h["text"] for h in pool[:2]], "the cross-encoder's order, not BM25's"
+    assert store.get("endpoint", served["model"]).meta["reranker"] == "tiny-reranker"
+
+
 @pytest.mark.browser
 def test_the_knowledge_page_evaluates_with_and_without_retrieval_side_by_side(home, page):
     """On the Knowledge page: pick the knowledge-base endpoint and the bundled question set, Evaluate;
@@ -415,3 +461,39 @@ def test_the_knowledge_page_evaluates_with_and_without_retrieval_side_by_side(ho
     page.locator(".st-key-eval_items [data-testid='stDataFrame']").wait_for(timeout=60_000)
     assert page.locator(".st-key-eval_pick input").input_value().endswith("· succeeded · demo + fake-model-server × rag_demo_qa")
     shot(page, "rag-eval-on-evaluate")
+
+
+@pytest.mark.browser
+def test_the_knowledge_page_builds_a_hybrid_base_and_serves_it_with_a_reranker(home, page, tmp_path):
+    """On the Knowledge page: the bundled demo with an embedding model (hybrid ticked by default), Build; the base is
+    listed as hybrid; served with a model endpoint and a reranker, its endpoint reranks."""
+    from tests.fixtures.fake_openai import FakeOpenAI
+    from tests.fixtures.tiny_embedder import make_tiny_embedder
+    from tests.fixtures.tiny_reranker import make_tiny_reranker
+    from tests.test_gateway import placeholder
+    store = open_store(home)
+    store.put("model", "tiny-embedder", str(make_tiny_embedder(tmp_path / "e")), owner=users.OPERATOR_NAME, shared=True)
+    store.put("model", "tiny-reranker", str(make_tiny_reranker(tmp_path / "r")), owner=users.OPERATOR_NAME, shared=True)
+    fake = FakeOpenAI()
+    try:
+        placeholder(home, defaults.setting("USER"), "fake-model-server", fake)
+        page.goto(page.base_url + "/knowledge")
+        page.locator(".st-key-kb_name input").fill("velmora-hybrid")
+        page.locator(".st-key-kb_source").get_by_text("Bundled demo").click()
+        pick(page, "kb_embedding", "embeddings: tiny-embedder")
+        assert page.locator(".st-key-kb_hybrid input").is_checked()
+        page.locator(".st-key-kb_build button").click()
+        kb = wait_for(lambda: store.get("kb", "velmora-hybrid"), 180, 0.3, "the hybrid knowledge base")
+        assert kb.meta["retrieval"] == "hybrid"
+        page.reload()
+        row = page.locator(".st-key-kb_list")
+        row.get_by_text("hybrid (BM25 + embeddings)", exact=False).wait_for(timeout=60_000)
+        pick(page, f"kb_model_{kb.id}", "fake-model-server")
+        pick(page, f"kb_reranker_{kb.id}", "tiny-reranker")
+        shot(page, "kb-hybrid-reranker")
+        page.locator(f".st-key-kb_serve_{kb.id} button").click()
+        served = wait_for(lambda: next((e for e in store.items("endpoint") if e.meta.get("kb") == "velmora-hybrid"),
+                                       None), 120, 0.3, "the knowledge base's endpoint")
+    finally:
+        fake.close()
+    assert served.meta["reranker"] == "tiny-reranker" and served.meta["upstream"] == "fake-model-server"

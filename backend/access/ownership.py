@@ -127,7 +127,8 @@ def made_here(entry: Entry, home: Path) -> bool:
 
 NAMED = {"model": RegistryType.MODEL, "base_model": RegistryType.MODEL, "adapter": RegistryType.ADAPTER,
          "endpoint": RegistryType.ENDPOINT, "dataset": RegistryType.DATASET, "datasets": RegistryType.DATASET,
-         "kb": RegistryType.KB, "embedding_model": RegistryType.MODEL}
+         "kb": RegistryType.KB, "embedding_model": RegistryType.MODEL,
+         "reranker": RegistryType.MODEL}
 PATH_KEYS = ("path", "peft_path", "tokenizer_path")   # a folder or file given by its path (evaluate, vlm)
 
 

@@ -1171,6 +1171,12 @@ STRINGS: dict[str, dict[str, str]] = {
     "err.rag.no_column": {"en": "dataset {name} has no text in a field {field!r}: pick its text field",
                           "zh": "数据集 {name} 的字段 {field!r} 中没有文字：请选择它的文本字段"},
     "err.rag.no_text": {"en": "there is no text to index", "zh": "没有可以建立索引的文字"},
+    "err.rag.not_reranker": {"en": "{name} is not a reranker in the registry (a cross-encoder: a sequence classifier with one "
+                                   "output, such as bge-reranker-base or ms-marco-MiniLM-L6-v2)",
+                             "zh": "{name} 不是注册表中的重排序模型（cross-encoder：只有一个输出的序列分类模型，例如 bge-reranker-base "
+                                   "或 ms-marco-MiniLM-L6-v2）"},
+    "kb.reranker": {"en": "Reranker", "zh": "重排序模型"},
+    "kb.no_reranker": {"en": "no reranking", "zh": "不重排序"},
     "err.rag.not_embedder": {"en": "{name} is not a sentence-transformers model in the registry (its folder has no "
                                    "modules.json): download one such as paraphrase-multilingual-MiniLM-L12-v2 or a bge model",
                              "zh": "{name} 不是注册表中的 sentence-transformers 模型（文件夹里没有 modules.json）：请下载一个，"
@@ -1197,9 +1203,11 @@ STRINGS: dict[str, dict[str, str]] = {
                                "zh": "知识库 {name} 属于另一位学生：请使用你自己的或班级的知识库"},
     "nav.kb": {"en": "Knowledge bases", "zh": "知识库"},
     "nav.knowledge": {"en": "Knowledge bases", "zh": "知识库"},       # a lab step's page (labs/*.yaml)
-    "kb.intro": {"en": "Documents split into passages and indexed (BM25, with jieba for Chinese). Serve a knowledge "
-                       "base with a model, then compare answers with and without retrieval on the Chat page.",
-                 "zh": "文档被切分成段落并建立索引（BM25，中文用 jieba 分词）。用一个模型服务知识库，再到对话页面对比有无检索的回答。"},
+    "kb.intro": {"en": "Documents split into passages and indexed (BM25, with jieba for Chinese; with an embedding model, "
+                       "hybrid). Serve a knowledge base with a model (and a reranker, if you have one), then compare "
+                       "answers with and without retrieval on the Chat page.",
+                 "zh": "文档被切分成段落并建立索引（BM25，中文用 jieba 分词；选了向量模型则为混合检索）。用一个模型（有重排序模型也可选上）"
+                       "服务知识库，再到对话页面对比有无检索的回答。"},
     "kb.new": {"en": "New knowledge base", "zh": "新建知识库"},
     "kb.name": {"en": "Name", "zh": "名称"},
     "kb.source": {"en": "Documents", "zh": "文档"},

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.kinds import Kind
-from backend.pipeline import chat
+from backend.pipeline import chat, rag
 from backend.core.errors import UserError
 
 KIND = Kind("rag_serve", "jobs.rag_serve", cpu_slots=0, long_lived=True,
@@ -20,6 +20,7 @@ class Spec(BaseModel):
     endpoint: str = Field(..., min_length=1)    # a live model endpoint (Chat page) that writes the answers
     name: str = Field("", max_length=120)      # the endpoint's name; default "<kb> + <endpoint>"
     top_k: int = Field(3, ge=1, le=20)          # passages put into each prompt
+    reranker: str = ""                          # a registry cross-encoder that re-orders 4 × top_k candidates
 
 
 def upstream(spec: Spec, home: Path, owner: str) -> dict:
@@ -33,4 +34,6 @@ def upstream(spec: Spec, home: Path, owner: str) -> dict:
 def check(spec: Spec, home: Path, owner: str) -> dict:
     """The knowledge base is checked (it exists, its owner may use it) by queue.submit; the model endpoint here."""
     upstream(spec, home, owner)
+    if spec.reranker:
+        rag.reranker(spec.reranker, home)
     return {}

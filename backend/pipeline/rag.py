@@ -2,7 +2,7 @@
 (LlamaIndex's SentenceSplitter and BM25Retriever over bm25s; Chinese words cut by jieba first) or, when a
 sentence-transformers model from the registry is named, embedded (LlamaIndex's VectorStoreIndex), by default with
 BM25 beside it, the two lists fused by reciprocal rank (LlamaIndex's QueryFusionRetriever: hybrid retrieval), and
-the passages a question retrieves put into its prompt.
+the passages a question retrieves (re-ordered by a cross-encoder when the serve job names one) put into its prompt.
 
 A knowledge base is a registry entry (type ``kb``) made by an ``index`` job: its path is the index folder in
 the job's artifacts, its meta the documents, chunk settings and counts. Uploads land in
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html.parser
 import io
+import json
 import math
 import re
 import stat
@@ -27,6 +28,7 @@ from backend.core.store import open_store
 
 EMBEDDING_FILE = "embedding.json"                   # in a dense index: the sentence-transformers model it used
 HYBRID_BM25 = "bm25"                                # in a hybrid index: the BM25 index beside the vectors
+RERANK_POOL = 4                                     # a reranker reads 4 × top_k candidates
 SUFFIXES = (".txt", ".md", ".pdf", ".docx", ".html", ".htm")
 DEMO_DIR = defaults.ROOT / "assets" / "rag"          # the bundled CPU demo documents (folder name "demo")
 DEMO = "demo"
@@ -296,8 +298,6 @@ def embed_model(path: str | Path):
 def build_dense(nodes: list, folder: Path, name: str, path: Path) -> None:
     """A vector index of ``nodes`` embedded by the sentence-transformers model at ``path`` (LlamaIndex's
     VectorStoreIndex, persisted in ``folder`` with ``embedding.json`` naming the model)."""
-    import json
-
     from llama_index.core import VectorStoreIndex
     if not nodes:
         raise RagError("err.rag.no_text")
@@ -325,13 +325,51 @@ def build(nodes: list, folder: Path, top_k: int) -> None:
     retriever.persist(str(folder), show_progress=False)
 
 
-def load(folder: str | Path, top_k: int = 3):
-    """The persisted retriever (dense when the index was embedded, else BM25), answering ``top_k`` passages (at most
-    as many as it holds)."""
+def is_reranker(path: str | Path) -> bool:
+    """A cross-encoder folder (a sequence classifier with one output: a question and a passage in, a relevance
+    out), e.g. bge-reranker-base or ms-marco-MiniLM-L6-v2."""
+    try:
+        config = json.loads(Path(path, "config.json").read_bytes()[:1 << 20])
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+            and len(config.get("id2label") or {"0": ""}) == 1)
+
+
+def rerankers(home: Path, by: users.Actor) -> list:
+    """Registry models ``by`` may use that are cross-encoders (reranking)."""
+    return [e for e in open_store(home).items("model") if users.may_use(e, by, home=home) and is_reranker(e.path)]
+
+
+def reranker(name: str, home: Path) -> Path:
+    """The folder of the registry model ``name``, a cross-encoder; RagError when it is none."""
+    entry = open_store(home).get("model", name)
+    if entry is None or not is_reranker(entry.path):
+        raise RagError("err.rag.not_reranker", name=name)
+    return Path(entry.path)
+
+
+class Reranked:
+    """A retriever's ``RERANK_POOL`` × top_k candidates scored again by a cross-encoder that reads the question and
+    each passage together (LlamaIndex's SentenceTransformerRerank, on the CPU, never the model's own code), the
+    best ``top_k`` kept."""
+
+    def __init__(self, retriever, path: Path, top_k: int):
+        from llama_index.core.postprocessor import SentenceTransformerRerank
+        self.retriever = retriever
+        self.rerank = SentenceTransformerRerank(top_n=top_k, model=str(path), device="cpu", trust_remote_code=False)
+
+    def retrieve(self, question: str) -> list:
+        return self.rerank.postprocess_nodes(self.retriever.retrieve(question), query_str=question)
+
+
+def load(folder: str | Path, top_k: int = 3, rerank: Path | None = None):
+    """The persisted retriever answering ``top_k`` passages (at most as many as it holds); with ``rerank`` (a
+    cross-encoder folder), its candidates re-ordered by that model."""
+    if rerank is not None:
+        return Reranked(load(folder, top_k * RERANK_POOL), rerank, top_k)
     folder = Path(folder)
     if (folder / EMBEDDING_FILE).is_file():
-        import json
-
         from llama_index.core import StorageContext, load_index_from_storage
         info = json.loads((folder / EMBEDDING_FILE).read_text(encoding="utf-8"))
         if not is_embedder(info["path"]):
