@@ -400,8 +400,10 @@ def test_a_reranker_reorders_the_served_passages(home, worker, tiny_model, tmp_p
             with pytest.raises(queue.SubmitError) as e:
                 queue.submit("rag_serve", {"kb": "plain", "endpoint": "ann-model", "reranker": name}, owner="ann", home=home)
             assert e.value.key == key, e.value
-        served = endpoint_of(home, queue.submit("rag_serve", {"kb": "plain", "endpoint": "ann-model", "top_k": 2,
-                                                              "reranker": "tiny-reranker"}, owner="ann", home=home), 120)
+        job = queue.submit("rag_serve", {"kb": "plain", "endpoint": "ann-model", "top_k": 2, "reranker": "tiny-reranker"},
+                           owner="ann", home=home)
+        assert queue.get(job, home, by=users.OPERATOR).asked["cpu_slots"] == 0     # light: the model server has the slot
+        served = endpoint_of(home, job, 120)
         question = "What is the capital of Velmora?"
         answer = openai.OpenAI(base_url=served["url"], api_key=served["api_key"]).chat.completions.create(
             model=served["model"], messages=[{"role": "user", "content": question}], max_tokens=8)

@@ -32,7 +32,9 @@ def upstream(spec: Spec, home: Path, owner: str) -> dict:
 
 
 def check(spec: Spec, home: Path, owner: str) -> dict:
-    """The knowledge base is checked (it exists, its owner may use it) by queue.submit; the model endpoint here."""
+    """The knowledge base is checked (it exists, its owner may use it) by queue.submit; the model endpoint and the
+    reranker here. It stays a light job even with a reranker or an embedder to load (small encoders): on the
+    one-slot demo box the model server holds the CPU slot, and each student's light jobs are capped instead."""
     upstream(spec, home, owner)
     if spec.reranker:
         rag.reranker(spec.reranker, home)

@@ -39,8 +39,8 @@ def token() -> str:
         return ""
 
 
-def headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {t}"} if (t := token()) else {}
+def headers(secret: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {t}"} if (t := token() if secret is None else secret) else {}
 
 
 def open_to_anyone(address: str) -> bool:
@@ -69,7 +69,7 @@ def client(address: str):
 @cache
 def _client(address: str, secret: str):
     from ray.job_submission import JobSubmissionClient       # noqa: PLC0415 - heavy; only for this executor
-    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {secret}"} if secret else {})
+    return JobSubmissionClient(address, headers=headers(secret))
 
 
 def warm() -> None:
