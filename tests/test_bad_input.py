@@ -56,14 +56,20 @@ def custom_format(name, data: bytes):
     return run
 
 
-def changed_code(home):
-    """A model with its own code, opted in, whose code then changed: a job that would load it is refused."""
-    folder = home / "models" / "rem"
+def with_code(home, name: str, meta: dict) -> Path:
+    """A registry model whose config names its own code (code.py)."""
+    folder = home / "models" / name
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
                                                     "auto_map": {"AutoConfig": "code.C"}}))
     (folder / "code.py").write_text("C = None\n")
-    open_store(home).put("model", "rem", str(folder), {"source": "test"}, owner="local")
+    open_store(home).put("model", name, str(folder), {"source": "test", **meta}, owner="local")
+    return folder
+
+
+def changed_code(home):
+    """A model with its own code, opted in, whose code then changed: a job that would load it is refused."""
+    folder = with_code(home, "rem", {})
     models.set_trust_remote_code("rem", True, home, by=users.OPERATOR)
     (folder / "code.py").write_text("import os\nC = None\n")
     return queue.submit("serve", {"model": "rem"}, home=home, owner="local")
@@ -71,12 +77,7 @@ def changed_code(home):
 
 def opted_in_before_hashes(home):
     """An opt-in from before code hashes were kept (no code_sha256 in its row): asked again, never trusted as is."""
-    folder = home / "models" / "old"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                                    "auto_map": {"AutoConfig": "code.C"}}))
-    (folder / "code.py").write_text("C = None\n")
-    open_store(home).put("model", "old", str(folder), {"source": "test", "trust_remote_code": True}, owner="local")
+    with_code(home, "old", {"trust_remote_code": True})
     return queue.submit("serve", {"model": "old"}, home=home, owner="local")
 
 

@@ -276,17 +276,25 @@ def is_embedder(path: str | Path) -> bool:
     return Path(path, "modules.json").is_file()
 
 
+def _usable(home: Path, by: users.Actor, is_one) -> list:
+    return [e for e in open_store(home).items("model") if users.may_use(e, by, home=home) and is_one(e.path)]
+
+
+def _folder(name: str, home: Path, is_one, key: str) -> Path:
+    entry = open_store(home).get("model", name)
+    if entry is None or not is_one(entry.path):
+        raise RagError(key, name=name)
+    return Path(entry.path)
+
+
 def embedders(home: Path, by: users.Actor) -> list:
     """Registry models ``by`` may use that are sentence-transformers models (dense retrieval)."""
-    return [e for e in open_store(home).items("model") if users.may_use(e, by, home=home) and is_embedder(e.path)]
+    return _usable(home, by, is_embedder)
 
 
 def embedder(name: str, home: Path) -> Path:
     """The folder of the registry model ``name``, a sentence-transformers model; RagError when it is none."""
-    entry = open_store(home).get("model", name)
-    if entry is None or not is_embedder(entry.path):
-        raise RagError("err.rag.not_embedder", name=name)
-    return Path(entry.path)
+    return _folder(name, home, is_embedder, "err.rag.not_embedder")
 
 
 def embed_model(path: str | Path):
@@ -338,15 +346,12 @@ def is_reranker(path: str | Path) -> bool:
 
 def rerankers(home: Path, by: users.Actor) -> list:
     """Registry models ``by`` may use that are cross-encoders (reranking)."""
-    return [e for e in open_store(home).items("model") if users.may_use(e, by, home=home) and is_reranker(e.path)]
+    return _usable(home, by, is_reranker)
 
 
 def reranker(name: str, home: Path) -> Path:
     """The folder of the registry model ``name``, a cross-encoder; RagError when it is none."""
-    entry = open_store(home).get("model", name)
-    if entry is None or not is_reranker(entry.path):
-        raise RagError("err.rag.not_reranker", name=name)
-    return Path(entry.path)
+    return _folder(name, home, is_reranker, "err.rag.not_reranker")
 
 
 class Reranked:
