@@ -12,7 +12,7 @@ from backend.runtime import engines, provision
 
 
 def pins(env: str) -> dict[str, str]:
-    lines = (defaults.ROOT / "constraints" / f"{env}.txt").read_text().splitlines()
+    lines = engines.lock_file(env).read_text().splitlines()
     return {canonicalize_name(n): v for n, v in (ln.split("==") for ln in lines if ln and not ln.startswith("#"))}
 
 
@@ -47,7 +47,7 @@ def test_the_core_lock_pins_every_requirement_within_its_range():
 @pytest.mark.parametrize("engine", provision.TEST_ENGINES)
 def test_each_test_engine_is_installed_from_its_lock(engine):
     assert unmet(engines.requirements(engine), engine) == []
-    assert engines.lock(engine) == ["-c", str(defaults.ROOT / "constraints" / f"{engine}.txt")]
+    assert engines.lock(engine) == ["-c", str(engines.lock_file(engine))]
 
 
 def test_a_requirement_outside_the_lock_is_named():

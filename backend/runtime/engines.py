@@ -69,10 +69,16 @@ def requirements(engine: str) -> list[str]:
     return info["requirements"] + info.get("no_deps", [])
 
 
+def lock_file(env: str) -> Path:
+    """``constraints/<env>.txt``: the versions an environment ("core" or an engine) installs, written by
+    ``python -m backend.runtime.provision lock``."""
+    return defaults.ROOT / "constraints" / f"{env}.txt"
+
+
 def lock(engine: str) -> list[str]:
-    """pip arguments that hold an engine to the versions the suite passed with (``constraints/<engine>.txt``, written
-    by ``python -m backend.runtime.provision lock``): a package released since does not change a fresh install."""
-    path = defaults.ROOT / "constraints" / f"{engine}.txt"
+    """pip arguments that hold an engine to the versions the suite passed with: a package released since does not
+    change a fresh install."""
+    path = lock_file(engine)
     return ["-c", str(path)] if path.is_file() else []
 
 

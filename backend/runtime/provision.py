@@ -70,7 +70,7 @@ def lock() -> int:
         frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"], check=True,
                                 capture_output=True, text=True).stdout.split()
         pins = sorted((line.split("+")[0] for line in frozen if "==" in line), key=str.lower)   # 2.13.0+cpu -> 2.13.0
-        (defaults.ROOT / "constraints" / f"{env}.txt").write_text(
+        engines.lock_file(env).write_text(
             f"# The {env} environment's versions, from an environment the full suite passed in.\n"
             "# Written by `python -m backend.runtime.provision lock`; pip installs with -c this file, so a fresh\n"
             "# machine gets the versions that were tested, not the newest.\n" + "\n".join(pins) + "\n")

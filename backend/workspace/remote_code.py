@@ -75,7 +75,7 @@ def _opted_in(folder: str | Path, home: Path) -> Entry | None:
                  if row.meta.get("trust_remote_code") is True and Path(row.path).resolve() == target), None)
 
 
-def _changed(row: Entry, folder: str | Path) -> str | None:
+def _refusal_key(row: Entry, folder: str | Path) -> str | None:
     """Why the opt-in does not hold for the code ``folder`` has now (an error key), or None when it does. An opt-in
     given before hashes were kept names no code at all: it is asked again, never bound to whatever is there now."""
     if not row.meta.get("code_sha256"):
@@ -86,7 +86,7 @@ def _changed(row: Entry, folder: str | Path) -> str | None:
 def allowed(folder: str | Path, home: Path) -> bool:
     """True only when a registry model in ``folder`` carries the opt-in and its code is what the opt-in saw."""
     row = _opted_in(folder, home)
-    return row is not None and not _changed(row, folder)
+    return row is not None and not _refusal_key(row, folder)
 
 
 def trust(folder: str | Path, home: Path) -> bool:
@@ -95,7 +95,7 @@ def trust(folder: str | Path, home: Path) -> bool:
     row = _opted_in(folder, home)
     if row is None:
         return False
-    if why := _changed(row, folder):
+    if why := _refusal_key(row, folder):
         raise UserError(why, model=row.name)
     return True
 
@@ -137,6 +137,6 @@ def refusal(spec: dict, home: Path) -> UserError | None:
         row = _opted_in(folder, home)
         if row is None:
             return UserError("err.model.remote_code", model=label)
-        if why := _changed(row, folder):
+        if why := _refusal_key(row, folder):
             return UserError(why, model=label)
     return None

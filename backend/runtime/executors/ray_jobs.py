@@ -40,7 +40,9 @@ def token() -> str:
 
 
 def headers(secret: str | None = None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {t}"} if (t := token() if secret is None else secret) else {}
+    """The Authorization header for ``secret`` (default: the token where Ray's tools find it); none without one."""
+    secret = token() if secret is None else secret
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 
 def open_to_anyone(address: str) -> bool:
